@@ -1,0 +1,173 @@
+//! The pure sync planner: three trees in, ops and conflicts out.
+//!
+//! Given the **base** tree (the last state both sides agreed on), the **local** tree (what the
+//! last scan saw on disk) and the **remote** tree (the server's state at the client's cursor),
+//! [`plan`] decides, per path, what to do. The decisions are the table in
+//! `../shared/THREE-TREE.md`; each row has a unit test here.
+//!
+//! Architecture Invariant: this crate does no IO, reads no clock, draws no random numbers and is
+//! not async. Everything it needs (device name, the time for conflict names, ignore rules, locks)
+//! comes in through [`PlanInput`]. It never fails: odd input becomes a [`Blocked`] entry.
+//!
+//! The client applies the ops in the order given, updates base after each applied op, rescans,
+//! and plans again until the plan is empty; so a plan may leave follow-up work (for example a
+//! conflict copy is renamed this round and uploaded the next).
+
+use std::collections::{BTreeMap, BTreeSet};
+pub use syncstore_proto::{ContentHash, DeviceName, EntryKind, NodeId, Precondition, RelPath, Revision};
+
+/// What the last scan saw at one local path. Symlinks, special files and names that are not
+/// valid UTF-8 never get here: the scanner reports them as skipped.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LocalNode {
+    pub kind: EntryKind,
+    /// BLAKE3 of the bytes; `None` for directories.
+    pub hash: Option<ContentHash>,
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Inode number, used to recognise a rename.
+    pub inode: u64,
+}
+
+/// The server's state of one path, as far as the client's cursor goes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RemoteNode {
+    pub node_id: NodeId,
+    pub kind: EntryKind,
+    pub rev: Revision,
+    /// `None` for directories.
+    pub hash: Option<ContentHash>,
+    pub size: u64,
+    pub mtime_ms: i64,
+}
+
+/// The last state both sides agreed on for one path.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BaseNode {
+    pub kind: EntryKind,
+    /// `None` for directories.
+    pub hash: Option<ContentHash>,
+    /// The server's identity and revision of the node when it was agreed.
+    pub node_id: NodeId,
+    pub rev: Revision,
+    /// The local file's size, mtime and inode when it was agreed: a rescan re-hashes a file only
+    /// when these differ.
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+/// Everything the planner decides from, as values.
+#[derive(Clone, Debug)]
+pub struct PlanInput<'a> {
+    pub base: &'a BTreeMap<RelPath, BaseNode>,
+    pub local: &'a BTreeMap<RelPath, LocalNode>,
+    pub remote: &'a BTreeMap<RelPath, RemoteNode>,
+    /// This device's name, for conflicted copies.
+    pub device: &'a DeviceName,
+    /// The current time as `YYYY-MM-DD HHMMSS`, for conflicted copy names.
+    pub now_stamp: &'a str,
+    /// Paths (files, or directories covering everything beneath) locked by another device.
+    pub locked_by_others: &'a BTreeMap<RelPath, DeviceName>,
+    /// Paths matching `.syncignore` or the default ignores (computed at the edge).
+    pub ignored: &'a BTreeSet<RelPath>,
+    /// False when the local root is missing or unreadable.
+    pub local_root_ok: bool,
+    /// False when the remote listing failed or was cut short.
+    pub remote_complete: bool,
+}
+
+/// One step for the client to apply. Steps that write to the server are conditional.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PlanOp {
+    /// Upload the local file at `path`; `base` is the server-side precondition.
+    Upload { path: RelPath, base: Precondition, hash: ContentHash },
+    /// Download the remote file to a temp file, then rename it into place only if the local path
+    /// still holds `expect_local` (`None`: nothing there).
+    Download { path: RelPath, remote: RemoteNode, expect_local: Option<ContentHash> },
+    /// Delete the local file, only if it still has `expect_hash`.
+    DeleteLocal { path: RelPath, expect_hash: ContentHash },
+    /// Delete the remote file or empty directory at revision `rev`.
+    DeleteRemote { path: RelPath, rev: Revision },
+    /// Create a local directory (parents too).
+    MakeDirLocal { path: RelPath, remote: RemoteNode },
+    /// Create a remote directory (parents too).
+    MakeDirRemote { path: RelPath },
+    /// Remove a local directory, only if it is empty by then.
+    RemoveDirLocal { path: RelPath },
+    /// Move a remote file or directory at revision `rev`.
+    MoveRemote { from: RelPath, to: RelPath, rev: Revision },
+    /// Move a local file or directory (the server renamed it).
+    MoveLocal { from: RelPath, to: RelPath },
+    /// Rename the local file at `path` to `copy` (a conflicted copy); the next plan uploads the
+    /// copy and downloads the server's version to `path`.
+    ConflictCopy { path: RelPath, copy: RelPath },
+    /// Both sides already agree: record the new base without transferring anything.
+    RecordBase { path: RelPath, node: BaseNode },
+    /// The path is gone on both sides: drop it from base.
+    ForgetBase { path: RelPath },
+}
+
+/// A path the planner will not touch this round, and why; shown by `status`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Blocked {
+    /// `None` when the whole pass is blocked (for example the local root vanished).
+    pub path: Option<RelPath>,
+    pub reason: BlockReason,
+}
+
+/// Why a path or the whole pass is blocked.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum BlockReason {
+    /// Another device holds a lock on the path.
+    LockedBy(DeviceName),
+    /// The local root is missing, unreadable, or empty while base holds files.
+    LocalRootMissing,
+}
+
+/// The planner's answer.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Plan {
+    pub ops: Vec<PlanOp>,
+    pub blocked: Vec<Blocked>,
+}
+
+/// Decides what to do. Pure: same input, same plan.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let _ = input;
+    Plan::default()
+}
+
+/// The conflicted-copy name for `path`: `NAME (conflicted copy from DEVICE STAMP).EXT`, with
+/// ` 2`, ` 3`, ... added inside the parentheses until it is free in every tree.
+pub fn conflict_copy_name(path: &RelPath, device: &DeviceName, now_stamp: &str, taken: &dyn Fn(&RelPath) -> bool) -> RelPath {
+    let name = path.file_name();
+    let (stem, ext) = match name.rfind('.') {
+        Some(idx) if idx > 0 => (&name[..idx], &name[idx..]),
+        _ => (name, ""),
+    };
+    let mut attempt = 1u32;
+    loop {
+        let suffix = if attempt == 1 { String::new() } else { format!(" {attempt}") };
+        let copy_name = format!("{stem} (conflicted copy from {device} {now_stamp}{suffix}){ext}");
+        let candidate = match path.parent() {
+            Some(parent) => parent.join(&copy_name),
+            None => RelPath::new(&copy_name),
+        };
+        // A name too long for the filesystem falls back to a shortened stem.
+        let candidate = candidate.unwrap_or_else(|_| {
+            let short: String = stem.chars().take(100).collect();
+            let copy_name = format!("{short} (conflicted copy from {device} {now_stamp}{suffix}){ext}");
+            match path.parent() {
+                Some(parent) => parent.join(&copy_name),
+                None => RelPath::new(&copy_name),
+            }
+            .expect("a shortened name is a valid component")
+        });
+        if !taken(&candidate) {
+            return candidate;
+        }
+        attempt += 1;
+    }
+}

@@ -1,0 +1,201 @@
+//! Request and response bodies of the HTTP API (all JSON except the chunk packs, see `frame`).
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /api/v1/health` (no auth) | | [`Health`] |
+//! | `GET /api/v1/whoami` | | [`WhoAmI`] |
+//! | `GET /api/v1/tree` | | [`TreeResponse`] |
+//! | `GET /api/v1/changes?since=C&timeout_ms=T` | | [`ChangesResponse`]; long-polls up to T ms for a change after C |
+//! | `POST /api/v1/chunks/missing` | [`ChunkList`] | [`ChunkList`] of those the server lacks |
+//! | `POST /api/v1/chunks/upload` | chunk frames | [`UploadResponse`] |
+//! | `POST /api/v1/chunks/download` | [`ChunkList`] | chunk frames, in the order asked |
+//! | `POST /api/v1/ops` | [`OpsRequest`] | [`OpsResponse`]: one [`OpResult`] per op, each with its own status |
+//!
+//! Every call but health needs `Authorization: Bearer TOKEN`. Errors are [`ErrorBody`] with a 4xx/5xx status.
+
+use crate::{ChunkHash, ContentHash, Cursor, DeviceName, NodeId, RelPath, Revision, UserName};
+use serde::{Deserialize, Serialize};
+
+/// A file or a directory.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+}
+
+/// One chunk of a file version, in file order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub hash: ChunkHash,
+    pub len: u32,
+}
+
+/// The server's current state of one node.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RemoteEntry {
+    pub node_id: NodeId,
+    pub path: RelPath,
+    pub kind: EntryKind,
+    /// The journal position of the last change to this node.
+    pub rev: Revision,
+    /// Bytes; 0 for directories.
+    pub size: u64,
+    /// Modification time the uploading device reported, milliseconds since the Unix epoch.
+    pub mtime_ms: i64,
+    /// BLAKE3 of the content; `None` for directories.
+    pub hash: Option<ContentHash>,
+    /// The content, in order; empty for directories and empty files.
+    #[serde(default)]
+    pub chunks: Vec<ChunkRef>,
+    /// The device that made the last change.
+    pub device: DeviceName,
+}
+
+/// One entry of a user's change journal.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    /// The node now has this state (created, modified, or moved to `entry.path`).
+    Upsert { cursor: Cursor, entry: RemoteEntry },
+    /// The node is gone.
+    Delete { cursor: Cursor, node_id: NodeId, path: RelPath, device: DeviceName },
+}
+
+impl Change {
+    /// The journal position of this change.
+    pub fn cursor(&self) -> Cursor {
+        match self {
+            Change::Upsert { cursor, .. } | Change::Delete { cursor, .. } => *cursor,
+        }
+    }
+}
+
+/// `GET /api/v1/health`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// `GET /api/v1/whoami`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user: UserName,
+    pub device: DeviceName,
+}
+
+/// `GET /api/v1/tree`: every live node at `cursor`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TreeResponse {
+    pub cursor: Cursor,
+    pub entries: Vec<RemoteEntry>,
+}
+
+/// `GET /api/v1/changes` query string.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChangesQuery {
+    pub since: Cursor,
+    /// How long to wait for a change when there is none yet; 0 answers at once.
+    #[serde(default)]
+    pub timeout_ms: u64,
+}
+
+/// `GET /api/v1/changes`: the changes after `since`, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChangesResponse {
+    /// The position after the last change returned; pass it as `since` next time.
+    pub cursor: Cursor,
+    pub changes: Vec<Change>,
+    /// More changes wait beyond this page: ask again at once.
+    pub more: bool,
+    /// `since` is unknown to the server (ahead of its journal): fetch the whole tree again.
+    #[serde(default)]
+    pub reset: bool,
+}
+
+/// A list of chunk hashes (`/chunks/missing` in both directions, `/chunks/download`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChunkList {
+    pub hashes: Vec<ChunkHash>,
+}
+
+/// `POST /api/v1/chunks/upload`: how many chunks were stored (already present ones count).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadResponse {
+    pub stored: u64,
+}
+
+/// What a conditional write expects to find at its path.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precondition {
+    /// Nothing may exist at the path.
+    MustNotExist,
+    /// The node at the path must still be at this revision.
+    Rev(Revision),
+}
+
+/// One change a client asks for. Parent directories are created as needed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Create or replace a file; every chunk must already be on the server.
+    PutFile {
+        path: RelPath,
+        base: Precondition,
+        size: u64,
+        mtime_ms: i64,
+        hash: ContentHash,
+        chunks: Vec<ChunkRef>,
+    },
+    /// Create a directory; succeeds without change when it already exists as a directory.
+    MakeDir { path: RelPath, mtime_ms: i64 },
+    /// Delete a file, or an empty directory.
+    Delete { path: RelPath, base: Revision },
+    /// Move a file or a whole directory; nothing may exist at `to`.
+    Move { from: RelPath, to: RelPath, base: Revision },
+}
+
+impl Op {
+    /// The path the op is about (for a move, its source).
+    pub fn path(&self) -> &RelPath {
+        match self {
+            Op::PutFile { path, .. } | Op::MakeDir { path, .. } | Op::Delete { path, .. } => path,
+            Op::Move { from, .. } => from,
+        }
+    }
+}
+
+/// `POST /api/v1/ops`: applied in order, each on its own (one failing does not undo the others).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpsRequest {
+    pub ops: Vec<Op>,
+}
+
+/// The outcome of one op.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpResult {
+    /// An HTTP status: 200 applied, 409 precondition failed, 423 locked, 400/404 bad op.
+    pub status: u16,
+    /// What the op produced (new or moved nodes), or on 409 the node now at the path, if any.
+    #[serde(default)]
+    pub entries: Vec<RemoteEntry>,
+    /// Why the op failed; empty when it succeeded.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST /api/v1/ops` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpsResponse {
+    pub results: Vec<OpResult>,
+    /// The journal position after the last applied op.
+    pub cursor: Cursor,
+}
+
+/// Body of every error answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

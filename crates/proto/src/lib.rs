@@ -1,0 +1,142 @@
+//! Wire types of the syncstore HTTP API, plus newtypes that validate once at the edge.
+//!
+//! Everything that crosses the network is defined here and nowhere else: the other crates convert
+//! these types into their own by hand, so the wire format cannot change by accident.
+//! A value of a newtype here ([`RelPath`], [`ChunkHash`], [`DeviceName`], ...) is valid by
+//! construction; code past this crate asserts instead of re-checking.
+//!
+//! Start reading at [`RelPath`] (what a path may be), then [`Op`] (what a client may ask) and
+//! [`Change`] (what the journal tells every device).
+//! This crate does no IO.
+
+mod api;
+mod frame;
+mod names;
+mod path;
+
+pub use api::*;
+pub use frame::{decode_frame_header, encode_frame_header, FRAME_HEADER_LEN};
+pub use names::{DeviceName, NameError, UserName};
+pub use path::{PathError, RelPath};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The largest chunk the server accepts (the chunker never produces a bigger one).
+pub const MAX_CHUNK_LEN: u32 = 8 * 1024 * 1024;
+/// Chunker parameters: shared by client and server so that equal content gives equal chunks.
+pub const CHUNK_MIN: u32 = 256 * 1024;
+/// Average chunk size targeted by FastCDC.
+pub const CHUNK_AVG: u32 = 1024 * 1024;
+/// Largest chunk FastCDC may cut.
+pub const CHUNK_MAX: u32 = 4 * 1024 * 1024;
+/// The name of the client's private directory at the root of a synced folder; never synced.
+pub const META_DIR: &str = ".syncstore";
+
+/// Error for a hex hash that is not 64 hex digits.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid hash {0:?}: expected 64 hex digits")]
+pub struct HashError(pub String);
+
+macro_rules! hash_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// The hash as 64 lowercase hex digits.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+            /// Parses 64 hex digits.
+            ///
+            /// # Errors
+            /// [`HashError`] when the text is not exactly 64 hex digits.
+            pub fn from_hex(text: &str) -> Result<Self, HashError> {
+                let mut bytes = [0u8; 32];
+                if text.len() != 64 {
+                    return Err(HashError(text.chars().take(80).collect()));
+                }
+                hex::decode_to_slice(text, &mut bytes)
+                    .map_err(|_| HashError(text.chars().take(80).collect()))?;
+                Ok(Self(bytes))
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = HashError;
+            fn try_from(text: String) -> Result<Self, HashError> {
+                Self::from_hex(&text)
+            }
+        }
+        impl From<$name> for String {
+            fn from(hash: $name) -> String {
+                hash.to_hex()
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), &self.to_hex()[..12])
+            }
+        }
+    };
+}
+
+hash_newtype!(
+    /// BLAKE3 of one chunk's bytes: the address of the chunk in the chunk store.
+    ChunkHash
+);
+hash_newtype!(
+    /// BLAKE3 of a whole file's bytes: what the planner compares to tell changed from unchanged.
+    ContentHash
+);
+
+impl ContentHash {
+    /// The content hash of the empty file.
+    pub fn of_empty() -> Self {
+        // BLAKE3 of zero bytes.
+        Self::from_hex("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
+            .expect("constant is valid hex")
+    }
+}
+
+macro_rules! u64_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+u64_newtype!(
+    /// The journal position of the change that last touched a node; conditional writes name it.
+    Revision
+);
+u64_newtype!(
+    /// A position in a user's change journal: "everything up to and including this change".
+    Cursor
+);
+u64_newtype!(
+    /// A node's identity, stable across renames, so a rename is one update and not delete + create.
+    NodeId
+);
+
+impl Revision {
+    /// The cursor at which this revision was written (they share one counter).
+    pub fn as_cursor(self) -> Cursor {
+        Cursor(self.0)
+    }
+}
