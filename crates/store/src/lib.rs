@@ -1,1 +1,372 @@
-//! TODO
+//! The server's storage: a [`MetaStore`] (users, devices, the node tree and the change journal)
+//! and a [`ChunkStore`] (content-addressed chunk bytes, per user), each behind a narrow trait.
+//!
+//! The server holds them as `Arc<dyn MetaStore>` and `Arc<dyn ChunkStore>` and never learns which
+//! backend it talks to. The embedded default is [`SqliteMetaStore`] + [`FsChunkStore`]; a
+//! PostgreSQL + S3 pair slots in behind the same traits.
+//!
+//! # Layout
+//!
+//! - [`ops`] holds the semantics of every [`Op`] (preconditions, implicit parent directories,
+//!   journal rows), written once against the synchronous [`ops::Txn`] trait. A backend only
+//!   implements `Txn` for its own transaction type; it never re-implements the rules.
+//! - [`sqlite`] and [`fs`] are the embedded backends.
+//! - [`conformance`] is the one contract suite every backend pair must pass.
+//!
+//! Start reading at [`MetaStore`], then [`ops::apply_batch`].
+//!
+//! **Architecture Invariant:** nothing here speaks HTTP or JSON, and no store type derives serde.
+//! **Architecture Invariant:** chunk bytes are never deleted: old versions stay referenced by
+//! journal rows.
+
+pub mod conformance;
+pub mod fs;
+pub mod ops;
+pub mod sqlite;
+
+pub use fs::FsChunkStore;
+pub use sqlite::SqliteMetaStore;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::fmt;
+use syncstore_proto::{
+    Change, ChunkHash, Cursor, DeviceName, Op, OpResult, RelPath, RemoteEntry, UserName,
+};
+
+/// A user's id in the meta store; every node, change and chunk belongs to exactly one user.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct UserId(pub i64);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A device's id in the meta store; one device holds one token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct DeviceId(pub i64);
+
+/// BLAKE3 of a bearer token: the only form in which tokens are stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// Hashes a bearer token as sent in `Authorization: Bearer TOKEN`.
+    pub fn of_token(token: &str) -> TokenHash {
+        TokenHash(*blake3::hash(token.as_bytes()).as_bytes())
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    // A token hash is not a secret, but it need not fill log lines either.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TokenHash({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// An account.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct User {
+    pub id: UserId,
+    pub name: UserName,
+}
+
+/// A device of a user, as stored (its token only as a hash, which is not repeated here).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Device {
+    pub id: DeviceId,
+    pub user_id: UserId,
+    pub name: DeviceName,
+}
+
+/// Who a request comes from: the result of [`MetaStore::authenticate`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub user_name: UserName,
+    pub device_id: DeviceId,
+    pub device_name: DeviceName,
+}
+
+/// Every live node of a user at one cursor.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Tree {
+    /// The journal position this tree reflects.
+    pub cursor: Cursor,
+    /// Sorted by path, so a directory comes before everything in it.
+    pub entries: Vec<RemoteEntry>,
+}
+
+/// One page of a user's change journal.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ChangesPage {
+    /// The cursor of the last change returned, or `since` when there was none (or the current
+    /// cursor on reset).
+    pub cursor: Cursor,
+    /// Oldest first.
+    pub changes: Vec<Change>,
+    /// More changes follow beyond this page.
+    pub more: bool,
+    /// `since` is ahead of the journal: the caller must fetch the whole tree again.
+    pub reset: bool,
+}
+
+/// The outcome of one [`Op`] of a batch.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum OpOutcome {
+    /// Applied; the nodes it created or changed, implicit parents first.
+    Applied(Vec<RemoteEntry>),
+    /// A precondition failed (409); `current` is the node now at the path, if any.
+    Conflict {
+        current: Option<RemoteEntry>,
+        message: String,
+    },
+    /// The op itself is wrong (400), e.g. a missing chunk or a move into itself.
+    Invalid(String),
+    /// The op names a node that does not exist (404), e.g. a delete of nothing.
+    NotFound(String),
+}
+
+impl OpOutcome {
+    /// Whether the op changed nothing because it failed.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, OpOutcome::Applied(_))
+    }
+
+    /// The HTTP status of this outcome, as [`OpResult::status`] documents it.
+    pub fn status(&self) -> u16 {
+        match self {
+            OpOutcome::Applied(_) => 200,
+            OpOutcome::Conflict { .. } => 409,
+            OpOutcome::Invalid(_) => 400,
+            OpOutcome::NotFound(_) => 404,
+        }
+    }
+
+    /// The wire form.
+    pub fn into_wire(self) -> OpResult {
+        let status = self.status();
+        let (entries, message) = match self {
+            OpOutcome::Applied(entries) => (entries, String::new()),
+            OpOutcome::Conflict { current, message } => (current.into_iter().collect(), message),
+            OpOutcome::Invalid(message) | OpOutcome::NotFound(message) => (Vec::new(), message),
+        };
+        OpResult {
+            status,
+            entries,
+            message,
+        }
+    }
+}
+
+/// The outcome of a batch of ops: one [`OpOutcome`] per op, in order.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BatchOutcome {
+    pub outcomes: Vec<OpOutcome>,
+    /// The user's cursor after the batch.
+    pub cursor: Cursor,
+}
+
+impl BatchOutcome {
+    /// Whether any op was applied (so other devices have something to learn).
+    pub fn changed_anything(&self) -> bool {
+        self.outcomes.iter().any(OpOutcome::is_applied)
+    }
+}
+
+/// Errors of both stores.
+///
+/// Op failures the client caused (409, 400, ...) are not errors but [`OpOutcome`]s; these are the
+/// failures of a whole call.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A user or device name is already taken.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A named user, device or chunk does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Chunk bytes do not hash to the hash they were stored under.
+    #[error("chunk {claimed} does not match its content (BLAKE3 is {actual})")]
+    HashMismatch {
+        claimed: ChunkHash,
+        actual: ChunkHash,
+    },
+    /// A chunk larger than [`syncstore_proto::MAX_CHUNK_LEN`].
+    #[error("chunk of {len} bytes exceeds the limit of {max}", max = syncstore_proto::MAX_CHUNK_LEN)]
+    ChunkTooLarge { len: usize },
+    /// The database was written by a newer build.
+    #[error("database schema version {found} is newer than this build supports ({supported}); upgrade syncstore")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// A stored row does not decode (a bug or outside tampering).
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A filesystem call failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// A blocking worker died (panicked or was cancelled).
+    #[error("store worker failed: {0}")]
+    Worker(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> StoreError {
+        StoreError::Database(Box::new(err))
+    }
+}
+
+/// Users, devices, the node tree and the change journal, each user in its own namespace.
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// Creates a user with an empty tree at cursor 0.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the name is taken; database errors.
+    async fn create_user(&self, name: &UserName) -> Result<User, StoreError>;
+
+    /// Looks a user up by name.
+    ///
+    /// # Errors
+    /// Database errors only; an unknown name is `Ok(None)`.
+    async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError>;
+
+    /// Adds a device with its token hash to a user.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the user already has a device of that name (or the
+    /// token hash is in use); [`StoreError::NotFound`] for an unknown user; database errors.
+    async fn add_device(
+        &self,
+        user_id: UserId,
+        name: &DeviceName,
+        token_hash: &TokenHash,
+    ) -> Result<Device, StoreError>;
+
+    /// Finds the device holding the token with this hash.
+    ///
+    /// # Errors
+    /// Database errors only; an unknown token is `Ok(None)`.
+    async fn authenticate(&self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError>;
+
+    /// How many users exist.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn count_users(&self) -> Result<u64, StoreError>;
+
+    /// Every live node of a user and the cursor they reflect, read in one snapshot.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn tree(&self, user_id: UserId) -> Result<Tree, StoreError>;
+
+    /// Up to `limit` changes after `since`, oldest first.
+    ///
+    /// When `since` is ahead of the journal the page is empty with `reset` set.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn changes_since(
+        &self,
+        user_id: UserId,
+        since: Cursor,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError>;
+
+    /// The position of the user's last change (0 before the first).
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn current_cursor(&self, user_id: UserId) -> Result<Cursor, StoreError>;
+
+    /// Applies `ops` in order in one transaction, each on its own (see [`ops::apply_batch`]).
+    ///
+    /// `missing_chunks` are the chunks named by the ops that the chunk store lacks; a `PutFile`
+    /// naming one fails with 400. Prefer [`apply_ops`], which computes them.
+    ///
+    /// # Errors
+    /// Database errors, which undo the whole batch; op failures are [`OpOutcome`]s.
+    async fn apply_ops(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        ops: Vec<Op>,
+        missing_chunks: HashSet<ChunkHash>,
+    ) -> Result<BatchOutcome, StoreError>;
+}
+
+/// Content-addressed chunk bytes, per user: a user can only read chunks it stored itself.
+#[async_trait]
+pub trait ChunkStore: Send + Sync {
+    /// Stores a chunk durably after checking that `bytes` hash to `hash`.
+    ///
+    /// Storing a chunk that is already there succeeds without writing.
+    ///
+    /// # Errors
+    /// [`StoreError::HashMismatch`] (nothing is written), [`StoreError::ChunkTooLarge`], IO errors.
+    async fn put(&self, user_id: UserId, hash: &ChunkHash, bytes: Bytes) -> Result<(), StoreError>;
+
+    /// The hashes among `hashes` this user has not stored, in the order given, without repeats.
+    ///
+    /// # Errors
+    /// IO errors.
+    async fn missing(
+        &self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<ChunkHash>, StoreError>;
+
+    /// The bytes of a chunk.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when this user has no such chunk; IO errors.
+    async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError>;
+}
+
+/// Applies a batch of ops: asks `chunk_store` which chunks the `PutFile`s lack, then calls
+/// [`MetaStore::apply_ops`].
+///
+/// Asking first is race-free because chunks are never deleted.
+///
+/// # Errors
+/// As [`MetaStore::apply_ops`] and [`ChunkStore::missing`].
+pub async fn apply_ops(
+    meta_store: &dyn MetaStore,
+    chunk_store: &dyn ChunkStore,
+    user_id: UserId,
+    device: &DeviceName,
+    ops: Vec<Op>,
+) -> Result<BatchOutcome, StoreError> {
+    let mut named: Vec<ChunkHash> = Vec::new();
+    for op in &ops {
+        if let Op::PutFile { chunks, .. } = op {
+            named.extend(chunks.iter().map(|chunk| chunk.hash));
+        }
+    }
+    let missing_chunks: HashSet<ChunkHash> = chunk_store
+        .missing(user_id, &named)
+        .await?
+        .into_iter()
+        .collect();
+    meta_store
+        .apply_ops(user_id, device, ops, missing_chunks)
+        .await
+}
+
+/// A short description of a path for messages.
+pub(crate) fn quoted(path: &RelPath) -> String {
+    format!("{:?}", path.as_str())
+}

@@ -1,0 +1,205 @@
+//! [`FsChunkStore`]: the embedded [`ChunkStore`], one file per chunk on local disk.
+//!
+//! Layout: `ROOT/<user id>/<first 2 hex digits>/<64 hex digits>`. Chunks are per user, so a user
+//! can never read another user's chunk by guessing its hash.
+//!
+//! A chunk is written atomically: verified against its hash, written to a temp file in the
+//! target directory, `sync_all`, renamed into place, then the directory is fsynced. So a chunk
+//! file either holds exactly the bytes of its name or does not exist, and it is durable before
+//! any metadata commit can name it.
+
+use crate::{ChunkStore, StoreError, UserId};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use syncstore_proto::{ChunkHash, MAX_CHUNK_LEN};
+
+/// A [`ChunkStore`] in a directory of the local filesystem.
+#[derive(Clone, Debug)]
+pub struct FsChunkStore {
+    root: PathBuf,
+}
+
+impl FsChunkStore {
+    /// Opens the chunk directory `root`, creating it if needed.
+    ///
+    /// # Errors
+    /// IO errors creating the directory.
+    pub async fn open(root: &Path) -> Result<FsChunkStore, StoreError> {
+        let root = root.to_owned();
+        let created = root.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&created).map_err(|source| {
+                io_error(format!("could not create {}", created.display()), source)
+            })
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))??;
+        Ok(FsChunkStore { root })
+    }
+
+    fn user_dir(&self, user_id: UserId) -> PathBuf {
+        self.root.join(user_id.0.to_string())
+    }
+
+    fn chunk_path(&self, user_id: UserId, hash: &ChunkHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.user_dir(user_id).join(&hex[..2]).join(hex)
+    }
+}
+
+#[async_trait]
+impl ChunkStore for FsChunkStore {
+    #[tracing::instrument(skip(self, bytes), fields(len = bytes.len()))]
+    async fn put(&self, user_id: UserId, hash: &ChunkHash, bytes: Bytes) -> Result<(), StoreError> {
+        if bytes.len() > MAX_CHUNK_LEN as usize {
+            return Err(StoreError::ChunkTooLarge { len: bytes.len() });
+        }
+        let hash = *hash;
+        let user_dir = self.user_dir(user_id);
+        let path = self.chunk_path(user_id, &hash);
+        tokio::task::spawn_blocking(move || write_chunk(&user_dir, &path, &hash, &bytes))
+            .await
+            .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    async fn missing(
+        &self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        let mut seen = HashSet::new();
+        let candidates: Vec<(ChunkHash, PathBuf)> = hashes
+            .iter()
+            .filter(|hash| seen.insert(**hash))
+            .map(|hash| (*hash, self.chunk_path(user_id, hash)))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut missing = Vec::new();
+            for (hash, path) in candidates {
+                let exists = path.try_exists().map_err(|source| {
+                    io_error(format!("could not check {}", path.display()), source)
+                })?;
+                if !exists {
+                    missing.push(hash);
+                }
+            }
+            Ok(missing)
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError> {
+        let hash = *hash;
+        let path = self.chunk_path(user_id, &hash);
+        tokio::task::spawn_blocking(move || {
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound(format!("chunk {hash}")));
+                }
+                Err(source) => {
+                    return Err(io_error(
+                        format!("could not read {}", path.display()),
+                        source,
+                    ));
+                }
+            };
+            // Hashing is cheap next to the disk read, and catches bit rot before a client
+            // writes bad bytes into a user's folder.
+            let actual = ChunkHash(*blake3::hash(&bytes).as_bytes());
+            if actual != hash {
+                return Err(StoreError::Corrupt(format!(
+                    "chunk file {} hashes to {actual}",
+                    path.display()
+                )));
+            }
+            Ok(Bytes::from(bytes))
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+}
+
+fn write_chunk(
+    user_dir: &Path,
+    path: &Path,
+    hash: &ChunkHash,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let actual = ChunkHash(*blake3::hash(bytes).as_bytes());
+    if actual != *hash {
+        return Err(StoreError::HashMismatch {
+            claimed: *hash,
+            actual,
+        });
+    }
+    if path
+        .try_exists()
+        .map_err(|source| io_error(format!("could not check {}", path.display()), source))?
+    {
+        return Ok(());
+    }
+    let Some(dir) = path.parent() else {
+        return Err(StoreError::Corrupt(format!(
+            "chunk path {} has no parent",
+            path.display()
+        )));
+    };
+    ensure_dir(user_dir)?;
+    ensure_dir(dir)?;
+    // The temp file deletes itself on any early return.
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|source| {
+        io_error(
+            format!("could not create a temp file in {}", dir.display()),
+            source,
+        )
+    })?;
+    temp.write_all(bytes)
+        .map_err(|source| io_error(format!("could not write {}", temp.path().display()), source))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|source| io_error(format!("could not sync {}", temp.path().display()), source))?;
+    temp.persist(path).map_err(|err| {
+        io_error(
+            format!("could not rename a temp file to {}", path.display()),
+            err.error,
+        )
+    })?;
+    sync_dir(dir)
+}
+
+/// Creates `dir` if it is missing (its parent must exist) and makes the new entry durable.
+fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => match dir.parent() {
+            Some(parent) => sync_dir(parent),
+            None => Ok(()),
+        },
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(io_error(
+            format!("could not create {}", dir.display()),
+            source,
+        )),
+    }
+}
+
+/// Fsyncs a directory, so a rename or creation inside it survives power loss.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| {
+            io_error(
+                format!("could not sync directory {}", dir.display()),
+                source,
+            )
+        })
+}
+
+fn io_error(context: String, source: io::Error) -> StoreError {
+    StoreError::Io { context, source }
+}

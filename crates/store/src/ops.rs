@@ -1,0 +1,450 @@
+//! The semantics of every [`Op`], written once against the synchronous [`Txn`] trait.
+//!
+//! A backend implements [`Txn`] on its own transaction (rusqlite here; the sync `postgres` crate
+//! inside `spawn_blocking` later) and calls [`apply_batch`]. The rules live only here:
+//! preconditions, implicit parent directories, one journal row per changed node, and the cursor
+//! that every change bumps.
+//!
+//! Invariants kept by this module, for every user:
+//! - every node's parent directory exists as a directory (the tree has no orphans);
+//! - a node's `rev` is the cursor of the journal row that last touched it;
+//! - the cursor grows by one per journal row, starting at 1.
+
+use crate::{quoted, BatchOutcome, OpOutcome, StoreError, UserId};
+use std::collections::HashSet;
+use syncstore_proto::{
+    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, NodeId, Op,
+    Precondition, RelPath, RemoteEntry, Revision,
+};
+
+/// One open transaction of a meta store backend, seen by the op rules.
+///
+/// Every method works inside the transaction; nothing is visible to others before the backend
+/// commits. Errors are backend failures and abort the whole batch.
+pub trait Txn {
+    /// Starts a nested unit that [`Txn::end_op`] keeps or undoes (`SAVEPOINT`).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn begin_op(&mut self) -> Result<(), StoreError>;
+
+    /// Ends the unit started by [`Txn::begin_op`]: keeps its writes or undoes them.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn end_op(&mut self, keep: bool) -> Result<(), StoreError>;
+
+    /// The node at `path`, if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn node_at(
+        &mut self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Option<RemoteEntry>, StoreError>;
+
+    /// Every node strictly inside the directory `dir`, in any order.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn descendants(
+        &mut self,
+        user_id: UserId,
+        dir: &RelPath,
+    ) -> Result<Vec<RemoteEntry>, StoreError>;
+
+    /// Whether anything lies inside the directory `dir`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn has_children(&mut self, user_id: UserId, dir: &RelPath) -> Result<bool, StoreError>;
+
+    /// Bumps the user's cursor and returns the new value (the first is 1).
+    ///
+    /// # Errors
+    /// Backend failures; [`StoreError::NotFound`] for an unknown user.
+    fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError>;
+
+    /// The user's cursor, without bumping it.
+    ///
+    /// # Errors
+    /// Backend failures; [`StoreError::NotFound`] for an unknown user.
+    fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError>;
+
+    /// A node id never handed out before for this user.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError>;
+
+    /// Inserts the node, or replaces the node with the same `node_id` (its path may change).
+    ///
+    /// # Errors
+    /// Backend failures, including a path already taken by another node (a bug in the rules).
+    fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError>;
+
+    /// Removes a node.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError>;
+
+    /// Appends a journal row; its cursor comes from [`Txn::next_cursor`].
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError>;
+}
+
+/// Applies `ops` in order, each inside its own [`Txn::begin_op`] unit, so a failed op leaves no
+/// trace and does not undo the others. The caller commits the surrounding transaction once.
+///
+/// `missing_chunks` are the chunks the chunk store lacks for this user.
+///
+/// # Errors
+/// Backend failures; the caller must then roll the whole transaction back.
+pub fn apply_batch(
+    txn: &mut dyn Txn,
+    user_id: UserId,
+    device: &DeviceName,
+    ops: &[Op],
+    missing_chunks: &HashSet<ChunkHash>,
+) -> Result<BatchOutcome, StoreError> {
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        txn.begin_op()?;
+        let mut writer = Writer {
+            txn: &mut *txn,
+            user_id,
+            device,
+        };
+        let outcome = match writer.apply(op, missing_chunks) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                // Undo this op's partial writes before handing the failure up.
+                let _ = txn.end_op(false);
+                return Err(err);
+            }
+        };
+        txn.end_op(outcome.is_applied())?;
+        outcomes.push(outcome);
+    }
+    let cursor = txn.current_cursor(user_id)?;
+    Ok(BatchOutcome { outcomes, cursor })
+}
+
+/// The rules for one op of one user and device.
+struct Writer<'a> {
+    txn: &'a mut dyn Txn,
+    user_id: UserId,
+    device: &'a DeviceName,
+}
+
+impl Writer<'_> {
+    fn apply(
+        &mut self,
+        op: &Op,
+        missing_chunks: &HashSet<ChunkHash>,
+    ) -> Result<OpOutcome, StoreError> {
+        match op {
+            Op::PutFile {
+                path,
+                base,
+                size,
+                mtime_ms,
+                hash,
+                chunks,
+            } => self.put_file(path, *base, *size, *mtime_ms, *hash, chunks, missing_chunks),
+            Op::MakeDir { path, mtime_ms } => self.make_dir(path, *mtime_ms),
+            Op::Delete { path, base } => self.delete(path, *base),
+            Op::Move { from, to, base } => self.move_node(from, to, *base),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put_file(
+        &mut self,
+        path: &RelPath,
+        base: Precondition,
+        size: u64,
+        mtime_ms: i64,
+        hash: ContentHash,
+        chunks: &[ChunkRef],
+        missing_chunks: &HashSet<ChunkHash>,
+    ) -> Result<OpOutcome, StoreError> {
+        let sum: u64 = chunks.iter().map(|chunk| u64::from(chunk.len)).sum();
+        if sum != size {
+            return Ok(OpOutcome::Invalid(format!(
+                "chunks of {} add up to {sum} bytes, not the size {size}",
+                quoted(path)
+            )));
+        }
+        if let Some(chunk) = chunks
+            .iter()
+            .find(|chunk| missing_chunks.contains(&chunk.hash))
+        {
+            return Ok(OpOutcome::Invalid(format!(
+                "missing chunk {} of {}: upload it first",
+                chunk.hash,
+                quoted(path)
+            )));
+        }
+        let existing = self.txn.node_at(self.user_id, path)?;
+        let node_id = match (base, existing) {
+            (Precondition::MustNotExist, None) => None,
+            (Precondition::MustNotExist, Some(current)) => {
+                let message = format!("{} already exists", quoted(path));
+                return Ok(OpOutcome::Conflict {
+                    current: Some(current),
+                    message,
+                });
+            }
+            (Precondition::Rev(_), None) => {
+                let message = format!("{} no longer exists", quoted(path));
+                return Ok(OpOutcome::Conflict {
+                    current: None,
+                    message,
+                });
+            }
+            (Precondition::Rev(_), Some(current)) if current.kind == EntryKind::Dir => {
+                let message = format!("{} is a directory", quoted(path));
+                return Ok(OpOutcome::Conflict {
+                    current: Some(current),
+                    message,
+                });
+            }
+            (Precondition::Rev(rev), Some(current)) if current.rev != rev => {
+                let message = format!("{} is at revision {}, not {rev}", quoted(path), current.rev);
+                return Ok(OpOutcome::Conflict {
+                    current: Some(current),
+                    message,
+                });
+            }
+            (Precondition::Rev(_), Some(current)) => Some(current.node_id),
+        };
+        let mut produced = match self.ensure_parents(path, mtime_ms)? {
+            Ok(parents) => parents,
+            Err(conflict) => return Ok(conflict),
+        };
+        let node_id = match node_id {
+            Some(node_id) => node_id,
+            None => self.txn.next_node_id(self.user_id)?,
+        };
+        let entry = self.upsert(RemoteEntry {
+            node_id,
+            path: path.clone(),
+            kind: EntryKind::File,
+            rev: Revision(0),
+            size,
+            mtime_ms,
+            hash: Some(hash),
+            chunks: chunks.to_vec(),
+            device: self.device.clone(),
+        })?;
+        produced.push(entry);
+        Ok(OpOutcome::Applied(produced))
+    }
+
+    fn make_dir(&mut self, path: &RelPath, mtime_ms: i64) -> Result<OpOutcome, StoreError> {
+        match self.txn.node_at(self.user_id, path)? {
+            Some(current) if current.kind == EntryKind::Dir => {
+                return Ok(OpOutcome::Applied(vec![current]));
+            }
+            Some(current) => {
+                let message = format!("{} is a file", quoted(path));
+                return Ok(OpOutcome::Conflict {
+                    current: Some(current),
+                    message,
+                });
+            }
+            None => {}
+        }
+        let mut produced = match self.ensure_parents(path, mtime_ms)? {
+            Ok(parents) => parents,
+            Err(conflict) => return Ok(conflict),
+        };
+        produced.push(self.new_dir(path, mtime_ms)?);
+        Ok(OpOutcome::Applied(produced))
+    }
+
+    fn delete(&mut self, path: &RelPath, base: Revision) -> Result<OpOutcome, StoreError> {
+        let Some(current) = self.txn.node_at(self.user_id, path)? else {
+            return Ok(OpOutcome::NotFound(format!(
+                "nothing at {} to delete",
+                quoted(path)
+            )));
+        };
+        if current.rev != base {
+            let message = format!(
+                "{} is at revision {}, not {base}",
+                quoted(path),
+                current.rev
+            );
+            return Ok(OpOutcome::Conflict {
+                current: Some(current),
+                message,
+            });
+        }
+        if current.kind == EntryKind::Dir && self.txn.has_children(self.user_id, path)? {
+            let message = format!("directory {} is not empty", quoted(path));
+            return Ok(OpOutcome::Conflict {
+                current: Some(current),
+                message,
+            });
+        }
+        let cursor = self.txn.next_cursor(self.user_id)?;
+        self.txn.remove_node(self.user_id, current.node_id)?;
+        self.txn.append_change(
+            self.user_id,
+            &Change::Delete {
+                cursor,
+                node_id: current.node_id,
+                path: current.path.clone(),
+                device: self.device.clone(),
+            },
+        )?;
+        Ok(OpOutcome::Applied(Vec::new()))
+    }
+
+    fn move_node(
+        &mut self,
+        from: &RelPath,
+        to: &RelPath,
+        base: Revision,
+    ) -> Result<OpOutcome, StoreError> {
+        if to.is_inside(from) {
+            return Ok(OpOutcome::Invalid(format!(
+                "cannot move {} into itself ({})",
+                quoted(from),
+                quoted(to)
+            )));
+        }
+        let Some(current) = self.txn.node_at(self.user_id, from)? else {
+            return Ok(OpOutcome::NotFound(format!(
+                "nothing at {} to move",
+                quoted(from)
+            )));
+        };
+        if current.rev != base {
+            let message = format!(
+                "{} is at revision {}, not {base}",
+                quoted(from),
+                current.rev
+            );
+            return Ok(OpOutcome::Conflict {
+                current: Some(current),
+                message,
+            });
+        }
+        if let Some(occupant) = self.txn.node_at(self.user_id, to)? {
+            let message = format!("{} already exists", quoted(to));
+            return Ok(OpOutcome::Conflict {
+                current: Some(occupant),
+                message,
+            });
+        }
+        let mut descendants = if current.kind == EntryKind::Dir {
+            self.txn.descendants(self.user_id, from)?
+        } else {
+            Vec::new()
+        };
+        // Parents before children, so every journal prefix is a valid tree.
+        descendants.sort_by(|a, b| (a.path.depth(), &a.path).cmp(&(b.path.depth(), &b.path)));
+        let mut rebased = Vec::with_capacity(descendants.len());
+        for descendant in descendants {
+            // `rebase` fails only when the new path would break a `RelPath` rule (its length).
+            let Some(path) = descendant.path.rebase(from, to) else {
+                return Ok(OpOutcome::Invalid(format!(
+                    "moving {} to {} would make the path of {} too long",
+                    quoted(from),
+                    quoted(to),
+                    quoted(&descendant.path)
+                )));
+            };
+            rebased.push(RemoteEntry {
+                path,
+                device: self.device.clone(),
+                ..descendant
+            });
+        }
+        let mut produced = match self.ensure_parents(to, current.mtime_ms)? {
+            Ok(parents) => parents,
+            Err(conflict) => return Ok(conflict),
+        };
+        let moved = RemoteEntry {
+            path: to.clone(),
+            device: self.device.clone(),
+            ..current
+        };
+        produced.push(self.upsert(moved)?);
+        for entry in rebased {
+            produced.push(self.upsert(entry)?);
+        }
+        Ok(OpOutcome::Applied(produced))
+    }
+
+    /// Creates the missing ancestors of `path` as directories, outermost first.
+    ///
+    /// Returns the created directories, or the conflict when an ancestor is a file.
+    fn ensure_parents(
+        &mut self,
+        path: &RelPath,
+        mtime_ms: i64,
+    ) -> Result<Result<Vec<RemoteEntry>, OpOutcome>, StoreError> {
+        let mut created = Vec::new();
+        let mut all_exist = true;
+        for ancestor in path.ancestors() {
+            // Once one ancestor is missing, none below it can exist (no orphans).
+            if all_exist {
+                match self.txn.node_at(self.user_id, &ancestor)? {
+                    Some(node) if node.kind == EntryKind::Dir => continue,
+                    Some(node) => {
+                        let message = format!(
+                            "{} is a file, so {} cannot be created",
+                            quoted(&ancestor),
+                            quoted(path)
+                        );
+                        return Ok(Err(OpOutcome::Conflict {
+                            current: Some(node),
+                            message,
+                        }));
+                    }
+                    None => all_exist = false,
+                }
+            }
+            created.push(self.new_dir(&ancestor, mtime_ms)?);
+        }
+        Ok(Ok(created))
+    }
+
+    fn new_dir(&mut self, path: &RelPath, mtime_ms: i64) -> Result<RemoteEntry, StoreError> {
+        let node_id = self.txn.next_node_id(self.user_id)?;
+        self.upsert(RemoteEntry {
+            node_id,
+            path: path.clone(),
+            kind: EntryKind::Dir,
+            rev: Revision(0),
+            size: 0,
+            mtime_ms,
+            hash: None,
+            chunks: Vec::new(),
+            device: self.device.clone(),
+        })
+    }
+
+    /// Writes `entry` at a fresh cursor (its `rev` is replaced) and journals it.
+    fn upsert(&mut self, mut entry: RemoteEntry) -> Result<RemoteEntry, StoreError> {
+        let cursor = self.txn.next_cursor(self.user_id)?;
+        entry.rev = Revision(cursor.0);
+        self.txn.put_node(self.user_id, &entry)?;
+        self.txn.append_change(
+            self.user_id,
+            &Change::Upsert {
+                cursor,
+                entry: entry.clone(),
+            },
+        )?;
+        Ok(entry)
+    }
+}

@@ -1,0 +1,641 @@
+//! [`SqliteMetaStore`]: the embedded [`MetaStore`] on one SQLite file.
+//!
+//! Every call runs on a blocking thread (`spawn_blocking`) holding the single connection, which is
+//! opened in WAL mode with `synchronous=FULL`: the server acknowledges uploads, so a committed
+//! batch must survive power loss. A batch of ops is one `IMMEDIATE` transaction (one fsync) with
+//! a savepoint per op, through the shared rules in [`crate::ops`].
+//!
+//! The schema comes from the numbered files in `migrations/sqlite/`, built in at compile time and
+//! recorded in the `schema_version` table; a database from a newer build is refused.
+
+use crate::ops::{self, Txn};
+use crate::{
+    BatchOutcome, ChangesPage, Device, DeviceId, MetaStore, Principal, StoreError, Tree, User,
+    UserId,
+};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use syncstore_proto::{
+    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, NodeId, Op, RelPath,
+    RemoteEntry, Revision, UserName,
+};
+
+/// The schema migrations, in order; migration `n` (1-based) brings the schema to version `n`.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+
+/// How long a call waits for another process (an admin command) holding the write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`MetaStore`] in one SQLite database file.
+#[derive(Clone)]
+pub struct SqliteMetaStore {
+    /// The one connection; the mutex serialises calls, which SQLite would do for writes anyway.
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteMetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteMetaStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteMetaStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    ///
+    /// # Errors
+    /// [`StoreError::SchemaTooNew`] for a database written by a newer build; database errors.
+    pub async fn open(path: &Path) -> Result<SqliteMetaStore, StoreError> {
+        let path = path.to_owned();
+        let conn_path = path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_blocking(&conn_path))
+            .await
+            .map_err(|err| StoreError::Worker(err.to_string()))??;
+        Ok(SqliteMetaStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves no open transaction behind (rusqlite rolls
+            // back on drop), so the connection is still good.
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+}
+
+fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let journal_mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !journal_mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "{} could not switch to WAL mode (got {journal_mode})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |row| row.get(0),
+    )?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (idx, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [idx as i64 + 1],
+        )?;
+        tracing::info!(version = idx + 1, "applied sqlite migration");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn is_constraint_violation(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(failure, _) if failure.code == ErrorCode::ConstraintViolation)
+}
+
+#[async_trait]
+impl MetaStore for SqliteMetaStore {
+    #[tracing::instrument(skip(self))]
+    async fn create_user(&self, name: &UserName) -> Result<User, StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            match conn.execute("INSERT INTO users (name) VALUES (?1)", [name.as_str()]) {
+                Ok(_) => Ok(User {
+                    id: UserId(conn.last_insert_rowid()),
+                    name,
+                }),
+                Err(err) if is_constraint_violation(&err) => {
+                    Err(StoreError::AlreadyExists(format!("user {name}")))
+                }
+                Err(err) => Err(err.into()),
+            }
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            let id: Option<i64> = conn
+                .query_row(
+                    "SELECT id FROM users WHERE name = ?1",
+                    [name.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(id.map(|id| User {
+                id: UserId(id),
+                name,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self, token_hash))]
+    async fn add_device(
+        &self,
+        user_id: UserId,
+        name: &DeviceName,
+        token_hash: &crate::TokenHash,
+    ) -> Result<Device, StoreError> {
+        let name = name.clone();
+        let token_hash = *token_hash;
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            user_cursor(&tx, user_id)?;
+            let inserted = tx.execute(
+                "INSERT INTO devices (user_id, name, token_hash) VALUES (?1, ?2, ?3)",
+                params![user_id.0, name.as_str(), &token_hash.0[..]],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(err) if is_constraint_violation(&err) => {
+                    return Err(StoreError::AlreadyExists(format!(
+                        "device {name} of user {user_id}"
+                    )));
+                }
+                Err(err) => return Err(err.into()),
+            }
+            let device = Device {
+                id: DeviceId(tx.last_insert_rowid()),
+                user_id,
+                name,
+            };
+            tx.commit()?;
+            Ok(device)
+        })
+        .await
+    }
+
+    async fn authenticate(
+        &self,
+        token_hash: &crate::TokenHash,
+    ) -> Result<Option<Principal>, StoreError> {
+        let token_hash = *token_hash;
+        self.call(move |conn| {
+            let row: Option<(i64, String, i64, String)> = conn
+                .query_row(
+                    "SELECT users.id, users.name, devices.id, devices.name
+                     FROM devices JOIN users ON users.id = devices.user_id
+                     WHERE devices.token_hash = ?1",
+                    [&token_hash.0[..]],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )
+                .optional()?;
+            let Some((user_id, user_name, device_id, device_name)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(Principal {
+                user_id: UserId(user_id),
+                user_name: UserName::new(&user_name)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+                device_id: DeviceId(device_id),
+                device_name: DeviceName::new(&device_name)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+            }))
+        })
+        .await
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        self.call(|conn| {
+            let count: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
+            to_u64(count, "user count")
+        })
+        .await
+    }
+
+    async fn tree(&self, user_id: UserId) -> Result<Tree, StoreError> {
+        self.call(move |conn| {
+            // One read transaction, so the cursor and the entries agree.
+            let tx = conn.transaction()?;
+            let cursor = user_cursor(&tx, user_id)?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = ?1 ORDER BY path"
+            ))?;
+            let raws = stmt
+                .query_map([user_id.0], RawRow::read)?
+                .collect::<Result<Vec<RawRow>, rusqlite::Error>>()?;
+            let entries = raws
+                .into_iter()
+                .map(RawRow::into_entry)
+                .collect::<Result<Vec<_>, _>>()?;
+            drop(stmt);
+            tx.commit()?;
+            Ok(Tree { cursor, entries })
+        })
+        .await
+    }
+
+    async fn changes_since(
+        &self,
+        user_id: UserId,
+        since: Cursor,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let current = user_cursor(&tx, user_id)?;
+            if since > current {
+                return Ok(ChangesPage {
+                    cursor: current,
+                    changes: Vec::new(),
+                    more: false,
+                    reset: true,
+                });
+            }
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {CHANGE_COLUMNS} FROM changes
+                 WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
+            ))?;
+            let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![user_id.0, to_i64(since.0)?, fetch], |row| {
+                    Ok((row.get::<_, i64>(0)?, RawRow::read_from(row, 1)?))
+                })?
+                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+            drop(stmt);
+            tx.commit()?;
+            let more = rows.len() > limit;
+            let mut changes = Vec::with_capacity(rows.len().min(limit));
+            for (cursor, raw) in rows.into_iter().take(limit) {
+                changes.push(raw.into_change(Cursor(to_u64(cursor, "cursor")?))?);
+            }
+            let cursor = changes.last().map_or(since, Change::cursor);
+            Ok(ChangesPage {
+                cursor,
+                changes,
+                more,
+                reset: false,
+            })
+        })
+        .await
+    }
+
+    async fn current_cursor(&self, user_id: UserId) -> Result<Cursor, StoreError> {
+        self.call(move |conn| user_cursor(conn, user_id)).await
+    }
+
+    #[tracing::instrument(skip(self, ops, missing_chunks), fields(n_ops = ops.len()))]
+    async fn apply_ops(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        ops: Vec<Op>,
+        missing_chunks: HashSet<ChunkHash>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let device = device.clone();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let outcome = ops::apply_batch(
+                &mut SqliteTxn { conn: &tx },
+                user_id,
+                &device,
+                &ops,
+                &missing_chunks,
+            )?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+}
+
+/// The columns of a node row (and of the node part of a change row), in [`RawRow`] order.
+const NODE_COLUMNS: &str = "node_id, path, kind, rev, size, mtime_ms, hash, chunks, device";
+
+/// The columns of a change row: its cursor, then the node columns (a change's rev is its cursor).
+const CHANGE_COLUMNS: &str =
+    "cursor, node_id, path, kind, cursor AS rev, size, mtime_ms, hash, chunks, device";
+
+/// The columns of a node or change row, not yet validated.
+struct RawRow {
+    node_id: i64,
+    path: String,
+    kind: String,
+    rev: i64,
+    size: i64,
+    mtime_ms: i64,
+    hash: Option<Vec<u8>>,
+    chunks: Vec<u8>,
+    device: String,
+}
+
+impl RawRow {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        RawRow::read_from(row, 0)
+    }
+
+    fn read_from(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            node_id: row.get(first)?,
+            path: row.get(first + 1)?,
+            kind: row.get(first + 2)?,
+            rev: row.get(first + 3)?,
+            size: row.get(first + 4)?,
+            mtime_ms: row.get(first + 5)?,
+            hash: row.get(first + 6)?,
+            chunks: row.get(first + 7)?,
+            device: row.get(first + 8)?,
+        })
+    }
+
+    fn into_entry(self) -> Result<RemoteEntry, StoreError> {
+        let kind = match self.kind.as_str() {
+            "file" => EntryKind::File,
+            "dir" => EntryKind::Dir,
+            other => return Err(StoreError::Corrupt(format!("node kind {other:?}"))),
+        };
+        let hash = match self.hash {
+            None => None,
+            Some(bytes) => {
+                Some(ContentHash(bytes.try_into().map_err(|_| {
+                    StoreError::Corrupt("content hash length".into())
+                })?))
+            }
+        };
+        Ok(RemoteEntry {
+            node_id: NodeId(to_u64(self.node_id, "node id")?),
+            path: RelPath::new(&self.path).map_err(|err| StoreError::Corrupt(err.to_string()))?,
+            kind,
+            rev: Revision(to_u64(self.rev, "rev")?),
+            size: to_u64(self.size, "size")?,
+            mtime_ms: self.mtime_ms,
+            hash,
+            chunks: decode_chunks(&self.chunks)?,
+            device: DeviceName::new(&self.device)
+                .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+        })
+    }
+
+    fn into_change(self, cursor: Cursor) -> Result<Change, StoreError> {
+        if self.kind == "deleted" {
+            return Ok(Change::Delete {
+                cursor,
+                node_id: NodeId(to_u64(self.node_id, "node id")?),
+                path: RelPath::new(&self.path)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+                device: DeviceName::new(&self.device)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+            });
+        }
+        let entry = self.into_entry()?;
+        Ok(Change::Upsert { cursor, entry })
+    }
+}
+
+/// The user's cursor, or [`StoreError::NotFound`].
+fn user_cursor(conn: &Connection, user_id: UserId) -> Result<Cursor, StoreError> {
+    let cursor: Option<i64> = conn
+        .query_row(
+            "SELECT cursor FROM users WHERE id = ?1",
+            [user_id.0],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match cursor {
+        Some(cursor) => Ok(Cursor(to_u64(cursor, "cursor")?)),
+        None => Err(StoreError::NotFound(format!("user {user_id}"))),
+    }
+}
+
+/// [`Txn`] on an open rusqlite transaction.
+struct SqliteTxn<'a> {
+    conn: &'a Connection,
+}
+
+impl Txn for SqliteTxn<'_> {
+    fn begin_op(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("SAVEPOINT op")?;
+        Ok(())
+    }
+
+    fn end_op(&mut self, keep: bool) -> Result<(), StoreError> {
+        if keep {
+            self.conn.execute_batch("RELEASE op")?;
+        } else {
+            self.conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+        }
+        Ok(())
+    }
+
+    fn node_at(
+        &mut self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Option<RemoteEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = ?1 AND path = ?2"
+        ))?;
+        let raw = stmt
+            .query_row(params![user_id.0, path.as_str()], RawRow::read)
+            .optional()?;
+        raw.map(RawRow::into_entry).transpose()
+    }
+
+    fn descendants(
+        &mut self,
+        user_id: UserId,
+        dir: &RelPath,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let (low, high) = inside_bounds(dir);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3"
+        ))?;
+        let raws = stmt
+            .query_map(params![user_id.0, low, high], RawRow::read)?
+            .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+        raws.into_iter().map(RawRow::into_entry).collect()
+    }
+
+    fn has_children(&mut self, user_id: UserId, dir: &RelPath) -> Result<bool, StoreError> {
+        let (low, high) = inside_bounds(dir);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3)",
+        )?;
+        Ok(stmt.query_row(params![user_id.0, low, high], |row| row.get(0))?)
+    }
+
+    fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE users SET cursor = cursor + 1 WHERE id = ?1 RETURNING cursor",
+        )?;
+        let cursor: Option<i64> = stmt.query_row([user_id.0], |row| row.get(0)).optional()?;
+        match cursor {
+            Some(cursor) => Ok(Cursor(to_u64(cursor, "cursor")?)),
+            None => Err(StoreError::NotFound(format!("user {user_id}"))),
+        }
+    }
+
+    fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        user_cursor(self.conn, user_id)
+    }
+
+    fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE users SET next_node_id = next_node_id + 1 WHERE id = ?1 RETURNING next_node_id - 1",
+        )?;
+        let node_id: Option<i64> = stmt.query_row([user_id.0], |row| row.get(0)).optional()?;
+        match node_id {
+            Some(node_id) => Ok(NodeId(to_u64(node_id, "node id")?)),
+            None => Err(StoreError::NotFound(format!("user {user_id}"))),
+        }
+    }
+
+    fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (user_id, node_id) DO UPDATE SET
+                 path = excluded.path, kind = excluded.kind, rev = excluded.rev,
+                 size = excluded.size, mtime_ms = excluded.mtime_ms, hash = excluded.hash,
+                 chunks = excluded.chunks, device = excluded.device",
+        )?;
+        stmt.execute(params![
+            user_id.0,
+            to_i64(entry.node_id.0)?,
+            entry.path.as_str(),
+            kind_text(entry.kind),
+            to_i64(entry.rev.0)?,
+            to_i64(entry.size)?,
+            entry.mtime_ms,
+            entry.hash.as_ref().map(|hash| &hash.0[..]),
+            encode_chunks(&entry.chunks),
+            entry.device.as_str(),
+        ])?;
+        Ok(())
+    }
+
+    fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM nodes WHERE user_id = ?1 AND node_id = ?2")?;
+        stmt.execute(params![user_id.0, to_i64(node_id.0)?])?;
+        Ok(())
+    }
+
+    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO changes (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        match change {
+            Change::Upsert { cursor, entry } => stmt.execute(params![
+                user_id.0,
+                to_i64(cursor.0)?,
+                to_i64(entry.node_id.0)?,
+                kind_text(entry.kind),
+                entry.path.as_str(),
+                to_i64(entry.size)?,
+                entry.mtime_ms,
+                entry.hash.as_ref().map(|hash| &hash.0[..]),
+                encode_chunks(&entry.chunks),
+                entry.device.as_str(),
+            ])?,
+            Change::Delete {
+                cursor,
+                node_id,
+                path,
+                device,
+            } => stmt.execute(params![
+                user_id.0,
+                to_i64(cursor.0)?,
+                to_i64(node_id.0)?,
+                "deleted",
+                path.as_str(),
+                0i64,
+                0i64,
+                None::<Vec<u8>>,
+                Vec::<u8>::new(),
+                device.as_str(),
+            ])?,
+        };
+        Ok(())
+    }
+}
+
+fn kind_text(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+    }
+}
+
+/// Bounds such that `low < path < high` holds exactly for the paths strictly inside `dir`
+/// (`'0'` is the byte after `'/'`).
+fn inside_bounds(dir: &RelPath) -> (String, String) {
+    (format!("{dir}/"), format!("{dir}0"))
+}
+
+/// Chunk lists as stored: 36 bytes per chunk, the hash then the length as a big-endian `u32`.
+pub(crate) fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.len() * 36);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk.hash.0);
+        out.extend_from_slice(&chunk.len.to_be_bytes());
+    }
+    out
+}
+
+/// The inverse of [`encode_chunks`].
+pub(crate) fn decode_chunks(bytes: &[u8]) -> Result<Vec<ChunkRef>, StoreError> {
+    let records = bytes.chunks_exact(36);
+    if !records.remainder().is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "chunk list of {} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(records
+        .map(|record| {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&record[..32]);
+            let len = u32::from_be_bytes([record[32], record[33], record[34], record[35]]);
+            ChunkRef {
+                hash: ChunkHash(hash),
+                len,
+            }
+        })
+        .collect())
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("{value} does not fit in a database integer")))
+}
+
+fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
+}

@@ -1,0 +1,79 @@
+//! The conformance suite on the embedded backends: SQLite + local disk.
+//!
+//! Each test gets fresh stores in its own temp dir.
+
+use std::future::Future;
+use syncstore_store::{conformance, ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore};
+
+async fn with_fresh_stores<F, Fut>(test: F)
+where
+    F: FnOnce(Box<dyn MetaStore>, Box<dyn ChunkStore>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let meta = SqliteMetaStore::open(&dir.path().join("meta.sqlite"))
+        .await
+        .unwrap();
+    let chunks = FsChunkStore::open(&dir.path().join("chunks"))
+        .await
+        .unwrap();
+    test(Box::new(meta), Box::new(chunks)).await;
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                with_fresh_stores(|meta, chunks| async move {
+                    conformance::$name(&*meta, &*chunks).await
+                })
+                .await;
+            }
+        )*
+    };
+}
+
+conformance_tests!(
+    users_tokens_auth,
+    revisions,
+    conditional_writes,
+    implicit_parents,
+    dir_move_moves_descendants,
+    journal_paging,
+    chunk_put_verify_missing,
+    per_user_isolation,
+);
+
+mod sqlite {
+    //! What only the SQLite backend has: its schema version check and reopening.
+
+    use syncstore_proto::UserName;
+    use syncstore_store::{MetaStore, SqliteMetaStore, StoreError};
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("meta.sqlite");
+        {
+            let meta = SqliteMetaStore::open(&db_path).await.unwrap();
+            meta.create_user(&UserName::new("me").unwrap())
+                .await
+                .unwrap();
+        }
+        let meta = SqliteMetaStore::open(&db_path).await.unwrap();
+        assert_eq!(meta.count_users().await.unwrap(), 1);
+        drop(meta);
+
+        let conn = rusqlite::Connection::open(&db_path).unwrap();
+        conn.execute("INSERT INTO schema_version (version) VALUES (999)", [])
+            .unwrap();
+        drop(conn);
+        let err = SqliteMetaStore::open(&db_path).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 999, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}
