@@ -1,1 +1,22 @@
-//! TODO
+//! The syncstore client: keeps one local folder and the server in sync, both ways.
+//!
+//! Layout: [`engine`] is one sync pass (refresh remote, scan, plan with `syncstore-plan`, apply);
+//! [`daemon`] runs passes when the watcher, the long poll, the rescan timer or a retry says so;
+//! [`scan`] walks the folder; [`state`] persists the base tree in `.syncstore/`; [`remote`] keeps
+//! the server's tree; [`http`] talks to the API with failover; [`config`] is the saved settings.
+//!
+//! Architecture Invariant: the client never decides what to do itself; it asks the pure
+//! planner, applies the ops with their re-checks, and records base after each step.
+
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod fsutil;
+pub mod http;
+pub mod remote;
+pub mod scan;
+pub mod state;
+
+pub use config::FolderConfig;
+pub use engine::{Engine, PassReport, Preview};
+pub use http::{ApiClient, ApiError};

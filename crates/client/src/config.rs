@@ -1,0 +1,71 @@
+//! The folder's saved settings: `.syncstore/config.json`, readable by the owner only.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use syncstore_proto::META_DIR;
+
+/// What `sync DIR --server URL --token TOKEN` saves so that later commands on DIR need no flags.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct FolderConfig {
+    /// Server base URLs, tried in order; the client fails over to the next when one stops answering.
+    pub servers: Vec<String>,
+    /// The device token. Never logged.
+    pub token: String,
+}
+
+impl std::fmt::Debug for FolderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FolderConfig").field("servers", &self.servers).field("token", &"<redacted>").finish()
+    }
+}
+
+/// `DIR/.syncstore`.
+pub fn meta_dir(root: &Path) -> PathBuf {
+    root.join(META_DIR)
+}
+
+fn config_path(root: &Path) -> PathBuf {
+    meta_dir(root).join("config.json")
+}
+
+impl FolderConfig {
+    /// Reads the saved config of the folder at `root`, if any.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed.
+    pub fn load(root: &Path) -> anyhow::Result<Option<FolderConfig>> {
+        let path = config_path(root);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err).with_context(|| format!("could not read {}", path.display())),
+        };
+        let config = serde_json::from_str(&text).with_context(|| format!("could not parse {}", path.display()))?;
+        Ok(Some(config))
+    }
+
+    /// Writes the config atomically with mode 0600, creating `.syncstore/` (mode 0700).
+    ///
+    /// # Errors
+    /// On any IO error.
+    pub fn save(&self, root: &Path) -> anyhow::Result<()> {
+        let dir = meta_dir(root);
+        create_private_dir(&dir)?;
+        let text = serde_json::to_vec_pretty(self).context("could not encode config")?;
+        crate::fsutil::write_atomic(&config_path(root), &text, 0o600)
+    }
+}
+
+/// Creates `dir` (mode 0700) if it does not exist.
+///
+/// # Errors
+/// On any IO error.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("could not create {}", dir.display())),
+    }
+}

@@ -1,0 +1,840 @@
+//! The sync engine: one pass = refresh the remote tree, scan, plan, apply; repeated until the
+//! plan is empty.
+//!
+//! Every step is applied with its re-check (a download replaces a local file only if it still
+//! holds what the plan expected; an upload is committed only if the file did not change while
+//! being read), and base is updated for that path right after, so a crash between steps leaves
+//! nothing to repeat blindly.
+
+use crate::fsutil::{fsync_dir, rename_noreplace, safe_join};
+use crate::http::{ApiClient, ApiError};
+use crate::remote::RemoteTree;
+use crate::scan::{scan, stamp_of, HashCache, IgnoreRules, Scan, Skipped, Stamp};
+use crate::state::StateDb;
+use anyhow::Context;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use syncstore_plan::{BaseNode, Blocked, LocalNode, Plan, PlanInput, PlanOp, RemoteNode};
+use syncstore_proto::{
+    encode_frame_header, ChunkHash, ChunkRef, ContentHash, DeviceName, EntryKind, Op, OpResult, Precondition, RelPath,
+    RemoteEntry, Revision,
+};
+
+/// Most rounds of plan-and-apply in one pass before waiting for the next trigger.
+const MAX_ROUNDS: usize = 32;
+/// Target size of one upload pack.
+const PACK_BYTES: usize = 8 * 1024 * 1024;
+/// Most bytes fetched in one download request.
+const DOWNLOAD_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+/// Most ops in one `/ops` request.
+const OPS_BATCH: usize = 1000;
+
+/// What one pass achieved.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// Local folder and server hold the same tree.
+    pub in_sync: bool,
+    /// Steps applied.
+    pub applied: usize,
+    pub blocked: Vec<Blocked>,
+    pub skipped: Vec<Skipped>,
+    /// Something is settling (a file being written, a conflict answer): pass again soon.
+    pub retry_soon: bool,
+}
+
+/// A plan computed without applying it, with the trees it came from (for `status`).
+pub struct Preview {
+    pub plan: Plan,
+    pub local: BTreeMap<RelPath, LocalNode>,
+    pub remote: BTreeMap<RelPath, RemoteEntry>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The sync engine of one folder.
+pub struct Engine {
+    root: PathBuf,
+    tmp_dir: PathBuf,
+    api: Arc<ApiClient>,
+    state: StateDb,
+    remote: Option<RemoteTree>,
+    cache: HashCache,
+    device: Option<DeviceName>,
+    retry_soon: bool,
+}
+
+impl Engine {
+    /// Opens the folder's state. Talks to no server yet.
+    ///
+    /// # Errors
+    /// When `.syncstore/` cannot be created or its state cannot be read.
+    pub fn open(root: &Path, api: Arc<ApiClient>) -> anyhow::Result<Engine> {
+        let meta_dir = crate::config::meta_dir(root);
+        crate::config::create_private_dir(&meta_dir)?;
+        let tmp_dir = meta_dir.join("tmp");
+        crate::config::create_private_dir(&tmp_dir)?;
+        // Temp files of an interrupted run are garbage: their content was never placed.
+        if let Ok(entries) = std::fs::read_dir(&tmp_dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let state = StateDb::open(&meta_dir)?;
+        let mut cache = HashCache::default();
+        for (path, node) in &state.base {
+            if let Some(hash) = node.hash {
+                cache.insert(path.clone(), Stamp { size: node.size, mtime_ns: node.mtime_ns, inode: node.inode }, hash);
+            }
+        }
+        Ok(Engine { root: root.to_path_buf(), tmp_dir, api, state, remote: None, cache, device: None, retry_soon: false })
+    }
+
+    /// The synced folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The API client in use.
+    pub fn api(&self) -> &Arc<ApiClient> {
+        &self.api
+    }
+
+    /// Loads who we are and the whole remote tree, once.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses the token.
+    pub async fn connect(&mut self) -> Result<(), ApiError> {
+        if self.device.is_none() {
+            let whoami = self.api.whoami().await?;
+            tracing::info!(user = %whoami.user, device = %whoami.device, server = %self.api.current_server(), "connected");
+            self.device = Some(whoami.device);
+        }
+        if self.remote.is_none() {
+            let tree = self.api.tree().await?;
+            self.remote = Some(RemoteTree::from_listing(tree.cursor, tree.entries));
+        }
+        Ok(())
+    }
+
+    /// Applies pending remote changes (without waiting for new ones).
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn refresh_remote(&mut self) -> Result<(), ApiError> {
+        self.connect().await?;
+        loop {
+            let cursor = self.remote.as_ref().map(|r| r.cursor).unwrap_or_default();
+            let page = self.api.changes(cursor, Duration::ZERO).await?;
+            if page.reset {
+                tracing::warn!("the server's journal does not know our cursor; reloading the whole tree");
+                self.remote = None;
+                self.connect().await?;
+                continue;
+            }
+            let remote = self.remote.as_mut().expect("connected");
+            for change in &page.changes {
+                remote.apply(change);
+            }
+            remote.cursor = remote.cursor.max(page.cursor);
+            if !page.more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Feeds changes that arrived through the long poll.
+    pub fn apply_changes(&mut self, page: &syncstore_proto::ChangesResponse) {
+        if let Some(remote) = self.remote.as_mut() {
+            if page.reset {
+                self.remote = None;
+                return;
+            }
+            for change in &page.changes {
+                remote.apply(change);
+            }
+        }
+    }
+
+    /// The remote cursor reached so far.
+    pub fn remote_cursor(&self) -> Option<syncstore_proto::Cursor> {
+        self.remote.as_ref().map(|r| r.cursor)
+    }
+
+    fn scan(&mut self) -> Scan {
+        let rules = IgnoreRules::load(&self.root);
+        let root = self.root.clone();
+        let cache = &mut self.cache;
+        let mut result = tokio::task::block_in_place(|| scan(&root, &rules, cache));
+        if result.skipped.iter().any(|s| s.reason.contains("retrying later")) {
+            self.retry_soon = true;
+        }
+        // Remote and base paths the rules exclude are never planned either.
+        let remote_paths = self.remote.iter().flat_map(|r| r.by_path.values().map(|e| (&e.path, e.kind)));
+        let base_paths = self.state.base.iter().map(|(p, n)| (p, n.kind));
+        for (path, kind) in remote_paths.chain(base_paths) {
+            if rules.is_ignored(path, kind) {
+                result.untouchable.insert(path.clone());
+            }
+        }
+        result
+    }
+
+    fn make_plan(&self, scan: &Scan, remote: &BTreeMap<RelPath, RemoteNode>) -> Plan {
+        let now_stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
+        let no_locks = BTreeMap::new();
+        let device = self.device.clone().unwrap_or_else(|| DeviceName::new("device").expect("valid"));
+        syncstore_plan::plan(&PlanInput {
+            base: &self.state.base,
+            local: &scan.local,
+            remote,
+            device: &device,
+            now_stamp: &now_stamp,
+            locked_by_others: &no_locks,
+            ignored: &scan.untouchable,
+            local_root_ok: scan.root_ok,
+            remote_complete: true,
+        })
+    }
+
+    /// Computes what a pass would do, changing nothing.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn preview(&mut self) -> anyhow::Result<Preview> {
+        self.refresh_remote().await?;
+        let scan = self.scan();
+        let remote_view = self.remote.as_ref().expect("connected").plan_view();
+        let plan = self.make_plan(&scan, &remote_view);
+        Ok(Preview {
+            plan,
+            local: scan.local,
+            remote: self.remote.as_ref().expect("connected").by_path.clone(),
+            skipped: scan.skipped,
+        })
+    }
+
+    /// One full two-way pass: plan and apply until nothing is left to do.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or the folder cannot be written; the pass can simply be
+    /// run again later.
+    #[tracing::instrument(skip(self), fields(root = %self.root.display()))]
+    pub async fn sync_pass(&mut self) -> anyhow::Result<PassReport> {
+        let mut report = PassReport::default();
+        self.retry_soon = false;
+        for _round in 0..MAX_ROUNDS {
+            self.refresh_remote().await?;
+            let scan = self.scan();
+            let remote_view = self.remote.as_ref().expect("connected").plan_view();
+            let plan = self.make_plan(&scan, &remote_view);
+            report.blocked = plan.blocked.clone();
+            report.skipped = scan.skipped;
+            if plan.ops.is_empty() {
+                report.in_sync = plan.blocked.is_empty() && scan.root_ok;
+                report.retry_soon = self.retry_soon;
+                return Ok(report);
+            }
+            tracing::debug!(ops = plan.ops.len(), "applying plan");
+            let applied = self.execute(plan.ops).await?;
+            report.applied += applied;
+            if applied == 0 {
+                report.retry_soon = true;
+                return Ok(report);
+            }
+        }
+        report.retry_soon = true;
+        Ok(report)
+    }
+
+    async fn execute(&mut self, ops: Vec<PlanOp>) -> anyhow::Result<usize> {
+        #[derive(PartialEq, Clone, Copy)]
+        enum Kind {
+            Remote,
+            Upload,
+            Download,
+            Local,
+        }
+        fn kind_of(op: &PlanOp) -> Kind {
+            match op {
+                PlanOp::DeleteRemote { .. } | PlanOp::MakeDirRemote { .. } | PlanOp::MoveRemote { .. } => Kind::Remote,
+                PlanOp::Upload { .. } => Kind::Upload,
+                PlanOp::Download { .. } => Kind::Download,
+                _ => Kind::Local,
+            }
+        }
+        let mut applied = 0;
+        let mut ops = ops.into_iter().peekable();
+        while let Some(first) = ops.next() {
+            let kind = kind_of(&first);
+            let mut run = vec![first];
+            while let Some(next) = ops.next_if(|op| kind_of(op) == kind) {
+                run.push(next);
+            }
+            applied += match kind {
+                Kind::Remote => self.execute_remote_ops(run).await?,
+                Kind::Upload => self.execute_uploads(run).await?,
+                Kind::Download => self.execute_downloads(run).await?,
+                Kind::Local => {
+                    let mut n = 0;
+                    for op in run {
+                        match self.execute_local(&op) {
+                            Ok(true) => n += 1,
+                            Ok(false) => self.retry_soon = true,
+                            Err(err) => {
+                                tracing::warn!(?op, cause = format!("{err:#}"), "local step failed");
+                                self.retry_soon = true;
+                            }
+                        }
+                    }
+                    n
+                }
+            };
+        }
+        Ok(applied)
+    }
+
+    /// Sends ops in batches and hands each result to `on_result`; counts the applied ones.
+    async fn send_ops(&mut self, ops: Vec<Op>, mut on_result: impl FnMut(&mut Engine, usize, &OpResult, Revision) -> anyhow::Result<()>) -> anyhow::Result<usize> {
+        let mut applied = 0;
+        let mut offset = 0;
+        let mut ops = ops;
+        while !ops.is_empty() {
+            let rest = ops.split_off(ops.len().min(OPS_BATCH));
+            let batch = std::mem::replace(&mut ops, rest);
+            let n = batch.len();
+            let response = self.api.ops(batch.clone()).await?;
+            anyhow::ensure!(response.results.len() == n, "server answered {} results for {n} ops", response.results.len());
+            let cursor = Revision(response.cursor.0);
+            for (idx, (op, result)) in batch.iter().zip(&response.results).enumerate() {
+                if result.status == 200 {
+                    if let Some(remote) = self.remote.as_mut() {
+                        for entry in &result.entries {
+                            remote.upsert(entry.clone());
+                        }
+                    }
+                    on_result(self, offset + idx, result, cursor)?;
+                    applied += 1;
+                } else {
+                    self.retry_soon = true;
+                    tracing::info!(path = %op.path(), status = result.status, message = %result.message, "server refused a step; re-planning");
+                }
+            }
+            offset += n;
+        }
+        Ok(applied)
+    }
+
+    async fn execute_remote_ops(&mut self, run: Vec<PlanOp>) -> anyhow::Result<usize> {
+        let mut ops = Vec::new();
+        for op in &run {
+            ops.push(match op {
+                PlanOp::DeleteRemote { path, rev } => Op::Delete { path: path.clone(), base: *rev },
+                PlanOp::MoveRemote { from, to, rev } => Op::Move { from: from.clone(), to: to.clone(), base: *rev },
+                PlanOp::MakeDirRemote { path } => {
+                    let full = safe_join(&self.root, path)?;
+                    let mtime_ms = stamp_of(&full).map(|s| s.mtime_ns / 1_000_000).unwrap_or(0);
+                    Op::MakeDir { path: path.clone(), mtime_ms }
+                }
+                _ => unreachable!("only remote ops are batched here"),
+            });
+        }
+        self.send_ops(ops, |engine, idx, result, cursor| {
+            match &run[idx] {
+                PlanOp::DeleteRemote { path, .. } => {
+                    if let Some(remote) = engine.remote.as_mut() {
+                        if let Some(node_id) = remote.by_path.get(path).map(|e| e.node_id) {
+                            remote.delete(node_id, cursor);
+                        }
+                    }
+                    engine.state.remove(path)?;
+                }
+                PlanOp::MoveRemote { from, to, .. } => {
+                    engine.state.rebase(from, to)?;
+                    engine.cache_rebase(from, to);
+                    engine.refresh_base_revs(&result.entries)?;
+                }
+                PlanOp::MakeDirRemote { path } => {
+                    let full = safe_join(&engine.root, path)?;
+                    let stamp = stamp_of(&full).unwrap_or(Stamp { size: 0, mtime_ns: 0, inode: 0 });
+                    if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
+                        let node = BaseNode { kind: EntryKind::Dir, hash: None, node_id: entry.node_id, rev: entry.rev, size: 0, mtime_ns: stamp.mtime_ns, inode: stamp.inode };
+                        engine.state.put(path, node, Vec::new())?;
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// After the server moved nodes, base takes their new revisions.
+    fn refresh_base_revs(&mut self, entries: &[RemoteEntry]) -> anyhow::Result<()> {
+        for entry in entries {
+            if let Some(node) = self.state.base.get(&entry.path) {
+                if node.node_id == entry.node_id && node.rev != entry.rev {
+                    let mut node = node.clone();
+                    node.rev = entry.rev;
+                    let chunks = self.state.base_chunks.get(&entry.path).cloned().unwrap_or_default();
+                    self.state.put(&entry.path, node, chunks)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cache_rebase(&mut self, from: &RelPath, to: &RelPath) {
+        self.cache.rebase(from, to);
+    }
+
+    async fn execute_uploads(&mut self, run: Vec<PlanOp>) -> anyhow::Result<usize> {
+        struct Prepared {
+            path: RelPath,
+            full: PathBuf,
+            base: Precondition,
+            manifest: syncstore_chunk::Manifest,
+            stamp: Stamp,
+        }
+        // 1. Chunk every file, checking it did not change while being read.
+        let root = self.root.clone();
+        let mut prepared = Vec::new();
+        for op in run {
+            let PlanOp::Upload { path, base, hash } = op else { unreachable!("only uploads are batched here") };
+            let full = safe_join(&root, &path)?;
+            let result = tokio::task::block_in_place(|| -> anyhow::Result<Option<(syncstore_chunk::Manifest, Stamp)>> {
+                let before = stamp_of(&full)?;
+                let file = std::fs::File::open(&full)?;
+                let manifest = syncstore_chunk::manifest_of(&file)?;
+                let after = stamp_of(&full)?;
+                if before != after || manifest.size != after.size || manifest.hash != hash {
+                    return Ok(None);
+                }
+                Ok(Some((manifest, after)))
+            });
+            match result {
+                Ok(Some((manifest, stamp))) => prepared.push(Prepared { path, full, base, manifest, stamp }),
+                Ok(None) => {
+                    tracing::info!(%path, "file changed while being read; will retry when it settles");
+                    self.retry_soon = true;
+                }
+                Err(err) => {
+                    tracing::warn!(%path, cause = format!("{err:#}"), "could not read file for upload");
+                    self.retry_soon = true;
+                }
+            }
+        }
+        if prepared.is_empty() {
+            return Ok(0);
+        }
+        // 2. Ask which chunks the server lacks.
+        let mut all: Vec<ChunkHash> = prepared.iter().flat_map(|p| p.manifest.chunks.iter().map(|c| c.hash)).collect();
+        all.sort();
+        all.dedup();
+        let mut missing = HashSet::new();
+        for batch in all.chunks(20_000) {
+            missing.extend(self.api.missing_chunks(batch.to_vec()).await?);
+        }
+        // 3. Send the missing chunks in packs, reading each from its file again and checking it.
+        let mut failed: HashSet<usize> = HashSet::new();
+        let mut pack = Vec::with_capacity(PACK_BYTES + syncstore_proto::CHUNK_MAX as usize);
+        let mut in_flight: tokio::task::JoinSet<Result<(), ApiError>> = tokio::task::JoinSet::new();
+        for (file_idx, item) in prepared.iter().enumerate() {
+            let mut offset = 0u64;
+            let file = match std::fs::File::open(&item.full) {
+                Ok(file) => file,
+                Err(_) => {
+                    failed.insert(file_idx);
+                    continue;
+                }
+            };
+            for chunk in &item.manifest.chunks {
+                if missing.remove(&chunk.hash) {
+                    let ok = tokio::task::block_in_place(|| read_chunk_into(&file, offset, chunk, &mut pack));
+                    if !ok {
+                        failed.insert(file_idx);
+                        break;
+                    }
+                    if pack.len() >= PACK_BYTES {
+                        let body = bytes::Bytes::from(std::mem::take(&mut pack));
+                        pack.reserve(PACK_BYTES + syncstore_proto::CHUNK_MAX as usize);
+                        while in_flight.len() >= 2 {
+                            join_upload(&mut in_flight).await?;
+                        }
+                        let api = self.api.clone();
+                        in_flight.spawn(async move { api.upload_pack(body).await.map(|_| ()) });
+                    }
+                }
+                offset += u64::from(chunk.len);
+            }
+        }
+        if !pack.is_empty() {
+            let api = self.api.clone();
+            let body = bytes::Bytes::from(pack);
+            in_flight.spawn(async move { api.upload_pack(body).await.map(|_| ()) });
+        }
+        while !in_flight.is_empty() {
+            join_upload(&mut in_flight).await?;
+        }
+        // 4. Commit the files, each conditional on what the plan saw.
+        let committed: Vec<Prepared> = prepared.into_iter().enumerate().filter(|(idx, _)| !failed.contains(idx)).map(|(_, p)| p).collect();
+        if committed.len() < failed.len() + committed.len() {
+            self.retry_soon = true;
+        }
+        let ops = committed
+            .iter()
+            .map(|p| Op::PutFile {
+                path: p.path.clone(),
+                base: p.base,
+                size: p.manifest.size,
+                mtime_ms: p.stamp.mtime_ns / 1_000_000,
+                hash: p.manifest.hash,
+                chunks: p.manifest.chunks.clone(),
+            })
+            .collect();
+        self.send_ops(ops, |engine, idx, result, _| {
+            let item = &committed[idx];
+            let Some(entry) = result.entries.iter().find(|e| e.path == item.path) else {
+                anyhow::bail!("server did not return the uploaded file {}", item.path);
+            };
+            let node = BaseNode {
+                kind: EntryKind::File,
+                hash: Some(item.manifest.hash),
+                node_id: entry.node_id,
+                rev: entry.rev,
+                size: item.stamp.size,
+                mtime_ns: item.stamp.mtime_ns,
+                inode: item.stamp.inode,
+            };
+            engine.state.put(&item.path, node, item.manifest.chunks.clone())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn execute_downloads(&mut self, run: Vec<PlanOp>) -> anyhow::Result<usize> {
+        let mut jobs = Vec::new();
+        for op in run {
+            let PlanOp::Download { path, remote, expect_local } = op else { unreachable!("only downloads are batched here") };
+            let Some(entry) = self.remote.as_ref().and_then(|r| r.by_path.get(&path)).cloned() else { continue };
+            if entry.node_id != remote.node_id || entry.rev != remote.rev || entry.hash.is_none() {
+                self.retry_soon = true;
+                continue;
+            }
+            let full = match safe_join(&self.root, &path) {
+                Ok(full) => full,
+                Err(err) => {
+                    tracing::warn!(%path, cause = format!("{err:#}"), "not downloading");
+                    continue;
+                }
+            };
+            // Chunks of the local file as it was agreed can be reused if it is still unchanged.
+            let mut reuse = HashMap::new();
+            if let (Some(base), Some(chunks)) = (self.state.base.get(&path), self.state.base_chunks.get(&path)) {
+                let unchanged = stamp_of(&full).is_ok_and(|s| s == Stamp { size: base.size, mtime_ns: base.mtime_ns, inode: base.inode });
+                if unchanged {
+                    let mut offset = 0u64;
+                    for chunk in chunks {
+                        reuse.entry(chunk.hash).or_insert((offset, chunk.len));
+                        offset += u64::from(chunk.len);
+                    }
+                }
+            }
+            jobs.push(DownloadJob { path, full, entry, expect_local, reuse });
+        }
+        let mut applied = 0;
+        // Batches bounded by bytes to fetch.
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0u64;
+        let mut jobs = jobs.into_iter().peekable();
+        while let Some(job) = jobs.next() {
+            batch_bytes += job.entry.chunks.iter().filter(|c| !job.reuse.contains_key(&c.hash)).map(|c| u64::from(c.len)).sum::<u64>();
+            batch.push(job);
+            if batch_bytes >= DOWNLOAD_BATCH_BYTES || batch.len() >= 2000 || jobs.peek().is_none() {
+                applied += self.download_batch(std::mem::take(&mut batch)).await?;
+                batch_bytes = 0;
+            }
+        }
+        Ok(applied)
+    }
+
+    async fn download_batch(&mut self, jobs: Vec<DownloadJob>) -> anyhow::Result<usize> {
+        // Which chunks to fetch, each once, in the order they are first needed.
+        let mut fetch = Vec::new();
+        let mut fetching = HashSet::new();
+        for job in &jobs {
+            for chunk in &job.entry.chunks {
+                if !job.reuse.contains_key(&chunk.hash) && fetching.insert(chunk.hash) {
+                    fetch.push(chunk.hash);
+                }
+            }
+        }
+        let stream = if fetch.is_empty() { None } else { Some(self.api.download_pack(fetch).await?) };
+        let tmp_dir = self.tmp_dir.clone();
+        let written = tokio::task::spawn_blocking(move || write_temp_files(jobs, stream, &tmp_dir))
+            .await
+            .context("download task failed")??;
+        let mut applied = 0;
+        for done in written {
+            match tokio::task::block_in_place(|| self.place_download(&done)) {
+                Ok(true) => applied += 1,
+                Ok(false) => self.retry_soon = true,
+                Err(err) => {
+                    tracing::warn!(path = %done.job.path, cause = format!("{err:#}"), "could not place download");
+                    self.retry_soon = true;
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Renames a finished download into place if the local path still holds what the plan saw.
+    fn place_download(&mut self, done: &WrittenFile) -> anyhow::Result<bool> {
+        let job = &done.job;
+        let full = safe_join(&self.root, &job.path)?;
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("could not create {}", parent.display()))?;
+        }
+        match job.expect_local {
+            None => match rename_noreplace(&done.temp, &full) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    tracing::info!(path = %job.path, "a local file appeared meanwhile; re-planning");
+                    return Ok(false);
+                }
+                Err(err) => return Err(err).with_context(|| format!("could not move download to {}", full.display())),
+            },
+            Some(expected) => {
+                if !self.local_file_has(&job.path, &full, expected)? {
+                    tracing::info!(path = %job.path, "local file changed meanwhile; re-planning");
+                    return Ok(false);
+                }
+                std::fs::rename(&done.temp, &full).with_context(|| format!("could not move download to {}", full.display()))?;
+            }
+        }
+        if let Some(parent) = full.parent() {
+            fsync_dir(parent)?;
+        }
+        let stamp = stamp_of(&full)?;
+        let hash = job.entry.hash.expect("downloads are files");
+        self.cache.insert(job.path.clone(), stamp, hash);
+        let node = BaseNode { kind: EntryKind::File, hash: Some(hash), node_id: job.entry.node_id, rev: job.entry.rev, size: stamp.size, mtime_ns: stamp.mtime_ns, inode: stamp.inode };
+        self.state.put(&job.path, node, job.entry.chunks.clone())?;
+        Ok(true)
+    }
+
+    /// Whether the local file at `full` holds `expected`, re-hashing only if its stamp changed.
+    fn local_file_has(&mut self, path: &RelPath, full: &Path, expected: ContentHash) -> anyhow::Result<bool> {
+        let stamp = match stamp_of(full) {
+            Ok(stamp) => stamp,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(err) => return Err(err).with_context(|| format!("could not stat {}", full.display())),
+        };
+        if let Some(base) = self.state.base.get(path) {
+            if base.hash == Some(expected) && (Stamp { size: base.size, mtime_ns: base.mtime_ns, inode: base.inode }) == stamp {
+                return Ok(true);
+            }
+        }
+        let file = std::fs::File::open(full).with_context(|| format!("could not open {}", full.display()))?;
+        let (hash, _) = syncstore_chunk::hash_reader(&file)?;
+        Ok(hash == expected && stamp_of(full)? == stamp)
+    }
+
+    fn execute_local(&mut self, op: &PlanOp) -> anyhow::Result<bool> {
+        match op {
+            PlanOp::DeleteLocal { path, expect_hash } => {
+                let full = safe_join(&self.root, path)?;
+                if !self.local_file_has(path, &full, *expect_hash)? {
+                    // Gone already counts as done; changed means the next plan decides again.
+                    if std::fs::symlink_metadata(&full).is_err() {
+                        self.state.remove(path)?;
+                        return Ok(true);
+                    }
+                    return Ok(false);
+                }
+                std::fs::remove_file(&full).with_context(|| format!("could not delete {}", full.display()))?;
+                if let Some(parent) = full.parent() {
+                    fsync_dir(parent)?;
+                }
+                self.state.remove(path)?;
+                Ok(true)
+            }
+            PlanOp::MakeDirLocal { path, remote } => {
+                let full = safe_join(&self.root, path)?;
+                if crate::fsutil::is_symlink(&full) {
+                    anyhow::bail!("{} is a symlink", full.display());
+                }
+                std::fs::create_dir_all(&full).with_context(|| format!("could not create {}", full.display()))?;
+                let stamp = stamp_of(&full)?;
+                let node = BaseNode { kind: EntryKind::Dir, hash: None, node_id: remote.node_id, rev: remote.rev, size: 0, mtime_ns: stamp.mtime_ns, inode: stamp.inode };
+                self.state.put(path, node, Vec::new())?;
+                Ok(true)
+            }
+            PlanOp::RemoveDirLocal { path } => {
+                let full = safe_join(&self.root, path)?;
+                match std::fs::remove_dir(&full) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        tracing::info!(%path, cause = %err, "directory not removed (not empty)");
+                        return Ok(false);
+                    }
+                }
+                self.state.remove(path)?;
+                Ok(true)
+            }
+            PlanOp::MoveLocal { from, to } => {
+                let from_full = safe_join(&self.root, from)?;
+                let to_full = safe_join(&self.root, to)?;
+                if let Some(parent) = to_full.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| format!("could not create {}", parent.display()))?;
+                }
+                match rename_noreplace(&from_full, &to_full) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists || err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(err) => return Err(err).with_context(|| format!("could not move {} to {}", from_full.display(), to_full.display())),
+                }
+                for dir in [from_full.parent(), to_full.parent()].into_iter().flatten() {
+                    fsync_dir(dir)?;
+                }
+                self.state.rebase(from, to)?;
+                self.cache.rebase(from, to);
+                let entries: Vec<RemoteEntry> = self
+                    .remote
+                    .as_ref()
+                    .map(|r| r.by_path.values().filter(|e| e.path == *to || e.path.is_inside(to)).cloned().collect())
+                    .unwrap_or_default();
+                self.refresh_base_revs(&entries)?;
+                Ok(true)
+            }
+            PlanOp::ConflictCopy { path, copy } => {
+                let full = safe_join(&self.root, path)?;
+                let copy_full = safe_join(&self.root, copy)?;
+                match rename_noreplace(&full, &copy_full) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists || err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(err) => return Err(err).with_context(|| format!("could not rename {}", full.display())),
+                }
+                if let Some(parent) = full.parent() {
+                    fsync_dir(parent)?;
+                }
+                self.cache.rebase(path, copy);
+                tracing::warn!(%path, %copy, "both sides changed: kept the local version as a conflicted copy");
+                Ok(true)
+            }
+            PlanOp::RecordBase { path, node } => {
+                let chunks = self.remote.as_ref().and_then(|r| r.by_path.get(path)).map(|e| e.chunks.clone()).unwrap_or_default();
+                self.state.put(path, node.clone(), chunks)?;
+                Ok(true)
+            }
+            PlanOp::ForgetBase { path } => {
+                self.state.remove(path)?;
+                Ok(true)
+            }
+            other => unreachable!("not a local op: {other:?}"),
+        }
+    }
+}
+
+/// One file to download.
+struct DownloadJob {
+    path: RelPath,
+    full: PathBuf,
+    entry: RemoteEntry,
+    expect_local: Option<ContentHash>,
+    /// Chunks available in the current local file: hash → (offset, len).
+    reuse: HashMap<ChunkHash, (u64, u32)>,
+}
+
+/// A download written and verified in a temp file, ready to be placed.
+struct WrittenFile {
+    job: DownloadJob,
+    temp: tempfile::TempPath,
+}
+
+/// Writes every job's content to a temp file: reused chunks from the local file, the rest from
+/// the frame stream (each chunk arrives once; later uses copy it from where it was written).
+/// Files whose content fails verification are dropped (and retried by the next pass).
+fn write_temp_files(
+    jobs: Vec<DownloadJob>,
+    stream: Option<impl futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + Unpin + 'static>,
+    tmp_dir: &Path,
+) -> anyhow::Result<Vec<WrittenFile>> {
+    use futures::TryStreamExt;
+    use std::io::{Read, Write};
+    let mut reader: Box<dyn Read + Send> = match stream {
+        Some(stream) => {
+            let async_reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
+            Box::new(tokio_util::io::SyncIoBridge::new(async_reader))
+        }
+        None => Box::new(std::io::empty()),
+    };
+    // Where each fetched chunk was written: temp path → (offset, len).
+    let mut fetched: HashMap<ChunkHash, (PathBuf, u64, u32)> = HashMap::new();
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for job in jobs {
+        let mut temp = tempfile::NamedTempFile::new_in(tmp_dir).context("could not create temp file")?;
+        let old_file = if job.reuse.is_empty() { None } else { std::fs::File::open(&job.full).ok() };
+        let mut hasher = blake3::Hasher::new();
+        let mut offset = 0u64;
+        let mut ok = true;
+        for chunk in &job.entry.chunks {
+            buf.resize(chunk.len as usize, 0);
+            let got = if let (Some(&(old_offset, _)), Some(old)) = (job.reuse.get(&chunk.hash), old_file.as_ref()) {
+                old.read_exact_at(&mut buf, old_offset).is_ok()
+            } else if let Some((temp_path, at, _)) = fetched.get(&chunk.hash) {
+                std::fs::File::open(temp_path).and_then(|f| f.read_exact_at(&mut buf, *at)).is_ok()
+            } else {
+                let mut header = [0u8; syncstore_proto::FRAME_HEADER_LEN];
+                reader.read_exact(&mut header).context("download stream ended early")?;
+                let (hash, len) = syncstore_proto::decode_frame_header(&header).map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(hash == chunk.hash && len == chunk.len, "server sent chunk {hash} out of order");
+                reader.read_exact(&mut buf).context("download stream ended early")?;
+                fetched.insert(chunk.hash, (temp.path().to_path_buf(), offset, chunk.len));
+                true
+            };
+            if !got || syncstore_chunk::hash_chunk(&buf) != chunk.hash {
+                ok = false;
+                // Keep the stream aligned: frames of this file still have to be consumed.
+                continue;
+            }
+            hasher.update(&buf);
+            temp.write_all(&buf).context("could not write temp file")?;
+            offset += u64::from(chunk.len);
+        }
+        if !ok || Some(ContentHash(*hasher.finalize().as_bytes())) != job.entry.hash {
+            tracing::warn!(path = %job.path, "downloaded content did not verify; will retry");
+            continue;
+        }
+        let mtime = std::time::UNIX_EPOCH + Duration::from_millis(job.entry.mtime_ms.max(0) as u64);
+        temp.as_file().set_modified(mtime).context("could not set mtime")?;
+        temp.as_file().sync_all().context("could not fsync temp file")?;
+        let temp = temp.into_temp_path();
+        out.push(WrittenFile { job, temp });
+    }
+    Ok(out)
+}
+
+/// Appends the frame of `chunk` (read from `file` at `offset`) to `pack`; false if the bytes no
+/// longer match (the file changed).
+fn read_chunk_into(file: &std::fs::File, offset: u64, chunk: &ChunkRef, pack: &mut Vec<u8>) -> bool {
+    let start = pack.len();
+    pack.extend_from_slice(&encode_frame_header(&chunk.hash, chunk.len));
+    let data_start = pack.len();
+    pack.resize(data_start + chunk.len as usize, 0);
+    if file.read_exact_at(&mut pack[data_start..], offset).is_err() || syncstore_chunk::hash_chunk(&pack[data_start..]) != chunk.hash {
+        pack.truncate(start);
+        return false;
+    }
+    true
+}
+
+async fn join_upload(in_flight: &mut tokio::task::JoinSet<Result<(), ApiError>>) -> anyhow::Result<()> {
+    match in_flight.join_next().await {
+        Some(Ok(result)) => Ok(result?),
+        Some(Err(err)) => Err(anyhow::anyhow!("upload task failed: {err}")),
+        None => Ok(()),
+    }
+}

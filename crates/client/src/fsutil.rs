@@ -1,0 +1,93 @@
+//! Filesystem helpers: atomic writes, directory fsync, and paths that cannot escape the folder.
+
+use anyhow::Context;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use syncstore_proto::RelPath;
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir.
+///
+/// # Errors
+/// On any IO error; the target is then untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().context("path has no parent")?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("could not create a temp file in {}", dir.display()))?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).context("could not set permissions")?;
+    tmp.write_all(bytes).context("could not write temp file")?;
+    tmp.as_file().sync_all().context("could not fsync temp file")?;
+    tmp.persist(path).with_context(|| format!("could not rename into {}", path.display()))?;
+    fsync_dir(dir)
+}
+
+/// fsyncs a directory so that a rename inside it survives a crash.
+///
+/// # Errors
+/// On any IO error.
+pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("could not fsync directory {}", dir.display()))
+}
+
+/// `root/path`, after checking that no existing ancestor of it inside `root` is a symlink or a
+/// non-directory: a symlink planted in the folder can never redirect a write outside it.
+///
+/// # Errors
+/// When an ancestor is a symlink or a file.
+pub fn safe_join(root: &Path, path: &RelPath) -> anyhow::Result<PathBuf> {
+    let mut current = root.to_path_buf();
+    let components: Vec<&str> = path.components().collect();
+    for component in &components[..components.len() - 1] {
+        current.push(component);
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                anyhow::bail!("refusing to write through the symlink {}", current.display())
+            }
+            Ok(meta) if !meta.is_dir() => anyhow::bail!("{} is not a directory", current.display()),
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("could not stat {}", current.display())),
+        }
+    }
+    current.push(components[components.len() - 1]);
+    Ok(current)
+}
+
+/// Whether the final component of `full` is a symlink (never followed, never replaced).
+pub fn is_symlink(full: &Path) -> bool {
+    std::fs::symlink_metadata(full).map(|m| m.file_type().is_symlink()).unwrap_or(false)
+}
+
+/// Renames `from` to `to` only if `to` does not exist (renameat2 RENAME_NOREPLACE).
+///
+/// # Errors
+/// `AlreadyExists` when `to` exists, or any other IO error.
+pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: both are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(libc::ENOSYS) {
+        // The filesystem does not support RENAME_NOREPLACE: check, then rename.
+        if std::fs::symlink_metadata(to).is_ok() {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "target exists"));
+        }
+        return std::fs::rename(from, to);
+    }
+    Err(err)
+}
+
+/// Modification time of `meta` in nanoseconds since the Unix epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}

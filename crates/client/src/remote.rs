@@ -1,0 +1,129 @@
+//! The remote tree: the server's state as far as the client's cursor goes.
+//!
+//! Fed by `GET /tree` at start, the change feed, and the results of the client's own ops. The
+//! same change may arrive twice (from an op result and again from the feed) or out of order, so
+//! every update is guarded by revision: a node never goes back to an older state.
+
+use std::collections::{BTreeMap, HashMap};
+use syncstore_plan::RemoteNode;
+use syncstore_proto::{Change, Cursor, NodeId, RelPath, RemoteEntry, Revision};
+
+/// The server's tree at `cursor`.
+#[derive(Default, Debug)]
+pub struct RemoteTree {
+    pub by_path: BTreeMap<RelPath, RemoteEntry>,
+    by_node: HashMap<NodeId, RelPath>,
+    /// Deleted nodes and the cursor of their deletion, so a late upsert cannot revive them.
+    tombstones: HashMap<NodeId, Revision>,
+    pub cursor: Cursor,
+}
+
+impl RemoteTree {
+    /// A tree from a full listing.
+    pub fn from_listing(cursor: Cursor, entries: Vec<RemoteEntry>) -> RemoteTree {
+        let mut tree = RemoteTree { cursor, ..RemoteTree::default() };
+        for entry in entries {
+            tree.upsert(entry);
+        }
+        tree
+    }
+
+    /// Applies one journal change.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Upsert { entry, .. } => self.upsert(entry.clone()),
+            Change::Delete { cursor, node_id, .. } => self.delete(*node_id, Revision(cursor.0)),
+        }
+        self.cursor = self.cursor.max(change.cursor());
+    }
+
+    /// Records the node's new state unless a newer one is already known.
+    pub fn upsert(&mut self, entry: RemoteEntry) {
+        if self.tombstones.get(&entry.node_id).is_some_and(|gone| *gone >= entry.rev) {
+            return;
+        }
+        if let Some(old_path) = self.by_node.get(&entry.node_id) {
+            if self.by_path.get(old_path).is_some_and(|old| old.rev >= entry.rev) {
+                return;
+            }
+            let old_path = old_path.clone();
+            self.by_path.remove(&old_path);
+        }
+        // The server never holds two nodes at one path, so an older occupant is stale.
+        if let Some(occupant) = self.by_path.get(&entry.path) {
+            if occupant.rev > entry.rev {
+                return;
+            }
+            self.by_node.remove(&occupant.node_id);
+        }
+        self.by_node.insert(entry.node_id, entry.path.clone());
+        self.by_path.insert(entry.path.clone(), entry);
+    }
+
+    /// Removes the node, deleted at revision `at`, unless it changed after that.
+    pub fn delete(&mut self, node_id: NodeId, at: Revision) {
+        if let Some(path) = self.by_node.get(&node_id) {
+            if self.by_path.get(path).is_some_and(|e| e.rev > at) {
+                return;
+            }
+            let path = path.clone();
+            self.by_path.remove(&path);
+            self.by_node.remove(&node_id);
+        }
+        let gone = self.tombstones.entry(node_id).or_insert(at);
+        *gone = (*gone).max(at);
+    }
+
+    /// The tree as the planner takes it.
+    pub fn plan_view(&self) -> BTreeMap<RelPath, RemoteNode> {
+        self.by_path
+            .iter()
+            .map(|(path, e)| {
+                let node = RemoteNode {
+                    node_id: e.node_id,
+                    kind: e.kind,
+                    rev: e.rev,
+                    hash: e.hash,
+                    size: e.size,
+                    mtime_ms: e.mtime_ms,
+                };
+                (path.clone(), node)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncstore_proto::{DeviceName, EntryKind};
+
+    fn entry(node: u64, path: &str, rev: u64) -> RemoteEntry {
+        RemoteEntry {
+            node_id: NodeId(node),
+            path: RelPath::new(path).unwrap(),
+            kind: EntryKind::Dir,
+            rev: Revision(rev),
+            size: 0,
+            mtime_ms: 0,
+            hash: None,
+            chunks: vec![],
+            device: DeviceName::new("d").unwrap(),
+        }
+    }
+
+    #[test]
+    fn stale_updates_are_ignored() {
+        let mut tree = RemoteTree::default();
+        tree.upsert(entry(1, "b", 5));
+        tree.upsert(entry(1, "a", 3)); // older: the move to b already happened
+        assert_eq!(tree.by_path.keys().map(|p| p.as_str()).collect::<Vec<_>>(), ["b"]);
+        tree.delete(NodeId(1), Revision(6));
+        tree.upsert(entry(1, "b", 5)); // replayed after the delete
+        assert!(tree.by_path.is_empty());
+        tree.upsert(entry(2, "b", 7));
+        tree.upsert(entry(3, "b", 8)); // replaced at the same path
+        assert_eq!(tree.by_path[&RelPath::new("b").unwrap()].node_id, NodeId(3));
+        assert_eq!(tree.by_node.len(), 1);
+    }
+}

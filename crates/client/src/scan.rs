@@ -1,0 +1,232 @@
+//! Scanning the folder into the local tree.
+//!
+//! A full walk that stats every entry and re-hashes a file only when its size, mtime or inode
+//! differ from what was last hashed (the rescan rule of the original design). Symlinks are never
+//! followed; they, special files, unreadable files and names that are not valid UTF-8 or not
+//! valid [`RelPath`]s are reported as skipped, never as deleted.
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use syncstore_plan::LocalNode;
+use syncstore_proto::{ContentHash, EntryKind, RelPath, META_DIR};
+
+/// Patterns ignored in every folder: editor swap and lock files, temp files.
+pub const DEFAULT_IGNORES: &[&str] = &["*.swp", "~$*", ".#*", "*.tmp"];
+
+/// `.syncignore` (gitignore syntax) plus [`DEFAULT_IGNORES`].
+pub struct IgnoreRules {
+    matcher: Gitignore,
+}
+
+impl IgnoreRules {
+    /// Reads `root/.syncignore` if present. A malformed line is logged and skipped.
+    pub fn load(root: &Path) -> IgnoreRules {
+        let mut builder = GitignoreBuilder::new(root);
+        for pattern in DEFAULT_IGNORES {
+            // The defaults are valid globs.
+            let _ = builder.add_line(None, pattern);
+        }
+        let file = root.join(".syncignore");
+        if file.exists() {
+            if let Some(err) = builder.add(&file) {
+                tracing::warn!(cause = %err, "problem in .syncignore");
+            }
+        }
+        let matcher = builder.build().unwrap_or_else(|err| {
+            tracing::warn!(cause = %err, "could not build ignore rules; using none");
+            Gitignore::empty()
+        });
+        IgnoreRules { matcher }
+    }
+
+    /// Whether `path` (or a directory above it) is ignored.
+    pub fn is_ignored(&self, path: &RelPath, kind: EntryKind) -> bool {
+        self.matcher.matched_path_or_any_parents(path.as_str(), kind == EntryKind::Dir).is_ignore()
+    }
+}
+
+/// A file's identity when it was last hashed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+/// Hashes computed by earlier scans, keyed by path and valid while the stamp matches.
+#[derive(Default)]
+pub struct HashCache {
+    entries: HashMap<RelPath, (Stamp, ContentHash)>,
+}
+
+impl HashCache {
+    /// Remembers the hash of `path` at `stamp`.
+    pub fn insert(&mut self, path: RelPath, stamp: Stamp, hash: ContentHash) {
+        self.entries.insert(path, (stamp, hash));
+    }
+    fn get(&self, path: &RelPath, stamp: Stamp) -> Option<ContentHash> {
+        self.entries.get(path).filter(|(s, _)| *s == stamp).map(|(_, h)| *h)
+    }
+}
+
+/// Something found on disk that is not synced, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The outcome of one scan.
+#[derive(Default)]
+pub struct Scan {
+    pub local: BTreeMap<RelPath, LocalNode>,
+    /// Paths the planner must leave alone this round: ignored, or present but unreadable.
+    pub untouchable: BTreeSet<RelPath>,
+    pub skipped: Vec<Skipped>,
+    pub root_ok: bool,
+}
+
+/// Walks `root`, hashing what changed.
+pub fn scan(root: &Path, rules: &IgnoreRules, cache: &mut HashCache) -> Scan {
+    let mut out = Scan::default();
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => {}
+        _ => return out,
+    }
+    if std::fs::read_dir(root).is_err() {
+        return out;
+    }
+    out.root_ok = true;
+    let mut seen = HashMap::new();
+    walk(root, root, None, rules, cache, &mut out, &mut seen);
+    // Forget cached hashes of paths no longer there.
+    cache.entries.retain(|path, _| out.local.contains_key(path));
+    out
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    dir_rel: Option<&RelPath>,
+    rules: &IgnoreRules,
+    cache: &mut HashCache,
+    out: &mut Scan,
+    seen: &mut HashMap<u64, ()>,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            let shown = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
+            out.skipped.push(Skipped { path: shown, reason: format!("could not read directory: {err}") });
+            if let Some(rel) = dir_rel {
+                out.untouchable.insert(rel.clone());
+            }
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let os_name = entry.file_name();
+        let full = entry.path();
+        let shown = full.strip_prefix(root).unwrap_or(&full).to_string_lossy().into_owned();
+        let Some(name) = os_name.to_str() else {
+            out.skipped.push(Skipped { path: shown, reason: "name is not valid UTF-8".into() });
+            continue;
+        };
+        if dir_rel.is_none() && name == META_DIR {
+            continue;
+        }
+        let rel = match dir_rel {
+            Some(parent) => parent.join(name),
+            None => RelPath::new(name),
+        };
+        let rel = match rel {
+            Ok(rel) => rel,
+            Err(err) => {
+                out.skipped.push(Skipped { path: shown, reason: format!("name cannot be synced: {err}") });
+                continue;
+            }
+        };
+        let meta = match std::fs::symlink_metadata(&full) {
+            Ok(meta) => meta,
+            Err(_) => continue, // Gone since read_dir: a later event or scan sees it.
+        };
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            out.skipped.push(Skipped { path: shown, reason: "symlink (never followed)".into() });
+            out.untouchable.insert(rel);
+            continue;
+        }
+        let kind = if file_type.is_dir() {
+            EntryKind::Dir
+        } else if file_type.is_file() {
+            EntryKind::File
+        } else {
+            out.skipped.push(Skipped { path: shown, reason: "not a regular file or directory".into() });
+            out.untouchable.insert(rel);
+            continue;
+        };
+        if rules.is_ignored(&rel, kind) {
+            out.untouchable.insert(rel);
+            continue;
+        }
+        let stamp = Stamp { size: if kind == EntryKind::File { meta.len() } else { 0 }, mtime_ns: crate::fsutil::mtime_ns(&meta), inode: meta.ino() };
+        if kind == EntryKind::Dir {
+            // A directory reached twice (bind mount loop) is walked once.
+            if seen.insert(meta.ino(), ()).is_some() {
+                continue;
+            }
+            out.local.insert(rel.clone(), LocalNode { kind, hash: None, size: 0, mtime_ns: stamp.mtime_ns, inode: stamp.inode });
+            walk(root, &full, Some(&rel), rules, cache, out, seen);
+            continue;
+        }
+        let hash = match cache.get(&rel, stamp) {
+            Some(hash) => hash,
+            None => match hash_file(&full, stamp) {
+                Ok(hash) => {
+                    cache.insert(rel.clone(), stamp, hash);
+                    hash
+                }
+                Err(reason) => {
+                    out.skipped.push(Skipped { path: shown, reason });
+                    out.untouchable.insert(rel);
+                    continue;
+                }
+            },
+        };
+        out.local.insert(rel, LocalNode { kind, hash: Some(hash), size: stamp.size, mtime_ns: stamp.mtime_ns, inode: stamp.inode });
+    }
+}
+
+/// Hashes the file at `full`, failing when it changed while being read.
+fn hash_file(full: &Path, stamp: Stamp) -> Result<ContentHash, String> {
+    let file = std::fs::File::open(full).map_err(|err| format!("could not read: {err}"))?;
+    let (hash, size) = syncstore_chunk::hash_reader(&file).map_err(|err| format!("could not read: {err}"))?;
+    let after = file.metadata().map_err(|err| format!("could not stat: {err}"))?;
+    if size != stamp.size || after.len() != stamp.size || crate::fsutil::mtime_ns(&after) != stamp.mtime_ns {
+        return Err("changed while being read; retrying later".into());
+    }
+    Ok(hash)
+}
+
+/// Stats `full` into a [`Stamp`].
+///
+/// # Errors
+/// On any IO error.
+pub fn stamp_of(full: &Path) -> std::io::Result<Stamp> {
+    let meta = std::fs::symlink_metadata(full)?;
+    Ok(Stamp { size: meta.len(), mtime_ns: crate::fsutil::mtime_ns(&meta), inode: meta.ino() })
+}
+
+impl HashCache {
+    /// Moves cached hashes at and below `from` to `to` (after a rename, nothing needs re-hashing).
+    pub fn rebase(&mut self, from: &RelPath, to: &RelPath) {
+        let moved: Vec<RelPath> = self.entries.keys().filter(|p| p.rebase(from, to).is_some()).cloned().collect();
+        for old in moved {
+            if let (Some(new), Some(value)) = (old.rebase(from, to), self.entries.remove(&old)) {
+                self.entries.insert(new, value);
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The base tree, persisted in `.syncstore/state.sqlite`: the last state local and remote agreed on.
+//!
+//! Updated one path at a time right after each applied step, so a crash between steps re-plans
+//! the rest from the three trees as they are. The whole tree is also kept in memory.
+
+use anyhow::Context;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use syncstore_plan::BaseNode;
+use syncstore_proto::{ChunkHash, ChunkRef, ContentHash, EntryKind, NodeId, RelPath, Revision};
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// The base tree in memory plus its on-disk copy.
+pub struct StateDb {
+    conn: Connection,
+    /// The base tree, as the planner takes it.
+    pub base: BTreeMap<RelPath, BaseNode>,
+    /// The chunk list of each base file, so a download can reuse unchanged chunks of the old file.
+    pub base_chunks: HashMap<RelPath, Vec<ChunkRef>>,
+}
+
+impl StateDb {
+    /// Opens (creating if needed) the state database in `meta_dir` and loads the base tree.
+    ///
+    /// # Errors
+    /// When the database cannot be opened, is from a newer version, or holds invalid rows.
+    pub fn open(meta_dir: &Path) -> anyhow::Result<StateDb> {
+        let path = meta_dir.join("state.sqlite");
+        let conn = Connection::open(&path).with_context(|| format!("could not open {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS base (
+                path TEXT PRIMARY KEY, kind INTEGER NOT NULL, hash BLOB, node_id INTEGER NOT NULL,
+                rev INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                inode INTEGER NOT NULL, chunks BLOB NOT NULL);",
+        )
+        .context("could not initialise the state database")?;
+        let version: Option<String> =
+            conn.query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0)).optional()?;
+        match version.as_deref().map(str::parse::<i64>) {
+            None => {
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+            }
+            Some(Ok(v)) if v == SCHEMA_VERSION => {}
+            Some(_) => anyhow::bail!("{} was written by a newer syncstore; upgrade syncstore", path.display()),
+        }
+        let mut base = BTreeMap::new();
+        let mut base_chunks = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks FROM base")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let path_text: String = row.get(0)?;
+                let path = RelPath::new(&path_text).with_context(|| format!("invalid path in state: {path_text:?}"))?;
+                let kind = if row.get::<_, i64>(1)? == 1 { EntryKind::Dir } else { EntryKind::File };
+                let hash: Option<Vec<u8>> = row.get(2)?;
+                let hash = hash.map(|bytes| to_hash32(&bytes).map(ContentHash)).transpose()?;
+                let chunks = decode_chunks(&row.get::<_, Vec<u8>>(8)?)?;
+                base.insert(
+                    path.clone(),
+                    BaseNode {
+                        kind,
+                        hash,
+                        node_id: NodeId(row.get::<_, i64>(3)? as u64),
+                        rev: Revision(row.get::<_, i64>(4)? as u64),
+                        size: row.get::<_, i64>(5)? as u64,
+                        mtime_ns: row.get(6)?,
+                        inode: row.get::<_, i64>(7)? as u64,
+                    },
+                );
+                base_chunks.insert(path, chunks);
+            }
+        }
+        Ok(StateDb { conn, base, base_chunks })
+    }
+
+    /// Records `node` as the base of `path`.
+    ///
+    /// # Errors
+    /// On a database error; memory is then unchanged.
+    pub fn put(&mut self, path: &RelPath, node: BaseNode, chunks: Vec<ChunkRef>) -> anyhow::Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO base VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    path.as_str(),
+                    if node.kind == EntryKind::Dir { 1 } else { 0 },
+                    node.hash.map(|h| h.0.to_vec()),
+                    node.node_id.0 as i64,
+                    node.rev.0 as i64,
+                    node.size as i64,
+                    node.mtime_ns,
+                    node.inode as i64,
+                    encode_chunks(&chunks),
+                ],
+            )
+            .context("could not save base")?;
+        self.base.insert(path.clone(), node);
+        self.base_chunks.insert(path.clone(), chunks);
+        Ok(())
+    }
+
+    /// Drops `path` from base.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn remove(&mut self, path: &RelPath) -> anyhow::Result<()> {
+        self.conn.execute("DELETE FROM base WHERE path = ?1", [path.as_str()]).context("could not save base")?;
+        self.base.remove(path);
+        self.base_chunks.remove(path);
+        Ok(())
+    }
+
+    /// Moves the base entries at and below `from` to `to`, in one transaction.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn rebase(&mut self, from: &RelPath, to: &RelPath) -> anyhow::Result<()> {
+        let moved: Vec<(RelPath, RelPath)> = self
+            .base
+            .keys()
+            .filter_map(|p| p.rebase(from, to).map(|new| (p.clone(), new)))
+            .collect();
+        let tx = self.conn.transaction().context("could not save base")?;
+        for (old, new) in &moved {
+            tx.execute("DELETE FROM base WHERE path = ?1", [new.as_str()])?;
+            tx.execute("UPDATE base SET path = ?2 WHERE path = ?1", [old.as_str(), new.as_str()])?;
+        }
+        tx.commit().context("could not save base")?;
+        for (old, new) in moved {
+            if let Some(node) = self.base.remove(&old) {
+                self.base.insert(new.clone(), node);
+            }
+            if let Some(chunks) = self.base_chunks.remove(&old) {
+                self.base_chunks.insert(new, chunks);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a saved value.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn meta(&self, key: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Saves a value.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn set_meta(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", [key, value])?;
+        Ok(())
+    }
+}
+
+fn to_hash32(bytes: &[u8]) -> anyhow::Result<[u8; 32]> {
+    bytes.try_into().map_err(|_| anyhow::anyhow!("corrupt hash of {} bytes in state", bytes.len()))
+}
+
+fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.len() * 36);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk.hash.0);
+        out.extend_from_slice(&chunk.len.to_be_bytes());
+    }
+    out
+}
+
+fn decode_chunks(bytes: &[u8]) -> anyhow::Result<Vec<ChunkRef>> {
+    anyhow::ensure!(bytes.len() % 36 == 0, "corrupt chunk list in state");
+    Ok(bytes
+        .chunks_exact(36)
+        .map(|rec| ChunkRef {
+            hash: ChunkHash(rec[..32].try_into().expect("slice of 32")),
+            len: u32::from_be_bytes(rec[32..].try_into().expect("slice of 4")),
+        })
+        .collect())
+}
