@@ -13,8 +13,15 @@
 //! and plans again until the plan is empty; so a plan may leave follow-up work (for example a
 //! conflict copy is renamed this round and uploaded the next).
 
+mod planner;
+mod rename;
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet};
-pub use syncstore_proto::{ContentHash, DeviceName, EntryKind, NodeId, Precondition, RelPath, Revision};
+pub use syncstore_proto::{
+    ContentHash, DeviceName, EntryKind, NodeId, Precondition, RelPath, Revision,
+};
 
 /// What the last scan saw at one local path. Symlinks, special files and names that are not
 /// valid UTF-8 never get here: the scanner reports them as skipped.
@@ -82,12 +89,23 @@ pub struct PlanInput<'a> {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum PlanOp {
     /// Upload the local file at `path`; `base` is the server-side precondition.
-    Upload { path: RelPath, base: Precondition, hash: ContentHash },
+    Upload {
+        path: RelPath,
+        base: Precondition,
+        hash: ContentHash,
+    },
     /// Download the remote file to a temp file, then rename it into place only if the local path
     /// still holds `expect_local` (`None`: nothing there).
-    Download { path: RelPath, remote: RemoteNode, expect_local: Option<ContentHash> },
+    Download {
+        path: RelPath,
+        remote: RemoteNode,
+        expect_local: Option<ContentHash>,
+    },
     /// Delete the local file, only if it still has `expect_hash`.
-    DeleteLocal { path: RelPath, expect_hash: ContentHash },
+    DeleteLocal {
+        path: RelPath,
+        expect_hash: ContentHash,
+    },
     /// Delete the remote file or empty directory at revision `rev`.
     DeleteRemote { path: RelPath, rev: Revision },
     /// Create a local directory (parents too).
@@ -97,7 +115,11 @@ pub enum PlanOp {
     /// Remove a local directory, only if it is empty by then.
     RemoveDirLocal { path: RelPath },
     /// Move a remote file or directory at revision `rev`.
-    MoveRemote { from: RelPath, to: RelPath, rev: Revision },
+    MoveRemote {
+        from: RelPath,
+        to: RelPath,
+        rev: Revision,
+    },
     /// Move a local file or directory (the server renamed it).
     MoveLocal { from: RelPath, to: RelPath },
     /// Rename the local file at `path` to `copy` (a conflicted copy); the next plan uploads the
@@ -134,40 +156,86 @@ pub struct Plan {
 }
 
 /// Decides what to do. Pure: same input, same plan.
+///
+/// The ops come in the order the client must apply them: moves and conflict copies, then
+/// deletions deepest path first, then directory creations shallowest first, then transfers, then
+/// base bookkeeping. See the module `planner` for the decision per path.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let _ = input;
-    Plan::default()
+    planner::plan(input)
 }
 
 /// The conflicted-copy name for `path`: `NAME (conflicted copy from DEVICE STAMP).EXT`, with
 /// ` 2`, ` 3`, ... added inside the parentheses until it is free in every tree.
-pub fn conflict_copy_name(path: &RelPath, device: &DeviceName, now_stamp: &str, taken: &dyn Fn(&RelPath) -> bool) -> RelPath {
+///
+/// A name too long for one path component gets a shortened stem (and loses its extension if even
+/// that does not fit); a path too long as a whole puts the copy at the top level. Characters of
+/// `now_stamp` other than ASCII letters, digits, space, `-` and `_` are dropped.
+pub fn conflict_copy_name(
+    path: &RelPath,
+    device: &DeviceName,
+    now_stamp: &str,
+    taken: &dyn Fn(&RelPath) -> bool,
+) -> RelPath {
     let name = path.file_name();
     let (stem, ext) = match name.rfind('.') {
         Some(idx) if idx > 0 => (&name[..idx], &name[idx..]),
         _ => (name, ""),
     };
-    let mut attempt = 1u32;
+    let stamp: String = now_stamp
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .take(32)
+        .collect();
+    let parent = path.parent();
+    let mut attempt = 1u64;
     loop {
-        let suffix = if attempt == 1 { String::new() } else { format!(" {attempt}") };
-        let copy_name = format!("{stem} (conflicted copy from {device} {now_stamp}{suffix}){ext}");
-        let candidate = match path.parent() {
-            Some(parent) => parent.join(&copy_name),
-            None => RelPath::new(&copy_name),
+        let suffix = if attempt == 1 {
+            String::new()
+        } else {
+            format!(" {attempt}")
         };
-        // A name too long for the filesystem falls back to a shortened stem.
-        let candidate = candidate.unwrap_or_else(|_| {
-            let short: String = stem.chars().take(100).collect();
-            let copy_name = format!("{short} (conflicted copy from {device} {now_stamp}{suffix}){ext}");
-            match path.parent() {
-                Some(parent) => parent.join(&copy_name),
-                None => RelPath::new(&copy_name),
+        let marker = format!(" (conflicted copy from {device} {stamp}{suffix})");
+        // The marker is at most 23 + 64 + 1 + 32 + 21 + 1 bytes, so a top-level name built from it
+        // is always a valid path; the loop therefore always ends at a free name.
+        if let Some(candidate) = copy_candidate(parent.as_ref(), stem, ext, &marker) {
+            if !taken(&candidate) {
+                return candidate;
             }
-            .expect("a shortened name is a valid component")
-        });
-        if !taken(&candidate) {
-            return candidate;
         }
         attempt += 1;
     }
+}
+
+/// `stem + marker + ext` inside `parent`, shortened to fit the limits of [`RelPath`].
+fn copy_candidate(
+    parent: Option<&RelPath>,
+    stem: &str,
+    ext: &str,
+    marker: &str,
+) -> Option<RelPath> {
+    let max = RelPath::MAX_COMPONENT_LEN;
+    let ext = if marker.len() + ext.len() < max {
+        ext
+    } else {
+        ""
+    };
+    let stem = truncate_at_char(stem, max - marker.len().min(max) - ext.len());
+    let copy_name = format!("{stem}{marker}{ext}");
+    let in_parent = match parent {
+        Some(parent) => parent.join(&copy_name),
+        None => RelPath::new(&copy_name),
+    };
+    in_parent.or_else(|_| RelPath::new(&copy_name)).ok()
+}
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a character boundary.
+fn truncate_at_char(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }

@@ -1,0 +1,582 @@
+//! The per-path decisions behind [`crate::plan`].
+//!
+//! A pass goes in four steps:
+//!
+//! 1. Whole-pass checks (row 29): a missing or emptied local root stops everything.
+//! 2. Renames ([`crate::rename`]): a node that left one path and arrived at another becomes one
+//!    move; the paths it settles are *claimed* and skipped by step 3.
+//! 3. Every other path, children before parents: each side is classified against base by kind
+//!    and content hash ([`State`]), and [`Planner::decide`] picks the row of THREE-TREE.md.
+//!    A directory's decision depends on what its children's decisions leave beneath it, which is
+//!    why children go first; the planner tracks what each side will hold after the plan in
+//!    `local_after` / `remote_after`.
+//! 4. The ops are sorted into the order the client applies them ([`sort_ops`]).
+//!
+//! A remote node at a path whose `node_id` differs from base's (the node was replaced) is judged
+//! by kind and content like any other: same content counts as unchanged, other content as
+//! modified. When both sides then agree with each other, a `RecordBase` adopts the new node, so
+//! base does not keep naming a node that no longer exists.
+
+use crate::{
+    BaseNode, BlockReason, Blocked, ContentHash, EntryKind, LocalNode, Plan, PlanInput, PlanOp,
+    Precondition, RelPath, RemoteNode,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// See the module docs.
+pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
+    let has_base_file = input.base.values().any(|node| node.kind == EntryKind::File);
+    if !input.local_root_ok || (input.local.is_empty() && has_base_file) {
+        return Plan {
+            ops: Vec::new(),
+            blocked: vec![Blocked {
+                path: None,
+                reason: BlockReason::LocalRootMissing,
+            }],
+        };
+    }
+    let mut planner = Planner::new(input);
+    planner.detect_renames();
+    planner.decide_paths();
+    let mut ops = planner.ops;
+    sort_ops(&mut ops);
+    let mut blocked = planner.blocked;
+    blocked.sort_by(|a, b| a.path.cmp(&b.path));
+    Plan { ops, blocked }
+}
+
+/// One side's state at a path, compared by kind and content.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum State {
+    Absent,
+    /// `None` when the file has no hash yet (malformed input); such a path is left alone.
+    File(Option<ContentHash>),
+    Dir,
+}
+
+impl State {
+    fn of(kind: Option<(EntryKind, Option<ContentHash>)>) -> State {
+        match kind {
+            None => State::Absent,
+            Some((EntryKind::File, hash)) => State::File(hash),
+            Some((EntryKind::Dir, _)) => State::Dir,
+        }
+    }
+}
+
+/// The working state of one pass.
+pub(crate) struct Planner<'i, 'a> {
+    pub(crate) input: &'i PlanInput<'a>,
+    /// The three trees without ignored paths (row 27).
+    pub(crate) base: BTreeMap<&'a RelPath, &'a BaseNode>,
+    pub(crate) local: BTreeMap<&'a RelPath, &'a LocalNode>,
+    pub(crate) remote: BTreeMap<&'a RelPath, &'a RemoteNode>,
+    /// Paths each side will hold once the ops planned so far are applied (ignored ones included,
+    /// since they keep a directory from being empty).
+    local_after: BTreeSet<String>,
+    remote_after: BTreeSet<String>,
+    /// Paths settled by the rename step: `claimed` alone, `claimed_trees` with everything beneath.
+    claimed: BTreeSet<RelPath>,
+    claimed_trees: Vec<RelPath>,
+    /// Conflicted-copy names chosen in this pass, so two copies never get the same name.
+    copy_names: BTreeSet<RelPath>,
+    pub(crate) ops: Vec<PlanOp>,
+    pub(crate) blocked: Vec<Blocked>,
+}
+
+impl<'i, 'a> Planner<'i, 'a> {
+    fn new(input: &'i PlanInput<'a>) -> Self {
+        let ignored = |path: &RelPath| {
+            input.ignored.contains(path)
+                || path.ancestors().iter().any(|a| input.ignored.contains(a))
+        };
+        Planner {
+            input,
+            base: input
+                .base
+                .iter()
+                .filter(|(path, _)| !ignored(path))
+                .collect(),
+            local: input
+                .local
+                .iter()
+                .filter(|(path, _)| !ignored(path))
+                .collect(),
+            remote: input
+                .remote
+                .iter()
+                .filter(|(path, _)| !ignored(path))
+                .collect(),
+            local_after: input.local.keys().map(|p| p.as_str().to_owned()).collect(),
+            remote_after: input.remote.keys().map(|p| p.as_str().to_owned()).collect(),
+            claimed: BTreeSet::new(),
+            claimed_trees: Vec::new(),
+            copy_names: BTreeSet::new(),
+            ops: Vec::new(),
+            blocked: Vec::new(),
+        }
+    }
+
+    pub(crate) fn base_state(&self, path: &RelPath) -> State {
+        State::of(self.base.get(path).map(|n| (n.kind, n.hash)))
+    }
+
+    pub(crate) fn local_state(&self, path: &RelPath) -> State {
+        State::of(self.local.get(path).map(|n| (n.kind, n.hash)))
+    }
+
+    pub(crate) fn remote_state(&self, path: &RelPath) -> State {
+        State::of(self.remote.get(path).map(|n| (n.kind, n.hash)))
+    }
+
+    /// The device whose lock covers `path` (the path itself or an ancestor), if any.
+    pub(crate) fn lock_for(&self, path: &RelPath) -> Option<&'a crate::DeviceName> {
+        let locks = self.input.locked_by_others;
+        locks
+            .get(path)
+            .or_else(|| path.ancestors().iter().rev().find_map(|a| locks.get(a)))
+    }
+
+    /// The device holding a lock strictly inside `dir`, if any (a directory move would carry it).
+    pub(crate) fn lock_inside(&self, dir: &RelPath) -> Option<&'a crate::DeviceName> {
+        let locks: &'a BTreeMap<RelPath, crate::DeviceName> = self.input.locked_by_others;
+        locks
+            .iter()
+            .find(|(path, _)| path.is_inside(dir))
+            .map(|(_, device)| device)
+    }
+
+    pub(crate) fn is_claimed(&self, path: &RelPath) -> bool {
+        self.claimed.contains(path)
+            || self
+                .claimed_trees
+                .iter()
+                .any(|tree| path == tree || path.is_inside(tree))
+    }
+
+    pub(crate) fn claim(&mut self, path: &RelPath, with_beneath: bool) {
+        if with_beneath {
+            self.claimed_trees.push(path.clone());
+        } else {
+            self.claimed.insert(path.clone());
+        }
+    }
+
+    /// Records `op` and what it does to the after-trees.
+    pub(crate) fn push(&mut self, op: PlanOp) {
+        match &op {
+            PlanOp::Upload { path, .. } | PlanOp::MakeDirRemote { path } => {
+                self.remote_after.insert(path.as_str().to_owned());
+            }
+            PlanOp::Download { path, .. } | PlanOp::MakeDirLocal { path, .. } => {
+                self.local_after.insert(path.as_str().to_owned());
+            }
+            PlanOp::DeleteLocal { path, .. } | PlanOp::RemoveDirLocal { path } => {
+                self.local_after.remove(path.as_str());
+            }
+            PlanOp::DeleteRemote { path, .. } => {
+                self.remote_after.remove(path.as_str());
+            }
+            PlanOp::MoveRemote { from, to, .. } => move_tree(&mut self.remote_after, from, to),
+            PlanOp::MoveLocal { from, to } => move_tree(&mut self.local_after, from, to),
+            PlanOp::ConflictCopy { path, copy } => move_tree(&mut self.local_after, path, copy),
+            PlanOp::RecordBase { .. } | PlanOp::ForgetBase { .. } => {}
+        }
+        self.ops.push(op);
+    }
+
+    pub(crate) fn block(&mut self, path: &RelPath, device: &crate::DeviceName) {
+        let entry = Blocked {
+            path: Some(path.clone()),
+            reason: BlockReason::LockedBy(device.clone()),
+        };
+        if !self.blocked.contains(&entry) {
+            self.blocked.push(entry);
+        }
+    }
+
+    /// A free conflicted-copy name for `path`: not in any tree, nor chosen earlier in this pass.
+    fn copy_name(&mut self, path: &RelPath) -> RelPath {
+        let input = self.input;
+        let chosen = &self.copy_names;
+        let taken = |candidate: &RelPath| {
+            input.base.contains_key(candidate)
+                || input.local.contains_key(candidate)
+                || input.remote.contains_key(candidate)
+                || chosen.contains(candidate)
+        };
+        let copy = crate::conflict_copy_name(path, input.device, input.now_stamp, &taken);
+        self.copy_names.insert(copy.clone());
+        copy
+    }
+
+    /// Step 3 of the module docs.
+    fn decide_paths(&mut self) {
+        let mut paths: BTreeSet<&'a RelPath> = BTreeSet::new();
+        paths.extend(self.base.keys().copied());
+        paths.extend(self.local.keys().copied());
+        paths.extend(self.remote.keys().copied());
+        let skip_beneath = self.skip_beneath(&paths);
+        // Reverse order visits every path after everything beneath it ("a/b" sorts after "a").
+        for path in paths.into_iter().rev() {
+            if self.is_claimed(path) || skip_beneath.iter().any(|dir| path.is_inside(dir)) {
+                continue;
+            }
+            self.decide(path);
+        }
+    }
+
+    /// Paths whose children must wait for the next pass: a local file stays where the remote has
+    /// a directory (blocked by a lock, or held back because the remote listing is incomplete), so
+    /// nothing can be downloaded beneath it yet.
+    fn skip_beneath(&self, paths: &BTreeSet<&'a RelPath>) -> Vec<RelPath> {
+        let mut out = Vec::new();
+        for &path in paths {
+            if !matches!(
+                (self.local_state(path), self.remote_state(path)),
+                (State::File(_), State::Dir)
+            ) {
+                continue;
+            }
+            let local_changed = self.local_state(path) != self.base_state(path);
+            let blocked = local_changed && self.lock_for(path).is_some();
+            let held_back = !local_changed && !self.input.remote_complete;
+            if blocked || held_back {
+                out.push(path.clone());
+            }
+        }
+        out
+    }
+
+    fn has_beneath(set: &BTreeSet<String>, dir: &RelPath) -> bool {
+        // Every path inside `dir` sorts between "dir/" and "dir0" ('0' follows '/').
+        let low = format!("{dir}/");
+        let high = format!("{dir}0");
+        set.range(low..high).next().is_some()
+    }
+
+    fn local_has_beneath(&self, dir: &RelPath) -> bool {
+        Self::has_beneath(&self.local_after, dir)
+    }
+
+    fn remote_has_beneath(&self, dir: &RelPath) -> bool {
+        Self::has_beneath(&self.remote_after, dir)
+    }
+
+    /// Decides one path and records the ops (or the block).
+    fn decide(&mut self, path: &RelPath) {
+        let base_state = self.base_state(path);
+        let local_state = self.local_state(path);
+        let remote_state = self.remote_state(path);
+        if [base_state, local_state, remote_state].contains(&State::File(None)) {
+            return;
+        }
+        let local_changed = local_state != base_state;
+        let ops = self.decide_ops(path, base_state, local_state, remote_state);
+        if ops.is_empty() {
+            return;
+        }
+        let bookkeeping =
+            |op: &PlanOp| matches!(op, PlanOp::RecordBase { .. } | PlanOp::ForgetBase { .. });
+        if let Some(device) = self.lock_for(path) {
+            // Row 25: nothing local is sent for a locked path, and a remote change that meets a
+            // local one waits too, so the local bytes stay. Remote changes alone still flow down.
+            let sends = ops.iter().any(|op| {
+                matches!(
+                    op,
+                    PlanOp::Upload { .. }
+                        | PlanOp::DeleteRemote { .. }
+                        | PlanOp::MakeDirRemote { .. }
+                        | PlanOp::MoveRemote { .. }
+                        | PlanOp::ConflictCopy { .. }
+                )
+            });
+            if sends || (local_changed && !ops.iter().all(bookkeeping)) {
+                self.block(path, device);
+                return;
+            }
+        }
+        if !self.input.remote_complete {
+            // Row 30: an absence in a partial listing proves nothing, so nothing local is
+            // deleted or moved on its account, and base forgets nothing.
+            let trusts_listing = |op: &PlanOp| {
+                matches!(
+                    op,
+                    PlanOp::DeleteLocal { .. }
+                        | PlanOp::RemoveDirLocal { .. }
+                        | PlanOp::MoveLocal { .. }
+                        | PlanOp::ForgetBase { .. }
+                )
+            };
+            if ops.iter().any(trusts_listing) {
+                return;
+            }
+        }
+        for op in ops {
+            self.push(op);
+        }
+    }
+
+    /// The row of THREE-TREE.md for one path, as ops (before locks and row 30 are applied).
+    fn decide_ops(
+        &mut self,
+        path: &RelPath,
+        base_state: State,
+        local_state: State,
+        remote_state: State,
+    ) -> Vec<PlanOp> {
+        use State::{Absent, Dir, File};
+        let local_changed = local_state != base_state;
+        let remote_changed = remote_state != base_state;
+        let (base, local, remote) = (
+            self.base.get(path).copied(),
+            self.local.get(path).copied(),
+            self.remote.get(path).copied(),
+        );
+        let path = path.clone();
+        match (local_state, remote_state, local, remote) {
+            // Rows 8 and 18: gone on both sides.
+            (Absent, Absent, _, _) => match base {
+                Some(_) => vec![PlanOp::ForgetBase { path }],
+                None => Vec::new(),
+            },
+            (File(Some(local_hash)), File(Some(remote_hash)), Some(local), Some(remote)) => {
+                match (local_changed, remote_changed) {
+                    // Rows 4 and 13: both sides reached the same bytes.
+                    (true, true) if local_hash == remote_hash => {
+                        vec![record_base(path, remote, local)]
+                    }
+                    // Rows 5 and 14: the server's version keeps the name.
+                    (true, true) => {
+                        let copy = self.copy_name(&path);
+                        vec![PlanOp::ConflictCopy { path, copy }]
+                    }
+                    // Row 2: conditional on the remote's current revision, which may have moved
+                    // without a content change.
+                    (true, false) => vec![PlanOp::Upload {
+                        path,
+                        base: Precondition::Rev(remote.rev),
+                        hash: local_hash,
+                    }],
+                    // Row 3: the executor re-checks that the local file still holds base.
+                    (false, true) => vec![PlanOp::Download {
+                        path,
+                        remote: remote.clone(),
+                        expect_local: Some(local_hash),
+                    }],
+                    // Row 1, or a replaced remote node with the same bytes: adopt its identity.
+                    (false, false) => match base {
+                        Some(base) if base.node_id != remote.node_id => {
+                            vec![record_base(path, remote, local)]
+                        }
+                        _ => Vec::new(),
+                    },
+                }
+            }
+            (Dir, Dir, Some(local), Some(remote)) => match base {
+                Some(base) if base.kind == EntryKind::Dir && base.node_id == remote.node_id => {
+                    Vec::new()
+                }
+                // Created on both sides, or both turned a file into a directory.
+                _ => vec![record_base(path, remote, local)],
+            },
+            (Absent, File(Some(_)), _, Some(remote)) => match base_state {
+                // Row 6: deleted locally, unchanged remotely.
+                File(_) if !remote_changed => vec![PlanOp::DeleteRemote {
+                    path,
+                    rev: remote.rev,
+                }],
+                // Rows 12 and 9 (an edit beats a delete), and a deleted directory that became a
+                // file remotely.
+                _ => vec![PlanOp::Download {
+                    path,
+                    remote: remote.clone(),
+                    expect_local: None,
+                }],
+            },
+            (Absent, Dir, _, Some(remote)) => match base_state {
+                // Rows 16 and 17: deleted locally, still a directory remotely.
+                Dir => {
+                    if !self.remote_has_beneath(&path) {
+                        vec![PlanOp::DeleteRemote {
+                            path,
+                            rev: remote.rev,
+                        }]
+                    } else if self.local_has_beneath(&path) {
+                        vec![PlanOp::MakeDirLocal {
+                            path,
+                            remote: remote.clone(),
+                        }]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                // Row 15, or a deleted file that became a directory remotely.
+                _ => vec![PlanOp::MakeDirLocal {
+                    path,
+                    remote: remote.clone(),
+                }],
+            },
+            (File(Some(local_hash)), Absent, _, _) => match base_state {
+                // Row 7: the executor re-checks that the local file still holds base.
+                File(_) if !local_changed => vec![PlanOp::DeleteLocal {
+                    path,
+                    expect_hash: local_hash,
+                }],
+                // Rows 11 and 10 (an edit beats a delete).
+                _ => vec![PlanOp::Upload {
+                    path,
+                    base: Precondition::MustNotExist,
+                    hash: local_hash,
+                }],
+            },
+            (Dir, Absent, _, _) => match base_state {
+                // Rows 16 and 17, mirrored.
+                Dir => {
+                    if !self.local_has_beneath(&path) {
+                        vec![PlanOp::RemoveDirLocal { path }]
+                    } else if self.remote_has_beneath(&path) {
+                        vec![PlanOp::MakeDirRemote { path }]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                // Row 15, or a file turned into a directory locally while deleted remotely.
+                _ => vec![PlanOp::MakeDirRemote { path }],
+            },
+            (File(Some(local_hash)), Dir, _, Some(remote)) => {
+                if !local_changed {
+                    // Row 19: the remote turned the file into a directory.
+                    vec![
+                        PlanOp::DeleteLocal {
+                            path: path.clone(),
+                            expect_hash: local_hash,
+                        },
+                        PlanOp::MakeDirLocal {
+                            path,
+                            remote: remote.clone(),
+                        },
+                    ]
+                } else if !remote_changed && !self.remote_has_beneath(&path) {
+                    // Row 19: the local side turned the directory into a file, and everything
+                    // beneath goes remotely too.
+                    vec![
+                        PlanOp::DeleteRemote {
+                            path: path.clone(),
+                            rev: remote.rev,
+                        },
+                        PlanOp::Upload {
+                            path,
+                            base: Precondition::MustNotExist,
+                            hash: local_hash,
+                        },
+                    ]
+                } else {
+                    // Row 20: the directory keeps the name, the local file becomes a copy.
+                    let copy = self.copy_name(&path);
+                    vec![
+                        PlanOp::ConflictCopy {
+                            path: path.clone(),
+                            copy,
+                        },
+                        PlanOp::MakeDirLocal {
+                            path,
+                            remote: remote.clone(),
+                        },
+                    ]
+                }
+            }
+            (Dir, File(Some(_)), _, Some(remote)) => {
+                if !remote_changed {
+                    // Row 19: the local side turned the file into a directory.
+                    vec![
+                        PlanOp::DeleteRemote {
+                            path: path.clone(),
+                            rev: remote.rev,
+                        },
+                        PlanOp::MakeDirRemote { path },
+                    ]
+                } else if !local_changed && !self.local_has_beneath(&path) {
+                    // Row 19: the remote turned the directory into a file, and everything
+                    // beneath goes locally too.
+                    vec![
+                        PlanOp::RemoveDirLocal { path: path.clone() },
+                        PlanOp::Download {
+                            path,
+                            remote: remote.clone(),
+                            expect_local: None,
+                        },
+                    ]
+                } else {
+                    // Row 20: the directory keeps the name, the remote file moves to a copy.
+                    let copy = self.copy_name(&path);
+                    vec![
+                        PlanOp::MoveRemote {
+                            from: path.clone(),
+                            to: copy,
+                            rev: remote.rev,
+                        },
+                        PlanOp::MakeDirRemote { path },
+                    ]
+                }
+            }
+            // Unreachable with consistent trees (a state is present exactly when its node is);
+            // doing nothing is the safe answer.
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The base entry both sides agree on: identity and content from the remote node, the local
+/// stat (size, mtime, inode) from the local node.
+pub(crate) fn record_base(path: RelPath, remote: &RemoteNode, local: &LocalNode) -> PlanOp {
+    PlanOp::RecordBase {
+        path,
+        node: BaseNode {
+            kind: remote.kind,
+            hash: remote.hash,
+            node_id: remote.node_id,
+            rev: remote.rev,
+            size: local.size,
+            mtime_ns: local.mtime_ns,
+            inode: local.inode,
+        },
+    }
+}
+
+/// Moves `from` and everything beneath it to `to` in an after-tree.
+fn move_tree(set: &mut BTreeSet<String>, from: &RelPath, to: &RelPath) {
+    let moved: Vec<String> = set
+        .iter()
+        .filter(|p| p.as_str() == from.as_str() || p.starts_with(&format!("{from}/")))
+        .cloned()
+        .collect();
+    for old in moved {
+        set.remove(&old);
+        set.insert(format!("{to}{}", &old[from.as_str().len()..]));
+    }
+}
+
+/// Sorts ops into the order the client applies them; see [`crate::plan`].
+fn sort_ops(ops: &mut [PlanOp]) {
+    // The sort is stable, so moves keep the order they were decided in.
+    ops.sort_by_key(|op| match op {
+        PlanOp::MoveRemote { .. } | PlanOp::MoveLocal { .. } | PlanOp::ConflictCopy { .. } => {
+            (0, 0, String::new())
+        }
+        PlanOp::DeleteLocal { path, .. }
+        | PlanOp::DeleteRemote { path, .. }
+        | PlanOp::RemoveDirLocal { path } => {
+            (1, usize::MAX - path.depth(), path.as_str().to_owned())
+        }
+        PlanOp::MakeDirLocal { path, .. } | PlanOp::MakeDirRemote { path } => {
+            (2, path.depth(), path.as_str().to_owned())
+        }
+        PlanOp::Upload { path, .. } | PlanOp::Download { path, .. } => {
+            (3, 0, path.as_str().to_owned())
+        }
+        PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => {
+            (4, 0, path.as_str().to_owned())
+        }
+    });
+}

@@ -1,0 +1,587 @@
+//! One test per row of THREE-TREE.md (`row_NN_...`), then tricky cases.
+//!
+//! Each test writes base, local and remote in the text form of [`fixture`] and snapshots the
+//! rendered plan. Update snapshots with `UPDATE_EXPECT=1 cargo test -p syncstore-plan`, then read
+//! the diff: a snapshot is a decision.
+
+mod fixture;
+
+use expect_test::expect;
+use fixture::{check, Fixture};
+
+// Files.
+
+#[test]
+fn row_01_unchanged_on_both_sides_plans_nothing() {
+    check(
+        "a.txt file h1\nd dir\nd/b file h2",
+        "a.txt file h1\nd dir\nd/b file h2",
+        "a.txt file h1\nd dir\nd/b file h2",
+        expect![[r#"
+        nothing
+    "#]],
+    );
+}
+
+#[test]
+fn row_02_local_modified_uploads_conditional_on_remote_rev() {
+    check(
+        "a.txt file h1 rev=3",
+        "a.txt file h2",
+        "a.txt file h1 rev=3",
+        expect![[r#"
+        upload a.txt h2 if-rev=3
+    "#]],
+    );
+}
+
+#[test]
+fn row_02_remote_rev_moved_without_content_change_names_current_rev() {
+    // A rename back and forth, or a metadata-only change, bumps the rev: the condition must name
+    // the current one, or the server refuses it for ever.
+    check(
+        "a.txt file h1 rev=3",
+        "a.txt file h2",
+        "a.txt file h1 rev=7",
+        expect![[r#"
+        upload a.txt h2 if-rev=7
+    "#]],
+    );
+}
+
+#[test]
+fn row_03_remote_modified_downloads_expecting_base() {
+    check(
+        "a.txt file h1",
+        "a.txt file h1",
+        "a.txt file h2 rev=2",
+        expect![[r#"
+        download a.txt h2 id=1 rev=2 if-local=h1
+    "#]],
+    );
+}
+
+#[test]
+fn row_04_same_change_on_both_sides_records_base() {
+    check(
+        "a.txt file h1",
+        "a.txt file h2 size=5 mtime=77 ino=9",
+        "a.txt file h2 rev=4",
+        expect![[r#"
+        record-base a.txt file h2 id=1 rev=4 size=5 mtime=77 ino=9
+    "#]],
+    );
+}
+
+#[test]
+fn row_05_different_changes_make_a_conflicted_copy() {
+    check(
+        "dir dir\ndir/a.txt file h1",
+        "dir dir\ndir/a.txt file h2",
+        "dir dir\ndir/a.txt file h3 rev=2",
+        expect![[r#"
+        conflict-copy dir/a.txt -> dir/a (conflicted copy from laptop 2024-05-06 070809).txt
+    "#]],
+    );
+}
+
+#[test]
+fn row_05_next_round_uploads_the_copy_and_downloads_the_original() {
+    // The trees after the conflict copy: the copy keeps the inode of the local file.
+    check(
+        "a.txt file h1 ino=7",
+        "\"a (conflicted copy from laptop 2024-05-06 070809).txt\" file h2 ino=7",
+        "a.txt file h3 rev=2",
+        expect![[r#"
+            upload a (conflicted copy from laptop 2024-05-06 070809).txt h2 if-absent
+            download a.txt h3 id=2 rev=2 if-local=absent
+        "#]],
+    );
+}
+
+#[test]
+fn row_06_local_delete_deletes_remote_at_its_rev() {
+    check(
+        "a.txt file h1\nz file h0",
+        "z file h0",
+        "a.txt file h1 rev=5\nz file h0",
+        expect![[r#"
+        delete-remote a.txt rev=5
+    "#]],
+    );
+}
+
+#[test]
+fn row_07_remote_delete_deletes_local_if_still_base() {
+    check(
+        "a.txt file h1\nb file h2",
+        "a.txt file h1\nb file h2",
+        "b file h2",
+        expect![[r#"
+        delete-local a.txt if=h1
+    "#]],
+    );
+}
+
+#[test]
+fn row_08_deleted_on_both_sides_forgets_base() {
+    check(
+        "a.txt file h1\nb file h2",
+        "b file h2",
+        "b file h2",
+        expect![[r#"
+        forget-base a.txt
+    "#]],
+    );
+}
+
+#[test]
+fn row_09_remote_edit_beats_local_delete() {
+    check(
+        "a.txt file h1\nb file h2",
+        "b file h2",
+        "a.txt file h3 rev=2\nb file h2",
+        expect![[r#"
+        download a.txt h3 id=1 rev=2 if-local=absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_10_local_edit_beats_remote_delete() {
+    check(
+        "a.txt file h1",
+        "a.txt file h3",
+        "",
+        expect![[r#"
+        upload a.txt h3 if-absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_11_local_create_uploads_if_absent() {
+    check(
+        "",
+        "a.txt file h1",
+        "",
+        expect![[r#"
+        upload a.txt h1 if-absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_12_remote_create_downloads_expecting_nothing() {
+    check(
+        "",
+        "",
+        "a.txt file h1",
+        expect![[r#"
+        download a.txt h1 id=1 rev=1 if-local=absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_13_same_create_on_both_sides_records_base() {
+    check(
+        "",
+        "a.txt file h1 size=3 ino=42",
+        "a.txt file h1 id=9 rev=6",
+        expect![[r#"
+        record-base a.txt file h1 id=9 rev=6 size=3 mtime=0 ino=42
+    "#]],
+    );
+}
+
+#[test]
+fn row_14_different_creates_make_a_conflicted_copy() {
+    check(
+        "",
+        "notes file h1",
+        "notes file h2",
+        expect![[r#"
+        conflict-copy notes -> notes (conflicted copy from laptop 2024-05-06 070809)
+    "#]],
+    );
+}
+
+// Directories.
+
+#[test]
+fn row_15_directory_created_on_one_side_is_created_on_the_other() {
+    check(
+        "",
+        "d dir\nd/e dir\nd/f file h1",
+        "",
+        expect![[r#"
+        mkdir-remote d
+        mkdir-remote d/e
+        upload d/f h1 if-absent
+    "#]],
+    );
+    check(
+        "",
+        "",
+        "d dir\nd/e dir\nd/f file h1",
+        expect![[r#"
+        mkdir-local d id=1 rev=1
+        mkdir-local d/e id=2 rev=1
+        download d/f h1 id=3 rev=1 if-local=absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_16_directory_deleted_on_one_side_is_deleted_on_the_other_children_first() {
+    let tree = "d dir\nd/e dir\nd/e/f file h1\nd/g file h2\nz file h0";
+    check(
+        tree,
+        "z file h0",
+        tree,
+        expect![[r#"
+        delete-remote d/e/f rev=1
+        delete-remote d/e rev=1
+        delete-remote d/g rev=1
+        delete-remote d rev=1
+    "#]],
+    );
+    check(
+        tree,
+        tree,
+        "z file h0",
+        expect![[r#"
+        delete-local d/e/f if=h1
+        rmdir-local d/e
+        delete-local d/g if=h2
+        rmdir-local d
+    "#]],
+    );
+}
+
+#[test]
+fn row_17_directory_deleted_while_other_side_changed_beneath_keeps_changes() {
+    let base = "d dir\nd/keep file h1\nd/old file h2\nz file h0";
+    // Deleted locally; the remote modified d/keep and created d/new.
+    check(
+        base,
+        "z file h0",
+        "z file h0\nd dir\nd/keep file h9 rev=2\nd/old file h2\nd/new file h3",
+        expect![[r#"
+        delete-remote d/old rev=1
+        mkdir-local d id=1 rev=1
+        download d/keep h9 id=2 rev=2 if-local=absent
+        download d/new h3 id=3 rev=1 if-local=absent
+    "#]],
+    );
+    // Deleted remotely; the local side modified d/keep and created d/new.
+    check(
+        base,
+        "z file h0\nd dir\nd/keep file h9\nd/old file h2\nd/new file h3",
+        "z file h0",
+        expect![[r#"
+        delete-local d/old if=h2
+        mkdir-remote d
+        upload d/keep h9 if-absent
+        upload d/new h3 if-absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_18_directory_deleted_on_both_sides_is_forgotten() {
+    check(
+        "d dir\nd/f file h1\nz file h0",
+        "z file h0",
+        "z file h0",
+        expect![[r#"
+        forget-base d
+        forget-base d/f
+    "#]],
+    );
+}
+
+// Type changes and renames.
+
+#[test]
+fn row_19_type_change_on_one_side_is_applied() {
+    // Locally the file became a directory.
+    check(
+        "x file h1",
+        "x dir\nx/f file h2",
+        "x file h1 rev=3",
+        expect![[r#"
+        delete-remote x rev=3
+        mkdir-remote x
+        upload x/f h2 if-absent
+    "#]],
+    );
+    // Remotely the directory became a file.
+    check(
+        "x dir\nx/f file h1",
+        "x dir\nx/f file h1",
+        "x file h2 rev=5",
+        expect![[r#"
+        delete-local x/f if=h1
+        rmdir-local x
+        download x h2 id=1 rev=5 if-local=absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_20_file_and_directory_contending_the_directory_keeps_the_name() {
+    // The local side holds the file: it becomes a conflicted copy.
+    check(
+        "",
+        "x file h1",
+        "x dir\nx/f file h2",
+        expect![[r#"
+        conflict-copy x -> x (conflicted copy from laptop 2024-05-06 070809)
+        mkdir-local x id=1 rev=1
+        download x/f h2 id=2 rev=1 if-local=absent
+    "#]],
+    );
+    // The remote holds the file: it is moved to a conflicted copy on the server.
+    check(
+        "",
+        "x dir\nx/f file h1",
+        "x file h2 rev=4",
+        expect![[r#"
+        move-remote x -> x (conflicted copy from laptop 2024-05-06 070809) rev=4
+        mkdir-remote x
+        upload x/f h1 if-absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_21_local_rename_moves_on_the_server() {
+    // Matched by inode, and edited too: the move now, the upload next round.
+    check(
+        "a.txt file h1 ino=5",
+        "b.txt file h2 ino=5",
+        "a.txt file h1 rev=3",
+        expect![[r#"
+        move-remote a.txt -> b.txt rev=3
+    "#]],
+    );
+    // Matched by content (a copy tool gave it a new inode).
+    check(
+        "a.txt file h1 ino=5",
+        "sub dir\nsub/a.txt file h1 ino=6",
+        "a.txt file h1",
+        expect![[r#"
+        move-remote a.txt -> sub/a.txt rev=1
+        mkdir-remote sub
+    "#]],
+    );
+    // A directory matched by inode: one move, nothing beneath either name this round.
+    check(
+        "d dir ino=5\nd/f file h1",
+        "e dir ino=5\ne/f file h2\ne/new file h3",
+        "d dir\nd/f file h1",
+        expect![[r#"
+            move-remote d -> e rev=1
+        "#]],
+    );
+}
+
+#[test]
+fn row_22_local_rename_while_remote_modified_keeps_both() {
+    check(
+        "a.txt file h1 ino=5",
+        "b.txt file h1 ino=5",
+        "a.txt file h2 rev=2",
+        expect![[r#"
+        download a.txt h2 id=1 rev=2 if-local=absent
+        upload b.txt h1 if-absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_23_renamed_differently_on_both_sides_the_server_name_wins() {
+    check(
+        "a.txt file h1 id=1 ino=5",
+        "b.txt file h1 ino=5",
+        "c.txt file h1 id=1 rev=2",
+        expect![[r#"
+        move-local b.txt -> c.txt
+    "#]],
+    );
+    check(
+        "d dir id=1 ino=5\nd/f file h1 id=2",
+        "e dir ino=5\ne/f file h1",
+        "r dir id=1 rev=2\nr/f file h1 id=2",
+        expect![[r#"
+        move-local e -> r
+    "#]],
+    );
+}
+
+#[test]
+fn row_24_case_only_rename_is_a_rename() {
+    check(
+        "readme.md file h1 ino=5",
+        "README.md file h1 ino=5",
+        "readme.md file h1",
+        expect![[r#"
+        move-remote readme.md -> README.md rev=1
+    "#]],
+    );
+}
+
+// Locks, ignores and safety.
+
+#[test]
+fn row_25_local_change_under_a_lock_is_blocked() {
+    let base = "a file h1\nb file h1\nd dir\nd/c file h1\nd/e file h1";
+    let remote = "a file h1\nb file h1\nd dir\nd/c file h2 rev=2\nd/e file h3 rev=2";
+    // Modified a, deleted b, created d/n; changed d/c (both changed) and kept d/e (remote only).
+    let local = "a file h9\nd dir\nd/c file h8\nd/e file h1\nd/n file h4";
+    Fixture::new(base, local, remote)
+        .locked("a", "phone")
+        .locked("b", "phone")
+        .locked("d", "tablet")
+        .check(expect![[r#"
+        download d/e h3 id=5 rev=2 if-local=h1
+        blocked a: locked by phone
+        blocked b: locked by phone
+        blocked d/c: locked by tablet
+        blocked d/n: locked by tablet
+    "#]]);
+}
+
+#[test]
+fn row_26_delete_held_by_a_lock_then_lock_gone_the_remote_edit_wins() {
+    let (base, local, remote) = (
+        "a file h1\nz file h0",
+        "z file h0",
+        "a file h2 rev=2\nz file h0",
+    );
+    Fixture::new(base, local, remote)
+        .locked("a", "phone")
+        .check(expect![[r#"
+        blocked a: locked by phone
+    "#]]);
+    check(
+        base,
+        local,
+        remote,
+        expect![[r#"
+        download a h2 id=1 rev=2 if-local=absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_27_ignored_paths_are_never_planned() {
+    Fixture::new(
+        "",
+        "tmp dir\ntmp/x file h1\n.DS_Store file h2\nkeep file h3",
+        "cache file h4\ntmp dir\ntmp/y file h5",
+    )
+    .ignore("tmp")
+    .ignore(".DS_Store")
+    .ignore("cache")
+    .check(expect![[r#"
+            upload keep h3 if-absent
+        "#]]);
+}
+
+#[test]
+fn row_28_symlinks_never_reach_the_planner() {
+    // The scanner reports a symlink as skipped and leaves it out of the local tree, so the
+    // planner sees nothing there: nothing is uploaded. A remote file of that name would be
+    // downloaded expecting nothing locally, which the executor's re-check refuses.
+    check(
+        "",
+        "",
+        "",
+        expect![[r#"
+        nothing
+    "#]],
+    );
+    check(
+        "",
+        "",
+        "link file h1",
+        expect![[r#"
+        download link h1 id=1 rev=1 if-local=absent
+    "#]],
+    );
+}
+
+#[test]
+fn row_29_local_root_missing_or_emptied_stops_the_pass() {
+    let base = "a file h1\nd dir";
+    // Empty while base holds files: the disk was probably unmounted.
+    check(
+        base,
+        "",
+        base,
+        expect![[r#"
+        blocked *: local root missing
+    "#]],
+    );
+    let mut fixture = Fixture::new(base, base, "d dir");
+    fixture.local_root_ok = false;
+    fixture.check(expect![[r#"
+        blocked *: local root missing
+    "#]]);
+    // Base holds only directories: an empty root is an honest delete.
+    check(
+        "d dir",
+        "",
+        "d dir",
+        expect![[r#"
+        delete-remote d rev=1
+    "#]],
+    );
+}
+
+#[test]
+fn row_30_incomplete_remote_listing_deletes_and_moves_nothing_locally() {
+    let mut fixture = Fixture::new(
+        "gone file h1\nd dir\nd/x file h2\nmoved file h3 id=3\nboth file h4\nedit file h5",
+        "gone file h1\nd dir\nd/x file h2\nmoved file h3\nedit file h6\nnew file h7",
+        "elsewhere file h3 id=3\nedit file h5",
+    );
+    fixture.remote_complete = false;
+    fixture.check(expect![[r#"
+        upload edit h6 if-rev=1
+        download elsewhere h3 id=3 rev=1 if-local=absent
+        upload new h7 if-absent
+    "#]]);
+}
+
+#[test]
+fn row_31_upload_names_the_hash_the_executor_must_still_find() {
+    // The executor re-reads the file while uploading and commits only if it still hashes to
+    // `hash` with the same size and mtime; otherwise it retries after the file settles.
+    check(
+        "a file h1",
+        "a file h2 size=10 mtime=5",
+        "a file h1",
+        expect![[r#"
+        upload a h2 if-rev=1
+    "#]],
+    );
+}
+
+#[test]
+fn row_32_unrepresentable_names_are_skipped_and_the_rest_syncs() {
+    // The scanner leaves out names that are not UTF-8 or not valid paths; the remote never has
+    // them (RelPath refuses them at the wire). Everything else is planned as usual.
+    check(
+        "",
+        "ok file h1",
+        "fine file h2",
+        expect![[r#"
+        download fine h2 id=1 rev=1 if-local=absent
+        upload ok h1 if-absent
+    "#]],
+    );
+}

@@ -1,0 +1,274 @@
+//! A compact text form of the three trees and of a plan, for data-driven tests.
+//!
+//! A tree is one entry per line: `PATH file HASH [key=value...]` or `PATH dir [key=value...]`;
+//! a path with spaces goes in double quotes.
+//! Keys: `id` (node id), `rev`, `ino` (inode), `size`, `mtime`. Defaults: every path named in any
+//! of the three trees gets a number `n` by sort order, and its node id is `n` and its inode
+//! `100 + n`, so the same path means the same node in base and remote and the same inode in base
+//! and local. Revisions default to 1.
+//! A hash is written as a short name (`h1`, `v2`): its bytes, zero-padded; `empty` is the hash of
+//! the empty file. The rendered plan writes hashes back as names.
+
+use crate::{
+    BaseNode, BlockReason, ContentHash, DeviceName, EntryKind, LocalNode, Plan, PlanInput, PlanOp,
+    Precondition, RelPath, RemoteNode,
+};
+use crate::{NodeId, Revision};
+use expect_test::Expect;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+pub(crate) fn hash(name: &str) -> ContentHash {
+    if name == "empty" {
+        return ContentHash::of_empty();
+    }
+    assert!(
+        name.len() <= 32 && name.is_ascii(),
+        "hash name {name:?} too long"
+    );
+    let mut bytes = [0u8; 32];
+    bytes[..name.len()].copy_from_slice(name.as_bytes());
+    ContentHash(bytes)
+}
+
+pub(crate) fn hash_name(hash: &ContentHash) -> String {
+    if *hash == ContentHash::of_empty() {
+        return "empty".to_owned();
+    }
+    let len = hash.0.iter().position(|&b| b == 0).unwrap_or(32);
+    let (name, rest) = hash.0.split_at(len);
+    match std::str::from_utf8(name) {
+        Ok(text) if !text.is_empty() && rest.iter().all(|&b| b == 0) => text.to_owned(),
+        _ => hash.to_hex()[..8].to_owned(),
+    }
+}
+
+pub(crate) fn path(text: &str) -> RelPath {
+    RelPath::new(text).unwrap()
+}
+
+/// One parsed line.
+struct Line {
+    path: RelPath,
+    kind: EntryKind,
+    hash: Option<ContentHash>,
+    keys: BTreeMap<String, u64>,
+}
+
+fn parse(text: &str) -> Vec<Line> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        // A path with spaces is written in double quotes.
+        let (path_text, rest) = match line.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').expect("closing quote"),
+            None => line.split_once(' ').unwrap_or((line, "")),
+        };
+        let path = path(path_text);
+        let mut words = rest.split_whitespace();
+        let (kind, hash) = match words.next() {
+            Some("file") => (
+                EntryKind::File,
+                Some(hash(words.next().expect("a file needs a hash"))),
+            ),
+            Some("dir") => (EntryKind::Dir, None),
+            other => panic!("bad kind {other:?} in {line:?}"),
+        };
+        let keys = words
+            .map(|word| {
+                let (key, value) = word.split_once('=').expect("key=value");
+                (key.to_owned(), value.parse().expect("a number"))
+            })
+            .collect();
+        out.push(Line {
+            path,
+            kind,
+            hash,
+            keys,
+        });
+    }
+    out
+}
+
+/// The three trees plus the other inputs, with defaults a test can change.
+pub(crate) struct Fixture {
+    pub base: BTreeMap<RelPath, BaseNode>,
+    pub local: BTreeMap<RelPath, LocalNode>,
+    pub remote: BTreeMap<RelPath, RemoteNode>,
+    pub locked_by_others: BTreeMap<RelPath, DeviceName>,
+    pub ignored: BTreeSet<RelPath>,
+    pub local_root_ok: bool,
+    pub remote_complete: bool,
+}
+
+impl Fixture {
+    pub(crate) fn new(base: &str, local: &str, remote: &str) -> Fixture {
+        let (base, local, remote) = (parse(base), parse(local), parse(remote));
+        let all: BTreeSet<RelPath> = base
+            .iter()
+            .chain(&local)
+            .chain(&remote)
+            .map(|l| l.path.clone())
+            .collect();
+        let number = |p: &RelPath| all.iter().position(|q| q == p).unwrap() as u64 + 1;
+        let get =
+            |line: &Line, key: &str, default: u64| line.keys.get(key).copied().unwrap_or(default);
+        Fixture {
+            base: base
+                .iter()
+                .map(|l| {
+                    let node = BaseNode {
+                        kind: l.kind,
+                        hash: l.hash,
+                        node_id: NodeId(get(l, "id", number(&l.path))),
+                        rev: Revision(get(l, "rev", 1)),
+                        size: get(l, "size", 0),
+                        mtime_ns: get(l, "mtime", 0) as i64,
+                        inode: get(l, "ino", 100 + number(&l.path)),
+                    };
+                    (l.path.clone(), node)
+                })
+                .collect(),
+            local: local
+                .iter()
+                .map(|l| {
+                    let node = LocalNode {
+                        kind: l.kind,
+                        hash: l.hash,
+                        size: get(l, "size", 0),
+                        mtime_ns: get(l, "mtime", 0) as i64,
+                        inode: get(l, "ino", 100 + number(&l.path)),
+                    };
+                    (l.path.clone(), node)
+                })
+                .collect(),
+            remote: remote
+                .iter()
+                .map(|l| {
+                    let node = RemoteNode {
+                        node_id: NodeId(get(l, "id", number(&l.path))),
+                        kind: l.kind,
+                        rev: Revision(get(l, "rev", 1)),
+                        hash: l.hash,
+                        size: get(l, "size", 0),
+                        mtime_ms: get(l, "mtime", 0) as i64,
+                    };
+                    (l.path.clone(), node)
+                })
+                .collect(),
+            locked_by_others: BTreeMap::new(),
+            ignored: BTreeSet::new(),
+            local_root_ok: true,
+            remote_complete: true,
+        }
+    }
+
+    pub(crate) fn locked(mut self, text: &str, device: &str) -> Fixture {
+        self.locked_by_others
+            .insert(path(text), DeviceName::new(device).unwrap());
+        self
+    }
+
+    pub(crate) fn ignore(mut self, text: &str) -> Fixture {
+        self.ignored.insert(path(text));
+        self
+    }
+
+    pub(crate) fn plan(&self) -> Plan {
+        let device = DeviceName::new("laptop").unwrap();
+        crate::plan(&PlanInput {
+            base: &self.base,
+            local: &self.local,
+            remote: &self.remote,
+            device: &device,
+            now_stamp: "2024-05-06 070809",
+            locked_by_others: &self.locked_by_others,
+            ignored: &self.ignored,
+            local_root_ok: self.local_root_ok,
+            remote_complete: self.remote_complete,
+        })
+    }
+
+    pub(crate) fn check(&self, expect: Expect) {
+        let plan = self.plan();
+        // Determinism: the same input gives the same plan.
+        assert_eq!(plan, self.plan());
+        expect.assert_eq(&render(&plan));
+    }
+}
+
+/// Plans the three trees and compares the rendered plan with `expect`.
+pub(crate) fn check(base: &str, local: &str, remote: &str, expect: Expect) {
+    Fixture::new(base, local, remote).check(expect);
+}
+
+pub(crate) fn render(plan: &Plan) -> String {
+    let mut out = String::new();
+    for op in &plan.ops {
+        let line = match op {
+            PlanOp::Upload { path, base, hash } => {
+                format!("upload {path} {} {}", hash_name(hash), precondition(base))
+            }
+            PlanOp::Download {
+                path,
+                remote,
+                expect_local,
+            } => format!(
+                "download {path} {} id={} rev={} if-local={}",
+                remote.hash.as_ref().map_or("-".to_owned(), hash_name),
+                remote.node_id,
+                remote.rev,
+                expect_local.as_ref().map_or("absent".to_owned(), hash_name),
+            ),
+            PlanOp::DeleteLocal { path, expect_hash } => {
+                format!("delete-local {path} if={}", hash_name(expect_hash))
+            }
+            PlanOp::DeleteRemote { path, rev } => format!("delete-remote {path} rev={rev}"),
+            PlanOp::MakeDirLocal { path, remote } => format!(
+                "mkdir-local {path} id={} rev={}",
+                remote.node_id, remote.rev
+            ),
+            PlanOp::MakeDirRemote { path } => format!("mkdir-remote {path}"),
+            PlanOp::RemoveDirLocal { path } => format!("rmdir-local {path}"),
+            PlanOp::MoveRemote { from, to, rev } => format!("move-remote {from} -> {to} rev={rev}"),
+            PlanOp::MoveLocal { from, to } => format!("move-local {from} -> {to}"),
+            PlanOp::ConflictCopy { path, copy } => format!("conflict-copy {path} -> {copy}"),
+            PlanOp::RecordBase { path, node } => format!(
+                "record-base {path} {}{} id={} rev={} size={} mtime={} ino={}",
+                match node.kind {
+                    EntryKind::File => "file ",
+                    EntryKind::Dir => "dir",
+                },
+                node.hash.as_ref().map_or(String::new(), hash_name),
+                node.node_id,
+                node.rev,
+                node.size,
+                node.mtime_ns,
+                node.inode,
+            ),
+            PlanOp::ForgetBase { path } => format!("forget-base {path}"),
+        };
+        writeln!(out, "{line}").unwrap();
+    }
+    for blocked in &plan.blocked {
+        let path = blocked
+            .path
+            .as_ref()
+            .map_or("*".to_owned(), |p| p.to_string());
+        let reason = match &blocked.reason {
+            BlockReason::LockedBy(device) => format!("locked by {device}"),
+            BlockReason::LocalRootMissing => "local root missing".to_owned(),
+        };
+        writeln!(out, "blocked {path}: {reason}").unwrap();
+    }
+    if out.is_empty() {
+        out.push_str("nothing\n");
+    }
+    out
+}
+
+fn precondition(base: &Precondition) -> String {
+    match base {
+        Precondition::MustNotExist => "if-absent".to_owned(),
+        Precondition::Rev(rev) => format!("if-rev={rev}"),
+    }
+}
