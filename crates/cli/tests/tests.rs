@@ -1,1 +1,8 @@
-//! End-to-end tests
+//! End-to-end tests: the real `syncstore` binary, a server and clients on loopback, temp dirs.
+//!
+//! One test binary for the crate (see STYLE.md): modules below share `util`.
+
+mod util;
+
+mod cli;
+mod sync;

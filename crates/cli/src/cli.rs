@@ -1,0 +1,128 @@
+//! Command-line flags (clap). Every flag that takes a value can also come from an env var.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// syncstore: keep folders on several machines in sync through your own server.
+#[derive(Parser, Debug)]
+#[command(name = "syncstore", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a server (embedded default: SQLite + local disk under --data).
+    Serve(ServeArgs),
+    /// Manage accounts (offline, against the server's data dir).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage device tokens (offline, against the server's data dir).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Keep DIR and the server in sync, both ways, until stopped (or once with --once).
+    Sync(SyncArgs),
+    /// Compare DIR with the server and show what differs; changes nothing.
+    Status(StatusArgs),
+    /// List the files on the server.
+    Ls(LsArgs),
+    /// Start a server and two synced folders under ./syncstore-demo to try things out.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    /// The server's data directory.
+    #[arg(long, env = "SYNCSTORE_DATA", default_value = "./syncstore-data")]
+    pub data: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Address to listen on.
+    #[arg(long, env = "SYNCSTORE_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user and print a device token for it (alone on the last line).
+    Add {
+        /// The user's name.
+        name: String,
+        /// Name of the first device.
+        #[arg(long, default_value = "first-device")]
+        device: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Print a new device token for an existing user (alone on the last line).
+    Add {
+        /// The user's name.
+        name: String,
+        /// The device's name (conflicted copies and locks are named after it).
+        #[arg(long)]
+        device: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
+    /// Server URL; repeat for failover (tried in order). Saved in DIR/.syncstore/.
+    #[arg(long = "server", env = "SYNCSTORE_SERVER", value_delimiter = ',')]
+    pub servers: Vec<String>,
+    /// Device token. Saved in DIR/.syncstore/ (mode 0600).
+    #[arg(long, env = "SYNCSTORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// The folder to keep in sync.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Seconds between full rescans (the watcher reports changes in between).
+    #[arg(long, env = "SYNCSTORE_SCAN_INTERVAL", default_value_t = 60)]
+    pub scan_interval: u64,
+    /// Do one full two-way pass and exit: 0 when in sync, 1 when not.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The synced folder.
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Directory on the server to list (default: the top).
+    pub path: Option<String>,
+    /// List everything below, not only direct children.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where to put the demo's server data and folders.
+    #[arg(long, default_value = "./syncstore-demo")]
+    pub dir: PathBuf,
+    /// Address for the demo server (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+}

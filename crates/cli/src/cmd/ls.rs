@@ -1,0 +1,59 @@
+//! `syncstore ls [PATH]`: the remote listing, `ls -l` style.
+
+use crate::cli::LsArgs;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use syncstore_client::{ApiClient, FolderConfig};
+use syncstore_proto::{EntryKind, RelPath};
+
+/// Prints the listing.
+///
+/// # Errors
+/// When no server/token is known, the path is invalid, or the server cannot be reached.
+pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
+    let saved = super::enclosing_folder().map(|dir| FolderConfig::load(&dir)).transpose()?.flatten();
+    let servers = if args.remote.servers.is_empty() { saved.as_ref().map(|c| c.servers.clone()).unwrap_or_default() } else { args.remote.servers.clone() };
+    let token = args.remote.token.clone().or_else(|| saved.map(|c| c.token));
+    let (false, Some(token)) = (servers.is_empty(), token) else {
+        anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder");
+    };
+    let dir = match args.path.as_deref().map(|p| p.trim_matches('/')) {
+        None | Some("") | Some(".") => None,
+        Some(text) => Some(RelPath::new(text)?),
+    };
+    let api = Arc::new(ApiClient::new(servers, token)?);
+    let tree = api.tree().await?;
+    if let Some(dir) = &dir {
+        match tree.entries.iter().find(|e| &e.path == dir) {
+            Some(entry) if entry.kind == EntryKind::Dir => {}
+            Some(_) => {}
+            None => anyhow::bail!("{dir}: no such file or directory on the server"),
+        }
+    }
+    let mut rows: Vec<_> = tree
+        .entries
+        .iter()
+        .filter(|e| match &dir {
+            None => args.recursive || e.path.depth() == 1,
+            Some(dir) if args.recursive => e.path.is_inside(dir),
+            Some(dir) => e.path.parent().as_ref() == Some(dir),
+        })
+        .collect();
+    if let Some(dir) = &dir {
+        if rows.is_empty() {
+            rows = tree.entries.iter().filter(|e| &e.path == dir).collect();
+        }
+    }
+    rows.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<4} {:>12}  {:<19}  {:<16}  NAME", "TYPE", "SIZE", "MODIFIED", "DEVICE")?;
+    for entry in rows {
+        let (kind, size, name) = match entry.kind {
+            EntryKind::Dir => ("d", "-".to_string(), format!("{}/", entry.path)),
+            EntryKind::File => ("-", entry.size.to_string(), entry.path.to_string()),
+        };
+        writeln!(out, "{kind:<4} {size:>12}  {:<19}  {:<16}  {name}", super::status::time_text(entry.mtime_ms), entry.device.as_str())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

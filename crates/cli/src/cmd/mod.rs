@@ -1,0 +1,152 @@
+//! One function per subcommand.
+
+mod demo;
+mod ls;
+mod status;
+
+use crate::cli::{Cli, Command, RemoteArgs, TokenCommand, UserCommand};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use syncstore_client::{ApiClient, Engine, FolderConfig};
+use syncstore_proto::{DeviceName, UserName};
+use tokio_util::sync::CancellationToken;
+
+/// Runs the parsed command.
+///
+/// # Errors
+/// Whatever the command fails with; `main` prints it and exits 2.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::User(UserCommand::Add { name, device, data }) => {
+            let user = UserName::new(&name)?;
+            let device = DeviceName::new(&device)?;
+            let token = syncstore_server::add_user(&data.data, &user, &device).await?;
+            println!("created user {user} with device {device}; its token:");
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Add { name, device, data }) => {
+            let user = UserName::new(&name)?;
+            let device = DeviceName::new(&device)?;
+            let token = syncstore_server::add_token(&data.data, &user, &device).await?;
+            println!("token for user {user}, device {device}:");
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync(args) => sync(args).await,
+        Command::Status(args) => status::run(&args.dir).await,
+        Command::Ls(args) => ls::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// Fires on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let fire = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::warn!(cause = %err, "could not listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                fire.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received; shutting down");
+        fire.cancel();
+    });
+    token
+}
+
+async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
+    let data = args.data.data;
+    std::fs::create_dir_all(&data).with_context(|| format!("could not create {}", data.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    if let Some((user, device, token)) = syncstore_server::ensure_first_user(&data).await? {
+        println!("First start: created user {user} with device {device}. Connect a folder with:");
+        println!("  syncstore sync ~/Sync --server http://{addr} --token {token}");
+        println!("Tokens for more devices: syncstore token add {user} --device NAME --data {}", data.display());
+    }
+    tracing::info!(%addr, data = %data.display(), "syncstore server listening");
+    let shutdown = shutdown_on_signals();
+    let config = syncstore_server::ServerConfig::new(data);
+    syncstore_server::run(listener, config, async move { shutdown.cancelled().await }).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves the folder's config: flags first, then the saved config; saves what the flags gave.
+fn folder_config(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<FolderConfig> {
+    let saved = FolderConfig::load(dir)?;
+    let servers = if remote.servers.is_empty() { saved.as_ref().map(|c| c.servers.clone()).unwrap_or_default() } else { remote.servers.clone() };
+    let token = remote.token.clone().or_else(|| saved.as_ref().map(|c| c.token.clone()));
+    let (servers, token) = match (servers.is_empty(), token) {
+        (false, Some(token)) => (servers, token),
+        _ => anyhow::bail!(
+            "{} is not set up yet: give --server URL and --token TOKEN (or SYNCSTORE_TOKEN) once",
+            dir.display()
+        ),
+    };
+    for server in &servers {
+        anyhow::ensure!(
+            server.starts_with("http://") || server.starts_with("https://"),
+            "server URL {server:?} must start with http:// or https://"
+        );
+    }
+    Ok(FolderConfig { servers, token })
+}
+
+fn canonical_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(dir).with_context(|| format!("sync folder {} is missing or unreadable", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
+    dir.canonicalize().with_context(|| format!("could not resolve {}", dir.display()))
+}
+
+/// Opens the engine of a synced folder.
+pub fn open_engine(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<Engine> {
+    let dir = canonical_dir(dir)?;
+    let config = folder_config(&dir, remote)?;
+    let api = Arc::new(ApiClient::new(config.servers.clone(), config.token.clone())?);
+    let engine = Engine::open(&dir, api)?;
+    config.save(&dir)?;
+    Ok(engine)
+}
+
+async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
+    let mut engine = open_engine(&args.dir, &args.remote)?;
+    if args.once {
+        let report = syncstore_client::daemon::run_once(&mut engine).await?;
+        for skipped in &report.skipped {
+            eprintln!("skipped {}: {}", skipped.path, skipped.reason);
+        }
+        if report.in_sync {
+            println!("in sync ({} steps applied)", report.applied);
+            return Ok(ExitCode::SUCCESS);
+        }
+        for blocked in &report.blocked {
+            eprintln!("blocked: {blocked:?}");
+        }
+        eprintln!("not in sync after one pass ({} steps applied); run `syncstore status {}` for details", report.applied, args.dir.display());
+        return Ok(ExitCode::from(1));
+    }
+    let shutdown = shutdown_on_signals();
+    let options = syncstore_client::daemon::DaemonOptions { scan_interval: Duration::from_secs(args.scan_interval.max(1)) };
+    syncstore_client::daemon::run(engine, options, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The synced folder containing the current directory, if any.
+pub fn enclosing_folder() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors().find(|dir| dir.join(syncstore_proto::META_DIR).join("config.json").is_file()).map(Path::to_path_buf)
+}

@@ -1,0 +1,245 @@
+//! Test harness: spawn the real binary, wait for readiness by polling, snapshot folders.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_syncstore"))
+}
+
+/// How long a condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `cond` every 20 ms until it holds, or panics with `what` after `DEADLINE`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    wait_until_for(what, DEADLINE, &mut cond);
+}
+
+/// Like [`wait_until`] with an explicit deadline.
+pub fn wait_until_for(what: &str, deadline: Duration, cond: &mut dyn FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {deadline:?} waiting for: {what}");
+}
+
+/// A free loopback port (bound then released; the server binds it right after).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A running child process, killed on drop, with its stderr in a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, log_dir: &Path, args: &[&str]) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
+        let child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", "info,syncstore_client=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn syncstore");
+        Proc { child, log, name: name.to_owned() }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "{} did not stop after SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: String = text.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            eprintln!("----- last lines of {} log -----\n{tail}", self.name);
+        }
+    }
+}
+
+/// Runs the binary to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("RUST_LOG", "warn").stdin(Stdio::null()).output().expect("run syncstore")
+}
+
+/// A server on a loopback port with its data dir.
+pub struct Server {
+    pub proc: Proc,
+    pub port: u16,
+    pub data: PathBuf,
+    log_dir: PathBuf,
+}
+
+impl Server {
+    pub fn start(log_dir: &Path, data: &Path) -> Server {
+        Server::start_on(log_dir, data, free_port())
+    }
+
+    pub fn start_on(log_dir: &Path, data: &Path, port: u16) -> Server {
+        let listen = format!("127.0.0.1:{port}");
+        let proc = Proc::spawn("server", log_dir, &["serve", "--data", data.to_str().unwrap(), "--listen", &listen]);
+        let server = Server { proc, port, data: data.to_path_buf(), log_dir: log_dir.to_path_buf() };
+        server.wait_ready();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn wait_ready(&self) {
+        let url = format!("{}/api/v1/health", self.url());
+        wait_until("server health endpoint", || {
+            reqwest::blocking_get_ok(&url)
+        });
+    }
+
+    /// SIGKILL, then start again on the same port and data.
+    pub fn kill9_and_restart(&mut self) {
+        self.proc.kill9();
+        let listen = format!("127.0.0.1:{}", self.port);
+        self.proc = Proc::spawn("server", &self.log_dir, &["serve", "--data", self.data.to_str().unwrap(), "--listen", &listen]);
+        self.wait_ready();
+    }
+
+    /// A new device token for `user` (created if needed).
+    pub fn token(&self, user: &str, device: &str) -> String {
+        let out = run(&["user", "add", user, "--device", device, "--data", self.data.to_str().unwrap()]);
+        let out = if out.status.success() { out } else { run(&["token", "add", user, "--device", device, "--data", self.data.to_str().unwrap()]) };
+        assert!(out.status.success(), "token add failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).expect("utf8");
+        stdout.lines().last().expect("token line").trim().to_owned()
+    }
+}
+
+/// Minimal blocking HTTP helpers on top of reqwest's async client.
+pub mod reqwest {
+    pub fn blocking_get_ok(url: &str) -> bool {
+        runtime().block_on(async { ::reqwest::get(url).await.map(|r| r.status().is_success()).unwrap_or(false) })
+    }
+
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    /// Sends a request with a bearer token; returns status and body text.
+    pub fn send(method: &str, url: &str, token: &str, body: Option<String>) -> (u16, String) {
+        runtime().block_on(async {
+            let client = ::reqwest::Client::new();
+            let mut request = client.request(method.parse().expect("method"), url).bearer_auth(token);
+            if let Some(body) = body {
+                request = request.header("content-type", "application/json").body(body);
+            }
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        })
+    }
+}
+
+/// A sync daemon on a folder.
+pub fn start_client(name: &str, log_dir: &Path, dir: &Path, server_url: &str, token: &str) -> Proc {
+    std::fs::create_dir_all(dir).expect("create client dir");
+    Proc::spawn(name, log_dir, &["sync", dir.to_str().unwrap(), "--server", server_url, "--token", token, "--scan-interval", "5"])
+}
+
+/// Restarts a daemon on a folder that is already set up (no flags needed).
+pub fn restart_client(name: &str, log_dir: &Path, dir: &Path) -> Proc {
+    Proc::spawn(name, log_dir, &["sync", dir.to_str().unwrap(), "--scan-interval", "5"])
+}
+
+/// Every file and directory below `root` (except `.syncstore`), with file contents.
+pub fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".syncstore" {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                out.insert(rel, None);
+                walk(root, &path, out);
+            } else if meta.is_file() {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    out.insert(rel, Some(bytes));
+                }
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// Waits until the two folders hold the same tree with the same contents.
+pub fn wait_same(a: &Path, b: &Path) {
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        let (sa, sb) = (snapshot(a), snapshot(b));
+        if sa == sb {
+            return;
+        }
+        last = (sa, sb);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let names = |m: &BTreeMap<String, Option<Vec<u8>>>| m.keys().cloned().collect::<Vec<_>>();
+    panic!("folders never converged:\n a: {:?}\n b: {:?}", names(&last.0), names(&last.1));
+}
+
+/// Reads a file as text, or None.
+pub fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// Writes a file, creating parents.
+pub fn write(path: &Path, text: &str) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}
