@@ -1,0 +1,119 @@
+//! [`ApiError`], answered as a JSON [`ErrorBody`], and extractors whose rejections are ones.
+
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use syncstore_proto::ErrorBody;
+use syncstore_store::StoreError;
+
+/// An error answer: a status and a message for the client.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            axum::Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        match &err {
+            StoreError::NotFound(_) => ApiError::not_found(err.to_string()),
+            StoreError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
+            StoreError::HashMismatch { .. } | StoreError::ChunkTooLarge { .. } => {
+                ApiError::bad_request(err.to_string())
+            }
+            StoreError::SchemaTooNew { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Database(_)
+            | StoreError::Io { .. }
+            | StoreError::Worker(_) => {
+                tracing::error!(cause = %err, "store failed");
+                // The details (paths, SQL) stay in the server log.
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server's storage failed; see its log",
+                )
+            }
+        }
+    }
+}
+
+/// A JSON request body; malformed JSON or invalid values (such as a `..` path) give a 400 with
+/// serde's message, a body over the limit a 413. The content type is not checked.
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<JsonBody<T>, ApiError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
+    }
+}
+
+/// A query string; invalid ones give a 400 with the parser's message.
+pub(crate) struct QueryParams<T>(pub(crate) T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<QueryParams<T>, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| QueryParams(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}

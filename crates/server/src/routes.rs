@@ -1,0 +1,345 @@
+//! The router: one handler per row of the API table in `syncstore_proto::api`.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, JsonBody, QueryParams};
+use crate::{ChangeHub, ServerConfig, Stores};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use syncstore_proto::{
+    decode_frame_header, encode_frame_header, ChangesQuery, ChangesResponse, ChunkList, Health,
+    OpsRequest, OpsResponse, TreeResponse, UploadResponse, WhoAmI, FRAME_HEADER_LEN,
+};
+use syncstore_store::ChangesPage;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) stores: Stores,
+    pub(crate) hub: ChangeHub,
+    pub(crate) config: Arc<ServerConfig>,
+    /// Cancelled when the server stops: ends long polls at once so shutdown does not wait.
+    pub(crate) stopping: CancellationToken,
+    /// Set when a handler panicked; `serve` then reports an error instead of a clean stop.
+    pub(crate) panicked: Arc<AtomicBool>,
+}
+
+/// How many chunks a download reads ahead of the one being sent.
+const DOWNLOAD_READ_AHEAD: usize = 4;
+
+pub(crate) fn router(state: AppState) -> Router {
+    // Every route but the upload is bounded in time; the upload streams a body of any length,
+    // one bounded frame at a time.
+    let bounded = Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/tree", get(tree))
+        .route("/api/v1/changes", get(changes))
+        .route("/api/v1/chunks/missing", post(chunks_missing))
+        .route("/api/v1/chunks/download", post(chunks_download))
+        .route("/api/v1/ops", post(ops))
+        .layer(DefaultBodyLimit::max(state.config.json_body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit));
+    let upload = Router::new()
+        .route("/api/v1/chunks/upload", post(chunks_upload))
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .merge(bounded)
+        .merge(upload)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), stop_on_panic))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name))]
+async fn whoami(auth: Auth) -> Json<WhoAmI> {
+    let Auth(principal) = auth;
+    Json(WhoAmI {
+        user: principal.user_name,
+        device: principal.device_name,
+    })
+}
+
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name))]
+async fn tree(State(state): State<AppState>, auth: Auth) -> Result<Json<TreeResponse>, ApiError> {
+    let tree = state.stores.meta.tree(auth.0.user_id).await?;
+    Ok(Json(TreeResponse {
+        cursor: tree.cursor,
+        entries: tree.entries,
+    }))
+}
+
+/// Answers at once when there are changes after `since`; otherwise waits for the user's next
+/// commit, the timeout, or shutdown.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name, since = %query.0.since))]
+async fn changes(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: QueryParams<ChangesQuery>,
+) -> Result<Json<ChangesResponse>, ApiError> {
+    let QueryParams(query) = query;
+    let user_id = auth.0.user_id;
+    let wait = std::time::Duration::from_millis(query.timeout_ms).min(state.config.long_poll_max);
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before reading, so a commit in between still wakes us.
+    let mut changed = state.hub.subscribe(user_id);
+    loop {
+        let page = state
+            .stores
+            .meta
+            .changes_since(user_id, query.since, state.config.changes_page_size)
+            .await?;
+        if !page.changes.is_empty() || page.reset || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(changes_response(page)));
+        }
+        tokio::select! {
+            woken = changed.changed() => {
+                // The hub never drops a sender that has receivers; if it somehow did, answer
+                // rather than spin.
+                if woken.is_err() {
+                    return Ok(Json(changes_response(page)));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return Ok(Json(changes_response(page))),
+            () = state.stopping.cancelled() => return Ok(Json(changes_response(page))),
+        }
+    }
+}
+
+fn changes_response(page: ChangesPage) -> ChangesResponse {
+    ChangesResponse {
+        cursor: page.cursor,
+        changes: page.changes,
+        more: page.more,
+        reset: page.reset,
+    }
+}
+
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, n_hashes = body.0.hashes.len()))]
+async fn chunks_missing(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<ChunkList>,
+) -> Result<Json<ChunkList>, ApiError> {
+    let hashes = state
+        .stores
+        .chunks
+        .missing(auth.0.user_id, &body.0.hashes)
+        .await?;
+    Ok(Json(ChunkList { hashes }))
+}
+
+/// Reads chunk frames off the body one at a time and stores each once its hash checks out.
+///
+/// A body that ends inside a frame is a 400; the chunks completed before it stay stored (they
+/// are content addressed), the incomplete one is never written.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name))]
+async fn chunks_upload(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: Body,
+) -> Result<Json<UploadResponse>, ApiError> {
+    let user_id = auth.0.user_id;
+    let mut frames = FrameReader {
+        stream: body.into_data_stream(),
+        buffer: BytesMut::new(),
+    };
+    let mut stored = 0u64;
+    loop {
+        if !frames.fill(FRAME_HEADER_LEN).await? {
+            if frames.buffer.is_empty() {
+                break;
+            }
+            return Err(ApiError::bad_request(format!(
+                "the body ends inside a frame header after {stored} complete chunks"
+            )));
+        }
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        header.copy_from_slice(&frames.buffer[..FRAME_HEADER_LEN]);
+        frames.buffer.advance(FRAME_HEADER_LEN);
+        let (hash, len) = decode_frame_header(&header).map_err(ApiError::bad_request)?;
+        let len = len as usize;
+        if !frames.fill(len).await? {
+            return Err(ApiError::bad_request(format!(
+                "the body ends inside chunk {hash} after {stored} complete chunks"
+            )));
+        }
+        let bytes = frames.buffer.split_to(len).freeze();
+        state.stores.chunks.put(user_id, &hash, bytes).await?;
+        stored += 1;
+    }
+    tracing::debug!(stored, "upload done");
+    Ok(Json(UploadResponse { stored }))
+}
+
+/// A request body read into a buffer up to the bytes the parser needs next.
+struct FrameReader {
+    stream: axum::body::BodyDataStream,
+    buffer: BytesMut,
+}
+
+impl FrameReader {
+    /// Reads until the buffer holds `len` bytes; `false` when the body ends first.
+    async fn fill(&mut self, len: usize) -> Result<bool, ApiError> {
+        self.buffer.reserve(len.saturating_sub(self.buffer.len()));
+        while self.buffer.len() < len {
+            match self.stream.next().await {
+                Some(Ok(data)) => self.buffer.extend_from_slice(&data),
+                Some(Err(err)) => {
+                    return Err(ApiError::bad_request(format!(
+                        "could not read the body: {err}"
+                    )))
+                }
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Streams the asked chunks as frames, in the order asked; an unknown hash is a 404 before the
+/// first byte.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, n_hashes = body.0.hashes.len()))]
+async fn chunks_download(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<ChunkList>,
+) -> Result<Response, ApiError> {
+    let user_id = auth.0.user_id;
+    let JsonBody(ChunkList { hashes }) = body;
+    let missing = state.stores.chunks.missing(user_id, &hashes).await?;
+    if let Some(first) = missing.first() {
+        return Err(ApiError::not_found(format!(
+            "unknown chunk {first} ({} of the {} asked are unknown)",
+            missing.len(),
+            hashes.len()
+        )));
+    }
+    let chunk_store = Arc::clone(&state.stores.chunks);
+    let frames = futures::stream::iter(hashes)
+        .map(move |hash| {
+            let chunk_store = Arc::clone(&chunk_store);
+            async move {
+                let bytes = chunk_store.get(user_id, &hash).await.map_err(|err| {
+                    // The status is already sent: all we can do is cut the body short.
+                    tracing::error!(cause = %err, "download failed mid-stream");
+                    std::io::Error::other(err.to_string())
+                })?;
+                let len = u32::try_from(bytes.len()).map_err(|_| {
+                    std::io::Error::other(format!("chunk {hash} of {} bytes", bytes.len()))
+                })?;
+                let header = Bytes::copy_from_slice(&encode_frame_header(&hash, len));
+                Ok::<_, std::io::Error>(futures::stream::iter([
+                    Ok::<Bytes, std::io::Error>(header),
+                    Ok(bytes),
+                ]))
+            }
+        })
+        .buffered(DOWNLOAD_READ_AHEAD)
+        .try_flatten();
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(frames),
+    )
+        .into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name, n_ops = body.0.ops.len()))]
+async fn ops(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<OpsRequest>,
+) -> Result<Json<OpsResponse>, ApiError> {
+    let Auth(principal) = auth;
+    let JsonBody(OpsRequest { ops }) = body;
+    let batch = syncstore_store::apply_ops(
+        &*state.stores.meta,
+        &*state.stores.chunks,
+        principal.user_id,
+        &principal.device_name,
+        ops,
+    )
+    .await?;
+    if batch.changed_anything() {
+        state.hub.notify(principal.user_id, batch.cursor);
+    }
+    Ok(Json(OpsResponse {
+        results: batch
+            .outcomes
+            .into_iter()
+            .map(|outcome| outcome.into_wire())
+            .collect(),
+        cursor: batch.cursor,
+    }))
+}
+
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no such endpoint: {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Answers 503 when a request outlives `config.request_timeout`.
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long")
+            .into_response(),
+    }
+}
+
+/// Turns a handler panic into a 500 and stops the server: after a panic its state is unknown,
+/// and a crash plus restart is safe (every write is atomic), a half-alive server is not.
+async fn stop_on_panic(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %message, "a request handler panicked; stopping the server");
+            state.panicked.store(true, Ordering::SeqCst);
+            state.stopping.cancel();
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; the server is stopping",
+            )
+            .into_response()
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! The server over HTTP: `run` on `127.0.0.1:0` with a temp data dir, driven by reqwest.
+
+use reqwest::StatusCode;
+use std::time::{Duration, Instant};
+use syncstore_proto::{
+    decode_frame_header, encode_frame_header, Change, ChangesResponse, ChunkHash, ChunkList,
+    ChunkRef, ContentHash, DeviceName, ErrorBody, Op, OpsRequest, OpsResponse, Precondition,
+    RelPath, Revision, TreeResponse, UploadResponse, UserName, WhoAmI, FRAME_HEADER_LEN,
+};
+use syncstore_server::{
+    add_token, add_user, ensure_first_user, open_embedded_stores, run, serve, ChangeHub,
+    ServerConfig, Stores,
+};
+use tokio::sync::oneshot;
+
+/// A running server and a client for it.
+struct TestServer {
+    base: String,
+    data_dir: tempfile::TempDir,
+    http: reqwest::Client,
+    stores: Stores,
+    hub: ChangeHub,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Serves the embedded stores through `serve`, keeping the stores and the hub for checks.
+    async fn start() -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let stores = open_embedded_stores(data_dir.path()).await.unwrap();
+        let hub = ChangeHub::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ServerConfig::new(data_dir.path().to_owned());
+        let task = tokio::spawn(serve(
+            listener,
+            stores.clone(),
+            hub.clone(),
+            config,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        // The listener is bound, so connections queue until the server accepts them.
+        TestServer {
+            base: format!("http://{addr}"),
+            data_dir,
+            http: reqwest::Client::new(),
+            stores,
+            hub,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Waits until a long poll of `user` is waiting on the hub, up to a deadline.
+    async fn wait_for_long_poll(&self, user: &str) {
+        let user_name = UserName::new(user).unwrap();
+        let user_id = self
+            .stores
+            .meta
+            .user_by_name(&user_name)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.hub.has_waiters(user_id) {
+            assert!(
+                Instant::now() < deadline,
+                "the long poll never started waiting"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn user(&self, user: &str, device: &str) -> String {
+        add_user(
+            self.data_dir.path(),
+            &UserName::new(user).unwrap(),
+            &DeviceName::new(device).unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, token: &str, path: &str) -> T {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        path: &str,
+        body: &B,
+    ) -> T {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "POST {path}");
+        response.json().await.unwrap()
+    }
+
+    async fn upload(&self, token: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/v1/chunks/upload"))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn ops(&self, token: &str, ops: Vec<Op>) -> OpsResponse {
+        self.post(token, "/api/v1/ops", &OpsRequest { ops }).await
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn chunk_hash(bytes: &[u8]) -> ChunkHash {
+    ChunkHash(*blake3::hash(bytes).as_bytes())
+}
+
+fn frames(chunks: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for chunk in chunks {
+        body.extend_from_slice(&encode_frame_header(&chunk_hash(chunk), chunk.len() as u32));
+        body.extend_from_slice(chunk);
+    }
+    body
+}
+
+fn parse_frames(mut body: &[u8]) -> Vec<(ChunkHash, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let header: [u8; FRAME_HEADER_LEN] = body[..FRAME_HEADER_LEN].try_into().unwrap();
+        let (hash, len) = decode_frame_header(&header).unwrap();
+        let len = len as usize;
+        out.push((
+            hash,
+            body[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len].to_vec(),
+        ));
+        body = &body[FRAME_HEADER_LEN + len..];
+    }
+    out
+}
+
+/// A PutFile of `content` as one chunk.
+fn put_file(path: &str, base: Precondition, content: &[u8]) -> Op {
+    Op::PutFile {
+        path: RelPath::new(path).unwrap(),
+        base,
+        size: content.len() as u64,
+        mtime_ms: 1_700_000_000_000,
+        hash: ContentHash(*blake3::hash(content).as_bytes()),
+        chunks: vec![ChunkRef {
+            hash: chunk_hash(content),
+            len: content.len() as u32,
+        }],
+    }
+}
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: ErrorBody = response.json().await.unwrap();
+    (status, body.error)
+}
+
+#[tokio::test]
+async fn health_needs_no_auth_and_everything_else_does() {
+    let server = TestServer::start().await;
+    let token = server.user("alice", "laptop").await;
+
+    let health = server
+        .http
+        .get(server.url("/api/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let cases = [
+        server.http.get(server.url("/api/v1/whoami")),
+        server
+            .http
+            .get(server.url("/api/v1/tree"))
+            .bearer_auth("sst_wrong"),
+        server
+            .http
+            .get(server.url("/api/v1/tree"))
+            .header("Authorization", format!("Basic {token}")),
+        server
+            .http
+            .post(server.url("/api/v1/ops"))
+            .bearer_auth("nope")
+            .body("{\"ops\": []}"),
+        server
+            .http
+            .post(server.url("/api/v1/chunks/upload"))
+            .bearer_auth("nope")
+            .body(frames(&[b"x"])),
+    ];
+    for request in cases {
+        let (status, message) = error_of(request.send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(!message.is_empty());
+    }
+    // Nothing was stored by the refused upload.
+    let missing: ChunkList = server
+        .post(
+            &token,
+            "/api/v1/chunks/missing",
+            &ChunkList {
+                hashes: vec![chunk_hash(b"x")],
+            },
+        )
+        .await;
+    assert_eq!(missing.hashes.len(), 1);
+
+    let whoami: WhoAmI = server.get(&token, "/api/v1/whoami").await;
+    assert_eq!(
+        (whoami.user.as_str(), whoami.device.as_str()),
+        ("alice", "laptop")
+    );
+
+    let (status, _) = error_of(
+        server
+            .http
+            .get(server.url("/api/v1/nothing"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_input_is_a_400_with_a_message() {
+    let server = TestServer::start().await;
+    let token = server.user("alice", "laptop").await;
+    let dotdot = r#"{"ops": [{"op": "make_dir", "path": "../etc", "mtime_ms": 0}]}"#;
+    let bodies = [
+        dotdot,
+        "{not json",
+        r#"{"ops": [{"op": "teleport"}]}"#,
+        r#"{"hashes": ["abc"]}"#,
+    ];
+    for body in bodies {
+        let path = if body.contains("hashes") {
+            "/api/v1/chunks/missing"
+        } else {
+            "/api/v1/ops"
+        };
+        let response = server
+            .http
+            .post(server.url(path))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, message) = error_of(response).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(message.starts_with("invalid JSON body"), "{message}");
+    }
+    let response = server
+        .http
+        .post(server.url("/api/v1/ops"))
+        .bearer_auth(&token)
+        .body(dotdot)
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(response).await.1.contains("'..'"));
+
+    let response = server
+        .http
+        .get(server.url("/api/v1/changes?since=minus-one"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(response).await.0, StatusCode::BAD_REQUEST);
+
+    // Nothing was applied.
+    let tree: TreeResponse = server.get(&token, "/api/v1/tree").await;
+    assert_eq!((tree.cursor.0, tree.entries.len()), (0, 0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn put_file_flow_and_stale_revision() {
+    let server = TestServer::start().await;
+    let token = server.user("alice", "laptop").await;
+    let content = b"hello, world".as_slice();
+
+    let missing: ChunkList = server
+        .post(
+            &token,
+            "/api/v1/chunks/missing",
+            &ChunkList {
+                hashes: vec![chunk_hash(content)],
+            },
+        )
+        .await;
+    assert_eq!(missing.hashes, [chunk_hash(content)]);
+
+    // Ops naming a chunk the server lacks fail on their own.
+    let early = server
+        .ops(
+            &token,
+            vec![put_file("docs/a.txt", Precondition::MustNotExist, content)],
+        )
+        .await;
+    assert_eq!(early.results[0].status, 400);
+    assert!(
+        early.results[0].message.contains("missing chunk"),
+        "{}",
+        early.results[0].message
+    );
+
+    let response = server.upload(&token, frames(&[content])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let uploaded: UploadResponse = response.json().await.unwrap();
+    assert_eq!(uploaded.stored, 1);
+    let missing: ChunkList = server
+        .post(
+            &token,
+            "/api/v1/chunks/missing",
+            &ChunkList {
+                hashes: vec![chunk_hash(content)],
+            },
+        )
+        .await;
+    assert!(missing.hashes.is_empty());
+
+    let applied = server
+        .ops(
+            &token,
+            vec![put_file("docs/a.txt", Precondition::MustNotExist, content)],
+        )
+        .await;
+    assert_eq!(
+        applied.results[0].status, 200,
+        "{}",
+        applied.results[0].message
+    );
+    assert_eq!(applied.cursor.0, 2);
+    let entries = &applied.results[0].entries;
+    assert_eq!(
+        entries
+            .iter()
+            .map(|entry| entry.path.as_str())
+            .collect::<Vec<_>>(),
+        ["docs", "docs/a.txt"]
+    );
+    let file = entries[1].clone();
+    assert_eq!(
+        (file.rev, file.size, file.device.as_str()),
+        (Revision(2), 12, "laptop")
+    );
+
+    let stale = server
+        .ops(
+            &token,
+            vec![put_file(
+                "docs/a.txt",
+                Precondition::Rev(Revision(1)),
+                content,
+            )],
+        )
+        .await;
+    assert_eq!(stale.results[0].status, 409);
+    assert_eq!(stale.results[0].entries, std::slice::from_ref(&file));
+    assert_eq!(stale.cursor.0, 2);
+
+    let tree: TreeResponse = server.get(&token, "/api/v1/tree").await;
+    assert_eq!(tree.cursor.0, 2);
+    assert_eq!(tree.entries[1], file);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn long_poll_wakes_when_another_device_commits() {
+    let server = TestServer::start().await;
+    let laptop = server.user("alice", "laptop").await;
+    let phone = add_token(
+        server.data_dir.path(),
+        &UserName::new("alice").unwrap(),
+        &DeviceName::new("phone").unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // Nothing new: a short poll times out empty.
+    let quiet: ChangesResponse = server
+        .get(&laptop, "/api/v1/changes?since=0&timeout_ms=50")
+        .await;
+    assert_eq!(
+        (quiet.cursor.0, quiet.changes.len(), quiet.more, quiet.reset),
+        (0, 0, false, false)
+    );
+
+    let started = Instant::now();
+    let poll = {
+        let request = server
+            .http
+            .get(server.url("/api/v1/changes?since=0&timeout_ms=60000"))
+            .bearer_auth(&laptop);
+        tokio::spawn(async move {
+            request
+                .send()
+                .await
+                .unwrap()
+                .json::<ChangesResponse>()
+                .await
+                .unwrap()
+        })
+    };
+    let made = server
+        .ops(
+            &phone,
+            vec![Op::MakeDir {
+                path: RelPath::new("photos").unwrap(),
+                mtime_ms: 1,
+            }],
+        )
+        .await;
+    assert_eq!(made.results[0].status, 200);
+
+    let woken = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(woken.cursor.0, 1);
+    assert_eq!(woken.changes.len(), 1);
+    let Change::Upsert { entry, .. } = &woken.changes[0] else {
+        panic!("{woken:?}")
+    };
+    assert_eq!(
+        (entry.path.as_str(), entry.device.as_str()),
+        ("photos", "phone")
+    );
+
+    // A cursor ahead of the journal asks for a reset at once.
+    let ahead: ChangesResponse = server
+        .get(&laptop, "/api/v1/changes?since=7&timeout_ms=60000")
+        .await;
+    assert!(ahead.reset);
+    assert_eq!(ahead.cursor.0, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_waiting_long_poll() {
+    let server = TestServer::start().await;
+    let token = server.user("alice", "laptop").await;
+    let request = server
+        .http
+        .get(server.url("/api/v1/changes?since=0&timeout_ms=60000"))
+        .bearer_auth(&token);
+    let poll = tokio::spawn(request.send());
+    server.wait_for_long_poll("alice").await;
+
+    let started = Instant::now();
+    server.stop().await;
+    // Far below the 60 s the poll asked for and the 10 s shutdown grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let response = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: ChangesResponse = response.json().await.unwrap();
+    assert!(answer.changes.is_empty());
+}
+
+#[tokio::test]
+async fn run_serves_the_data_dir_until_shutdown() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (_, _, token) = ensure_first_user(data_dir.path()).await.unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(run(
+        listener,
+        ServerConfig::new(data_dir.path().to_owned()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let whoami: WhoAmI = reqwest::Client::new()
+        .get(format!("{base}/api/v1/whoami"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whoami.user.as_str(), "me");
+    assert!(
+        data_dir.path().join("meta.sqlite").exists() && data_dir.path().join("chunks").is_dir()
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn download_round_trip() {
+    let server = TestServer::start().await;
+    let token = server.user("alice", "laptop").await;
+    let first = b"first chunk".as_slice();
+    let second = vec![42u8; 300_000];
+    let response = server
+        .upload(&token, frames(&[first, &second, first]))
+        .await;
+    assert_eq!(response.json::<UploadResponse>().await.unwrap().stored, 3);
+
+    let asked = vec![chunk_hash(&second), chunk_hash(first), chunk_hash(&second)];
+    let response = server
+        .http
+        .post(server.url("/api/v1/chunks/download"))
+        .bearer_auth(&token)
+        .json(&ChunkList {
+            hashes: asked.clone(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.bytes().await.unwrap();
+    let got = parse_frames(&body);
+    assert_eq!(got.iter().map(|(hash, _)| *hash).collect::<Vec<_>>(), asked);
+    assert_eq!(got[0].1, second);
+    assert_eq!(got[1].1, first);
+
+    let unknown = ChunkList {
+        hashes: vec![chunk_hash(first), chunk_hash(b"never")],
+    };
+    let response = server
+        .http
+        .post(server.url("/api/v1/chunks/download"))
+        .bearer_auth(&token)
+        .json(&unknown)
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        message.contains(&chunk_hash(b"never").to_hex()),
+        "{message}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_uploads_store_no_partial_chunk() {
+    let server = TestServer::start().await;
+    let token = server.user("alice", "laptop").await;
+    let whole = b"complete".as_slice();
+    let cut = b"this one is cut short".as_slice();
+
+    let mut body = frames(&[whole, cut]);
+    body.truncate(body.len() - 5);
+    let (status, message) = error_of(server.upload(&token, body).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("ends inside chunk"), "{message}");
+    let (status, _) = error_of(server.upload(&token, frames(&[whole])[..10].to_vec()).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Bytes under another chunk's name.
+    let mut forged = encode_frame_header(&chunk_hash(b"claimed"), cut.len() as u32).to_vec();
+    forged.extend_from_slice(cut);
+    let (status, message) = error_of(server.upload(&token, forged).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("does not match"), "{message}");
+
+    // A frame longer than the limit is refused from its header.
+    let mut huge = encode_frame_header(&chunk_hash(b"x"), 1).to_vec();
+    huge[32..].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        error_of(server.upload(&token, huge).await).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let hashes = vec![chunk_hash(whole), chunk_hash(cut), chunk_hash(b"claimed")];
+    let missing: ChunkList = server
+        .post(&token, "/api/v1/chunks/missing", &ChunkList { hashes })
+        .await;
+    assert_eq!(missing.hashes, [chunk_hash(cut), chunk_hash(b"claimed")]);
+
+    // An empty body stores nothing and is fine.
+    let response = server.upload(&token, Vec::new()).await;
+    assert_eq!(response.json::<UploadResponse>().await.unwrap().stored, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn users_are_isolated() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice", "laptop").await;
+    let bob = server.user("bob", "laptop").await;
+    let secret = b"alice's secret".as_slice();
+    server.upload(&alice, frames(&[secret])).await;
+    let applied = server
+        .ops(
+            &alice,
+            vec![put_file("secret.txt", Precondition::MustNotExist, secret)],
+        )
+        .await;
+    assert_eq!(applied.results[0].status, 200);
+
+    let missing: ChunkList = server
+        .post(
+            &bob,
+            "/api/v1/chunks/missing",
+            &ChunkList {
+                hashes: vec![chunk_hash(secret)],
+            },
+        )
+        .await;
+    assert_eq!(missing.hashes, [chunk_hash(secret)]);
+    let response = server
+        .http
+        .post(server.url("/api/v1/chunks/download"))
+        .bearer_auth(&bob)
+        .json(&ChunkList {
+            hashes: vec![chunk_hash(secret)],
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let stolen = server
+        .ops(
+            &bob,
+            vec![put_file("stolen.txt", Precondition::MustNotExist, secret)],
+        )
+        .await;
+    assert_eq!(stolen.results[0].status, 400);
+
+    let tree: TreeResponse = server.get(&bob, "/api/v1/tree").await;
+    assert_eq!((tree.cursor.0, tree.entries.len()), (0, 0));
+    let changes: ChangesResponse = server.get(&bob, "/api/v1/changes?since=0").await;
+    assert!(changes.changes.is_empty());
+    let whoami: WhoAmI = server.get(&bob, "/api/v1/whoami").await;
+    assert_eq!(whoami.user.as_str(), "bob");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn admin_helpers() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (user, device, token) = ensure_first_user(data_dir.path()).await.unwrap().unwrap();
+    assert_eq!((user.as_str(), device.as_str()), ("me", "first-device"));
+    assert!(
+        token.starts_with("sst_") && token.len() == 4 + 64,
+        "{token}"
+    );
+    assert!(ensure_first_user(data_dir.path()).await.unwrap().is_none());
+
+    let me = UserName::new("me").unwrap();
+    let err = add_user(data_dir.path(), &me, &DeviceName::new("x").unwrap())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+    let err = add_token(data_dir.path(), &me, &device).await.unwrap_err();
+    assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+    let err = add_token(data_dir.path(), &UserName::new("ghost").unwrap(), &device)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("no user ghost"), "{err:#}");
+    let second = add_token(data_dir.path(), &me, &DeviceName::new("phone").unwrap())
+        .await
+        .unwrap();
+    assert_ne!(second, token);
+}
