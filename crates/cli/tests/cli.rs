@@ -94,3 +94,16 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{cmd:?}");
     }
 }
+
+#[test]
+fn demo_syncs_two_folders_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo_dir = tmp.path().join("demo");
+    let mut demo = Proc::spawn("demo", tmp.path(), &["demo", "--dir", demo_dir.to_str().unwrap()]);
+    wait_until("demo ready", || demo.log_text().contains("Press Ctrl-C to stop."));
+    write(&demo_dir.join("laptop/hello.txt"), "hello from the laptop");
+    wait_until("file on the desktop", || read(&demo_dir.join("desktop/hello.txt")).as_deref() == Some("hello from the laptop"));
+    write(&demo_dir.join("desktop/reply.txt"), "hi back");
+    wait_until("reply on the laptop", || read(&demo_dir.join("laptop/reply.txt")).as_deref() == Some("hi back"));
+    assert!(demo.terminate().success(), "demo exits 0 on SIGTERM");
+}

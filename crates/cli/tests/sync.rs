@@ -152,3 +152,50 @@ fn server_killed_mid_sync_loses_nothing() {
     assert_eq!(std::fs::read(s.b_dir.join("big.bin")).unwrap(), big);
     assert_eq!(snapshot(&s.b_dir).len(), 300 + 2);
 }
+
+#[test]
+fn symlinks_are_skipped_and_never_written_through() {
+    let s = setup();
+    let outside = s._tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    // B plants a symlink where A will create a directory.
+    std::os::unix::fs::symlink(&outside, s.b_dir.join("docs")).unwrap();
+    write(&s.a_dir.join("docs/secret.txt"), "must not leave the folder");
+    write(&s.a_dir.join("plain.txt"), "fine");
+    let url = s.server.url();
+    let once = |dir: &std::path::Path, token: &str| run(&["sync", dir.to_str().unwrap(), "--server", &url, "--token", token, "--once"]);
+    assert!(once(&s.a_dir, &s.token_a).status.success());
+    let out = once(&s.b_dir, &s.token_b);
+    assert_eq!(read(&s.b_dir.join("plain.txt")).as_deref(), Some("fine"));
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
+    assert!(!out.status.success(), "B cannot be in sync while a symlink holds the name");
+    let status = run(&["status", s.b_dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("skipped") && text.contains("docs") && text.contains("symlink"), "{text}");
+    // The symlink itself is never uploaded.
+    let (_, tree) = reqwest::send("GET", &format!("{}/api/v1/tree", s.server.url()), &s.token_a, None);
+    let tree: serde_json::Value = serde_json::from_str(&tree).unwrap();
+    let paths: Vec<&str> = tree["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"docs/secret.txt") && paths.contains(&"plain.txt"), "{paths:?}");
+}
+
+#[test]
+fn syncignore_and_default_ignores_are_never_synced() {
+    let s = setup();
+    write(&s.a_dir.join(".syncignore"), "build/\n*.log\n");
+    write(&s.a_dir.join("build/out.o"), "binary");
+    write(&s.a_dir.join("debug.log"), "noise");
+    write(&s.a_dir.join(".notes.txt.swp"), "swap");
+    write(&s.a_dir.join("~$report.docx"), "lock");
+    write(&s.a_dir.join("kept.txt"), "kept");
+    let url = s.server.url();
+    for (dir, token) in [(&s.a_dir, &s.token_a), (&s.b_dir, &s.token_b)] {
+        let out = run(&["sync", dir.to_str().unwrap(), "--server", &url, "--token", token, "--once"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let b: Vec<String> = snapshot(&s.b_dir).into_keys().collect();
+    assert_eq!(b, [".syncignore", "kept.txt"], "only non-ignored files reach B");
+    // Ignored files stay untouched on A.
+    assert_eq!(read(&s.a_dir.join("debug.log")).as_deref(), Some("noise"));
+    assert_eq!(read(&s.a_dir.join("build/out.o")).as_deref(), Some("binary"));
+}

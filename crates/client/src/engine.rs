@@ -232,7 +232,9 @@ impl Engine {
             report.blocked = plan.blocked.clone();
             report.skipped = scan.skipped;
             if plan.ops.is_empty() {
-                report.in_sync = plan.blocked.is_empty() && scan.root_ok;
+                // Skipped entries (symlinks, unreadable files, unsyncable names) mean the two sides
+                // are not identical, even when there is nothing left to do about it.
+                report.in_sync = plan.blocked.is_empty() && scan.root_ok && report.skipped.is_empty();
                 report.retry_soon = self.retry_soon;
                 return Ok(report);
             }

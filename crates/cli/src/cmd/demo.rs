@@ -54,7 +54,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("  echo hello > {}/hello.txt && sleep 0.2 && cat {}/hello.txt", laptop.display(), desktop.display());
     println!("  mkdir -p {}/photos/2026 && mv {}/hello.txt {}/photos/", desktop.display(), desktop.display(), desktop.display());
     println!("  syncstore status {}", laptop.display());
-    println!("  syncstore ls -R --server {url} --token \"$(jq -r .token {}/.syncstore/config.json)\"", laptop.display());
+    println!("  cd {} && syncstore ls -R", laptop.display());
     println!("Press Ctrl-C to stop.");
     for daemon in daemons {
         daemon.await.context("client task failed")??;

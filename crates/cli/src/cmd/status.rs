@@ -46,6 +46,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     for skipped in &preview.skipped {
+        differences += 1;
         println!("skipped    {}  ({})", skipped.path, skipped.reason);
     }
     if differences == 0 {
