@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// How long any request but a chunk upload may take before it is answered with 503.
     /// Must exceed [`ServerConfig::long_poll_max`].
     pub request_timeout: Duration,
+    /// How many chunk uploads and downloads run at once; more wait. Each holds up to one chunk
+    /// ([`syncstore_proto::MAX_CHUNK_LEN`]) plus read-ahead in memory.
+    pub max_parallel_transfers: usize,
     /// After shutdown is asked for, how long in-flight requests may finish before `run` returns.
     pub shutdown_grace: Duration,
 }
@@ -62,6 +65,7 @@ impl ServerConfig {
             changes_page_size: 1000,
             json_body_limit: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(120),
+            max_parallel_transfers: 16,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -129,6 +133,9 @@ pub async fn serve(
         config: Arc::new(config.clone()),
         stopping: stopping.clone(),
         panicked: Arc::clone(&panicked),
+        transfers: Arc::new(tokio::sync::Semaphore::new(
+            config.max_parallel_transfers.max(1),
+        )),
     };
     let app = routes::router(state);
     let addr = listener

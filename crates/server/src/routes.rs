@@ -20,6 +20,7 @@ use syncstore_proto::{
     OpsRequest, OpsResponse, TreeResponse, UploadResponse, WhoAmI, FRAME_HEADER_LEN,
 };
 use syncstore_store::ChangesPage;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
@@ -33,6 +34,18 @@ pub(crate) struct AppState {
     pub(crate) stopping: CancellationToken,
     /// Set when a handler panicked; `serve` then reports an error instead of a clean stop.
     pub(crate) panicked: Arc<AtomicBool>,
+    /// Caps concurrent chunk uploads and downloads, and with them the memory they buffer.
+    pub(crate) transfers: Arc<Semaphore>,
+}
+
+impl AppState {
+    async fn transfer_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        // The semaphore is never closed, so this only fails if that changes.
+        Arc::clone(&self.transfers)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"))
+    }
 }
 
 /// How many chunks a download reads ahead of the one being sent.
@@ -160,6 +173,7 @@ async fn chunks_upload(
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let user_id = auth.0.user_id;
+    let _permit = state.transfer_permit().await?;
     let mut frames = FrameReader {
         stream: body.into_data_stream(),
         buffer: BytesMut::new(),
@@ -235,9 +249,12 @@ async fn chunks_download(
             hashes.len()
         )));
     }
+    let permit = state.transfer_permit().await?;
     let chunk_store = Arc::clone(&state.stores.chunks);
     let frames = futures::stream::iter(hashes)
         .map(move |hash| {
+            // The permit lives as long as the body stream.
+            let _permit = &permit;
             let chunk_store = Arc::clone(&chunk_store);
             async move {
                 let bytes = chunk_store.get(user_id, &hash).await.map_err(|err| {
