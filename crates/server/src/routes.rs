@@ -360,3 +360,39 @@ async fn stop_on_panic(State(state): State<AppState>, request: Request, next: Ne
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handler_panic_answers_500_and_stops_the_server() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let stores = crate::open_embedded_stores(data_dir.path()).await.unwrap();
+        let state = AppState {
+            stores,
+            hub: ChangeHub::default(),
+            config: Arc::new(ServerConfig::new(data_dir.path().to_owned())),
+            stopping: CancellationToken::new(),
+            panicked: Arc::new(AtomicBool::new(false)),
+            transfers: Arc::new(Semaphore::new(1)),
+        };
+        let app = Router::new()
+            .route("/boom", get(|| async { panic!("boom") as &'static str }))
+            .layer(middleware::from_fn_with_state(state.clone(), stop_on_panic))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/boom", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let response = reqwest::get(url).await.unwrap();
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let body: syncstore_proto::ErrorBody = response.json().await.unwrap();
+        assert!(body.error.contains("stopping"), "{}", body.error);
+        assert!(state.stopping.is_cancelled());
+        assert!(state.panicked.load(Ordering::SeqCst));
+    }
+}
