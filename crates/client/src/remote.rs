@@ -33,6 +33,7 @@ impl RemoteTree {
         match change {
             Change::Upsert { entry, .. } => self.upsert(entry.clone()),
             Change::Delete { cursor, node_id, .. } => self.delete(*node_id, Revision(cursor.0)),
+            Change::Lock { .. } | Change::Unlock { .. } => {}
         }
         self.cursor = self.cursor.max(change.cursor());
     }

@@ -173,7 +173,7 @@ fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
 }
 
 fn decode_chunks(bytes: &[u8]) -> anyhow::Result<Vec<ChunkRef>> {
-    anyhow::ensure!(bytes.len() % 36 == 0, "corrupt chunk list in state");
+    anyhow::ensure!(bytes.len().is_multiple_of(36), "corrupt chunk list in state");
     Ok(bytes
         .chunks_exact(36)
         .map(|rec| ChunkRef {

@@ -10,6 +10,14 @@
 //! | `POST /api/v1/chunks/upload` | chunk frames | [`UploadResponse`] |
 //! | `POST /api/v1/chunks/download` | [`ChunkList`] | chunk frames, in the order asked |
 //! | `POST /api/v1/ops` | [`OpsRequest`] | [`OpsResponse`]: one [`OpResult`] per op, each with its own status |
+//! | `POST /api/v1/locks` | [`LockRequest`] | [`LockInfo`]; 423 when another device holds it, 404 when the path does not exist |
+//! | `POST /api/v1/locks/release` | [`UnlockRequest`] | [`LockInfo`] of the released lock; 423 when another device holds it and `force` is not set, 404 when there is no lock |
+//! | `GET /api/v1/locks` | | [`LocksResponse`]: every lock in force |
+//!
+//! A lock covers its path and, for a directory, everything beneath. While it lasts, every op by
+//! another device that would change a covered path is refused with status 423 and a message
+//! "locked by DEVICE since TIME". Locks appear in the change journal ([`Change::Lock`],
+//! [`Change::Unlock`]) so every device learns of them as fast as of file changes.
 //!
 //! Every call but health needs `Authorization: Bearer TOKEN`. Errors are [`ErrorBody`] with a 4xx/5xx status.
 
@@ -60,13 +68,30 @@ pub enum Change {
     Upsert { cursor: Cursor, entry: RemoteEntry },
     /// The node is gone.
     Delete { cursor: Cursor, node_id: NodeId, path: RelPath, device: DeviceName },
+    /// A device took (or renewed, or moved with its path) a lock.
+    Lock { cursor: Cursor, lock: LockInfo },
+    /// A lock ended: released by its holder, broken with `--force` by `broken_by`, or dropped
+    /// because the holder deleted the path. Expiry is not journalled: every party compares
+    /// `expires_ms` with its clock.
+    Unlock {
+        cursor: Cursor,
+        path: RelPath,
+        /// The device that held the lock.
+        device: DeviceName,
+        /// The device that broke it, when it was not released by its holder.
+        #[serde(default)]
+        broken_by: Option<DeviceName>,
+    },
 }
 
 impl Change {
     /// The journal position of this change.
     pub fn cursor(&self) -> Cursor {
         match self {
-            Change::Upsert { cursor, .. } | Change::Delete { cursor, .. } => *cursor,
+            Change::Upsert { cursor, .. }
+            | Change::Delete { cursor, .. }
+            | Change::Lock { cursor, .. }
+            | Change::Unlock { cursor, .. } => *cursor,
         }
     }
 }
@@ -90,6 +115,9 @@ pub struct WhoAmI {
 pub struct TreeResponse {
     pub cursor: Cursor,
     pub entries: Vec<RemoteEntry>,
+    /// Every lock in force at `cursor`.
+    #[serde(default)]
+    pub locks: Vec<LockInfo>,
 }
 
 /// `GET /api/v1/changes` query string.
@@ -198,4 +226,56 @@ pub struct OpsResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// A lock held by one device on a file, or on a directory and everything beneath it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub path: RelPath,
+    /// The device holding the lock.
+    pub device: DeviceName,
+    /// When it was taken, milliseconds since the Unix epoch (server clock).
+    pub since_ms: i64,
+    /// When it ends by itself; `None`: when unlocked.
+    #[serde(default)]
+    pub expires_ms: Option<i64>,
+}
+
+impl LockInfo {
+    /// Whether the lock is still in force at `now_ms`.
+    pub fn in_force(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_none_or(|end| end > now_ms)
+    }
+
+    /// Whether the lock covers `path` (the path itself, or beneath a locked directory).
+    pub fn covers(&self, path: &RelPath) -> bool {
+        *path == self.path || path.is_inside(&self.path)
+    }
+}
+
+/// `POST /api/v1/locks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub path: RelPath,
+    /// Seconds until the lock ends by itself; `None`: until unlocked. At most one year.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// The longest TTL a lock may have, in seconds (one year).
+pub const MAX_LOCK_TTL_SECS: u64 = 366 * 24 * 3600;
+
+/// `POST /api/v1/locks/release`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnlockRequest {
+    pub path: RelPath,
+    /// Break another device's lock (any device of the namespace's owner may).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `GET /api/v1/locks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocksResponse {
+    pub locks: Vec<LockInfo>,
 }

@@ -99,6 +99,7 @@ async fn tree(State(state): State<AppState>, auth: Auth) -> Result<Json<TreeResp
     Ok(Json(TreeResponse {
         cursor: tree.cursor,
         entries: tree.entries,
+        locks: Vec::new(),
     }))
 }
 

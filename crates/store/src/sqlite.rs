@@ -581,6 +581,9 @@ impl Txn for SqliteTxn<'_> {
                 Vec::<u8>::new(),
                 device.as_str(),
             ])?,
+            Change::Lock { .. } | Change::Unlock { .. } => {
+                return Err(StoreError::Corrupt("lock changes are not journalled yet".into()))
+            }
         };
         Ok(())
     }
