@@ -226,22 +226,22 @@ impl<'i, 'a> Planner<'i, 'a> {
         }
     }
 
-    /// Paths whose children must wait for the next pass: a local file stays where the remote has
-    /// a directory (blocked by a lock, or held back because the remote listing is incomplete), so
-    /// nothing can be downloaded beneath it yet.
+    /// Paths whose children must wait for the next pass: the remote has a directory there that
+    /// will not exist locally after this pass (a lock holds back the local change that stands in
+    /// its way, a partial listing holds back replacing a local file, or a rename claimed the
+    /// path), so nothing can be downloaded beneath it yet.
     fn skip_beneath(&self, paths: &BTreeSet<&'a RelPath>) -> Vec<RelPath> {
         let mut out = Vec::new();
         for &path in paths {
-            if !matches!(
-                (self.local_state(path), self.remote_state(path)),
-                (State::File(_), State::Dir)
-            ) {
+            let local_state = self.local_state(path);
+            if self.remote_state(path) != State::Dir || local_state == State::Dir {
                 continue;
             }
-            let local_changed = self.local_state(path) != self.base_state(path);
+            let local_changed = local_state != self.base_state(path);
             let blocked = local_changed && self.lock_for(path).is_some();
             let held_back = !local_changed && !self.input.remote_complete;
-            if blocked || held_back {
+            // A path settled by the rename step gets no directory creation this pass either.
+            if blocked || held_back || self.is_claimed(path) {
                 out.push(path.clone());
             }
         }

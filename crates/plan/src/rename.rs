@@ -175,10 +175,13 @@ impl<'a> Planner<'_, 'a> {
             return;
         }
         let remote_at_from = self.remote.get(from).copied();
+        // Unchanged means the same node with the same content. An equal revision alone is not
+        // enough: after a move the client gives base the node's new revision while base keeps
+        // the content both sides last agreed on, which may be older.
         let unchanged = remote_at_from.is_some_and(|remote| {
             remote.node_id == base.node_id
                 && remote.kind == base.kind
-                && (is_dir || remote.rev == base.rev || remote.hash == base.hash)
+                && (is_dir || remote.hash == base.hash)
         });
         if let Some(remote) = remote_at_from.filter(|_| unchanged) {
             if self.remote_free(to) {

@@ -1,0 +1,503 @@
+//! Property tests (Dropbox's CanopyCheck, in small): from random base, local and remote trees,
+//! plan, apply the plan faithfully ([`World::apply`]), and repeat. Then:
+//!
+//! 1. planning converges (an empty plan) within [`MAX_ROUNDS`] rounds, and every op applied;
+//! 2. local and remote hold the same paths, kinds and hashes, and base agrees with both;
+//! 3. no content that a side created or changed since base was lost: it is still somewhere
+//!    (content base held for that path or node may go: that is what deleting, or overwriting,
+//!    an unchanged file is);
+//! 4. planning again at the fixed point yields nothing.
+
+use super::fixture::{hash, hash_name, render};
+use super::sim::{rebase, Limits, World};
+use crate::{BaseNode, ContentHash, DeviceName, EntryKind, LocalNode, PlanOp, RelPath, RemoteNode};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+/// Three top-level names, each with two possible children: small enough to collide often.
+const SLOTS: [&str; 9] = ["a", "a/x", "a/y", "b", "b/x", "b/y", "c", "c/x", "c/y"];
+const MAX_ROUNDS: usize = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Slot {
+    Absent,
+    /// A file holding one of four contents, so equal content turns up on different paths.
+    File(u8),
+    Dir,
+}
+
+fn slot() -> impl Strategy<Value = Slot> {
+    prop_oneof![2 => Just(Slot::Absent), 4 => (1u8..=4).prop_map(Slot::File), 2 => Just(Slot::Dir)]
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    base: Vec<Slot>,
+    /// Per slot: keep base's state (`true`), or take the given one.
+    local: Vec<(bool, Slot)>,
+    remote: Vec<(bool, Slot)>,
+    /// A rename applied after the edits: (from slot, to slot).
+    local_rename: Option<(usize, usize)>,
+    remote_rename: Option<(usize, usize)>,
+    /// A renamed file also gets this content.
+    rename_edit: Option<u8>,
+    /// This remote slot, if it is unchanged, is replaced by a new node with the same content.
+    remote_replace: Option<usize>,
+    /// The first phase: a slot locked by another device, an ignored slot, a partial listing.
+    locked: Option<usize>,
+    ignored: Option<usize>,
+    remote_complete: bool,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let side = || prop::collection::vec((prop::bool::weighted(0.6), slot()), SLOTS.len());
+    let rename = || prop::option::weighted(0.4, (0..SLOTS.len(), 0..SLOTS.len()));
+    let some_slot = |p| prop::option::weighted(p, 0..SLOTS.len());
+    let trees = (
+        prop::collection::vec(slot(), SLOTS.len()),
+        side(),
+        side(),
+        rename(),
+        rename(),
+    );
+    let extras = (
+        prop::option::weighted(0.3, 1u8..=4),
+        some_slot(0.2),
+        some_slot(0.3),
+        some_slot(0.2),
+        prop::bool::weighted(0.7),
+    );
+    (trees, extras).prop_map(
+        |(
+            (base, local, remote, local_rename, remote_rename),
+            (rename_edit, remote_replace, locked, ignored, remote_complete),
+        )| Case {
+            base,
+            local,
+            remote,
+            local_rename,
+            remote_rename,
+            rename_edit,
+            remote_replace,
+            locked,
+            ignored,
+            remote_complete,
+        },
+    )
+}
+
+/// Drops children whose top-level slot is not a directory.
+fn normalize(slots: &[Slot]) -> Vec<Slot> {
+    let mut out = slots.to_vec();
+    for top in [0, 3, 6] {
+        if out[top] != Slot::Dir {
+            out[top + 1] = Slot::Absent;
+            out[top + 2] = Slot::Absent;
+        }
+    }
+    out
+}
+
+fn slot_path(idx: usize) -> RelPath {
+    RelPath::new(SLOTS[idx]).unwrap()
+}
+
+fn content(n: u8) -> ContentHash {
+    hash(&format!("h{n}"))
+}
+
+fn build(case: &Case) -> World {
+    let mut world = World {
+        next_inode: 1000,
+        ..World::default()
+    };
+    let base = normalize(&case.base);
+    for (idx, slot) in base.iter().enumerate() {
+        let (kind, hash, size) = match *slot {
+            Slot::Absent => continue,
+            Slot::File(n) => (EntryKind::File, Some(content(n)), u64::from(n)),
+            Slot::Dir => (EntryKind::Dir, None, 0),
+        };
+        let node = BaseNode {
+            kind,
+            hash,
+            node_id: world.fresh_id(),
+            rev: world.fresh_rev(),
+            size,
+            mtime_ns: 0,
+            inode: world.fresh_inode(),
+        };
+        world.base.insert(slot_path(idx), node);
+    }
+    let pick = |side: &[(bool, Slot)]| {
+        normalize(
+            &side
+                .iter()
+                .zip(&base)
+                .map(|(&(keep, own), &b)| if keep { b } else { own })
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    for (idx, slot) in pick(&case.local).into_iter().enumerate() {
+        let (kind, hash, size) = match slot {
+            Slot::Absent => continue,
+            Slot::File(n) => (EntryKind::File, Some(content(n)), u64::from(n)),
+            Slot::Dir => (EntryKind::Dir, None, 0),
+        };
+        let path = slot_path(idx);
+        // Edited in place keeps the inode; a new entry gets a new one.
+        let inode = match world.base.get(&path) {
+            Some(b) if b.kind == kind => b.inode,
+            _ => world.fresh_inode(),
+        };
+        world.local.insert(
+            path,
+            LocalNode {
+                kind,
+                hash,
+                size,
+                mtime_ns: 0,
+                inode,
+            },
+        );
+    }
+
+    for (idx, slot) in pick(&case.remote).into_iter().enumerate() {
+        let (kind, hash, size) = match slot {
+            Slot::Absent => continue,
+            Slot::File(n) => (EntryKind::File, Some(content(n)), u64::from(n)),
+            Slot::Dir => (EntryKind::Dir, None, 0),
+        };
+        let path = slot_path(idx);
+        let (node_id, rev) = match world
+            .base
+            .get(&path)
+            .map(|b| (b.kind, b.hash, b.node_id, b.rev))
+        {
+            Some((k, h, id, rev)) if k == kind && h == hash => (id, rev),
+            Some((k, _, id, _)) if k == kind => (id, world.fresh_rev()),
+            _ => (world.fresh_id(), world.fresh_rev()),
+        };
+        world.remote.insert(
+            path,
+            RemoteNode {
+                node_id,
+                kind,
+                rev,
+                hash,
+                size,
+                mtime_ms: 0,
+            },
+        );
+    }
+
+    let can_move = |tree: &BTreeMap<RelPath, EntryKind>, from: &RelPath, to: &RelPath| {
+        tree.contains_key(from)
+            && !tree.contains_key(to)
+            && from != to
+            && !to.is_inside(from)
+            && to
+                .parent()
+                .is_none_or(|p| tree.get(&p) == Some(&EntryKind::Dir))
+    };
+    if let Some((from, to)) = case.local_rename.map(|(f, t)| (slot_path(f), slot_path(t))) {
+        let kinds = world
+            .local
+            .iter()
+            .map(|(p, n)| (p.clone(), n.kind))
+            .collect();
+        if can_move(&kinds, &from, &to) {
+            rebase(&mut world.local, &from, &to);
+            match (world.local.get_mut(&to), case.rename_edit) {
+                (Some(moved), Some(n)) if moved.kind == EntryKind::File => {
+                    moved.hash = Some(content(n))
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some((from, to)) = case
+        .remote_rename
+        .map(|(f, t)| (slot_path(f), slot_path(t)))
+    {
+        let kinds = world
+            .remote
+            .iter()
+            .map(|(p, n)| (p.clone(), n.kind))
+            .collect();
+        if can_move(&kinds, &from, &to) {
+            rebase(&mut world.remote, &from, &to);
+            let rev = world.fresh_rev();
+            if let Some(moved) = world.remote.get_mut(&to) {
+                moved.rev = rev;
+            }
+        }
+    }
+    if let Some(path) = case.remote_replace.map(slot_path) {
+        let unchanged = world
+            .remote
+            .get(&path)
+            .zip(world.base.get(&path))
+            .is_some_and(|(r, b)| r.node_id == b.node_id);
+        if unchanged {
+            let (node_id, rev) = (world.fresh_id(), world.fresh_rev());
+            let replaced = world.remote.get_mut(&path).unwrap();
+            replaced.node_id = node_id;
+            replaced.rev = rev;
+        }
+    }
+    // A file no side touches, so the local root never looks unmounted (row 29).
+    let anchor = RelPath::new("z").unwrap();
+    let (node_id, rev, inode) = (world.fresh_id(), world.fresh_rev(), world.fresh_inode());
+    let hash = Some(content(9));
+    world.base.insert(
+        anchor.clone(),
+        BaseNode {
+            kind: EntryKind::File,
+            hash,
+            node_id,
+            rev,
+            size: 9,
+            mtime_ns: 0,
+            inode,
+        },
+    );
+    world.local.insert(
+        anchor.clone(),
+        LocalNode {
+            kind: EntryKind::File,
+            hash,
+            size: 9,
+            mtime_ns: 0,
+            inode,
+        },
+    );
+    world.remote.insert(
+        anchor,
+        RemoteNode {
+            node_id,
+            kind: EntryKind::File,
+            rev,
+            hash,
+            size: 9,
+            mtime_ms: 0,
+        },
+    );
+    world
+}
+
+/// The trees in the fixture's text form, for failure messages.
+fn describe(world: &World) -> String {
+    let line =
+        |path: &RelPath, kind: EntryKind, hash: Option<ContentHash>, extra: String| match kind {
+            EntryKind::File => format!(
+                "  {path} file {} {extra}\n",
+                hash.as_ref().map_or("-".to_owned(), hash_name)
+            ),
+            EntryKind::Dir => format!("  {path} dir {extra}\n"),
+        };
+    let mut out = String::from("base:\n");
+    for (p, n) in &world.base {
+        out += &line(
+            p,
+            n.kind,
+            n.hash,
+            format!("id={} rev={} ino={}", n.node_id, n.rev, n.inode),
+        );
+    }
+    out += "local:\n";
+    for (p, n) in &world.local {
+        out += &line(p, n.kind, n.hash, format!("ino={}", n.inode));
+    }
+    out += "remote:\n";
+    for (p, n) in &world.remote {
+        out += &line(p, n.kind, n.hash, format!("id={} rev={}", n.node_id, n.rev));
+    }
+    out
+}
+
+type View = BTreeMap<RelPath, (EntryKind, Option<ContentHash>)>;
+
+/// Plans and applies until the plan has no ops; checks every op against `limits`.
+fn settle(
+    world: &mut World,
+    limits: &Limits,
+    phase: &str,
+    log: &mut String,
+) -> Result<(), TestCaseError> {
+    for round in 0..MAX_ROUNDS {
+        let plan = world.plan_with(limits);
+        let _ = write!(log, "{phase} round {round}:\n{}", render(&plan));
+        if limits.locked_by_others.is_empty() {
+            prop_assert!(
+                plan.blocked.is_empty(),
+                "nothing is locked, yet blocked\n{}",
+                log
+            );
+        }
+        if plan.ops.is_empty() {
+            return Ok(());
+        }
+        for op in &plan.ops {
+            check_limits(op, limits)
+                .map_err(|err| TestCaseError::fail(format!("{op:?}: {err}\n{log}")))?;
+            world.apply(op).map_err(|err| {
+                TestCaseError::fail(format!(
+                    "{op:?} failed: {err}\n{log}trees now:\n{}",
+                    describe(world)
+                ))
+            })?;
+        }
+    }
+    Err(TestCaseError::fail(format!(
+        "no fixed point after {MAX_ROUNDS} rounds\n{log}trees now:\n{}",
+        describe(world)
+    )))
+}
+
+/// Rows 25, 27 and 30 as properties of single ops.
+fn check_limits(op: &PlanOp, limits: &Limits) -> Result<(), String> {
+    let (paths, sends): (Vec<&RelPath>, bool) = match op {
+        PlanOp::Upload { path, .. }
+        | PlanOp::DeleteRemote { path, .. }
+        | PlanOp::MakeDirRemote { path } => (vec![path], true),
+        PlanOp::MoveRemote { from, to, .. } => (vec![from, to], true),
+        PlanOp::ConflictCopy { path, copy } => (vec![path, copy], true),
+        PlanOp::MoveLocal { from, to } => (vec![from, to], false),
+        PlanOp::Download { path, .. }
+        | PlanOp::DeleteLocal { path, .. }
+        | PlanOp::MakeDirLocal { path, .. }
+        | PlanOp::RemoveDirLocal { path }
+        | PlanOp::RecordBase { path, .. }
+        | PlanOp::ForgetBase { path } => (vec![path], false),
+    };
+    let under = |set: &mut dyn Iterator<Item = &RelPath>, path: &RelPath| {
+        let set: Vec<&RelPath> = set.collect();
+        set.iter().any(|top| path == *top || path.is_inside(top))
+    };
+    for path in paths {
+        if under(&mut limits.ignored.iter(), path) {
+            return Err(format!("plans ignored path {path}"));
+        }
+        if sends && under(&mut limits.locked_by_others.keys(), path) {
+            return Err(format!("sends a local change to locked path {path}"));
+        }
+    }
+    let trusts_listing = matches!(
+        op,
+        PlanOp::DeleteLocal { .. }
+            | PlanOp::RemoveDirLocal { .. }
+            | PlanOp::MoveLocal { .. }
+            | PlanOp::ForgetBase { .. }
+    );
+    if !limits.remote_complete && trusts_listing {
+        return Err("deletes or moves locally on a partial listing".into());
+    }
+    Ok(())
+}
+
+fn run(case: &Case) -> Result<(), TestCaseError> {
+    let mut world = build(case);
+    let initial = world.clone();
+    let mut log = format!("initial trees:\n{}", describe(&initial));
+
+    // Phase 1: with a lock, an ignored path and maybe a partial listing, the plan still settles,
+    // and every op respects them. Phase 2: they lift, and everything converges.
+    let mut limits = Limits {
+        remote_complete: case.remote_complete,
+        ..Limits::default()
+    };
+    if let Some(idx) = case.locked {
+        limits
+            .locked_by_others
+            .insert(slot_path(idx), DeviceName::new("phone").unwrap());
+    }
+    limits.ignored.extend(case.ignored.map(slot_path));
+    settle(&mut world, &limits, "limited", &mut log)?;
+    settle(&mut world, &Limits::default(), "free", &mut log)?;
+
+    let local: View = world
+        .local
+        .iter()
+        .map(|(p, n)| (p.clone(), (n.kind, n.hash)))
+        .collect();
+    let remote: View = world
+        .remote
+        .iter()
+        .map(|(p, n)| (p.clone(), (n.kind, n.hash)))
+        .collect();
+    let base: View = world
+        .base
+        .iter()
+        .map(|(p, n)| (p.clone(), (n.kind, n.hash)))
+        .collect();
+    prop_assert_eq!(
+        &local,
+        &remote,
+        "local and remote differ at the fixed point\n{}",
+        log
+    );
+    prop_assert_eq!(&base, &remote, "base differs at the fixed point\n{}", log);
+    for (path, node) in &world.base {
+        prop_assert_eq!(
+            Some(node.node_id),
+            world.remote.get(path).map(|r| r.node_id),
+            "base names another node at {}\n{}",
+            path,
+            log
+        );
+    }
+
+    // Content is new unless base held it at the same path or for the same node (the same inode
+    // locally, the same node id remotely): a renamed file is not new content.
+    let kept: BTreeSet<ContentHash> = world.local.values().filter_map(|n| n.hash).collect();
+    let in_base = |path: &RelPath, hash: ContentHash, same_node: &dyn Fn(&BaseNode) -> bool| {
+        initial.base.get(path).and_then(|b| b.hash) == Some(hash)
+            || initial
+                .base
+                .values()
+                .any(|b| same_node(b) && b.hash == Some(hash))
+    };
+    for (path, node) in &initial.local {
+        let Some(hash) = node.hash else { continue };
+        if !in_base(path, hash, &|b| b.inode == node.inode) {
+            prop_assert!(
+                kept.contains(&hash),
+                "content {} created or changed at {} was lost\n{}",
+                hash_name(&hash),
+                path,
+                log
+            );
+        }
+    }
+    for (path, node) in &initial.remote {
+        let Some(hash) = node.hash else { continue };
+        if !in_base(path, hash, &|b| b.node_id == node.node_id) {
+            prop_assert!(
+                kept.contains(&hash),
+                "content {} created or changed at {} was lost\n{}",
+                hash_name(&hash),
+                path,
+                log
+            );
+        }
+    }
+
+    prop_assert!(world.plan().ops.is_empty());
+    Ok(())
+}
+
+proptest! {
+    // 1000 cases by default; PROPTEST_CASES=100000 for a longer hunt (about a millisecond each).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(1000),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn repeated_planning_converges_and_keeps_every_change(case in case()) {
+        run(&case)?;
+    }
+}
