@@ -1,0 +1,285 @@
+//! A device's disk: paths to files (bytes) and directories, with inode numbers and mtimes.
+//!
+//! Every call is atomic and durable (a crash never tears one), like a rename after fsync. The
+//! error cases are the POSIX ones the client meets: a missing parent, a file where a directory
+//! should be, `RENAME_NOREPLACE` finding its target taken, a directory not empty.
+
+use std::collections::BTreeMap;
+use syncstore_proto::{EntryKind, RelPath};
+
+/// One file or directory on disk.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct FsNode {
+    pub kind: EntryKind,
+    /// Empty for directories.
+    pub bytes: Vec<u8>,
+    pub inode: u64,
+    pub mtime_ns: i64,
+}
+
+/// Why a filesystem call failed, as the `std::io::ErrorKind` the client looks at.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FsError {
+    /// `ENOENT`.
+    NotFound,
+    /// `EEXIST`.
+    AlreadyExists,
+    /// `ENOTDIR`, `EISDIR`, `ENOTEMPTY`, `EINVAL`: anything the client treats as "other".
+    Other,
+}
+
+/// An in-memory filesystem.
+#[derive(Clone, Default, Debug)]
+pub struct SimFs {
+    pub nodes: BTreeMap<RelPath, FsNode>,
+    next_inode: u64,
+    /// Freed inode numbers, most recent last; handed out again like ext4 tends to.
+    freed: Vec<u64>,
+}
+
+impl SimFs {
+    /// A fresh inode number; `reuse` takes the most recently freed one if any.
+    pub fn alloc_inode(&mut self, reuse: bool) -> u64 {
+        if reuse {
+            if let Some(inode) = self.freed.pop() {
+                return inode;
+            }
+        }
+        self.next_inode += 1;
+        self.next_inode
+    }
+
+    fn free_inode(&mut self, inode: u64) {
+        self.freed.push(inode);
+    }
+
+    /// The node at `path`.
+    pub fn get(&self, path: &RelPath) -> Option<&FsNode> {
+        self.nodes.get(path)
+    }
+
+    /// What `safe_join` checks: no existing ancestor of `path` is a file.
+    pub fn check_ancestors(&self, path: &RelPath) -> Result<(), FsError> {
+        for ancestor in path.ancestors() {
+            match self.nodes.get(&ancestor) {
+                Some(node) if node.kind == EntryKind::File => return Err(FsError::Other),
+                Some(_) => {}
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    fn parent_is_dir(&self, path: &RelPath) -> Result<(), FsError> {
+        match path.parent() {
+            None => Ok(()),
+            Some(parent) => match self.nodes.get(&parent) {
+                Some(node) if node.kind == EntryKind::Dir => Ok(()),
+                Some(_) => Err(FsError::Other),
+                None => Err(FsError::NotFound),
+            },
+        }
+    }
+
+    fn touch_parent(&mut self, path: &RelPath, now_ns: i64) {
+        if let Some(parent) = path.parent() {
+            if let Some(node) = self.nodes.get_mut(&parent) {
+                node.mtime_ns = now_ns;
+            }
+        }
+    }
+
+    /// `mkdir -p`.
+    pub fn create_dir_all(
+        &mut self,
+        path: &RelPath,
+        now_ns: i64,
+        reuse: bool,
+    ) -> Result<(), FsError> {
+        let mut all = path.ancestors();
+        all.push(path.clone());
+        for dir in all {
+            match self.nodes.get(&dir) {
+                Some(node) if node.kind == EntryKind::Dir => continue,
+                Some(_) => return Err(FsError::AlreadyExists),
+                None => {}
+            }
+            let inode = self.alloc_inode(reuse);
+            self.touch_parent(&dir, now_ns);
+            self.nodes.insert(
+                dir,
+                FsNode {
+                    kind: EntryKind::Dir,
+                    bytes: Vec::new(),
+                    inode,
+                    mtime_ns: now_ns,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` into the file at `path`, creating it if needed (same inode if it exists).
+    pub fn write(
+        &mut self,
+        path: &RelPath,
+        bytes: Vec<u8>,
+        now_ns: i64,
+        reuse: bool,
+    ) -> Result<(), FsError> {
+        self.parent_is_dir(path)?;
+        if let Some(node) = self.nodes.get_mut(path) {
+            if node.kind == EntryKind::Dir {
+                return Err(FsError::Other);
+            }
+            node.bytes = bytes;
+            node.mtime_ns = now_ns;
+            return Ok(());
+        }
+        let inode = self.alloc_inode(reuse);
+        self.touch_parent(path, now_ns);
+        self.nodes.insert(
+            path.clone(),
+            FsNode {
+                kind: EntryKind::File,
+                bytes,
+                inode,
+                mtime_ns: now_ns,
+            },
+        );
+        Ok(())
+    }
+
+    /// `rename(2)` of a fresh file (a temp file holding `node`) over `path`: a new inode at `path`.
+    /// Fails on a directory; with `noreplace`, fails on anything already there.
+    pub fn place(
+        &mut self,
+        path: &RelPath,
+        node: FsNode,
+        noreplace: bool,
+        now_ns: i64,
+    ) -> Result<(), FsError> {
+        self.parent_is_dir(path)?;
+        match self.nodes.get(path) {
+            Some(_) if noreplace => return Err(FsError::AlreadyExists),
+            Some(old) if old.kind == EntryKind::Dir => return Err(FsError::Other),
+            Some(old) => {
+                let inode = old.inode;
+                self.free_inode(inode);
+            }
+            None => {}
+        }
+        self.touch_parent(path, now_ns);
+        self.nodes.insert(path.clone(), node);
+        Ok(())
+    }
+
+    /// `rename(2)` of `from` (and everything beneath) to `to`. With `noreplace`, fails when `to`
+    /// exists; without, a file replaces a file (what `mv` does).
+    pub fn rename(
+        &mut self,
+        from: &RelPath,
+        to: &RelPath,
+        noreplace: bool,
+        now_ns: i64,
+    ) -> Result<(), FsError> {
+        let Some(source) = self.nodes.get(from) else {
+            return Err(FsError::NotFound);
+        };
+        if from == to {
+            return Ok(());
+        }
+        if to.is_inside(from) {
+            return Err(FsError::Other);
+        }
+        self.parent_is_dir(to)?;
+        let source_kind = source.kind;
+        if let Some(target) = self.nodes.get(to) {
+            if noreplace {
+                return Err(FsError::AlreadyExists);
+            }
+            if target.kind == EntryKind::Dir || source_kind == EntryKind::Dir {
+                return Err(FsError::Other);
+            }
+            let inode = target.inode;
+            self.free_inode(inode);
+            self.nodes.remove(to);
+        }
+        let moved: Vec<RelPath> = self
+            .nodes
+            .keys()
+            .filter(|p| *p == from || p.is_inside(from))
+            .cloned()
+            .collect();
+        for old in moved {
+            let node = self.nodes.remove(&old).expect("listed above");
+            let new = old.rebase(from, to).expect("at or inside from");
+            self.nodes.insert(new, node);
+        }
+        self.touch_parent(from, now_ns);
+        self.touch_parent(to, now_ns);
+        Ok(())
+    }
+
+    /// `unlink(2)`.
+    pub fn remove_file(&mut self, path: &RelPath, now_ns: i64) -> Result<(), FsError> {
+        match self.nodes.get(path) {
+            None => Err(FsError::NotFound),
+            Some(node) if node.kind == EntryKind::Dir => Err(FsError::Other),
+            Some(node) => {
+                let inode = node.inode;
+                self.nodes.remove(path);
+                self.free_inode(inode);
+                self.touch_parent(path, now_ns);
+                Ok(())
+            }
+        }
+    }
+
+    /// `rmdir(2)`.
+    pub fn remove_dir(&mut self, path: &RelPath, now_ns: i64) -> Result<(), FsError> {
+        match self.nodes.get(path) {
+            None => Err(FsError::NotFound),
+            Some(node) if node.kind == EntryKind::File => Err(FsError::Other),
+            Some(node) => {
+                if self.nodes.keys().any(|p| p.is_inside(path)) {
+                    return Err(FsError::Other);
+                }
+                let inode = node.inode;
+                self.nodes.remove(path);
+                self.free_inode(inode);
+                self.touch_parent(path, now_ns);
+                Ok(())
+            }
+        }
+    }
+
+    /// `rm -r`: removes `path` and everything beneath; returns the files removed.
+    pub fn remove_all(&mut self, path: &RelPath, now_ns: i64) -> Vec<FsNode> {
+        let gone: Vec<RelPath> = self
+            .nodes
+            .keys()
+            .filter(|p| *p == path || p.is_inside(path))
+            .cloned()
+            .collect();
+        let mut files = Vec::new();
+        // Deepest first, as `rm -r` does, so inodes are freed children first.
+        for p in gone.into_iter().rev() {
+            let node = self.nodes.remove(&p).expect("listed above");
+            self.free_inode(node.inode);
+            if node.kind == EntryKind::File {
+                files.push(node);
+            }
+        }
+        self.touch_parent(path, now_ns);
+        files
+    }
+
+    /// The tree as path → (kind, bytes), for the final comparison.
+    pub fn snapshot(&self) -> BTreeMap<RelPath, (EntryKind, Vec<u8>)> {
+        self.nodes
+            .iter()
+            .map(|(p, n)| (p.clone(), (n.kind, n.bytes.clone())))
+            .collect()
+    }
+}

@@ -1,0 +1,192 @@
+//! The simulated server: the real op rules of `syncstore-store` over an in-memory transaction.
+//!
+//! [`syncstore_store::ops::apply_batch`] holds every rule of the server (preconditions, implicit
+//! parents, one journal row per changed node, the cursor), written against the synchronous
+//! [`Txn`] trait. [`MemTxn`] implements that trait on plain maps, so the simulation runs the very
+//! code the SQLite backend runs, without SQLite: no temp dirs, no IO, no async, and fully
+//! deterministic. Savepoints are snapshots.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use syncstore_proto::{
+    Change, ChunkHash, Cursor, DeviceName, EntryKind, NodeId, Op, OpsResponse, RelPath, RemoteEntry,
+};
+use syncstore_store::ops::{apply_batch, Txn};
+use syncstore_store::{StoreError, UserId};
+
+/// The one user every simulated device belongs to.
+const USER: UserId = UserId(1);
+
+/// The node tree, journal and chunk bytes of one user.
+#[derive(Default)]
+pub struct Server {
+    meta: MemTxn,
+    chunks: HashMap<ChunkHash, Vec<u8>>,
+}
+
+impl Server {
+    /// `POST /api/v1/ops`: applies `ops` in order, each on its own.
+    pub fn apply_ops(&mut self, device: &DeviceName, ops: &[Op]) -> OpsResponse {
+        let missing: HashSet<ChunkHash> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutFile { chunks, .. } => Some(chunks.iter().map(|c| c.hash)),
+                _ => None,
+            })
+            .flatten()
+            .filter(|hash| !self.chunks.contains_key(hash))
+            .collect();
+        // MemTxn never fails, so neither does the batch.
+        let outcome = apply_batch(&mut self.meta, USER, device, ops, &missing)
+            .expect("the in-memory txn cannot fail");
+        OpsResponse {
+            results: outcome
+                .outcomes
+                .into_iter()
+                .map(|o| o.into_wire())
+                .collect(),
+            cursor: outcome.cursor,
+        }
+    }
+
+    /// `POST /api/v1/chunks/upload`: stores chunk bytes (already present ones are kept).
+    pub fn put_chunk(&mut self, hash: ChunkHash, bytes: Vec<u8>) {
+        assert_eq!(
+            ChunkHash(*blake3::hash(&bytes).as_bytes()),
+            hash,
+            "the sim uploads honest chunks"
+        );
+        self.chunks.entry(hash).or_insert(bytes);
+    }
+
+    /// `POST /api/v1/chunks/download`, for one file: its bytes, reassembled from its chunks.
+    pub fn file_bytes(&self, entry: &RemoteEntry) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in &entry.chunks {
+            // PutFile refuses a chunk the server lacks, and chunks are never deleted.
+            out.extend_from_slice(&self.chunks[&chunk.hash]);
+        }
+        out
+    }
+
+    /// `GET /api/v1/tree`: every live node, sorted by path, and the cursor it reflects.
+    pub fn tree(&self) -> (Cursor, Vec<RemoteEntry>) {
+        (
+            Cursor(self.meta.cursor),
+            self.meta.by_path.values().cloned().collect(),
+        )
+    }
+
+    /// `GET /api/v1/changes?since=`: every change after `since`, oldest first.
+    pub fn changes_since(&self, since: Cursor) -> &[Change] {
+        // The journal holds exactly one row per cursor value, starting at 1.
+        let start = (since.0 as usize).min(self.meta.journal.len());
+        &self.meta.journal[start..]
+    }
+
+    /// The cursor of the last change.
+    pub fn cursor(&self) -> Cursor {
+        Cursor(self.meta.cursor)
+    }
+
+    /// The whole tree as path → (kind, bytes), for the final comparison.
+    pub fn snapshot(&self) -> BTreeMap<RelPath, (EntryKind, Vec<u8>)> {
+        self.meta
+            .by_path
+            .iter()
+            .map(|(path, e)| (path.clone(), (e.kind, self.file_bytes(e))))
+            .collect()
+    }
+}
+
+/// The meta store of one user as plain maps; implements the store's [`Txn`].
+#[derive(Default, Clone)]
+struct MemTxn {
+    by_path: BTreeMap<RelPath, RemoteEntry>,
+    path_of: HashMap<NodeId, RelPath>,
+    cursor: u64,
+    next_node: u64,
+    journal: Vec<Change>,
+    /// The state at `begin_op`, restored by `end_op(false)` (a `SAVEPOINT`).
+    savepoint: Option<Box<MemTxn>>,
+}
+
+impl Txn for MemTxn {
+    fn begin_op(&mut self) -> Result<(), StoreError> {
+        let mut copy = self.clone();
+        copy.savepoint = None;
+        self.savepoint = Some(Box::new(copy));
+        Ok(())
+    }
+
+    fn end_op(&mut self, keep: bool) -> Result<(), StoreError> {
+        let saved = self.savepoint.take().expect("end_op follows begin_op");
+        if !keep {
+            *self = *saved;
+        }
+        Ok(())
+    }
+
+    fn node_at(&mut self, _: UserId, path: &RelPath) -> Result<Option<RemoteEntry>, StoreError> {
+        Ok(self.by_path.get(path).cloned())
+    }
+
+    fn descendants(&mut self, _: UserId, dir: &RelPath) -> Result<Vec<RemoteEntry>, StoreError> {
+        Ok(self
+            .by_path
+            .values()
+            .filter(|e| e.path.is_inside(dir))
+            .cloned()
+            .collect())
+    }
+
+    fn has_children(&mut self, _: UserId, dir: &RelPath) -> Result<bool, StoreError> {
+        Ok(self.by_path.keys().any(|p| p.is_inside(dir)))
+    }
+
+    fn next_cursor(&mut self, _: UserId) -> Result<Cursor, StoreError> {
+        self.cursor += 1;
+        Ok(Cursor(self.cursor))
+    }
+
+    fn current_cursor(&mut self, _: UserId) -> Result<Cursor, StoreError> {
+        Ok(Cursor(self.cursor))
+    }
+
+    fn next_node_id(&mut self, _: UserId) -> Result<NodeId, StoreError> {
+        self.next_node += 1;
+        Ok(NodeId(self.next_node))
+    }
+
+    fn put_node(&mut self, _: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
+        if let Some(occupant) = self.by_path.get(&entry.path) {
+            if occupant.node_id != entry.node_id {
+                return Err(StoreError::Corrupt(format!(
+                    "{} is taken by another node",
+                    entry.path
+                )));
+            }
+        }
+        if let Some(old_path) = self.path_of.insert(entry.node_id, entry.path.clone()) {
+            self.by_path.remove(&old_path);
+        }
+        self.by_path.insert(entry.path.clone(), entry.clone());
+        Ok(())
+    }
+
+    fn remove_node(&mut self, _: UserId, node_id: NodeId) -> Result<(), StoreError> {
+        if let Some(path) = self.path_of.remove(&node_id) {
+            self.by_path.remove(&path);
+        }
+        Ok(())
+    }
+
+    fn append_change(&mut self, _: UserId, change: &Change) -> Result<(), StoreError> {
+        assert_eq!(
+            change.cursor().0,
+            self.journal.len() as u64 + 1,
+            "one journal row per cursor"
+        );
+        self.journal.push(change.clone());
+        Ok(())
+    }
+}
