@@ -30,6 +30,41 @@ pub enum Command {
     Ls(LsArgs),
     /// Start a server and two synced folders under ./syncstore-demo to try things out.
     Demo(DemoArgs),
+    /// Lock a file or directory so that no other device can change it until unlocked.
+    Lock(LockArgs),
+    /// Release a lock (--force: break another device's lock).
+    Unlock(UnlockArgs),
+    /// List the locks in force.
+    Locks(LocksArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    /// A path inside a synced folder (absolute or relative to the current directory), or a path
+    /// in the server's namespace.
+    pub path: String,
+    /// The lock ends by itself after this long (e.g. 30m, 2h); default: until unlocked.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// The locked path (local, inside a synced folder, or in the server's namespace).
+    pub path: String,
+    /// Break a lock held by another device (it is told on its next sync).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LocksArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Args, Debug)]

@@ -4,5 +4,7 @@
 
 mod util;
 
+mod bench_smoke;
 mod cli;
+// mod locks; (enabled once the server side of locks lands)
 mod sync;

@@ -100,9 +100,16 @@ pub async fn run(mut engine: Engine, options: DaemonOptions, shutdown: Cancellat
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+        engine.take_notices(); // Already logged; the daemon has nobody else to tell.
+        // A lock that ends by itself changes what may be uploaded: pass again right then.
+        let lock_expiry = engine.next_lock_expiry_ms().map(|end_ms| {
+            let wait_ms = (end_ms - chrono::Utc::now().timestamp_millis()).max(0) as u64 + 50;
+            Instant::now() + Duration::from_millis(wait_ms)
+        });
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = local_dirty.notified() => debounce(&local_dirty).await,
+            () = sleep_until_opt(lock_expiry) => {}
             () = remote_dirty.notified() => {}
             () = tokio::time::sleep_until(next_scan) => next_scan = Instant::now() + options.scan_interval,
             () = sleep_until_opt(retry_at) => {}

@@ -63,6 +63,7 @@ pub struct Engine {
     cache: HashCache,
     device: Option<DeviceName>,
     retry_soon: bool,
+    notices: Vec<String>,
 }
 
 impl Engine {
@@ -88,7 +89,7 @@ impl Engine {
                 cache.insert(path.clone(), Stamp { size: node.size, mtime_ns: node.mtime_ns, inode: node.inode }, hash);
             }
         }
-        Ok(Engine { root: root.to_path_buf(), tmp_dir, api, state, remote: None, cache, device: None, retry_soon: false })
+        Ok(Engine { root: root.to_path_buf(), tmp_dir, api, state, remote: None, cache, device: None, retry_soon: false, notices: Vec::new() })
     }
 
     /// The synced folder.
@@ -113,7 +114,8 @@ impl Engine {
         }
         if self.remote.is_none() {
             let tree = self.api.tree().await?;
-            self.remote = Some(RemoteTree::from_listing(tree.cursor, tree.entries));
+            self.remote = Some(RemoteTree::from_listing(tree.cursor, tree.entries, tree.locks));
+            self.check_my_locks();
         }
         Ok(())
     }
@@ -135,7 +137,7 @@ impl Engine {
             }
             let remote = self.remote.as_mut().expect("connected");
             for change in &page.changes {
-                remote.apply(change);
+                remote.apply(change, self.device.as_ref());
             }
             remote.cursor = remote.cursor.max(page.cursor);
             if !page.more {
@@ -152,7 +154,7 @@ impl Engine {
                 return;
             }
             for change in &page.changes {
-                remote.apply(change);
+                remote.apply(change, self.device.as_ref());
             }
         }
     }
@@ -181,9 +183,103 @@ impl Engine {
         result
     }
 
+    /// Locks in force now that another device holds.
+    pub fn locked_by_others(&self) -> BTreeMap<RelPath, DeviceName> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let Some(remote) = self.remote.as_ref() else { return BTreeMap::new() };
+        remote
+            .locks
+            .values()
+            .filter(|lock| lock.in_force(now_ms) && Some(&lock.device) != self.device.as_ref())
+            .map(|lock| (lock.path.clone(), lock.device.clone()))
+            .collect()
+    }
+
+    /// When the next lock in force ends by itself (a pass is due then), in ms since the epoch.
+    pub fn next_lock_expiry_ms(&self) -> Option<i64> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        self.remote.as_ref()?.locks.values().filter_map(|lock| lock.expires_ms).filter(|end| *end > now_ms).min()
+    }
+
+    /// Reports locks of this device that are gone: broken by another device (from the journal)
+    /// or missing from a fresh listing (released, broken or expired while we were away).
+    fn check_my_locks(&mut self) {
+        let (Some(remote), Some(me)) = (self.remote.as_mut(), self.device.as_ref()) else { return };
+        for (path, breaker) in remote.broken_locks.drain(..) {
+            tracing::warn!(%path, by = %breaker, "your lock on {path} was broken by {breaker}");
+            self.notices.push(format!("your lock on {path} was broken by {breaker}"));
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let held: BTreeMap<RelPath, i64> = remote
+            .locks
+            .values()
+            .filter(|lock| &lock.device == me && lock.in_force(now_ms))
+            .map(|lock| (lock.path.clone(), lock.since_ms))
+            .collect();
+        let remembered = self.state.my_locks().unwrap_or_default();
+        for path in remembered.keys() {
+            if !held.contains_key(path) {
+                if !self.notices.iter().any(|n| n.contains(&format!(" {path} "))) {
+                    tracing::warn!(%path, "your lock on {path} is no longer held (released, broken or expired)");
+                    self.notices.push(format!("your lock on {path} is no longer held"));
+                }
+            }
+        }
+        if held != remembered {
+            if let Err(err) = self.state.set_my_locks(&held) {
+                tracing::warn!(cause = format!("{err:#}"), "could not save lock state");
+            }
+        }
+    }
+
+    /// Messages for the user gathered since the last call (e.g. a lock of ours was broken).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Makes local files under another device's lock read-only, and gives files whose lock went
+    /// back the mode they had.
+    fn apply_lock_modes(&mut self, scan: &Scan) {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = self.locked_by_others();
+        let mut remembered = self.state.readonly_modes().unwrap_or_default();
+        let mut changed = false;
+        for (path, node) in &scan.local {
+            if node.kind != EntryKind::File || !covered(path, &locked) {
+                continue;
+            }
+            let Ok(full) = safe_join(&self.root, path) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&full) else { continue };
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o222 != 0 {
+                if std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode & !0o222)).is_ok() {
+                    remembered.entry(path.clone()).or_insert(mode);
+                    changed = true;
+                }
+            } else {
+                remembered.entry(path.clone()).or_insert(mode | 0o200);
+            }
+        }
+        let released: Vec<RelPath> = remembered.keys().filter(|p| !covered(p, &locked)).cloned().collect();
+        for path in released {
+            let mode = remembered.remove(&path).expect("key just listed");
+            changed = true;
+            if let Ok(full) = safe_join(&self.root, &path) {
+                if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_file()) {
+                    let _ = std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode));
+                }
+            }
+        }
+        if changed {
+            if let Err(err) = self.state.set_readonly_modes(&remembered) {
+                tracing::warn!(cause = format!("{err:#}"), "could not save file modes");
+            }
+        }
+    }
+
     fn make_plan(&self, scan: &Scan, remote: &BTreeMap<RelPath, RemoteNode>) -> Plan {
         let now_stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
-        let no_locks = BTreeMap::new();
+        let locked_by_others = self.locked_by_others();
         let device = self.device.clone().unwrap_or_else(|| DeviceName::new("device").expect("valid"));
         syncstore_plan::plan(&PlanInput {
             base: &self.state.base,
@@ -191,7 +287,7 @@ impl Engine {
             remote,
             device: &device,
             now_stamp: &now_stamp,
-            locked_by_others: &no_locks,
+            locked_by_others: &locked_by_others,
             ignored: &scan.untouchable,
             local_root_ok: scan.root_ok,
             remote_complete: true,
@@ -226,12 +322,14 @@ impl Engine {
         self.retry_soon = false;
         for _round in 0..MAX_ROUNDS {
             self.refresh_remote().await?;
+            self.check_my_locks();
             let scan = self.scan();
             let remote_view = self.remote.as_ref().expect("connected").plan_view();
             let plan = self.make_plan(&scan, &remote_view);
             report.blocked = plan.blocked.clone();
-            report.skipped = scan.skipped;
+            report.skipped = scan.skipped.clone();
             if plan.ops.is_empty() {
+                self.apply_lock_modes(&scan);
                 // Skipped entries (symlinks, unreadable files, unsyncable names) mean the two sides
                 // are not identical, even when there is nothing left to do about it.
                 report.in_sync = plan.blocked.is_empty() && scan.root_ok && report.skipped.is_empty();
@@ -598,6 +696,12 @@ impl Engine {
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("could not create {}", parent.display()))?;
         }
+        // Temp files are created 0600; a synced file gets the mode of the file it replaces, or 0644.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::symlink_metadata(&full).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
+            std::fs::set_permissions(&done.temp, std::fs::Permissions::from_mode(mode)).context("could not set file mode")?;
+        }
         match job.expect_local {
             None => match rename_noreplace(&done.temp, &full) {
                 Ok(()) => {}
@@ -737,6 +841,11 @@ impl Engine {
             other => unreachable!("not a local op: {other:?}"),
         }
     }
+}
+
+/// Whether `path` is a locked path or lies beneath one.
+fn covered(path: &RelPath, locked: &BTreeMap<RelPath, DeviceName>) -> bool {
+    locked.contains_key(path) || path.ancestors().iter().any(|a| locked.contains_key(a))
 }
 
 /// One file to download.

@@ -11,7 +11,8 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use syncstore_proto::{
-    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, Op, OpsRequest, OpsResponse, TreeResponse, UploadResponse, WhoAmI,
+    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, LockInfo, LockRequest, LocksResponse, Op, OpsRequest, OpsResponse, RelPath,
+    TreeResponse, UnlockRequest, UploadResponse, WhoAmI,
 };
 
 /// Why a call failed.
@@ -198,6 +199,34 @@ impl ApiClient {
     /// [`ApiError`].
     pub async fn ops(&self, ops: Vec<Op>) -> Result<OpsResponse, ApiError> {
         self.json(reqwest::Method::POST, "/api/v1/ops", Self::encode(&OpsRequest { ops }), Duration::from_secs(300)).await
+    }
+}
+
+impl ApiClient {
+    /// `POST /api/v1/locks`.
+    ///
+    /// # Errors
+    /// [`ApiError`]; status 423 when another device holds the path, 404 when it does not exist.
+    pub async fn lock(&self, path: RelPath, ttl_secs: Option<u64>) -> Result<LockInfo, ApiError> {
+        self.json(reqwest::Method::POST, "/api/v1/locks", Self::encode(&LockRequest { path, ttl_secs }), Duration::from_secs(30)).await
+    }
+
+    /// `POST /api/v1/locks/release`.
+    ///
+    /// # Errors
+    /// [`ApiError`]; status 423 when another device holds it and `force` is false, 404 when there is no lock.
+    pub async fn unlock(&self, path: RelPath, force: bool) -> Result<LockInfo, ApiError> {
+        self.json(reqwest::Method::POST, "/api/v1/locks/release", Self::encode(&UnlockRequest { path, force }), Duration::from_secs(30))
+            .await
+    }
+
+    /// `GET /api/v1/locks`.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn locks(&self) -> Result<Vec<LockInfo>, ApiError> {
+        let response: LocksResponse = self.json(reqwest::Method::GET, "/api/v1/locks", Body::None, Duration::from_secs(30)).await?;
+        Ok(response.locks)
     }
 }
 

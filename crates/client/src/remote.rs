@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use syncstore_plan::RemoteNode;
-use syncstore_proto::{Change, Cursor, NodeId, RelPath, RemoteEntry, Revision};
+use syncstore_proto::{Change, Cursor, DeviceName, LockInfo, NodeId, RelPath, RemoteEntry, Revision};
 
 /// The server's tree at `cursor`.
 #[derive(Default, Debug)]
@@ -16,20 +16,45 @@ pub struct RemoteTree {
     /// Deleted nodes and the cursor of their deletion, so a late upsert cannot revive them.
     tombstones: HashMap<NodeId, Revision>,
     pub cursor: Cursor,
+    /// Locks announced by the server, by path (expired ones are filtered by the reader).
+    pub locks: BTreeMap<RelPath, LockInfo>,
+    /// Locks this device held that another device broke, not yet reported.
+    pub broken_locks: Vec<(RelPath, DeviceName)>,
 }
 
 impl RemoteTree {
     /// A tree from a full listing.
-    pub fn from_listing(cursor: Cursor, entries: Vec<RemoteEntry>) -> RemoteTree {
+    pub fn from_listing(cursor: Cursor, entries: Vec<RemoteEntry>, locks: Vec<LockInfo>) -> RemoteTree {
         let mut tree = RemoteTree { cursor, ..RemoteTree::default() };
         for entry in entries {
             tree.upsert(entry);
         }
+        tree.locks = locks.into_iter().map(|lock| (lock.path.clone(), lock)).collect();
         tree
     }
 
-    /// Applies one journal change.
-    pub fn apply(&mut self, change: &Change) {
+    /// Applies one journal change. Changes at or before the tree's cursor are already in it.
+    pub fn apply(&mut self, change: &Change, me: Option<&DeviceName>) {
+        match change {
+            Change::Lock { cursor, lock } if *cursor > self.cursor => {
+                self.locks.insert(lock.path.clone(), lock.clone());
+            }
+            Change::Unlock { cursor, path, device, broken_by } if *cursor > self.cursor => {
+                if self.locks.get(path).is_some_and(|held| &held.device == device) {
+                    self.locks.remove(path);
+                }
+                if let (Some(me), Some(breaker)) = (me, broken_by) {
+                    if device == me {
+                        self.broken_locks.push((path.clone(), breaker.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.apply_entry_change(change);
+    }
+
+    fn apply_entry_change(&mut self, change: &Change) {
         match change {
             Change::Upsert { entry, .. } => self.upsert(entry.clone()),
             Change::Delete { cursor, node_id, .. } => self.delete(*node_id, Revision(cursor.0)),

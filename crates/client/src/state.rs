@@ -159,6 +159,46 @@ impl StateDb {
     }
 }
 
+impl StateDb {
+    /// Modes of files made read-only because another device locked them, to restore later.
+    ///
+    /// # Errors
+    /// On a database error or a corrupt value.
+    pub fn readonly_modes(&self) -> anyhow::Result<BTreeMap<RelPath, u32>> {
+        let text = self.meta("readonly_modes")?.unwrap_or_else(|| "{}".into());
+        let raw: BTreeMap<String, u32> = serde_json::from_str(&text).context("corrupt readonly_modes in state")?;
+        Ok(raw.into_iter().filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m))).collect())
+    }
+
+    /// Saves the modes to restore.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn set_readonly_modes(&self, modes: &BTreeMap<RelPath, u32>) -> anyhow::Result<()> {
+        let raw: BTreeMap<&str, u32> = modes.iter().map(|(p, m)| (p.as_str(), *m)).collect();
+        self.set_meta("readonly_modes", &serde_json::to_string(&raw)?)
+    }
+
+    /// Locks this device held at the last look (path → since), to tell the user when one goes.
+    ///
+    /// # Errors
+    /// On a database error or a corrupt value.
+    pub fn my_locks(&self) -> anyhow::Result<BTreeMap<RelPath, i64>> {
+        let text = self.meta("my_locks")?.unwrap_or_else(|| "{}".into());
+        let raw: BTreeMap<String, i64> = serde_json::from_str(&text).context("corrupt my_locks in state")?;
+        Ok(raw.into_iter().filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m))).collect())
+    }
+
+    /// Saves the locks this device holds.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn set_my_locks(&self, locks: &BTreeMap<RelPath, i64>) -> anyhow::Result<()> {
+        let raw: BTreeMap<&str, i64> = locks.iter().map(|(p, m)| (p.as_str(), *m)).collect();
+        self.set_meta("my_locks", &serde_json::to_string(&raw)?)
+    }
+}
+
 fn to_hash32(bytes: &[u8]) -> anyhow::Result<[u8; 32]> {
     bytes.try_into().map_err(|_| anyhow::anyhow!("corrupt hash of {} bytes in state", bytes.len()))
 }

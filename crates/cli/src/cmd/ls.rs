@@ -3,8 +3,6 @@
 use crate::cli::LsArgs;
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use syncstore_client::{ApiClient, FolderConfig};
 use syncstore_proto::{EntryKind, RelPath};
 
 /// Prints the listing.
@@ -12,18 +10,16 @@ use syncstore_proto::{EntryKind, RelPath};
 /// # Errors
 /// When no server/token is known, the path is invalid, or the server cannot be reached.
 pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
-    let saved = super::enclosing_folder().map(|dir| FolderConfig::load(&dir)).transpose()?.flatten();
-    let servers = if args.remote.servers.is_empty() { saved.as_ref().map(|c| c.servers.clone()).unwrap_or_default() } else { args.remote.servers.clone() };
-    let token = args.remote.token.clone().or_else(|| saved.map(|c| c.token));
-    let (false, Some(token)) = (servers.is_empty(), token) else {
-        anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder");
-    };
     let dir = match args.path.as_deref().map(|p| p.trim_matches('/')) {
         None | Some("") | Some(".") => None,
         Some(text) => Some(RelPath::new(text)?),
     };
-    let api = Arc::new(ApiClient::new(servers, token)?);
+    let api = super::api_from(&args.remote)?;
     let tree = api.tree().await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let lock_of = |path: &RelPath| {
+        tree.locks.iter().find(|lock| lock.in_force(now_ms) && lock.covers(path)).map(|lock| format!("locked by {}", lock.device))
+    };
     if let Some(dir) = &dir {
         match tree.entries.iter().find(|e| &e.path == dir) {
             Some(entry) if entry.kind == EntryKind::Dir => {}
@@ -47,13 +43,14 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     }
     rows.sort_by(|a, b| a.path.cmp(&b.path));
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<4} {:>12}  {:<19}  {:<16}  NAME", "TYPE", "SIZE", "MODIFIED", "DEVICE")?;
+    writeln!(out, "{:<4} {:>12}  {:<19}  {:<16}  {:<24}  NAME", "TYPE", "SIZE", "MODIFIED", "DEVICE", "LOCK")?;
     for entry in rows {
         let (kind, size, name) = match entry.kind {
             EntryKind::Dir => ("d", "-".to_string(), format!("{}/", entry.path)),
             EntryKind::File => ("-", entry.size.to_string(), entry.path.to_string()),
         };
-        writeln!(out, "{kind:<4} {size:>12}  {:<19}  {:<16}  {name}", super::status::time_text(entry.mtime_ms), entry.device.as_str())?;
+        let lock = lock_of(&entry.path).unwrap_or_else(|| "-".into());
+        writeln!(out, "{kind:<4} {size:>12}  {:<19}  {:<16}  {lock:<24}  {name}", super::status::time_text(entry.mtime_ms), entry.device.as_str())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! One function per subcommand.
 
 mod demo;
+mod lock;
 mod ls;
 mod status;
 
@@ -41,6 +42,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(&args.dir).await,
         Command::Ls(args) => ls::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Lock(args) => lock::lock(args).await,
+        Command::Unlock(args) => lock::unlock(args).await,
+        Command::Locks(args) => lock::list(args).await,
     }
 }
 
@@ -129,6 +133,9 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
         for skipped in &report.skipped {
             eprintln!("skipped {}: {}", skipped.path, skipped.reason);
         }
+        for notice in engine.take_notices() {
+            eprintln!("note: {notice}");
+        }
         if report.in_sync {
             println!("in sync ({} steps applied)", report.applied);
             return Ok(ExitCode::SUCCESS);
@@ -143,6 +150,20 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
     let options = syncstore_client::daemon::DaemonOptions { scan_interval: Duration::from_secs(args.scan_interval.max(1)) };
     syncstore_client::daemon::run(engine, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An API client from `--server`/`--token`, or else the synced folder around the current directory.
+///
+/// # Errors
+/// When neither gives a server and a token.
+pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
+    let saved = enclosing_folder().map(|dir| FolderConfig::load(&dir)).transpose()?.flatten();
+    let servers = if remote.servers.is_empty() { saved.as_ref().map(|c| c.servers.clone()).unwrap_or_default() } else { remote.servers.clone() };
+    let token = remote.token.clone().or_else(|| saved.map(|c| c.token));
+    match (servers.is_empty(), token) {
+        (false, Some(token)) => ApiClient::new(servers, token),
+        _ => anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder"),
+    }
 }
 
 /// The synced folder containing the current directory, if any.
