@@ -12,6 +12,20 @@
 //! The client applies the ops in the order given, updates base after each applied op, rescans,
 //! and plans again until the plan is empty; so a plan may leave follow-up work (for example a
 //! conflict copy is renamed this round and uploaded the next).
+//!
+//! What the client does with base after each applied op (the property tests simulate exactly
+//! this, in `tests/sim.rs`):
+//!
+//! - `Upload`, `Download`, `MakeDirLocal`, `MakeDirRemote`: record base from the resulting remote
+//!   node and the local file's stat.
+//! - `DeleteLocal`, `DeleteRemote`, `RemoveDirLocal`, `ForgetBase`: drop the path from base.
+//! - `MoveRemote`, `MoveLocal`: re-key base at and beneath `from` to `to`, and take the moved
+//!   nodes' new revisions (not their content: base keeps the hash both sides last agreed on).
+//! - `ConflictCopy`: nothing; the next pass sees the copy as created and the original as
+//!   deleted locally.
+//! - `RecordBase`: store the node given.
+//!
+//! Start reading at [`plan`], then `planner.rs` (the per-path table) and `rename.rs`.
 
 mod planner;
 mod rename;

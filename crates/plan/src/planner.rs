@@ -25,8 +25,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// See the module docs.
 pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
-    let has_base_file = input.base.values().any(|node| node.kind == EntryKind::File);
-    if !input.local_root_ok || (input.local.is_empty() && has_base_file) {
+    let mut planner = Planner::new(input);
+    // Row 29: ignored leftovers (a `.DS_Store` on an empty mount point) do not count.
+    let has_base_file = planner
+        .base
+        .values()
+        .any(|node| node.kind == EntryKind::File);
+    if !input.local_root_ok || (planner.local.is_empty() && has_base_file) {
         return Plan {
             ops: Vec::new(),
             blocked: vec![Blocked {
@@ -35,7 +40,6 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
             }],
         };
     }
-    let mut planner = Planner::new(input);
     planner.detect_renames();
     planner.decide_paths();
     let mut ops = planner.ops;
@@ -546,13 +550,17 @@ pub(crate) fn record_base(path: RelPath, remote: &RemoteNode, local: &LocalNode)
 
 /// Moves `from` and everything beneath it to `to` in an after-tree.
 fn move_tree(set: &mut BTreeSet<String>, from: &RelPath, to: &RelPath) {
+    // Everything beneath `from` sorts between "from/" and "from0" ('0' follows '/').
+    let beneath = set.range(format!("{from}/")..format!("{from}0")).cloned();
     let moved: Vec<String> = set
-        .iter()
-        .filter(|p| p.as_str() == from.as_str() || p.starts_with(&format!("{from}/")))
+        .get(from.as_str())
         .cloned()
+        .into_iter()
+        .chain(beneath)
         .collect();
     for old in moved {
         set.remove(&old);
+        // `old` is `from` or starts with "from/", so the slice is in bounds.
         set.insert(format!("{to}{}", &old[from.as_str().len()..]));
     }
 }

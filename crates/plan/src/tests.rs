@@ -533,6 +533,12 @@ fn row_29_local_root_missing_or_emptied_stops_the_pass() {
     fixture.check(expect![[r#"
         blocked *: local root missing
     "#]]);
+    // Only ignored files left counts as empty.
+    Fixture::new(base, ".DS_Store file h2", base)
+        .ignore(".DS_Store")
+        .check(expect![[r#"
+        blocked *: local root missing
+    "#]]);
     // Base holds only directories: an empty root is an honest delete.
     check(
         "d dir",
