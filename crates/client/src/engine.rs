@@ -216,13 +216,14 @@ impl Engine {
             .filter(|lock| &lock.device == me && lock.in_force(now_ms))
             .map(|lock| (lock.path.clone(), lock.since_ms))
             .collect();
-        let remembered = self.state.my_locks().unwrap_or_default();
+        let mut remembered = self.state.my_locks().unwrap_or_default();
+        for path in remote.released_locks.drain(..) {
+            remembered.remove(&path);
+        }
         for path in remembered.keys() {
-            if !held.contains_key(path) {
-                if !self.notices.iter().any(|n| n.contains(&format!(" {path} "))) {
-                    tracing::warn!(%path, "your lock on {path} is no longer held (released, broken or expired)");
-                    self.notices.push(format!("your lock on {path} is no longer held"));
-                }
+            if !held.contains_key(path) && !self.notices.iter().any(|n| n.contains(&format!(" {path} "))) {
+                tracing::warn!(%path, "your lock on {path} is no longer held (released, broken or expired)");
+                self.notices.push(format!("your lock on {path} is no longer held"));
             }
         }
         if held != remembered {

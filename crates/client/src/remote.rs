@@ -20,6 +20,8 @@ pub struct RemoteTree {
     pub locks: BTreeMap<RelPath, LockInfo>,
     /// Locks this device held that another device broke, not yet reported.
     pub broken_locks: Vec<(RelPath, DeviceName)>,
+    /// Locks this device released itself (nothing to report).
+    pub released_locks: Vec<RelPath>,
 }
 
 impl RemoteTree {
@@ -43,9 +45,10 @@ impl RemoteTree {
                 if self.locks.get(path).is_some_and(|held| &held.device == device) {
                     self.locks.remove(path);
                 }
-                if let (Some(me), Some(breaker)) = (me, broken_by) {
-                    if device == me {
-                        self.broken_locks.push((path.clone(), breaker.clone()));
+                if me == Some(device) {
+                    match broken_by {
+                        Some(breaker) => self.broken_locks.push((path.clone(), breaker.clone())),
+                        None => self.released_locks.push(path.clone()),
                     }
                 }
             }

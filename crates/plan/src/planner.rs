@@ -12,10 +12,12 @@
 //!    `local_after` / `remote_after`.
 //! 4. The ops are sorted into the order the client applies them ([`sort_ops`]).
 //!
-//! A remote node at a path whose `node_id` differs from base's (the node was replaced) is judged
-//! by kind and content like any other: same content counts as unchanged, other content as
-//! modified. When both sides then agree with each other, a `RecordBase` adopts the new node, so
-//! base does not keep naming a node that no longer exists.
+//! A remote node at a path whose `node_id` differs from base's was deleted and created anew
+//! remotely, so the remote side counts as changed there even when the new node holds base's
+//! bytes: a local edit then meets it as a conflict (both kept), a local delete does not delete
+//! it (it comes back), and an unchanged local file takes the new node's bytes. When both sides
+//! hold the same bytes, a `RecordBase` adopts the new node, so base does not keep naming a node
+//! that no longer exists.
 
 use crate::{
     BaseNode, BlockReason, Blocked, ContentHash, EntryKind, LocalNode, Plan, PlanInput, PlanOp,
@@ -331,12 +333,16 @@ impl<'i, 'a> Planner<'i, 'a> {
     ) -> Vec<PlanOp> {
         use State::{Absent, Dir, File};
         let local_changed = local_state != base_state;
-        let remote_changed = remote_state != base_state;
         let (base, local, remote) = (
             self.base.get(path).copied(),
             self.local.get(path).copied(),
             self.remote.get(path).copied(),
         );
+        // A different node at the path was deleted-then-created remotely: a change even when
+        // it holds base's bytes (a restore, say), so a local edit or delete meets it as a
+        // conflict instead of overwriting or deleting it.
+        let replaced = base.zip(remote).is_some_and(|(b, r)| b.node_id != r.node_id);
+        let remote_changed = remote_state != base_state || replaced;
         let path = path.clone();
         match (local_state, remote_state, local, remote) {
             // Rows 8 and 18: gone on both sides.
@@ -363,18 +369,17 @@ impl<'i, 'a> Planner<'i, 'a> {
                         hash: local_hash,
                     }],
                     // Row 3: the executor re-checks that the local file still holds base.
+                    // A replaced node with the same bytes: adopt its identity.
+                    (false, true) if local_hash == remote_hash => {
+                        vec![record_base(path, remote, local)]
+                    }
                     (false, true) => vec![PlanOp::Download {
                         path,
                         remote: remote.clone(),
                         expect_local: Some(local_hash),
                     }],
-                    // Row 1, or a replaced remote node with the same bytes: adopt its identity.
-                    (false, false) => match base {
-                        Some(base) if base.node_id != remote.node_id => {
-                            vec![record_base(path, remote, local)]
-                        }
-                        _ => Vec::new(),
-                    },
+                    // Row 1.
+                    (false, false) => Vec::new(),
                 }
             }
             (Dir, Dir, Some(local), Some(remote)) => match base {
@@ -399,8 +404,8 @@ impl<'i, 'a> Planner<'i, 'a> {
                 }],
             },
             (Absent, Dir, _, Some(remote)) => match base_state {
-                // Rows 16 and 17: deleted locally, still a directory remotely.
-                Dir => {
+                // Rows 16 and 17: deleted locally, still the same directory remotely.
+                Dir if !remote_changed => {
                     if !self.remote_has_beneath(&path) {
                         vec![PlanOp::DeleteRemote {
                             path,

@@ -597,8 +597,8 @@ fn row_32_unrepresentable_names_are_skipped_and_the_rest_syncs() {
 // Tricky cases.
 
 #[test]
-fn remote_node_replaced_is_judged_by_content() {
-    // Same bytes under a new node id: adopt the new node in base, transfer nothing.
+fn remote_node_replaced_counts_as_deleted_then_created() {
+    // Same bytes under a new node id, local unchanged: adopt the new node, transfer nothing.
     check(
         "a file h1 id=1",
         "a file h1",
@@ -607,6 +607,13 @@ fn remote_node_replaced_is_judged_by_content() {
         record-base a file h1 id=50 rev=9 size=0 mtime=0 ino=101
     "#]],
     );
+    // A local edit or delete meets the new node as a change: both kept, or it comes back.
+    check("a file h1 id=1", "a file h2", "a file h1 id=50 rev=9", expect![[r#"
+        conflict-copy a -> a (conflicted copy from laptop 2024-05-06 070809)
+    "#]]);
+    check("a file h1 id=1\nz file h0", "z file h0", "a file h1 id=50 rev=9\nz file h0", expect![[r#"
+        download a h1 id=50 rev=9 if-local=absent
+    "#]]);
     // Other bytes under a new node id: a remote modification.
     check(
         "a file h1 id=1",

@@ -28,6 +28,34 @@ pub struct Env<'a> {
     pub now_ms: i64,
     pub trace: &'a mut Vec<String>,
     pub step: usize,
+    /// What users wrote and destroyed.
+    pub ledger: &'a mut Ledger,
+    /// Whether users edit while a device is in the middle of a run (off once edits stop).
+    pub concurrent_edits: bool,
+}
+
+/// The content ledger: which contents must survive, and where each came from.
+#[derive(Default)]
+pub struct Ledger {
+    /// Live content → the trace line that wrote it.
+    pub live: BTreeMap<Vec<u8>, String>,
+    /// Numbers every written content, so each is unique.
+    pub counter: u64,
+    /// Edits made so far.
+    pub edits: usize,
+}
+
+impl Ledger {
+    /// Records an edit described by `line`.
+    pub fn record(&mut self, line: &str, edit: Edit) {
+        for bytes in &edit.killed {
+            self.live.remove(bytes);
+        }
+        if let Some(bytes) = edit.written {
+            self.live.insert(bytes, line.to_owned());
+        }
+        self.edits += 1;
+    }
 }
 
 impl Env<'_> {
@@ -612,6 +640,8 @@ impl Device {
             env.log(&self.name, "chunk upload stored, answer LOST".to_owned());
             return Err(Abort::Request);
         }
+        // The user may write to a file between its read and its commit.
+        self.concurrent_edit(env);
         let ops: Vec<Op> = prepared
             .iter()
             .map(|p| Op::PutFile {
@@ -689,6 +719,7 @@ impl Device {
         }
         let mut applied = 0;
         for (path, entry, expect_local) in jobs {
+            self.concurrent_edit(env);
             match self.place_download(env, &path, &entry, expect_local)? {
                 Ok(true) => applied += 1,
                 Ok(false) => env.log(
@@ -803,6 +834,7 @@ impl Device {
     fn execute_locals(&mut self, env: &mut Env<'_>, run: Vec<PlanOp>) -> Result<usize, Abort> {
         let mut applied = 0;
         for op in run {
+            self.concurrent_edit(env);
             match self.execute_local(env, &op)? {
                 Ok(true) => applied += 1,
                 Ok(false) => env.log(
@@ -963,6 +995,20 @@ impl Device {
                 Ok(Ok(true))
             }
             other => unreachable!("not a local op: {other:?}"),
+        }
+    }
+
+    /// Sometimes, a user edit in the middle of a run (the daemon works while the user does).
+    fn concurrent_edit(&mut self, env: &mut Env<'_>) {
+        if !env.concurrent_edits || !self.rng.gen_bool(0.08) {
+            return;
+        }
+        // A millisecond passes, so no two writes share an mtime.
+        env.now_ms += 1;
+        if let Some(edit) = self.user_edit(env.now_ms, &mut env.ledger.counter) {
+            let line = format!("#{} {} {} (during the run)", env.step, self.name, edit.text);
+            env.ledger.record(&line, edit);
+            env.trace.push(line);
         }
     }
 

@@ -43,6 +43,9 @@
 //!   the remote view fully refreshed, lagging by a few changes or not refreshed at all, and
 //!   sometimes keeping only the first k ops; or apply the next run of the current plan); a crash;
 //!   an interrupted pass. Devices' runs interleave, so their ops race at the server and get 409s.
+//! - **Concurrent edits**: while a device is in the middle of a run, its user sometimes edits
+//!   (before a local op, before a download is placed, between reading a file for upload and
+//!   committing it), so the executor's re-checks meet changed files.
 //! - **Faults**: a request (ops, chunk upload or download) is lost before the server sees it or
 //!   after it applied it (4% each); then the pass aborts, and 30% of the time the device also
 //!   crashes. A local step (a placed download, a local delete, move or mkdir) crashes the device
@@ -52,7 +55,8 @@
 //!
 //! Locks, ignore rules, symlinks, unreadable files and a missing local root (all planner inputs
 //! are fixed: no locks, nothing ignored, root ok, listing complete); files changing *while* being
-//! read or placed (an edit lands between two steps, never inside one); the hash cache (scans
+//! read or placed (an edit lands between two ops, never inside one; so the engine's own window
+//! between a re-check and the rename that follows it is not exercised); the hash cache (scans
 //! hash every file, which the real cache matches because every write changes the mtime); chunking
 //! (each file is one chunk, as the real chunker makes of any file under 256 KiB); server crashes
 //! and journal resets; HTTP itself; the long poll (a refresh is a read of the journal).
@@ -82,7 +86,7 @@ pub mod fs;
 pub mod remote;
 pub mod server;
 
-use device::{show_bytes, Device, Env};
+use device::{show_bytes, Device, Env, Ledger};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use server::Server;
@@ -179,9 +183,7 @@ struct World {
     now_ms: i64,
     step: usize,
     trace: Vec<String>,
-    /// Live content → the trace line that wrote it.
-    live: BTreeMap<Vec<u8>, String>,
-    counter: u64,
+    ledger: Ledger,
     stats: Stats,
 }
 
@@ -207,14 +209,14 @@ pub fn run(seed: u64, config: &Config) -> Result<Stats, Failure> {
         now_ms: 0,
         step: 0,
         trace: Vec::new(),
-        live: BTreeMap::new(),
-        counter: 0,
+        ledger: Ledger::default(),
         stats: Stats::default(),
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.simulate(config)));
     let message = match outcome {
         Ok(Ok(())) => {
             world.stats.server_changes = world.server.cursor().0;
+            world.stats.edits = world.ledger.edits;
             world.stats.refused = world
                 .trace
                 .iter()
@@ -252,6 +254,8 @@ impl World {
             now_ms: self.now_ms,
             trace: &mut self.trace,
             step: self.step,
+            ledger: &mut self.ledger,
+            concurrent_edits: faults,
         };
         (env, &mut self.devices)
     }
@@ -267,6 +271,9 @@ impl World {
                 30..=91 => {
                     let (mut env, devices) = self.env(config.faults);
                     devices[idx].sync_step(&mut env);
+                    // Edits during the step moved the clock.
+                    let now_ms = env.now_ms;
+                    self.now_ms = now_ms;
                 }
                 92..=95 => {
                     let (mut env, devices) = self.env(config.faults);
@@ -287,18 +294,12 @@ impl World {
 
     fn user_edit(&mut self, idx: usize) {
         let device = &mut self.devices[idx];
-        let Some(edit) = device.user_edit(self.now_ms, &mut self.counter) else {
+        let Some(edit) = device.user_edit(self.now_ms, &mut self.ledger.counter) else {
             return;
         };
         let line = format!("#{} {} {}", self.step, device.name, edit.text);
-        for bytes in &edit.killed {
-            self.live.remove(bytes);
-        }
-        if let Some(bytes) = edit.written {
-            self.live.insert(bytes, line.clone());
-        }
+        self.ledger.record(&line, edit);
         self.trace.push(line);
-        self.stats.edits += 1;
     }
 
     /// Syncs every device in turn until a whole round changes nothing.
@@ -372,7 +373,7 @@ impl World {
             .filter(|(kind, _)| *kind == EntryKind::File)
             .map(|(_, bytes)| bytes)
             .collect();
-        for (bytes, origin) in &self.live {
+        for (bytes, origin) in &self.ledger.live {
             if !present.contains(bytes) {
                 problems.push(format!(
                     "content {} was lost (written by: {origin})",

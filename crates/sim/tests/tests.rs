@@ -1,7 +1,7 @@
 //! Runs the simulation over a range of seeds (see the crate docs of `syncstore_sim`).
 //!
 //! `SYNCSTORE_SEED=N` replays one seed; `SYNCSTORE_SEEDS=N` runs seeds `0..N` instead of the
-//! default range.
+//! default range. `SYNCSTORE_STEPS` and `SYNCSTORE_DEVICES` change the size of each run.
 
 use syncstore_sim::{run, Config};
 
@@ -22,7 +22,13 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn seeds() {
-    let config = Config::default();
+    let mut config = Config::default();
+    if let Some(steps) = env_u64("SYNCSTORE_STEPS") {
+        config.steps = steps as usize;
+    }
+    if let Some(devices) = env_u64("SYNCSTORE_DEVICES") {
+        config.devices = devices as usize;
+    }
     if let Some(seed) = env_u64("SYNCSTORE_SEED") {
         match run(seed, &config) {
             Ok(stats) => {
