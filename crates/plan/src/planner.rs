@@ -341,7 +341,9 @@ impl<'i, 'a> Planner<'i, 'a> {
         // A different node at the path was deleted-then-created remotely: a change even when
         // it holds base's bytes (a restore, say), so a local edit or delete meets it as a
         // conflict instead of overwriting or deleting it.
-        let replaced = base.zip(remote).is_some_and(|(b, r)| b.node_id != r.node_id);
+        let replaced = base
+            .zip(remote)
+            .is_some_and(|(b, r)| b.node_id != r.node_id);
         let remote_changed = remote_state != base_state || replaced;
         let path = path.clone();
         match (local_state, remote_state, local, remote) {

@@ -608,12 +608,22 @@ fn remote_node_replaced_counts_as_deleted_then_created() {
     "#]],
     );
     // A local edit or delete meets the new node as a change: both kept, or it comes back.
-    check("a file h1 id=1", "a file h2", "a file h1 id=50 rev=9", expect![[r#"
+    check(
+        "a file h1 id=1",
+        "a file h2",
+        "a file h1 id=50 rev=9",
+        expect![[r#"
         conflict-copy a -> a (conflicted copy from laptop 2024-05-06 070809)
-    "#]]);
-    check("a file h1 id=1\nz file h0", "z file h0", "a file h1 id=50 rev=9\nz file h0", expect![[r#"
+    "#]],
+    );
+    check(
+        "a file h1 id=1\nz file h0",
+        "z file h0",
+        "a file h1 id=50 rev=9\nz file h0",
+        expect![[r#"
         download a h1 id=50 rev=9 if-local=absent
-    "#]]);
+    "#]],
+    );
     // Other bytes under a new node id: a remote modification.
     check(
         "a file h1 id=1",
