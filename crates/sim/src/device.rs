@@ -721,7 +721,16 @@ impl Device {
         for (path, entry, expect_local) in jobs {
             self.concurrent_edit(env);
             match self.place_download(env, &path, &entry, expect_local)? {
-                Ok(true) => applied += 1,
+                Ok(true) => {
+                    env.log(
+                        &self.name,
+                        format!(
+                            "downloaded {path} = {}",
+                            show_bytes(&env.server.file_bytes(&entry))
+                        ),
+                    );
+                    applied += 1;
+                }
                 Ok(false) => env.log(
                     &self.name,
                     format!("download of {path} not placed: the local path changed"),
@@ -836,7 +845,12 @@ impl Device {
         for op in run {
             self.concurrent_edit(env);
             match self.execute_local(env, &op)? {
-                Ok(true) => applied += 1,
+                Ok(true) => {
+                    if !matches!(op, PlanOp::RecordBase { .. } | PlanOp::ForgetBase { .. }) {
+                        env.log(&self.name, format!("did {}", show_op(&op)));
+                    }
+                    applied += 1;
+                }
                 Ok(false) => env.log(
                     &self.name,
                     format!("{} not applied (re-check failed)", show_op(&op)),

@@ -1,7 +1,7 @@
 //! Runs the simulation over a range of seeds (see the crate docs of `syncstore_sim`).
 //!
-//! `SYNCSTORE_SEED=N` replays one seed; `SYNCSTORE_SEEDS=N` runs seeds `0..N` instead of the
-//! default range. `SYNCSTORE_STEPS` and `SYNCSTORE_DEVICES` change the size of each run.
+//! `SYNCSTORE_SEED=N` replays one seed; `SYNCSTORE_SEEDS=N` runs seeds `0..N` (and
+//! `SYNCSTORE_SEEDS=A..B` seeds `A..B`) instead of the default range. `SYNCSTORE_STEPS` and `SYNCSTORE_DEVICES` change the size of each run.
 
 use syncstore_sim::{run, Config};
 
@@ -43,11 +43,21 @@ fn seeds() {
         }
         return;
     }
-    let n_seeds = env_u64("SYNCSTORE_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let (first_seed, end_seed) = match std::env::var("SYNCSTORE_SEEDS") {
+        Ok(text) => match text.split_once("..") {
+            Some((a, b)) => (
+                a.trim().parse().expect("SYNCSTORE_SEEDS=A..B"),
+                b.trim().parse().expect("SYNCSTORE_SEEDS=A..B"),
+            ),
+            None => (0, text.trim().parse().expect("SYNCSTORE_SEEDS=N or A..B")),
+        },
+        Err(_) => (0, DEFAULT_SEEDS),
+    };
+    let n_seeds = end_seed - first_seed;
     let mut failures = Vec::new();
     let mut edits = 0;
     let mut server_changes = 0;
-    for seed in (0..n_seeds).filter(|seed| !KNOWN_FAILING.contains(seed)) {
+    for seed in (first_seed..end_seed).filter(|seed| !KNOWN_FAILING.contains(seed)) {
         match run(seed, &config) {
             Ok(stats) => {
                 edits += stats.edits;
