@@ -6,7 +6,7 @@
 //! being read), and base is updated for that path right after, so a crash between steps leaves
 //! nothing to repeat blindly.
 
-use crate::fsutil::{fsync_dir, rename_noreplace, safe_join};
+use crate::fsutil::{rename_noreplace, safe_join};
 use crate::http::{ApiClient, ApiError};
 use crate::remote::RemoteTree;
 use crate::scan::{scan, stamp_of, HashCache, IgnoreRules, Scan, Skipped, Stamp};
@@ -350,6 +350,17 @@ impl Engine {
     }
 
     async fn execute(&mut self, ops: Vec<PlanOp>) -> anyhow::Result<usize> {
+        let mut applied = 0;
+        let mut ops = ops.into_iter().peekable();
+        self.state.begin_batch()?;
+        let result = self.execute_runs(&mut ops, &mut applied).await;
+        // Whatever was applied is recorded, also when a later step failed.
+        self.state.commit_batch()?;
+        result?;
+        Ok(applied)
+    }
+
+    async fn execute_runs(&mut self, ops: &mut std::iter::Peekable<std::vec::IntoIter<PlanOp>>, applied: &mut usize) -> anyhow::Result<()> {
         #[derive(PartialEq, Clone, Copy)]
         enum Kind {
             Remote,
@@ -365,22 +376,20 @@ impl Engine {
                 _ => Kind::Local,
             }
         }
-        let mut applied = 0;
-        let mut ops = ops.into_iter().peekable();
         while let Some(first) = ops.next() {
             let kind = kind_of(&first);
             let mut run = vec![first];
             while let Some(next) = ops.next_if(|op| kind_of(op) == kind) {
                 run.push(next);
             }
-            applied += match kind {
+            *applied += match kind {
                 Kind::Remote => self.execute_remote_ops(run).await?,
                 Kind::Upload => self.execute_uploads(run).await?,
                 Kind::Download => self.execute_downloads(run).await?,
                 Kind::Local => {
                     let mut n = 0;
                     for op in run {
-                        match self.execute_local(&op) {
+                        match tokio::task::block_in_place(|| self.execute_local(&op)) {
                             Ok(true) => n += 1,
                             Ok(false) => self.retry_soon = true,
                             Err(err) => {
@@ -389,11 +398,15 @@ impl Engine {
                             }
                         }
                     }
+                    // Deletes and renames become durable before base records them.
+                    if n > 0 {
+                        tokio::task::block_in_place(|| crate::fsutil::sync_filesystem(&self.root))?;
+                    }
                     n
                 }
             };
         }
-        Ok(applied)
+        Ok(())
     }
 
     /// Sends ops in batches and hands each result to `on_result`; counts the applied ones.
@@ -673,9 +686,16 @@ impl Engine {
         }
         let stream = if fetch.is_empty() { None } else { Some(self.api.download_pack(fetch).await?) };
         let tmp_dir = self.tmp_dir.clone();
-        let written = tokio::task::spawn_blocking(move || write_temp_files(jobs, stream, &tmp_dir))
-            .await
-            .context("download task failed")??;
+        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<WrittenFile>> {
+            let written = write_temp_files(jobs, stream, &tmp_dir)?;
+            // One sync makes every temp file's bytes durable before any is renamed into place.
+            if !written.is_empty() {
+                crate::fsutil::sync_filesystem(&tmp_dir)?;
+            }
+            Ok(written)
+        })
+        .await
+        .context("download task failed")??;
         let mut applied = 0;
         for done in written {
             match tokio::task::block_in_place(|| self.place_download(&done)) {
@@ -686,6 +706,10 @@ impl Engine {
                     self.retry_soon = true;
                 }
             }
+        }
+        // The renames become durable before the batch's base updates are committed.
+        if applied > 0 {
+            tokio::task::block_in_place(|| crate::fsutil::sync_filesystem(&self.root))?;
         }
         Ok(applied)
     }
@@ -719,9 +743,6 @@ impl Engine {
                 }
                 std::fs::rename(&done.temp, &full).with_context(|| format!("could not move download to {}", full.display()))?;
             }
-        }
-        if let Some(parent) = full.parent() {
-            fsync_dir(parent)?;
         }
         let stamp = stamp_of(&full)?;
         let hash = job.entry.hash.expect("downloads are files");
@@ -761,9 +782,6 @@ impl Engine {
                     return Ok(false);
                 }
                 std::fs::remove_file(&full).with_context(|| format!("could not delete {}", full.display()))?;
-                if let Some(parent) = full.parent() {
-                    fsync_dir(parent)?;
-                }
                 self.state.remove(path)?;
                 Ok(true)
             }
@@ -802,9 +820,6 @@ impl Engine {
                     Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists || err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                     Err(err) => return Err(err).with_context(|| format!("could not move {} to {}", from_full.display(), to_full.display())),
                 }
-                for dir in [from_full.parent(), to_full.parent()].into_iter().flatten() {
-                    fsync_dir(dir)?;
-                }
                 self.state.rebase(from, to)?;
                 self.cache.rebase(from, to);
                 let entries: Vec<RemoteEntry> = self
@@ -822,9 +837,6 @@ impl Engine {
                     Ok(()) => {}
                     Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists || err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                     Err(err) => return Err(err).with_context(|| format!("could not rename {}", full.display())),
-                }
-                if let Some(parent) = full.parent() {
-                    fsync_dir(parent)?;
                 }
                 self.cache.rebase(path, copy);
                 tracing::warn!(%path, %copy, "both sides changed: kept the local version as a conflicted copy");
@@ -922,7 +934,6 @@ fn write_temp_files(
         }
         let mtime = std::time::UNIX_EPOCH + Duration::from_millis(job.entry.mtime_ms.max(0) as u64);
         temp.as_file().set_modified(mtime).context("could not set mtime")?;
-        temp.as_file().sync_all().context("could not fsync temp file")?;
         let temp = temp.into_temp_path();
         out.push(WrittenFile { job, temp });
     }

@@ -30,6 +30,21 @@ pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("could not fsync directory {}", dir.display()))
 }
 
+/// `syncfs(2)`: makes every write and rename on the filesystem holding `path` durable at once.
+/// One call replaces an fsync per file and per directory when a batch of files was written.
+///
+/// # Errors
+/// On any IO error.
+pub fn sync_filesystem(path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("could not sync the filesystem of {}", path.display()));
+    }
+    Ok(())
+}
+
 /// `root/path`, after checking that no existing ancestor of it inside `root` is a symlink or a
 /// non-directory: a symlink planted in the folder can never redirect a write outside it.
 ///

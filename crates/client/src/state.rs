@@ -124,7 +124,8 @@ impl StateDb {
             .keys()
             .filter_map(|p| p.rebase(from, to).map(|new| (p.clone(), new)))
             .collect();
-        let tx = self.conn.transaction().context("could not save base")?;
+        // A savepoint, so this also works inside a batch (see `begin_batch`).
+        let tx = self.conn.savepoint().context("could not save base")?;
         for (old, new) in &moved {
             tx.execute("DELETE FROM base WHERE path = ?1", [new.as_str()])?;
             tx.execute("UPDATE base SET path = ?2 WHERE path = ?1", [old.as_str(), new.as_str()])?;
@@ -137,6 +138,31 @@ impl StateDb {
             if let Some(chunks) = self.base_chunks.remove(&old) {
                 self.base_chunks.insert(new, chunks);
             }
+        }
+        Ok(())
+    }
+
+    /// Starts a batch: the base updates that follow are committed together by
+    /// [`StateDb::commit_batch`], one fsync instead of one per path. A crash before the commit
+    /// loses them, which is safe: the planner then sees both sides agreeing with a stale base and
+    /// records it again, or keeps both versions; it never deletes on account of a stale base.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn begin_batch(&mut self) -> anyhow::Result<()> {
+        if self.conn.is_autocommit() {
+            self.conn.execute_batch("BEGIN IMMEDIATE").context("could not start a state transaction")?;
+        }
+        Ok(())
+    }
+
+    /// Commits the batch started by [`StateDb::begin_batch`].
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn commit_batch(&mut self) -> anyhow::Result<()> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT").context("could not commit state")?;
         }
         Ok(())
     }

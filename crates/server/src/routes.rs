@@ -19,6 +19,7 @@ use syncstore_proto::{
     decode_frame_header, encode_frame_header, ChangesQuery, ChangesResponse, ChunkList, Health,
     OpsRequest, OpsResponse, TreeResponse, UploadResponse, WhoAmI, FRAME_HEADER_LEN,
 };
+use syncstore_proto::ChunkHash;
 use syncstore_store::ChangesPage;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -163,7 +164,12 @@ async fn chunks_missing(
     Ok(Json(ChunkList { hashes }))
 }
 
-/// Reads chunk frames off the body one at a time and stores each once its hash checks out.
+/// Most bytes of chunks held before a batch is stored (bounds the memory of one upload).
+const UPLOAD_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Most chunks held before a batch is stored.
+const UPLOAD_BATCH_CHUNKS: usize = 4096;
+
+/// Reads chunk frames off the body and stores them in batches once their hashes check out.
 ///
 /// A body that ends inside a frame is a 400; the chunks completed before it stay stored (they
 /// are content addressed), the incomplete one is never written.
@@ -180,11 +186,20 @@ async fn chunks_upload(
         buffer: BytesMut::new(),
     };
     let mut stored = 0u64;
+    // Chunks are stored in batches so the store can make many small ones durable at once.
+    let mut batch: Vec<(ChunkHash, Bytes)> = Vec::new();
+    let mut batch_bytes = 0usize;
     loop {
+        if batch_bytes >= UPLOAD_BATCH_BYTES || batch.len() >= UPLOAD_BATCH_CHUNKS {
+            stored += batch.len() as u64;
+            batch_bytes = 0;
+            state.stores.chunks.put_batch(user_id, std::mem::take(&mut batch)).await?;
+        }
         if !frames.fill(FRAME_HEADER_LEN).await? {
             if frames.buffer.is_empty() {
                 break;
             }
+            state.stores.chunks.put_batch(user_id, std::mem::take(&mut batch)).await?;
             return Err(ApiError::bad_request(format!(
                 "the body ends inside a frame header after {stored} complete chunks"
             )));
@@ -195,14 +210,17 @@ async fn chunks_upload(
         let (hash, len) = decode_frame_header(&header).map_err(ApiError::bad_request)?;
         let len = len as usize;
         if !frames.fill(len).await? {
+            state.stores.chunks.put_batch(user_id, std::mem::take(&mut batch)).await?;
             return Err(ApiError::bad_request(format!(
                 "the body ends inside chunk {hash} after {stored} complete chunks"
             )));
         }
         let bytes = frames.buffer.split_to(len).freeze();
-        state.stores.chunks.put(user_id, &hash, bytes).await?;
-        stored += 1;
+        batch_bytes += len;
+        batch.push((hash, bytes));
     }
+    stored += batch.len() as u64;
+    state.stores.chunks.put_batch(user_id, batch).await?;
     tracing::debug!(stored, "upload done");
     Ok(Json(UploadResponse { stored }))
 }

@@ -334,6 +334,19 @@ pub trait ChunkStore: Send + Sync {
     /// # Errors
     /// [`StoreError::NotFound`] when this user has no such chunk; IO errors.
     async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError>;
+
+    /// Stores several chunks; like [`ChunkStore::put`] for each, but a backend may make the
+    /// whole batch durable at once (one filesystem sync instead of two fsyncs per chunk).
+    /// When it returns `Ok`, every chunk of the batch is durable.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::put`]; chunks before the failing one may have been stored.
+    async fn put_batch(&self, user_id: UserId, chunks: Vec<(ChunkHash, Bytes)>) -> Result<(), StoreError> {
+        for (hash, bytes) in chunks {
+            self.put(user_id, &hash, bytes).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Applies a batch of ops: asks `chunk_store` which chunks the `PutFile`s lack, then calls
