@@ -96,11 +96,11 @@ async fn whoami(auth: Auth) -> Json<WhoAmI> {
 
 #[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name))]
 async fn tree(State(state): State<AppState>, auth: Auth) -> Result<Json<TreeResponse>, ApiError> {
-    let tree = state.stores.meta.tree(auth.0.user_id).await?;
+    let tree = state.stores.meta.tree(auth.0.user_id, now_ms()).await?;
     Ok(Json(TreeResponse {
         cursor: tree.cursor,
         entries: tree.entries,
-        locks: Vec::new(),
+        locks: tree.locks,
     }))
 }
 
@@ -314,6 +314,7 @@ async fn ops(
         principal.user_id,
         &principal.device_name,
         ops,
+        now_ms(),
     )
     .await?;
     if batch.changed_anything() {
@@ -327,6 +328,15 @@ async fn ops(
             .collect(),
         cursor: batch.cursor,
     }))
+}
+
+/// The server clock in milliseconds since the Unix epoch: the one clock that decides which locks
+/// are in force (the store takes the time as an argument).
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 async fn unknown_route(request: Request) -> ApiError {

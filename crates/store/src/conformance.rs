@@ -1,16 +1,21 @@
 //! The contract suite every [`MetaStore`] + [`ChunkStore`] pair must pass.
 //!
 //! Each function is one test: it takes fresh stores (no users yet), panics on a broken
-//! contract, and names its users after itself. `tests/tests.rs` runs them all on SQLite + fs;
+//! contract, and names its users after itself. [`lock_survives_reopen`] instead takes a function
+//! that opens the same stores again. `tests/tests.rs` runs them all on SQLite + fs;
 //! another backend pair runs the same functions (garage's `src/db/test.rs` does the same).
 
 use crate::{
-    apply_ops, BatchOutcome, ChunkStore, MetaStore, OpOutcome, StoreError, TokenHash, User,
+    apply_ops, BatchOutcome, ChunkStore, LockOutcome, MetaStore, OpOutcome, StoreError, TokenHash,
+    User,
 };
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use syncstore_proto::{
-    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, Op, Precondition,
-    RelPath, RemoteEntry, Revision, UserName, MAX_CHUNK_LEN,
+    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, LockInfo, Op,
+    Precondition, RelPath, RemoteEntry, Revision, UserName, MAX_CHUNK_LEN, MAX_LOCK_TTL_SECS,
 };
 
 /// Users, devices, tokens stored as hashes, and authentication.
@@ -106,7 +111,7 @@ pub async fn users_tokens_auth(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
 pub async fn revisions(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     let user = meta.create_user(&user_name("rev-alice")).await.unwrap();
     assert_eq!(meta.current_cursor(user.id).await.unwrap(), Cursor(0));
-    let tree = meta.tree(user.id).await.unwrap();
+    let tree = meta.tree(user.id, NOW).await.unwrap();
     assert_eq!((tree.cursor, tree.entries.len()), (Cursor(0), 0));
 
     let v1 = put_file(
@@ -153,7 +158,7 @@ pub async fn revisions(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     );
     assert_ne!(empty.node_id, v1.node_id);
 
-    let tree = meta.tree(user.id).await.unwrap();
+    let tree = meta.tree(user.id, NOW).await.unwrap();
     assert_eq!(tree.cursor, Cursor(3));
     assert_eq!(tree.entries, vec![empty, v2.clone()]);
 
@@ -381,7 +386,7 @@ pub async fn conditional_writes(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
         [200, 409, 200]
     );
     assert_eq!(batch.cursor, Cursor(5));
-    let tree = meta.tree(user.id).await.unwrap();
+    let tree = meta.tree(user.id, NOW).await.unwrap();
     let paths: Vec<&str> = tree
         .entries
         .iter()
@@ -492,7 +497,7 @@ pub async fn dir_move_moves_descendants(meta: &dyn MetaStore, chunks: &dyn Chunk
         b"s",
     )
     .await;
-    let before = meta.tree(user.id).await.unwrap();
+    let before = meta.tree(user.id, NOW).await.unwrap();
     let d = entry_at(&before.entries, "d");
     let e = entry_at(&before.entries, "d/e");
     let cursor = before.cursor;
@@ -553,7 +558,7 @@ pub async fn dir_move_moves_descendants(meta: &dyn MetaStore, chunks: &dyn Chunk
     let summary: Vec<&str> = produced.iter().map(|entry| entry.path.as_str()).collect();
     assert_eq!(summary, ["m", "m/n", "m/n/e", "m/n/x", "m/n/e/y"]);
 
-    let after = meta.tree(user.id).await.unwrap();
+    let after = meta.tree(user.id, NOW).await.unwrap();
     assert_eq!(after.cursor, Cursor(cursor.0 + 5));
     let paths: Vec<&str> = after
         .entries
@@ -766,7 +771,7 @@ pub async fn per_user_isolation(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     .await;
     assert!(matches!(outcome, OpOutcome::Invalid(_)), "{outcome:?}");
 
-    let tree = meta.tree(bob.id).await.unwrap();
+    let tree = meta.tree(bob.id, NOW).await.unwrap();
     assert_eq!((tree.cursor, tree.entries.len()), (Cursor(0), 0));
     assert_eq!(
         meta.changes_since(bob.id, Cursor(0), 10)
@@ -787,7 +792,7 @@ pub async fn per_user_isolation(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     )
     .await;
     assert_eq!(bobs.rev, Revision(1));
-    let tree = meta.tree(alice.id).await.unwrap();
+    let tree = meta.tree(alice.id, NOW).await.unwrap();
     assert_eq!(tree.entries, vec![secret]);
     assert_eq!(meta.current_cursor(alice.id).await.unwrap(), Cursor(1));
     let outcome = apply_one(
@@ -801,10 +806,613 @@ pub async fn per_user_isolation(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     )
     .await;
     assert!(outcome.is_applied());
-    assert_eq!(meta.tree(alice.id).await.unwrap().entries.len(), 1);
+    assert_eq!(meta.tree(alice.id, NOW).await.unwrap().entries.len(), 1);
 }
 
-// Helpers. The device of every write is "dev".
+/// Taking, renewing, refusing (400, 404, 423) and releasing a lock, each change journalled.
+pub async fn lock_take_renew_release(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("lock-alice")).await.unwrap();
+    put_file(meta, chunks, &user, "f", Precondition::MustNotExist, b"f").await;
+    let start = meta.current_cursor(user.id).await.unwrap();
+
+    // Bad TTLs and missing paths change nothing.
+    for ttl in [0, MAX_LOCK_TTL_SECS + 1] {
+        let outcome = take(meta, &user, "laptop", "f", Some(ttl), NOW).await;
+        assert!(matches!(outcome, LockOutcome::Invalid(_)), "{outcome:?}");
+        assert_eq!(outcome.status(), 400);
+    }
+    let outcome = take(meta, &user, "laptop", "nothing", None, NOW).await;
+    assert!(
+        matches!(&outcome, LockOutcome::NotFound(m) if m.contains("nothing")),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.status(), 404);
+    assert_eq!(meta.current_cursor(user.id).await.unwrap(), start);
+
+    // Taken: journalled at the next cursor, listed.
+    let taken = take(meta, &user, "laptop", "f", Some(MAX_LOCK_TTL_SECS), NOW).await;
+    let expected = LockInfo {
+        path: path("f"),
+        device: device_name("laptop"),
+        since_ms: NOW,
+        expires_ms: Some(NOW + MAX_LOCK_TTL_SECS as i64 * 1000),
+    };
+    assert_eq!(
+        taken,
+        LockOutcome::Done {
+            lock: expected.clone(),
+            cursor: Cursor(start.0 + 1)
+        }
+    );
+    assert_eq!(
+        meta.locks(user.id, NOW).await.unwrap(),
+        std::slice::from_ref(&expected)
+    );
+
+    // Another device: 423 with the holder's name and the time, in UTC.
+    let refused = take(meta, &user, "phone", "f", None, NOW + 5).await;
+    assert_eq!(
+        refused,
+        LockOutcome::Locked("\"f\" is locked by laptop since 2023-11-14 22:13:20".into())
+    );
+    assert_eq!(refused.status(), 423);
+
+    // The holder renews: a new TTL (here: none), the same start.
+    let renewed = take(meta, &user, "laptop", "f", None, NOW + 60_000).await;
+    let expected = LockInfo {
+        expires_ms: None,
+        ..expected
+    };
+    assert_eq!(
+        renewed,
+        LockOutcome::Done {
+            lock: expected.clone(),
+            cursor: Cursor(start.0 + 2)
+        }
+    );
+    assert_eq!(
+        meta.locks(user.id, NOW).await.unwrap(),
+        std::slice::from_ref(&expected)
+    );
+
+    // Releasing: 404 where there is no lock, 423 for another device without force.
+    let outcome = release(meta, &user, "laptop", "g", false, NOW).await;
+    assert_eq!(outcome, LockOutcome::NotFound("no lock on \"g\"".into()));
+    let outcome = release(meta, &user, "phone", "f", false, NOW).await;
+    assert!(
+        matches!(&outcome, LockOutcome::Locked(m) if m.contains("locked by laptop since")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        meta.current_cursor(user.id).await.unwrap(),
+        Cursor(start.0 + 2)
+    );
+
+    let released = release(meta, &user, "laptop", "f", false, NOW).await;
+    assert_eq!(
+        released,
+        LockOutcome::Done {
+            lock: expected.clone(),
+            cursor: Cursor(start.0 + 3)
+        }
+    );
+    assert_eq!(meta.locks(user.id, NOW).await.unwrap(), []);
+    let outcome = release(meta, &user, "laptop", "f", false, NOW).await;
+    assert!(matches!(outcome, LockOutcome::NotFound(_)), "{outcome:?}");
+
+    let page = meta.changes_since(user.id, start, 100).await.unwrap();
+    assert_eq!(
+        page.changes,
+        [
+            Change::Lock {
+                cursor: Cursor(start.0 + 1),
+                lock: LockInfo {
+                    expires_ms: Some(NOW + MAX_LOCK_TTL_SECS as i64 * 1000),
+                    ..expected.clone()
+                }
+            },
+            Change::Lock {
+                cursor: Cursor(start.0 + 2),
+                lock: expected.clone()
+            },
+            Change::Unlock {
+                cursor: Cursor(start.0 + 3),
+                path: path("f"),
+                device: device_name("laptop"),
+                broken_by: None
+            },
+        ]
+    );
+    // A lock of one user is nothing to another.
+    let bob = meta.create_user(&user_name("lock-bob")).await.unwrap();
+    put_file(meta, chunks, &bob, "f", Precondition::MustNotExist, b"b").await;
+    take(meta, &user, "laptop", "f", None, NOW).await;
+    assert!(matches!(
+        take(meta, &bob, "phone", "f", None, NOW).await,
+        LockOutcome::Done { .. }
+    ));
+    assert_eq!(meta.locks(bob.id, NOW).await.unwrap().len(), 1);
+}
+
+/// `force` lets any device of the user break a lock; the journal names who broke it.
+pub async fn lock_force_break(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("break-alice")).await.unwrap();
+    put_file(meta, chunks, &user, "f", Precondition::MustNotExist, b"f").await;
+    let LockOutcome::Done { lock, .. } = take(meta, &user, "laptop", "f", None, NOW).await else {
+        panic!("lock refused")
+    };
+    let broken = release(meta, &user, "phone", "f", true, NOW + 1).await;
+    let LockOutcome::Done {
+        lock: ended,
+        cursor,
+    } = broken
+    else {
+        panic!("{broken:?}")
+    };
+    assert_eq!(ended, lock);
+    let page = meta
+        .changes_since(user.id, Cursor(cursor.0 - 1), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.changes,
+        [Change::Unlock {
+            cursor,
+            path: path("f"),
+            device: device_name("laptop"),
+            broken_by: Some(device_name("phone")),
+        }]
+    );
+    assert_eq!(meta.locks(user.id, NOW).await.unwrap(), []);
+    // The former holder's ops are now like anyone's; the phone can lock it.
+    assert!(matches!(
+        take(meta, &user, "phone", "f", None, NOW + 2).await,
+        LockOutcome::Done { .. }
+    ));
+    // `force` by the holder itself is a plain release.
+    release(meta, &user, "phone", "f", true, NOW + 3).await;
+    let page = meta
+        .changes_since(user.id, Cursor(cursor.0 + 1), 10)
+        .await
+        .unwrap();
+    assert!(matches!(
+        &page.changes[..],
+        [Change::Unlock {
+            broken_by: None,
+            ..
+        }]
+    ));
+}
+
+/// A lock on a directory covers everything beneath it, for locks as for ops.
+pub async fn lock_covers_directory(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("dirlock-alice")).await.unwrap();
+    put_file(
+        meta,
+        chunks,
+        &user,
+        "d/e/f",
+        Precondition::MustNotExist,
+        b"f",
+    )
+    .await;
+    put_file(
+        meta,
+        chunks,
+        &user,
+        "d-sibling",
+        Precondition::MustNotExist,
+        b"s",
+    )
+    .await;
+    assert!(matches!(
+        take(meta, &user, "laptop", "d", None, NOW).await,
+        LockOutcome::Done { .. }
+    ));
+    for beneath in ["d/e", "d/e/f"] {
+        let outcome = take(meta, &user, "phone", beneath, None, NOW).await;
+        assert_eq!(
+            outcome,
+            LockOutcome::Locked("\"d\" is locked by laptop since 2023-11-14 22:13:20".into()),
+            "{beneath}"
+        );
+    }
+    // A sibling whose name merely starts with "d" is not covered.
+    assert!(matches!(
+        take(meta, &user, "phone", "d-sibling", None, NOW).await,
+        LockOutcome::Done { .. }
+    ));
+    // The holder may lock inside its own lock.
+    assert!(matches!(
+        take(meta, &user, "laptop", "d/e/f", None, NOW).await,
+        LockOutcome::Done { .. }
+    ));
+    release(meta, &user, "laptop", "d", false, NOW).await;
+
+    // A lock beneath a directory keeps another device from locking the directory.
+    let outcome = take(meta, &user, "phone", "d", None, NOW).await;
+    assert!(
+        matches!(&outcome, LockOutcome::Locked(m) if m.starts_with("\"d/e/f\" is locked by laptop")),
+        "{outcome:?}"
+    );
+    let locks: Vec<String> = meta
+        .locks(user.id, NOW)
+        .await
+        .unwrap()
+        .iter()
+        .map(|lock| format!("{} {}", lock.path, lock.device))
+        .collect();
+    assert_eq!(locks, ["d-sibling phone", "d/e/f laptop"]);
+}
+
+/// Another device's ops on covered paths get 423 and change nothing; the holder's pass, and its
+/// delete ends the lock while its move carries the lock along.
+pub async fn lock_refuses_ops_of_other_devices(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("lockops-alice")).await.unwrap();
+    let file = put_file(meta, chunks, &user, "f", Precondition::MustNotExist, b"f").await;
+    let inner = put_file(
+        meta,
+        chunks,
+        &user,
+        "d/inner",
+        Precondition::MustNotExist,
+        b"i",
+    )
+    .await;
+    let x = put_file(meta, chunks, &user, "x", Precondition::MustNotExist, b"x").await;
+    let tree = meta.tree(user.id, NOW).await.unwrap();
+    let d = entry_at(&tree.entries, "d");
+    apply_one(
+        meta,
+        chunks,
+        &user,
+        Op::MakeDir {
+            path: path("locked-dir"),
+            mtime_ms: 1,
+        },
+    )
+    .await;
+    for at in ["f", "d/inner", "locked-dir"] {
+        assert!(matches!(
+            take(meta, &user, "laptop", at, None, NOW).await,
+            LockOutcome::Done { .. }
+        ));
+    }
+    let cursor = meta.current_cursor(user.id).await.unwrap();
+    let content = store_chunk(chunks, &user, b"phone's edit").await;
+
+    let refused = [
+        put_op("f", Precondition::Rev(file.rev), &content),
+        put_op("locked-dir/new", Precondition::MustNotExist, &content),
+        put_op("d/inner", Precondition::Rev(inner.rev), &content),
+        Op::MakeDir {
+            path: path("locked-dir/sub"),
+            mtime_ms: 1,
+        },
+        Op::MakeDir {
+            path: path("locked-dir"),
+            mtime_ms: 1,
+        },
+        Op::Delete {
+            path: path("f"),
+            base: file.rev,
+        },
+        // Not empty either, but the lock beneath is the first reason.
+        Op::Delete {
+            path: path("d"),
+            base: d.rev,
+        },
+        Op::Move {
+            from: path("f"),
+            to: path("g"),
+            base: file.rev,
+        },
+        Op::Move {
+            from: path("d"),
+            to: path("e"),
+            base: d.rev,
+        },
+        Op::Move {
+            from: path("x"),
+            to: path("locked-dir/x"),
+            base: x.rev,
+        },
+    ];
+    for op in refused {
+        let batch = apply_as(meta, chunks, &user, "phone", vec![op.clone()], NOW).await;
+        let outcome = &batch.outcomes[0];
+        assert!(
+            matches!(outcome, OpOutcome::Locked(m) if m.contains("is locked by laptop since 2023-11-14 22:13:20")),
+            "{op:?} gave {outcome:?}"
+        );
+        assert_eq!(outcome.clone().into_wire().status, 423);
+    }
+    assert_eq!(meta.current_cursor(user.id).await.unwrap(), cursor);
+    // Paths nobody locked are still free for the phone.
+    let batch = apply_as(
+        meta,
+        chunks,
+        &user,
+        "phone",
+        vec![put_op("elsewhere", Precondition::MustNotExist, &content)],
+        NOW,
+    )
+    .await;
+    assert!(batch.outcomes[0].is_applied(), "{:?}", batch.outcomes[0]);
+
+    // The holder's own edit passes, and the lock stays.
+    let batch = apply_as(
+        meta,
+        chunks,
+        &user,
+        "laptop",
+        vec![put_op("f", Precondition::Rev(file.rev), &content)],
+        NOW,
+    )
+    .await;
+    let OpOutcome::Applied(produced) = &batch.outcomes[0] else {
+        panic!("{:?}", batch.outcomes[0])
+    };
+    let file = produced[0].clone();
+    assert_eq!(meta.locks(user.id, NOW).await.unwrap().len(), 3);
+
+    // The holder deletes its locked file: the lock ends with it.
+    let before = meta.current_cursor(user.id).await.unwrap();
+    let batch = apply_as(
+        meta,
+        chunks,
+        &user,
+        "laptop",
+        vec![Op::Delete {
+            path: path("f"),
+            base: file.rev,
+        }],
+        NOW,
+    )
+    .await;
+    assert!(batch.outcomes[0].is_applied(), "{:?}", batch.outcomes[0]);
+    let page = meta.changes_since(user.id, before, 10).await.unwrap();
+    assert_eq!(
+        page.changes,
+        [
+            Change::Delete {
+                cursor: Cursor(before.0 + 1),
+                node_id: file.node_id,
+                path: path("f"),
+                device: device_name("laptop"),
+            },
+            Change::Unlock {
+                cursor: Cursor(before.0 + 2),
+                path: path("f"),
+                device: device_name("laptop"),
+                broken_by: None,
+            },
+        ]
+    );
+
+    // The holder moves the directory holding its locked file: the lock moves along, journalled
+    // as Unlock at the old path and Lock at the new one, after the nodes.
+    let before = meta.current_cursor(user.id).await.unwrap();
+    let batch = apply_as(
+        meta,
+        chunks,
+        &user,
+        "laptop",
+        vec![Op::Move {
+            from: path("d"),
+            to: path("moved"),
+            base: d.rev,
+        }],
+        NOW,
+    )
+    .await;
+    assert!(batch.outcomes[0].is_applied(), "{:?}", batch.outcomes[0]);
+    let page = meta.changes_since(user.id, before, 10).await.unwrap();
+    let kinds: Vec<String> = page
+        .changes
+        .iter()
+        .map(|change| match change {
+            Change::Upsert { entry, .. } => format!("upsert {}", entry.path),
+            Change::Delete { path, .. } => format!("delete {path}"),
+            Change::Lock { lock, .. } => format!("lock {} {}", lock.path, lock.device),
+            Change::Unlock { path, device, .. } => format!("unlock {path} {device}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "upsert moved",
+            "upsert moved/inner",
+            "unlock d/inner laptop",
+            "lock moved/inner laptop"
+        ]
+    );
+    let locks = meta.locks(user.id, NOW).await.unwrap();
+    assert_eq!(
+        locks
+            .iter()
+            .map(|lock| lock.path.as_str())
+            .collect::<Vec<_>>(),
+        ["locked-dir", "moved/inner"]
+    );
+    assert_eq!(locks[1].since_ms, NOW);
+    // And the moved lock still holds the phone off.
+    let moved = entry_at(
+        &meta.tree(user.id, NOW).await.unwrap().entries,
+        "moved/inner",
+    );
+    let batch = apply_as(
+        meta,
+        chunks,
+        &user,
+        "phone",
+        vec![Op::Delete {
+            path: path("moved/inner"),
+            base: moved.rev,
+        }],
+        NOW,
+    )
+    .await;
+    assert_eq!(batch.outcomes[0].status(), 423);
+}
+
+/// A lock with a TTL counts as absent from its `expires_ms` on, for locks, ops and listings.
+pub async fn lock_expiry(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("expiry-alice")).await.unwrap();
+    let file = put_file(meta, chunks, &user, "f", Precondition::MustNotExist, b"f").await;
+    take(meta, &user, "laptop", "f", Some(60), NOW).await;
+    let end = NOW + 60_000;
+    assert_eq!(meta.locks(user.id, end - 1).await.unwrap().len(), 1);
+    assert_eq!(meta.tree(user.id, end - 1).await.unwrap().locks.len(), 1);
+    assert!(matches!(
+        take(meta, &user, "phone", "f", None, end - 1).await,
+        LockOutcome::Locked(_)
+    ));
+    let content = store_chunk(chunks, &user, b"phone's").await;
+    let edit = put_op("f", Precondition::Rev(file.rev), &content);
+    let batch = apply_as(meta, chunks, &user, "phone", vec![edit.clone()], end - 1).await;
+    assert_eq!(batch.outcomes[0].status(), 423);
+
+    // At `expires_ms` it is gone: not listed, not releasable, not in the way.
+    assert_eq!(meta.locks(user.id, end).await.unwrap(), []);
+    assert_eq!(meta.tree(user.id, end).await.unwrap().locks, []);
+    assert!(matches!(
+        release(meta, &user, "laptop", "f", false, end).await,
+        LockOutcome::NotFound(_)
+    ));
+    let cursor = meta.current_cursor(user.id).await.unwrap();
+    let batch = apply_as(meta, chunks, &user, "phone", vec![edit], end).await;
+    assert!(batch.outcomes[0].is_applied(), "{:?}", batch.outcomes[0]);
+    // Expiry itself is not journalled.
+    assert_eq!(
+        meta.changes_since(user.id, cursor, 10)
+            .await
+            .unwrap()
+            .changes
+            .len(),
+        1
+    );
+    let taken = take(meta, &user, "phone", "f", None, end).await;
+    assert!(
+        matches!(&taken, LockOutcome::Done { lock, .. } if lock.since_ms == end && lock.device.as_str() == "phone"),
+        "{taken:?}"
+    );
+}
+
+/// `tree` returns the locks in force with the entries, sorted by path.
+pub async fn lock_listed_in_tree(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta
+        .create_user(&user_name("treelock-alice"))
+        .await
+        .unwrap();
+    put_file(meta, chunks, &user, "b", Precondition::MustNotExist, b"b").await;
+    put_file(meta, chunks, &user, "a/x", Precondition::MustNotExist, b"x").await;
+    take(meta, &user, "phone", "b", Some(10), NOW).await;
+    take(meta, &user, "laptop", "a", None, NOW).await;
+    let tree = meta.tree(user.id, NOW).await.unwrap();
+    assert_eq!(tree.cursor, meta.current_cursor(user.id).await.unwrap());
+    let locks: Vec<(&str, &str, Option<i64>)> = tree
+        .locks
+        .iter()
+        .map(|lock| (lock.path.as_str(), lock.device.as_str(), lock.expires_ms))
+        .collect();
+    assert_eq!(
+        locks,
+        [("a", "laptop", None), ("b", "phone", Some(NOW + 10_000))]
+    );
+    assert_eq!(tree.locks, meta.locks(user.id, NOW).await.unwrap());
+}
+
+/// Fifty devices race to lock one file: exactly one wins, the others get 423 naming it.
+pub async fn lock_race_has_one_winner(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("race-alice")).await.unwrap();
+    put_file(
+        meta,
+        chunks,
+        &user,
+        "race.txt",
+        Precondition::MustNotExist,
+        b"r",
+    )
+    .await;
+    let cursor = meta.current_cursor(user.id).await.unwrap();
+    let devices: Vec<DeviceName> = (0..50)
+        .map(|idx| device_name(&format!("racer-{idx}")))
+        .collect();
+    let target = path("race.txt");
+    let attempts = devices
+        .iter()
+        .map(|device| meta.take_lock(user.id, device, &target, None, NOW))
+        .collect();
+    let outcomes = join_all(attempts).await;
+    let mut winners = Vec::new();
+    for (device, outcome) in devices.iter().zip(outcomes) {
+        match outcome.unwrap() {
+            LockOutcome::Done { lock, .. } => {
+                assert_eq!(&lock.device, device);
+                winners.push(lock);
+            }
+            LockOutcome::Locked(message) => {
+                assert!(message.contains("is locked by racer-"), "{message}");
+            }
+            other => panic!("{device}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(meta.locks(user.id, NOW).await.unwrap(), winners);
+    let page = meta.changes_since(user.id, cursor, 100).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert!(matches!(&page.changes[0], Change::Lock { lock, .. } if *lock == winners[0]));
+}
+
+/// A lock is stored, not remembered: it outlives the store handle. `open` opens the same
+/// backend again (the same file, the same database) and may be called many times.
+pub async fn lock_survives_reopen<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = (Box<dyn MetaStore>, Box<dyn ChunkStore>)>,
+{
+    let (lock, user) = {
+        let (meta, chunks) = open().await;
+        let user = meta.create_user(&user_name("reopen-alice")).await.unwrap();
+        put_file(
+            &*meta,
+            &*chunks,
+            &user,
+            "f",
+            Precondition::MustNotExist,
+            b"f",
+        )
+        .await;
+        let LockOutcome::Done { lock, .. } = take(&*meta, &user, "laptop", "f", None, NOW).await
+        else {
+            panic!("lock refused")
+        };
+        (lock, user)
+    };
+    let (meta, chunks) = open().await;
+    assert_eq!(
+        meta.locks(user.id, NOW).await.unwrap(),
+        std::slice::from_ref(&lock)
+    );
+    assert_eq!(meta.tree(user.id, NOW).await.unwrap().locks, [lock]);
+    let content = store_chunk(&*chunks, &user, b"edit").await;
+    let batch = apply_as(
+        &*meta,
+        &*chunks,
+        &user,
+        "phone",
+        vec![put_op("f", Precondition::Rev(Revision(1)), &content)],
+        NOW,
+    )
+    .await;
+    assert_eq!(batch.outcomes[0].status(), 423);
+}
+
+// Helpers. The device of every write is "dev", unless a test names another.
+
+/// The time every call that needs one is made at, unless a test says otherwise.
+const NOW: i64 = 1_700_000_000_000;
 
 fn user_name(text: &str) -> UserName {
     UserName::new(text).unwrap()
@@ -880,7 +1488,18 @@ async fn apply(
     user: &User,
     ops: Vec<Op>,
 ) -> BatchOutcome {
-    apply_ops(meta, chunks, user.id, &device_name("dev"), ops)
+    apply_as(meta, chunks, user, "dev", ops, NOW).await
+}
+
+async fn apply_as(
+    meta: &dyn MetaStore,
+    chunks: &dyn ChunkStore,
+    user: &User,
+    device: &str,
+    ops: Vec<Op>,
+    now_ms: i64,
+) -> BatchOutcome {
+    apply_ops(meta, chunks, user.id, &device_name(device), ops, now_ms)
         .await
         .unwrap()
 }
@@ -910,4 +1529,58 @@ async fn put_file(
         OpOutcome::Applied(produced) => produced.last().cloned().unwrap(),
         other => panic!("put {at} failed: {other:?}"),
     }
+}
+
+async fn take(
+    meta: &dyn MetaStore,
+    user: &User,
+    device: &str,
+    at: &str,
+    ttl_secs: Option<u64>,
+    now_ms: i64,
+) -> LockOutcome {
+    meta.take_lock(user.id, &device_name(device), &path(at), ttl_secs, now_ms)
+        .await
+        .unwrap()
+}
+
+async fn release(
+    meta: &dyn MetaStore,
+    user: &User,
+    device: &str,
+    at: &str,
+    force: bool,
+    now_ms: i64,
+) -> LockOutcome {
+    meta.release_lock(user.id, &device_name(device), &path(at), force, now_ms)
+        .await
+        .unwrap()
+}
+
+/// Polls every future until all are done, concurrently within this task (the store's calls run
+/// on its own workers), without a dependency on `futures`.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|output| output.expect("poll_fn ends only when every future is ready"))
+        .collect()
 }

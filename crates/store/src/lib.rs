@@ -8,19 +8,25 @@
 //! # Layout
 //!
 //! - [`ops`] holds the semantics of every [`Op`] (preconditions, implicit parent directories,
-//!   journal rows), written once against the synchronous [`ops::Txn`] trait. A backend only
-//!   implements `Txn` for its own transaction type; it never re-implements the rules.
+//!   journal rows, refusal of ops on locked paths), written once against the synchronous
+//!   [`ops::Txn`] trait. A backend only implements `Txn` for its own transaction type; it never
+//!   re-implements the rules.
+//! - [`locks`] holds the rules of taking, renewing, releasing and breaking locks, over the same
+//!   `Txn`.
 //! - [`sqlite`] and [`fs`] are the embedded backends.
 //! - [`conformance`] is the one contract suite every backend pair must pass.
 //!
 //! Start reading at [`MetaStore`], then [`ops::apply_batch`].
 //!
 //! **Architecture Invariant:** nothing here speaks HTTP or JSON, and no store type derives serde.
+//! **Architecture Invariant:** nothing here reads a clock: calls that depend on time (which locks
+//! are in force) take `now_ms` from the caller.
 //! **Architecture Invariant:** chunk bytes are never deleted: old versions stay referenced by
 //! journal rows.
 
 pub mod conformance;
 pub mod fs;
+pub mod locks;
 pub mod ops;
 pub mod sqlite;
 
@@ -32,7 +38,7 @@ use bytes::Bytes;
 use std::collections::HashSet;
 use std::fmt;
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, Op, OpResult, RelPath, RemoteEntry, UserName,
+    Change, ChunkHash, Cursor, DeviceName, LockInfo, Op, OpResult, RelPath, RemoteEntry, UserName,
 };
 
 /// A user's id in the meta store; every node, change and chunk belongs to exactly one user.
@@ -102,6 +108,8 @@ pub struct Tree {
     pub cursor: Cursor,
     /// Sorted by path, so a directory comes before everything in it.
     pub entries: Vec<RemoteEntry>,
+    /// Every lock in force at the time asked for, sorted by path.
+    pub locks: Vec<LockInfo>,
 }
 
 /// One page of a user's change journal.
@@ -132,6 +140,9 @@ pub enum OpOutcome {
     Invalid(String),
     /// The op names a node that does not exist (404), e.g. a delete of nothing.
     NotFound(String),
+    /// Another device holds a lock in force that covers a path the op would change (423):
+    /// "\"PATH\" is locked by DEVICE since YYYY-MM-DD HH:MM:SS".
+    Locked(String),
 }
 
 impl OpOutcome {
@@ -147,6 +158,7 @@ impl OpOutcome {
             OpOutcome::Conflict { .. } => 409,
             OpOutcome::Invalid(_) => 400,
             OpOutcome::NotFound(_) => 404,
+            OpOutcome::Locked(_) => 423,
         }
     }
 
@@ -156,12 +168,43 @@ impl OpOutcome {
         let (entries, message) = match self {
             OpOutcome::Applied(entries) => (entries, String::new()),
             OpOutcome::Conflict { current, message } => (current.into_iter().collect(), message),
-            OpOutcome::Invalid(message) | OpOutcome::NotFound(message) => (Vec::new(), message),
+            OpOutcome::Invalid(message)
+            | OpOutcome::NotFound(message)
+            | OpOutcome::Locked(message) => (Vec::new(), message),
         };
         OpResult {
             status,
             entries,
             message,
+        }
+    }
+}
+
+/// The outcome of taking, renewing, releasing or breaking a lock (see [`locks`]).
+///
+/// Refusals the client caused are values, not [`StoreError`]s, as for ops.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum LockOutcome {
+    /// Done (200): the lock as taken or renewed, or as it was before it was released or broken;
+    /// `cursor` is the journal row that records the change.
+    Done { lock: LockInfo, cursor: Cursor },
+    /// The request itself is wrong (400): a TTL of 0 or over [`syncstore_proto::MAX_LOCK_TTL_SECS`].
+    Invalid(String),
+    /// 404: nothing at the path to lock, or no lock in force on the path to release.
+    NotFound(String),
+    /// 423: another device's lock is in the way: "\"PATH\" is locked by DEVICE since
+    /// YYYY-MM-DD HH:MM:SS" (UTC).
+    Locked(String),
+}
+
+impl LockOutcome {
+    /// The HTTP status of this outcome.
+    pub fn status(&self) -> u16 {
+        match self {
+            LockOutcome::Done { .. } => 200,
+            LockOutcome::Invalid(_) => 400,
+            LockOutcome::NotFound(_) => 404,
+            LockOutcome::Locked(_) => 423,
         }
     }
 }
@@ -267,11 +310,12 @@ pub trait MetaStore: Send + Sync {
     /// Database errors.
     async fn count_users(&self) -> Result<u64, StoreError>;
 
-    /// Every live node of a user and the cursor they reflect, read in one snapshot.
+    /// Every live node of a user, the locks in force at `now_ms`, and the cursor they reflect,
+    /// read in one snapshot.
     ///
     /// # Errors
     /// Database errors; [`StoreError::NotFound`] for an unknown user.
-    async fn tree(&self, user_id: UserId) -> Result<Tree, StoreError>;
+    async fn tree(&self, user_id: UserId, now_ms: i64) -> Result<Tree, StoreError>;
 
     /// Up to `limit` changes after `since`, oldest first.
     ///
@@ -295,7 +339,8 @@ pub trait MetaStore: Send + Sync {
     /// Applies `ops` in order in one transaction, each on its own (see [`ops::apply_batch`]).
     ///
     /// `missing_chunks` are the chunks named by the ops that the chunk store lacks; a `PutFile`
-    /// naming one fails with 400. Prefer [`apply_ops`], which computes them.
+    /// naming one fails with 400. Prefer [`apply_ops`], which computes them. `now_ms` decides
+    /// which locks are in force: an op on a path another device holds fails with 423.
     ///
     /// # Errors
     /// Database errors, which undo the whole batch; op failures are [`OpOutcome`]s.
@@ -305,7 +350,49 @@ pub trait MetaStore: Send + Sync {
         device: &DeviceName,
         ops: Vec<Op>,
         missing_chunks: HashSet<ChunkHash>,
+        now_ms: i64,
     ) -> Result<BatchOutcome, StoreError>;
+
+    /// Takes a lock on `path` for `device` at `now_ms`, lasting `ttl_secs` or until released;
+    /// renews it when `device` holds it already (see [`locks::take_lock`]).
+    ///
+    /// Refusals (400 bad TTL, 404 nothing there, 423 held by another device) are
+    /// [`LockOutcome`]s; of N devices racing for one path, exactly one gets
+    /// [`LockOutcome::Done`].
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn take_lock(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        path: &RelPath,
+        ttl_secs: Option<u64>,
+        now_ms: i64,
+    ) -> Result<LockOutcome, StoreError>;
+
+    /// Releases `device`'s lock on `path`, or with `force` breaks another device's lock there
+    /// (see [`locks::release_lock`]).
+    ///
+    /// Refusals (404 no lock in force, 423 held by another device without `force`) are
+    /// [`LockOutcome`]s.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn release_lock(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        path: &RelPath,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<LockOutcome, StoreError>;
+
+    /// Every lock of the user in force at `now_ms`, sorted by path.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError>;
 }
 
 /// Content-addressed chunk bytes, per user: a user can only read chunks it stored itself.
@@ -352,7 +439,8 @@ pub trait ChunkStore: Send + Sync {
 /// Applies a batch of ops: asks `chunk_store` which chunks the `PutFile`s lack, then calls
 /// [`MetaStore::apply_ops`].
 ///
-/// Asking first is race-free because chunks are never deleted.
+/// Asking first is race-free because chunks are never deleted. `now_ms` decides which locks are
+/// in force.
 ///
 /// # Errors
 /// As [`MetaStore::apply_ops`] and [`ChunkStore::missing`].
@@ -362,6 +450,7 @@ pub async fn apply_ops(
     user_id: UserId,
     device: &DeviceName,
     ops: Vec<Op>,
+    now_ms: i64,
 ) -> Result<BatchOutcome, StoreError> {
     let mut named: Vec<ChunkHash> = Vec::new();
     for op in &ops {
@@ -375,7 +464,7 @@ pub async fn apply_ops(
         .into_iter()
         .collect();
     meta_store
-        .apply_ops(user_id, device, ops, missing_chunks)
+        .apply_ops(user_id, device, ops, missing_chunks, now_ms)
         .await
 }
 

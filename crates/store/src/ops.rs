@@ -2,18 +2,36 @@
 //!
 //! A backend implements [`Txn`] on its own transaction (rusqlite here; the sync `postgres` crate
 //! inside `spawn_blocking` later) and calls [`apply_batch`]. The rules live only here:
-//! preconditions, implicit parent directories, one journal row per changed node, and the cursor
-//! that every change bumps.
+//! preconditions, implicit parent directories, one journal row per changed node, the cursor
+//! that every change bumps, and lock enforcement (the lock rules themselves are in
+//! [`crate::locks`]).
 //!
 //! Invariants kept by this module, for every user:
 //! - every node's parent directory exists as a directory (the tree has no orphans);
 //! - a node's `rev` is the cursor of the journal row that last touched it;
-//! - the cursor grows by one per journal row, starting at 1.
+//! - the cursor grows by one per journal row, starting at 1;
+//! - every lock in force is on an existing node, and no op of another device than its holder
+//!   changes a path it covers.
+//!
+//! # Locked paths
+//!
+//! An op by a device other than the holder of a lock in force gets [`OpOutcome::Locked`] (423)
+//! and changes nothing when it would change a covered path: a `PutFile` or `MakeDir` at a covered
+//! path, a `Delete` of a covered path or of a directory with a covered path beneath, a `Move`
+//! whose source or anything beneath it is covered, or whose destination is covered.
+//! The holder's own ops pass, and its locks follow its changes:
+//! - when the holder deletes a locked path, the lock ends: journal [`Change::Unlock`];
+//! - when the holder moves a locked path (or a directory with locked paths beneath), each lock
+//!   moves with its path, keeping its device, start and expiry: journal [`Change::Unlock`] at the
+//!   old path, then [`Change::Lock`] at the new one, after the moved nodes. A device that treats
+//!   `Lock` as "set the lock on this path" and `Unlock` as "clear it" thus never keeps a stale
+//!   lock at the old path.
 
+use crate::locks::{held_message, live_locks};
 use crate::{quoted, BatchOutcome, OpOutcome, StoreError, UserId};
 use std::collections::HashSet;
 use syncstore_proto::{
-    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, NodeId, Op,
+    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, LockInfo, NodeId, Op,
     Precondition, RelPath, RemoteEntry, Revision,
 };
 
@@ -95,12 +113,47 @@ pub trait Txn {
     /// # Errors
     /// Backend failures.
     fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError>;
+
+    /// Makes this transaction the only writer of the user's namespace until it ends; the rules
+    /// call it before reading anything they decide on.
+    ///
+    /// This is what makes "exactly one of N racing lock attempts wins" and "no op slips past a
+    /// lock taken concurrently" hold. SQLite: nothing to do, the transaction is `IMMEDIATE` and
+    /// SQLite has one writer at a time. PostgreSQL: `SELECT 1 FROM users WHERE id = $1 FOR
+    /// UPDATE`, in a `READ COMMITTED` transaction, so that a waiter's later statements see the
+    /// winner's commit (under `REPEATABLE READ` or `SERIALIZABLE` the waiter would instead fail
+    /// with a serialization error and must retry the whole call).
+    ///
+    /// # Errors
+    /// Backend failures; [`StoreError::NotFound`] for an unknown user.
+    fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError>;
+
+    /// Every stored lock of the user, in force or expired, in any order.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn lock_rows(&mut self, user_id: UserId) -> Result<Vec<LockInfo>, StoreError>;
+
+    /// Stores a lock.
+    ///
+    /// # Errors
+    /// Backend failures, including a row for the same user and path already stored: the
+    /// backend must enforce one lock per path per user with a primary key or unique
+    /// constraint, as a backstop against two winners of a race.
+    fn insert_lock(&mut self, user_id: UserId, lock: &LockInfo) -> Result<(), StoreError>;
+
+    /// Deletes the lock row on exactly `path`, if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn remove_lock(&mut self, user_id: UserId, path: &RelPath) -> Result<(), StoreError>;
 }
 
 /// Applies `ops` in order, each inside its own [`Txn::begin_op`] unit, so a failed op leaves no
 /// trace and does not undo the others. The caller commits the surrounding transaction once.
 ///
-/// `missing_chunks` are the chunks the chunk store lacks for this user.
+/// `missing_chunks` are the chunks the chunk store lacks for this user. `now_ms` (milliseconds
+/// since the Unix epoch, from the caller's clock) decides which locks are in force.
 ///
 /// # Errors
 /// Backend failures; the caller must then roll the whole transaction back.
@@ -110,7 +163,9 @@ pub fn apply_batch(
     device: &DeviceName,
     ops: &[Op],
     missing_chunks: &HashSet<ChunkHash>,
+    now_ms: i64,
 ) -> Result<BatchOutcome, StoreError> {
+    txn.serialize_writes(user_id)?;
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
         txn.begin_op()?;
@@ -118,6 +173,7 @@ pub fn apply_batch(
             txn: &mut *txn,
             user_id,
             device,
+            now_ms,
         };
         let outcome = match writer.apply(op, missing_chunks) {
             Ok(outcome) => outcome,
@@ -139,6 +195,7 @@ struct Writer<'a> {
     txn: &'a mut dyn Txn,
     user_id: UserId,
     device: &'a DeviceName,
+    now_ms: i64,
 }
 
 impl Writer<'_> {
@@ -147,6 +204,9 @@ impl Writer<'_> {
         op: &Op,
         missing_chunks: &HashSet<ChunkHash>,
     ) -> Result<OpOutcome, StoreError> {
+        if let Some(lock) = self.lock_against(op)? {
+            return Ok(OpOutcome::Locked(held_message(&lock)));
+        }
         match op {
             Op::PutFile {
                 path,
@@ -304,6 +364,13 @@ impl Writer<'_> {
                 device: self.device.clone(),
             },
         )?;
+        // Only the holder gets here with a lock on the path; the lock ends with the node.
+        // A directory being deleted is empty, so no lock in force lies beneath it.
+        for lock in live_locks(self.txn, self.user_id, self.now_ms)? {
+            if lock.path == *path {
+                self.end_lock(lock)?;
+            }
+        }
         Ok(OpOutcome::Applied(Vec::new()))
     }
 
@@ -381,7 +448,67 @@ impl Writer<'_> {
         for entry in rebased {
             produced.push(self.upsert(entry)?);
         }
+        // Only the holder gets here with locks at or beneath `from`; they move with the nodes.
+        for lock in live_locks(self.txn, self.user_id, self.now_ms)? {
+            if !(lock.path == *from || lock.path.is_inside(from)) {
+                continue;
+            }
+            // Every lock in force is on a node, and every node beneath `from` was rebased above.
+            let Some(new_path) = lock.path.rebase(from, to) else {
+                return Ok(OpOutcome::Invalid(format!(
+                    "moving {} to {} would make the locked path {} too long",
+                    quoted(from),
+                    quoted(to),
+                    quoted(&lock.path)
+                )));
+            };
+            let moved = LockInfo {
+                path: new_path,
+                ..lock.clone()
+            };
+            self.end_lock(lock)?;
+            self.txn.insert_lock(self.user_id, &moved)?;
+            let cursor = self.txn.next_cursor(self.user_id)?;
+            self.txn.append_change(
+                self.user_id,
+                &Change::Lock {
+                    cursor,
+                    lock: moved,
+                },
+            )?;
+        }
         Ok(OpOutcome::Applied(produced))
+    }
+
+    /// The lock in force of another device that `op` would break, if any.
+    fn lock_against(&mut self, op: &Op) -> Result<Option<LockInfo>, StoreError> {
+        let live = live_locks(self.txn, self.user_id, self.now_ms)?;
+        let lies_beneath = |lock: &LockInfo, path: &RelPath| lock.path.is_inside(path);
+        Ok(live.into_iter().find(|lock| {
+            lock.device != *self.device
+                && match op {
+                    Op::PutFile { path, .. } | Op::MakeDir { path, .. } => lock.covers(path),
+                    Op::Delete { path, .. } => lock.covers(path) || lies_beneath(lock, path),
+                    Op::Move { from, to, .. } => {
+                        lock.covers(from) || lies_beneath(lock, from) || lock.covers(to)
+                    }
+                }
+        }))
+    }
+
+    /// Deletes a lock its holder's op ended and journals the end.
+    fn end_lock(&mut self, lock: LockInfo) -> Result<(), StoreError> {
+        self.txn.remove_lock(self.user_id, &lock.path)?;
+        let cursor = self.txn.next_cursor(self.user_id)?;
+        self.txn.append_change(
+            self.user_id,
+            &Change::Unlock {
+                cursor,
+                path: lock.path,
+                device: lock.device,
+                broken_by: None,
+            },
+        )
     }
 
     /// Creates the missing ancestors of `path` as directories, outermost first.

@@ -3,15 +3,20 @@
 //! Every call runs on a blocking thread (`spawn_blocking`) holding the single connection, which is
 //! opened in WAL mode with `synchronous=FULL`: the server acknowledges uploads, so a committed
 //! batch must survive power loss. A batch of ops is one `IMMEDIATE` transaction (one fsync) with
-//! a savepoint per op, through the shared rules in [`crate::ops`].
+//! a savepoint per op, through the shared rules in [`crate::ops`]; taking or releasing a lock is
+//! one `IMMEDIATE` transaction through [`crate::locks`]. SQLite has one writer at a time, so
+//! racing lock attempts are serialised.
+//!
+//! The journal is split over two tables sharing the user's cursor: `changes` (node changes) and
+//! `lock_changes` (lock changes); [`MetaStore::changes_since`] merges them by cursor.
 //!
 //! The schema comes from the numbered files in `migrations/sqlite/`, built in at compile time and
 //! recorded in the `schema_version` table; a database from a newer build is refused.
 
 use crate::ops::{self, Txn};
 use crate::{
-    BatchOutcome, ChangesPage, Device, DeviceId, MetaStore, Principal, StoreError, Tree, User,
-    UserId,
+    locks, BatchOutcome, ChangesPage, Device, DeviceId, LockOutcome, MetaStore, Principal,
+    StoreError, Tree, User, UserId,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
@@ -20,12 +25,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncstore_proto::{
-    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, NodeId, Op, RelPath,
-    RemoteEntry, Revision, UserName,
+    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, LockInfo, NodeId, Op,
+    RelPath, RemoteEntry, Revision, UserName,
 };
 
 /// The schema migrations, in order; migration `n` (1-based) brings the schema to version `n`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_locks.sql"),
+];
 
 /// How long a call waits for another process (an admin command) holding the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -237,9 +245,9 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
-    async fn tree(&self, user_id: UserId) -> Result<Tree, StoreError> {
+    async fn tree(&self, user_id: UserId, now_ms: i64) -> Result<Tree, StoreError> {
         self.call(move |conn| {
-            // One read transaction, so the cursor and the entries agree.
+            // One read transaction, so the cursor, the entries and the locks agree.
             let tx = conn.transaction()?;
             let cursor = user_cursor(&tx, user_id)?;
             let mut stmt = tx.prepare_cached(&format!(
@@ -253,8 +261,13 @@ impl MetaStore for SqliteMetaStore {
                 .map(RawRow::into_entry)
                 .collect::<Result<Vec<_>, _>>()?;
             drop(stmt);
+            let locks = locks::locks_in_force(&mut SqliteTxn { conn: &tx }, user_id, now_ms)?;
             tx.commit()?;
-            Ok(Tree { cursor, entries })
+            Ok(Tree {
+                cursor,
+                entries,
+                locks,
+            })
         })
         .await
     }
@@ -281,17 +294,42 @@ impl MetaStore for SqliteMetaStore {
                  WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
             ))?;
             let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-            let rows = stmt
+            let node_rows = stmt
                 .query_map(params![user_id.0, to_i64(since.0)?, fetch], |row| {
                     Ok((row.get::<_, i64>(0)?, RawRow::read_from(row, 1)?))
                 })?
                 .collect::<Result<Vec<_>, rusqlite::Error>>()?;
             drop(stmt);
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {LOCK_CHANGE_COLUMNS} FROM lock_changes
+                 WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
+            ))?;
+            let lock_rows = stmt
+                .query_map(
+                    params![user_id.0, to_i64(since.0)?, fetch],
+                    RawLockChange::read,
+                )?
+                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+            drop(stmt);
             tx.commit()?;
+            // Both lists are sorted by cursor and each holds the first `fetch` rows of its
+            // table, so the first `fetch` of their merge are the first `fetch` of the journal.
+            let mut rows = Vec::with_capacity(node_rows.len() + lock_rows.len());
+            for (cursor, raw) in node_rows {
+                rows.push((cursor, JournalRow::Node(raw)));
+            }
+            for raw in lock_rows {
+                rows.push((raw.cursor, JournalRow::Lock(raw)));
+            }
+            rows.sort_by_key(|(cursor, _)| *cursor);
             let more = rows.len() > limit;
             let mut changes = Vec::with_capacity(rows.len().min(limit));
-            for (cursor, raw) in rows.into_iter().take(limit) {
-                changes.push(raw.into_change(Cursor(to_u64(cursor, "cursor")?))?);
+            for (cursor, row) in rows.into_iter().take(limit) {
+                let cursor = Cursor(to_u64(cursor, "cursor")?);
+                changes.push(match row {
+                    JournalRow::Node(raw) => raw.into_change(cursor)?,
+                    JournalRow::Lock(raw) => raw.into_change(cursor)?,
+                });
             }
             let cursor = changes.last().map_or(since, Change::cursor);
             Ok(ChangesPage {
@@ -315,6 +353,7 @@ impl MetaStore for SqliteMetaStore {
         device: &DeviceName,
         ops: Vec<Op>,
         missing_chunks: HashSet<ChunkHash>,
+        now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
         let device = device.clone();
         self.call(move |conn| {
@@ -325,12 +364,178 @@ impl MetaStore for SqliteMetaStore {
                 &device,
                 &ops,
                 &missing_chunks,
+                now_ms,
             )?;
             tx.commit()?;
             Ok(outcome)
         })
         .await
     }
+
+    #[tracing::instrument(skip(self))]
+    async fn take_lock(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        path: &RelPath,
+        ttl_secs: Option<u64>,
+        now_ms: i64,
+    ) -> Result<LockOutcome, StoreError> {
+        let device = device.clone();
+        let path = path.clone();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            user_cursor(&tx, user_id)?;
+            let outcome = locks::take_lock(
+                &mut SqliteTxn { conn: &tx },
+                user_id,
+                &device,
+                &path,
+                ttl_secs,
+                now_ms,
+            )?;
+            // A refusal commits too: it may have deleted expired rows, which is harmless.
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn release_lock(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        path: &RelPath,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<LockOutcome, StoreError> {
+        let device = device.clone();
+        let path = path.clone();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            user_cursor(&tx, user_id)?;
+            let outcome = locks::release_lock(
+                &mut SqliteTxn { conn: &tx },
+                user_id,
+                &device,
+                &path,
+                force,
+                now_ms,
+            )?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let locks = locks::locks_in_force(&mut SqliteTxn { conn: &tx }, user_id, now_ms)?;
+            tx.commit()?;
+            Ok(locks)
+        })
+        .await
+    }
+}
+
+/// The columns of a lock row, in [`RawLock`] order.
+const LOCK_COLUMNS: &str = "path, device, since_ms, expires_ms";
+
+/// The columns of a lock journal row, in [`RawLockChange`] order.
+const LOCK_CHANGE_COLUMNS: &str = "cursor, kind, path, device, since_ms, expires_ms, broken_by";
+
+/// One row of either journal table, for merging them by cursor.
+enum JournalRow {
+    Node(RawRow),
+    Lock(RawLockChange),
+}
+
+/// A `locks` row, not yet validated.
+struct RawLock {
+    path: String,
+    device: String,
+    since_ms: i64,
+    expires_ms: Option<i64>,
+}
+
+impl RawLock {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawLock> {
+        Ok(RawLock {
+            path: row.get(0)?,
+            device: row.get(1)?,
+            since_ms: row.get(2)?,
+            expires_ms: row.get(3)?,
+        })
+    }
+
+    fn into_lock(self) -> Result<LockInfo, StoreError> {
+        Ok(LockInfo {
+            path: stored_path(&self.path)?,
+            device: stored_device(&self.device)?,
+            since_ms: self.since_ms,
+            expires_ms: self.expires_ms,
+        })
+    }
+}
+
+/// A `lock_changes` row, not yet validated.
+struct RawLockChange {
+    cursor: i64,
+    kind: String,
+    path: String,
+    device: String,
+    since_ms: Option<i64>,
+    expires_ms: Option<i64>,
+    broken_by: Option<String>,
+}
+
+impl RawLockChange {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawLockChange> {
+        Ok(RawLockChange {
+            cursor: row.get(0)?,
+            kind: row.get(1)?,
+            path: row.get(2)?,
+            device: row.get(3)?,
+            since_ms: row.get(4)?,
+            expires_ms: row.get(5)?,
+            broken_by: row.get(6)?,
+        })
+    }
+
+    fn into_change(self, cursor: Cursor) -> Result<Change, StoreError> {
+        let path = stored_path(&self.path)?;
+        let device = stored_device(&self.device)?;
+        match self.kind.as_str() {
+            "lock" => Ok(Change::Lock {
+                cursor,
+                lock: LockInfo {
+                    path,
+                    device,
+                    since_ms: self
+                        .since_ms
+                        .ok_or_else(|| StoreError::Corrupt("lock row without since_ms".into()))?,
+                    expires_ms: self.expires_ms,
+                },
+            }),
+            "unlock" => Ok(Change::Unlock {
+                cursor,
+                path,
+                device,
+                broken_by: self.broken_by.as_deref().map(stored_device).transpose()?,
+            }),
+            other => Err(StoreError::Corrupt(format!("lock change kind {other:?}"))),
+        }
+    }
+}
+
+fn stored_path(text: &str) -> Result<RelPath, StoreError> {
+    RelPath::new(text).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+fn stored_device(text: &str) -> Result<DeviceName, StoreError> {
+    DeviceName::new(text).map_err(|err| StoreError::Corrupt(err.to_string()))
 }
 
 /// The columns of a node row (and of the node part of a change row), in [`RawRow`] order.
@@ -547,12 +752,16 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut node_stmt = self.conn.prepare_cached(
             "INSERT INTO changes (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
+        let mut lock_stmt = self.conn.prepare_cached(
+            "INSERT INTO lock_changes (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
         match change {
-            Change::Upsert { cursor, entry } => stmt.execute(params![
+            Change::Upsert { cursor, entry } => node_stmt.execute(params![
                 user_id.0,
                 to_i64(cursor.0)?,
                 to_i64(entry.node_id.0)?,
@@ -569,7 +778,7 @@ impl Txn for SqliteTxn<'_> {
                 node_id,
                 path,
                 device,
-            } => stmt.execute(params![
+            } => node_stmt.execute(params![
                 user_id.0,
                 to_i64(cursor.0)?,
                 to_i64(node_id.0)?,
@@ -581,10 +790,70 @@ impl Txn for SqliteTxn<'_> {
                 Vec::<u8>::new(),
                 device.as_str(),
             ])?,
-            Change::Lock { .. } | Change::Unlock { .. } => {
-                return Err(StoreError::Corrupt("lock changes are not journalled yet".into()))
-            }
+            Change::Lock { cursor, lock } => lock_stmt.execute(params![
+                user_id.0,
+                to_i64(cursor.0)?,
+                "lock",
+                lock.path.as_str(),
+                lock.device.as_str(),
+                lock.since_ms,
+                lock.expires_ms,
+                None::<String>,
+            ])?,
+            Change::Unlock {
+                cursor,
+                path,
+                device,
+                broken_by,
+            } => lock_stmt.execute(params![
+                user_id.0,
+                to_i64(cursor.0)?,
+                "unlock",
+                path.as_str(),
+                device.as_str(),
+                None::<i64>,
+                None::<i64>,
+                broken_by.as_ref().map(DeviceName::as_str),
+            ])?,
         };
+        Ok(())
+    }
+
+    fn serialize_writes(&mut self, _user_id: UserId) -> Result<(), StoreError> {
+        // Every writing transaction here is IMMEDIATE: it holds SQLite's one write lock already.
+        Ok(())
+    }
+
+    fn lock_rows(&mut self, user_id: UserId) -> Result<Vec<LockInfo>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {LOCK_COLUMNS} FROM locks WHERE user_id = ?1"
+        ))?;
+        let raws = stmt
+            .query_map([user_id.0], RawLock::read)?
+            .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+        raws.into_iter().map(RawLock::into_lock).collect()
+    }
+
+    fn insert_lock(&mut self, user_id: UserId, lock: &LockInfo) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO locks (user_id, path, device, since_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        stmt.execute(params![
+            user_id.0,
+            lock.path.as_str(),
+            lock.device.as_str(),
+            lock.since_ms,
+            lock.expires_ms,
+        ])?;
+        Ok(())
+    }
+
+    fn remove_lock(&mut self, user_id: UserId, path: &RelPath) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM locks WHERE user_id = ?1 AND path = ?2")?;
+        stmt.execute(params![user_id.0, path.as_str()])?;
         Ok(())
     }
 }

@@ -43,7 +43,32 @@ conformance_tests!(
     journal_paging,
     chunk_put_verify_missing,
     per_user_isolation,
+    lock_take_renew_release,
+    lock_force_break,
+    lock_covers_directory,
+    lock_refuses_ops_of_other_devices,
+    lock_expiry,
+    lock_listed_in_tree,
+    lock_race_has_one_winner,
 );
+
+#[tokio::test]
+async fn lock_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::lock_survives_reopen(|| async {
+        let meta = SqliteMetaStore::open(&dir.path().join("meta.sqlite"))
+            .await
+            .unwrap();
+        let chunks = FsChunkStore::open(&dir.path().join("chunks"))
+            .await
+            .unwrap();
+        (
+            Box::new(meta) as Box<dyn MetaStore>,
+            Box::new(chunks) as Box<dyn ChunkStore>,
+        )
+    })
+    .await;
+}
 
 mod sqlite {
     //! What only the SQLite backend has: its schema version check and reopening.
@@ -75,5 +100,39 @@ mod sqlite {
             "{err}"
         );
         assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    /// A database left at schema version 1 by the previous build gains the lock tables and
+    /// keeps its data.
+    #[tokio::test]
+    async fn upgrade_from_version_1_adds_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("meta.sqlite");
+        let conn = rusqlite::Connection::open(&db_path).unwrap();
+        conn.execute_batch(include_str!("../migrations/sqlite/0001_init.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO users (name) VALUES ('old');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let meta = SqliteMetaStore::open(&db_path).await.unwrap();
+        let user = meta
+            .user_by_name(&UserName::new("old").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta.locks(user.id, 0).await.unwrap(), []);
+        drop(meta);
+        let conn = rusqlite::Connection::open(&db_path).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT MAX(version) FROM schema_version", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, 2);
     }
 }
