@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 /// One `watch` channel per user with waiting long polls, carrying the user's latest cursor.
 ///
-/// The ops handler calls [`ChangeHub::notify`] after each committed batch; a PostgreSQL
+/// The ops and lock handlers call [`ChangeHub::notify`] after each committed change; a PostgreSQL
 /// LISTEN/NOTIFY listener can call it for batches committed by other server processes.
 /// Waiters must [`subscribe`](ChangeHub::subscribe) *before* reading the journal, so a commit
 /// between the read and the wait still wakes them.

@@ -12,10 +12,13 @@
 //! - `error`: [`ErrorBody`](syncstore_proto::ErrorBody) answers and the JSON/query extractors
 //!   that turn malformed input into 400s.
 //! - `auth`: the bearer-token extractor.
-//! - [`ChangeHub`]: wakes long polls when a batch commits.
+//! - [`ChangeHub`]: wakes long polls when a batch or a lock change commits.
 //!
-//! **Architecture Invariant:** the server never looks at which backend it runs on; op semantics
-//! live in `syncstore_store::ops`, not here.
+//! The server's clock is read in one place, `routes::now_ms`, and passed to the store, which
+//! decides with it which locks are in force.
+//!
+//! **Architecture Invariant:** the server never looks at which backend it runs on; op and lock
+//! semantics live in `syncstore_store::ops` and `syncstore_store::locks`, not here.
 
 mod auth;
 mod error;

@@ -15,12 +15,13 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use syncstore_proto::ChunkHash;
 use syncstore_proto::{
     decode_frame_header, encode_frame_header, ChangesQuery, ChangesResponse, ChunkList, Health,
-    OpsRequest, OpsResponse, TreeResponse, UploadResponse, WhoAmI, FRAME_HEADER_LEN,
+    LockInfo, LockRequest, LocksResponse, OpsRequest, OpsResponse, TreeResponse, UnlockRequest,
+    UploadResponse, WhoAmI, FRAME_HEADER_LEN,
 };
-use syncstore_proto::ChunkHash;
-use syncstore_store::ChangesPage;
+use syncstore_store::{ChangesPage, LockOutcome, UserId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -63,6 +64,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/chunks/missing", post(chunks_missing))
         .route("/api/v1/chunks/download", post(chunks_download))
         .route("/api/v1/ops", post(ops))
+        .route("/api/v1/locks", post(take_lock).get(locks))
+        .route("/api/v1/locks/release", post(release_lock))
         .layer(DefaultBodyLimit::max(state.config.json_body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     let upload = Router::new()
@@ -193,13 +196,21 @@ async fn chunks_upload(
         if batch_bytes >= UPLOAD_BATCH_BYTES || batch.len() >= UPLOAD_BATCH_CHUNKS {
             stored += batch.len() as u64;
             batch_bytes = 0;
-            state.stores.chunks.put_batch(user_id, std::mem::take(&mut batch)).await?;
+            state
+                .stores
+                .chunks
+                .put_batch(user_id, std::mem::take(&mut batch))
+                .await?;
         }
         if !frames.fill(FRAME_HEADER_LEN).await? {
             if frames.buffer.is_empty() {
                 break;
             }
-            state.stores.chunks.put_batch(user_id, std::mem::take(&mut batch)).await?;
+            state
+                .stores
+                .chunks
+                .put_batch(user_id, std::mem::take(&mut batch))
+                .await?;
             return Err(ApiError::bad_request(format!(
                 "the body ends inside a frame header after {stored} complete chunks"
             )));
@@ -210,7 +221,11 @@ async fn chunks_upload(
         let (hash, len) = decode_frame_header(&header).map_err(ApiError::bad_request)?;
         let len = len as usize;
         if !frames.fill(len).await? {
-            state.stores.chunks.put_batch(user_id, std::mem::take(&mut batch)).await?;
+            state
+                .stores
+                .chunks
+                .put_batch(user_id, std::mem::take(&mut batch))
+                .await?;
             return Err(ApiError::bad_request(format!(
                 "the body ends inside chunk {hash} after {stored} complete chunks"
             )));
@@ -328,6 +343,84 @@ async fn ops(
             .collect(),
         cursor: batch.cursor,
     }))
+}
+
+/// Takes or renews a lock: 200 with the lock, 400 for a bad TTL, 404 when nothing is at the path,
+/// 423 "... is locked by DEVICE since TIME" when another device's lock is in the way.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name, path = %body.0.path))]
+async fn take_lock(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<LockRequest>,
+) -> Result<Json<LockInfo>, ApiError> {
+    let Auth(principal) = auth;
+    let JsonBody(LockRequest { path, ttl_secs }) = body;
+    let outcome = state
+        .stores
+        .meta
+        .take_lock(
+            principal.user_id,
+            &principal.device_name,
+            &path,
+            ttl_secs,
+            now_ms(),
+        )
+        .await?;
+    lock_answer(&state, principal.user_id, outcome)
+}
+
+/// Releases (or with `force` breaks) a lock: 200 with the lock as it was, 404 "no lock on PATH",
+/// 423 with the holder's message when another device holds it and `force` is not set.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name, path = %body.0.path, force = body.0.force))]
+async fn release_lock(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<UnlockRequest>,
+) -> Result<Json<LockInfo>, ApiError> {
+    let Auth(principal) = auth;
+    let JsonBody(UnlockRequest { path, force }) = body;
+    let outcome = state
+        .stores
+        .meta
+        .release_lock(
+            principal.user_id,
+            &principal.device_name,
+            &path,
+            force,
+            now_ms(),
+        )
+        .await?;
+    lock_answer(&state, principal.user_id, outcome)
+}
+
+/// Wakes the user's long polls after a committed lock change, or turns a refusal into its
+/// status and message.
+fn lock_answer(
+    state: &AppState,
+    user_id: UserId,
+    outcome: LockOutcome,
+) -> Result<Json<LockInfo>, ApiError> {
+    let status = outcome.status();
+    match outcome {
+        LockOutcome::Done { lock, cursor } => {
+            state.hub.notify(user_id, cursor);
+            Ok(Json(lock))
+        }
+        LockOutcome::Invalid(message)
+        | LockOutcome::NotFound(message)
+        | LockOutcome::Locked(message) => Err(ApiError::new(
+            // The outcome's statuses are all valid HTTP statuses.
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message,
+        )),
+    }
+}
+
+/// Every lock of the user in force now.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name))]
+async fn locks(State(state): State<AppState>, auth: Auth) -> Result<Json<LocksResponse>, ApiError> {
+    let locks = state.stores.meta.locks(auth.0.user_id, now_ms()).await?;
+    Ok(Json(LocksResponse { locks }))
 }
 
 /// The server clock in milliseconds since the Unix epoch: the one clock that decides which locks

@@ -4,8 +4,9 @@ use reqwest::StatusCode;
 use std::time::{Duration, Instant};
 use syncstore_proto::{
     decode_frame_header, encode_frame_header, Change, ChangesResponse, ChunkHash, ChunkList,
-    ChunkRef, ContentHash, DeviceName, ErrorBody, Op, OpsRequest, OpsResponse, Precondition,
-    RelPath, Revision, TreeResponse, UploadResponse, UserName, WhoAmI, FRAME_HEADER_LEN,
+    ChunkRef, ContentHash, Cursor, DeviceName, ErrorBody, LockInfo, LockRequest, LocksResponse, Op,
+    OpsRequest, OpsResponse, Precondition, RelPath, RemoteEntry, Revision, TreeResponse,
+    UnlockRequest, UploadResponse, UserName, WhoAmI, FRAME_HEADER_LEN, MAX_LOCK_TTL_SECS,
 };
 use syncstore_server::{
     add_token, add_user, ensure_first_user, open_embedded_stores, run, serve, ChangeHub,
@@ -717,4 +718,388 @@ async fn admin_helpers() {
         .await
         .unwrap();
     assert_ne!(second, token);
+}
+
+/// Alice's laptop and phone, with `docs/a.txt` on the server.
+async fn two_devices_and_a_file(server: &TestServer) -> (String, String, RemoteEntry) {
+    let laptop = server.user("alice", "laptop").await;
+    let phone = add_token(
+        server.data_dir.path(),
+        &UserName::new("alice").unwrap(),
+        &DeviceName::new("phone").unwrap(),
+    )
+    .await
+    .unwrap();
+    let content = b"the plan".as_slice();
+    server.upload(&laptop, frames(&[content])).await;
+    let applied = server
+        .ops(
+            &laptop,
+            vec![put_file("docs/a.txt", Precondition::MustNotExist, content)],
+        )
+        .await;
+    assert_eq!(applied.results[0].status, 200);
+    let file = applied.results[0].entries[1].clone();
+    (laptop, phone, file)
+}
+
+/// Asserts that `message` reads `"PATH" is locked by DEVICE since YYYY-MM-DD HH:MM:SS`.
+fn assert_held_message(message: &str, path: &str, device: &str) {
+    let prefix = format!("\"{path}\" is locked by {device} since ");
+    let time = message
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{message:?} does not start with {prefix:?}"));
+    let shape: String = time
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "9999-99-99 99:99:99", "{message:?}");
+}
+
+#[tokio::test]
+async fn lock_endpoints_answer_200_400_404_423() {
+    let server = TestServer::start().await;
+    let (laptop, phone, _) = two_devices_and_a_file(&server).await;
+    let lock_at = |token: &str, body: serde_json::Value| {
+        server
+            .http
+            .post(server.url("/api/v1/locks"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+
+    let lock: LockInfo = lock_at(
+        &laptop,
+        serde_json::json!({"path": "docs/a.txt", "ttl_secs": 3600}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        (lock.path.as_str(), lock.device.as_str()),
+        ("docs/a.txt", "laptop")
+    );
+    assert_eq!(lock.expires_ms, Some(lock.since_ms + 3_600_000));
+
+    let cases = [
+        (
+            &phone,
+            serde_json::json!({"path": "docs/a.txt"}),
+            StatusCode::LOCKED,
+        ),
+        (
+            &phone,
+            serde_json::json!({"path": "docs/a.txt/x"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &laptop,
+            serde_json::json!({"path": "nothing"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &laptop,
+            serde_json::json!({"path": "docs/a.txt", "ttl_secs": 0}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &laptop,
+            serde_json::json!({"path": "docs/a.txt", "ttl_secs": MAX_LOCK_TTL_SECS + 1}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &laptop,
+            serde_json::json!({"path": "../etc"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (token, body, status) in cases {
+        let (got, message) = error_of(lock_at(token, body.clone()).await.unwrap()).await;
+        assert_eq!(got, status, "{body}: {message}");
+        assert!(!message.is_empty());
+    }
+    let (_, message) = error_of(
+        lock_at(&phone, serde_json::json!({"path": "docs/a.txt"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_held_message(&message, "docs/a.txt", "laptop");
+    // The directory above is out of reach too: the lock lies beneath it.
+    let (status, message) = error_of(
+        lock_at(&phone, serde_json::json!({"path": "docs"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::LOCKED);
+    assert_held_message(&message, "docs/a.txt", "laptop");
+
+    let listed: LocksResponse = server.get(&phone, "/api/v1/locks").await;
+    assert_eq!(listed.locks, std::slice::from_ref(&lock));
+    let tree: TreeResponse = server.get(&phone, "/api/v1/tree").await;
+    assert_eq!(tree.locks, std::slice::from_ref(&lock));
+
+    // Releasing: 404 without a lock, 423 for another device without force, 200 for the holder.
+    let release = |token: &str, body: serde_json::Value| {
+        server
+            .http
+            .post(server.url("/api/v1/locks/release"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let (status, message) = error_of(
+        release(&laptop, serde_json::json!({"path": "docs"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, message.as_str()),
+        (StatusCode::NOT_FOUND, "no lock on \"docs\"")
+    );
+    let (status, message) = error_of(
+        release(&phone, serde_json::json!({"path": "docs/a.txt"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::LOCKED);
+    assert_held_message(&message, "docs/a.txt", "laptop");
+    let released: LockInfo = release(&laptop, serde_json::json!({"path": "docs/a.txt"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(released, lock);
+    let listed: LocksResponse = server.get(&phone, "/api/v1/locks").await;
+    assert!(listed.locks.is_empty());
+
+    // Lock, then break with force: the journal names the breaker.
+    let _: LockInfo = server
+        .post(
+            &laptop,
+            "/api/v1/locks",
+            &LockRequest {
+                path: RelPath::new("docs").unwrap(),
+                ttl_secs: None,
+            },
+        )
+        .await;
+    let broken: LockInfo = server
+        .post(
+            &phone,
+            "/api/v1/locks/release",
+            &UnlockRequest {
+                path: RelPath::new("docs").unwrap(),
+                force: true,
+            },
+        )
+        .await;
+    assert_eq!(broken.device.as_str(), "laptop");
+    let changes: ChangesResponse = server.get(&laptop, "/api/v1/changes?since=2").await;
+    let summary: Vec<String> = changes
+        .changes
+        .iter()
+        .map(|change| match change {
+            Change::Lock { lock, .. } => format!("lock {} {}", lock.path, lock.device),
+            Change::Unlock {
+                path,
+                device,
+                broken_by,
+                ..
+            } => {
+                format!("unlock {path} {device} {broken_by:?}")
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "lock docs/a.txt laptop",
+            "unlock docs/a.txt laptop None",
+            "lock docs laptop",
+            "unlock docs laptop Some(\"phone\")",
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ops_on_a_locked_file_get_423_except_from_the_holder() {
+    let server = TestServer::start().await;
+    let (laptop, phone, file) = two_devices_and_a_file(&server).await;
+    let _: LockInfo = server
+        .post(
+            &laptop,
+            "/api/v1/locks",
+            &LockRequest {
+                path: file.path.clone(),
+                ttl_secs: None,
+            },
+        )
+        .await;
+    let cursor = server
+        .get::<TreeResponse>(&phone, "/api/v1/tree")
+        .await
+        .cursor;
+
+    let edit = b"phone's edit".as_slice();
+    server.upload(&phone, frames(&[edit])).await;
+    let refused = server
+        .ops(
+            &phone,
+            vec![
+                put_file("docs/a.txt", Precondition::Rev(file.rev), edit),
+                Op::Delete {
+                    path: file.path.clone(),
+                    base: file.rev,
+                },
+                Op::Move {
+                    from: RelPath::new("docs").unwrap(),
+                    to: RelPath::new("elsewhere").unwrap(),
+                    base: Revision(1),
+                },
+                put_file("free.txt", Precondition::MustNotExist, edit),
+            ],
+        )
+        .await;
+    let statuses: Vec<u16> = refused.results.iter().map(|result| result.status).collect();
+    assert_eq!(statuses, [423, 423, 423, 200]);
+    for result in &refused.results[..3] {
+        assert_held_message(&result.message, "docs/a.txt", "laptop");
+    }
+    assert_eq!(refused.cursor.0, cursor.0 + 1);
+
+    let own = server
+        .ops(
+            &laptop,
+            vec![put_file("docs/a.txt", Precondition::Rev(file.rev), edit)],
+        )
+        .await;
+    assert_eq!(own.results[0].status, 200, "{}", own.results[0].message);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn long_poll_wakes_when_another_device_locks() {
+    let server = TestServer::start().await;
+    let (laptop, phone, file) = two_devices_and_a_file(&server).await;
+    let since = server
+        .get::<TreeResponse>(&phone, "/api/v1/tree")
+        .await
+        .cursor;
+    let poll = {
+        let request = server
+            .http
+            .get(server.url(&format!("/api/v1/changes?since={since}&timeout_ms=60000")))
+            .bearer_auth(&phone);
+        tokio::spawn(async move {
+            request
+                .send()
+                .await
+                .unwrap()
+                .json::<ChangesResponse>()
+                .await
+                .unwrap()
+        })
+    };
+    server.wait_for_long_poll("alice").await;
+    let lock: LockInfo = server
+        .post(
+            &laptop,
+            "/api/v1/locks",
+            &LockRequest {
+                path: file.path.clone(),
+                ttl_secs: Some(60),
+            },
+        )
+        .await;
+    let woken = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        woken.changes,
+        [Change::Lock {
+            cursor: Cursor(since.0 + 1),
+            lock
+        }]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_lock_survives_a_server_restart() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (_, _, token) = ensure_first_user(data_dir.path()).await.unwrap().unwrap();
+    let http = reqwest::Client::new();
+    let mut taken = None;
+    for round in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(run(
+            listener,
+            ServerConfig::new(data_dir.path().to_owned()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        if round == 0 {
+            let made: OpsResponse = http
+                .post(format!("{base}/api/v1/ops"))
+                .bearer_auth(&token)
+                .json(&OpsRequest {
+                    ops: vec![Op::MakeDir {
+                        path: RelPath::new("d").unwrap(),
+                        mtime_ms: 1,
+                    }],
+                })
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(made.results[0].status, 200);
+            let lock: LockInfo = http
+                .post(format!("{base}/api/v1/locks"))
+                .bearer_auth(&token)
+                .json(&LockRequest {
+                    path: RelPath::new("d").unwrap(),
+                    ttl_secs: None,
+                })
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            taken = Some(lock);
+        } else {
+            let listed: LocksResponse = http
+                .get(format!("{base}/api/v1/locks"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(listed.locks, taken.iter().cloned().collect::<Vec<_>>());
+        }
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 }
