@@ -8,13 +8,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, EntryKind, NodeId, Op, OpsResponse, RelPath, RemoteEntry,
+    Change, ChunkHash, Cursor, DeviceName, EntryKind, LockInfo, NodeId, Op, OpsResponse, RelPath,
+    RemoteEntry,
 };
 use syncstore_store::ops::{apply_batch, Txn};
 use syncstore_store::{StoreError, UserId};
 
 /// The one user every simulated device belongs to.
 const USER: UserId = UserId(1);
+
+/// The server clock the op rules see. The simulation takes no locks (yet), so no lock can be in
+/// force and any fixed time will do.
+const NOW_MS: i64 = 0;
 
 /// The node tree, journal and chunk bytes of one user.
 #[derive(Default)]
@@ -36,7 +41,7 @@ impl Server {
             .filter(|hash| !self.chunks.contains_key(hash))
             .collect();
         // MemTxn never fails, so neither does the batch.
-        let outcome = apply_batch(&mut self.meta, USER, device, ops, &missing)
+        let outcome = apply_batch(&mut self.meta, USER, device, ops, &missing, NOW_MS)
             .expect("the in-memory txn cannot fail");
         OpsResponse {
             results: outcome
@@ -106,6 +111,7 @@ struct MemTxn {
     cursor: u64,
     next_node: u64,
     journal: Vec<Change>,
+    locks: BTreeMap<RelPath, LockInfo>,
     /// The state at `begin_op`, restored by `end_op(false)` (a `SAVEPOINT`).
     savepoint: Option<Box<MemTxn>>,
 }
@@ -187,6 +193,31 @@ impl Txn for MemTxn {
             "one journal row per cursor"
         );
         self.journal.push(change.clone());
+        Ok(())
+    }
+
+    fn serialize_writes(&mut self, _: UserId) -> Result<(), StoreError> {
+        // One simulated server, one thread: there is no other writer.
+        Ok(())
+    }
+
+    fn lock_rows(&mut self, _: UserId) -> Result<Vec<LockInfo>, StoreError> {
+        Ok(self.locks.values().cloned().collect())
+    }
+
+    fn insert_lock(&mut self, _: UserId, lock: &LockInfo) -> Result<(), StoreError> {
+        if self.locks.contains_key(&lock.path) {
+            return Err(StoreError::Corrupt(format!(
+                "{} is locked twice",
+                lock.path
+            )));
+        }
+        self.locks.insert(lock.path.clone(), lock.clone());
+        Ok(())
+    }
+
+    fn remove_lock(&mut self, _: UserId, path: &RelPath) -> Result<(), StoreError> {
+        self.locks.remove(path);
         Ok(())
     }
 }
