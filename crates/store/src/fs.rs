@@ -67,11 +67,17 @@ impl ChunkStore for FsChunkStore {
     }
 
     #[tracing::instrument(skip_all, fields(n_chunks = chunks.len()))]
-    async fn put_batch(&self, user_id: UserId, chunks: Vec<(ChunkHash, Bytes)>) -> Result<(), StoreError> {
+    async fn put_batch(
+        &self,
+        user_id: UserId,
+        chunks: Vec<(ChunkHash, Bytes)>,
+    ) -> Result<(), StoreError> {
         let root = self.root.clone();
         let user_dir = self.user_dir(user_id);
-        let chunks: Vec<(PathBuf, ChunkHash, Bytes)> =
-            chunks.into_iter().map(|(hash, bytes)| (self.chunk_path(user_id, &hash), hash, bytes)).collect();
+        let chunks: Vec<(PathBuf, ChunkHash, Bytes)> = chunks
+            .into_iter()
+            .map(|(hash, bytes)| (self.chunk_path(user_id, &hash), hash, bytes))
+            .collect();
         tokio::task::spawn_blocking(move || write_chunk_batch(&root, &user_dir, chunks))
             .await
             .map_err(|err| StoreError::Worker(err.to_string()))?
@@ -140,7 +146,11 @@ impl ChunkStore for FsChunkStore {
 /// in its final directory unsynced, one `syncfs` makes their bytes durable, they are renamed
 /// into place, and a second `syncfs` makes the names durable. Same guarantee as
 /// [`write_chunk`] per chunk, at a fraction of the cost for many small chunks.
-fn write_chunk_batch(root: &Path, user_dir: &Path, chunks: Vec<(PathBuf, ChunkHash, Bytes)>) -> Result<(), StoreError> {
+fn write_chunk_batch(
+    root: &Path,
+    user_dir: &Path,
+    chunks: Vec<(PathBuf, ChunkHash, Bytes)>,
+) -> Result<(), StoreError> {
     let mut pending = Vec::new();
     for (path, hash, bytes) in chunks {
         if bytes.len() > MAX_CHUNK_LEN as usize {
@@ -148,20 +158,34 @@ fn write_chunk_batch(root: &Path, user_dir: &Path, chunks: Vec<(PathBuf, ChunkHa
         }
         let actual = ChunkHash(*blake3::hash(&bytes).as_bytes());
         if actual != hash {
-            return Err(StoreError::HashMismatch { claimed: hash, actual });
+            return Err(StoreError::HashMismatch {
+                claimed: hash,
+                actual,
+            });
         }
-        if path.try_exists().map_err(|source| io_error(format!("could not check {}", path.display()), source))? {
+        if path
+            .try_exists()
+            .map_err(|source| io_error(format!("could not check {}", path.display()), source))?
+        {
             continue;
         }
         let Some(dir) = path.parent() else {
-            return Err(StoreError::Corrupt(format!("chunk path {} has no parent", path.display())));
+            return Err(StoreError::Corrupt(format!(
+                "chunk path {} has no parent",
+                path.display()
+            )));
         };
         ensure_dir(user_dir)?;
         ensure_dir(dir)?;
-        let mut temp = tempfile::NamedTempFile::new_in(dir)
-            .map_err(|source| io_error(format!("could not create a temp file in {}", dir.display()), source))?;
-        temp.write_all(&bytes)
-            .map_err(|source| io_error(format!("could not write {}", temp.path().display()), source))?;
+        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|source| {
+            io_error(
+                format!("could not create a temp file in {}", dir.display()),
+                source,
+            )
+        })?;
+        temp.write_all(&bytes).map_err(|source| {
+            io_error(format!("could not write {}", temp.path().display()), source)
+        })?;
         pending.push((temp, path));
     }
     if pending.is_empty() {
@@ -169,8 +193,12 @@ fn write_chunk_batch(root: &Path, user_dir: &Path, chunks: Vec<(PathBuf, ChunkHa
     }
     sync_filesystem(root)?;
     for (temp, path) in pending {
-        temp.persist(&path)
-            .map_err(|err| io_error(format!("could not rename a temp file to {}", path.display()), err.error))?;
+        temp.persist(&path).map_err(|err| {
+            io_error(
+                format!("could not rename a temp file to {}", path.display()),
+                err.error,
+            )
+        })?;
     }
     sync_filesystem(root)
 }
@@ -178,10 +206,14 @@ fn write_chunk_batch(root: &Path, user_dir: &Path, chunks: Vec<(PathBuf, ChunkHa
 /// `syncfs(2)`: flushes every dirty page and the journal of the filesystem holding `root`.
 fn sync_filesystem(root: &Path) -> Result<(), StoreError> {
     use std::os::fd::AsRawFd;
-    let dir = File::open(root).map_err(|source| io_error(format!("could not open {}", root.display()), source))?;
+    let dir = File::open(root)
+        .map_err(|source| io_error(format!("could not open {}", root.display()), source))?;
     // SAFETY: the descriptor is open for the duration of the call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io_error(format!("could not sync the filesystem of {}", root.display()), io::Error::last_os_error()));
+        return Err(io_error(
+            format!("could not sync the filesystem of {}", root.display()),
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

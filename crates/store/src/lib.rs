@@ -428,7 +428,11 @@ pub trait ChunkStore: Send + Sync {
     ///
     /// # Errors
     /// As [`ChunkStore::put`]; chunks before the failing one may have been stored.
-    async fn put_batch(&self, user_id: UserId, chunks: Vec<(ChunkHash, Bytes)>) -> Result<(), StoreError> {
+    async fn put_batch(
+        &self,
+        user_id: UserId,
+        chunks: Vec<(ChunkHash, Bytes)>,
+    ) -> Result<(), StoreError> {
         for (hash, bytes) in chunks {
             self.put(user_id, &hash, bytes).await?;
         }
