@@ -121,7 +121,9 @@ fn locked_file_is_read_only_elsewhere_and_edits_wait_for_unlock() {
 fn delete_held_back_by_a_lock_is_never_replayed_over_a_newer_version() {
     let t = two_devices();
     write(&t.a_dir.join("design.txt"), "draft");
-    wait_until("file on B", || read(&t.b_dir.join("design.txt")).is_some());
+    // Another file, so that B's delete does not empty its folder (that is row 29's guard, not a lock).
+    write(&t.a_dir.join("readme.txt"), "keep");
+    wait_until("files on B", || read(&t.b_dir.join("design.txt")).is_some() && read(&t.b_dir.join("readme.txt")).is_some());
     ok(cli_in(&t.a_dir, &["lock", "design.txt"]));
     wait_until("read-only on B", || is_read_only(&t.b_dir.join("design.txt")));
     std::fs::remove_file(t.b_dir.join("design.txt")).unwrap();

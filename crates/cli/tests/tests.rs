@@ -6,5 +6,5 @@ mod util;
 
 mod bench_smoke;
 mod cli;
-// mod locks; (enabled once the server side of locks lands)
+mod locks;
 mod sync;

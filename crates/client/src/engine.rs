@@ -64,6 +64,8 @@ pub struct Engine {
     device: Option<DeviceName>,
     retry_soon: bool,
     notices: Vec<String>,
+    /// Files checked for deletion whose base entry is already gone: path → stamp when checked.
+    cleared_for_delete: HashMap<RelPath, Stamp>,
 }
 
 impl Engine {
@@ -89,7 +91,7 @@ impl Engine {
                 cache.insert(path.clone(), Stamp { size: node.size, mtime_ns: node.mtime_ns, inode: node.inode }, hash);
             }
         }
-        Ok(Engine { root: root.to_path_buf(), tmp_dir, api, state, remote: None, cache, device: None, retry_soon: false, notices: Vec::new() })
+        Ok(Engine { root: root.to_path_buf(), tmp_dir, api, state, remote: None, cache, device: None, retry_soon: false, notices: Vec::new(), cleared_for_delete: HashMap::new() })
     }
 
     /// The synced folder.
@@ -387,6 +389,8 @@ impl Engine {
                 Kind::Upload => self.execute_uploads(run).await?,
                 Kind::Download => self.execute_downloads(run).await?,
                 Kind::Local => {
+                    let cleared = tokio::task::block_in_place(|| self.clear_base_before_deletes(&run))?;
+                    self.cleared_for_delete = cleared;
                     let mut n = 0;
                     for op in run {
                         match tokio::task::block_in_place(|| self.execute_local(&op)) {
@@ -752,6 +756,36 @@ impl Engine {
         Ok(true)
     }
 
+    /// For every `DeleteLocal` in `run` whose file still holds what the plan expected (or is
+    /// gone), drops the path from base and commits that *before* any file is deleted: a crash
+    /// in between then brings a file back (uploaded again) instead of leaving a stale base entry
+    /// that a later rename could turn into a remote delete (found by the simulation, seed 1479).
+    /// Returns the stamp each file had when checked.
+    fn clear_base_before_deletes(&mut self, run: &[PlanOp]) -> anyhow::Result<HashMap<RelPath, Stamp>> {
+        let mut cleared = HashMap::new();
+        for op in run {
+            let PlanOp::DeleteLocal { path, expect_hash } = op else { continue };
+            let full = safe_join(&self.root, path)?;
+            let stamp = match stamp_of(&full) {
+                Ok(stamp) => stamp,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    self.state.remove(path)?;
+                    continue;
+                }
+                Err(err) => return Err(err).with_context(|| format!("could not stat {}", full.display())),
+            };
+            if self.local_file_has(path, &full, *expect_hash)? {
+                self.state.remove(path)?;
+                cleared.insert(path.clone(), stamp);
+            }
+        }
+        if !cleared.is_empty() {
+            self.state.commit_batch()?;
+            self.state.begin_batch()?;
+        }
+        Ok(cleared)
+    }
+
     /// Whether the local file at `full` holds `expected`, re-hashing only if its stamp changed.
     fn local_file_has(&mut self, path: &RelPath, full: &Path, expected: ContentHash) -> anyhow::Result<bool> {
         let stamp = match stamp_of(full) {
@@ -771,19 +805,21 @@ impl Engine {
 
     fn execute_local(&mut self, op: &PlanOp) -> anyhow::Result<bool> {
         match op {
-            PlanOp::DeleteLocal { path, expect_hash } => {
+            PlanOp::DeleteLocal { path, .. } => {
+                // Base was cleared (durably) when the file was checked; delete it only if it has
+                // not changed since. If it has, it stays, and without a base entry the next plan
+                // uploads it: an edit beats a delete.
+                let Some(checked) = self.cleared_for_delete.remove(path) else { return Ok(false) };
                 let full = safe_join(&self.root, path)?;
-                if !self.local_file_has(path, &full, *expect_hash)? {
-                    // Gone already counts as done; changed means the next plan decides again.
-                    if std::fs::symlink_metadata(&full).is_err() {
-                        self.state.remove(path)?;
-                        return Ok(true);
+                match stamp_of(&full) {
+                    Ok(now) if now == checked => {
+                        std::fs::remove_file(&full).with_context(|| format!("could not delete {}", full.display()))?;
+                        Ok(true)
                     }
-                    return Ok(false);
+                    Ok(_) => Ok(false),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(true),
+                    Err(err) => Err(err).with_context(|| format!("could not stat {}", full.display())),
                 }
-                std::fs::remove_file(&full).with_context(|| format!("could not delete {}", full.display()))?;
-                self.state.remove(path)?;
-                Ok(true)
             }
             PlanOp::MakeDirLocal { path, remote } => {
                 let full = safe_join(&self.root, path)?;

@@ -891,17 +891,19 @@ impl Device {
                     }
                     Err(message) => return Ok(Err(message)),
                 }
-                if let Err(err) = self.disk.remove_file(path, now) {
-                    return Ok(Err(format!("could not delete: {err:?}")));
-                }
+                // As `Engine::clear_base_before_deletes`: base forgets the path (durably) before
+                // the file is deleted, so a crash in between brings the file back.
+                self.base.remove(path);
                 if env.torn() {
                     env.log(
                         &self.name,
-                        format!("deleted {path}, crashing before base is saved"),
+                        format!("forgot {path} in base, crashing before deleting it"),
                     );
                     return Err(Abort::Crash);
                 }
-                self.base.remove(path);
+                if let Err(err) = self.disk.remove_file(path, now) {
+                    return Ok(Err(format!("could not delete: {err:?}")));
+                }
                 Ok(Ok(true))
             }
             PlanOp::MakeDirLocal { path, remote } => {
