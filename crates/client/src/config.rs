@@ -16,7 +16,10 @@ pub struct FolderConfig {
 
 impl std::fmt::Debug for FolderConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FolderConfig").field("servers", &self.servers).field("token", &"<redacted>").finish()
+        f.debug_struct("FolderConfig")
+            .field("servers", &self.servers)
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 
@@ -39,9 +42,12 @@ impl FolderConfig {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err).with_context(|| format!("could not read {}", path.display())),
+            Err(err) => {
+                return Err(err).with_context(|| format!("could not read {}", path.display()))
+            }
         };
-        let config = serde_json::from_str(&text).with_context(|| format!("could not parse {}", path.display()))?;
+        let config = serde_json::from_str(&text)
+            .with_context(|| format!("could not parse {}", path.display()))?;
         Ok(Some(config))
     }
 

@@ -55,13 +55,22 @@ pub async fn run_once(engine: &mut Engine) -> anyhow::Result<PassReport> {
 ///
 /// # Errors
 /// When the token is refused or the watcher cannot start; unreachable servers are retried.
-pub async fn run(mut engine: Engine, options: DaemonOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    mut engine: Engine,
+    options: DaemonOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let root = engine_root(&engine);
     let local_dirty = Arc::new(Notify::new());
     let remote_dirty = Arc::new(Notify::new());
     let _watcher = start_watcher(&root, local_dirty.clone())?;
     let (cursor_tx, cursor_rx) = watch::channel(None::<Cursor>);
-    let poller = tokio::spawn(long_poll(engine.api().clone(), cursor_rx, remote_dirty.clone(), shutdown.clone()));
+    let poller = tokio::spawn(long_poll(
+        engine.api().clone(),
+        cursor_rx,
+        remote_dirty.clone(),
+        shutdown.clone(),
+    ));
 
     let mut next_scan = Instant::now() + options.scan_interval;
     let mut retry_at: Option<Instant>;
@@ -78,7 +87,11 @@ pub async fn run(mut engine: Engine, options: DaemonOptions, shutdown: Cancellat
             Ok(report) => {
                 backoff = Duration::from_millis(500);
                 if report.applied > 0 {
-                    tracing::info!(applied = report.applied, in_sync = report.in_sync, "sync pass done");
+                    tracing::info!(
+                        applied = report.applied,
+                        in_sync = report.in_sync,
+                        "sync pass done"
+                    );
                 }
                 if report.blocked != last_blocked {
                     for blocked in &report.blocked {
@@ -101,7 +114,7 @@ pub async fn run(mut engine: Engine, options: DaemonOptions, shutdown: Cancellat
             }
         }
         engine.take_notices(); // Already logged; the daemon has nobody else to tell.
-        // A lock that ends by itself changes what may be uploaded: pass again right then.
+                               // A lock that ends by itself changes what may be uploaded: pass again right then.
         let lock_expiry = engine.next_lock_expiry_ms().map(|end_ms| {
             let wait_ms = (end_ms - chrono::Utc::now().timestamp_millis()).max(0) as u64 + 50;
             Instant::now() + Duration::from_millis(wait_ms)
@@ -146,22 +159,26 @@ async fn debounce(local_dirty: &Notify) {
     }
 }
 
-fn start_watcher(root: &Path, local_dirty: Arc<Notify>) -> anyhow::Result<notify::RecommendedWatcher> {
+fn start_watcher(
+    root: &Path,
+    local_dirty: Arc<Notify>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let meta_dir = root.join(META_DIR);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) => {
-            if event.paths.is_empty() || event.paths.iter().any(|p| !p.starts_with(&meta_dir)) {
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) => {
+                if event.paths.is_empty() || event.paths.iter().any(|p| !p.starts_with(&meta_dir)) {
+                    local_dirty.notify_one();
+                }
+            }
+            Err(err) => {
+                // The queue overflowed or similar: a rescan finds whatever was missed.
+                tracing::warn!(cause = %err, "watcher error; rescanning");
                 local_dirty.notify_one();
             }
-        }
-        Err(err) => {
-            // The queue overflowed or similar: a rescan finds whatever was missed.
-            tracing::warn!(cause = %err, "watcher error; rescanning");
-            local_dirty.notify_one();
-        }
-    })
-    .map_err(|err| anyhow::anyhow!("could not start the file watcher: {err}"))?;
+        })
+        .map_err(|err| anyhow::anyhow!("could not start the file watcher: {err}"))?;
     watcher
         .watch(root, notify::RecursiveMode::Recursive)
         .map_err(|err| anyhow::anyhow!("could not watch {}: {err}", root.display()))?;
@@ -169,7 +186,12 @@ fn start_watcher(root: &Path, local_dirty: Arc<Notify>) -> anyhow::Result<notify
 }
 
 /// Long-polls the change feed and wakes the control loop when something changed remotely.
-async fn long_poll(api: Arc<ApiClient>, mut engine_cursor: watch::Receiver<Option<Cursor>>, remote_dirty: Arc<Notify>, shutdown: CancellationToken) {
+async fn long_poll(
+    api: Arc<ApiClient>,
+    mut engine_cursor: watch::Receiver<Option<Cursor>>,
+    remote_dirty: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut seen: Option<Cursor> = None;
     let mut backoff = Duration::from_millis(500);
     loop {

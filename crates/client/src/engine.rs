@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncstore_plan::{BaseNode, Blocked, LocalNode, Plan, PlanInput, PlanOp, RemoteNode};
 use syncstore_proto::{
-    encode_frame_header, ChunkHash, ChunkRef, ContentHash, DeviceName, EntryKind, Op, OpResult, Precondition, RelPath,
-    RemoteEntry, Revision,
+    encode_frame_header, ChunkHash, ChunkRef, ContentHash, DeviceName, EntryKind, Op, OpResult,
+    Precondition, RelPath, RemoteEntry, Revision,
 };
 
 /// Most rounds of plan-and-apply in one pass before waiting for the next trigger.
@@ -88,10 +88,29 @@ impl Engine {
         let mut cache = HashCache::default();
         for (path, node) in &state.base {
             if let Some(hash) = node.hash {
-                cache.insert(path.clone(), Stamp { size: node.size, mtime_ns: node.mtime_ns, inode: node.inode }, hash);
+                cache.insert(
+                    path.clone(),
+                    Stamp {
+                        size: node.size,
+                        mtime_ns: node.mtime_ns,
+                        inode: node.inode,
+                    },
+                    hash,
+                );
             }
         }
-        Ok(Engine { root: root.to_path_buf(), tmp_dir, api, state, remote: None, cache, device: None, retry_soon: false, notices: Vec::new(), cleared_for_delete: HashMap::new() })
+        Ok(Engine {
+            root: root.to_path_buf(),
+            tmp_dir,
+            api,
+            state,
+            remote: None,
+            cache,
+            device: None,
+            retry_soon: false,
+            notices: Vec::new(),
+            cleared_for_delete: HashMap::new(),
+        })
     }
 
     /// The synced folder.
@@ -116,7 +135,11 @@ impl Engine {
         }
         if self.remote.is_none() {
             let tree = self.api.tree().await?;
-            self.remote = Some(RemoteTree::from_listing(tree.cursor, tree.entries, tree.locks));
+            self.remote = Some(RemoteTree::from_listing(
+                tree.cursor,
+                tree.entries,
+                tree.locks,
+            ));
             self.check_my_locks();
         }
         Ok(())
@@ -132,7 +155,9 @@ impl Engine {
             let cursor = self.remote.as_ref().map(|r| r.cursor).unwrap_or_default();
             let page = self.api.changes(cursor, Duration::ZERO).await?;
             if page.reset {
-                tracing::warn!("the server's journal does not know our cursor; reloading the whole tree");
+                tracing::warn!(
+                    "the server's journal does not know our cursor; reloading the whole tree"
+                );
                 self.remote = None;
                 self.connect().await?;
                 continue;
@@ -171,11 +196,18 @@ impl Engine {
         let root = self.root.clone();
         let cache = &mut self.cache;
         let mut result = tokio::task::block_in_place(|| scan(&root, &rules, cache));
-        if result.skipped.iter().any(|s| s.reason.contains("retrying later")) {
+        if result
+            .skipped
+            .iter()
+            .any(|s| s.reason.contains("retrying later"))
+        {
             self.retry_soon = true;
         }
         // Remote and base paths the rules exclude are never planned either.
-        let remote_paths = self.remote.iter().flat_map(|r| r.by_path.values().map(|e| (&e.path, e.kind)));
+        let remote_paths = self
+            .remote
+            .iter()
+            .flat_map(|r| r.by_path.values().map(|e| (&e.path, e.kind)));
         let base_paths = self.state.base.iter().map(|(p, n)| (p, n.kind));
         for (path, kind) in remote_paths.chain(base_paths) {
             if rules.is_ignored(path, kind) {
@@ -188,7 +220,9 @@ impl Engine {
     /// Locks in force now that another device holds.
     pub fn locked_by_others(&self) -> BTreeMap<RelPath, DeviceName> {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let Some(remote) = self.remote.as_ref() else { return BTreeMap::new() };
+        let Some(remote) = self.remote.as_ref() else {
+            return BTreeMap::new();
+        };
         remote
             .locks
             .values()
@@ -200,16 +234,25 @@ impl Engine {
     /// When the next lock in force ends by itself (a pass is due then), in ms since the epoch.
     pub fn next_lock_expiry_ms(&self) -> Option<i64> {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        self.remote.as_ref()?.locks.values().filter_map(|lock| lock.expires_ms).filter(|end| *end > now_ms).min()
+        self.remote
+            .as_ref()?
+            .locks
+            .values()
+            .filter_map(|lock| lock.expires_ms)
+            .filter(|end| *end > now_ms)
+            .min()
     }
 
     /// Reports locks of this device that are gone: broken by another device (from the journal)
     /// or missing from a fresh listing (released, broken or expired while we were away).
     fn check_my_locks(&mut self) {
-        let (Some(remote), Some(me)) = (self.remote.as_mut(), self.device.as_ref()) else { return };
+        let (Some(remote), Some(me)) = (self.remote.as_mut(), self.device.as_ref()) else {
+            return;
+        };
         for (path, breaker) in remote.broken_locks.drain(..) {
             tracing::warn!(%path, by = %breaker, "your lock on {path} was broken by {breaker}");
-            self.notices.push(format!("your lock on {path} was broken by {breaker}"));
+            self.notices
+                .push(format!("your lock on {path} was broken by {breaker}"));
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let held: BTreeMap<RelPath, i64> = remote
@@ -223,9 +266,15 @@ impl Engine {
             remembered.remove(&path);
         }
         for path in remembered.keys() {
-            if !held.contains_key(path) && !self.notices.iter().any(|n| n.contains(&format!(" {path} "))) {
+            if !held.contains_key(path)
+                && !self
+                    .notices
+                    .iter()
+                    .any(|n| n.contains(&format!(" {path} ")))
+            {
                 tracing::warn!(%path, "your lock on {path} is no longer held (released, broken or expired)");
-                self.notices.push(format!("your lock on {path} is no longer held"));
+                self.notices
+                    .push(format!("your lock on {path} is no longer held"));
             }
         }
         if held != remembered {
@@ -251,11 +300,17 @@ impl Engine {
             if node.kind != EntryKind::File || !covered(path, &locked) {
                 continue;
             }
-            let Ok(full) = safe_join(&self.root, path) else { continue };
-            let Ok(meta) = std::fs::symlink_metadata(&full) else { continue };
+            let Ok(full) = safe_join(&self.root, path) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::symlink_metadata(&full) else {
+                continue;
+            };
             let mode = meta.permissions().mode() & 0o7777;
             if mode & 0o222 != 0 {
-                if std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode & !0o222)).is_ok() {
+                if std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode & !0o222))
+                    .is_ok()
+                {
                     remembered.entry(path.clone()).or_insert(mode);
                     changed = true;
                 }
@@ -263,7 +318,11 @@ impl Engine {
                 remembered.entry(path.clone()).or_insert(mode | 0o200);
             }
         }
-        let released: Vec<RelPath> = remembered.keys().filter(|p| !covered(p, &locked)).cloned().collect();
+        let released: Vec<RelPath> = remembered
+            .keys()
+            .filter(|p| !covered(p, &locked))
+            .cloned()
+            .collect();
         for path in released {
             let mode = remembered.remove(&path).expect("key just listed");
             changed = true;
@@ -283,7 +342,10 @@ impl Engine {
     fn make_plan(&self, scan: &Scan, remote: &BTreeMap<RelPath, RemoteNode>) -> Plan {
         let now_stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
         let locked_by_others = self.locked_by_others();
-        let device = self.device.clone().unwrap_or_else(|| DeviceName::new("device").expect("valid"));
+        let device = self
+            .device
+            .clone()
+            .unwrap_or_else(|| DeviceName::new("device").expect("valid"));
         syncstore_plan::plan(&PlanInput {
             base: &self.state.base,
             local: &scan.local,
@@ -335,7 +397,8 @@ impl Engine {
                 self.apply_lock_modes(&scan);
                 // Skipped entries (symlinks, unreadable files, unsyncable names) mean the two sides
                 // are not identical, even when there is nothing left to do about it.
-                report.in_sync = plan.blocked.is_empty() && scan.root_ok && report.skipped.is_empty();
+                report.in_sync =
+                    plan.blocked.is_empty() && scan.root_ok && report.skipped.is_empty();
                 report.retry_soon = self.retry_soon;
                 return Ok(report);
             }
@@ -362,7 +425,11 @@ impl Engine {
         Ok(applied)
     }
 
-    async fn execute_runs(&mut self, ops: &mut std::iter::Peekable<std::vec::IntoIter<PlanOp>>, applied: &mut usize) -> anyhow::Result<()> {
+    async fn execute_runs(
+        &mut self,
+        ops: &mut std::iter::Peekable<std::vec::IntoIter<PlanOp>>,
+        applied: &mut usize,
+    ) -> anyhow::Result<()> {
         #[derive(PartialEq, Clone, Copy)]
         enum Kind {
             Remote,
@@ -372,7 +439,9 @@ impl Engine {
         }
         fn kind_of(op: &PlanOp) -> Kind {
             match op {
-                PlanOp::DeleteRemote { .. } | PlanOp::MakeDirRemote { .. } | PlanOp::MoveRemote { .. } => Kind::Remote,
+                PlanOp::DeleteRemote { .. }
+                | PlanOp::MakeDirRemote { .. }
+                | PlanOp::MoveRemote { .. } => Kind::Remote,
                 PlanOp::Upload { .. } => Kind::Upload,
                 PlanOp::Download { .. } => Kind::Download,
                 _ => Kind::Local,
@@ -389,7 +458,8 @@ impl Engine {
                 Kind::Upload => self.execute_uploads(run).await?,
                 Kind::Download => self.execute_downloads(run).await?,
                 Kind::Local => {
-                    let cleared = tokio::task::block_in_place(|| self.clear_base_before_deletes(&run))?;
+                    let cleared =
+                        tokio::task::block_in_place(|| self.clear_base_before_deletes(&run))?;
                     self.cleared_for_delete = cleared;
                     let mut n = 0;
                     for op in run {
@@ -397,7 +467,11 @@ impl Engine {
                             Ok(true) => n += 1,
                             Ok(false) => self.retry_soon = true,
                             Err(err) => {
-                                tracing::warn!(?op, cause = format!("{err:#}"), "local step failed");
+                                tracing::warn!(
+                                    ?op,
+                                    cause = format!("{err:#}"),
+                                    "local step failed"
+                                );
                                 self.retry_soon = true;
                             }
                         }
@@ -414,7 +488,11 @@ impl Engine {
     }
 
     /// Sends ops in batches and hands each result to `on_result`; counts the applied ones.
-    async fn send_ops(&mut self, ops: Vec<Op>, mut on_result: impl FnMut(&mut Engine, usize, &OpResult, Revision) -> anyhow::Result<()>) -> anyhow::Result<usize> {
+    async fn send_ops(
+        &mut self,
+        ops: Vec<Op>,
+        mut on_result: impl FnMut(&mut Engine, usize, &OpResult, Revision) -> anyhow::Result<()>,
+    ) -> anyhow::Result<usize> {
         let mut applied = 0;
         let mut offset = 0;
         let mut ops = ops;
@@ -423,7 +501,11 @@ impl Engine {
             let batch = std::mem::replace(&mut ops, rest);
             let n = batch.len();
             let response = self.api.ops(batch.clone()).await?;
-            anyhow::ensure!(response.results.len() == n, "server answered {} results for {n} ops", response.results.len());
+            anyhow::ensure!(
+                response.results.len() == n,
+                "server answered {} results for {n} ops",
+                response.results.len()
+            );
             let cursor = Revision(response.cursor.0);
             for (idx, (op, result)) in batch.iter().zip(&response.results).enumerate() {
                 if result.status == 200 {
@@ -448,12 +530,22 @@ impl Engine {
         let mut ops = Vec::new();
         for op in &run {
             ops.push(match op {
-                PlanOp::DeleteRemote { path, rev } => Op::Delete { path: path.clone(), base: *rev },
-                PlanOp::MoveRemote { from, to, rev } => Op::Move { from: from.clone(), to: to.clone(), base: *rev },
+                PlanOp::DeleteRemote { path, rev } => Op::Delete {
+                    path: path.clone(),
+                    base: *rev,
+                },
+                PlanOp::MoveRemote { from, to, rev } => Op::Move {
+                    from: from.clone(),
+                    to: to.clone(),
+                    base: *rev,
+                },
                 PlanOp::MakeDirRemote { path } => {
                     let full = safe_join(&self.root, path)?;
                     let mtime_ms = stamp_of(&full).map(|s| s.mtime_ns / 1_000_000).unwrap_or(0);
-                    Op::MakeDir { path: path.clone(), mtime_ms }
+                    Op::MakeDir {
+                        path: path.clone(),
+                        mtime_ms,
+                    }
                 }
                 _ => unreachable!("only remote ops are batched here"),
             });
@@ -475,9 +567,21 @@ impl Engine {
                 }
                 PlanOp::MakeDirRemote { path } => {
                     let full = safe_join(&engine.root, path)?;
-                    let stamp = stamp_of(&full).unwrap_or(Stamp { size: 0, mtime_ns: 0, inode: 0 });
+                    let stamp = stamp_of(&full).unwrap_or(Stamp {
+                        size: 0,
+                        mtime_ns: 0,
+                        inode: 0,
+                    });
                     if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
-                        let node = BaseNode { kind: EntryKind::Dir, hash: None, node_id: entry.node_id, rev: entry.rev, size: 0, mtime_ns: stamp.mtime_ns, inode: stamp.inode };
+                        let node = BaseNode {
+                            kind: EntryKind::Dir,
+                            hash: None,
+                            node_id: entry.node_id,
+                            rev: entry.rev,
+                            size: 0,
+                            mtime_ns: stamp.mtime_ns,
+                            inode: stamp.inode,
+                        };
                         engine.state.put(path, node, Vec::new())?;
                     }
                 }
@@ -495,7 +599,12 @@ impl Engine {
                 if node.node_id == entry.node_id && node.rev != entry.rev {
                     let mut node = node.clone();
                     node.rev = entry.rev;
-                    let chunks = self.state.base_chunks.get(&entry.path).cloned().unwrap_or_default();
+                    let chunks = self
+                        .state
+                        .base_chunks
+                        .get(&entry.path)
+                        .cloned()
+                        .unwrap_or_default();
                     self.state.put(&entry.path, node, chunks)?;
                 }
             }
@@ -519,20 +628,30 @@ impl Engine {
         let root = self.root.clone();
         let mut prepared = Vec::new();
         for op in run {
-            let PlanOp::Upload { path, base, hash } = op else { unreachable!("only uploads are batched here") };
+            let PlanOp::Upload { path, base, hash } = op else {
+                unreachable!("only uploads are batched here")
+            };
             let full = safe_join(&root, &path)?;
-            let result = tokio::task::block_in_place(|| -> anyhow::Result<Option<(syncstore_chunk::Manifest, Stamp)>> {
-                let before = stamp_of(&full)?;
-                let file = std::fs::File::open(&full)?;
-                let manifest = syncstore_chunk::manifest_of(&file)?;
-                let after = stamp_of(&full)?;
-                if before != after || manifest.size != after.size || manifest.hash != hash {
-                    return Ok(None);
-                }
-                Ok(Some((manifest, after)))
-            });
+            let result = tokio::task::block_in_place(
+                || -> anyhow::Result<Option<(syncstore_chunk::Manifest, Stamp)>> {
+                    let before = stamp_of(&full)?;
+                    let file = std::fs::File::open(&full)?;
+                    let manifest = syncstore_chunk::manifest_of(&file)?;
+                    let after = stamp_of(&full)?;
+                    if before != after || manifest.size != after.size || manifest.hash != hash {
+                        return Ok(None);
+                    }
+                    Ok(Some((manifest, after)))
+                },
+            );
             match result {
-                Ok(Some((manifest, stamp))) => prepared.push(Prepared { path, full, base, manifest, stamp }),
+                Ok(Some((manifest, stamp))) => prepared.push(Prepared {
+                    path,
+                    full,
+                    base,
+                    manifest,
+                    stamp,
+                }),
                 Ok(None) => {
                     tracing::info!(%path, "file changed while being read; will retry when it settles");
                     self.retry_soon = true;
@@ -547,7 +666,10 @@ impl Engine {
             return Ok(0);
         }
         // 2. Ask which chunks the server lacks.
-        let mut all: Vec<ChunkHash> = prepared.iter().flat_map(|p| p.manifest.chunks.iter().map(|c| c.hash)).collect();
+        let mut all: Vec<ChunkHash> = prepared
+            .iter()
+            .flat_map(|p| p.manifest.chunks.iter().map(|c| c.hash))
+            .collect();
         all.sort();
         all.dedup();
         let mut missing = HashSet::new();
@@ -569,7 +691,9 @@ impl Engine {
             };
             for chunk in &item.manifest.chunks {
                 if missing.remove(&chunk.hash) {
-                    let ok = tokio::task::block_in_place(|| read_chunk_into(&file, offset, chunk, &mut pack));
+                    let ok = tokio::task::block_in_place(|| {
+                        read_chunk_into(&file, offset, chunk, &mut pack)
+                    });
                     if !ok {
                         failed.insert(file_idx);
                         break;
@@ -596,7 +720,12 @@ impl Engine {
             join_upload(&mut in_flight).await?;
         }
         // 4. Commit the files, each conditional on what the plan saw.
-        let committed: Vec<Prepared> = prepared.into_iter().enumerate().filter(|(idx, _)| !failed.contains(idx)).map(|(_, p)| p).collect();
+        let committed: Vec<Prepared> = prepared
+            .into_iter()
+            .enumerate()
+            .filter(|(idx, _)| !failed.contains(idx))
+            .map(|(_, p)| p)
+            .collect();
         if committed.len() < failed.len() + committed.len() {
             self.retry_soon = true;
         }
@@ -625,7 +754,9 @@ impl Engine {
                 mtime_ns: item.stamp.mtime_ns,
                 inode: item.stamp.inode,
             };
-            engine.state.put(&item.path, node, item.manifest.chunks.clone())?;
+            engine
+                .state
+                .put(&item.path, node, item.manifest.chunks.clone())?;
             Ok(())
         })
         .await
@@ -634,8 +765,22 @@ impl Engine {
     async fn execute_downloads(&mut self, run: Vec<PlanOp>) -> anyhow::Result<usize> {
         let mut jobs = Vec::new();
         for op in run {
-            let PlanOp::Download { path, remote, expect_local } = op else { unreachable!("only downloads are batched here") };
-            let Some(entry) = self.remote.as_ref().and_then(|r| r.by_path.get(&path)).cloned() else { continue };
+            let PlanOp::Download {
+                path,
+                remote,
+                expect_local,
+            } = op
+            else {
+                unreachable!("only downloads are batched here")
+            };
+            let Some(entry) = self
+                .remote
+                .as_ref()
+                .and_then(|r| r.by_path.get(&path))
+                .cloned()
+            else {
+                continue;
+            };
             if entry.node_id != remote.node_id || entry.rev != remote.rev || entry.hash.is_none() {
                 self.retry_soon = true;
                 continue;
@@ -649,8 +794,17 @@ impl Engine {
             };
             // Chunks of the local file as it was agreed can be reused if it is still unchanged.
             let mut reuse = HashMap::new();
-            if let (Some(base), Some(chunks)) = (self.state.base.get(&path), self.state.base_chunks.get(&path)) {
-                let unchanged = stamp_of(&full).is_ok_and(|s| s == Stamp { size: base.size, mtime_ns: base.mtime_ns, inode: base.inode });
+            if let (Some(base), Some(chunks)) = (
+                self.state.base.get(&path),
+                self.state.base_chunks.get(&path),
+            ) {
+                let unchanged = stamp_of(&full).is_ok_and(|s| {
+                    s == Stamp {
+                        size: base.size,
+                        mtime_ns: base.mtime_ns,
+                        inode: base.inode,
+                    }
+                });
                 if unchanged {
                     let mut offset = 0u64;
                     for chunk in chunks {
@@ -659,7 +813,13 @@ impl Engine {
                     }
                 }
             }
-            jobs.push(DownloadJob { path, full, entry, expect_local, reuse });
+            jobs.push(DownloadJob {
+                path,
+                full,
+                entry,
+                expect_local,
+                reuse,
+            });
         }
         let mut applied = 0;
         // Batches bounded by bytes to fetch.
@@ -667,7 +827,13 @@ impl Engine {
         let mut batch_bytes = 0u64;
         let mut jobs = jobs.into_iter().peekable();
         while let Some(job) = jobs.next() {
-            batch_bytes += job.entry.chunks.iter().filter(|c| !job.reuse.contains_key(&c.hash)).map(|c| u64::from(c.len)).sum::<u64>();
+            batch_bytes += job
+                .entry
+                .chunks
+                .iter()
+                .filter(|c| !job.reuse.contains_key(&c.hash))
+                .map(|c| u64::from(c.len))
+                .sum::<u64>();
             batch.push(job);
             if batch_bytes >= DOWNLOAD_BATCH_BYTES || batch.len() >= 2000 || jobs.peek().is_none() {
                 applied += self.download_batch(std::mem::take(&mut batch)).await?;
@@ -688,7 +854,11 @@ impl Engine {
                 }
             }
         }
-        let stream = if fetch.is_empty() { None } else { Some(self.api.download_pack(fetch).await?) };
+        let stream = if fetch.is_empty() {
+            None
+        } else {
+            Some(self.api.download_pack(fetch).await?)
+        };
         let tmp_dir = self.tmp_dir.clone();
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<WrittenFile>> {
             let written = write_temp_files(jobs, stream, &tmp_dir)?;
@@ -723,13 +893,17 @@ impl Engine {
         let job = &done.job;
         let full = safe_join(&self.root, &job.path)?;
         if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("could not create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("could not create {}", parent.display()))?;
         }
         // Temp files are created 0600; a synced file gets the mode of the file it replaces, or 0644.
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::symlink_metadata(&full).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
-            std::fs::set_permissions(&done.temp, std::fs::Permissions::from_mode(mode)).context("could not set file mode")?;
+            let mode = std::fs::symlink_metadata(&full)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o644);
+            std::fs::set_permissions(&done.temp, std::fs::Permissions::from_mode(mode))
+                .context("could not set file mode")?;
         }
         match job.expect_local {
             None => match rename_noreplace(&done.temp, &full) {
@@ -738,20 +912,32 @@ impl Engine {
                     tracing::info!(path = %job.path, "a local file appeared meanwhile; re-planning");
                     return Ok(false);
                 }
-                Err(err) => return Err(err).with_context(|| format!("could not move download to {}", full.display())),
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("could not move download to {}", full.display()))
+                }
             },
             Some(expected) => {
                 if !self.local_file_has(&job.path, &full, expected)? {
                     tracing::info!(path = %job.path, "local file changed meanwhile; re-planning");
                     return Ok(false);
                 }
-                std::fs::rename(&done.temp, &full).with_context(|| format!("could not move download to {}", full.display()))?;
+                std::fs::rename(&done.temp, &full)
+                    .with_context(|| format!("could not move download to {}", full.display()))?;
             }
         }
         let stamp = stamp_of(&full)?;
         let hash = job.entry.hash.expect("downloads are files");
         self.cache.insert(job.path.clone(), stamp, hash);
-        let node = BaseNode { kind: EntryKind::File, hash: Some(hash), node_id: job.entry.node_id, rev: job.entry.rev, size: stamp.size, mtime_ns: stamp.mtime_ns, inode: stamp.inode };
+        let node = BaseNode {
+            kind: EntryKind::File,
+            hash: Some(hash),
+            node_id: job.entry.node_id,
+            rev: job.entry.rev,
+            size: stamp.size,
+            mtime_ns: stamp.mtime_ns,
+            inode: stamp.inode,
+        };
         self.state.put(&job.path, node, job.entry.chunks.clone())?;
         Ok(true)
     }
@@ -761,10 +947,15 @@ impl Engine {
     /// in between then brings a file back (uploaded again) instead of leaving a stale base entry
     /// that a later rename could turn into a remote delete (found by the simulation, seed 1479).
     /// Returns the stamp each file had when checked.
-    fn clear_base_before_deletes(&mut self, run: &[PlanOp]) -> anyhow::Result<HashMap<RelPath, Stamp>> {
+    fn clear_base_before_deletes(
+        &mut self,
+        run: &[PlanOp],
+    ) -> anyhow::Result<HashMap<RelPath, Stamp>> {
         let mut cleared = HashMap::new();
         for op in run {
-            let PlanOp::DeleteLocal { path, expect_hash } = op else { continue };
+            let PlanOp::DeleteLocal { path, expect_hash } = op else {
+                continue;
+            };
             let full = safe_join(&self.root, path)?;
             let stamp = match stamp_of(&full) {
                 Ok(stamp) => stamp,
@@ -772,7 +963,9 @@ impl Engine {
                     self.state.remove(path)?;
                     continue;
                 }
-                Err(err) => return Err(err).with_context(|| format!("could not stat {}", full.display())),
+                Err(err) => {
+                    return Err(err).with_context(|| format!("could not stat {}", full.display()))
+                }
             };
             if self.local_file_has(path, &full, *expect_hash)? {
                 self.state.remove(path)?;
@@ -787,18 +980,32 @@ impl Engine {
     }
 
     /// Whether the local file at `full` holds `expected`, re-hashing only if its stamp changed.
-    fn local_file_has(&mut self, path: &RelPath, full: &Path, expected: ContentHash) -> anyhow::Result<bool> {
+    fn local_file_has(
+        &mut self,
+        path: &RelPath,
+        full: &Path,
+        expected: ContentHash,
+    ) -> anyhow::Result<bool> {
         let stamp = match stamp_of(full) {
             Ok(stamp) => stamp,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(err) => return Err(err).with_context(|| format!("could not stat {}", full.display())),
+            Err(err) => {
+                return Err(err).with_context(|| format!("could not stat {}", full.display()))
+            }
         };
         if let Some(base) = self.state.base.get(path) {
-            if base.hash == Some(expected) && (Stamp { size: base.size, mtime_ns: base.mtime_ns, inode: base.inode }) == stamp {
+            if base.hash == Some(expected)
+                && (Stamp {
+                    size: base.size,
+                    mtime_ns: base.mtime_ns,
+                    inode: base.inode,
+                }) == stamp
+            {
                 return Ok(true);
             }
         }
-        let file = std::fs::File::open(full).with_context(|| format!("could not open {}", full.display()))?;
+        let file = std::fs::File::open(full)
+            .with_context(|| format!("could not open {}", full.display()))?;
         let (hash, _) = syncstore_chunk::hash_reader(&file)?;
         Ok(hash == expected && stamp_of(full)? == stamp)
     }
@@ -809,16 +1016,21 @@ impl Engine {
                 // Base was cleared (durably) when the file was checked; delete it only if it has
                 // not changed since. If it has, it stays, and without a base entry the next plan
                 // uploads it: an edit beats a delete.
-                let Some(checked) = self.cleared_for_delete.remove(path) else { return Ok(false) };
+                let Some(checked) = self.cleared_for_delete.remove(path) else {
+                    return Ok(false);
+                };
                 let full = safe_join(&self.root, path)?;
                 match stamp_of(&full) {
                     Ok(now) if now == checked => {
-                        std::fs::remove_file(&full).with_context(|| format!("could not delete {}", full.display()))?;
+                        std::fs::remove_file(&full)
+                            .with_context(|| format!("could not delete {}", full.display()))?;
                         Ok(true)
                     }
                     Ok(_) => Ok(false),
                     Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(true),
-                    Err(err) => Err(err).with_context(|| format!("could not stat {}", full.display())),
+                    Err(err) => {
+                        Err(err).with_context(|| format!("could not stat {}", full.display()))
+                    }
                 }
             }
             PlanOp::MakeDirLocal { path, remote } => {
@@ -826,9 +1038,18 @@ impl Engine {
                 if crate::fsutil::is_symlink(&full) {
                     anyhow::bail!("{} is a symlink", full.display());
                 }
-                std::fs::create_dir_all(&full).with_context(|| format!("could not create {}", full.display()))?;
+                std::fs::create_dir_all(&full)
+                    .with_context(|| format!("could not create {}", full.display()))?;
                 let stamp = stamp_of(&full)?;
-                let node = BaseNode { kind: EntryKind::Dir, hash: None, node_id: remote.node_id, rev: remote.rev, size: 0, mtime_ns: stamp.mtime_ns, inode: stamp.inode };
+                let node = BaseNode {
+                    kind: EntryKind::Dir,
+                    hash: None,
+                    node_id: remote.node_id,
+                    rev: remote.rev,
+                    size: 0,
+                    mtime_ns: stamp.mtime_ns,
+                    inode: stamp.inode,
+                };
                 self.state.put(path, node, Vec::new())?;
                 Ok(true)
             }
@@ -849,19 +1070,39 @@ impl Engine {
                 let from_full = safe_join(&self.root, from)?;
                 let to_full = safe_join(&self.root, to)?;
                 if let Some(parent) = to_full.parent() {
-                    std::fs::create_dir_all(parent).with_context(|| format!("could not create {}", parent.display()))?;
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("could not create {}", parent.display()))?;
                 }
                 match rename_noreplace(&from_full, &to_full) {
                     Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists || err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                    Err(err) => return Err(err).with_context(|| format!("could not move {} to {}", from_full.display(), to_full.display())),
+                    Err(err)
+                        if err.kind() == std::io::ErrorKind::AlreadyExists
+                            || err.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        return Ok(false)
+                    }
+                    Err(err) => {
+                        return Err(err).with_context(|| {
+                            format!(
+                                "could not move {} to {}",
+                                from_full.display(),
+                                to_full.display()
+                            )
+                        })
+                    }
                 }
                 self.state.rebase(from, to)?;
                 self.cache.rebase(from, to);
                 let entries: Vec<RemoteEntry> = self
                     .remote
                     .as_ref()
-                    .map(|r| r.by_path.values().filter(|e| e.path == *to || e.path.is_inside(to)).cloned().collect())
+                    .map(|r| {
+                        r.by_path
+                            .values()
+                            .filter(|e| e.path == *to || e.path.is_inside(to))
+                            .cloned()
+                            .collect()
+                    })
                     .unwrap_or_default();
                 self.refresh_base_revs(&entries)?;
                 Ok(true)
@@ -871,15 +1112,28 @@ impl Engine {
                 let copy_full = safe_join(&self.root, copy)?;
                 match rename_noreplace(&full, &copy_full) {
                     Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists || err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                    Err(err) => return Err(err).with_context(|| format!("could not rename {}", full.display())),
+                    Err(err)
+                        if err.kind() == std::io::ErrorKind::AlreadyExists
+                            || err.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        return Ok(false)
+                    }
+                    Err(err) => {
+                        return Err(err)
+                            .with_context(|| format!("could not rename {}", full.display()))
+                    }
                 }
                 self.cache.rebase(path, copy);
                 tracing::warn!(%path, %copy, "both sides changed: kept the local version as a conflicted copy");
                 Ok(true)
             }
             PlanOp::RecordBase { path, node } => {
-                let chunks = self.remote.as_ref().and_then(|r| r.by_path.get(path)).map(|e| e.chunks.clone()).unwrap_or_default();
+                let chunks = self
+                    .remote
+                    .as_ref()
+                    .and_then(|r| r.by_path.get(path))
+                    .map(|e| e.chunks.clone())
+                    .unwrap_or_default();
                 self.state.put(path, node.clone(), chunks)?;
                 Ok(true)
             }
@@ -918,14 +1172,17 @@ struct WrittenFile {
 /// Files whose content fails verification are dropped (and retried by the next pass).
 fn write_temp_files(
     jobs: Vec<DownloadJob>,
-    stream: Option<impl futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + Unpin + 'static>,
+    stream: Option<
+        impl futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + Unpin + 'static,
+    >,
     tmp_dir: &Path,
 ) -> anyhow::Result<Vec<WrittenFile>> {
     use futures::TryStreamExt;
     use std::io::{Read, Write};
     let mut reader: Box<dyn Read + Send> = match stream {
         Some(stream) => {
-            let async_reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
+            let async_reader =
+                tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
             Box::new(tokio_util::io::SyncIoBridge::new(async_reader))
         }
         None => Box::new(std::io::empty()),
@@ -935,23 +1192,40 @@ fn write_temp_files(
     let mut out = Vec::new();
     let mut buf = Vec::new();
     for job in jobs {
-        let mut temp = tempfile::NamedTempFile::new_in(tmp_dir).context("could not create temp file")?;
-        let old_file = if job.reuse.is_empty() { None } else { std::fs::File::open(&job.full).ok() };
+        let mut temp =
+            tempfile::NamedTempFile::new_in(tmp_dir).context("could not create temp file")?;
+        let old_file = if job.reuse.is_empty() {
+            None
+        } else {
+            std::fs::File::open(&job.full).ok()
+        };
         let mut hasher = blake3::Hasher::new();
         let mut offset = 0u64;
         let mut ok = true;
         for chunk in &job.entry.chunks {
             buf.resize(chunk.len as usize, 0);
-            let got = if let (Some(&(old_offset, _)), Some(old)) = (job.reuse.get(&chunk.hash), old_file.as_ref()) {
+            let got = if let (Some(&(old_offset, _)), Some(old)) =
+                (job.reuse.get(&chunk.hash), old_file.as_ref())
+            {
                 old.read_exact_at(&mut buf, old_offset).is_ok()
             } else if let Some((temp_path, at, _)) = fetched.get(&chunk.hash) {
-                std::fs::File::open(temp_path).and_then(|f| f.read_exact_at(&mut buf, *at)).is_ok()
+                std::fs::File::open(temp_path)
+                    .and_then(|f| f.read_exact_at(&mut buf, *at))
+                    .is_ok()
             } else {
                 let mut header = [0u8; syncstore_proto::FRAME_HEADER_LEN];
-                reader.read_exact(&mut header).context("download stream ended early")?;
-                let (hash, len) = syncstore_proto::decode_frame_header(&header).map_err(anyhow::Error::msg)?;
-                anyhow::ensure!(hash == chunk.hash && len == chunk.len, "server sent chunk {hash} out of order");
-                reader.read_exact(&mut buf).context("download stream ended early")?;
+                reader
+                    .read_exact(&mut header)
+                    .context("download stream ended early")?;
+                let (hash, len) =
+                    syncstore_proto::decode_frame_header(&header).map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(
+                    hash == chunk.hash && len == chunk.len,
+                    "server sent chunk {hash} out of order"
+                );
+                reader
+                    .read_exact(&mut buf)
+                    .context("download stream ended early")?;
                 fetched.insert(chunk.hash, (temp.path().to_path_buf(), offset, chunk.len));
                 true
             };
@@ -969,7 +1243,9 @@ fn write_temp_files(
             continue;
         }
         let mtime = std::time::UNIX_EPOCH + Duration::from_millis(job.entry.mtime_ms.max(0) as u64);
-        temp.as_file().set_modified(mtime).context("could not set mtime")?;
+        temp.as_file()
+            .set_modified(mtime)
+            .context("could not set mtime")?;
         let temp = temp.into_temp_path();
         out.push(WrittenFile { job, temp });
     }
@@ -978,19 +1254,28 @@ fn write_temp_files(
 
 /// Appends the frame of `chunk` (read from `file` at `offset`) to `pack`; false if the bytes no
 /// longer match (the file changed).
-fn read_chunk_into(file: &std::fs::File, offset: u64, chunk: &ChunkRef, pack: &mut Vec<u8>) -> bool {
+fn read_chunk_into(
+    file: &std::fs::File,
+    offset: u64,
+    chunk: &ChunkRef,
+    pack: &mut Vec<u8>,
+) -> bool {
     let start = pack.len();
     pack.extend_from_slice(&encode_frame_header(&chunk.hash, chunk.len));
     let data_start = pack.len();
     pack.resize(data_start + chunk.len as usize, 0);
-    if file.read_exact_at(&mut pack[data_start..], offset).is_err() || syncstore_chunk::hash_chunk(&pack[data_start..]) != chunk.hash {
+    if file.read_exact_at(&mut pack[data_start..], offset).is_err()
+        || syncstore_chunk::hash_chunk(&pack[data_start..]) != chunk.hash
+    {
         pack.truncate(start);
         return false;
     }
     true
 }
 
-async fn join_upload(in_flight: &mut tokio::task::JoinSet<Result<(), ApiError>>) -> anyhow::Result<()> {
+async fn join_upload(
+    in_flight: &mut tokio::task::JoinSet<Result<(), ApiError>>,
+) -> anyhow::Result<()> {
     match in_flight.join_next().await {
         Some(Ok(result)) => Ok(result?),
         Some(Err(err)) => Err(anyhow::anyhow!("upload task failed: {err}")),

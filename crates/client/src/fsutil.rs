@@ -12,11 +12,17 @@ use syncstore_proto::RelPath;
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().context("path has no parent")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("could not create a temp file in {}", dir.display()))?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).context("could not set permissions")?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("could not create a temp file in {}", dir.display()))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .context("could not set permissions")?;
     tmp.write_all(bytes).context("could not write temp file")?;
-    tmp.as_file().sync_all().context("could not fsync temp file")?;
-    tmp.persist(path).with_context(|| format!("could not rename into {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .context("could not fsync temp file")?;
+    tmp.persist(path)
+        .with_context(|| format!("could not rename into {}", path.display()))?;
     fsync_dir(dir)
 }
 
@@ -37,10 +43,12 @@ pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
 /// On any IO error.
 pub fn sync_filesystem(path: &Path) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    let dir =
+        std::fs::File::open(path).with_context(|| format!("could not open {}", path.display()))?;
     // SAFETY: the descriptor is open for the duration of the call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("could not sync the filesystem of {}", path.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("could not sync the filesystem of {}", path.display()));
     }
     Ok(())
 }
@@ -57,12 +65,17 @@ pub fn safe_join(root: &Path, path: &RelPath) -> anyhow::Result<PathBuf> {
         current.push(component);
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                anyhow::bail!("refusing to write through the symlink {}", current.display())
+                anyhow::bail!(
+                    "refusing to write through the symlink {}",
+                    current.display()
+                )
             }
             Ok(meta) if !meta.is_dir() => anyhow::bail!("{} is not a directory", current.display()),
             Ok(_) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err).with_context(|| format!("could not stat {}", current.display())),
+            Err(err) => {
+                return Err(err).with_context(|| format!("could not stat {}", current.display()))
+            }
         }
     }
     current.push(components[components.len() - 1]);
@@ -71,7 +84,9 @@ pub fn safe_join(root: &Path, path: &RelPath) -> anyhow::Result<PathBuf> {
 
 /// Whether the final component of `full` is a symlink (never followed, never replaced).
 pub fn is_symlink(full: &Path) -> bool {
-    std::fs::symlink_metadata(full).map(|m| m.file_type().is_symlink()).unwrap_or(false)
+    std::fs::symlink_metadata(full)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
 }
 
 /// Renames `from` to `to` only if `to` does not exist (renameat2 RENAME_NOREPLACE).
@@ -85,7 +100,13 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     let to_c = CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: both are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
     };
     if rc == 0 {
         return Ok(());
@@ -94,7 +115,10 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(libc::ENOSYS) {
         // The filesystem does not support RENAME_NOREPLACE: check, then rename.
         if std::fs::symlink_metadata(to).is_ok() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "target exists"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "target exists",
+            ));
         }
         return std::fs::rename(from, to);
     }
@@ -104,5 +128,7 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Modification time of `meta` in nanoseconds since the Unix epoch.
 pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;
-    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
 }

@@ -11,8 +11,8 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use syncstore_proto::{
-    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, LockInfo, LockRequest, LocksResponse, Op, OpsRequest, OpsResponse, RelPath,
-    TreeResponse, UnlockRequest, UploadResponse, WhoAmI,
+    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, LockInfo, LockRequest, LocksResponse,
+    Op, OpsRequest, OpsResponse, RelPath, TreeResponse, UnlockRequest, UploadResponse, WhoAmI,
 };
 
 /// Why a call failed.
@@ -54,7 +54,9 @@ pub struct ApiClient {
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiClient").field("servers", &self.servers).finish_non_exhaustive()
+        f.debug_struct("ApiClient")
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,13 +73,21 @@ impl ApiClient {
     /// When no server is given or the HTTP client cannot be built.
     pub fn new(servers: Vec<String>, token: String) -> anyhow::Result<ApiClient> {
         anyhow::ensure!(!servers.is_empty(), "no server URL given");
-        let servers = servers.into_iter().map(|s| s.trim_end_matches('/').to_owned()).collect();
+        let servers = servers
+            .into_iter()
+            .map(|s| s.trim_end_matches('/').to_owned())
+            .collect();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
-        Ok(ApiClient { http, servers, current: AtomicUsize::new(0), token })
+        Ok(ApiClient {
+            http,
+            servers,
+            current: AtomicUsize::new(0),
+            token,
+        })
     }
 
     /// The server in use.
@@ -90,20 +100,36 @@ impl ApiClient {
         &self.servers
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Body, timeout: Duration) -> Result<reqwest::Response, ApiError> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
         let start = self.current.load(Ordering::Relaxed);
         let mut last_err = None;
         for attempt in 0..self.servers.len() {
             let idx = (start + attempt) % self.servers.len();
             let url = format!("{}{}", self.servers[idx], path);
-            let mut request = self.http.request(method.clone(), &url).bearer_auth(&self.token).timeout(timeout);
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&self.token)
+                .timeout(timeout);
             request = match &body {
                 Body::None => request,
-                Body::Json(bytes) => request.header("content-type", "application/json").body(bytes.clone()),
-                Body::Bytes(bytes) => request.header("content-type", "application/octet-stream").body(bytes.clone()),
+                Body::Json(bytes) => request
+                    .header("content-type", "application/json")
+                    .body(bytes.clone()),
+                Body::Bytes(bytes) => request
+                    .header("content-type", "application/octet-stream")
+                    .body(bytes.clone()),
             };
             match request.send().await {
-                Ok(response) if response.status().is_server_error() && attempt + 1 < self.servers.len() => {
+                Ok(response)
+                    if response.status().is_server_error() && attempt + 1 < self.servers.len() =>
+                {
                     tracing::warn!(%url, status = %response.status(), "server error; trying the next server");
                     last_err = Some(status_error(response).await);
                 }
@@ -123,11 +149,26 @@ impl ApiClient {
         Err(last_err.expect("at least one server was tried"))
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Body, timeout: Duration) -> Result<T, ApiError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<T, ApiError> {
         let response = self.send(method, path, body, timeout).await?;
         let url = response.url().to_string();
-        let bytes = response.bytes().await.map_err(|source| ApiError::Unreachable { url: url.clone(), source })?;
-        serde_json::from_slice(&bytes).map_err(|err| ApiError::Protocol { url, message: err.to_string() })
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ApiError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|err| ApiError::Protocol {
+            url,
+            message: err.to_string(),
+        })
     }
 
     fn encode<B: Serialize>(body: &B) -> Body {
@@ -140,7 +181,13 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`].
     pub async fn whoami(&self) -> Result<WhoAmI, ApiError> {
-        self.json(reqwest::Method::GET, "/api/v1/whoami", Body::None, Duration::from_secs(30)).await
+        self.json(
+            reqwest::Method::GET,
+            "/api/v1/whoami",
+            Body::None,
+            Duration::from_secs(30),
+        )
+        .await
     }
 
     /// `GET /api/v1/tree`.
@@ -148,16 +195,36 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`].
     pub async fn tree(&self) -> Result<TreeResponse, ApiError> {
-        self.json(reqwest::Method::GET, "/api/v1/tree", Body::None, Duration::from_secs(300)).await
+        self.json(
+            reqwest::Method::GET,
+            "/api/v1/tree",
+            Body::None,
+            Duration::from_secs(300),
+        )
+        .await
     }
 
     /// `GET /api/v1/changes`, waiting up to `wait` for a change after `since`.
     ///
     /// # Errors
     /// [`ApiError`].
-    pub async fn changes(&self, since: Cursor, wait: Duration) -> Result<ChangesResponse, ApiError> {
-        let path = format!("/api/v1/changes?since={}&timeout_ms={}", since.0, wait.as_millis());
-        self.json(reqwest::Method::GET, &path, Body::None, wait + Duration::from_secs(30)).await
+    pub async fn changes(
+        &self,
+        since: Cursor,
+        wait: Duration,
+    ) -> Result<ChangesResponse, ApiError> {
+        let path = format!(
+            "/api/v1/changes?since={}&timeout_ms={}",
+            since.0,
+            wait.as_millis()
+        );
+        self.json(
+            reqwest::Method::GET,
+            &path,
+            Body::None,
+            wait + Duration::from_secs(30),
+        )
+        .await
     }
 
     /// `POST /api/v1/chunks/missing`: which of `hashes` the server lacks.
@@ -166,7 +233,12 @@ impl ApiClient {
     /// [`ApiError`].
     pub async fn missing_chunks(&self, hashes: Vec<ChunkHash>) -> Result<Vec<ChunkHash>, ApiError> {
         let list: ChunkList = self
-            .json(reqwest::Method::POST, "/api/v1/chunks/missing", Self::encode(&ChunkList { hashes }), Duration::from_secs(120))
+            .json(
+                reqwest::Method::POST,
+                "/api/v1/chunks/missing",
+                Self::encode(&ChunkList { hashes }),
+                Duration::from_secs(120),
+            )
             .await?;
         Ok(list.hashes)
     }
@@ -176,7 +248,13 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`].
     pub async fn upload_pack(&self, pack: Bytes) -> Result<UploadResponse, ApiError> {
-        self.json(reqwest::Method::POST, "/api/v1/chunks/upload", Body::Bytes(pack), Duration::from_secs(600)).await
+        self.json(
+            reqwest::Method::POST,
+            "/api/v1/chunks/upload",
+            Body::Bytes(pack),
+            Duration::from_secs(600),
+        )
+        .await
     }
 
     /// `POST /api/v1/chunks/download`: a stream of frames for `hashes`, in order.
@@ -188,7 +266,12 @@ impl ApiClient {
         hashes: Vec<ChunkHash>,
     ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>>, ApiError> {
         let response = self
-            .send(reqwest::Method::POST, "/api/v1/chunks/download", Self::encode(&ChunkList { hashes }), Duration::from_secs(3600))
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/chunks/download",
+                Self::encode(&ChunkList { hashes }),
+                Duration::from_secs(3600),
+            )
             .await?;
         Ok(response.bytes_stream())
     }
@@ -198,7 +281,13 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`].
     pub async fn ops(&self, ops: Vec<Op>) -> Result<OpsResponse, ApiError> {
-        self.json(reqwest::Method::POST, "/api/v1/ops", Self::encode(&OpsRequest { ops }), Duration::from_secs(300)).await
+        self.json(
+            reqwest::Method::POST,
+            "/api/v1/ops",
+            Self::encode(&OpsRequest { ops }),
+            Duration::from_secs(300),
+        )
+        .await
     }
 }
 
@@ -208,7 +297,13 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`]; status 423 when another device holds the path, 404 when it does not exist.
     pub async fn lock(&self, path: RelPath, ttl_secs: Option<u64>) -> Result<LockInfo, ApiError> {
-        self.json(reqwest::Method::POST, "/api/v1/locks", Self::encode(&LockRequest { path, ttl_secs }), Duration::from_secs(30)).await
+        self.json(
+            reqwest::Method::POST,
+            "/api/v1/locks",
+            Self::encode(&LockRequest { path, ttl_secs }),
+            Duration::from_secs(30),
+        )
+        .await
     }
 
     /// `POST /api/v1/locks/release`.
@@ -216,8 +311,13 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`]; status 423 when another device holds it and `force` is false, 404 when there is no lock.
     pub async fn unlock(&self, path: RelPath, force: bool) -> Result<LockInfo, ApiError> {
-        self.json(reqwest::Method::POST, "/api/v1/locks/release", Self::encode(&UnlockRequest { path, force }), Duration::from_secs(30))
-            .await
+        self.json(
+            reqwest::Method::POST,
+            "/api/v1/locks/release",
+            Self::encode(&UnlockRequest { path, force }),
+            Duration::from_secs(30),
+        )
+        .await
     }
 
     /// `GET /api/v1/locks`.
@@ -225,7 +325,14 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`].
     pub async fn locks(&self) -> Result<Vec<LockInfo>, ApiError> {
-        let response: LocksResponse = self.json(reqwest::Method::GET, "/api/v1/locks", Body::None, Duration::from_secs(30)).await?;
+        let response: LocksResponse = self
+            .json(
+                reqwest::Method::GET,
+                "/api/v1/locks",
+                Body::None,
+                Duration::from_secs(30),
+            )
+            .await?;
         Ok(response.locks)
     }
 }
@@ -233,7 +340,9 @@ impl ApiClient {
 async fn status_error(response: reqwest::Response) -> ApiError {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
+    let message = serde_json::from_str::<ErrorBody>(&text)
+        .map(|b| b.error)
+        .unwrap_or(text);
     if status == 401 {
         ApiError::Unauthorized(message)
     } else {

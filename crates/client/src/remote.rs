@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use syncstore_plan::RemoteNode;
-use syncstore_proto::{Change, Cursor, DeviceName, LockInfo, NodeId, RelPath, RemoteEntry, Revision};
+use syncstore_proto::{
+    Change, Cursor, DeviceName, LockInfo, NodeId, RelPath, RemoteEntry, Revision,
+};
 
 /// The server's tree at `cursor`.
 #[derive(Default, Debug)]
@@ -26,12 +28,22 @@ pub struct RemoteTree {
 
 impl RemoteTree {
     /// A tree from a full listing.
-    pub fn from_listing(cursor: Cursor, entries: Vec<RemoteEntry>, locks: Vec<LockInfo>) -> RemoteTree {
-        let mut tree = RemoteTree { cursor, ..RemoteTree::default() };
+    pub fn from_listing(
+        cursor: Cursor,
+        entries: Vec<RemoteEntry>,
+        locks: Vec<LockInfo>,
+    ) -> RemoteTree {
+        let mut tree = RemoteTree {
+            cursor,
+            ..RemoteTree::default()
+        };
         for entry in entries {
             tree.upsert(entry);
         }
-        tree.locks = locks.into_iter().map(|lock| (lock.path.clone(), lock)).collect();
+        tree.locks = locks
+            .into_iter()
+            .map(|lock| (lock.path.clone(), lock))
+            .collect();
         tree
     }
 
@@ -41,8 +53,17 @@ impl RemoteTree {
             Change::Lock { cursor, lock } if *cursor > self.cursor => {
                 self.locks.insert(lock.path.clone(), lock.clone());
             }
-            Change::Unlock { cursor, path, device, broken_by } if *cursor > self.cursor => {
-                if self.locks.get(path).is_some_and(|held| &held.device == device) {
+            Change::Unlock {
+                cursor,
+                path,
+                device,
+                broken_by,
+            } if *cursor > self.cursor => {
+                if self
+                    .locks
+                    .get(path)
+                    .is_some_and(|held| &held.device == device)
+                {
                     self.locks.remove(path);
                 }
                 if me == Some(device) {
@@ -60,7 +81,9 @@ impl RemoteTree {
     fn apply_entry_change(&mut self, change: &Change) {
         match change {
             Change::Upsert { entry, .. } => self.upsert(entry.clone()),
-            Change::Delete { cursor, node_id, .. } => self.delete(*node_id, Revision(cursor.0)),
+            Change::Delete {
+                cursor, node_id, ..
+            } => self.delete(*node_id, Revision(cursor.0)),
             Change::Lock { .. } | Change::Unlock { .. } => {}
         }
         self.cursor = self.cursor.max(change.cursor());
@@ -68,11 +91,19 @@ impl RemoteTree {
 
     /// Records the node's new state unless a newer one is already known.
     pub fn upsert(&mut self, entry: RemoteEntry) {
-        if self.tombstones.get(&entry.node_id).is_some_and(|gone| *gone >= entry.rev) {
+        if self
+            .tombstones
+            .get(&entry.node_id)
+            .is_some_and(|gone| *gone >= entry.rev)
+        {
             return;
         }
         if let Some(old_path) = self.by_node.get(&entry.node_id) {
-            if self.by_path.get(old_path).is_some_and(|old| old.rev >= entry.rev) {
+            if self
+                .by_path
+                .get(old_path)
+                .is_some_and(|old| old.rev >= entry.rev)
+            {
                 return;
             }
             let old_path = old_path.clone();
@@ -146,7 +177,10 @@ mod tests {
         let mut tree = RemoteTree::default();
         tree.upsert(entry(1, "b", 5));
         tree.upsert(entry(1, "a", 3)); // older: the move to b already happened
-        assert_eq!(tree.by_path.keys().map(|p| p.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            tree.by_path.keys().map(|p| p.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
         tree.delete(NodeId(1), Revision(6));
         tree.upsert(entry(1, "b", 5)); // replayed after the delete
         assert!(tree.by_path.is_empty());

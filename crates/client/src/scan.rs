@@ -43,7 +43,9 @@ impl IgnoreRules {
 
     /// Whether `path` (or a directory above it) is ignored.
     pub fn is_ignored(&self, path: &RelPath, kind: EntryKind) -> bool {
-        self.matcher.matched_path_or_any_parents(path.as_str(), kind == EntryKind::Dir).is_ignore()
+        self.matcher
+            .matched_path_or_any_parents(path.as_str(), kind == EntryKind::Dir)
+            .is_ignore()
     }
 }
 
@@ -67,7 +69,10 @@ impl HashCache {
         self.entries.insert(path, (stamp, hash));
     }
     fn get(&self, path: &RelPath, stamp: Stamp) -> Option<ContentHash> {
-        self.entries.get(path).filter(|(s, _)| *s == stamp).map(|(_, h)| *h)
+        self.entries
+            .get(path)
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, h)| *h)
     }
 }
 
@@ -119,7 +124,10 @@ fn walk(
         Ok(entries) => entries,
         Err(err) => {
             let shown = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
-            out.skipped.push(Skipped { path: shown, reason: format!("could not read directory: {err}") });
+            out.skipped.push(Skipped {
+                path: shown,
+                reason: format!("could not read directory: {err}"),
+            });
             if let Some(rel) = dir_rel {
                 out.untouchable.insert(rel.clone());
             }
@@ -129,9 +137,16 @@ fn walk(
     for entry in entries.flatten() {
         let os_name = entry.file_name();
         let full = entry.path();
-        let shown = full.strip_prefix(root).unwrap_or(&full).to_string_lossy().into_owned();
+        let shown = full
+            .strip_prefix(root)
+            .unwrap_or(&full)
+            .to_string_lossy()
+            .into_owned();
         let Some(name) = os_name.to_str() else {
-            out.skipped.push(Skipped { path: shown, reason: "name is not valid UTF-8".into() });
+            out.skipped.push(Skipped {
+                path: shown,
+                reason: "name is not valid UTF-8".into(),
+            });
             continue;
         };
         if dir_rel.is_none() && name == META_DIR {
@@ -144,7 +159,10 @@ fn walk(
         let rel = match rel {
             Ok(rel) => rel,
             Err(err) => {
-                out.skipped.push(Skipped { path: shown, reason: format!("name cannot be synced: {err}") });
+                out.skipped.push(Skipped {
+                    path: shown,
+                    reason: format!("name cannot be synced: {err}"),
+                });
                 continue;
             }
         };
@@ -154,7 +172,10 @@ fn walk(
         };
         let file_type = meta.file_type();
         if file_type.is_symlink() {
-            out.skipped.push(Skipped { path: shown, reason: "symlink (never followed)".into() });
+            out.skipped.push(Skipped {
+                path: shown,
+                reason: "symlink (never followed)".into(),
+            });
             out.untouchable.insert(rel);
             continue;
         }
@@ -163,7 +184,10 @@ fn walk(
         } else if file_type.is_file() {
             EntryKind::File
         } else {
-            out.skipped.push(Skipped { path: shown, reason: "not a regular file or directory".into() });
+            out.skipped.push(Skipped {
+                path: shown,
+                reason: "not a regular file or directory".into(),
+            });
             out.untouchable.insert(rel);
             continue;
         };
@@ -171,13 +195,30 @@ fn walk(
             out.untouchable.insert(rel);
             continue;
         }
-        let stamp = Stamp { size: if kind == EntryKind::File { meta.len() } else { 0 }, mtime_ns: crate::fsutil::mtime_ns(&meta), inode: meta.ino() };
+        let stamp = Stamp {
+            size: if kind == EntryKind::File {
+                meta.len()
+            } else {
+                0
+            },
+            mtime_ns: crate::fsutil::mtime_ns(&meta),
+            inode: meta.ino(),
+        };
         if kind == EntryKind::Dir {
             // A directory reached twice (bind mount loop) is walked once.
             if seen.insert(meta.ino(), ()).is_some() {
                 continue;
             }
-            out.local.insert(rel.clone(), LocalNode { kind, hash: None, size: 0, mtime_ns: stamp.mtime_ns, inode: stamp.inode });
+            out.local.insert(
+                rel.clone(),
+                LocalNode {
+                    kind,
+                    hash: None,
+                    size: 0,
+                    mtime_ns: stamp.mtime_ns,
+                    inode: stamp.inode,
+                },
+            );
             walk(root, &full, Some(&rel), rules, cache, out, seen);
             continue;
         }
@@ -189,22 +230,40 @@ fn walk(
                     hash
                 }
                 Err(reason) => {
-                    out.skipped.push(Skipped { path: shown, reason });
+                    out.skipped.push(Skipped {
+                        path: shown,
+                        reason,
+                    });
                     out.untouchable.insert(rel);
                     continue;
                 }
             },
         };
-        out.local.insert(rel, LocalNode { kind, hash: Some(hash), size: stamp.size, mtime_ns: stamp.mtime_ns, inode: stamp.inode });
+        out.local.insert(
+            rel,
+            LocalNode {
+                kind,
+                hash: Some(hash),
+                size: stamp.size,
+                mtime_ns: stamp.mtime_ns,
+                inode: stamp.inode,
+            },
+        );
     }
 }
 
 /// Hashes the file at `full`, failing when it changed while being read.
 fn hash_file(full: &Path, stamp: Stamp) -> Result<ContentHash, String> {
     let file = std::fs::File::open(full).map_err(|err| format!("could not read: {err}"))?;
-    let (hash, size) = syncstore_chunk::hash_reader(&file).map_err(|err| format!("could not read: {err}"))?;
-    let after = file.metadata().map_err(|err| format!("could not stat: {err}"))?;
-    if size != stamp.size || after.len() != stamp.size || crate::fsutil::mtime_ns(&after) != stamp.mtime_ns {
+    let (hash, size) =
+        syncstore_chunk::hash_reader(&file).map_err(|err| format!("could not read: {err}"))?;
+    let after = file
+        .metadata()
+        .map_err(|err| format!("could not stat: {err}"))?;
+    if size != stamp.size
+        || after.len() != stamp.size
+        || crate::fsutil::mtime_ns(&after) != stamp.mtime_ns
+    {
         return Err("changed while being read; retrying later".into());
     }
     Ok(hash)
@@ -216,13 +275,22 @@ fn hash_file(full: &Path, stamp: Stamp) -> Result<ContentHash, String> {
 /// On any IO error.
 pub fn stamp_of(full: &Path) -> std::io::Result<Stamp> {
     let meta = std::fs::symlink_metadata(full)?;
-    Ok(Stamp { size: meta.len(), mtime_ns: crate::fsutil::mtime_ns(&meta), inode: meta.ino() })
+    Ok(Stamp {
+        size: meta.len(),
+        mtime_ns: crate::fsutil::mtime_ns(&meta),
+        inode: meta.ino(),
+    })
 }
 
 impl HashCache {
     /// Moves cached hashes at and below `from` to `to` (after a rename, nothing needs re-hashing).
     pub fn rebase(&mut self, from: &RelPath, to: &RelPath) {
-        let moved: Vec<RelPath> = self.entries.keys().filter(|p| p.rebase(from, to).is_some()).cloned().collect();
+        let moved: Vec<RelPath> = self
+            .entries
+            .keys()
+            .filter(|p| p.rebase(from, to).is_some())
+            .cloned()
+            .collect();
         for old in moved {
             if let (Some(new), Some(value)) = (old.rebase(from, to), self.entries.remove(&old)) {
                 self.entries.insert(new, value);

@@ -28,7 +28,8 @@ impl StateDb {
     /// When the database cannot be opened, is from a newer version, or holds invalid rows.
     pub fn open(meta_dir: &Path) -> anyhow::Result<StateDb> {
         let path = meta_dir.join("state.sqlite");
-        let conn = Connection::open(&path).with_context(|| format!("could not open {}", path.display()))?;
+        let conn = Connection::open(&path)
+            .with_context(|| format!("could not open {}", path.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,26 +39,46 @@ impl StateDb {
                 inode INTEGER NOT NULL, chunks BLOB NOT NULL);",
         )
         .context("could not initialise the state database")?;
-        let version: Option<String> =
-            conn.query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0)).optional()?;
+        let version: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key='schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
         match version.as_deref().map(str::parse::<i64>) {
             None => {
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+                conn.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )?;
             }
             Some(Ok(v)) if v == SCHEMA_VERSION => {}
-            Some(_) => anyhow::bail!("{} was written by a newer syncstore; upgrade syncstore", path.display()),
+            Some(_) => anyhow::bail!(
+                "{} was written by a newer syncstore; upgrade syncstore",
+                path.display()
+            ),
         }
         let mut base = BTreeMap::new();
         let mut base_chunks = HashMap::new();
         {
-            let mut stmt = conn.prepare("SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks FROM base")?;
+            let mut stmt = conn.prepare(
+                "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks FROM base",
+            )?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let path_text: String = row.get(0)?;
-                let path = RelPath::new(&path_text).with_context(|| format!("invalid path in state: {path_text:?}"))?;
-                let kind = if row.get::<_, i64>(1)? == 1 { EntryKind::Dir } else { EntryKind::File };
+                let path = RelPath::new(&path_text)
+                    .with_context(|| format!("invalid path in state: {path_text:?}"))?;
+                let kind = if row.get::<_, i64>(1)? == 1 {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                };
                 let hash: Option<Vec<u8>> = row.get(2)?;
-                let hash = hash.map(|bytes| to_hash32(&bytes).map(ContentHash)).transpose()?;
+                let hash = hash
+                    .map(|bytes| to_hash32(&bytes).map(ContentHash))
+                    .transpose()?;
                 let chunks = decode_chunks(&row.get::<_, Vec<u8>>(8)?)?;
                 base.insert(
                     path.clone(),
@@ -74,14 +95,23 @@ impl StateDb {
                 base_chunks.insert(path, chunks);
             }
         }
-        Ok(StateDb { conn, base, base_chunks })
+        Ok(StateDb {
+            conn,
+            base,
+            base_chunks,
+        })
     }
 
     /// Records `node` as the base of `path`.
     ///
     /// # Errors
     /// On a database error; memory is then unchanged.
-    pub fn put(&mut self, path: &RelPath, node: BaseNode, chunks: Vec<ChunkRef>) -> anyhow::Result<()> {
+    pub fn put(
+        &mut self,
+        path: &RelPath,
+        node: BaseNode,
+        chunks: Vec<ChunkRef>,
+    ) -> anyhow::Result<()> {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO base VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -108,7 +138,9 @@ impl StateDb {
     /// # Errors
     /// On a database error.
     pub fn remove(&mut self, path: &RelPath) -> anyhow::Result<()> {
-        self.conn.execute("DELETE FROM base WHERE path = ?1", [path.as_str()]).context("could not save base")?;
+        self.conn
+            .execute("DELETE FROM base WHERE path = ?1", [path.as_str()])
+            .context("could not save base")?;
         self.base.remove(path);
         self.base_chunks.remove(path);
         Ok(())
@@ -128,7 +160,10 @@ impl StateDb {
         let tx = self.conn.savepoint().context("could not save base")?;
         for (old, new) in &moved {
             tx.execute("DELETE FROM base WHERE path = ?1", [new.as_str()])?;
-            tx.execute("UPDATE base SET path = ?2 WHERE path = ?1", [old.as_str(), new.as_str()])?;
+            tx.execute(
+                "UPDATE base SET path = ?2 WHERE path = ?1",
+                [old.as_str(), new.as_str()],
+            )?;
         }
         tx.commit().context("could not save base")?;
         for (old, new) in moved {
@@ -151,7 +186,9 @@ impl StateDb {
     /// On a database error.
     pub fn begin_batch(&mut self) -> anyhow::Result<()> {
         if self.conn.is_autocommit() {
-            self.conn.execute_batch("BEGIN IMMEDIATE").context("could not start a state transaction")?;
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .context("could not start a state transaction")?;
         }
         Ok(())
     }
@@ -162,7 +199,9 @@ impl StateDb {
     /// On a database error.
     pub fn commit_batch(&mut self) -> anyhow::Result<()> {
         if !self.conn.is_autocommit() {
-            self.conn.execute_batch("COMMIT").context("could not commit state")?;
+            self.conn
+                .execute_batch("COMMIT")
+                .context("could not commit state")?;
         }
         Ok(())
     }
@@ -172,7 +211,10 @@ impl StateDb {
     /// # Errors
     /// On a database error.
     pub fn meta(&self, key: &str) -> anyhow::Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
     }
 
     /// Saves a value.
@@ -180,7 +222,8 @@ impl StateDb {
     /// # Errors
     /// On a database error.
     pub fn set_meta(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", [key, value])?;
+        self.conn
+            .execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", [key, value])?;
         Ok(())
     }
 }
@@ -192,8 +235,12 @@ impl StateDb {
     /// On a database error or a corrupt value.
     pub fn readonly_modes(&self) -> anyhow::Result<BTreeMap<RelPath, u32>> {
         let text = self.meta("readonly_modes")?.unwrap_or_else(|| "{}".into());
-        let raw: BTreeMap<String, u32> = serde_json::from_str(&text).context("corrupt readonly_modes in state")?;
-        Ok(raw.into_iter().filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m))).collect())
+        let raw: BTreeMap<String, u32> =
+            serde_json::from_str(&text).context("corrupt readonly_modes in state")?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m)))
+            .collect())
     }
 
     /// Saves the modes to restore.
@@ -211,8 +258,12 @@ impl StateDb {
     /// On a database error or a corrupt value.
     pub fn my_locks(&self) -> anyhow::Result<BTreeMap<RelPath, i64>> {
         let text = self.meta("my_locks")?.unwrap_or_else(|| "{}".into());
-        let raw: BTreeMap<String, i64> = serde_json::from_str(&text).context("corrupt my_locks in state")?;
-        Ok(raw.into_iter().filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m))).collect())
+        let raw: BTreeMap<String, i64> =
+            serde_json::from_str(&text).context("corrupt my_locks in state")?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m)))
+            .collect())
     }
 
     /// Saves the locks this device holds.
@@ -226,7 +277,9 @@ impl StateDb {
 }
 
 fn to_hash32(bytes: &[u8]) -> anyhow::Result<[u8; 32]> {
-    bytes.try_into().map_err(|_| anyhow::anyhow!("corrupt hash of {} bytes in state", bytes.len()))
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("corrupt hash of {} bytes in state", bytes.len()))
 }
 
 fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
@@ -239,7 +292,10 @@ fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
 }
 
 fn decode_chunks(bytes: &[u8]) -> anyhow::Result<Vec<ChunkRef>> {
-    anyhow::ensure!(bytes.len().is_multiple_of(36), "corrupt chunk list in state");
+    anyhow::ensure!(
+        bytes.len().is_multiple_of(36),
+        "corrupt chunk list in state"
+    );
     Ok(bytes
         .chunks_exact(36)
         .map(|rec| ChunkRef {

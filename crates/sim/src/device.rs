@@ -133,6 +133,9 @@ pub struct Device {
     pub disk: SimFs,
     /// Durable: `.syncstore/state.sqlite`.
     pub base: BTreeMap<RelPath, BaseNode>,
+    /// Base as last committed to disk. The engine commits base once per applied plan (and when
+    /// a local run clears paths before deleting them), so a crash rolls `base` back to this.
+    committed_base: BTreeMap<RelPath, BaseNode>,
     /// In memory: lost on crash, reloaded from `GET /tree`.
     pub remote: Option<RemoteTree>,
     /// In memory: the rest of the plan being applied.
@@ -234,6 +237,7 @@ impl Device {
             rng,
             disk: SimFs::default(),
             base: BTreeMap::new(),
+            committed_base: BTreeMap::new(),
             remote: None,
             pending: VecDeque::new(),
         }
@@ -247,6 +251,12 @@ impl Device {
         );
         self.remote = None;
         self.pending.clear();
+        self.base = self.committed_base.clone();
+    }
+
+    /// The engine commits base when a plan has been applied or a pass ends early.
+    fn commit_base(&mut self) {
+        self.committed_base = self.base.clone();
     }
 
     /// The pass ends early (an error, the round limit): the rest of the plan is dropped.
@@ -258,6 +268,7 @@ impl Device {
             );
             self.pending.clear();
         }
+        self.commit_base();
     }
 
     /// The local tree, as the scanner reports it.
@@ -382,7 +393,12 @@ impl Device {
             Kind::Local => self.execute_locals(env, run),
         };
         match result {
-            Ok(applied) => applied,
+            Ok(applied) => {
+                if self.pending.is_empty() {
+                    self.commit_base();
+                }
+                applied
+            }
             Err(Abort::Request) => {
                 if env.crash_after_loss() {
                     self.crash(env);
@@ -894,6 +910,7 @@ impl Device {
                 // As `Engine::clear_base_before_deletes`: base forgets the path (durably) before
                 // the file is deleted, so a crash in between brings the file back.
                 self.base.remove(path);
+                self.commit_base();
                 if env.torn() {
                     env.log(
                         &self.name,
