@@ -25,6 +25,30 @@
 //!   deleted locally.
 //! - `RecordBase`: store the node given.
 //!
+//! # Row 29: a missing or emptied local root
+//!
+//! `../shared/THREE-TREE.md` says "stop the pass with an error; plan no deletions". This crate
+//! reads it as follows, and both cases report [`Blocked`] `{ path: None, reason:
+//! LocalRootMissing }`:
+//!
+//! - The local root is **missing or unreadable** (`local_root_ok` false): nothing at all is
+//!   planned.
+//! - The local root is **empty** (no entries but ignored ones) **while base holds files**: nothing
+//!   is deleted or moved on either side (no `DeleteRemote`, `DeleteLocal`, `RemoveDirLocal`,
+//!   moves or conflict copies), but what only adds bytes still goes: downloads, local directory
+//!   creations and base bookkeeping (`ForgetBase` only of paths gone on both sides). So an edit
+//!   made elsewhere that beat the user's delete of the last local file comes back, and the next
+//!   pass, no longer seeing an empty root, carries on as usual.
+//!
+//! # A base that lags behind
+//!
+//! The client may lose the answer to any request after the server applied it, and a crash rolls
+//! base back to its last commit, so base can lag behind the server by this device's own applied
+//! ops. The plan stays safe for any such base: a rename that cannot be a move uploads at the new
+//! path before deleting at the old one (see [`plan`] on the order), and a pass never deletes the
+//! same bytes locally at one path and remotely at another (a stale base entry would make both
+//! look like the other side's delete); it keeps the local file instead.
+//!
 //! Start reading at [`plan`], then `planner.rs` (the per-path table) and `rename.rs`.
 
 mod planner;
@@ -158,7 +182,8 @@ pub struct Blocked {
 pub enum BlockReason {
     /// Another device holds a lock on the path.
     LockedBy(DeviceName),
-    /// The local root is missing, unreadable, or empty while base holds files.
+    /// The local root is missing, unreadable, or empty while base holds files (row 29; when it
+    /// is empty, downloads still go, but nothing is deleted: see the crate docs).
     LocalRootMissing,
 }
 
@@ -171,9 +196,12 @@ pub struct Plan {
 
 /// Decides what to do. Pure: same input, same plan.
 ///
-/// The ops come in the order the client must apply them: moves and conflict copies, then
-/// deletions deepest path first, then directory creations shallowest first, then transfers, then
-/// base bookkeeping. See the module `planner` for the decision per path.
+/// The ops come in the order the client must apply them: moves and conflict copies, then local
+/// deletions and the remote deletions that free a name a creation needs, deepest path first,
+/// then directory creations shallowest first, then transfers, then the other remote deletions,
+/// deepest path first, then base bookkeeping. Remote deletions wait for the uploads so that the
+/// bytes of a rename that could not be a move are on the server at the new path before they are
+/// deleted at the old one. See the module `planner` for the decision per path.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     planner::plan(input)
 }

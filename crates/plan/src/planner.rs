@@ -2,7 +2,8 @@
 //!
 //! A pass goes in four steps:
 //!
-//! 1. Whole-pass checks (row 29): a missing or emptied local root stops everything.
+//! 1. Whole-pass checks (row 29): a missing local root stops everything; an emptied one stops
+//!    every deletion (see the crate docs).
 //! 2. Renames ([`crate::rename`]): a node that left one path and arrived at another becomes one
 //!    move; the paths it settles are *claimed* and skipped by step 3.
 //! 3. Every other path, children before parents: each side is classified against base by kind
@@ -10,7 +11,8 @@
 //!    A directory's decision depends on what its children's decisions leave beneath it, which is
 //!    why children go first; the planner tracks what each side will hold after the plan in
 //!    `local_after` / `remote_after`.
-//! 4. The ops are sorted into the order the client applies them ([`sort_ops`]).
+//! 4. The ops are sorted into the order the client applies them ([`sort_ops`]): remote
+//!    deletions wait for the uploads unless they free a name one needs.
 //!
 //! A remote node at a path whose `node_id` differs from base's was deleted and created anew
 //! remotely, so the remote side counts as changed there even when the new node holds base's
@@ -28,27 +30,39 @@ use std::collections::{BTreeMap, BTreeSet};
 /// See the module docs.
 pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
     let mut planner = Planner::new(input);
-    // Row 29: ignored leftovers (a `.DS_Store` on an empty mount point) do not count.
+    if !input.local_root_ok {
+        return Plan {
+            ops: Vec::new(),
+            blocked: vec![root_blocked()],
+        };
+    }
+    // Row 29: an empty root while base holds files looks like an unmounted disk, so nothing is
+    // deleted on its account; what only adds bytes (downloads, directory creations, base
+    // bookkeeping) still goes, so an edit that beat a delete elsewhere comes back. Ignored
+    // leftovers (a `.DS_Store` on an empty mount point) do not count as entries.
     let has_base_file = planner
         .base
         .values()
         .any(|node| node.kind == EntryKind::File);
-    if !input.local_root_ok || (planner.local.is_empty() && has_base_file) {
-        return Plan {
-            ops: Vec::new(),
-            blocked: vec![Blocked {
-                path: None,
-                reason: BlockReason::LocalRootMissing,
-            }],
-        };
-    }
+    planner.root_emptied = planner.local.is_empty() && has_base_file;
     planner.detect_renames();
+    planner.deleted_remotely = planner.deleted_remotely();
     planner.decide_paths();
     let mut ops = planner.ops;
     sort_ops(&mut ops);
     let mut blocked = planner.blocked;
     blocked.sort_by(|a, b| a.path.cmp(&b.path));
+    if planner.root_emptied {
+        blocked.insert(0, root_blocked());
+    }
     Plan { ops, blocked }
+}
+
+fn root_blocked() -> Blocked {
+    Blocked {
+        path: None,
+        reason: BlockReason::LocalRootMissing,
+    }
 }
 
 /// One side's state at a path, compared by kind and content.
@@ -86,6 +100,11 @@ pub(crate) struct Planner<'i, 'a> {
     claimed_trees: Vec<RelPath>,
     /// Conflicted-copy names chosen in this pass, so two copies never get the same name.
     copy_names: BTreeSet<RelPath>,
+    /// Row 29: the local root holds nothing while base holds files; nothing is deleted.
+    root_emptied: bool,
+    /// Contents of remote files this pass deletes because they are gone locally (row 6 and the
+    /// deletions of rows 16 and 19), set after the rename step; see [`Planner::last_copy`].
+    deleted_remotely: BTreeSet<ContentHash>,
     pub(crate) ops: Vec<PlanOp>,
     pub(crate) blocked: Vec<Blocked>,
 }
@@ -118,6 +137,8 @@ impl<'i, 'a> Planner<'i, 'a> {
             claimed: BTreeSet::new(),
             claimed_trees: Vec::new(),
             copy_names: BTreeSet::new(),
+            root_emptied: false,
+            deleted_remotely: BTreeSet::new(),
             ops: Vec::new(),
             blocked: Vec::new(),
         }
@@ -216,6 +237,45 @@ impl<'i, 'a> Planner<'i, 'a> {
         copy
     }
 
+    /// See the field `deleted_remotely`: the contents of files that are gone locally and will be
+    /// deleted remotely, unless a rename claimed them.
+    fn deleted_remotely(&self) -> BTreeSet<ContentHash> {
+        let empty = ContentHash::of_empty();
+        let mut out = BTreeSet::new();
+        for (&path, &base) in &self.base {
+            let Some(hash) = base.hash.filter(|h| *h != empty) else {
+                continue;
+            };
+            let remote_unchanged = self.remote.get(path).is_some_and(|remote| {
+                remote.kind == EntryKind::File
+                    && remote.node_id == base.node_id
+                    && remote.hash == Some(hash)
+            });
+            if base.kind == EntryKind::File
+                && remote_unchanged
+                && !self.local.contains_key(path)
+                && !self.is_claimed(path)
+            {
+                out.insert(hash);
+            }
+        }
+        out
+    }
+
+    /// Whether deleting local bytes `hash` would destroy them on both sides in this pass: the
+    /// remote copy of the same bytes at another path goes too, because it is gone locally.
+    ///
+    /// Base can claim an agreement the server no longer holds: the client may lose the answer to
+    /// any request, or roll base back in a crash, after the server applied a deletion of ours.
+    /// A file the user then moves back onto that path (or a directory move that carries the stale
+    /// entry there) looks unchanged locally and deleted remotely (row 7), while its remote copy
+    /// at the path it came from looks deleted locally (row 6). Keeping the local file (it is
+    /// uploaded, as an edit beats a delete) keeps the bytes; at worst a deletion made on both
+    /// sides at once is undone.
+    fn last_copy(&self, hash: ContentHash) -> bool {
+        self.deleted_remotely.contains(&hash)
+    }
+
     /// Step 3 of the module docs.
     fn decide_paths(&mut self) {
         let mut paths: BTreeSet<&'a RelPath> = BTreeSet::new();
@@ -244,7 +304,9 @@ impl<'i, 'a> Planner<'i, 'a> {
                 continue;
             }
             let local_changed = local_state != self.base_state(path);
-            let blocked = local_changed && self.lock_for(path).is_some();
+            // A local file kept as a conflicted copy (see `last_copy`) is a local change too.
+            let kept = matches!(local_state, State::File(Some(hash)) if self.last_copy(hash));
+            let blocked = (local_changed || kept) && self.lock_for(path).is_some();
             let held_back = !local_changed && !self.input.remote_complete;
             // A path settled by the rename step gets no directory creation this pass either.
             if blocked || held_back || self.is_claimed(path) {
@@ -301,6 +363,21 @@ impl<'i, 'a> Planner<'i, 'a> {
                 self.block(path, device);
                 return;
             }
+        }
+        let deletes = |op: &PlanOp| {
+            matches!(
+                op,
+                PlanOp::DeleteLocal { .. }
+                    | PlanOp::DeleteRemote { .. }
+                    | PlanOp::RemoveDirLocal { .. }
+                    | PlanOp::MoveLocal { .. }
+                    | PlanOp::MoveRemote { .. }
+                    | PlanOp::ConflictCopy { .. }
+            )
+        };
+        if self.root_emptied && ops.iter().any(deletes) {
+            // Row 29: an emptied root deletes nothing (and moves nothing) on either side.
+            return;
         }
         if !self.input.remote_complete {
             // Row 30: an absence in a partial listing proves nothing, so nothing local is
@@ -429,11 +506,14 @@ impl<'i, 'a> Planner<'i, 'a> {
                 }],
             },
             (File(Some(local_hash)), Absent, _, _) => match base_state {
-                // Row 7: the executor re-checks that the local file still holds base.
-                File(_) if !local_changed => vec![PlanOp::DeleteLocal {
-                    path,
-                    expect_hash: local_hash,
-                }],
+                // Row 7: the executor re-checks that the local file still holds base. Unless
+                // the same bytes are deleted remotely elsewhere in this pass (see `last_copy`).
+                File(_) if !local_changed && !self.last_copy(local_hash) => {
+                    vec![PlanOp::DeleteLocal {
+                        path,
+                        expect_hash: local_hash,
+                    }]
+                }
                 // Rows 11 and 10 (an edit beats a delete).
                 _ => vec![PlanOp::Upload {
                     path,
@@ -456,7 +536,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                 _ => vec![PlanOp::MakeDirRemote { path }],
             },
             (File(Some(local_hash)), Dir, _, Some(remote)) => {
-                if !local_changed {
+                if !local_changed && !self.last_copy(local_hash) {
                     // Row 19: the remote turned the file into a directory.
                     vec![
                         PlanOp::DeleteLocal {
@@ -573,11 +653,54 @@ fn move_tree(set: &mut BTreeSet<String>, from: &RelPath, to: &RelPath) {
 }
 
 /// Sorts ops into the order the client applies them; see [`crate::plan`].
+///
+/// A remote deletion goes before the creations only when it frees a name one of them needs (a
+/// creation at or beneath the deleted path); every other remote deletion goes after the
+/// transfers. A rename that could not be a move is a deletion at the old path plus a creation at
+/// the new one, and the client may lose the answer to any request (or roll base back in a
+/// crash), so base can keep naming the old path after the server applied the deletion. Were the
+/// deletion first, the content would then exist only on disk, at a path base still claims both
+/// sides agreed on, and a later pass could read the missing remote copy as a remote delete
+/// (row 7). Uploading first means the server holds the bytes before anything of them is deleted.
 fn sort_ops(ops: &mut [PlanOp]) {
+    let created: Vec<RelPath> = ops
+        .iter()
+        .filter_map(|op| match op {
+            PlanOp::Upload { path, .. } | PlanOp::MakeDirRemote { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    // A file replacing a directory frees its name by deleting the directory, which is early
+    // then, and so is everything beneath it.
+    let frees_a_name = |deleted: &RelPath| {
+        created
+            .iter()
+            .any(|path| path == deleted || path.is_inside(deleted))
+    };
+    let mut early: Vec<RelPath> = ops
+        .iter()
+        .filter_map(|op| match op {
+            PlanOp::DeleteRemote { path, .. } if frees_a_name(path) => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    // What lies beneath an early deletion must go first too: a directory is deleted empty.
+    let beneath_early = |path: &RelPath, early: &[RelPath]| early.iter().any(|e| path.is_inside(e));
+    let extra: Vec<RelPath> = ops
+        .iter()
+        .filter_map(|op| match op {
+            PlanOp::DeleteRemote { path, .. } if beneath_early(path, &early) => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    early.extend(extra);
     // The sort is stable, so moves keep the order they were decided in.
     ops.sort_by_key(|op| match op {
         PlanOp::MoveRemote { .. } | PlanOp::MoveLocal { .. } | PlanOp::ConflictCopy { .. } => {
             (0, 0, String::new())
+        }
+        PlanOp::DeleteRemote { path, .. } if !early.contains(path) => {
+            (4, usize::MAX - path.depth(), path.as_str().to_owned())
         }
         PlanOp::DeleteLocal { path, .. }
         | PlanOp::DeleteRemote { path, .. }
@@ -591,7 +714,7 @@ fn sort_ops(ops: &mut [PlanOp]) {
             (3, 0, path.as_str().to_owned())
         }
         PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => {
-            (4, 0, path.as_str().to_owned())
+            (5, 0, path.as_str().to_owned())
         }
     });
 }

@@ -271,11 +271,11 @@ fn row_17_directory_deleted_while_other_side_changed_beneath_keeps_changes() {
         "z file h0",
         "z file h0\nd dir\nd/keep file h9 rev=2\nd/old file h2\nd/new file h3",
         expect![[r#"
-        delete-remote d/old rev=1
-        mkdir-local d id=1 rev=1
-        download d/keep h9 id=2 rev=2 if-local=absent
-        download d/new h3 id=3 rev=1 if-local=absent
-    "#]],
+            mkdir-local d id=1 rev=1
+            download d/keep h9 id=2 rev=2 if-local=absent
+            download d/new h3 id=3 rev=1 if-local=absent
+            delete-remote d/old rev=1
+        "#]],
     );
     // Deleted remotely; the local side modified d/keep and created d/new.
     check(
@@ -519,7 +519,7 @@ fn row_28_symlinks_never_reach_the_planner() {
 #[test]
 fn row_29_local_root_missing_or_emptied_stops_the_pass() {
     let base = "a file h1\nd dir";
-    // Empty while base holds files: the disk was probably unmounted.
+    // Empty while base holds files: the disk was probably unmounted, so nothing is deleted.
     check(
         base,
         "",
@@ -527,6 +527,17 @@ fn row_29_local_root_missing_or_emptied_stops_the_pass() {
         expect![[r#"
         blocked *: local root missing
     "#]],
+    );
+    // What only adds bytes still goes: a remote edit (row 9) or creation comes back.
+    check(
+        base,
+        "",
+        "a file h2 rev=2\nd dir\nn file h3",
+        expect![[r#"
+            download a h2 id=1 rev=2 if-local=absent
+            download n h3 id=3 rev=1 if-local=absent
+            blocked *: local root missing
+        "#]],
     );
     let mut fixture = Fixture::new(base, base, "d dir");
     fixture.local_root_ok = false;
@@ -833,5 +844,133 @@ fn locked_rename_onto_a_remote_directory_holds_back_what_is_beneath() {
         rmdir-local b
         blocked a: locked by phone
         blocked b/x: locked by phone
+    "#]]);
+}
+
+// Regressions found by the simulation (`crates/sim`): replay with
+// `SYNCSTORE_DEVICES=2 SYNCSTORE_SEED=N cargo test -p syncstore-sim`.
+// The client may lose the answer to any request, or roll base back in a crash, after the server
+// applied it, so base can lag behind the server by our own ops; the plan must stay safe for it.
+
+#[test]
+fn seed_267_directory_rename_that_cannot_be_a_move_uploads_before_deleting() {
+    // `a/c.txt` was renamed to `a/b`, where the remote holds a file: the remote file moves
+    // aside and the rename falls back to a delete plus a create. The content goes up at the new
+    // path before anything is deleted at the old one.
+    let base = "a dir\na/c.txt dir ino=5\na/c.txt/c.txt file h1 ino=6\nz file h0";
+    check(
+        base,
+        "a dir\na/b dir ino=5\na/b/c.txt file h1 ino=6\nz file h0",
+        "a dir\na/b file h2\na/c.txt dir\na/c.txt/c.txt file h1\nz file h0",
+        expect![[r#"
+            move-remote a/b -> a/b (conflicted copy from laptop 2024-05-06 070809) rev=1
+            mkdir-remote a/b
+            upload a/b/c.txt h1 if-absent
+            delete-remote a/c.txt/c.txt rev=1
+            delete-remote a/c.txt rev=1
+        "#]],
+    );
+    // The deletions were applied but their answer was lost: base still names the old paths, and
+    // the bytes are safe on the server at the new one.
+    check(
+        "a dir\na/b dir ino=5\na/b/c.txt file h1 ino=6\na/c.txt dir ino=5\na/c.txt/c.txt file h1 ino=6\nz file h0",
+        "a dir\na/b dir ino=5\na/b/c.txt file h1 ino=6\nz file h0",
+        "a dir\na/b dir\na/b/c.txt file h1\nz file h0",
+        expect![[r#"
+            forget-base a/c.txt
+            forget-base a/c.txt/c.txt
+        "#]],
+    );
+    // A crash rolled base back to before the whole plan: nothing is deleted either.
+    check(
+        base,
+        "a dir\na/b dir ino=5\na/b/c.txt file h1 ino=6\nz file h0",
+        "a dir\na/b dir\na/b/c.txt file h1\nz file h0",
+        expect![[r#"
+            record-base a/b dir id=2 rev=1 size=0 mtime=0 ino=5
+            record-base a/b/c.txt file h1 id=3 rev=1 size=0 mtime=0 ino=6
+            forget-base a/c.txt
+            forget-base a/c.txt/c.txt
+        "#]],
+    );
+}
+
+#[test]
+fn seed_3227_file_rename_that_cannot_be_a_move_uploads_before_deleting() {
+    // `a` was renamed to `b`, where the remote holds a directory: `b` must be deleted first to
+    // free the name, but `a` only after its bytes are up at `b`.
+    check(
+        "a file h1 ino=5\nb dir\nz file h0",
+        "b file h1 ino=5\nz file h0",
+        "a file h1\nb dir\nz file h0",
+        expect![[r#"
+            delete-remote b rev=1
+            upload b h1 if-absent
+            delete-remote a rev=1
+        "#]],
+    );
+}
+
+#[test]
+fn seed_3227_file_moved_back_onto_a_stale_base_path_is_kept() {
+    // The deletion of `a` was applied but its answer lost, so base still holds `a`; then the user
+    // moved `b` back to `a`. Seen per path, `a` is unchanged locally and deleted remotely
+    // (row 7), `b` deleted locally and unchanged remotely (row 6): together they would delete
+    // the bytes on both sides. The local file is kept and uploaded instead.
+    check(
+        "a file h1 id=7 ino=5\nb file h1 id=8 ino=5\nz file h0",
+        "a file h1 ino=5\nz file h0",
+        "b file h1 id=8\nz file h0",
+        expect![[r#"
+            upload a h1 if-absent
+            delete-remote b rev=1
+        "#]],
+    );
+    // The same when the remote turned the path into a directory: the local file becomes a copy.
+    check(
+        "a file h1 id=7 ino=5\nb file h1 id=8 ino=5\nz file h0",
+        "a file h1 ino=5\nz file h0",
+        "a dir id=9\nb file h1 id=8\nz file h0",
+        expect![[r#"
+            conflict-copy a -> a (conflicted copy from laptop 2024-05-06 070809)
+            mkdir-local a id=9 rev=1
+            delete-remote b rev=1
+        "#]],
+    );
+}
+
+#[test]
+fn seed_1974_edit_that_beat_a_delete_comes_back_into_an_emptied_root() {
+    // The user deleted the last local file while another device edited it. The root is empty
+    // while base holds files (row 29): nothing is deleted, but the edit comes back.
+    check(
+        "a file h1\nd dir\nd/f file h3\ne dir\ngone file h4",
+        "",
+        "a file h2 rev=2\nd dir\nd/f file h3\nn dir\nn/new file h5",
+        expect![[r#"
+            mkdir-local n id=6 rev=1
+            download a h2 id=1 rev=2 if-local=absent
+            download n/new h5 id=7 rev=1 if-local=absent
+            forget-base e
+            forget-base gone
+            blocked *: local root missing
+        "#]],
+    );
+}
+
+#[test]
+fn file_kept_as_the_last_copy_under_a_lock_holds_back_what_is_beneath() {
+    // Found by the property test: `c` would go as in row 19 (the remote made it a directory),
+    // but its bytes are deleted remotely at `a` in the same pass, so it is kept as a copy; the
+    // lock holds that back, and nothing can be downloaded into the directory yet.
+    Fixture::new(
+        "a file h4\nc file h4 id=2\nz file h9",
+        "c file h4\nz file h9",
+        "a file h4\nc dir id=3\nc/y file h1\nz file h9",
+    )
+    .locked("c", "phone")
+    .check(expect![[r#"
+        delete-remote a rev=1
+        blocked c: locked by phone
     "#]]);
 }
