@@ -9,29 +9,34 @@ use syncstore_sim::{run, Config};
 const DEFAULT_SEEDS: u64 = 200;
 
 /// Seeds of the default configuration that fail because of known bugs outside this crate;
-/// skipped in ranges, never in a replay. None is in the default range today; the known failures
-/// (found with the planner at 1a5d871) are outside it:
-///
-// FIXME(seed 267, SYNCSTORE_DEVICES=2): content lost. d1 renames dir `a/c.txt` to `a/b` while the
-// remote holds a file at `a/b`; the planner falls back to "move the remote file aside, delete
-// `a/c.txt/c.txt` and `a/c.txt` remotely, upload `a/b/c.txt`", deletions first. The request with
-// the delete is applied but its answer is lost, so base still names `a/c.txt/c.txt`. The next plan
-// can apply the rename as a move, rebases base to `a/b/c.txt`, and reads the missing remote file
-// as a remote delete (row 7): `DeleteLocal a/b/c.txt`. The other device follows the delete too.
-// FIXME(seed 3227, SYNCSTORE_DEVICES=2): content lost, same class. d1 renames file `a` to `b`
-// while the remote holds a dir at `b`; the fallback sends `Delete a`, `Delete b` before
-// `Upload b`; the deletes are applied, the answer lost; the user renames `b` back to `a`; the next
-// plan sees `a` unchanged locally and gone remotely, and deletes it locally.
-// FIXME(seed 1479): content lost. d0 cannot apply a remote dir move `b/c.txt -> c.txt/a` (a local
-// file is at `c.txt`), so it plans `DeleteLocal b/c.txt/a` plus a later download; the engine
-// unlinks the file and crashes before forgetting it in base; after restart the move applies,
-// base is rebased to `c.txt/a/a`, and the next plan reads it as a local delete (row 6):
-// `DeleteRemote`. The engine's order (unlink, then base) makes a crash look like a user delete.
-// FIXME(seed 1974, SYNCSTORE_DEVICES=2): no quiescence. The user deletes the last local file
-// while another device edits it (the delete gets 409: the edit must come back), and the sync
-// empties the rest of the folder; row 29 (empty root while base holds files) then blocks every
-// pass for ever, so the edit is never downloaded.
+/// skipped in ranges, never in a replay. None is known today.
 const KNOWN_FAILING: &[u64] = &[];
+
+/// Seeds that once broke an invariant, with the number of devices they failed with, run on
+/// every `cargo test`. The model keeps growing, so a seed may no longer replay its old history;
+/// it stays as one more run. Replay one with `SYNCSTORE_DEVICES=N SYNCSTORE_SEED=S`.
+const REGRESSIONS: &[(u64, usize, &str)] = &[
+    (
+        267,
+        2,
+        "plan: a directory rename onto a remote file deleted before it uploaded",
+    ),
+    (
+        1479,
+        3,
+        "client: a local delete unlinked the file before forgetting it in base",
+    ),
+    (
+        1974,
+        2,
+        "plan: an emptied root (row 29) kept an edit from coming back, for ever",
+    ),
+    (
+        3227,
+        2,
+        "plan: a file rename onto a remote directory deleted before it uploaded",
+    ),
+];
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
@@ -40,6 +45,19 @@ fn env_u64(name: &str) -> Option<u64> {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
     )
+}
+
+#[test]
+fn regressions() {
+    for &(seed, devices, what) in REGRESSIONS {
+        let config = Config {
+            devices,
+            ..Config::default()
+        };
+        if let Err(failure) = run(seed, &config) {
+            panic!("regression ({what}), with SYNCSTORE_DEVICES={devices}:\n{failure}");
+        }
+    }
 }
 
 #[test]
