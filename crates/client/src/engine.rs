@@ -461,6 +461,7 @@ impl Engine {
                     let cleared =
                         tokio::task::block_in_place(|| self.clear_base_before_deletes(&run))?;
                     self.cleared_for_delete = cleared;
+                    let local_run = run.clone();
                     let mut n = 0;
                     for op in run {
                         match tokio::task::block_in_place(|| self.execute_local(&op)) {
@@ -478,7 +479,11 @@ impl Engine {
                     }
                     // Deletes and renames become durable before base records them.
                     if n > 0 {
-                        tokio::task::block_in_place(|| crate::fsutil::sync_filesystem(&self.root))?;
+                        let dirs = touched_dirs(&self.root, &local_run);
+                        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+                        tokio::task::block_in_place(|| {
+                            crate::fsutil::make_durable(&self.root, &[], &dirs)
+                        })?;
                     }
                     n
                 }
@@ -862,18 +867,23 @@ impl Engine {
         let tmp_dir = self.tmp_dir.clone();
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<WrittenFile>> {
             let written = write_temp_files(jobs, stream, &tmp_dir)?;
-            // One sync makes every temp file's bytes durable before any is renamed into place.
-            if !written.is_empty() {
-                crate::fsutil::sync_filesystem(&tmp_dir)?;
-            }
+            // Every temp file's bytes are durable before any is renamed into place.
+            let temps: Vec<&Path> = written.iter().map(|w| &*w.temp as &Path).collect();
+            crate::fsutil::make_durable(&tmp_dir, &temps, &[])?;
             Ok(written)
         })
         .await
         .context("download task failed")??;
         let mut applied = 0;
+        let mut placed_dirs: Vec<PathBuf> = Vec::new();
         for done in written {
             match tokio::task::block_in_place(|| self.place_download(&done)) {
-                Ok(true) => applied += 1,
+                Ok(true) => {
+                    applied += 1;
+                    if let Some(parent) = done.job.full.parent() {
+                        placed_dirs.push(parent.to_path_buf());
+                    }
+                }
                 Ok(false) => self.retry_soon = true,
                 Err(err) => {
                     tracing::warn!(path = %done.job.path, cause = format!("{err:#}"), "could not place download");
@@ -882,9 +892,8 @@ impl Engine {
             }
         }
         // The renames become durable before the batch's base updates are committed.
-        if applied > 0 {
-            tokio::task::block_in_place(|| crate::fsutil::sync_filesystem(&self.root))?;
-        }
+        let dirs: Vec<&Path> = placed_dirs.iter().map(PathBuf::as_path).collect();
+        tokio::task::block_in_place(|| crate::fsutil::make_durable(&self.root, &[], &dirs))?;
         Ok(applied)
     }
 
@@ -1144,6 +1153,26 @@ impl Engine {
             other => unreachable!("not a local op: {other:?}"),
         }
     }
+}
+
+/// The directories whose entries the local ops of `run` change.
+fn touched_dirs(root: &Path, run: &[PlanOp]) -> Vec<PathBuf> {
+    let parent_of = |path: &RelPath| match path.parent() {
+        Some(parent) => root.join(parent.as_str()),
+        None => root.to_path_buf(),
+    };
+    let mut dirs = Vec::new();
+    for op in run {
+        match op {
+            PlanOp::DeleteLocal { path, .. }
+            | PlanOp::RemoveDirLocal { path }
+            | PlanOp::MakeDirLocal { path, .. } => dirs.push(parent_of(path)),
+            PlanOp::MoveLocal { from, to } => dirs.extend([parent_of(from), parent_of(to)]),
+            PlanOp::ConflictCopy { path, copy } => dirs.extend([parent_of(path), parent_of(copy)]),
+            _ => {}
+        }
+    }
+    dirs
 }
 
 /// Whether `path` is a locked path or lies beneath one.

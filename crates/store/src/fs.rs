@@ -78,9 +78,20 @@ impl ChunkStore for FsChunkStore {
             .into_iter()
             .map(|(hash, bytes)| (self.chunk_path(user_id, &hash), hash, bytes))
             .collect();
-        tokio::task::spawn_blocking(move || write_chunk_batch(&root, &user_dir, chunks))
-            .await
-            .map_err(|err| StoreError::Worker(err.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            // A few chunks are cheaper with their own fsyncs than with a sync of the whole
+            // filesystem, which also waits for unrelated dirty data (it set the latency of a
+            // one-file edit); many chunks are far cheaper with two syncs in all.
+            if chunks.len() <= SMALL_BATCH {
+                chunks
+                    .iter()
+                    .try_for_each(|(path, hash, bytes)| write_chunk(&user_dir, path, hash, bytes))
+            } else {
+                write_chunk_batch(&root, &user_dir, chunks)
+            }
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
     }
 
     async fn missing(
@@ -141,6 +152,10 @@ impl ChunkStore for FsChunkStore {
         .map_err(|err| StoreError::Worker(err.to_string()))?
     }
 }
+
+/// Batches of at most this many chunks are made durable chunk by chunk (fsync of the file and
+/// its directory); larger ones with [`write_chunk_batch`].
+const SMALL_BATCH: usize = 8;
 
 /// Writes a batch of chunks with two filesystem syncs in all: every chunk goes to a temp file
 /// in its final directory unsynced, one `syncfs` makes their bytes durable, they are renamed
