@@ -22,7 +22,7 @@ pub struct DaemonOptions {
 }
 
 /// How long the loop waits after a local event for the burst to settle.
-const DEBOUNCE: Duration = Duration::from_millis(15);
+const DEBOUNCE: Duration = Duration::from_millis(10);
 /// The longest a burst of local events can delay a pass.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
 /// Long-poll wait per request.
@@ -168,7 +168,21 @@ fn start_watcher(
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) => {
-                if event.paths.is_empty() || event.paths.iter().any(|p| !p.starts_with(&meta_dir)) {
+                // Opening or reading a file changes nothing; our own scans and uploads do both,
+                // and waking on them would start a pass after every pass.
+                use notify::event::{AccessKind, AccessMode, EventKind};
+                let read_only = matches!(
+                    event.kind,
+                    EventKind::Access(
+                        AccessKind::Open(_)
+                            | AccessKind::Read
+                            | AccessKind::Close(AccessMode::Read)
+                    )
+                );
+                if !read_only
+                    && (event.paths.is_empty()
+                        || event.paths.iter().any(|p| !p.starts_with(&meta_dir)))
+                {
                     local_dirty.notify_one();
                 }
             }
