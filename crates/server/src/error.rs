@@ -66,6 +66,7 @@ impl From<StoreError> for ApiError {
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)
             | StoreError::Database(_)
+            | StoreError::ObjectStore(_)
             | StoreError::Io { .. }
             | StoreError::Worker(_) => {
                 tracing::error!(cause = %err, "store failed");

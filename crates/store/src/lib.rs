@@ -2,8 +2,9 @@
 //! and a [`ChunkStore`] (content-addressed chunk bytes, per user), each behind a narrow trait.
 //!
 //! The server holds them as `Arc<dyn MetaStore>` and `Arc<dyn ChunkStore>` and never learns which
-//! backend it talks to. The embedded default is [`SqliteMetaStore`] + [`FsChunkStore`]; a
-//! PostgreSQL + S3 pair slots in behind the same traits.
+//! backend it talks to. The embedded default is [`SqliteMetaStore`] + [`FsChunkStore`];
+//! [`PgMetaStore`] + [`S3ChunkStore`] slot in behind the same traits, and a [`ChangeFeed`] tells
+//! each server about the batches the others committed.
 //!
 //! # Layout
 //!
@@ -13,7 +14,8 @@
 //!   re-implements the rules.
 //! - [`locks`] holds the rules of taking, renewing, releasing and breaking locks, over the same
 //!   `Txn`.
-//! - [`sqlite`] and [`fs`] are the embedded backends.
+//! - [`sqlite`] and [`fs`] are the embedded backends; [`postgres`] and [`s3`] the shared ones,
+//!   for several server processes over one PostgreSQL database and one S3 bucket.
 //! - [`conformance`] is the one contract suite every backend pair must pass.
 //!
 //! Start reading at [`MetaStore`], then [`ops::apply_batch`].
@@ -28,15 +30,20 @@ pub mod conformance;
 pub mod fs;
 pub mod locks;
 pub mod ops;
+pub mod postgres;
+pub mod s3;
 pub mod sqlite;
 
 pub use fs::FsChunkStore;
+pub use postgres::PgMetaStore;
+pub use s3::S3ChunkStore;
 pub use sqlite::SqliteMetaStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 use syncstore_proto::{
     Change, ChunkHash, Cursor, DeviceName, LockInfo, Op, OpResult, RelPath, RemoteEntry, UserName,
 };
@@ -254,6 +261,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The object store (S3) failed or could not be reached.
+    #[error("object store: {0}")]
+    ObjectStore(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A filesystem call failed.
     #[error("{context}: {source}")]
     Io {
@@ -268,6 +278,57 @@ pub enum StoreError {
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> StoreError {
         StoreError::Database(Box::new(err))
+    }
+}
+
+/// A batch committed to a meta store shared by several servers: the user's journal now reaches
+/// `cursor`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ChangeNotice {
+    pub user_id: UserId,
+    pub cursor: Cursor,
+}
+
+/// The commits of every server on a shared meta store, as [`ChangeNotice`]s
+/// (see [`PgMetaStore::change_feed`]).
+///
+/// Cloning shares one feed; the task behind it stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct ChangeFeed {
+    sender: tokio::sync::broadcast::Sender<ChangeNotice>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl ChangeFeed {
+    /// A feed whose notices `task` sends on `sender`.
+    pub fn new(
+        sender: tokio::sync::broadcast::Sender<ChangeNotice>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> ChangeFeed {
+        ChangeFeed {
+            sender,
+            _task: Arc::new(AbortOnDrop(task)),
+        }
+    }
+
+    /// A receiver of every notice from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice> {
+        self.sender.subscribe()
+    }
+}
+
+impl fmt::Debug for ChangeFeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeFeed").finish_non_exhaustive()
+    }
+}
+
+/// Stops the feed's task with its last owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -441,10 +441,11 @@ impl MetaStore for SqliteMetaStore {
 }
 
 /// The columns of a lock row, in [`RawLock`] order.
-const LOCK_COLUMNS: &str = "path, device, since_ms, expires_ms";
+pub(crate) const LOCK_COLUMNS: &str = "path, device, since_ms, expires_ms";
 
 /// The columns of a lock journal row, in [`RawLockChange`] order.
-const LOCK_CHANGE_COLUMNS: &str = "cursor, kind, path, device, since_ms, expires_ms, broken_by";
+pub(crate) const LOCK_CHANGE_COLUMNS: &str =
+    "cursor, kind, path, device, since_ms, expires_ms, broken_by";
 
 /// One row of either journal table, for merging them by cursor.
 enum JournalRow {
@@ -453,11 +454,11 @@ enum JournalRow {
 }
 
 /// A `locks` row, not yet validated.
-struct RawLock {
-    path: String,
-    device: String,
-    since_ms: i64,
-    expires_ms: Option<i64>,
+pub(crate) struct RawLock {
+    pub(crate) path: String,
+    pub(crate) device: String,
+    pub(crate) since_ms: i64,
+    pub(crate) expires_ms: Option<i64>,
 }
 
 impl RawLock {
@@ -470,7 +471,7 @@ impl RawLock {
         })
     }
 
-    fn into_lock(self) -> Result<LockInfo, StoreError> {
+    pub(crate) fn into_lock(self) -> Result<LockInfo, StoreError> {
         Ok(LockInfo {
             path: stored_path(&self.path)?,
             device: stored_device(&self.device)?,
@@ -481,18 +482,18 @@ impl RawLock {
 }
 
 /// A `lock_changes` row, not yet validated.
-struct RawLockChange {
-    cursor: i64,
-    kind: String,
-    path: String,
-    device: String,
-    since_ms: Option<i64>,
-    expires_ms: Option<i64>,
-    broken_by: Option<String>,
+pub(crate) struct RawLockChange {
+    pub(crate) cursor: i64,
+    pub(crate) kind: String,
+    pub(crate) path: String,
+    pub(crate) device: String,
+    pub(crate) since_ms: Option<i64>,
+    pub(crate) expires_ms: Option<i64>,
+    pub(crate) broken_by: Option<String>,
 }
 
 impl RawLockChange {
-    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawLockChange> {
+    pub(crate) fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawLockChange> {
         Ok(RawLockChange {
             cursor: row.get(0)?,
             kind: row.get(1)?,
@@ -504,7 +505,7 @@ impl RawLockChange {
         })
     }
 
-    fn into_change(self, cursor: Cursor) -> Result<Change, StoreError> {
+    pub(crate) fn into_change(self, cursor: Cursor) -> Result<Change, StoreError> {
         let path = stored_path(&self.path)?;
         let device = stored_device(&self.device)?;
         match self.kind.as_str() {
@@ -539,23 +540,24 @@ fn stored_device(text: &str) -> Result<DeviceName, StoreError> {
 }
 
 /// The columns of a node row (and of the node part of a change row), in [`RawRow`] order.
-const NODE_COLUMNS: &str = "node_id, path, kind, rev, size, mtime_ms, hash, chunks, device";
+pub(crate) const NODE_COLUMNS: &str =
+    "node_id, path, kind, rev, size, mtime_ms, hash, chunks, device";
 
 /// The columns of a change row: its cursor, then the node columns (a change's rev is its cursor).
-const CHANGE_COLUMNS: &str =
+pub(crate) const CHANGE_COLUMNS: &str =
     "cursor, node_id, path, kind, cursor AS rev, size, mtime_ms, hash, chunks, device";
 
 /// The columns of a node or change row, not yet validated.
-struct RawRow {
-    node_id: i64,
-    path: String,
-    kind: String,
-    rev: i64,
-    size: i64,
-    mtime_ms: i64,
-    hash: Option<Vec<u8>>,
-    chunks: Vec<u8>,
-    device: String,
+pub(crate) struct RawRow {
+    pub(crate) node_id: i64,
+    pub(crate) path: String,
+    pub(crate) kind: String,
+    pub(crate) rev: i64,
+    pub(crate) size: i64,
+    pub(crate) mtime_ms: i64,
+    pub(crate) hash: Option<Vec<u8>>,
+    pub(crate) chunks: Vec<u8>,
+    pub(crate) device: String,
 }
 
 impl RawRow {
@@ -577,7 +579,7 @@ impl RawRow {
         })
     }
 
-    fn into_entry(self) -> Result<RemoteEntry, StoreError> {
+    pub(crate) fn into_entry(self) -> Result<RemoteEntry, StoreError> {
         let kind = match self.kind.as_str() {
             "file" => EntryKind::File,
             "dir" => EntryKind::Dir,
@@ -605,7 +607,7 @@ impl RawRow {
         })
     }
 
-    fn into_change(self, cursor: Cursor) -> Result<Change, StoreError> {
+    pub(crate) fn into_change(self, cursor: Cursor) -> Result<Change, StoreError> {
         if self.kind == "deleted" {
             return Ok(Change::Delete {
                 cursor,
@@ -858,7 +860,7 @@ impl Txn for SqliteTxn<'_> {
     }
 }
 
-fn kind_text(kind: EntryKind) -> &'static str {
+pub(crate) fn kind_text(kind: EntryKind) -> &'static str {
     match kind {
         EntryKind::File => "file",
         EntryKind::Dir => "dir",
@@ -867,7 +869,7 @@ fn kind_text(kind: EntryKind) -> &'static str {
 
 /// Bounds such that `low < path < high` holds exactly for the paths strictly inside `dir`
 /// (`'0'` is the byte after `'/'`).
-fn inside_bounds(dir: &RelPath) -> (String, String) {
+pub(crate) fn inside_bounds(dir: &RelPath) -> (String, String) {
     (format!("{dir}/"), format!("{dir}0"))
 }
 
@@ -903,11 +905,11 @@ pub(crate) fn decode_chunks(bytes: &[u8]) -> Result<Vec<ChunkRef>, StoreError> {
         .collect())
 }
 
-fn to_i64(value: u64) -> Result<i64, StoreError> {
+pub(crate) fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value)
         .map_err(|_| StoreError::Corrupt(format!("{value} does not fit in a database integer")))
 }
 
-fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
+pub(crate) fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
 }

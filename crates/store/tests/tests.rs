@@ -1,6 +1,7 @@
-//! The conformance suite on the embedded backends: SQLite + local disk.
+//! The conformance suite on every backend pair: SQLite + local disk always, and PostgreSQL + S3
+//! when `scripts/services` has started them (`./scripts/test` does).
 //!
-//! Each test gets fresh stores in its own temp dir.
+//! Each test gets fresh stores: its own temp dir, or its own PostgreSQL database and bucket.
 
 use std::future::Future;
 use syncstore_store::{conformance, ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore};
@@ -21,11 +22,11 @@ where
 }
 
 macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
+    ($with_stores:path; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $name() {
-                with_fresh_stores(|meta, chunks| async move {
+                $with_stores(stringify!($name), |meta, chunks| async move {
                     conformance::$name(&*meta, &*chunks).await
                 })
                 .await;
@@ -34,23 +35,45 @@ macro_rules! conformance_tests {
     };
 }
 
-conformance_tests!(
-    users_tokens_auth,
-    revisions,
-    conditional_writes,
-    implicit_parents,
-    dir_move_moves_descendants,
-    journal_paging,
-    chunk_put_verify_missing,
-    per_user_isolation,
-    lock_take_renew_release,
-    lock_force_break,
-    lock_covers_directory,
-    lock_refuses_ops_of_other_devices,
-    lock_expiry,
-    lock_listed_in_tree,
-    lock_race_has_one_winner,
-);
+/// Runs every function of the conformance suite through `$with_stores`.
+macro_rules! all_conformance_tests {
+    ($with_stores:path) => {
+        conformance_tests!(
+            $with_stores;
+            users_tokens_auth,
+            revisions,
+            conditional_writes,
+            implicit_parents,
+            dir_move_moves_descendants,
+            journal_paging,
+            chunk_put_verify_missing,
+            per_user_isolation,
+            lock_take_renew_release,
+            lock_force_break,
+            lock_covers_directory,
+            lock_refuses_ops_of_other_devices,
+            lock_expiry,
+            lock_listed_in_tree,
+            lock_race_has_one_winner,
+        );
+    };
+}
+
+mod embedded {
+    use super::*;
+
+    async fn with_stores<F, Fut>(_name: &str, test: F)
+    where
+        F: FnOnce(Box<dyn MetaStore>, Box<dyn ChunkStore>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        with_fresh_stores(test).await;
+    }
+
+    all_conformance_tests!(with_stores);
+}
+
+mod shared;
 
 #[tokio::test]
 async fn lock_survives_reopen() {

@@ -1,0 +1,1084 @@
+//! [`PgMetaStore`]: a [`MetaStore`] in PostgreSQL, shared by any number of server processes.
+//!
+//! Calls run the sync `postgres` client on a blocking thread (`spawn_blocking`), with a small
+//! pool of connections bounded by a semaphore. A batch of ops is one transaction with a
+//! savepoint per op, through the shared rules in [`crate::ops`], exactly as on SQLite.
+//!
+//! Correctness across servers: every write transaction first locks the user's row
+//! (`SELECT … FROM users WHERE id = $1 FOR UPDATE`, which is [`Txn::serialize_writes`]). A user's batches, and so the allocation of
+//! its cursors and node ids and every conditional write, run one after another whichever server
+//! they come through; the default READ COMMITTED isolation then sees the latest committed state
+//! after the lock is taken. Reads that must agree with a cursor (`tree`, `changes_since`) run in
+//! one REPEATABLE READ snapshot.
+//!
+//! Change feed: a batch that changed something, and every lock change, runs `pg_notify('syncstore_changes',
+//! '<user id>:<cursor>')` inside its transaction, so PostgreSQL delivers it exactly when (and
+//! only if) the batch commits. [`PgMetaStore::change_feed`] LISTENs on its own connection and
+//! hands the notices to the server, which wakes its long polls.
+//!
+//! The schema comes from the numbered files in `migrations/postgres/`, built in at compile
+//! time, applied under an advisory lock (several servers may start at once) and recorded in
+//! `schema_version`; a database from a newer build is refused.
+
+use crate::ops::{self, Txn};
+use crate::sqlite::{
+    encode_chunks, inside_bounds, kind_text, to_i64, to_u64, RawLock, RawLockChange, RawRow,
+    CHANGE_COLUMNS, LOCK_CHANGE_COLUMNS, LOCK_COLUMNS, NODE_COLUMNS,
+};
+use crate::{
+    locks, BatchOutcome, ChangeFeed, ChangeNotice, ChangesPage, Device, DeviceId, LockOutcome,
+    MetaStore, Principal, StoreError, TokenHash, Tree, User, UserId,
+};
+use async_trait::async_trait;
+use postgres::error::SqlState;
+use postgres::{Client, IsolationLevel, NoTls, Row};
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use syncstore_proto::{
+    Change, ChunkHash, Cursor, DeviceName, LockInfo, NodeId, Op, RelPath, RemoteEntry, UserName,
+};
+
+/// The schema migrations, in order; migration `n` (1-based) brings the schema to version `n`.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_locks.sql"),
+];
+
+/// The channel of commit notifications.
+pub const CHANGES_CHANNEL: &str = "syncstore_changes";
+
+/// The advisory lock key that serialises migrations of servers starting at once.
+const MIGRATION_LOCK_KEY: i64 = 0x7379_6e63_7374_6f72; // "syncstor"
+
+/// How many connections one store opens at most.
+const MAX_CONNECTIONS: usize = 8;
+
+/// How long connecting may take when the URL does not say (`connect_timeout=`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`MetaStore`] in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PgMetaStore {
+    pool: Arc<Pool>,
+    /// The URL with its password replaced, for messages and logs.
+    redacted_url: String,
+}
+
+impl fmt::Debug for PgMetaStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgMetaStore")
+            .field("url", &self.redacted_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgMetaStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`) and brings
+    /// its schema up to date.
+    ///
+    /// # Errors
+    /// [`StoreError::SchemaTooNew`] for a database written by a newer build;
+    /// [`StoreError::Database`] when the URL is malformed or the database cannot be reached.
+    pub async fn open(url: &str) -> Result<PgMetaStore, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|err| StoreError::Database(Box::new(err)))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let store = PgMetaStore {
+            pool: Arc::new(Pool {
+                config: config.clone(),
+                idle: Mutex::new(Vec::new()),
+                permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            }),
+            redacted_url: redact_url(url),
+        };
+        store.call(migrate).await?;
+        Ok(store)
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted_url
+    }
+
+    /// Listens for the batches committed by every server on this database.
+    ///
+    /// A background task holds one extra connection with `LISTEN syncstore_changes`, and
+    /// reconnects (with backoff) when it breaks; it stops when the last clone of the returned
+    /// feed is dropped. Notices sent while it was reconnecting are lost: waiters then find the
+    /// change when their long poll times out.
+    ///
+    /// # Errors
+    /// When the first connection or the `LISTEN` fails.
+    pub async fn change_feed(&self) -> Result<ChangeFeed, StoreError> {
+        let connected = listen(&self.pool.config)
+            .await
+            .map_err(|err| StoreError::Database(Box::new(err)))?;
+        let (sender, _) = tokio::sync::broadcast::channel(1024);
+        let task_sender = sender.clone();
+        let config = self.pool.config.clone();
+        let task = tokio::spawn(async move {
+            let mut connected = Some(connected);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let listener = match connected.take() {
+                    Some(listener) => listener,
+                    None => match listen(&config).await {
+                        Ok(listener) => {
+                            tracing::info!("listening for changes again");
+                            backoff = Duration::from_millis(100);
+                            listener
+                        }
+                        Err(err) => {
+                            tracing::warn!(cause = %err, ?backoff, "could not listen for changes; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                    },
+                };
+                forward(listener, &task_sender).await;
+                tracing::warn!("the change listener's connection closed; reconnecting");
+            }
+        });
+        Ok(ChangeFeed::new(sender, task))
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
+    {
+        // The semaphore is never closed.
+        let permit = Arc::clone(&self.pool.permits)
+            .acquire_owned()
+            .await
+            .map_err(|err| StoreError::Worker(err.to_string()))?;
+        let pool = Arc::clone(&self.pool);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut client = pool.checkout()?;
+            let result = f(&mut client);
+            pool.checkin(client);
+            result
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+}
+
+/// Idle connections, and at most [`MAX_CONNECTIONS`] in use.
+struct Pool {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<Client>>,
+    /// One permit per connection in use, so the pool never grows past its bound.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Pool {
+    fn checkout(&self) -> Result<Client, StoreError> {
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .pop();
+            match idle {
+                Some(client) if client.is_closed() => continue,
+                Some(client) => return Ok(client),
+                None => break,
+            }
+        }
+        postgres::Config::from(self.config.clone())
+            .connect(NoTls)
+            .map_err(|err| StoreError::Database(Box::new(err)))
+    }
+
+    fn checkin(&self, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(client);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing a sync client blocks on its own runtime, which panics on an async thread;
+        // the last handle to the store may well be dropped on one.
+        let idle = std::mem::take(
+            &mut *self
+                .idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if !idle.is_empty() {
+            std::thread::spawn(move || drop(idle));
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(err: postgres::Error) -> StoreError {
+        StoreError::Database(Box::new(err))
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+    let found: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
+        .get(0);
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (idx, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&(idx as i64 + 1)],
+        )?;
+        tracing::info!(version = idx + 1, "applied postgres migration");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn is_violation(err: &postgres::Error, state: &SqlState) -> bool {
+    err.code() == Some(state)
+}
+
+#[async_trait]
+impl MetaStore for PgMetaStore {
+    #[tracing::instrument(skip(self))]
+    async fn create_user(&self, name: &UserName) -> Result<User, StoreError> {
+        let name = name.clone();
+        self.call(move |client| {
+            match client.query_one(
+                "INSERT INTO users (name) VALUES ($1) RETURNING id",
+                &[&name.as_str()],
+            ) {
+                Ok(row) => Ok(User {
+                    id: UserId(row.get(0)),
+                    name,
+                }),
+                Err(err) if is_violation(&err, &SqlState::UNIQUE_VIOLATION) => {
+                    Err(StoreError::AlreadyExists(format!("user {name}")))
+                }
+                Err(err) => Err(err.into()),
+            }
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError> {
+        let name = name.clone();
+        self.call(move |client| {
+            let row =
+                client.query_opt("SELECT id FROM users WHERE name = $1", &[&name.as_str()])?;
+            Ok(row.map(|row| User {
+                id: UserId(row.get(0)),
+                name,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self, token_hash))]
+    async fn add_device(
+        &self,
+        user_id: UserId,
+        name: &DeviceName,
+        token_hash: &TokenHash,
+    ) -> Result<Device, StoreError> {
+        let name = name.clone();
+        let token_hash = *token_hash;
+        self.call(move |client| {
+            let mut tx = client.transaction()?;
+            lock_user(&mut tx, user_id)?;
+            let inserted = tx.query_one(
+                "INSERT INTO devices (user_id, name, token_hash) VALUES ($1, $2, $3) RETURNING id",
+                &[&user_id.0, &name.as_str(), &&token_hash.0[..]],
+            );
+            let row = match inserted {
+                Ok(row) => row,
+                Err(err) if is_violation(&err, &SqlState::UNIQUE_VIOLATION) => {
+                    return Err(StoreError::AlreadyExists(format!(
+                        "device {name} of user {user_id}"
+                    )));
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let device = Device {
+                id: DeviceId(row.get(0)),
+                user_id,
+                name,
+            };
+            tx.commit()?;
+            Ok(device)
+        })
+        .await
+    }
+
+    async fn authenticate(&self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError> {
+        let token_hash = *token_hash;
+        self.call(move |client| {
+            let row = client.query_opt(
+                "SELECT users.id, users.name, devices.id, devices.name
+                 FROM devices JOIN users ON users.id = devices.user_id
+                 WHERE devices.token_hash = $1",
+                &[&&token_hash.0[..]],
+            )?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let user_name: String = row.get(1);
+            let device_name: String = row.get(3);
+            Ok(Some(Principal {
+                user_id: UserId(row.get(0)),
+                user_name: UserName::new(&user_name)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+                device_id: DeviceId(row.get(2)),
+                device_name: DeviceName::new(&device_name)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+            }))
+        })
+        .await
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        self.call(|client| {
+            let count: i64 = client.query_one("SELECT COUNT(*) FROM users", &[])?.get(0);
+            to_u64(count, "user count")
+        })
+        .await
+    }
+
+    async fn tree(&self, user_id: UserId, now_ms: i64) -> Result<Tree, StoreError> {
+        self.call(move |client| {
+            // One snapshot, so the cursor, the entries and the locks agree.
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let cursor = user_cursor(&mut tx, user_id)?;
+            let rows = tx.query(
+                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = $1 ORDER BY path"),
+                &[&user_id.0],
+            )?;
+            let locks = locks::locks_in_force(&mut PgTxn { tx: &mut tx }, user_id, now_ms)?;
+            tx.commit()?;
+            let entries = rows
+                .iter()
+                .map(|row| raw_row(row, 0).into_entry())
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Tree {
+                cursor,
+                entries,
+                locks,
+            })
+        })
+        .await
+    }
+
+    async fn changes_since(
+        &self,
+        user_id: UserId,
+        since: Cursor,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError> {
+        self.call(move |client| {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let current = user_cursor(&mut tx, user_id)?;
+            if since > current {
+                return Ok(ChangesPage {
+                    cursor: current,
+                    changes: Vec::new(),
+                    more: false,
+                    reset: true,
+                });
+            }
+            let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+            let node_rows = tx.query(
+                &format!(
+                    "SELECT {CHANGE_COLUMNS} FROM changes
+                     WHERE user_id = $1 AND cursor > $2 ORDER BY cursor LIMIT $3"
+                ),
+                &[&user_id.0, &to_i64(since.0)?, &fetch],
+            )?;
+            let lock_rows = tx.query(
+                &format!(
+                    "SELECT {LOCK_CHANGE_COLUMNS} FROM lock_changes
+                     WHERE user_id = $1 AND cursor > $2 ORDER BY cursor LIMIT $3"
+                ),
+                &[&user_id.0, &to_i64(since.0)?, &fetch],
+            )?;
+            tx.commit()?;
+            // Both lists are sorted by cursor and each holds the first `fetch` rows of its
+            // table, so the first `fetch` of their merge are the first `fetch` of the journal.
+            let mut rows: Vec<(i64, JournalRow)> =
+                Vec::with_capacity(node_rows.len() + lock_rows.len());
+            for row in &node_rows {
+                rows.push((row.get(0), JournalRow::Node(raw_row(row, 1))));
+            }
+            for row in &lock_rows {
+                let raw = raw_lock_change(row);
+                rows.push((raw.cursor, JournalRow::Lock(raw)));
+            }
+            rows.sort_by_key(|(cursor, _)| *cursor);
+            let more = rows.len() > limit;
+            let mut changes = Vec::with_capacity(rows.len().min(limit));
+            for (cursor, row) in rows.into_iter().take(limit) {
+                let cursor = Cursor(to_u64(cursor, "cursor")?);
+                changes.push(match row {
+                    JournalRow::Node(raw) => raw.into_change(cursor)?,
+                    JournalRow::Lock(raw) => raw.into_change(cursor)?,
+                });
+            }
+            let cursor = changes.last().map_or(since, Change::cursor);
+            Ok(ChangesPage {
+                cursor,
+                changes,
+                more,
+                reset: false,
+            })
+        })
+        .await
+    }
+
+    async fn current_cursor(&self, user_id: UserId) -> Result<Cursor, StoreError> {
+        self.call(move |client| {
+            let mut tx = client.transaction()?;
+            let cursor = user_cursor(&mut tx, user_id)?;
+            tx.commit()?;
+            Ok(cursor)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self, ops, missing_chunks), fields(n_ops = ops.len()))]
+    async fn apply_ops(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        ops: Vec<Op>,
+        missing_chunks: HashSet<ChunkHash>,
+        now_ms: i64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let device = device.clone();
+        self.call(move |client| {
+            // READ COMMITTED: after `serialize_writes` waits for another server's batch, the
+            // rules must see what it committed.
+            let mut tx = client.transaction()?;
+            let outcome = ops::apply_batch(
+                &mut PgTxn { tx: &mut tx },
+                user_id,
+                &device,
+                &ops,
+                &missing_chunks,
+                now_ms,
+            )?;
+            if outcome.changed_anything() {
+                notify(&mut tx, user_id, outcome.cursor)?;
+            }
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn take_lock(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        path: &RelPath,
+        ttl_secs: Option<u64>,
+        now_ms: i64,
+    ) -> Result<LockOutcome, StoreError> {
+        let device = device.clone();
+        let path = path.clone();
+        self.call(move |client| {
+            let mut tx = client.transaction()?;
+            let outcome = locks::take_lock(
+                &mut PgTxn { tx: &mut tx },
+                user_id,
+                &device,
+                &path,
+                ttl_secs,
+                now_ms,
+            )?;
+            if let LockOutcome::Done { cursor, .. } = &outcome {
+                notify(&mut tx, user_id, *cursor)?;
+            }
+            // A refusal commits too: it may have deleted expired rows, which is harmless.
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn release_lock(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        path: &RelPath,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<LockOutcome, StoreError> {
+        let device = device.clone();
+        let path = path.clone();
+        self.call(move |client| {
+            let mut tx = client.transaction()?;
+            let outcome = locks::release_lock(
+                &mut PgTxn { tx: &mut tx },
+                user_id,
+                &device,
+                &path,
+                force,
+                now_ms,
+            )?;
+            if let LockOutcome::Done { cursor, .. } = &outcome {
+                notify(&mut tx, user_id, *cursor)?;
+            }
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError> {
+        self.call(move |client| {
+            let mut tx = client.transaction()?;
+            let locks = locks::locks_in_force(&mut PgTxn { tx: &mut tx }, user_id, now_ms)?;
+            tx.commit()?;
+            Ok(locks)
+        })
+        .await
+    }
+}
+
+/// Tells every server's change feed that the user's journal reaches `cursor`; PostgreSQL
+/// delivers it when, and only if, the transaction commits.
+fn notify(
+    tx: &mut postgres::Transaction<'_>,
+    user_id: UserId,
+    cursor: Cursor,
+) -> Result<(), StoreError> {
+    let payload = format!("{}:{}", user_id.0, cursor.0);
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANGES_CHANNEL, &payload.as_str()],
+    )?;
+    Ok(())
+}
+
+/// One row of either journal table, for merging them by cursor.
+enum JournalRow {
+    Node(RawRow),
+    Lock(RawLockChange),
+}
+
+/// A `lock_changes` row in [`LOCK_CHANGE_COLUMNS`] order.
+fn raw_lock_change(row: &Row) -> RawLockChange {
+    RawLockChange {
+        cursor: row.get(0),
+        kind: row.get(1),
+        path: row.get(2),
+        device: row.get(3),
+        since_ms: row.get(4),
+        expires_ms: row.get(5),
+        broken_by: row.get(6),
+    }
+}
+
+/// Locks the user's row until the transaction ends, or [`StoreError::NotFound`].
+///
+/// Every write transaction of a user starts here, so they run one at a time across servers.
+fn lock_user(tx: &mut postgres::Transaction<'_>, user_id: UserId) -> Result<Cursor, StoreError> {
+    let row = tx.query_opt(
+        "SELECT cursor FROM users WHERE id = $1 FOR UPDATE",
+        &[&user_id.0],
+    )?;
+    match row {
+        Some(row) => Ok(Cursor(to_u64(row.get(0), "cursor")?)),
+        None => Err(StoreError::NotFound(format!("user {user_id}"))),
+    }
+}
+
+/// The user's cursor, or [`StoreError::NotFound`].
+fn user_cursor(tx: &mut postgres::Transaction<'_>, user_id: UserId) -> Result<Cursor, StoreError> {
+    let row = tx.query_opt("SELECT cursor FROM users WHERE id = $1", &[&user_id.0])?;
+    match row {
+        Some(row) => Ok(Cursor(to_u64(row.get(0), "cursor")?)),
+        None => Err(StoreError::NotFound(format!("user {user_id}"))),
+    }
+}
+
+/// The node columns of `row`, starting at column `first`.
+fn raw_row(row: &Row, first: usize) -> RawRow {
+    RawRow {
+        node_id: row.get(first),
+        path: row.get(first + 1),
+        kind: row.get(first + 2),
+        rev: row.get(first + 3),
+        size: row.get(first + 4),
+        mtime_ms: row.get(first + 5),
+        hash: row.get(first + 6),
+        chunks: row.get(first + 7),
+        device: row.get(first + 8),
+    }
+}
+
+/// [`Txn`] on an open PostgreSQL transaction that holds the user's row lock.
+struct PgTxn<'a, 'b> {
+    tx: &'a mut postgres::Transaction<'b>,
+}
+
+impl Txn for PgTxn<'_, '_> {
+    fn begin_op(&mut self) -> Result<(), StoreError> {
+        self.tx.batch_execute("SAVEPOINT op")?;
+        Ok(())
+    }
+
+    fn end_op(&mut self, keep: bool) -> Result<(), StoreError> {
+        if keep {
+            self.tx.batch_execute("RELEASE SAVEPOINT op")?;
+        } else {
+            self.tx
+                .batch_execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")?;
+        }
+        Ok(())
+    }
+
+    fn node_at(
+        &mut self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Option<RemoteEntry>, StoreError> {
+        let row = self.tx.query_opt(
+            &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = $1 AND path = $2"),
+            &[&user_id.0, &path.as_str()],
+        )?;
+        row.map(|row| raw_row(&row, 0).into_entry()).transpose()
+    }
+
+    fn descendants(
+        &mut self,
+        user_id: UserId,
+        dir: &RelPath,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let (low, high) = inside_bounds(dir);
+        let rows = self.tx.query(
+            &format!(
+                "SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = $1 AND path > $2 AND path < $3"
+            ),
+            &[&user_id.0, &low, &high],
+        )?;
+        rows.iter()
+            .map(|row| raw_row(row, 0).into_entry())
+            .collect()
+    }
+
+    fn has_children(&mut self, user_id: UserId, dir: &RelPath) -> Result<bool, StoreError> {
+        let (low, high) = inside_bounds(dir);
+        let row = self.tx.query_one(
+            "SELECT EXISTS (SELECT 1 FROM nodes WHERE user_id = $1 AND path > $2 AND path < $3)",
+            &[&user_id.0, &low, &high],
+        )?;
+        Ok(row.get(0))
+    }
+
+    fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        let row = self.tx.query_opt(
+            "UPDATE users SET cursor = cursor + 1 WHERE id = $1 RETURNING cursor",
+            &[&user_id.0],
+        )?;
+        match row {
+            Some(row) => Ok(Cursor(to_u64(row.get(0), "cursor")?)),
+            None => Err(StoreError::NotFound(format!("user {user_id}"))),
+        }
+    }
+
+    fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        user_cursor(self.tx, user_id)
+    }
+
+    fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
+        let row = self.tx.query_opt(
+            "UPDATE users SET next_node_id = next_node_id + 1 WHERE id = $1
+             RETURNING next_node_id - 1",
+            &[&user_id.0],
+        )?;
+        match row {
+            Some(row) => Ok(NodeId(to_u64(row.get(0), "node id")?)),
+            None => Err(StoreError::NotFound(format!("user {user_id}"))),
+        }
+    }
+
+    fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (user_id, node_id) DO UPDATE SET
+                 path = excluded.path, kind = excluded.kind, rev = excluded.rev,
+                 size = excluded.size, mtime_ms = excluded.mtime_ms, hash = excluded.hash,
+                 chunks = excluded.chunks, device = excluded.device",
+            &[
+                &user_id.0,
+                &to_i64(entry.node_id.0)?,
+                &entry.path.as_str(),
+                &kind_text(entry.kind),
+                &to_i64(entry.rev.0)?,
+                &to_i64(entry.size)?,
+                &entry.mtime_ms,
+                &entry.hash.as_ref().map(|hash| &hash.0[..]),
+                &encode_chunks(&entry.chunks),
+                &entry.device.as_str(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
+        self.tx.execute(
+            "DELETE FROM nodes WHERE user_id = $1 AND node_id = $2",
+            &[&user_id.0, &to_i64(node_id.0)?],
+        )?;
+        Ok(())
+    }
+
+    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
+        const LOCK_INSERT: &str = "INSERT INTO lock_changes
+             (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        const INSERT: &str = "INSERT INTO changes
+             (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+        match change {
+            Change::Upsert { cursor, entry } => self.tx.execute(
+                INSERT,
+                &[
+                    &user_id.0,
+                    &to_i64(cursor.0)?,
+                    &to_i64(entry.node_id.0)?,
+                    &kind_text(entry.kind),
+                    &entry.path.as_str(),
+                    &to_i64(entry.size)?,
+                    &entry.mtime_ms,
+                    &entry.hash.as_ref().map(|hash| &hash.0[..]),
+                    &encode_chunks(&entry.chunks),
+                    &entry.device.as_str(),
+                ],
+            )?,
+            Change::Delete {
+                cursor,
+                node_id,
+                path,
+                device,
+            } => self.tx.execute(
+                INSERT,
+                &[
+                    &user_id.0,
+                    &to_i64(cursor.0)?,
+                    &to_i64(node_id.0)?,
+                    &"deleted",
+                    &path.as_str(),
+                    &0i64,
+                    &0i64,
+                    &None::<&[u8]>,
+                    &&[0u8; 0][..],
+                    &device.as_str(),
+                ],
+            )?,
+            Change::Lock { cursor, lock } => self.tx.execute(
+                LOCK_INSERT,
+                &[
+                    &user_id.0,
+                    &to_i64(cursor.0)?,
+                    &"lock",
+                    &lock.path.as_str(),
+                    &lock.device.as_str(),
+                    &Some(lock.since_ms),
+                    &lock.expires_ms,
+                    &None::<&str>,
+                ],
+            )?,
+            Change::Unlock {
+                cursor,
+                path,
+                device,
+                broken_by,
+            } => self.tx.execute(
+                LOCK_INSERT,
+                &[
+                    &user_id.0,
+                    &to_i64(cursor.0)?,
+                    &"unlock",
+                    &path.as_str(),
+                    &device.as_str(),
+                    &None::<i64>,
+                    &None::<i64>,
+                    &broken_by.as_ref().map(DeviceName::as_str),
+                ],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError> {
+        lock_user(self.tx, user_id).map(|_| ())
+    }
+
+    fn lock_rows(&mut self, user_id: UserId) -> Result<Vec<LockInfo>, StoreError> {
+        let rows = self.tx.query(
+            &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE user_id = $1"),
+            &[&user_id.0],
+        )?;
+        rows.iter()
+            .map(|row| {
+                RawLock {
+                    path: row.get(0),
+                    device: row.get(1),
+                    since_ms: row.get(2),
+                    expires_ms: row.get(3),
+                }
+                .into_lock()
+            })
+            .collect()
+    }
+
+    fn insert_lock(&mut self, user_id: UserId, lock: &LockInfo) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO locks (user_id, path, device, since_ms, expires_ms)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &user_id.0,
+                &lock.path.as_str(),
+                &lock.device.as_str(),
+                &lock.since_ms,
+                &lock.expires_ms,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remove_lock(&mut self, user_id: UserId, path: &RelPath) -> Result<(), StoreError> {
+        self.tx.execute(
+            "DELETE FROM locks WHERE user_id = $1 AND path = $2",
+            &[&user_id.0, &path.as_str()],
+        )?;
+        Ok(())
+    }
+}
+
+/// A connection with `LISTEN` issued: the client (kept alive) and its notifications.
+struct Listener {
+    _client: tokio_postgres::Client,
+    notifications: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+}
+
+/// Connects and `LISTEN`s on [`CHANGES_CHANNEL`].
+async fn listen(config: &tokio_postgres::Config) -> Result<Listener, tokio_postgres::Error> {
+    use futures::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+    // The connection must be polled for the client's requests to progress; it ends (dropping
+    // `sender`) when the connection breaks or the client is dropped.
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
+                    if sender.send(notification).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(cause = %err, "the change listener's connection failed");
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+        .await?;
+    Ok(Listener {
+        _client: client,
+        notifications,
+    })
+}
+
+/// Hands every notification of `listener` to `sender` until its connection ends.
+async fn forward(mut listener: Listener, sender: &tokio::sync::broadcast::Sender<ChangeNotice>) {
+    while let Some(notification) = listener.notifications.recv().await {
+        match parse_notice(notification.payload()) {
+            // No receiver right now is fine: nobody waits.
+            Some(notice) => {
+                let _ = sender.send(notice);
+            }
+            None => tracing::warn!(
+                payload = notification.payload(),
+                "ignoring a malformed change notice"
+            ),
+        }
+    }
+}
+
+/// Parses `<user id>:<cursor>`.
+fn parse_notice(payload: &str) -> Option<ChangeNotice> {
+    let (user_id, cursor) = payload.split_once(':')?;
+    Some(ChangeNotice {
+        user_id: UserId(user_id.parse().ok()?),
+        cursor: Cursor(cursor.parse().ok()?),
+    })
+}
+
+/// Creates a new, empty database named `NAME_<unique suffix>` on the server of `admin_url` and
+/// returns the URL of the new database: each test gets its own.
+///
+/// # Errors
+/// When the server cannot be reached or refuses to create the database.
+pub async fn create_test_database(admin_url: &str, name: &str) -> Result<String, StoreError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let config: tokio_postgres::Config = admin_url
+        .parse()
+        .map_err(|err| StoreError::Database(Box::new(err)))?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|err| StoreError::Database(Box::new(err)))?;
+    tokio::spawn(connection);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    let database = format!(
+        "{}_{}_{}_{}",
+        // PostgreSQL names hold 63 bytes.
+        name.chars()
+            .take(28)
+            .map(|c| if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            })
+            .collect::<String>(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE \"{database}\""))
+        .await
+        .map_err(|err| StoreError::Database(Box::new(err)))?;
+    let (base, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+    let after_scheme = base.find("://").map_or(0, |idx| idx + 3);
+    let server = match base[after_scheme..].find('/') {
+        Some(idx) => &base[..after_scheme + idx],
+        None => base,
+    };
+    let mut url = format!("{server}/{database}");
+    if !query.is_empty() {
+        url = format!("{url}?{query}");
+    }
+    Ok(url)
+}
+
+/// `url` with the password replaced by `***`, in URL form (`postgres://user:pw@host`) and in
+/// key-value form (`password=pw`).
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let redacted_authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***@{host}"),
+                None => authority.to_owned(),
+            },
+            None => authority.to_owned(),
+        };
+        let tail = redact_password_params(tail, '&');
+        return format!("{scheme}://{redacted_authority}{tail}");
+    }
+    redact_password_params(url, ' ')
+}
+
+/// Replaces the value of every `password=` parameter separated by `separator`.
+fn redact_password_params(text: &str, separator: char) -> String {
+    text.split(separator)
+        .map(|part| {
+            let key_start = part.rfind(['?', ' ']).map_or(0, |idx| idx + 1);
+            if part[key_start..].starts_with("password=") {
+                format!("{}password=***", &part[..key_start])
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(&separator.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords() {
+        let cases = [
+            (
+                "postgres://me:secret@db:5432/sync",
+                "postgres://me:***@db:5432/sync",
+            ),
+            ("postgres://me@db/sync", "postgres://me@db/sync"),
+            ("postgresql://db/sync", "postgresql://db/sync"),
+            (
+                "postgres://db/sync?user=me&password=secret&sslmode=disable",
+                "postgres://db/sync?user=me&password=***&sslmode=disable",
+            ),
+            (
+                "postgres://db/sync?password=secret",
+                "postgres://db/sync?password=***",
+            ),
+            (
+                "host=db user=me password=secret dbname=sync",
+                "host=db user=me password=*** dbname=sync",
+            ),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn notices_parse() {
+        assert_eq!(
+            parse_notice("12:345"),
+            Some(ChangeNotice {
+                user_id: UserId(12),
+                cursor: Cursor(345)
+            })
+        );
+        assert_eq!(parse_notice("12"), None);
+        assert_eq!(parse_notice("x:1"), None);
+    }
+}

@@ -1,0 +1,386 @@
+//! [`S3ChunkStore`]: a [`ChunkStore`] in an S3-compatible bucket (AWS S3, MinIO, Garage, Ceph
+//! RGW, moto), shared by any number of server processes.
+//!
+//! Layout: `PREFIX/chunks/<user id>/<first 2 hex digits>/<64 hex digits>`, like the local disk
+//! store, so chunks are per user. A chunk is verified against its hash before it is sent, and
+//! sent with `If-None-Match: *`, so an object either holds exactly the bytes of its name or
+//! does not exist; a PUT acknowledged by S3 is durable before any metadata commit can name it.
+//!
+//! Endpoint, region and credentials come from the standard AWS variables (`AWS_ENDPOINT_URL`,
+//! `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...), read by `object_store`.
+//! `object_store` cannot create buckets, so [`S3ChunkStore::open`] checks for the bucket and
+//! creates it with one request signed by `rusty-s3`.
+
+use crate::{ChunkStore, StoreError, UserId};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use syncstore_proto::{ChunkHash, MAX_CHUNK_LEN};
+
+/// How many PUT requests one `put_batch` call has in flight.
+const PUT_CONCURRENCY: usize = 8;
+
+/// How many HEAD requests one `missing` call has in flight.
+const MISSING_CONCURRENCY: usize = 16;
+
+/// How long connecting to the endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where chunks go: `s3://BUCKET[/PREFIX]`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Without leading or trailing slashes; may be empty.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://BUCKET[/PREFIX]`; `None` for anything else.
+    pub fn parse(url: &str) -> Option<S3Location> {
+        let rest = url.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return None;
+        }
+        Some(S3Location {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for S3Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// Which S3 service to talk to; credentials always come from the environment.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct S3Endpoint {
+    /// `AWS_ENDPOINT_URL`: an S3-compatible service; `None` for AWS itself.
+    pub url: Option<String>,
+    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`), `us-east-1` when unset.
+    pub region: String,
+}
+
+impl S3Endpoint {
+    /// The endpoint the standard AWS environment variables name.
+    pub fn from_env() -> S3Endpoint {
+        S3Endpoint {
+            url: std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .ok()
+                .filter(|url| !url.is_empty()),
+            region: std::env::var("AWS_REGION")
+                .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|_| "us-east-1".to_owned()),
+        }
+    }
+}
+
+/// A [`ChunkStore`] in an S3 bucket.
+#[derive(Clone)]
+pub struct S3ChunkStore {
+    store: Arc<AmazonS3>,
+    location: S3Location,
+}
+
+impl fmt::Debug for S3ChunkStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3ChunkStore")
+            .field("location", &self.location.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3ChunkStore {
+    /// Opens the bucket of `location`, creating it when it does not exist and the credentials
+    /// allow.
+    ///
+    /// # Errors
+    /// [`StoreError::ObjectStore`] when the endpoint cannot be reached, the bucket is missing
+    /// and cannot be created, or the configuration is invalid.
+    pub async fn open(
+        location: &S3Location,
+        endpoint: &S3Endpoint,
+    ) -> Result<S3ChunkStore, StoreError> {
+        let region = &endpoint.region;
+        let endpoint = &endpoint.url;
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&location.bucket)
+            .with_region(region)
+            .with_client_options(ClientOptions::new().with_connect_timeout(CONNECT_TIMEOUT))
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(15),
+                ..RetryConfig::default()
+            });
+        if let Some(endpoint) = &endpoint {
+            builder = builder.with_endpoint(endpoint);
+            if is_loopback_http(endpoint) {
+                builder = builder.with_allow_http(true);
+            }
+        }
+        let store = builder
+            .build()
+            .map_err(|err| StoreError::ObjectStore(Box::new(err)))?;
+        ensure_bucket(endpoint.as_deref(), region, &location.bucket).await?;
+        Ok(S3ChunkStore {
+            store: Arc::new(store),
+            location: location.clone(),
+        })
+    }
+
+    fn chunk_path(&self, user_id: UserId, hash: &ChunkHash) -> ObjectPath {
+        let hex = hash.to_hex();
+        let key = format!("chunks/{user_id}/{}/{hex}", &hex[..2]);
+        if self.location.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.location.prefix))
+        }
+    }
+}
+
+#[async_trait]
+impl ChunkStore for S3ChunkStore {
+    #[tracing::instrument(skip(self, bytes), fields(len = bytes.len()))]
+    async fn put(&self, user_id: UserId, hash: &ChunkHash, bytes: Bytes) -> Result<(), StoreError> {
+        if bytes.len() > MAX_CHUNK_LEN as usize {
+            return Err(StoreError::ChunkTooLarge { len: bytes.len() });
+        }
+        let claimed = *hash;
+        let hashed = bytes.clone();
+        let actual =
+            tokio::task::spawn_blocking(move || ChunkHash(*blake3::hash(&hashed).as_bytes()))
+                .await
+                .map_err(|err| StoreError::Worker(err.to_string()))?;
+        if actual != claimed {
+            return Err(StoreError::HashMismatch { claimed, actual });
+        }
+        let path = self.chunk_path(user_id, hash);
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes.clone()), options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The same name holds the same bytes: already stored is success.
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            // A store without conditional PUTs: a plain PUT of the same bytes is just as safe.
+            Err(object_store::Error::NotImplemented) => self
+                .store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|err| object_error(&path, err)),
+            Err(err) => Err(object_error(&path, err)),
+        }
+    }
+
+    async fn put_batch(
+        &self,
+        user_id: UserId,
+        chunks: Vec<(ChunkHash, Bytes)>,
+    ) -> Result<(), StoreError> {
+        // Each PUT is durable when acknowledged; sending several at once hides the round trips.
+        futures::stream::iter(chunks)
+            .map(|(hash, bytes)| async move { self.put(user_id, &hash, bytes).await })
+            .buffer_unordered(PUT_CONCURRENCY)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn missing(
+        &self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        let mut seen = HashSet::new();
+        let unique: Vec<ChunkHash> = hashes
+            .iter()
+            .filter(|hash| seen.insert(**hash))
+            .copied()
+            .collect();
+        let present: Vec<Option<ChunkHash>> = futures::stream::iter(unique)
+            .map(|hash| async move {
+                let path = self.chunk_path(user_id, &hash);
+                match self.store.head(&path).await {
+                    Ok(_) => Ok(None),
+                    Err(object_store::Error::NotFound { .. }) => Ok(Some(hash)),
+                    Err(err) => Err(object_error(&path, err)),
+                }
+            })
+            // `buffered` keeps the order of the input.
+            .buffered(MISSING_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(present.into_iter().flatten().collect())
+    }
+
+    async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError> {
+        let path = self.chunk_path(user_id, hash);
+        let result = match self.store.get(&path).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(StoreError::NotFound(format!("chunk {hash}")));
+            }
+            Err(err) => return Err(object_error(&path, err)),
+        };
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|err| object_error(&path, err))?;
+        // Catches a tampered or damaged object before a client writes it into a folder.
+        let hashed = bytes.clone();
+        let actual =
+            tokio::task::spawn_blocking(move || ChunkHash(*blake3::hash(&hashed).as_bytes()))
+                .await
+                .map_err(|err| StoreError::Worker(err.to_string()))?;
+        if actual != *hash {
+            return Err(StoreError::Corrupt(format!(
+                "object {path} hashes to {actual}"
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+fn object_error(path: &ObjectPath, err: object_store::Error) -> StoreError {
+    StoreError::ObjectStore(format!("{path}: {err}").into())
+}
+
+/// Whether `endpoint` is plain HTTP to this machine, where TLS is not needed.
+fn is_loopback_http(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host.starts_with("127.") || rest.starts_with("[::1]")
+}
+
+/// Checks that the bucket exists and creates it when it does not, with a request signed with
+/// the credentials in the environment. Without credentials there (an instance role, say), it
+/// leaves the check to the first request.
+async fn ensure_bucket(
+    endpoint: Option<&str>,
+    region: &str,
+    bucket_name: &str,
+) -> Result<(), StoreError> {
+    use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+    let Some(credentials) = Credentials::from_env() else {
+        tracing::info!(
+            bucket = bucket_name,
+            "no AWS credentials in the environment; not checking the bucket"
+        );
+        return Ok(());
+    };
+    let (endpoint_url, style) = match endpoint {
+        Some(endpoint) => (endpoint.to_owned(), UrlStyle::Path),
+        None => (
+            format!("https://s3.{region}.amazonaws.com"),
+            UrlStyle::VirtualHost,
+        ),
+    };
+    let parsed = endpoint_url.parse().map_err(|err| {
+        StoreError::ObjectStore(format!("invalid S3 endpoint {endpoint_url:?}: {err}").into())
+    })?;
+    let bucket =
+        Bucket::new(parsed, style, bucket_name.to_owned(), region.to_owned()).map_err(|err| {
+            StoreError::ObjectStore(format!("invalid S3 endpoint {endpoint_url:?}: {err}").into())
+        })?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|err| StoreError::ObjectStore(Box::new(err)))?;
+    let unreachable = |err: reqwest::Error| {
+        StoreError::ObjectStore(
+            format!("could not reach the S3 endpoint {endpoint_url}: {err}").into(),
+        )
+    };
+    let expires = Duration::from_secs(60);
+    let head_url = bucket.head_bucket(Some(&credentials)).sign(expires);
+    let status = http
+        .head(head_url)
+        .send()
+        .await
+        .map_err(unreachable)?
+        .status();
+    if status.is_success() {
+        return Ok(());
+    }
+    if status != reqwest::StatusCode::NOT_FOUND {
+        // 403: the bucket may exist with credentials that may not look at it; the first real
+        // request will tell.
+        tracing::warn!(bucket = bucket_name, %status, "could not check the bucket");
+        return Ok(());
+    }
+    let create_url = bucket.create_bucket(&credentials).sign(expires);
+    let body = if region == "us-east-1" {
+        String::new()
+    } else {
+        format!(
+            "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"
+        )
+    };
+    let response = http
+        .put(create_url)
+        .header(reqwest::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = response.status();
+    if status.is_success() || status == reqwest::StatusCode::CONFLICT {
+        // 409: another server created it first.
+        tracing::info!(bucket = bucket_name, "created the bucket");
+        return Ok(());
+    }
+    let text = response.text().await.unwrap_or_default();
+    Err(StoreError::ObjectStore(
+        format!("bucket {bucket_name} does not exist and could not be created ({status}): {text}")
+            .into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        let parsed = |url: &str| S3Location::parse(url).map(|l| (l.bucket, l.prefix));
+        assert_eq!(parsed("s3://b"), Some(("b".into(), "".into())));
+        assert_eq!(parsed("s3://b/"), Some(("b".into(), "".into())));
+        assert_eq!(parsed("s3://b/p/q/"), Some(("b".into(), "p/q".into())));
+        assert_eq!(parsed("s3://"), None);
+        assert_eq!(parsed("/srv/chunks"), None);
+    }
+
+    #[test]
+    fn only_loopback_http_is_allowed() {
+        assert!(is_loopback_http("http://127.0.0.1:9000"));
+        assert!(is_loopback_http("http://localhost:9000/"));
+        assert!(is_loopback_http("http://[::1]:9000"));
+        assert!(!is_loopback_http("http://minio.internal:9000"));
+        assert!(!is_loopback_http("https://127.0.0.1"));
+    }
+}
