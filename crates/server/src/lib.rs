@@ -3,8 +3,10 @@
 //!
 //! Entry points: [`run`] serves the embedded backends (SQLite + local disk) under a data
 //! directory on a bound listener until a shutdown future resolves; [`serve`] does the same over
-//! any [`Stores`]. [`add_user`], [`add_token`] and [`ensure_first_user`] are the offline admin
-//! helpers the CLI calls.
+//! any [`Stores`], which [`open_stores`] opens from a [`MetaLocation`] and a [`ChunkLocation`]
+//! (the backend is picked by URL scheme, here, once). [`add_user`], [`add_token`] and
+//! [`ensure_first_user`] (and their `_in` forms on any meta store) are the offline admin helpers
+//! the CLI calls.
 //!
 //! # Layout
 //!
@@ -12,7 +14,9 @@
 //! - `error`: [`ErrorBody`](syncstore_proto::ErrorBody) answers and the JSON/query extractors
 //!   that turn malformed input into 400s.
 //! - `auth`: the bearer-token extractor.
-//! - [`ChangeHub`]: wakes long polls when a batch or a lock change commits.
+//! - [`ChangeHub`]: wakes long polls when a batch or a lock change commits, through this server
+//!   or (fed by [`Stores::change_feed`], PostgreSQL LISTEN/NOTIFY) through any other server on
+//!   the same database.
 //!
 //! The server's clock is read in one place, `routes::now_ms`, and passed to the store, which
 //! decides with it which locks are in force.
@@ -35,7 +39,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use syncstore_proto::{DeviceName, UserName};
-use syncstore_store::{ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore, TokenHash};
+use syncstore_store::s3::{S3Endpoint, S3Location};
+use syncstore_store::{
+    ChangeFeed, ChunkStore, FsChunkStore, MetaStore, PgMetaStore, S3ChunkStore, SqliteMetaStore,
+    StoreError, TokenHash,
+};
 use tokio_util::sync::CancellationToken;
 
 /// How the server runs. Build it with [`ServerConfig::new`] and adjust fields as needed.
@@ -79,6 +87,155 @@ impl ServerConfig {
 pub struct Stores {
     pub meta: Arc<dyn MetaStore>,
     pub chunks: Arc<dyn ChunkStore>,
+    /// The batches other server processes commit to a shared meta store; [`serve`] feeds them
+    /// to its [`ChangeHub`]. `None` for a store only this process writes (SQLite).
+    pub change_feed: Option<ChangeFeed>,
+}
+
+/// Where the meta store lives: a SQLite file, or a `postgres://` (`postgresql://`) URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MetaLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl MetaLocation {
+    /// Picks the backend by scheme: a `postgres://` or `postgresql://` URL, else a SQLite path.
+    pub fn parse(text: &str) -> MetaLocation {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            MetaLocation::Postgres(text.to_owned())
+        } else {
+            MetaLocation::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// The embedded default under a data directory: `DATA/meta.sqlite`.
+    pub fn embedded(data_dir: &Path) -> MetaLocation {
+        MetaLocation::Sqlite(data_dir.join("meta.sqlite"))
+    }
+}
+
+impl std::fmt::Display for MetaLocation {
+    // The password never reaches a log line or an error message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetaLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            MetaLocation::Postgres(url) => f.write_str(&syncstore_store::postgres::redact_url(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for MetaLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetaLocation::Sqlite(_) => write!(f, "Sqlite({self})"),
+            MetaLocation::Postgres(_) => write!(f, "Postgres({self})"),
+        }
+    }
+}
+
+/// Where chunks live: a directory, or an S3 bucket (`s3://BUCKET[/PREFIX]`) whose endpoint,
+/// region and credentials come from the standard AWS environment variables.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ChunkLocation {
+    Dir(PathBuf),
+    S3(S3Location),
+}
+
+impl ChunkLocation {
+    /// Picks the backend by scheme: `s3://BUCKET[/PREFIX]`, else a directory.
+    ///
+    /// # Errors
+    /// For an `s3://` URL without a bucket.
+    pub fn parse(text: &str) -> anyhow::Result<ChunkLocation> {
+        if text.starts_with("s3://") {
+            let location = S3Location::parse(text)
+                .with_context(|| format!("{text:?} is not s3://BUCKET[/PREFIX]"))?;
+            return Ok(ChunkLocation::S3(location));
+        }
+        Ok(ChunkLocation::Dir(PathBuf::from(text)))
+    }
+
+    /// The embedded default under a data directory: `DATA/chunks`.
+    pub fn embedded(data_dir: &Path) -> ChunkLocation {
+        ChunkLocation::Dir(data_dir.join("chunks"))
+    }
+}
+
+impl std::fmt::Display for ChunkLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkLocation::Dir(path) => write!(f, "{}", path.display()),
+            ChunkLocation::S3(location) => write!(f, "{location}"),
+        }
+    }
+}
+
+/// Opens (creating if needed, migrating) the meta store at `location`.
+///
+/// # Errors
+/// When the store cannot be reached or opened, or holds a newer schema.
+pub async fn open_meta_store(location: &MetaLocation) -> anyhow::Result<Arc<dyn MetaStore>> {
+    match location {
+        MetaLocation::Sqlite(path) => {
+            if let Some(parent) = path
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+            {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .with_context(|| format!("could not create {}", parent.display()))?;
+            }
+            let meta_store = SqliteMetaStore::open(path)
+                .await
+                .with_context(|| format!("could not open {}", path.display()))?;
+            Ok(Arc::new(meta_store))
+        }
+        MetaLocation::Postgres(url) => {
+            let meta_store = PgMetaStore::open(url)
+                .await
+                .with_context(|| format!("could not open the PostgreSQL database {location}"))?;
+            Ok(Arc::new(meta_store))
+        }
+    }
+}
+
+/// Opens both stores, and for PostgreSQL the change feed (LISTEN/NOTIFY) that tells this
+/// server about commits through others.
+///
+/// # Errors
+/// When a store cannot be reached or opened.
+pub async fn open_stores(meta: &MetaLocation, chunks: &ChunkLocation) -> anyhow::Result<Stores> {
+    let (meta_store, change_feed): (Arc<dyn MetaStore>, Option<ChangeFeed>) = match meta {
+        MetaLocation::Sqlite(_) => (open_meta_store(meta).await?, None),
+        MetaLocation::Postgres(url) => {
+            let meta_store = PgMetaStore::open(url)
+                .await
+                .with_context(|| format!("could not open the PostgreSQL database {meta}"))?;
+            let change_feed = meta_store
+                .change_feed()
+                .await
+                .with_context(|| format!("could not listen for changes on {meta}"))?;
+            (Arc::new(meta_store), Some(change_feed))
+        }
+    };
+    let chunk_store: Arc<dyn ChunkStore> = match chunks {
+        ChunkLocation::Dir(dir) => Arc::new(
+            FsChunkStore::open(dir)
+                .await
+                .with_context(|| format!("could not open the chunk store {}", dir.display()))?,
+        ),
+        ChunkLocation::S3(location) => Arc::new(
+            S3ChunkStore::open(location, &S3Endpoint::from_env())
+                .await
+                .with_context(|| format!("could not open the chunk store {location}"))?,
+        ),
+    };
+    Ok(Stores {
+        meta: meta_store,
+        chunks: chunk_store,
+        change_feed,
+    })
 }
 
 /// Opens the embedded stores under `data_dir` (`meta.sqlite`, `chunks/`), creating them if needed.
@@ -86,15 +243,11 @@ pub struct Stores {
 /// # Errors
 /// When the directory cannot be created or a store cannot be opened (e.g. a newer schema).
 pub async fn open_embedded_stores(data_dir: &Path) -> anyhow::Result<Stores> {
-    let meta = open_meta_store(data_dir).await?;
-    let chunks_dir = data_dir.join("chunks");
-    let chunks = FsChunkStore::open(&chunks_dir)
-        .await
-        .with_context(|| format!("could not open the chunk store {}", chunks_dir.display()))?;
-    Ok(Stores {
-        meta: Arc::new(meta),
-        chunks: Arc::new(chunks),
-    })
+    open_stores(
+        &MetaLocation::embedded(data_dir),
+        &ChunkLocation::embedded(data_dir),
+    )
+    .await
 }
 
 /// Serves the API on `listener` over the embedded stores in `config.data_dir` until `shutdown`
@@ -114,8 +267,8 @@ pub async fn run(
 
 /// Serves the API on `listener` over `stores` until `shutdown` resolves; see [`run`].
 ///
-/// `hub` is notified after every committed batch; a backend with its own change feed (PostgreSQL
-/// LISTEN/NOTIFY, for several server processes) can feed it too.
+/// `hub` is notified after every committed batch, and with every notice of
+/// [`Stores::change_feed`] (batches committed through other server processes).
 ///
 /// # Errors
 /// When the listener fails or a request handler panicked.
@@ -130,6 +283,14 @@ pub async fn serve(
     // otherwise hold graceful shutdown up for up to `long_poll_max`.
     let stopping = CancellationToken::new();
     let panicked = Arc::new(AtomicBool::new(false));
+    if let Some(change_feed) = &stores.change_feed {
+        // Subscribed before the first request, so no commit after it is missed.
+        tokio::spawn(feed_hub(
+            change_feed.subscribe(),
+            hub.clone(),
+            stopping.clone(),
+        ));
+    }
     let state = routes::AppState {
         stores,
         hub,
@@ -184,12 +345,24 @@ pub async fn add_user(
     name: &UserName,
     device: &DeviceName,
 ) -> anyhow::Result<String> {
-    let meta_store = open_meta_store(data_dir).await?;
+    let meta_store = open_meta_store(&MetaLocation::embedded(data_dir)).await?;
+    add_user_in(&*meta_store, name, device).await
+}
+
+/// [`add_user`] on any meta store.
+///
+/// # Errors
+/// When the user exists already or the store fails.
+pub async fn add_user_in(
+    meta_store: &dyn MetaStore,
+    name: &UserName,
+    device: &DeviceName,
+) -> anyhow::Result<String> {
     let user = meta_store
         .create_user(name)
         .await
         .with_context(|| format!("could not create user {name}"))?;
-    issue_token(&meta_store, &user, device).await
+    issue_token(meta_store, &user, device).await
 }
 
 /// Adds a device with a new token to an existing user, offline.
@@ -202,13 +375,25 @@ pub async fn add_token(
     user: &UserName,
     device: &DeviceName,
 ) -> anyhow::Result<String> {
-    let meta_store = open_meta_store(data_dir).await?;
+    let meta_store = open_meta_store(&MetaLocation::embedded(data_dir)).await?;
+    add_token_in(&*meta_store, user, device).await
+}
+
+/// [`add_token`] on any meta store.
+///
+/// # Errors
+/// When there is no such user, the user already has a device of that name, or the store fails.
+pub async fn add_token_in(
+    meta_store: &dyn MetaStore,
+    user: &UserName,
+    device: &DeviceName,
+) -> anyhow::Result<String> {
     let found = meta_store
         .user_by_name(user)
         .await
         .with_context(|| format!("could not look up user {user}"))?
         .with_context(|| format!("there is no user {user}"))?;
-    issue_token(&meta_store, &found, device).await
+    issue_token(meta_store, &found, device).await
 }
 
 /// On a data directory without users, creates user `me` with device `first-device` and returns
@@ -219,7 +404,18 @@ pub async fn add_token(
 pub async fn ensure_first_user(
     data_dir: &Path,
 ) -> anyhow::Result<Option<(UserName, DeviceName, String)>> {
-    let meta_store = open_meta_store(data_dir).await?;
+    let meta_store = open_meta_store(&MetaLocation::embedded(data_dir)).await?;
+    ensure_first_user_in(&*meta_store).await
+}
+
+/// [`ensure_first_user`] on any meta store. Servers starting at once on an empty shared
+/// database race here; the one that loses sees the user exist and returns `None`.
+///
+/// # Errors
+/// When the store fails.
+pub async fn ensure_first_user_in(
+    meta_store: &dyn MetaStore,
+) -> anyhow::Result<Option<(UserName, DeviceName, String)>> {
     if meta_store
         .count_users()
         .await
@@ -231,11 +427,16 @@ pub async fn ensure_first_user(
     // Constant names that pass validation.
     let user_name = UserName::new("me").context("invalid built-in user name")?;
     let device_name = DeviceName::new("first-device").context("invalid built-in device name")?;
-    let user = meta_store
-        .create_user(&user_name)
-        .await
-        .with_context(|| format!("could not create user {user_name}"))?;
-    let token = issue_token(&meta_store, &user, &device_name).await?;
+    let user = match meta_store.create_user(&user_name).await {
+        Ok(user) => user,
+        Err(StoreError::AlreadyExists(_)) => return Ok(None),
+        Err(err) => {
+            return Err(
+                anyhow::Error::new(err).context(format!("could not create user {user_name}"))
+            )
+        }
+    };
+    let token = issue_token(meta_store, &user, &device_name).await?;
     Ok(Some((user_name, device_name, token)))
 }
 
@@ -246,8 +447,34 @@ pub fn new_token() -> String {
     format!("sst_{}", hex::encode(bytes))
 }
 
+/// Wakes this server's long polls for the batches other servers commit.
+async fn feed_hub(
+    mut notices: tokio::sync::broadcast::Receiver<syncstore_store::ChangeNotice>,
+    hub: ChangeHub,
+    stopping: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let received = tokio::select! {
+            () = stopping.cancelled() => return,
+            received = notices.recv() => received,
+        };
+        match received {
+            Ok(notice) => hub.notify(notice.user_id, notice.cursor),
+            Err(RecvError::Lagged(n_missed)) => {
+                // Their waiters find the changes when their long polls time out.
+                tracing::warn!(
+                    n_missed,
+                    "change notices arrived faster than they were handled"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 async fn issue_token(
-    meta_store: &SqliteMetaStore,
+    meta_store: &dyn MetaStore,
     user: &syncstore_store::User,
     device: &DeviceName,
 ) -> anyhow::Result<String> {
@@ -257,14 +484,4 @@ async fn issue_token(
         .await
         .with_context(|| format!("could not add device {device} to user {}", user.name))?;
     Ok(token)
-}
-
-async fn open_meta_store(data_dir: &Path) -> anyhow::Result<SqliteMetaStore> {
-    tokio::fs::create_dir_all(data_dir)
-        .await
-        .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
-    let db_path = data_dir.join("meta.sqlite");
-    SqliteMetaStore::open(&db_path)
-        .await
-        .with_context(|| format!("could not open {}", db_path.display()))
 }
