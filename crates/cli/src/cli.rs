@@ -14,12 +14,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a server (embedded default: SQLite + local disk under --data).
+    /// Run a server (embedded default: SQLite + local disk under --data; or --db postgres://…
+    /// --store s3://… for several servers over one database and bucket).
     Serve(ServeArgs),
-    /// Manage accounts (offline, against the server's data dir).
+    /// Manage accounts (offline, against the server's database).
     #[command(subcommand)]
     User(UserCommand),
-    /// Manage device tokens (offline, against the server's data dir).
+    /// Manage device tokens (offline, against the server's database).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Keep DIR and the server in sync, both ways, until stopped (or once with --once).
@@ -74,10 +75,36 @@ pub struct DataArgs {
     pub data: PathBuf,
 }
 
+/// Where the server's stores live; the backend is picked by each value's scheme.
+#[derive(Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Metadata database: a SQLite file (default DATA/meta.sqlite) or a postgres:// URL.
+    #[arg(long, env = "SYNCSTORE_DB", hide_env_values = true)]
+    pub db: Option<String>,
+    /// Chunk store: a directory (default DATA/chunks) or s3://BUCKET[/PREFIX], with the endpoint,
+    /// region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "SYNCSTORE_STORE")]
+    pub store: Option<String>,
+}
+
+impl std::fmt::Debug for StoreArgs {
+    // `--db` may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreArgs")
+            .field("data", &self.data)
+            .field("db", &self.db.as_deref().map(syncstore_server::MetaLocation::parse))
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub data: DataArgs,
+    pub stores: StoreArgs,
     /// Address to listen on.
     #[arg(long, env = "SYNCSTORE_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -93,7 +120,7 @@ pub enum UserCommand {
         #[arg(long, default_value = "first-device")]
         device: String,
         #[command(flatten)]
-        data: DataArgs,
+        stores: StoreArgs,
     },
 }
 
@@ -107,7 +134,7 @@ pub enum TokenCommand {
         #[arg(long)]
         device: String,
         #[command(flatten)]
-        data: DataArgs,
+        stores: StoreArgs,
     },
 }
 

@@ -5,7 +5,7 @@ mod lock;
 mod ls;
 mod status;
 
-use crate::cli::{Cli, Command, RemoteArgs, TokenCommand, UserCommand};
+use crate::cli::{Cli, Command, RemoteArgs, StoreArgs, TokenCommand, UserCommand};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncstore_client::{ApiClient, Engine, FolderConfig};
 use syncstore_proto::{DeviceName, UserName};
+use syncstore_server::{ChunkLocation, MetaLocation};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the parsed command.
@@ -22,18 +23,20 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::User(UserCommand::Add { name, device, data }) => {
+        Command::User(UserCommand::Add { name, device, stores }) => {
             let user = UserName::new(&name)?;
             let device = DeviceName::new(&device)?;
-            let token = syncstore_server::add_user(&data.data, &user, &device).await?;
+            let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
+            let token = syncstore_server::add_user_in(&*meta_store, &user, &device).await?;
             println!("created user {user} with device {device}; its token:");
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token(TokenCommand::Add { name, device, data }) => {
+        Command::Token(TokenCommand::Add { name, device, stores }) => {
             let user = UserName::new(&name)?;
             let device = DeviceName::new(&device)?;
-            let token = syncstore_server::add_token(&data.data, &user, &device).await?;
+            let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
+            let token = syncstore_server::add_token_in(&*meta_store, &user, &device).await?;
             println!("token for user {user}, device {device}:");
             println!("{token}");
             Ok(ExitCode::SUCCESS)
@@ -72,20 +75,44 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// The meta store the flags name: `--db`, else `DATA/meta.sqlite`.
+fn meta_location(args: &StoreArgs) -> MetaLocation {
+    match &args.db {
+        Some(db) => MetaLocation::parse(db),
+        None => MetaLocation::embedded(&args.data.data),
+    }
+}
+
+/// The chunk store the flags name: `--store`, else `DATA/chunks`.
+fn chunk_location(args: &StoreArgs) -> anyhow::Result<ChunkLocation> {
+    match &args.store {
+        Some(store) => ChunkLocation::parse(store),
+        None => Ok(ChunkLocation::embedded(&args.data.data)),
+    }
+}
+
 async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
-    let data = args.data.data;
-    std::fs::create_dir_all(&data).with_context(|| format!("could not create {}", data.display()))?;
+    // The backends are picked here, once, by scheme.
+    let meta = meta_location(&args.stores);
+    let chunks = chunk_location(&args.stores)?;
+    let data = args.stores.data.data.clone();
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    if let Some((user, device, token)) = syncstore_server::ensure_first_user(&data).await? {
+    let stores = syncstore_server::open_stores(&meta, &chunks).await?;
+    if let Some((user, device, token)) = syncstore_server::ensure_first_user_in(&*stores.meta).await? {
+        let db_flag = match &meta {
+            MetaLocation::Sqlite(_) if args.stores.db.is_none() => format!("--data {}", data.display()),
+            MetaLocation::Sqlite(path) => format!("--db {}", path.display()),
+            MetaLocation::Postgres(_) => "--db \"$SYNCSTORE_DB\"".to_owned(),
+        };
         println!("First start: created user {user} with device {device}. Connect a folder with:");
         println!("  syncstore sync ~/Sync --server http://{addr} --token {token}");
-        println!("Tokens for more devices: syncstore token add {user} --device NAME --data {}", data.display());
+        println!("Tokens for more devices: syncstore token add {user} --device NAME {db_flag}");
     }
-    tracing::info!(%addr, data = %data.display(), "syncstore server listening");
+    tracing::info!(%addr, db = %meta, store = %chunks, "syncstore server listening");
     let shutdown = shutdown_on_signals();
     let config = syncstore_server::ServerConfig::new(data);
-    syncstore_server::run(listener, config, async move { shutdown.cancelled().await }).await?;
+    syncstore_server::serve(listener, stores, syncstore_server::ChangeHub::default(), config, async move { shutdown.cancelled().await }).await?;
     Ok(ExitCode::SUCCESS)
 }
 
