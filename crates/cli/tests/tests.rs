@@ -7,4 +7,5 @@ mod util;
 mod bench_smoke;
 mod cli;
 mod locks;
+mod scale_out;
 mod sync;

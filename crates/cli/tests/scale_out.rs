@@ -1,0 +1,461 @@
+//! Servers A and B over one PostgreSQL database and one S3 bucket (issue 6): one namespace,
+//! changes through either reach clients of both at once, and a client fails over when its
+//! server dies.
+//!
+//! The services come from `scripts/services` (`./scripts/test` starts them) through
+//! `SYNCSTORE_TEST_POSTGRES` and the AWS_* variables, which the servers inherit. Unset, these
+//! tests skip loudly, except under `CI=true`, where they fail. Each test gets its own database
+//! and bucket.
+
+use crate::util::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The admin URL of the test PostgreSQL server, or `None` to skip.
+fn services() -> Option<String> {
+    match std::env::var("SYNCSTORE_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => {
+            assert!(
+                std::env::var("AWS_ENDPOINT_URL").is_ok(),
+                "SYNCSTORE_TEST_POSTGRES is set but AWS_ENDPOINT_URL is not: eval \"$(scripts/services env)\""
+            );
+            Some(url)
+        }
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but SYNCSTORE_TEST_POSTGRES is not set: the PostgreSQL + S3 tests must run (use ./scripts/test)")
+        }
+        _ => {
+            eprintln!(
+                "\n*** SKIPPED a PostgreSQL + S3 end-to-end test: SYNCSTORE_TEST_POSTGRES is not set. \
+                 Run ./scripts/test, or scripts/services start && eval \"$(scripts/services env)\". ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// A `serve` process on the shared database and bucket.
+struct SharedServer {
+    proc: Proc,
+    name: String,
+    port: u16,
+    db: String,
+    store: String,
+    logs: PathBuf,
+}
+
+impl SharedServer {
+    fn start(name: &str, logs: &Path, db: &str, store: &str) -> SharedServer {
+        let port = free_port();
+        let server = SharedServer {
+            proc: spawn_server(name, logs, db, store, port),
+            name: name.to_owned(),
+            port,
+            db: db.to_owned(),
+            store: store.to_owned(),
+            logs: logs.to_path_buf(),
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let url = format!("{}/api/v1/health", self.url());
+        wait_until(&format!("{} health endpoint", self.name), || {
+            reqwest::blocking_get_ok(&url)
+        });
+    }
+
+    /// Starts the server again on the same port, database and bucket.
+    fn restart(&mut self) {
+        self.proc.kill9();
+        self.proc = spawn_server(
+            &format!("{}-restarted", self.name),
+            &self.logs,
+            &self.db,
+            &self.store,
+            self.port,
+        );
+        self.wait_ready();
+    }
+
+    /// The server's tree as (path, node id, rev, hash) rows.
+    fn tree(&self, token: &str) -> Vec<(String, u64, u64, Option<String>)> {
+        let (status, body) =
+            reqwest::send("GET", &format!("{}/api/v1/tree", self.url()), token, None);
+        assert_eq!(status, 200, "{body}");
+        let tree: serde_json::Value = serde_json::from_str(&body).unwrap();
+        tree["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["path"].as_str().unwrap().to_owned(),
+                    e["node_id"].as_u64().unwrap(),
+                    e["rev"].as_u64().unwrap(),
+                    e["hash"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+}
+
+fn spawn_server(name: &str, logs: &Path, db: &str, store: &str, port: u16) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let data = logs.join(format!("{name}-data"));
+    Proc::spawn(
+        name,
+        logs,
+        &[
+            "serve",
+            "--db",
+            db,
+            "--store",
+            store,
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ],
+    )
+}
+
+/// Two servers on a fresh database and bucket, and two empty folders.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    logs: PathBuf,
+    a: SharedServer,
+    b: SharedServer,
+    dir1: PathBuf,
+    dir2: PathBuf,
+    token1: String,
+    token2: String,
+}
+
+fn setup(name: &str) -> Option<Setup> {
+    let admin_url = services()?;
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let db = reqwest::runtime()
+        .block_on(syncstore_store::postgres::create_test_database(
+            &admin_url, name,
+        ))
+        .unwrap_or_else(|err| panic!("could not create a test database on {admin_url}: {err}"));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let store = format!(
+        "s3://e2e-{}-{}-{nanos}/syncstore",
+        name.replace('_', "-"),
+        std::process::id()
+    );
+    let a = SharedServer::start("server-a", &logs, &db, &store);
+    let b = SharedServer::start("server-b", &logs, &db, &store);
+    let token1 = token(&db, "alice", "laptop");
+    let token2 = token(&db, "alice", "desktop");
+    let dir1 = tmp.path().join("one");
+    let dir2 = tmp.path().join("two");
+    std::fs::create_dir_all(&dir1).unwrap();
+    std::fs::create_dir_all(&dir2).unwrap();
+    Some(Setup {
+        _tmp: tmp,
+        logs,
+        a,
+        b,
+        dir1,
+        dir2,
+        token1,
+        token2,
+    })
+}
+
+/// A new device token for `user` (created if needed), through `--db`.
+fn token(db: &str, user: &str, device: &str) -> String {
+    let out = run(&["user", "add", user, "--device", device, "--db", db]);
+    let out = if out.status.success() {
+        out
+    } else {
+        run(&["token", "add", user, "--device", device, "--db", db])
+    };
+    assert!(
+        out.status.success(),
+        "token add failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A sync daemon on `dir` with `servers` in order of preference.
+fn start_daemon(name: &str, logs: &Path, dir: &Path, servers: &[String], token: &str) -> Proc {
+    let mut args = vec!["sync".to_owned(), dir.to_str().unwrap().to_owned()];
+    for server in servers {
+        args.push("--server".into());
+        args.push(server.clone());
+    }
+    args.extend([
+        "--token".into(),
+        token.into(),
+        "--scan-interval".into(),
+        "5".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(name, logs, &args)
+}
+
+#[test]
+fn two_servers_share_one_namespace_and_changes_flow_both_ways() {
+    let Some(s) = setup("both_ways") else { return };
+    let mut client1 = start_daemon(
+        "client-1",
+        &s.logs,
+        &s.dir1,
+        &[s.a.url(), s.b.url()],
+        &s.token1,
+    );
+    let mut client2 = start_daemon("client-2", &s.logs, &s.dir2, &[s.b.url()], &s.token2);
+
+    // Create through A, seen through B.
+    write(&s.dir1.join("hello.txt"), "hello from one");
+    write(&s.dir1.join("docs/2026/report.md"), "# report");
+    std::fs::create_dir_all(s.dir1.join("empty/inner")).unwrap();
+    wait_until("1's files in 2", || {
+        read(&s.dir2.join("hello.txt")).as_deref() == Some("hello from one")
+            && read(&s.dir2.join("docs/2026/report.md")).as_deref() == Some("# report")
+            && s.dir2.join("empty/inner").is_dir()
+    });
+
+    // A change through A wakes client 2's long poll on B (LISTEN/NOTIFY), not its 25 s timeout.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    write(&s.dir1.join("prompt.txt"), "wake up");
+    wait_until("prompt.txt in 2", || {
+        read(&s.dir2.join("prompt.txt")).as_deref() == Some("wake up")
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a change through A took {:?} to reach a client of B",
+        started.elapsed()
+    );
+
+    // Edit and create through B, seen through A.
+    write(&s.dir2.join("hello.txt"), "edited in two");
+    write(&s.dir2.join("from-two/new.txt"), "new in two");
+    wait_until("2's edits in 1", || {
+        read(&s.dir1.join("hello.txt")).as_deref() == Some("edited in two")
+            && read(&s.dir1.join("from-two/new.txt")).as_deref() == Some("new in two")
+    });
+
+    // Renames both ways: a move on the server, keeping the node.
+    wait_same(&s.dir1, &s.dir2);
+    let before =
+        s.a.tree(&s.token1)
+            .into_iter()
+            .find(|e| e.0 == "docs/2026/report.md")
+            .expect("report on the server")
+            .1;
+    std::fs::rename(
+        s.dir1.join("docs/2026/report.md"),
+        s.dir1.join("docs/report-final.md"),
+    )
+    .unwrap();
+    wait_until("rename in 2", || {
+        read(&s.dir2.join("docs/report-final.md")).as_deref() == Some("# report")
+            && !s.dir2.join("docs/2026/report.md").exists()
+    });
+    let after =
+        s.b.tree(&s.token2)
+            .into_iter()
+            .find(|e| e.0 == "docs/report-final.md")
+            .expect("renamed report")
+            .1;
+    assert_eq!(before, after, "a rename keeps the node");
+    std::fs::rename(s.dir2.join("docs"), s.dir2.join("documents")).unwrap();
+    wait_until("dir rename in 1", || {
+        read(&s.dir1.join("documents/report-final.md")).as_deref() == Some("# report")
+            && !s.dir1.join("docs").exists()
+    });
+
+    // Deletes both ways.
+    std::fs::remove_file(s.dir1.join("hello.txt")).unwrap();
+    std::fs::remove_dir_all(s.dir2.join("empty")).unwrap();
+    wait_until("deletes", || {
+        !s.dir2.join("hello.txt").exists() && !s.dir1.join("empty").exists()
+    });
+    wait_same(&s.dir1, &s.dir2);
+
+    // A conflict: both edit one file while neither syncs; one pass each, through A and through B.
+    assert!(client1.terminate().success());
+    assert!(client2.terminate().success());
+    write(&s.dir1.join("plan.txt"), "original");
+    let once = |dir: &Path, server: &str| {
+        let out = run(&["sync", dir.to_str().unwrap(), "--server", server, "--once"]);
+        assert!(
+            out.status.success(),
+            "sync --once failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    once(&s.dir1, &s.a.url());
+    once(&s.dir2, &s.b.url());
+    write(&s.dir1.join("plan.txt"), "version from laptop");
+    write(&s.dir2.join("plan.txt"), "version from desktop");
+    once(&s.dir1, &s.a.url());
+    once(&s.dir2, &s.b.url());
+    once(&s.dir1, &s.a.url());
+    for dir in [&s.dir1, &s.dir2] {
+        let snap = snapshot(dir);
+        assert_eq!(
+            snap.get("plan.txt").cloned().flatten().as_deref(),
+            Some(&b"version from laptop"[..]),
+            "the server's version keeps the name"
+        );
+        let copies: Vec<_> = snap
+            .iter()
+            .filter(|(name, _)| name.starts_with("plan (conflicted copy from desktop "))
+            .collect();
+        assert_eq!(
+            copies.len(),
+            1,
+            "one conflicted copy in {}: {:?}",
+            dir.display(),
+            snap.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(copies[0].1.as_deref(), Some(&b"version from desktop"[..]));
+    }
+    assert_eq!(
+        s.a.tree(&s.token1),
+        s.b.tree(&s.token2),
+        "A and B serve one namespace"
+    );
+
+    // A lock taken through A blocks an edit through B with 423, and B's client sees it.
+    let (status, body) = reqwest::send(
+        "POST",
+        &format!("{}/api/v1/locks", s.a.url()),
+        &s.token1,
+        Some(r#"{"path":"plan.txt"}"#.to_owned()),
+    );
+    assert_eq!(status, 200, "{body}");
+    let rev =
+        s.b.tree(&s.token2)
+            .into_iter()
+            .find(|e| e.0 == "plan.txt")
+            .unwrap()
+            .2;
+    let delete = format!(r#"{{"ops":[{{"op":"delete","path":"plan.txt","base":{rev}}}]}}"#);
+    let (status, body) = reqwest::send(
+        "POST",
+        &format!("{}/api/v1/ops", s.b.url()),
+        &s.token2,
+        Some(delete),
+    );
+    assert_eq!(status, 200, "{body}");
+    let results: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(results["results"][0]["status"], 423, "{body}");
+    assert!(body.contains("locked by laptop"), "{body}");
+    write(&s.dir2.join("plan.txt"), "edit while locked");
+    let out = run(&[
+        "sync",
+        s.dir2.to_str().unwrap(),
+        "--server",
+        &s.b.url(),
+        "--once",
+    ]);
+    assert!(!out.status.success(), "a blocked edit is not in sync");
+    let content =
+        s.b.tree(&s.token2)
+            .into_iter()
+            .find(|e| e.0 == "plan.txt")
+            .unwrap()
+            .3;
+    assert_eq!(
+        content,
+        s.a.tree(&s.token1)
+            .into_iter()
+            .find(|e| e.0 == "plan.txt")
+            .unwrap()
+            .3
+    );
+    assert_eq!(
+        content.as_deref(),
+        Some(blake3::hash(b"version from laptop").to_hex().as_str()),
+        "the locked file is unchanged on the server"
+    );
+}
+
+#[test]
+fn server_a_killed_mid_sync_client_fails_over_to_b_and_loses_nothing() {
+    let Some(mut s) = setup("failover") else {
+        return;
+    };
+    let _client1 = start_daemon(
+        "client-1",
+        &s.logs,
+        &s.dir1,
+        &[s.a.url(), s.b.url()],
+        &s.token1,
+    );
+    let _client2 = start_daemon("client-2", &s.logs, &s.dir2, &[s.b.url()], &s.token2);
+
+    // Enough work that the kill lands mid-sync: many small files and a large one.
+    for i in 0..200 {
+        write(
+            &s.dir1.join(format!("many/f{i:03}.txt")),
+            &format!("file {i}\n").repeat(50),
+        );
+    }
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(s.dir1.join("big.bin"), &big).unwrap();
+    wait_until("upload through A under way", || {
+        s.a.proc.log_text().contains("/api/v1/chunks")
+            || s.a.tree(&s.token1).iter().any(|e| e.0 == "many")
+    });
+    s.a.proc.kill9();
+
+    // Client 1 carries on through B.
+    wait_same(&s.dir1, &s.dir2);
+    wait_until("everything in 2", || {
+        snapshot(&s.dir2).len() == 200 + 2
+            && std::fs::read(s.dir2.join("big.bin")).ok().as_deref() == Some(&big[..])
+    });
+    wait_same(&s.dir1, &s.dir2);
+    let status = run(&["status", s.dir1.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!("server: {}", s.b.url())),
+        "status names the server in use: {text}"
+    );
+    assert!(status.status.success(), "in sync after failover: {text}");
+    let on_b = s.b.tree(&s.token2);
+    assert_eq!(on_b.len(), 200 + 2, "the server holds every file");
+
+    // A restarted A serves the same namespace.
+    s.a.restart();
+    assert_eq!(s.a.tree(&s.token1), on_b);
+    write(
+        &s.dir2.join("after-restart.txt"),
+        "through B, seen through A",
+    );
+    wait_until("new file on A", || {
+        s.a.tree(&s.token1)
+            .iter()
+            .any(|e| e.0 == "after-restart.txt")
+    });
+    wait_until("new file in 1", || {
+        read(&s.dir1.join("after-restart.txt")).is_some()
+    });
+}
