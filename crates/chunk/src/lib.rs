@@ -31,15 +31,28 @@ pub fn chunk_reader<R: Read>(
     // chunker nor its buffer of CHUNK_MAX bytes (allocating that per small file dominated the
     // time to upload 2,000 files of 4 KiB).
     let mut head = Vec::with_capacity(64 * 1024);
-    (&mut reader).take(u64::from(CHUNK_MIN) + 1).read_to_end(&mut head)?;
+    (&mut reader)
+        .take(u64::from(CHUNK_MIN) + 1)
+        .read_to_end(&mut head)?;
     if head.len() <= CHUNK_MIN as usize {
         if head.is_empty() {
-            return Ok(Manifest { hash: ContentHash::of_empty(), size: 0, chunks: Vec::new() });
+            return Ok(Manifest {
+                hash: ContentHash::of_empty(),
+                size: 0,
+                chunks: Vec::new(),
+            });
         }
         let hash = hash_chunk(&head);
-        let chunk_ref = ChunkRef { hash, len: head.len() as u32 };
+        let chunk_ref = ChunkRef {
+            hash,
+            len: head.len() as u32,
+        };
         on_chunk(chunk_ref, &head)?;
-        return Ok(Manifest { hash: ContentHash(hash.0), size: head.len() as u64, chunks: vec![chunk_ref] });
+        return Ok(Manifest {
+            hash: ContentHash(hash.0),
+            size: head.len() as u64,
+            chunks: vec![chunk_ref],
+        });
     }
     let reader = io::Cursor::new(head).chain(reader);
     let mut whole = blake3::Hasher::new();
@@ -61,7 +74,11 @@ pub fn chunk_reader<R: Read>(
         on_chunk(chunk_ref, &chunk.data)?;
         chunks.push(chunk_ref);
     }
-    Ok(Manifest { hash: ContentHash(*whole.finalize().as_bytes()), size, chunks })
+    Ok(Manifest {
+        hash: ContentHash(*whole.finalize().as_bytes()),
+        size,
+        chunks,
+    })
 }
 
 /// The manifest of `reader` without keeping the bytes.
@@ -123,7 +140,11 @@ mod tests {
         assert_eq!(joined, data);
         assert_eq!(manifest.size, data.len() as u64);
         assert_eq!(manifest.hash, hash_reader(&data[..]).unwrap().0);
-        assert!(manifest.chunks.len() > 2, "{} chunks", manifest.chunks.len());
+        assert!(
+            manifest.chunks.len() > 2,
+            "{} chunks",
+            manifest.chunks.len()
+        );
         assert!(manifest.chunks.iter().all(|c| c.len <= CHUNK_MAX));
     }
 
@@ -133,18 +154,40 @@ mod tests {
         let before = manifest_of(&data[..]).unwrap();
         data[8 * 1024 * 1024] ^= 0xff;
         let after = manifest_of(&data[..]).unwrap();
-        let changed = after.chunks.iter().filter(|c| !before.chunks.contains(c)).count();
+        let changed = after
+            .chunks
+            .iter()
+            .filter(|c| !before.chunks.contains(c))
+            .count();
         assert!((1..=2).contains(&changed), "{changed} chunks changed");
     }
 
     #[test]
     fn small_and_boundary_inputs_match_the_chunker() {
-        for len in [1usize, 4096, CHUNK_MIN as usize - 1, CHUNK_MIN as usize, CHUNK_MIN as usize + 1, 3 * CHUNK_MIN as usize] {
+        for len in [
+            1usize,
+            4096,
+            CHUNK_MIN as usize - 1,
+            CHUNK_MIN as usize,
+            CHUNK_MIN as usize + 1,
+            3 * CHUNK_MIN as usize,
+        ] {
             let data = random_bytes(len, len as u64);
             let manifest = manifest_of(&data[..]).unwrap();
             assert_eq!(manifest.size, len as u64);
-            assert_eq!(manifest.hash, hash_reader(&data[..]).unwrap().0, "len {len}");
-            assert_eq!(manifest.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>(), len as u64);
+            assert_eq!(
+                manifest.hash,
+                hash_reader(&data[..]).unwrap().0,
+                "len {len}"
+            );
+            assert_eq!(
+                manifest
+                    .chunks
+                    .iter()
+                    .map(|c| u64::from(c.len))
+                    .sum::<u64>(),
+                len as u64
+            );
             let mut joined = Vec::new();
             chunk_reader(&data[..], |_, bytes| {
                 joined.extend_from_slice(bytes);

@@ -95,7 +95,13 @@ impl std::fmt::Debug for StoreArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreArgs")
             .field("data", &self.data)
-            .field("db", &self.db.as_deref().map(syncstore_server::MetaLocation::parse))
+            .field(
+                "db",
+                &self
+                    .db
+                    .as_deref()
+                    .map(syncstore_server::MetaLocation::parse),
+            )
             .field("store", &self.store)
             .finish()
     }

@@ -32,7 +32,8 @@ fn bench_run_smoke_has_a_syncstore_row_per_workload() {
     for workload in ["W1", "W2", "W3", "W4", "W5", "W6"] {
         let prefix = format!("| {workload} |");
         assert!(
-            text.lines().any(|line| line.starts_with(&prefix) && line.contains("| syncstore |")),
+            text.lines()
+                .any(|line| line.starts_with(&prefix) && line.contains("| syncstore |")),
             "no syncstore row for {workload} in:\n{text}"
         );
     }

@@ -7,7 +7,12 @@ fn wrong_token_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(tmp.path(), &tmp.path().join("data"));
     let good = server.token("bob", "phone");
-    let (status, body) = reqwest::send("GET", &format!("{}/api/v1/tree", server.url()), "sst_wrong", None);
+    let (status, body) = reqwest::send(
+        "GET",
+        &format!("{}/api/v1/tree", server.url()),
+        "sst_wrong",
+        None,
+    );
     assert_eq!(status, 401, "{body}");
     let (status, _) = reqwest::send("GET", &format!("{}/api/v1/tree", server.url()), &good, None);
     assert_eq!(status, 200);
@@ -15,12 +20,26 @@ fn wrong_token_is_refused() {
     let dir = tmp.path().join("folder");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("secret.txt"), "x").unwrap();
-    let out = run(&["sync", dir.to_str().unwrap(), "--server", &server.url(), "--token", "sst_wrong", "--once"]);
+    let out = run(&[
+        "sync",
+        dir.to_str().unwrap(),
+        "--server",
+        &server.url(),
+        "--token",
+        "sst_wrong",
+        "--once",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("401") || stderr.contains("token"), "{stderr}");
+    assert!(
+        stderr.contains("401") || stderr.contains("token"),
+        "{stderr}"
+    );
     let (_, tree) = reqwest::send("GET", &format!("{}/api/v1/tree", server.url()), &good, None);
-    assert!(!tree.contains("secret.txt"), "nothing was uploaded with a wrong token");
+    assert!(
+        !tree.contains("secret.txt"),
+        "nothing was uploaded with a wrong token"
+    );
 }
 
 #[test]
@@ -29,15 +48,33 @@ fn dotdot_path_is_refused() {
     let server = Server::start(tmp.path(), &tmp.path().join("data"));
     let token = server.token("carol", "laptop");
     for path in ["../escape.txt", "a/../../b", "/etc/passwd"] {
-        let body = serde_json::json!({"ops": [{"op": "make_dir", "path": path, "mtime_ms": 0}]}).to_string();
-        let (status, text) = reqwest::send("POST", &format!("{}/api/v1/ops", server.url()), &token, Some(body));
+        let body = serde_json::json!({"ops": [{"op": "make_dir", "path": path, "mtime_ms": 0}]})
+            .to_string();
+        let (status, text) = reqwest::send(
+            "POST",
+            &format!("{}/api/v1/ops", server.url()),
+            &token,
+            Some(body),
+        );
         assert_eq!(status, 400, "{path}: {text}");
         let error: serde_json::Value = serde_json::from_str(&text).expect("JSON error body");
-        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{text}");
+        assert!(
+            error["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{text}"
+        );
     }
-    let (_, tree) = reqwest::send("GET", &format!("{}/api/v1/tree", server.url()), &token, None);
+    let (_, tree) = reqwest::send(
+        "GET",
+        &format!("{}/api/v1/tree", server.url()),
+        &token,
+        None,
+    );
     let tree: serde_json::Value = serde_json::from_str(&tree).unwrap();
-    assert_eq!(tree["entries"].as_array().unwrap().len(), 0, "nothing was created");
+    assert_eq!(
+        tree["entries"].as_array().unwrap().len(),
+        0,
+        "nothing was created"
+    );
     assert!(!tmp.path().join("escape.txt").exists());
 }
 
@@ -48,17 +85,36 @@ fn status_reports_differences_and_exits_zero_once_in_sync() {
     let token = server.token("dave", "laptop");
     let dir = tmp.path().join("folder");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = run(&["sync", dir.to_str().unwrap(), "--server", &server.url(), "--token", &token, "--once"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "sync",
+        dir.to_str().unwrap(),
+        "--server",
+        &server.url(),
+        "--token",
+        &token,
+        "--once",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     write(&dir.join("new.txt"), "not yet uploaded");
     let out = run(&["status", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("upload") && stdout.contains("new.txt"), "{stdout}");
+    assert!(
+        stdout.contains("upload") && stdout.contains("new.txt"),
+        "{stdout}"
+    );
 
     let out = run(&["sync", dir.to_str().unwrap(), "--once"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["status", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
@@ -66,7 +122,10 @@ fn status_reports_differences_and_exits_zero_once_in_sync() {
 
     let out = run(&["ls", "--server", &server.url(), "--token", &token]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("new.txt") && stdout.contains("16"), "{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("new.txt") && stdout.contains("16"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -81,17 +140,35 @@ fn bad_command_lines_exit_non_zero_with_a_message() {
     let out = run(&["sync", tmp.path().to_str().unwrap(), "--once"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
-    let out = run(&["user", "add", "bad name", "--data", tmp.path().to_str().unwrap()]);
+    let out = run(&[
+        "user",
+        "add",
+        "bad name",
+        "--data",
+        tmp.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid name"));
 }
 
 #[test]
 fn every_command_has_help() {
-    for cmd in [&["--help"][..], &["serve", "--help"], &["sync", "--help"], &["status", "--help"], &["ls", "--help"], &["demo", "--help"], &["user", "add", "--help"], &["token", "add", "--help"]] {
+    for cmd in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["sync", "--help"],
+        &["status", "--help"],
+        &["ls", "--help"],
+        &["demo", "--help"],
+        &["user", "add", "--help"],
+        &["token", "add", "--help"],
+    ] {
         let out = run(cmd);
         assert!(out.status.success(), "{cmd:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd:?}"
+        );
     }
 }
 
@@ -99,11 +176,21 @@ fn every_command_has_help() {
 fn demo_syncs_two_folders_and_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let demo_dir = tmp.path().join("demo");
-    let mut demo = Proc::spawn("demo", tmp.path(), &["demo", "--dir", demo_dir.to_str().unwrap()]);
-    wait_until("demo ready", || demo.log_text().contains("Press Ctrl-C to stop."));
+    let mut demo = Proc::spawn(
+        "demo",
+        tmp.path(),
+        &["demo", "--dir", demo_dir.to_str().unwrap()],
+    );
+    wait_until("demo ready", || {
+        demo.log_text().contains("Press Ctrl-C to stop.")
+    });
     write(&demo_dir.join("laptop/hello.txt"), "hello from the laptop");
-    wait_until("file on the desktop", || read(&demo_dir.join("desktop/hello.txt")).as_deref() == Some("hello from the laptop"));
+    wait_until("file on the desktop", || {
+        read(&demo_dir.join("desktop/hello.txt")).as_deref() == Some("hello from the laptop")
+    });
     write(&demo_dir.join("desktop/reply.txt"), "hi back");
-    wait_until("reply on the laptop", || read(&demo_dir.join("laptop/reply.txt")).as_deref() == Some("hi back"));
+    wait_until("reply on the laptop", || {
+        read(&demo_dir.join("laptop/reply.txt")).as_deref() == Some("hi back")
+    });
     assert!(demo.terminate().success(), "demo exits 0 on SIGTERM");
 }

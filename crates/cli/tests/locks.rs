@@ -24,15 +24,34 @@ fn two_devices() -> Two {
     let b_dir = tmp.path().join("b");
     let a = start_client("client-a", tmp.path(), &a_dir, &server.url(), &token_a);
     let b = start_client("client-b", tmp.path(), &b_dir, &server.url(), &token_b);
-    Two { tmp, server, a_dir, b_dir, token_a, token_b, _a: Some(a), _b: Some(b) }
+    Two {
+        tmp,
+        server,
+        a_dir,
+        b_dir,
+        token_a,
+        token_b,
+        _a: Some(a),
+        _b: Some(b),
+    }
 }
 
 fn cli_in(dir: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(bin()).args(args).current_dir(dir).env("RUST_LOG", "warn").output().expect("run syncstore")
+    std::process::Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run syncstore")
 }
 
 fn ok(out: std::process::Output) -> String {
-    assert!(out.status.success(), "stdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -49,10 +68,20 @@ fn force_write(path: &Path, text: &str) {
 }
 
 fn server_content(t: &Two, path: &str) -> Option<String> {
-    let (status, body) = reqwest::send("GET", &format!("{}/api/v1/tree", t.server.url()), &t.token_a, None);
+    let (status, body) = reqwest::send(
+        "GET",
+        &format!("{}/api/v1/tree", t.server.url()),
+        &t.token_a,
+        None,
+    );
     assert_eq!(status, 200);
     let tree: serde_json::Value = serde_json::from_str(&body).unwrap();
-    tree["entries"].as_array().unwrap().iter().find(|e| e["path"] == path).map(|e| e["hash"].as_str().unwrap_or("").to_owned())
+    tree["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .map(|e| e["hash"].as_str().unwrap_or("").to_owned())
 }
 
 fn syncstore_blake3(bytes: &[u8]) -> String {
@@ -61,7 +90,10 @@ fn syncstore_blake3(bytes: &[u8]) -> String {
 
 fn status_of(dir: &Path) -> (i32, String) {
     let out = run(&["status", dir.to_str().unwrap()]);
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -69,51 +101,95 @@ fn locked_file_is_read_only_elsewhere_and_edits_wait_for_unlock() {
     let t = two_devices();
     write(&t.a_dir.join("sheet.csv"), "v1");
     write(&t.a_dir.join("other.csv"), "o1");
-    wait_until("files on B", || read(&t.b_dir.join("sheet.csv")).as_deref() == Some("v1") && read(&t.b_dir.join("other.csv")).is_some());
+    wait_until("files on B", || {
+        read(&t.b_dir.join("sheet.csv")).as_deref() == Some("v1")
+            && read(&t.b_dir.join("other.csv")).is_some()
+    });
 
     // A locks both files, by local path from inside its folder.
     ok(cli_in(&t.a_dir, &["lock", "sheet.csv"]));
     ok(cli_in(&t.a_dir, &["lock", "other.csv"]));
-    wait_until("sheet read-only on B", || is_read_only(&t.b_dir.join("sheet.csv")) && is_read_only(&t.b_dir.join("other.csv")));
-    assert!(!is_read_only(&t.a_dir.join("sheet.csv")), "the holder can still write");
+    wait_until("sheet read-only on B", || {
+        is_read_only(&t.b_dir.join("sheet.csv")) && is_read_only(&t.b_dir.join("other.csv"))
+    });
+    assert!(
+        !is_read_only(&t.a_dir.join("sheet.csv")),
+        "the holder can still write"
+    );
     let listing = ok(cli_in(&t.b_dir, &["ls"]));
-    assert!(listing.lines().any(|l| l.contains("sheet.csv") && l.contains("locked by laptop")), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains("sheet.csv") && l.contains("locked by laptop")),
+        "{listing}"
+    );
     let locks = ok(cli_in(&t.b_dir, &["locks"]));
-    assert!(locks.contains("sheet.csv") && locks.contains("laptop") && locks.contains("when unlocked"), "{locks}");
+    assert!(
+        locks.contains("sheet.csv") && locks.contains("laptop") && locks.contains("when unlocked"),
+        "{locks}"
+    );
 
     // A's edits still reach B.
     write(&t.a_dir.join("sheet.csv"), "v2 by holder");
-    wait_until("holder's edit on B", || read(&t.b_dir.join("sheet.csv")).as_deref() == Some("v2 by holder"));
-    wait_until("still read-only after the update", || is_read_only(&t.b_dir.join("sheet.csv")));
+    wait_until("holder's edit on B", || {
+        read(&t.b_dir.join("sheet.csv")).as_deref() == Some("v2 by holder")
+    });
+    wait_until("still read-only after the update", || {
+        is_read_only(&t.b_dir.join("sheet.csv"))
+    });
 
     // B edits both anyway: nothing is uploaded, status shows them blocked.
     force_write(&t.b_dir.join("sheet.csv"), "v3 by desktop");
     force_write(&t.b_dir.join("other.csv"), "o2 by desktop");
     wait_until("B's status shows both blocked", || {
         let (code, text) = status_of(&t.b_dir);
-        code == 1 && text.lines().filter(|l| l.contains("blocked") && l.contains("locked by laptop")).count() == 2
+        code == 1
+            && text
+                .lines()
+                .filter(|l| l.contains("blocked") && l.contains("locked by laptop"))
+                .count()
+                == 2
     });
-    assert_eq!(server_content(&t, "sheet.csv"), Some(syncstore_blake3(b"v2 by holder")));
-    assert_eq!(server_content(&t, "other.csv"), Some(syncstore_blake3(b"o1")));
-    assert_eq!(read(&t.b_dir.join("sheet.csv")).as_deref(), Some("v3 by desktop"), "B's edit stays on disk");
+    assert_eq!(
+        server_content(&t, "sheet.csv"),
+        Some(syncstore_blake3(b"v2 by holder"))
+    );
+    assert_eq!(
+        server_content(&t, "other.csv"),
+        Some(syncstore_blake3(b"o1"))
+    );
+    assert_eq!(
+        read(&t.b_dir.join("sheet.csv")).as_deref(),
+        Some("v3 by desktop"),
+        "B's edit stays on disk"
+    );
 
     // The holder changes sheet.csv again, then unlocks both.
     write(&t.a_dir.join("sheet.csv"), "v4 by holder");
-    wait_until("v4 on server", || server_content(&t, "sheet.csv") == Some(syncstore_blake3(b"v4 by holder")));
+    wait_until("v4 on server", || {
+        server_content(&t, "sheet.csv") == Some(syncstore_blake3(b"v4 by holder"))
+    });
     ok(cli_in(&t.a_dir, &["unlock", "sheet.csv"]));
     ok(cli_in(&t.a_dir, &["unlock", "other.csv"]));
 
     // other.csv: unchanged on the server meanwhile, so B's edit simply syncs.
-    wait_until("B's pending edit reaches A", || read(&t.a_dir.join("other.csv")).as_deref() == Some("o2 by desktop"));
+    wait_until("B's pending edit reaches A", || {
+        read(&t.a_dir.join("other.csv")).as_deref() == Some("o2 by desktop")
+    });
     // sheet.csv: changed on the server meanwhile, so B's edit becomes a conflicted copy; nothing lost.
     wait_until("conflict resolved on both", || {
         [&t.a_dir, &t.b_dir].iter().all(|dir| {
             let snap = snapshot(dir);
             snap.get("sheet.csv").cloned().flatten().as_deref() == Some(&b"v4 by holder"[..])
-                && snap.iter().any(|(name, bytes)| name.starts_with("sheet (conflicted copy from desktop ") && bytes.as_deref() == Some(&b"v3 by desktop"[..]))
+                && snap.iter().any(|(name, bytes)| {
+                    name.starts_with("sheet (conflicted copy from desktop ")
+                        && bytes.as_deref() == Some(&b"v3 by desktop"[..])
+                })
         })
     });
-    wait_until("B's files writable again", || !is_read_only(&t.b_dir.join("sheet.csv")) && !is_read_only(&t.b_dir.join("other.csv")));
+    wait_until("B's files writable again", || {
+        !is_read_only(&t.b_dir.join("sheet.csv")) && !is_read_only(&t.b_dir.join("other.csv"))
+    });
     wait_same(&t.a_dir, &t.b_dir);
 }
 
@@ -123,21 +199,36 @@ fn delete_held_back_by_a_lock_is_never_replayed_over_a_newer_version() {
     write(&t.a_dir.join("design.txt"), "draft");
     // Another file, so that B's delete does not empty its folder (that is row 29's guard, not a lock).
     write(&t.a_dir.join("readme.txt"), "keep");
-    wait_until("files on B", || read(&t.b_dir.join("design.txt")).is_some() && read(&t.b_dir.join("readme.txt")).is_some());
+    wait_until("files on B", || {
+        read(&t.b_dir.join("design.txt")).is_some() && read(&t.b_dir.join("readme.txt")).is_some()
+    });
     ok(cli_in(&t.a_dir, &["lock", "design.txt"]));
-    wait_until("read-only on B", || is_read_only(&t.b_dir.join("design.txt")));
+    wait_until("read-only on B", || {
+        is_read_only(&t.b_dir.join("design.txt"))
+    });
     std::fs::remove_file(t.b_dir.join("design.txt")).unwrap();
     wait_until("B's delete blocked", || {
         let (_, text) = status_of(&t.b_dir);
-        text.lines().any(|l| l.contains("blocked") && l.contains("design.txt"))
+        text.lines()
+            .any(|l| l.contains("blocked") && l.contains("design.txt"))
     });
-    assert!(server_content(&t, "design.txt").is_some(), "the delete was not sent");
+    assert!(
+        server_content(&t, "design.txt").is_some(),
+        "the delete was not sent"
+    );
     write(&t.a_dir.join("design.txt"), "final by holder");
-    wait_until("edit on server", || server_content(&t, "design.txt") == Some(syncstore_blake3(b"final by holder")));
+    wait_until("edit on server", || {
+        server_content(&t, "design.txt") == Some(syncstore_blake3(b"final by holder"))
+    });
     ok(cli_in(&t.a_dir, &["unlock", "design.txt"]));
-    wait_until("A's edit back on B", || read(&t.b_dir.join("design.txt")).as_deref() == Some("final by holder"));
+    wait_until("A's edit back on B", || {
+        read(&t.b_dir.join("design.txt")).as_deref() == Some("final by holder")
+    });
     wait_same(&t.a_dir, &t.b_dir);
-    assert_eq!(read(&t.a_dir.join("design.txt")).as_deref(), Some("final by holder"));
+    assert_eq!(
+        read(&t.a_dir.join("design.txt")).as_deref(),
+        Some("final by holder")
+    );
 }
 
 #[test]
@@ -147,11 +238,16 @@ fn lock_with_ttl_expires_by_itself() {
     wait_until("file on B", || read(&t.b_dir.join("notes.md")).is_some());
     ok(cli_in(&t.a_dir, &["lock", "notes.md", "--ttl", "3s"]));
     let locks = ok(cli_in(&t.a_dir, &["locks"]));
-    assert!(locks.contains("notes.md") && !locks.contains("when unlocked"), "{locks}");
+    assert!(
+        locks.contains("notes.md") && !locks.contains("when unlocked"),
+        "{locks}"
+    );
     wait_until("read-only on B", || is_read_only(&t.b_dir.join("notes.md")));
     force_write(&t.b_dir.join("notes.md"), "two by desktop");
     // Nobody unlocks: once the TTL passes, B's edit is uploaded and reaches A.
-    wait_until("edit after expiry", || read(&t.a_dir.join("notes.md")).as_deref() == Some("two by desktop"));
+    wait_until("edit after expiry", || {
+        read(&t.a_dir.join("notes.md")).as_deref() == Some("two by desktop")
+    });
     let locks = ok(cli_in(&t.a_dir, &["locks"]));
     assert!(!locks.contains("notes.md"), "{locks}");
 }
@@ -173,7 +269,9 @@ fn force_breaks_a_lock_and_the_holder_is_told() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("locked by laptop since"));
     ok(cli_in(&t.b_dir, &["unlock", "plan.txt", "--force"]));
     let a_log = t._a.as_ref().unwrap();
-    wait_until("holder told", || a_log.log_text().contains("was broken by desktop"));
+    wait_until("holder told", || {
+        a_log.log_text().contains("was broken by desktop")
+    });
     let locks = ok(cli_in(&t.a_dir, &["locks"]));
     assert!(!locks.contains("plan.txt"), "{locks}");
 }
@@ -186,18 +284,45 @@ fn lock_survives_a_server_restart() {
     ok(cli_in(&t.a_dir, &["lock", "keep.txt"]));
     t.server.kill9_and_restart();
     let locks = ok(cli_in(&t.b_dir, &["locks"]));
-    assert!(locks.contains("keep.txt") && locks.contains("laptop"), "{locks}");
+    assert!(
+        locks.contains("keep.txt") && locks.contains("laptop"),
+        "{locks}"
+    );
     // An op from B on the locked file is still refused with 423.
-    let (status, body) = reqwest::send("GET", &format!("{}/api/v1/tree", t.server.url()), &t.token_b, None);
+    let (status, body) = reqwest::send(
+        "GET",
+        &format!("{}/api/v1/tree", t.server.url()),
+        &t.token_b,
+        None,
+    );
     assert_eq!(status, 200);
     let tree: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let entry = tree["entries"].as_array().unwrap().iter().find(|e| e["path"] == "keep.txt").unwrap().clone();
-    let delete = serde_json::json!({"ops": [{"op": "delete", "path": "keep.txt", "base": entry["rev"]}]}).to_string();
-    let (status, body) = reqwest::send("POST", &format!("{}/api/v1/ops", t.server.url()), &t.token_b, Some(delete));
+    let entry = tree["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "keep.txt")
+        .unwrap()
+        .clone();
+    let delete =
+        serde_json::json!({"ops": [{"op": "delete", "path": "keep.txt", "base": entry["rev"]}]})
+            .to_string();
+    let (status, body) = reqwest::send(
+        "POST",
+        &format!("{}/api/v1/ops", t.server.url()),
+        &t.token_b,
+        Some(delete),
+    );
     assert_eq!(status, 200, "{body}");
     let response: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(response["results"][0]["status"], 423, "{body}");
-    assert!(response["results"][0]["message"].as_str().unwrap().contains("locked by laptop"), "{body}");
+    assert!(
+        response["results"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked by laptop"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -210,8 +335,14 @@ fn fifty_concurrent_lock_attempts_yield_exactly_one_holder() {
         tokens.push(server.token("frank", &format!("device-{i}")));
     }
     // A file to lock.
-    let mkdir = serde_json::json!({"ops": [{"op": "make_dir", "path": "shared", "mtime_ms": 0}]}).to_string();
-    let (status, _) = reqwest::send("POST", &format!("{}/api/v1/ops", server.url()), &first, Some(mkdir));
+    let mkdir = serde_json::json!({"ops": [{"op": "make_dir", "path": "shared", "mtime_ms": 0}]})
+        .to_string();
+    let (status, _) = reqwest::send(
+        "POST",
+        &format!("{}/api/v1/ops", server.url()),
+        &first,
+        Some(mkdir),
+    );
     assert_eq!(status, 200);
     let url = format!("{}/api/v1/locks", server.url());
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(tokens.len()));
@@ -221,20 +352,36 @@ fn fifty_concurrent_lock_attempts_yield_exactly_one_holder() {
             let (url, barrier) = (url.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                reqwest::send("POST", &url, &token, Some(r#"{"path":"shared"}"#.to_owned())).0
+                reqwest::send(
+                    "POST",
+                    &url,
+                    &token,
+                    Some(r#"{"path":"shared"}"#.to_owned()),
+                )
+                .0
             })
         })
         .collect();
     let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 423).count(), 49, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 423).count(),
+        49,
+        "{statuses:?}"
+    );
 }
 
 #[test]
 fn bad_lock_requests_get_clear_errors() {
     let t = two_devices();
     write(&t.a_dir.join("real.txt"), "r");
-    wait_until("file on server", || server_content(&t, "real.txt").is_some());
+    wait_until("file on server", || {
+        server_content(&t, "real.txt").is_some()
+    });
     let out = cli_in(&t.a_dir, &["lock", "does-not-exist.txt"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(!out.stderr.is_empty());

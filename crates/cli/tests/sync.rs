@@ -23,15 +23,33 @@ fn setup() -> Setup {
     let b_dir = tmp.path().join("b");
     std::fs::create_dir_all(&a_dir).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
-    Setup { _tmp: tmp, logs, server, a_dir, b_dir, token_a, token_b }
+    Setup {
+        _tmp: tmp,
+        logs,
+        server,
+        a_dir,
+        b_dir,
+        token_a,
+        token_b,
+    }
 }
 
 /// Node id of `path` on the server, read from the tree listing.
 fn node_id(setup: &Setup, path: &str) -> Option<u64> {
-    let (status, body) = reqwest::send("GET", &format!("{}/api/v1/tree", setup.server.url()), &setup.token_a, None);
+    let (status, body) = reqwest::send(
+        "GET",
+        &format!("{}/api/v1/tree", setup.server.url()),
+        &setup.token_a,
+        None,
+    );
     assert_eq!(status, 200, "{body}");
     let tree: serde_json::Value = serde_json::from_str(&body).unwrap();
-    tree["entries"].as_array().unwrap().iter().find(|e| e["path"] == path).map(|e| e["node_id"].as_u64().unwrap())
+    tree["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .map(|e| e["node_id"].as_u64().unwrap())
 }
 
 #[test]
@@ -52,33 +70,59 @@ fn create_update_delete_rename_propagate_both_ways() {
 
     // Update on B reaches A.
     write(&s.b_dir.join("hello.txt"), "edited on b");
-    wait_until("B's edit on A", || read(&s.a_dir.join("hello.txt")).as_deref() == Some("edited on b"));
+    wait_until("B's edit on A", || {
+        read(&s.a_dir.join("hello.txt")).as_deref() == Some("edited on b")
+    });
 
     // Create on B (with an empty dir) reaches A.
     write(&s.b_dir.join("from-b/new.txt"), "new on b");
     std::fs::create_dir_all(s.b_dir.join("b-empty")).unwrap();
-    wait_until("B's create on A", || read(&s.a_dir.join("from-b/new.txt")).as_deref() == Some("new on b") && s.a_dir.join("b-empty").is_dir());
+    wait_until("B's create on A", || {
+        read(&s.a_dir.join("from-b/new.txt")).as_deref() == Some("new on b")
+            && s.a_dir.join("b-empty").is_dir()
+    });
 
     // Rename on A is a move on the server (same node) and a rename on B.
     wait_same(&s.a_dir, &s.b_dir);
     let before = node_id(&s, "docs/2026/report.md").expect("report on server");
-    let b_inode_before = std::fs::metadata(s.b_dir.join("docs/2026/report.md")).unwrap().ino();
-    std::fs::rename(s.a_dir.join("docs/2026/report.md"), s.a_dir.join("docs/report-final.md")).unwrap();
+    let b_inode_before = std::fs::metadata(s.b_dir.join("docs/2026/report.md"))
+        .unwrap()
+        .ino();
+    std::fs::rename(
+        s.a_dir.join("docs/2026/report.md"),
+        s.a_dir.join("docs/report-final.md"),
+    )
+    .unwrap();
     wait_until("rename on B", || {
-        read(&s.b_dir.join("docs/report-final.md")).as_deref() == Some("# report") && !s.b_dir.join("docs/2026/report.md").exists()
+        read(&s.b_dir.join("docs/report-final.md")).as_deref() == Some("# report")
+            && !s.b_dir.join("docs/2026/report.md").exists()
     });
-    assert_eq!(node_id(&s, "docs/report-final.md"), Some(before), "a rename keeps the node: it is a move, not delete + upload");
-    let b_inode_after = std::fs::metadata(s.b_dir.join("docs/report-final.md")).unwrap().ino();
-    assert_eq!(b_inode_before, b_inode_after, "B renamed its file instead of downloading it again");
+    assert_eq!(
+        node_id(&s, "docs/report-final.md"),
+        Some(before),
+        "a rename keeps the node: it is a move, not delete + upload"
+    );
+    let b_inode_after = std::fs::metadata(s.b_dir.join("docs/report-final.md"))
+        .unwrap()
+        .ino();
+    assert_eq!(
+        b_inode_before, b_inode_after,
+        "B renamed its file instead of downloading it again"
+    );
 
     // Directory rename on B.
     std::fs::rename(s.b_dir.join("docs"), s.b_dir.join("documents")).unwrap();
-    wait_until("dir rename on A", || read(&s.a_dir.join("documents/report-final.md")).as_deref() == Some("# report") && !s.a_dir.join("docs").exists());
+    wait_until("dir rename on A", || {
+        read(&s.a_dir.join("documents/report-final.md")).as_deref() == Some("# report")
+            && !s.a_dir.join("docs").exists()
+    });
 
     // Delete on A reaches B, directories too.
     std::fs::remove_file(s.a_dir.join("hello.txt")).unwrap();
     std::fs::remove_dir_all(s.a_dir.join("empty")).unwrap();
-    wait_until("delete on B", || !s.b_dir.join("hello.txt").exists() && !s.b_dir.join("empty").exists());
+    wait_until("delete on B", || {
+        !s.b_dir.join("hello.txt").exists() && !s.b_dir.join("empty").exists()
+    });
     wait_same(&s.a_dir, &s.b_dir);
 }
 
@@ -87,13 +131,28 @@ fn concurrent_edit_keeps_both_versions_as_conflicted_copy() {
     let s = setup();
     let url = s.server.url();
     let once = |dir: &std::path::Path, token: &str| {
-        let out = run(&["sync", dir.to_str().unwrap(), "--server", &url, "--token", token, "--once"]);
-        assert!(out.status.success(), "sync --once failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run(&[
+            "sync",
+            dir.to_str().unwrap(),
+            "--server",
+            &url,
+            "--token",
+            token,
+            "--once",
+        ]);
+        assert!(
+            out.status.success(),
+            "sync --once failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     write(&s.a_dir.join("notes/plan.txt"), "original");
     once(&s.a_dir, &s.token_a);
     once(&s.b_dir, &s.token_b);
-    assert_eq!(read(&s.b_dir.join("notes/plan.txt")).as_deref(), Some("original"));
+    assert_eq!(
+        read(&s.b_dir.join("notes/plan.txt")).as_deref(),
+        Some("original")
+    );
 
     // Both edit the same file while neither is syncing.
     write(&s.a_dir.join("notes/plan.txt"), "version from laptop");
@@ -104,9 +163,24 @@ fn concurrent_edit_keeps_both_versions_as_conflicted_copy() {
 
     for dir in [&s.a_dir, &s.b_dir] {
         let snap = snapshot(&dir.join("notes"));
-        assert_eq!(snap.get("plan.txt").cloned().flatten().as_deref(), Some(&b"version from laptop"[..]), "server's version keeps the name");
-        let copies: Vec<_> = snap.iter().filter(|(name, _)| name.starts_with("plan (conflicted copy from desktop ") && name.ends_with(").txt")).collect();
-        assert_eq!(copies.len(), 1, "one conflicted copy in {}: {:?}", dir.display(), snap.keys().collect::<Vec<_>>());
+        assert_eq!(
+            snap.get("plan.txt").cloned().flatten().as_deref(),
+            Some(&b"version from laptop"[..]),
+            "server's version keeps the name"
+        );
+        let copies: Vec<_> = snap
+            .iter()
+            .filter(|(name, _)| {
+                name.starts_with("plan (conflicted copy from desktop ") && name.ends_with(").txt")
+            })
+            .collect();
+        assert_eq!(
+            copies.len(),
+            1,
+            "one conflicted copy in {}: {:?}",
+            dir.display(),
+            snap.keys().collect::<Vec<_>>()
+        );
         assert_eq!(copies[0].1.as_deref(), Some(&b"version from desktop"[..]));
     }
 }
@@ -118,7 +192,9 @@ fn offline_edits_sync_after_restart() {
     let _b = start_client("client-b", &s.logs, &s.b_dir, &s.server.url(), &s.token_b);
     write(&s.a_dir.join("keep.txt"), "v1");
     write(&s.a_dir.join("gone.txt"), "to be deleted");
-    wait_until("first sync", || read(&s.b_dir.join("gone.txt")).is_some() && read(&s.b_dir.join("keep.txt")).is_some());
+    wait_until("first sync", || {
+        read(&s.b_dir.join("gone.txt")).is_some() && read(&s.b_dir.join("keep.txt")).is_some()
+    });
 
     assert!(a.terminate().success(), "daemon exits 0 on SIGTERM");
     write(&s.a_dir.join("keep.txt"), "v2 edited offline");
@@ -141,12 +217,21 @@ fn server_killed_mid_sync_loses_nothing() {
     let _b = start_client("client-b", &s.logs, &s.b_dir, &s.server.url(), &s.token_b);
     // Enough work that the kill lands mid-sync: many small files and a few large ones.
     for i in 0..300 {
-        write(&s.a_dir.join(format!("many/{:03}.txt", i % 10)).with_file_name(format!("f{i:03}.txt")), &format!("file {i}\n").repeat(50));
+        write(
+            &s.a_dir
+                .join(format!("many/{:03}.txt", i % 10))
+                .with_file_name(format!("f{i:03}.txt")),
+            &format!("file {i}\n").repeat(50),
+        );
     }
-    let big: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..24 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(s.a_dir.join("big.bin"), &big).unwrap();
     // Kill as soon as the server has seen the first of it.
-    wait_until("upload under way", || s.server.proc.log_text().contains("/api/v1/") || node_id(&s, "many").is_some());
+    wait_until("upload under way", || {
+        s.server.proc.log_text().contains("/api/v1/") || node_id(&s, "many").is_some()
+    });
     s.server.kill9_and_restart();
     wait_same(&s.a_dir, &s.b_dir);
     assert_eq!(std::fs::read(s.b_dir.join("big.bin")).unwrap(), big);
@@ -160,23 +245,59 @@ fn symlinks_are_skipped_and_never_written_through() {
     std::fs::create_dir_all(&outside).unwrap();
     // B plants a symlink where A will create a directory.
     std::os::unix::fs::symlink(&outside, s.b_dir.join("docs")).unwrap();
-    write(&s.a_dir.join("docs/secret.txt"), "must not leave the folder");
+    write(
+        &s.a_dir.join("docs/secret.txt"),
+        "must not leave the folder",
+    );
     write(&s.a_dir.join("plain.txt"), "fine");
     let url = s.server.url();
-    let once = |dir: &std::path::Path, token: &str| run(&["sync", dir.to_str().unwrap(), "--server", &url, "--token", token, "--once"]);
+    let once = |dir: &std::path::Path, token: &str| {
+        run(&[
+            "sync",
+            dir.to_str().unwrap(),
+            "--server",
+            &url,
+            "--token",
+            token,
+            "--once",
+        ])
+    };
     assert!(once(&s.a_dir, &s.token_a).status.success());
     let out = once(&s.b_dir, &s.token_b);
     assert_eq!(read(&s.b_dir.join("plain.txt")).as_deref(), Some("fine"));
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
-    assert!(!out.status.success(), "B cannot be in sync while a symlink holds the name");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through the symlink"
+    );
+    assert!(
+        !out.status.success(),
+        "B cannot be in sync while a symlink holds the name"
+    );
     let status = run(&["status", s.b_dir.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("skipped") && text.contains("docs") && text.contains("symlink"), "{text}");
+    assert!(
+        text.contains("skipped") && text.contains("docs") && text.contains("symlink"),
+        "{text}"
+    );
     // The symlink itself is never uploaded.
-    let (_, tree) = reqwest::send("GET", &format!("{}/api/v1/tree", s.server.url()), &s.token_a, None);
+    let (_, tree) = reqwest::send(
+        "GET",
+        &format!("{}/api/v1/tree", s.server.url()),
+        &s.token_a,
+        None,
+    );
     let tree: serde_json::Value = serde_json::from_str(&tree).unwrap();
-    let paths: Vec<&str> = tree["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
-    assert!(paths.contains(&"docs/secret.txt") && paths.contains(&"plain.txt"), "{paths:?}");
+    let paths: Vec<&str> = tree["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"docs/secret.txt") && paths.contains(&"plain.txt"),
+        "{paths:?}"
+    );
 }
 
 #[test]
@@ -190,12 +311,31 @@ fn syncignore_and_default_ignores_are_never_synced() {
     write(&s.a_dir.join("kept.txt"), "kept");
     let url = s.server.url();
     for (dir, token) in [(&s.a_dir, &s.token_a), (&s.b_dir, &s.token_b)] {
-        let out = run(&["sync", dir.to_str().unwrap(), "--server", &url, "--token", token, "--once"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = run(&[
+            "sync",
+            dir.to_str().unwrap(),
+            "--server",
+            &url,
+            "--token",
+            token,
+            "--once",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let b: Vec<String> = snapshot(&s.b_dir).into_keys().collect();
-    assert_eq!(b, [".syncignore", "kept.txt"], "only non-ignored files reach B");
+    assert_eq!(
+        b,
+        [".syncignore", "kept.txt"],
+        "only non-ignored files reach B"
+    );
     // Ignored files stay untouched on A.
     assert_eq!(read(&s.a_dir.join("debug.log")).as_deref(), Some("noise"));
-    assert_eq!(read(&s.a_dir.join("build/out.o")).as_deref(), Some("binary"));
+    assert_eq!(
+        read(&s.a_dir.join("build/out.o")).as_deref(),
+        Some("binary")
+    );
 }

@@ -48,7 +48,11 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, log_dir: &Path, args: &[&str]) -> Proc {
         let log = log_dir.join(format!("{name}.log"));
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log");
         let child = Command::new(bin())
             .args(args)
             .env("RUST_LOG", "info,syncstore_client=debug")
@@ -57,7 +61,11 @@ impl Proc {
             .stderr(log_file)
             .spawn()
             .expect("spawn syncstore");
-        Proc { child, log, name: name.to_owned() }
+        Proc {
+            child,
+            log,
+            name: name.to_owned(),
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -76,7 +84,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(start.elapsed() < DEADLINE, "{} did not stop after SIGTERM", self.name);
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{} did not stop after SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -92,7 +104,15 @@ impl Drop for Proc {
         let _ = self.child.wait();
         if std::thread::panicking() {
             let text = self.log_text();
-            let tail: String = text.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String = text
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
             eprintln!("----- last lines of {} log -----\n{tail}", self.name);
         }
     }
@@ -100,7 +120,12 @@ impl Drop for Proc {
 
 /// Runs the binary to completion.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).env("RUST_LOG", "warn").stdin(Stdio::null()).output().expect("run syncstore")
+    Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run syncstore")
 }
 
 /// A server on a loopback port with its data dir.
@@ -118,8 +143,23 @@ impl Server {
 
     pub fn start_on(log_dir: &Path, data: &Path, port: u16) -> Server {
         let listen = format!("127.0.0.1:{port}");
-        let proc = Proc::spawn("server", log_dir, &["serve", "--data", data.to_str().unwrap(), "--listen", &listen]);
-        let server = Server { proc, port, data: data.to_path_buf(), log_dir: log_dir.to_path_buf() };
+        let proc = Proc::spawn(
+            "server",
+            log_dir,
+            &[
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                &listen,
+            ],
+        );
+        let server = Server {
+            proc,
+            port,
+            data: data.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+        };
         server.wait_ready();
         server
     }
@@ -130,24 +170,56 @@ impl Server {
 
     pub fn wait_ready(&self) {
         let url = format!("{}/api/v1/health", self.url());
-        wait_until("server health endpoint", || {
-            reqwest::blocking_get_ok(&url)
-        });
+        wait_until("server health endpoint", || reqwest::blocking_get_ok(&url));
     }
 
     /// SIGKILL, then start again on the same port and data.
     pub fn kill9_and_restart(&mut self) {
         self.proc.kill9();
         let listen = format!("127.0.0.1:{}", self.port);
-        self.proc = Proc::spawn("server", &self.log_dir, &["serve", "--data", self.data.to_str().unwrap(), "--listen", &listen]);
+        self.proc = Proc::spawn(
+            "server",
+            &self.log_dir,
+            &[
+                "serve",
+                "--data",
+                self.data.to_str().unwrap(),
+                "--listen",
+                &listen,
+            ],
+        );
         self.wait_ready();
     }
 
     /// A new device token for `user` (created if needed).
     pub fn token(&self, user: &str, device: &str) -> String {
-        let out = run(&["user", "add", user, "--device", device, "--data", self.data.to_str().unwrap()]);
-        let out = if out.status.success() { out } else { run(&["token", "add", user, "--device", device, "--data", self.data.to_str().unwrap()]) };
-        assert!(out.status.success(), "token add failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run(&[
+            "user",
+            "add",
+            user,
+            "--device",
+            device,
+            "--data",
+            self.data.to_str().unwrap(),
+        ]);
+        let out = if out.status.success() {
+            out
+        } else {
+            run(&[
+                "token",
+                "add",
+                user,
+                "--device",
+                device,
+                "--data",
+                self.data.to_str().unwrap(),
+            ])
+        };
+        assert!(
+            out.status.success(),
+            "token add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).expect("utf8");
         stdout.lines().last().expect("token line").trim().to_owned()
     }
@@ -156,20 +228,32 @@ impl Server {
 /// Minimal blocking HTTP helpers on top of reqwest's async client.
 pub mod reqwest {
     pub fn blocking_get_ok(url: &str) -> bool {
-        runtime().block_on(async { ::reqwest::get(url).await.map(|r| r.status().is_success()).unwrap_or(false) })
+        runtime().block_on(async {
+            ::reqwest::get(url)
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        })
     }
 
     pub fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
     }
 
     /// Sends a request with a bearer token; returns status and body text.
     pub fn send(method: &str, url: &str, token: &str, body: Option<String>) -> (u16, String) {
         runtime().block_on(async {
             let client = ::reqwest::Client::new();
-            let mut request = client.request(method.parse().expect("method"), url).bearer_auth(token);
+            let mut request = client
+                .request(method.parse().expect("method"), url)
+                .bearer_auth(token);
             if let Some(body) = body {
-                request = request.header("content-type", "application/json").body(body);
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body);
             }
             let response = request.send().await.expect("request");
             let status = response.status().as_u16();
@@ -181,26 +265,51 @@ pub mod reqwest {
 /// A sync daemon on a folder.
 pub fn start_client(name: &str, log_dir: &Path, dir: &Path, server_url: &str, token: &str) -> Proc {
     std::fs::create_dir_all(dir).expect("create client dir");
-    Proc::spawn(name, log_dir, &["sync", dir.to_str().unwrap(), "--server", server_url, "--token", token, "--scan-interval", "5"])
+    Proc::spawn(
+        name,
+        log_dir,
+        &[
+            "sync",
+            dir.to_str().unwrap(),
+            "--server",
+            server_url,
+            "--token",
+            token,
+            "--scan-interval",
+            "5",
+        ],
+    )
 }
 
 /// Restarts a daemon on a folder that is already set up (no flags needed).
 pub fn restart_client(name: &str, log_dir: &Path, dir: &Path) -> Proc {
-    Proc::spawn(name, log_dir, &["sync", dir.to_str().unwrap(), "--scan-interval", "5"])
+    Proc::spawn(
+        name,
+        log_dir,
+        &["sync", dir.to_str().unwrap(), "--scan-interval", "5"],
+    )
 }
 
 /// Every file and directory below `root` (except `.syncstore`), with file contents.
 pub fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if rel == ".syncstore" {
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             if meta.is_dir() {
                 out.insert(rel, None);
                 walk(root, &path, out);
@@ -228,7 +337,11 @@ pub fn wait_same(a: &Path, b: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let names = |m: &BTreeMap<String, Option<Vec<u8>>>| m.keys().cloned().collect::<Vec<_>>();
-    panic!("folders never converged:\n a: {:?}\n b: {:?}", names(&last.0), names(&last.1));
+    panic!(
+        "folders never converged:\n a: {:?}\n b: {:?}",
+        names(&last.0),
+        names(&last.1)
+    );
 }
 
 /// Reads a file as text, or None.

@@ -67,7 +67,12 @@ pub enum Change {
     /// The node now has this state (created, modified, or moved to `entry.path`).
     Upsert { cursor: Cursor, entry: RemoteEntry },
     /// The node is gone.
-    Delete { cursor: Cursor, node_id: NodeId, path: RelPath, device: DeviceName },
+    Delete {
+        cursor: Cursor,
+        node_id: NodeId,
+        path: RelPath,
+        device: DeviceName,
+    },
     /// A device took (or renewed, or moved with its path) a lock.
     Lock { cursor: Cursor, lock: LockInfo },
     /// A lock ended: released by its holder, broken with `--force` by `broken_by`, or dropped
@@ -182,7 +187,11 @@ pub enum Op {
     /// Delete a file, or an empty directory.
     Delete { path: RelPath, base: Revision },
     /// Move a file or a whole directory; nothing may exist at `to`.
-    Move { from: RelPath, to: RelPath, base: Revision },
+    Move {
+        from: RelPath,
+        to: RelPath,
+        base: Revision,
+    },
 }
 
 impl Op {

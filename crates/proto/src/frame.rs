@@ -26,7 +26,9 @@ pub fn decode_frame_header(header: &[u8; FRAME_HEADER_LEN]) -> Result<(ChunkHash
     hash.copy_from_slice(&header[..32]);
     let len = u32::from_be_bytes([header[32], header[33], header[34], header[35]]);
     if len > MAX_CHUNK_LEN {
-        return Err(format!("chunk frame of {len} bytes exceeds the limit of {MAX_CHUNK_LEN}"));
+        return Err(format!(
+            "chunk frame of {len} bytes exceeds the limit of {MAX_CHUNK_LEN}"
+        ));
     }
     Ok((ChunkHash(hash), len))
 }

@@ -13,7 +13,9 @@ fn validate(text: &str) -> Result<(), NameError> {
         && text.len() <= 64
         && !text.starts_with('.')
         && !text.starts_with('-')
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {

@@ -104,7 +104,9 @@ impl RelPath {
 
     /// The parent directory, or `None` for a top-level path.
     pub fn parent(&self) -> Option<RelPath> {
-        self.0.rfind('/').map(|idx| RelPath(self.0[..idx].to_owned()))
+        self.0
+            .rfind('/')
+            .map(|idx| RelPath(self.0[..idx].to_owned()))
     }
 
     /// Every ancestor, outermost first: `a/b/c` gives `a`, `a/b`.
@@ -131,7 +133,9 @@ impl RelPath {
 
     /// Whether `self` lies strictly below `dir`.
     pub fn is_inside(&self, dir: &RelPath) -> bool {
-        self.0.len() > dir.0.len() && self.0.starts_with(&dir.0) && self.0.as_bytes()[dir.0.len()] == b'/'
+        self.0.len() > dir.0.len()
+            && self.0.starts_with(&dir.0)
+            && self.0.as_bytes()[dir.0.len()] == b'/'
     }
 
     /// For `self` inside `from`, the same path inside `to` (used when a directory moves).
@@ -209,7 +213,10 @@ mod tests {
         let p = RelPath::new("a/b/c").unwrap();
         assert_eq!(p.file_name(), "c");
         assert_eq!(p.parent().unwrap().as_str(), "a/b");
-        assert_eq!(p.ancestors().iter().map(|a| a.as_str()).collect::<Vec<_>>(), ["a", "a/b"]);
+        assert_eq!(
+            p.ancestors().iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+            ["a", "a/b"]
+        );
         let a = RelPath::new("a").unwrap();
         let ab = RelPath::new("ab").unwrap();
         assert!(p.is_inside(&a));
@@ -223,6 +230,9 @@ mod tests {
     #[test]
     fn serde_rejects_bad_paths() {
         assert!(serde_json::from_str::<RelPath>("\"../etc\"").is_err());
-        assert_eq!(serde_json::from_str::<RelPath>("\"a/b\"").unwrap().as_str(), "a/b");
+        assert_eq!(
+            serde_json::from_str::<RelPath>("\"a/b\"").unwrap().as_str(),
+            "a/b"
+        );
     }
 }

@@ -18,16 +18,34 @@ struct Target {
 /// namespace of the server given by flags, or of the synced folder around the current directory.
 fn resolve(path_arg: &str, remote: &RemoteArgs) -> anyhow::Result<Target> {
     let local = Path::new(path_arg);
-    let absolute = if local.is_absolute() { local.to_path_buf() } else { std::env::current_dir()?.join(local) };
+    let absolute = if local.is_absolute() {
+        local.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(local)
+    };
     if let Some((folder, rel)) = inside_synced_folder(&absolute) {
         let config = FolderConfig::load(&folder)?.context("synced folder has no config")?;
-        let servers = if remote.servers.is_empty() { config.servers } else { remote.servers.clone() };
+        let servers = if remote.servers.is_empty() {
+            config.servers
+        } else {
+            remote.servers.clone()
+        };
         let token = remote.token.clone().unwrap_or(config.token);
-        return Ok(Target { api: ApiClient::new(servers, token)?, path: rel });
+        return Ok(Target {
+            api: ApiClient::new(servers, token)?,
+            path: rel,
+        });
     }
-    anyhow::ensure!(!local.is_absolute(), "{path_arg} is not inside a synced folder");
-    let path = RelPath::new(path_arg.trim_start_matches("./").trim_end_matches('/')).with_context(|| format!("invalid path {path_arg:?}"))?;
-    Ok(Target { api: super::api_from(remote)?, path })
+    anyhow::ensure!(
+        !local.is_absolute(),
+        "{path_arg} is not inside a synced folder"
+    );
+    let path = RelPath::new(path_arg.trim_start_matches("./").trim_end_matches('/'))
+        .with_context(|| format!("invalid path {path_arg:?}"))?;
+    Ok(Target {
+        api: super::api_from(remote)?,
+        path,
+    })
 }
 
 /// The synced folder containing `absolute` (which need not exist) and the path inside it.
@@ -43,17 +61,28 @@ fn inside_synced_folder(absolute: &Path) -> Option<(PathBuf, RelPath)> {
     for part in rest.into_iter().rev() {
         resolved.push(part);
     }
-    let folder = resolved.ancestors().find(|dir| dir.join(syncstore_proto::META_DIR).join("config.json").is_file())?;
+    let folder = resolved.ancestors().find(|dir| {
+        dir.join(syncstore_proto::META_DIR)
+            .join("config.json")
+            .is_file()
+    })?;
     let rel = resolved.strip_prefix(folder).ok()?;
     let rel = RelPath::new(rel.to_str()?).ok()?;
     Some((folder.to_path_buf(), rel))
 }
 
 fn parse_ttl(text: &str) -> anyhow::Result<u64> {
-    let duration = humantime::parse_duration(text).with_context(|| format!("invalid --ttl {text:?}: use e.g. 30m, 2h, 1d"))?;
+    let duration = humantime::parse_duration(text)
+        .with_context(|| format!("invalid --ttl {text:?}: use e.g. 30m, 2h, 1d"))?;
     let secs = duration.as_secs();
-    anyhow::ensure!(secs > 0, "invalid --ttl {text:?}: must be at least one second");
-    anyhow::ensure!(secs <= syncstore_proto::MAX_LOCK_TTL_SECS, "invalid --ttl {text:?}: at most one year");
+    anyhow::ensure!(
+        secs > 0,
+        "invalid --ttl {text:?}: must be at least one second"
+    );
+    anyhow::ensure!(
+        secs <= syncstore_proto::MAX_LOCK_TTL_SECS,
+        "invalid --ttl {text:?}: at most one year"
+    );
     Ok(secs)
 }
 
@@ -71,10 +100,22 @@ fn api_message(err: ApiError) -> anyhow::Error {
 pub async fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
     let ttl_secs = args.ttl.as_deref().map(parse_ttl).transpose()?;
     let target = resolve(&args.path, &args.remote)?;
-    let lock = target.api.lock(target.path.clone(), ttl_secs).await.map_err(api_message)?;
+    let lock = target
+        .api
+        .lock(target.path.clone(), ttl_secs)
+        .await
+        .map_err(api_message)?;
     match lock.expires_ms {
-        Some(end) => println!("locked {} (device {}) until {}", lock.path, lock.device, super::status::time_text(end)),
-        None => println!("locked {} (device {}) until unlocked", lock.path, lock.device),
+        Some(end) => println!(
+            "locked {} (device {}) until {}",
+            lock.path,
+            lock.device,
+            super::status::time_text(end)
+        ),
+        None => println!(
+            "locked {} (device {}) until unlocked",
+            lock.path, lock.device
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -85,8 +126,15 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
 /// When there is no lock, or another device holds it and `--force` is not given.
 pub async fn unlock(args: UnlockArgs) -> anyhow::Result<ExitCode> {
     let target = resolve(&args.path, &args.remote)?;
-    let released = target.api.unlock(target.path.clone(), args.force).await.map_err(api_message)?;
-    println!("unlocked {} (was held by {})", released.path, released.device);
+    let released = target
+        .api
+        .unlock(target.path.clone(), args.force)
+        .await
+        .map_err(api_message)?;
+    println!(
+        "unlocked {} (was held by {})",
+        released.path, released.device
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -97,10 +145,24 @@ pub async fn unlock(args: UnlockArgs) -> anyhow::Result<ExitCode> {
 pub async fn list(args: LocksArgs) -> anyhow::Result<ExitCode> {
     let locks = super::api_from(&args.remote)?.locks().await?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<16}  {:<19}  {:<19}  PATH", "DEVICE", "SINCE", "EXPIRES")?;
+    writeln!(
+        out,
+        "{:<16}  {:<19}  {:<19}  PATH",
+        "DEVICE", "SINCE", "EXPIRES"
+    )?;
     for lock in locks {
-        let expires = lock.expires_ms.map(super::status::time_text).unwrap_or_else(|| "when unlocked".into());
-        writeln!(out, "{:<16}  {:<19}  {:<19}  {}", lock.device.as_str(), super::status::time_text(lock.since_ms), expires, lock.path)?;
+        let expires = lock
+            .expires_ms
+            .map(super::status::time_text)
+            .unwrap_or_else(|| "when unlocked".into());
+        writeln!(
+            out,
+            "{:<16}  {:<19}  {:<19}  {}",
+            lock.device.as_str(),
+            super::status::time_text(lock.since_ms),
+            expires,
+            lock.path
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,7 +18,10 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     let tree = api.tree().await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let lock_of = |path: &RelPath| {
-        tree.locks.iter().find(|lock| lock.in_force(now_ms) && lock.covers(path)).map(|lock| format!("locked by {}", lock.device))
+        tree.locks
+            .iter()
+            .find(|lock| lock.in_force(now_ms) && lock.covers(path))
+            .map(|lock| format!("locked by {}", lock.device))
     };
     if let Some(dir) = &dir {
         match tree.entries.iter().find(|e| &e.path == dir) {
@@ -43,14 +46,23 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     }
     rows.sort_by(|a, b| a.path.cmp(&b.path));
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<4} {:>12}  {:<19}  {:<16}  {:<24}  NAME", "TYPE", "SIZE", "MODIFIED", "DEVICE", "LOCK")?;
+    writeln!(
+        out,
+        "{:<4} {:>12}  {:<19}  {:<16}  {:<24}  NAME",
+        "TYPE", "SIZE", "MODIFIED", "DEVICE", "LOCK"
+    )?;
     for entry in rows {
         let (kind, size, name) = match entry.kind {
             EntryKind::Dir => ("d", "-".to_string(), format!("{}/", entry.path)),
             EntryKind::File => ("-", entry.size.to_string(), entry.path.to_string()),
         };
         let lock = lock_of(&entry.path).unwrap_or_else(|| "-".into());
-        writeln!(out, "{kind:<4} {size:>12}  {:<19}  {:<16}  {lock:<24}  {name}", super::status::time_text(entry.mtime_ms), entry.device.as_str())?;
+        writeln!(
+            out,
+            "{kind:<4} {size:>12}  {:<19}  {:<16}  {lock:<24}  {name}",
+            super::status::time_text(entry.mtime_ms),
+            entry.device.as_str()
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,7 +23,11 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::User(UserCommand::Add { name, device, stores }) => {
+        Command::User(UserCommand::Add {
+            name,
+            device,
+            stores,
+        }) => {
             let user = UserName::new(&name)?;
             let device = DeviceName::new(&device)?;
             let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
@@ -32,7 +36,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token(TokenCommand::Add { name, device, stores }) => {
+        Command::Token(TokenCommand::Add {
+            name,
+            device,
+            stores,
+        }) => {
             let user = UserName::new(&name)?;
             let device = DeviceName::new(&device)?;
             let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
@@ -56,15 +64,16 @@ pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let fire = token.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(err) => {
-                tracing::warn!(cause = %err, "could not listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                fire.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "could not listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    fire.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -96,12 +105,18 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let meta = meta_location(&args.stores);
     let chunks = chunk_location(&args.stores)?;
     let data = args.stores.data.data.clone();
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let stores = syncstore_server::open_stores(&meta, &chunks).await?;
-    if let Some((user, device, token)) = syncstore_server::ensure_first_user_in(&*stores.meta).await? {
+    if let Some((user, device, token)) =
+        syncstore_server::ensure_first_user_in(&*stores.meta).await?
+    {
         let db_flag = match &meta {
-            MetaLocation::Sqlite(_) if args.stores.db.is_none() => format!("--data {}", data.display()),
+            MetaLocation::Sqlite(_) if args.stores.db.is_none() => {
+                format!("--data {}", data.display())
+            }
             MetaLocation::Sqlite(path) => format!("--db {}", path.display()),
             MetaLocation::Postgres(_) => "--db \"$SYNCSTORE_DB\"".to_owned(),
         };
@@ -112,15 +127,32 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, db = %meta, store = %chunks, "syncstore server listening");
     let shutdown = shutdown_on_signals();
     let config = syncstore_server::ServerConfig::new(data);
-    syncstore_server::serve(listener, stores, syncstore_server::ChangeHub::default(), config, async move { shutdown.cancelled().await }).await?;
+    syncstore_server::serve(
+        listener,
+        stores,
+        syncstore_server::ChangeHub::default(),
+        config,
+        async move { shutdown.cancelled().await },
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves the folder's config: flags first, then the saved config; saves what the flags gave.
 fn folder_config(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<FolderConfig> {
     let saved = FolderConfig::load(dir)?;
-    let servers = if remote.servers.is_empty() { saved.as_ref().map(|c| c.servers.clone()).unwrap_or_default() } else { remote.servers.clone() };
-    let token = remote.token.clone().or_else(|| saved.as_ref().map(|c| c.token.clone()));
+    let servers = if remote.servers.is_empty() {
+        saved
+            .as_ref()
+            .map(|c| c.servers.clone())
+            .unwrap_or_default()
+    } else {
+        remote.servers.clone()
+    };
+    let token = remote
+        .token
+        .clone()
+        .or_else(|| saved.as_ref().map(|c| c.token.clone()));
     let (servers, token) = match (servers.is_empty(), token) {
         (false, Some(token)) => (servers, token),
         _ => anyhow::bail!(
@@ -138,16 +170,21 @@ fn folder_config(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<FolderConfig
 }
 
 fn canonical_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    let meta = std::fs::metadata(dir).with_context(|| format!("sync folder {} is missing or unreadable", dir.display()))?;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("sync folder {} is missing or unreadable", dir.display()))?;
     anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
-    dir.canonicalize().with_context(|| format!("could not resolve {}", dir.display()))
+    dir.canonicalize()
+        .with_context(|| format!("could not resolve {}", dir.display()))
 }
 
 /// Opens the engine of a synced folder.
 pub fn open_engine(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<Engine> {
     let dir = canonical_dir(dir)?;
     let config = folder_config(&dir, remote)?;
-    let api = Arc::new(ApiClient::new(config.servers.clone(), config.token.clone())?);
+    let api = Arc::new(ApiClient::new(
+        config.servers.clone(),
+        config.token.clone(),
+    )?);
     let engine = Engine::open(&dir, api)?;
     config.save(&dir)?;
     Ok(engine)
@@ -170,11 +207,17 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
         for blocked in &report.blocked {
             eprintln!("blocked: {blocked:?}");
         }
-        eprintln!("not in sync after one pass ({} steps applied); run `syncstore status {}` for details", report.applied, args.dir.display());
+        eprintln!(
+            "not in sync after one pass ({} steps applied); run `syncstore status {}` for details",
+            report.applied,
+            args.dir.display()
+        );
         return Ok(ExitCode::from(1));
     }
     let shutdown = shutdown_on_signals();
-    let options = syncstore_client::daemon::DaemonOptions { scan_interval: Duration::from_secs(args.scan_interval.max(1)) };
+    let options = syncstore_client::daemon::DaemonOptions {
+        scan_interval: Duration::from_secs(args.scan_interval.max(1)),
+    };
     syncstore_client::daemon::run(engine, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -184,8 +227,18 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// When neither gives a server and a token.
 pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
-    let saved = enclosing_folder().map(|dir| FolderConfig::load(&dir)).transpose()?.flatten();
-    let servers = if remote.servers.is_empty() { saved.as_ref().map(|c| c.servers.clone()).unwrap_or_default() } else { remote.servers.clone() };
+    let saved = enclosing_folder()
+        .map(|dir| FolderConfig::load(&dir))
+        .transpose()?
+        .flatten();
+    let servers = if remote.servers.is_empty() {
+        saved
+            .as_ref()
+            .map(|c| c.servers.clone())
+            .unwrap_or_default()
+    } else {
+        remote.servers.clone()
+    };
     let token = remote.token.clone().or_else(|| saved.map(|c| c.token));
     match (servers.is_empty(), token) {
         (false, Some(token)) => ApiClient::new(servers, token),
@@ -196,5 +249,11 @@ pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
 /// The synced folder containing the current directory, if any.
 pub fn enclosing_folder() -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok()?;
-    cwd.ancestors().find(|dir| dir.join(syncstore_proto::META_DIR).join("config.json").is_file()).map(Path::to_path_buf)
+    cwd.ancestors()
+        .find(|dir| {
+            dir.join(syncstore_proto::META_DIR)
+                .join("config.json")
+                .is_file()
+        })
+        .map(Path::to_path_buf)
 }

@@ -11,13 +11,24 @@ use syncstore_proto::RelPath;
 /// # Errors
 /// When the folder is not set up or the server cannot be reached.
 pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
-    let remote_args = crate::cli::RemoteArgs { servers: Vec::new(), token: None };
+    let remote_args = crate::cli::RemoteArgs {
+        servers: Vec::new(),
+        token: None,
+    };
     let mut engine = super::open_engine(dir, &remote_args)?;
     let preview = engine.preview().await?;
     println!("server: {}", engine.api().current_server());
     let describe = |path: &RelPath| {
-        let local = preview.local.get(path).map(|n| format!("{} B, {}", n.size, time_text(n.mtime_ns / 1_000_000))).unwrap_or_else(|| "-".into());
-        let remote = preview.remote.get(path).map(|e| format!("{} B, {}", e.size, time_text(e.mtime_ms))).unwrap_or_else(|| "-".into());
+        let local = preview
+            .local
+            .get(path)
+            .map(|n| format!("{} B, {}", n.size, time_text(n.mtime_ns / 1_000_000)))
+            .unwrap_or_else(|| "-".into());
+        let remote = preview
+            .remote
+            .get(path)
+            .map(|e| format!("{} B, {}", e.size, time_text(e.mtime_ms)))
+            .unwrap_or_else(|| "-".into());
         format!("local: {local}; server: {remote}")
     };
     let mut differences = 0;
@@ -25,13 +36,20 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         let line = match op {
             PlanOp::Upload { path, .. } => format!("upload     {path}  ({})", describe(path)),
             PlanOp::Download { path, .. } => format!("download   {path}  ({})", describe(path)),
-            PlanOp::DeleteLocal { path, .. } | PlanOp::RemoveDirLocal { path } => format!("delete local   {path}  ({})", describe(path)),
-            PlanOp::DeleteRemote { path, .. } => format!("delete on server  {path}  ({})", describe(path)),
+            PlanOp::DeleteLocal { path, .. } | PlanOp::RemoveDirLocal { path } => {
+                format!("delete local   {path}  ({})", describe(path))
+            }
+            PlanOp::DeleteRemote { path, .. } => {
+                format!("delete on server  {path}  ({})", describe(path))
+            }
             PlanOp::MakeDirLocal { path, .. } => format!("create local dir  {path}"),
             PlanOp::MakeDirRemote { path } => format!("create dir on server  {path}"),
             PlanOp::MoveRemote { from, to, .. } => format!("rename on server  {from} -> {to}"),
             PlanOp::MoveLocal { from, to } => format!("rename local  {from} -> {to}"),
-            PlanOp::ConflictCopy { path, copy } => format!("conflict   {path}  ({}); local version kept as {copy}", describe(path)),
+            PlanOp::ConflictCopy { path, copy } => format!(
+                "conflict   {path}  ({}); local version kept as {copy}",
+                describe(path)
+            ),
             PlanOp::RecordBase { .. } | PlanOp::ForgetBase { .. } => continue,
         };
         differences += 1;
@@ -40,7 +58,10 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     for blocked in &preview.plan.blocked {
         differences += 1;
         match (&blocked.path, &blocked.reason) {
-            (Some(path), syncstore_plan::BlockReason::LockedBy(device)) => println!("blocked    {path}  (locked by {device}; {})", describe(path)),
+            (Some(path), syncstore_plan::BlockReason::LockedBy(device)) => println!(
+                "blocked    {path}  (locked by {device}; {})",
+                describe(path)
+            ),
             (None, reason) => println!("blocked    whole folder: {reason:?}"),
             (Some(path), reason) => println!("blocked    {path}: {reason:?}"),
         }
@@ -60,5 +81,9 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
 
 /// Milliseconds since the epoch as local `YYYY-MM-DD HH:MM:SS`.
 pub fn time_text(ms: i64) -> String {
-    chrono::Local.timestamp_millis_opt(ms).single().map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "?".into())
+    chrono::Local
+        .timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "?".into())
 }
