@@ -181,6 +181,15 @@ impl<'i, 'a> Planner<'i, 'a> {
                 .any(|tree| path == tree || path.is_inside(tree))
     }
 
+    /// Whether the rename step claimed a path strictly inside `dir`: moving `dir` too in the same
+    /// pass would move, or collide with, what that rename does.
+    pub(crate) fn claimed_inside(&self, dir: &RelPath) -> bool {
+        self.claimed
+            .iter()
+            .chain(&self.claimed_trees)
+            .any(|path| path.is_inside(dir))
+    }
+
     pub(crate) fn claim(&mut self, path: &RelPath, with_beneath: bool) {
         if with_beneath {
             self.claimed_trees.push(path.clone());

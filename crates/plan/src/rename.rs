@@ -254,11 +254,14 @@ impl<'a> Planner<'_, 'a> {
             let Some((to, remote)) = lookup(remote_by_id, &base.node_id) else {
                 continue;
             };
+            // A rename already planned beneath either name (a local rename inside a directory
+            // the server renamed) goes first; this one waits for the next pass.
             let usable = remote.kind == kind
                 && to != from
                 && !to.is_inside(from)
                 && !self.base.contains_key(to)
                 && !self.is_claimed(to)
+                && !(is_dir && (self.claimed_inside(from) || self.claimed_inside(to)))
                 && self.local_free(to);
             if usable {
                 self.push(PlanOp::MoveLocal {

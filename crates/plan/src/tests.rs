@@ -974,3 +974,20 @@ fn file_kept_as_the_last_copy_under_a_lock_holds_back_what_is_beneath() {
         blocked c: locked by phone
     "#]]);
 }
+
+#[test]
+fn local_rename_inside_a_directory_the_server_renamed_moves_one_at_a_time() {
+    // Found by the property test: `c/y` was renamed to `c/x` locally and `c` to `b` remotely.
+    // The inner rename follows the server's name (row 23) and creates `b` for it, so moving
+    // `c` onto `b` in the same pass would fail; `c` is left to the per-path rules.
+    check(
+        "c dir id=1 ino=5\nc/y dir id=2 ino=6\nz file h9",
+        "c dir ino=5\nc/x dir ino=6\nz file h9",
+        "b dir id=1 rev=3\nb/y dir id=2\nz file h9",
+        expect![[r#"
+            move-local c/x -> b/y
+            rmdir-local c
+            mkdir-local b id=1 rev=3
+        "#]],
+    );
+}
