@@ -29,6 +29,8 @@ const MAX_ROUNDS: usize = 32;
 const PACK_BYTES: usize = 8 * 1024 * 1024;
 /// Most bytes fetched in one download request.
 const DOWNLOAD_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+/// Most files uploaded and committed as one group.
+const UPLOAD_GROUP: usize = 1000;
 /// Most ops in one `/ops` request.
 const OPS_BATCH: usize = 1000;
 
@@ -455,7 +457,19 @@ impl Engine {
             }
             *applied += match kind {
                 Kind::Remote => self.execute_remote_ops(run).await?,
-                Kind::Upload => self.execute_uploads(run).await?,
+                Kind::Upload => {
+                    // In groups, each committed before the next is read: other devices start
+                    // downloading the first group while this one uploads the rest.
+                    let mut n = 0;
+                    let mut run = run;
+                    while !run.is_empty() {
+                        let rest = run.split_off(run.len().min(UPLOAD_GROUP));
+                        n += self
+                            .execute_uploads(std::mem::replace(&mut run, rest))
+                            .await?;
+                    }
+                    n
+                }
                 Kind::Download => self.execute_downloads(run).await?,
                 Kind::Local => {
                     let cleared =
