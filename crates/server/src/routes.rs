@@ -168,7 +168,7 @@ async fn chunks_missing(
 }
 
 /// Most bytes of chunks held before a batch is stored (bounds the memory of one upload).
-const UPLOAD_BATCH_BYTES: usize = 16 * 1024 * 1024;
+const UPLOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Most chunks held before a batch is stored.
 const UPLOAD_BATCH_CHUNKS: usize = 4096;
 
