@@ -455,6 +455,8 @@ impl Engine {
             while let Some(next) = ops.next_if(|op| kind_of(op) == kind) {
                 run.push(next);
             }
+            let n_ops = run.len();
+            let before = *applied;
             *applied += match kind {
                 Kind::Remote => self.execute_remote_ops(run).await?,
                 Kind::Upload => {
@@ -502,6 +504,16 @@ impl Engine {
                     n
                 }
             };
+            // Later steps may depend on this run (a delete at the old path after an upload to
+            // the new one): when any step of it did not apply, stop and plan again from the
+            // trees as they are now (found by the simulation, seed 7712).
+            // Local steps and downloads that fail (a directory kept for an ignored file in it, a
+            // name behind a symlink) carry nothing later steps rely on, and may fail for good, so
+            // they do not end the plan.
+            if matches!(kind, Kind::Remote | Kind::Upload) && *applied - before < n_ops {
+                self.retry_soon = true;
+                return Ok(());
+            }
         }
         Ok(())
     }

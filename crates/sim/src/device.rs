@@ -386,6 +386,7 @@ impl Device {
         while self.pending.front().is_some_and(|op| kind_of(op) == kind) {
             run.push(self.pending.pop_front().expect("checked"));
         }
+        let n_ops = run.len();
         let result = match kind {
             Kind::Remote => self.execute_remote_ops(env, run),
             Kind::Upload => self.execute_uploads(env, run),
@@ -394,6 +395,13 @@ impl Device {
         };
         match result {
             Ok(applied) => {
+                // As `Engine::execute_runs`: a run with a step that did not apply ends the plan.
+                if matches!(kind, Kind::Remote | Kind::Upload)
+                    && applied < n_ops
+                    && !self.pending.is_empty()
+                {
+                    self.interrupt(env);
+                }
                 if self.pending.is_empty() {
                     self.commit_base();
                 }

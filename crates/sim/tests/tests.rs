@@ -9,23 +9,18 @@ use syncstore_sim::{run, Config};
 const DEFAULT_SEEDS: u64 = 200;
 
 /// Seeds of the default configuration that fail because of known bugs outside this crate;
-/// skipped in ranges, never in a replay.
-///
-// FIXME(seed 7712): content lost; the executor's fault (`crates/client/src/engine.rs`, mirrored in
-// `device.rs`). d0 renames dir `b` (holding `b/a/b`) to `a` while the remote holds a file at `a`;
-// the plan moves that file aside, creates `a`, `a/a`, uploads `a/a/b`, and only then deletes
-// `b/a/b`, `b/a`, `b`. The user moves `a/a` back to `b/a` mid-run, so the upload is skipped (the
-// file is gone), but the executor goes on to the deletions, which the plan ordered after the
-// upload because they depend on it. The server deletes `b/a/b` (the bytes are only on disk now),
-// the answer is lost, base keeps `b/a/b`, and the next plan reads the file the user moved back as
-// deleted remotely (row 7). Either fix closes it: end the pass when an upload is skipped or
-// fails, or drop from base a path the change feed shows this device deleted.
-const KNOWN_FAILING: &[u64] = &[7712];
+/// skipped in ranges, never in a replay. None today.
+const KNOWN_FAILING: &[u64] = &[];
 
 /// Seeds that once broke an invariant, with the number of devices they failed with, run on
 /// every `cargo test`. The model keeps growing, so a seed may no longer replay its old history;
 /// it stays as one more run. Replay one with `SYNCSTORE_DEVICES=N SYNCSTORE_SEED=S`.
 const REGRESSIONS: &[(u64, usize, &str)] = &[
+    (
+        7712,
+        3,
+        "client: an upload skipped mid-plan let the deletions ordered after it run",
+    ),
     (
         267,
         2,
