@@ -8,7 +8,7 @@
 //! simulated pass too; what it logs and retries is a skipped op here.
 
 use crate::fs::{FsError, FsNode, SimFs};
-use crate::remote::RemoteTree;
+use syncstore_client::remote::RemoteTree;
 use crate::server::Server;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -300,7 +300,7 @@ impl Device {
     fn refresh(&mut self, env: &mut Env<'_>, refresh: Refresh) {
         if self.remote.is_none() {
             let (cursor, entries) = env.server.tree();
-            self.remote = Some(RemoteTree::from_listing(cursor, entries));
+            self.remote = Some(RemoteTree::from_listing(cursor, entries, Vec::new()));
             return;
         }
         let remote = self.remote.as_mut().expect("loaded above");
@@ -311,7 +311,7 @@ impl Device {
             Refresh::Stale => 0,
         };
         for change in &changes[..take] {
-            remote.apply(change);
+            remote.apply(change, Some(&self.name));
         }
         if take < changes.len() {
             env.log(

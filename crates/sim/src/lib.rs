@@ -28,7 +28,7 @@
 //! - **Devices** ([`device::Device`]): an in-memory disk with inode numbers (freed inodes are
 //!   reused half the time, as real filesystems do) and mtimes from the simulated clock; a base tree
 //!   that survives crashes; a remote tree fed from the journal and from the device's own op
-//!   results (a copy of the client's `RemoteTree`), lost on crash and reloaded from the full tree.
+//!   results (the client's own `syncstore_client::remote::RemoteTree`), lost on crash and reloaded from the full tree.
 //!   The executor applies `PlanOp`s with the engine's semantics: runs of one kind, one request per
 //!   server-bound run, the same re-checks (a download is placed only if the local path still holds
 //!   `expect_local`, with `RENAME_NOREPLACE` when it expects nothing; a local delete only if the
@@ -83,7 +83,6 @@
 
 pub mod device;
 pub mod fs;
-pub mod remote;
 pub mod server;
 
 use device::{show_bytes, Device, Env, Ledger};
