@@ -8,12 +8,12 @@
 //! simulated pass too; what it logs and retries is a skipped op here.
 
 use crate::fs::{FsError, FsNode, SimFs};
-use syncstore_client::remote::RemoteTree;
 use crate::server::Server;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use syncstore_client::remote::RemoteTree;
 use syncstore_plan::{BaseNode, LocalNode, Plan, PlanInput, PlanOp};
 use syncstore_proto::{
     ChunkHash, ChunkRef, ContentHash, DeviceName, EntryKind, Op, OpResult, RelPath, RemoteEntry,
