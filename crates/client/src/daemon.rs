@@ -60,7 +60,7 @@ pub async fn run(
     options: DaemonOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let root = engine_root(&engine);
+    let root = engine.root().to_path_buf();
     let local_dirty = Arc::new(Notify::new());
     let remote_dirty = Arc::new(Notify::new());
     let _watcher = start_watcher(&root, local_dirty.clone())?;
@@ -113,8 +113,9 @@ pub async fn run(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
-        engine.take_notices(); // Already logged; the daemon has nobody else to tell.
-                               // A lock that ends by itself changes what may be uploaded: pass again right then.
+        // Notices are already logged; the daemon has nobody else to tell.
+        engine.take_notices();
+        // A lock that ends by itself changes what may be uploaded: pass again right then.
         let lock_expiry = engine.next_lock_expiry_ms().map(|end_ms| {
             let wait_ms = (end_ms - chrono::Utc::now().timestamp_millis()).max(0) as u64 + 50;
             Instant::now() + Duration::from_millis(wait_ms)
@@ -131,10 +132,6 @@ pub async fn run(
     tracing::info!("stopping");
     poller.abort();
     Ok(())
-}
-
-fn engine_root(engine: &Engine) -> std::path::PathBuf {
-    engine.root().to_path_buf()
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -3,8 +3,9 @@
 //!
 //! Every step is applied with its re-check (a download replaces a local file only if it still
 //! holds what the plan expected; an upload is committed only if the file did not change while
-//! being read), and base is updated for that path right after, so a crash between steps leaves
-//! nothing to repeat blindly.
+//! being read). Base updates of one applied plan are committed together once the steps' effects
+//! are durable; a path to be deleted locally is cleared from base, durably, before the file goes.
+//! A crash therefore leaves base at worst stale, and the planner is safe for a stale base.
 
 use crate::fsutil::{rename_noreplace, safe_join};
 use crate::http::{ApiClient, ApiError};
@@ -90,15 +91,7 @@ impl Engine {
         let mut cache = HashCache::default();
         for (path, node) in &state.base {
             if let Some(hash) = node.hash {
-                cache.insert(
-                    path.clone(),
-                    Stamp {
-                        size: node.size,
-                        mtime_ns: node.mtime_ns,
-                        inode: node.inode,
-                    },
-                    hash,
-                );
+                cache.insert(path.clone(), Stamp::of_base(node), hash);
             }
         }
         Ok(Engine {
@@ -175,19 +168,6 @@ impl Engine {
         }
     }
 
-    /// Feeds changes that arrived through the long poll.
-    pub fn apply_changes(&mut self, page: &syncstore_proto::ChangesResponse) {
-        if let Some(remote) = self.remote.as_mut() {
-            if page.reset {
-                self.remote = None;
-                return;
-            }
-            for change in &page.changes {
-                remote.apply(change, self.device.as_ref());
-            }
-        }
-    }
-
     /// The remote cursor reached so far.
     pub fn remote_cursor(&self) -> Option<syncstore_proto::Cursor> {
         self.remote.as_ref().map(|r| r.cursor)
@@ -198,11 +178,7 @@ impl Engine {
         let root = self.root.clone();
         let cache = &mut self.cache;
         let mut result = tokio::task::block_in_place(|| scan(&root, &rules, cache));
-        if result
-            .skipped
-            .iter()
-            .any(|s| s.reason.contains("retrying later"))
-        {
+        if result.unsettled {
             self.retry_soon = true;
         }
         // Remote and base paths the rules exclude are never planned either.
@@ -531,14 +507,17 @@ impl Engine {
             let rest = ops.split_off(ops.len().min(OPS_BATCH));
             let batch = std::mem::replace(&mut ops, rest);
             let n = batch.len();
-            let response = self.api.ops(batch.clone()).await?;
+            // Only the paths are needed afterwards (for the log); the ops, with their chunk
+            // lists, are moved into the request.
+            let paths: Vec<RelPath> = batch.iter().map(|op| op.path().clone()).collect();
+            let response = self.api.ops(batch).await?;
             anyhow::ensure!(
                 response.results.len() == n,
                 "server answered {} results for {n} ops",
                 response.results.len()
             );
             let cursor = Revision(response.cursor.0);
-            for (idx, (op, result)) in batch.iter().zip(&response.results).enumerate() {
+            for (idx, (path, result)) in paths.iter().zip(&response.results).enumerate() {
                 if result.status == 200 {
                     if let Some(remote) = self.remote.as_mut() {
                         for entry in &result.entries {
@@ -549,7 +528,7 @@ impl Engine {
                     applied += 1;
                 } else {
                     self.retry_soon = true;
-                    tracing::info!(path = %op.path(), status = result.status, message = %result.message, "server refused a step; re-planning");
+                    tracing::info!(%path, status = result.status, message = %result.message, "server refused a step; re-planning");
                 }
             }
             offset += n;
@@ -593,7 +572,7 @@ impl Engine {
                 }
                 PlanOp::MoveRemote { from, to, .. } => {
                     engine.state.rebase(from, to)?;
-                    engine.cache_rebase(from, to);
+                    engine.cache.rebase(from, to);
                     engine.refresh_base_revs(&result.entries)?;
                 }
                 PlanOp::MakeDirRemote { path } => {
@@ -641,10 +620,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    fn cache_rebase(&mut self, from: &RelPath, to: &RelPath) {
-        self.cache.rebase(from, to);
     }
 
     async fn execute_uploads(&mut self, run: Vec<PlanOp>) -> anyhow::Result<usize> {
@@ -726,6 +701,8 @@ impl Engine {
                         read_chunk_into(&file, offset, chunk, &mut pack)
                     });
                     if !ok {
+                        // Another file with the same chunk must still send it.
+                        missing.insert(chunk.hash);
                         failed.insert(file_idx);
                         break;
                     }
@@ -757,7 +734,7 @@ impl Engine {
             .filter(|(idx, _)| !failed.contains(idx))
             .map(|(_, p)| p)
             .collect();
-        if committed.len() < failed.len() + committed.len() {
+        if !failed.is_empty() {
             self.retry_soon = true;
         }
         let ops = committed
@@ -829,13 +806,7 @@ impl Engine {
                 self.state.base.get(&path),
                 self.state.base_chunks.get(&path),
             ) {
-                let unchanged = stamp_of(&full).is_ok_and(|s| {
-                    s == Stamp {
-                        size: base.size,
-                        mtime_ns: base.mtime_ns,
-                        inode: base.inode,
-                    }
-                });
+                let unchanged = stamp_of(&full).is_ok_and(|s| s == Stamp::of_base(base));
                 if unchanged {
                     let mut offset = 0u64;
                     for chunk in chunks {
@@ -1029,13 +1000,7 @@ impl Engine {
             }
         };
         if let Some(base) = self.state.base.get(path) {
-            if base.hash == Some(expected)
-                && (Stamp {
-                    size: base.size,
-                    mtime_ns: base.mtime_ns,
-                    inode: base.inode,
-                }) == stamp
-            {
+            if base.hash == Some(expected) && Stamp::of_base(base) == stamp {
                 return Ok(true);
             }
         }
@@ -1259,10 +1224,12 @@ fn write_temp_files(
         let mut ok = true;
         for chunk in &job.entry.chunks {
             buf.resize(chunk.len as usize, 0);
-            let got = if let (Some(&(old_offset, _)), Some(old)) =
-                (job.reuse.get(&chunk.hash), old_file.as_ref())
-            {
-                old.read_exact_at(&mut buf, old_offset).is_ok()
+            // A reused chunk was not requested from the server: if the old file is gone, the
+            // file fails here (and is retried) without touching the stream.
+            let got = if let Some(&(old_offset, _)) = job.reuse.get(&chunk.hash) {
+                old_file
+                    .as_ref()
+                    .is_some_and(|old| old.read_exact_at(&mut buf, old_offset).is_ok())
             } else if let Some((temp_path, at, _)) = fetched.get(&chunk.hash) {
                 std::fs::File::open(temp_path)
                     .and_then(|f| f.read_exact_at(&mut buf, *at))

@@ -63,6 +63,17 @@ pub struct HashCache {
     entries: HashMap<RelPath, (Stamp, ContentHash)>,
 }
 
+impl Stamp {
+    /// The stamp a base entry recorded for the local file when both sides agreed.
+    pub fn of_base(node: &syncstore_plan::BaseNode) -> Stamp {
+        Stamp {
+            size: node.size,
+            mtime_ns: node.mtime_ns,
+            inode: node.inode,
+        }
+    }
+}
+
 impl HashCache {
     /// Remembers the hash of `path` at `stamp`.
     pub fn insert(&mut self, path: RelPath, stamp: Stamp, hash: ContentHash) {
@@ -91,6 +102,8 @@ pub struct Scan {
     pub untouchable: BTreeSet<RelPath>,
     pub skipped: Vec<Skipped>,
     pub root_ok: bool,
+    /// A file changed while it was being hashed: scan again soon.
+    pub unsettled: bool,
 }
 
 /// Walks `root`, hashing what changed.
@@ -229,7 +242,14 @@ fn walk(
                     cache.insert(rel.clone(), stamp, hash);
                     hash
                 }
-                Err(reason) => {
+                Err(failure) => {
+                    let reason = match failure {
+                        HashFailure::Changed => {
+                            out.unsettled = true;
+                            "changed while being read; retrying later".to_owned()
+                        }
+                        HashFailure::Unreadable(reason) => reason,
+                    };
                     out.skipped.push(Skipped {
                         path: shown,
                         reason,
@@ -253,20 +273,27 @@ fn walk(
 }
 
 /// Hashes the file at `full`, failing when it changed while being read.
-fn hash_file(full: &Path, stamp: Stamp) -> Result<ContentHash, String> {
-    let file = std::fs::File::open(full).map_err(|err| format!("could not read: {err}"))?;
-    let (hash, size) =
-        syncstore_chunk::hash_reader(&file).map_err(|err| format!("could not read: {err}"))?;
-    let after = file
-        .metadata()
-        .map_err(|err| format!("could not stat: {err}"))?;
+fn hash_file(full: &Path, stamp: Stamp) -> Result<ContentHash, HashFailure> {
+    let unreadable =
+        |err: std::io::Error| HashFailure::Unreadable(format!("could not read: {err}"));
+    let file = std::fs::File::open(full).map_err(unreadable)?;
+    let (hash, size) = syncstore_chunk::hash_reader(&file).map_err(unreadable)?;
+    let after = file.metadata().map_err(unreadable)?;
     if size != stamp.size
         || after.len() != stamp.size
         || crate::fsutil::mtime_ns(&after) != stamp.mtime_ns
     {
-        return Err("changed while being read; retrying later".into());
+        return Err(HashFailure::Changed);
     }
     Ok(hash)
+}
+
+/// Why a file could not be hashed this scan.
+enum HashFailure {
+    /// It changed while being read: try again once it settles.
+    Changed,
+    /// It cannot be read (permissions, IO error).
+    Unreadable(String),
 }
 
 /// Stats `full` into a [`Stamp`].

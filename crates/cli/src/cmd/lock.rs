@@ -24,15 +24,11 @@ fn resolve(path_arg: &str, remote: &RemoteArgs) -> anyhow::Result<Target> {
         std::env::current_dir()?.join(local)
     };
     if let Some((folder, rel)) = inside_synced_folder(&absolute) {
-        let config = FolderConfig::load(&folder)?.context("synced folder has no config")?;
-        let servers = if remote.servers.is_empty() {
-            config.servers
-        } else {
-            remote.servers.clone()
-        };
-        let token = remote.token.clone().unwrap_or(config.token);
+        let saved = FolderConfig::load(&folder)?.context("synced folder has no config")?;
+        let config =
+            super::merge_remote(remote, Some(saved)).context("synced folder has no server")?;
         return Ok(Target {
-            api: ApiClient::new(servers, token)?,
+            api: ApiClient::new(config.servers, config.token)?,
             path: rel,
         });
     }

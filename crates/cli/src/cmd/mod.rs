@@ -140,25 +140,12 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// Resolves the folder's config: flags first, then the saved config; saves what the flags gave.
 fn folder_config(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<FolderConfig> {
-    let saved = FolderConfig::load(dir)?;
-    let servers = if remote.servers.is_empty() {
-        saved
-            .as_ref()
-            .map(|c| c.servers.clone())
-            .unwrap_or_default()
-    } else {
-        remote.servers.clone()
-    };
-    let token = remote
-        .token
-        .clone()
-        .or_else(|| saved.as_ref().map(|c| c.token.clone()));
-    let (servers, token) = match (servers.is_empty(), token) {
-        (false, Some(token)) => (servers, token),
-        _ => anyhow::bail!(
+    let Some(FolderConfig { servers, token }) = merge_remote(remote, FolderConfig::load(dir)?)
+    else {
+        anyhow::bail!(
             "{} is not set up yet: give --server URL and --token TOKEN (or SYNCSTORE_TOKEN) once",
             dir.display()
-        ),
+        );
     };
     for server in &servers {
         anyhow::ensure!(
@@ -231,19 +218,26 @@ pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
         .map(|dir| FolderConfig::load(&dir))
         .transpose()?
         .flatten();
+    match merge_remote(remote, saved) {
+        Some(config) => ApiClient::new(config.servers, config.token),
+        None => anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder"),
+    }
+}
+
+/// Servers and token from the flags, each falling back to a saved config; `None` when either
+/// is still missing.
+pub fn merge_remote(remote: &RemoteArgs, saved: Option<FolderConfig>) -> Option<FolderConfig> {
+    let (saved_servers, saved_token) = match saved {
+        Some(config) => (config.servers, Some(config.token)),
+        None => (Vec::new(), None),
+    };
     let servers = if remote.servers.is_empty() {
-        saved
-            .as_ref()
-            .map(|c| c.servers.clone())
-            .unwrap_or_default()
+        saved_servers
     } else {
         remote.servers.clone()
     };
-    let token = remote.token.clone().or_else(|| saved.map(|c| c.token));
-    match (servers.is_empty(), token) {
-        (false, Some(token)) => ApiClient::new(servers, token),
-        _ => anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder"),
-    }
+    let token = remote.token.clone().or(saved_token)?;
+    (!servers.is_empty()).then_some(FolderConfig { servers, token })
 }
 
 /// The synced folder containing the current directory, if any.
