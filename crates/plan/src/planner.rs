@@ -102,8 +102,9 @@ pub(crate) struct Planner<'i, 'a> {
     copy_names: BTreeSet<RelPath>,
     /// Row 29: the local root holds nothing while base holds files; nothing is deleted.
     root_emptied: bool,
-    /// Contents of remote files this pass deletes because they are gone locally (row 6 and the
-    /// deletions of rows 16 and 19), set after the rename step; see [`Planner::last_copy`].
+    /// Contents of remote files that look deleted locally and unchanged remotely (row 6, also
+    /// beneath a directory deleted locally), set after the rename step; see
+    /// [`Planner::last_copy`].
     deleted_remotely: BTreeSet<ContentHash>,
     pub(crate) ops: Vec<PlanOp>,
     pub(crate) blocked: Vec<Blocked>,

@@ -1055,8 +1055,9 @@ impl Device {
 
     /// A random user edit, or `None` when the chosen edit does not apply to this disk.
     ///
-    /// Users never empty the whole folder: the planner rightly refuses to sync an empty root
-    /// while base holds files (row 29: it looks like an unmounted disk).
+    /// Users never empty the whole folder: an empty root while base holds files looks like an
+    /// unmounted disk, so the planner deletes nothing on its account (row 29) and the deletions
+    /// would stay blocked for ever.
     pub fn user_edit(&mut self, now_ms: i64, counter: &mut u64) -> Option<Edit> {
         let now = now_ms * 1_000_000;
         let files: Vec<RelPath> = self

@@ -27,8 +27,10 @@
 //!   full listing is `GET /tree`. Chunks are content-addressed and never deleted.
 //! - **Devices** ([`device::Device`]): an in-memory disk with inode numbers (freed inodes are
 //!   reused half the time, as real filesystems do) and mtimes from the simulated clock; a base tree
-//!   that survives crashes; a remote tree fed from the journal and from the device's own op
-//!   results (the client's own `syncstore_client::remote::RemoteTree`), lost on crash and reloaded from the full tree.
+//!   committed as the engine commits it (once per applied plan, and before a local delete), to
+//!   which a crash rolls back; a remote tree fed from the journal and from the device's own op
+//!   results (the client's own `syncstore_client::remote::RemoteTree`), lost on crash and
+//!   reloaded from the full tree.
 //!   The executor applies `PlanOp`s with the engine's semantics: runs of one kind, one request per
 //!   server-bound run, the same re-checks (a download is placed only if the local path still holds
 //!   `expect_local`, with `RENAME_NOREPLACE` when it expects nothing; a local delete only if the
@@ -36,9 +38,10 @@
 //!   copy = local rename), and base updated after each applied op.
 //! - **Users**: create, rewrite (in place or by an editor's atomic save), delete files; `mkdir -p`;
 //!   `rm -r`; `mv` of files and directories, onto free names or over a file. They never empty the
-//!   whole folder, which the planner deliberately refuses to sync (row 29, a vanished root). Names come from a tiny
-//!   pool (`a`, `b`, `c.txt`, up to three deep), so devices collide, and a file and a directory
-//!   contend for one name.
+//!   whole folder: an empty root while base holds files looks like an unmounted disk, so the
+//!   planner deletes nothing on its account (row 29; downloads still go), and the user's deletions
+//!   would stay blocked for ever. Names come from a tiny pool (`a`, `b`, `c.txt`, up to three
+//!   deep), so devices collide, and a file and a directory contend for one name.
 //! - **Schedule**: each step picks a device and does one of: a user edit; a sync step (plan, with
 //!   the remote view fully refreshed, lagging by a few changes or not refreshed at all, and
 //!   sometimes keeping only the first k ops; or apply the next run of the current plan); a crash;
