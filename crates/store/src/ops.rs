@@ -1,7 +1,7 @@
 //! The semantics of every [`Op`], written once against the synchronous [`Txn`] trait.
 //!
-//! A backend implements [`Txn`] on its own transaction (rusqlite here; the sync `postgres` crate
-//! inside `spawn_blocking` later) and calls [`apply_batch`]. The rules live only here:
+//! A backend implements [`Txn`] on its own transaction (a rusqlite one, or one of the sync
+//! `postgres` crate inside `spawn_blocking`) and calls [`apply_batch`]. The rules live only here:
 //! preconditions, implicit parent directories, one journal row per changed node, the cursor
 //! that every change bumps, and lock enforcement (the lock rules themselves are in
 //! [`crate::locks`]).
@@ -118,8 +118,8 @@ pub trait Txn {
     /// call it before reading anything they decide on.
     ///
     /// This is what makes "exactly one of N racing lock attempts wins" and "no op slips past a
-    /// lock taken concurrently" hold. SQLite: nothing to do, the transaction is `IMMEDIATE` and
-    /// SQLite has one writer at a time. PostgreSQL: `SELECT 1 FROM users WHERE id = $1 FOR
+    /// lock taken concurrently" hold. SQLite: only the check for an unknown user, as the
+    /// transaction is `IMMEDIATE` and SQLite has one writer at a time. PostgreSQL: `SELECT 1 FROM users WHERE id = $1 FOR
     /// UPDATE`, in a `READ COMMITTED` transaction, so that a waiter's later statements see the
     /// winner's commit (under `REPEATABLE READ` or `SERIALIZABLE` the waiter would instead fail
     /// with a serialization error and must retry the whole call).

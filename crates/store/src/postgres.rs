@@ -22,8 +22,8 @@
 
 use crate::ops::{self, Txn};
 use crate::sqlite::{
-    encode_chunks, inside_bounds, kind_text, to_i64, to_u64, RawLock, RawLockChange, RawRow,
-    CHANGE_COLUMNS, LOCK_CHANGE_COLUMNS, LOCK_COLUMNS, NODE_COLUMNS,
+    encode_chunks, inside_bounds, journal_page, kind_text, to_i64, to_u64, RawLock, RawLockChange,
+    RawRow, CHANGE_COLUMNS, LOCK_CHANGE_COLUMNS, LOCK_COLUMNS, NODE_COLUMNS,
 };
 use crate::{
     locks, BatchOutcome, ChangeFeed, ChangeNotice, ChangesPage, Device, DeviceId, LockOutcome,
@@ -169,6 +169,43 @@ impl PgMetaStore {
         })
         .await
         .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    /// Runs `f` in one READ COMMITTED transaction and commits what `f` did, refusals included
+    /// (they may have deleted expired lock rows).
+    ///
+    /// When `committed_cursor` finds that the outcome moved the user's journal, the transaction
+    /// also tells every server's change feed, which hears of it when, and only if, it commits.
+    /// READ COMMITTED: after [`Txn::serialize_writes`] waits for another server's transaction,
+    /// the rules must see what it committed.
+    async fn write<T, F>(
+        &self,
+        user_id: UserId,
+        f: F,
+        committed_cursor: fn(&T) -> Option<Cursor>,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Txn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.call(move |client| {
+            let mut tx = client.transaction()?;
+            let outcome = f(&mut PgTxn { tx: &mut tx })?;
+            if let Some(cursor) = committed_cursor(&outcome) {
+                notify(&mut tx, user_id, cursor)?;
+            }
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+}
+
+/// The cursor of a lock change that was made, for [`PgMetaStore::write`].
+fn lock_cursor(outcome: &LockOutcome) -> Option<Cursor> {
+    match outcome {
+        LockOutcome::Done { cursor, .. } => Some(*cursor),
+        LockOutcome::Invalid(_) | LockOutcome::NotFound(_) | LockOutcome::Locked(_) => None,
     }
 }
 
@@ -430,34 +467,15 @@ impl MetaStore for PgMetaStore {
                 &[&user_id.0, &to_i64(since.0)?, &fetch],
             )?;
             tx.commit()?;
-            // Both lists are sorted by cursor and each holds the first `fetch` rows of its
-            // table, so the first `fetch` of their merge are the first `fetch` of the journal.
-            let mut rows: Vec<(i64, JournalRow)> =
-                Vec::with_capacity(node_rows.len() + lock_rows.len());
-            for row in &node_rows {
-                rows.push((row.get(0), JournalRow::Node(raw_row(row, 1))));
-            }
-            for row in &lock_rows {
-                let raw = raw_lock_change(row);
-                rows.push((raw.cursor, JournalRow::Lock(raw)));
-            }
-            rows.sort_by_key(|(cursor, _)| *cursor);
-            let more = rows.len() > limit;
-            let mut changes = Vec::with_capacity(rows.len().min(limit));
-            for (cursor, row) in rows.into_iter().take(limit) {
-                let cursor = Cursor(to_u64(cursor, "cursor")?);
-                changes.push(match row {
-                    JournalRow::Node(raw) => raw.into_change(cursor)?,
-                    JournalRow::Lock(raw) => raw.into_change(cursor)?,
-                });
-            }
-            let cursor = changes.last().map_or(since, Change::cursor);
-            Ok(ChangesPage {
-                cursor,
-                changes,
-                more,
-                reset: false,
-            })
+            journal_page(
+                node_rows
+                    .iter()
+                    .map(|row| (row.get(0), raw_row(row, 1)))
+                    .collect(),
+                lock_rows.iter().map(raw_lock_change).collect(),
+                since,
+                limit,
+            )
         })
         .await
     }
@@ -482,24 +500,11 @@ impl MetaStore for PgMetaStore {
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
         let device = device.clone();
-        self.call(move |client| {
-            // READ COMMITTED: after `serialize_writes` waits for another server's batch, the
-            // rules must see what it committed.
-            let mut tx = client.transaction()?;
-            let outcome = ops::apply_batch(
-                &mut PgTxn { tx: &mut tx },
-                user_id,
-                &device,
-                &ops,
-                &missing_chunks,
-                now_ms,
-            )?;
-            if outcome.changed_anything() {
-                notify(&mut tx, user_id, outcome.cursor)?;
-            }
-            tx.commit()?;
-            Ok(outcome)
-        })
+        self.write(
+            user_id,
+            move |txn| ops::apply_batch(txn, user_id, &device, &ops, &missing_chunks, now_ms),
+            |batch| batch.changed_anything().then_some(batch.cursor),
+        )
         .await
     }
 
@@ -514,23 +519,11 @@ impl MetaStore for PgMetaStore {
     ) -> Result<LockOutcome, StoreError> {
         let device = device.clone();
         let path = path.clone();
-        self.call(move |client| {
-            let mut tx = client.transaction()?;
-            let outcome = locks::take_lock(
-                &mut PgTxn { tx: &mut tx },
-                user_id,
-                &device,
-                &path,
-                ttl_secs,
-                now_ms,
-            )?;
-            if let LockOutcome::Done { cursor, .. } = &outcome {
-                notify(&mut tx, user_id, *cursor)?;
-            }
-            // A refusal commits too: it may have deleted expired rows, which is harmless.
-            tx.commit()?;
-            Ok(outcome)
-        })
+        self.write(
+            user_id,
+            move |txn| locks::take_lock(txn, user_id, &device, &path, ttl_secs, now_ms),
+            lock_cursor,
+        )
         .await
     }
 
@@ -545,22 +538,11 @@ impl MetaStore for PgMetaStore {
     ) -> Result<LockOutcome, StoreError> {
         let device = device.clone();
         let path = path.clone();
-        self.call(move |client| {
-            let mut tx = client.transaction()?;
-            let outcome = locks::release_lock(
-                &mut PgTxn { tx: &mut tx },
-                user_id,
-                &device,
-                &path,
-                force,
-                now_ms,
-            )?;
-            if let LockOutcome::Done { cursor, .. } = &outcome {
-                notify(&mut tx, user_id, *cursor)?;
-            }
-            tx.commit()?;
-            Ok(outcome)
-        })
+        self.write(
+            user_id,
+            move |txn| locks::release_lock(txn, user_id, &device, &path, force, now_ms),
+            lock_cursor,
+        )
         .await
     }
 
@@ -588,12 +570,6 @@ fn notify(
         &[&CHANGES_CHANNEL, &payload.as_str()],
     )?;
     Ok(())
-}
-
-/// One row of either journal table, for merging them by cursor.
-enum JournalRow {
-    Node(RawRow),
-    Lock(RawLockChange),
 }
 
 /// A `lock_changes` row in [`LOCK_CHANGE_COLUMNS`] order.

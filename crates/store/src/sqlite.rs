@@ -87,6 +87,22 @@ impl SqliteMetaStore {
         .await
         .map_err(|err| StoreError::Worker(err.to_string()))?
     }
+
+    /// Runs `f` in one `IMMEDIATE` transaction, which holds SQLite's write lock from its start,
+    /// and commits what `f` did, refusals included (they may have deleted expired lock rows).
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Txn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let outcome = f(&mut SqliteTxn { conn: &tx })?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
 }
 
 fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
@@ -312,32 +328,7 @@ impl MetaStore for SqliteMetaStore {
                 .collect::<Result<Vec<_>, rusqlite::Error>>()?;
             drop(stmt);
             tx.commit()?;
-            // Both lists are sorted by cursor and each holds the first `fetch` rows of its
-            // table, so the first `fetch` of their merge are the first `fetch` of the journal.
-            let mut rows = Vec::with_capacity(node_rows.len() + lock_rows.len());
-            for (cursor, raw) in node_rows {
-                rows.push((cursor, JournalRow::Node(raw)));
-            }
-            for raw in lock_rows {
-                rows.push((raw.cursor, JournalRow::Lock(raw)));
-            }
-            rows.sort_by_key(|(cursor, _)| *cursor);
-            let more = rows.len() > limit;
-            let mut changes = Vec::with_capacity(rows.len().min(limit));
-            for (cursor, row) in rows.into_iter().take(limit) {
-                let cursor = Cursor(to_u64(cursor, "cursor")?);
-                changes.push(match row {
-                    JournalRow::Node(raw) => raw.into_change(cursor)?,
-                    JournalRow::Lock(raw) => raw.into_change(cursor)?,
-                });
-            }
-            let cursor = changes.last().map_or(since, Change::cursor);
-            Ok(ChangesPage {
-                cursor,
-                changes,
-                more,
-                reset: false,
-            })
+            journal_page(node_rows, lock_rows, since, limit)
         })
         .await
     }
@@ -356,18 +347,8 @@ impl MetaStore for SqliteMetaStore {
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
         let device = device.clone();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let outcome = ops::apply_batch(
-                &mut SqliteTxn { conn: &tx },
-                user_id,
-                &device,
-                &ops,
-                &missing_chunks,
-                now_ms,
-            )?;
-            tx.commit()?;
-            Ok(outcome)
+        self.write(move |txn| {
+            ops::apply_batch(txn, user_id, &device, &ops, &missing_chunks, now_ms)
         })
         .await
     }
@@ -383,22 +364,8 @@ impl MetaStore for SqliteMetaStore {
     ) -> Result<LockOutcome, StoreError> {
         let device = device.clone();
         let path = path.clone();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            user_cursor(&tx, user_id)?;
-            let outcome = locks::take_lock(
-                &mut SqliteTxn { conn: &tx },
-                user_id,
-                &device,
-                &path,
-                ttl_secs,
-                now_ms,
-            )?;
-            // A refusal commits too: it may have deleted expired rows, which is harmless.
-            tx.commit()?;
-            Ok(outcome)
-        })
-        .await
+        self.write(move |txn| locks::take_lock(txn, user_id, &device, &path, ttl_secs, now_ms))
+            .await
     }
 
     #[tracing::instrument(skip(self))]
@@ -412,21 +379,8 @@ impl MetaStore for SqliteMetaStore {
     ) -> Result<LockOutcome, StoreError> {
         let device = device.clone();
         let path = path.clone();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            user_cursor(&tx, user_id)?;
-            let outcome = locks::release_lock(
-                &mut SqliteTxn { conn: &tx },
-                user_id,
-                &device,
-                &path,
-                force,
-                now_ms,
-            )?;
-            tx.commit()?;
-            Ok(outcome)
-        })
-        .await
+        self.write(move |txn| locks::release_lock(txn, user_id, &device, &path, force, now_ms))
+            .await
     }
 
     async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError> {
@@ -447,10 +401,45 @@ pub(crate) const LOCK_COLUMNS: &str = "path, device, since_ms, expires_ms";
 pub(crate) const LOCK_CHANGE_COLUMNS: &str =
     "cursor, kind, path, device, since_ms, expires_ms, broken_by";
 
-/// One row of either journal table, for merging them by cursor.
-enum JournalRow {
-    Node(RawRow),
-    Lock(RawLockChange),
+/// One page of the journal from the first `limit + 1` rows after `since` of each journal table
+/// (`node_rows` with their cursors), both sorted by cursor.
+///
+/// The first `limit + 1` of their merge are the first `limit + 1` of the journal: `limit` go in
+/// the page, and one more sets `more`.
+pub(crate) fn journal_page(
+    node_rows: Vec<(i64, RawRow)>,
+    lock_rows: Vec<RawLockChange>,
+    since: Cursor,
+    limit: usize,
+) -> Result<ChangesPage, StoreError> {
+    enum JournalRow {
+        Node(RawRow),
+        Lock(RawLockChange),
+    }
+    let mut rows = Vec::with_capacity(node_rows.len() + lock_rows.len());
+    for (cursor, raw) in node_rows {
+        rows.push((cursor, JournalRow::Node(raw)));
+    }
+    for raw in lock_rows {
+        rows.push((raw.cursor, JournalRow::Lock(raw)));
+    }
+    rows.sort_by_key(|(cursor, _)| *cursor);
+    let more = rows.len() > limit;
+    let mut changes = Vec::with_capacity(rows.len().min(limit));
+    for (cursor, row) in rows.into_iter().take(limit) {
+        let cursor = Cursor(to_u64(cursor, "cursor")?);
+        changes.push(match row {
+            JournalRow::Node(raw) => raw.into_change(cursor)?,
+            JournalRow::Lock(raw) => raw.into_change(cursor)?,
+        });
+    }
+    let cursor = changes.last().map_or(since, Change::cursor);
+    Ok(ChangesPage {
+        cursor,
+        changes,
+        more,
+        reset: false,
+    })
 }
 
 /// A `locks` row, not yet validated.
@@ -821,9 +810,10 @@ impl Txn for SqliteTxn<'_> {
         Ok(())
     }
 
-    fn serialize_writes(&mut self, _user_id: UserId) -> Result<(), StoreError> {
+    fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError> {
         // Every writing transaction here is IMMEDIATE: it holds SQLite's one write lock already.
-        Ok(())
+        // What is left is the contract's check for an unknown user.
+        user_cursor(self.conn, user_id).map(|_| ())
     }
 
     fn lock_rows(&mut self, user_id: UserId) -> Result<Vec<LockInfo>, StoreError> {
