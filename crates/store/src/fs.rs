@@ -4,9 +4,11 @@
 //! can never read another user's chunk by guessing its hash.
 //!
 //! A chunk is written atomically: verified against its hash, written to a temp file in the
-//! target directory, `sync_all`, renamed into place, then the directory is fsynced. So a chunk
-//! file either holds exactly the bytes of its name or does not exist, and it is durable before
-//! any metadata commit can name it.
+//! target directory, made durable, renamed into place, and the rename made durable. One chunk
+//! (and a small batch, chunk by chunk) does that with `sync_all` on the file and an fsync of its
+//! directory; a larger batch with two `syncfs` calls for all its chunks (see
+//! `write_chunk_batch`). Either way a chunk file holds exactly the bytes of its name or does
+//! not exist, and it is durable before any metadata commit can name it.
 
 use crate::{ChunkStore, StoreError, UserId};
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use syncstore_proto::{ChunkHash, MAX_CHUNK_LEN};
+use tempfile::NamedTempFile;
 
 /// A [`ChunkStore`] in a directory of the local filesystem.
 #[derive(Clone, Debug)]
@@ -55,9 +58,6 @@ impl FsChunkStore {
 impl ChunkStore for FsChunkStore {
     #[tracing::instrument(skip(self, bytes), fields(len = bytes.len()))]
     async fn put(&self, user_id: UserId, hash: &ChunkHash, bytes: Bytes) -> Result<(), StoreError> {
-        if bytes.len() > MAX_CHUNK_LEN as usize {
-            return Err(StoreError::ChunkTooLarge { len: bytes.len() });
-        }
         let hash = *hash;
         let user_dir = self.user_dir(user_id);
         let path = self.chunk_path(user_id, &hash);
@@ -172,40 +172,9 @@ fn write_chunk_batch(
 ) -> Result<(), StoreError> {
     let mut pending = Vec::new();
     for (path, hash, bytes) in chunks {
-        if bytes.len() > MAX_CHUNK_LEN as usize {
-            return Err(StoreError::ChunkTooLarge { len: bytes.len() });
+        if let Some((temp, _)) = stage_chunk(user_dir, &path, &hash, &bytes)? {
+            pending.push((temp, path));
         }
-        let actual = ChunkHash(*blake3::hash(&bytes).as_bytes());
-        if actual != hash {
-            return Err(StoreError::HashMismatch {
-                claimed: hash,
-                actual,
-            });
-        }
-        if path
-            .try_exists()
-            .map_err(|source| io_error(format!("could not check {}", path.display()), source))?
-        {
-            continue;
-        }
-        let Some(dir) = path.parent() else {
-            return Err(StoreError::Corrupt(format!(
-                "chunk path {} has no parent",
-                path.display()
-            )));
-        };
-        ensure_dir(user_dir)?;
-        ensure_dir(dir)?;
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|source| {
-            io_error(
-                format!("could not create a temp file in {}", dir.display()),
-                source,
-            )
-        })?;
-        temp.write_all(&bytes).map_err(|source| {
-            io_error(format!("could not write {}", temp.path().display()), source)
-        })?;
-        pending.push((temp, path));
     }
     if pending.is_empty() {
         return Ok(());
@@ -237,12 +206,40 @@ fn sync_filesystem(root: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Writes one chunk durably: `sync_all` on its temp file, rename, fsync of its directory.
 fn write_chunk(
     user_dir: &Path,
     path: &Path,
     hash: &ChunkHash,
     bytes: &[u8],
 ) -> Result<(), StoreError> {
+    let Some((temp, dir)) = stage_chunk(user_dir, path, hash, bytes)? else {
+        return Ok(());
+    };
+    temp.as_file()
+        .sync_all()
+        .map_err(|source| io_error(format!("could not sync {}", temp.path().display()), source))?;
+    temp.persist(path).map_err(|err| {
+        io_error(
+            format!("could not rename a temp file to {}", path.display()),
+            err.error,
+        )
+    })?;
+    sync_dir(dir)
+}
+
+/// Checks a chunk and writes it, unsynced, to a temp file in the directory of its final `path`,
+/// creating that directory (and `user_dir`) durably if needed; `None` when the chunk is stored
+/// already. Returns the temp file, which deletes itself unless persisted, and the directory.
+fn stage_chunk<'a>(
+    user_dir: &Path,
+    path: &'a Path,
+    hash: &ChunkHash,
+    bytes: &[u8],
+) -> Result<Option<(NamedTempFile, &'a Path)>, StoreError> {
+    if bytes.len() > MAX_CHUNK_LEN as usize {
+        return Err(StoreError::ChunkTooLarge { len: bytes.len() });
+    }
     let actual = ChunkHash(*blake3::hash(bytes).as_bytes());
     if actual != *hash {
         return Err(StoreError::HashMismatch {
@@ -254,7 +251,7 @@ fn write_chunk(
         .try_exists()
         .map_err(|source| io_error(format!("could not check {}", path.display()), source))?
     {
-        return Ok(());
+        return Ok(None);
     }
     let Some(dir) = path.parent() else {
         return Err(StoreError::Corrupt(format!(
@@ -264,8 +261,7 @@ fn write_chunk(
     };
     ensure_dir(user_dir)?;
     ensure_dir(dir)?;
-    // The temp file deletes itself on any early return.
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|source| {
+    let mut temp = NamedTempFile::new_in(dir).map_err(|source| {
         io_error(
             format!("could not create a temp file in {}", dir.display()),
             source,
@@ -273,16 +269,7 @@ fn write_chunk(
     })?;
     temp.write_all(bytes)
         .map_err(|source| io_error(format!("could not write {}", temp.path().display()), source))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|source| io_error(format!("could not sync {}", temp.path().display()), source))?;
-    temp.persist(path).map_err(|err| {
-        io_error(
-            format!("could not rename a temp file to {}", path.display()),
-            err.error,
-        )
-    })?;
-    sync_dir(dir)
+    Ok(Some((temp, dir)))
 }
 
 /// Creates `dir` if it is missing (its parent must exist) and makes the new entry durable.
