@@ -2,8 +2,8 @@
 //!
 //! Each function is one test: it takes fresh stores (no users yet), panics on a broken
 //! contract, and names its users after itself. [`lock_survives_reopen`] instead takes a function
-//! that opens the same stores again. `tests/tests.rs` runs them all on SQLite + fs;
-//! another backend pair runs the same functions (garage's `src/db/test.rs` does the same).
+//! that opens the same stores again. `tests/tests.rs` runs them all on SQLite + fs, and
+//! `tests/shared.rs` on PostgreSQL + S3 (garage's `src/db/test.rs` does the same).
 
 use crate::{
     apply_ops, BatchOutcome, ChunkStore, LockOutcome, MetaStore, OpOutcome, StoreError, TokenHash,
@@ -11,8 +11,6 @@ use crate::{
 };
 use bytes::Bytes;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 use syncstore_proto::{
     Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, LockInfo, Op,
     Precondition, RelPath, RemoteEntry, Revision, UserName, MAX_CHUNK_LEN, MAX_LOCK_TTL_SECS,
@@ -731,6 +729,61 @@ pub async fn chunk_put_verify_missing(meta: &dyn MetaStore, chunks: &dyn ChunkSt
     );
 }
 
+/// `put_batch` stores small batches and large ones (many chunks, or many bytes) like `put` each
+/// chunk: verified, idempotent, readable at once.
+pub async fn chunk_put_batch(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("batch-alice")).await.unwrap();
+    let stored_before = Bytes::from_static(b"stored before");
+    chunks
+        .put(user.id, &chunk_hash(&stored_before), stored_before.clone())
+        .await
+        .unwrap();
+    let small: Vec<Bytes> = vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")];
+    let many: Vec<Bytes> = (0..40)
+        .map(|idx| Bytes::from(format!("chunk number {idx}")))
+        .collect();
+    let large: Vec<Bytes> = (0..3u8)
+        .map(|idx| Bytes::from(vec![idx; 300_000]))
+        .collect();
+    for batch in [small, many, large] {
+        let mut named: Vec<(ChunkHash, Bytes)> = batch
+            .iter()
+            .map(|bytes| (chunk_hash(bytes), bytes.clone()))
+            .collect();
+        // A repeat within the batch and a chunk stored before are no trouble.
+        named.push(named[0].clone());
+        named.push((chunk_hash(&stored_before), stored_before.clone()));
+        let hashes: Vec<ChunkHash> = named.iter().map(|(hash, _)| *hash).collect();
+        chunks.put_batch(user.id, named).await.unwrap();
+        assert_eq!(chunks.missing(user.id, &hashes).await.unwrap(), []);
+        for bytes in &batch {
+            assert_eq!(
+                &chunks.get(user.id, &chunk_hash(bytes)).await.unwrap(),
+                bytes
+            );
+        }
+    }
+
+    // Bytes under the wrong name fail the batch and are not stored under that name.
+    let forged_hash = chunk_hash(b"claimed");
+    let mut forged: Vec<(ChunkHash, Bytes)> = (0..20)
+        .map(|idx| {
+            let bytes = Bytes::from(format!("honest {idx}"));
+            (chunk_hash(&bytes), bytes)
+        })
+        .collect();
+    forged.insert(10, (forged_hash, Bytes::from_static(b"other bytes")));
+    let err = chunks.put_batch(user.id, forged).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::HashMismatch { claimed, .. } if claimed == forged_hash),
+        "{err}"
+    );
+    assert_eq!(
+        chunks.missing(user.id, &[forged_hash]).await.unwrap(),
+        [forged_hash]
+    );
+}
+
 /// Nothing is shared between users: not chunks, not paths, not cursors.
 pub async fn per_user_isolation(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     let alice = meta.create_user(&user_name("iso-alice")).await.unwrap();
@@ -1340,11 +1393,11 @@ pub async fn lock_race_has_one_winner(meta: &dyn MetaStore, chunks: &dyn ChunkSt
         .map(|idx| device_name(&format!("racer-{idx}")))
         .collect();
     let target = path("race.txt");
+    // Polled concurrently within this task; the store's calls run on its own workers.
     let attempts = devices
         .iter()
-        .map(|device| meta.take_lock(user.id, device, &target, None, NOW))
-        .collect();
-    let outcomes = join_all(attempts).await;
+        .map(|device| meta.take_lock(user.id, device, &target, None, NOW));
+    let outcomes = futures::future::join_all(attempts).await;
     let mut winners = Vec::new();
     for (device, outcome) in devices.iter().zip(outcomes) {
         match outcome.unwrap() {
@@ -1555,32 +1608,4 @@ async fn release(
     meta.release_lock(user.id, &device_name(device), &path(at), force, now_ms)
         .await
         .unwrap()
-}
-
-/// Polls every future until all are done, concurrently within this task (the store's calls run
-/// on its own workers), without a dependency on `futures`.
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|output| output.expect("poll_fn ends only when every future is ready"))
-        .collect()
 }

@@ -47,6 +47,7 @@ macro_rules! all_conformance_tests {
             dir_move_moves_descendants,
             journal_paging,
             chunk_put_verify_missing,
+            chunk_put_batch,
             per_user_isolation,
             lock_take_renew_release,
             lock_force_break,
