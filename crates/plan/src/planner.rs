@@ -26,16 +26,17 @@ use crate::{
     Precondition, RelPath, RemoteNode,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 /// See the module docs.
 pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
-    let mut planner = Planner::new(input);
     if !input.local_root_ok {
         return Plan {
             ops: Vec::new(),
             blocked: vec![root_blocked()],
         };
     }
+    let mut planner = Planner::new(input);
     // Row 29: an empty root while base holds files looks like an unmounted disk, so nothing is
     // deleted on its account; what only adds bytes (downloads, directory creations, base
     // bookkeeping) still goes, so an edit that beat a delete elsewhere comes back. Ignored
@@ -326,19 +327,12 @@ impl<'i, 'a> Planner<'i, 'a> {
         out
     }
 
-    fn has_beneath(set: &BTreeSet<String>, dir: &RelPath) -> bool {
-        // Every path inside `dir` sorts between "dir/" and "dir0" ('0' follows '/').
-        let low = format!("{dir}/");
-        let high = format!("{dir}0");
-        set.range(low..high).next().is_some()
-    }
-
     fn local_has_beneath(&self, dir: &RelPath) -> bool {
-        Self::has_beneath(&self.local_after, dir)
+        has_beneath(&self.local_after, dir)
     }
 
     fn remote_has_beneath(&self, dir: &RelPath) -> bool {
-        Self::has_beneath(&self.remote_after, dir)
+        has_beneath(&self.remote_after, dir)
     }
 
     /// Decides one path and records the ops (or the block).
@@ -673,58 +667,75 @@ fn move_tree(set: &mut BTreeSet<String>, from: &RelPath, to: &RelPath) {
 /// sides agreed on, and a later pass could read the missing remote copy as a remote delete
 /// (row 7). Uploading first means the server holds the bytes before anything of them is deleted.
 fn sort_ops(ops: &mut [PlanOp]) {
-    let created: Vec<RelPath> = ops
+    let created: BTreeSet<&str> = ops
         .iter()
         .filter_map(|op| match op {
-            PlanOp::Upload { path, .. } | PlanOp::MakeDirRemote { path } => Some(path.clone()),
+            PlanOp::Upload { path, .. } | PlanOp::MakeDirRemote { path } => Some(path.as_str()),
             _ => None,
         })
         .collect();
     // A file replacing a directory frees its name by deleting the directory, which is early
     // then, and so is everything beneath it.
-    let frees_a_name = |deleted: &RelPath| {
-        created
-            .iter()
-            .any(|path| path == deleted || path.is_inside(deleted))
-    };
-    let mut early: Vec<RelPath> = ops
+    let frees_a_name =
+        |deleted: &RelPath| created.contains(deleted.as_str()) || has_beneath(&created, deleted);
+    let freeing: BTreeSet<&str> = ops
         .iter()
         .filter_map(|op| match op {
-            PlanOp::DeleteRemote { path, .. } if frees_a_name(path) => Some(path.clone()),
+            PlanOp::DeleteRemote { path, .. } if frees_a_name(path) => Some(path.as_str()),
             _ => None,
         })
         .collect();
     // What lies beneath an early deletion must go first too: a directory is deleted empty.
-    let beneath_early = |path: &RelPath, early: &[RelPath]| early.iter().any(|e| path.is_inside(e));
-    let extra: Vec<RelPath> = ops
+    let early: BTreeSet<RelPath> = ops
         .iter()
         .filter_map(|op| match op {
-            PlanOp::DeleteRemote { path, .. } if beneath_early(path, &early) => Some(path.clone()),
+            PlanOp::DeleteRemote { path, .. }
+                if freeing.contains(path.as_str()) || has_ancestor_in(&freeing, path) =>
+            {
+                Some(path.clone())
+            }
             _ => None,
         })
         .collect();
-    early.extend(extra);
     // The sort is stable, so moves keep the order they were decided in.
-    ops.sort_by_key(|op| match op {
+    ops.sort_by(|a, b| sort_key(a, &early).cmp(&sort_key(b, &early)));
+}
+
+/// Where `op` goes in a plan; see [`sort_ops`].
+fn sort_key<'o>(op: &'o PlanOp, early: &BTreeSet<RelPath>) -> (u8, usize, &'o str) {
+    match op {
         PlanOp::MoveRemote { .. } | PlanOp::MoveLocal { .. } | PlanOp::ConflictCopy { .. } => {
-            (0, 0, String::new())
+            (0, 0, "")
         }
         PlanOp::DeleteRemote { path, .. } if !early.contains(path) => {
-            (4, usize::MAX - path.depth(), path.as_str().to_owned())
+            (4, usize::MAX - path.depth(), path.as_str())
         }
         PlanOp::DeleteLocal { path, .. }
         | PlanOp::DeleteRemote { path, .. }
-        | PlanOp::RemoveDirLocal { path } => {
-            (1, usize::MAX - path.depth(), path.as_str().to_owned())
-        }
+        | PlanOp::RemoveDirLocal { path } => (1, usize::MAX - path.depth(), path.as_str()),
         PlanOp::MakeDirLocal { path, .. } | PlanOp::MakeDirRemote { path } => {
-            (2, path.depth(), path.as_str().to_owned())
+            (2, path.depth(), path.as_str())
         }
-        PlanOp::Upload { path, .. } | PlanOp::Download { path, .. } => {
-            (3, 0, path.as_str().to_owned())
-        }
-        PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => {
-            (5, 0, path.as_str().to_owned())
-        }
-    });
+        PlanOp::Upload { path, .. } | PlanOp::Download { path, .. } => (3, 0, path.as_str()),
+        PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => (5, 0, path.as_str()),
+    }
+}
+
+/// Whether `set` holds a path strictly inside `dir`.
+fn has_beneath<S: std::borrow::Borrow<str> + Ord>(set: &BTreeSet<S>, dir: &RelPath) -> bool {
+    // Every path inside `dir` sorts between "dir/" and "dir0" ('0' follows '/').
+    let low = format!("{dir}/");
+    let high = format!("{dir}0");
+    let range = (
+        Bound::Included(low.as_str()),
+        Bound::Excluded(high.as_str()),
+    );
+    set.range::<str, _>(range).next().is_some()
+}
+
+/// Whether `set` holds an ancestor of `path`.
+fn has_ancestor_in(set: &BTreeSet<&str>, path: &RelPath) -> bool {
+    let text = path.as_str();
+    text.match_indices('/')
+        .any(|(idx, _)| set.contains(&text[..idx]))
 }

@@ -13,7 +13,7 @@
 
 use crate::planner::Planner;
 use crate::{BaseNode, ContentHash, EntryKind, LocalNode, NodeId, PlanOp, RelPath, RemoteNode};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// For each key, the one value that has it, or `None` when several share it.
 fn unique_by<K: Ord, V: Copy>(items: impl IntoIterator<Item = (K, V)>) -> BTreeMap<K, Option<V>> {
@@ -123,7 +123,7 @@ impl<'a> Planner<'_, 'a> {
 
         // Many files are empty; an empty file moving says nothing about which one it was.
         let empty = ContentHash::of_empty();
-        let matched_to: Vec<&RelPath> = pairs.values().copied().collect();
+        let matched_to: BTreeSet<&RelPath> = pairs.values().copied().collect();
         let by_hash = |hash: Option<ContentHash>| hash.filter(|h| *h != empty);
         let missing_by_hash = unique_by(
             missing
