@@ -183,6 +183,7 @@ async fn chunks_upload(
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let user_id = auth.0.user_id;
+    let chunk_store = &state.stores.chunks;
     let _permit = state.transfer_permit().await?;
     let mut frames = FrameReader {
         stream: body.into_data_stream(),
@@ -192,28 +193,19 @@ async fn chunks_upload(
     // Chunks are stored in batches so the store can make many small ones durable at once.
     let mut batch: Vec<(ChunkHash, Bytes)> = Vec::new();
     let mut batch_bytes = 0usize;
-    loop {
+    let cut_short = loop {
         if batch_bytes >= UPLOAD_BATCH_BYTES || batch.len() >= UPLOAD_BATCH_CHUNKS {
             stored += batch.len() as u64;
             batch_bytes = 0;
-            state
-                .stores
-                .chunks
+            chunk_store
                 .put_batch(user_id, std::mem::take(&mut batch))
                 .await?;
         }
         if !frames.fill(FRAME_HEADER_LEN).await? {
             if frames.buffer.is_empty() {
-                break;
+                break None;
             }
-            state
-                .stores
-                .chunks
-                .put_batch(user_id, std::mem::take(&mut batch))
-                .await?;
-            return Err(ApiError::bad_request(format!(
-                "the body ends inside a frame header after {stored} complete chunks"
-            )));
+            break Some("the body ends inside a frame header".to_owned());
         }
         let mut header = [0u8; FRAME_HEADER_LEN];
         header.copy_from_slice(&frames.buffer[..FRAME_HEADER_LEN]);
@@ -221,21 +213,20 @@ async fn chunks_upload(
         let (hash, len) = decode_frame_header(&header).map_err(ApiError::bad_request)?;
         let len = len as usize;
         if !frames.fill(len).await? {
-            state
-                .stores
-                .chunks
-                .put_batch(user_id, std::mem::take(&mut batch))
-                .await?;
-            return Err(ApiError::bad_request(format!(
-                "the body ends inside chunk {hash} after {stored} complete chunks"
-            )));
+            break Some(format!("the body ends inside chunk {hash}"));
         }
         let bytes = frames.buffer.split_to(len).freeze();
         batch_bytes += len;
         batch.push((hash, bytes));
-    }
+    };
+    // The complete chunks are stored even when the body was cut short.
     stored += batch.len() as u64;
-    state.stores.chunks.put_batch(user_id, batch).await?;
+    chunk_store.put_batch(user_id, batch).await?;
+    if let Some(problem) = cut_short {
+        return Err(ApiError::bad_request(format!(
+            "{problem} after {stored} complete chunks"
+        )));
+    }
     tracing::debug!(stored, "upload done");
     Ok(Json(UploadResponse { stored }))
 }
