@@ -8,8 +8,9 @@ use tokio::sync::watch;
 
 /// One `watch` channel per user with waiting long polls, carrying the user's latest cursor.
 ///
-/// The ops and lock handlers call [`ChangeHub::notify`] after each committed change; a PostgreSQL
-/// LISTEN/NOTIFY listener can call it for batches committed by other server processes.
+/// The ops and lock handlers call [`ChangeHub::notify`] after each committed change, and `serve`
+/// calls it for every notice of the store's change feed (PostgreSQL LISTEN/NOTIFY: commits
+/// through other server processes).
 /// Waiters must [`subscribe`](ChangeHub::subscribe) *before* reading the journal, so a commit
 /// between the read and the wait still wakes them.
 #[derive(Clone, Default)]

@@ -60,8 +60,9 @@ pub struct ServerConfig {
     /// How long any request but a chunk upload may take before it is answered with 503.
     /// Must exceed [`ServerConfig::long_poll_max`].
     pub request_timeout: Duration,
-    /// How many chunk uploads and downloads run at once; more wait. Each holds up to one chunk
-    /// ([`syncstore_proto::MAX_CHUNK_LEN`]) plus read-ahead in memory.
+    /// How many chunk uploads and downloads run at once; more wait. An upload holds up to one
+    /// 8 MiB batch of chunks plus one chunk ([`syncstore_proto::MAX_CHUNK_LEN`]) in memory, a
+    /// download up to four chunks read ahead.
     pub max_parallel_transfers: usize,
     /// After shutdown is asked for, how long in-flight requests may finish before `run` returns.
     pub shutdown_grace: Duration,
