@@ -1,12 +1,12 @@
 //! Property tests (Dropbox's CanopyCheck, in small): from random base, local and remote trees,
 //! plan, apply the plan faithfully ([`World::apply`]), and repeat. Then:
 //!
-//! 1. planning converges (an empty plan) within [`MAX_ROUNDS`] rounds, and every op applied;
+//! 1. planning converges (an empty plan: planning again at the fixed point yields nothing)
+//!    within [`MAX_ROUNDS`] rounds, and every op applied;
 //! 2. local and remote hold the same paths, kinds and hashes, and base agrees with both;
 //! 3. no content that a side created or changed since base was lost: it is still somewhere
 //!    (content base held for that path or node may go: that is what deleting, or overwriting,
-//!    an unchanged file is);
-//! 4. planning again at the fixed point yields nothing.
+//!    an unchanged file is).
 //!
 //! The first plan may also lose an answer: the client applies its ops up to one that writes to
 //! the server, the server applies that one too, but its answer never comes back, so base misses
@@ -117,6 +117,15 @@ fn content(n: u8) -> ContentHash {
     hash(&format!("h{n}"))
 }
 
+/// Kind, hash and size of the entry in `slot`, if any.
+fn slot_entry(slot: Slot) -> Option<(EntryKind, Option<ContentHash>, u64)> {
+    match slot {
+        Slot::Absent => None,
+        Slot::File(n) => Some((EntryKind::File, Some(content(n)), u64::from(n))),
+        Slot::Dir => Some((EntryKind::Dir, None, 0)),
+    }
+}
+
 fn build(case: &Case) -> World {
     let mut world = World {
         next_inode: 1000,
@@ -124,10 +133,8 @@ fn build(case: &Case) -> World {
     };
     let base = normalize(&case.base);
     for (idx, slot) in base.iter().enumerate() {
-        let (kind, hash, size) = match *slot {
-            Slot::Absent => continue,
-            Slot::File(n) => (EntryKind::File, Some(content(n)), u64::from(n)),
-            Slot::Dir => (EntryKind::Dir, None, 0),
+        let Some((kind, hash, size)) = slot_entry(*slot) else {
+            continue;
         };
         let node = BaseNode {
             kind,
@@ -151,10 +158,8 @@ fn build(case: &Case) -> World {
     };
 
     for (idx, slot) in pick(&case.local).into_iter().enumerate() {
-        let (kind, hash, size) = match slot {
-            Slot::Absent => continue,
-            Slot::File(n) => (EntryKind::File, Some(content(n)), u64::from(n)),
-            Slot::Dir => (EntryKind::Dir, None, 0),
+        let Some((kind, hash, size)) = slot_entry(slot) else {
+            continue;
         };
         let path = slot_path(idx);
         // Edited in place keeps the inode; a new entry gets a new one.
@@ -175,10 +180,8 @@ fn build(case: &Case) -> World {
     }
 
     for (idx, slot) in pick(&case.remote).into_iter().enumerate() {
-        let (kind, hash, size) = match slot {
-            Slot::Absent => continue,
-            Slot::File(n) => (EntryKind::File, Some(content(n)), u64::from(n)),
-            Slot::Dir => (EntryKind::Dir, None, 0),
+        let Some((kind, hash, size)) = slot_entry(slot) else {
+            continue;
         };
         let path = slot_path(idx);
         let (node_id, rev) = match world
@@ -406,15 +409,14 @@ fn check_limits(op: &PlanOp, limits: &Limits) -> Result<(), String> {
         | PlanOp::RecordBase { path, .. }
         | PlanOp::ForgetBase { path } => (vec![path], false),
     };
-    let under = |set: &mut dyn Iterator<Item = &RelPath>, path: &RelPath| {
-        let set: Vec<&RelPath> = set.collect();
-        set.iter().any(|top| path == *top || path.is_inside(top))
-    };
+    fn under<'p>(mut tops: impl Iterator<Item = &'p RelPath>, path: &RelPath) -> bool {
+        tops.any(|top| path == top || path.is_inside(top))
+    }
     for path in paths {
-        if under(&mut limits.ignored.iter(), path) {
+        if under(limits.ignored.iter(), path) {
             return Err(format!("plans ignored path {path}"));
         }
-        if sends && under(&mut limits.locked_by_others.keys(), path) {
+        if sends && under(limits.locked_by_others.keys(), path) {
             return Err(format!("sends a local change to locked path {path}"));
         }
     }
@@ -553,7 +555,6 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         }
     }
 
-    prop_assert!(world.plan().ops.is_empty());
     Ok(())
 }
 

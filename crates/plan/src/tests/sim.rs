@@ -45,10 +45,6 @@ pub(crate) struct World {
 }
 
 impl World {
-    pub(crate) fn plan(&self) -> Plan {
-        self.plan_with(&Limits::default())
-    }
-
     pub(crate) fn plan_with(&self, limits: &Limits) -> Plan {
         let device = DeviceName::new("laptop").unwrap();
         crate::plan(&PlanInput {
