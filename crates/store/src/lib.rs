@@ -488,7 +488,8 @@ pub trait ChunkStore: Send + Sync {
     /// When it returns `Ok`, every chunk of the batch is durable.
     ///
     /// # Errors
-    /// As [`ChunkStore::put`]; chunks before the failing one may have been stored.
+    /// As [`ChunkStore::put`]; other chunks of the batch may have been stored (before the
+    /// failing one, or, for a backend that sends several at once, after it too).
     async fn put_batch(
         &self,
         user_id: UserId,
