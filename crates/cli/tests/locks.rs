@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 struct Two {
-    tmp: tempfile::TempDir,
+    _tmp: tempfile::TempDir,
     server: Server,
     a_dir: PathBuf,
     b_dir: PathBuf,
@@ -25,7 +25,7 @@ fn two_devices() -> Two {
     let a = start_client("client-a", tmp.path(), &a_dir, &server.url(), &token_a);
     let b = start_client("client-b", tmp.path(), &b_dir, &server.url(), &token_b);
     Two {
-        tmp,
+        _tmp: tmp,
         server,
         a_dir,
         b_dir,
@@ -45,16 +45,6 @@ fn cli_in(dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("run syncstore")
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn is_read_only(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o222 == 0)
 }
@@ -68,20 +58,9 @@ fn force_write(path: &Path, text: &str) {
 }
 
 fn server_content(t: &Two, path: &str) -> Option<String> {
-    let (status, body) = reqwest::send(
-        "GET",
-        &format!("{}/api/v1/tree", t.server.url()),
-        &t.token_a,
-        None,
-    );
-    assert_eq!(status, 200);
-    let tree: serde_json::Value = serde_json::from_str(&body).unwrap();
-    tree["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["path"] == path)
-        .map(|e| e["hash"].as_str().unwrap_or("").to_owned())
+    t.server
+        .entry(&t.token_a, path)
+        .map(|entry| entry.hash.unwrap_or_default())
 }
 
 fn syncstore_blake3(bytes: &[u8]) -> String {
@@ -289,23 +268,9 @@ fn lock_survives_a_server_restart() {
         "{locks}"
     );
     // An op from B on the locked file is still refused with 423.
-    let (status, body) = reqwest::send(
-        "GET",
-        &format!("{}/api/v1/tree", t.server.url()),
-        &t.token_b,
-        None,
-    );
-    assert_eq!(status, 200);
-    let tree: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let entry = tree["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["path"] == "keep.txt")
-        .unwrap()
-        .clone();
+    let entry = t.server.entry(&t.token_b, "keep.txt").unwrap();
     let delete =
-        serde_json::json!({"ops": [{"op": "delete", "path": "keep.txt", "base": entry["rev"]}]})
+        serde_json::json!({"ops": [{"op": "delete", "path": "keep.txt", "base": entry.rev}]})
             .to_string();
     let (status, body) = reqwest::send(
         "POST",
@@ -390,5 +355,4 @@ fn bad_lock_requests_get_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --ttl"));
     let out = cli_in(&t.a_dir, &["unlock", "real.txt"]);
     assert_eq!(out.status.code(), Some(2), "no lock to release");
-    let _ = (&t.tmp, &t.token_b);
 }

@@ -34,103 +34,12 @@ fn services() -> Option<String> {
     }
 }
 
-/// A `serve` process on the shared database and bucket.
-struct SharedServer {
-    proc: Proc,
-    name: String,
-    port: u16,
-    db: String,
-    store: String,
-    logs: PathBuf,
-}
-
-impl SharedServer {
-    fn start(name: &str, logs: &Path, db: &str, store: &str) -> SharedServer {
-        let port = free_port();
-        let server = SharedServer {
-            proc: spawn_server(name, logs, db, store, port),
-            name: name.to_owned(),
-            port,
-            db: db.to_owned(),
-            store: store.to_owned(),
-            logs: logs.to_path_buf(),
-        };
-        server.wait_ready();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn wait_ready(&self) {
-        let url = format!("{}/api/v1/health", self.url());
-        wait_until(&format!("{} health endpoint", self.name), || {
-            reqwest::blocking_get_ok(&url)
-        });
-    }
-
-    /// Starts the server again on the same port, database and bucket.
-    fn restart(&mut self) {
-        self.proc.kill9();
-        self.proc = spawn_server(
-            &format!("{}-restarted", self.name),
-            &self.logs,
-            &self.db,
-            &self.store,
-            self.port,
-        );
-        self.wait_ready();
-    }
-
-    /// The server's tree as (path, node id, rev, hash) rows.
-    fn tree(&self, token: &str) -> Vec<(String, u64, u64, Option<String>)> {
-        let (status, body) =
-            reqwest::send("GET", &format!("{}/api/v1/tree", self.url()), token, None);
-        assert_eq!(status, 200, "{body}");
-        let tree: serde_json::Value = serde_json::from_str(&body).unwrap();
-        tree["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["path"].as_str().unwrap().to_owned(),
-                    e["node_id"].as_u64().unwrap(),
-                    e["rev"].as_u64().unwrap(),
-                    e["hash"].as_str().map(str::to_owned),
-                )
-            })
-            .collect()
-    }
-}
-
-fn spawn_server(name: &str, logs: &Path, db: &str, store: &str, port: u16) -> Proc {
-    let listen = format!("127.0.0.1:{port}");
-    let data = logs.join(format!("{name}-data"));
-    Proc::spawn(
-        name,
-        logs,
-        &[
-            "serve",
-            "--db",
-            db,
-            "--store",
-            store,
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            &listen,
-        ],
-    )
-}
-
 /// Two servers on a fresh database and bucket, and two empty folders.
 struct Setup {
     _tmp: tempfile::TempDir,
     logs: PathBuf,
-    a: SharedServer,
-    b: SharedServer,
+    a: Server,
+    b: Server,
     dir1: PathBuf,
     dir2: PathBuf,
     token1: String,
@@ -155,10 +64,10 @@ fn setup(name: &str) -> Option<Setup> {
         name.replace('_', "-"),
         std::process::id()
     );
-    let a = SharedServer::start("server-a", &logs, &db, &store);
-    let b = SharedServer::start("server-b", &logs, &db, &store);
-    let token1 = token(&db, "alice", "laptop");
-    let token2 = token(&db, "alice", "desktop");
+    let a = Server::start_shared("server-a", &logs, &db, &store);
+    let b = Server::start_shared("server-b", &logs, &db, &store);
+    let token1 = a.token("alice", "laptop");
+    let token2 = a.token("alice", "desktop");
     let dir1 = tmp.path().join("one");
     let dir2 = tmp.path().join("two");
     std::fs::create_dir_all(&dir1).unwrap();
@@ -175,56 +84,18 @@ fn setup(name: &str) -> Option<Setup> {
     })
 }
 
-/// A new device token for `user` (created if needed), through `--db`.
-fn token(db: &str, user: &str, device: &str) -> String {
-    let out = run(&["user", "add", user, "--device", device, "--db", db]);
-    let out = if out.status.success() {
-        out
-    } else {
-        run(&["token", "add", user, "--device", device, "--db", db])
-    };
-    assert!(
-        out.status.success(),
-        "token add failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// A sync daemon on `dir` with `servers` in order of preference.
-fn start_daemon(name: &str, logs: &Path, dir: &Path, servers: &[String], token: &str) -> Proc {
-    let mut args = vec!["sync".to_owned(), dir.to_str().unwrap().to_owned()];
-    for server in servers {
-        args.push("--server".into());
-        args.push(server.clone());
-    }
-    args.extend([
-        "--token".into(),
-        token.into(),
-        "--scan-interval".into(),
-        "5".into(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::spawn(name, logs, &args)
-}
-
 #[test]
 fn two_servers_share_one_namespace_and_changes_flow_both_ways() {
     let Some(s) = setup("both_ways") else { return };
-    let mut client1 = start_daemon(
+    let mut client1 = start_client_with_servers(
         "client-1",
         &s.logs,
         &s.dir1,
         &[s.a.url(), s.b.url()],
         &s.token1,
     );
-    let mut client2 = start_daemon("client-2", &s.logs, &s.dir2, &[s.b.url()], &s.token2);
+    let mut client2 =
+        start_client_with_servers("client-2", &s.logs, &s.dir2, &[s.b.url()], &s.token2);
 
     // Create through A, seen through B.
     write(&s.dir1.join("hello.txt"), "hello from one");
@@ -260,11 +131,9 @@ fn two_servers_share_one_namespace_and_changes_flow_both_ways() {
     // Renames both ways: a move on the server, keeping the node.
     wait_same(&s.dir1, &s.dir2);
     let before =
-        s.a.tree(&s.token1)
-            .into_iter()
-            .find(|e| e.0 == "docs/2026/report.md")
+        s.a.entry(&s.token1, "docs/2026/report.md")
             .expect("report on the server")
-            .1;
+            .node_id;
     std::fs::rename(
         s.dir1.join("docs/2026/report.md"),
         s.dir1.join("docs/report-final.md"),
@@ -275,11 +144,9 @@ fn two_servers_share_one_namespace_and_changes_flow_both_ways() {
             && !s.dir2.join("docs/2026/report.md").exists()
     });
     let after =
-        s.b.tree(&s.token2)
-            .into_iter()
-            .find(|e| e.0 == "docs/report-final.md")
+        s.b.entry(&s.token2, "docs/report-final.md")
             .expect("renamed report")
-            .1;
+            .node_id;
     assert_eq!(before, after, "a rename keeps the node");
     std::fs::rename(s.dir2.join("docs"), s.dir2.join("documents")).unwrap();
     wait_until("dir rename in 1", || {
@@ -300,12 +167,7 @@ fn two_servers_share_one_namespace_and_changes_flow_both_ways() {
     assert!(client2.terminate().success());
     write(&s.dir1.join("plan.txt"), "original");
     let once = |dir: &Path, server: &str| {
-        let out = run(&["sync", dir.to_str().unwrap(), "--server", server, "--once"]);
-        assert!(
-            out.status.success(),
-            "sync --once failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(sync_once(dir, server, None));
     };
     once(&s.dir1, &s.a.url());
     once(&s.dir2, &s.b.url());
@@ -348,12 +210,7 @@ fn two_servers_share_one_namespace_and_changes_flow_both_ways() {
         Some(r#"{"path":"plan.txt"}"#.to_owned()),
     );
     assert_eq!(status, 200, "{body}");
-    let rev =
-        s.b.tree(&s.token2)
-            .into_iter()
-            .find(|e| e.0 == "plan.txt")
-            .unwrap()
-            .2;
+    let rev = s.b.entry(&s.token2, "plan.txt").unwrap().rev;
     let delete = format!(r#"{{"ops":[{{"op":"delete","path":"plan.txt","base":{rev}}}]}}"#);
     let (status, body) = reqwest::send(
         "POST",
@@ -366,28 +223,10 @@ fn two_servers_share_one_namespace_and_changes_flow_both_ways() {
     assert_eq!(results["results"][0]["status"], 423, "{body}");
     assert!(body.contains("locked by laptop"), "{body}");
     write(&s.dir2.join("plan.txt"), "edit while locked");
-    let out = run(&[
-        "sync",
-        s.dir2.to_str().unwrap(),
-        "--server",
-        &s.b.url(),
-        "--once",
-    ]);
+    let out = sync_once(&s.dir2, &s.b.url(), None);
     assert!(!out.status.success(), "a blocked edit is not in sync");
-    let content =
-        s.b.tree(&s.token2)
-            .into_iter()
-            .find(|e| e.0 == "plan.txt")
-            .unwrap()
-            .3;
-    assert_eq!(
-        content,
-        s.a.tree(&s.token1)
-            .into_iter()
-            .find(|e| e.0 == "plan.txt")
-            .unwrap()
-            .3
-    );
+    let content = s.b.entry(&s.token2, "plan.txt").unwrap().hash;
+    assert_eq!(content, s.a.entry(&s.token1, "plan.txt").unwrap().hash);
     assert_eq!(
         content.as_deref(),
         Some(blake3::hash(b"version from laptop").to_hex().as_str()),
@@ -400,14 +239,14 @@ fn server_a_killed_mid_sync_client_fails_over_to_b_and_loses_nothing() {
     let Some(mut s) = setup("failover") else {
         return;
     };
-    let _client1 = start_daemon(
+    let _client1 = start_client_with_servers(
         "client-1",
         &s.logs,
         &s.dir1,
         &[s.a.url(), s.b.url()],
         &s.token1,
     );
-    let _client2 = start_daemon("client-2", &s.logs, &s.dir2, &[s.b.url()], &s.token2);
+    let _client2 = start_client_with_servers("client-2", &s.logs, &s.dir2, &[s.b.url()], &s.token2);
 
     // Enough work that the kill lands mid-sync: many small files and a large one.
     for i in 0..200 {
@@ -422,7 +261,7 @@ fn server_a_killed_mid_sync_client_fails_over_to_b_and_loses_nothing() {
     std::fs::write(s.dir1.join("big.bin"), &big).unwrap();
     wait_until("upload through A under way", || {
         s.a.proc.log_text().contains("/api/v1/chunks")
-            || s.a.tree(&s.token1).iter().any(|e| e.0 == "many")
+            || s.a.tree(&s.token1).iter().any(|e| e.path == "many")
     });
     s.a.proc.kill9();
 
@@ -444,7 +283,7 @@ fn server_a_killed_mid_sync_client_fails_over_to_b_and_loses_nothing() {
     assert_eq!(on_b.len(), 200 + 2, "the server holds every file");
 
     // A restarted A serves the same namespace.
-    s.a.restart();
+    s.a.kill9_and_restart();
     assert_eq!(s.a.tree(&s.token1), on_b);
     write(
         &s.dir2.join("after-restart.txt"),
@@ -453,7 +292,7 @@ fn server_a_killed_mid_sync_client_fails_over_to_b_and_loses_nothing() {
     wait_until("new file on A", || {
         s.a.tree(&s.token1)
             .iter()
-            .any(|e| e.0 == "after-restart.txt")
+            .any(|e| e.path == "after-restart.txt")
     });
     wait_until("new file in 1", || {
         read(&s.dir1.join("after-restart.txt")).is_some()

@@ -128,37 +128,64 @@ pub fn run(args: &[&str]) -> Output {
         .expect("run syncstore")
 }
 
-/// A server on a loopback port with its data dir.
+/// A `serve` process on a loopback port.
 pub struct Server {
     pub proc: Proc,
+    pub name: String,
     pub port: u16,
-    pub data: PathBuf,
     log_dir: PathBuf,
+    /// The flags that pick the stores, for `serve`.
+    store_args: Vec<String>,
+    /// The flags that reach the metadata store, for `user add` and `token add`.
+    admin_args: Vec<String>,
 }
 
 impl Server {
+    /// A server on the embedded stores (SQLite and files) in `data`.
     pub fn start(log_dir: &Path, data: &Path) -> Server {
-        Server::start_on(log_dir, data, free_port())
-    }
-
-    pub fn start_on(log_dir: &Path, data: &Path, port: u16) -> Server {
-        let listen = format!("127.0.0.1:{port}");
-        let proc = Proc::spawn(
+        let data = data.to_str().unwrap().to_owned();
+        let store_args = vec!["--data".to_owned(), data.clone()];
+        Server::start_with(
             "server",
             log_dir,
-            &[
-                "serve",
-                "--data",
-                data.to_str().unwrap(),
-                "--listen",
-                &listen,
-            ],
-        );
+            store_args,
+            vec!["--data".to_owned(), data],
+        )
+    }
+
+    /// A server on the PostgreSQL database `db` and the bucket `store`, which other servers may share.
+    pub fn start_shared(name: &str, log_dir: &Path, db: &str, store: &str) -> Server {
+        let data = log_dir.join(format!("{name}-data"));
+        let store_args = vec![
+            "--db".to_owned(),
+            db.to_owned(),
+            "--store".to_owned(),
+            store.to_owned(),
+            "--data".to_owned(),
+            data.to_str().unwrap().to_owned(),
+        ];
+        Server::start_with(
+            name,
+            log_dir,
+            store_args,
+            vec!["--db".to_owned(), db.to_owned()],
+        )
+    }
+
+    fn start_with(
+        name: &str,
+        log_dir: &Path,
+        store_args: Vec<String>,
+        admin_args: Vec<String>,
+    ) -> Server {
+        let port = free_port();
         let server = Server {
-            proc,
+            proc: spawn_server(name, log_dir, &store_args, port),
+            name: name.to_owned(),
             port,
-            data: data.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
+            store_args,
+            admin_args,
         };
         server.wait_ready();
         server
@@ -170,50 +197,31 @@ impl Server {
 
     pub fn wait_ready(&self) {
         let url = format!("{}/api/v1/health", self.url());
-        wait_until("server health endpoint", || reqwest::blocking_get_ok(&url));
+        wait_until(&format!("{} health endpoint", self.name), || {
+            reqwest::blocking_get_ok(&url)
+        });
     }
 
-    /// SIGKILL, then start again on the same port and data.
+    /// SIGKILL, then start again on the same port and stores, logging to `{name}-restarted.log`.
     pub fn kill9_and_restart(&mut self) {
         self.proc.kill9();
-        let listen = format!("127.0.0.1:{}", self.port);
-        self.proc = Proc::spawn(
-            "server",
+        self.proc = spawn_server(
+            &format!("{}-restarted", self.name),
             &self.log_dir,
-            &[
-                "serve",
-                "--data",
-                self.data.to_str().unwrap(),
-                "--listen",
-                &listen,
-            ],
+            &self.store_args,
+            self.port,
         );
         self.wait_ready();
     }
 
     /// A new device token for `user` (created if needed).
     pub fn token(&self, user: &str, device: &str) -> String {
-        let out = run(&[
-            "user",
-            "add",
-            user,
-            "--device",
-            device,
-            "--data",
-            self.data.to_str().unwrap(),
-        ]);
+        let admin: Vec<&str> = self.admin_args.iter().map(String::as_str).collect();
+        let out = run(&[&["user", "add", user, "--device", device][..], &admin].concat());
         let out = if out.status.success() {
             out
         } else {
-            run(&[
-                "token",
-                "add",
-                user,
-                "--device",
-                device,
-                "--data",
-                self.data.to_str().unwrap(),
-            ])
+            run(&[&["token", "add", user, "--device", device][..], &admin].concat())
         };
         assert!(
             out.status.success(),
@@ -223,6 +231,48 @@ impl Server {
         let stdout = String::from_utf8(out.stdout).expect("utf8");
         stdout.lines().last().expect("token line").trim().to_owned()
     }
+
+    /// The server's tree as the device with `token` sees it.
+    pub fn tree(&self, token: &str) -> Vec<TreeEntry> {
+        let (status, body) =
+            reqwest::send("GET", &format!("{}/api/v1/tree", self.url()), token, None);
+        assert_eq!(status, 200, "{body}");
+        let tree: serde_json::Value = serde_json::from_str(&body).unwrap();
+        tree["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| TreeEntry {
+                path: e["path"].as_str().unwrap().to_owned(),
+                node_id: e["node_id"].as_u64().unwrap(),
+                rev: e["rev"].as_u64().unwrap(),
+                hash: e["hash"].as_str().map(str::to_owned),
+            })
+            .collect()
+    }
+
+    /// The entry at `path` in the server's tree, if any.
+    pub fn entry(&self, token: &str, path: &str) -> Option<TreeEntry> {
+        self.tree(token).into_iter().find(|e| e.path == path)
+    }
+}
+
+/// One row of `GET /api/v1/tree`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub path: String,
+    pub node_id: u64,
+    pub rev: u64,
+    /// The BLAKE3 hex digest of a file's content; `None` for a directory.
+    pub hash: Option<String>,
+}
+
+fn spawn_server(name: &str, log_dir: &Path, store_args: &[String], port: u16) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["serve"];
+    args.extend(store_args.iter().map(String::as_str));
+    args.extend(["--listen", &listen]);
+    Proc::spawn(name, log_dir, &args)
 }
 
 /// Minimal blocking HTTP helpers on top of reqwest's async client.
@@ -264,21 +314,50 @@ pub mod reqwest {
 
 /// A sync daemon on a folder.
 pub fn start_client(name: &str, log_dir: &Path, dir: &Path, server_url: &str, token: &str) -> Proc {
+    start_client_with_servers(name, log_dir, dir, &[server_url.to_owned()], token)
+}
+
+/// A sync daemon on a folder with `servers` in order of preference.
+pub fn start_client_with_servers(
+    name: &str,
+    log_dir: &Path,
+    dir: &Path,
+    servers: &[String],
+    token: &str,
+) -> Proc {
     std::fs::create_dir_all(dir).expect("create client dir");
-    Proc::spawn(
-        name,
-        log_dir,
-        &[
-            "sync",
-            dir.to_str().unwrap(),
-            "--server",
-            server_url,
-            "--token",
-            token,
-            "--scan-interval",
-            "5",
-        ],
-    )
+    let mut args = vec!["sync", dir.to_str().unwrap()];
+    for server in servers {
+        args.extend(["--server", server]);
+    }
+    args.extend(["--token", token, "--scan-interval", "5"]);
+    Proc::spawn(name, log_dir, &args)
+}
+
+/// `sync --once` on a folder; the token is needed only the first time.
+pub fn sync_once(dir: &Path, server_url: &str, token: Option<&str>) -> Output {
+    let mut args = vec![
+        "sync",
+        dir.to_str().unwrap(),
+        "--server",
+        server_url,
+        "--once",
+    ];
+    if let Some(token) = token {
+        args.extend(["--token", token]);
+    }
+    run(&args)
+}
+
+/// Stdout of a command that must have succeeded.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Restarts a daemon on a folder that is already set up (no flags needed).
