@@ -865,8 +865,22 @@ impl Device {
     }
 
     fn execute_locals(&mut self, env: &mut Env<'_>, run: Vec<PlanOp>) -> Result<usize, Abort> {
+        let mut cleared = self.clear_base_before_deletes(env, &run)?;
         let mut applied = 0;
         for op in run {
+            if let PlanOp::DeleteLocal { path, .. } = &op {
+                self.concurrent_edit(env);
+                if self.delete_checked(env, path, cleared.remove(path)) {
+                    env.log(&self.name, format!("did {}", show_op(&op)));
+                    applied += 1;
+                } else {
+                    env.log(
+                        &self.name,
+                        format!("{} not applied (re-check failed)", show_op(&op)),
+                    );
+                }
+                continue;
+            }
             self.concurrent_edit(env);
             match self.execute_local(env, &op)? {
                 Ok(true) => {
@@ -885,6 +899,67 @@ impl Device {
         Ok(applied)
     }
 
+    /// `Engine::clear_base_before_deletes`: for every `DeleteLocal` of the run whose file still
+    /// holds what the plan expected, base forgets the path, and that is committed before any file
+    /// of the run is deleted. Returns what each cleared file looked like when checked. The outer
+    /// `Err` is an injected crash right after the commit.
+    fn clear_base_before_deletes(
+        &mut self,
+        env: &mut Env<'_>,
+        run: &[PlanOp],
+    ) -> Result<BTreeMap<RelPath, (u64, i64, u64)>, Abort> {
+        let mut cleared = BTreeMap::new();
+        for op in run {
+            let PlanOp::DeleteLocal { path, expect_hash } = op else {
+                continue;
+            };
+            if self.disk.check_ancestors(path).is_err() {
+                continue;
+            }
+            let Some(node) = self.disk.get(path) else {
+                self.base.remove(path);
+                continue;
+            };
+            let stamp = (node.bytes.len() as u64, node.mtime_ns, node.inode);
+            if node.kind == EntryKind::File && self.local_file_has(path, *expect_hash) == Ok(true) {
+                self.base.remove(path);
+                cleared.insert(path.clone(), stamp);
+            }
+        }
+        if !cleared.is_empty() {
+            self.commit_base();
+            if env.torn() {
+                env.log(
+                    &self.name,
+                    "cleared base for local deletes, crashing before deleting".to_owned(),
+                );
+                return Err(Abort::Crash);
+            }
+        }
+        Ok(cleared)
+    }
+
+    /// `Engine::execute_local` for `DeleteLocal`: deletes the file only if base was cleared for it
+    /// and it still looks as it did when checked.
+    fn delete_checked(
+        &mut self,
+        env: &mut Env<'_>,
+        path: &RelPath,
+        checked: Option<(u64, i64, u64)>,
+    ) -> bool {
+        let Some(checked) = checked else { return false };
+        match self.disk.get(path) {
+            None => true,
+            Some(node)
+                if node.kind == EntryKind::File
+                    && (node.bytes.len() as u64, node.mtime_ns, node.inode) == checked =>
+            {
+                self.disk.remove_file(path, env.now_ns()).is_ok()
+            }
+            Some(_) => false,
+        }
+    }
+
     /// `Engine::execute_local`. The outer `Err` is an injected crash between the disk change and
     /// the base update.
     fn execute_local(
@@ -900,37 +975,7 @@ impl Device {
                 .map_err(|_| format!("an ancestor of {path} is not a directory"))
         };
         match op {
-            PlanOp::DeleteLocal { path, expect_hash } => {
-                if let Err(message) = ancestors_ok(self, path) {
-                    return Ok(Err(message));
-                }
-                match self.local_file_has(path, *expect_hash) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        if self.disk.get(path).is_none() {
-                            self.base.remove(path);
-                            return Ok(Ok(true));
-                        }
-                        return Ok(Ok(false));
-                    }
-                    Err(message) => return Ok(Err(message)),
-                }
-                // As `Engine::clear_base_before_deletes`: base forgets the path (durably) before
-                // the file is deleted, so a crash in between brings the file back.
-                self.base.remove(path);
-                self.commit_base();
-                if env.torn() {
-                    env.log(
-                        &self.name,
-                        format!("forgot {path} in base, crashing before deleting it"),
-                    );
-                    return Err(Abort::Crash);
-                }
-                if let Err(err) = self.disk.remove_file(path, now) {
-                    return Ok(Err(format!("could not delete: {err:?}")));
-                }
-                Ok(Ok(true))
-            }
+            PlanOp::DeleteLocal { .. } => unreachable!("deletes are applied by execute_locals"),
             PlanOp::MakeDirLocal { path, remote } => {
                 if let Err(message) = ancestors_ok(self, path) {
                     return Ok(Err(message));
