@@ -325,12 +325,26 @@ pub fn start_client_with_servers(
     servers: &[String],
     token: &str,
 ) -> Proc {
+    start_client_rescanning_every(name, log_dir, dir, servers, token, 5)
+}
+
+/// A sync daemon that rescans only every `scan_secs` seconds: with a long interval, a remote
+/// change can reach it only through the long poll, so a test can tell the two apart.
+pub fn start_client_rescanning_every(
+    name: &str,
+    log_dir: &Path,
+    dir: &Path,
+    servers: &[String],
+    token: &str,
+    scan_secs: u64,
+) -> Proc {
     std::fs::create_dir_all(dir).expect("create client dir");
+    let scan_secs = scan_secs.to_string();
     let mut args = vec!["sync", dir.to_str().unwrap()];
     for server in servers {
         args.extend(["--server", server]);
     }
-    args.extend(["--token", token, "--scan-interval", "5"]);
+    args.extend(["--token", token, "--scan-interval", &scan_secs]);
     Proc::spawn(name, log_dir, &args)
 }
 
