@@ -1,9 +1,10 @@
 //! Content-defined chunking (FastCDC) and BLAKE3 hashing over any reader.
 //!
 //! Equal content gives equal chunks on every device and on the server, so a one-byte edit in a
-//! large file changes one or two chunks and only those cross the network. Everything here
-//! streams: memory use is bounded by the largest chunk ([`syncstore_proto::CHUNK_MAX`]),
-//! whatever the file size.
+//! large file changes one or two chunks and only those cross the network. One pass over the
+//! bytes gives the chunks and the file's content hash ([`ContentHash::of_chunks`]). Everything
+//! here streams: memory use is bounded by a read buffer of four of the largest chunks
+//! ([`syncstore_proto::CHUNK_MAX`]), whatever the file size.
 //!
 //! This crate does no IO of its own beyond reading the reader it is given.
 
@@ -54,31 +55,110 @@ pub fn chunk_reader<R: Read>(
             chunks: vec![chunk_ref],
         });
     }
-    let reader = io::Cursor::new(head).chain(reader);
-    let mut whole = blake3::Hasher::new();
     let mut size = 0u64;
     let mut chunks = Vec::new();
-    let chunker = fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
-    for chunk in chunker {
-        let chunk = chunk.map_err(|err| match err {
-            fastcdc::v2020::Error::IoError(io_err) => io_err,
-            other => io::Error::other(other.to_string()),
-        })?;
-        whole.update(&chunk.data);
-        size += chunk.data.len() as u64;
+    let mut cutter = Cutter::new(head, reader);
+    while let Some(data) = cutter.next_chunk()? {
+        size += data.len() as u64;
         let chunk_ref = ChunkRef {
-            hash: hash_chunk(&chunk.data),
+            hash: hash_chunk(data),
             // A chunk is at most CHUNK_MAX bytes, which fits in u32.
-            len: chunk.data.len() as u32,
+            len: data.len() as u32,
         };
-        on_chunk(chunk_ref, &chunk.data)?;
+        on_chunk(chunk_ref, data)?;
         chunks.push(chunk_ref);
     }
     Ok(Manifest {
-        hash: ContentHash(*whole.finalize().as_bytes()),
+        hash: ContentHash::of_chunks(&chunks),
         size,
         chunks,
     })
+}
+
+/// Bytes read ahead of the chunker: a few chunks, so the unconsumed tail moved to the front
+/// before each refill is small next to what is read.
+const CUTTER_BUFFER: usize = 4 * CHUNK_MAX as usize;
+
+/// FastCDC (v2020, normalization level 1, the crate's own gear table) over a reader, cutting
+/// at exactly the points `fastcdc::v2020::StreamCDC` cuts at, without its per-chunk copy:
+/// chunks are handed out as slices of one buffer.
+struct Cutter<R> {
+    reader: R,
+    buffer: Vec<u8>,
+    /// Start of the next chunk in `buffer`.
+    pos: usize,
+    /// End of the bytes read into `buffer`.
+    len: usize,
+    eof: bool,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl<R: Read> Cutter<R> {
+    fn new(head: Vec<u8>, reader: R) -> Cutter<R> {
+        use fastcdc::v2020::{get_gear_with_seed, logarithm2, Normalization, MASKS};
+        let mut buffer = head;
+        let len = buffer.len();
+        buffer.resize(CUTTER_BUFFER.max(len), 0);
+        let bits = logarithm2(CHUNK_AVG);
+        let normalization = Normalization::Level1.bits();
+        let (gear, gear_ls) = get_gear_with_seed(0);
+        Cutter {
+            reader,
+            buffer,
+            pos: 0,
+            len,
+            eof: false,
+            gear,
+            gear_ls,
+            mask_s: MASKS[(bits + normalization) as usize],
+            mask_l: MASKS[(bits - normalization) as usize],
+        }
+    }
+
+    /// The next chunk, or `None` at the end of the input.
+    fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
+        let max = CHUNK_MAX as usize;
+        if self.len - self.pos < max && !self.eof {
+            // The window of one cut is CHUNK_MAX bytes (or the rest of the input): move the
+            // unconsumed tail to the front and read until the buffer is full or the input ends.
+            self.buffer.copy_within(self.pos..self.len, 0);
+            self.len -= self.pos;
+            self.pos = 0;
+            while self.len < self.buffer.len() {
+                match self.reader.read(&mut self.buffer[self.len..]) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
+                    }
+                    Ok(n) => self.len += n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        if self.pos == self.len {
+            return Ok(None);
+        }
+        let window = &self.buffer[self.pos..self.len.min(self.pos + max)];
+        let (_, count) = fastcdc::v2020::cut_gear(
+            window,
+            CHUNK_MIN as usize,
+            CHUNK_AVG as usize,
+            max,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        );
+        let start = self.pos;
+        self.pos += count;
+        Ok(Some(&self.buffer[start..self.pos]))
+    }
 }
 
 /// The manifest of `reader` without keeping the bytes.
@@ -92,27 +172,6 @@ pub fn manifest_of<R: Read>(reader: R) -> io::Result<Manifest> {
 /// BLAKE3 of one chunk.
 pub fn hash_chunk(bytes: &[u8]) -> ChunkHash {
     ChunkHash(*blake3::hash(bytes).as_bytes())
-}
-
-/// BLAKE3 of everything `reader` yields, and how many bytes that was.
-///
-/// # Errors
-/// Any error of the reader.
-pub fn hash_reader<R: Read>(mut reader: R) -> io::Result<(ContentHash, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((ContentHash(*hasher.finalize().as_bytes()), size))
 }
 
 #[cfg(test)]
@@ -139,7 +198,7 @@ mod tests {
         .unwrap();
         assert_eq!(joined, data);
         assert_eq!(manifest.size, data.len() as u64);
-        assert_eq!(manifest.hash, hash_reader(&data[..]).unwrap().0);
+        assert_eq!(manifest.hash, ContentHash::of_chunks(&manifest.chunks));
         assert!(
             manifest.chunks.len() > 2,
             "{} chunks",
@@ -177,9 +236,13 @@ mod tests {
             assert_eq!(manifest.size, len as u64);
             assert_eq!(
                 manifest.hash,
-                hash_reader(&data[..]).unwrap().0,
+                ContentHash::of_chunks(&manifest.chunks),
                 "len {len}"
             );
+            if manifest.chunks.len() == 1 {
+                // A one-chunk file's content hash is its BLAKE3.
+                assert_eq!(manifest.hash.0, *blake3::hash(&data).as_bytes());
+            }
             assert_eq!(
                 manifest
                     .chunks
@@ -196,6 +259,37 @@ mod tests {
             .unwrap();
             assert_eq!(joined, data, "len {len}");
         }
+    }
+
+    #[test]
+    fn cuts_where_the_fastcdc_stream_chunker_cuts() {
+        // Chunk boundaries are part of the protocol (equal content, equal chunks everywhere):
+        // the buffered cutter must agree with the crate's own streaming chunker, also when the
+        // reader hands out odd-sized pieces.
+        struct Dribble<'a>(&'a [u8]);
+        impl Read for Dribble<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(777_777);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut data = random_bytes(41 * 1024 * 1024 + 5, 3);
+        // A long run of zeros forces maximum-size chunks.
+        data[10 * 1024 * 1024..20 * 1024 * 1024].fill(0);
+        let expected: Vec<usize> =
+            fastcdc::v2020::StreamCDC::new(&data[..], CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
+                .map(|c| c.unwrap().length)
+                .collect();
+        let got: Vec<usize> = manifest_of(Dribble(&data))
+            .unwrap()
+            .chunks
+            .iter()
+            .map(|c| c.len as usize)
+            .collect();
+        assert_eq!(got, expected);
+        assert!(expected.contains(&(CHUNK_MAX as usize)));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! are durable; a path to be deleted locally is cleared from base, durably, before the file goes.
 //! A crash therefore leaves base at worst stale, and the planner is safe for a stale base.
 
+use crate::early_upload::EarlyUpload;
 use crate::fsutil::{rename_noreplace, safe_join};
 use crate::http::{ApiClient, ApiError};
 use crate::remote::RemoteTree;
@@ -18,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use syncstore_durable::Writeback;
 use syncstore_plan::{BaseNode, Blocked, LocalNode, Plan, PlanInput, PlanOp, RemoteNode};
 use syncstore_proto::{
     encode_frame_header, ChunkHash, ChunkRef, ContentHash, DeviceName, EntryKind, Op, OpResult,
@@ -30,6 +32,8 @@ const MAX_ROUNDS: usize = 32;
 const PACK_BYTES: usize = 8 * 1024 * 1024;
 /// Most bytes fetched in one download request.
 const DOWNLOAD_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes of a download written between two requests to start writeback.
+const WRITEBACK_BYTES: u64 = 8 * 1024 * 1024;
 /// Most files uploaded and committed as one group.
 const UPLOAD_GROUP: usize = 1000;
 /// Most ops in one `/ops` request.
@@ -69,6 +73,8 @@ pub struct Engine {
     notices: Vec<String>,
     /// Files checked for deletion whose base entry is already gone: path → stamp when checked.
     cleared_for_delete: HashMap<RelPath, Stamp>,
+    /// Starts the disk on downloaded bytes while the rest arrive.
+    writeback: Arc<Writeback>,
 }
 
 impl Engine {
@@ -88,10 +94,12 @@ impl Engine {
             }
         }
         let state = StateDb::open(&meta_dir)?;
+        let writeback = Arc::new(Writeback::new().context("could not start a writeback thread")?);
         let mut cache = HashCache::default();
         for (path, node) in &state.base {
             if let Some(hash) = node.hash {
-                cache.insert(path.clone(), Stamp::of_base(node), hash);
+                let chunks = state.base_chunks.get(path).map_or(&[][..], Vec::as_slice);
+                cache.insert(path.clone(), Stamp::of_base(node), hash, chunks);
             }
         }
         Ok(Engine {
@@ -105,6 +113,7 @@ impl Engine {
             retry_soon: false,
             notices: Vec::new(),
             cleared_for_delete: HashMap::new(),
+            writeback,
         })
     }
 
@@ -173,11 +182,14 @@ impl Engine {
         self.remote.as_ref().map(|r| r.cursor)
     }
 
-    fn scan(&mut self) -> Scan {
+    /// Scans the folder; with `early`, the chunks of large changed files are uploaded while it
+    /// runs (a pass does that; a preview for `status` never sends anything).
+    fn scan(&mut self, early: Option<&EarlyUpload>) -> Scan {
         let rules = IgnoreRules::load(&self.root);
         let root = self.root.clone();
         let cache = &mut self.cache;
-        let mut result = tokio::task::block_in_place(|| scan(&root, &rules, cache));
+        let mut sink = early.map(EarlyUpload::sink);
+        let mut result = tokio::task::block_in_place(|| scan(&root, &rules, cache, sink.as_mut()));
         if result.unsettled {
             self.retry_soon = true;
         }
@@ -343,7 +355,7 @@ impl Engine {
     /// When the server cannot be reached.
     pub async fn preview(&mut self) -> anyhow::Result<Preview> {
         self.refresh_remote().await?;
-        let scan = self.scan();
+        let scan = self.scan(None);
         let remote_view = self.remote.as_ref().expect("connected").plan_view();
         let plan = self.make_plan(&scan, &remote_view);
         Ok(Preview {
@@ -366,7 +378,9 @@ impl Engine {
         for _round in 0..MAX_ROUNDS {
             self.refresh_remote().await?;
             self.check_my_locks();
-            let scan = self.scan();
+            let early = EarlyUpload::start(Arc::clone(&self.api));
+            let scan = self.scan(Some(&early));
+            early.finish().await;
             let remote_view = self.remote.as_ref().expect("connected").plan_view();
             let plan = self.make_plan(&scan, &remote_view);
             report.blocked = plan.blocked.clone();
@@ -630,7 +644,8 @@ impl Engine {
             manifest: syncstore_chunk::Manifest,
             stamp: Stamp,
         }
-        // 1. Chunk every file, checking it did not change while being read.
+        // 1. The chunks of every file: as the scan found them if the file is unchanged since,
+        // else chunked again (checking it did not change while being read).
         let root = self.root.clone();
         let mut prepared = Vec::new();
         for op in run {
@@ -638,9 +653,13 @@ impl Engine {
                 unreachable!("only uploads are batched here")
             };
             let full = safe_join(&root, &path)?;
+            let cache = &self.cache;
             let result = tokio::task::block_in_place(
                 || -> anyhow::Result<Option<(syncstore_chunk::Manifest, Stamp)>> {
                     let before = stamp_of(&full)?;
+                    if let Some(manifest) = cache.manifest(&path, before) {
+                        return Ok((manifest.hash == hash).then_some((manifest, before)));
+                    }
                     let file = std::fs::File::open(&full)?;
                     let manifest = syncstore_chunk::manifest_of(&file)?;
                     let after = stamp_of(&full)?;
@@ -682,7 +701,9 @@ impl Engine {
         for batch in all.chunks(20_000) {
             missing.extend(self.api.missing_chunks(batch.to_vec()).await?);
         }
-        // 3. Send the missing chunks in packs, reading each from its file again and checking it.
+        // 3. Send the missing chunks in packs, reading each from its file again. A file that
+        // changed since it was chunked is caught by its stamp after the read, or else by the
+        // server, which stores no chunk whose bytes do not hash to its name.
         let mut failed: HashSet<usize> = HashSet::new();
         let mut pack = Vec::with_capacity(PACK_BYTES + syncstore_proto::CHUNK_MAX as usize);
         let mut in_flight: tokio::task::JoinSet<Result<(), ApiError>> = tokio::task::JoinSet::new();
@@ -717,6 +738,9 @@ impl Engine {
                     }
                 }
                 offset += u64::from(chunk.len);
+            }
+            if stamp_of(&item.full).ok() != Some(item.stamp) {
+                failed.insert(file_idx);
             }
         }
         if !pack.is_empty() {
@@ -862,8 +886,9 @@ impl Engine {
             Some(self.api.download_pack(fetch).await?)
         };
         let tmp_dir = self.tmp_dir.clone();
+        let writeback = Arc::clone(&self.writeback);
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<WrittenFile>> {
-            let written = write_temp_files(jobs, stream, &tmp_dir)?;
+            let written = write_temp_files(jobs, stream, &tmp_dir, &writeback)?;
             // Every temp file's bytes are durable before any is renamed into place.
             let temps: Vec<&Path> = written.iter().map(|w| &*w.temp as &Path).collect();
             crate::fsutil::make_durable(&tmp_dir, &temps, &[])?;
@@ -934,7 +959,8 @@ impl Engine {
         }
         let stamp = stamp_of(&full)?;
         let hash = job.entry.hash.expect("downloads are files");
-        self.cache.insert(job.path.clone(), stamp, hash);
+        self.cache
+            .insert(job.path.clone(), stamp, hash, &job.entry.chunks);
         let node = BaseNode {
             kind: EntryKind::File,
             hash: Some(hash),
@@ -1006,8 +1032,8 @@ impl Engine {
         }
         let file = std::fs::File::open(full)
             .with_context(|| format!("could not open {}", full.display()))?;
-        let (hash, _) = syncstore_chunk::hash_reader(&file)?;
-        Ok(hash == expected && stamp_of(full)? == stamp)
+        let manifest = syncstore_chunk::manifest_of(&file)?;
+        Ok(manifest.hash == expected && stamp_of(full)? == stamp)
     }
 
     fn execute_local(&mut self, op: &PlanOp) -> anyhow::Result<bool> {
@@ -1189,13 +1215,16 @@ struct WrittenFile {
 
 /// Writes every job's content to a temp file: reused chunks from the local file, the rest from
 /// the frame stream (each chunk arrives once; later uses copy it from where it was written).
-/// Files whose content fails verification are dropped (and retried by the next pass).
+/// Files whose content fails verification are dropped (and retried by the next pass). Every
+/// [`WRITEBACK_BYTES`] written are handed to `writeback`, so the disk works while the rest
+/// arrive and the fsync before the rename has little left to do.
 fn write_temp_files(
     jobs: Vec<DownloadJob>,
     stream: Option<
         impl futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + Unpin + 'static,
     >,
     tmp_dir: &Path,
+    writeback: &Writeback,
 ) -> anyhow::Result<Vec<WrittenFile>> {
     use futures::TryStreamExt;
     use std::io::{Read, Write};
@@ -1219,8 +1248,8 @@ fn write_temp_files(
         } else {
             std::fs::File::open(&job.full).ok()
         };
-        let mut hasher = blake3::Hasher::new();
         let mut offset = 0u64;
+        let mut flushed = 0u64;
         let mut ok = true;
         for chunk in &job.entry.chunks {
             buf.resize(chunk.len as usize, 0);
@@ -1256,11 +1285,18 @@ fn write_temp_files(
                 // Keep the stream aligned: frames of this file still have to be consumed.
                 continue;
             }
-            hasher.update(&buf);
             temp.write_all(&buf).context("could not write temp file")?;
             offset += u64::from(chunk.len);
+            if offset - flushed >= WRITEBACK_BYTES {
+                if let Ok(file) = temp.as_file().try_clone() {
+                    writeback.start(file, flushed, offset - flushed);
+                }
+                flushed = offset;
+            }
         }
-        if !ok || Some(ContentHash(*hasher.finalize().as_bytes())) != job.entry.hash {
+        // Every chunk verified, in the order of the entry's list: the content is the entry's if
+        // that list gives its hash (the server checked that too).
+        if !ok || Some(ContentHash::of_chunks(&job.entry.chunks)) != job.entry.hash {
             tracing::warn!(path = %job.path, "downloaded content did not verify; will retry");
             continue;
         }
@@ -1274,8 +1310,8 @@ fn write_temp_files(
     Ok(out)
 }
 
-/// Appends the frame of `chunk` (read from `file` at `offset`) to `pack`; false if the bytes no
-/// longer match (the file changed).
+/// Appends the frame of `chunk` (read from `file` at `offset`) to `pack`; false if the file is
+/// too short for it now. The bytes are not hashed again here: the server checks every chunk.
 fn read_chunk_into(
     file: &std::fs::File,
     offset: u64,
@@ -1286,9 +1322,7 @@ fn read_chunk_into(
     pack.extend_from_slice(&encode_frame_header(&chunk.hash, chunk.len));
     let data_start = pack.len();
     pack.resize(data_start + chunk.len as usize, 0);
-    if file.read_exact_at(&mut pack[data_start..], offset).is_err()
-        || syncstore_chunk::hash_chunk(&pack[data_start..]) != chunk.hash
-    {
+    if file.read_exact_at(&mut pack[data_start..], offset).is_err() {
         pack.truncate(start);
         return false;
     }

@@ -2,7 +2,8 @@
 //!
 //! Layout: [`engine`] is one sync pass (refresh remote, scan, plan with `syncstore-plan`, apply);
 //! [`daemon`] runs passes when the watcher, the long poll, the rescan timer or a retry says so;
-//! [`scan`] walks the folder; [`state`] persists the base tree in `.syncstore/`; [`remote`] keeps
+//! [`scan`] walks the folder (handing the chunks of large files to [`early_upload`] as it cuts
+//! them); [`state`] persists the base tree in `.syncstore/`; [`remote`] keeps
 //! the server's tree; [`http`] talks to the API with failover; [`config`] is the saved settings.
 //!
 //! Architecture Invariant: the client never decides what to do itself; it asks the pure
@@ -10,6 +11,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod early_upload;
 pub mod engine;
 pub mod fsutil;
 pub mod http;

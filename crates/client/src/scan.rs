@@ -1,16 +1,18 @@
 //! Scanning the folder into the local tree.
 //!
-//! A full walk that stats every entry and re-hashes a file only when its size, mtime or inode
-//! differ from what was last hashed (the rescan rule of the original design). Symlinks are never
+//! A full walk that stats every entry and re-chunks a file only when its size, mtime or inode
+//! differ from what was last chunked (the rescan rule of the original design). Symlinks are never
 //! followed; they, special files, unreadable files and names that are not valid UTF-8 or not
 //! valid [`RelPath`]s are reported as skipped, never as deleted.
 
+use crate::early_upload::{ChunkSink, EARLY_UPLOAD_MIN_BYTES};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use syncstore_chunk::Manifest;
 use syncstore_plan::LocalNode;
-use syncstore_proto::{ContentHash, EntryKind, RelPath, META_DIR};
+use syncstore_proto::{ChunkHash, ChunkRef, ContentHash, EntryKind, RelPath, META_DIR};
 
 /// Patterns ignored in every folder: editor swap and lock files, temp files.
 pub const DEFAULT_IGNORES: &[&str] = &["*.swp", "~$*", ".#*", "*.tmp"];
@@ -57,10 +59,21 @@ pub struct Stamp {
     pub inode: u64,
 }
 
-/// Hashes computed by earlier scans, keyed by path and valid while the stamp matches.
+/// Content hashes and chunk lists computed by earlier scans (or known from base), keyed by path
+/// and valid while the stamp matches: an upload of a file the scan just chunked reads it once
+/// more to send the chunks, never to chunk it again.
 #[derive(Default)]
 pub struct HashCache {
-    entries: HashMap<RelPath, (Stamp, ContentHash)>,
+    entries: HashMap<RelPath, Cached>,
+}
+
+/// What [`HashCache`] knows of one file.
+struct Cached {
+    stamp: Stamp,
+    hash: ContentHash,
+    /// The chunk list of a file of two chunks or more; empty for an empty or one-chunk file,
+    /// whose list follows from its hash and size.
+    chunks: Vec<ChunkRef>,
 }
 
 impl Stamp {
@@ -75,15 +88,50 @@ impl Stamp {
 }
 
 impl HashCache {
-    /// Remembers the hash of `path` at `stamp`.
-    pub fn insert(&mut self, path: RelPath, stamp: Stamp, hash: ContentHash) {
-        self.entries.insert(path, (stamp, hash));
+    /// Remembers the content of `path` at `stamp`: its hash and chunks.
+    pub fn insert(&mut self, path: RelPath, stamp: Stamp, hash: ContentHash, chunks: &[ChunkRef]) {
+        let chunks = if chunks.len() > 1 {
+            chunks.to_vec()
+        } else {
+            Vec::new()
+        };
+        self.entries.insert(
+            path,
+            Cached {
+                stamp,
+                hash,
+                chunks,
+            },
+        );
     }
+
     fn get(&self, path: &RelPath, stamp: Stamp) -> Option<ContentHash> {
         self.entries
             .get(path)
-            .filter(|(s, _)| *s == stamp)
-            .map(|(_, h)| *h)
+            .filter(|cached| cached.stamp == stamp)
+            .map(|cached| cached.hash)
+    }
+
+    /// The manifest of `path` if it was computed at `stamp`.
+    pub fn manifest(&self, path: &RelPath, stamp: Stamp) -> Option<Manifest> {
+        let cached = self.entries.get(path).filter(|c| c.stamp == stamp)?;
+        let chunks = if !cached.chunks.is_empty() {
+            cached.chunks.clone()
+        } else if stamp.size == 0 {
+            Vec::new()
+        } else {
+            vec![ChunkRef {
+                hash: ChunkHash(cached.hash.0),
+                len: u32::try_from(stamp.size).ok()?,
+            }]
+        };
+        // A cached list that does not give the cached hash is not used (and cannot be: the
+        // server checks the two against each other).
+        (ContentHash::of_chunks(&chunks) == cached.hash).then_some(Manifest {
+            hash: cached.hash,
+            size: stamp.size,
+            chunks,
+        })
     }
 }
 
@@ -106,8 +154,14 @@ pub struct Scan {
     pub unsettled: bool,
 }
 
-/// Walks `root`, hashing what changed.
-pub fn scan(root: &Path, rules: &IgnoreRules, cache: &mut HashCache) -> Scan {
+/// Walks `root`, chunking what changed; the chunks of large files also go to `sink` as they
+/// are cut (see [`crate::early_upload`]).
+pub fn scan(
+    root: &Path,
+    rules: &IgnoreRules,
+    cache: &mut HashCache,
+    mut sink: Option<&mut ChunkSink>,
+) -> Scan {
     let mut out = Scan::default();
     match std::fs::metadata(root) {
         Ok(meta) if meta.is_dir() => {}
@@ -118,12 +172,15 @@ pub fn scan(root: &Path, rules: &IgnoreRules, cache: &mut HashCache) -> Scan {
     }
     out.root_ok = true;
     let mut seen = HashMap::new();
-    walk(root, root, None, rules, cache, &mut out, &mut seen);
+    walk(
+        root, root, None, rules, cache, &mut out, &mut seen, &mut sink,
+    );
     // Forget cached hashes of paths no longer there.
     cache.entries.retain(|path, _| out.local.contains_key(path));
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn walk(
     root: &Path,
     dir: &Path,
@@ -132,6 +189,7 @@ fn walk(
     cache: &mut HashCache,
     out: &mut Scan,
     seen: &mut HashMap<u64, ()>,
+    sink: &mut Option<&mut ChunkSink>,
 ) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -232,15 +290,15 @@ fn walk(
                     inode: stamp.inode,
                 },
             );
-            walk(root, &full, Some(&rel), rules, cache, out, seen);
+            walk(root, &full, Some(&rel), rules, cache, out, seen, sink);
             continue;
         }
         let hash = match cache.get(&rel, stamp) {
             Some(hash) => hash,
-            None => match hash_file(&full, stamp) {
-                Ok(hash) => {
-                    cache.insert(rel.clone(), stamp, hash);
-                    hash
+            None => match hash_file(&full, stamp, sink.as_deref_mut()) {
+                Ok(manifest) => {
+                    cache.insert(rel.clone(), stamp, manifest.hash, &manifest.chunks);
+                    manifest.hash
                 }
                 Err(failure) => {
                     let reason = match failure {
@@ -272,20 +330,36 @@ fn walk(
     }
 }
 
-/// Hashes the file at `full`, failing when it changed while being read.
-fn hash_file(full: &Path, stamp: Stamp) -> Result<ContentHash, HashFailure> {
+/// Chunks and hashes the file at `full`, failing when it changed while being read; a large
+/// file's chunks also go to `sink`.
+fn hash_file(
+    full: &Path,
+    stamp: Stamp,
+    sink: Option<&mut ChunkSink>,
+) -> Result<Manifest, HashFailure> {
     let unreadable =
         |err: std::io::Error| HashFailure::Unreadable(format!("could not read: {err}"));
     let file = std::fs::File::open(full).map_err(unreadable)?;
-    let (hash, size) = syncstore_chunk::hash_reader(&file).map_err(unreadable)?;
+    let manifest = match sink {
+        Some(sink) if stamp.size >= EARLY_UPLOAD_MIN_BYTES => {
+            let mut offset = 0u64;
+            syncstore_chunk::chunk_reader(&file, |chunk, _| {
+                sink.chunk(full, offset, chunk);
+                offset += u64::from(chunk.len);
+                Ok(())
+            })
+        }
+        _ => syncstore_chunk::manifest_of(&file),
+    }
+    .map_err(unreadable)?;
     let after = file.metadata().map_err(unreadable)?;
-    if size != stamp.size
+    if manifest.size != stamp.size
         || after.len() != stamp.size
         || crate::fsutil::mtime_ns(&after) != stamp.mtime_ns
     {
         return Err(HashFailure::Changed);
     }
-    Ok(hash)
+    Ok(manifest)
 }
 
 /// Why a file could not be hashed this scan.

@@ -51,7 +51,7 @@ pub struct RemoteEntry {
     pub size: u64,
     /// Modification time the uploading device reported, milliseconds since the Unix epoch.
     pub mtime_ms: i64,
-    /// BLAKE3 of the content; `None` for directories.
+    /// The content hash ([`ContentHash::of_chunks`] of `chunks`); `None` for directories.
     pub hash: Option<ContentHash>,
     /// The content, in order; empty for directories and empty files.
     #[serde(default)]

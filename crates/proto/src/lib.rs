@@ -93,9 +93,14 @@ hash_newtype!(
     ChunkHash
 );
 hash_newtype!(
-    /// BLAKE3 of a whole file's bytes: what the planner compares to tell changed from unchanged.
+    /// The identity of a file's content: what the planner compares to tell changed from
+    /// unchanged. Defined by the file's chunks ([`ContentHash::of_chunks`]), so it costs no pass
+    /// over the bytes beyond the chunking, and the server can check it against the chunk list.
     ContentHash
 );
+
+/// Domain of the BLAKE3 key derivation for [`ContentHash::of_chunks`] of several chunks.
+const CHUNK_LIST_CONTEXT: &str = "syncstore 2026-11-25 content hash of a chunk list";
 
 impl ContentHash {
     /// The content hash of the empty file.
@@ -103,6 +108,25 @@ impl ContentHash {
         // BLAKE3 of zero bytes.
         Self::from_hex("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
             .expect("constant is valid hex")
+    }
+
+    /// The content hash of a file made of `chunks`, in order: BLAKE3 of the bytes for an empty
+    /// or one-chunk file (so for most files it equals `b3sum`), and for more chunks a BLAKE3
+    /// derived key over each chunk's hash and length. Chunk boundaries depend only on the
+    /// bytes, so equal content always gives the equal hash.
+    pub fn of_chunks(chunks: &[ChunkRef]) -> Self {
+        match chunks {
+            [] => Self::of_empty(),
+            [one] => ContentHash(one.hash.0),
+            many => {
+                let mut hasher = blake3::Hasher::new_derive_key(CHUNK_LIST_CONTEXT);
+                for chunk in many {
+                    hasher.update(&chunk.hash.0);
+                    hasher.update(&chunk.len.to_le_bytes());
+                }
+                ContentHash(*hasher.finalize().as_bytes())
+            }
+        }
     }
 }
 
@@ -138,5 +162,31 @@ impl Revision {
     /// The cursor at which this revision was written (they share one counter).
     pub fn as_cursor(self) -> Cursor {
         Cursor(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(byte: u8, len: u32) -> ChunkRef {
+        ChunkRef {
+            hash: ChunkHash([byte; 32]),
+            len,
+        }
+    }
+
+    #[test]
+    fn content_hash_of_chunks() {
+        assert_eq!(ContentHash::of_chunks(&[]), ContentHash::of_empty());
+        // One chunk: the file's BLAKE3, which is the chunk's hash.
+        assert_eq!(ContentHash::of_chunks(&[chunk(7, 10)]).0, [7; 32]);
+        let two = ContentHash::of_chunks(&[chunk(1, 10), chunk(2, 10)]);
+        assert_ne!(two.0, [1; 32]);
+        assert_ne!(two.0, [2; 32]);
+        // Order and lengths are part of the identity.
+        assert_ne!(two, ContentHash::of_chunks(&[chunk(2, 10), chunk(1, 10)]));
+        assert_ne!(two, ContentHash::of_chunks(&[chunk(1, 11), chunk(2, 10)]));
+        assert_eq!(two, ContentHash::of_chunks(&[chunk(1, 10), chunk(2, 10)]));
     }
 }

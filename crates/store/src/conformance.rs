@@ -316,7 +316,25 @@ pub async fn conditional_writes(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
         hash: content_hash(b"never uploaded"),
         chunks: vec![unknown],
     };
-    for op in [wrong_size, missing_chunk] {
+    // A content hash that is not the one its chunks give: 400, also for a file of two stored
+    // chunks whose hash is the BLAKE3 of its bytes (only a one-chunk file's is).
+    let mut wrong_hash = put_op("g", Precondition::MustNotExist, &content);
+    if let Op::PutFile { hash, .. } = &mut wrong_hash {
+        *hash = content_hash(b"something else");
+    }
+    store_chunk(chunks, &user, b"first part").await;
+    store_chunk(chunks, &user, b"second part").await;
+    let two_chunks = vec![chunk_ref(b"first part"), chunk_ref(b"second part")];
+    let two_chunk_op = |hash| Op::PutFile {
+        path: path("two"),
+        base: Precondition::MustNotExist,
+        size: 21,
+        mtime_ms: 0,
+        hash,
+        chunks: two_chunks.clone(),
+    };
+    let two_chunks_bytes_hash = two_chunk_op(content_hash(b"first partsecond part"));
+    for op in [wrong_size, missing_chunk, wrong_hash, two_chunks_bytes_hash] {
         let outcome = apply_one(meta, chunks, &user, op.clone()).await;
         assert!(
             matches!(outcome, OpOutcome::Invalid(_)),
@@ -401,6 +419,16 @@ pub async fn conditional_writes(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     }
     .into_wire();
     assert_eq!((wire.status, wire.entries.len()), (409, 1));
+
+    // The same two chunks with the hash they give are a valid file.
+    let outcome = apply_one(
+        meta,
+        chunks,
+        &user,
+        two_chunk_op(ContentHash::of_chunks(&two_chunks)),
+    )
+    .await;
+    assert!(matches!(outcome, OpOutcome::Applied(_)), "{outcome:?}");
 }
 
 /// Missing parent directories are created, outermost first, each with its own journal row.

@@ -3,28 +3,60 @@
 //! Layout: `ROOT/<user id>/<first 2 hex digits>/<64 hex digits>`. Chunks are per user, so a user
 //! can never read another user's chunk by guessing its hash.
 //!
-//! A chunk is written atomically: verified against its hash, written to a temp file in the
-//! target directory, made durable, renamed into place, and the rename made durable. One chunk
-//! (and a small batch, chunk by chunk) does that with `sync_all` on the file and an fsync of its
-//! directory; a larger batch with two `syncfs` calls for all its chunks (see
-//! `write_chunk_batch`). Either way a chunk file holds exactly the bytes of its name or does
-//! not exist, and it is durable before any metadata commit can name it.
+//! An uploaded chunk is verified against its hash and written to a temp file in its target
+//! directory, with writeback started by a background thread but not waited for: it is *staged*. A staged chunk
+//! is readable and counts as stored, but it lives only in this process's registry and under a
+//! temp name. [`ChunkStore::make_durable`], which runs before any metadata commit can name a
+//! chunk, makes the staged chunks durable (fsync or `syncfs`), renames them into place and makes
+//! the renames durable. So uploads run at the speed of the network while the disk catches up in
+//! the background, and the sync is paid once per commit instead of once per upload request.
+//!
+//! Invariant: a file under a chunk's name holds exactly the bytes of that name, durably. A
+//! staged chunk that a crash loses (its temp file is removed at the next open) was never
+//! named by a commit, and after the restart `missing` reports it missing again, so the client
+//! uploads it again.
 
 use crate::{ChunkStore, StoreError, UserId};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use syncstore_durable::Writeback;
 use syncstore_proto::{ChunkHash, MAX_CHUNK_LEN};
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 
 /// A [`ChunkStore`] in a directory of the local filesystem.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FsChunkStore {
     root: PathBuf,
+    staged: Arc<Staged>,
+    writeback: Arc<Writeback>,
 }
+
+/// Chunks written but not yet durable under their names.
+#[derive(Debug, Default)]
+struct Staged {
+    /// (user, hash) → the chunk's temp file, beside its final path.
+    chunks: Mutex<HashMap<(UserId, ChunkHash), StagedChunk>>,
+    /// Held while staged chunks are made durable, so two commits never rename the same file.
+    settling: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct StagedChunk {
+    temp: TempPath,
+    path: PathBuf,
+    len: usize,
+}
+
+/// Staged bytes past which an upload makes everything staged durable itself (bounds the work
+/// left for one commit and the temp files a crash can lose).
+const STAGED_LIMIT_BYTES: usize = 1024 * 1024 * 1024;
+/// Staged chunks past which an upload makes everything staged durable itself.
+const STAGED_LIMIT_CHUNKS: usize = 50_000;
 
 impl FsChunkStore {
     /// Opens the chunk directory `root`, creating it if needed.
@@ -37,11 +69,18 @@ impl FsChunkStore {
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&created).map_err(|source| {
                 io_error(format!("could not create {}", created.display()), source)
-            })
+            })?;
+            remove_leftovers(&created)
         })
         .await
         .map_err(|err| StoreError::Worker(err.to_string()))??;
-        Ok(FsChunkStore { root })
+        let writeback = Writeback::new()
+            .map_err(|source| io_error("could not start the writeback thread".into(), source))?;
+        Ok(FsChunkStore {
+            root,
+            staged: Arc::default(),
+            writeback: Arc::new(writeback),
+        })
     }
 
     fn user_dir(&self, user_id: UserId) -> PathBuf {
@@ -58,12 +97,7 @@ impl FsChunkStore {
 impl ChunkStore for FsChunkStore {
     #[tracing::instrument(skip(self, bytes), fields(len = bytes.len()))]
     async fn put(&self, user_id: UserId, hash: &ChunkHash, bytes: Bytes) -> Result<(), StoreError> {
-        let hash = *hash;
-        let user_dir = self.user_dir(user_id);
-        let path = self.chunk_path(user_id, &hash);
-        tokio::task::spawn_blocking(move || write_chunk(&user_dir, &path, &hash, &bytes))
-            .await
-            .map_err(|err| StoreError::Worker(err.to_string()))?
+        self.put_batch(user_id, vec![(*hash, bytes)]).await
     }
 
     #[tracing::instrument(skip_all, fields(n_chunks = chunks.len()))]
@@ -72,27 +106,41 @@ impl ChunkStore for FsChunkStore {
         user_id: UserId,
         chunks: Vec<(ChunkHash, Bytes)>,
     ) -> Result<(), StoreError> {
-        let root = self.root.clone();
-        let user_dir = self.user_dir(user_id);
-        let chunks: Vec<(PathBuf, ChunkHash, Bytes)> = chunks
-            .into_iter()
-            .map(|(hash, bytes)| (self.chunk_path(user_id, &hash), hash, bytes))
-            .collect();
+        let store = self.clone();
         tokio::task::spawn_blocking(move || {
-            // A few chunks are cheaper with their own fsyncs than with a sync of the whole
-            // filesystem, which also waits for unrelated dirty data (it set the latency of a
-            // one-file edit); many chunks are far cheaper with two syncs in all.
-            let total_bytes: usize = chunks.iter().map(|(_, _, bytes)| bytes.len()).sum();
-            if chunks.len() <= SMALL_BATCH && total_bytes <= SMALL_BATCH_BYTES {
-                chunks
-                    .iter()
-                    .try_for_each(|(path, hash, bytes)| write_chunk(&user_dir, path, hash, bytes))
-            } else {
-                write_chunk_batch(&root, &user_dir, chunks)
+            for (hash, bytes) in chunks {
+                store.stage(user_id, hash, &bytes)?;
             }
+            let (n, bytes) = store.staged_size();
+            if n > STAGED_LIMIT_CHUNKS || bytes > STAGED_LIMIT_BYTES {
+                store.settle_all()?;
+            }
+            Ok(())
         })
         .await
         .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    #[tracing::instrument(skip_all, fields(n_hashes = hashes.len()))]
+    async fn make_durable(
+        &self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        let missing = self.missing(user_id, hashes).await?;
+        let wanted = {
+            let staged = self.staged.chunks.lock().expect("staged registry");
+            hashes
+                .iter()
+                .any(|hash| staged.contains_key(&(user_id, *hash)))
+        };
+        if wanted {
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || store.settle_all())
+                .await
+                .map_err(|err| StoreError::Worker(err.to_string()))??;
+        }
+        Ok(missing)
     }
 
     async fn missing(
@@ -106,9 +154,18 @@ impl ChunkStore for FsChunkStore {
             .filter(|hash| seen.insert(**hash))
             .map(|hash| (*hash, self.chunk_path(user_id, hash)))
             .collect();
+        let staged = Arc::clone(&self.staged);
         tokio::task::spawn_blocking(move || {
             let mut missing = Vec::new();
             for (hash, path) in candidates {
+                if staged
+                    .chunks
+                    .lock()
+                    .expect("staged registry")
+                    .contains_key(&(user_id, hash))
+                {
+                    continue;
+                }
                 let exists = path.try_exists().map_err(|source| {
                     io_error(format!("could not check {}", path.display()), source)
                 })?;
@@ -125,8 +182,20 @@ impl ChunkStore for FsChunkStore {
     async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError> {
         let hash = *hash;
         let path = self.chunk_path(user_id, &hash);
+        let staged = Arc::clone(&self.staged);
         tokio::task::spawn_blocking(move || {
-            let bytes = match std::fs::read(&path) {
+            let temp = staged
+                .chunks
+                .lock()
+                .expect("staged registry")
+                .get(&(user_id, hash))
+                .map(|chunk| chunk.temp.to_path_buf());
+            // A staged chunk may be renamed into place between the lookup and the read.
+            let read = match temp {
+                Some(temp) => std::fs::read(&temp).or_else(|_| std::fs::read(&path)),
+                None => std::fs::read(&path),
+            };
+            let bytes = match read {
                 Ok(bytes) => bytes,
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     return Err(StoreError::NotFound(format!("chunk {hash}")));
@@ -154,149 +223,257 @@ impl ChunkStore for FsChunkStore {
     }
 }
 
-/// Batches of at most this many chunks and [`SMALL_BATCH_BYTES`] are made durable chunk by
-/// chunk (fsync of the file and its directory); larger ones with [`write_chunk_batch`]. Eight
-/// 1 MiB chunks of a large file took 16 fsyncs per 8 MiB pack that way (W2: 14.6 s per GiB).
+/// At most this many staged chunks of at most [`SMALL_BATCH_BYTES`] in all are made durable
+/// chunk by chunk (fsync of each file and of its directory); more with two `syncfs` calls in
+/// all. A few fsyncs are cheaper than a sync of the whole filesystem, which also waits for
+/// unrelated dirty data (it set the latency of a one-file edit); many chunks are far cheaper
+/// with two syncs (eight 1 MiB chunks took 16 fsyncs per 8 MiB that way: 14.6 s per GiB).
 const SMALL_BATCH: usize = 8;
 /// See [`SMALL_BATCH`].
 const SMALL_BATCH_BYTES: usize = 512 * 1024;
 
-/// Writes a batch of chunks with two filesystem syncs in all: every chunk goes to a temp file
-/// in its final directory unsynced, one `syncfs` makes their bytes durable, they are renamed
-/// into place, and a second `syncfs` makes the names durable. Same guarantee as
-/// [`write_chunk`] per chunk, at a fraction of the cost for many small chunks.
-fn write_chunk_batch(
-    root: &Path,
-    user_dir: &Path,
-    chunks: Vec<(PathBuf, ChunkHash, Bytes)>,
-) -> Result<(), StoreError> {
-    let mut pending = Vec::new();
-    for (path, hash, bytes) in chunks {
-        if let Some((temp, _)) = stage_chunk(user_dir, &path, &hash, &bytes)? {
-            pending.push((temp, path));
+impl FsChunkStore {
+    /// Checks a chunk and writes it to a temp file beside its final path, starting writeback;
+    /// registers it as staged. Nothing to do when the chunk is stored or staged already.
+    fn stage(&self, user_id: UserId, hash: ChunkHash, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.len() > MAX_CHUNK_LEN as usize {
+            return Err(StoreError::ChunkTooLarge { len: bytes.len() });
         }
-    }
-    if pending.is_empty() {
-        return Ok(());
-    }
-    sync_filesystem(root)?;
-    for (temp, path) in pending {
-        temp.persist(&path).map_err(|err| {
+        let actual = ChunkHash(*blake3::hash(bytes).as_bytes());
+        if actual != hash {
+            return Err(StoreError::HashMismatch {
+                claimed: hash,
+                actual,
+            });
+        }
+        let key = (user_id, hash);
+        if self
+            .staged
+            .chunks
+            .lock()
+            .expect("staged registry")
+            .contains_key(&key)
+        {
+            return Ok(());
+        }
+        let path = self.chunk_path(user_id, &hash);
+        if path
+            .try_exists()
+            .map_err(|source| io_error(format!("could not check {}", path.display()), source))?
+        {
+            return Ok(());
+        }
+        let dir = path.parent().expect("a chunk path has a parent");
+        let user_dir = self.user_dir(user_id);
+        ensure_user_dir(&self.root, &user_dir)?;
+        // A user directory made before fan-out directories were made up front may lack one.
+        if !dir.is_dir() {
+            match std::fs::create_dir(dir) {
+                Ok(()) => sync_dir(&user_dir)?,
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(io_error(
+                        format!("could not create {}", dir.display()),
+                        source,
+                    ))
+                }
+            }
+        }
+        let mut temp = NamedTempFile::new_in(dir).map_err(|source| {
             io_error(
-                format!("could not rename a temp file to {}", path.display()),
-                err.error,
+                format!("could not create a temp file in {}", dir.display()),
+                source,
             )
         })?;
+        temp.write_all(bytes).map_err(|source| {
+            io_error(format!("could not write {}", temp.path().display()), source)
+        })?;
+        if let Ok(file) = temp.as_file().try_clone() {
+            self.writeback.start(file, 0, 0);
+        }
+        let staged = StagedChunk {
+            temp: temp.into_temp_path(),
+            path,
+            len: bytes.len(),
+        };
+        // A concurrent upload of the same chunk may have staged it meanwhile: keep one.
+        self.staged
+            .chunks
+            .lock()
+            .expect("staged registry")
+            .entry(key)
+            .or_insert(staged);
+        Ok(())
     }
-    sync_filesystem(root)
+
+    /// How many chunks are staged, and their bytes.
+    fn staged_size(&self) -> (usize, usize) {
+        let staged = self.staged.chunks.lock().expect("staged registry");
+        (staged.len(), staged.values().map(|chunk| chunk.len).sum())
+    }
+
+    /// Makes every chunk staged so far durable under its name: data synced, renamed into
+    /// place, renames synced; then drops them from the registry.
+    fn settle_all(&self) -> Result<(), StoreError> {
+        let _settling = self.staged.settling.lock().expect("settling lock");
+        let batch: Vec<((UserId, ChunkHash), PathBuf, PathBuf, usize)> = self
+            .staged
+            .chunks
+            .lock()
+            .expect("staged registry")
+            .iter()
+            .map(|(key, chunk)| {
+                (
+                    *key,
+                    chunk.temp.to_path_buf(),
+                    chunk.path.clone(),
+                    chunk.len,
+                )
+            })
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let total_bytes: usize = batch.iter().map(|(_, _, _, len)| len).sum();
+        let few = batch.len() <= SMALL_BATCH && total_bytes <= SMALL_BATCH_BYTES;
+        if few {
+            for (_, temp, _, _) in &batch {
+                File::open(temp)
+                    .and_then(|file| file.sync_all())
+                    .map_err(|source| {
+                        io_error(format!("could not sync {}", temp.display()), source)
+                    })?;
+            }
+        } else {
+            sync_filesystem(&self.root)?;
+        }
+        let mut dirs = Vec::new();
+        for (_, temp, path, _) in &batch {
+            match std::fs::rename(temp, path) {
+                Ok(()) => {}
+                // Renamed by an earlier settle that failed before it could unregister it.
+                Err(err) if err.kind() == io::ErrorKind::NotFound && path.exists() => {}
+                Err(source) => {
+                    return Err(io_error(
+                        format!("could not rename a temp file to {}", path.display()),
+                        source,
+                    ))
+                }
+            }
+            if let Some(dir) = path.parent() {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+        if few {
+            for dir in dirs {
+                sync_dir(dir)?;
+            }
+        } else {
+            sync_filesystem(&self.root)?;
+        }
+        let mut staged = self.staged.chunks.lock().expect("staged registry");
+        for (key, _, _, _) in &batch {
+            if let Some(chunk) = staged.remove(key) {
+                // Renamed already: nothing for the temp path to delete.
+                let _ = chunk.temp.keep();
+            }
+        }
+        Ok(())
+    }
 }
 
-/// `syncfs(2)`: flushes every dirty page and the journal of the filesystem holding `root`.
+/// `syncfs(2)` of the filesystem holding `root`.
 fn sync_filesystem(root: &Path) -> Result<(), StoreError> {
-    use std::os::fd::AsRawFd;
-    let dir = File::open(root)
-        .map_err(|source| io_error(format!("could not open {}", root.display()), source))?;
-    // SAFETY: the descriptor is open for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io_error(
+    syncstore_durable::sync_filesystem(root).map_err(|source| {
+        io_error(
             format!("could not sync the filesystem of {}", root.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
-}
-
-/// Writes one chunk durably: `sync_all` on its temp file, rename, fsync of its directory.
-fn write_chunk(
-    user_dir: &Path,
-    path: &Path,
-    hash: &ChunkHash,
-    bytes: &[u8],
-) -> Result<(), StoreError> {
-    let Some((temp, dir)) = stage_chunk(user_dir, path, hash, bytes)? else {
-        return Ok(());
-    };
-    temp.as_file()
-        .sync_all()
-        .map_err(|source| io_error(format!("could not sync {}", temp.path().display()), source))?;
-    temp.persist(path).map_err(|err| {
-        io_error(
-            format!("could not rename a temp file to {}", path.display()),
-            err.error,
-        )
-    })?;
-    sync_dir(dir)
-}
-
-/// Checks a chunk and writes it, unsynced, to a temp file in the directory of its final `path`,
-/// creating that directory (and `user_dir`) durably if needed; `None` when the chunk is stored
-/// already. Returns the temp file, which deletes itself unless persisted, and the directory.
-fn stage_chunk<'a>(
-    user_dir: &Path,
-    path: &'a Path,
-    hash: &ChunkHash,
-    bytes: &[u8],
-) -> Result<Option<(NamedTempFile, &'a Path)>, StoreError> {
-    if bytes.len() > MAX_CHUNK_LEN as usize {
-        return Err(StoreError::ChunkTooLarge { len: bytes.len() });
-    }
-    let actual = ChunkHash(*blake3::hash(bytes).as_bytes());
-    if actual != *hash {
-        return Err(StoreError::HashMismatch {
-            claimed: *hash,
-            actual,
-        });
-    }
-    if path
-        .try_exists()
-        .map_err(|source| io_error(format!("could not check {}", path.display()), source))?
-    {
-        return Ok(None);
-    }
-    let Some(dir) = path.parent() else {
-        return Err(StoreError::Corrupt(format!(
-            "chunk path {} has no parent",
-            path.display()
-        )));
-    };
-    ensure_dir(user_dir)?;
-    ensure_dir(dir)?;
-    let mut temp = NamedTempFile::new_in(dir).map_err(|source| {
-        io_error(
-            format!("could not create a temp file in {}", dir.display()),
             source,
         )
-    })?;
-    temp.write_all(bytes)
-        .map_err(|source| io_error(format!("could not write {}", temp.path().display()), source))?;
-    Ok(Some((temp, dir)))
+    })
 }
 
-/// Creates `dir` if it is missing (its parent must exist) and makes the new entry durable.
-fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => match dir.parent() {
-            Some(parent) => sync_dir(parent),
-            None => Ok(()),
-        },
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+/// Creates a user's chunk directory with its 256 fan-out directories, durably, once: built
+/// under a temp name, synced, renamed into place, and the rename synced (four syncs instead of
+/// an fsync per directory).
+fn ensure_user_dir(root: &Path, user_dir: &Path) -> Result<(), StoreError> {
+    if user_dir.is_dir() {
+        return Ok(());
+    }
+    let building = tempfile::Builder::new()
+        .prefix(".new-user-")
+        .tempdir_in(root)
+        .map_err(|source| {
+            io_error(
+                format!("could not create a directory in {}", root.display()),
+                source,
+            )
+        })?;
+    for byte in 0..=255u8 {
+        let fan_out = building.path().join(format!("{byte:02x}"));
+        std::fs::create_dir(&fan_out).map_err(|source| {
+            io_error(format!("could not create {}", fan_out.display()), source)
+        })?;
+    }
+    sync_filesystem(root)?;
+    match std::fs::rename(building.path(), user_dir) {
+        Ok(()) => {
+            // The directory is in place: nothing for the temp dir to delete.
+            let _ = building.keep();
+            sync_dir(root)
+        }
+        // Another upload created it meanwhile (a non-empty directory cannot be replaced).
+        Err(_) if user_dir.is_dir() => Ok(()),
         Err(source) => Err(io_error(
-            format!("could not create {}", dir.display()),
+            format!("could not create {}", user_dir.display()),
             source,
         )),
     }
 }
 
+/// Removes what a killed process left: staged chunks' temp files (never named by a commit)
+/// and half-built user directories.
+fn remove_leftovers(root: &Path) -> Result<(), StoreError> {
+    let read = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map_err(|source| io_error(format!("could not read {}", dir.display()), source))
+    };
+    for user in read(root)? {
+        let user =
+            user.map_err(|source| io_error(format!("could not read {}", root.display()), source))?;
+        let user_path = user.path();
+        if user.file_name().to_string_lossy().starts_with(".new-user-") {
+            let _ = std::fs::remove_dir_all(&user_path);
+            continue;
+        }
+        if !user_path.is_dir() {
+            continue;
+        }
+        for fan_out in read(&user_path)? {
+            let Ok(fan_out) = fan_out else { continue };
+            let fan_out = fan_out.path();
+            if !fan_out.is_dir() {
+                continue;
+            }
+            for entry in read(&fan_out)?.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Fsyncs a directory, so a rename or creation inside it survives power loss.
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|file| file.sync_all())
-        .map_err(|source| {
-            io_error(
-                format!("could not sync directory {}", dir.display()),
-                source,
-            )
-        })
+    syncstore_durable::sync_dir(dir).map_err(|source| {
+        io_error(
+            format!("could not sync directory {}", dir.display()),
+            source,
+        )
+    })
 }
 
 fn io_error(context: String, source: io::Error) -> StoreError {

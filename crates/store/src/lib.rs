@@ -459,9 +459,15 @@ pub trait MetaStore: Send + Sync {
 /// Content-addressed chunk bytes, per user: a user can only read chunks it stored itself.
 #[async_trait]
 pub trait ChunkStore: Send + Sync {
-    /// Stores a chunk durably after checking that `bytes` hash to `hash`.
+    /// Stores a chunk after checking that `bytes` hash to `hash`: from then on [`missing`] does
+    /// not report it and [`get`] returns it; it is durable at once or, in a backend that stages
+    /// uploads, once [`make_durable`] names it.
     ///
     /// Storing a chunk that is already there succeeds without writing.
+    ///
+    /// [`missing`]: ChunkStore::missing
+    /// [`get`]: ChunkStore::get
+    /// [`make_durable`]: ChunkStore::make_durable
     ///
     /// # Errors
     /// [`StoreError::HashMismatch`] (nothing is written), [`StoreError::ChunkTooLarge`], IO errors.
@@ -483,9 +489,8 @@ pub trait ChunkStore: Send + Sync {
     /// [`StoreError::NotFound`] when this user has no such chunk; IO errors.
     async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError>;
 
-    /// Stores several chunks; like [`ChunkStore::put`] for each, but a backend may make the
-    /// whole batch durable at once (one filesystem sync instead of two fsyncs per chunk).
-    /// When it returns `Ok`, every chunk of the batch is durable.
+    /// Stores several chunks; like [`ChunkStore::put`] for each, but a backend may handle the
+    /// batch at once (several requests in flight, one pass over the disk).
     ///
     /// # Errors
     /// As [`ChunkStore::put`]; other chunks of the batch may have been stored (before the
@@ -500,10 +505,24 @@ pub trait ChunkStore: Send + Sync {
         }
         Ok(())
     }
+
+    /// Makes every stored chunk among `hashes` durable, and returns those not stored (as
+    /// [`ChunkStore::missing`]). Called before a metadata commit names the chunks; a backend
+    /// whose `put` is durable when it returns (S3) has nothing to do.
+    ///
+    /// # Errors
+    /// IO errors.
+    async fn make_durable(
+        &self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        self.missing(user_id, hashes).await
+    }
 }
 
-/// Applies a batch of ops: asks `chunk_store` which chunks the `PutFile`s lack, then calls
-/// [`MetaStore::apply_ops`].
+/// Applies a batch of ops: makes the chunks the `PutFile`s name durable (and learns which ones
+/// they lack), then calls [`MetaStore::apply_ops`].
 ///
 /// Asking first is race-free because chunks are never deleted. `now_ms` decides which locks are
 /// in force.
@@ -525,7 +544,7 @@ pub async fn apply_ops(
         }
     }
     let missing_chunks: HashSet<ChunkHash> = chunk_store
-        .missing(user_id, &named)
+        .make_durable(user_id, &named)
         .await?
         .into_iter()
         .collect();

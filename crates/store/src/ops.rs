@@ -240,6 +240,12 @@ impl Writer<'_> {
                 quoted(path)
             )));
         }
+        if hash != ContentHash::of_chunks(chunks) {
+            return Ok(OpOutcome::Invalid(format!(
+                "the content hash of {} does not match its chunks",
+                quoted(path)
+            )));
+        }
         if let Some(chunk) = chunks
             .iter()
             .find(|chunk| missing_chunks.contains(&chunk.hash))

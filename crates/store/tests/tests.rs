@@ -160,3 +160,98 @@ mod sqlite {
         assert_eq!(version, 2);
     }
 }
+
+mod fs_staging {
+    //! What only the local-disk chunk store has: uploads are staged, and made durable under
+    //! their names by `make_durable`, which runs before a commit can name them.
+
+    use bytes::Bytes;
+    use syncstore_proto::ChunkHash;
+    use syncstore_store::{ChunkStore, FsChunkStore, UserId};
+
+    fn chunk(fill: u8, len: usize) -> (ChunkHash, Bytes) {
+        let bytes = vec![fill; len];
+        (
+            ChunkHash(*blake3::hash(&bytes).as_bytes()),
+            Bytes::from(bytes),
+        )
+    }
+
+    /// Regular files under `dir`, at any depth.
+    fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(files_under(&path));
+            } else {
+                found.push(path);
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn staged_chunks_are_readable_and_become_durable_under_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("chunks");
+        let user = UserId(1);
+        // Few and small (fsync per file) and many (syncfs): both ways of settling.
+        for (n, len) in [(2usize, 1000usize), (20, 100_000)] {
+            let store = FsChunkStore::open(&root).await.unwrap();
+            let chunks: Vec<(ChunkHash, Bytes)> =
+                (0..n).map(|i| chunk(i as u8 + len as u8, len)).collect();
+            let hashes: Vec<ChunkHash> = chunks.iter().map(|(hash, _)| *hash).collect();
+            store.put_batch(user, chunks.clone()).await.unwrap();
+            // Staged: present and readable, but no file carries a chunk's name yet.
+            assert!(store.missing(user, &hashes).await.unwrap().is_empty());
+            for (hash, bytes) in &chunks {
+                assert_eq!(&store.get(user, hash).await.unwrap(), bytes);
+            }
+            let named = |hash: &ChunkHash| {
+                files_under(&root)
+                    .iter()
+                    .any(|path| path.file_name().unwrap() == hash.to_hex().as_str())
+            };
+            assert!(!hashes.iter().any(named));
+            assert!(store.make_durable(user, &hashes).await.unwrap().is_empty());
+            assert!(hashes.iter().all(named));
+            // No temp file is left, and a new process finds every chunk.
+            drop(store);
+            let names: Vec<String> = files_under(&root)
+                .iter()
+                .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            assert!(names.iter().all(|name| !name.starts_with('.')), "{names:?}");
+            let reopened = FsChunkStore::open(&root).await.unwrap();
+            assert!(reopened.missing(user, &hashes).await.unwrap().is_empty());
+            assert_eq!(reopened.get(user, &hashes[0]).await.unwrap(), chunks[0].1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_staged_chunk_lost_in_a_crash_is_missing_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("chunks");
+        let user = UserId(7);
+        let (hash, bytes) = chunk(9, 5000);
+        let store = FsChunkStore::open(&root).await.unwrap();
+        store.put(user, &hash, bytes).await.unwrap();
+        assert!(store.missing(user, &[hash]).await.unwrap().is_empty());
+        // A killed process runs no destructor: its temp file stays on disk.
+        std::mem::forget(store);
+        assert!(files_under(&root).iter().any(|path| path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".tmp")));
+        let reopened = FsChunkStore::open(&root).await.unwrap();
+        assert_eq!(reopened.missing(user, &[hash]).await.unwrap(), vec![hash]);
+        assert!(files_under(&root).is_empty(), "leftovers were removed");
+        // make_durable reports it missing too, so no commit can name it.
+        assert_eq!(
+            reopened.make_durable(user, &[hash]).await.unwrap(),
+            vec![hash]
+        );
+    }
+}
