@@ -644,6 +644,7 @@ impl Engine {
             manifest: syncstore_chunk::Manifest,
             stamp: Stamp,
         }
+        let started = std::time::Instant::now();
         // 1. The chunks of every file: as the scan found them if the file is unchanged since,
         // else chunked again (checking it did not change while being read).
         let root = self.root.clone();
@@ -690,6 +691,7 @@ impl Engine {
         if prepared.is_empty() {
             return Ok(0);
         }
+        let prepared_at = started.elapsed();
         // 2. Ask which chunks the server lacks.
         let mut all: Vec<ChunkHash> = prepared
             .iter()
@@ -751,6 +753,7 @@ impl Engine {
         while !in_flight.is_empty() {
             join_upload(&mut in_flight).await?;
         }
+        let uploaded_at = started.elapsed();
         // 4. Commit the files, each conditional on what the plan saw.
         let committed: Vec<Prepared> = prepared
             .into_iter()
@@ -772,26 +775,35 @@ impl Engine {
                 chunks: p.manifest.chunks.clone(),
             })
             .collect();
-        self.send_ops(ops, |engine, idx, result, _| {
-            let item = &committed[idx];
-            let Some(entry) = result.entries.iter().find(|e| e.path == item.path) else {
-                anyhow::bail!("server did not return the uploaded file {}", item.path);
-            };
-            let node = BaseNode {
-                kind: EntryKind::File,
-                hash: Some(item.manifest.hash),
-                node_id: entry.node_id,
-                rev: entry.rev,
-                size: item.stamp.size,
-                mtime_ns: item.stamp.mtime_ns,
-                inode: item.stamp.inode,
-            };
-            engine
-                .state
-                .put(&item.path, node, item.manifest.chunks.clone())?;
-            Ok(())
-        })
-        .await
+        let applied = self
+            .send_ops(ops, |engine, idx, result, _| {
+                let item = &committed[idx];
+                let Some(entry) = result.entries.iter().find(|e| e.path == item.path) else {
+                    anyhow::bail!("server did not return the uploaded file {}", item.path);
+                };
+                let node = BaseNode {
+                    kind: EntryKind::File,
+                    hash: Some(item.manifest.hash),
+                    node_id: entry.node_id,
+                    rev: entry.rev,
+                    size: item.stamp.size,
+                    mtime_ns: item.stamp.mtime_ns,
+                    inode: item.stamp.inode,
+                };
+                engine
+                    .state
+                    .put(&item.path, node, item.manifest.chunks.clone())?;
+                Ok(())
+            })
+            .await?;
+        tracing::debug!(
+            files = committed.len(),
+            prepare = ?prepared_at,
+            upload = ?uploaded_at - prepared_at,
+            commit = ?started.elapsed() - uploaded_at,
+            "upload group done"
+        );
+        Ok(applied)
     }
 
     async fn execute_downloads(&mut self, run: Vec<PlanOp>) -> anyhow::Result<usize> {
@@ -870,6 +882,8 @@ impl Engine {
     }
 
     async fn download_batch(&mut self, jobs: Vec<DownloadJob>) -> anyhow::Result<usize> {
+        let started = std::time::Instant::now();
+        let n_jobs = jobs.len();
         // Which chunks to fetch, each once, in the order they are first needed.
         let mut fetch = Vec::new();
         let mut fetching = HashSet::new();
@@ -896,6 +910,7 @@ impl Engine {
         })
         .await
         .context("download task failed")??;
+        let written_at = started.elapsed();
         let mut applied = 0;
         let mut placed_dirs: Vec<PathBuf> = Vec::new();
         for done in written {
@@ -916,6 +931,12 @@ impl Engine {
         // The renames become durable before the batch's base updates are committed.
         let dirs: Vec<&Path> = placed_dirs.iter().map(PathBuf::as_path).collect();
         tokio::task::block_in_place(|| crate::fsutil::make_durable(&self.root, &[], &dirs))?;
+        tracing::debug!(
+            files = n_jobs,
+            fetch_and_write = ?written_at,
+            place = ?started.elapsed() - written_at,
+            "download batch done"
+        );
         Ok(applied)
     }
 

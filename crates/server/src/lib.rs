@@ -32,6 +32,7 @@ mod routes;
 pub use hub::ChangeHub;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use rand::RngCore;
 use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
@@ -317,6 +318,15 @@ pub async fn serve(
         signal_token.cancel();
     });
 
+    // Responses are written in pieces (headers, then body frames): with Nagle's algorithm on,
+    // a piece that follows another small one waits for the client's delayed ACK, 40 ms on
+    // Linux. That wait was two thirds of a one-file edit's latency (W4: 64 ms, 20 ms when a
+    // request happened to dodge it).
+    let listener = listener.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(cause = %err, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(stopping.clone().cancelled_owned())
         .into_future();

@@ -52,6 +52,8 @@ struct StagedChunk {
     len: usize,
 }
 
+/// Chunks at least this large have their writeback started as soon as they are staged.
+const WRITEBACK_MIN_BYTES: usize = 256 * 1024;
 /// Staged bytes past which an upload makes everything staged durable itself (bounds the work
 /// left for one commit and the temp files a crash can lose).
 const STAGED_LIMIT_BYTES: usize = 1024 * 1024 * 1024;
@@ -288,8 +290,13 @@ impl FsChunkStore {
         temp.write_all(bytes).map_err(|source| {
             io_error(format!("could not write {}", temp.path().display()), source)
         })?;
-        if let Ok(file) = temp.as_file().try_clone() {
-            self.writeback.start(file, 0, 0);
+        // Small chunks are left to the commit's sync, which writes them together: started one
+        // by one they fill the disk's queue with tiny writes (1,000 chunks of 4 KiB took up to
+        // 690 ms to stage that way, against 60 ms without).
+        if bytes.len() >= WRITEBACK_MIN_BYTES {
+            if let Ok(file) = temp.as_file().try_clone() {
+                self.writeback.start(file, 0, 0);
+            }
         }
         let staged = StagedChunk {
             temp: temp.into_temp_path(),
