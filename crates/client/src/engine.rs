@@ -838,12 +838,14 @@ impl Engine {
             };
             // Chunks of the local file as it was agreed can be reused if it is still unchanged.
             let mut reuse = HashMap::new();
+            let mut reuse_stamp = None;
             if let (Some(base), Some(chunks)) = (
                 self.state.base.get(&path),
                 self.state.base_chunks.get(&path),
             ) {
                 let unchanged = stamp_of(&full).is_ok_and(|s| s == Stamp::of_base(base));
                 if unchanged {
+                    reuse_stamp = Some(Stamp::of_base(base));
                     let mut offset = 0u64;
                     for chunk in chunks {
                         reuse.entry(chunk.hash).or_insert((offset, chunk.len));
@@ -857,6 +859,7 @@ impl Engine {
                 entry,
                 expect_local,
                 reuse,
+                reuse_stamp,
             });
         }
         let mut applied = 0;
@@ -1226,6 +1229,9 @@ struct DownloadJob {
     expect_local: Option<ContentHash>,
     /// Chunks available in the current local file: hash → (offset, len).
     reuse: HashMap<ChunkHash, (u64, u32)>,
+    /// The local file's stamp when `reuse` was taken from base (it must still have it after
+    /// the reused chunks are read).
+    reuse_stamp: Option<Stamp>,
 }
 
 /// A download written and verified in a temp file, ready to be placed.
@@ -1236,7 +1242,10 @@ struct WrittenFile {
 
 /// Writes every job's content to a temp file: reused chunks from the local file, the rest from
 /// the frame stream (each chunk arrives once; later uses copy it from where it was written).
-/// Files whose content fails verification are dropped (and retried by the next pass). Every
+/// Chunks from the stream are verified against their hashes; reused ones are trusted while the
+/// local file keeps the stamp base recorded for them (checked after they are read), the rule
+/// the scan follows too. Files that fail either check are dropped (and retried by the next
+/// pass). Every
 /// [`WRITEBACK_BYTES`] written are handed to `writeback`, so the disk works while the rest
 /// arrive and the fsync before the rename has little left to do.
 fn write_temp_files(
@@ -1272,11 +1281,14 @@ fn write_temp_files(
         let mut offset = 0u64;
         let mut flushed = 0u64;
         let mut ok = true;
+        let mut reused_any = false;
         for chunk in &job.entry.chunks {
             buf.resize(chunk.len as usize, 0);
             // A reused chunk was not requested from the server: if the old file is gone, the
             // file fails here (and is retried) without touching the stream.
+            let mut from_stream = false;
             let got = if let Some(&(old_offset, _)) = job.reuse.get(&chunk.hash) {
+                reused_any = true;
                 old_file
                     .as_ref()
                     .is_some_and(|old| old.read_exact_at(&mut buf, old_offset).is_ok())
@@ -1285,6 +1297,7 @@ fn write_temp_files(
                     .and_then(|f| f.read_exact_at(&mut buf, *at))
                     .is_ok()
             } else {
+                from_stream = true;
                 let mut header = [0u8; syncstore_proto::FRAME_HEADER_LEN];
                 reader
                     .read_exact(&mut header)
@@ -1298,13 +1311,15 @@ fn write_temp_files(
                 reader
                     .read_exact(&mut buf)
                     .context("download stream ended early")?;
-                fetched.insert(chunk.hash, (temp.path().to_path_buf(), offset, chunk.len));
                 true
             };
-            if !got || syncstore_chunk::hash_chunk(&buf) != chunk.hash {
+            if !got || (from_stream && syncstore_chunk::hash_chunk(&buf) != chunk.hash) {
                 ok = false;
                 // Keep the stream aligned: frames of this file still have to be consumed.
                 continue;
+            }
+            if from_stream {
+                fetched.insert(chunk.hash, (temp.path().to_path_buf(), offset, chunk.len));
             }
             temp.write_all(&buf).context("could not write temp file")?;
             offset += u64::from(chunk.len);
@@ -1314,6 +1329,9 @@ fn write_temp_files(
                 }
                 flushed = offset;
             }
+        }
+        if reused_any && stamp_of(&job.full).ok() != job.reuse_stamp {
+            ok = false;
         }
         // Every chunk verified, in the order of the entry's list: the content is the entry's if
         // that list gives its hash (the server checked that too).
