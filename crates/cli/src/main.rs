@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     }));
     let args = cli::Cli::parse();
     init_tracing();
+    return_large_buffers_to_the_system();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,6 +40,22 @@ fn main() -> ExitCode {
             }
             eprintln!("error: {err:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Makes glibc serve allocations of 4 MiB and more (upload packs, the chunker's read buffer)
+/// with their own mappings, given back to the system when freed. By default glibc raises that
+/// threshold to the largest block freed so far, after which such buffers come from per-thread
+/// arenas that keep their memory: the sender's peak RSS crept towards 100 MiB over a 4 GiB
+/// file that way (W5). Chunks (1 MiB on average) stay on the heap.
+fn return_large_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const LARGE: libc::c_int = 4 * 1024 * 1024;
+        // SAFETY: mallopt only changes allocator tuning; called before any other thread runs.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE);
         }
     }
 }
