@@ -31,8 +31,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
 /// # Errors
 /// On any IO error.
 pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
+    syncstore_durable::sync_dir(dir)
         .with_context(|| format!("could not fsync directory {}", dir.display()))
 }
 
@@ -42,15 +41,8 @@ pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
 /// # Errors
 /// On any IO error.
 pub fn sync_filesystem(path: &Path) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir =
-        std::fs::File::open(path).with_context(|| format!("could not open {}", path.display()))?;
-    // SAFETY: the descriptor is open for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("could not sync the filesystem of {}", path.display()));
-    }
-    Ok(())
+    syncstore_durable::sync_filesystem(path)
+        .with_context(|| format!("could not sync the filesystem of {}", path.display()))
 }
 
 /// Batches of at most this many files are made durable file by file (fsync of each file and
