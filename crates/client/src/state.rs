@@ -112,10 +112,14 @@ impl StateDb {
         node: BaseNode,
         chunks: Vec<ChunkRef>,
     ) -> anyhow::Result<()> {
+        // Cached: a download batch records thousands of paths, and preparing the statement
+        // each time was 2.5 % of the receiver's CPU in W1.
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT OR REPLACE INTO base VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
                     path.as_str(),
                     if node.kind == EntryKind::Dir { 1 } else { 0 },
                     node.hash.map(|h| h.0.to_vec()),
@@ -125,8 +129,8 @@ impl StateDb {
                     node.mtime_ns,
                     node.inode as i64,
                     encode_chunks(&chunks),
-                ],
-            )
+                ])
+            })
             .context("could not save base")?;
         self.base.insert(path.clone(), node);
         self.base_chunks.insert(path.clone(), chunks);
@@ -139,7 +143,8 @@ impl StateDb {
     /// On a database error.
     pub fn remove(&mut self, path: &RelPath) -> anyhow::Result<()> {
         self.conn
-            .execute("DELETE FROM base WHERE path = ?1", [path.as_str()])
+            .prepare_cached("DELETE FROM base WHERE path = ?1")
+            .and_then(|mut statement| statement.execute([path.as_str()]))
             .context("could not save base")?;
         self.base.remove(path);
         self.base_chunks.remove(path);
