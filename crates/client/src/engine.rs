@@ -1245,9 +1245,8 @@ struct WrittenFile {
 /// Chunks from the stream are verified against their hashes; reused ones are trusted while the
 /// local file keeps the stamp base recorded for them (checked after they are read), the rule
 /// the scan follows too. Files that fail either check are dropped (and retried by the next
-/// pass). Every
-/// [`WRITEBACK_BYTES`] written are handed to `writeback`, so the disk works while the rest
-/// arrive and the fsync before the rename has little left to do.
+/// pass). Every [`WRITEBACK_BYTES`] written are handed to `writeback`, so the disk works while
+/// the rest arrive and the fsync before the rename has little left to do.
 fn write_temp_files(
     jobs: Vec<DownloadJob>,
     stream: Option<
@@ -1333,8 +1332,9 @@ fn write_temp_files(
         if reused_any && stamp_of(&job.full).ok() != job.reuse_stamp {
             ok = false;
         }
-        // Every chunk verified, in the order of the entry's list: the content is the entry's if
-        // that list gives its hash (the server checked that too).
+        // Every chunk checked (fetched ones by hash, reused ones by stamp), in the order of the
+        // entry's list: the content is the entry's if that list gives its hash (the server
+        // checked that too).
         if !ok || Some(ContentHash::of_chunks(&job.entry.chunks)) != job.entry.hash {
             tracing::warn!(path = %job.path, "downloaded content did not verify; will retry");
             continue;
