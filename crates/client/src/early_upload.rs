@@ -12,12 +12,12 @@
 //! server has them already (a renamed file: one `missing` query per pack, nothing sent). Every
 //! failure is logged and dropped; the plan's own upload sends whatever is still missing.
 
+use crate::engine::{join_upload, read_chunk_into};
 use crate::http::ApiClient;
 use std::collections::HashSet;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use syncstore_proto::{encode_frame_header, ChunkHash, ChunkRef};
+use syncstore_proto::{ChunkHash, ChunkRef};
 
 /// Files smaller than this are uploaded by the plan alone (in batches of many small files).
 pub const EARLY_UPLOAD_MIN_BYTES: u64 = 2 * syncstore_proto::CHUNK_MAX as u64;
@@ -107,36 +107,30 @@ async fn run(api: Arc<ApiClient>, mut receiver: tokio::sync::mpsc::Receiver<CutC
     let mut group_bytes = 0u64;
     let mut sent = HashSet::new();
     let mut in_flight = tokio::task::JoinSet::new();
-    loop {
-        let next = receiver.recv().await;
-        let done = next.is_none();
-        if let Some(cut) = next {
-            group_bytes += u64::from(cut.chunk.len);
-            group.push(cut);
-        }
-        if group.is_empty() || (!done && group_bytes < PACK_BYTES) {
-            if done {
+    let mut result = Ok(());
+    while let Some(cut) = receiver.recv().await {
+        group_bytes += u64::from(cut.chunk.len);
+        group.push(cut);
+        if group_bytes >= PACK_BYTES {
+            group_bytes = 0;
+            result = send_group(&api, std::mem::take(&mut group), &mut sent, &mut in_flight).await;
+            if result.is_err() {
                 break;
             }
-            continue;
-        }
-        let result = send_group(&api, std::mem::take(&mut group), &mut sent, &mut in_flight).await;
-        group_bytes = 0;
-        if let Err(err) = result {
-            tracing::debug!(cause = format!("{err:#}"), "early upload stopped");
-            // Dropping the receiver makes the scan's sends fail: it stops handing chunks over.
-            break;
-        }
-        if done {
-            break;
         }
     }
+    // Dropping the receiver makes the scan's sends fail: it stops handing chunks over.
     drop(receiver);
-    while let Some(joined) = in_flight.join_next().await {
-        match joined {
-            Ok(Err(err)) => tracing::debug!(cause = %err, "early upload of a pack failed"),
-            Err(err) => tracing::debug!(cause = %err, "early upload task failed"),
-            Ok(Ok(())) => {}
+    if result.is_ok() && !group.is_empty() {
+        result = send_group(&api, group, &mut sent, &mut in_flight).await;
+    }
+    if let Err(err) = result {
+        tracing::debug!(cause = format!("{err:#}"), "early upload stopped");
+    }
+    // Packs already sent are waited for either way: `finish` promises nothing is in flight.
+    while !in_flight.is_empty() {
+        if let Err(err) = join_upload(&mut in_flight).await {
+            tracing::debug!(cause = format!("{err:#}"), "early upload of a pack failed");
         }
     }
 }
@@ -168,9 +162,7 @@ async fn send_group(
     }
     let pack = tokio::task::spawn_blocking(move || read_pack(&wanted)).await??;
     while in_flight.len() >= IN_FLIGHT {
-        if let Some(Ok(Err(err))) = in_flight.join_next().await {
-            return Err(err.into());
-        }
+        join_upload(in_flight).await?;
     }
     let api = Arc::clone(api);
     in_flight.spawn(async move { api.upload_pack(pack).await.map(|_| ()) });
@@ -194,10 +186,9 @@ fn read_pack(chunks: &[CutChunk]) -> anyhow::Result<bytes::Bytes> {
                 &open.insert((Arc::clone(&cut.file), file)).1
             }
         };
-        pack.extend_from_slice(&encode_frame_header(&cut.chunk.hash, cut.chunk.len));
-        let start = pack.len();
-        pack.resize(start + cut.chunk.len as usize, 0);
-        file.read_exact_at(&mut pack[start..], cut.offset)?;
+        if !read_chunk_into(file, cut.offset, &cut.chunk, &mut pack) {
+            anyhow::bail!("{} is shorter than it was when cut", cut.file.display());
+        }
     }
     Ok(bytes::Bytes::from(pack))
 }

@@ -1351,7 +1351,7 @@ fn write_temp_files(
 
 /// Appends the frame of `chunk` (read from `file` at `offset`) to `pack`; false if the file is
 /// too short for it now. The bytes are not hashed again here: the server checks every chunk.
-fn read_chunk_into(
+pub(crate) fn read_chunk_into(
     file: &std::fs::File,
     offset: u64,
     chunk: &ChunkRef,
@@ -1368,7 +1368,8 @@ fn read_chunk_into(
     true
 }
 
-async fn join_upload(
+/// Waits for one upload of `in_flight`; its error, or the task's, is the result.
+pub(crate) async fn join_upload(
     in_flight: &mut tokio::task::JoinSet<Result<(), ApiError>>,
 ) -> anyhow::Result<()> {
     match in_flight.join_next().await {
