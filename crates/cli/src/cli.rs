@@ -37,6 +37,9 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// List the locks in force.
     Locks(LocksArgs),
+    /// Verify every stored chunk (offline, against the server's stores); bad ones are moved
+    /// aside and asked of the devices that have them. Exit 1 when any was bad.
+    Scrub(ScrubArgs),
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +117,20 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SYNCSTORE_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Start on a metadata database without users even though the chunk store holds content
+    /// (a lost database started over on purpose; the old content stays, unreadable by the new
+    /// accounts). Without it, serve refuses: restore the database instead.
+    #[arg(long, env = "SYNCSTORE_NEW_DATABASE")]
+    pub new_database: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ScrubArgs {
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

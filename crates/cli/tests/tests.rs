@@ -7,5 +7,6 @@ mod util;
 mod bench_smoke;
 mod cli;
 mod locks;
+mod recovery;
 mod scale_out;
 mod sync;

@@ -29,6 +29,9 @@ const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
 const LONG_POLL: Duration = Duration::from_secs(25);
 /// Backoff cap when the server is unreachable.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often the daemon asks the server whether it still holds every chunk of base (and
+/// uploads again what it lost); also once at start.
+const CHUNK_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Runs passes until the folder and the server agree (or nothing more can be done now).
 ///
@@ -73,10 +76,27 @@ pub async fn run(
     ));
 
     let mut next_scan = Instant::now() + options.scan_interval;
+    // Due at once: the first pass checks the server's chunks too.
+    let mut next_chunk_check = Instant::now();
     let mut retry_at: Option<Instant>;
     let mut backoff = Duration::from_millis(500);
     let mut last_blocked = Vec::new();
     loop {
+        if Instant::now() >= next_chunk_check {
+            let checked = tokio::select! {
+                checked = engine.check_server_chunks() => Some(checked),
+                () = shutdown.cancelled() => None,
+            };
+            match checked {
+                None => break,
+                Some(Ok(())) => next_chunk_check = Instant::now() + CHUNK_CHECK_INTERVAL,
+                // Tried again before the next pass.
+                Some(Err(err)) => tracing::debug!(
+                    cause = format!("{err:#}"),
+                    "could not check the server's chunks"
+                ),
+            }
+        }
         let outcome = tokio::select! {
             outcome = engine.sync_pass() => Some(outcome),
             () = shutdown.cancelled() => None,
@@ -101,6 +121,8 @@ pub async fn run(
                 }
                 if report.retry_soon {
                     retry_at = Some(Instant::now() + Duration::from_millis(300));
+                } else if let Some(wait) = report.retry_after {
+                    retry_at = Some(Instant::now() + wait);
                 }
                 let _ = cursor_tx.send(engine.remote_cursor());
             }
@@ -219,13 +241,17 @@ async fn long_poll(
             }
         };
         let result = tokio::select! {
-            result = api.changes(since, LONG_POLL) => result,
+            result = api.changes(since, LONG_POLL, None) => result,
             () = shutdown.cancelled() => return,
         };
         match result {
             Ok(page) => {
                 backoff = Duration::from_millis(500);
-                if !page.changes.is_empty() || page.reset {
+                if !page.changes.is_empty()
+                    || page.reset
+                    || page.diverged
+                    || !page.wanted.is_empty()
+                {
                     remote_dirty.notify_one();
                 }
                 seen = Some(page.cursor.max(since));

@@ -12,7 +12,7 @@ use crate::fsutil::{rename_noreplace, safe_join};
 use crate::http::{ApiClient, ApiError};
 use crate::remote::RemoteTree;
 use crate::scan::{scan, stamp_of, HashCache, IgnoreRules, Scan, Skipped, Stamp};
-use crate::state::StateDb;
+use crate::state::{ServerIdentity, StateDb};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
@@ -22,9 +22,10 @@ use std::time::Duration;
 use syncstore_durable::Writeback;
 use syncstore_plan::{BaseNode, Blocked, LocalNode, Plan, PlanInput, PlanOp, RemoteNode};
 use syncstore_proto::{
-    encode_frame_header, ChunkHash, ChunkRef, ContentHash, DeviceName, EntryKind, Op, OpResult,
-    Precondition, RelPath, RemoteEntry, Revision,
+    encode_frame_header, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind,
+    JournalTag, Op, OpResult, Precondition, RelPath, RemoteEntry, Revision,
 };
+use tokio::time::Instant;
 
 /// Most rounds of plan-and-apply in one pass before waiting for the next trigger.
 const MAX_ROUNDS: usize = 32;
@@ -38,6 +39,11 @@ const WRITEBACK_BYTES: u64 = 8 * 1024 * 1024;
 const UPLOAD_GROUP: usize = 1000;
 /// Most ops in one `/ops` request.
 const OPS_BATCH: usize = 1000;
+/// First wait before a download that failed for want of a chunk is tried again; it doubles up
+/// to [`DOWNLOAD_RETRY_MAX`].
+const DOWNLOAD_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait before a failed download is tried again.
+const DOWNLOAD_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What one pass achieved.
 #[derive(Debug, Default)]
@@ -50,6 +56,9 @@ pub struct PassReport {
     pub skipped: Vec<Skipped>,
     /// Something is settling (a file being written, a conflict answer): pass again soon.
     pub retry_soon: bool,
+    /// Some files wait to be tried again (a download the server could not serve, an upload
+    /// the server had no room for): pass again after this long.
+    pub retry_after: Option<Duration>,
 }
 
 /// A plan computed without applying it, with the trees it came from (for `status`).
@@ -58,6 +67,11 @@ pub struct Preview {
     pub local: BTreeMap<RelPath, LocalNode>,
     pub remote: BTreeMap<RelPath, RemoteEntry>,
     pub skipped: Vec<Skipped>,
+    /// Why base cannot be trusted, when it cannot: the next pass re-adopts the folder (the plan
+    /// above is already the one for an empty base: nothing is deleted).
+    pub untrusted: Option<String>,
+    /// When and why the folder was last re-adopted, if ever.
+    pub readopted: Option<String>,
 }
 
 /// The sync engine of one folder.
@@ -75,7 +89,22 @@ pub struct Engine {
     cleared_for_delete: HashMap<RelPath, Stamp>,
     /// Starts the disk on downloaded bytes while the rest arrive.
     writeback: Arc<Writeback>,
+    /// The server identity base was made against as saved in state, and as learned since
+    /// (saved with the next base commit).
+    identity: ServerIdentity,
+    saved_identity: ServerIdentity,
+    /// Why base cannot be trusted (the account was re-created, the journal lost what this
+    /// folder saw): the next pass re-adopts the folder as on a first sync.
+    untrusted: Option<String>,
+    /// Chunks the server asked for in its last journal answer (lost or found corrupt there).
+    wanted: HashSet<ChunkHash>,
+    /// Files whose download or upload failed in a way that waits (a chunk the server lost, a
+    /// full server): path → (not before, the wait after the next failure).
+    waits: HashMap<RelPath, (Instant, Duration)>,
 }
+
+/// An empty base, planned against when base cannot be trusted.
+static EMPTY_BASE: BTreeMap<RelPath, BaseNode> = BTreeMap::new();
 
 impl Engine {
     /// Opens the folder's state. Talks to no server yet.
@@ -94,6 +123,7 @@ impl Engine {
             }
         }
         let state = StateDb::open(&meta_dir)?;
+        let identity = state.identity()?;
         let writeback = Arc::new(Writeback::new().context("could not start a writeback thread")?);
         let mut cache = HashCache::default();
         for (path, node) in &state.base {
@@ -114,7 +144,70 @@ impl Engine {
             notices: Vec::new(),
             cleared_for_delete: HashMap::new(),
             writeback,
+            identity,
+            saved_identity: identity,
+            untrusted: None,
+            wanted: HashSet::new(),
+            waits: HashMap::new(),
         })
+    }
+
+    /// Marks base as not to be trusted, for `why`; the next pass re-adopts the folder.
+    fn distrust(&mut self, why: String) {
+        if self.untrusted.is_none() {
+            tracing::debug!(why, "base cannot be trusted");
+            self.untrusted = Some(why);
+        }
+        // The journal position is what cannot be trusted: stop checking it.
+        self.identity.known = None;
+    }
+
+    /// Records a journal position the server answered with, if it is newer than the known one.
+    fn note_known(&mut self, cursor: Cursor, tag: JournalTag) {
+        if self.untrusted.is_some() {
+            return;
+        }
+        if self.identity.known.is_none_or(|(known, _)| cursor >= known) {
+            self.identity.known = Some((cursor, tag));
+        }
+    }
+
+    /// Forgets base and plans as on a first sync: nothing is deleted on either side, local
+    /// files the server lacks are uploaded, differing contents become conflicted copies, and
+    /// identical files are only recorded (Unison's rule for an archive it cannot trust).
+    async fn readopt(&mut self, why: String) -> anyhow::Result<()> {
+        tracing::warn!(
+            folder = %self.root.display(),
+            "{why}; re-adopting the folder as on a first sync: nothing is deleted on either side, \
+             files the server lacks are uploaded, and files that differ are kept as conflicted copies"
+        );
+        let identity = ServerIdentity {
+            namespace: self.identity.namespace,
+            known: None,
+        };
+        let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+        self.state
+            .readopt(&identity, &format!("{stamp}: {why}"))
+            .context("could not re-adopt the folder")?;
+        self.identity = identity;
+        self.saved_identity = identity;
+        self.cleared_for_delete.clear();
+        self.notices.push(format!(
+            "{why}; the folder was re-adopted as on a first sync (nothing deleted)"
+        ));
+        // The whole tree again, and from now on the journal positions it gives.
+        self.remote = None;
+        Ok(())
+    }
+
+    /// Saves the server identity if it changed since it was last saved (inside a batch, it
+    /// commits with the batch's base updates).
+    fn save_identity(&mut self) -> anyhow::Result<()> {
+        if self.untrusted.is_none() && self.identity != self.saved_identity {
+            self.state.save_identity(&self.identity)?;
+            self.saved_identity = self.identity;
+        }
+        Ok(())
     }
 
     /// The synced folder.
@@ -135,10 +228,36 @@ impl Engine {
         if self.device.is_none() {
             let whoami = self.api.whoami().await?;
             tracing::info!(user = %whoami.user, device = %whoami.device, server = %self.api.current_server(), "connected");
+            match self.identity.namespace {
+                Some(saved) if saved != whoami.namespace => self.distrust(format!(
+                    "the server's account {} is not the one this folder was synced with (its \
+                     namespace id changed: the account was re-created, or this is another server)",
+                    whoami.user
+                )),
+                None if !self.state.base.is_empty() => self.distrust(
+                    "this folder's state does not say which server account it was synced with"
+                        .to_owned(),
+                ),
+                _ => {}
+            }
+            self.identity.namespace = Some(whoami.namespace);
             self.device = Some(whoami.device);
         }
         if self.remote.is_none() {
             let tree = self.api.tree().await?;
+            if Some(tree.namespace) != self.identity.namespace {
+                self.distrust("the server's account changed while connected".to_owned());
+                self.identity.namespace = Some(tree.namespace);
+            }
+            if let Some((known, _)) = self.identity.known {
+                if tree.cursor < known {
+                    self.distrust(format!(
+                        "the server's journal ends at {}, before {known}, which this folder saw: \
+                         the server's database was restored from an older backup",
+                        tree.cursor
+                    ));
+                }
+            }
             self.remote = Some(RemoteTree::from_listing(
                 tree.cursor,
                 tree.entries,
@@ -157,7 +276,22 @@ impl Engine {
         self.connect().await?;
         loop {
             let cursor = self.remote.as_ref().map(|r| r.cursor).unwrap_or_default();
-            let page = self.api.changes(cursor, Duration::ZERO).await?;
+            let page = self
+                .api
+                .changes(cursor, Duration::ZERO, self.identity.known)
+                .await?;
+            if page.diverged {
+                self.distrust(
+                    "the server's journal no longer holds the changes this folder saw: its \
+                     database was restored from a backup, or replaced"
+                        .to_owned(),
+                );
+            }
+            if page.namespace != self.identity.namespace.unwrap_or(page.namespace) {
+                self.distrust("the server's account changed while connected".to_owned());
+                self.identity.namespace = Some(page.namespace);
+            }
+            self.wanted = page.wanted.iter().copied().collect();
             if page.reset {
                 tracing::warn!(
                     "the server's journal does not know our cursor; reloading the whole tree"
@@ -171,6 +305,7 @@ impl Engine {
                 remote.apply(change, self.device.as_ref());
             }
             remote.cursor = remote.cursor.max(page.cursor);
+            self.note_known(page.cursor, page.cursor_tag);
             if !page.more {
                 return Ok(());
             }
@@ -336,8 +471,14 @@ impl Engine {
             .device
             .clone()
             .unwrap_or_else(|| DeviceName::new("device").expect("valid"));
+        // Base that cannot be trusted is planned as absent: a first sync, which deletes nothing.
+        let base = if self.untrusted.is_some() {
+            &EMPTY_BASE
+        } else {
+            &self.state.base
+        };
         syncstore_plan::plan(&PlanInput {
-            base: &self.state.base,
+            base,
             local: &scan.local,
             remote,
             device: &device,
@@ -363,6 +504,8 @@ impl Engine {
             local: scan.local,
             remote: self.remote.as_ref().expect("connected").by_path.clone(),
             skipped: scan.skipped,
+            untrusted: self.untrusted.clone(),
+            readopted: self.state.meta("readopted")?,
         })
     }
 
@@ -377,6 +520,13 @@ impl Engine {
         self.retry_soon = false;
         for _round in 0..MAX_ROUNDS {
             self.refresh_remote().await?;
+            if let Some(why) = self.untrusted.take() {
+                self.readopt(why).await?;
+                self.refresh_remote().await?;
+            }
+            if !self.wanted.is_empty() {
+                self.upload_wanted().await;
+            }
             self.check_my_locks();
             let early = EarlyUpload::start(Arc::clone(&self.api));
             let scan = self.scan(Some(&early));
@@ -386,6 +536,7 @@ impl Engine {
             report.blocked = plan.blocked.clone();
             report.skipped = scan.skipped.clone();
             if plan.ops.is_empty() {
+                self.save_identity()?;
                 self.apply_lock_modes(&scan);
                 // Skipped entries (symlinks, unreadable files, unsyncable names) mean the two sides
                 // are not identical, even when there is nothing left to do about it.
@@ -395,10 +546,13 @@ impl Engine {
                 return Ok(report);
             }
             tracing::debug!(ops = plan.ops.len(), "applying plan");
-            let applied = self.execute(plan.ops).await?;
+            let n_ops = plan.ops.len();
+            let (applied, waiting) = self.execute(plan.ops).await?;
             report.applied += applied;
+            report.retry_after = self.next_retry();
             if applied == 0 {
-                report.retry_soon = true;
+                // Steps that wait for their retry time are no reason to pass again at once.
+                report.retry_soon = self.retry_soon || applied + waiting < n_ops;
                 return Ok(report);
             }
         }
@@ -406,15 +560,148 @@ impl Engine {
         Ok(report)
     }
 
-    async fn execute(&mut self, ops: Vec<PlanOp>) -> anyhow::Result<usize> {
+    /// How long until the first file that waits may be tried again.
+    fn next_retry(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.waits
+            .values()
+            .map(|(at, _)| at.saturating_duration_since(now))
+            .min()
+    }
+
+    /// Whether `path` waits for its retry time; counts it in `waiting` if so.
+    fn waits_now(&self, path: &RelPath) -> bool {
+        self.waits
+            .get(path)
+            .is_some_and(|(at, _)| *at > Instant::now())
+    }
+
+    /// `path` failed in a way that waits: try again after the next backoff step.
+    fn wait_before_retry(&mut self, path: &RelPath) -> Duration {
+        let now = Instant::now();
+        let entry = self
+            .waits
+            .entry(path.clone())
+            .or_insert((now, DOWNLOAD_RETRY_FIRST));
+        let wait = entry.1;
+        *entry = (now + wait, (wait * 2).min(DOWNLOAD_RETRY_MAX));
+        wait
+    }
+
+    /// Uploads again the chunks the server asked for (it lost them, or found them corrupt and
+    /// moved them aside), from local files that still hold what base recorded for them.
+    /// Failures are logged: the request stays on the server's list until some device answers.
+    async fn upload_wanted(&mut self) {
+        let wanted = std::mem::take(&mut self.wanted);
+        // Each local file holding wanted chunks: its stamp in base, and (offset, chunk) of them.
+        type Source = (PathBuf, Stamp, Vec<(u64, ChunkRef)>);
+        let mut sources: Vec<Source> = Vec::new();
+        let mut found = HashSet::new();
+        for (path, chunks) in &self.state.base_chunks {
+            let mut offset = 0u64;
+            let mut here = Vec::new();
+            for chunk in chunks {
+                if wanted.contains(&chunk.hash) && found.insert(chunk.hash) {
+                    here.push((offset, *chunk));
+                }
+                offset += u64::from(chunk.len);
+            }
+            if here.is_empty() {
+                continue;
+            }
+            let Some(base) = self.state.base.get(path) else {
+                continue;
+            };
+            let Ok(full) = safe_join(&self.root, path) else {
+                continue;
+            };
+            sources.push((full, Stamp::of_base(base), here));
+        }
+        if sources.is_empty() {
+            tracing::debug!(
+                n = wanted.len(),
+                "the server wants chunks this device does not have"
+            );
+            return;
+        }
+        let mut pack = Vec::new();
+        let mut n_chunks = 0usize;
+        for (full, stamp, chunks) in sources {
+            // Only a file that still holds what base recorded holds the wanted bytes.
+            if stamp_of(&full).ok() != Some(stamp) {
+                continue;
+            }
+            let Ok(file) = std::fs::File::open(&full) else {
+                continue;
+            };
+            for (offset, chunk) in chunks {
+                if tokio::task::block_in_place(|| read_chunk_into(&file, offset, &chunk, &mut pack))
+                {
+                    n_chunks += 1;
+                }
+            }
+            if pack.len() >= PACK_BYTES {
+                send_wanted(&self.api, std::mem::take(&mut pack)).await;
+            }
+        }
+        if !pack.is_empty() {
+            send_wanted(&self.api, pack).await;
+        }
+        tracing::warn!(
+            n_chunks,
+            "uploaded again chunks the server had lost or found corrupt"
+        );
+    }
+
+    /// Asks the server whether it still has every chunk of base, and uploads again those it
+    /// lost (the daemon calls this at start and now and then: a chunk file deleted on the
+    /// server is noticed even when no device tries to download it).
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn check_server_chunks(&mut self) -> anyhow::Result<()> {
+        let mut all: Vec<ChunkHash> = self
+            .state
+            .base_chunks
+            .values()
+            .flat_map(|chunks| chunks.iter().map(|chunk| chunk.hash))
+            .collect();
+        all.sort();
+        all.dedup();
+        let mut missing = HashSet::new();
+        for batch in all.chunks(20_000) {
+            missing.extend(self.api.missing_chunks(batch.to_vec()).await?);
+        }
+        if !missing.is_empty() {
+            tracing::warn!(
+                n = missing.len(),
+                "the server lacks chunks of files this folder synced; uploading them again"
+            );
+            self.wanted.extend(missing);
+            self.upload_wanted().await;
+        }
+        Ok(())
+    }
+
+    /// Applies a plan; returns how many steps applied, and how many were left to wait for their
+    /// retry time.
+    async fn execute(&mut self, ops: Vec<PlanOp>) -> anyhow::Result<(usize, usize)> {
         let mut applied = 0;
+        let n_ops = ops.len();
+        let ops: Vec<PlanOp> = ops
+            .into_iter()
+            .filter(|op| !matches!(op, PlanOp::Download { path, .. } | PlanOp::Upload { path, .. } if self.waits_now(path)))
+            .collect();
+        let waiting = n_ops - ops.len();
         let mut ops = ops.into_iter().peekable();
         self.state.begin_batch()?;
         let result = self.execute_runs(&mut ops, &mut applied).await;
-        // Whatever was applied is recorded, also when a later step failed.
+        // Whatever was applied is recorded, also when a later step failed, with the journal
+        // position the server answered with.
+        self.save_identity()?;
         self.state.commit_batch()?;
         result?;
-        Ok(applied)
+        Ok((applied, waiting))
     }
 
     async fn execute_runs(
@@ -456,9 +743,8 @@ impl Engine {
                     let mut run = run;
                     while !run.is_empty() {
                         let rest = run.split_off(run.len().min(UPLOAD_GROUP));
-                        n += self
-                            .execute_uploads(std::mem::replace(&mut run, rest))
-                            .await?;
+                        let group = std::mem::replace(&mut run, rest);
+                        n += self.upload_group(group).await?;
                     }
                     n
                 }
@@ -524,12 +810,22 @@ impl Engine {
             // Only the paths are needed afterwards (for the log); the ops, with their chunk
             // lists, are moved into the request.
             let paths: Vec<RelPath> = batch.iter().map(|op| op.path().clone()).collect();
-            let response = self.api.ops(batch).await?;
+            let response = self.api.ops(batch, self.identity.known).await?;
+            if response.diverged {
+                self.distrust(
+                    "the server's journal no longer holds the changes this folder saw: its \
+                     database was restored from a backup, or replaced"
+                        .to_owned(),
+                );
+            }
             anyhow::ensure!(
                 response.results.len() == n,
                 "server answered {} results for {n} ops",
                 response.results.len()
             );
+            if !response.diverged {
+                self.note_known(response.cursor, response.cursor_tag);
+            }
             let cursor = Revision(response.cursor.0);
             for (idx, (path, result)) in paths.iter().zip(&response.results).enumerate() {
                 if result.status == 200 {
@@ -634,6 +930,71 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Uploads and commits a group; a full server is answered by uploading the files one at a
+    /// time, smallest first, so every file that fits still goes, and those that do not wait
+    /// for a retry with backoff.
+    async fn upload_group(&mut self, group: Vec<PlanOp>) -> anyhow::Result<usize> {
+        match self.execute_uploads(group.clone()).await {
+            Ok(n) => Ok(n),
+            Err(err) if api_status(&err) == Some(422) => {
+                self.upload_settling(&err);
+                Ok(0)
+            }
+            Err(err) if api_status(&err) == Some(507) && group.len() > 1 => {
+                tracing::warn!(cause = %err, "the server's storage is full; uploading file by file, smallest first");
+                let mut by_size: Vec<(u64, PlanOp)> = group
+                    .into_iter()
+                    .map(|op| {
+                        let size = safe_join(&self.root, upload_path(&op))
+                            .ok()
+                            .and_then(|full| stamp_of(&full).ok())
+                            .map_or(u64::MAX, |stamp| stamp.size);
+                        (size, op)
+                    })
+                    .collect();
+                by_size.sort_by_key(|(size, _)| *size);
+                let mut n = 0;
+                for (size, op) in by_size {
+                    let path = upload_path(&op).clone();
+                    match self.execute_uploads(vec![op]).await {
+                        Ok(applied) => n += applied,
+                        Err(err) if api_status(&err) == Some(507) => {
+                            self.upload_full(&path, size, &err)
+                        }
+                        Err(err) if api_status(&err) == Some(422) => self.upload_settling(&err),
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(n)
+            }
+            Err(err) if api_status(&err) == Some(507) => {
+                let path = upload_path(&group[0]).clone();
+                let size = safe_join(&self.root, &path)
+                    .ok()
+                    .and_then(|full| stamp_of(&full).ok())
+                    .map_or(0, |stamp| stamp.size);
+                self.upload_full(&path, size, &err);
+                Ok(0)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A chunk did not match its hash at the server: the file changed while it was read.
+    fn upload_settling(&mut self, err: &anyhow::Error) {
+        tracing::info!(cause = %err, "a file changed while it was uploaded; will retry when it settles");
+        self.retry_soon = true;
+    }
+
+    /// The server had no room for a file: it waits for a retry with backoff.
+    fn upload_full(&mut self, path: &RelPath, size: u64, err: &anyhow::Error) {
+        let wait = self.wait_before_retry(path);
+        tracing::warn!(%path, size, retry_in = ?wait, cause = %err, "not uploaded: the server's storage is full");
+        self.notices.push(format!(
+            "{path} ({size} bytes) waits: the server's storage is full"
+        ));
     }
 
     async fn execute_uploads(&mut self, run: Vec<PlanOp>) -> anyhow::Result<usize> {
@@ -884,7 +1245,68 @@ impl Engine {
         Ok(applied)
     }
 
+    /// Downloads a batch; when the server cannot serve some chunks (it lost them, or found them
+    /// corrupt), the files that need them are reported by path and wait for a retry with
+    /// backoff, while every other file of the batch is downloaded.
     async fn download_batch(&mut self, jobs: Vec<DownloadJob>) -> anyhow::Result<usize> {
+        let paths: Vec<(RelPath, Vec<ChunkHash>)> = jobs
+            .iter()
+            .map(|job| {
+                // Every chunk: a retry fetches the ones it reused too.
+                let hashes = job.entry.chunks.iter().map(|chunk| chunk.hash).collect();
+                (job.path.clone(), hashes)
+            })
+            .collect();
+        let jobs = match self.try_download_batch(jobs).await {
+            Ok(applied) => return Ok(applied),
+            Err((err, jobs)) => {
+                let fetch: Vec<ChunkHash> = paths
+                    .iter()
+                    .flat_map(|(_, hashes)| hashes.clone())
+                    .collect();
+                let missing: HashSet<ChunkHash> = match self.api.missing_chunks(fetch).await {
+                    Ok(missing) => missing.into_iter().collect(),
+                    Err(_) => return Err(err),
+                };
+                if missing.is_empty() {
+                    return Err(err);
+                }
+                let mut rest = Vec::new();
+                for job in jobs {
+                    let lacks = paths
+                        .iter()
+                        .find(|(path, _)| *path == job.path)
+                        .and_then(|(_, hashes)| hashes.iter().find(|h| missing.contains(h)));
+                    match lacks {
+                        Some(hash) => {
+                            let wait = self.wait_before_retry(&job.path);
+                            tracing::warn!(
+                                path = %job.path,
+                                chunk = %hash,
+                                retry_in = ?wait,
+                                "could not download {}: the server lost chunk {hash} or found it \
+                                 corrupt (it asks the devices that have the file to upload it again)",
+                                job.path
+                            );
+                        }
+                        None => rest.push(job),
+                    }
+                }
+                rest
+            }
+        };
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        self.try_download_batch(jobs).await.map_err(|(err, _)| err)
+    }
+
+    /// One attempt at a batch; on a failure to fetch or write, the jobs come back with the
+    /// error, so the caller can tell which files the failure was about.
+    async fn try_download_batch(
+        &mut self,
+        jobs: Vec<DownloadJob>,
+    ) -> Result<usize, (anyhow::Error, Vec<DownloadJob>)> {
         let started = std::time::Instant::now();
         let n_jobs = jobs.len();
         // Which chunks to fetch, each once, in the order they are first needed.
@@ -900,10 +1322,14 @@ impl Engine {
         let stream = if fetch.is_empty() {
             None
         } else {
-            Some(self.api.download_pack(fetch).await?)
+            match self.api.download_pack(fetch).await {
+                Ok(stream) => Some(stream),
+                Err(err) => return Err((err.into(), jobs)),
+            }
         };
         let tmp_dir = self.tmp_dir.clone();
         let writeback = Arc::clone(&self.writeback);
+        let job_keys: Vec<DownloadKey> = jobs.iter().map(DownloadJob::key).collect();
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<WrittenFile>> {
             let written = write_temp_files(jobs, stream, &tmp_dir, &writeback)?;
             // Every temp file's bytes are durable before any is renamed into place.
@@ -912,7 +1338,18 @@ impl Engine {
             Ok(written)
         })
         .await
-        .context("download task failed")??;
+        .context("download task failed")
+        .and_then(|written| written);
+        let written = match written {
+            Ok(written) => written,
+            // The jobs were moved into the task: rebuild what the caller needs to tell them apart.
+            Err(err) => {
+                return Err((
+                    err,
+                    job_keys.into_iter().map(DownloadJob::from_key).collect(),
+                ))
+            }
+        };
         let written_at = started.elapsed();
         let mut applied = 0;
         let mut placed_dirs: Vec<PathBuf> = Vec::new();
@@ -933,7 +1370,8 @@ impl Engine {
         }
         // The renames become durable before the batch's base updates are committed.
         let dirs: Vec<&Path> = placed_dirs.iter().map(PathBuf::as_path).collect();
-        tokio::task::block_in_place(|| crate::fsutil::make_durable(&self.root, &[], &dirs))?;
+        tokio::task::block_in_place(|| crate::fsutil::make_durable(&self.root, &[], &dirs))
+            .map_err(|err| (err, Vec::new()))?;
         tracing::debug!(
             files = n_jobs,
             fetch_and_write = ?written_at,
@@ -1196,6 +1634,30 @@ impl Engine {
     }
 }
 
+/// Uploads a pack of chunks the server asked for; a failure is logged (the server keeps
+/// asking until some device answers).
+async fn send_wanted(api: &ApiClient, pack: Vec<u8>) {
+    if let Err(err) = api.upload_pack_durable(bytes::Bytes::from(pack)).await {
+        tracing::warn!(cause = %err, "could not upload the chunks the server asked for");
+    }
+}
+
+/// The path of an upload step.
+fn upload_path(op: &PlanOp) -> &RelPath {
+    match op {
+        PlanOp::Upload { path, .. } => path,
+        other => unreachable!("not an upload: {other:?}"),
+    }
+}
+
+/// The HTTP status of an API error inside `err`, if that is what it is.
+fn api_status(err: &anyhow::Error) -> Option<u16> {
+    match err.downcast_ref::<ApiError>() {
+        Some(ApiError::Status { status, .. }) => Some(*status),
+        _ => None,
+    }
+}
+
 /// The directories whose entries the local ops of `run` change.
 fn touched_dirs(root: &Path, run: &[PlanOp]) -> Vec<PathBuf> {
     let parent_of = |path: &RelPath| match path.parent() {
@@ -1219,6 +1681,37 @@ fn touched_dirs(root: &Path, run: &[PlanOp]) -> Vec<PathBuf> {
 /// Whether `path` is a locked path or lies beneath one.
 fn covered(path: &RelPath, locked: &BTreeMap<RelPath, DeviceName>) -> bool {
     locked.contains_key(path) || path.ancestors().iter().any(|a| locked.contains_key(a))
+}
+
+/// What identifies a [`DownloadJob`] after its batch failed: enough to retry it.
+struct DownloadKey {
+    path: RelPath,
+    full: PathBuf,
+    entry: RemoteEntry,
+    expect_local: Option<ContentHash>,
+}
+
+impl DownloadJob {
+    fn key(&self) -> DownloadKey {
+        DownloadKey {
+            path: self.path.clone(),
+            full: self.full.clone(),
+            entry: self.entry.clone(),
+            expect_local: self.expect_local,
+        }
+    }
+
+    /// A job again from its key, fetching every chunk (nothing reused: the retry is rare).
+    fn from_key(key: DownloadKey) -> DownloadJob {
+        DownloadJob {
+            path: key.path,
+            full: key.full,
+            entry: key.entry,
+            expect_local: key.expect_local,
+            reuse: HashMap::new(),
+            reuse_stamp: None,
+        }
+    }
 }
 
 /// One file to download.

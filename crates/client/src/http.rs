@@ -11,8 +11,9 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use syncstore_proto::{
-    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, LockInfo, LockRequest, LocksResponse,
-    Op, OpsRequest, OpsResponse, RelPath, TreeResponse, UnlockRequest, UploadResponse, WhoAmI,
+    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, JournalTag, LockInfo, LockRequest,
+    LocksResponse, Op, OpsRequest, OpsResponse, RelPath, TreeResponse, UnlockRequest,
+    UploadResponse, WhoAmI,
 };
 
 /// Why a call failed.
@@ -204,7 +205,9 @@ impl ApiClient {
         .await
     }
 
-    /// `GET /api/v1/changes`, waiting up to `wait` for a change after `since`.
+    /// `GET /api/v1/changes`, waiting up to `wait` for a change after `since`; with `known`,
+    /// the server checks that its journal still holds that position with that tag (the answer
+    /// is `diverged` when not).
     ///
     /// # Errors
     /// [`ApiError`].
@@ -212,12 +215,16 @@ impl ApiClient {
         &self,
         since: Cursor,
         wait: Duration,
+        known: Option<(Cursor, JournalTag)>,
     ) -> Result<ChangesResponse, ApiError> {
-        let path = format!(
+        let mut path = format!(
             "/api/v1/changes?since={}&timeout_ms={}",
             since.0,
             wait.as_millis()
         );
+        if let Some((cursor, tag)) = known {
+            path.push_str(&format!("&known={}&known_tag={tag}", cursor.0));
+        }
         self.json(
             reqwest::Method::GET,
             &path,
@@ -257,6 +264,21 @@ impl ApiClient {
         .await
     }
 
+    /// `POST /api/v1/chunks/upload?durable=true`: chunks the server asked for again, durable
+    /// under their names when the call returns.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn upload_pack_durable(&self, pack: Bytes) -> Result<UploadResponse, ApiError> {
+        self.json(
+            reqwest::Method::POST,
+            "/api/v1/chunks/upload?durable=true",
+            Body::Bytes(pack),
+            Duration::from_secs(600),
+        )
+        .await
+    }
+
     /// `POST /api/v1/chunks/download`: a stream of frames for `hashes`, in order.
     ///
     /// # Errors
@@ -280,11 +302,20 @@ impl ApiClient {
     ///
     /// # Errors
     /// [`ApiError`].
-    pub async fn ops(&self, ops: Vec<Op>) -> Result<OpsResponse, ApiError> {
+    pub async fn ops(
+        &self,
+        ops: Vec<Op>,
+        known: Option<(Cursor, JournalTag)>,
+    ) -> Result<OpsResponse, ApiError> {
+        let (known, known_tag) = known.unzip();
         self.json(
             reqwest::Method::POST,
             "/api/v1/ops",
-            Self::encode(&OpsRequest { ops }),
+            Self::encode(&OpsRequest {
+                ops,
+                known,
+                known_tag,
+            }),
             Duration::from_secs(300),
         )
         .await

@@ -1,14 +1,18 @@
 //! The base tree, persisted in `.syncstore/state.sqlite`: the last state local and remote agreed on.
 //!
-//! Updated one path at a time right after each applied step, so a crash between steps re-plans
-//! the rest from the three trees as they are. The whole tree is also kept in memory.
+//! The updates of one applied plan are committed together once their effects are durable (see
+//! `engine`); the server identity base was made against ([`ServerIdentity`]) is saved with
+//! them. The whole tree is also kept in memory.
 
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use syncstore_plan::BaseNode;
-use syncstore_proto::{ChunkHash, ChunkRef, ContentHash, EntryKind, NodeId, RelPath, Revision};
+use syncstore_proto::{
+    ChunkHash, ChunkRef, ContentHash, Cursor, EntryKind, JournalTag, NamespaceId, NodeId, RelPath,
+    Revision,
+};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -229,6 +233,90 @@ impl StateDb {
     pub fn set_meta(&self, key: &str, value: &str) -> anyhow::Result<()> {
         self.conn
             .execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", [key, value])?;
+        Ok(())
+    }
+}
+
+/// What base was made against: the server's namespace and the newest journal position the
+/// client knew of when base was last committed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerIdentity {
+    pub namespace: Option<NamespaceId>,
+    pub known: Option<(Cursor, JournalTag)>,
+}
+
+impl StateDb {
+    /// The saved server identity (nothing saved: a folder never synced, or older state).
+    ///
+    /// # Errors
+    /// On a database error or a corrupt value.
+    pub fn identity(&self) -> anyhow::Result<ServerIdentity> {
+        let namespace = self
+            .meta("namespace")?
+            .map(|text| NamespaceId::from_hex(&text))
+            .transpose()
+            .context("corrupt namespace in state")?;
+        let known = match (self.meta("known_cursor")?, self.meta("known_tag")?) {
+            (Some(cursor), Some(tag)) => Some((
+                Cursor(cursor.parse().context("corrupt known_cursor in state")?),
+                JournalTag::from_hex(&tag).context("corrupt known_tag in state")?,
+            )),
+            _ => None,
+        };
+        Ok(ServerIdentity { namespace, known })
+    }
+
+    /// Saves the server identity; inside a batch it commits with the batch's base updates.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn save_identity(&self, identity: &ServerIdentity) -> anyhow::Result<()> {
+        match identity.namespace {
+            Some(namespace) => self.set_meta("namespace", &namespace.to_hex())?,
+            None => self.delete_meta("namespace")?,
+        }
+        match identity.known {
+            Some((cursor, tag)) => {
+                self.set_meta("known_cursor", &cursor.0.to_string())?;
+                self.set_meta("known_tag", &tag.to_hex())?;
+            }
+            None => {
+                self.delete_meta("known_cursor")?;
+                self.delete_meta("known_tag")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the whole base tree and saves `identity`, in one durable transaction: the folder
+    /// is then planned as on a first sync (nothing deleted on either side), against the server
+    /// `identity` names. `why` is kept for `status`.
+    ///
+    /// # Errors
+    /// On a database error; nothing is changed then.
+    pub fn readopt(&mut self, identity: &ServerIdentity, why: &str) -> anyhow::Result<()> {
+        self.commit_batch()?;
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE; DELETE FROM base;")
+            .context("could not clear base")?;
+        let saved = self
+            .save_identity(identity)
+            .and_then(|()| self.set_meta("readopted", why));
+        if let Err(err) = saved {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(err);
+        }
+        self.conn
+            .execute_batch("COMMIT")
+            .context("could not commit state")?;
+        self.base.clear();
+        self.base_chunks.clear();
+        Ok(())
+    }
+
+    fn delete_meta(&self, key: &str) -> anyhow::Result<()> {
+        self.conn
+            .execute("DELETE FROM meta WHERE key = ?1", [key])?;
         Ok(())
     }
 }

@@ -991,3 +991,39 @@ fn local_rename_inside_a_directory_the_server_renamed_moves_one_at_a_time() {
         "#]],
     );
 }
+
+// Folder and server identity.
+
+#[test]
+fn row_37_an_untrusted_base_is_planned_as_a_first_sync() {
+    // The server's database was restored from a backup older than base: `new.txt` (synced
+    // after the backup) is gone from the server, `doc` went back to an older version, `same`
+    // is as base has it. Planned against that base, the restore would read as remote deletes
+    // and edits, and delete the only copy of `new.txt`:
+    let base = "new.txt file h1 id=7 rev=9\ndoc file h2 id=3 rev=8\nsame file h3 id=4 rev=2";
+    let local = "new.txt file h1\ndoc file h2\nsame file h3";
+    let restored = "doc file h5 id=3 rev=5\nsame file h3 id=4 rev=2";
+    check(
+        base,
+        local,
+        restored,
+        expect![[r#"
+            delete-local new.txt if=h1
+            download doc h5 id=3 rev=5 if-local=h2
+        "#]],
+    );
+    // So the engine, which sees the server's namespace or journal tag differ from what base
+    // was made against, plans with no base at all (a first sync): nothing is deleted on either
+    // side, what the server lacks is uploaded, differing contents become conflicted copies and
+    // identical files are only recorded.
+    check(
+        "",
+        local,
+        restored,
+        expect![[r#"
+            conflict-copy doc -> doc (conflicted copy from laptop 2024-05-06 070809)
+            upload new.txt h1 if-absent
+            record-base same file h3 id=4 rev=2 size=0 mtime=0 ino=103
+        "#]],
+    );
+}

@@ -7,7 +7,7 @@
 //! | `GET /api/v1/tree` | | [`TreeResponse`] |
 //! | `GET /api/v1/changes?since=C&timeout_ms=T` | | [`ChangesResponse`]; long-polls up to T ms for a change after C |
 //! | `POST /api/v1/chunks/missing` | [`ChunkList`] | [`ChunkList`] of those the server lacks |
-//! | `POST /api/v1/chunks/upload` | chunk frames | [`UploadResponse`] |
+//! | `POST /api/v1/chunks/upload[?durable=true]` | chunk frames | [`UploadResponse`]; with `durable`, the chunks are durable under their names before the answer (a repair upload, which no commit follows) |
 //! | `POST /api/v1/chunks/download` | [`ChunkList`] | chunk frames, in the order asked |
 //! | `POST /api/v1/ops` | [`OpsRequest`] | [`OpsResponse`]: one [`OpResult`] per op, each with its own status |
 //! | `POST /api/v1/locks` | [`LockRequest`] | [`LockInfo`]; 423 when another device holds it, 404 when the path does not exist |
@@ -21,7 +21,10 @@
 //!
 //! Every call but health needs `Authorization: Bearer TOKEN`. Errors are [`ErrorBody`] with a 4xx/5xx status.
 
-use crate::{ChunkHash, ContentHash, Cursor, DeviceName, NodeId, RelPath, Revision, UserName};
+use crate::{
+    ChunkHash, ContentHash, Cursor, DeviceName, JournalTag, NamespaceId, NodeId, RelPath, Revision,
+    UserName,
+};
 use serde::{Deserialize, Serialize};
 
 /// A file or a directory.
@@ -113,12 +116,19 @@ pub struct Health {
 pub struct WhoAmI {
     pub user: UserName,
     pub device: DeviceName,
+    /// The user's namespace: a client whose base was made against another one must not read
+    /// any difference as a deletion (see [`ChangesResponse::diverged`]).
+    pub namespace: NamespaceId,
 }
 
 /// `GET /api/v1/tree`: every live node at `cursor`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TreeResponse {
     pub cursor: Cursor,
+    /// The tag of the journal position `cursor`.
+    pub cursor_tag: JournalTag,
+    /// The user's namespace.
+    pub namespace: NamespaceId,
     pub entries: Vec<RemoteEntry>,
     /// Every lock in force at `cursor`.
     #[serde(default)]
@@ -132,6 +142,13 @@ pub struct ChangesQuery {
     /// How long to wait for a change when there is none yet; 0 answers at once.
     #[serde(default)]
     pub timeout_ms: u64,
+    /// The newest journal position the client knows of (from a page or an ops answer), to be
+    /// checked: when the journal no longer holds it with this tag, the answer is `diverged`.
+    #[serde(default)]
+    pub known: Option<Cursor>,
+    /// The tag of `known`, as the client was told it.
+    #[serde(default)]
+    pub known_tag: Option<JournalTag>,
 }
 
 /// `GET /api/v1/changes`: the changes after `since`, oldest first.
@@ -145,12 +162,33 @@ pub struct ChangesResponse {
     /// `since` is unknown to the server (ahead of its journal): fetch the whole tree again.
     #[serde(default)]
     pub reset: bool,
+    /// The tag of the journal position `cursor`.
+    pub cursor_tag: JournalTag,
+    /// The user's namespace.
+    pub namespace: NamespaceId,
+    /// The journal no longer holds the position `known` with the tag `known_tag` (the server's
+    /// database was restored from a backup older than what the client saw, or replaced): the
+    /// client's base cannot be trusted, and it must re-adopt its folder as on a first sync.
+    #[serde(default)]
+    pub diverged: bool,
+    /// Chunks the server lost or found corrupt and asks devices that hold them to upload again.
+    #[serde(default)]
+    pub wanted: Vec<ChunkHash>,
 }
 
 /// A list of chunk hashes (`/chunks/missing` in both directions, `/chunks/download`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ChunkList {
     pub hashes: Vec<ChunkHash>,
+}
+
+/// `POST /api/v1/chunks/upload` query string.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UploadQuery {
+    /// Make the chunks durable before answering (chunks the server asked for again: no commit
+    /// will name them, which is what makes staged chunks durable otherwise).
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// `POST /api/v1/chunks/upload`: how many chunks were stored (already present ones count).
@@ -208,6 +246,14 @@ impl Op {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OpsRequest {
     pub ops: Vec<Op>,
+    /// The newest journal position the client knows of, and its tag (as for
+    /// [`ChangesQuery::known`]): when the journal no longer holds it, no op is applied (each
+    /// gets 409) and the answer is `diverged`, since the plan was made from a history the
+    /// server lost and its revisions may name other changes now.
+    #[serde(default)]
+    pub known: Option<Cursor>,
+    #[serde(default)]
+    pub known_tag: Option<JournalTag>,
 }
 
 /// The outcome of one op.
@@ -229,6 +275,11 @@ pub struct OpsResponse {
     pub results: Vec<OpResult>,
     /// The journal position after the last applied op.
     pub cursor: Cursor,
+    /// The tag of the journal position `cursor`.
+    pub cursor_tag: JournalTag,
+    /// The journal no longer holds the request's `known` position: nothing was applied.
+    #[serde(default)]
+    pub diverged: bool,
 }
 
 /// Body of every error answer.

@@ -130,6 +130,76 @@ impl ContentHash {
     }
 }
 
+macro_rules! id16_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(pub [u8; 16]);
+
+        impl $name {
+            /// The id as 32 lowercase hex digits.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+            /// Parses 32 hex digits.
+            ///
+            /// # Errors
+            /// [`IdError`] when the text is not exactly 32 hex digits.
+            pub fn from_hex(text: &str) -> Result<Self, IdError> {
+                let mut bytes = [0u8; 16];
+                if text.len() != 32 {
+                    return Err(IdError(text.chars().take(80).collect()));
+                }
+                hex::decode_to_slice(text, &mut bytes)
+                    .map_err(|_| IdError(text.chars().take(80).collect()))?;
+                Ok(Self(bytes))
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(text: String) -> Result<Self, IdError> {
+                Self::from_hex(&text)
+            }
+        }
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.to_hex()
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.to_hex())
+            }
+        }
+    };
+}
+
+/// Error for an id that is not 32 hex digits.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid id {0:?}: expected 32 hex digits")]
+pub struct IdError(pub String);
+
+id16_newtype!(
+    /// The identity of one user namespace: 16 random bytes drawn when the account is created and
+    /// never reused. A client compares it with the one its base was made against, so an account
+    /// re-created after its database was lost is never mistaken for the old one; the chunk store
+    /// keys content by it, so a new account can never read an old account's chunks.
+    NamespaceId
+);
+id16_newtype!(
+    /// The identity of one journal position: 16 random bytes drawn when the change at that
+    /// cursor was committed (all zero for cursor 0). A journal restored from a backup older than
+    /// a client's last sync either lacks the client's cursor or holds another change there, with
+    /// another tag, so the client can tell that the history it saw is gone.
+    JournalTag
+);
+
 macro_rules! u64_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*

@@ -60,8 +60,18 @@ impl From<StoreError> for ApiError {
         match &err {
             StoreError::NotFound(_) => ApiError::not_found(err.to_string()),
             StoreError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
-            StoreError::HashMismatch { .. } | StoreError::ChunkTooLarge { .. } => {
-                ApiError::bad_request(err.to_string())
+            // 422, not 400: the request is well formed, but a chunk's bytes are not its name's,
+            // which is what a file rewritten while it was read for upload sends.
+            StoreError::HashMismatch { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
+            }
+            StoreError::ChunkTooLarge { .. } => ApiError::bad_request(err.to_string()),
+            StoreError::Full(_) => {
+                tracing::error!(cause = %err, "store full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "server storage is full; see its log",
+                )
             }
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)

@@ -66,6 +66,19 @@ impl ChangeHub {
     }
 }
 
+impl ChangeHub {
+    /// Wakes every waiter of `user_id` without a new change (the wanted chunks changed).
+    pub fn wake(&self, user_id: UserId) {
+        let senders = self
+            .senders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sender) = senders.get(&user_id) {
+            sender.send_modify(|_| {});
+        }
+    }
+}
+
 impl std::fmt::Debug for ChangeHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChangeHub").finish_non_exhaustive()

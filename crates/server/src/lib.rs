@@ -240,6 +240,44 @@ pub async fn open_stores(meta: &MetaLocation, chunks: &ChunkLocation) -> anyhow:
     })
 }
 
+/// Refuses a metadata store without users beside a chunk store that holds content: the
+/// database was lost, or is the wrong one, and starting as a first install would hand out an
+/// empty namespace to the devices (which keep their files, but re-upload everything) while the
+/// content sits unreadable beside it.
+///
+/// # Errors
+/// With a message saying what was found and how to proceed, or when a store fails.
+pub async fn refuse_orphaned_content(
+    stores: &Stores,
+    meta: &MetaLocation,
+    chunks: &ChunkLocation,
+) -> anyhow::Result<()> {
+    if stores
+        .meta
+        .count_users()
+        .await
+        .context("could not count users")?
+        > 0
+    {
+        return Ok(());
+    }
+    if stores
+        .chunks
+        .holds_content()
+        .await
+        .with_context(|| format!("could not look into the chunk store {chunks}"))?
+    {
+        anyhow::bail!(
+            "the metadata database {meta} has no accounts, but the chunk store {chunks} holds \
+             content: the database was lost or is not the one these chunks belong to. Restore \
+             the database from a backup (see docs/design.md, \"Recovery\"), or start over on \
+             purpose with --new-database (the old content stays where it is, unreadable by new \
+             accounts; devices keep their files and upload them again)"
+        );
+    }
+    Ok(())
+}
+
 /// Opens the embedded stores under `data_dir` (`meta.sqlite`, `chunks/`), creating them if needed.
 ///
 /// # Errors

@@ -19,9 +19,9 @@ use syncstore_proto::ChunkHash;
 use syncstore_proto::{
     decode_frame_header, encode_frame_header, ChangesQuery, ChangesResponse, ChunkList, Health,
     LockInfo, LockRequest, LocksResponse, OpsRequest, OpsResponse, TreeResponse, UnlockRequest,
-    UploadResponse, WhoAmI, FRAME_HEADER_LEN,
+    UploadQuery, UploadResponse, WhoAmI, FRAME_HEADER_LEN,
 };
-use syncstore_store::{ChangesPage, LockOutcome, UserId};
+use syncstore_store::{ChangesPage, LockOutcome, Principal, StoreError, UserId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -94,6 +94,7 @@ async fn whoami(auth: Auth) -> Json<WhoAmI> {
     Json(WhoAmI {
         user: principal.user_name,
         device: principal.device_name,
+        namespace: principal.namespace,
     })
 }
 
@@ -102,13 +103,16 @@ async fn tree(State(state): State<AppState>, auth: Auth) -> Result<Json<TreeResp
     let tree = state.stores.meta.tree(auth.0.user_id, now_ms()).await?;
     Ok(Json(TreeResponse {
         cursor: tree.cursor,
+        cursor_tag: tree.cursor_tag,
+        namespace: auth.0.namespace,
         entries: tree.entries,
         locks: tree.locks,
     }))
 }
 
-/// Answers at once when there are changes after `since`; otherwise waits for the user's next
-/// commit, the timeout, or shutdown.
+/// Answers at once when there are changes after `since`, when the journal no longer holds the
+/// client's `known` position (`diverged`), or when woken while chunks are wanted; otherwise
+/// waits for the user's next commit, the timeout, or shutdown.
 #[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name, since = %query.0.since))]
 async fn changes(
     State(state): State<AppState>,
@@ -116,40 +120,125 @@ async fn changes(
     query: QueryParams<ChangesQuery>,
 ) -> Result<Json<ChangesResponse>, ApiError> {
     let QueryParams(query) = query;
-    let user_id = auth.0.user_id;
+    let Auth(principal) = auth;
+    let user_id = principal.user_id;
     let wait = std::time::Duration::from_millis(query.timeout_ms).min(state.config.long_poll_max);
     let deadline = tokio::time::Instant::now() + wait;
+    let diverged = match (query.known, query.known_tag) {
+        (Some(known), Some(known_tag)) => {
+            state.stores.meta.journal_tag(user_id, known).await? != Some(known_tag)
+        }
+        _ => false,
+    };
     // Subscribe before reading, so a commit in between still wakes us.
     let mut changed = state.hub.subscribe(user_id);
+    let mut woken = false;
     loop {
         let page = state
             .stores
             .meta
             .changes_since(user_id, query.since, state.config.changes_page_size)
             .await?;
-        if !page.changes.is_empty() || page.reset || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(changes_response(page)));
+        let answer_now = !page.changes.is_empty()
+            || page.reset
+            || diverged
+            || tokio::time::Instant::now() >= deadline;
+        let wanted = if answer_now || woken {
+            wanted_chunks(&state, &principal).await?
+        } else {
+            Vec::new()
+        };
+        if answer_now || !wanted.is_empty() {
+            return Ok(Json(changes_response(page, &principal, diverged, wanted)));
         }
         tokio::select! {
-            woken = changed.changed() => {
+            result = changed.changed() => {
                 // The hub never drops a sender that has receivers; if it somehow did, answer
                 // rather than spin.
-                if woken.is_err() {
-                    return Ok(Json(changes_response(page)));
+                if result.is_err() {
+                    return Ok(Json(changes_response(page, &principal, diverged, Vec::new())));
                 }
+                woken = true;
             }
-            () = tokio::time::sleep_until(deadline) => return Ok(Json(changes_response(page))),
-            () = state.stopping.cancelled() => return Ok(Json(changes_response(page))),
+            () = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(changes_response(page, &principal, diverged, Vec::new())))
+            }
+            () = state.stopping.cancelled() => {
+                return Ok(Json(changes_response(page, &principal, diverged, Vec::new())))
+            }
         }
     }
 }
 
-fn changes_response(page: ChangesPage) -> ChangesResponse {
+fn changes_response(
+    page: ChangesPage,
+    principal: &Principal,
+    diverged: bool,
+    wanted: Vec<ChunkHash>,
+) -> ChangesResponse {
     ChangesResponse {
         cursor: page.cursor,
+        cursor_tag: page.cursor_tag,
+        namespace: principal.namespace,
         changes: page.changes,
         more: page.more,
         reset: page.reset,
+        diverged,
+        wanted,
+    }
+}
+
+/// Most wanted chunks named in one answer.
+const WANTED_PAGE: usize = 1000;
+
+/// The chunks the server asks the user's devices to upload again; those stored again since
+/// are dropped from the list.
+async fn wanted_chunks(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Vec<ChunkHash>, ApiError> {
+    let wanted = state
+        .stores
+        .meta
+        .wanted_chunks(principal.user_id, WANTED_PAGE)
+        .await?;
+    if wanted.is_empty() {
+        return Ok(wanted);
+    }
+    let still_missing = state
+        .stores
+        .chunks
+        .missing(principal.namespace, &wanted)
+        .await?;
+    if still_missing.len() < wanted.len() {
+        let stored: Vec<ChunkHash> = wanted
+            .iter()
+            .filter(|hash| !still_missing.contains(hash))
+            .copied()
+            .collect();
+        state
+            .stores
+            .meta
+            .unwant_chunks(principal.user_id, &stored)
+            .await?;
+        tracing::info!(n = stored.len(), "wanted chunks are stored again");
+    }
+    Ok(still_missing)
+}
+
+/// Records chunks a download found missing or corrupt, so devices that hold them upload them
+/// again, and wakes the user's long polls to tell them.
+async fn want_chunks(state: &AppState, user_id: UserId, hashes: &[ChunkHash]) {
+    match state.stores.meta.want_chunks(user_id, hashes).await {
+        Ok(0) => {}
+        Ok(added) => {
+            tracing::warn!(
+                added,
+                "chunks lost or corrupt; asking devices to upload them again"
+            );
+            state.hub.wake(user_id);
+        }
+        Err(err) => tracing::error!(cause = %err, "could not record wanted chunks"),
     }
 }
 
@@ -162,7 +251,7 @@ async fn chunks_missing(
     let hashes = state
         .stores
         .chunks
-        .missing(auth.0.user_id, &body.0.hashes)
+        .missing(auth.0.namespace, &body.0.hashes)
         .await?;
     Ok(Json(ChunkList { hashes }))
 }
@@ -180,9 +269,13 @@ const UPLOAD_BATCH_CHUNKS: usize = 4096;
 async fn chunks_upload(
     State(state): State<AppState>,
     auth: Auth,
+    query: QueryParams<UploadQuery>,
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiError> {
-    let user_id = auth.0.user_id;
+    let owner = auth.0.namespace;
+    let QueryParams(UploadQuery { durable }) = query;
+    // With `durable`, every chunk of the body, to be made durable before the answer.
+    let mut received: Vec<ChunkHash> = Vec::new();
     let chunk_store = &state.stores.chunks;
     let _permit = state.transfer_permit().await?;
     let mut frames = FrameReader {
@@ -198,7 +291,7 @@ async fn chunks_upload(
             stored += batch.len() as u64;
             batch_bytes = 0;
             chunk_store
-                .put_batch(user_id, std::mem::take(&mut batch))
+                .put_batch(owner, std::mem::take(&mut batch))
                 .await?;
         }
         if !frames.fill(FRAME_HEADER_LEN).await? {
@@ -216,12 +309,27 @@ async fn chunks_upload(
             break Some(format!("the body ends inside chunk {hash}"));
         }
         let bytes = frames.buffer.split_to(len).freeze();
+        if durable {
+            received.push(hash);
+        }
         batch_bytes += len;
         batch.push((hash, bytes));
     };
     // The complete chunks are stored even when the body was cut short.
     stored += batch.len() as u64;
-    chunk_store.put_batch(user_id, batch).await?;
+    chunk_store.put_batch(owner, batch).await?;
+    if durable && !received.is_empty() {
+        // A repair: no commit will name these chunks, so they are settled here, and the
+        // server stops asking for them.
+        let lens = chunk_store.make_durable(owner, &received).await?;
+        let repaired: Vec<ChunkHash> = lens.into_keys().collect();
+        state
+            .stores
+            .meta
+            .unwant_chunks(auth.0.user_id, &repaired)
+            .await?;
+        tracing::info!(n = repaired.len(), "chunks stored again");
+    }
     if let Some(problem) = cut_short {
         return Err(ApiError::bad_request(format!(
             "{problem} after {stored} complete chunks"
@@ -265,9 +373,11 @@ async fn chunks_download(
     body: JsonBody<ChunkList>,
 ) -> Result<Response, ApiError> {
     let user_id = auth.0.user_id;
+    let owner = auth.0.namespace;
     let JsonBody(ChunkList { hashes }) = body;
-    let missing = state.stores.chunks.missing(user_id, &hashes).await?;
+    let missing = state.stores.chunks.missing(owner, &hashes).await?;
     if let Some(first) = missing.first() {
+        want_chunks(&state, user_id, &missing).await;
         return Err(ApiError::not_found(format!(
             "unknown chunk {first} ({} of the {} asked are unknown)",
             missing.len(),
@@ -281,12 +391,21 @@ async fn chunks_download(
             // The permit lives as long as the body stream.
             let _permit = &permit;
             let chunk_store = Arc::clone(&chunk_store);
+            let state = state.clone();
             async move {
-                let bytes = chunk_store.get(user_id, &hash).await.map_err(|err| {
-                    // The status is already sent: all we can do is cut the body short.
-                    tracing::error!(cause = %err, "download failed mid-stream");
-                    std::io::Error::other(err.to_string())
-                })?;
+                let bytes = match chunk_store.get(owner, &hash).await {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        // The status is already sent: all we can do is cut the body short. A
+                        // corrupt chunk was moved aside: the devices that have it are asked
+                        // for it, and the client learns it is missing when it asks again.
+                        tracing::error!(cause = %err, "download failed mid-stream");
+                        if matches!(err, StoreError::Corrupt(_) | StoreError::NotFound(_)) {
+                            want_chunks(&state, user_id, &[hash]).await;
+                        }
+                        return Err(std::io::Error::other(err.to_string()));
+                    }
+                };
                 let len = u32::try_from(bytes.len()).map_err(|_| {
                     std::io::Error::other(format!("chunk {hash} of {} bytes", bytes.len()))
                 })?;
@@ -313,12 +432,38 @@ async fn ops(
     body: JsonBody<OpsRequest>,
 ) -> Result<Json<OpsResponse>, ApiError> {
     let Auth(principal) = auth;
-    let JsonBody(OpsRequest { ops }) = body;
+    let JsonBody(OpsRequest {
+        ops,
+        known,
+        known_tag,
+    }) = body;
+    if let (Some(known), Some(known_tag)) = (known, known_tag) {
+        let meta = &state.stores.meta;
+        if meta.journal_tag(principal.user_id, known).await? != Some(known_tag) {
+            // The plan was made from a history this journal lost: its revisions may name other
+            // changes now. Nothing is applied; the client re-adopts its folder and plans again.
+            let cursor = meta.current_cursor(principal.user_id).await?;
+            let cursor_tag = meta
+                .journal_tag(principal.user_id, cursor)
+                .await?
+                .unwrap_or_default();
+            let refused = syncstore_proto::OpResult {
+                status: 409,
+                entries: Vec::new(),
+                message: "the server's journal no longer holds what this device saw".to_owned(),
+            };
+            return Ok(Json(OpsResponse {
+                results: vec![refused; ops.len()],
+                cursor,
+                cursor_tag,
+                diverged: true,
+            }));
+        }
+    }
     let batch = syncstore_store::apply_ops(
         &*state.stores.meta,
         &*state.stores.chunks,
-        principal.user_id,
-        &principal.device_name,
+        &principal,
         ops,
         now_ms(),
     )
@@ -333,6 +478,8 @@ async fn ops(
             .map(|outcome| outcome.into_wire())
             .collect(),
         cursor: batch.cursor,
+        cursor_tag: batch.cursor_tag,
+        diverged: false,
     }))
 }
 

@@ -132,7 +132,12 @@ impl TestServer {
     }
 
     async fn ops(&self, token: &str, ops: Vec<Op>) -> OpsResponse {
-        self.post(token, "/api/v1/ops", &OpsRequest { ops }).await
+        let request = OpsRequest {
+            ops,
+            known: None,
+            known_tag: None,
+        };
+        self.post(token, "/api/v1/ops", &request).await
     }
 
     async fn stop(mut self) {
@@ -618,8 +623,9 @@ async fn bad_uploads_store_no_partial_chunk() {
     // Bytes under another chunk's name.
     let mut forged = encode_frame_header(&chunk_hash(b"claimed"), cut.len() as u32).to_vec();
     forged.extend_from_slice(cut);
+    // 422: what a client whose file changed while it was read sends, which it retries.
     let (status, message) = error_of(server.upload(&token, forged).await).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(message.contains("does not match"), "{message}");
 
     // A frame longer than the limit is refused from its header.
@@ -1064,6 +1070,8 @@ async fn a_lock_survives_a_server_restart() {
                         path: RelPath::new("d").unwrap(),
                         mtime_ms: 1,
                     }],
+                    known: None,
+                    known_tag: None,
                 })
                 .send()
                 .await

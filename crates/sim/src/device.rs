@@ -14,10 +14,11 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use syncstore_client::remote::RemoteTree;
+use syncstore_client::state::ServerIdentity;
 use syncstore_plan::{BaseNode, LocalNode, Plan, PlanInput, PlanOp};
 use syncstore_proto::{
-    ChunkHash, ChunkRef, ContentHash, DeviceName, EntryKind, Op, OpResult, RelPath, RemoteEntry,
-    Revision,
+    ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, NamespaceId, Op,
+    OpResult, RelPath, RemoteEntry, Revision,
 };
 
 /// Shared state a device acts on: the server, the network's fault injector, the clock, the trace.
@@ -136,6 +137,10 @@ pub struct Device {
     /// Base as last committed to disk. The engine commits base once per applied plan (and when
     /// a local run clears paths before deleting them), so a crash rolls `base` back to this.
     committed_base: BTreeMap<RelPath, BaseNode>,
+    /// The server identity base was made against, as learned (saved with base, as the engine
+    /// saves it), and as committed.
+    identity: ServerIdentity,
+    committed_identity: ServerIdentity,
     /// In memory: lost on crash, reloaded from `GET /tree`.
     pub remote: Option<RemoteTree>,
     /// In memory: the rest of the plan being applied.
@@ -238,6 +243,8 @@ impl Device {
             disk: SimFs::default(),
             base: BTreeMap::new(),
             committed_base: BTreeMap::new(),
+            identity: ServerIdentity::default(),
+            committed_identity: ServerIdentity::default(),
             remote: None,
             pending: VecDeque::new(),
         }
@@ -252,11 +259,56 @@ impl Device {
         self.remote = None;
         self.pending.clear();
         self.base = self.committed_base.clone();
+        self.identity = self.committed_identity;
     }
 
-    /// The engine commits base when a plan has been applied or a pass ends early.
+    /// The engine commits base when a plan has been applied or a pass ends early, with the
+    /// server identity it learned.
     fn commit_base(&mut self) {
         self.committed_base = self.base.clone();
+        self.committed_identity = self.identity;
+    }
+
+    /// As `Engine::note_known`: a journal position the server answered with.
+    fn note_known(&mut self, cursor: Cursor, tag: JournalTag) {
+        if self.identity.known.is_none_or(|(known, _)| cursor >= known) {
+            self.identity.known = Some((cursor, tag));
+        }
+    }
+
+    /// As `Engine::readopt`: base cannot be trusted (the server lost history, or is another
+    /// account), so it is dropped, durably, and the folder is planned as on a first sync.
+    fn readopt(&mut self, env: &mut Env<'_>, namespace: NamespaceId, why: &str) {
+        env.log(&self.name, format!("RE-ADOPT: {why}"));
+        self.base.clear();
+        self.identity = ServerIdentity {
+            namespace: Some(namespace),
+            known: None,
+        };
+        self.remote = None;
+        self.pending.clear();
+        self.commit_base();
+    }
+
+    /// As `Engine::connect` and `Engine::refresh_remote`: compares the server's namespace and
+    /// journal with what base was made against.
+    fn check_identity(&mut self, env: &mut Env<'_>) {
+        let namespace = env.server.namespace();
+        let why = match self.identity.namespace {
+            Some(saved) if saved != namespace => Some("the server's namespace changed"),
+            None if !self.base.is_empty() => Some("no saved namespace"),
+            _ => None,
+        }
+        .or_else(|| {
+            self.identity
+                .known
+                .is_some_and(|(cursor, tag)| env.server.tag_at(cursor) != Some(tag))
+                .then_some("the journal lost what this device saw")
+        });
+        if let Some(why) = why {
+            self.readopt(env, namespace, why);
+        }
+        self.identity.namespace = Some(namespace);
     }
 
     /// The pass ends early (an error, the round limit): the rest of the plan is dropped.
@@ -298,9 +350,14 @@ impl Device {
     }
 
     fn refresh(&mut self, env: &mut Env<'_>, refresh: Refresh) {
+        self.check_identity(env);
         if self.remote.is_none() {
             let (cursor, entries) = env.server.tree();
             self.remote = Some(RemoteTree::from_listing(cursor, entries, Vec::new()));
+            // The engine's first journal read right after the listing verifies its position.
+            if let Some(tag) = env.server.tag_at(cursor) {
+                self.note_known(cursor, tag);
+            }
             return;
         }
         let remote = self.remote.as_mut().expect("loaded above");
@@ -312,6 +369,10 @@ impl Device {
         };
         for change in &changes[..take] {
             remote.apply(change, Some(&self.name));
+        }
+        let reached = remote.cursor;
+        if let Some(tag) = env.server.tag_at(reached) {
+            self.note_known(reached, tag);
         }
         if take < changes.len() {
             env.log(
@@ -459,7 +520,7 @@ impl Device {
             );
             return Err(Abort::Request);
         }
-        let response = env.server.apply_ops(&self.name, ops);
+        let response = env.server.apply_ops(&self.name, ops, self.identity.known);
         let statuses: Vec<String> = response
             .results
             .iter()
@@ -487,6 +548,9 @@ impl Device {
             format!("ops [{}] -> [{}]", shown.join("; "), statuses.join(", ")),
         );
         assert_eq!(response.results.len(), ops.len(), "one result per op");
+        if !response.diverged {
+            self.note_known(response.cursor, response.cursor_tag);
+        }
         Ok((response.results, Revision(response.cursor.0)))
     }
 
@@ -750,7 +814,7 @@ impl Device {
                         &self.name,
                         format!(
                             "downloaded {path} = {}",
-                            show_bytes(&env.server.file_bytes(&entry))
+                            show_bytes(&env.server.file_bytes(&entry).unwrap_or_default())
                         ),
                     );
                     applied += 1;
@@ -787,7 +851,10 @@ impl Device {
                 return Ok(Err(format!("could not create {parent}: {err:?}")));
             }
         }
-        let bytes = env.server.file_bytes(entry);
+        // A 404: the engine's pass fails on it, and the next one finds the server changed.
+        let Some(bytes) = env.server.file_bytes(entry) else {
+            return Err(Abort::Error(format!("the server has no chunks for {path}")));
+        };
         let hash = entry.hash.expect("downloads are files");
         assert_eq!(
             hash_of(&bytes),

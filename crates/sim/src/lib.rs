@@ -49,6 +49,11 @@
 //! - **Concurrent edits**: while a device is in the middle of a run, its user sometimes edits
 //!   (before a local op, before a download is placed, between reading a file for upload and
 //!   committing it), so the executor's re-checks meet changed files.
+//! - **Server faults**: the server's metadata is backed up now and then, restored from one
+//!   of those backups (the journal loses everything since; chunks stay), or lost and the account
+//!   re-created (a new namespace, no chunks). Devices compare the server's namespace and the tag
+//!   of the newest journal position they know with what their base was made against, and
+//!   re-adopt the folder (base dropped, planned as on a first sync) when they differ.
 //! - **Faults**: a request (ops, chunk upload or download) is lost before the server sees it or
 //!   after it applied it (4% each); then the pass aborts, and 30% of the time the device also
 //!   crashes. A local step (a placed download, a local delete, move or mkdir) crashes the device
@@ -62,7 +67,8 @@
 //! between a re-check and the rename that follows it is not exercised); the hash cache (scans
 //! hash every file, which the real cache matches because every write changes the mtime); chunking
 //! (each file is one chunk, as the real chunker makes of any file under 256 KiB); server crashes
-//! and journal resets; HTTP itself; the long poll (a refresh is a read of the journal).
+//! (other than restores and resets); HTTP itself; the long poll (a refresh is a read of the
+//! journal).
 //!
 //! # Invariants checked at the end
 //!
@@ -159,6 +165,10 @@ pub struct Stats {
     pub conflict_copies: usize,
     /// Requests the server answered 409.
     pub refused: usize,
+    /// Times the server's metadata was restored from an older backup.
+    pub restores: usize,
+    /// Times the server's metadata was lost and the account re-created.
+    pub resets: usize,
     /// The history, as in a [`Failure`].
     pub trace: Vec<String>,
 }
@@ -181,6 +191,8 @@ struct World {
     net_rng: StdRng,
     /// Picks who acts and how, and how far the clock moves.
     sched_rng: StdRng,
+    /// Decides when the server's metadata is backed up, restored from a backup, or lost.
+    server_rng: StdRng,
     devices: Vec<Device>,
     now_ms: i64,
     step: usize,
@@ -199,6 +211,7 @@ pub fn run(seed: u64, config: &Config) -> Result<Stats, Failure> {
         server: Server::default(),
         net_rng: actor_rng(seed, "network"),
         sched_rng: actor_rng(seed, "scheduler"),
+        server_rng: actor_rng(seed, "server"),
         devices: (0..config.devices)
             .map(|idx| {
                 let name = format!("d{idx}");
@@ -265,6 +278,9 @@ impl World {
     fn simulate(&mut self, config: &Config) -> Result<(), String> {
         for step in 0..config.steps {
             self.step = step;
+            if config.faults {
+                self.server_fault();
+            }
             self.now_ms += self.sched_rng.gen_range(1..2000);
             let idx = self.sched_rng.gen_range(0..self.devices.len());
             let action = self.sched_rng.gen_range(0..100);
@@ -292,6 +308,31 @@ impl World {
             .push("--- edits and faults stop; every device syncs until quiescent ---".to_owned());
         self.quiesce()?;
         self.check_invariants()
+    }
+
+    /// Now and then the administrator backs the server's metadata up; rarely restores it from
+    /// a backup (everything journalled since is lost), or loses it and re-creates the account
+    /// (a new namespace, no old chunks).
+    fn server_fault(&mut self) {
+        let roll = self.server_rng.gen_range(0..1000);
+        if roll < 40 {
+            self.server.back_up();
+        } else if roll < 48 && self.server.n_backups() > 0 {
+            let idx = self.server_rng.gen_range(0..self.server.n_backups());
+            let cursor = self.server.restore(idx);
+            self.trace.push(format!(
+                "#{} SERVER RESTORED from a backup at cursor {cursor}",
+                self.step
+            ));
+            self.stats.restores += 1;
+        } else if roll < 51 {
+            self.server.reset();
+            self.trace.push(format!(
+                "#{} SERVER RESET: metadata lost, account re-created",
+                self.step
+            ));
+            self.stats.resets += 1;
+        }
     }
 
     fn user_edit(&mut self, idx: usize) {

@@ -6,13 +6,13 @@
 //! code the SQLite backend runs, without SQLite: no temp dirs, no IO, no async, and fully
 //! deterministic. Savepoints are snapshots.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, EntryKind, LockInfo, NodeId, Op, OpsResponse, RelPath,
-    RemoteEntry,
+    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, NodeId,
+    Op, OpsResponse, RelPath, RemoteEntry,
 };
 use syncstore_store::ops::{apply_batch, Txn};
-use syncstore_store::{StoreError, UserId};
+use syncstore_store::{ChunkLens, StoreError, UserId};
 
 /// The one user every simulated device belongs to.
 const USER: UserId = UserId(1);
@@ -26,22 +26,51 @@ const NOW_MS: i64 = 0;
 pub struct Server {
     meta: MemTxn,
     chunks: HashMap<ChunkHash, Vec<u8>>,
+    /// Copies of the metadata taken now and then, as an administrator's nightly backups.
+    backups: Vec<MemTxn>,
+    /// Bumped by every restore and reset, so positions journalled after one get new tags.
+    epoch: u64,
 }
 
 impl Server {
-    /// `POST /api/v1/ops`: applies `ops` in order, each on its own.
-    pub fn apply_ops(&mut self, device: &DeviceName, ops: &[Op]) -> OpsResponse {
-        let missing: HashSet<ChunkHash> = ops
+    /// `POST /api/v1/ops`: applies `ops` in order, each on its own; none when the journal no
+    /// longer holds `known` (as the real handler).
+    pub fn apply_ops(
+        &mut self,
+        device: &DeviceName,
+        ops: &[Op],
+        known: Option<(Cursor, JournalTag)>,
+    ) -> OpsResponse {
+        if let Some((cursor, tag)) = known {
+            if self.tag_at(cursor) != Some(tag) {
+                let refused = syncstore_proto::OpResult {
+                    status: 409,
+                    entries: Vec::new(),
+                    message: "the journal diverged".to_owned(),
+                };
+                return OpsResponse {
+                    results: vec![refused; ops.len()],
+                    cursor: self.cursor(),
+                    cursor_tag: self.tag_at(self.cursor()).unwrap_or_default(),
+                    diverged: true,
+                };
+            }
+        }
+        let chunk_lens: ChunkLens = ops
             .iter()
             .filter_map(|op| match op {
                 Op::PutFile { chunks, .. } => Some(chunks.iter().map(|c| c.hash)),
                 _ => None,
             })
             .flatten()
-            .filter(|hash| !self.chunks.contains_key(hash))
+            .filter_map(|hash| {
+                self.chunks
+                    .get(&hash)
+                    .map(|bytes| (hash, bytes.len() as u32))
+            })
             .collect();
         // MemTxn never fails, so neither does the batch.
-        let outcome = apply_batch(&mut self.meta, USER, device, ops, &missing, NOW_MS)
+        let outcome = apply_batch(&mut self.meta, USER, device, ops, &chunk_lens, NOW_MS)
             .expect("the in-memory txn cannot fail");
         OpsResponse {
             results: outcome
@@ -50,7 +79,62 @@ impl Server {
                 .map(|o| o.into_wire())
                 .collect(),
             cursor: outcome.cursor,
+            cursor_tag: outcome.cursor_tag,
+            diverged: false,
         }
+    }
+
+    /// The user's namespace (a reset draws another one).
+    pub fn namespace(&self) -> NamespaceId {
+        self.meta.namespace
+    }
+
+    /// The tag of journal position `cursor`, or `None` when the journal does not reach it.
+    pub fn tag_at(&self, cursor: Cursor) -> Option<JournalTag> {
+        if cursor.0 == 0 {
+            return Some(JournalTag::default());
+        }
+        self.meta.tags.get(cursor.0 as usize - 1).copied()
+    }
+
+    /// Takes a backup of the metadata (chunks are not part of it, as with a database dump).
+    pub fn back_up(&mut self) {
+        let mut copy = self.meta.clone();
+        copy.savepoint = None;
+        self.backups.push(copy);
+    }
+
+    /// Restores the metadata from backup `idx` (of [`Server::n_backups`]): everything journalled
+    /// since is lost; chunks stay. Returns the cursor it went back to.
+    pub fn restore(&mut self, idx: usize) -> Cursor {
+        self.epoch += 1;
+        self.meta = self.backups[idx].clone();
+        self.meta.epoch = self.epoch;
+        self.backups.truncate(idx + 1);
+        Cursor(self.meta.cursor)
+    }
+
+    /// How many backups there are.
+    pub fn n_backups(&self) -> usize {
+        self.backups.len()
+    }
+
+    /// The metadata is lost and the account re-created: an empty tree, a new namespace, and no
+    /// access to the old account's chunks.
+    pub fn reset(&mut self) {
+        self.epoch += 1;
+        self.meta = MemTxn {
+            epoch: self.epoch,
+            namespace: NamespaceId(
+                *blake3::hash(&self.epoch.to_le_bytes())
+                    .as_bytes()
+                    .first_chunk()
+                    .expect("16 of 32 bytes"),
+            ),
+            ..MemTxn::default()
+        };
+        self.chunks.clear();
+        self.backups.clear();
     }
 
     /// `POST /api/v1/chunks/upload`: stores chunk bytes (already present ones are kept).
@@ -63,14 +147,15 @@ impl Server {
         self.chunks.entry(hash).or_insert(bytes);
     }
 
-    /// `POST /api/v1/chunks/download`, for one file: its bytes, reassembled from its chunks.
-    pub fn file_bytes(&self, entry: &RemoteEntry) -> Vec<u8> {
+    /// `POST /api/v1/chunks/download`, for one file: its bytes, reassembled from its chunks;
+    /// `None` (a 404) when the namespace has no such chunk, as after a reset for an entry a
+    /// device learned of before it.
+    pub fn file_bytes(&self, entry: &RemoteEntry) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         for chunk in &entry.chunks {
-            // PutFile refuses a chunk the server lacks, and chunks are never deleted.
-            out.extend_from_slice(&self.chunks[&chunk.hash]);
+            out.extend_from_slice(self.chunks.get(&chunk.hash)?);
         }
-        out
+        Some(out)
     }
 
     /// `GET /api/v1/tree`: every live node, sorted by path, and the cursor it reflects.
@@ -98,7 +183,14 @@ impl Server {
         self.meta
             .by_path
             .iter()
-            .map(|(path, e)| (path.clone(), (e.kind, self.file_bytes(e))))
+            // PutFile refuses a chunk the server lacks, and chunks of a namespace are never
+            // deleted: every live entry's chunks are there.
+            .map(|(path, e)| {
+                let bytes = self
+                    .file_bytes(e)
+                    .expect("a live entry's chunks are stored");
+                (path.clone(), (e.kind, bytes))
+            })
             .collect()
     }
 }
@@ -111,6 +203,11 @@ struct MemTxn {
     cursor: u64,
     next_node: u64,
     journal: Vec<Change>,
+    /// The tag of each journal position, in cursor order.
+    tags: Vec<JournalTag>,
+    namespace: NamespaceId,
+    /// Which life of the server this is (see [`Server::restore`]); part of every new tag.
+    epoch: u64,
     locks: BTreeMap<RelPath, LockInfo>,
     /// The state at `begin_op`, restored by `end_op(false)` (a `SAVEPOINT`).
     savepoint: Option<Box<MemTxn>>,
@@ -151,11 +248,24 @@ impl Txn for MemTxn {
 
     fn next_cursor(&mut self, _: UserId) -> Result<Cursor, StoreError> {
         self.cursor += 1;
+        // Deterministic, and different for one cursor in different lives of the server, as
+        // the random tags of a real store are.
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&self.epoch.to_le_bytes());
+        key[8..].copy_from_slice(&self.cursor.to_le_bytes());
+        let digest = blake3::hash(&key);
+        let tag = JournalTag(*digest.as_bytes().first_chunk().expect("16 of 32 bytes"));
+        self.tags.truncate(self.cursor as usize - 1);
+        self.tags.push(tag);
         Ok(Cursor(self.cursor))
     }
 
     fn current_cursor(&mut self, _: UserId) -> Result<Cursor, StoreError> {
         Ok(Cursor(self.cursor))
+    }
+
+    fn head_tag(&mut self, _: UserId) -> Result<JournalTag, StoreError> {
+        Ok(self.tags.last().copied().unwrap_or_default())
     }
 
     fn next_node_id(&mut self, _: UserId) -> Result<NodeId, StoreError> {

@@ -82,7 +82,7 @@ fn seeds() {
                         eprintln!("  {line}");
                     }
                 }
-                eprintln!("seed {seed} passed: {} edits, {} crashes, {} server changes, {} refused requests, {} files at the end, {} of them conflicted copies", stats.edits, stats.crashes, stats.server_changes, stats.refused, stats.final_files, stats.conflict_copies);
+                eprintln!("seed {seed} passed: {} edits, {} crashes, {} server changes, {} refused requests, {} files at the end, {} of them conflicted copies, {} restores, {} resets", stats.edits, stats.crashes, stats.server_changes, stats.refused, stats.final_files, stats.conflict_copies, stats.restores, stats.resets);
             }
             Err(failure) => panic!("{failure}"),
         }
@@ -102,11 +102,14 @@ fn seeds() {
     let mut failures = Vec::new();
     let mut edits = 0;
     let mut server_changes = 0;
+    let (mut restores, mut resets) = (0, 0);
     for seed in (first_seed..end_seed).filter(|seed| !KNOWN_FAILING.contains(seed)) {
         match run(seed, &config) {
             Ok(stats) => {
                 edits += stats.edits;
                 server_changes += stats.server_changes;
+                restores += stats.restores;
+                resets += stats.resets;
             }
             Err(failure) => failures.push(failure),
         }
@@ -123,4 +126,12 @@ fn seeds() {
         edits > n_seeds as usize * 10 && server_changes > n_seeds * 10,
         "the simulation barely ran: {edits} edits, {server_changes} server changes"
     );
+    // Restores from a backup and lost databases must be in the histories, not only possible.
+    if n_seeds >= 100 {
+        assert!(
+            restores > n_seeds as usize / 4 && resets > n_seeds as usize / 10,
+            "too few server faults: {restores} restores, {resets} resets in {n_seeds} seeds"
+        );
+    }
+    eprintln!("{n_seeds} seeds passed: {edits} edits, {server_changes} server changes, {restores} restores from a backup, {resets} databases lost");
 }

@@ -692,7 +692,7 @@ pub async fn chunk_put_verify_missing(meta: &dyn MetaStore, chunks: &dyn ChunkSt
     let other_hash = chunk_hash(b"other");
     assert_eq!(
         chunks
-            .missing(user.id, &[good_hash, other_hash, good_hash])
+            .missing(user.namespace, &[good_hash, other_hash, good_hash])
             .await
             .unwrap(),
         [good_hash, other_hash]
@@ -700,56 +700,65 @@ pub async fn chunk_put_verify_missing(meta: &dyn MetaStore, chunks: &dyn ChunkSt
 
     // Bytes under the wrong name: refused, nothing stored.
     let err = chunks
-        .put(user.id, &other_hash, good.clone())
+        .put(user.namespace, &other_hash, good.clone())
         .await
         .unwrap_err();
     assert!(
         matches!(err, StoreError::HashMismatch { claimed, actual } if claimed == other_hash && actual == good_hash)
     );
     assert_eq!(
-        chunks.missing(user.id, &[other_hash]).await.unwrap(),
+        chunks.missing(user.namespace, &[other_hash]).await.unwrap(),
         [other_hash]
     );
     assert!(matches!(
-        chunks.get(user.id, &other_hash).await,
+        chunks.get(user.namespace, &other_hash).await,
         Err(StoreError::NotFound(_))
     ));
 
-    chunks.put(user.id, &good_hash, good.clone()).await.unwrap();
-    chunks.put(user.id, &good_hash, good.clone()).await.unwrap();
+    chunks
+        .put(user.namespace, &good_hash, good.clone())
+        .await
+        .unwrap();
+    chunks
+        .put(user.namespace, &good_hash, good.clone())
+        .await
+        .unwrap();
     assert_eq!(
         chunks
-            .missing(user.id, &[good_hash, other_hash])
+            .missing(user.namespace, &[good_hash, other_hash])
             .await
             .unwrap(),
         [other_hash]
     );
-    assert_eq!(chunks.get(user.id, &good_hash).await.unwrap(), good);
+    assert_eq!(chunks.get(user.namespace, &good_hash).await.unwrap(), good);
 
     let empty = Bytes::new();
     chunks
-        .put(user.id, &chunk_hash(&empty), empty.clone())
+        .put(user.namespace, &chunk_hash(&empty), empty.clone())
         .await
         .unwrap();
     assert_eq!(
-        chunks.get(user.id, &chunk_hash(&empty)).await.unwrap(),
+        chunks
+            .get(user.namespace, &chunk_hash(&empty))
+            .await
+            .unwrap(),
         empty
     );
 
     let too_big = Bytes::from(vec![7u8; MAX_CHUNK_LEN as usize + 1]);
     let err = chunks
-        .put(user.id, &chunk_hash(&too_big), too_big)
+        .put(user.namespace, &chunk_hash(&too_big), too_big)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::ChunkTooLarge { .. }), "{err}");
     let largest = Bytes::from(vec![7u8; MAX_CHUNK_LEN as usize]);
     chunks
-        .put(user.id, &chunk_hash(&largest), largest.clone())
+        .put(user.namespace, &chunk_hash(&largest), largest.clone())
         .await
         .unwrap();
     assert_eq!(
         chunks
-            .get(user.id, &chunk_hash(&largest))
+            .get(user.namespace, &chunk_hash(&largest))
             .await
             .unwrap()
             .len(),
@@ -763,7 +772,11 @@ pub async fn chunk_put_batch(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     let user = meta.create_user(&user_name("batch-alice")).await.unwrap();
     let stored_before = Bytes::from_static(b"stored before");
     chunks
-        .put(user.id, &chunk_hash(&stored_before), stored_before.clone())
+        .put(
+            user.namespace,
+            &chunk_hash(&stored_before),
+            stored_before.clone(),
+        )
         .await
         .unwrap();
     let small: Vec<Bytes> = vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")];
@@ -782,11 +795,14 @@ pub async fn chunk_put_batch(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
         named.push(named[0].clone());
         named.push((chunk_hash(&stored_before), stored_before.clone()));
         let hashes: Vec<ChunkHash> = named.iter().map(|(hash, _)| *hash).collect();
-        chunks.put_batch(user.id, named).await.unwrap();
-        assert_eq!(chunks.missing(user.id, &hashes).await.unwrap(), []);
+        chunks.put_batch(user.namespace, named).await.unwrap();
+        assert_eq!(chunks.missing(user.namespace, &hashes).await.unwrap(), []);
         for bytes in &batch {
             assert_eq!(
-                &chunks.get(user.id, &chunk_hash(bytes)).await.unwrap(),
+                &chunks
+                    .get(user.namespace, &chunk_hash(bytes))
+                    .await
+                    .unwrap(),
                 bytes
             );
         }
@@ -801,13 +817,16 @@ pub async fn chunk_put_batch(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
         })
         .collect();
     forged.insert(10, (forged_hash, Bytes::from_static(b"other bytes")));
-    let err = chunks.put_batch(user.id, forged).await.unwrap_err();
+    let err = chunks.put_batch(user.namespace, forged).await.unwrap_err();
     assert!(
         matches!(err, StoreError::HashMismatch { claimed, .. } if claimed == forged_hash),
         "{err}"
     );
     assert_eq!(
-        chunks.missing(user.id, &[forged_hash]).await.unwrap(),
+        chunks
+            .missing(user.namespace, &[forged_hash])
+            .await
+            .unwrap(),
         [forged_hash]
     );
 }
@@ -828,11 +847,11 @@ pub async fn per_user_isolation(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     let secret_hash = chunk_hash(b"alice only");
 
     assert_eq!(
-        chunks.missing(bob.id, &[secret_hash]).await.unwrap(),
+        chunks.missing(bob.namespace, &[secret_hash]).await.unwrap(),
         [secret_hash]
     );
     assert!(matches!(
-        chunks.get(bob.id, &secret_hash).await,
+        chunks.get(bob.namespace, &secret_hash).await,
         Err(StoreError::NotFound(_))
     ));
     // Bob cannot name Alice's chunk in a file either.
@@ -1538,7 +1557,11 @@ struct Content {
 async fn store_chunk(chunks: &dyn ChunkStore, user: &User, bytes: &[u8]) -> Content {
     if !bytes.is_empty() {
         chunks
-            .put(user.id, &chunk_hash(bytes), Bytes::copy_from_slice(bytes))
+            .put(
+                user.namespace,
+                &chunk_hash(bytes),
+                Bytes::copy_from_slice(bytes),
+            )
             .await
             .unwrap();
     }
@@ -1580,7 +1603,14 @@ async fn apply_as(
     ops: Vec<Op>,
     now_ms: i64,
 ) -> BatchOutcome {
-    apply_ops(meta, chunks, user.id, &device_name(device), ops, now_ms)
+    let principal = crate::Principal {
+        user_id: user.id,
+        user_name: user.name.clone(),
+        namespace: user.namespace,
+        device_id: crate::DeviceId(0),
+        device_name: device_name(device),
+    };
+    apply_ops(meta, chunks, &principal, ops, now_ms)
         .await
         .unwrap()
 }

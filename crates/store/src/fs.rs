@@ -1,7 +1,11 @@
 //! [`FsChunkStore`]: the embedded [`ChunkStore`], one file per chunk on local disk.
 //!
-//! Layout: `ROOT/<user id>/<first 2 hex digits>/<64 hex digits>`. Chunks are per user, so a user
-//! can never read another user's chunk by guessing its hash.
+//! Layout: `ROOT/<namespace id>/<first 2 hex digits>/<64 hex digits>`. Chunks are per user
+//! namespace, so a user can never read another user's chunk by guessing its hash, and an account
+//! re-created under an old name (a new random namespace id) none of the old account's.
+//! A chunk file found not to match its name (bit rot, tampering) is moved to
+//! `ROOT/.quarantine/<namespace id>-<hash>.<random>`: from then on it is reported missing, and an
+//! upload of the right bytes replaces it.
 //!
 //! An uploaded chunk is verified against its hash and written to a temp file in its target
 //! directory, with writeback started by a background thread but not waited for: it is *staged*. A staged chunk
@@ -16,7 +20,7 @@
 //! named by a commit, and after the restart `missing` reports it missing again, so the client
 //! uploads it again.
 
-use crate::{ChunkStore, StoreError, UserId};
+use crate::{BadChunk, ChunkLens, ChunkStore, ScrubReport, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -25,7 +29,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use syncstore_durable::Writeback;
-use syncstore_proto::{ChunkHash, MAX_CHUNK_LEN};
+use syncstore_proto::{ChunkHash, NamespaceId, MAX_CHUNK_LEN};
 use tempfile::{NamedTempFile, TempPath};
 
 /// A [`ChunkStore`] in a directory of the local filesystem.
@@ -40,7 +44,7 @@ pub struct FsChunkStore {
 #[derive(Debug, Default)]
 struct Staged {
     /// (user, hash) → the chunk's temp file, beside its final path.
-    chunks: Mutex<HashMap<(UserId, ChunkHash), StagedChunk>>,
+    chunks: Mutex<HashMap<(NamespaceId, ChunkHash), StagedChunk>>,
     /// Held while staged chunks are made durable, so two commits never rename the same file.
     settling: Mutex<()>,
 }
@@ -85,39 +89,58 @@ impl FsChunkStore {
         })
     }
 
-    fn user_dir(&self, user_id: UserId) -> PathBuf {
-        self.root.join(user_id.0.to_string())
+    fn user_dir(&self, owner: NamespaceId) -> PathBuf {
+        self.root.join(owner.to_hex())
     }
 
-    fn chunk_path(&self, user_id: UserId, hash: &ChunkHash) -> PathBuf {
+    fn chunk_path(&self, owner: NamespaceId, hash: &ChunkHash) -> PathBuf {
         let hex = hash.to_hex();
-        self.user_dir(user_id).join(&hex[..2]).join(hex)
+        self.user_dir(owner).join(&hex[..2]).join(hex)
+    }
+
+    /// Drops every staged chunk of `owner` (a full disk: the upload failed, and the space
+    /// they hold is what the next, smaller upload needs). They were never named by a commit;
+    /// `missing` reports them missing again.
+    fn unstage(&self, owner: NamespaceId) {
+        let mut staged = self.staged.chunks.lock().expect("staged registry");
+        staged.retain(|(staged_owner, _), _| *staged_owner != owner);
     }
 }
 
 #[async_trait]
 impl ChunkStore for FsChunkStore {
     #[tracing::instrument(skip(self, bytes), fields(len = bytes.len()))]
-    async fn put(&self, user_id: UserId, hash: &ChunkHash, bytes: Bytes) -> Result<(), StoreError> {
-        self.put_batch(user_id, vec![(*hash, bytes)]).await
+    async fn put(
+        &self,
+        owner: NamespaceId,
+        hash: &ChunkHash,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        self.put_batch(owner, vec![(*hash, bytes)]).await
     }
 
     #[tracing::instrument(skip_all, fields(n_chunks = chunks.len()))]
     async fn put_batch(
         &self,
-        user_id: UserId,
+        owner: NamespaceId,
         chunks: Vec<(ChunkHash, Bytes)>,
     ) -> Result<(), StoreError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
-            for (hash, bytes) in chunks {
-                store.stage(user_id, hash, &bytes)?;
+            let staged = chunks
+                .iter()
+                .try_for_each(|(hash, bytes)| store.stage(owner, *hash, bytes))
+                .and_then(|()| {
+                    let (n, bytes) = store.staged_size();
+                    if n > STAGED_LIMIT_CHUNKS || bytes > STAGED_LIMIT_BYTES {
+                        store.settle_all()?;
+                    }
+                    Ok(())
+                });
+            if let Err(StoreError::Full(_)) = &staged {
+                store.unstage(owner);
             }
-            let (n, bytes) = store.staged_size();
-            if n > STAGED_LIMIT_CHUNKS || bytes > STAGED_LIMIT_BYTES {
-                store.settle_all()?;
-            }
-            Ok(())
+            staged
         })
         .await
         .map_err(|err| StoreError::Worker(err.to_string()))?
@@ -126,15 +149,14 @@ impl ChunkStore for FsChunkStore {
     #[tracing::instrument(skip_all, fields(n_hashes = hashes.len()))]
     async fn make_durable(
         &self,
-        user_id: UserId,
+        owner: NamespaceId,
         hashes: &[ChunkHash],
-    ) -> Result<Vec<ChunkHash>, StoreError> {
-        let missing = self.missing(user_id, hashes).await?;
+    ) -> Result<ChunkLens, StoreError> {
         let wanted = {
             let staged = self.staged.chunks.lock().expect("staged registry");
             hashes
                 .iter()
-                .any(|hash| staged.contains_key(&(user_id, *hash)))
+                .any(|hash| staged.contains_key(&(owner, *hash)))
         };
         if wanted {
             let store = self.clone();
@@ -142,12 +164,100 @@ impl ChunkStore for FsChunkStore {
                 .await
                 .map_err(|err| StoreError::Worker(err.to_string()))??;
         }
-        Ok(missing)
+        let paths: Vec<(ChunkHash, PathBuf)> = hashes
+            .iter()
+            .map(|hash| (*hash, self.chunk_path(owner, hash)))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut lens = ChunkLens::new();
+            for (hash, path) in paths {
+                if lens.contains_key(&hash) {
+                    continue;
+                }
+                match std::fs::metadata(&path) {
+                    Ok(meta) => {
+                        lens.insert(hash, u32::try_from(meta.len()).unwrap_or(u32::MAX));
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(io_error(
+                            format!("could not check {}", path.display()),
+                            source,
+                        ))
+                    }
+                }
+            }
+            Ok(lens)
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    async fn holds_content(&self) -> Result<bool, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries = std::fs::read_dir(&root)
+                .map_err(|source| io_error(format!("could not read {}", root.display()), source))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if NamespaceId::from_hex(&name.to_string_lossy()).is_ok()
+                    || name.to_string_lossy().parse::<u64>().is_ok()
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    async fn scrub(
+        &self,
+        progress: &(dyn for<'r> Fn(&'r ScrubReport) + Send + Sync),
+    ) -> Result<ScrubReport, StoreError> {
+        let root = self.root.clone();
+        let owners =
+            tokio::task::spawn_blocking(move || -> Result<Vec<NamespaceId>, StoreError> {
+                let entries = std::fs::read_dir(&root).map_err(|source| {
+                    io_error(format!("could not read {}", root.display()), source)
+                })?;
+                Ok(entries
+                    .flatten()
+                    .filter_map(|entry| {
+                        NamespaceId::from_hex(&entry.file_name().to_string_lossy()).ok()
+                    })
+                    .collect())
+            })
+            .await
+            .map_err(|err| StoreError::Worker(err.to_string()))??;
+        let mut report = ScrubReport::default();
+        for owner in owners {
+            let user_dir = self.user_dir(owner);
+            let hashes = tokio::task::spawn_blocking(move || list_chunks(&user_dir))
+                .await
+                .map_err(|err| StoreError::Worker(err.to_string()))??;
+            for hash in hashes {
+                match self.get(owner, &hash).await {
+                    Ok(bytes) => report.bytes += bytes.len() as u64,
+                    Err(StoreError::Corrupt(detail)) => report.bad.push(BadChunk {
+                        owner,
+                        hash,
+                        detail,
+                    }),
+                    Err(StoreError::NotFound(_)) => continue,
+                    Err(err) => return Err(err),
+                }
+                report.checked += 1;
+                progress(&report);
+            }
+        }
+        Ok(report)
     }
 
     async fn missing(
         &self,
-        user_id: UserId,
+        user_id: NamespaceId,
         hashes: &[ChunkHash],
     ) -> Result<Vec<ChunkHash>, StoreError> {
         let mut seen = HashSet::new();
@@ -181,10 +291,11 @@ impl ChunkStore for FsChunkStore {
         .map_err(|err| StoreError::Worker(err.to_string()))?
     }
 
-    async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError> {
+    async fn get(&self, user_id: NamespaceId, hash: &ChunkHash) -> Result<Bytes, StoreError> {
         let hash = *hash;
         let path = self.chunk_path(user_id, &hash);
         let staged = Arc::clone(&self.staged);
+        let quarantine = self.root.join(QUARANTINE_DIR);
         tokio::task::spawn_blocking(move || {
             let temp = staged
                 .chunks
@@ -213,9 +324,12 @@ impl ChunkStore for FsChunkStore {
             // writes bad bytes into a user's folder.
             let actual = ChunkHash(*blake3::hash(&bytes).as_bytes());
             if actual != hash {
+                let aside = move_aside(&quarantine, user_id, &hash, &path)?;
+                tracing::error!(owner = %user_id, %hash, aside = %aside.display(), "chunk failed verification; moved aside");
                 return Err(StoreError::Corrupt(format!(
-                    "chunk file {} hashes to {actual}",
-                    path.display()
+                    "chunk file {} hashes to {actual}; moved to {}",
+                    path.display(),
+                    aside.display()
                 )));
             }
             Ok(Bytes::from(bytes))
@@ -237,7 +351,7 @@ const SMALL_BATCH_BYTES: usize = 512 * 1024;
 impl FsChunkStore {
     /// Checks a chunk and writes it to a temp file beside its final path, starting writeback;
     /// registers it as staged. Nothing to do when the chunk is stored or staged already.
-    fn stage(&self, user_id: UserId, hash: ChunkHash, bytes: &[u8]) -> Result<(), StoreError> {
+    fn stage(&self, user_id: NamespaceId, hash: ChunkHash, bytes: &[u8]) -> Result<(), StoreError> {
         if bytes.len() > MAX_CHUNK_LEN as usize {
             return Err(StoreError::ChunkTooLarge { len: bytes.len() });
         }
@@ -323,7 +437,7 @@ impl FsChunkStore {
     /// place, renames synced; then drops them from the registry.
     fn settle_all(&self) -> Result<(), StoreError> {
         let _settling = self.staged.settling.lock().expect("settling lock");
-        let batch: Vec<((UserId, ChunkHash), PathBuf, PathBuf, usize)> = self
+        let batch: Vec<((NamespaceId, ChunkHash), PathBuf, PathBuf, usize)> = self
             .staged
             .chunks
             .lock()
@@ -484,5 +598,49 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 fn io_error(context: String, source: io::Error) -> StoreError {
-    StoreError::Io { context, source }
+    StoreError::io(context, source)
+}
+
+/// Where chunks that failed verification are kept, under the store's root.
+const QUARANTINE_DIR: &str = ".quarantine";
+
+/// Moves a bad chunk file into the quarantine directory (durably), so it is never served again
+/// and an upload can put the right bytes under its name.
+fn move_aside(
+    quarantine: &Path,
+    owner: NamespaceId,
+    hash: &ChunkHash,
+    path: &Path,
+) -> Result<PathBuf, StoreError> {
+    std::fs::create_dir_all(quarantine)
+        .map_err(|source| io_error(format!("could not create {}", quarantine.display()), source))?;
+    let suffix = hex::encode(rand::random::<[u8; 8]>());
+    let aside = quarantine.join(format!("{owner}-{hash}.{suffix}"));
+    std::fs::rename(path, &aside)
+        .map_err(|source| io_error(format!("could not move {} aside", path.display()), source))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    sync_dir(quarantine)?;
+    Ok(aside)
+}
+
+/// Every chunk file's hash under a namespace directory.
+fn list_chunks(user_dir: &Path) -> Result<Vec<ChunkHash>, StoreError> {
+    let read = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map_err(|source| io_error(format!("could not read {}", dir.display()), source))
+    };
+    let mut hashes = Vec::new();
+    for fan_out in read(user_dir)?.flatten() {
+        if !fan_out.path().is_dir() {
+            continue;
+        }
+        for entry in read(&fan_out.path())?.flatten() {
+            if let Ok(hash) = ChunkHash::from_hex(&entry.file_name().to_string_lossy()) {
+                hashes.push(hash);
+            }
+        }
+    }
+    Ok(hashes)
 }

@@ -41,12 +41,27 @@ pub use sqlite::SqliteMetaStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, LockInfo, Op, OpResult, RelPath, RemoteEntry, UserName,
+    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, OpResult,
+    RelPath, RemoteEntry, UserName,
 };
+
+/// The stored chunks among those asked for, with their lengths in bytes; a chunk that is not
+/// stored is absent.
+pub type ChunkLens = HashMap<ChunkHash, u32>;
+
+/// A fresh namespace id: 16 bytes from the operating system's random source.
+pub fn new_namespace_id() -> NamespaceId {
+    NamespaceId(rand::random())
+}
+
+/// A fresh journal tag: 16 bytes from the operating system's random source.
+pub fn new_journal_tag() -> JournalTag {
+    JournalTag(rand::random())
+}
 
 /// A user's id in the meta store; every node, change and chunk belongs to exactly one user.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -89,6 +104,8 @@ impl fmt::Debug for TokenHash {
 pub struct User {
     pub id: UserId,
     pub name: UserName,
+    /// Random, drawn at creation, never reused: what chunks are keyed by and what clients check.
+    pub namespace: NamespaceId,
 }
 
 /// A device of a user, as stored (its token only as a hash, which is not repeated here).
@@ -104,6 +121,7 @@ pub struct Device {
 pub struct Principal {
     pub user_id: UserId,
     pub user_name: UserName,
+    pub namespace: NamespaceId,
     pub device_id: DeviceId,
     pub device_name: DeviceName,
 }
@@ -113,6 +131,8 @@ pub struct Principal {
 pub struct Tree {
     /// The journal position this tree reflects.
     pub cursor: Cursor,
+    /// The tag of the journal position `cursor`.
+    pub cursor_tag: JournalTag,
     /// Sorted by path, so a directory comes before everything in it.
     pub entries: Vec<RemoteEntry>,
     /// Every lock in force at the time asked for, sorted by path.
@@ -125,6 +145,8 @@ pub struct ChangesPage {
     /// The cursor of the last change returned, or `since` when there was none (or the current
     /// cursor on reset).
     pub cursor: Cursor,
+    /// The tag of the journal position `cursor`.
+    pub cursor_tag: JournalTag,
     /// Oldest first.
     pub changes: Vec<Change>,
     /// More changes follow beyond this page.
@@ -222,6 +244,8 @@ pub struct BatchOutcome {
     pub outcomes: Vec<OpOutcome>,
     /// The user's cursor after the batch.
     pub cursor: Cursor,
+    /// The tag of the journal position `cursor`.
+    pub cursor_tag: JournalTag,
 }
 
 impl BatchOutcome {
@@ -264,6 +288,9 @@ pub enum StoreError {
     /// The object store (S3) failed or could not be reached.
     #[error("object store: {0}")]
     ObjectStore(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The disk or quota of a store is full: nothing was written.
+    #[error("server storage is full: {0}")]
+    Full(String),
     /// A filesystem call failed.
     #[error("{context}: {source}")]
     Io {
@@ -277,7 +304,31 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> StoreError {
+        if let rusqlite::Error::SqliteFailure(failure, _) = &err {
+            if failure.code == rusqlite::ErrorCode::DiskFull {
+                return StoreError::Full(format!("the metadata database: {err}"));
+            }
+        }
         StoreError::Database(Box::new(err))
+    }
+}
+
+impl StoreError {
+    /// An IO error with what was being done; a full disk or quota becomes [`StoreError::Full`].
+    pub fn io(context: String, source: std::io::Error) -> StoreError {
+        // The kind, not only the raw code: tempfile wraps write errors with their path.
+        let full = matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ) || matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        );
+        if full {
+            StoreError::Full(format!("{context}: {source}"))
+        } else {
+            StoreError::Io { context, source }
+        }
     }
 }
 
@@ -371,6 +422,48 @@ pub trait MetaStore: Send + Sync {
     /// Database errors.
     async fn count_users(&self) -> Result<u64, StoreError>;
 
+    /// Every user, by name.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn users(&self) -> Result<Vec<User>, StoreError>;
+
+    /// The tag of the user's journal position `cursor` (all zero for cursor 0), or `None` when
+    /// the journal does not reach it.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn journal_tag(
+        &self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalTag>, StoreError>;
+
+    /// The chunks the server asks the user's devices to upload again (lost or found corrupt),
+    /// at most `limit`.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn wanted_chunks(
+        &self,
+        user_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<ChunkHash>, StoreError>;
+
+    /// Adds chunks to the wanted list (see [`MetaStore::wanted_chunks`]); returns how many were
+    /// not on it yet.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn want_chunks(&self, user_id: UserId, hashes: &[ChunkHash])
+        -> Result<usize, StoreError>;
+
+    /// Drops chunks from the wanted list (they are stored again).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn unwant_chunks(&self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError>;
+
     /// Every live node of a user, the locks in force at `now_ms`, and the cursor they reflect,
     /// read in one snapshot.
     ///
@@ -399,8 +492,9 @@ pub trait MetaStore: Send + Sync {
 
     /// Applies `ops` in order in one transaction, each on its own (see [`ops::apply_batch`]).
     ///
-    /// `missing_chunks` are the chunks named by the ops that the chunk store lacks; a `PutFile`
-    /// naming one fails with 400. Prefer [`apply_ops`], which computes them. `now_ms` decides
+    /// `chunk_lens` are the chunks named by the ops that the chunk store holds, with their
+    /// lengths; a `PutFile` naming another chunk, or a stored chunk with another length, fails
+    /// with 400. Prefer [`apply_ops`], which computes them. `now_ms` decides
     /// which locks are in force: an op on a path another device holds fails with 423.
     ///
     /// # Errors
@@ -410,7 +504,7 @@ pub trait MetaStore: Send + Sync {
         user_id: UserId,
         device: &DeviceName,
         ops: Vec<Op>,
-        missing_chunks: HashSet<ChunkHash>,
+        chunk_lens: ChunkLens,
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError>;
 
@@ -456,7 +550,8 @@ pub trait MetaStore: Send + Sync {
     async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError>;
 }
 
-/// Content-addressed chunk bytes, per user: a user can only read chunks it stored itself.
+/// Content-addressed chunk bytes, per namespace: a user can only read chunks it stored itself,
+/// and an account re-created under the same name (a new [`NamespaceId`]) none of the old one's.
 #[async_trait]
 pub trait ChunkStore: Send + Sync {
     /// Stores a chunk after checking that `bytes` hash to `hash`: from then on [`missing`] does
@@ -470,24 +565,34 @@ pub trait ChunkStore: Send + Sync {
     /// [`make_durable`]: ChunkStore::make_durable
     ///
     /// # Errors
-    /// [`StoreError::HashMismatch`] (nothing is written), [`StoreError::ChunkTooLarge`], IO errors.
-    async fn put(&self, user_id: UserId, hash: &ChunkHash, bytes: Bytes) -> Result<(), StoreError>;
+    /// [`StoreError::HashMismatch`] (nothing is written), [`StoreError::ChunkTooLarge`],
+    /// [`StoreError::Full`], IO errors.
+    async fn put(
+        &self,
+        owner: NamespaceId,
+        hash: &ChunkHash,
+        bytes: Bytes,
+    ) -> Result<(), StoreError>;
 
-    /// The hashes among `hashes` this user has not stored, in the order given, without repeats.
+    /// The hashes among `hashes` this namespace has not stored, in the order given, without
+    /// repeats.
     ///
     /// # Errors
     /// IO errors.
     async fn missing(
         &self,
-        user_id: UserId,
+        owner: NamespaceId,
         hashes: &[ChunkHash],
     ) -> Result<Vec<ChunkHash>, StoreError>;
 
-    /// The bytes of a chunk.
+    /// The bytes of a chunk, verified against its hash. A chunk whose bytes no longer match
+    /// is moved aside (kept for inspection, never served) and from then on reported missing,
+    /// so an upload of the right bytes replaces it.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] when this user has no such chunk; IO errors.
-    async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError>;
+    /// [`StoreError::NotFound`] when this namespace has no such chunk;
+    /// [`StoreError::Corrupt`] when it failed verification (and was moved aside); IO errors.
+    async fn get(&self, owner: NamespaceId, hash: &ChunkHash) -> Result<Bytes, StoreError>;
 
     /// Stores several chunks; like [`ChunkStore::put`] for each, but a backend may handle the
     /// batch at once (several requests in flight, one pass over the disk).
@@ -497,43 +602,76 @@ pub trait ChunkStore: Send + Sync {
     /// failing one, or, for a backend that sends several at once, after it too).
     async fn put_batch(
         &self,
-        user_id: UserId,
+        owner: NamespaceId,
         chunks: Vec<(ChunkHash, Bytes)>,
     ) -> Result<(), StoreError> {
         for (hash, bytes) in chunks {
-            self.put(user_id, &hash, bytes).await?;
+            self.put(owner, &hash, bytes).await?;
         }
         Ok(())
     }
 
-    /// Makes every stored chunk among `hashes` durable, and returns those not stored (as
-    /// [`ChunkStore::missing`]). Called before a metadata commit names the chunks; a backend
-    /// whose `put` is durable when it returns (S3) has nothing to do.
+    /// Makes every stored chunk among `hashes` durable, and returns the stored ones with
+    /// their lengths. Called before a metadata commit names the chunks.
     ///
     /// # Errors
     /// IO errors.
     async fn make_durable(
         &self,
-        user_id: UserId,
+        owner: NamespaceId,
         hashes: &[ChunkHash],
-    ) -> Result<Vec<ChunkHash>, StoreError> {
-        self.missing(user_id, hashes).await
-    }
+    ) -> Result<ChunkLens, StoreError>;
+
+    /// Whether the store holds any chunk of any namespace (a store that does, beside an empty
+    /// metadata database, means the database was lost or is the wrong one).
+    ///
+    /// # Errors
+    /// IO errors.
+    async fn holds_content(&self) -> Result<bool, StoreError>;
+
+    /// Reads and verifies every stored chunk, moves the bad ones aside (as [`ChunkStore::get`]
+    /// does) and reports them; `progress` is called with the running counts.
+    ///
+    /// # Errors
+    /// IO errors that stop the walk; a chunk that cannot be read is reported bad.
+    async fn scrub(
+        &self,
+        progress: &(dyn for<'r> Fn(&'r ScrubReport) + Send + Sync),
+    ) -> Result<ScrubReport, StoreError>;
+}
+
+/// What [`ChunkStore::scrub`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Chunks read and verified.
+    pub checked: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Chunks that failed verification (moved aside), with where they were moved.
+    pub bad: Vec<BadChunk>,
+}
+
+/// A chunk that failed verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadChunk {
+    pub owner: NamespaceId,
+    pub hash: ChunkHash,
+    /// What was wrong and where the bytes were moved.
+    pub detail: String,
 }
 
 /// Applies a batch of ops: makes the chunks the `PutFile`s name durable (and learns which ones
-/// they lack), then calls [`MetaStore::apply_ops`].
+/// it holds, with their lengths), then calls [`MetaStore::apply_ops`].
 ///
-/// Asking first is race-free because chunks are never deleted. `now_ms` decides which locks are
-/// in force.
+/// Asking first is race-free because chunks are never deleted while a commit may name them.
+/// `now_ms` decides which locks are in force.
 ///
 /// # Errors
-/// As [`MetaStore::apply_ops`] and [`ChunkStore::missing`].
+/// As [`MetaStore::apply_ops`] and [`ChunkStore::make_durable`].
 pub async fn apply_ops(
     meta_store: &dyn MetaStore,
     chunk_store: &dyn ChunkStore,
-    user_id: UserId,
-    device: &DeviceName,
+    principal: &Principal,
     ops: Vec<Op>,
     now_ms: i64,
 ) -> Result<BatchOutcome, StoreError> {
@@ -543,13 +681,21 @@ pub async fn apply_ops(
             named.extend(chunks.iter().map(|chunk| chunk.hash));
         }
     }
-    let missing_chunks: HashSet<ChunkHash> = chunk_store
-        .make_durable(user_id, &named)
-        .await?
-        .into_iter()
-        .collect();
+    let chunk_lens = if named.is_empty() {
+        ChunkLens::new()
+    } else {
+        chunk_store
+            .make_durable(principal.namespace, &named)
+            .await?
+    };
     meta_store
-        .apply_ops(user_id, device, ops, missing_chunks, now_ms)
+        .apply_ops(
+            principal.user_id,
+            &principal.device_name,
+            ops,
+            chunk_lens,
+            now_ms,
+        )
         .await
 }
 

@@ -28,10 +28,9 @@
 //!   lock at the old path.
 
 use crate::locks::{held_message, live_locks};
-use crate::{quoted, BatchOutcome, OpOutcome, StoreError, UserId};
-use std::collections::HashSet;
+use crate::{quoted, BatchOutcome, ChunkLens, OpOutcome, StoreError, UserId};
 use syncstore_proto::{
-    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, LockInfo, NodeId, Op,
+    Change, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NodeId, Op,
     Precondition, RelPath, RemoteEntry, Revision,
 };
 
@@ -78,7 +77,8 @@ pub trait Txn {
     /// Backend failures.
     fn has_children(&mut self, user_id: UserId, dir: &RelPath) -> Result<bool, StoreError>;
 
-    /// Bumps the user's cursor and returns the new value (the first is 1).
+    /// Bumps the user's cursor and returns the new value (the first is 1). The new position
+    /// gets a fresh random [`JournalTag`], which the journal row appended for it carries.
     ///
     /// # Errors
     /// Backend failures; [`StoreError::NotFound`] for an unknown user.
@@ -89,6 +89,12 @@ pub trait Txn {
     /// # Errors
     /// Backend failures; [`StoreError::NotFound`] for an unknown user.
     fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError>;
+
+    /// The tag of the user's current cursor (all zero before the first change).
+    ///
+    /// # Errors
+    /// Backend failures; [`StoreError::NotFound`] for an unknown user.
+    fn head_tag(&mut self, user_id: UserId) -> Result<JournalTag, StoreError>;
 
     /// A node id never handed out before for this user.
     ///
@@ -108,7 +114,8 @@ pub trait Txn {
     /// Backend failures.
     fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError>;
 
-    /// Appends a journal row; its cursor comes from [`Txn::next_cursor`].
+    /// Appends a journal row for the cursor the last [`Txn::next_cursor`] returned (the rules
+    /// always append right after bumping), tagged with that position's [`JournalTag`].
     ///
     /// # Errors
     /// Backend failures.
@@ -152,7 +159,7 @@ pub trait Txn {
 /// Applies `ops` in order, each inside its own [`Txn::begin_op`] unit, so a failed op leaves no
 /// trace and does not undo the others. The caller commits the surrounding transaction once.
 ///
-/// `missing_chunks` are the chunks the chunk store lacks for this user. `now_ms` (milliseconds
+/// `chunk_lens` are the chunks the chunk store holds for this user, with their lengths. `now_ms` (milliseconds
 /// since the Unix epoch, from the caller's clock) decides which locks are in force.
 ///
 /// # Errors
@@ -162,7 +169,7 @@ pub fn apply_batch(
     user_id: UserId,
     device: &DeviceName,
     ops: &[Op],
-    missing_chunks: &HashSet<ChunkHash>,
+    chunk_lens: &ChunkLens,
     now_ms: i64,
 ) -> Result<BatchOutcome, StoreError> {
     txn.serialize_writes(user_id)?;
@@ -175,7 +182,7 @@ pub fn apply_batch(
             device,
             now_ms,
         };
-        let outcome = match writer.apply(op, missing_chunks) {
+        let outcome = match writer.apply(op, chunk_lens) {
             Ok(outcome) => outcome,
             Err(err) => {
                 // Undo this op's partial writes before handing the failure up.
@@ -187,7 +194,12 @@ pub fn apply_batch(
         outcomes.push(outcome);
     }
     let cursor = txn.current_cursor(user_id)?;
-    Ok(BatchOutcome { outcomes, cursor })
+    let cursor_tag = txn.head_tag(user_id)?;
+    Ok(BatchOutcome {
+        outcomes,
+        cursor,
+        cursor_tag,
+    })
 }
 
 /// The rules for one op of one user and device.
@@ -199,11 +211,7 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn apply(
-        &mut self,
-        op: &Op,
-        missing_chunks: &HashSet<ChunkHash>,
-    ) -> Result<OpOutcome, StoreError> {
+    fn apply(&mut self, op: &Op, chunk_lens: &ChunkLens) -> Result<OpOutcome, StoreError> {
         if let Some(lock) = self.lock_against(op)? {
             return Ok(OpOutcome::Locked(held_message(&lock)));
         }
@@ -215,7 +223,7 @@ impl Writer<'_> {
                 mtime_ms,
                 hash,
                 chunks,
-            } => self.put_file(path, *base, *size, *mtime_ms, *hash, chunks, missing_chunks),
+            } => self.put_file(path, *base, *size, *mtime_ms, *hash, chunks, chunk_lens),
             Op::MakeDir { path, mtime_ms } => self.make_dir(path, *mtime_ms),
             Op::Delete { path, base } => self.delete(path, *base),
             Op::Move { from, to, base } => self.move_node(from, to, *base),
@@ -231,7 +239,7 @@ impl Writer<'_> {
         mtime_ms: i64,
         hash: ContentHash,
         chunks: &[ChunkRef],
-        missing_chunks: &HashSet<ChunkHash>,
+        chunk_lens: &ChunkLens,
     ) -> Result<OpOutcome, StoreError> {
         let sum: u64 = chunks.iter().map(|chunk| u64::from(chunk.len)).sum();
         if sum != size {
@@ -246,15 +254,26 @@ impl Writer<'_> {
                 quoted(path)
             )));
         }
-        if let Some(chunk) = chunks
-            .iter()
-            .find(|chunk| missing_chunks.contains(&chunk.hash))
-        {
-            return Ok(OpOutcome::Invalid(format!(
-                "missing chunk {} of {}: upload it first",
-                chunk.hash,
-                quoted(path)
-            )));
+        for chunk in chunks {
+            match chunk_lens.get(&chunk.hash) {
+                None => {
+                    return Ok(OpOutcome::Invalid(format!(
+                        "missing chunk {} of {}: upload it first",
+                        chunk.hash,
+                        quoted(path)
+                    )))
+                }
+                // A false length would make every later download of the file fail.
+                Some(&stored) if stored != chunk.len => {
+                    return Ok(OpOutcome::Invalid(format!(
+                        "chunk {} of {} is {stored} bytes, not {}",
+                        chunk.hash,
+                        quoted(path),
+                        chunk.len
+                    )))
+                }
+                Some(_) => {}
+            }
         }
         let existing = self.txn.node_at(self.user_id, path)?;
         let node_id = match (base, existing) {

@@ -22,28 +22,31 @@
 
 use crate::ops::{self, Txn};
 use crate::sqlite::{
-    encode_chunks, inside_bounds, journal_page, kind_text, to_i64, to_u64, RawLock, RawLockChange,
-    RawRow, CHANGE_COLUMNS, LOCK_CHANGE_COLUMNS, LOCK_COLUMNS, NODE_COLUMNS,
+    encode_chunks, inside_bounds, journal_page, kind_text, stored_chunk_hash, stored_namespace,
+    stored_tag, to_i64, to_u64, RawLock, RawLockChange, RawRow, CHANGE_COLUMNS,
+    LOCK_CHANGE_COLUMNS, LOCK_COLUMNS, NODE_COLUMNS,
 };
 use crate::{
-    locks, BatchOutcome, ChangeFeed, ChangeNotice, ChangesPage, Device, DeviceId, LockOutcome,
-    MetaStore, Principal, StoreError, TokenHash, Tree, User, UserId,
+    locks, new_journal_tag, new_namespace_id, BatchOutcome, ChangeFeed, ChangeNotice, ChangesPage,
+    ChunkLens, Device, DeviceId, LockOutcome, MetaStore, Principal, StoreError, TokenHash, Tree,
+    User, UserId,
 };
 use async_trait::async_trait;
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel, NoTls, Row};
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, LockInfo, NodeId, Op, RelPath, RemoteEntry, UserName,
+    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NodeId, Op, RelPath, RemoteEntry,
+    UserName,
 };
 
 /// The schema migrations, in order; migration `n` (1-based) brings the schema to version `n`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_locks.sql"),
+    include_str!("../migrations/postgres/0003_identity.sql"),
 ];
 
 /// The channel of commit notifications.
@@ -265,6 +268,9 @@ impl Drop for Pool {
 
 impl From<postgres::Error> for StoreError {
     fn from(err: postgres::Error) -> StoreError {
+        if err.code() == Some(&SqlState::DISK_FULL) {
+            return StoreError::Full(format!("the PostgreSQL database: {err}"));
+        }
         StoreError::Database(Box::new(err))
     }
 }
@@ -301,14 +307,16 @@ impl MetaStore for PgMetaStore {
     #[tracing::instrument(skip(self))]
     async fn create_user(&self, name: &UserName) -> Result<User, StoreError> {
         let name = name.clone();
+        let namespace = new_namespace_id();
         self.call(move |client| {
             match client.query_one(
-                "INSERT INTO users (name) VALUES ($1) RETURNING id",
-                &[&name.as_str()],
+                "INSERT INTO users (name, namespace_id) VALUES ($1, $2) RETURNING id",
+                &[&name.as_str(), &&namespace.0[..]],
             ) {
                 Ok(row) => Ok(User {
                     id: UserId(row.get(0)),
                     name,
+                    namespace,
                 }),
                 Err(err) if is_violation(&err, &SqlState::UNIQUE_VIOLATION) => {
                     Err(StoreError::AlreadyExists(format!("user {name}")))
@@ -322,12 +330,18 @@ impl MetaStore for PgMetaStore {
     async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError> {
         let name = name.clone();
         self.call(move |client| {
-            let row =
-                client.query_opt("SELECT id FROM users WHERE name = $1", &[&name.as_str()])?;
-            Ok(row.map(|row| User {
-                id: UserId(row.get(0)),
-                name,
-            }))
+            let row = client.query_opt(
+                "SELECT id, namespace_id FROM users WHERE name = $1",
+                &[&name.as_str()],
+            )?;
+            row.map(|row| {
+                Ok(User {
+                    id: UserId(row.get(0)),
+                    name,
+                    namespace: stored_namespace(row.get(1))?,
+                })
+            })
+            .transpose()
         })
         .await
     }
@@ -372,7 +386,7 @@ impl MetaStore for PgMetaStore {
         let token_hash = *token_hash;
         self.call(move |client| {
             let row = client.query_opt(
-                "SELECT users.id, users.name, devices.id, devices.name
+                "SELECT users.id, users.name, devices.id, devices.name, users.namespace_id
                  FROM devices JOIN users ON users.id = devices.user_id
                  WHERE devices.token_hash = $1",
                 &[&&token_hash.0[..]],
@@ -386,6 +400,7 @@ impl MetaStore for PgMetaStore {
                 user_id: UserId(row.get(0)),
                 user_name: UserName::new(&user_name)
                     .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+                namespace: stored_namespace(row.get(4))?,
                 device_id: DeviceId(row.get(2)),
                 device_name: DeviceName::new(&device_name)
                     .map_err(|err| StoreError::Corrupt(err.to_string()))?,
@@ -398,6 +413,97 @@ impl MetaStore for PgMetaStore {
         self.call(|client| {
             let count: i64 = client.query_one("SELECT COUNT(*) FROM users", &[])?.get(0);
             to_u64(count, "user count")
+        })
+        .await
+    }
+
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.call(|client| {
+            let rows = client.query(
+                "SELECT id, name, namespace_id FROM users ORDER BY name",
+                &[],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let name: String = row.get(1);
+                    Ok(User {
+                        id: UserId(row.get(0)),
+                        name: UserName::new(&name)
+                            .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+                        namespace: stored_namespace(row.get(2))?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn journal_tag(
+        &self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalTag>, StoreError> {
+        self.call(move |client| {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let current = user_cursor(&mut tx, user_id)?;
+            let tag = if cursor > current {
+                None
+            } else {
+                tag_at(&mut tx, user_id, cursor)?
+            };
+            tx.commit()?;
+            Ok(tag)
+        })
+        .await
+    }
+
+    async fn wanted_chunks(
+        &self,
+        user_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        self.call(move |client| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = client.query(
+                "SELECT hash FROM wanted_chunks WHERE user_id = $1 ORDER BY hash LIMIT $2",
+                &[&user_id.0, &limit],
+            )?;
+            rows.iter()
+                .map(|row| stored_chunk_hash(row.get::<_, &[u8]>(0)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn want_chunks(
+        &self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<usize, StoreError> {
+        let hashes: Vec<Vec<u8>> = hashes.iter().map(|hash| hash.0.to_vec()).collect();
+        self.call(move |client| {
+            let added = client.execute(
+                "INSERT INTO wanted_chunks (user_id, hash) SELECT $1, unnest($2::bytea[])
+                 ON CONFLICT DO NOTHING",
+                &[&user_id.0, &hashes],
+            )?;
+            Ok(usize::try_from(added).unwrap_or(usize::MAX))
+        })
+        .await
+    }
+
+    async fn unwant_chunks(&self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError> {
+        let hashes: Vec<Vec<u8>> = hashes.iter().map(|hash| hash.0.to_vec()).collect();
+        self.call(move |client| {
+            client.execute(
+                "DELETE FROM wanted_chunks WHERE user_id = $1 AND hash = ANY($2::bytea[])",
+                &[&user_id.0, &hashes],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -416,6 +522,7 @@ impl MetaStore for PgMetaStore {
                 &[&user_id.0],
             )?;
             let locks = locks::locks_in_force(&mut PgTxn { tx: &mut tx }, user_id, now_ms)?;
+            let cursor_tag = PgTxn { tx: &mut tx }.head_tag(user_id)?;
             tx.commit()?;
             let entries = rows
                 .iter()
@@ -423,6 +530,7 @@ impl MetaStore for PgMetaStore {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Tree {
                 cursor,
+                cursor_tag,
                 entries,
                 locks,
             })
@@ -446,6 +554,7 @@ impl MetaStore for PgMetaStore {
             if since > current {
                 return Ok(ChangesPage {
                     cursor: current,
+                    cursor_tag: PgTxn { tx: &mut tx }.head_tag(user_id)?,
                     changes: Vec::new(),
                     more: false,
                     reset: true,
@@ -466,8 +575,7 @@ impl MetaStore for PgMetaStore {
                 ),
                 &[&user_id.0, &to_i64(since.0)?, &fetch],
             )?;
-            tx.commit()?;
-            journal_page(
+            let mut page = journal_page(
                 node_rows
                     .iter()
                     .map(|row| (row.get(0), raw_row(row, 1)))
@@ -475,7 +583,12 @@ impl MetaStore for PgMetaStore {
                 lock_rows.iter().map(raw_lock_change).collect(),
                 since,
                 limit,
-            )
+            )?;
+            page.cursor_tag = tag_at(&mut tx, user_id, page.cursor)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("no journal row at cursor {}", page.cursor))
+            })?;
+            tx.commit()?;
+            Ok(page)
         })
         .await
     }
@@ -490,19 +603,19 @@ impl MetaStore for PgMetaStore {
         .await
     }
 
-    #[tracing::instrument(skip(self, ops, missing_chunks), fields(n_ops = ops.len()))]
+    #[tracing::instrument(skip(self, ops, chunk_lens), fields(n_ops = ops.len()))]
     async fn apply_ops(
         &self,
         user_id: UserId,
         device: &DeviceName,
         ops: Vec<Op>,
-        missing_chunks: HashSet<ChunkHash>,
+        chunk_lens: ChunkLens,
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
         let device = device.clone();
         self.write(
             user_id,
-            move |txn| ops::apply_batch(txn, user_id, &device, &ops, &missing_chunks, now_ms),
+            move |txn| ops::apply_batch(txn, user_id, &device, &ops, &chunk_lens, now_ms),
             |batch| batch.changed_anything().then_some(batch.cursor),
         )
         .await
@@ -608,6 +721,24 @@ fn user_cursor(tx: &mut postgres::Transaction<'_>, user_id: UserId) -> Result<Cu
     }
 }
 
+/// The tag of the journal row at `cursor` (all zero for cursor 0), if there is one.
+fn tag_at(
+    tx: &mut postgres::Transaction<'_>,
+    user_id: UserId,
+    cursor: Cursor,
+) -> Result<Option<JournalTag>, StoreError> {
+    if cursor.0 == 0 {
+        return Ok(Some(JournalTag::default()));
+    }
+    let row = tx.query_opt(
+        "SELECT tag FROM changes WHERE user_id = $1 AND cursor = $2
+         UNION ALL SELECT tag FROM lock_changes WHERE user_id = $1 AND cursor = $2",
+        &[&user_id.0, &to_i64(cursor.0)?],
+    )?;
+    row.map(|row| stored_tag(row.get::<_, &[u8]>(0)))
+        .transpose()
+}
+
 /// The node columns of `row`, starting at column `first`.
 fn raw_row(row: &Row, first: usize) -> RawRow {
     RawRow {
@@ -683,9 +814,10 @@ impl Txn for PgTxn<'_, '_> {
     }
 
     fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        let tag = new_journal_tag();
         let row = self.tx.query_opt(
-            "UPDATE users SET cursor = cursor + 1 WHERE id = $1 RETURNING cursor",
-            &[&user_id.0],
+            "UPDATE users SET cursor = cursor + 1, head_tag = $2 WHERE id = $1 RETURNING cursor",
+            &[&user_id.0, &&tag.0[..]],
         )?;
         match row {
             Some(row) => Ok(Cursor(to_u64(row.get(0), "cursor")?)),
@@ -695,6 +827,16 @@ impl Txn for PgTxn<'_, '_> {
 
     fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
         user_cursor(self.tx, user_id)
+    }
+
+    fn head_tag(&mut self, user_id: UserId) -> Result<JournalTag, StoreError> {
+        let row = self
+            .tx
+            .query_opt("SELECT head_tag FROM users WHERE id = $1", &[&user_id.0])?;
+        match row {
+            Some(row) => stored_tag(row.get::<_, &[u8]>(0)),
+            None => Err(StoreError::NotFound(format!("user {user_id}"))),
+        }
     }
 
     fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
@@ -743,11 +885,11 @@ impl Txn for PgTxn<'_, '_> {
 
     fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
         const LOCK_INSERT: &str = "INSERT INTO lock_changes
-             (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+             (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT head_tag FROM users WHERE id = $1))";
         const INSERT: &str = "INSERT INTO changes
-             (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+             (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, tag)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (SELECT head_tag FROM users WHERE id = $1))";
         match change {
             Change::Upsert { cursor, entry } => self.tx.execute(
                 INSERT,

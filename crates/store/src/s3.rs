@@ -1,8 +1,10 @@
 //! [`S3ChunkStore`]: a [`ChunkStore`] in an S3-compatible bucket (AWS S3, MinIO, Garage, Ceph
 //! RGW, moto), shared by any number of server processes.
 //!
-//! Layout: `PREFIX/chunks/<user id>/<first 2 hex digits>/<64 hex digits>`, like the local disk
-//! store, so chunks are per user. A chunk is verified against its hash before it is sent, and
+//! Layout: `PREFIX/chunks/<namespace id>/<first 2 hex digits>/<64 hex digits>`, like the local
+//! disk store, so chunks are per user namespace. An object found not to match its name is
+//! copied to `PREFIX/quarantine/<namespace id>/<hash>.<random>` and deleted, so it is reported
+//! missing and an upload of the right bytes replaces it. A chunk is verified against its hash before it is sent, and
 //! sent with `If-None-Match: *`, so an object either holds exactly the bytes of its name or
 //! does not exist; a PUT acknowledged by S3 is durable before any metadata commit can name it.
 //!
@@ -11,7 +13,7 @@
 //! `object_store` cannot create buckets, so [`S3ChunkStore::open`] checks for the bucket and
 //! creates it with one request signed by `rusty-s3`.
 
-use crate::{ChunkStore, StoreError, UserId};
+use crate::{BadChunk, ChunkLens, ChunkStore, ScrubReport, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -22,7 +24,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-use syncstore_proto::{ChunkHash, MAX_CHUNK_LEN};
+use syncstore_proto::{ChunkHash, NamespaceId, MAX_CHUNK_LEN};
 
 /// How many PUT requests one `put_batch` call has in flight.
 const PUT_CONCURRENCY: usize = 8;
@@ -143,21 +145,83 @@ impl S3ChunkStore {
         })
     }
 
-    fn chunk_path(&self, user_id: UserId, hash: &ChunkHash) -> ObjectPath {
+    fn chunk_path(&self, owner: NamespaceId, hash: &ChunkHash) -> ObjectPath {
         let hex = hash.to_hex();
-        let key = format!("chunks/{user_id}/{}/{hex}", &hex[..2]);
+        self.key(&format!("chunks/{owner}/{}/{hex}", &hex[..2]))
+    }
+
+    fn key(&self, key: &str) -> ObjectPath {
         if self.location.prefix.is_empty() {
             ObjectPath::from(key)
         } else {
             ObjectPath::from(format!("{}/{key}", self.location.prefix))
         }
     }
+
+    /// Copies a bad object aside and deletes it; returns where it went.
+    async fn quarantine(
+        &self,
+        owner: NamespaceId,
+        hash: &ChunkHash,
+        path: &ObjectPath,
+    ) -> Result<ObjectPath, StoreError> {
+        let suffix = hex::encode(rand::random::<[u8; 8]>());
+        let aside = self.key(&format!("quarantine/{owner}/{hash}.{suffix}"));
+        self.store
+            .copy(path, &aside)
+            .await
+            .map_err(|err| object_error(path, err))?;
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(err) => return Err(object_error(path, err)),
+        }
+        tracing::error!(%owner, %hash, aside = %aside, "chunk failed verification; moved aside");
+        Ok(aside)
+    }
+
+    /// Reads and verifies one object; a bad one is moved aside and reported.
+    async fn verified(
+        &self,
+        owner: NamespaceId,
+        hash: &ChunkHash,
+        path: &ObjectPath,
+    ) -> Result<Bytes, StoreError> {
+        let result = match self.store.get(path).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(StoreError::NotFound(format!("chunk {hash}")));
+            }
+            Err(err) => return Err(object_error(path, err)),
+        };
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|err| object_error(path, err))?;
+        // Catches a tampered or damaged object before a client writes it into a folder.
+        let hashed = bytes.clone();
+        let actual =
+            tokio::task::spawn_blocking(move || ChunkHash(*blake3::hash(&hashed).as_bytes()))
+                .await
+                .map_err(|err| StoreError::Worker(err.to_string()))?;
+        if actual != *hash {
+            let aside = self.quarantine(owner, hash, path).await?;
+            return Err(StoreError::Corrupt(format!(
+                "object {path} hashes to {actual}; moved to {aside}"
+            )));
+        }
+        Ok(bytes)
+    }
 }
 
 #[async_trait]
 impl ChunkStore for S3ChunkStore {
     #[tracing::instrument(skip(self, bytes), fields(len = bytes.len()))]
-    async fn put(&self, user_id: UserId, hash: &ChunkHash, bytes: Bytes) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        owner: NamespaceId,
+        hash: &ChunkHash,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
         if bytes.len() > MAX_CHUNK_LEN as usize {
             return Err(StoreError::ChunkTooLarge { len: bytes.len() });
         }
@@ -170,7 +234,7 @@ impl ChunkStore for S3ChunkStore {
         if actual != claimed {
             return Err(StoreError::HashMismatch { claimed, actual });
         }
-        let path = self.chunk_path(user_id, hash);
+        let path = self.chunk_path(owner, hash);
         let options = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
@@ -196,12 +260,12 @@ impl ChunkStore for S3ChunkStore {
 
     async fn put_batch(
         &self,
-        user_id: UserId,
+        owner: NamespaceId,
         chunks: Vec<(ChunkHash, Bytes)>,
     ) -> Result<(), StoreError> {
         // Each PUT is durable when acknowledged; sending several at once hides the round trips.
         futures::stream::iter(chunks)
-            .map(|(hash, bytes)| async move { self.put(user_id, &hash, bytes).await })
+            .map(|(hash, bytes)| async move { self.put(owner, &hash, bytes).await })
             .buffer_unordered(PUT_CONCURRENCY)
             .try_collect::<()>()
             .await
@@ -209,56 +273,111 @@ impl ChunkStore for S3ChunkStore {
 
     async fn missing(
         &self,
-        user_id: UserId,
+        owner: NamespaceId,
         hashes: &[ChunkHash],
     ) -> Result<Vec<ChunkHash>, StoreError> {
+        let lens = self.lens(owner, hashes).await?;
+        Ok(lens
+            .into_iter()
+            .filter_map(|(hash, len)| len.is_none().then_some(hash))
+            .collect())
+    }
+
+    async fn get(&self, owner: NamespaceId, hash: &ChunkHash) -> Result<Bytes, StoreError> {
+        let path = self.chunk_path(owner, hash);
+        self.verified(owner, hash, &path).await
+    }
+
+    async fn make_durable(
+        &self,
+        owner: NamespaceId,
+        hashes: &[ChunkHash],
+    ) -> Result<ChunkLens, StoreError> {
+        // A PUT is durable when acknowledged: only the lengths are left to learn.
+        Ok(self
+            .lens(owner, hashes)
+            .await?
+            .into_iter()
+            .filter_map(|(hash, len)| len.map(|len| (hash, len)))
+            .collect())
+    }
+
+    async fn holds_content(&self) -> Result<bool, StoreError> {
+        let prefix = self.key("chunks");
+        let first = self.store.list(Some(&prefix)).next().await;
+        match first {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(err)) => Err(object_error(&prefix, err)),
+        }
+    }
+
+    async fn scrub(
+        &self,
+        progress: &(dyn for<'r> Fn(&'r ScrubReport) + Send + Sync),
+    ) -> Result<ScrubReport, StoreError> {
+        let prefix = self.key("chunks");
+        let mut listing = self.store.list(Some(&prefix));
+        let mut report = ScrubReport::default();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|err| object_error(&prefix, err))?;
+            // `.../chunks/<namespace>/<xx>/<hash>`
+            let parts: Vec<&str> = meta.location.as_ref().rsplitn(4, '/').collect();
+            let (Some(hash), Some(owner)) = (
+                parts
+                    .first()
+                    .and_then(|text| ChunkHash::from_hex(text).ok()),
+                parts
+                    .get(2)
+                    .and_then(|text| NamespaceId::from_hex(text).ok()),
+            ) else {
+                tracing::warn!(key = %meta.location, "not a chunk; skipped");
+                continue;
+            };
+            match self.verified(owner, &hash, &meta.location).await {
+                Ok(bytes) => report.bytes += bytes.len() as u64,
+                Err(StoreError::Corrupt(detail)) => report.bad.push(BadChunk {
+                    owner,
+                    hash,
+                    detail,
+                }),
+                Err(StoreError::NotFound(_)) => continue,
+                Err(err) => return Err(err),
+            }
+            report.checked += 1;
+            progress(&report);
+        }
+        Ok(report)
+    }
+}
+
+impl S3ChunkStore {
+    /// Each distinct hash among `hashes`, in the order given, with its stored length (`None`:
+    /// not stored).
+    async fn lens(
+        &self,
+        owner: NamespaceId,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<(ChunkHash, Option<u32>)>, StoreError> {
         let mut seen = HashSet::new();
         let unique: Vec<ChunkHash> = hashes
             .iter()
             .filter(|hash| seen.insert(**hash))
             .copied()
             .collect();
-        let present: Vec<Option<ChunkHash>> = futures::stream::iter(unique)
+        futures::stream::iter(unique)
             .map(|hash| async move {
-                let path = self.chunk_path(user_id, &hash);
+                let path = self.chunk_path(owner, &hash);
                 match self.store.head(&path).await {
-                    Ok(_) => Ok(None),
-                    Err(object_store::Error::NotFound { .. }) => Ok(Some(hash)),
+                    Ok(meta) => Ok((hash, Some(u32::try_from(meta.size).unwrap_or(u32::MAX)))),
+                    Err(object_store::Error::NotFound { .. }) => Ok((hash, None)),
                     Err(err) => Err(object_error(&path, err)),
                 }
             })
             // `buffered` keeps the order of the input.
             .buffered(MISSING_CONCURRENCY)
             .try_collect()
-            .await?;
-        Ok(present.into_iter().flatten().collect())
-    }
-
-    async fn get(&self, user_id: UserId, hash: &ChunkHash) -> Result<Bytes, StoreError> {
-        let path = self.chunk_path(user_id, hash);
-        let result = match self.store.get(&path).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(StoreError::NotFound(format!("chunk {hash}")));
-            }
-            Err(err) => return Err(object_error(&path, err)),
-        };
-        let bytes = result
-            .bytes()
             .await
-            .map_err(|err| object_error(&path, err))?;
-        // Catches a tampered or damaged object before a client writes it into a folder.
-        let hashed = bytes.clone();
-        let actual =
-            tokio::task::spawn_blocking(move || ChunkHash(*blake3::hash(&hashed).as_bytes()))
-                .await
-                .map_err(|err| StoreError::Worker(err.to_string()))?;
-        if actual != *hash {
-            return Err(StoreError::Corrupt(format!(
-                "object {path} hashes to {actual}"
-            )));
-        }
-        Ok(bytes)
     }
 }
 

@@ -15,24 +15,24 @@
 
 use crate::ops::{self, Txn};
 use crate::{
-    locks, BatchOutcome, ChangesPage, Device, DeviceId, LockOutcome, MetaStore, Principal,
-    StoreError, Tree, User, UserId,
+    locks, new_journal_tag, new_namespace_id, BatchOutcome, ChangesPage, ChunkLens, Device,
+    DeviceId, LockOutcome, MetaStore, Principal, StoreError, Tree, User, UserId,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncstore_proto::{
-    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, LockInfo, NodeId, Op,
-    RelPath, RemoteEntry, Revision, UserName,
+    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
+    NamespaceId, NodeId, Op, RelPath, RemoteEntry, Revision, UserName,
 };
 
 /// The schema migrations, in order; migration `n` (1-based) brings the schema to version `n`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_locks.sql"),
+    include_str!("../migrations/sqlite/0003_identity.sql"),
 ];
 
 /// How long a call waits for another process (an admin command) holding the write lock.
@@ -154,11 +154,16 @@ impl MetaStore for SqliteMetaStore {
     #[tracing::instrument(skip(self))]
     async fn create_user(&self, name: &UserName) -> Result<User, StoreError> {
         let name = name.clone();
+        let namespace = new_namespace_id();
         self.call(move |conn| {
-            match conn.execute("INSERT INTO users (name) VALUES (?1)", [name.as_str()]) {
+            match conn.execute(
+                "INSERT INTO users (name, namespace_id) VALUES (?1, ?2)",
+                params![name.as_str(), &namespace.0[..]],
+            ) {
                 Ok(_) => Ok(User {
                     id: UserId(conn.last_insert_rowid()),
                     name,
+                    namespace,
                 }),
                 Err(err) if is_constraint_violation(&err) => {
                     Err(StoreError::AlreadyExists(format!("user {name}")))
@@ -172,17 +177,21 @@ impl MetaStore for SqliteMetaStore {
     async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError> {
         let name = name.clone();
         self.call(move |conn| {
-            let id: Option<i64> = conn
+            let row: Option<(i64, Option<Vec<u8>>)> = conn
                 .query_row(
-                    "SELECT id FROM users WHERE name = ?1",
+                    "SELECT id, namespace_id FROM users WHERE name = ?1",
                     [name.as_str()],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()?;
-            Ok(id.map(|id| User {
-                id: UserId(id),
-                name,
-            }))
+            row.map(|(id, namespace)| {
+                Ok(User {
+                    id: UserId(id),
+                    name,
+                    namespace: stored_namespace(namespace)?,
+                })
+            })
+            .transpose()
         })
         .await
     }
@@ -229,22 +238,32 @@ impl MetaStore for SqliteMetaStore {
     ) -> Result<Option<Principal>, StoreError> {
         let token_hash = *token_hash;
         self.call(move |conn| {
-            let row: Option<(i64, String, i64, String)> = conn
+            type AuthRow = (i64, String, i64, String, Option<Vec<u8>>);
+            let row: Option<AuthRow> = conn
                 .query_row(
-                    "SELECT users.id, users.name, devices.id, devices.name
+                    "SELECT users.id, users.name, devices.id, devices.name, users.namespace_id
                      FROM devices JOIN users ON users.id = devices.user_id
                      WHERE devices.token_hash = ?1",
                     [&token_hash.0[..]],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    },
                 )
                 .optional()?;
-            let Some((user_id, user_name, device_id, device_name)) = row else {
+            let Some((user_id, user_name, device_id, device_name, namespace)) = row else {
                 return Ok(None);
             };
             Ok(Some(Principal {
                 user_id: UserId(user_id),
                 user_name: UserName::new(&user_name)
                     .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+                namespace: stored_namespace(namespace)?,
                 device_id: DeviceId(device_id),
                 device_name: DeviceName::new(&device_name)
                     .map_err(|err| StoreError::Corrupt(err.to_string()))?,
@@ -257,6 +276,112 @@ impl MetaStore for SqliteMetaStore {
         self.call(|conn| {
             let count: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
             to_u64(count, "user count")
+        })
+        .await
+    }
+
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.call(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT id, name, namespace_id FROM users ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<Vec<u8>>>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+            rows.into_iter()
+                .map(|(id, name, namespace)| {
+                    Ok(User {
+                        id: UserId(id),
+                        name: UserName::new(&name)
+                            .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+                        namespace: stored_namespace(namespace)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn journal_tag(
+        &self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalTag>, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let current = user_cursor(&tx, user_id)?;
+            let tag = if cursor > current {
+                None
+            } else {
+                tag_at(&tx, user_id, cursor)?
+            };
+            tx.commit()?;
+            Ok(tag)
+        })
+        .await
+    }
+
+    async fn wanted_chunks(
+        &self,
+        user_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT hash FROM wanted_chunks WHERE user_id = ?1 ORDER BY hash LIMIT ?2",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![user_id.0, limit], |row| row.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+            rows.into_iter()
+                .map(|bytes| stored_chunk_hash(&bytes))
+                .collect()
+        })
+        .await
+    }
+
+    async fn want_chunks(
+        &self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<usize, StoreError> {
+        let hashes = hashes.to_vec();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut added = 0;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO wanted_chunks (user_id, hash) VALUES (?1, ?2)",
+                )?;
+                for hash in &hashes {
+                    added += stmt.execute(params![user_id.0, &hash.0[..]])?;
+                }
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn unwant_chunks(&self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError> {
+        let hashes = hashes.to_vec();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("DELETE FROM wanted_chunks WHERE user_id = ?1 AND hash = ?2")?;
+                for hash in &hashes {
+                    stmt.execute(params![user_id.0, &hash.0[..]])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }
@@ -278,9 +403,11 @@ impl MetaStore for SqliteMetaStore {
                 .collect::<Result<Vec<_>, _>>()?;
             drop(stmt);
             let locks = locks::locks_in_force(&mut SqliteTxn { conn: &tx }, user_id, now_ms)?;
+            let cursor_tag = SqliteTxn { conn: &tx }.head_tag(user_id)?;
             tx.commit()?;
             Ok(Tree {
                 cursor,
+                cursor_tag,
                 entries,
                 locks,
             })
@@ -300,6 +427,7 @@ impl MetaStore for SqliteMetaStore {
             if since > current {
                 return Ok(ChangesPage {
                     cursor: current,
+                    cursor_tag: SqliteTxn { conn: &tx }.head_tag(user_id)?,
                     changes: Vec::new(),
                     more: false,
                     reset: true,
@@ -327,8 +455,12 @@ impl MetaStore for SqliteMetaStore {
                 )?
                 .collect::<Result<Vec<_>, rusqlite::Error>>()?;
             drop(stmt);
+            let mut page = journal_page(node_rows, lock_rows, since, limit)?;
+            page.cursor_tag = tag_at(&tx, user_id, page.cursor)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("no journal row at cursor {}", page.cursor))
+            })?;
             tx.commit()?;
-            journal_page(node_rows, lock_rows, since, limit)
+            Ok(page)
         })
         .await
     }
@@ -337,20 +469,18 @@ impl MetaStore for SqliteMetaStore {
         self.call(move |conn| user_cursor(conn, user_id)).await
     }
 
-    #[tracing::instrument(skip(self, ops, missing_chunks), fields(n_ops = ops.len()))]
+    #[tracing::instrument(skip(self, ops, chunk_lens), fields(n_ops = ops.len()))]
     async fn apply_ops(
         &self,
         user_id: UserId,
         device: &DeviceName,
         ops: Vec<Op>,
-        missing_chunks: HashSet<ChunkHash>,
+        chunk_lens: ChunkLens,
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
         let device = device.clone();
-        self.write(move |txn| {
-            ops::apply_batch(txn, user_id, &device, &ops, &missing_chunks, now_ms)
-        })
-        .await
+        self.write(move |txn| ops::apply_batch(txn, user_id, &device, &ops, &chunk_lens, now_ms))
+            .await
     }
 
     #[tracing::instrument(skip(self))]
@@ -436,6 +566,8 @@ pub(crate) fn journal_page(
     let cursor = changes.last().map_or(since, Change::cursor);
     Ok(ChangesPage {
         cursor,
+        // Filled in by the caller, which can look the tag up in the same transaction.
+        cursor_tag: JournalTag::default(),
         changes,
         more,
         reset: false,
@@ -627,6 +759,51 @@ fn user_cursor(conn: &Connection, user_id: UserId) -> Result<Cursor, StoreError>
     }
 }
 
+/// The tag of the journal row at `cursor` (all zero for cursor 0), if there is one.
+fn tag_at(
+    conn: &Connection,
+    user_id: UserId,
+    cursor: Cursor,
+) -> Result<Option<JournalTag>, StoreError> {
+    if cursor.0 == 0 {
+        return Ok(Some(JournalTag::default()));
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT tag FROM changes WHERE user_id = ?1 AND cursor = ?2
+         UNION ALL SELECT tag FROM lock_changes WHERE user_id = ?1 AND cursor = ?2",
+    )?;
+    let tag: Option<Vec<u8>> = stmt
+        .query_row(params![user_id.0, to_i64(cursor.0)?], |row| row.get(0))
+        .optional()?;
+    tag.map(|bytes| stored_tag(&bytes)).transpose()
+}
+
+/// A stored journal tag.
+pub(crate) fn stored_tag(bytes: &[u8]) -> Result<JournalTag, StoreError> {
+    let bytes: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("journal tag of {} bytes", bytes.len())))?;
+    Ok(JournalTag(bytes))
+}
+
+/// A stored namespace id; a row without one predates them and is refused as corrupt.
+pub(crate) fn stored_namespace(bytes: Option<Vec<u8>>) -> Result<NamespaceId, StoreError> {
+    let bytes = bytes.ok_or_else(|| StoreError::Corrupt("user without a namespace id".into()))?;
+    let bytes: [u8; 16] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("namespace id of {} bytes", bytes.len())))?;
+    Ok(NamespaceId(bytes))
+}
+
+/// A stored chunk hash.
+pub(crate) fn stored_chunk_hash(bytes: &[u8]) -> Result<ChunkHash, StoreError> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("chunk hash of {} bytes", bytes.len())))?;
+    Ok(ChunkHash(bytes))
+}
+
 /// [`Txn`] on an open rusqlite transaction.
 struct SqliteTxn<'a> {
     conn: &'a Connection,
@@ -686,9 +863,12 @@ impl Txn for SqliteTxn<'_> {
 
     fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "UPDATE users SET cursor = cursor + 1 WHERE id = ?1 RETURNING cursor",
+            "UPDATE users SET cursor = cursor + 1, head_tag = ?2 WHERE id = ?1 RETURNING cursor",
         )?;
-        let cursor: Option<i64> = stmt.query_row([user_id.0], |row| row.get(0)).optional()?;
+        let tag = new_journal_tag();
+        let cursor: Option<i64> = stmt
+            .query_row(params![user_id.0, &tag.0[..]], |row| row.get(0))
+            .optional()?;
         match cursor {
             Some(cursor) => Ok(Cursor(to_u64(cursor, "cursor")?)),
             None => Err(StoreError::NotFound(format!("user {user_id}"))),
@@ -697,6 +877,17 @@ impl Txn for SqliteTxn<'_> {
 
     fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
         user_cursor(self.conn, user_id)
+    }
+
+    fn head_tag(&mut self, user_id: UserId) -> Result<JournalTag, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT head_tag FROM users WHERE id = ?1")?;
+        let tag: Option<Vec<u8>> = stmt.query_row([user_id.0], |row| row.get(0)).optional()?;
+        match tag {
+            Some(bytes) => stored_tag(&bytes),
+            None => Err(StoreError::NotFound(format!("user {user_id}"))),
+        }
     }
 
     fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
@@ -744,12 +935,12 @@ impl Txn for SqliteTxn<'_> {
 
     fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
         let mut node_stmt = self.conn.prepare_cached(
-            "INSERT INTO changes (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO changes (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, tag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, (SELECT head_tag FROM users WHERE id = ?1))",
         )?;
         let mut lock_stmt = self.conn.prepare_cached(
-            "INSERT INTO lock_changes (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO lock_changes (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT head_tag FROM users WHERE id = ?1))",
         )?;
         match change {
             Change::Upsert { cursor, entry } => node_stmt.execute(params![

@@ -87,10 +87,21 @@ fn path(text: &str) -> RelPath {
     RelPath::new(text).unwrap()
 }
 
+/// The principal of `user`'s `device` (the device id is not looked at by the ops).
+fn principal(user: &syncstore_store::User, device: &DeviceName) -> syncstore_store::Principal {
+    syncstore_store::Principal {
+        user_id: user.id,
+        user_name: user.name.clone(),
+        namespace: user.namespace,
+        device_id: syncstore_store::DeviceId(0),
+        device_name: device.clone(),
+    }
+}
+
 /// A `PutFile` of `bytes` stored as one chunk through `chunks`.
 async fn put_op(
     chunks: &dyn ChunkStore,
-    user: syncstore_store::UserId,
+    user: syncstore_proto::NamespaceId,
     at: &str,
     base: Precondition,
     bytes: &[u8],
@@ -136,15 +147,21 @@ async fn two_servers_see_one_namespace() {
     let device = DeviceName::new("dev").unwrap();
     let op = put_op(
         &chunks,
-        user.id,
+        user.namespace,
         "first.txt",
         Precondition::MustNotExist,
         b"one",
     )
     .await;
-    let batch = apply_ops(&server_a, &chunks, user.id, &device, vec![op], now_ms())
-        .await
-        .unwrap();
+    let batch = apply_ops(
+        &server_a,
+        &chunks,
+        &principal(&user, &device),
+        vec![op],
+        now_ms(),
+    )
+    .await
+    .unwrap();
     let notice = tokio::time::timeout(Duration::from_secs(5), notices.recv())
         .await
         .expect("a commit through A reaches B's feed")
@@ -170,15 +187,15 @@ async fn two_servers_see_one_namespace() {
         };
         let op = put_op(
             &chunks,
-            user.id,
+            user.namespace,
             "race.txt",
             Precondition::MustNotExist,
             format!("v{idx}").as_bytes(),
         )
         .await;
-        let (chunks, device) = (chunks.clone(), device.clone());
+        let (chunks, principal) = (chunks.clone(), principal(&user, &device));
         racers.push(tokio::spawn(async move {
-            apply_ops(&server, &chunks, user.id, &device, vec![op], now_ms())
+            apply_ops(&server, &chunks, &principal, vec![op], now_ms())
                 .await
                 .unwrap()
                 .outcomes
@@ -211,15 +228,15 @@ async fn two_servers_see_one_namespace() {
         };
         let op = put_op(
             &chunks,
-            user.id,
+            user.namespace,
             "race.txt",
             Precondition::Rev(rev),
             format!("edit{idx}").as_bytes(),
         )
         .await;
-        let (chunks, device) = (chunks.clone(), device.clone());
+        let (chunks, principal) = (chunks.clone(), principal(&user, &device));
         racers.push(tokio::spawn(async move {
-            apply_ops(&server, &chunks, user.id, &device, vec![op], now_ms())
+            apply_ops(&server, &chunks, &principal, vec![op], now_ms())
                 .await
                 .unwrap()
                 .outcomes

@@ -126,8 +126,8 @@ mod sqlite {
         assert!(err.to_string().contains("newer"), "{err}");
     }
 
-    /// A database left at schema version 1 by the previous build gains the lock tables and
-    /// keeps its data.
+    /// A database left at schema version 1 by an earlier build gains the lock tables and the
+    /// server identity (a random namespace id for each existing user), and keeps its data.
     #[tokio::test]
     async fn upgrade_from_version_1_adds_locks() {
         let dir = tempfile::tempdir().unwrap();
@@ -150,6 +150,13 @@ mod sqlite {
             .unwrap()
             .unwrap();
         assert_eq!(meta.locks(user.id, 0).await.unwrap(), []);
+        assert_ne!(user.namespace, syncstore_proto::NamespaceId::default());
+        assert_eq!(
+            meta.journal_tag(user.id, syncstore_proto::Cursor(0))
+                .await
+                .unwrap(),
+            Some(syncstore_proto::JournalTag::default())
+        );
         drop(meta);
         let conn = rusqlite::Connection::open(&db_path).unwrap();
         let version: i64 = conn
@@ -157,7 +164,7 @@ mod sqlite {
                 row.get(0)
             })
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
     }
 }
 
@@ -167,7 +174,8 @@ mod fs_staging {
 
     use bytes::Bytes;
     use syncstore_proto::ChunkHash;
-    use syncstore_store::{ChunkStore, FsChunkStore, UserId};
+    use syncstore_proto::NamespaceId;
+    use syncstore_store::{ChunkStore, FsChunkStore};
 
     fn chunk(fill: u8, len: usize) -> (ChunkHash, Bytes) {
         let bytes = vec![fill; len];
@@ -195,7 +203,7 @@ mod fs_staging {
     async fn staged_chunks_are_readable_and_become_durable_under_their_names() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("chunks");
-        let user = UserId(1);
+        let user = NamespaceId([1; 16]);
         // Few and small (fsync per file) and many (syncfs): both ways of settling.
         for (n, len) in [(2usize, 1000usize), (20, 100_000)] {
             let store = FsChunkStore::open(&root).await.unwrap();
@@ -214,7 +222,10 @@ mod fs_staging {
                     .any(|path| path.file_name().unwrap() == hash.to_hex().as_str())
             };
             assert!(!hashes.iter().any(named));
-            assert!(store.make_durable(user, &hashes).await.unwrap().is_empty());
+            assert_eq!(
+                store.make_durable(user, &hashes).await.unwrap().len(),
+                hashes.len()
+            );
             assert!(hashes.iter().all(named));
             // No temp file is left, and a new process finds every chunk.
             drop(store);
@@ -233,7 +244,7 @@ mod fs_staging {
     async fn a_staged_chunk_lost_in_a_crash_is_missing_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("chunks");
-        let user = UserId(7);
+        let user = NamespaceId([7; 16]);
         let (hash, bytes) = chunk(9, 5000);
         let store = FsChunkStore::open(&root).await.unwrap();
         store.put(user, &hash, bytes).await.unwrap();
@@ -249,9 +260,10 @@ mod fs_staging {
         assert_eq!(reopened.missing(user, &[hash]).await.unwrap(), vec![hash]);
         assert!(files_under(&root).is_empty(), "leftovers were removed");
         // make_durable reports it missing too, so no commit can name it.
-        assert_eq!(
-            reopened.make_durable(user, &[hash]).await.unwrap(),
-            vec![hash]
-        );
+        assert!(reopened
+            .make_durable(user, &[hash])
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

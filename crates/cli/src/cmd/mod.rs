@@ -3,6 +3,7 @@
 mod demo;
 mod lock;
 mod ls;
+mod scrub;
 mod status;
 
 use crate::cli::{Cli, Command, RemoteArgs, StoreArgs, TokenCommand, UserCommand};
@@ -56,6 +57,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => lock::lock(args).await,
         Command::Unlock(args) => lock::unlock(args).await,
         Command::Locks(args) => lock::list(args).await,
+        Command::Scrub(args) => {
+            let meta = meta_location(&args.stores);
+            let chunks = chunk_location(&args.stores)?;
+            scrub::run(&meta, &chunks, args.json).await
+        }
     }
 }
 
@@ -110,6 +116,9 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let stores = syncstore_server::open_stores(&meta, &chunks).await?;
+    if !args.new_database {
+        syncstore_server::refuse_orphaned_content(&stores, &meta, &chunks).await?;
+    }
     if let Some((user, device, token)) =
         syncstore_server::ensure_first_user_in(&*stores.meta).await?
     {

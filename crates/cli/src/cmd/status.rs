@@ -18,6 +18,17 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     let mut engine = super::open_engine(dir, &remote_args)?;
     let preview = engine.preview().await?;
     println!("server: {}", engine.api().current_server());
+    let mut differences = 0;
+    if let Some(why) = &preview.untrusted {
+        differences += 1;
+        println!(
+            "re-adopt   whole folder: {why}; the next sync re-adopts it as on a first sync \
+             (nothing is deleted on either side; files that differ become conflicted copies)"
+        );
+    }
+    if let Some(when_why) = &preview.readopted {
+        println!("note: the folder was re-adopted at {when_why}");
+    }
     let describe = |path: &RelPath| {
         let local = preview
             .local
@@ -31,7 +42,6 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "-".into());
         format!("local: {local}; server: {remote}")
     };
-    let mut differences = 0;
     for op in &preview.plan.ops {
         let line = match op {
             PlanOp::Upload { path, .. } => format!("upload     {path}  ({})", describe(path)),
