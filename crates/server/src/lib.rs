@@ -225,8 +225,9 @@ pub async fn open_meta_store(location: &MetaLocation) -> anyhow::Result<Arc<dyn 
                 .parent()
                 .filter(|parent| !parent.as_os_str().is_empty())
             {
-                tokio::fs::create_dir_all(parent)
-                    .await
+                // Only what is created here is made private: the directory of a `--db` path
+                // may be shared with other programs.
+                create_dirs_private(parent)
                     .with_context(|| format!("could not create {}", parent.display()))?;
             }
             let meta_store = SqliteMetaStore::open(path)
@@ -286,11 +287,40 @@ pub async fn open_stores(meta: &MetaLocation, chunks: &ChunkLocation) -> anyhow:
 /// # Errors
 /// When the directory cannot be created or a store cannot be opened (e.g. a newer schema).
 pub async fn open_embedded_stores(data_dir: &Path) -> anyhow::Result<Stores> {
+    prepare_data_dir(data_dir)?;
     open_stores(
         &MetaLocation::embedded(data_dir),
         &ChunkLocation::embedded(data_dir),
     )
     .await
+}
+
+/// Creates the data directory with mode 0700, or narrows an existing one to 0700: it holds the
+/// metadata database (token hashes) and every user's content.
+///
+/// # Errors
+/// When the directory cannot be created or its mode changed.
+pub fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_dirs_private(data_dir)
+        .with_context(|| format!("could not create {}", data_dir.display()))?;
+    let metadata = std::fs::metadata(data_dir)
+        .with_context(|| format!("could not read {}", data_dir.display()))?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || format!("could not make {} private (mode 0700)", data_dir.display()),
+        )?;
+    }
+    Ok(())
+}
+
+/// `create_dir_all`, with mode 0700 for every directory it creates, whatever the umask.
+fn create_dirs_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Serves the API on `listener` over the embedded stores in `config.data_dir` until `shutdown`

@@ -105,6 +105,9 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let meta = meta_location(&args.stores);
     let chunks = chunk_location(&args.stores)?;
     let data = args.stores.data.data.clone();
+    if meta == MetaLocation::embedded(&data) || chunks == ChunkLocation::embedded(&data) {
+        syncstore_server::prepare_data_dir(&data)?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
