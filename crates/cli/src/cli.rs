@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// syncstore: keep folders on several machines in sync through your own server.
 #[derive(Parser, Debug)]
@@ -122,6 +123,67 @@ pub struct ServeArgs {
     /// accounts). Without it, serve refuses: restore the database instead.
     #[arg(long, env = "SYNCSTORE_NEW_DATABASE")]
     pub new_database: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What one client may take of the server; every default is far above normal use.
+#[derive(Args, Debug)]
+pub struct LimitArgs {
+    /// Most connections open at once; more get a 503. Default 10000, lowered to fit the
+    /// file limit (`serve` raises its soft limit to the hard one).
+    #[arg(long, env = "SYNCSTORE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long a connection may take to send a request head (and an idle one stays open).
+    /// Default 30s.
+    #[arg(long, env = "SYNCSTORE_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// How long a request body may send nothing before the request gets a 408 and is cut off.
+    /// Default 30s.
+    #[arg(long, env = "SYNCSTORE_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub body_idle_timeout: Option<Duration>,
+    /// Chunk uploads and downloads running at once, over all users. Default 16.
+    #[arg(long, env = "SYNCSTORE_MAX_TRANSFERS")]
+    pub max_transfers: Option<usize>,
+    /// Chunk uploads and downloads one user may run at once. Default 4.
+    #[arg(long, env = "SYNCSTORE_MAX_TRANSFERS_PER_USER")]
+    pub max_transfers_per_user: Option<usize>,
+    /// Largest JSON request body, in bytes (suffixes KiB, MiB, GiB); more gets a 413.
+    /// Default 32MiB.
+    #[arg(long, env = "SYNCSTORE_MAX_JSON_BODY", value_parser = parse_size)]
+    pub max_json_body: Option<usize>,
+    /// Bytes of JSON request bodies held at once over all requests; more wait. Default 128MiB.
+    #[arg(long, env = "SYNCSTORE_MAX_JSON_IN_FLIGHT", value_parser = parse_size)]
+    pub max_json_in_flight: Option<usize>,
+    /// Most ops in one ops request; more gets a 413. Default 10000 (clients send 1000).
+    #[arg(long, env = "SYNCSTORE_MAX_BATCH_OPS")]
+    pub max_batch_ops: Option<usize>,
+    /// Most distinct directories the paths of one ops request may lie in; more gets a 413.
+    /// Default 20000.
+    #[arg(long, env = "SYNCSTORE_MAX_BATCH_DIRS")]
+    pub max_batch_dirs: Option<usize>,
+}
+
+/// A byte count: digits, optionally followed by KiB, MiB or GiB (or K, M, G).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 1048576, 512KiB or 32MiB"))?;
+    let factor: usize = match unit.trim() {
+        "" => 1,
+        "K" | "KiB" => 1024,
+        "M" | "MiB" => 1024 * 1024,
+        "G" | "GiB" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Args, Debug)]
@@ -210,4 +272,19 @@ pub struct DemoArgs {
     /// Address for the demo server (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("32MiB"), Ok(32 * 1024 * 1024));
+        assert_eq!(parse_size("1G"), Ok(1024 * 1024 * 1024));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
 }

@@ -63,15 +63,25 @@ impl FolderConfig {
     }
 }
 
-/// Creates `dir` (mode 0700) if it does not exist.
+/// Creates `dir` (mode 0700, whatever the umask) if it does not exist, and narrows it to 0700
+/// if others can read it (an older version left it 0755).
 ///
 /// # Errors
 /// On any IO error.
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("could not create {}", dir.display())),
+        Ok(()) => return Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(err).with_context(|| format!("could not create {}", dir.display())),
     }
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("could not read {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("could not make {} private (mode 0700)", dir.display()))?;
+    }
+    Ok(())
 }

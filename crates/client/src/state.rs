@@ -3,11 +3,16 @@
 //! The updates of one applied plan are committed together once their effects are durable (see
 //! `engine`); the server identity base was made against ([`ServerIdentity`]) is saved with
 //! them. The whole tree is also kept in memory.
+//!
+//! The database and its `-wal`/`-shm` files are 0600 whatever the umask. A corrupt database
+//! (found by `PRAGMA quick_check` at open, or by SQLite on any read or write) is a
+//! [`StateCorrupt`] error naming the file and the way out: moving it aside is safe, as with no
+//! base the planner re-adopts the folder like a first sync, which deletes nothing.
 
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use syncstore_plan::BaseNode;
 use syncstore_proto::{
     ChunkHash, ChunkRef, ContentHash, Cursor, EntryKind, JournalTag, NamespaceId, NodeId, RelPath,
@@ -16,9 +21,26 @@ use syncstore_proto::{
 
 const SCHEMA_VERSION: i64 = 1;
 
+/// The state database is corrupt; the message says how to recover.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} is corrupt ({cause}): stop syncstore, move it aside (mv {path} {path}.corrupt) and \
+     run again; the folder is then re-adopted: nothing is deleted on either side, files that \
+     differ become conflicted copies",
+    path = .path.display()
+)]
+pub struct StateCorrupt {
+    /// The database file.
+    pub path: PathBuf,
+    /// What SQLite (or the check) reported.
+    pub cause: String,
+}
+
 /// The base tree in memory plus its on-disk copy.
 pub struct StateDb {
     conn: Connection,
+    /// The database file, for error messages.
+    path: PathBuf,
     /// The base tree, as the planner takes it.
     pub base: BTreeMap<RelPath, BaseNode>,
     /// The chunk list of each base file, so a download can reuse unchanged chunks of the old file.
@@ -29,83 +51,177 @@ impl StateDb {
     /// Opens (creating if needed) the state database in `meta_dir` and loads the base tree.
     ///
     /// # Errors
-    /// When the database cannot be opened, is from a newer version, or holds invalid rows.
+    /// When the database cannot be opened, is from a newer version, or holds invalid rows;
+    /// [`StateCorrupt`] when it is corrupt.
     pub fn open(meta_dir: &Path) -> anyhow::Result<StateDb> {
         let path = meta_dir.join("state.sqlite");
-        let conn = Connection::open(&path)
-            .with_context(|| format!("could not open {}", path.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
+        make_private(&path)?;
+        open_at(&path).map_err(|err| explain_corruption(&path, err))
+    }
+}
+
+/// Creates the database file 0600 before SQLite opens it (SQLite gives `-wal` and `-shm` the
+/// mode of the database), narrows files left wider, and removes a `-wal` or `-shm` whose
+/// database is gone: moved aside, so they belong to it, and SQLite would otherwise replay that
+/// log into the new database.
+fn make_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let side_files = ["-wal", "-shm"].map(|suffix| {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        PathBuf::from(side)
+    });
+    if !path.exists() {
+        for side in &side_files {
+            match std::fs::remove_file(side) {
+                Ok(()) => {
+                    tracing::warn!(file = %side.display(), "removed the log of a state database that is gone")
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("could not remove {}", side.display()))
+                }
+            }
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not create {}", path.display()))?;
+    for file in std::iter::once(path).chain(side_files.iter().map(PathBuf::as_path)) {
+        let mode = match std::fs::metadata(file) {
+            Ok(metadata) => metadata.permissions().mode(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("could not read {}", file.display()))
+            }
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).with_context(
+                || format!("could not make {} private (mode 0600)", file.display()),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Turns an error that SQLite reported as corruption into [`StateCorrupt`].
+fn explain_corruption(path: &Path, err: anyhow::Error) -> anyhow::Error {
+    let corrupt = err
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<rusqlite::Error>() {
+            Some(rusqlite::Error::SqliteFailure(failure, message))
+                if matches!(
+                    failure.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                Some(message.clone().unwrap_or_else(|| failure.to_string()))
+            }
+            _ => None,
+        });
+    match corrupt {
+        Some(cause) => StateCorrupt {
+            path: path.to_owned(),
+            cause,
+        }
+        .into(),
+        None => err,
+    }
+}
+
+fn open_at(path: &Path) -> anyhow::Result<StateDb> {
+    let conn =
+        Connection::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    // A full check of every page and index (the table is also read in full below, the
+    // indexes are not): 10 ms for 30,000 rows, against 50 ms to load them.
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .context("could not check the state database")?;
+    if check != "ok" {
+        return Err(StateCorrupt {
+            path: path.to_owned(),
+            cause: check,
+        }
+        .into());
+    }
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS base (
                 path TEXT PRIMARY KEY, kind INTEGER NOT NULL, hash BLOB, node_id INTEGER NOT NULL,
                 rev INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
                 inode INTEGER NOT NULL, chunks BLOB NOT NULL);",
+    )
+    .context("could not initialise the state database")?;
+    let version: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key='schema_version'",
+            [],
+            |r| r.get(0),
         )
-        .context("could not initialise the state database")?;
-        let version: Option<String> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key='schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match version.as_deref().map(str::parse::<i64>) {
-            None => {
-                conn.execute(
-                    "INSERT INTO meta VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION.to_string()],
-                )?;
-            }
-            Some(Ok(v)) if v == SCHEMA_VERSION => {}
-            Some(_) => anyhow::bail!(
-                "{} was written by a newer syncstore; upgrade syncstore",
-                path.display()
-            ),
-        }
-        let mut base = BTreeMap::new();
-        let mut base_chunks = HashMap::new();
-        {
-            let mut stmt = conn.prepare(
-                "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks FROM base",
+        .optional()?;
+    match version.as_deref().map(str::parse::<i64>) {
+        None => {
+            conn.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION.to_string()],
             )?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let path_text: String = row.get(0)?;
-                let path = RelPath::new(&path_text)
-                    .with_context(|| format!("invalid path in state: {path_text:?}"))?;
-                let kind = if row.get::<_, i64>(1)? == 1 {
-                    EntryKind::Dir
-                } else {
-                    EntryKind::File
-                };
-                let hash: Option<Vec<u8>> = row.get(2)?;
-                let hash = hash
-                    .map(|bytes| to_hash32(&bytes).map(ContentHash))
-                    .transpose()?;
-                let chunks = decode_chunks(&row.get::<_, Vec<u8>>(8)?)?;
-                base.insert(
-                    path.clone(),
-                    BaseNode {
-                        kind,
-                        hash,
-                        node_id: NodeId(row.get::<_, i64>(3)? as u64),
-                        rev: Revision(row.get::<_, i64>(4)? as u64),
-                        size: row.get::<_, i64>(5)? as u64,
-                        mtime_ns: row.get(6)?,
-                        inode: row.get::<_, i64>(7)? as u64,
-                    },
-                );
-                base_chunks.insert(path, chunks);
-            }
         }
-        Ok(StateDb {
-            conn,
-            base,
-            base_chunks,
-        })
+        Some(Ok(v)) if v == SCHEMA_VERSION => {}
+        Some(_) => anyhow::bail!(
+            "{} was written by a newer syncstore; upgrade syncstore",
+            path.display()
+        ),
     }
+    let mut base = BTreeMap::new();
+    let mut base_chunks = HashMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks FROM base",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let path_text: String = row.get(0)?;
+            let path = RelPath::new(&path_text)
+                .with_context(|| format!("invalid path in state: {path_text:?}"))?;
+            let kind = if row.get::<_, i64>(1)? == 1 {
+                EntryKind::Dir
+            } else {
+                EntryKind::File
+            };
+            let hash: Option<Vec<u8>> = row.get(2)?;
+            let hash = hash
+                .map(|bytes| to_hash32(&bytes).map(ContentHash))
+                .transpose()?;
+            let chunks = decode_chunks(&row.get::<_, Vec<u8>>(8)?)?;
+            base.insert(
+                path.clone(),
+                BaseNode {
+                    kind,
+                    hash,
+                    node_id: NodeId(row.get::<_, i64>(3)? as u64),
+                    rev: Revision(row.get::<_, i64>(4)? as u64),
+                    size: row.get::<_, i64>(5)? as u64,
+                    mtime_ns: row.get(6)?,
+                    inode: row.get::<_, i64>(7)? as u64,
+                },
+            );
+            base_chunks.insert(path, chunks);
+        }
+    }
+    Ok(StateDb {
+        conn,
+        path: path.to_owned(),
+        base,
+        base_chunks,
+    })
+}
 
+impl StateDb {
     /// Records `node` as the base of `path`.
     ///
     /// # Errors
@@ -135,7 +251,8 @@ impl StateDb {
                     encode_chunks(&chunks),
                 ])
             })
-            .context("could not save base")?;
+            .context("could not save base")
+            .map_err(|err| explain_corruption(&self.path, err))?;
         self.base.insert(path.clone(), node);
         self.base_chunks.insert(path.clone(), chunks);
         Ok(())
@@ -149,7 +266,8 @@ impl StateDb {
         self.conn
             .prepare_cached("DELETE FROM base WHERE path = ?1")
             .and_then(|mut statement| statement.execute([path.as_str()]))
-            .context("could not save base")?;
+            .context("could not save base")
+            .map_err(|err| explain_corruption(&self.path, err))?;
         self.base.remove(path);
         self.base_chunks.remove(path);
         Ok(())
@@ -210,7 +328,8 @@ impl StateDb {
         if !self.conn.is_autocommit() {
             self.conn
                 .execute_batch("COMMIT")
-                .context("could not commit state")?;
+                .context("could not commit state")
+                .map_err(|err| explain_corruption(&self.path, err))?;
         }
         Ok(())
     }

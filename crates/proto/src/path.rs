@@ -22,6 +22,8 @@ pub enum PathError {
     TooLong,
     #[error("a component of path {0:?} is longer than {max} bytes", max = RelPath::MAX_COMPONENT_LEN)]
     ComponentTooLong(String),
+    #[error("path {0:?} has more than {max} components", max = RelPath::MAX_DEPTH)]
+    TooDeep(String),
     #[error("path {0:?} is inside the reserved directory .syncstore")]
     Reserved(String),
 }
@@ -30,7 +32,8 @@ pub enum PathError {
 ///
 /// Invariants, checked once in [`RelPath::new`]: not empty, not absolute, no empty, `.` or `..`
 /// component, no NUL or other control character, no backslash, at most [`RelPath::MAX_LEN`] bytes
-/// with components of at most [`RelPath::MAX_COMPONENT_LEN`] bytes, and not inside [`crate::META_DIR`].
+/// with components of at most [`RelPath::MAX_COMPONENT_LEN`] bytes, at most [`RelPath::MAX_DEPTH`]
+/// components, and not inside [`crate::META_DIR`].
 /// So a `RelPath` joined to a folder never escapes it.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -41,6 +44,13 @@ impl RelPath {
     pub const MAX_LEN: usize = 4096;
     /// Longest component accepted, in bytes (Linux NAME_MAX).
     pub const MAX_COMPONENT_LEN: usize = 255;
+    /// Most components accepted: `a/b` has 2.
+    ///
+    /// Every op creates the missing parents of its path and lists them in its result, so the
+    /// depth bounds the work and the answer of one op. Real trees stay far below it (deeply
+    /// nested `node_modules` reach a few dozen levels); [`RelPath::MAX_LEN`] alone would allow
+    /// 2,048 one-byte components.
+    pub const MAX_DEPTH: usize = 128;
 
     /// Validates `text` as a path.
     ///
@@ -62,7 +72,10 @@ impl RelPath {
         if text.contains('\\') {
             return Err(PathError::Backslash(text.to_owned()));
         }
-        for component in text.split('/') {
+        for (idx, component) in text.split('/').enumerate() {
+            if idx == Self::MAX_DEPTH {
+                return Err(PathError::TooDeep(text.to_owned()));
+            }
             if component.is_empty() {
                 return Err(PathError::EmptyComponent(text.to_owned()));
             }
@@ -206,6 +219,9 @@ mod tests {
         check("x/.syncstore", true);
         check(&"a".repeat(256), false);
         check(&"a".repeat(255), true);
+        let at_max = vec!["d"; RelPath::MAX_DEPTH].join("/");
+        check(&at_max, true);
+        check(&format!("{at_max}/d"), false);
     }
 
     #[test]

@@ -35,6 +35,32 @@ impl ApiError {
     pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
+
+    /// The answer when reading a request body failed: 408 when it sent nothing for the body
+    /// idle timeout, else 400.
+    pub(crate) fn body_read_failed(err: &(dyn std::error::Error + 'static)) -> ApiError {
+        if is_body_timeout(err) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body sent nothing for too long (serve --body-idle-timeout); \
+                 the request is cut off",
+            );
+        }
+        ApiError::bad_request(format!("could not read the body: {err}"))
+    }
+}
+
+/// Whether `err` or one of its causes is the body idle timeout of
+/// `tower_http::timeout::RequestBodyTimeoutLayer`.
+fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 impl IntoResponse for ApiError {
@@ -102,9 +128,18 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<JsonBody<T>, ApiError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    // Only a body without a Content-Length gets here: `limits::json_budget`
+                    // refuses a declared length over the limit before the body is read.
+                    StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the request body is larger than the limit (serve --max-json-body)",
+                    ),
+                    _ => ApiError::body_read_failed(&rejection),
+                })?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))

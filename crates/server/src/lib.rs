@@ -14,6 +14,8 @@
 //! - `error`: [`ErrorBody`](syncstore_proto::ErrorBody) answers and the JSON/query extractors
 //!   that turn malformed input into 400s.
 //! - `auth`: the bearer-token extractor.
+//! - `conn`: the accept loop (header read timeout, connection cap, backoff on EMFILE).
+//! - `limits`: transfer slots per user and in total, the JSON body budget, ops batch limits.
 //! - [`ChangeHub`]: wakes long polls when a batch or a lock change commits, through this server
 //!   or (fed by [`Stores::change_feed`], PostgreSQL LISTEN/NOTIFY) through any other server on
 //!   the same database.
@@ -25,16 +27,17 @@
 //! semantics live in `syncstore_store::ops` and `syncstore_store::locks`, not here.
 
 mod auth;
+mod conn;
 mod error;
 mod hub;
+mod limits;
 mod routes;
 
 pub use hub::ChangeHub;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use rand::RngCore;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,8 +49,12 @@ use syncstore_store::{
     StoreError, TokenHash,
 };
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How the server runs. Build it with [`ServerConfig::new`] and adjust fields as needed.
+///
+/// Every request is bounded in time, body size and concurrency, per user and in total; the
+/// defaults are far above what a client does in normal use (see each field).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Holds `meta.sqlite` and `chunks/`.
@@ -56,15 +63,42 @@ pub struct ServerConfig {
     pub long_poll_max: Duration,
     /// The most changes one `GET /api/v1/changes` answer holds (more are flagged with `more`).
     pub changes_page_size: usize,
-    /// The largest JSON request body accepted.
+    /// The largest JSON request body accepted; more is a 413. The largest a client sends are
+    /// ops batches, whose `PutFile`s list their chunks at about 90 bytes each: 32 MiB holds
+    /// the chunk list of a 350 GiB file, while 1,000 ops of ordinary files take well under
+    /// 1 MiB.
     pub json_body_limit: usize,
+    /// The most bytes of JSON request bodies held at once, over all requests; more wait (up to
+    /// [`ServerConfig::request_timeout`]). A body without a Content-Length counts as
+    /// [`ServerConfig::json_body_limit`] bytes.
+    pub json_bytes_in_flight: usize,
     /// How long any request but a chunk upload may take before it is answered with 503.
     /// Must exceed [`ServerConfig::long_poll_max`].
     pub request_timeout: Duration,
-    /// How many chunk uploads and downloads run at once; more wait. An upload holds up to one
-    /// 8 MiB batch of chunks plus one chunk ([`syncstore_proto::MAX_CHUNK_LEN`]) in memory, a
+    /// How many chunk uploads and downloads run at once; more wait, up to
+    /// [`ServerConfig::request_timeout`], then get a 503. An upload holds up to one 8 MiB
+    /// batch of chunks plus one chunk ([`syncstore_proto::MAX_CHUNK_LEN`]) in memory, a
     /// download up to four chunks read ahead.
     pub max_parallel_transfers: usize,
+    /// How many of [`ServerConfig::max_parallel_transfers`] one user may hold at once, so one
+    /// user's stalled transfers never block another's. A client runs two uploads at a time.
+    pub max_transfers_per_user: usize,
+    /// How long a request body may send no byte before the request is answered 408 and cut
+    /// off (its transfer slot freed).
+    pub body_idle_timeout: Duration,
+    /// How long a connection may take to send a whole request head, and how long an idle
+    /// keep-alive connection is kept; then it is closed.
+    pub header_read_timeout: Duration,
+    /// The most connections open at once; one more is answered 503 and closed at once. Keep it
+    /// below the process's file limit (`ulimit -n`); `syncstore serve` lowers it to fit.
+    pub max_connections: usize,
+    /// The most ops one `POST /api/v1/ops` may hold (the client sends at most 1,000); more is
+    /// a 413.
+    pub max_batch_ops: usize,
+    /// The most distinct directories the paths of one ops batch may lie in; more is a 413.
+    /// Every op creates its missing parents and lists them in its result, so this bounds the
+    /// work and the answer of a batch.
+    pub max_batch_dirs: usize,
     /// After shutdown is asked for, how long in-flight requests may finish before `run` returns.
     pub shutdown_grace: Duration,
 }
@@ -76,9 +110,16 @@ impl ServerConfig {
             data_dir,
             long_poll_max: Duration::from_secs(60),
             changes_page_size: 1000,
-            json_body_limit: 64 * 1024 * 1024,
+            json_body_limit: 32 * 1024 * 1024,
+            json_bytes_in_flight: 128 * 1024 * 1024,
             request_timeout: Duration::from_secs(120),
             max_parallel_transfers: 16,
+            max_transfers_per_user: 4,
+            body_idle_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_batch_ops: 10_000,
+            max_batch_dirs: 20_000,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -184,8 +225,9 @@ pub async fn open_meta_store(location: &MetaLocation) -> anyhow::Result<Arc<dyn 
                 .parent()
                 .filter(|parent| !parent.as_os_str().is_empty())
             {
-                tokio::fs::create_dir_all(parent)
-                    .await
+                // Only what is created here is made private: the directory of a `--db` path
+                // may be shared with other programs.
+                create_dirs_private(parent)
                     .with_context(|| format!("could not create {}", parent.display()))?;
             }
             let meta_store = SqliteMetaStore::open(path)
@@ -283,6 +325,7 @@ pub async fn refuse_orphaned_content(
 /// # Errors
 /// When the directory cannot be created or a store cannot be opened (e.g. a newer schema).
 pub async fn open_embedded_stores(data_dir: &Path) -> anyhow::Result<Stores> {
+    prepare_data_dir(data_dir)?;
     open_stores(
         &MetaLocation::embedded(data_dir),
         &ChunkLocation::embedded(data_dir),
@@ -290,12 +333,41 @@ pub async fn open_embedded_stores(data_dir: &Path) -> anyhow::Result<Stores> {
     .await
 }
 
+/// Creates the data directory with mode 0700, or narrows an existing one to 0700: it holds the
+/// metadata database (token hashes) and every user's content.
+///
+/// # Errors
+/// When the directory cannot be created or its mode changed.
+pub fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_dirs_private(data_dir)
+        .with_context(|| format!("could not create {}", data_dir.display()))?;
+    let metadata = std::fs::metadata(data_dir)
+        .with_context(|| format!("could not read {}", data_dir.display()))?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || format!("could not make {} private (mode 0700)", data_dir.display()),
+        )?;
+    }
+    Ok(())
+}
+
+/// `create_dir_all`, with mode 0700 for every directory it creates, whatever the umask.
+fn create_dirs_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Serves the API on `listener` over the embedded stores in `config.data_dir` until `shutdown`
 /// resolves, then drains in-flight requests for at most `config.shutdown_grace`.
 ///
 /// # Errors
-/// When the stores cannot be opened, the listener fails, or a request handler panicked (the
-/// server then stops instead of running on in an unknown state).
+/// When the stores cannot be opened, the listener's address cannot be read, or a request
+/// handler panicked (the server then stops instead of running on in an unknown state). Failed
+/// accepts (such as EMFILE) are retried with a backoff, not returned.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ServerConfig,
@@ -311,7 +383,7 @@ pub async fn run(
 /// [`Stores::change_feed`] (batches committed through other server processes).
 ///
 /// # Errors
-/// When the listener fails or a request handler panicked.
+/// When the listener's address cannot be read or a request handler panicked.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     stores: Stores,
@@ -337,9 +409,11 @@ pub async fn serve(
         config: Arc::new(config.clone()),
         stopping: stopping.clone(),
         panicked: Arc::clone(&panicked),
-        transfers: Arc::new(tokio::sync::Semaphore::new(
-            config.max_parallel_transfers.max(1),
+        transfers: Arc::new(limits::TransferSlots::new(
+            config.max_parallel_transfers,
+            config.max_transfers_per_user,
         )),
+        json_budget: Arc::new(limits::JsonBudget::new(config.json_bytes_in_flight)),
     };
     let app = routes::router(state);
     let addr = listener
@@ -356,26 +430,13 @@ pub async fn serve(
         signal_token.cancel();
     });
 
-    // Responses are written in pieces (headers, then body frames): with Nagle's algorithm on,
-    // a piece that follows another small one waits for the client's delayed ACK, 40 ms on
-    // Linux. That wait was two thirds of a one-file edit's latency (W4: 64 ms, 20 ms when a
-    // request happened to dodge it).
-    let listener = listener.tap_io(|stream| {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(cause = %err, "could not set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(stopping.clone().cancelled_owned())
-        .into_future();
-    tokio::pin!(server);
-    let deadline = async {
-        stopping.cancelled().await;
-        tokio::time::sleep(config.shutdown_grace).await;
-    };
+    let connections = TaskTracker::new();
+    conn::accept_loop(listener, app, &config, stopping.clone(), &connections).await;
+    // The loop returns once stopping is cancelled; each connection finishes its request.
+    connections.close();
     tokio::select! {
-        result = &mut server => result.context("the HTTP server failed")?,
-        () = deadline => tracing::warn!(grace = ?config.shutdown_grace, "requests still running at the shutdown deadline; abandoning them"),
+        () = connections.wait() => {}
+        () = tokio::time::sleep(config.shutdown_grace) => tracing::warn!(grace = ?config.shutdown_grace, "requests still running at the shutdown deadline; abandoning them"),
     }
     if panicked.load(Ordering::SeqCst) {
         anyhow::bail!("a request handler panicked; the server stopped (see the log)");

@@ -2,6 +2,7 @@
 
 use crate::auth::Auth;
 use crate::error::{ApiError, JsonBody, QueryParams};
+use crate::limits::{JsonBudget, TransferPermit, TransferSlots};
 use crate::{ChangeHub, ServerConfig, Stores};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -22,8 +23,8 @@ use syncstore_proto::{
     UploadQuery, UploadResponse, WhoAmI, FRAME_HEADER_LEN,
 };
 use syncstore_store::{ChangesPage, LockOutcome, Principal, StoreError, UserId};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// What every handler shares.
@@ -36,17 +37,18 @@ pub(crate) struct AppState {
     pub(crate) stopping: CancellationToken,
     /// Set when a handler panicked; `serve` then reports an error instead of a clean stop.
     pub(crate) panicked: Arc<AtomicBool>,
-    /// Caps concurrent chunk uploads and downloads, and with them the memory they buffer.
-    pub(crate) transfers: Arc<Semaphore>,
+    /// Caps concurrent chunk uploads and downloads per user and in total, and with them the
+    /// memory they buffer.
+    pub(crate) transfers: Arc<TransferSlots>,
+    /// Caps the bytes of JSON request bodies held at once.
+    pub(crate) json_budget: Arc<JsonBudget>,
 }
 
 impl AppState {
-    async fn transfer_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        // The semaphore is never closed, so this only fails if that changes.
-        Arc::clone(&self.transfers)
-            .acquire_owned()
+    async fn transfer_permit(&self, user_id: UserId) -> Result<TransferPermit, ApiError> {
+        self.transfers
+            .acquire(user_id, self.config.request_timeout)
             .await
-            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"))
     }
 }
 
@@ -54,8 +56,9 @@ impl AppState {
 const DOWNLOAD_READ_AHEAD: usize = 4;
 
 pub(crate) fn router(state: AppState) -> Router {
-    // Every route but the upload is bounded in time; the upload streams a body of any length,
-    // one bounded frame at a time.
+    // Every route but the upload is bounded in time and its body in size and in the bytes all
+    // of them hold at once; the upload streams a body of any length, one bounded frame at a
+    // time. Every body is cut off when it sends nothing for `body_idle_timeout`.
     let bounded = Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/whoami", get(whoami))
@@ -67,6 +70,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/locks", post(take_lock).get(locks))
         .route("/api/v1/locks/release", post(release_lock))
         .layer(DefaultBodyLimit::max(state.config.json_body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::json_budget,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     let upload = Router::new()
         .route("/api/v1/chunks/upload", post(chunks_upload))
@@ -76,6 +83,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(upload)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(RequestBodyTimeoutLayer::new(state.config.body_idle_timeout))
         .layer(middleware::from_fn_with_state(state.clone(), stop_on_panic))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -277,7 +285,7 @@ async fn chunks_upload(
     // With `durable`, every chunk of the body, to be made durable before the answer.
     let mut received: Vec<ChunkHash> = Vec::new();
     let chunk_store = &state.stores.chunks;
-    let _permit = state.transfer_permit().await?;
+    let _permit = state.transfer_permit(auth.0.user_id).await?;
     let mut frames = FrameReader {
         stream: body.into_data_stream(),
         buffer: BytesMut::new(),
@@ -352,11 +360,7 @@ impl FrameReader {
         while self.buffer.len() < len {
             match self.stream.next().await {
                 Some(Ok(data)) => self.buffer.extend_from_slice(&data),
-                Some(Err(err)) => {
-                    return Err(ApiError::bad_request(format!(
-                        "could not read the body: {err}"
-                    )))
-                }
+                Some(Err(err)) => return Err(ApiError::body_read_failed(&err)),
                 None => return Ok(false),
             }
         }
@@ -384,7 +388,7 @@ async fn chunks_download(
             hashes.len()
         )));
     }
-    let permit = state.transfer_permit().await?;
+    let permit = state.transfer_permit(user_id).await?;
     let chunk_store = Arc::clone(&state.stores.chunks);
     let frames = futures::stream::iter(hashes)
         .map(move |hash| {
@@ -437,6 +441,11 @@ async fn ops(
         known,
         known_tag,
     }) = body;
+    crate::limits::check_batch(
+        &ops,
+        state.config.max_batch_ops,
+        state.config.max_batch_dirs,
+    )?;
     if let (Some(known), Some(known_tag)) = (known, known_tag) {
         let meta = &state.stores.meta;
         if meta.journal_tag(principal.user_id, known).await? != Some(known_tag) {
@@ -635,7 +644,8 @@ mod tests {
             config: Arc::new(ServerConfig::new(data_dir.path().to_owned())),
             stopping: CancellationToken::new(),
             panicked: Arc::new(AtomicBool::new(false)),
-            transfers: Arc::new(Semaphore::new(1)),
+            transfers: Arc::new(TransferSlots::new(1, 1)),
+            json_budget: Arc::new(JsonBudget::new(1024 * 1024)),
         };
         let app = Router::new()
             .route("/boom", get(|| async { panic!("boom") as &'static str }))

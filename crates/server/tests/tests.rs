@@ -28,13 +28,19 @@ struct TestServer {
 impl TestServer {
     /// Serves the embedded stores through `serve`, keeping the stores and the hub for checks.
     async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// [`TestServer::start`] with the default config changed by `adjust`.
+    async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let data_dir = tempfile::tempdir().unwrap();
         let stores = open_embedded_stores(data_dir.path()).await.unwrap();
         let hub = ChangeHub::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = ServerConfig::new(data_dir.path().to_owned());
+        let mut config = ServerConfig::new(data_dir.path().to_owned());
+        adjust(&mut config);
         let task = tokio::spawn(serve(
             listener,
             stores.clone(),
@@ -1113,4 +1119,236 @@ async fn a_lock_survives_a_server_restart() {
             .unwrap()
             .unwrap();
     }
+}
+
+// Limits (issue 10): one client cannot hurt the others.
+
+/// Sends the head of a chunk upload that promises `len` body bytes and then sends nothing.
+async fn stalled_upload(server: &TestServer, token: &str, len: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/chunks/upload HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-length: {len}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads an HTTP answer off a raw connection until the peer closes it or it is complete.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buffer))
+            .await
+            .expect("an answer within 30 s");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|len| len.trim().parse::<usize>().ok());
+            if len.is_some_and(|len| body.len() >= len) {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_cut_off_and_frees_its_transfer_slot() {
+    let server = TestServer::start_with(|config| {
+        config.body_idle_timeout = Duration::from_millis(300);
+        config.max_transfers_per_user = 1;
+    })
+    .await;
+    let token = server.user("alice", "laptop").await;
+    let mut stalled = stalled_upload(&server, &token, 1000).await;
+    let started = Instant::now();
+    let answer = read_answer(&mut stalled).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--body-idle-timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The user's only slot is free again.
+    let response = server.upload(&token, frames(&[b"after the stall"])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_users_transfers_do_not_take_another_users_slots() {
+    let server = TestServer::start_with(|config| {
+        config.max_parallel_transfers = 4;
+        config.max_transfers_per_user = 2;
+        config.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let alice = server.user("alice", "laptop").await;
+    let bob = server.user("bob", "phone").await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(stalled_upload(&server, &alice, 1000).await);
+    }
+    // Two of alice's uploads hold her slots; the other two wait for them and are refused.
+    let answer = read_answer(&mut stalled[3]).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("--max-transfers-per-user"), "{answer}");
+    let started = Instant::now();
+    let response = server.upload(&bob, frames(&[b"bob's chunk"])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(stalled);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_json_bodies_and_batches_get_413() {
+    let server = TestServer::start_with(|config| {
+        config.json_body_limit = 64 * 1024;
+        config.max_batch_ops = 10;
+        config.max_batch_dirs = 20;
+    })
+    .await;
+    let token = server.user("alice", "laptop").await;
+
+    // Declared too long: refused before the body is read.
+    use tokio::io::AsyncWriteExt;
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/ops HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("--max-json-body"), "{answer}");
+
+    // Too long without a declared length (chunked).
+    let chunks = futures::stream::iter(
+        (0..100).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1024]))),
+    );
+    let response = server
+        .http
+        .post(server.url("/api/v1/ops"))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    // The server may close before the client has sent everything; when it answers, it is 413.
+    if let Ok(response) = response {
+        let (status, message) = error_of(response).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{message}");
+        assert!(message.contains("--max-json-body"), "{message}");
+    }
+
+    let make_dirs = |paths: Vec<String>| OpsRequest {
+        ops: paths
+            .into_iter()
+            .map(|path| Op::MakeDir {
+                path: RelPath::new(&path).unwrap(),
+                mtime_ms: 0,
+            })
+            .collect(),
+        known: None,
+        known_tag: None,
+    };
+    let too_many = make_dirs((0..11).map(|idx| format!("d{idx}")).collect());
+    let response = server
+        .http
+        .post(server.url("/api/v1/ops"))
+        .bearer_auth(&token)
+        .json(&too_many)
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{message}");
+    assert!(
+        message.contains("11 ops") && message.contains("--max-batch-ops"),
+        "{message}"
+    );
+
+    let deep = make_dirs(vec![vec!["x"; 30].join("/")]);
+    let response = server
+        .http
+        .post(server.url("/api/v1/ops"))
+        .bearer_auth(&token)
+        .json(&deep)
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{message}");
+    assert!(message.contains("--max-batch-dirs"), "{message}");
+
+    let tree: TreeResponse = server.get(&token, "/api/v1/tree").await;
+    assert!(tree.entries.is_empty(), "nothing was applied");
+    let fine = make_dirs(vec![vec!["x"; 20].join("/")]);
+    let answer: OpsResponse = server.post(&token, "/api/v1/ops", &fine).await;
+    assert_eq!(answer.results[0].entries.len(), 20);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_too_deep_path_is_a_400_naming_the_limit() {
+    let server = TestServer::start().await;
+    let token = server.user("alice", "laptop").await;
+    let path = vec!["d"; RelPath::MAX_DEPTH + 1].join("/");
+    let body = serde_json::json!({"ops": [{"op": "make_dir", "path": path, "mtime_ms": 0}]});
+    let response = server
+        .http
+        .post(server.url("/api/v1/ops"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+    assert!(message.contains("more than 128 components"), "{message}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_silent_ones_are_closed() {
+    let server = TestServer::start_with(|config| {
+        config.max_connections = 3;
+        config.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Give the server time to accept the three.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let answer = read_answer(&mut over).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too many open connections"), "{answer}");
+    // The silent ones are closed after the header read timeout, freeing their slots.
+    for stream in &mut silent {
+        let closed = read_answer(stream).await;
+        assert!(!closed.contains("200"), "{closed}");
+    }
+    let health = server
+        .http
+        .get(server.url("/api/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    server.stop().await;
 }

@@ -15,6 +15,10 @@
 //! the renames durable. So uploads run at the speed of the network while the disk catches up in
 //! the background, and the sync is paid once per commit instead of once per upload request.
 //!
+//! Every directory is made 0700 and every chunk file 0600, whatever the umask (chunk files are
+//! tempfile's 0600 temp files renamed); a root left wider by an older version is tightened at
+//! open.
+//!
 //! Invariant: a file under a chunk's name holds exactly the bytes of that name, durably. A
 //! staged chunk that a crash loses (its temp file is removed at the next open) was never
 //! named by a commit, and after the restart `missing` reports it missing again, so the client
@@ -73,7 +77,7 @@ impl FsChunkStore {
         let root = root.to_owned();
         let created = root.clone();
         tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&created).map_err(|source| {
+            create_private_dir_all(&created).map_err(|source| {
                 io_error(format!("could not create {}", created.display()), source)
             })?;
             remove_leftovers(&created)
@@ -384,7 +388,7 @@ impl FsChunkStore {
         ensure_user_dir(&self.root, &user_dir)?;
         // A user directory made before fan-out directories were made up front may lack one.
         if !dir.is_dir() {
-            match std::fs::create_dir(dir) {
+            match private_dir_builder().create(dir) {
                 Ok(()) => sync_dir(&user_dir)?,
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(source) => {
@@ -531,9 +535,16 @@ fn ensure_user_dir(root: &Path, user_dir: &Path) -> Result<(), StoreError> {
                 source,
             )
         })?;
+    // tempfile leaves the mode to the umask.
+    restrict_mode(building.path(), 0o700).map_err(|source| {
+        io_error(
+            format!("could not make {} private", building.path().display()),
+            source,
+        )
+    })?;
     for byte in 0..=255u8 {
         let fan_out = building.path().join(format!("{byte:02x}"));
-        std::fs::create_dir(&fan_out).map_err(|source| {
+        private_dir_builder().create(&fan_out).map_err(|source| {
             io_error(format!("could not create {}", fan_out.display()), source)
         })?;
     }
@@ -597,7 +608,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     })
 }
 
-fn io_error(context: String, source: io::Error) -> StoreError {
+pub(crate) fn io_error(context: String, source: io::Error) -> StoreError {
     StoreError::io(context, source)
 }
 
@@ -643,4 +654,56 @@ fn list_chunks(user_dir: &Path) -> Result<Vec<ChunkHash>, StoreError> {
         }
     }
     Ok(hashes)
+}
+
+/// A `DirBuilder` that makes owner-only (0700) directories; the umask can only narrow it.
+fn private_dir_builder() -> std::fs::DirBuilder {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.mode(0o700);
+    builder
+}
+
+/// Creates `dir` and its missing parents with mode 0700, and narrows an existing `dir` that
+/// others can read to 0700 (existing parents are left alone).
+///
+/// # Errors
+/// IO errors.
+pub(crate) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    private_dir_builder().recursive(true).create(dir)?;
+    restrict_mode(dir, 0o700)
+}
+
+/// Creates the file at `path` with mode 0600 if it does not exist, so whatever is written to it
+/// later is never readable by others; narrows an existing one to 0600.
+///
+/// # Errors
+/// IO errors.
+pub(crate) fn create_private_file(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    restrict_mode(path, 0o600)
+}
+
+/// Sets the mode of `path` to `mode` when its permissions allow more than `mode`; a path that
+/// does not exist is left alone.
+///
+/// # Errors
+/// IO errors other than a missing path.
+pub(crate) fn restrict_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    if metadata.permissions().mode() & 0o777 & !mode == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }

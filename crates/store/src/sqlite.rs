@@ -106,6 +106,7 @@ impl SqliteMetaStore {
 }
 
 fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
+    restrict_db_files(path)?;
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let journal_mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
@@ -119,6 +120,23 @@ fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it, so that SQLite, which gives
+/// the `-wal` and `-shm` files the mode of the database, makes them 0600 too, whatever the
+/// umask; narrows files an older version left readable by others.
+fn restrict_db_files(path: &Path) -> Result<(), StoreError> {
+    let failed = |path: &Path, source| {
+        crate::fs::io_error(format!("could not make {} private", path.display()), source)
+    };
+    crate::fs::create_private_file(path).map_err(|source| failed(path, source))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = Path::new(&side);
+        crate::fs::restrict_mode(side, 0o600).map_err(|source| failed(side, source))?;
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@ mod ls;
 mod scrub;
 mod status;
 
-use crate::cli::{Cli, Command, RemoteArgs, StoreArgs, TokenCommand, UserCommand};
+use crate::cli::{Cli, Command, LimitArgs, RemoteArgs, StoreArgs, TokenCommand, UserCommand};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -111,6 +111,9 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let meta = meta_location(&args.stores);
     let chunks = chunk_location(&args.stores)?;
     let data = args.stores.data.data.clone();
+    if meta == MetaLocation::embedded(&data) || chunks == ChunkLocation::embedded(&data) {
+        syncstore_server::prepare_data_dir(&data)?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
@@ -135,7 +138,7 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(%addr, db = %meta, store = %chunks, "syncstore server listening");
     let shutdown = shutdown_on_signals();
-    let config = syncstore_server::ServerConfig::new(data);
+    let config = server_config(data, &args.limits);
     syncstore_server::serve(
         listener,
         stores,
@@ -145,6 +148,78 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server's config: the defaults, changed by the limit flags, with the connection cap
+/// lowered to fit the file limit.
+fn server_config(data: PathBuf, limits: &LimitArgs) -> syncstore_server::ServerConfig {
+    let mut config = syncstore_server::ServerConfig::new(data);
+    let LimitArgs {
+        max_connections,
+        header_read_timeout,
+        body_idle_timeout,
+        max_transfers,
+        max_transfers_per_user,
+        max_json_body,
+        max_json_in_flight,
+        max_batch_ops,
+        max_batch_dirs,
+    } = *limits;
+    config.max_connections = max_connections.unwrap_or(config.max_connections);
+    config.header_read_timeout = header_read_timeout.unwrap_or(config.header_read_timeout);
+    config.body_idle_timeout = body_idle_timeout.unwrap_or(config.body_idle_timeout);
+    config.max_parallel_transfers = max_transfers.unwrap_or(config.max_parallel_transfers);
+    config.max_transfers_per_user = max_transfers_per_user.unwrap_or(config.max_transfers_per_user);
+    config.json_body_limit = max_json_body.unwrap_or(config.json_body_limit);
+    config.json_bytes_in_flight = max_json_in_flight.unwrap_or(config.json_bytes_in_flight);
+    config.max_batch_ops = max_batch_ops.unwrap_or(config.max_batch_ops);
+    config.max_batch_dirs = max_batch_dirs.unwrap_or(config.max_batch_dirs);
+    let file_limit = raise_file_limit();
+    // Files the process needs besides connections: databases, chunk files being read or
+    // written, the listener, the runtime.
+    const OTHER_FILES: libc::rlim_t = 512;
+    if let Some(file_limit) = file_limit {
+        let fits =
+            usize::try_from(file_limit.saturating_sub(OTHER_FILES).max(1)).unwrap_or(usize::MAX);
+        if config.max_connections > fits {
+            tracing::warn!(
+                file_limit,
+                max_connections = fits,
+                asked = config.max_connections,
+                "the file limit (ulimit -n) is too low for the connection cap; lowering the cap"
+            );
+            config.max_connections = fits;
+        }
+    }
+    config
+}
+
+/// Raises the soft limit on open files to the hard one, so the connection cap, not the file
+/// limit, is what stops new connections; returns the soft limit now in force.
+fn raise_file_limit() -> Option<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(limit.rlim_cur)
 }
 
 /// Resolves the folder's config: flags first, then the saved config; saves what the flags gave.
