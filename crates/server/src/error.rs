@@ -63,6 +63,15 @@ impl From<StoreError> for ApiError {
             StoreError::HashMismatch { .. } | StoreError::ChunkTooLarge { .. } => {
                 ApiError::bad_request(err.to_string())
             }
+            StoreError::Unavailable { service, .. } => {
+                tracing::warn!(cause = %err, "store unavailable");
+                // Clients retry a 503; the cause (which never holds the database password)
+                // stays in the server log.
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{service} unavailable; try again shortly"),
+                )
+            }
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)
             | StoreError::Database(_)
