@@ -10,7 +10,7 @@
 //! within a second or two of its service, however long the outage was.
 
 use crate::engine::{Engine, PassReport};
-use crate::http::{ApiClient, ApiError};
+use crate::http::{ApiClient, ApiError, FAILBACK_PROBE_INTERVAL};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +82,18 @@ pub async fn run(
     ));
 
     let api = engine.api().clone();
+    // Calls probe for failback themselves, but a daemon may make none for a while (a long
+    // poll lasts 25 s, a rescan comes every minute).
+    let _failback = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+        let api = api.clone();
+        async move {
+            let mut ticks = tokio::time::interval(FAILBACK_PROBE_INTERVAL);
+            loop {
+                ticks.tick().await;
+                api.probe_failback();
+            }
+        }
+    }));
     let mut next_scan = Instant::now() + options.scan_interval;
     let mut retry: Option<Retry>;
     let mut backoff = Backoff::default();

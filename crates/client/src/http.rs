@@ -51,7 +51,7 @@ impl ApiError {
 
 /// How often, at most, a client on a server other than its first asks the earlier ones
 /// whether they answer again.
-pub const FAILBACK_PROBE_INTERVAL: Duration = Duration::from_secs(3);
+pub const FAILBACK_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a health probe may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -135,8 +135,9 @@ impl ApiClient {
 
     /// When a server other than the first is in use, starts a background probe of the servers
     /// before it (at most once per [`FAILBACK_PROBE_INTERVAL`]), which moves the client back to
-    /// the first of them that is healthy.
-    fn probe_failback(&self) {
+    /// the first of them that is healthy. Every call does this; an idle daemon calls it on a
+    /// timer.
+    pub fn probe_failback(&self) {
         let in_use = self.current.load(Ordering::Relaxed) % self.servers.len();
         if in_use == 0 {
             return;
@@ -146,7 +147,9 @@ impl ApiClient {
                 .last_failback_probe
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if last.is_some_and(|started| started.elapsed() < FAILBACK_PROBE_INTERVAL) {
+            // A tenth of slack, so a timer ticking at the interval never finds the last probe
+            // a few milliseconds too recent and skips a whole period.
+            if last.is_some_and(|started| started.elapsed() < FAILBACK_PROBE_INTERVAL * 9 / 10) {
                 return;
             }
             *last = Some(Instant::now());
