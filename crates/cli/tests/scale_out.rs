@@ -5,7 +5,8 @@
 //! The services come from `scripts/services` (`./scripts/test` starts them) through
 //! `SYNCSTORE_TEST_POSTGRES` and the AWS_* variables, which the servers inherit. Unset, these
 //! tests skip loudly, except under `CI=true`, where they fail. Each test gets its own database
-//! and bucket.
+//! and bucket; the one that restarts PostgreSQL (issue 10) gets a PostgreSQL of its own
+//! (`scripts/services pg-start`).
 
 use crate::util::*;
 use std::path::{Path, PathBuf};
@@ -48,11 +49,16 @@ struct Setup {
 
 fn setup(name: &str) -> Option<Setup> {
     let admin_url = services()?;
+    Some(setup_on(&admin_url, name))
+}
+
+/// [`setup`] on the PostgreSQL server of `admin_url`.
+fn setup_on(admin_url: &str, name: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let logs = tmp.path().to_path_buf();
     let db = reqwest::runtime()
         .block_on(syncstore_store::postgres::create_test_database(
-            &admin_url, name,
+            admin_url, name,
         ))
         .unwrap_or_else(|err| panic!("could not create a test database on {admin_url}: {err}"));
     let nanos = std::time::SystemTime::now()
@@ -72,7 +78,7 @@ fn setup(name: &str) -> Option<Setup> {
     let dir2 = tmp.path().join("two");
     std::fs::create_dir_all(&dir1).unwrap();
     std::fs::create_dir_all(&dir2).unwrap();
-    Some(Setup {
+    Setup {
         _tmp: tmp,
         logs,
         a,
@@ -81,7 +87,7 @@ fn setup(name: &str) -> Option<Setup> {
         dir2,
         token1,
         token2,
-    })
+    }
 }
 
 #[test]
@@ -299,4 +305,165 @@ fn server_a_killed_mid_sync_client_fails_over_to_b_and_loses_nothing() {
     wait_until("new file in 1", || {
         read(&s.dir1.join("after-restart.txt")).is_some()
     });
+}
+
+/// Lines of the `.log` files in `dir` (clients' and servers') that show a 500 or a failed
+/// store, as `file: line`.
+fn lines_with_500s(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            if [
+                "answered 500",
+                "500 Internal",
+                "storage failed",
+                "store failed",
+            ]
+            .iter()
+            .any(|needle| line.contains(needle))
+            {
+                found.push(format!("{name}: {line}"));
+            }
+        }
+    }
+    found
+}
+
+/// Issue 10: PostgreSQL restarted 10 times under servers A and B. After each restart, a change
+/// written through a client of A reaches a client of B within 2 s (B's change feed, which
+/// missed the commit while it reconnected, catches up; dead pooled connections are replaced),
+/// and no client or server sees a 500: while the database is down, requests get 503.
+#[test]
+fn postgres_restarts_under_two_servers_lose_no_notice_and_answer_no_500() {
+    if services().is_none() {
+        return;
+    }
+    let postgres = PrivatePostgres::start();
+    let s = setup_on(&postgres.url, "pg_restarts");
+    let _client1 = start_client_with_servers("client-1", &s.logs, &s.dir1, &[s.a.url()], &s.token1);
+    // Client 2 rescans only every 10 minutes: remote changes reach it through its long poll on B.
+    let _client2 =
+        start_client_rescanning_every("client-2", &s.logs, &s.dir2, &[s.b.url()], &s.token2, 600);
+    write(&s.dir1.join("first.txt"), "before any restart");
+    wait_until("first.txt in 2", || {
+        read(&s.dir2.join("first.txt")).as_deref() == Some("before any restart")
+    });
+
+    let mut latencies = Vec::new();
+    for round in 0..10 {
+        // Down for a moment, so that requests meet a database that is not there, then back.
+        postgres.ctl("stop");
+        std::thread::sleep(Duration::from_millis(700));
+        postgres.ctl("start");
+        let name = format!("round-{round}.txt");
+        let text = format!("written after restart {round}");
+        let started = Instant::now();
+        write(&s.dir1.join(&name), &text);
+        // Well past the 2 s asked for, but far below the long poll's 25 s.
+        wait_until_for(&format!("{name} in 2"), Duration::from_secs(8), &mut || {
+            read(&s.dir2.join(&name)).as_deref() == Some(text.as_str())
+        });
+        latencies.push(started.elapsed());
+        // Let the servers' change feeds settle before the next restart, as between real ones.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("restart latencies (A's client to B's client): {latencies:?}");
+    let slow: Vec<_> = latencies
+        .iter()
+        .enumerate()
+        .filter(|(_, latency)| **latency > Duration::from_secs(2))
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "over 2 s after restarts {slow:?} (all: {latencies:?})"
+    );
+    wait_same(&s.dir1, &s.dir2);
+    let found = lines_with_500s(&s.logs);
+    assert!(
+        found.is_empty(),
+        "500s or store failures:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Whether a log line has the field `server=URL`.
+fn names_server(line: &str, url: &str) -> bool {
+    let field = format!("server={url}");
+    line.match_indices(&field).any(|(idx, _)| {
+        line[idx + field.len()..]
+            .chars()
+            .next()
+            .is_none_or(char::is_whitespace)
+    })
+}
+
+/// Issue 10: a client whose first server is down fails over to the second, and moves back to
+/// the first once that answers again.
+#[test]
+fn client_moves_back_to_its_first_server_once_it_answers() {
+    let Some(mut s) = setup("failback") else {
+        return;
+    };
+    s.a.proc.kill9();
+    // Client 1 rescans only every 10 minutes, so only its failback timer can bring it back
+    // within the deadline below (its long poll lasts 25 s).
+    let client1 = start_client_rescanning_every(
+        "client-1",
+        &s.logs,
+        &s.dir1,
+        &[s.a.url(), s.b.url()],
+        &s.token1,
+        600,
+    );
+    let _client2 = start_client_with_servers("client-2", &s.logs, &s.dir2, &[s.b.url()], &s.token2);
+    write(&s.dir1.join("while-a-is-down.txt"), "through B");
+    wait_until("the file through B in 2", || {
+        read(&s.dir2.join("while-a-is-down.txt")).is_some()
+    });
+    assert!(
+        client1
+            .log_text()
+            .lines()
+            .any(|line| line.contains("now using this server") && names_server(line, &s.b.url())),
+        "client 1 failed over to B:\n{}",
+        client1.log_text()
+    );
+
+    // A is back: the idle client moves back to it by itself within a few seconds.
+    s.a.kill9_and_restart();
+    let started = Instant::now();
+    wait_until_for("client 1 back on A", Duration::from_secs(10), &mut || {
+        client1
+            .log_text()
+            .lines()
+            .any(|line| line.contains("moving back") && names_server(line, &s.a.url()))
+    });
+    eprintln!("back on A {:?} after A was up", started.elapsed());
+    let log_before = client1.log_text().len();
+
+    // Now B dies; client 1 syncs through A without trying B first for anything but the long
+    // poll it had open there.
+    s.b.proc.kill9();
+    write(&s.dir1.join("after-failback.txt"), "through A");
+    wait_until("the file on A", || {
+        s.a.tree(&s.token1)
+            .iter()
+            .any(|entry| entry.path == "after-failback.txt")
+    });
+    let log = client1.log_text();
+    let tried_b: Vec<&str> = log[log_before..]
+        .lines()
+        .filter(|line| line.contains(&format!("url={}/", s.b.url())))
+        .filter(|line| !line.contains("/api/v1/changes"))
+        .collect();
+    assert!(
+        tried_b.is_empty(),
+        "client 1 still used B:\n{}",
+        tried_b.join("\n")
+    );
 }

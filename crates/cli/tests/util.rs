@@ -449,3 +449,59 @@ pub fn write(path: &Path, text: &str) {
     }
     std::fs::write(path, text).unwrap();
 }
+
+/// A PostgreSQL of the test's own (`scripts/services pg-start`), for tests that stop or restart
+/// it under running servers: the instance the other tests share is never touched. Removed on
+/// drop.
+pub struct PrivatePostgres {
+    dir: String,
+    /// The admin URL.
+    pub url: String,
+}
+
+impl PrivatePostgres {
+    const SCRIPT: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services");
+
+    pub fn start() -> PrivatePostgres {
+        let out = Command::new(Self::SCRIPT)
+            .arg("pg-start")
+            .output()
+            .expect("run scripts/services pg-start");
+        assert!(
+            out.status.success(),
+            "scripts/services pg-start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (dir, url) = stdout
+            .trim()
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("pg-start printed {stdout:?}, not \"DIR URL\""));
+        PrivatePostgres {
+            dir: dir.to_owned(),
+            url: url.to_owned(),
+        }
+    }
+
+    /// `stop`, `start` or `restart`; stopping ends every session at once, as an
+    /// administrator's restart does.
+    pub fn ctl(&self, action: &str) {
+        let out = Command::new(Self::SCRIPT)
+            .args(["pg-ctl", &self.dir, action])
+            .output()
+            .expect("run scripts/services pg-ctl");
+        assert!(
+            out.status.success(),
+            "scripts/services pg-ctl {action} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::SCRIPT)
+            .args(["pg-remove", &self.dir])
+            .output();
+    }
+}

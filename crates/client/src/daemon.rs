@@ -3,9 +3,14 @@
 //! The watcher (inotify through `notify`) and the long poll only *wake* the loop; every pass
 //! rescans and re-plans from the three trees, so a missed or duplicated event costs at most a
 //! pass, never a wrong decision. The periodic rescan catches whatever the watcher missed.
+//!
+//! After a failure the loop and the long poll back off (up to [`BACKOFF_MAX`]), but when the
+//! servers caused it (unreachable, 5xx) they ask the servers' health every
+//! [`HEALTH_PROBE_INTERVAL`] meanwhile and go again as soon as one answers: a client is back
+//! within a second or two of its service, however long the outage was.
 
 use crate::engine::{Engine, PassReport};
-use crate::http::{ApiClient, ApiError};
+use crate::http::{ApiClient, ApiError, FAILBACK_PROBE_INTERVAL};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +37,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often the daemon asks the server whether it still holds every chunk of base (and
 /// uploads again what it lost); also once at start.
 const CHUNK_CHECK_INTERVAL: Duration = Duration::from_secs(600);
+/// The first backoff after a failure.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// How often the servers' health is asked while waiting to retry after they failed.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs passes until the folder and the server agree (or nothing more can be done now).
 ///
@@ -75,11 +84,24 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let api = engine.api().clone();
+    // Calls probe for failback themselves, but a daemon may make none for a while (a long
+    // poll lasts 25 s, a rescan comes every minute).
+    let _failback = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+        let api = api.clone();
+        async move {
+            let mut ticks = tokio::time::interval(FAILBACK_PROBE_INTERVAL);
+            loop {
+                ticks.tick().await;
+                api.probe_failback();
+            }
+        }
+    }));
     let mut next_scan = Instant::now() + options.scan_interval;
     // Due at once: the first pass checks the server's chunks too.
     let mut next_chunk_check = Instant::now();
-    let mut retry_at: Option<Instant>;
-    let mut backoff = Duration::from_millis(500);
+    let mut retry: Option<Retry>;
+    let mut backoff = Backoff::default();
     let mut last_blocked = Vec::new();
     loop {
         if Instant::now() >= next_chunk_check {
@@ -102,10 +124,10 @@ pub async fn run(
             () = shutdown.cancelled() => None,
         };
         let Some(outcome) = outcome else { break };
-        retry_at = None;
+        retry = None;
         match outcome {
             Ok(report) => {
-                backoff = Duration::from_millis(500);
+                backoff.succeeded();
                 if report.applied > 0 {
                     tracing::info!(
                         applied = report.applied,
@@ -120,9 +142,15 @@ pub async fn run(
                     last_blocked = report.blocked.clone();
                 }
                 if report.retry_soon {
-                    retry_at = Some(Instant::now() + Duration::from_millis(300));
+                    retry = Some(Retry {
+                        at: Instant::now() + Duration::from_millis(300),
+                        probe: false,
+                    });
                 } else if let Some(wait) = report.retry_after {
-                    retry_at = Some(Instant::now() + wait);
+                    retry = Some(Retry {
+                        at: Instant::now() + wait,
+                        probe: false,
+                    });
                 }
                 let _ = cursor_tx.send(engine.remote_cursor());
             }
@@ -130,9 +158,19 @@ pub async fn run(
                 if let Some(ApiError::Unauthorized(message)) = err.downcast_ref::<ApiError>() {
                     anyhow::bail!("the server refused this device's token: {message}");
                 }
-                tracing::warn!(cause = format!("{err:#}"), retry_in = ?backoff, "sync pass failed");
-                retry_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let servers_failed = err.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<ApiError>()
+                        .is_some_and(ApiError::is_transient)
+                });
+                let next = backoff.failed(servers_failed);
+                tracing::warn!(
+                    cause = format!("{err:#}"),
+                    retry_in = ?next.at.saturating_duration_since(Instant::now()),
+                    probing_health = next.probe,
+                    "sync pass failed"
+                );
+                retry = Some(next);
             }
         }
         // Notices are already logged; the daemon has nobody else to tell.
@@ -148,7 +186,7 @@ pub async fn run(
             () = sleep_until_opt(lock_expiry) => {}
             () = remote_dirty.notified() => {}
             () = tokio::time::sleep_until(next_scan) => next_scan = Instant::now() + options.scan_interval,
-            () = sleep_until_opt(retry_at) => {}
+            woke_early = wait_for_retry_opt(&api, retry) => backoff.woke(woke_early),
         }
     }
     tracing::info!("stopping");
@@ -161,6 +199,85 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// When to try again after a failure.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    /// The end of the backoff.
+    at: Instant,
+    /// Whether to end the wait early once a server answers its health probe.
+    probe: bool,
+}
+
+/// Exponential backoff between failed attempts, cut short by health probes.
+///
+/// A wait after a failure the servers caused ends as soon as a health probe succeeds. When the
+/// attempt after such an early end fails again, health says nothing about this failure, so the
+/// next wait is the plain backoff (and the one after that probes again).
+#[derive(Debug)]
+struct Backoff {
+    delay: Duration,
+    woke_early: bool,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            delay: BACKOFF_MIN,
+            woke_early: false,
+        }
+    }
+}
+
+impl Backoff {
+    fn succeeded(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// The retry after a failure; `servers_failed`: unreachable or 5xx.
+    fn failed(&mut self, servers_failed: bool) -> Retry {
+        let retry = Retry {
+            at: Instant::now() + self.delay,
+            probe: servers_failed && !self.woke_early,
+        };
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+        self.woke_early = false;
+        retry
+    }
+
+    /// Records how the last wait ended.
+    fn woke(&mut self, early: bool) {
+        self.woke_early = early;
+    }
+}
+
+/// Waits for `retry`, if any; returns whether a health probe ended the wait early.
+async fn wait_for_retry_opt(api: &ApiClient, retry: Option<Retry>) -> bool {
+    match retry {
+        Some(retry) => wait_for_retry(api, retry).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until `retry.at`, or, when `retry.probe`, until a health probe (every
+/// [`HEALTH_PROBE_INTERVAL`]) finds a server that answers; returns whether it ended early.
+async fn wait_for_retry(api: &ApiClient, retry: Retry) -> bool {
+    if retry.probe {
+        loop {
+            let next_probe = Instant::now() + HEALTH_PROBE_INTERVAL;
+            if next_probe >= retry.at {
+                break;
+            }
+            tokio::time::sleep_until(next_probe).await;
+            if api.probe_health().await {
+                tracing::debug!("a server answers its health probe; retrying now");
+                return true;
+            }
+        }
+    }
+    tokio::time::sleep_until(retry.at).await;
+    false
 }
 
 /// Waits until local events pause for [`DEBOUNCE`], at most [`DEBOUNCE_MAX`].
@@ -226,7 +343,7 @@ async fn long_poll(
     shutdown: CancellationToken,
 ) {
     let mut seen: Option<Cursor> = None;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
         let engine_at = *engine_cursor.borrow();
         let since = match (engine_at, seen) {
@@ -246,7 +363,7 @@ async fn long_poll(
         };
         match result {
             Ok(page) => {
-                backoff = Duration::from_millis(500);
+                backoff.succeeded();
                 if !page.changes.is_empty()
                     || page.reset
                     || page.diverged
@@ -259,12 +376,39 @@ async fn long_poll(
             Err(err) => {
                 tracing::debug!(cause = %err, "long poll failed");
                 remote_dirty.notify_one();
+                let retry = backoff.failed(err.is_transient());
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    woke_early = wait_for_retry(&api, retry) => backoff.woke(woke_early),
                     () = shutdown.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_probes_health_only_after_server_failures_and_not_twice_in_vain() {
+        let mut backoff = Backoff::default();
+        let first = backoff.failed(true);
+        assert!(first.probe);
+        // The probe found a server, but the next attempt failed too: wait the plain backoff.
+        backoff.woke(true);
+        assert!(!backoff.failed(true).probe);
+        // After a plain wait, probing is worth trying again.
+        backoff.woke(false);
+        assert!(backoff.failed(true).probe);
+        // A failure the servers did not cause (a local error, a 4xx) never probes.
+        assert!(!backoff.failed(false).probe);
+        // The delay doubles up to its cap and starts over after a success.
+        for _ in 0..10 {
+            backoff.failed(true);
+        }
+        assert_eq!(backoff.delay, BACKOFF_MAX);
+        backoff.succeeded();
+        assert_eq!(backoff.delay, BACKOFF_MIN);
     }
 }

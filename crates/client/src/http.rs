@@ -2,14 +2,20 @@
 //!
 //! Servers are tried in the order given. When the one in use stops answering (connection
 //! refused, timeout, 5xx), the call moves on to the next at once; the client then stays on the
-//! server that answered.
+//! server that answered. While a server other than the first is in use, calls also ask the
+//! servers before it for their health now and then (every [`FAILBACK_PROBE_INTERVAL`], in the
+//! background), and the client moves back to the first of them that answers: the order given
+//! is the order of preference.
+//!
+//! [`ApiClient::probe_health`] is the cheap check the daemon makes while it waits to retry.
 
 use bytes::Bytes;
 use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use syncstore_proto::{
     ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, JournalTag, LockInfo, LockRequest,
     LocksResponse, Op, OpsRequest, OpsResponse, RelPath, TreeResponse, UnlockRequest,
@@ -44,12 +50,23 @@ impl ApiError {
     }
 }
 
+/// How often, at most, a client on a server other than its first asks the earlier ones
+/// whether they answer again.
+pub const FAILBACK_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a health probe may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// An API client for one device token.
 pub struct ApiClient {
     http: reqwest::Client,
-    servers: Vec<String>,
-    /// Index into `servers` of the server in use; shared by all calls so a failover sticks.
-    current: AtomicUsize,
+    servers: Arc<[String]>,
+    /// Index into `servers` of the server in use; shared by all calls so a failover sticks,
+    /// and with the failback probe, which moves it back to an earlier server.
+    current: Arc<AtomicUsize>,
+    /// When the last failback probe started, so at most one starts per
+    /// [`FAILBACK_PROBE_INTERVAL`].
+    last_failback_probe: Mutex<Option<Instant>>,
     token: String,
 }
 
@@ -86,7 +103,8 @@ impl ApiClient {
         Ok(ApiClient {
             http,
             servers,
-            current: AtomicUsize::new(0),
+            current: Arc::new(AtomicUsize::new(0)),
+            last_failback_probe: Mutex::new(None),
             token,
         })
     }
@@ -101,6 +119,61 @@ impl ApiClient {
         &self.servers
     }
 
+    /// Asks each server's `GET /api/v1/health` in order and moves to the first that answers
+    /// 200, which a server does when it can reach its database. Returns whether one did.
+    pub async fn probe_health(&self) -> bool {
+        for (idx, server) in self.servers.iter().enumerate() {
+            if health_ok(&self.http, server).await {
+                let before = self.current.swap(idx, Ordering::Relaxed);
+                if before != idx {
+                    tracing::info!(%server, "now using this server");
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// When a server other than the first is in use, starts a background probe of the servers
+    /// before it (at most once per [`FAILBACK_PROBE_INTERVAL`]), which moves the client back to
+    /// the first of them that is healthy. Every call does this; an idle daemon calls it on a
+    /// timer.
+    pub fn probe_failback(&self) {
+        let in_use = self.current.load(Ordering::Relaxed) % self.servers.len();
+        if in_use == 0 {
+            return;
+        }
+        {
+            let mut last = self
+                .last_failback_probe
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // A tenth of slack, so a timer ticking at the interval never finds the last probe
+            // a few milliseconds too recent and skips a whole period.
+            if last.is_some_and(|started| started.elapsed() < FAILBACK_PROBE_INTERVAL * 9 / 10) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let http = self.http.clone();
+        let servers = Arc::clone(&self.servers);
+        let current = Arc::clone(&self.current);
+        tokio::spawn(async move {
+            for (idx, server) in servers.iter().enumerate().take(in_use) {
+                if health_ok(&http, server).await {
+                    // Unless a call moved on meanwhile: it knows better.
+                    if current
+                        .compare_exchange(in_use, idx, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        tracing::info!(%server, "a preferred server answers again; moving back to it");
+                    }
+                    return;
+                }
+            }
+        });
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,
@@ -108,6 +181,7 @@ impl ApiClient {
         body: Body,
         timeout: Duration,
     ) -> Result<reqwest::Response, ApiError> {
+        self.probe_failback();
         let start = self.current.load(Ordering::Relaxed);
         let mut last_err = None;
         for attempt in 0..self.servers.len() {
@@ -365,6 +439,18 @@ impl ApiClient {
             )
             .await?;
         Ok(response.locks)
+    }
+}
+
+/// Whether `server` answers its unauthenticated health endpoint with 200.
+async fn health_ok(http: &reqwest::Client, server: &str) -> bool {
+    let url = format!("{server}/api/v1/health");
+    match http.get(&url).timeout(HEALTH_TIMEOUT).send().await {
+        Ok(response) => response.status().is_success(),
+        Err(err) => {
+            tracing::debug!(%url, cause = %err, "health probe failed");
+            false
+        }
     }
 }
 

@@ -99,6 +99,15 @@ impl From<StoreError> for ApiError {
                     "server storage is full; see its log",
                 )
             }
+            StoreError::Unavailable { service, .. } => {
+                tracing::warn!(cause = %err, "store unavailable");
+                // Clients retry a 503; the cause (which never holds the database password)
+                // stays in the server log.
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{service} unavailable; try again shortly"),
+                )
+            }
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)
             | StoreError::Database(_)

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 ///
 /// The ops and lock handlers call [`ChangeHub::notify`] after each committed change, and `serve`
 /// calls it for every notice of the store's change feed (PostgreSQL LISTEN/NOTIFY: commits
-/// through other server processes).
+/// through other server processes), and, when the feed may have missed notices (it reconnected,
+/// or lagged), with the current cursor of each of the [`ChangeHub::waiting_users`].
 /// Waiters must [`subscribe`](ChangeHub::subscribe) *before* reading the journal, so a commit
 /// between the read and the wait still wakes them.
 #[derive(Clone, Default)]
@@ -41,6 +42,19 @@ impl ChangeHub {
         senders
             .get(&user_id)
             .is_some_and(|sender| sender.receiver_count() > 0)
+    }
+
+    /// The users someone waits on right now.
+    pub fn waiting_users(&self) -> Vec<UserId> {
+        let senders = self
+            .senders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        senders
+            .iter()
+            .filter(|(_, sender)| sender.receiver_count() > 0)
+            .map(|(user_id, _)| *user_id)
+            .collect()
     }
 
     /// Wakes every waiter of `user_id`: the journal now reaches `cursor`.
@@ -101,7 +115,9 @@ mod tests {
         // An older cursor (a late duplicate) wakes nobody.
         hub.notify(UserId(1), Cursor(2));
         assert!(!alice.has_changed().unwrap());
+        assert_eq!(hub.waiting_users().len(), 2);
         drop(bob);
+        assert_eq!(hub.waiting_users(), vec![UserId(1)]);
         hub.notify(UserId(2), Cursor(1));
         assert_eq!(hub.senders.lock().unwrap().len(), 1);
     }

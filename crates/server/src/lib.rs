@@ -399,6 +399,8 @@ pub async fn serve(
         // Subscribed before the first request, so no commit after it is missed.
         tokio::spawn(feed_hub(
             change_feed.subscribe(),
+            change_feed.resumed(),
+            Arc::clone(&stores.meta),
             hub.clone(),
             stopping.clone(),
         ));
@@ -558,29 +560,70 @@ pub fn new_token() -> String {
 }
 
 /// Wakes this server's long polls for the batches other servers commit.
+///
+/// Notices sent while the feed was reconnecting, or dropped because this task fell behind
+/// (`Lagged`), are lost; after either, [`catch_up`] reads the cursor of every user with a
+/// waiting long poll, so those long polls see the missed commits at once instead of at their
+/// timeout.
 async fn feed_hub(
     mut notices: tokio::sync::broadcast::Receiver<syncstore_store::ChangeNotice>,
+    mut resumed: tokio::sync::watch::Receiver<u64>,
+    meta_store: Arc<dyn MetaStore>,
     hub: ChangeHub,
     stopping: CancellationToken,
 ) {
     use tokio::sync::broadcast::error::RecvError;
+    // Only reconnections from now on matter: everything before was heard or is in the journal.
+    resumed.borrow_and_update();
+    let mut resumed_open = true;
     loop {
-        let received = tokio::select! {
+        tokio::select! {
             () = stopping.cancelled() => return,
-            received = notices.recv() => received,
-        };
-        match received {
-            Ok(notice) => hub.notify(notice.user_id, notice.cursor),
-            Err(RecvError::Lagged(n_missed)) => {
-                // Their waiters find the changes when their long polls time out.
-                tracing::warn!(
-                    n_missed,
-                    "change notices arrived faster than they were handled"
-                );
-            }
-            Err(RecvError::Closed) => return,
+            changed = resumed.changed(), if resumed_open => match changed {
+                Ok(()) => {
+                    tracing::info!("the change feed is back; catching up on what it missed");
+                    catch_up(&*meta_store, &hub).await;
+                }
+                // The feed is gone; `notices` reports it as closed.
+                Err(_) => resumed_open = false,
+            },
+            received = notices.recv() => match received {
+                Ok(notice) => hub.notify(notice.user_id, notice.cursor),
+                Err(RecvError::Lagged(n_missed)) => {
+                    tracing::warn!(
+                        n_missed,
+                        "change notices arrived faster than they were handled; catching up"
+                    );
+                    catch_up(&*meta_store, &hub).await;
+                }
+                Err(RecvError::Closed) => return,
+            },
         }
     }
+}
+
+/// Reads the current cursor of every user with a waiting long poll and wakes those whose
+/// journal moved past what the hub knew.
+async fn catch_up(meta_store: &dyn MetaStore, hub: &ChangeHub) {
+    use futures::StreamExt;
+    let users = hub.waiting_users();
+    let n_users = users.len();
+    // A few at a time: the pool is small and requests need it too.
+    let mut cursors = futures::stream::iter(users)
+        .map(|user_id| async move { (user_id, meta_store.current_cursor(user_id).await) })
+        .buffer_unordered(4);
+    let mut n_failed = 0usize;
+    while let Some((user_id, cursor)) = cursors.next().await {
+        match cursor {
+            Ok(cursor) => hub.notify(user_id, cursor),
+            Err(err) => {
+                // The long poll then answers at its timeout, as before.
+                n_failed += 1;
+                tracing::warn!(%user_id, cause = %err, "could not read a cursor to catch up");
+            }
+        }
+    }
+    tracing::debug!(n_users, n_failed, "caught up on the change feed");
 }
 
 async fn issue_token(

@@ -89,11 +89,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn health() -> Json<Health> {
-    Json(Health {
+/// 200 when the server can serve: its meta store answers (a `SELECT 1` on PostgreSQL), so a
+/// client probing it after an outage knows requests will work again; 503 otherwise.
+/// Unauthenticated, and as cheap as one pooled query.
+async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state.stores.meta.ping().await?;
+    Ok(Json(Health {
         status: "ok".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-    })
+    }))
 }
 
 #[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name))]

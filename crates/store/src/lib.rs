@@ -300,6 +300,32 @@ pub enum StoreError {
     /// A blocking worker died (panicked or was cancelled).
     #[error("store worker failed: {0}")]
     Worker(String),
+    /// The database or the object store cannot be reached right now: it is down or restarting,
+    /// or the connection broke. Trying again later may succeed.
+    #[error("{service} unavailable: {source}")]
+    Unavailable {
+        service: Service,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Which service behind a store failed, for [`StoreError::Unavailable`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Service {
+    /// The meta store's database server (PostgreSQL).
+    Database,
+    /// The chunk store's object store (S3).
+    ObjectStore,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Service::Database => "database",
+            Service::ObjectStore => "object store",
+        })
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -347,24 +373,41 @@ pub struct ChangeNotice {
 #[derive(Clone)]
 pub struct ChangeFeed {
     sender: tokio::sync::broadcast::Sender<ChangeNotice>,
+    /// Bumped by the task each time it listens again after a broken connection.
+    resumed: tokio::sync::watch::Receiver<u64>,
     _task: Arc<AbortOnDrop>,
 }
 
 impl ChangeFeed {
-    /// A feed whose notices `task` sends on `sender`.
+    /// A feed whose notices `task` sends on `sender`, and which bumps `resumed` each time it
+    /// listens again after losing its connection.
     pub fn new(
         sender: tokio::sync::broadcast::Sender<ChangeNotice>,
+        resumed: tokio::sync::watch::Receiver<u64>,
         task: tokio::task::JoinHandle<()>,
     ) -> ChangeFeed {
         ChangeFeed {
             sender,
+            resumed,
             _task: Arc::new(AbortOnDrop(task)),
         }
     }
 
     /// A receiver of every notice from now on.
+    ///
+    /// Notices are lost while the feed reconnects, and a receiver that falls too far behind
+    /// gets `Lagged`: after either, read the cursors of the users you care about again (see
+    /// [`ChangeFeed::resumed`]).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice> {
         self.sender.subscribe()
+    }
+
+    /// A counter that grows each time the feed listens again after its connection broke.
+    ///
+    /// It changes only once the feed hears commits again, so cursors read after the change
+    /// was seen include everything the feed missed, and later commits arrive as notices.
+    pub fn resumed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.resumed.clone()
     }
 }
 
@@ -548,6 +591,15 @@ pub trait MetaStore: Send + Sync {
     /// # Errors
     /// Database errors.
     async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError>;
+
+    /// Checks that the store can be reached right now, as cheaply as it can (`SELECT 1` on
+    /// PostgreSQL); a store inside this process (SQLite) always can.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Content-addressed chunk bytes, per namespace: a user can only read chunks it stored itself,

@@ -14,7 +14,17 @@
 //! Change feed: a batch that changed something, and every lock change, runs `pg_notify('syncstore_changes',
 //! '<user id>:<cursor>')` inside its transaction, so PostgreSQL delivers it exactly when (and
 //! only if) the batch commits. [`PgMetaStore::change_feed`] LISTENs on its own connection and
-//! hands the notices to the server, which wakes its long polls.
+//! hands the notices to the server, which wakes its long polls. Notices sent while that
+//! connection is down are lost; the feed says when it listens again
+//! ([`ChangeFeed::resumed`]), and the server then reads the cursors it cares about again.
+//!
+//! Restarts of the database: a connection error (refused, reset, closed, or PostgreSQL's
+//! "terminating connection") is [`StoreError::Unavailable`]. A call whose pooled connection
+//! turns out dead (the server restarted since it was last used) drops every idle connection and
+//! runs again on a new one, which is safe because a transaction is only retried when it failed
+//! before its `COMMIT` was sent, so it certainly did not commit; a connection lost during
+//! `COMMIT` leaves the outcome unknown and is answered as unavailable, not retried. A
+//! single-statement write (`create_user`) is not retried either.
 //!
 //! The schema comes from the numbered files in `migrations/postgres/`, built in at compile
 //! time, applied under an advisory lock (several servers may start at once) and recorded in
@@ -28,8 +38,8 @@ use crate::sqlite::{
 };
 use crate::{
     locks, new_journal_tag, new_namespace_id, BatchOutcome, ChangeFeed, ChangeNotice, ChangesPage,
-    ChunkLens, Device, DeviceId, LockOutcome, MetaStore, Principal, StoreError, TokenHash, Tree,
-    User, UserId,
+    ChunkLens, Device, DeviceId, LockOutcome, MetaStore, Principal, Service, StoreError, TokenHash,
+    Tree, User, UserId,
 };
 use async_trait::async_trait;
 use postgres::error::SqlState;
@@ -61,6 +71,10 @@ const MAX_CONNECTIONS: usize = 8;
 /// How long connecting may take when the URL does not say (`connect_timeout=`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest the change feed waits between attempts to listen again. Short, because every
+/// second it is down is a second in which other servers' commits wake nobody here.
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// A [`MetaStore`] in a PostgreSQL database.
 #[derive(Clone)]
 pub struct PgMetaStore {
@@ -83,7 +97,8 @@ impl PgMetaStore {
     ///
     /// # Errors
     /// [`StoreError::SchemaTooNew`] for a database written by a newer build;
-    /// [`StoreError::Database`] when the URL is malformed or the database cannot be reached.
+    /// [`StoreError::Unavailable`] when the database cannot be reached;
+    /// [`StoreError::Database`] when the URL is malformed or the database refuses.
     pub async fn open(url: &str) -> Result<PgMetaStore, StoreError> {
         let mut config: tokio_postgres::Config = url
             .parse()
@@ -111,17 +126,17 @@ impl PgMetaStore {
     /// Listens for the batches committed by every server on this database.
     ///
     /// A background task holds one extra connection with `LISTEN syncstore_changes`, and
-    /// reconnects (with backoff) when it breaks; it stops when the last clone of the returned
-    /// feed is dropped. Notices sent while it was reconnecting are lost: waiters then find the
-    /// change when their long poll times out.
+    /// reconnects (every [`LISTEN_RETRY_MAX`] at most) when it breaks; it stops when the last
+    /// clone of the returned feed is dropped. Notices sent while it was reconnecting are lost;
+    /// once it listens again it bumps [`ChangeFeed::resumed`], so the server can read what it
+    /// missed.
     ///
     /// # Errors
     /// When the first connection or the `LISTEN` fails.
     pub async fn change_feed(&self) -> Result<ChangeFeed, StoreError> {
-        let connected = listen(&self.pool.config)
-            .await
-            .map_err(|err| StoreError::Database(Box::new(err)))?;
+        let connected = listen(&self.pool.config).await?;
         let (sender, _) = tokio::sync::broadcast::channel(1024);
+        let (resumed_sender, resumed) = tokio::sync::watch::channel(0u64);
         let task_sender = sender.clone();
         let config = self.pool.config.clone();
         let task = tokio::spawn(async move {
@@ -134,12 +149,15 @@ impl PgMetaStore {
                         Ok(listener) => {
                             tracing::info!("listening for changes again");
                             backoff = Duration::from_millis(100);
+                            // After the LISTEN took effect: whatever the server reads now
+                            // includes every commit it missed, later ones come as notices.
+                            resumed_sender.send_modify(|count| *count += 1);
                             listener
                         }
                         Err(err) => {
                             tracing::warn!(cause = %err, ?backoff, "could not listen for changes; retrying");
                             tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            backoff = (backoff * 2).min(LISTEN_RETRY_MAX);
                             continue;
                         }
                     },
@@ -148,30 +166,73 @@ impl PgMetaStore {
                 tracing::warn!("the change listener's connection closed; reconnecting");
             }
         });
-        Ok(ChangeFeed::new(sender, task))
+        Ok(ChangeFeed::new(sender, resumed, task))
     }
 
-    /// Runs `f` with a pooled connection on a blocking thread.
+    /// Runs `f` with a pooled connection on a blocking thread; when that connection turns out
+    /// dead, runs it again on a new one (see the module docs for when that is safe).
+    ///
+    /// `f` must leave nothing committed when it fails with [`StoreError::Unavailable`], unless
+    /// the error came from [`commit`].
     async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Client) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit = self.permit().await?;
+        let pool = Arc::clone(&self.pool);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // Each retry first empties the idle pool, so at most one more pooled connection
+            // can turn up; the bound only guards against a pool that keeps refilling.
+            let mut retries_left = MAX_CONNECTIONS;
+            loop {
+                let (mut client, pooled) = pool.checkout()?;
+                match f(&mut client) {
+                    Err(err) if pooled && retries_left > 0 && is_retryable(&err) => {
+                        tracing::info!(cause = %err, "a pooled database connection was dead; retrying on a new one");
+                        retries_left -= 1;
+                        drop(client);
+                        pool.discard_idle();
+                    }
+                    result => {
+                        pool.checkin(client, &result);
+                        return result;
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread, once: for a write that may
+    /// have committed even when it fails with a connection error.
+    async fn call_once<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
     {
-        // The semaphore is never closed.
-        let permit = Arc::clone(&self.pool.permits)
-            .acquire_owned()
-            .await
-            .map_err(|err| StoreError::Worker(err.to_string()))?;
+        let permit = self.permit().await?;
         let pool = Arc::clone(&self.pool);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let mut client = pool.checkout()?;
+            let (mut client, _) = pool.checkout()?;
             let result = f(&mut client);
-            pool.checkin(client);
+            pool.checkin(client, &result);
             result
         })
         .await
         .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    /// One of the pool's [`MAX_CONNECTIONS`] permits.
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        // The semaphore is never closed.
+        Arc::clone(&self.pool.permits)
+            .acquire_owned()
+            .await
+            .map_err(|err| StoreError::Worker(err.to_string()))
     }
 
     /// Runs `f` in one READ COMMITTED transaction and commits what `f` did, refusals included
@@ -189,7 +250,7 @@ impl PgMetaStore {
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn Txn) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&mut dyn Txn) -> Result<T, StoreError> + Send + 'static,
     {
         self.call(move |client| {
             let mut tx = client.transaction()?;
@@ -197,7 +258,7 @@ impl PgMetaStore {
             if let Some(cursor) = committed_cursor(&outcome) {
                 notify(&mut tx, user_id, cursor)?;
             }
-            tx.commit()?;
+            commit(tx)?;
             Ok(outcome)
         })
         .await
@@ -221,7 +282,8 @@ struct Pool {
 }
 
 impl Pool {
-    fn checkout(&self) -> Result<Client, StoreError> {
+    /// An idle connection (`true`: it may have died since it was last used), or a new one.
+    fn checkout(&self) -> Result<(Client, bool), StoreError> {
         loop {
             let idle = self
                 .idle
@@ -230,17 +292,29 @@ impl Pool {
                 .pop();
             match idle {
                 Some(client) if client.is_closed() => continue,
-                Some(client) => return Ok(client),
+                Some(client) => return Ok((client, true)),
                 None => break,
             }
         }
-        postgres::Config::from(self.config.clone())
-            .connect(NoTls)
-            .map_err(|err| StoreError::Database(Box::new(err)))
+        let client = postgres::Config::from(self.config.clone()).connect(NoTls)?;
+        Ok((client, false))
     }
 
-    fn checkin(&self, client: Client) {
-        if client.is_closed() {
+    /// Closes every idle connection: after one was found dead (the database restarted), the
+    /// others almost certainly are too.
+    fn discard_idle(&self) {
+        let idle = std::mem::take(
+            &mut *self
+                .idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        drop(idle);
+    }
+
+    /// Keeps `client` for the next call, unless it is closed or `result` says it failed.
+    fn checkin<T>(&self, client: Client, result: &Result<T, StoreError>) {
+        if client.is_closed() || matches!(result, Err(StoreError::Unavailable { .. })) {
             return;
         }
         self.idle
@@ -271,8 +345,66 @@ impl From<postgres::Error> for StoreError {
         if err.code() == Some(&SqlState::DISK_FULL) {
             return StoreError::Full(format!("the PostgreSQL database: {err}"));
         }
-        StoreError::Database(Box::new(err))
+        if is_connection_error(&err) {
+            StoreError::Unavailable {
+                service: Service::Database,
+                source: Box::new(err),
+            }
+        } else {
+            StoreError::Database(Box::new(err))
+        }
     }
+}
+
+/// Whether `err` says the database cannot be reached, rather than that it refused the request:
+/// connecting failed, the connection broke or closed, or PostgreSQL is shutting down, starting
+/// up, or ended the session (SQLSTATE class 08 and 57P01–57P03).
+fn is_connection_error(err: &postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(code) = err.code() {
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(code);
+    }
+    // Connect and IO errors carry the `io::Error`; a query error carries a `DbError` instead.
+    std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>())
+}
+
+/// Whether a call that failed with `err` on a pooled connection may run again on a new one:
+/// the connection failed, and not while committing.
+fn is_retryable(err: &StoreError) -> bool {
+    match err {
+        StoreError::Unavailable {
+            service: Service::Database,
+            source,
+        } => !source.is::<CommitInDoubt>(),
+        _ => false,
+    }
+}
+
+/// A connection that failed during `COMMIT`: the transaction may or may not have committed.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection failed while committing, so the outcome is unknown: {0}")]
+struct CommitInDoubt(postgres::Error);
+
+/// Commits `tx`; a connection error here is [`CommitInDoubt`], which is never retried.
+fn commit(tx: postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.commit().map_err(|err| {
+        if is_connection_error(&err) {
+            StoreError::Unavailable {
+                service: Service::Database,
+                source: Box::new(CommitInDoubt(err)),
+            }
+        } else {
+            err.into()
+        }
+    })
 }
 
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
@@ -308,7 +440,8 @@ impl MetaStore for PgMetaStore {
     async fn create_user(&self, name: &UserName) -> Result<User, StoreError> {
         let name = name.clone();
         let namespace = new_namespace_id();
-        self.call(move |client| {
+        // One autocommit statement: a connection error may come after it committed.
+        self.call_once(move |client| {
             match client.query_one(
                 "INSERT INTO users (name, namespace_id) VALUES ($1, $2) RETURNING id",
                 &[&name.as_str(), &&namespace.0[..]],
@@ -337,7 +470,7 @@ impl MetaStore for PgMetaStore {
             row.map(|row| {
                 Ok(User {
                     id: UserId(row.get(0)),
-                    name,
+                    name: name.clone(),
                     namespace: stored_namespace(row.get(1))?,
                 })
             })
@@ -374,9 +507,9 @@ impl MetaStore for PgMetaStore {
             let device = Device {
                 id: DeviceId(row.get(0)),
                 user_id,
-                name,
+                name: name.clone(),
             };
-            tx.commit()?;
+            commit(tx)?;
             Ok(device)
         })
         .await
@@ -665,6 +798,14 @@ impl MetaStore for PgMetaStore {
             let locks = locks::locks_in_force(&mut PgTxn { tx: &mut tx }, user_id, now_ms)?;
             tx.commit()?;
             Ok(locks)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|client| {
+            client.batch_execute("SELECT 1")?;
+            Ok(())
         })
         .await
     }

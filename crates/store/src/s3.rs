@@ -13,7 +13,7 @@
 //! `object_store` cannot create buckets, so [`S3ChunkStore::open`] checks for the bucket and
 //! creates it with one request signed by `rusty-s3`.
 
-use crate::{BadChunk, ChunkLens, ChunkStore, ScrubReport, StoreError};
+use crate::{BadChunk, ChunkLens, ChunkStore, ScrubReport, Service, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -382,7 +382,44 @@ impl S3ChunkStore {
 }
 
 fn object_error(path: &ObjectPath, err: object_store::Error) -> StoreError {
-    StoreError::ObjectStore(format!("{path}: {err}").into())
+    let unreachable = is_unreachable(&err);
+    let source = format!("{path}: {err}").into();
+    if unreachable {
+        StoreError::Unavailable {
+            service: Service::ObjectStore,
+            source,
+        }
+    } else {
+        StoreError::ObjectStore(source)
+    }
+}
+
+/// Whether `err` says the object store could not be reached (connecting failed or timed out,
+/// after the client's own retries), rather than that it refused the request.
+fn is_unreachable(err: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        if let Some(http) = current.downcast_ref::<reqwest::Error>() {
+            if http.is_connect() || http.is_timeout() {
+                return true;
+            }
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::NotConnected
+                    | ErrorKind::TimedOut
+            ) {
+                return true;
+            }
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// Whether `endpoint` is plain HTTP to this machine, where TLS is not needed.

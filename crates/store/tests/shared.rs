@@ -324,7 +324,16 @@ async fn unreachable_services_fail_fast_and_clearly() {
     let err = PgMetaStore::open(&format!("postgres://me:secret@127.0.0.1:{dead_port}/db"))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Database(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Unavailable {
+                service: syncstore_store::Service::Database,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!format!("{err:?}{err}").contains("secret"), "{err:?}");
 
     let endpoint = S3Endpoint {
@@ -337,4 +346,149 @@ async fn unreachable_services_fail_fast_and_clearly() {
         assert!(err.to_string().contains("could not reach"), "{err}");
     }
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// A PostgreSQL of the test's own (`scripts/services pg-start`), for tests that stop or restart
+/// it: the instance the other tests share is never touched. Removed on drop.
+struct PrivatePostgres {
+    dir: String,
+    /// The admin URL.
+    url: String,
+}
+
+impl PrivatePostgres {
+    const SCRIPT: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services");
+
+    fn start() -> PrivatePostgres {
+        let out = std::process::Command::new(Self::SCRIPT)
+            .arg("pg-start")
+            .output()
+            .expect("run scripts/services pg-start");
+        assert!(
+            out.status.success(),
+            "scripts/services pg-start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (dir, url) = stdout
+            .trim()
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("pg-start printed {stdout:?}, not \"DIR URL\""));
+        PrivatePostgres {
+            dir: dir.to_owned(),
+            url: url.to_owned(),
+        }
+    }
+
+    /// `stop`, `start` or `restart` (stop and restart end every session at once).
+    fn ctl(&self, action: &str) {
+        let out = std::process::Command::new(Self::SCRIPT)
+            .args(["pg-ctl", &self.dir, action])
+            .output()
+            .expect("run scripts/services pg-ctl");
+        assert!(
+            out.status.success(),
+            "scripts/services pg-ctl {action} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::SCRIPT)
+            .args(["pg-remove", &self.dir])
+            .output();
+    }
+}
+
+/// Issue 10: calls after PostgreSQL restarted succeed (the dead pooled connections are
+/// replaced and the call run again, reads and writes alike); while it is down, calls fail with
+/// `Unavailable`, whose message holds no password; the change feed says when it listens again.
+#[tokio::test]
+async fn postgres_restarts_are_survived_and_downtime_is_unavailable() {
+    if services().is_none() {
+        return;
+    }
+    let postgres = PrivatePostgres::start();
+    // Trust authentication ignores the password, which must not show in any error.
+    let url = postgres.url.replace("postgres@", "postgres:hunter2@");
+    let store = PgMetaStore::open(&url).await.unwrap();
+    let feed = store.change_feed().await.unwrap();
+    let mut resumed = feed.resumed();
+    resumed.borrow_and_update();
+    let user = store
+        .create_user(&UserName::new("restarted").unwrap())
+        .await
+        .unwrap();
+    let device = DeviceName::new("dev").unwrap();
+
+    for round in 0..3 {
+        // Several calls at once, so the pool holds several connections when PostgreSQL goes.
+        let cursors =
+            futures::future::join_all((0..4).map(|_| store.current_cursor(user.id))).await;
+        assert!(cursors.iter().all(Result::is_ok), "{cursors:?}");
+        postgres.ctl("restart");
+
+        // A read on a dead pooled connection.
+        let cursor = store.current_cursor(user.id).await.unwrap();
+        assert_eq!(cursor, syncstore_proto::Cursor(round));
+        postgres.ctl("restart");
+        // A write transaction on a dead pooled connection.
+        let op = Op::MakeDir {
+            path: path(&format!("dir-{round}")),
+            mtime_ms: 1,
+        };
+        let batch = store
+            .apply_ops(user.id, &device, vec![op], Default::default(), now_ms())
+            .await
+            .unwrap();
+        assert!(batch.changed_anything(), "{batch:?}");
+        assert_eq!(batch.cursor, syncstore_proto::Cursor(round + 1));
+    }
+    tokio::time::timeout(Duration::from_secs(10), resumed.changed())
+        .await
+        .expect("the change feed listens again after a restart")
+        .unwrap();
+    assert_eq!(
+        store.tree(user.id, now_ms()).await.unwrap().entries.len(),
+        3
+    );
+
+    postgres.ctl("stop");
+    let started = std::time::Instant::now();
+    for err in [
+        store.current_cursor(user.id).await.unwrap_err(),
+        store.ping().await.unwrap_err(),
+        store
+            .apply_ops(user.id, &device, Vec::new(), Default::default(), now_ms())
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                err,
+                StoreError::Unavailable {
+                    service: syncstore_store::Service::Database,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = format!("{err:?} {err}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(err.to_string().starts_with("database unavailable"), "{err}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    postgres.ctl("start");
+    store.ping().await.unwrap();
+    assert_eq!(
+        store.current_cursor(user.id).await.unwrap(),
+        syncstore_proto::Cursor(3)
+    );
 }
