@@ -623,7 +623,7 @@ fn move_aside(
     hash: &ChunkHash,
     path: &Path,
 ) -> Result<PathBuf, StoreError> {
-    std::fs::create_dir_all(quarantine)
+    create_private_dir_all(quarantine)
         .map_err(|source| io_error(format!("could not create {}", quarantine.display()), source))?;
     let suffix = hex::encode(rand::random::<[u8; 8]>());
     let aside = quarantine.join(format!("{owner}-{hash}.{suffix}"));
