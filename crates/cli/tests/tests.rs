@@ -6,6 +6,7 @@ mod util;
 
 mod bench_smoke;
 mod cli;
+mod folder;
 mod limits;
 mod locks;
 mod recovery;

@@ -891,6 +891,7 @@ impl Engine {
                         size: 0,
                         mtime_ns: 0,
                         inode: 0,
+                        ctime_ns: 0,
                     });
                     if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
                         let node = BaseNode {
@@ -901,6 +902,7 @@ impl Engine {
                             size: 0,
                             mtime_ns: stamp.mtime_ns,
                             inode: stamp.inode,
+                            ctime_ns: stamp.ctime_ns,
                         };
                         engine.state.put(path, node, Vec::new())?;
                     }
@@ -1150,6 +1152,7 @@ impl Engine {
                     size: item.stamp.size,
                     mtime_ns: item.stamp.mtime_ns,
                     inode: item.stamp.inode,
+                    ctime_ns: item.stamp.ctime_ns,
                 };
                 engine
                     .state
@@ -1431,6 +1434,7 @@ impl Engine {
             size: stamp.size,
             mtime_ns: stamp.mtime_ns,
             inode: stamp.inode,
+            ctime_ns: stamp.ctime_ns,
         };
         self.state.put(&job.path, node, job.entry.chunks.clone())?;
         Ok(true)
@@ -1537,6 +1541,7 @@ impl Engine {
                     size: 0,
                     mtime_ns: stamp.mtime_ns,
                     inode: stamp.inode,
+                    ctime_ns: stamp.ctime_ns,
                 };
                 self.state.put(path, node, Vec::new())?;
                 Ok(true)

@@ -146,6 +146,14 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// Modification time of `meta` in nanoseconds since the Unix epoch.
+pub fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.ctime_nsec())
+}
+
+/// Modification time in nanoseconds since the Unix epoch.
 pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;
     meta.mtime()

@@ -51,12 +51,15 @@ impl IgnoreRules {
     }
 }
 
-/// A file's identity when it was last hashed.
+/// A file's identity when it was last hashed. The ctime is in it because nothing can set it
+/// back: a file rewritten in place with its size and mtime restored (`rsync --inplace -t`, VM
+/// and database images) still has a new stamp, so it is hashed again (THREE-TREE row 38).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Stamp {
     pub size: u64,
     pub mtime_ns: i64,
     pub inode: u64,
+    pub ctime_ns: i64,
 }
 
 /// Content hashes and chunk lists computed by earlier scans (or known from base), keyed by path
@@ -83,6 +86,7 @@ impl Stamp {
             size: node.size,
             mtime_ns: node.mtime_ns,
             inode: node.inode,
+            ctime_ns: node.ctime_ns,
         }
     }
 }
@@ -274,6 +278,7 @@ fn walk(
             },
             mtime_ns: crate::fsutil::mtime_ns(&meta),
             inode: meta.ino(),
+            ctime_ns: crate::fsutil::ctime_ns(&meta),
         };
         if kind == EntryKind::Dir {
             // A directory reached twice (bind mount loop) is walked once.
@@ -288,6 +293,7 @@ fn walk(
                     size: 0,
                     mtime_ns: stamp.mtime_ns,
                     inode: stamp.inode,
+                    ctime_ns: stamp.ctime_ns,
                 },
             );
             walk(root, &full, Some(&rel), rules, cache, out, seen, sink);
@@ -325,6 +331,7 @@ fn walk(
                 size: stamp.size,
                 mtime_ns: stamp.mtime_ns,
                 inode: stamp.inode,
+                ctime_ns: stamp.ctime_ns,
             },
         );
     }
@@ -380,6 +387,7 @@ pub fn stamp_of(full: &Path) -> std::io::Result<Stamp> {
         size: meta.len(),
         mtime_ns: crate::fsutil::mtime_ns(&meta),
         inode: meta.ino(),
+        ctime_ns: crate::fsutil::ctime_ns(&meta),
     })
 }
 

@@ -73,6 +73,9 @@ pub struct LocalNode {
     pub mtime_ns: i64,
     /// Inode number, used to recognise a rename.
     pub inode: u64,
+    /// Inode change time in nanoseconds since the Unix epoch: no tool can set it back, so a
+    /// file whose bytes changed in place with its size and mtime kept still looks changed.
+    pub ctime_ns: i64,
 }
 
 /// The server's state of one path, as far as the client's cursor goes.
@@ -96,11 +99,12 @@ pub struct BaseNode {
     /// The server's identity and revision of the node when it was agreed.
     pub node_id: NodeId,
     pub rev: Revision,
-    /// The local file's size, mtime and inode when it was agreed: a rescan re-hashes a file only
-    /// when these differ.
+    /// The local file's size, mtime, inode and ctime when it was agreed: a rescan re-hashes a
+    /// file only when these differ.
     pub size: u64,
     pub mtime_ns: i64,
     pub inode: u64,
+    pub ctime_ns: i64,
 }
 
 /// Everything the planner decides from, as values.

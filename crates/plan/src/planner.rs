@@ -623,7 +623,7 @@ impl<'i, 'a> Planner<'i, 'a> {
 }
 
 /// The base entry both sides agree on: identity and content from the remote node, the local
-/// stat (size, mtime, inode) from the local node.
+/// stat (size, mtime, inode, ctime) from the local node.
 pub(crate) fn record_base(path: RelPath, remote: &RemoteNode, local: &LocalNode) -> PlanOp {
     PlanOp::RecordBase {
         path,
@@ -635,6 +635,7 @@ pub(crate) fn record_base(path: RelPath, remote: &RemoteNode, local: &LocalNode)
             size: local.size,
             mtime_ns: local.mtime_ns,
             inode: local.inode,
+            ctime_ns: local.ctime_ns,
         },
     }
 }

@@ -177,6 +177,17 @@ fn stamp_eq(base: &BaseNode, node: &FsNode) -> bool {
     base.size == node.bytes.len() as u64
         && base.mtime_ns == node.mtime_ns
         && base.inode == node.inode
+        && base.ctime_ns == node.ctime_ns
+}
+
+/// The stamp the engine compares (`Stamp`): size, mtime, inode and ctime.
+fn stamp_of(node: &FsNode) -> (u64, i64, u64, i64) {
+    (
+        node.bytes.len() as u64,
+        node.mtime_ns,
+        node.inode,
+        node.ctime_ns,
+    )
 }
 
 /// Compact text of an op for the trace.
@@ -343,6 +354,7 @@ impl Device {
                         size,
                         mtime_ns: node.mtime_ns,
                         inode: node.inode,
+                        ctime_ns: node.ctime_ns,
                     },
                 )
             })
@@ -625,10 +637,10 @@ impl Device {
                     device.refresh_base_revs(&result.entries);
                 }
                 PlanOp::MakeDirRemote { path } => {
-                    let (mtime_ns, inode) = device
+                    let (mtime_ns, inode, ctime_ns) = device
                         .disk
                         .get(path)
-                        .map_or((0, 0), |n| (n.mtime_ns, n.inode));
+                        .map_or((0, 0, 0), |n| (n.mtime_ns, n.inode, n.ctime_ns));
                     if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
                         let node = BaseNode {
                             kind: EntryKind::Dir,
@@ -638,6 +650,7 @@ impl Device {
                             size: 0,
                             mtime_ns,
                             inode,
+                            ctime_ns,
                         };
                         device.base.insert(path.clone(), node);
                     }
@@ -757,6 +770,7 @@ impl Device {
                 size: item.node.bytes.len() as u64,
                 mtime_ns: item.node.mtime_ns,
                 inode: item.node.inode,
+                ctime_ns: item.node.ctime_ns,
             };
             device.base.insert(item.path.clone(), node);
             Ok(())
@@ -869,6 +883,7 @@ impl Device {
             bytes,
             inode,
             mtime_ns: entry.mtime_ms.max(0) * 1_000_000,
+            ctime_ns: now,
         };
         match expect_local {
             None => match self.disk.place(path, temp, true, now) {
@@ -909,6 +924,7 @@ impl Device {
             size: placed.bytes.len() as u64,
             mtime_ns: placed.mtime_ns,
             inode: placed.inode,
+            ctime_ns: placed.ctime_ns,
         };
         self.base.insert(path.clone(), node);
         Ok(Ok(true))
@@ -974,7 +990,7 @@ impl Device {
         &mut self,
         env: &mut Env<'_>,
         run: &[PlanOp],
-    ) -> Result<BTreeMap<RelPath, (u64, i64, u64)>, Abort> {
+    ) -> Result<BTreeMap<RelPath, (u64, i64, u64, i64)>, Abort> {
         let mut cleared = BTreeMap::new();
         for op in run {
             let PlanOp::DeleteLocal { path, expect_hash } = op else {
@@ -987,7 +1003,7 @@ impl Device {
                 self.base.remove(path);
                 continue;
             };
-            let stamp = (node.bytes.len() as u64, node.mtime_ns, node.inode);
+            let stamp = stamp_of(node);
             if node.kind == EntryKind::File && self.local_file_has(path, *expect_hash) == Ok(true) {
                 self.base.remove(path);
                 cleared.insert(path.clone(), stamp);
@@ -1012,15 +1028,12 @@ impl Device {
         &mut self,
         env: &mut Env<'_>,
         path: &RelPath,
-        checked: Option<(u64, i64, u64)>,
+        checked: Option<(u64, i64, u64, i64)>,
     ) -> bool {
         let Some(checked) = checked else { return false };
         match self.disk.get(path) {
             None => true,
-            Some(node)
-                if node.kind == EntryKind::File
-                    && (node.bytes.len() as u64, node.mtime_ns, node.inode) == checked =>
-            {
+            Some(node) if node.kind == EntryKind::File && stamp_of(node) == checked => {
                 self.disk.remove_file(path, env.now_ns()).is_ok()
             }
             Some(_) => false,
@@ -1067,6 +1080,7 @@ impl Device {
                     size: 0,
                     mtime_ns: dir.mtime_ns,
                     inode: dir.inode,
+                    ctime_ns: dir.ctime_ns,
                 };
                 self.base.insert(path.clone(), node);
                 Ok(Ok(true))
@@ -1232,11 +1246,33 @@ impl Device {
                         bytes: bytes.clone(),
                         inode,
                         mtime_ns: now,
+                        ctime_ns: now,
                     };
                     self.disk
                         .place(&path, node, false, now)
                         .expect("a file replaces a file");
                     "save-as"
+                } else if self.rng.gen_bool(0.25) {
+                    // `rsync --inplace -t`, a database or a VM image: the bytes change in place,
+                    // the size stays where it can, and the mtime is put back (THREE-TREE row
+                    // 38). Only the ctime tells.
+                    let old_len = killed[0].len();
+                    let mut same_size = bytes.clone();
+                    if same_size.len() < old_len {
+                        same_size.resize(old_len, b'_');
+                    }
+                    self.disk
+                        .write_keeping_mtime(&path, same_size.clone(), now)
+                        .expect("a file is rewritten");
+                    return Some(Edit {
+                        text: format!(
+                            "user write-in-place-keeping-mtime {path} = {} (was {})",
+                            show_bytes(&same_size),
+                            show_bytes(&killed[0])
+                        ),
+                        killed,
+                        written: Some(same_size),
+                    });
                 } else {
                     self.disk
                         .write(&path, bytes.clone(), now, reuse)

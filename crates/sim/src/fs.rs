@@ -15,6 +15,9 @@ pub struct FsNode {
     pub bytes: Vec<u8>,
     pub inode: u64,
     pub mtime_ns: i64,
+    /// When the node's bytes last changed (set by every write, never by the user): what lets
+    /// the client see an in-place write that kept size and mtime.
+    pub ctime_ns: i64,
 }
 
 /// Why a filesystem call failed, as the `std::io::ErrorKind` the client looks at.
@@ -113,6 +116,7 @@ impl SimFs {
                     bytes: Vec::new(),
                     inode,
                     mtime_ns: now_ns,
+                    ctime_ns: now_ns,
                 },
             );
         }
@@ -134,6 +138,7 @@ impl SimFs {
             }
             node.bytes = bytes;
             node.mtime_ns = now_ns;
+            node.ctime_ns = now_ns;
             return Ok(());
         }
         let inode = self.alloc_inode(reuse);
@@ -145,9 +150,29 @@ impl SimFs {
                 bytes,
                 inode,
                 mtime_ns: now_ns,
+                ctime_ns: now_ns,
             },
         );
         Ok(())
+    }
+
+    /// Rewrites the bytes of the file at `path` in place and puts its mtime back, as
+    /// `rsync --inplace -t` or a database does: only the ctime moves.
+    pub fn write_keeping_mtime(
+        &mut self,
+        path: &RelPath,
+        bytes: Vec<u8>,
+        now_ns: i64,
+    ) -> Result<(), FsError> {
+        match self.nodes.get_mut(path) {
+            Some(node) if node.kind == EntryKind::File => {
+                node.bytes = bytes;
+                node.ctime_ns = now_ns;
+                Ok(())
+            }
+            Some(_) => Err(FsError::Other),
+            None => Err(FsError::NotFound),
+        }
     }
 
     /// `rename(2)` of a fresh file (a temp file holding `node`) over `path`: a new inode at `path`.

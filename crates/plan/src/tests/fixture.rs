@@ -124,6 +124,7 @@ impl Fixture {
                         size: get(l, "size", 0),
                         mtime_ns: get(l, "mtime", 0) as i64,
                         inode: get(l, "ino", 100 + number(&l.path)),
+                        ctime_ns: get(l, "ctime", 0) as i64,
                     };
                     (l.path.clone(), node)
                 })
@@ -137,6 +138,7 @@ impl Fixture {
                         size: get(l, "size", 0),
                         mtime_ns: get(l, "mtime", 0) as i64,
                         inode: get(l, "ino", 100 + number(&l.path)),
+                        ctime_ns: get(l, "ctime", 0) as i64,
                     };
                     (l.path.clone(), node)
                 })

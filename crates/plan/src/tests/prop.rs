@@ -144,6 +144,7 @@ fn build(case: &Case) -> World {
             size,
             mtime_ns: 0,
             inode: world.fresh_inode(),
+            ctime_ns: 0,
         };
         world.base.insert(slot_path(idx), node);
     }
@@ -175,6 +176,7 @@ fn build(case: &Case) -> World {
                 size,
                 mtime_ns: 0,
                 inode,
+                ctime_ns: 0,
             },
         );
     }
@@ -275,6 +277,7 @@ fn build(case: &Case) -> World {
             size: 9,
             mtime_ns: 0,
             inode,
+            ctime_ns: 0,
         },
     );
     world.local.insert(
@@ -285,6 +288,7 @@ fn build(case: &Case) -> World {
             size: 9,
             mtime_ns: 0,
             inode,
+            ctime_ns: 0,
         },
     );
     world.remote.insert(

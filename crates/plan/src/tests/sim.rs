@@ -131,6 +131,7 @@ impl World {
                     size: remote.size,
                     mtime_ns: 0,
                     inode: self.fresh_inode(),
+                    ctime_ns: 0,
                 };
                 self.base.insert(path.clone(), base_of(remote, &local));
                 self.local.insert(path.clone(), local);
@@ -300,6 +301,7 @@ impl World {
                             size: 0,
                             mtime_ns: 0,
                             inode,
+                            ctime_ns: 0,
                         },
                     );
                 }
@@ -341,6 +343,7 @@ fn base_of(remote: &RemoteNode, local: &LocalNode) -> BaseNode {
         size: local.size,
         mtime_ns: local.mtime_ns,
         inode: local.inode,
+        ctime_ns: local.ctime_ns,
     }
 }
 
