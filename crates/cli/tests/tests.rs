@@ -9,5 +9,6 @@ mod cli;
 mod limits;
 mod locks;
 mod recovery;
+mod recovery_shared;
 mod scale_out;
 mod sync;
