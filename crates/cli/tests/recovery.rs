@@ -31,35 +31,6 @@ fn restore(backup: &Path, data: &Path) {
     }
 }
 
-/// Every file under `root` that is not in `.syncstore`, with its bytes.
-fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
-    snapshot(root)
-        .into_iter()
-        .filter_map(|(path, bytes)| bytes.map(|bytes| (path, bytes)))
-        .collect()
-}
-
-/// Asserts that `folder` holds the content of every `(path, bytes)` of `expected`: at its
-/// path, or (where both sides changed it) in a conflicted copy beside it.
-fn assert_holds(folder: &Path, expected: &[(String, Vec<u8>)]) {
-    let now = snapshot(folder);
-    for (path, bytes) in expected {
-        let stem = path
-            .rsplit_once('.')
-            .map_or(path.as_str(), |(stem, _)| stem);
-        let kept = now.iter().any(|(at, held)| {
-            held.as_ref() == Some(bytes)
-                && (at == path || at.starts_with(&format!("{stem} (conflicted copy")))
-        });
-        assert!(
-            kept,
-            "{} lost the content of {path} (holds {:?})",
-            folder.display(),
-            now.keys().collect::<Vec<_>>()
-        );
-    }
-}
-
 /// Starts the embedded server again on the same data dir and port.
 fn restart_on(logs: &Path, data: &Path, port: u16, name: &str) -> Proc {
     let proc = Proc::spawn(

@@ -12,29 +12,6 @@ use crate::util::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The admin URL of the test PostgreSQL server, or `None` to skip.
-fn services() -> Option<String> {
-    match std::env::var("SYNCSTORE_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => {
-            assert!(
-                std::env::var("AWS_ENDPOINT_URL").is_ok(),
-                "SYNCSTORE_TEST_POSTGRES is set but AWS_ENDPOINT_URL is not: eval \"$(scripts/services env)\""
-            );
-            Some(url)
-        }
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI=true but SYNCSTORE_TEST_POSTGRES is not set: the PostgreSQL + S3 tests must run (use ./scripts/test)")
-        }
-        _ => {
-            eprintln!(
-                "\n*** SKIPPED a PostgreSQL + S3 end-to-end test: SYNCSTORE_TEST_POSTGRES is not set. \
-                 Run ./scripts/test, or scripts/services start && eval \"$(scripts/services env)\". ***\n"
-            );
-            None
-        }
-    }
-}
-
 /// Two servers on a fresh database and bucket, and two empty folders.
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -56,20 +33,7 @@ fn setup(name: &str) -> Option<Setup> {
 fn setup_on(admin_url: &str, name: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let logs = tmp.path().to_path_buf();
-    let db = reqwest::runtime()
-        .block_on(syncstore_store::postgres::create_test_database(
-            admin_url, name,
-        ))
-        .unwrap_or_else(|err| panic!("could not create a test database on {admin_url}: {err}"));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let store = format!(
-        "s3://e2e-{}-{}-{nanos}/syncstore",
-        name.replace('_', "-"),
-        std::process::id()
-    );
+    let (db, store) = fresh_database_and_bucket(admin_url, name);
     let a = Server::start_shared("server-a", &logs, &db, &store);
     let b = Server::start_shared("server-b", &logs, &db, &store);
     let token1 = a.token("alice", "laptop");

@@ -10,5 +10,6 @@ mod folder;
 mod limits;
 mod locks;
 mod recovery;
+mod recovery_shared;
 mod scale_out;
 mod sync;

@@ -214,6 +214,33 @@ impl Server {
         self.wait_ready();
     }
 
+    /// SIGTERM, and asserts a clean exit.
+    pub fn stop(&mut self) {
+        let status = self.proc.terminate();
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+
+    /// Starts a stopped server again on the same port and stores, with `extra` flags for
+    /// `serve` (such as `--new-database`), logging to `{log_name}.log`.
+    pub fn start_again(&mut self, log_name: &str, extra: &[&str]) {
+        let mut store_args = self.store_args.clone();
+        store_args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        self.proc = spawn_server(log_name, &self.log_dir, &store_args, self.port);
+        self.wait_ready();
+    }
+
+    /// `serve` on the same port and stores, logging to `{log_name}.log`, for a start that is
+    /// expected to fail: its exit status, or a panic if it is still running after `DEADLINE`.
+    pub fn start_refused(&self, log_name: &str) -> (std::process::ExitStatus, String) {
+        let mut proc = spawn_server(log_name, &self.log_dir, &self.store_args, self.port);
+        let mut status = None;
+        wait_until(&format!("{log_name} to exit"), || {
+            status = proc.child.try_wait().expect("wait");
+            status.is_some()
+        });
+        (status.unwrap(), proc.log_text())
+    }
+
     /// A new device token for `user` (created if needed).
     pub fn token(&self, user: &str, device: &str) -> String {
         let admin: Vec<&str> = self.admin_args.iter().map(String::as_str).collect();
@@ -437,6 +464,35 @@ pub fn wait_same(a: &Path, b: &Path) {
     );
 }
 
+/// Every file under `root` that is not in `.syncstore`, with its bytes.
+pub fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    snapshot(root)
+        .into_iter()
+        .filter_map(|(path, bytes)| bytes.map(|bytes| (path, bytes)))
+        .collect()
+}
+
+/// Asserts that `folder` holds the content of every `(path, bytes)` of `expected`: at its
+/// path, or (where both sides changed it) in a conflicted copy beside it.
+pub fn assert_holds(folder: &Path, expected: &[(String, Vec<u8>)]) {
+    let now = snapshot(folder);
+    for (path, bytes) in expected {
+        let stem = path
+            .rsplit_once('.')
+            .map_or(path.as_str(), |(stem, _)| stem);
+        let kept = now.iter().any(|(at, held)| {
+            held.as_ref() == Some(bytes)
+                && (at == path || at.starts_with(&format!("{stem} (conflicted copy")))
+        });
+        assert!(
+            kept,
+            "{} lost the content of {path} (holds {:?})",
+            folder.display(),
+            now.keys().collect::<Vec<_>>()
+        );
+    }
+}
+
 /// Reads a file as text, or None.
 pub fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
@@ -504,4 +560,47 @@ impl Drop for PrivatePostgres {
             .args(["pg-remove", &self.dir])
             .output();
     }
+}
+
+/// The admin URL of the test PostgreSQL server, or `None` to skip.
+pub fn services() -> Option<String> {
+    match std::env::var("SYNCSTORE_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => {
+            assert!(
+                std::env::var("AWS_ENDPOINT_URL").is_ok(),
+                "SYNCSTORE_TEST_POSTGRES is set but AWS_ENDPOINT_URL is not: eval \"$(scripts/services env)\""
+            );
+            Some(url)
+        }
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but SYNCSTORE_TEST_POSTGRES is not set: the PostgreSQL + S3 tests must run (use ./scripts/test)")
+        }
+        _ => {
+            eprintln!(
+                "\n*** SKIPPED a PostgreSQL + S3 end-to-end test: SYNCSTORE_TEST_POSTGRES is not set. \
+                 Run ./scripts/test, or scripts/services start && eval \"$(scripts/services env)\". ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh database on the PostgreSQL server of `admin_url` and a fresh bucket on the S3 server
+/// of `AWS_ENDPOINT_URL`, named after `name`: the `--db` URL and the `--store` URL.
+pub fn fresh_database_and_bucket(admin_url: &str, name: &str) -> (String, String) {
+    let db = reqwest::runtime()
+        .block_on(syncstore_store::postgres::create_test_database(
+            admin_url, name,
+        ))
+        .unwrap_or_else(|err| panic!("could not create a test database on {admin_url}: {err}"));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let store = format!(
+        "s3://e2e-{}-{}-{nanos}/syncstore",
+        name.replace('_', "-"),
+        std::process::id()
+    );
+    (db, store)
 }
