@@ -181,7 +181,10 @@ fn stamp_eq(base: &BaseNode, node: &FsNode) -> bool {
 }
 
 /// The stamp the engine compares (`Stamp`): size, mtime, inode and ctime.
-fn stamp_of(node: &FsNode) -> (u64, i64, u64, i64) {
+type SimStamp = (u64, i64, u64, i64);
+
+/// The [`SimStamp`] of a node.
+fn stamp_of(node: &FsNode) -> SimStamp {
     (
         node.bytes.len() as u64,
         node.mtime_ns,
@@ -990,7 +993,7 @@ impl Device {
         &mut self,
         env: &mut Env<'_>,
         run: &[PlanOp],
-    ) -> Result<BTreeMap<RelPath, (u64, i64, u64, i64)>, Abort> {
+    ) -> Result<BTreeMap<RelPath, SimStamp>, Abort> {
         let mut cleared = BTreeMap::new();
         for op in run {
             let PlanOp::DeleteLocal { path, expect_hash } = op else {
@@ -1028,7 +1031,7 @@ impl Device {
         &mut self,
         env: &mut Env<'_>,
         path: &RelPath,
-        checked: Option<(u64, i64, u64, i64)>,
+        checked: Option<SimStamp>,
     ) -> bool {
         let Some(checked) = checked else { return false };
         match self.disk.get(path) {
