@@ -67,3 +67,187 @@ fn an_in_place_write_that_keeps_size_and_mtime_is_synced_and_conflicts_with_an_e
     assert!(held.contains(&mine), "A's in-place bytes are kept");
     assert!(held.contains(&theirs), "B's edit is kept");
 }
+
+/// A tmpfs mounted for a test, unmounted on drop.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    /// Mounts an empty tmpfs at `dir`; `None` (with a loud message) when not running as root,
+    /// which CI always is.
+    fn tmpfs(dir: &Path, test: &str) -> Option<Mount> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root and must run {test}"
+            );
+            eprintln!("SKIPPED {test}: needs root to mount a tmpfs");
+            return None;
+        }
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs at {}", dir.display());
+        Some(Mount(dir.to_path_buf()))
+    }
+
+    fn unmount(self) {
+        let status = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .expect("run umount");
+        assert!(status.success(), "umount {}", self.0.display());
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A folder of `n` files under `sub/` and `top/`, synced to a second one.
+struct Synced {
+    tmp: tempfile::TempDir,
+    server: Server,
+    token_a: String,
+    a_dir: std::path::PathBuf,
+    b_dir: std::path::PathBuf,
+    a: Proc,
+    _b: Proc,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+fn synced(n: usize) -> Synced {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let server = Server::start(&logs, &tmp.path().join("data"));
+    let token_a = server.token("alice", "laptop");
+    let token_b = server.token("alice", "desktop");
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    for idx in 0..n {
+        let dir = if idx % 2 == 0 { "sub" } else { "top" };
+        write(
+            &a_dir.join(format!("{dir}/f{idx}.txt")),
+            &format!("file {idx}"),
+        );
+    }
+    let a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    let b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    wait_until("every file on B", || snapshot(&b_dir).len() >= n + 2);
+    wait_same(&a_dir, &b_dir);
+    let files: Vec<(String, Vec<u8>)> = snapshot(&a_dir)
+        .into_iter()
+        .filter_map(|(path, bytes)| bytes.map(|bytes| (path, bytes)))
+        .collect();
+    assert_eq!(files.len(), n);
+    Synced {
+        tmp,
+        server,
+        token_a,
+        a_dir,
+        b_dir,
+        a,
+        _b: b,
+        files,
+    }
+}
+
+impl Synced {
+    /// Every file is still on B and on the server.
+    fn nothing_lost(&self) {
+        let on_b = snapshot(&self.b_dir);
+        let on_server = self.server.tree(&self.token_a);
+        for (path, bytes) in &self.files {
+            assert_eq!(on_b.get(path), Some(&Some(bytes.clone())), "B lost {path}");
+            assert!(
+                on_server.iter().any(|e| e.path == *path),
+                "the server lost {path}"
+            );
+        }
+    }
+
+    fn count_in_a_log(&self, needle: &str) -> usize {
+        self.a.log_text().matches(needle).count()
+    }
+}
+
+#[test]
+fn a_filesystem_mounted_over_a_running_folder_deletes_nothing() {
+    let test = "a_filesystem_mounted_over_a_running_folder_deletes_nothing";
+    let s = synced(200);
+    let Some(mount) = Mount::tmpfs(&s.a_dir, test) else {
+        return;
+    };
+    wait_until("A reports the folder stopped", || {
+        s.count_in_a_log("is stopped: another filesystem is mounted over it") == 1
+    });
+    s.nothing_lost();
+    // An application drops a file into the empty disk: still nothing is read as deleted.
+    let checks = s.count_in_a_log("the folder is still stopped");
+    write(&s.a_dir.join("stray.txt"), "dropped by an application");
+    wait_until("A looks at the folder again", || {
+        s.count_in_a_log("the folder is still stopped") > checks
+    });
+    s.nothing_lost();
+    assert!(!s.b_dir.join("stray.txt").exists());
+    // Unmounted: the folder is back and syncs again, with nothing lost.
+    mount.unmount();
+    write(&s.a_dir.join("after.txt"), "written after the unmount");
+    wait_until("A's new file on B", || {
+        read(&s.b_dir.join("after.txt")).as_deref() == Some("written after the unmount")
+    });
+    assert!(s.count_in_a_log("the folder is back") >= 1);
+    s.nothing_lost();
+    wait_same(&s.a_dir, &s.b_dir);
+    drop(s.tmp);
+}
+
+#[test]
+fn a_filesystem_mounted_over_a_subfolder_deletes_nothing() {
+    let test = "a_filesystem_mounted_over_a_subfolder_deletes_nothing";
+    let s = synced(200);
+    let Some(mount) = Mount::tmpfs(&s.a_dir.join("sub"), test) else {
+        return;
+    };
+    write(&s.a_dir.join("sub/on-the-mount.txt"), "not synced");
+    wait_until("A reports the mount", || {
+        s.count_in_a_log("on another filesystem than the folder") >= 1
+    });
+    // The rest of the folder keeps syncing meanwhile.
+    write(
+        &s.a_dir.join("top/meanwhile.txt"),
+        "synced while sub is mounted over",
+    );
+    wait_until("A's new file on B", || {
+        s.b_dir.join("top/meanwhile.txt").exists()
+    });
+    s.nothing_lost();
+    assert!(!s.b_dir.join("sub/on-the-mount.txt").exists());
+    mount.unmount();
+    wait_same(&s.a_dir, &s.b_dir);
+    s.nothing_lost();
+}
+
+#[test]
+fn a_folder_moved_away_and_replaced_by_an_empty_one_is_stopped() {
+    let s = synced(50);
+    std::fs::rename(&s.a_dir, s.tmp.path().join("a-moved")).unwrap();
+    std::fs::create_dir(&s.a_dir).unwrap();
+    wait_until("A reports the folder stopped", || {
+        s.count_in_a_log("is stopped: the directory at its path is not the one being synced") == 1
+    });
+    s.nothing_lost();
+    // Moved back: it resumes.
+    std::fs::remove_dir(&s.a_dir).unwrap();
+    std::fs::rename(s.tmp.path().join("a-moved"), &s.a_dir).unwrap();
+    write(&s.a_dir.join("back.txt"), "the folder is back");
+    wait_until("A's new file on B", || s.b_dir.join("back.txt").exists());
+    s.nothing_lost();
+}

@@ -103,6 +103,9 @@ pub async fn run(
     let mut retry: Option<Retry>;
     let mut backoff = Backoff::default();
     let mut last_blocked = Vec::new();
+    let mut last_skipped: Vec<crate::scan::Skipped> = Vec::new();
+    // The last FolderStopped message logged, so a stopped folder is reported once.
+    let mut last_stopped: Option<String> = None;
     loop {
         if Instant::now() >= next_chunk_check {
             let checked = tokio::select! {
@@ -125,7 +128,31 @@ pub async fn run(
         };
         let Some(outcome) = outcome else { break };
         retry = None;
+        let stopped = outcome
+            .as_ref()
+            .err()
+            .and_then(|err| err.downcast_ref::<crate::folder::FolderStopped>())
+            .map(ToString::to_string);
+        match (&stopped, &last_stopped) {
+            (Some(now), Some(before)) if now == before => {
+                tracing::debug!("the folder is still stopped")
+            }
+            (Some(now), _) => tracing::error!("{now}"),
+            (None, Some(_)) => tracing::info!("the folder is back; syncing again"),
+            (None, None) => {}
+        }
+        if let Some(stopped) = stopped {
+            // Checked again at the next trigger, or at the rescan interval at the latest.
+            last_stopped = Some(stopped);
+            retry = Some(Retry {
+                at: Instant::now() + options.scan_interval.min(BACKOFF_MAX),
+                probe: false,
+            });
+        } else {
+            last_stopped = None;
+        }
         match outcome {
+            Err(_) if last_stopped.is_some() => {}
             Ok(report) => {
                 backoff.succeeded();
                 if report.applied > 0 {
@@ -135,6 +162,13 @@ pub async fn run(
                         "sync pass done"
                     );
                 }
+                // Each skipped path is reported once, with its reason, until it changes.
+                for skipped in &report.skipped {
+                    if !last_skipped.contains(skipped) {
+                        tracing::warn!(path = %skipped.path, "not synced: {}: {}", skipped.path, skipped.reason);
+                    }
+                }
+                last_skipped = report.skipped.clone();
                 if report.blocked != last_blocked {
                     for blocked in &report.blocked {
                         tracing::warn!(?blocked, "not synced");

@@ -8,6 +8,7 @@
 //! A crash therefore leaves base at worst stale, and the planner is safe for a stale base.
 
 use crate::early_upload::EarlyUpload;
+use crate::folder::{FileId, FolderId};
 use crate::fsutil::{rename_noreplace, safe_join};
 use crate::http::{ApiClient, ApiError};
 use crate::remote::RemoteTree;
@@ -98,6 +99,10 @@ pub struct Engine {
     untrusted: Option<String>,
     /// Chunks the server asked for in its last journal answer (lost or found corrupt there).
     wanted: HashSet<ChunkHash>,
+    /// The folder as opened: checked before every scan.
+    folder: FolderId,
+    /// The root's device and inode as saved in state (saved by the first pass).
+    saved_root: Option<FileId>,
     /// Files whose download or upload failed in a way that waits (a chunk the server lost, a
     /// full server): path → (not before, the wait after the next failure).
     waits: HashMap<RelPath, (Instant, Duration)>,
@@ -124,6 +129,21 @@ impl Engine {
         }
         let state = StateDb::open(&meta_dir)?;
         let identity = state.identity()?;
+        let folder = FolderId::open(root, &meta_dir.join("state.sqlite"))
+            .with_context(|| format!("could not look at {}", root.display()))?;
+        // A root with another device or inode than at the last sync was moved, copied or
+        // restored: its base may not describe it, so it is re-adopted (nothing is deleted).
+        let saved_root = state
+            .meta("root_id")?
+            .as_deref()
+            .and_then(FileId::from_text);
+        let untrusted = saved_root
+            .filter(|saved| *saved != folder.root_id)
+            .map(|_| {
+                "the folder's device or inode changed since its last sync (it was moved, copied or \
+             restored, or its disk changed)"
+                    .to_owned()
+            });
         let writeback = Arc::new(Writeback::new().context("could not start a writeback thread")?);
         let mut cache = HashCache::default();
         for (path, node) in &state.base {
@@ -146,7 +166,9 @@ impl Engine {
             writeback,
             identity,
             saved_identity: identity,
-            untrusted: None,
+            untrusted,
+            saved_root,
+            folder,
             wanted: HashSet::new(),
             waits: HashMap::new(),
         })
@@ -203,9 +225,17 @@ impl Engine {
     /// Saves the server identity if it changed since it was last saved (inside a batch, it
     /// commits with the batch's base updates).
     fn save_identity(&mut self) -> anyhow::Result<()> {
-        if self.untrusted.is_none() && self.identity != self.saved_identity {
+        if self.untrusted.is_some() {
+            return Ok(());
+        }
+        if self.identity != self.saved_identity {
             self.state.save_identity(&self.identity)?;
             self.saved_identity = self.identity;
+        }
+        if self.saved_root != Some(self.folder.root_id) {
+            self.state
+                .set_meta("root_id", &self.folder.root_id.to_text())?;
+            self.saved_root = Some(self.folder.root_id);
         }
         Ok(())
     }
@@ -319,6 +349,15 @@ impl Engine {
 
     /// Scans the folder; with `early`, the chunks of large changed files are uploaded while it
     /// runs (a pass does that; a preview for `status` never sends anything).
+    /// Checks that the folder is still the one being synced (THREE-TREE row 36).
+    ///
+    /// # Errors
+    /// [`crate::folder::FolderStopped`] when a disk was mounted over it, it was replaced, or its
+    /// marker is gone.
+    pub fn check_folder(&self) -> Result<(), crate::folder::FolderStopped> {
+        self.folder.check()
+    }
+
     fn scan(&mut self, early: Option<&EarlyUpload>) -> Scan {
         let rules = IgnoreRules::load(&self.root);
         let root = self.root.clone();
@@ -495,6 +534,7 @@ impl Engine {
     /// # Errors
     /// When the server cannot be reached.
     pub async fn preview(&mut self) -> anyhow::Result<Preview> {
+        self.check_folder()?;
         self.refresh_remote().await?;
         let scan = self.scan(None);
         let remote_view = self.remote.as_ref().expect("connected").plan_view();
@@ -519,6 +559,7 @@ impl Engine {
         let mut report = PassReport::default();
         self.retry_soon = false;
         for _round in 0..MAX_ROUNDS {
+            self.check_folder()?;
             self.refresh_remote().await?;
             if let Some(why) = self.untrusted.take() {
                 self.readopt(why).await?;
@@ -693,6 +734,8 @@ impl Engine {
             .filter(|op| !matches!(op, PlanOp::Download { path, .. } | PlanOp::Upload { path, .. } if self.waits_now(path)))
             .collect();
         let waiting = n_ops - ops.len();
+        // A disk mounted over the folder since the scan: nothing of the plan is applied.
+        self.check_folder()?;
         let mut ops = ops.into_iter().peekable();
         self.state.begin_batch()?;
         let result = self.execute_runs(&mut ops, &mut applied).await;

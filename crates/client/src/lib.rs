@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod early_upload;
 pub mod engine;
+pub mod folder;
 pub mod fsutil;
 pub mod http;
 pub mod remote;

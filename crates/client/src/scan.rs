@@ -176,8 +176,9 @@ pub fn scan(
     }
     out.root_ok = true;
     let mut seen = HashMap::new();
+    let root_dev = std::fs::metadata(root).map_or(0, |meta| meta.dev());
     walk(
-        root, root, None, rules, cache, &mut out, &mut seen, &mut sink,
+        root, root_dev, root, None, rules, cache, &mut out, &mut seen, &mut sink,
     );
     // Forget cached hashes of paths no longer there.
     cache.entries.retain(|path, _| out.local.contains_key(path));
@@ -187,6 +188,7 @@ pub fn scan(
 #[allow(clippy::too_many_arguments)]
 fn walk(
     root: &Path,
+    root_dev: u64,
     dir: &Path,
     dir_rel: Option<&RelPath>,
     rules: &IgnoreRules,
@@ -280,6 +282,19 @@ fn walk(
             inode: meta.ino(),
             ctime_ns: crate::fsutil::ctime_ns(&meta),
         };
+        if kind == EntryKind::Dir && meta.dev() != root_dev {
+            // Another filesystem mounted inside the folder: what is beneath is unavailable,
+            // never read as deleted (THREE-TREE row 35). What the mount hides comes back, as
+            // it was, when it is unmounted.
+            out.skipped.push(Skipped {
+                path: shown,
+                reason: "on another filesystem than the folder (a disk mounted here): not \
+                         synced, and nothing beneath it is deleted anywhere"
+                    .into(),
+            });
+            out.untouchable.insert(rel);
+            continue;
+        }
         if kind == EntryKind::Dir {
             // A directory reached twice (bind mount loop) is walked once.
             if seen.insert(meta.ino(), ()).is_some() {
@@ -296,7 +311,17 @@ fn walk(
                     ctime_ns: stamp.ctime_ns,
                 },
             );
-            walk(root, &full, Some(&rel), rules, cache, out, seen, sink);
+            walk(
+                root,
+                root_dev,
+                &full,
+                Some(&rel),
+                rules,
+                cache,
+                out,
+                seen,
+                sink,
+            );
             continue;
         }
         let hash = match cache.get(&rel, stamp) {
@@ -405,5 +430,42 @@ impl HashCache {
                 self.entries.insert(new, value);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_38_bytes_changed_in_place_with_size_and_mtime_kept_are_hashed_again() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let file = root.join("disk.img");
+        std::fs::write(&file, b"aaaaaaaa").unwrap();
+        let rules = IgnoreRules::load(root);
+        let mut cache = HashCache::default();
+        let path = RelPath::new("disk.img").unwrap();
+        let first = scan(root, &rules, &mut cache, None).local[&path].hash;
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        // The ctime has a clock tick to move on (coarse-grained timestamps on some filesystems).
+        let ctime_before = stamp_of(&file).unwrap().ctime_ns;
+        while stamp_of(&file).unwrap().ctime_ns == ctime_before {
+            let handle = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+            let mut handle = std::io::BufWriter::new(handle);
+            handle.write_all(b"bbbbbbbb").unwrap();
+            let handle = handle.into_inner().unwrap();
+            handle.set_modified(mtime).unwrap();
+        }
+        let after = stamp_of(&file).unwrap();
+        assert_eq!(after.size, 8);
+        assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), mtime);
+        let second = scan(root, &rules, &mut cache, None).local[&path].hash;
+        assert_ne!(first, second, "the in-place write is seen");
+        assert_eq!(
+            second,
+            Some(ContentHash(*blake3::hash(b"bbbbbbbb").as_bytes()))
+        );
     }
 }

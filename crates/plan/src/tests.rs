@@ -995,6 +995,22 @@ fn local_rename_inside_a_directory_the_server_renamed_moves_one_at_a_time() {
 // Folder and server identity.
 
 #[test]
+fn row_35_a_path_under_an_unavailable_mount_is_never_planned() {
+    // A disk is mounted over `photos`: the scan finds it on another filesystem and passes it
+    // as untouchable. Its synced files look gone locally, and the server changed one of them
+    // and added another: nothing beneath is deleted or downloaded; the rest syncs.
+    Fixture::new(
+        "photos dir\nphotos/a.jpg file h1\nphotos/b.jpg file h2\nnotes file h3",
+        "photos dir\nnotes file h4",
+        "photos dir\nphotos/a.jpg file h1\nphotos/b.jpg file h5\nphotos/c.jpg file h6\nnotes file h3",
+    )
+    .ignore("photos")
+    .check(expect![[r#"
+        upload notes h4 if-rev=1
+    "#]]);
+}
+
+#[test]
 fn row_37_an_untrusted_base_is_planned_as_a_first_sync() {
     // The server's database was restored from a backup older than base: `new.txt` (synced
     // after the backup) is gone from the server, `doc` went back to an older version, `same`

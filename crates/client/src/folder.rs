@@ -1,0 +1,172 @@
+//! The folder's identity: what tells the daemon that the directory at its path is still the
+//! folder it syncs (THREE-TREE rows 35 and 36).
+//!
+//! A path is not enough: a disk mounted over the folder (a freshly formatted one holds only
+//! `lost+found`), a folder moved away and replaced by an empty one, or an unplugged disk leave
+//! a directory at the same path whose near-empty contents would read as the user deleting
+//! everything. The folder is known by its root's device and inode and by its marker, the
+//! `.syncstore/state.sqlite` the engine has open: when either changes, the folder is
+//! [`FolderStopped`] and nothing is scanned or planned until it is back.
+//!
+//! Invariant: every pass checks [`FolderId::check`] before it scans; a directory inside the
+//! folder on another filesystem than the root is never descended into (the scan reports it
+//! and the planner leaves everything beneath it alone).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// A device and inode number: what a path resolved to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The id of what `path` is now (symlinks are not followed).
+    ///
+    /// # Errors
+    /// When `path` cannot be stat'ed.
+    pub fn of(path: &Path) -> std::io::Result<FileId> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// As saved in state: `DEV:INO`.
+    pub fn to_text(self) -> String {
+        format!("{}:{}", self.dev, self.ino)
+    }
+
+    /// The inverse of [`FileId::to_text`].
+    pub fn from_text(text: &str) -> Option<FileId> {
+        let (dev, ino) = text.split_once(':')?;
+        Some(FileId {
+            dev: dev.parse().ok()?,
+            ino: ino.parse().ok()?,
+        })
+    }
+}
+
+/// The folder as the engine opened it.
+#[derive(Clone, Debug)]
+pub struct FolderId {
+    root: PathBuf,
+    /// The root directory when the engine opened it.
+    pub root_id: FileId,
+    /// The state database the engine has open.
+    marker: PathBuf,
+    marker_id: FileId,
+}
+
+/// The folder at the path is not the one being synced; nothing is scanned or planned.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{root} is stopped: {why}. Nothing was scanned or synced, and nothing will be deleted on \
+     its account. If a disk was mounted over it, unmount it; if it was moved, move it back. \
+     Syncing resumes by itself once the folder is back (a running daemon checks again at every \
+     pass); to sync the directory now at that path as a new folder, stop syncstore and start it \
+     again, which re-adopts it as on a first sync"
+)]
+pub struct FolderStopped {
+    pub root: String,
+    pub why: String,
+}
+
+impl FolderId {
+    /// Records the folder as it is now, with its open state database `marker`.
+    ///
+    /// # Errors
+    /// When the root or the marker cannot be stat'ed.
+    pub fn open(root: &Path, marker: &Path) -> std::io::Result<FolderId> {
+        Ok(FolderId {
+            root: root.to_path_buf(),
+            root_id: FileId::of(root)?,
+            marker: marker.to_path_buf(),
+            marker_id: FileId::of(marker)?,
+        })
+    }
+
+    /// Whether the directory at the root's path is still the folder that was opened.
+    ///
+    /// # Errors
+    /// [`FolderStopped`] saying what changed.
+    pub fn check(&self) -> Result<(), FolderStopped> {
+        let stopped = |why: String| FolderStopped {
+            root: self.root.display().to_string(),
+            why,
+        };
+        match FileId::of(&self.root) {
+            Ok(now) if now == self.root_id => {}
+            Ok(now) if now.dev != self.root_id.dev => {
+                return Err(stopped(
+                    "another filesystem is mounted over it (or the disk it was on is gone)"
+                        .to_owned(),
+                ))
+            }
+            Ok(_) => {
+                return Err(stopped(
+                    "the directory at its path is not the one being synced (it was moved away \
+                     and replaced)"
+                        .to_owned(),
+                ))
+            }
+            Err(err) => return Err(stopped(format!("it cannot be read ({err})"))),
+        }
+        match FileId::of(&self.marker) {
+            Ok(now) if now == self.marker_id => Ok(()),
+            Ok(_) => Err(stopped(format!(
+                "its marker {} is not the one this daemon opened",
+                self.marker.display()
+            ))),
+            Err(_) => Err(stopped(format!(
+                "its marker {} is gone",
+                self.marker.display()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder() -> (tempfile::TempDir, PathBuf, FolderId) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("Sync");
+        std::fs::create_dir_all(root.join(".syncstore")).unwrap();
+        let marker = root.join(".syncstore/state.sqlite");
+        std::fs::write(&marker, b"state").unwrap();
+        let id = FolderId::open(&root, &marker).unwrap();
+        (tmp, root, id)
+    }
+
+    #[test]
+    fn row_36_a_folder_replaced_or_without_its_marker_is_stopped() {
+        let (tmp, root, id) = folder();
+        assert!(id.check().is_ok());
+        // Moved away and replaced by an empty directory at the same path.
+        std::fs::rename(&root, tmp.path().join("moved")).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        let err = id.check().unwrap_err();
+        assert!(err.why.contains("moved away and replaced"), "{err}");
+        // Moved back: syncing resumes.
+        std::fs::remove_dir(&root).unwrap();
+        std::fs::rename(tmp.path().join("moved"), &root).unwrap();
+        assert!(id.check().is_ok());
+        // The marker gone.
+        std::fs::remove_file(root.join(".syncstore/state.sqlite")).unwrap();
+        let err = id.check().unwrap_err();
+        assert!(err.why.contains("is gone"), "{err}");
+        assert!(err.to_string().contains("Nothing was scanned"), "{err}");
+    }
+
+    #[test]
+    fn file_ids_round_trip_as_text() {
+        let id = FileId { dev: 2049, ino: 77 };
+        assert_eq!(FileId::from_text(&id.to_text()), Some(id));
+        assert_eq!(FileId::from_text("nonsense"), None);
+    }
+}
