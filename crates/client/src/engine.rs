@@ -1431,6 +1431,10 @@ impl Engine {
     fn place_download(&mut self, done: &WrittenFile) -> anyhow::Result<bool> {
         let job = &done.job;
         let full = safe_join(&self.root, &job.path)?;
+        if !self.folder.on_root_fs(&full) {
+            tracing::info!(path = %job.path, "not placed: the directory is on another filesystem now (a disk mounted there)");
+            return Ok(false);
+        }
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("could not create {}", parent.display()))?;
@@ -1572,6 +1576,9 @@ impl Engine {
                 let full = safe_join(&self.root, path)?;
                 if crate::fsutil::is_symlink(&full) {
                     anyhow::bail!("{} is a symlink", full.display());
+                }
+                if !self.folder.on_root_fs(&full) {
+                    return Ok(false);
                 }
                 std::fs::create_dir_all(&full)
                     .with_context(|| format!("could not create {}", full.display()))?;

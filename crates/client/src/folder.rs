@@ -89,6 +89,20 @@ impl FolderId {
         })
     }
 
+    /// Whether `full` (a path inside the folder, existing or not) lies on the root's filesystem:
+    /// its nearest existing ancestor does. A disk mounted over a subfolder after a plan was made
+    /// must not receive that plan's downloads or directories, which base would then record.
+    pub fn on_root_fs(&self, full: &Path) -> bool {
+        let mut at = full.parent();
+        while let Some(dir) = at {
+            if let Ok(meta) = std::fs::symlink_metadata(dir) {
+                return meta.dev() == self.root_id.dev;
+            }
+            at = dir.parent();
+        }
+        false
+    }
+
     /// Whether the directory at the root's path is still the folder that was opened.
     ///
     /// # Errors

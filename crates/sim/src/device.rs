@@ -339,9 +339,11 @@ impl Device {
 
     /// The local tree, as the scanner reports it.
     pub fn scan(&self) -> BTreeMap<RelPath, LocalNode> {
+        // As `scan::walk`: a directory on another filesystem is not descended into.
         self.disk
             .nodes
             .iter()
+            .filter(|(path, _)| !self.disk.on_other_fs(path))
             .map(|(path, node)| {
                 let hash = (node.kind == EntryKind::File).then(|| hash_of(&node.bytes));
                 let size = if node.kind == EntryKind::File {
@@ -402,8 +404,18 @@ impl Device {
 
     /// Refreshes the remote tree, scans and plans.
     pub fn make_plan(&mut self, env: &mut Env<'_>, refresh: Refresh) -> Plan {
+        if self.disk.root_mounted() {
+            // `Engine::check_folder`: the folder is stopped; nothing is scanned or planned.
+            env.log(
+                &self.name,
+                "folder stopped: a disk is mounted over it".to_owned(),
+            );
+            return Plan::default();
+        }
         self.refresh(env, refresh);
         let local = self.scan();
+        // Mount points are reported as skipped and left untouchable (row 35).
+        let unavailable: BTreeSet<RelPath> = self.disk.mount_points().cloned().collect();
         let remote = self.remote.as_ref().expect("refreshed").plan_view();
         let secs = env.now_ms / 1000;
         let now_stamp = format!(
@@ -420,7 +432,7 @@ impl Device {
             device: &self.name,
             now_stamp: &now_stamp,
             locked_by_others: &BTreeMap::new(),
-            ignored: &BTreeSet::new(),
+            ignored: &unavailable,
             local_root_ok: true,
             remote_complete: true,
         })
@@ -454,6 +466,15 @@ impl Device {
 
     /// Applies the next run of pending ops; on an abort, the rest of the plan is dropped.
     fn run_next(&mut self, env: &mut Env<'_>) -> usize {
+        if self.disk.root_mounted() && !self.pending.is_empty() {
+            // `Engine::execute` checks the folder before applying a plan.
+            env.log(
+                &self.name,
+                "folder stopped before the plan was applied".to_owned(),
+            );
+            self.interrupt(env);
+            return 0;
+        }
         let Some(first) = self.pending.pop_front() else {
             return 0;
         };
@@ -862,6 +883,13 @@ impl Device {
         if self.disk.check_ancestors(path).is_err() {
             return Ok(Err("an ancestor is not a directory".into()));
         }
+        // `FolderId::on_root_fs`: a disk mounted there since the plan was made.
+        if path
+            .parent()
+            .is_some_and(|parent| self.disk.on_other_fs(&parent))
+        {
+            return Ok(Ok(false));
+        }
         if let Some(parent) = path.parent() {
             let reuse = self.rng.gen_bool(0.5);
             if let Err(err) = self.disk.create_dir_all(&parent, now, reuse) {
@@ -1063,6 +1091,12 @@ impl Device {
                 if let Err(message) = ancestors_ok(self, path) {
                     return Ok(Err(message));
                 }
+                if path
+                    .parent()
+                    .is_some_and(|parent| self.disk.on_other_fs(&parent))
+                {
+                    return Ok(Ok(false));
+                }
                 let reuse = self.rng.gen_bool(0.5);
                 if let Err(err) = self.disk.create_dir_all(path, now, reuse) {
                     return Ok(Err(format!("could not create: {err:?}")));
@@ -1189,18 +1223,34 @@ impl Device {
     /// would stay blocked for ever.
     pub fn user_edit(&mut self, now_ms: i64, counter: &mut u64) -> Option<Edit> {
         let now = now_ms * 1_000_000;
+        if self.disk.root_mounted() {
+            // A disk mounted over the folder: an application may drop a file into it. Its
+            // bytes go with that disk, so the ledger does not count them.
+            *counter += 1;
+            let path = RelPath::new(&format!("stray-{counter}")).expect("valid");
+            let bytes = format!("{}#{counter} on the mounted disk", self.name).into_bytes();
+            let _ = self.disk.write(&path, bytes, now, false);
+            return Some(Edit {
+                text: format!("user drops {path} onto the disk mounted over the folder"),
+                killed: Vec::new(),
+                written: None,
+            });
+        }
+        // The user works around filesystems mounted over subfolders, never in or over them.
+        let free =
+            |disk: &SimFs, path: &RelPath| !disk.on_other_fs(path) && !disk.holds_mount(path);
         let files: Vec<RelPath> = self
             .disk
             .nodes
             .iter()
-            .filter(|(_, n)| n.kind == EntryKind::File)
+            .filter(|(p, n)| n.kind == EntryKind::File && free(&self.disk, p))
             .map(|(p, _)| p.clone())
             .collect();
         let dirs: Vec<RelPath> = self
             .disk
             .nodes
             .iter()
-            .filter(|(_, n)| n.kind == EntryKind::Dir)
+            .filter(|(p, n)| n.kind == EntryKind::Dir && free(&self.disk, p))
             .map(|(p, _)| p.clone())
             .collect();
         let mut content = |name: &DeviceName| {
@@ -1215,7 +1265,8 @@ impl Device {
                 } else {
                     random_path(&mut self.rng)
                 };
-                if self.disk.check_ancestors(&path).is_err()
+                if !free(&self.disk, &path)
+                    || self.disk.check_ancestors(&path).is_err()
                     || self
                         .disk
                         .get(&path)
@@ -1319,7 +1370,10 @@ impl Device {
             // Make a directory (with its parents).
             5 => {
                 let path = random_path(&mut self.rng);
-                if self.disk.get(&path).is_some() || self.disk.check_ancestors(&path).is_err() {
+                if !free(&self.disk, &path)
+                    || self.disk.get(&path).is_some()
+                    || self.disk.check_ancestors(&path).is_err()
+                {
                     return None;
                 }
                 let reuse = self.rng.gen_bool(0.5);
@@ -1354,7 +1408,13 @@ impl Device {
             }
             // Rename a file or a directory, possibly over a file.
             _ => {
-                let all: Vec<RelPath> = self.disk.nodes.keys().cloned().collect();
+                let all: Vec<RelPath> = self
+                    .disk
+                    .nodes
+                    .keys()
+                    .filter(|p| free(&self.disk, p))
+                    .cloned()
+                    .collect();
                 let from = all.choose(&mut self.rng)?.clone();
                 let to = if self.rng.gen_bool(0.3) {
                     // A sibling name: a rename in place.
@@ -1366,7 +1426,11 @@ impl Device {
                 } else {
                     random_path(&mut self.rng)
                 };
-                if to == from || to.is_inside(&from) || self.disk.check_ancestors(&to).is_err() {
+                if to == from
+                    || to.is_inside(&from)
+                    || !free(&self.disk, &to)
+                    || self.disk.check_ancestors(&to).is_err()
+                {
                     return None;
                 }
                 let from_kind = self.disk.get(&from).expect("listed").kind;

@@ -38,6 +38,11 @@ pub struct SimFs {
     next_inode: u64,
     /// Freed inode numbers, most recent last; handed out again like ext4 tends to.
     freed: Vec<u64>,
+    /// Other filesystems mounted over directories: mount point → the nodes they hide (the
+    /// mount point's own included).
+    mounts: BTreeMap<RelPath, Vec<(RelPath, FsNode)>>,
+    /// Another filesystem mounted over the whole folder: the nodes it hides.
+    root_mount: Option<BTreeMap<RelPath, FsNode>>,
 }
 
 impl SimFs {
@@ -54,6 +59,98 @@ impl SimFs {
 
     fn free_inode(&mut self, inode: u64) {
         self.freed.push(inode);
+    }
+
+    /// Mounts an empty filesystem over the directory `dir`, hiding what is beneath it; false
+    /// when `dir` is no directory, or a mount is already at, above or below it.
+    pub fn mount(&mut self, dir: &RelPath, now_ns: i64) -> bool {
+        if self
+            .nodes
+            .get(dir)
+            .is_none_or(|node| node.kind != EntryKind::Dir)
+            || self
+                .mounts
+                .keys()
+                .any(|m| m == dir || dir.is_inside(m) || m.is_inside(dir))
+        {
+            return false;
+        }
+        let hidden: Vec<RelPath> = self
+            .nodes
+            .keys()
+            .filter(|p| *p == dir || p.is_inside(dir))
+            .cloned()
+            .collect();
+        let hidden = hidden
+            .into_iter()
+            .map(|p| {
+                let node = self.nodes.remove(&p).expect("listed above");
+                (p, node)
+            })
+            .collect();
+        let inode = self.alloc_inode(false);
+        self.nodes.insert(
+            dir.clone(),
+            FsNode {
+                kind: EntryKind::Dir,
+                bytes: Vec::new(),
+                inode,
+                mtime_ns: now_ns,
+                ctime_ns: now_ns,
+            },
+        );
+        self.mounts.insert(dir.clone(), hidden);
+        true
+    }
+
+    /// Unmounts every filesystem mounted over a directory: what they held goes with them, and
+    /// what they hid is back as it was.
+    pub fn unmount_dirs(&mut self) {
+        for (dir, hidden) in std::mem::take(&mut self.mounts) {
+            self.nodes.retain(|p, _| !(*p == dir || p.is_inside(&dir)));
+            self.nodes.extend(hidden);
+        }
+    }
+
+    /// Mounts an empty filesystem over the whole folder.
+    pub fn mount_root(&mut self) -> bool {
+        if self.root_mount.is_some() {
+            return false;
+        }
+        self.root_mount = Some(std::mem::take(&mut self.nodes));
+        true
+    }
+
+    /// Unmounts the filesystem mounted over the whole folder, if any.
+    pub fn unmount_root(&mut self) {
+        if let Some(hidden) = self.root_mount.take() {
+            self.nodes = hidden;
+        }
+    }
+
+    /// Whether another filesystem is mounted over the whole folder.
+    pub fn root_mounted(&self) -> bool {
+        self.root_mount.is_some()
+    }
+
+    /// The mount points of filesystems mounted over directories.
+    pub fn mount_points(&self) -> impl Iterator<Item = &RelPath> {
+        self.mounts.keys()
+    }
+
+    /// Whether `path` is a mount point or lies beneath one (on another filesystem).
+    pub fn on_other_fs(&self, path: &RelPath) -> bool {
+        self.mounts.keys().any(|m| path == m || path.is_inside(m))
+    }
+
+    /// The mount point of the filesystem `path` is on (`None`: the folder's own).
+    fn fs_of(&self, path: &RelPath) -> Option<&RelPath> {
+        self.mounts.keys().find(|m| path.is_inside(m))
+    }
+
+    /// Whether `path` is a mount point or has one beneath it (`EBUSY` for a rename or rmdir).
+    pub fn holds_mount(&self, path: &RelPath) -> bool {
+        self.mounts.keys().any(|m| m == path || m.is_inside(path))
     }
 
     /// The node at `path`.
@@ -211,6 +308,10 @@ impl SimFs {
         let Some(source) = self.nodes.get(from) else {
             return Err(FsError::NotFound);
         };
+        // `EBUSY` for a mount point, `EXDEV` across filesystems.
+        if self.holds_mount(from) || self.holds_mount(to) || self.fs_of(from) != self.fs_of(to) {
+            return Err(FsError::Other);
+        }
         if from == to {
             return Ok(());
         }
@@ -263,6 +364,9 @@ impl SimFs {
 
     /// `rmdir(2)`.
     pub fn remove_dir(&mut self, path: &RelPath, now_ns: i64) -> Result<(), FsError> {
+        if self.holds_mount(path) {
+            return Err(FsError::Other);
+        }
         match self.nodes.get(path) {
             None => Err(FsError::NotFound),
             Some(node) if node.kind == EntryKind::File => Err(FsError::Other),

@@ -169,6 +169,8 @@ pub struct Stats {
     pub restores: usize,
     /// Times the server's metadata was lost and the account re-created.
     pub resets: usize,
+    /// Times a disk was mounted over a device's folder or a subfolder.
+    pub mounts: usize,
     /// The history, as in a [`Failure`].
     pub trace: Vec<String>,
 }
@@ -193,6 +195,8 @@ struct World {
     sched_rng: StdRng,
     /// Decides when the server's metadata is backed up, restored from a backup, or lost.
     server_rng: StdRng,
+    /// Decides when disks are mounted over devices' folders and subfolders, and unmounted.
+    mount_rng: StdRng,
     devices: Vec<Device>,
     now_ms: i64,
     step: usize,
@@ -212,6 +216,7 @@ pub fn run(seed: u64, config: &Config) -> Result<Stats, Failure> {
         net_rng: actor_rng(seed, "network"),
         sched_rng: actor_rng(seed, "scheduler"),
         server_rng: actor_rng(seed, "server"),
+        mount_rng: actor_rng(seed, "mounts"),
         devices: (0..config.devices)
             .map(|idx| {
                 let name = format!("d{idx}");
@@ -280,6 +285,7 @@ impl World {
             self.step = step;
             if config.faults {
                 self.server_fault();
+                self.mount_fault();
             }
             self.now_ms += self.sched_rng.gen_range(1..2000);
             let idx = self.sched_rng.gen_range(0..self.devices.len());
@@ -304,8 +310,15 @@ impl World {
                 }
             }
         }
-        self.trace
-            .push("--- edits and faults stop; every device syncs until quiescent ---".to_owned());
+        for device in &mut self.devices {
+            // The reverse of mounting: the disk over the whole folder was mounted last.
+            device.disk.unmount_root();
+            device.disk.unmount_dirs();
+        }
+        self.trace.push(
+            "--- edits and faults stop; disks unmounted; every device syncs until quiescent ---"
+                .to_owned(),
+        );
         self.quiesce()?;
         self.check_invariants()
     }
@@ -333,6 +346,49 @@ impl World {
             ));
             self.stats.resets += 1;
         }
+    }
+
+    /// Now and then a disk is mounted over a device's folder or one of its subfolders (an
+    /// empty one, which users and applications may then write into), and later unmounted.
+    fn mount_fault(&mut self) {
+        let roll = self.mount_rng.gen_range(0..1000);
+        let idx = self.mount_rng.gen_range(0..self.devices.len());
+        let now_ns = self.now_ms * 1_000_000;
+        let device = &mut self.devices[idx];
+        let line = if roll < 10 {
+            let dirs: Vec<RelPath> = device
+                .disk
+                .nodes
+                .iter()
+                .filter(|(_, node)| node.kind == EntryKind::Dir)
+                .map(|(path, _)| path.clone())
+                .collect();
+            if dirs.is_empty() || device.disk.root_mounted() {
+                return;
+            }
+            let dir = dirs[self.mount_rng.gen_range(0..dirs.len())].clone();
+            if !device.disk.mount(&dir, now_ns) {
+                return;
+            }
+            format!("a disk is mounted over {dir}")
+        } else if roll < 16 {
+            if !device.disk.mount_root() {
+                return;
+            }
+            "a disk is mounted over the whole folder".to_owned()
+        } else if roll < 60 {
+            if device.disk.mount_points().next().is_none() && !device.disk.root_mounted() {
+                return;
+            }
+            device.disk.unmount_root();
+            device.disk.unmount_dirs();
+            "its disks are unmounted".to_owned()
+        } else {
+            return;
+        };
+        self.stats.mounts += usize::from(line.contains("mounted over"));
+        self.trace
+            .push(format!("#{} {} MOUNT: {line}", self.step, device.name));
     }
 
     fn user_edit(&mut self, idx: usize) {

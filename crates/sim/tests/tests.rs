@@ -102,7 +102,7 @@ fn seeds() {
     let mut failures = Vec::new();
     let mut edits = 0;
     let mut server_changes = 0;
-    let (mut restores, mut resets) = (0, 0);
+    let (mut restores, mut resets, mut mounts) = (0, 0, 0);
     for seed in (first_seed..end_seed).filter(|seed| !KNOWN_FAILING.contains(seed)) {
         match run(seed, &config) {
             Ok(stats) => {
@@ -110,6 +110,7 @@ fn seeds() {
                 server_changes += stats.server_changes;
                 restores += stats.restores;
                 resets += stats.resets;
+                mounts += stats.mounts;
             }
             Err(failure) => failures.push(failure),
         }
@@ -132,6 +133,10 @@ fn seeds() {
             restores > n_seeds as usize / 4 && resets > n_seeds as usize / 10,
             "too few server faults: {restores} restores, {resets} resets in {n_seeds} seeds"
         );
+        assert!(
+            mounts > n_seeds as usize / 4,
+            "too few mounts: {mounts} in {n_seeds} seeds"
+        );
     }
-    eprintln!("{n_seeds} seeds passed: {edits} edits, {server_changes} server changes, {restores} restores from a backup, {resets} databases lost");
+    eprintln!("{n_seeds} seeds passed: {edits} edits, {server_changes} server changes, {restores} restores from a backup, {resets} databases lost, {mounts} disks mounted over folders");
 }
