@@ -1134,6 +1134,7 @@ impl Engine {
                 mtime_ms: p.stamp.mtime_ns / 1_000_000,
                 hash: p.manifest.hash,
                 chunks: p.manifest.chunks.clone(),
+                executable: false,
             })
             .collect();
         let applied = self

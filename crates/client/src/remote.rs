@@ -169,6 +169,7 @@ mod tests {
             hash: None,
             chunks: vec![],
             device: DeviceName::new("d").unwrap(),
+            executable: false,
         }
     }
 

@@ -739,6 +739,7 @@ impl Device {
                 mtime_ms: p.node.mtime_ns / 1_000_000,
                 hash: p.hash,
                 chunks: chunks_of(&p.bytes),
+                executable: false,
             })
             .collect();
         self.send_ops(env, &ops, |device, idx, result, _| {
@@ -1386,6 +1387,11 @@ fn random_path(rng: &mut StdRng) -> RelPath {
 fn show_wire_op(op: &Op) -> String {
     match op {
         Op::PutFile { path, base, .. } => format!("PutFile {path} {base:?}"),
+        Op::SetMode {
+            path,
+            base,
+            executable,
+        } => format!("SetMode {path}@{base} x={executable}"),
         Op::MakeDir { path, .. } => format!("MakeDir {path}"),
         Op::Delete { path, base } => format!("Delete {path}@{base}"),
         Op::Move { from, to, base } => format!("Move {from}@{base} -> {to}"),
