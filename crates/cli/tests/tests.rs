@@ -8,6 +8,7 @@ mod bench_smoke;
 mod cli;
 mod limits;
 mod locks;
+mod modes;
 mod recovery;
 mod scale_out;
 mod sync;

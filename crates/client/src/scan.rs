@@ -288,6 +288,7 @@ fn walk(
                     size: 0,
                     mtime_ns: stamp.mtime_ns,
                     inode: stamp.inode,
+                    executable: false,
                 },
             );
             walk(root, &full, Some(&rel), rules, cache, out, seen, sink);
@@ -325,6 +326,9 @@ fn walk(
                 size: stamp.size,
                 mtime_ns: stamp.mtime_ns,
                 inode: stamp.inode,
+                // Read from every stat, not cached with the hash: a chmod changes no part of
+                // the stamp (only the ctime), and must still be seen.
+                executable: crate::fsutil::is_executable(&meta),
             },
         );
     }

@@ -19,7 +19,8 @@ use syncstore_proto::{
     Revision,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+/// 1: the first; 2: `base.executable` (issue 11), added with default 0 to a version 1 database.
+const SCHEMA_VERSION: i64 = 2;
 
 /// The state database is corrupt; the message says how to recover.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +155,8 @@ fn open_at(path: &Path) -> anyhow::Result<StateDb> {
              CREATE TABLE IF NOT EXISTS base (
                 path TEXT PRIMARY KEY, kind INTEGER NOT NULL, hash BLOB, node_id INTEGER NOT NULL,
                 rev INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-                inode INTEGER NOT NULL, chunks BLOB NOT NULL);",
+                inode INTEGER NOT NULL, chunks BLOB NOT NULL,
+                executable INTEGER NOT NULL DEFAULT 0);",
     )
     .context("could not initialise the state database")?;
     let version: Option<String> = conn
@@ -172,6 +174,17 @@ fn open_at(path: &Path) -> anyhow::Result<StateDb> {
             )?;
         }
         Some(Ok(v)) if v == SCHEMA_VERSION => {}
+        Some(Ok(1)) => {
+            // Version 1 lacks the executable bit: every file in base is taken as not executable,
+            // so a file that is executable on disk reads as a local mode change and is sent.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE base ADD COLUMN executable INTEGER NOT NULL DEFAULT 0;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                 COMMIT;",
+            )
+            .context("could not upgrade the state database to version 2")?;
+        }
         Some(_) => anyhow::bail!(
             "{} was written by a newer syncstore; upgrade syncstore",
             path.display()
@@ -181,7 +194,7 @@ fn open_at(path: &Path) -> anyhow::Result<StateDb> {
     let mut base_chunks = HashMap::new();
     {
         let mut stmt = conn.prepare(
-            "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks FROM base",
+            "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks, executable FROM base",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
@@ -208,6 +221,7 @@ fn open_at(path: &Path) -> anyhow::Result<StateDb> {
                     size: row.get::<_, i64>(5)? as u64,
                     mtime_ns: row.get(6)?,
                     inode: row.get::<_, i64>(7)? as u64,
+                    executable: row.get::<_, i64>(9)? != 0,
                 },
             );
             base_chunks.insert(path, chunks);
@@ -236,7 +250,9 @@ impl StateDb {
         // each time was 2.5 % of the receiver's CPU in W1.
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO base VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO base
+                     (path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks, executable)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
@@ -249,6 +265,7 @@ impl StateDb {
                     node.mtime_ns,
                     node.inode as i64,
                     encode_chunks(&chunks),
+                    i64::from(node.executable),
                 ])
             })
             .context("could not save base")

@@ -182,11 +182,26 @@ fn stamp_eq(base: &BaseNode, node: &FsNode) -> bool {
 /// Compact text of an op for the trace.
 pub fn show_op(op: &PlanOp) -> String {
     match op {
-        PlanOp::Upload { path, base, .. } => format!("Upload {path} {base:?}"),
+        PlanOp::Upload {
+            path,
+            base,
+            executable,
+            ..
+        } => format!("Upload {path} {base:?} x={executable}"),
+        PlanOp::SetModeRemote {
+            path,
+            rev,
+            executable,
+            ..
+        } => format!("SetModeRemote {path}@{rev} x={executable}"),
+        PlanOp::SetModeLocal {
+            path, executable, ..
+        } => format!("SetModeLocal {path} x={executable}"),
         PlanOp::Download {
             path,
             remote,
             expect_local,
+            ..
         } => {
             format!(
                 "Download {path} n{}@{} expect={}",
@@ -225,9 +240,10 @@ enum Kind {
 
 fn kind_of(op: &PlanOp) -> Kind {
     match op {
-        PlanOp::DeleteRemote { .. } | PlanOp::MakeDirRemote { .. } | PlanOp::MoveRemote { .. } => {
-            Kind::Remote
-        }
+        PlanOp::DeleteRemote { .. }
+        | PlanOp::MakeDirRemote { .. }
+        | PlanOp::MoveRemote { .. }
+        | PlanOp::SetModeRemote { .. } => Kind::Remote,
         PlanOp::Upload { .. } => Kind::Upload,
         PlanOp::Download { .. } => Kind::Download,
         _ => Kind::Local,
@@ -343,6 +359,7 @@ impl Device {
                         size,
                         mtime_ns: node.mtime_ns,
                         inode: node.inode,
+                        executable: node.kind == EntryKind::File && node.executable,
                     },
                 )
             })
@@ -599,6 +616,16 @@ impl Device {
                     to: to.clone(),
                     base: *rev,
                 },
+                PlanOp::SetModeRemote {
+                    path,
+                    rev,
+                    executable,
+                    ..
+                } => Op::SetMode {
+                    path: path.clone(),
+                    base: *rev,
+                    executable: *executable,
+                },
                 PlanOp::MakeDirRemote { path } => {
                     self.check_ancestors(path)?;
                     let mtime_ms = self.disk.get(path).map_or(0, |n| n.mtime_ns / 1_000_000);
@@ -624,6 +651,17 @@ impl Device {
                     device.base_rebase(from, to);
                     device.refresh_base_revs(&result.entries);
                 }
+                PlanOp::SetModeRemote { path, node, .. } => {
+                    if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
+                        let node = BaseNode {
+                            node_id: entry.node_id,
+                            rev: entry.rev,
+                            executable: entry.executable,
+                            ..node.clone()
+                        };
+                        device.base.insert(path.clone(), node);
+                    }
+                }
                 PlanOp::MakeDirRemote { path } => {
                     let (mtime_ns, inode) = device
                         .disk
@@ -638,6 +676,7 @@ impl Device {
                             size: 0,
                             mtime_ns,
                             inode,
+                            executable: false,
                         };
                         device.base.insert(path.clone(), node);
                     }
@@ -683,10 +722,22 @@ impl Device {
         }
         let mut prepared = Vec::new();
         for op in run {
-            let PlanOp::Upload { path, base, hash } = op else {
+            let PlanOp::Upload {
+                path,
+                base,
+                hash,
+                executable,
+            } = op
+            else {
                 unreachable!("only uploads are batched here")
             };
             self.check_ancestors(&path)?;
+            // `Engine::execute_uploads`: the file gets the planned bit before it is read.
+            if let Some(node) = self.disk.nodes.get_mut(&path) {
+                if node.kind == EntryKind::File {
+                    node.executable = executable;
+                }
+            }
             match self.disk.get(&path) {
                 Some(node) if node.kind == EntryKind::File => {
                     if hash_of(&node.bytes) != hash {
@@ -739,7 +790,7 @@ impl Device {
                 mtime_ms: p.node.mtime_ns / 1_000_000,
                 hash: p.hash,
                 chunks: chunks_of(&p.bytes),
-                executable: false,
+                executable: p.node.executable,
             })
             .collect();
         self.send_ops(env, &ops, |device, idx, result, _| {
@@ -758,6 +809,7 @@ impl Device {
                 size: item.node.bytes.len() as u64,
                 mtime_ns: item.node.mtime_ns,
                 inode: item.node.inode,
+                executable: entry.executable,
             };
             device.base.insert(item.path.clone(), node);
             Ok(())
@@ -771,6 +823,7 @@ impl Device {
                 path,
                 remote,
                 expect_local,
+                executable,
             } = op
             else {
                 unreachable!("only downloads are batched here")
@@ -797,9 +850,9 @@ impl Device {
                 );
                 continue;
             }
-            jobs.push((path, entry, expect_local));
+            jobs.push((path, entry, expect_local, executable));
         }
-        if jobs.iter().any(|(_, entry, _)| !entry.chunks.is_empty()) {
+        if jobs.iter().any(|(_, entry, _, _)| !entry.chunks.is_empty()) {
             let fate = env.fate();
             if fate != Fate::Delivered {
                 env.log(&self.name, "chunk download LOST".to_owned());
@@ -807,9 +860,9 @@ impl Device {
             }
         }
         let mut applied = 0;
-        for (path, entry, expect_local) in jobs {
+        for (path, entry, expect_local, executable) in jobs {
             self.concurrent_edit(env);
-            match self.place_download(env, &path, &entry, expect_local)? {
+            match self.place_download(env, &path, &entry, expect_local, executable)? {
                 Ok(true) => {
                     env.log(
                         &self.name,
@@ -841,6 +894,7 @@ impl Device {
         path: &RelPath,
         entry: &RemoteEntry,
         expect_local: Option<ContentHash>,
+        executable: bool,
     ) -> Result<Result<bool, String>, Abort> {
         let now = env.now_ns();
         if self.disk.check_ancestors(path).is_err() {
@@ -870,6 +924,7 @@ impl Device {
             bytes,
             inode,
             mtime_ns: entry.mtime_ms.max(0) * 1_000_000,
+            executable,
         };
         match expect_local {
             None => match self.disk.place(path, temp, true, now) {
@@ -910,6 +965,7 @@ impl Device {
             size: placed.bytes.len() as u64,
             mtime_ns: placed.mtime_ns,
             inode: placed.inode,
+            executable: entry.executable,
         };
         self.base.insert(path.clone(), node);
         Ok(Ok(true))
@@ -1068,6 +1124,7 @@ impl Device {
                     size: 0,
                     mtime_ns: dir.mtime_ns,
                     inode: dir.inode,
+                    executable: false,
                 };
                 self.base.insert(path.clone(), node);
                 Ok(Ok(true))
@@ -1140,6 +1197,30 @@ impl Device {
                     Err(err) => Ok(Err(format!("could not rename: {err:?}"))),
                 }
             }
+            PlanOp::SetModeLocal {
+                path,
+                expect_hash,
+                executable,
+                node,
+            } => {
+                match self.local_file_has(path, *expect_hash) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(Ok(false)),
+                    Err(message) => return Ok(Err(message)),
+                }
+                if let Some(file) = self.disk.nodes.get_mut(path) {
+                    file.executable = *executable;
+                }
+                if env.torn() {
+                    env.log(
+                        &self.name,
+                        format!("set the mode of {path}, crashing before base is saved"),
+                    );
+                    return Err(Abort::Crash);
+                }
+                self.base.insert(path.clone(), node.clone());
+                Ok(Ok(true))
+            }
             PlanOp::RecordBase { path, node } => {
                 self.base.insert(path.clone(), node.clone());
                 Ok(Ok(true))
@@ -1191,7 +1272,7 @@ impl Device {
             *counter += 1;
             format!("{name}#{counter}").into_bytes()
         };
-        match self.rng.gen_range(0..10) {
+        match self.rng.gen_range(0..11) {
             // Write a file: modify an existing one or create one (with its parents).
             0..=3 => {
                 let path = if !files.is_empty() && self.rng.gen_bool(0.5) {
@@ -1228,11 +1309,14 @@ impl Device {
                 } else if self.rng.gen_bool(0.3) {
                     // An editor's atomic save: a temp file renamed over the old one (new inode).
                     let inode = self.disk.alloc_inode(reuse);
+                    // Editors give the new file the old one's mode.
+                    let executable = self.disk.get(&path).is_some_and(|n| n.executable);
                     let node = FsNode {
                         kind: EntryKind::File,
                         bytes: bytes.clone(),
                         inode,
                         mtime_ns: now,
+                        executable,
                     };
                     self.disk
                         .place(&path, node, false, now)
@@ -1311,6 +1395,18 @@ impl Device {
                 Some(Edit {
                     text: format!("user rm -r {path} (held {})", shown.join(" ")),
                     killed,
+                    written: None,
+                })
+            }
+            // chmod +x or -x of a file: a mode-only change (size, mtime and inode stay).
+            10 => {
+                let path = files.choose(&mut self.rng)?.clone();
+                let node = self.disk.nodes.get_mut(&path).expect("listed");
+                node.executable = !node.executable;
+                let sign = if node.executable { '+' } else { '-' };
+                Some(Edit {
+                    text: format!("user chmod {sign}x {path}"),
+                    killed: Vec::new(),
                     written: None,
                 })
             }

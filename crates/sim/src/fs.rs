@@ -15,6 +15,8 @@ pub struct FsNode {
     pub bytes: Vec<u8>,
     pub inode: u64,
     pub mtime_ns: i64,
+    /// The executable bit; false for directories.
+    pub executable: bool,
 }
 
 /// Why a filesystem call failed, as the `std::io::ErrorKind` the client looks at.
@@ -113,6 +115,7 @@ impl SimFs {
                     bytes: Vec::new(),
                     inode,
                     mtime_ns: now_ns,
+                    executable: false,
                 },
             );
         }
@@ -145,6 +148,7 @@ impl SimFs {
                 bytes,
                 inode,
                 mtime_ns: now_ns,
+                executable: false,
             },
         );
         Ok(())
@@ -273,6 +277,15 @@ impl SimFs {
         }
         self.touch_parent(path, now_ns);
         files
+    }
+
+    /// The executable bit of every file, for the final comparison.
+    pub fn modes(&self) -> BTreeMap<RelPath, bool> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.kind == EntryKind::File)
+            .map(|(p, n)| (p.clone(), n.executable))
+            .collect()
     }
 
     /// The tree as path → (kind, bytes), for the final comparison.
