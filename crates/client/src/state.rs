@@ -533,3 +533,56 @@ fn decode_chunks(bytes: &[u8]) -> anyhow::Result<Vec<ChunkRef>> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version 1 state database (before the executable bit) opens as version 2, its files
+    /// taken as not executable, and keeps the bit from then on.
+    #[test]
+    fn version_1_gains_the_executable_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', '1');
+                 CREATE TABLE base (
+                    path TEXT PRIMARY KEY, kind INTEGER NOT NULL, hash BLOB, node_id INTEGER NOT NULL,
+                    rev INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                    inode INTEGER NOT NULL, chunks BLOB NOT NULL);
+                 INSERT INTO base VALUES ('run.sh', 0, zeroblob(32), 1, 2, 3, 4, 5, x'');",
+            )
+            .unwrap();
+        }
+        let mut state = StateDb::open(dir.path()).unwrap();
+        let run = RelPath::new("run.sh").unwrap();
+        let node = state.base[&run].clone();
+        assert!(!node.executable);
+        assert_eq!((node.rev, node.inode), (Revision(2), 5));
+        state
+            .put(
+                &run,
+                BaseNode {
+                    executable: true,
+                    ..node
+                },
+                Vec::new(),
+            )
+            .unwrap();
+        drop(state);
+        let state = StateDb::open(dir.path()).unwrap();
+        assert!(state.base[&run].executable);
+        let version: String = state
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key='schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, "2");
+    }
+}
