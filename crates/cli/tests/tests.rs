@@ -9,6 +9,7 @@ mod cli;
 mod folder;
 mod limits;
 mod locks;
+mod modes;
 mod recovery;
 mod recovery_shared;
 mod scale_out;

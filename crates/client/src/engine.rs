@@ -491,8 +491,15 @@ impl Engine {
             let mode = remembered.remove(&path).expect("key just listed");
             changed = true;
             if let Ok(full) = safe_join(&self.root, &path) {
-                if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_file()) {
-                    let _ = std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode));
+                if let Ok(meta) = std::fs::symlink_metadata(&full) {
+                    // The executable bit may have been synced meanwhile: it is kept, only the
+                    // write bits come back.
+                    let executable = crate::fsutil::is_executable(&meta);
+                    let mode = crate::fsutil::with_executable(mode, executable);
+                    if meta.is_file() {
+                        let _ =
+                            std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode));
+                    }
                 }
             }
         }
@@ -763,7 +770,8 @@ impl Engine {
             match op {
                 PlanOp::DeleteRemote { .. }
                 | PlanOp::MakeDirRemote { .. }
-                | PlanOp::MoveRemote { .. } => Kind::Remote,
+                | PlanOp::MoveRemote { .. }
+                | PlanOp::SetModeRemote { .. } => Kind::Remote,
                 PlanOp::Upload { .. } => Kind::Upload,
                 PlanOp::Download { .. } => Kind::Download,
                 _ => Kind::Local,
@@ -902,6 +910,16 @@ impl Engine {
                     to: to.clone(),
                     base: *rev,
                 },
+                PlanOp::SetModeRemote {
+                    path,
+                    rev,
+                    executable,
+                    ..
+                } => Op::SetMode {
+                    path: path.clone(),
+                    base: *rev,
+                    executable: *executable,
+                },
                 PlanOp::MakeDirRemote { path } => {
                     let full = safe_join(&self.root, path)?;
                     let mtime_ms = stamp_of(&full).map(|s| s.mtime_ns / 1_000_000).unwrap_or(0);
@@ -928,6 +946,18 @@ impl Engine {
                     engine.cache.rebase(from, to);
                     engine.refresh_base_revs(&result.entries)?;
                 }
+                PlanOp::SetModeRemote { path, node, .. } => {
+                    // The node the plan saw, with the server's new revision: no content moved.
+                    if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
+                        let node = BaseNode {
+                            node_id: entry.node_id,
+                            rev: entry.rev,
+                            executable: entry.executable,
+                            ..node.clone()
+                        };
+                        engine.state.put(path, node, entry.chunks.clone())?;
+                    }
+                }
                 PlanOp::MakeDirRemote { path } => {
                     let full = safe_join(&engine.root, path)?;
                     let stamp = stamp_of(&full).unwrap_or(Stamp {
@@ -946,6 +976,7 @@ impl Engine {
                             mtime_ns: stamp.mtime_ns,
                             inode: stamp.inode,
                             ctime_ns: stamp.ctime_ns,
+                            executable: false,
                         };
                         engine.state.put(path, node, Vec::new())?;
                     }
@@ -1049,6 +1080,7 @@ impl Engine {
             base: Precondition,
             manifest: syncstore_chunk::Manifest,
             stamp: Stamp,
+            executable: bool,
         }
         let started = std::time::Instant::now();
         // 1. The chunks of every file: as the scan found them if the file is unchanged since,
@@ -1056,13 +1088,22 @@ impl Engine {
         let root = self.root.clone();
         let mut prepared = Vec::new();
         for op in run {
-            let PlanOp::Upload { path, base, hash } = op else {
+            let PlanOp::Upload {
+                path,
+                base,
+                hash,
+                executable,
+            } = op
+            else {
                 unreachable!("only uploads are batched here")
             };
             let full = safe_join(&root, &path)?;
             let cache = &self.cache;
             let result = tokio::task::block_in_place(
                 || -> anyhow::Result<Option<(syncstore_chunk::Manifest, Stamp)>> {
+                    // Row 34: the file goes up with the mode the plan merged (the remote's new
+                    // bit, say), so it gets that bit here first; a chmod changes no bytes.
+                    crate::fsutil::set_executable(&full, executable)?;
                     let before = stamp_of(&full)?;
                     if let Some(manifest) = cache.manifest(&path, before) {
                         return Ok((manifest.hash == hash).then_some((manifest, before)));
@@ -1083,6 +1124,7 @@ impl Engine {
                     base,
                     manifest,
                     stamp,
+                    executable,
                 }),
                 Ok(None) => {
                     tracing::info!(%path, "file changed while being read; will retry when it settles");
@@ -1179,6 +1221,7 @@ impl Engine {
                 mtime_ms: p.stamp.mtime_ns / 1_000_000,
                 hash: p.manifest.hash,
                 chunks: p.manifest.chunks.clone(),
+                executable: p.executable,
             })
             .collect();
         let applied = self
@@ -1196,6 +1239,7 @@ impl Engine {
                     mtime_ns: item.stamp.mtime_ns,
                     inode: item.stamp.inode,
                     ctime_ns: item.stamp.ctime_ns,
+                    executable: entry.executable,
                 };
                 engine
                     .state
@@ -1220,6 +1264,7 @@ impl Engine {
                 path,
                 remote,
                 expect_local,
+                executable,
             } = op
             else {
                 unreachable!("only downloads are batched here")
@@ -1265,6 +1310,7 @@ impl Engine {
                 full,
                 entry,
                 expect_local,
+                executable,
                 reuse,
                 reuse_stamp,
             });
@@ -1439,12 +1485,14 @@ impl Engine {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("could not create {}", parent.display()))?;
         }
-        // Temp files are created 0600; a synced file gets the mode of the file it replaces, or 0644.
+        // Temp files are created 0600; a synced file gets the mode of the file it replaces, or
+        // 0644, with the executable bits set or cleared as the plan says (0644 becomes 0755).
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::symlink_metadata(&full)
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0o644);
+            let mode = crate::fsutil::with_executable(mode, job.executable);
             std::fs::set_permissions(&done.temp, std::fs::Permissions::from_mode(mode))
                 .context("could not set file mode")?;
         }
@@ -1482,6 +1530,9 @@ impl Engine {
             mtime_ns: stamp.mtime_ns,
             inode: stamp.inode,
             ctime_ns: stamp.ctime_ns,
+            // The server's bit: when the local side changed only the mode, the next pass sees
+            // that and sends it (row 34).
+            executable: job.entry.executable,
         };
         self.state.put(&job.path, node, job.entry.chunks.clone())?;
         Ok(true)
@@ -1592,6 +1643,7 @@ impl Engine {
                     mtime_ns: stamp.mtime_ns,
                     inode: stamp.inode,
                     ctime_ns: stamp.ctime_ns,
+                    executable: false,
                 };
                 self.state.put(path, node, Vec::new())?;
                 Ok(true)
@@ -1670,6 +1722,27 @@ impl Engine {
                 tracing::warn!(%path, %copy, "both sides changed: kept the local version as a conflicted copy");
                 Ok(true)
             }
+            PlanOp::SetModeLocal {
+                path,
+                expect_hash,
+                executable,
+                node,
+            } => {
+                let full = safe_join(&self.root, path)?;
+                if !self.local_file_has(path, &full, *expect_hash)? {
+                    tracing::info!(%path, "local file changed meanwhile; re-planning");
+                    return Ok(false);
+                }
+                crate::fsutil::set_executable(&full, *executable)?;
+                let chunks = self
+                    .remote
+                    .as_ref()
+                    .and_then(|r| r.by_path.get(path))
+                    .map(|e| e.chunks.clone())
+                    .unwrap_or_default();
+                self.state.put(path, node.clone(), chunks)?;
+                Ok(true)
+            }
             PlanOp::RecordBase { path, node } => {
                 let chunks = self
                     .remote
@@ -1744,6 +1817,7 @@ struct DownloadKey {
     full: PathBuf,
     entry: RemoteEntry,
     expect_local: Option<ContentHash>,
+    executable: bool,
 }
 
 impl DownloadJob {
@@ -1753,6 +1827,7 @@ impl DownloadJob {
             full: self.full.clone(),
             entry: self.entry.clone(),
             expect_local: self.expect_local,
+            executable: self.executable,
         }
     }
 
@@ -1763,6 +1838,7 @@ impl DownloadJob {
             full: key.full,
             entry: key.entry,
             expect_local: key.expect_local,
+            executable: key.executable,
             reuse: HashMap::new(),
             reuse_stamp: None,
         }
@@ -1775,6 +1851,8 @@ struct DownloadJob {
     full: PathBuf,
     entry: RemoteEntry,
     expect_local: Option<ContentHash>,
+    /// The executable bit the placed file gets.
+    executable: bool,
     /// Chunks available in the current local file: hash → (offset, len).
     reuse: HashMap<ChunkHash, (u64, u32)>,
     /// The local file's stamp when `reuse` was taken from base (it must still have it after

@@ -145,6 +145,42 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     Err(err)
 }
 
+/// Whether any executable bit of `meta`'s mode is set: the file's synced executable bit.
+pub fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+/// `mode` (permission bits) with the executable bits `0o111` all set or all cleared; every other
+/// bit is kept. Only the executable bit is synced, so `0o644` becomes `0o755` and back.
+pub fn with_executable(mode: u32, executable: bool) -> u32 {
+    if executable {
+        mode | 0o111
+    } else {
+        mode & !0o111
+    }
+}
+
+/// Sets or clears the executable bits of the file at `full` (never through a symlink), keeping
+/// its other mode bits. Returns whether the mode changed.
+///
+/// # Errors
+/// When the file cannot be stat'ed or its mode set, or is not a regular file.
+pub fn set_executable(full: &Path, executable: bool) -> anyhow::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(full)
+        .with_context(|| format!("could not stat {}", full.display()))?;
+    anyhow::ensure!(meta.is_file(), "{} is not a regular file", full.display());
+    let mode = meta.permissions().mode() & 0o7777;
+    let wanted = with_executable(mode, executable);
+    if wanted == mode {
+        return Ok(false);
+    }
+    std::fs::set_permissions(full, std::fs::Permissions::from_mode(wanted))
+        .with_context(|| format!("could not set the mode of {}", full.display()))?;
+    Ok(true)
+}
+
 /// Modification time of `meta` in nanoseconds since the Unix epoch.
 pub fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;

@@ -146,6 +146,7 @@ impl RemoteTree {
                     hash: e.hash,
                     size: e.size,
                     mtime_ms: e.mtime_ms,
+                    executable: e.executable,
                 };
                 (path.clone(), node)
             })
@@ -169,6 +170,7 @@ mod tests {
             hash: None,
             chunks: vec![],
             device: DeviceName::new("d").unwrap(),
+            executable: false,
         }
     }
 

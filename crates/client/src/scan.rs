@@ -309,6 +309,7 @@ fn walk(
                     mtime_ns: stamp.mtime_ns,
                     inode: stamp.inode,
                     ctime_ns: stamp.ctime_ns,
+                    executable: false,
                 },
             );
             walk(
@@ -357,6 +358,9 @@ fn walk(
                 mtime_ns: stamp.mtime_ns,
                 inode: stamp.inode,
                 ctime_ns: stamp.ctime_ns,
+                // Read from every stat, not cached with the hash: a chmod changes no part of
+                // the stamp (only the ctime), and must still be seen.
+                executable: crate::fsutil::is_executable(&meta),
             },
         );
     }

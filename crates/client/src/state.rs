@@ -19,8 +19,10 @@ use syncstore_proto::{
     Revision,
 };
 
-/// 2: `base.ctime_ns` (files whose bytes change in place with size and mtime kept).
-const SCHEMA_VERSION: i64 = 2;
+/// 1: the first; 2: `base.executable` or `base.ctime_ns` (development builds had one or the
+/// other); 3: both (issue 11: the executable bit, and files whose bytes change in place with
+/// size and mtime kept).
+const SCHEMA_VERSION: i64 = 3;
 
 /// The state database is corrupt; the message says how to recover.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +158,8 @@ fn open_at(path: &Path) -> anyhow::Result<StateDb> {
                 path TEXT PRIMARY KEY, kind INTEGER NOT NULL, hash BLOB, node_id INTEGER NOT NULL,
                 rev INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
                 inode INTEGER NOT NULL, chunks BLOB NOT NULL,
-                ctime_ns INTEGER NOT NULL DEFAULT 0);",
+                ctime_ns INTEGER NOT NULL DEFAULT 0,
+                executable INTEGER NOT NULL DEFAULT 0);",
     )
     .context("could not initialise the state database")?;
     let version: Option<String> = conn
@@ -174,15 +177,30 @@ fn open_at(path: &Path) -> anyhow::Result<StateDb> {
             )?;
         }
         Some(Ok(v)) if v == SCHEMA_VERSION => {}
-        Some(Ok(1)) => {
+        Some(Ok(1 | 2)) => {
             // A ctime of 0 matches no file: each is hashed once more, then recorded with it.
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 ALTER TABLE base ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
-                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
-                 COMMIT;",
-            )
-            .context("could not upgrade the state database")?;
+            // A missing executable bit reads as not executable, so a file that is executable
+            // on disk reads as a local mode change and is sent.
+            let has = |column: &str| -> anyhow::Result<bool> {
+                let found: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('base') WHERE name = ?1",
+                    [column],
+                    |row| row.get(0),
+                )?;
+                Ok(found > 0)
+            };
+            let mut upgrade = String::from("BEGIN IMMEDIATE;");
+            if !has("ctime_ns")? {
+                upgrade
+                    .push_str("ALTER TABLE base ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;");
+            }
+            if !has("executable")? {
+                upgrade
+                    .push_str("ALTER TABLE base ADD COLUMN executable INTEGER NOT NULL DEFAULT 0;");
+            }
+            upgrade.push_str("UPDATE meta SET value = '3' WHERE key = 'schema_version'; COMMIT;");
+            conn.execute_batch(&upgrade)
+                .context("could not upgrade the state database to version 3")?;
         }
         Some(_) => anyhow::bail!(
             "{} was written by a newer syncstore; upgrade syncstore",
@@ -193,7 +211,8 @@ fn open_at(path: &Path) -> anyhow::Result<StateDb> {
     let mut base_chunks = HashMap::new();
     {
         let mut stmt = conn.prepare(
-            "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks, ctime_ns
+            "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks, ctime_ns,
+                    executable
              FROM base",
         )?;
         let mut rows = stmt.query([])?;
@@ -222,6 +241,7 @@ fn open_at(path: &Path) -> anyhow::Result<StateDb> {
                     mtime_ns: row.get(6)?,
                     inode: row.get::<_, i64>(7)? as u64,
                     ctime_ns: row.get(9)?,
+                    executable: row.get::<_, i64>(10)? != 0,
                 },
             );
             base_chunks.insert(path, chunks);
@@ -251,8 +271,9 @@ impl StateDb {
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO base
-                 (path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks, ctime_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 (path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks, ctime_ns,
+                  executable)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
@@ -266,6 +287,7 @@ impl StateDb {
                     node.inode as i64,
                     encode_chunks(&chunks),
                     node.ctime_ns,
+                    i64::from(node.executable),
                 ])
             })
             .context("could not save base")
@@ -532,4 +554,58 @@ fn decode_chunks(bytes: &[u8]) -> anyhow::Result<Vec<ChunkRef>> {
             len: u32::from_be_bytes(rec[32..].try_into().expect("slice of 4")),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version 1 state database (before the executable bit) opens as version 2, its files
+    /// taken as not executable, and keeps the bit from then on.
+    #[test]
+    fn version_1_gains_the_executable_bit_and_the_ctime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', '1');
+                 CREATE TABLE base (
+                    path TEXT PRIMARY KEY, kind INTEGER NOT NULL, hash BLOB, node_id INTEGER NOT NULL,
+                    rev INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                    inode INTEGER NOT NULL, chunks BLOB NOT NULL);
+                 INSERT INTO base VALUES ('run.sh', 0, zeroblob(32), 1, 2, 3, 4, 5, x'');",
+            )
+            .unwrap();
+        }
+        let mut state = StateDb::open(dir.path()).unwrap();
+        let run = RelPath::new("run.sh").unwrap();
+        let node = state.base[&run].clone();
+        assert!(!node.executable);
+        assert_eq!((node.rev, node.inode), (Revision(2), 5));
+        state
+            .put(
+                &run,
+                BaseNode {
+                    executable: true,
+                    ..node
+                },
+                Vec::new(),
+            )
+            .unwrap();
+        drop(state);
+        let state = StateDb::open(dir.path()).unwrap();
+        assert!(state.base[&run].executable);
+        assert_eq!(state.base[&run].ctime_ns, 0, "a version 1 row has no ctime yet");
+        let version: String = state
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key='schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, "3");
+    }
 }

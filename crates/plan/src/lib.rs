@@ -23,7 +23,41 @@
 //!   nodes' new revisions (not their content: base keeps the hash both sides last agreed on).
 //! - `ConflictCopy`: nothing; the next pass sees the copy as created and the original as
 //!   deleted locally.
-//! - `RecordBase`: store the node given.
+//! - `RecordBase`, `SetModeRemote`, `SetModeLocal`: store the node given (for `SetModeRemote`
+//!   with the revision the server answered).
+//!
+//! # Mode bits (rows 33 and 34)
+//!
+//! A file's executable bit is part of its state beside its content; the planner merges the two
+//! independently. Base keeps the bit the *server* had when both sides last agreed (recorded from
+//! the remote node, like the hash and the revision). Per side, the mode changed when its bit
+//! differs from base's; the bit the file ends with on both sides is:
+//!
+//! - the side's bit that changed (only one side changed it, or both changed it the same way:
+//!   with one bit, two changes of it agree);
+//! - with no file in base to compare with (created on both sides with the same bytes, row 13,
+//!   or a base that is a directory), **executable wins**: the bit is set if either side has it,
+//!   as losing it breaks a script while an extra one harms nothing the user cannot see.
+//!
+//! Then, by what happened to the content:
+//!
+//! - Row 33, the content changed on neither side, or both reached the same bytes: the mode alone
+//!   goes to the side that lacks it, as `SetModeRemote` (a conditional `SetMode` on the server,
+//!   no content transfer) or `SetModeLocal` (a chmod of `0o111`); when both already agree, a
+//!   `RecordBase` (if base differs).
+//! - Row 34, the content changed on one side and the mode on the other:
+//!   - local content, remote mode: `Upload` with the remote's bit; the client sets the bit on
+//!     the local file before reading it, so both sides end with the new content and the
+//!     remote's mode in one step;
+//!   - remote content, local mode: `Download` writes the new content with the local bit; base
+//!     records the remote's bit, so the next pass sees a local mode-only change and sends it
+//!     with `SetModeRemote` (two passes; the download stays a pure download).
+//! - Conflicts (rows 5 and 14) keep each version's own bit: the copy is uploaded with the
+//!   local bit, the server's version downloaded with its bit.
+//!
+//! Only the executable bit is synced. Owner, group, the other permission bits (the client
+//! clears write bits of files another device has locked, which is not a mode change),
+//! setuid/setgid/sticky, ACLs and xattrs are not.
 //!
 //! # Row 29: a missing or emptied local root
 //!
@@ -76,6 +110,8 @@ pub struct LocalNode {
     /// Inode change time in nanoseconds since the Unix epoch: no tool can set it back, so a
     /// file whose bytes changed in place with its size and mtime kept still looks changed.
     pub ctime_ns: i64,
+    /// `st_mode & 0o111 != 0`; false for directories. The only mode bit that is synced.
+    pub executable: bool,
 }
 
 /// The server's state of one path, as far as the client's cursor goes.
@@ -88,6 +124,8 @@ pub struct RemoteNode {
     pub hash: Option<ContentHash>,
     pub size: u64,
     pub mtime_ms: i64,
+    /// The file's executable bit; false for directories.
+    pub executable: bool,
 }
 
 /// The last state both sides agreed on for one path.
@@ -105,6 +143,8 @@ pub struct BaseNode {
     pub mtime_ns: i64,
     pub inode: u64,
     pub ctime_ns: i64,
+    /// The executable bit as the server had it when agreed (see "Mode bits" in the crate docs).
+    pub executable: bool,
 }
 
 /// Everything the planner decides from, as values.
@@ -130,18 +170,40 @@ pub struct PlanInput<'a> {
 /// One step for the client to apply. Steps that write to the server are conditional.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum PlanOp {
-    /// Upload the local file at `path`; `base` is the server-side precondition.
+    /// Upload the local file at `path`; `base` is the server-side precondition. The file gets
+    /// the executable bit `executable` on both sides: the client sets it on the local file
+    /// first when it differs (a mode change the remote made, row 34), then uploads with it.
     Upload {
         path: RelPath,
         base: Precondition,
         hash: ContentHash,
+        executable: bool,
     },
     /// Download the remote file to a temp file, then rename it into place only if the local path
-    /// still holds `expect_local` (`None`: nothing there).
+    /// still holds `expect_local` (`None`: nothing there). The local file gets the executable
+    /// bit `executable`, which differs from `remote.executable` when the local side changed only
+    /// the mode (row 34); base records `remote.executable`, so the next pass sends that change.
     Download {
         path: RelPath,
         remote: RemoteNode,
         expect_local: Option<ContentHash>,
+        executable: bool,
+    },
+    /// Change only the executable bit of the remote file at revision `rev` (row 33), then record
+    /// `node` as base with the revision (and node id) the server answers.
+    SetModeRemote {
+        path: RelPath,
+        rev: Revision,
+        executable: bool,
+        node: BaseNode,
+    },
+    /// Set or clear only the executable bit (`0o111`) of the local file, only if it still has
+    /// `expect_hash` (row 33), keeping its other mode bits; then record `node` as base.
+    SetModeLocal {
+        path: RelPath,
+        expect_hash: ContentHash,
+        executable: bool,
+        node: BaseNode,
     },
     /// Delete the local file, only if it still has `expect_hash`.
     DeleteLocal {

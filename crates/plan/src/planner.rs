@@ -218,7 +218,10 @@ impl<'i, 'a> Planner<'i, 'a> {
             PlanOp::MoveRemote { from, to, .. } => move_tree(&mut self.remote_after, from, to),
             PlanOp::MoveLocal { from, to } => move_tree(&mut self.local_after, from, to),
             PlanOp::ConflictCopy { path, copy } => move_tree(&mut self.local_after, path, copy),
-            PlanOp::RecordBase { .. } | PlanOp::ForgetBase { .. } => {}
+            PlanOp::SetModeRemote { .. }
+            | PlanOp::SetModeLocal { .. }
+            | PlanOp::RecordBase { .. }
+            | PlanOp::ForgetBase { .. } => {}
         }
         self.ops.push(op);
     }
@@ -357,6 +360,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                 matches!(
                     op,
                     PlanOp::Upload { .. }
+                        | PlanOp::SetModeRemote { .. }
                         | PlanOp::DeleteRemote { .. }
                         | PlanOp::MakeDirRemote { .. }
                         | PlanOp::MoveRemote { .. }
@@ -426,6 +430,7 @@ impl<'i, 'a> Planner<'i, 'a> {
             .zip(remote)
             .is_some_and(|(b, r)| b.node_id != r.node_id);
         let remote_changed = remote_state != base_state || replaced;
+        let local_executable = local.is_some_and(|local| local.executable);
         let path = path.clone();
         match (local_state, remote_state, local, remote) {
             // Rows 8 and 18: gone on both sides.
@@ -434,10 +439,13 @@ impl<'i, 'a> Planner<'i, 'a> {
                 None => Vec::new(),
             },
             (File(Some(local_hash)), File(Some(remote_hash)), Some(local), Some(remote)) => {
+                // Rows 33 and 34: the mode is merged apart from the content (crate docs).
+                let executable = merged_mode(base, local, remote);
                 match (local_changed, remote_changed) {
                     // Rows 4 and 13: both sides reached the same bytes.
                     (true, true) if local_hash == remote_hash => {
-                        vec![record_base(path, remote, local)]
+                        settle_mode(path, remote, local, local_hash, executable, base)
+                            .unwrap_or_else(|path| vec![record_base(path, remote, local)])
                     }
                     // Rows 5 and 14: the server's version keeps the name.
                     (true, true) => {
@@ -445,24 +453,31 @@ impl<'i, 'a> Planner<'i, 'a> {
                         vec![PlanOp::ConflictCopy { path, copy }]
                     }
                     // Row 2: conditional on the remote's current revision, which may have moved
-                    // without a content change.
+                    // without a content change. Row 34: with the remote's new mode, if any.
                     (true, false) => vec![PlanOp::Upload {
                         path,
                         base: Precondition::Rev(remote.rev),
                         hash: local_hash,
+                        executable,
                     }],
                     // Row 3: the executor re-checks that the local file still holds base.
                     // A replaced node with the same bytes: adopt its identity.
                     (false, true) if local_hash == remote_hash => {
-                        vec![record_base(path, remote, local)]
+                        settle_mode(path, remote, local, local_hash, executable, base)
+                            .unwrap_or_else(|path| vec![record_base(path, remote, local)])
                     }
+                    // Row 34: with the local side's new mode, if any.
                     (false, true) => vec![PlanOp::Download {
                         path,
                         remote: remote.clone(),
                         expect_local: Some(local_hash),
+                        executable,
                     }],
-                    // Row 1.
-                    (false, false) => Vec::new(),
+                    // Row 1, or row 33.
+                    (false, false) => {
+                        settle_mode(path, remote, local, local_hash, executable, base)
+                            .unwrap_or_default()
+                    }
                 }
             }
             (Dir, Dir, Some(local), Some(remote)) => match base {
@@ -484,6 +499,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                     path,
                     remote: remote.clone(),
                     expect_local: None,
+                    executable: remote.executable,
                 }],
             },
             (Absent, Dir, _, Some(remote)) => match base_state {
@@ -523,6 +539,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                     path,
                     base: Precondition::MustNotExist,
                     hash: local_hash,
+                    executable: local_executable,
                 }],
             },
             (Dir, Absent, _, _) => match base_state {
@@ -564,6 +581,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                             path,
                             base: Precondition::MustNotExist,
                             hash: local_hash,
+                            executable: local_executable,
                         },
                     ]
                 } else {
@@ -600,6 +618,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                             path,
                             remote: remote.clone(),
                             expect_local: None,
+                            executable: remote.executable,
                         },
                     ]
                 } else {
@@ -627,17 +646,71 @@ impl<'i, 'a> Planner<'i, 'a> {
 pub(crate) fn record_base(path: RelPath, remote: &RemoteNode, local: &LocalNode) -> PlanOp {
     PlanOp::RecordBase {
         path,
-        node: BaseNode {
-            kind: remote.kind,
-            hash: remote.hash,
-            node_id: remote.node_id,
-            rev: remote.rev,
-            size: local.size,
-            mtime_ns: local.mtime_ns,
-            inode: local.inode,
-            ctime_ns: local.ctime_ns,
-        },
+        node: base_node(remote, local),
     }
+}
+
+/// See [`record_base`].
+fn base_node(remote: &RemoteNode, local: &LocalNode) -> BaseNode {
+    BaseNode {
+        kind: remote.kind,
+        hash: remote.hash,
+        node_id: remote.node_id,
+        rev: remote.rev,
+        size: local.size,
+        mtime_ns: local.mtime_ns,
+        inode: local.inode,
+        ctime_ns: local.ctime_ns,
+        executable: remote.executable,
+    }
+}
+
+/// The executable bit a file present on both sides ends with: the side's bit that differs from
+/// base's, or with no file in base, set if either side has it (see the crate docs).
+fn merged_mode(base: Option<&BaseNode>, local: &LocalNode, remote: &RemoteNode) -> bool {
+    match base.filter(|base| base.kind == EntryKind::File) {
+        Some(base) if local.executable != base.executable => local.executable,
+        Some(_) => remote.executable,
+        None => local.executable || remote.executable,
+    }
+}
+
+/// Rows 1 and 33 (and the mode part of rows 4 and 13), for a path whose content both sides
+/// agree on: the mode change for the side that lacks `executable`, or a `RecordBase` when both
+/// have it but base does not. `Ok(ops)` when the mode decides (possibly nothing); `Err(path)`
+/// when both sides and base already have `executable`, for the caller's own decision.
+fn settle_mode(
+    path: RelPath,
+    remote: &RemoteNode,
+    local: &LocalNode,
+    local_hash: ContentHash,
+    executable: bool,
+    base: Option<&BaseNode>,
+) -> Result<Vec<PlanOp>, RelPath> {
+    let node = BaseNode {
+        executable,
+        ..base_node(remote, local)
+    };
+    if remote.executable != executable {
+        return Ok(vec![PlanOp::SetModeRemote {
+            path,
+            rev: remote.rev,
+            executable,
+            node,
+        }]);
+    }
+    if local.executable != executable {
+        return Ok(vec![PlanOp::SetModeLocal {
+            path,
+            expect_hash: local_hash,
+            executable,
+            node,
+        }]);
+    }
+    if base.is_some_and(|base| base.executable != executable) {
+        return Ok(vec![PlanOp::RecordBase { path, node }]);
+    }
+    Err(path)
 }
 
 /// Moves `from` and everything beneath it to `to` in an after-tree.
@@ -717,7 +790,10 @@ fn sort_key<'o>(op: &'o PlanOp, early: &BTreeSet<RelPath>) -> (u8, usize, &'o st
         PlanOp::MakeDirLocal { path, .. } | PlanOp::MakeDirRemote { path } => {
             (2, path.depth(), path.as_str())
         }
-        PlanOp::Upload { path, .. } | PlanOp::Download { path, .. } => (3, 0, path.as_str()),
+        PlanOp::Upload { path, .. }
+        | PlanOp::Download { path, .. }
+        | PlanOp::SetModeRemote { path, .. }
+        | PlanOp::SetModeLocal { path, .. } => (3, 0, path.as_str()),
         PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => (5, 0, path.as_str()),
     }
 }

@@ -605,6 +605,105 @@ fn row_32_unrepresentable_names_are_skipped_and_the_rest_syncs() {
     );
 }
 
+// Modes.
+
+#[test]
+fn row_33_mode_only_change_sends_the_mode_alone() {
+    // chmod +x locally: the remote gets the bit, no content moves.
+    check(
+        "run.sh file h1 rev=3",
+        "run.sh file h1 x",
+        "run.sh file h1 rev=3",
+        expect![[r#"
+        set-mode-remote run.sh rev=3 +x; then file h1 id=1 rev=3 size=0 mtime=0 ino=101 x
+    "#]],
+    );
+    // chmod -x remotely: the local file loses the bit, if it still holds base's bytes.
+    check(
+        "run.sh file h1 x",
+        "run.sh file h1 x",
+        "run.sh file h1 rev=4",
+        expect![[r#"
+        set-mode-local run.sh if=h1 -x; then file h1 id=1 rev=4 size=0 mtime=0 ino=101
+    "#]],
+    );
+    // Both sides made the same change: only base learns it.
+    check(
+        "run.sh file h1",
+        "run.sh file h1 x",
+        "run.sh file h1 rev=4 x",
+        expect![[r#"
+        record-base run.sh file h1 id=1 rev=4 size=0 mtime=0 ino=101 x
+    "#]],
+    );
+    // Created on both sides with the same bytes and different modes: executable wins.
+    check(
+        "",
+        "run.sh file h1",
+        "run.sh file h1 x",
+        expect![[r#"
+        set-mode-local run.sh if=h1 +x; then file h1 id=1 rev=1 size=0 mtime=0 ino=101 x
+    "#]],
+    );
+    // A new executable file goes up with its bit, and comes down with it.
+    check(
+        "",
+        "up.sh file h1 x",
+        "down.sh file h2 x",
+        expect![[r#"
+        download down.sh h2 id=1 rev=1 if-local=absent x
+        upload up.sh h1 if-absent x
+    "#]],
+    );
+    // A mode change under another device's lock is held back like any change.
+    Fixture::new("run.sh file h1", "run.sh file h1 x", "run.sh file h1")
+        .locked("run.sh", "phone")
+        .check(expect![[r#"
+        blocked run.sh: locked by phone
+    "#]]);
+}
+
+#[test]
+fn row_34_mode_on_one_side_content_on_the_other_both_apply() {
+    // Local edit, remote chmod +x: the upload carries the remote's bit (the client sets it on
+    // the local file first).
+    check(
+        "run.sh file h1 rev=3",
+        "run.sh file h2",
+        "run.sh file h1 rev=4 x",
+        expect![[r#"
+        upload run.sh h2 if-rev=4 x
+    "#]],
+    );
+    // Remote edit, local chmod +x: the download keeps the local bit, and base records the
+    // remote's, so the next pass sends the mode alone.
+    check(
+        "run.sh file h1",
+        "run.sh file h1 x",
+        "run.sh file h2 rev=4",
+        expect![[r#"
+        download run.sh h2 id=1 rev=4 if-local=h1 x
+    "#]],
+    );
+    check(
+        "run.sh file h2 rev=4",
+        "run.sh file h2 x",
+        "run.sh file h2 rev=4",
+        expect![[r#"
+        set-mode-remote run.sh rev=4 +x; then file h2 id=1 rev=4 size=0 mtime=0 ino=101 x
+    "#]],
+    );
+    // Both edited the content: a conflict, each version keeps its own bit.
+    check(
+        "run.sh file h1",
+        "run.sh file h2 x",
+        "run.sh file h3 rev=4",
+        expect![[r#"
+        conflict-copy run.sh -> run (conflicted copy from laptop 2024-05-06 070809).sh
+    "#]],
+    );
+}
+
 // Tricky cases.
 
 #[test]

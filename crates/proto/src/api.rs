@@ -61,6 +61,11 @@ pub struct RemoteEntry {
     pub chunks: Vec<ChunkRef>,
     /// The device that made the last change.
     pub device: DeviceName,
+    /// The file's executable bit (`st_mode & 0o111 != 0` on the device that set it); always
+    /// false for directories. The only mode bit that is synced: owner, group, the other
+    /// permission bits, setuid/setgid/sticky, ACLs and xattrs are not.
+    #[serde(default)]
+    pub executable: bool,
 }
 
 /// One entry of a user's change journal.
@@ -219,6 +224,16 @@ pub enum Op {
         mtime_ms: i64,
         hash: ContentHash,
         chunks: Vec<ChunkRef>,
+        /// The file's executable bit (see [`RemoteEntry::executable`]).
+        #[serde(default)]
+        executable: bool,
+    },
+    /// Change only the executable bit of an existing file at revision `base`: the node keeps
+    /// its id and content and gets a new revision (journalled as an [`Change::Upsert`]).
+    SetMode {
+        path: RelPath,
+        base: Revision,
+        executable: bool,
     },
     /// Create a directory; succeeds without change when it already exists as a directory.
     MakeDir { path: RelPath, mtime_ms: i64 },
@@ -236,7 +251,10 @@ impl Op {
     /// The path the op is about (for a move, its source).
     pub fn path(&self) -> &RelPath {
         match self {
-            Op::PutFile { path, .. } | Op::MakeDir { path, .. } | Op::Delete { path, .. } => path,
+            Op::PutFile { path, .. }
+            | Op::SetMode { path, .. }
+            | Op::MakeDir { path, .. }
+            | Op::Delete { path, .. } => path,
             Op::Move { from, .. } => from,
         }
     }

@@ -207,8 +207,8 @@ fn count_parent_dirs(ops: &[Op], stop_after: usize) -> usize {
         let path: &RelPath = match op {
             Op::PutFile { path, .. } | Op::MakeDir { path, .. } => path,
             Op::Move { to, .. } => to,
-            // A delete creates nothing.
-            Op::Delete { .. } => continue,
+            // A delete or a mode change creates nothing.
+            Op::Delete { .. } | Op::SetMode { .. } => continue,
         };
         let text = path.as_str();
         for (idx, _) in text.rmatch_indices('/') {

@@ -198,6 +198,7 @@ fn put_file(path: &str, base: Precondition, content: &[u8]) -> Op {
             hash: chunk_hash(content),
             len: content.len() as u32,
         }],
+        executable: false,
     }
 }
 

@@ -196,11 +196,26 @@ fn stamp_of(node: &FsNode) -> SimStamp {
 /// Compact text of an op for the trace.
 pub fn show_op(op: &PlanOp) -> String {
     match op {
-        PlanOp::Upload { path, base, .. } => format!("Upload {path} {base:?}"),
+        PlanOp::Upload {
+            path,
+            base,
+            executable,
+            ..
+        } => format!("Upload {path} {base:?} x={executable}"),
+        PlanOp::SetModeRemote {
+            path,
+            rev,
+            executable,
+            ..
+        } => format!("SetModeRemote {path}@{rev} x={executable}"),
+        PlanOp::SetModeLocal {
+            path, executable, ..
+        } => format!("SetModeLocal {path} x={executable}"),
         PlanOp::Download {
             path,
             remote,
             expect_local,
+            ..
         } => {
             format!(
                 "Download {path} n{}@{} expect={}",
@@ -239,9 +254,10 @@ enum Kind {
 
 fn kind_of(op: &PlanOp) -> Kind {
     match op {
-        PlanOp::DeleteRemote { .. } | PlanOp::MakeDirRemote { .. } | PlanOp::MoveRemote { .. } => {
-            Kind::Remote
-        }
+        PlanOp::DeleteRemote { .. }
+        | PlanOp::MakeDirRemote { .. }
+        | PlanOp::MoveRemote { .. }
+        | PlanOp::SetModeRemote { .. } => Kind::Remote,
         PlanOp::Upload { .. } => Kind::Upload,
         PlanOp::Download { .. } => Kind::Download,
         _ => Kind::Local,
@@ -360,6 +376,7 @@ impl Device {
                         mtime_ns: node.mtime_ns,
                         inode: node.inode,
                         ctime_ns: node.ctime_ns,
+                        executable: node.kind == EntryKind::File && node.executable,
                     },
                 )
             })
@@ -635,6 +652,16 @@ impl Device {
                     to: to.clone(),
                     base: *rev,
                 },
+                PlanOp::SetModeRemote {
+                    path,
+                    rev,
+                    executable,
+                    ..
+                } => Op::SetMode {
+                    path: path.clone(),
+                    base: *rev,
+                    executable: *executable,
+                },
                 PlanOp::MakeDirRemote { path } => {
                     self.check_ancestors(path)?;
                     let mtime_ms = self.disk.get(path).map_or(0, |n| n.mtime_ns / 1_000_000);
@@ -660,6 +687,17 @@ impl Device {
                     device.base_rebase(from, to);
                     device.refresh_base_revs(&result.entries);
                 }
+                PlanOp::SetModeRemote { path, node, .. } => {
+                    if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
+                        let node = BaseNode {
+                            node_id: entry.node_id,
+                            rev: entry.rev,
+                            executable: entry.executable,
+                            ..node.clone()
+                        };
+                        device.base.insert(path.clone(), node);
+                    }
+                }
                 PlanOp::MakeDirRemote { path } => {
                     let (mtime_ns, inode, ctime_ns) = device
                         .disk
@@ -675,6 +713,7 @@ impl Device {
                             mtime_ns,
                             inode,
                             ctime_ns,
+                            executable: false,
                         };
                         device.base.insert(path.clone(), node);
                     }
@@ -720,10 +759,22 @@ impl Device {
         }
         let mut prepared = Vec::new();
         for op in run {
-            let PlanOp::Upload { path, base, hash } = op else {
+            let PlanOp::Upload {
+                path,
+                base,
+                hash,
+                executable,
+            } = op
+            else {
                 unreachable!("only uploads are batched here")
             };
             self.check_ancestors(&path)?;
+            // `Engine::execute_uploads`: the file gets the planned bit before it is read.
+            if let Some(node) = self.disk.nodes.get_mut(&path) {
+                if node.kind == EntryKind::File {
+                    node.executable = executable;
+                }
+            }
             match self.disk.get(&path) {
                 Some(node) if node.kind == EntryKind::File => {
                     if hash_of(&node.bytes) != hash {
@@ -776,6 +827,7 @@ impl Device {
                 mtime_ms: p.node.mtime_ns / 1_000_000,
                 hash: p.hash,
                 chunks: chunks_of(&p.bytes),
+                executable: p.node.executable,
             })
             .collect();
         self.send_ops(env, &ops, |device, idx, result, _| {
@@ -795,6 +847,7 @@ impl Device {
                 mtime_ns: item.node.mtime_ns,
                 inode: item.node.inode,
                 ctime_ns: item.node.ctime_ns,
+                executable: entry.executable,
             };
             device.base.insert(item.path.clone(), node);
             Ok(())
@@ -808,6 +861,7 @@ impl Device {
                 path,
                 remote,
                 expect_local,
+                executable,
             } = op
             else {
                 unreachable!("only downloads are batched here")
@@ -834,9 +888,9 @@ impl Device {
                 );
                 continue;
             }
-            jobs.push((path, entry, expect_local));
+            jobs.push((path, entry, expect_local, executable));
         }
-        if jobs.iter().any(|(_, entry, _)| !entry.chunks.is_empty()) {
+        if jobs.iter().any(|(_, entry, _, _)| !entry.chunks.is_empty()) {
             let fate = env.fate();
             if fate != Fate::Delivered {
                 env.log(&self.name, "chunk download LOST".to_owned());
@@ -844,9 +898,9 @@ impl Device {
             }
         }
         let mut applied = 0;
-        for (path, entry, expect_local) in jobs {
+        for (path, entry, expect_local, executable) in jobs {
             self.concurrent_edit(env);
-            match self.place_download(env, &path, &entry, expect_local)? {
+            match self.place_download(env, &path, &entry, expect_local, executable)? {
                 Ok(true) => {
                     env.log(
                         &self.name,
@@ -878,6 +932,7 @@ impl Device {
         path: &RelPath,
         entry: &RemoteEntry,
         expect_local: Option<ContentHash>,
+        executable: bool,
     ) -> Result<Result<bool, String>, Abort> {
         let now = env.now_ns();
         if self.disk.check_ancestors(path).is_err() {
@@ -915,6 +970,7 @@ impl Device {
             inode,
             mtime_ns: entry.mtime_ms.max(0) * 1_000_000,
             ctime_ns: now,
+            executable,
         };
         match expect_local {
             None => match self.disk.place(path, temp, true, now) {
@@ -956,6 +1012,7 @@ impl Device {
             mtime_ns: placed.mtime_ns,
             inode: placed.inode,
             ctime_ns: placed.ctime_ns,
+            executable: entry.executable,
         };
         self.base.insert(path.clone(), node);
         Ok(Ok(true))
@@ -1118,6 +1175,7 @@ impl Device {
                     mtime_ns: dir.mtime_ns,
                     inode: dir.inode,
                     ctime_ns: dir.ctime_ns,
+                    executable: false,
                 };
                 self.base.insert(path.clone(), node);
                 Ok(Ok(true))
@@ -1190,6 +1248,30 @@ impl Device {
                     Err(err) => Ok(Err(format!("could not rename: {err:?}"))),
                 }
             }
+            PlanOp::SetModeLocal {
+                path,
+                expect_hash,
+                executable,
+                node,
+            } => {
+                match self.local_file_has(path, *expect_hash) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(Ok(false)),
+                    Err(message) => return Ok(Err(message)),
+                }
+                if let Some(file) = self.disk.nodes.get_mut(path) {
+                    file.executable = *executable;
+                }
+                if env.torn() {
+                    env.log(
+                        &self.name,
+                        format!("set the mode of {path}, crashing before base is saved"),
+                    );
+                    return Err(Abort::Crash);
+                }
+                self.base.insert(path.clone(), node.clone());
+                Ok(Ok(true))
+            }
             PlanOp::RecordBase { path, node } => {
                 self.base.insert(path.clone(), node.clone());
                 Ok(Ok(true))
@@ -1257,7 +1339,7 @@ impl Device {
             *counter += 1;
             format!("{name}#{counter}").into_bytes()
         };
-        match self.rng.gen_range(0..10) {
+        match self.rng.gen_range(0..11) {
             // Write a file: modify an existing one or create one (with its parents).
             0..=3 => {
                 let path = if !files.is_empty() && self.rng.gen_bool(0.5) {
@@ -1295,12 +1377,15 @@ impl Device {
                 } else if self.rng.gen_bool(0.3) {
                     // An editor's atomic save: a temp file renamed over the old one (new inode).
                     let inode = self.disk.alloc_inode(reuse);
+                    // Editors give the new file the old one's mode.
+                    let executable = self.disk.get(&path).is_some_and(|n| n.executable);
                     let node = FsNode {
                         kind: EntryKind::File,
                         bytes: bytes.clone(),
                         inode,
                         mtime_ns: now,
                         ctime_ns: now,
+                        executable,
                     };
                     self.disk
                         .place(&path, node, false, now)
@@ -1406,6 +1491,18 @@ impl Device {
                     written: None,
                 })
             }
+            // chmod +x or -x of a file: a mode-only change (size, mtime and inode stay).
+            10 => {
+                let path = files.choose(&mut self.rng)?.clone();
+                let node = self.disk.nodes.get_mut(&path).expect("listed");
+                node.executable = !node.executable;
+                let sign = if node.executable { '+' } else { '-' };
+                Some(Edit {
+                    text: format!("user chmod {sign}x {path}"),
+                    killed: Vec::new(),
+                    written: None,
+                })
+            }
             // Rename a file or a directory, possibly over a file.
             _ => {
                 let all: Vec<RelPath> = self
@@ -1489,6 +1586,11 @@ fn random_path(rng: &mut StdRng) -> RelPath {
 fn show_wire_op(op: &Op) -> String {
     match op {
         Op::PutFile { path, base, .. } => format!("PutFile {path} {base:?}"),
+        Op::SetMode {
+            path,
+            base,
+            executable,
+        } => format!("SetMode {path}@{base} x={executable}"),
         Op::MakeDir { path, .. } => format!("MakeDir {path}"),
         Op::Delete { path, base } => format!("Delete {path}@{base}"),
         Op::Move { from, to, base } => format!("Move {from}@{base} -> {to}"),

@@ -18,6 +18,8 @@ pub struct FsNode {
     /// When the node's bytes last changed (set by every write, never by the user): what lets
     /// the client see an in-place write that kept size and mtime.
     pub ctime_ns: i64,
+    /// The executable bit; false for directories.
+    pub executable: bool,
 }
 
 /// Why a filesystem call failed, as the `std::io::ErrorKind` the client looks at.
@@ -97,6 +99,7 @@ impl SimFs {
                 inode,
                 mtime_ns: now_ns,
                 ctime_ns: now_ns,
+                executable: false,
             },
         );
         self.mounts.insert(dir.clone(), hidden);
@@ -214,6 +217,7 @@ impl SimFs {
                     inode,
                     mtime_ns: now_ns,
                     ctime_ns: now_ns,
+                    executable: false,
                 },
             );
         }
@@ -248,6 +252,7 @@ impl SimFs {
                 inode,
                 mtime_ns: now_ns,
                 ctime_ns: now_ns,
+                executable: false,
             },
         );
         Ok(())
@@ -402,6 +407,15 @@ impl SimFs {
         }
         self.touch_parent(path, now_ns);
         files
+    }
+
+    /// The executable bit of every file, for the final comparison.
+    pub fn modes(&self) -> BTreeMap<RelPath, bool> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.kind == EntryKind::File)
+            .map(|(p, n)| (p.clone(), n.executable))
+            .collect()
     }
 
     /// The tree as path → (kind, bytes), for the final comparison.

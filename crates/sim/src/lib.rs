@@ -456,6 +456,7 @@ impl World {
         }
         // 2. Convergence.
         let server_tree = self.server.snapshot();
+        let server_modes = self.server.modes();
         for device in &self.devices {
             let disk = device.disk.snapshot();
             if disk != server_tree {
@@ -463,6 +464,19 @@ impl World {
                     "{} differs from the server:\n{}",
                     device.name,
                     tree_diff(&disk, &server_tree)
+                ));
+            } else if device.disk.modes() != server_modes {
+                let differ: Vec<String> = device
+                    .disk
+                    .modes()
+                    .iter()
+                    .filter(|(path, x)| server_modes.get(*path) != Some(*x))
+                    .map(|(path, x)| format!("    {path}: executable {x} here"))
+                    .collect();
+                problems.push(format!(
+                    "{}'s executable bits differ from the server's:\n{}",
+                    device.name,
+                    differ.join("\n")
                 ));
             }
         }

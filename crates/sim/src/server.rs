@@ -179,6 +179,16 @@ impl Server {
     }
 
     /// The whole tree as path → (kind, bytes), for the final comparison.
+    /// The executable bit of every file, for the final comparison.
+    pub fn modes(&self) -> BTreeMap<RelPath, bool> {
+        self.meta
+            .by_path
+            .iter()
+            .filter(|(_, e)| e.kind == EntryKind::File)
+            .map(|(path, e)| (path.clone(), e.executable))
+            .collect()
+    }
+
     pub fn snapshot(&self) -> BTreeMap<RelPath, (EntryKind, Vec<u8>)> {
         self.meta
             .by_path

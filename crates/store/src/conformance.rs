@@ -203,6 +203,147 @@ pub async fn revisions(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     assert_eq!(meta.current_cursor(user.id).await.unwrap(), Cursor(4));
 }
 
+/// A mode-only change (`SetMode`) keeps the node's id and content, takes a new revision, is
+/// journalled as an upsert, is conditional like every write, and the bit survives in the tree,
+/// the journal and a `PutFile` that sets it.
+pub async fn mode_only_change(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("mode-alice")).await.unwrap();
+    let v1 = put_file(
+        meta,
+        chunks,
+        &user,
+        "run.sh",
+        Precondition::MustNotExist,
+        b"#!/bin/sh\n",
+    )
+    .await;
+    assert!(!v1.executable);
+
+    let outcome = apply_one(
+        meta,
+        chunks,
+        &user,
+        Op::SetMode {
+            path: path("run.sh"),
+            base: v1.rev,
+            executable: true,
+        },
+    )
+    .await;
+    let OpOutcome::Applied(produced) = outcome else {
+        panic!("set mode gave {outcome:?}");
+    };
+    let v2 = entry_at(&produced, "run.sh");
+    assert!(v2.executable);
+    assert!(v2.rev > v1.rev);
+    assert_eq!(
+        (v2.node_id, v2.hash, &v2.chunks, v2.size, v2.mtime_ms),
+        (v1.node_id, v1.hash, &v1.chunks, v1.size, v1.mtime_ms)
+    );
+    let tree = meta.tree(user.id, NOW).await.unwrap();
+    assert_eq!(tree.entries, vec![v2.clone()]);
+    let page = meta.changes_since(user.id, Cursor(0), 100).await.unwrap();
+    assert_eq!(
+        page.changes.last(),
+        Some(&Change::Upsert {
+            cursor: Cursor(v2.rev.0),
+            entry: v2.clone()
+        })
+    );
+
+    // Conditional: a stale revision is 409 with the current node, and changes nothing.
+    for stale in [v1.rev, Revision(v2.rev.0 + 10)] {
+        let outcome = apply_one(
+            meta,
+            chunks,
+            &user,
+            Op::SetMode {
+                path: path("run.sh"),
+                base: stale,
+                executable: false,
+            },
+        )
+        .await;
+        match outcome {
+            OpOutcome::Conflict { current, .. } => assert_eq!(current, Some(v2.clone())),
+            other => panic!("stale set mode gave {other:?}"),
+        }
+    }
+    // Nothing there, or a directory: 409.
+    put_file(
+        meta,
+        chunks,
+        &user,
+        "dir/inner",
+        Precondition::MustNotExist,
+        b"x",
+    )
+    .await;
+    let dir = entry_at(&meta.tree(user.id, NOW).await.unwrap().entries, "dir");
+    for (at, base) in [("missing", v2.rev), ("dir", dir.rev)] {
+        let outcome = apply_one(
+            meta,
+            chunks,
+            &user,
+            Op::SetMode {
+                path: path(at),
+                base,
+                executable: true,
+            },
+        )
+        .await;
+        assert!(
+            matches!(outcome, OpOutcome::Conflict { .. }),
+            "set mode of {at} gave {outcome:?}"
+        );
+    }
+
+    // Another device's lock refuses it (423), the holder's own passes.
+    assert!(matches!(
+        take(meta, &user, "other", "run.sh", None, NOW).await,
+        LockOutcome::Done { .. }
+    ));
+    let set_mode = Op::SetMode {
+        path: path("run.sh"),
+        base: v2.rev,
+        executable: false,
+    };
+    let batch = apply_as(meta, chunks, &user, "dev", vec![set_mode.clone()], NOW).await;
+    assert!(
+        matches!(batch.outcomes[0], OpOutcome::Locked(_)),
+        "{:?}",
+        batch.outcomes
+    );
+    let batch = apply_as(meta, chunks, &user, "other", vec![set_mode], NOW).await;
+    let OpOutcome::Applied(produced) = &batch.outcomes[0] else {
+        panic!("the holder's set mode gave {:?}", batch.outcomes);
+    };
+    assert!(!produced[0].executable);
+
+    // A `PutFile` carries the bit, and a new version without it clears it.
+    let content = store_chunk(chunks, &user, b"#!/bin/sh\necho hi\n").await;
+    let mut put = put_op("tool", Precondition::MustNotExist, &content);
+    if let Op::PutFile { executable, .. } = &mut put {
+        *executable = true;
+    }
+    let OpOutcome::Applied(produced) = apply_one(meta, chunks, &user, put).await else {
+        panic!("put of an executable failed");
+    };
+    let tool = entry_at(&produced, "tool");
+    assert!(tool.executable);
+    assert!(entry_at(&meta.tree(user.id, NOW).await.unwrap().entries, "tool").executable);
+    let plain = put_file(
+        meta,
+        chunks,
+        &user,
+        "tool",
+        Precondition::Rev(tool.rev),
+        b"plain",
+    )
+    .await;
+    assert!(!plain.executable);
+}
+
 /// Failed preconditions answer 409 with the node now at the path, bad ops 400, unknown paths 404,
 /// and a failed op leaves no trace while the others of its batch apply.
 pub async fn conditional_writes(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
@@ -315,6 +456,7 @@ pub async fn conditional_writes(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
         mtime_ms: 0,
         hash: content_hash(b"never uploaded"),
         chunks: vec![unknown],
+        executable: false,
     };
     // A content hash that is not the one its chunks give: 400, also for a file of two stored
     // chunks whose hash is the BLAKE3 of its bytes (only a one-chunk file's is).
@@ -332,6 +474,7 @@ pub async fn conditional_writes(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
         mtime_ms: 0,
         hash,
         chunks: two_chunks.clone(),
+        executable: false,
     };
     let two_chunks_bytes_hash = two_chunk_op(content_hash(b"first partsecond part"));
     for op in [wrong_size, missing_chunk, wrong_hash, two_chunks_bytes_hash] {
@@ -866,6 +1009,7 @@ pub async fn per_user_isolation(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
             mtime_ms: 0,
             hash: secret.hash.unwrap_or_else(ContentHash::of_empty),
             chunks: secret.chunks.clone(),
+            executable: false,
         },
     )
     .await;
@@ -1583,6 +1727,7 @@ fn put_op(at: &str, base: Precondition, content: &Content) -> Op {
         mtime_ms: 1_700_000_000_000,
         hash: content_hash(&content.bytes),
         chunks,
+        executable: false,
     }
 }
 

@@ -16,8 +16,8 @@
 //! # Locked paths
 //!
 //! An op by a device other than the holder of a lock in force gets [`OpOutcome::Locked`] (423)
-//! and changes nothing when it would change a covered path: a `PutFile` or `MakeDir` at a covered
-//! path, a `Delete` of a covered path or of a directory with a covered path beneath, a `Move`
+//! and changes nothing when it would change a covered path: a `PutFile`, `SetMode` or `MakeDir` at
+//! a covered path, a `Delete` of a covered path or of a directory with a covered path beneath, a `Move`
 //! whose source or anything beneath it is covered, or whose destination is covered.
 //! The holder's own ops pass, and its locks follow its changes:
 //! - when the holder deletes a locked path, the lock ends: journal [`Change::Unlock`];
@@ -202,6 +202,15 @@ pub fn apply_batch(
     })
 }
 
+/// The new state of a file a `PutFile` writes.
+struct FileState<'a> {
+    size: u64,
+    mtime_ms: i64,
+    hash: ContentHash,
+    chunks: &'a [ChunkRef],
+    executable: bool,
+}
+
 /// The rules for one op of one user and device.
 struct Writer<'a> {
     txn: &'a mut dyn Txn,
@@ -223,24 +232,44 @@ impl Writer<'_> {
                 mtime_ms,
                 hash,
                 chunks,
-            } => self.put_file(path, *base, *size, *mtime_ms, *hash, chunks, chunk_lens),
+                executable,
+            } => self.put_file(
+                path,
+                *base,
+                FileState {
+                    size: *size,
+                    mtime_ms: *mtime_ms,
+                    hash: *hash,
+                    chunks,
+                    executable: *executable,
+                },
+                chunk_lens,
+            ),
+            Op::SetMode {
+                path,
+                base,
+                executable,
+            } => self.set_mode(path, *base, *executable),
             Op::MakeDir { path, mtime_ms } => self.make_dir(path, *mtime_ms),
             Op::Delete { path, base } => self.delete(path, *base),
             Op::Move { from, to, base } => self.move_node(from, to, *base),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn put_file(
         &mut self,
         path: &RelPath,
         base: Precondition,
-        size: u64,
-        mtime_ms: i64,
-        hash: ContentHash,
-        chunks: &[ChunkRef],
+        file: FileState<'_>,
         chunk_lens: &ChunkLens,
     ) -> Result<OpOutcome, StoreError> {
+        let FileState {
+            size,
+            mtime_ms,
+            hash,
+            chunks,
+            executable,
+        } = file;
         let sum: u64 = chunks.iter().map(|chunk| u64::from(chunk.len)).sum();
         if sum != size {
             return Ok(OpOutcome::Invalid(format!(
@@ -326,9 +355,50 @@ impl Writer<'_> {
             hash: Some(hash),
             chunks: chunks.to_vec(),
             device: self.device.clone(),
+            executable,
         })?;
         produced.push(entry);
         Ok(OpOutcome::Applied(produced))
+    }
+
+    /// Changes only the executable bit: same node, same content, a new revision. Conditional
+    /// like every write, so a mode change never lands on content its sender did not see.
+    fn set_mode(
+        &mut self,
+        path: &RelPath,
+        base: Revision,
+        executable: bool,
+    ) -> Result<OpOutcome, StoreError> {
+        let Some(current) = self.txn.node_at(self.user_id, path)? else {
+            return Ok(OpOutcome::Conflict {
+                current: None,
+                message: format!("{} no longer exists", quoted(path)),
+            });
+        };
+        if current.kind == EntryKind::Dir {
+            let message = format!("{} is a directory", quoted(path));
+            return Ok(OpOutcome::Conflict {
+                current: Some(current),
+                message,
+            });
+        }
+        if current.rev != base {
+            let message = format!(
+                "{} is at revision {}, not {base}",
+                quoted(path),
+                current.rev
+            );
+            return Ok(OpOutcome::Conflict {
+                current: Some(current),
+                message,
+            });
+        }
+        let entry = self.upsert(RemoteEntry {
+            device: self.device.clone(),
+            executable,
+            ..current
+        })?;
+        Ok(OpOutcome::Applied(vec![entry]))
     }
 
     fn make_dir(&mut self, path: &RelPath, mtime_ms: i64) -> Result<OpOutcome, StoreError> {
@@ -512,7 +582,9 @@ impl Writer<'_> {
         Ok(live.into_iter().find(|lock| {
             lock.device != *self.device
                 && match op {
-                    Op::PutFile { path, .. } | Op::MakeDir { path, .. } => lock.covers(path),
+                    Op::PutFile { path, .. }
+                    | Op::SetMode { path, .. }
+                    | Op::MakeDir { path, .. } => lock.covers(path),
                     Op::Delete { path, .. } => lock.covers(path) || lies_beneath(lock, path),
                     Op::Move { from, to, .. } => {
                         lock.covers(from) || lies_beneath(lock, from) || lock.covers(to)
@@ -582,6 +654,7 @@ impl Writer<'_> {
             hash: None,
             chunks: Vec::new(),
             device: self.device.clone(),
+            executable: false,
         })
     }
 

@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_locks.sql"),
     include_str!("../migrations/postgres/0003_identity.sql"),
+    include_str!("../migrations/postgres/0004_modes.sql"),
 ];
 
 /// The channel of commit notifications.
@@ -892,6 +893,7 @@ fn raw_row(row: &Row, first: usize) -> RawRow {
         hash: row.get(first + 6),
         chunks: row.get(first + 7),
         device: row.get(first + 8),
+        executable: row.get(first + 9),
     }
 }
 
@@ -994,12 +996,12 @@ impl Txn for PgTxn<'_, '_> {
 
     fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
         self.tx.execute(
-            "INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            "INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (user_id, node_id) DO UPDATE SET
                  path = excluded.path, kind = excluded.kind, rev = excluded.rev,
                  size = excluded.size, mtime_ms = excluded.mtime_ms, hash = excluded.hash,
-                 chunks = excluded.chunks, device = excluded.device",
+                 chunks = excluded.chunks, device = excluded.device, executable = excluded.executable",
             &[
                 &user_id.0,
                 &to_i64(entry.node_id.0)?,
@@ -1011,6 +1013,7 @@ impl Txn for PgTxn<'_, '_> {
                 &entry.hash.as_ref().map(|hash| &hash.0[..]),
                 &encode_chunks(&entry.chunks),
                 &entry.device.as_str(),
+                &entry.executable,
             ],
         )?;
         Ok(())
@@ -1029,8 +1032,8 @@ impl Txn for PgTxn<'_, '_> {
              (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT head_tag FROM users WHERE id = $1))";
         const INSERT: &str = "INSERT INTO changes
-             (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, tag)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (SELECT head_tag FROM users WHERE id = $1))";
+             (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, executable, tag)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, (SELECT head_tag FROM users WHERE id = $1))";
         match change {
             Change::Upsert { cursor, entry } => self.tx.execute(
                 INSERT,
@@ -1045,6 +1048,7 @@ impl Txn for PgTxn<'_, '_> {
                     &entry.hash.as_ref().map(|hash| &hash.0[..]),
                     &encode_chunks(&entry.chunks),
                     &entry.device.as_str(),
+                    &entry.executable,
                 ],
             )?,
             Change::Delete {
@@ -1065,6 +1069,7 @@ impl Txn for PgTxn<'_, '_> {
                     &None::<&[u8]>,
                     &&[0u8; 0][..],
                     &device.as_str(),
+                    &false,
                 ],
             )?,
             Change::Lock { cursor, lock } => self.tx.execute(

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_locks.sql"),
     include_str!("../migrations/sqlite/0003_identity.sql"),
+    include_str!("../migrations/sqlite/0004_modes.sql"),
 ];
 
 /// How long a call waits for another process (an admin command) holding the write lock.
@@ -680,11 +681,11 @@ fn stored_device(text: &str) -> Result<DeviceName, StoreError> {
 
 /// The columns of a node row (and of the node part of a change row), in [`RawRow`] order.
 pub(crate) const NODE_COLUMNS: &str =
-    "node_id, path, kind, rev, size, mtime_ms, hash, chunks, device";
+    "node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable";
 
 /// The columns of a change row: its cursor, then the node columns (a change's rev is its cursor).
 pub(crate) const CHANGE_COLUMNS: &str =
-    "cursor, node_id, path, kind, cursor AS rev, size, mtime_ms, hash, chunks, device";
+    "cursor, node_id, path, kind, cursor AS rev, size, mtime_ms, hash, chunks, device, executable";
 
 /// The columns of a node or change row, not yet validated.
 pub(crate) struct RawRow {
@@ -697,6 +698,7 @@ pub(crate) struct RawRow {
     pub(crate) hash: Option<Vec<u8>>,
     pub(crate) chunks: Vec<u8>,
     pub(crate) device: String,
+    pub(crate) executable: bool,
 }
 
 impl RawRow {
@@ -715,6 +717,7 @@ impl RawRow {
             hash: row.get(first + 6)?,
             chunks: row.get(first + 7)?,
             device: row.get(first + 8)?,
+            executable: row.get(first + 9)?,
         })
     }
 
@@ -743,6 +746,7 @@ impl RawRow {
             chunks: decode_chunks(&self.chunks)?,
             device: DeviceName::new(&self.device)
                 .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+            executable: self.executable,
         })
     }
 
@@ -921,12 +925,12 @@ impl Txn for SqliteTxn<'_> {
 
     fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (user_id, node_id) DO UPDATE SET
                  path = excluded.path, kind = excluded.kind, rev = excluded.rev,
                  size = excluded.size, mtime_ms = excluded.mtime_ms, hash = excluded.hash,
-                 chunks = excluded.chunks, device = excluded.device",
+                 chunks = excluded.chunks, device = excluded.device, executable = excluded.executable",
         )?;
         stmt.execute(params![
             user_id.0,
@@ -939,6 +943,7 @@ impl Txn for SqliteTxn<'_> {
             entry.hash.as_ref().map(|hash| &hash.0[..]),
             encode_chunks(&entry.chunks),
             entry.device.as_str(),
+            entry.executable,
         ])?;
         Ok(())
     }
@@ -953,8 +958,8 @@ impl Txn for SqliteTxn<'_> {
 
     fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
         let mut node_stmt = self.conn.prepare_cached(
-            "INSERT INTO changes (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, tag)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, (SELECT head_tag FROM users WHERE id = ?1))",
+            "INSERT INTO changes (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, executable, tag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, (SELECT head_tag FROM users WHERE id = ?1))",
         )?;
         let mut lock_stmt = self.conn.prepare_cached(
             "INSERT INTO lock_changes (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
@@ -972,6 +977,7 @@ impl Txn for SqliteTxn<'_> {
                 entry.hash.as_ref().map(|hash| &hash.0[..]),
                 encode_chunks(&entry.chunks),
                 entry.device.as_str(),
+                entry.executable,
             ])?,
             Change::Delete {
                 cursor,
@@ -989,6 +995,7 @@ impl Txn for SqliteTxn<'_> {
                 None::<Vec<u8>>,
                 Vec::<u8>::new(),
                 device.as_str(),
+                false,
             ])?,
             Change::Lock { cursor, lock } => lock_stmt.execute(params![
                 user_id.0,

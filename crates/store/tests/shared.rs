@@ -121,6 +121,7 @@ async fn put_op(
             hash,
             len: bytes.len() as u32,
         }],
+        executable: false,
     }
 }
 

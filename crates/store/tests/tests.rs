@@ -56,6 +56,7 @@ macro_rules! all_conformance_tests {
             lock_expiry,
             lock_listed_in_tree,
             lock_race_has_one_winner,
+            mode_only_change,
         );
     };
 }
@@ -126,8 +127,9 @@ mod sqlite {
         assert!(err.to_string().contains("newer"), "{err}");
     }
 
-    /// A database left at schema version 1 by an earlier build gains the lock tables and the
-    /// server identity (a random namespace id for each existing user), and keeps its data.
+    /// A database left at schema version 1 by an earlier build gains the lock tables, the
+    /// server identity (a random namespace id for each existing user) and the executable bit
+    /// (false for existing files), and keeps its data.
     #[tokio::test]
     async fn upgrade_from_version_1_adds_locks() {
         let dir = tempfile::tempdir().unwrap();
@@ -138,7 +140,9 @@ mod sqlite {
         conn.execute_batch(
             "CREATE TABLE schema_version (version INTEGER NOT NULL);
              INSERT INTO schema_version (version) VALUES (1);
-             INSERT INTO users (name) VALUES ('old');",
+             INSERT INTO users (name) VALUES ('old');
+             INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device)
+                 VALUES (1, 1, 'dir', 'dir', 1, 0, 0, NULL, x'', 'dev');",
         )
         .unwrap();
         drop(conn);
@@ -157,6 +161,9 @@ mod sqlite {
                 .unwrap(),
             Some(syncstore_proto::JournalTag::default())
         );
+        let tree = meta.tree(user.id, 0).await.unwrap();
+        assert_eq!(tree.entries.len(), 1);
+        assert!(!tree.entries[0].executable);
         drop(meta);
         let conn = rusqlite::Connection::open(&db_path).unwrap();
         let version: i64 = conn
@@ -164,7 +171,7 @@ mod sqlite {
                 row.get(0)
             })
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
     }
 }
 

@@ -52,6 +52,18 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
             PlanOp::DeleteRemote { path, .. } => {
                 format!("delete on server  {path}  ({})", describe(path))
             }
+            PlanOp::SetModeRemote {
+                path, executable, ..
+            } => format!(
+                "mode on server  {path}  ({})",
+                if *executable { "+x" } else { "-x" }
+            ),
+            PlanOp::SetModeLocal {
+                path, executable, ..
+            } => format!(
+                "mode local  {path}  ({})",
+                if *executable { "+x" } else { "-x" }
+            ),
             PlanOp::MakeDirLocal { path, .. } => format!("create local dir  {path}"),
             PlanOp::MakeDirRemote { path } => format!("create dir on server  {path}"),
             PlanOp::MoveRemote { from, to, .. } => format!("rename on server  {from} -> {to}"),

@@ -2,7 +2,8 @@
 //!
 //! A tree is one entry per line: `PATH file HASH [key=value...]` or `PATH dir [key=value...]`;
 //! a path with spaces goes in double quotes.
-//! Keys: `id` (node id), `rev`, `ino` (inode), `size`, `mtime`. Defaults: every path named in any
+//! Keys: `id` (node id), `rev`, `ino` (inode), `size`, `mtime`; the flag `x` marks an executable
+//! file (its executable bit set; rendered as ` x` on the ops that carry the bit). Defaults: every path named in any
 //! of the three trees gets a number `n` by sort order, and its node id is `n` and its inode
 //! `100 + n`, so the same path means the same node in base and remote and the same inode in base
 //! and local. Revisions default to 1.
@@ -53,6 +54,7 @@ struct Line {
     kind: EntryKind,
     hash: Option<ContentHash>,
     keys: BTreeMap<String, u64>,
+    executable: bool,
 }
 
 fn parse(text: &str) -> Vec<Line> {
@@ -73,17 +75,22 @@ fn parse(text: &str) -> Vec<Line> {
             Some("dir") => (EntryKind::Dir, None),
             other => panic!("bad kind {other:?} in {line:?}"),
         };
-        let keys = words
-            .map(|word| {
-                let (key, value) = word.split_once('=').expect("key=value");
-                (key.to_owned(), value.parse().expect("a number"))
-            })
-            .collect();
+        let mut executable = false;
+        let mut keys = BTreeMap::new();
+        for word in words {
+            if word == "x" {
+                executable = true;
+                continue;
+            }
+            let (key, value) = word.split_once('=').expect("key=value or x");
+            keys.insert(key.to_owned(), value.parse().expect("a number"));
+        }
         out.push(Line {
             path,
             kind,
             hash,
             keys,
+            executable,
         });
     }
     out
@@ -125,6 +132,7 @@ impl Fixture {
                         mtime_ns: get(l, "mtime", 0) as i64,
                         inode: get(l, "ino", 100 + number(&l.path)),
                         ctime_ns: get(l, "ctime", 0) as i64,
+                        executable: l.executable,
                     };
                     (l.path.clone(), node)
                 })
@@ -139,6 +147,7 @@ impl Fixture {
                         mtime_ns: get(l, "mtime", 0) as i64,
                         inode: get(l, "ino", 100 + number(&l.path)),
                         ctime_ns: get(l, "ctime", 0) as i64,
+                        executable: l.executable,
                     };
                     (l.path.clone(), node)
                 })
@@ -153,6 +162,7 @@ impl Fixture {
                         hash: l.hash,
                         size: get(l, "size", 0),
                         mtime_ms: get(l, "mtime", 0) as i64,
+                        executable: l.executable,
                     };
                     (l.path.clone(), node)
                 })
@@ -207,19 +217,50 @@ pub(crate) fn render(plan: &Plan) -> String {
     let mut out = String::new();
     for op in &plan.ops {
         let line = match op {
-            PlanOp::Upload { path, base, hash } => {
-                format!("upload {path} {} {}", hash_name(hash), precondition(base))
-            }
+            PlanOp::Upload {
+                path,
+                base,
+                hash,
+                executable,
+            } => format!(
+                "upload {path} {} {}{}",
+                hash_name(hash),
+                precondition(base),
+                x_flag(*executable)
+            ),
             PlanOp::Download {
                 path,
                 remote,
                 expect_local,
+                executable,
             } => format!(
-                "download {path} {} id={} rev={} if-local={}",
+                "download {path} {} id={} rev={} if-local={}{}",
                 remote.hash.as_ref().map_or("-".to_owned(), hash_name),
                 remote.node_id,
                 remote.rev,
                 expect_local.as_ref().map_or("absent".to_owned(), hash_name),
+                x_flag(*executable)
+            ),
+            PlanOp::SetModeRemote {
+                path,
+                rev,
+                executable,
+                node,
+            } => format!(
+                "set-mode-remote {path} rev={rev} {}; then {}",
+                mode_word(*executable),
+                base_text(node)
+            ),
+            PlanOp::SetModeLocal {
+                path,
+                expect_hash,
+                executable,
+                node,
+            } => format!(
+                "set-mode-local {path} if={} {}; then {}",
+                hash_name(expect_hash),
+                mode_word(*executable),
+                base_text(node)
             ),
             PlanOp::DeleteLocal { path, expect_hash } => {
                 format!("delete-local {path} if={}", hash_name(expect_hash))
@@ -234,19 +275,7 @@ pub(crate) fn render(plan: &Plan) -> String {
             PlanOp::MoveRemote { from, to, rev } => format!("move-remote {from} -> {to} rev={rev}"),
             PlanOp::MoveLocal { from, to } => format!("move-local {from} -> {to}"),
             PlanOp::ConflictCopy { path, copy } => format!("conflict-copy {path} -> {copy}"),
-            PlanOp::RecordBase { path, node } => format!(
-                "record-base {path} {}{} id={} rev={} size={} mtime={} ino={}",
-                match node.kind {
-                    EntryKind::File => "file ",
-                    EntryKind::Dir => "dir",
-                },
-                node.hash.as_ref().map_or(String::new(), hash_name),
-                node.node_id,
-                node.rev,
-                node.size,
-                node.mtime_ns,
-                node.inode,
-            ),
+            PlanOp::RecordBase { path, node } => format!("record-base {path} {}", base_text(node)),
             PlanOp::ForgetBase { path } => format!("forget-base {path}"),
         };
         writeln!(out, "{line}").unwrap();
@@ -266,6 +295,39 @@ pub(crate) fn render(plan: &Plan) -> String {
         out.push_str("nothing\n");
     }
     out
+}
+
+fn base_text(node: &BaseNode) -> String {
+    format!(
+        "{}{} id={} rev={} size={} mtime={} ino={}{}",
+        match node.kind {
+            EntryKind::File => "file ",
+            EntryKind::Dir => "dir",
+        },
+        node.hash.as_ref().map_or(String::new(), hash_name),
+        node.node_id,
+        node.rev,
+        node.size,
+        node.mtime_ns,
+        node.inode,
+        x_flag(node.executable),
+    )
+}
+
+fn x_flag(executable: bool) -> &'static str {
+    if executable {
+        " x"
+    } else {
+        ""
+    }
+}
+
+fn mode_word(executable: bool) -> &'static str {
+    if executable {
+        "+x"
+    } else {
+        "-x"
+    }
 }
 
 fn precondition(base: &Precondition) -> String {

@@ -56,6 +56,8 @@ struct Case {
     /// The first plan loses the answer to its op at this index, if that op writes to the
     /// server; with `true`, a crash also rolls base back to before the plan.
     lost_answer: Option<(usize, bool)>,
+    /// Executable bits of files: bit `3 * slot` for base, `+ 1` local, `+ 2` remote.
+    modes: u32,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -76,11 +78,12 @@ fn case() -> impl Strategy<Value = Case> {
         some_slot(0.2),
         prop::bool::weighted(0.7),
         prop::option::weighted(0.3, (0..6usize, prop::bool::ANY)),
+        prop::num::u32::ANY,
     );
     (trees, extras).prop_map(
         |(
             (base, local, remote, local_rename, remote_rename),
-            (rename_edit, remote_replace, locked, ignored, remote_complete, lost_answer),
+            (rename_edit, remote_replace, locked, ignored, remote_complete, lost_answer, modes),
         )| Case {
             base,
             local,
@@ -93,6 +96,7 @@ fn case() -> impl Strategy<Value = Case> {
             ignored,
             remote_complete,
             lost_answer,
+            modes,
         },
     )
 }
@@ -145,6 +149,7 @@ fn build(case: &Case) -> World {
             mtime_ns: 0,
             inode: world.fresh_inode(),
             ctime_ns: 0,
+            executable: kind == EntryKind::File && case.modes & (1 << (3 * idx)) != 0,
         };
         world.base.insert(slot_path(idx), node);
     }
@@ -177,6 +182,7 @@ fn build(case: &Case) -> World {
                 mtime_ns: 0,
                 inode,
                 ctime_ns: 0,
+                executable: kind == EntryKind::File && case.modes & (1 << (3 * idx + 1)) != 0,
             },
         );
     }
@@ -186,13 +192,14 @@ fn build(case: &Case) -> World {
             continue;
         };
         let path = slot_path(idx);
+        let executable = kind == EntryKind::File && case.modes & (1 << (3 * idx + 2)) != 0;
         let (node_id, rev) = match world
             .base
             .get(&path)
-            .map(|b| (b.kind, b.hash, b.node_id, b.rev))
+            .map(|b| (b.kind, b.hash, b.node_id, b.rev, b.executable))
         {
-            Some((k, h, id, rev)) if k == kind && h == hash => (id, rev),
-            Some((k, _, id, _)) if k == kind => (id, world.fresh_rev()),
+            Some((k, h, id, rev, x)) if k == kind && h == hash && x == executable => (id, rev),
+            Some((k, _, id, _, _)) if k == kind => (id, world.fresh_rev()),
             _ => (world.fresh_id(), world.fresh_rev()),
         };
         world.remote.insert(
@@ -204,6 +211,7 @@ fn build(case: &Case) -> World {
                 hash,
                 size,
                 mtime_ms: 0,
+                executable,
             },
         );
     }
@@ -278,6 +286,7 @@ fn build(case: &Case) -> World {
             mtime_ns: 0,
             inode,
             ctime_ns: 0,
+            executable: false,
         },
     );
     world.local.insert(
@@ -289,6 +298,7 @@ fn build(case: &Case) -> World {
             mtime_ns: 0,
             inode,
             ctime_ns: 0,
+            executable: false,
         },
     );
     world.remote.insert(
@@ -300,6 +310,7 @@ fn build(case: &Case) -> World {
             hash,
             size: 9,
             mtime_ms: 0,
+            executable: false,
         },
     );
     world
@@ -307,6 +318,7 @@ fn build(case: &Case) -> World {
 
 /// The trees in the fixture's text form, for failure messages.
 fn describe(world: &World) -> String {
+    let x = |executable: bool| if executable { " x" } else { "" };
     let line =
         |path: &RelPath, kind: EntryKind, hash: Option<ContentHash>, extra: String| match kind {
             EntryKind::File => format!(
@@ -321,21 +333,33 @@ fn describe(world: &World) -> String {
             p,
             n.kind,
             n.hash,
-            format!("id={} rev={} ino={}", n.node_id, n.rev, n.inode),
+            format!(
+                "id={} rev={} ino={}{}",
+                n.node_id,
+                n.rev,
+                n.inode,
+                x(n.executable)
+            ),
         );
     }
     out += "local:\n";
     for (p, n) in &world.local {
-        out += &line(p, n.kind, n.hash, format!("ino={}", n.inode));
+        out += &line(
+            p,
+            n.kind,
+            n.hash,
+            format!("ino={}{}", n.inode, x(n.executable)),
+        );
     }
     out += "remote:\n";
     for (p, n) in &world.remote {
-        out += &line(p, n.kind, n.hash, format!("id={} rev={}", n.node_id, n.rev));
+        let extra = format!("id={} rev={}{}", n.node_id, n.rev, x(n.executable));
+        out += &line(p, n.kind, n.hash, extra);
     }
     out
 }
 
-type View = BTreeMap<RelPath, (EntryKind, Option<ContentHash>)>;
+type View = BTreeMap<RelPath, (EntryKind, Option<ContentHash>, bool)>;
 
 /// Plans and applies until the plan has no ops; checks every op against `limits`.
 fn settle(
@@ -372,6 +396,7 @@ fn settle(
             let writes_remotely = matches!(
                 op,
                 PlanOp::Upload { .. }
+                    | PlanOp::SetModeRemote { .. }
                     | PlanOp::DeleteRemote { .. }
                     | PlanOp::MakeDirRemote { .. }
                     | PlanOp::MoveRemote { .. }
@@ -401,6 +426,7 @@ fn settle(
 fn check_limits(op: &PlanOp, limits: &Limits) -> Result<(), String> {
     let (paths, sends): (Vec<&RelPath>, bool) = match op {
         PlanOp::Upload { path, .. }
+        | PlanOp::SetModeRemote { path, .. }
         | PlanOp::DeleteRemote { path, .. }
         | PlanOp::MakeDirRemote { path } => (vec![path], true),
         PlanOp::MoveRemote { from, to, .. } => (vec![from, to], true),
@@ -410,6 +436,7 @@ fn check_limits(op: &PlanOp, limits: &Limits) -> Result<(), String> {
         | PlanOp::DeleteLocal { path, .. }
         | PlanOp::MakeDirLocal { path, .. }
         | PlanOp::RemoveDirLocal { path }
+        | PlanOp::SetModeLocal { path, .. }
         | PlanOp::RecordBase { path, .. }
         | PlanOp::ForgetBase { path } => (vec![path], false),
     };
@@ -460,17 +487,17 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     let local: View = world
         .local
         .iter()
-        .map(|(p, n)| (p.clone(), (n.kind, n.hash)))
+        .map(|(p, n)| (p.clone(), (n.kind, n.hash, n.executable)))
         .collect();
     let remote: View = world
         .remote
         .iter()
-        .map(|(p, n)| (p.clone(), (n.kind, n.hash)))
+        .map(|(p, n)| (p.clone(), (n.kind, n.hash, n.executable)))
         .collect();
     let base: View = world
         .base
         .iter()
-        .map(|(p, n)| (p.clone(), (n.kind, n.hash)))
+        .map(|(p, n)| (p.clone(), (n.kind, n.hash, n.executable)))
         .collect();
     prop_assert_eq!(
         &local,

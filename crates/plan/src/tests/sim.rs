@@ -78,8 +78,16 @@ impl World {
     /// Applies one op as the client would, or says why a correct client could not.
     pub(crate) fn apply(&mut self, op: &PlanOp) -> Result<(), String> {
         match op {
-            PlanOp::Upload { path, base, hash } => {
-                let local = self.local.get(path).ok_or("no local file")?.clone();
+            PlanOp::Upload {
+                path,
+                base,
+                hash,
+                executable,
+            } => {
+                let local = self.local.get_mut(path).ok_or("no local file")?;
+                // The client sets the bit on the local file before reading it.
+                local.executable = *executable;
+                let local = local.clone();
                 if local.kind != EntryKind::File || local.hash != Some(*hash) {
                     return Err("local file does not hold the hash to upload".into());
                 }
@@ -104,6 +112,7 @@ impl World {
                     hash: Some(*hash),
                     size: local.size,
                     mtime_ms: 0,
+                    executable: *executable,
                 };
                 self.base.insert(path.clone(), base_of(&remote, &local));
                 self.remote.insert(path.clone(), remote);
@@ -112,6 +121,7 @@ impl World {
                 path,
                 remote,
                 expect_local,
+                executable,
             } => {
                 if self.remote.get(path) != Some(remote) {
                     return Err("the remote node is not the one planned".into());
@@ -132,6 +142,7 @@ impl World {
                     mtime_ns: 0,
                     inode: self.fresh_inode(),
                     ctime_ns: 0,
+                    executable: *executable,
                 };
                 self.base.insert(path.clone(), base_of(remote, &local));
                 self.local.insert(path.clone(), local);
@@ -181,6 +192,7 @@ impl World {
                             hash: None,
                             size: 0,
                             mtime_ms: 0,
+                            executable: false,
                         };
                         self.remote.insert(path.clone(), remote.clone());
                         remote
@@ -252,6 +264,42 @@ impl World {
                 }
                 rebase(&mut self.local, path, copy);
             }
+            PlanOp::SetModeRemote {
+                path,
+                rev,
+                executable,
+                node,
+            } => {
+                let new_rev = self.fresh_rev();
+                let remote = match self.remote.get_mut(path) {
+                    Some(remote) if remote.rev == *rev && remote.kind == EntryKind::File => remote,
+                    _ => return Err("409: not at that rev".into()),
+                };
+                remote.executable = *executable;
+                remote.rev = new_rev;
+                let node = BaseNode {
+                    rev: new_rev,
+                    node_id: remote.node_id,
+                    ..node.clone()
+                };
+                self.base.insert(path.clone(), node);
+            }
+            PlanOp::SetModeLocal {
+                path,
+                expect_hash,
+                executable,
+                node,
+            } => {
+                match self.local.get_mut(path) {
+                    Some(local)
+                        if local.kind == EntryKind::File && local.hash == Some(*expect_hash) =>
+                    {
+                        local.executable = *executable;
+                    }
+                    _ => return Err("local file is not as expected".into()),
+                }
+                self.base.insert(path.clone(), node.clone());
+            }
             PlanOp::RecordBase { path, node } => {
                 let (Some(local), Some(remote)) = (self.local.get(path), self.remote.get(path))
                 else {
@@ -262,7 +310,9 @@ impl World {
                     && local.inode == node.inode
                     && remote.node_id == node.node_id
                     && remote.hash == node.hash
-                    && remote.kind == node.kind;
+                    && remote.kind == node.kind
+                    && remote.executable == node.executable
+                    && local.executable == node.executable;
                 if !agrees {
                     return Err("recorded base differs from the trees".into());
                 }
@@ -302,6 +352,7 @@ impl World {
                             mtime_ns: 0,
                             inode,
                             ctime_ns: 0,
+                            executable: false,
                         },
                     );
                 }
@@ -324,6 +375,7 @@ impl World {
                         hash: None,
                         size: 0,
                         mtime_ms: 0,
+                        executable: false,
                     };
                     self.remote.insert(dir, remote);
                 }
@@ -344,6 +396,7 @@ fn base_of(remote: &RemoteNode, local: &LocalNode) -> BaseNode {
         mtime_ns: local.mtime_ns,
         inode: local.inode,
         ctime_ns: local.ctime_ns,
+        executable: remote.executable,
     }
 }
 
