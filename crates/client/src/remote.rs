@@ -146,6 +146,7 @@ impl RemoteTree {
                     hash: e.hash,
                     size: e.size,
                     mtime_ms: e.mtime_ms,
+                    device: e.device.clone(),
                 };
                 (path.clone(), node)
             })

@@ -85,6 +85,9 @@ pub struct RemoteNode {
     pub hash: Option<ContentHash>,
     pub size: u64,
     pub mtime_ms: i64,
+    /// The device that made the node's last change: a conflicted copy made of these bytes is
+    /// named after it.
+    pub device: DeviceName,
 }
 
 /// The last state both sides agreed on for one path.

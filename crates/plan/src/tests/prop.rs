@@ -202,6 +202,7 @@ fn build(case: &Case) -> World {
                 hash,
                 size,
                 mtime_ms: 0,
+                device: DeviceName::new("phone").unwrap(),
             },
         );
     }
@@ -296,6 +297,7 @@ fn build(case: &Case) -> World {
             hash,
             size: 9,
             mtime_ms: 0,
+            device: DeviceName::new("phone").unwrap(),
         },
     );
     world

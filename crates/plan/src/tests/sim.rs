@@ -104,6 +104,7 @@ impl World {
                     hash: Some(*hash),
                     size: local.size,
                     mtime_ms: 0,
+                    device: DeviceName::new("laptop").unwrap(),
                 };
                 self.base.insert(path.clone(), base_of(&remote, &local));
                 self.remote.insert(path.clone(), remote);
@@ -180,6 +181,7 @@ impl World {
                             hash: None,
                             size: 0,
                             mtime_ms: 0,
+                            device: DeviceName::new("laptop").unwrap(),
                         };
                         self.remote.insert(path.clone(), remote.clone());
                         remote
@@ -322,6 +324,7 @@ impl World {
                         hash: None,
                         size: 0,
                         mtime_ms: 0,
+                        device: DeviceName::new("laptop").unwrap(),
                     };
                     self.remote.insert(dir, remote);
                 }
