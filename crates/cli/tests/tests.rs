@@ -10,4 +10,5 @@ mod limits;
 mod locks;
 mod recovery;
 mod scale_out;
+mod small11;
 mod sync;
