@@ -101,6 +101,8 @@ pub struct Engine {
     /// Files whose download or upload failed in a way that waits (a chunk the server lost, a
     /// full server): path → (not before, the wait after the next failure).
     waits: HashMap<RelPath, (Instant, Duration)>,
+    /// Opened by [`Engine::open_read_only`]: previews only, and nothing is saved.
+    read_only: bool,
 }
 
 /// An empty base, planned against when base cannot be trusted.
@@ -123,6 +125,34 @@ impl Engine {
             }
         }
         let state = StateDb::open(&meta_dir)?;
+        Engine::with_state(root, api, state, tmp_dir, false)
+    }
+
+    /// Opens the folder's state for [`Engine::preview`] only (`status`): nothing in
+    /// `.syncstore/` is created, written or removed (the state database is opened read-only,
+    /// `tmp/`, where a running daemon writes its downloads, is left alone), and
+    /// [`Engine::sync_pass`] refuses to run.
+    ///
+    /// # Errors
+    /// When the folder has no `.syncstore/` or its state cannot be read.
+    pub fn open_read_only(root: &Path, api: Arc<ApiClient>) -> anyhow::Result<Engine> {
+        let meta_dir = crate::config::meta_dir(root);
+        anyhow::ensure!(
+            meta_dir.is_dir(),
+            "{} is not set up yet: run `syncstore sync` on it first",
+            root.display()
+        );
+        let state = StateDb::open_read_only(&meta_dir)?;
+        Engine::with_state(root, api, state, meta_dir.join("tmp"), true)
+    }
+
+    fn with_state(
+        root: &Path,
+        api: Arc<ApiClient>,
+        state: StateDb,
+        tmp_dir: PathBuf,
+        read_only: bool,
+    ) -> anyhow::Result<Engine> {
         let identity = state.identity()?;
         let writeback = Arc::new(Writeback::new().context("could not start a writeback thread")?);
         let mut cache = HashCache::default();
@@ -149,6 +179,7 @@ impl Engine {
             untrusted: None,
             wanted: HashSet::new(),
             waits: HashMap::new(),
+            read_only,
         })
     }
 
@@ -402,7 +433,7 @@ impl Engine {
                     .push(format!("your lock on {path} is no longer held"));
             }
         }
-        if held != remembered {
+        if held != remembered && !self.read_only {
             if let Err(err) = self.state.set_my_locks(&held) {
                 tracing::warn!(cause = format!("{err:#}"), "could not save lock state");
             }
@@ -516,6 +547,10 @@ impl Engine {
     /// run again later.
     #[tracing::instrument(skip(self), fields(root = %self.root.display()))]
     pub async fn sync_pass(&mut self) -> anyhow::Result<PassReport> {
+        anyhow::ensure!(
+            !self.read_only,
+            "the folder's state was opened read-only (for status)"
+        );
         let mut report = PassReport::default();
         self.retry_soon = false;
         for _round in 0..MAX_ROUNDS {
