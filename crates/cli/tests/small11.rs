@@ -198,3 +198,59 @@ fn status_during_a_download_leaves_it_alone() {
     assert!(!log.contains("sync pass failed"), "{log}");
     assert!(!log.contains("could not"), "{log}");
 }
+
+#[test]
+fn a_download_that_does_not_fit_waits_while_every_other_file_arrives() {
+    let s = setup();
+    let Some(_mount) = crate::recovery::Mount::tmpfs(&s.b_dir, "16m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must run the full-disk test"
+        );
+        eprintln!("SKIPPED a_download_that_does_not_fit_waits_while_every_other_file_arrives: needs root to mount a tmpfs");
+        return;
+    };
+    const BIG: usize = 50_000_000;
+    let big = random_bytes(BIG, 5);
+    std::fs::create_dir_all(&s.a_dir).unwrap();
+    std::fs::write(s.a_dir.join("big.bin"), &big).unwrap();
+    for idx in 0..5 {
+        write(
+            &s.a_dir.join(format!("small/{idx}.txt")),
+            &format!("small {idx}"),
+        );
+    }
+    ok(sync_once(&s.a_dir, &s.server.url(), Some(&s.token_a)));
+    let b = start_client("client-b", s.logs(), &s.b_dir, &s.server.url(), &s.token_b);
+    wait_until("every small file on B", || {
+        (0..5).all(|idx| {
+            read(&s.b_dir.join(format!("small/{idx}.txt"))) == Some(format!("small {idx}"))
+        })
+    });
+    wait_until("the big file reported", || {
+        b.log_text()
+            .lines()
+            .any(|line| line.contains("could not download big.bin") && line.contains("missing"))
+    });
+    // Retried with backoff, not in a tight loop.
+    let count = |log: &str| log.matches("could not download big.bin").count();
+    let before = count(&b.log_text());
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let during = count(&b.log_text()) - before;
+    assert!(during <= 4, "{during} attempts in 4 s");
+    assert!(!s.b_dir.join("big.bin").exists());
+
+    // Space appears: the file arrives at a later retry.
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,size=128m"])
+        .arg(&s.b_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "remount");
+    wait_until_for(
+        "big.bin on B after the disk grew",
+        std::time::Duration::from_secs(90),
+        &mut || std::fs::metadata(s.b_dir.join("big.bin")).is_ok_and(|m| m.len() == BIG as u64),
+    );
+    assert!(std::fs::read(s.b_dir.join("big.bin")).unwrap() == big);
+}

@@ -44,6 +44,8 @@ const OPS_BATCH: usize = 1000;
 const DOWNLOAD_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait before a failed download is tried again.
 const DOWNLOAD_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Free space a download leaves on the disk, for the state database's commit.
+const DISK_RESERVE_BYTES: u64 = 1024 * 1024;
 
 /// What one pass achieved.
 #[derive(Debug, Default)]
@@ -598,8 +600,11 @@ impl Engine {
     /// How long until the first file that waits may be tried again.
     fn next_retry(&self) -> Option<Duration> {
         let now = Instant::now();
+        // A wait already over is no reason to pass again: the file was tried since, or is
+        // no longer planned.
         self.waits
             .values()
+            .filter(|(at, _)| *at > now)
             .map(|(at, _)| at.saturating_duration_since(now))
             .min()
     }
@@ -1258,6 +1263,7 @@ impl Engine {
                 reuse_stamp,
             });
         }
+        let jobs = self.jobs_that_fit(jobs);
         let mut applied = 0;
         // Batches bounded by bytes to fetch.
         let mut batch = Vec::new();
@@ -1278,6 +1284,46 @@ impl Engine {
             }
         }
         Ok(applied)
+    }
+
+    /// The jobs whose files fit on the disk together, in plan order; every one that does not
+    /// fit is reported (which file, how much space is missing) and waits for a retry with
+    /// backoff, as space may appear later. Temp files live in `.syncstore/tmp/` beside the
+    /// folder's files, and each needs the whole file while the one it replaces is still there.
+    fn jobs_that_fit(&mut self, jobs: Vec<DownloadJob>) -> Vec<DownloadJob> {
+        let Ok(mut available) = crate::fsutil::available_bytes(&self.tmp_dir) else {
+            return jobs; // Unknown: writing tells (see `note_no_space`).
+        };
+        let mut fit = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let needed = job.entry.size.saturating_add(DISK_RESERVE_BYTES);
+            if needed <= available {
+                available -= job.entry.size;
+                fit.push(job);
+            } else {
+                self.note_no_space(&job.path, job.entry.size, available);
+            }
+        }
+        fit
+    }
+
+    /// `path` (`size` bytes) does not fit in the `available` bytes left: logged, and retried
+    /// after the next backoff step.
+    fn note_no_space(&mut self, path: &RelPath, size: u64, available: u64) {
+        let wait = self.wait_before_retry(path);
+        let missing = size
+            .saturating_add(DISK_RESERVE_BYTES)
+            .saturating_sub(available);
+        tracing::warn!(
+            %path,
+            size,
+            available,
+            missing,
+            retry_in = ?wait,
+            "could not download {path}: not enough free space on the disk of {} ({size} bytes \
+             needed, {available} available: {missing} bytes missing); retrying in {wait:?}",
+            self.root.display()
+        );
     }
 
     /// Downloads a batch; when the server cannot serve some chunks (it lost them, or found them
@@ -1365,10 +1411,10 @@ impl Engine {
         let tmp_dir = self.tmp_dir.clone();
         let writeback = Arc::clone(&self.writeback);
         let job_keys: Vec<DownloadKey> = jobs.iter().map(DownloadJob::key).collect();
-        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<WrittenFile>> {
+        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Written> {
             let written = write_temp_files(jobs, stream, &tmp_dir, &writeback)?;
             // Every temp file's bytes are durable before any is renamed into place.
-            let temps: Vec<&Path> = written.iter().map(|w| &*w.temp as &Path).collect();
+            let temps: Vec<&Path> = written.files.iter().map(|w| &*w.temp as &Path).collect();
             crate::fsutil::make_durable(&tmp_dir, &temps, &[])?;
             Ok(written)
         })
@@ -1386,9 +1432,13 @@ impl Engine {
             }
         };
         let written_at = started.elapsed();
+        for (path, size) in &written.no_space {
+            let available = crate::fsutil::available_bytes(&self.tmp_dir).unwrap_or(0);
+            self.note_no_space(path, *size, available);
+        }
         let mut applied = 0;
         let mut placed_dirs: Vec<PathBuf> = Vec::new();
-        for done in written {
+        for done in written.files {
             match tokio::task::block_in_place(|| self.place_download(&done)) {
                 Ok(true) => {
                     applied += 1;
@@ -1468,6 +1518,8 @@ impl Engine {
             inode: stamp.inode,
         };
         self.state.put(&job.path, node, job.entry.chunks.clone())?;
+        // Placed: a later failure starts its backoff afresh.
+        self.waits.remove(&job.path);
         Ok(true)
     }
 
@@ -1762,6 +1814,13 @@ struct DownloadJob {
     reuse_stamp: Option<Stamp>,
 }
 
+/// What [`write_temp_files`] wrote, and which files did not fit on the disk.
+struct Written {
+    files: Vec<WrittenFile>,
+    /// Files whose temp file met a full disk (ENOSPC, EDQUOT): path and size.
+    no_space: Vec<(RelPath, u64)>,
+}
+
 /// A download written and verified in a temp file, ready to be placed.
 struct WrittenFile {
     job: DownloadJob,
@@ -1782,7 +1841,7 @@ fn write_temp_files(
     >,
     tmp_dir: &Path,
     writeback: &Writeback,
-) -> anyhow::Result<Vec<WrittenFile>> {
+) -> anyhow::Result<Written> {
     use futures::TryStreamExt;
     use std::io::{Read, Write};
     let mut reader: Box<dyn Read + Send> = match stream {
@@ -1796,6 +1855,7 @@ fn write_temp_files(
     // Where each fetched chunk was written: temp path → (offset, len).
     let mut fetched: HashMap<ChunkHash, (PathBuf, u64, u32)> = HashMap::new();
     let mut out = Vec::new();
+    let mut no_space = Vec::new();
     let mut buf = Vec::new();
     for job in jobs {
         let mut temp =
@@ -1808,6 +1868,9 @@ fn write_temp_files(
         let mut offset = 0u64;
         let mut flushed = 0u64;
         let mut ok = true;
+        // The disk filled up while writing this file: its other frames are still read, to keep
+        // the stream aligned, and its temp file goes (which frees the space for the next).
+        let mut disk_full = false;
         let mut reused_any = false;
         for chunk in &job.entry.chunks {
             buf.resize(chunk.len as usize, 0);
@@ -1845,10 +1908,20 @@ fn write_temp_files(
                 // Keep the stream aligned: frames of this file still have to be consumed.
                 continue;
             }
+            if disk_full {
+                continue;
+            }
+            if let Err(err) = temp.write_all(&buf) {
+                if crate::fsutil::is_out_of_space(&err) {
+                    disk_full = true;
+                    ok = false;
+                    continue;
+                }
+                return Err(err).context("could not write temp file");
+            }
             if from_stream {
                 fetched.insert(chunk.hash, (temp.path().to_path_buf(), offset, chunk.len));
             }
-            temp.write_all(&buf).context("could not write temp file")?;
             offset += u64::from(chunk.len);
             if offset - flushed >= WRITEBACK_BYTES {
                 if let Ok(file) = temp.as_file().try_clone() {
@@ -1856,6 +1929,13 @@ fn write_temp_files(
                 }
                 flushed = offset;
             }
+        }
+        if disk_full {
+            // Chunks written to it cannot be copied from it any more.
+            let temp_path = temp.path().to_path_buf();
+            fetched.retain(|_, (path, _, _)| *path != temp_path);
+            no_space.push((job.path.clone(), job.entry.size));
+            continue;
         }
         if reused_any && stamp_of(&job.full).ok() != job.reuse_stamp {
             ok = false;
@@ -1874,7 +1954,10 @@ fn write_temp_files(
         let temp = temp.into_temp_path();
         out.push(WrittenFile { job, temp });
     }
-    Ok(out)
+    Ok(Written {
+        files: out,
+        no_space,
+    })
 }
 
 /// Appends the frame of `chunk` (read from `file` at `offset`) to `pack`; false if the file is
