@@ -406,11 +406,11 @@ fn hex_decode(text: &str) -> Vec<u8> {
 }
 
 /// A tmpfs mounted for a test, unmounted on drop.
-struct Mount(PathBuf);
+pub(crate) struct Mount(PathBuf);
 
 impl Mount {
     /// Mounts a tmpfs of `size` (e.g. "8m") at `dir`; `None` when not running as root.
-    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+    pub(crate) fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return None;

@@ -13,4 +13,5 @@ mod modes;
 mod recovery;
 mod recovery_shared;
 mod scale_out;
+mod small11;
 mod sync;

@@ -45,6 +45,8 @@ const OPS_BATCH: usize = 1000;
 const DOWNLOAD_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait before a failed download is tried again.
 const DOWNLOAD_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Free space a download leaves on the disk, for the state database's commit.
+const DISK_RESERVE_BYTES: u64 = 1024 * 1024;
 
 /// What one pass achieved.
 #[derive(Debug, Default)]
@@ -106,6 +108,8 @@ pub struct Engine {
     /// Files whose download or upload failed in a way that waits (a chunk the server lost, a
     /// full server): path → (not before, the wait after the next failure).
     waits: HashMap<RelPath, (Instant, Duration)>,
+    /// Opened by [`Engine::open_read_only`]: previews only, and nothing is saved.
+    read_only: bool,
 }
 
 /// An empty base, planned against when base cannot be trusted.
@@ -128,9 +132,43 @@ impl Engine {
             }
         }
         let state = StateDb::open(&meta_dir)?;
+        Engine::with_state(root, api, state, tmp_dir, false)
+    }
+
+    /// Opens the folder's state for [`Engine::preview`] only (`status`): nothing in
+    /// `.syncstore/` is created, written or removed (the state database is opened read-only,
+    /// `tmp/`, where a running daemon writes its downloads, is left alone), and
+    /// [`Engine::sync_pass`] refuses to run.
+    ///
+    /// # Errors
+    /// When the folder has no `.syncstore/` or its state cannot be read.
+    pub fn open_read_only(root: &Path, api: Arc<ApiClient>) -> anyhow::Result<Engine> {
+        let meta_dir = crate::config::meta_dir(root);
+        anyhow::ensure!(
+            meta_dir.is_dir(),
+            "{} is not set up yet: run `syncstore sync` on it first",
+            root.display()
+        );
+        let state = StateDb::open_read_only(&meta_dir)?;
+        Engine::with_state(root, api, state, meta_dir.join("tmp"), true)
+    }
+
+    fn with_state(
+        root: &Path,
+        api: Arc<ApiClient>,
+        state: StateDb,
+        tmp_dir: PathBuf,
+        read_only: bool,
+    ) -> anyhow::Result<Engine> {
         let identity = state.identity()?;
-        let folder = FolderId::open(root, &meta_dir.join("state.sqlite"))
-            .with_context(|| format!("could not look at {}", root.display()))?;
+        let marker = crate::config::meta_dir(root).join("state.sqlite");
+        // A read-only look at a folder whose state was moved aside has no marker to check.
+        let folder = if read_only && !marker.exists() {
+            FolderId::open_without_marker(root)
+        } else {
+            FolderId::open(root, &marker)
+        }
+        .with_context(|| format!("could not look at {}", root.display()))?;
         // A root with another device or inode than at the last sync was moved, copied or
         // restored: its base may not describe it, so it is re-adopted (nothing is deleted).
         let saved_root = state
@@ -171,6 +209,7 @@ impl Engine {
             folder,
             wanted: HashSet::new(),
             waits: HashMap::new(),
+            read_only,
         })
     }
 
@@ -441,7 +480,7 @@ impl Engine {
                     .push(format!("your lock on {path} is no longer held"));
             }
         }
-        if held != remembered {
+        if held != remembered && !self.read_only {
             if let Err(err) = self.state.set_my_locks(&held) {
                 tracing::warn!(cause = format!("{err:#}"), "could not save lock state");
             }
@@ -563,6 +602,10 @@ impl Engine {
     /// run again later.
     #[tracing::instrument(skip(self), fields(root = %self.root.display()))]
     pub async fn sync_pass(&mut self) -> anyhow::Result<PassReport> {
+        anyhow::ensure!(
+            !self.read_only,
+            "the folder's state was opened read-only (for status)"
+        );
         let mut report = PassReport::default();
         self.retry_soon = false;
         for _round in 0..MAX_ROUNDS {
@@ -611,8 +654,11 @@ impl Engine {
     /// How long until the first file that waits may be tried again.
     fn next_retry(&self) -> Option<Duration> {
         let now = Instant::now();
+        // A wait already over is no reason to pass again: the file was tried since, or is
+        // no longer planned.
         self.waits
             .values()
+            .filter(|(at, _)| *at > now)
             .map(|(at, _)| at.saturating_duration_since(now))
             .min()
     }
@@ -1315,6 +1361,7 @@ impl Engine {
                 reuse_stamp,
             });
         }
+        let jobs = self.jobs_that_fit(jobs);
         let mut applied = 0;
         // Batches bounded by bytes to fetch.
         let mut batch = Vec::new();
@@ -1335,6 +1382,46 @@ impl Engine {
             }
         }
         Ok(applied)
+    }
+
+    /// The jobs whose files fit on the disk together, in plan order; every one that does not
+    /// fit is reported (which file, how much space is missing) and waits for a retry with
+    /// backoff, as space may appear later. Temp files live in `.syncstore/tmp/` beside the
+    /// folder's files, and each needs the whole file while the one it replaces is still there.
+    fn jobs_that_fit(&mut self, jobs: Vec<DownloadJob>) -> Vec<DownloadJob> {
+        let Ok(mut available) = crate::fsutil::available_bytes(&self.tmp_dir) else {
+            return jobs; // Unknown: writing tells (see `note_no_space`).
+        };
+        let mut fit = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let needed = job.entry.size.saturating_add(DISK_RESERVE_BYTES);
+            if needed <= available {
+                available -= job.entry.size;
+                fit.push(job);
+            } else {
+                self.note_no_space(&job.path, job.entry.size, available);
+            }
+        }
+        fit
+    }
+
+    /// `path` (`size` bytes) does not fit in the `available` bytes left: logged, and retried
+    /// after the next backoff step.
+    fn note_no_space(&mut self, path: &RelPath, size: u64, available: u64) {
+        let wait = self.wait_before_retry(path);
+        let missing = size
+            .saturating_add(DISK_RESERVE_BYTES)
+            .saturating_sub(available);
+        tracing::warn!(
+            %path,
+            size,
+            available,
+            missing,
+            retry_in = ?wait,
+            "could not download {path}: not enough free space on the disk of {} ({size} bytes \
+             needed, {available} available: {missing} bytes missing); retrying in {wait:?}",
+            self.root.display()
+        );
     }
 
     /// Downloads a batch; when the server cannot serve some chunks (it lost them, or found them
@@ -1422,10 +1509,10 @@ impl Engine {
         let tmp_dir = self.tmp_dir.clone();
         let writeback = Arc::clone(&self.writeback);
         let job_keys: Vec<DownloadKey> = jobs.iter().map(DownloadJob::key).collect();
-        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<WrittenFile>> {
+        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Written> {
             let written = write_temp_files(jobs, stream, &tmp_dir, &writeback)?;
             // Every temp file's bytes are durable before any is renamed into place.
-            let temps: Vec<&Path> = written.iter().map(|w| &*w.temp as &Path).collect();
+            let temps: Vec<&Path> = written.files.iter().map(|w| &*w.temp as &Path).collect();
             crate::fsutil::make_durable(&tmp_dir, &temps, &[])?;
             Ok(written)
         })
@@ -1443,9 +1530,13 @@ impl Engine {
             }
         };
         let written_at = started.elapsed();
+        for (path, size) in &written.no_space {
+            let available = crate::fsutil::available_bytes(&self.tmp_dir).unwrap_or(0);
+            self.note_no_space(path, *size, available);
+        }
         let mut applied = 0;
         let mut placed_dirs: Vec<PathBuf> = Vec::new();
-        for done in written {
+        for done in written.files {
             match tokio::task::block_in_place(|| self.place_download(&done)) {
                 Ok(true) => {
                     applied += 1;
@@ -1535,6 +1626,8 @@ impl Engine {
             executable: job.entry.executable,
         };
         self.state.put(&job.path, node, job.entry.chunks.clone())?;
+        // Placed: a later failure starts its backoff afresh.
+        self.waits.remove(&job.path);
         Ok(true)
     }
 
@@ -1860,6 +1953,13 @@ struct DownloadJob {
     reuse_stamp: Option<Stamp>,
 }
 
+/// What [`write_temp_files`] wrote, and which files did not fit on the disk.
+struct Written {
+    files: Vec<WrittenFile>,
+    /// Files whose temp file met a full disk (ENOSPC, EDQUOT): path and size.
+    no_space: Vec<(RelPath, u64)>,
+}
+
 /// A download written and verified in a temp file, ready to be placed.
 struct WrittenFile {
     job: DownloadJob,
@@ -1880,7 +1980,7 @@ fn write_temp_files(
     >,
     tmp_dir: &Path,
     writeback: &Writeback,
-) -> anyhow::Result<Vec<WrittenFile>> {
+) -> anyhow::Result<Written> {
     use futures::TryStreamExt;
     use std::io::{Read, Write};
     let mut reader: Box<dyn Read + Send> = match stream {
@@ -1894,6 +1994,7 @@ fn write_temp_files(
     // Where each fetched chunk was written: temp path → (offset, len).
     let mut fetched: HashMap<ChunkHash, (PathBuf, u64, u32)> = HashMap::new();
     let mut out = Vec::new();
+    let mut no_space = Vec::new();
     let mut buf = Vec::new();
     for job in jobs {
         let mut temp =
@@ -1906,6 +2007,9 @@ fn write_temp_files(
         let mut offset = 0u64;
         let mut flushed = 0u64;
         let mut ok = true;
+        // The disk filled up while writing this file: its other frames are still read, to keep
+        // the stream aligned, and its temp file goes (which frees the space for the next).
+        let mut disk_full = false;
         let mut reused_any = false;
         for chunk in &job.entry.chunks {
             buf.resize(chunk.len as usize, 0);
@@ -1943,10 +2047,20 @@ fn write_temp_files(
                 // Keep the stream aligned: frames of this file still have to be consumed.
                 continue;
             }
+            if disk_full {
+                continue;
+            }
+            if let Err(err) = temp.write_all(&buf) {
+                if crate::fsutil::is_out_of_space(&err) {
+                    disk_full = true;
+                    ok = false;
+                    continue;
+                }
+                return Err(err).context("could not write temp file");
+            }
             if from_stream {
                 fetched.insert(chunk.hash, (temp.path().to_path_buf(), offset, chunk.len));
             }
-            temp.write_all(&buf).context("could not write temp file")?;
             offset += u64::from(chunk.len);
             if offset - flushed >= WRITEBACK_BYTES {
                 if let Ok(file) = temp.as_file().try_clone() {
@@ -1954,6 +2068,13 @@ fn write_temp_files(
                 }
                 flushed = offset;
             }
+        }
+        if disk_full {
+            // Chunks written to it cannot be copied from it any more.
+            let temp_path = temp.path().to_path_buf();
+            fetched.retain(|_, (path, _, _)| *path != temp_path);
+            no_space.push((job.path.clone(), job.entry.size));
+            continue;
         }
         if reused_any && stamp_of(&job.full).ok() != job.reuse_stamp {
             ok = false;
@@ -1972,7 +2093,10 @@ fn write_temp_files(
         let temp = temp.into_temp_path();
         out.push(WrittenFile { job, temp });
     }
-    Ok(out)
+    Ok(Written {
+        files: out,
+        no_space,
+    })
 }
 
 /// Appends the frame of `chunk` (read from `file` at `offset`) to `pack`; false if the file is

@@ -58,7 +58,8 @@ pub struct FolderId {
     pub root_id: FileId,
     /// The state database the engine has open.
     marker: PathBuf,
-    marker_id: FileId,
+    /// `None`: a read-only look at a folder without state, which has no marker to check.
+    marker_id: Option<FileId>,
 }
 
 /// The folder at the path is not the one being synced; nothing is scanned or planned.
@@ -85,7 +86,20 @@ impl FolderId {
             root: root.to_path_buf(),
             root_id: FileId::of(root)?,
             marker: marker.to_path_buf(),
-            marker_id: FileId::of(marker)?,
+            marker_id: Some(FileId::of(marker)?),
+        })
+    }
+
+    /// Records the folder as it is now, with no state database to check.
+    ///
+    /// # Errors
+    /// When the root cannot be stat'ed.
+    pub fn open_without_marker(root: &Path) -> std::io::Result<FolderId> {
+        Ok(FolderId {
+            root: root.to_path_buf(),
+            root_id: FileId::of(root)?,
+            marker: PathBuf::new(),
+            marker_id: None,
         })
     }
 
@@ -129,8 +143,11 @@ impl FolderId {
             }
             Err(err) => return Err(stopped(format!("it cannot be read ({err})"))),
         }
+        let Some(marker_id) = self.marker_id else {
+            return Ok(());
+        };
         match FileId::of(&self.marker) {
-            Ok(now) if now == self.marker_id => Ok(()),
+            Ok(now) if now == marker_id => Ok(()),
             Ok(_) => Err(stopped(format!(
                 "its marker {} is not the one this daemon opened",
                 self.marker.display()

@@ -196,3 +196,25 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         .saturating_mul(1_000_000_000)
         .saturating_add(meta.mtime_nsec())
 }
+
+/// Bytes an unprivileged process may still write on the filesystem holding `path`
+/// (`statvfs`: available blocks times the fragment size).
+///
+/// # Errors
+/// When `statvfs` fails.
+pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs only writes the struct we pass, and reads a NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Whether `err` says the disk (or the user's quota) is full.
+pub fn is_out_of_space(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}

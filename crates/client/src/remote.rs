@@ -147,6 +147,7 @@ impl RemoteTree {
                     size: e.size,
                     mtime_ms: e.mtime_ms,
                     executable: e.executable,
+                    device: e.device.clone(),
                 };
                 (path.clone(), node)
             })

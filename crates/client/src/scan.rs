@@ -14,8 +14,47 @@ use syncstore_chunk::Manifest;
 use syncstore_plan::LocalNode;
 use syncstore_proto::{ChunkHash, ChunkRef, ContentHash, EntryKind, RelPath, META_DIR};
 
-/// Patterns ignored in every folder: editor swap and lock files, temp files.
-pub const DEFAULT_IGNORES: &[&str] = &["*.swp", "~$*", ".#*", "*.tmp"];
+/// Patterns ignored in every folder (gitignore syntax): files that editors, office suites,
+/// browsers and operating systems leave beside the user's own, taken from Syncthing's and
+/// Nextcloud's default lists. A `!PATTERN` line in `.syncignore` syncs one of them after all.
+pub const DEFAULT_IGNORES: &[&str] = &[
+    // Editor swap, lock, autosave and backup files: vim, Emacs, Kate, and `file~`.
+    "*.swp",
+    ".#*",
+    "\\#*#",
+    "*.kate-swp",
+    "*~",
+    // Office lock and owner files: Microsoft Office (`~$x.docx`), LibreOffice and OpenOffice
+    // (`.~lock.x.odt#`), and temp files (`~x.tmp` among them).
+    "~$*",
+    ".~lock.*#",
+    "*.tmp",
+    // Downloads in progress: Firefox (`.part`), Chrome and Edge (`.crdownload`), and file
+    // managers that copy through a `.filepart`.
+    "*.part",
+    "*.crdownload",
+    "*.filepart",
+    // macOS: Finder metadata, AppleDouble resource forks, custom folder icons (`Icon` + CR),
+    // volume indexes and trash.
+    ".DS_Store",
+    "._*",
+    "Icon[\r]",
+    ".Spotlight-V100",
+    ".Trashes",
+    ".fseventsd",
+    ".TemporaryItems",
+    ".DocumentRevisions-V100",
+    // Windows: thumbnail caches and folder settings (Windows names are case-insensitive).
+    "[Tt]humbs.db",
+    "[Ee]hthumbs.db",
+    "[Dd]esktop.ini",
+    // Linux: KDE folder settings, the trash of removable media, files deleted while open on
+    // FUSE or NFS.
+    ".directory",
+    ".Trash-*",
+    ".fuse_hidden*",
+    ".nfs*",
+];
 
 /// `.syncignore` (gitignore syntax) plus [`DEFAULT_IGNORES`].
 pub struct IgnoreRules {
@@ -45,8 +84,14 @@ impl IgnoreRules {
 
     /// Whether `path` (or a directory above it) is ignored.
     pub fn is_ignored(&self, path: &RelPath, kind: EntryKind) -> bool {
+        self.is_ignored_text(path.as_str(), kind == EntryKind::Dir)
+    }
+
+    /// [`IgnoreRules::is_ignored`] for a name that is no valid [`RelPath`] (macOS's `Icon\r`
+    /// holds a control character): an ignored one is not reported as skipped either.
+    fn is_ignored_text(&self, path: &str, is_dir: bool) -> bool {
         self.matcher
-            .matched_path_or_any_parents(path.as_str(), kind == EntryKind::Dir)
+            .matched_path_or_any_parents(path, is_dir)
             .is_ignore()
     }
 }
@@ -235,6 +280,11 @@ fn walk(
         };
         let rel = match rel {
             Ok(rel) => rel,
+            Err(_)
+                if rules.is_ignored_text(&shown, entry.file_type().is_ok_and(|t| t.is_dir())) =>
+            {
+                continue
+            }
             Err(err) => {
                 out.skipped.push(Skipped {
                     path: shown,
@@ -470,6 +520,173 @@ mod tests {
         assert_eq!(
             second,
             Some(ContentHash(*blake3::hash(b"bbbbbbbb").as_bytes()))
+        );
+    }
+    use syncstore_proto::EntryKind::{Dir, File};
+
+    fn rules_with(syncignore: Option<&str>) -> (tempfile::TempDir, IgnoreRules) {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = syncignore {
+            std::fs::write(dir.path().join(".syncignore"), text).unwrap();
+        }
+        let rules = IgnoreRules::load(dir.path());
+        (dir, rules)
+    }
+
+    /// Asserts which of `paths` (with their kinds) the rules ignore.
+    fn check(rules: &IgnoreRules, ignored: &[(&str, EntryKind)], synced: &[(&str, EntryKind)]) {
+        for (text, kind) in ignored {
+            let path = RelPath::new(text).unwrap();
+            assert!(rules.is_ignored(&path, *kind), "{text:?} should be ignored");
+        }
+        for (text, kind) in synced {
+            let path = RelPath::new(text).unwrap();
+            assert!(!rules.is_ignored(&path, *kind), "{text:?} should be synced");
+        }
+    }
+
+    #[test]
+    fn default_ignores_editor_files() {
+        let (_dir, rules) = rules_with(None);
+        check(
+            &rules,
+            &[
+                (".notes.txt.swp", File),
+                ("src/.#main.rs", File),
+                ("#draft.org#", File),
+                ("a/b.txt.kate-swp", File),
+                ("notes.txt~", File),
+            ],
+            &[
+                ("notes.txt", File),
+                ("a#b", File),
+                ("#tag", File),
+                ("~home", File),
+            ],
+        );
+    }
+
+    #[test]
+    fn default_ignores_office_lock_and_temp_files() {
+        let (_dir, rules) = rules_with(None);
+        check(
+            &rules,
+            &[
+                (".~lock.x.odt#", File),
+                ("docs/.~lock.budget.xlsx#", File),
+                ("~$report.docx", File),
+                ("~WRL0001.tmp", File),
+                ("build.tmp", File),
+            ],
+            &[("x.odt", File), ("lock.odt", File), (".~lock.x.odt", File)],
+        );
+    }
+
+    #[test]
+    fn default_ignores_downloads_in_progress() {
+        let (_dir, rules) = rules_with(None);
+        check(
+            &rules,
+            &[
+                ("Downloads/film.mkv.part", File),
+                ("setup.exe.crdownload", File),
+                ("upload.zip.filepart", File),
+            ],
+            &[("film.mkv", File), ("part", File), ("report.partial", File)],
+        );
+    }
+
+    #[test]
+    fn default_ignores_macos_droppings() {
+        let (_dir, rules) = rules_with(None);
+        check(
+            &rules,
+            &[
+                (".DS_Store", File),
+                ("photos/.DS_Store", File),
+                ("._photo.jpg", File),
+                (".Spotlight-V100", Dir),
+                (".Spotlight-V100/Store-V2/x", File),
+                (".Trashes", Dir),
+                (".fseventsd", Dir),
+                (".TemporaryItems", Dir),
+                (".DocumentRevisions-V100", Dir),
+            ],
+            &[
+                ("Icon", File),
+                ("Icons", Dir),
+                ("photo.jpg", File),
+                ("DS_Store", File),
+            ],
+        );
+        // A folder's custom icon, `Icon` and a carriage return, is no valid path: it is
+        // matched by name, and neither synced nor reported as skipped.
+        assert!(rules.is_ignored_text("Icon\r", false));
+        assert!(rules.is_ignored_text("photos/Icon\r", false));
+        assert!(!rules.is_ignored_text("Icon\n", false));
+    }
+
+    #[test]
+    fn scan_neither_syncs_nor_reports_ignored_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("photos")).unwrap();
+        for name in [
+            "a.txt",
+            "photos/Icon\r",
+            ".~lock.x.odt#",
+            ".DS_Store",
+            "x.odt",
+        ] {
+            std::fs::write(root.join(name), b"x").unwrap();
+        }
+        let rules = IgnoreRules::load(root);
+        let found = scan(root, &rules, &mut HashCache::default(), None);
+        let paths: Vec<&str> = found.local.keys().map(RelPath::as_str).collect();
+        assert_eq!(paths, ["a.txt", "photos", "x.odt"]);
+        assert_eq!(found.skipped, []);
+    }
+
+    #[test]
+    fn default_ignores_windows_droppings() {
+        let (_dir, rules) = rules_with(None);
+        check(
+            &rules,
+            &[
+                ("Thumbs.db", File),
+                ("photos/thumbs.db", File),
+                ("ehthumbs.db", File),
+                ("desktop.ini", File),
+                ("Music/Desktop.ini", File),
+            ],
+            &[("thumbs.db.txt", File), ("desktop.ini.bak", File)],
+        );
+    }
+
+    #[test]
+    fn default_ignores_linux_droppings() {
+        let (_dir, rules) = rules_with(None);
+        check(
+            &rules,
+            &[
+                (".directory", File),
+                ("photos/.directory", File),
+                (".Trash-1000", Dir),
+                (".Trash-1000/files/old.txt", File),
+                (".fuse_hidden0000000a00000001", File),
+                (".nfs000000000123abcd00000001", File),
+            ],
+            &[("directory", File), ("Trash-1000", Dir), (".trash", Dir)],
+        );
+    }
+
+    #[test]
+    fn syncignore_adds_patterns_and_can_sync_a_default_after_all() {
+        let (_dir, rules) = rules_with(Some("build/\n!*.part\n"));
+        check(
+            &rules,
+            &[("build", Dir), ("build/out.o", File), (".DS_Store", File)],
+            &[("film.mkv.part", File), ("src/build.rs", File)],
         );
     }
 }

@@ -126,6 +126,9 @@ pub struct RemoteNode {
     pub mtime_ms: i64,
     /// The file's executable bit; false for directories.
     pub executable: bool,
+    /// The device that made the node's last change: a conflicted copy made of these bytes is
+    /// named after it.
+    pub device: DeviceName,
 }
 
 /// The last state both sides agreed on for one path.

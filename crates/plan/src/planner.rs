@@ -237,7 +237,9 @@ impl<'i, 'a> Planner<'i, 'a> {
     }
 
     /// A free conflicted-copy name for `path`: not in any tree, nor chosen earlier in this pass.
-    fn copy_name(&mut self, path: &RelPath) -> RelPath {
+    /// `device` is the one whose bytes the copy holds: this device for a copy of the local file,
+    /// the remote node's last writer for a copy of the remote one.
+    fn copy_name(&mut self, path: &RelPath, device: &crate::DeviceName) -> RelPath {
         let input = self.input;
         let chosen = &self.copy_names;
         let taken = |candidate: &RelPath| {
@@ -246,7 +248,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                 || input.remote.contains_key(candidate)
                 || chosen.contains(candidate)
         };
-        let copy = crate::conflict_copy_name(path, input.device, input.now_stamp, &taken);
+        let copy = crate::conflict_copy_name(path, device, input.now_stamp, &taken);
         self.copy_names.insert(copy.clone());
         copy
     }
@@ -449,7 +451,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                     }
                     // Rows 5 and 14: the server's version keeps the name.
                     (true, true) => {
-                        let copy = self.copy_name(&path);
+                        let copy = self.copy_name(&path, self.input.device);
                         vec![PlanOp::ConflictCopy { path, copy }]
                     }
                     // Row 2: conditional on the remote's current revision, which may have moved
@@ -586,7 +588,7 @@ impl<'i, 'a> Planner<'i, 'a> {
                     ]
                 } else {
                     // Row 20: the directory keeps the name, the local file becomes a copy.
-                    let copy = self.copy_name(&path);
+                    let copy = self.copy_name(&path, self.input.device);
                     vec![
                         PlanOp::ConflictCopy {
                             path: path.clone(),
@@ -622,8 +624,9 @@ impl<'i, 'a> Planner<'i, 'a> {
                         },
                     ]
                 } else {
-                    // Row 20: the directory keeps the name, the remote file moves to a copy.
-                    let copy = self.copy_name(&path);
+                    // Row 20: the directory keeps the name, the remote file moves to a copy,
+                    // named after the device whose bytes it holds.
+                    let copy = self.copy_name(&path, &remote.device);
                     vec![
                         PlanOp::MoveRemote {
                             from: path.clone(),

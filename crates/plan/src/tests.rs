@@ -334,6 +334,9 @@ fn row_19_type_change_on_one_side_is_applied() {
 
 #[test]
 fn row_20_file_and_directory_contending_the_directory_keeps_the_name() {
+    // Each conflicted copy is named after the device whose bytes it holds (issue 11): this
+    // device ("laptop") for a copy of the local file, the remote node's last writer ("phone")
+    // for a copy of the remote one.
     // The local side holds the file: it becomes a conflicted copy.
     check(
         "",
@@ -351,11 +354,29 @@ fn row_20_file_and_directory_contending_the_directory_keeps_the_name() {
         "x dir\nx/f file h1",
         "x file h2 rev=4",
         expect![[r#"
-        move-remote x -> x (conflicted copy from laptop 2024-05-06 070809) rev=4
+        move-remote x -> x (conflicted copy from phone 2024-05-06 070809) rev=4
         mkdir-remote x
         upload x/f h1 if-absent
     "#]],
     );
+}
+
+#[test]
+fn row_20_a_copy_of_remote_bytes_is_named_after_the_remote_writer() {
+    // Issue 11: a directory replaced by a file on "tablet" while this device edited inside it;
+    // the copy holding the tablet's file says so.
+    let mut fixture = Fixture::new(
+        "x dir\nx/f file h1",
+        "x dir\nx/f file h3",
+        "x file h2 id=9 rev=4",
+    );
+    fixture.remote.get_mut(&fixture::path("x")).unwrap().device =
+        crate::DeviceName::new("tablet").unwrap();
+    fixture.check(expect![[r#"
+        move-remote x -> x (conflicted copy from tablet 2024-05-06 070809) rev=4
+        mkdir-remote x
+        upload x/f h3 if-absent
+    "#]]);
 }
 
 #[test]
@@ -962,7 +983,7 @@ fn seed_267_directory_rename_that_cannot_be_a_move_uploads_before_deleting() {
         "a dir\na/b dir ino=5\na/b/c.txt file h1 ino=6\nz file h0",
         "a dir\na/b file h2\na/c.txt dir\na/c.txt/c.txt file h1\nz file h0",
         expect![[r#"
-            move-remote a/b -> a/b (conflicted copy from laptop 2024-05-06 070809) rev=1
+            move-remote a/b -> a/b (conflicted copy from phone 2024-05-06 070809) rev=1
             mkdir-remote a/b
             upload a/b/c.txt h1 if-absent
             delete-remote a/c.txt/c.txt rev=1

@@ -248,8 +248,9 @@ fn canonical_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("could not resolve {}", dir.display()))
 }
 
-/// Opens the engine of a synced folder.
-pub fn open_engine(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<Engine> {
+/// Opens the engine of a synced folder for syncing, and the config the flags and the saved
+/// config give (saved by [`save_config`] once the server took the token).
+fn open_engine(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<(Engine, FolderConfig)> {
     let dir = canonical_dir(dir)?;
     let config = folder_config(&dir, remote)?;
     let api = Arc::new(ApiClient::new(
@@ -257,12 +258,54 @@ pub fn open_engine(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<Engine> {
         config.token.clone(),
     )?);
     let engine = Engine::open(&dir, api)?;
-    config.save(&dir)?;
-    Ok(engine)
+    Ok((engine, config))
+}
+
+/// Opens the engine of a synced folder to preview it (`status`): nothing in `.syncstore/` is
+/// written, the saved config included.
+pub fn open_engine_read_only(dir: &Path) -> anyhow::Result<Engine> {
+    let dir = canonical_dir(dir)?;
+    let no_flags = RemoteArgs {
+        servers: Vec::new(),
+        token: None,
+    };
+    let config = folder_config(&dir, &no_flags)?;
+    let api = Arc::new(ApiClient::new(config.servers, config.token)?);
+    Engine::open_read_only(&dir, api)
+}
+
+/// Saves `config` for later commands on the folder, unless the server refused its token or
+/// it is saved already (the file is then not rewritten). A server that cannot be reached yet
+/// does not stop the daemon: the config is saved and the daemon retries.
+///
+/// # Errors
+/// When the server refused the token, or the file cannot be written.
+async fn save_config(engine: &mut Engine, config: &FolderConfig) -> anyhow::Result<()> {
+    if let Err(err @ syncstore_client::ApiError::Unauthorized(_)) = engine.connect().await {
+        return Err(err).context("not saving the folder's config");
+    }
+    let dir = engine.root();
+    let saved = FolderConfig::load(dir)?;
+    if saved.is_some_and(|saved| saved.servers == config.servers && saved.token == config.token) {
+        // Only narrowed, if an older version left it readable by others.
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(syncstore_proto::META_DIR).join("config.json");
+        let mode = std::fs::metadata(&path)
+            .with_context(|| format!("could not read {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("could not make {} private", path.display()))?;
+        }
+        return Ok(());
+    }
+    config.save(dir)
 }
 
 async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
-    let mut engine = open_engine(&args.dir, &args.remote)?;
+    let (mut engine, config) = open_engine(&args.dir, &args.remote)?;
+    save_config(&mut engine, &config).await?;
     if args.once {
         let report = syncstore_client::daemon::run_once(&mut engine).await?;
         for skipped in &report.skipped {

@@ -11,11 +11,7 @@ use syncstore_proto::RelPath;
 /// # Errors
 /// When the folder is not set up or the server cannot be reached.
 pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
-    let remote_args = crate::cli::RemoteArgs {
-        servers: Vec::new(),
-        token: None,
-    };
-    let mut engine = super::open_engine(dir, &remote_args)?;
+    let mut engine = super::open_engine_read_only(dir)?;
     let preview = engine.preview().await?;
     println!("server: {}", engine.api().current_server());
     let mut differences = 0;

@@ -163,6 +163,8 @@ impl Fixture {
                         size: get(l, "size", 0),
                         mtime_ms: get(l, "mtime", 0) as i64,
                         executable: l.executable,
+                        // Remote nodes are the other device's, unless a test says otherwise.
+                        device: DeviceName::new("phone").unwrap(),
                     };
                     (l.path.clone(), node)
                 })

@@ -212,6 +212,7 @@ fn build(case: &Case) -> World {
                 size,
                 mtime_ms: 0,
                 executable,
+                device: DeviceName::new("phone").unwrap(),
             },
         );
     }
@@ -311,6 +312,7 @@ fn build(case: &Case) -> World {
             size: 9,
             mtime_ms: 0,
             executable: false,
+            device: DeviceName::new("phone").unwrap(),
         },
     );
     world

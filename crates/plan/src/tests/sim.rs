@@ -113,6 +113,7 @@ impl World {
                     size: local.size,
                     mtime_ms: 0,
                     executable: *executable,
+                    device: DeviceName::new("laptop").unwrap(),
                 };
                 self.base.insert(path.clone(), base_of(&remote, &local));
                 self.remote.insert(path.clone(), remote);
@@ -193,6 +194,7 @@ impl World {
                             size: 0,
                             mtime_ms: 0,
                             executable: false,
+                            device: DeviceName::new("laptop").unwrap(),
                         };
                         self.remote.insert(path.clone(), remote.clone());
                         remote
@@ -376,6 +378,7 @@ impl World {
                         size: 0,
                         mtime_ms: 0,
                         executable: false,
+                        device: DeviceName::new("laptop").unwrap(),
                     };
                     self.remote.insert(dir, remote);
                 }
