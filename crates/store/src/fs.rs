@@ -24,7 +24,7 @@
 //! named by a commit, and after the restart `missing` reports it missing again, so the client
 //! uploads it again.
 
-use crate::{BadChunk, ChunkLens, ChunkStore, ScrubReport, StoreError};
+use crate::{ChunkLens, ChunkStore, ScrubReport, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -242,18 +242,10 @@ impl ChunkStore for FsChunkStore {
                 .await
                 .map_err(|err| StoreError::Worker(err.to_string()))??;
             for hash in hashes {
-                match self.get(owner, &hash).await {
-                    Ok(bytes) => report.bytes += bytes.len() as u64,
-                    Err(StoreError::Corrupt(detail)) => report.bad.push(BadChunk {
-                        owner,
-                        hash,
-                        detail,
-                    }),
-                    Err(StoreError::NotFound(_)) => continue,
-                    Err(err) => return Err(err),
+                let read = self.get(owner, &hash).await;
+                if report.record(owner, hash, read)? {
+                    progress(&report);
                 }
-                report.checked += 1;
-                progress(&report);
             }
         }
         Ok(report)

@@ -703,6 +703,33 @@ pub struct ScrubReport {
     pub bad: Vec<BadChunk>,
 }
 
+impl ScrubReport {
+    /// Counts the verified read of one chunk: its bytes, or it as bad when it failed
+    /// verification. Returns whether it was checked (a chunk gone meanwhile is not).
+    ///
+    /// # Errors
+    /// Any other failure of the read, which stops the scrub.
+    pub fn record(
+        &mut self,
+        owner: NamespaceId,
+        hash: ChunkHash,
+        read: Result<Bytes, StoreError>,
+    ) -> Result<bool, StoreError> {
+        match read {
+            Ok(bytes) => self.bytes += bytes.len() as u64,
+            Err(StoreError::Corrupt(detail)) => self.bad.push(BadChunk {
+                owner,
+                hash,
+                detail,
+            }),
+            Err(StoreError::NotFound(_)) => return Ok(false),
+            Err(err) => return Err(err),
+        }
+        self.checked += 1;
+        Ok(true)
+    }
+}
+
 /// A chunk that failed verification.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadChunk {

@@ -13,7 +13,7 @@
 //! `object_store` cannot create buckets, so [`S3ChunkStore::open`] checks for the bucket and
 //! creates it with one request signed by `rusty-s3`.
 
-use crate::{BadChunk, ChunkLens, ChunkStore, ScrubReport, Service, StoreError};
+use crate::{ChunkLens, ChunkStore, ScrubReport, Service, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -334,18 +334,10 @@ impl ChunkStore for S3ChunkStore {
                 tracing::warn!(key = %meta.location, "not a chunk; skipped");
                 continue;
             };
-            match self.verified(owner, &hash, &meta.location).await {
-                Ok(bytes) => report.bytes += bytes.len() as u64,
-                Err(StoreError::Corrupt(detail)) => report.bad.push(BadChunk {
-                    owner,
-                    hash,
-                    detail,
-                }),
-                Err(StoreError::NotFound(_)) => continue,
-                Err(err) => return Err(err),
+            let read = self.verified(owner, &hash, &meta.location).await;
+            if report.record(owner, hash, read)? {
+                progress(&report);
             }
-            report.checked += 1;
-            progress(&report);
         }
         Ok(report)
     }
