@@ -264,11 +264,19 @@ pub async fn open_stores(meta: &MetaLocation, chunks: &ChunkLocation) -> anyhow:
         }
     };
     let chunk_store: Arc<dyn ChunkStore> = match chunks {
-        ChunkLocation::Dir(dir) => Arc::new(
-            FsChunkStore::open(dir)
+        ChunkLocation::Dir(dir) => {
+            let chunk_store = FsChunkStore::open(dir)
                 .await
-                .with_context(|| format!("could not open the chunk store {}", dir.display()))?,
-        ),
+                .with_context(|| format!("could not open the chunk store {}", dir.display()))?;
+            // Chunks stored before namespace ids were keyed by the user's integer id.
+            for user in meta_store.users().await.context("could not list users")? {
+                chunk_store
+                    .adopt_legacy_dir(user.id, user.namespace)
+                    .await
+                    .with_context(|| format!("could not move the chunks of user {}", user.name))?;
+            }
+            Arc::new(chunk_store)
+        }
         ChunkLocation::S3(location) => Arc::new(
             S3ChunkStore::open(location, &S3Endpoint::from_env())
                 .await

@@ -102,6 +102,34 @@ impl FsChunkStore {
         self.user_dir(owner).join(&hex[..2]).join(hex)
     }
 
+    /// Moves the chunks a build before namespace ids stored under the user's integer id
+    /// (`ROOT/<user id>/`) to where they belong now (`ROOT/<namespace id>/`), durably; nothing
+    /// to do when there is no such directory or the namespace has one already.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub async fn adopt_legacy_dir(
+        &self,
+        user_id: crate::UserId,
+        owner: NamespaceId,
+    ) -> Result<(), StoreError> {
+        let legacy = self.root.join(user_id.0.to_string());
+        let current = self.user_dir(owner);
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            if !legacy.is_dir() || current.exists() {
+                return Ok(());
+            }
+            std::fs::rename(&legacy, &current).map_err(|source| {
+                io_error(format!("could not move {} to {}", legacy.display(), current.display()), source)
+            })?;
+            tracing::info!(from = %legacy.display(), to = %current.display(), "moved the chunks of a user to its namespace id");
+            sync_dir(&root)
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
     /// Drops every staged chunk of `owner` (a full disk: the upload failed, and the space
     /// they hold is what the next, smaller upload needs). They were never named by a commit;
     /// `missing` reports them missing again.

@@ -274,3 +274,56 @@ mod fs_staging {
             .is_empty());
     }
 }
+
+mod legacy_layout {
+    //! Chunks stored before namespace ids, under the user's integer id, are found after the
+    //! upgrade.
+
+    use bytes::Bytes;
+    use syncstore_proto::{ChunkHash, UserName};
+    use syncstore_store::{ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore};
+
+    #[tokio::test]
+    async fn chunks_under_a_user_id_move_to_its_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMetaStore::open(&dir.path().join("meta.sqlite"))
+            .await
+            .unwrap();
+        let user = meta
+            .create_user(&UserName::new("old").unwrap())
+            .await
+            .unwrap();
+        let root = dir.path().join("chunks");
+        let bytes = b"stored by an older build".to_vec();
+        let hash = ChunkHash(*blake3::hash(&bytes).as_bytes());
+        let hex = hash.to_hex();
+        let legacy = root.join(user.id.0.to_string()).join(&hex[..2]);
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join(&hex), &bytes).unwrap();
+
+        let store = FsChunkStore::open(&root).await.unwrap();
+        assert_eq!(
+            store.missing(user.namespace, &[hash]).await.unwrap(),
+            [hash]
+        );
+        store
+            .adopt_legacy_dir(user.id, user.namespace)
+            .await
+            .unwrap();
+        assert!(store
+            .missing(user.namespace, &[hash])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.get(user.namespace, &hash).await.unwrap(),
+            Bytes::from(bytes)
+        );
+        // Twice is harmless.
+        store
+            .adopt_legacy_dir(user.id, user.namespace)
+            .await
+            .unwrap();
+        assert!(!root.join(user.id.0.to_string()).exists());
+    }
+}
