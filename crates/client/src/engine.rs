@@ -847,6 +847,18 @@ impl Engine {
                 }
                 Kind::Download => self.execute_downloads(run).await?,
                 Kind::Local => {
+                    // A delete destroys the local copy on the word of the server's history:
+                    // that history must still be the one the plan was made from (the server
+                    // may have lost it since, and with it the copy this delete relies on, as
+                    // for a remote move planned as a delete here and a download there).
+                    if run
+                        .iter()
+                        .any(|op| matches!(op, PlanOp::DeleteLocal { .. }))
+                        && !self.history_unchanged().await?
+                    {
+                        self.retry_soon = true;
+                        return Ok(());
+                    }
                     let cleared =
                         tokio::task::block_in_place(|| self.clear_base_before_deletes(&run))?;
                     self.cleared_for_delete = cleared;
@@ -889,6 +901,25 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Whether the server still holds the history this engine knows (its namespace, and the
+    /// newest known journal position with its tag); when not, base is distrusted.
+    async fn history_unchanged(&mut self) -> Result<bool, ApiError> {
+        let cursor = self.remote.as_ref().map(|r| r.cursor).unwrap_or_default();
+        let page = self
+            .api
+            .changes(cursor, Duration::ZERO, self.identity.known)
+            .await?;
+        if page.diverged || self.identity.namespace != Some(page.namespace) {
+            self.distrust(
+                "the server's journal no longer holds the changes this folder saw: its \
+                 database was restored from a backup, or replaced"
+                    .to_owned(),
+            );
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Sends ops in batches and hands each result to `on_result`; counts the applied ones.

@@ -141,6 +141,8 @@ pub struct Device {
     /// saves it), and as committed.
     identity: ServerIdentity,
     committed_identity: ServerIdentity,
+    /// How many times this device re-adopted its folder.
+    readopts: usize,
     /// In memory: lost on crash, reloaded from `GET /tree`.
     pub remote: Option<RemoteTree>,
     /// In memory: the rest of the plan being applied.
@@ -275,6 +277,7 @@ impl Device {
             committed_base: BTreeMap::new(),
             identity: ServerIdentity::default(),
             committed_identity: ServerIdentity::default(),
+            readopts: 0,
             remote: None,
             pending: VecDeque::new(),
         }
@@ -310,6 +313,7 @@ impl Device {
     /// account), so it is dropped, durably, and the folder is planned as on a first sync.
     fn readopt(&mut self, env: &mut Env<'_>, namespace: NamespaceId, why: &str) {
         env.log(&self.name, format!("RE-ADOPT: {why}"));
+        self.readopts += 1;
         self.base.clear();
         self.identity = ServerIdentity {
             namespace: Some(namespace),
@@ -505,7 +509,20 @@ impl Device {
             Kind::Remote => self.execute_remote_ops(env, run),
             Kind::Upload => self.execute_uploads(env, run),
             Kind::Download => self.execute_downloads(env, run),
-            Kind::Local => self.execute_locals(env, run),
+            Kind::Local => {
+                // `Engine::history_unchanged`, before a run with local deletes.
+                if run
+                    .iter()
+                    .any(|op| matches!(op, PlanOp::DeleteLocal { .. }))
+                {
+                    let readopts_before = self.readopts;
+                    self.check_identity(env);
+                    if self.readopts != readopts_before {
+                        return 0;
+                    }
+                }
+                self.execute_locals(env, run)
+            }
         };
         match result {
             Ok(applied) => {

@@ -131,6 +131,18 @@ impl SimFs {
         }
     }
 
+    /// The bytes of every file on this disk, those hidden by mounts included.
+    pub fn all_file_bytes(&self) -> impl Iterator<Item = &Vec<u8>> {
+        let hidden_by_dirs = self.mounts.values().flatten().map(|(_, node)| node);
+        let hidden_by_root = self.root_mount.iter().flat_map(|nodes| nodes.values());
+        self.nodes
+            .values()
+            .chain(hidden_by_dirs)
+            .chain(hidden_by_root)
+            .filter(|node| node.kind == EntryKind::File)
+            .map(|node| &node.bytes)
+    }
+
     /// Whether another filesystem is mounted over the whole folder.
     pub fn root_mounted(&self) -> bool {
         self.root_mount.is_some()

@@ -338,6 +338,7 @@ impl World {
                 self.step
             ));
             self.stats.restores += 1;
+            self.forget_what_only_the_server_held();
         } else if roll < 51 {
             self.server.reset();
             self.trace.push(format!(
@@ -345,6 +346,43 @@ impl World {
                 self.step
             ));
             self.stats.resets += 1;
+            self.forget_what_only_the_server_held();
+        }
+    }
+
+    /// At the moment the server loses history, content that no device holds (on its disk, or
+    /// hidden by a mount) and the server no longer has is gone with it: the server's failure,
+    /// not the sync's. (A device may rightly have dropped its copy before: a file moved, on the
+    /// server, to where that device does not look, beneath a disk mounted there.) What a device
+    /// deletes after the failure is still counted: the engine checks the server's history
+    /// before every local delete.
+    fn forget_what_only_the_server_held(&mut self) {
+        let mut held: std::collections::BTreeSet<&Vec<u8>> = self
+            .devices
+            .iter()
+            .flat_map(|device| device.disk.all_file_bytes())
+            .collect();
+        let on_server = self.server.snapshot();
+        held.extend(
+            on_server
+                .values()
+                .filter(|(kind, _)| *kind == EntryKind::File)
+                .map(|(_, bytes)| bytes),
+        );
+        let gone: Vec<Vec<u8>> = self
+            .ledger
+            .live
+            .keys()
+            .filter(|bytes| !held.contains(bytes))
+            .cloned()
+            .collect();
+        for bytes in gone {
+            self.ledger.live.remove(&bytes);
+            self.trace.push(format!(
+                "#{} {} was held by the server alone, and is lost with its history",
+                self.step,
+                show_bytes(&bytes)
+            ));
         }
     }
 

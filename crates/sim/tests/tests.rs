@@ -41,6 +41,16 @@ const REGRESSIONS: &[(u64, usize, &str)] = &[
         2,
         "plan: a file rename onto a remote directory deleted before it uploaded",
     ),
+    (
+        3804,
+        3,
+        "client: a local delete planned before the server lost its database ran after it",
+    ),
+    (
+        6035,
+        3,
+        "client: a remote move planned as delete + download lost the file when the server was reset between them",
+    ),
 ];
 
 fn env_u64(name: &str) -> Option<u64> {
