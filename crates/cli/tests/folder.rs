@@ -251,3 +251,39 @@ fn a_folder_moved_away_and_replaced_by_an_empty_one_is_stopped() {
     wait_until("A's new file on B", || s.b_dir.join("back.txt").exists());
     s.nothing_lost();
 }
+
+#[test]
+fn a_second_daemon_on_one_folder_is_refused_with_the_first_ones_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let server = Server::start(&logs, &tmp.path().join("data"));
+    let token = server.token("alice", "laptop");
+    let dir = tmp.path().join("a");
+    let first = start_client("client-a", &logs, &dir, &server.url(), &token);
+    write(&dir.join("hello.txt"), "hello");
+    wait_until("the first daemon syncs", || {
+        server.entry(&token, "hello.txt").is_some()
+    });
+    let second = sync_once(&dir, &server.url(), None);
+    let message = String::from_utf8_lossy(&second.stderr).into_owned();
+    assert_eq!(second.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("already being synced")
+            && message.contains(&format!("pid {}", first.child.id())),
+        "{message}"
+    );
+    // `status` only reads, and still works beside the daemon.
+    let status = run(&["status", dir.to_str().unwrap()]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    drop(first);
+    let again = sync_once(&dir, &server.url(), None);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

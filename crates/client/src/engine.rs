@@ -110,6 +110,8 @@ pub struct Engine {
     waits: HashMap<RelPath, (Instant, Duration)>,
     /// Opened by [`Engine::open_read_only`]: previews only, and nothing is saved.
     read_only: bool,
+    /// The folder's lock, held while this engine may write (not by a read-only one).
+    lock: Option<crate::folder::FolderLock>,
 }
 
 /// An empty base, planned against when base cannot be trusted.
@@ -123,6 +125,9 @@ impl Engine {
     pub fn open(root: &Path, api: Arc<ApiClient>) -> anyhow::Result<Engine> {
         let meta_dir = crate::config::meta_dir(root);
         crate::config::create_private_dir(&meta_dir)?;
+        // Before anything in `.syncstore/` is touched: `tmp/` below may hold a running
+        // daemon's downloads.
+        let lock = crate::folder::FolderLock::acquire(root, &meta_dir)?;
         let tmp_dir = meta_dir.join("tmp");
         crate::config::create_private_dir(&tmp_dir)?;
         // Temp files of an interrupted run are garbage: their content was never placed.
@@ -132,7 +137,9 @@ impl Engine {
             }
         }
         let state = StateDb::open(&meta_dir)?;
-        Engine::with_state(root, api, state, tmp_dir, false)
+        let mut engine = Engine::with_state(root, api, state, tmp_dir, false)?;
+        engine.lock = Some(lock);
+        Ok(engine)
     }
 
     /// Opens the folder's state for [`Engine::preview`] only (`status`): nothing in
@@ -210,6 +217,7 @@ impl Engine {
             wanted: HashSet::new(),
             waits: HashMap::new(),
             read_only,
+            lock: None,
         })
     }
 

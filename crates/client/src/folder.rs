@@ -160,6 +160,69 @@ impl FolderId {
     }
 }
 
+/// Held by the one process that syncs a folder (an exclusive `flock` on
+/// `.syncstore/daemon.lock`, which holds its pid): a second `sync` on the same folder is
+/// refused instead of racing the first over the same files and state. Released when dropped,
+/// or when the process dies.
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// Another process syncs the folder already.
+#[derive(Debug, thiserror::Error)]
+#[error("{root} is already being synced by another syncstore process (pid {pid}); stop it first, or use `syncstore status` to look")]
+pub struct AlreadySyncing {
+    pub root: String,
+    pub pid: String,
+}
+
+impl FolderLock {
+    /// Takes the folder's lock, in its state directory `meta_dir`.
+    ///
+    /// # Errors
+    /// [`AlreadySyncing`] naming the pid of the holder; IO errors.
+    pub fn acquire(root: &Path, meta_dir: &Path) -> anyhow::Result<FolderLock> {
+        use anyhow::Context;
+        use fs4::FileExt;
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = meta_dir.join("daemon.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("could not open {}", path.display()))?;
+        match FileExt::try_lock(&file) {
+            Ok(()) => {
+                file.set_len(0)?;
+                file.seek(std::io::SeekFrom::Start(0))?;
+                write!(file, "{}", std::process::id())?;
+                Ok(FolderLock { _file: file })
+            }
+            Err(fs4::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Err(AlreadySyncing {
+                    root: root.display().to_string(),
+                    pid: if pid.trim().is_empty() {
+                        "unknown".to_owned()
+                    } else {
+                        pid.trim().to_owned()
+                    },
+                }
+                .into())
+            }
+            Err(fs4::TryLockError::Error(err)) => {
+                Err(err).with_context(|| format!("could not lock {}", path.display()))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +255,20 @@ mod tests {
         let err = id.check().unwrap_err();
         assert!(err.why.contains("is gone"), "{err}");
         assert!(err.to_string().contains("Nothing was scanned"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_is_synced_by_one_process_at_a_time() {
+        let (_tmp, root, _id) = folder();
+        let meta_dir = root.join(".syncstore");
+        let held = FolderLock::acquire(&root, &meta_dir).unwrap();
+        let err = FolderLock::acquire(&root, &meta_dir).unwrap_err();
+        let refused = err
+            .downcast_ref::<AlreadySyncing>()
+            .expect("AlreadySyncing");
+        assert_eq!(refused.pid, std::process::id().to_string());
+        drop(held);
+        FolderLock::acquire(&root, &meta_dir).unwrap();
     }
 
     #[test]
