@@ -628,7 +628,20 @@ impl Engine {
             }
             self.check_my_locks();
             let early = EarlyUpload::start(Arc::clone(&self.api));
-            let scan = self.scan(Some(&early));
+            let mut scan = self.scan(Some(&early));
+            // A walk that raced a rename between directories saw the file nowhere: that is no
+            // delete, so the walk is repeated (a few times: a folder whose entries never stop
+            // changing is planned as it is, and passes again soon).
+            for _ in 0..3 {
+                if !scan.entries_moved {
+                    break;
+                }
+                tracing::debug!("entries moved during the scan; scanning again");
+                scan = self.scan(Some(&early));
+            }
+            if scan.entries_moved {
+                self.retry_soon = true;
+            }
             early.finish().await;
             let remote_view = self.remote.as_ref().expect("connected").plan_view();
             let plan = self.make_plan(&scan, &remote_view);

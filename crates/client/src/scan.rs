@@ -201,6 +201,12 @@ pub struct Scan {
     pub root_ok: bool,
     /// A file changed while it was being hashed: scan again soon.
     pub unsettled: bool,
+    /// Entries were added, removed or renamed in a directory after the walk listed it: the
+    /// walk is no snapshot (a file renamed from a directory not yet listed into one already
+    /// listed was seen nowhere), so a pass scans again before it plans.
+    pub entries_moved: bool,
+    /// Each directory listed, with its mtime just before it was listed.
+    listed: Vec<(std::path::PathBuf, i64)>,
 }
 
 /// Walks `root`, chunking what changed; the chunks of large files also go to `sink` as they
@@ -225,6 +231,12 @@ pub fn scan(
     walk(
         root, root_dev, root, None, rules, cache, &mut out, &mut seen, &mut sink,
     );
+    out.entries_moved = std::mem::take(&mut out.listed)
+        .into_iter()
+        .any(|(dir, mtime)| {
+            std::fs::symlink_metadata(&dir)
+                .map_or(true, |meta| crate::fsutil::mtime_ns(&meta) != mtime)
+        });
     // Forget cached hashes of paths no longer there.
     cache.entries.retain(|path, _| out.local.contains_key(path));
     out
@@ -242,6 +254,10 @@ fn walk(
     seen: &mut HashMap<u64, ()>,
     sink: &mut Option<&mut ChunkSink>,
 ) {
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        out.listed
+            .push((dir.to_path_buf(), crate::fsutil::mtime_ns(&meta)));
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) => {
