@@ -398,11 +398,9 @@ async fn long_poll(
         match result {
             Ok(page) => {
                 backoff.succeeded();
-                if !page.changes.is_empty()
-                    || page.reset
-                    || page.diverged
-                    || !page.wanted.is_empty()
-                {
+                // (`diverged` is never set here: the long poll names no known position, the
+                // pass it wakes checks that.)
+                if !page.changes.is_empty() || page.reset || !page.wanted.is_empty() {
                     remote_dirty.notify_one();
                 }
                 seen = Some(page.cursor.max(since));

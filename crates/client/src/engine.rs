@@ -24,7 +24,7 @@ use syncstore_durable::Writeback;
 use syncstore_plan::{BaseNode, Blocked, LocalNode, Plan, PlanInput, PlanOp, RemoteNode};
 use syncstore_proto::{
     encode_frame_header, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind,
-    JournalTag, Op, OpResult, Precondition, RelPath, RemoteEntry, Revision,
+    JournalTag, NamespaceId, Op, OpResult, Precondition, RelPath, RemoteEntry, Revision,
 };
 use tokio::time::Instant;
 
@@ -231,6 +231,34 @@ impl Engine {
         self.identity.known = None;
     }
 
+    /// Distrusts base when a server answer says the journal no longer holds the known position
+    /// (`diverged`) or names another namespace than base was made against; returns whether
+    /// the history is still the known one.
+    fn check_history(&mut self, diverged: bool, namespace: Option<NamespaceId>) -> bool {
+        let mut unchanged = true;
+        // The namespace first: a re-adoption saves the one the server has now.
+        if let Some(namespace) = namespace {
+            if self
+                .identity
+                .namespace
+                .is_some_and(|known| known != namespace)
+            {
+                self.distrust("the server's account changed while connected".to_owned());
+                self.identity.namespace = Some(namespace);
+                unchanged = false;
+            }
+        }
+        if diverged {
+            self.distrust(
+                "the server's journal no longer holds the changes this folder saw: its \
+                 database was restored from a backup, or replaced"
+                    .to_owned(),
+            );
+            unchanged = false;
+        }
+        unchanged
+    }
+
     /// Records a journal position the server answered with, if it is newer than the known one.
     fn note_known(&mut self, cursor: Cursor, tag: JournalTag) {
         if self.untrusted.is_some() {
@@ -244,7 +272,7 @@ impl Engine {
     /// Forgets base and plans as on a first sync: nothing is deleted on either side, local
     /// files the server lacks are uploaded, differing contents become conflicted copies, and
     /// identical files are only recorded (Unison's rule for an archive it cannot trust).
-    async fn readopt(&mut self, why: String) -> anyhow::Result<()> {
+    fn readopt(&mut self, why: String) -> anyhow::Result<()> {
         tracing::warn!(
             folder = %self.root.display(),
             "{why}; re-adopting the folder as on a first sync: nothing is deleted on either side, \
@@ -322,10 +350,7 @@ impl Engine {
         }
         if self.remote.is_none() {
             let tree = self.api.tree().await?;
-            if Some(tree.namespace) != self.identity.namespace {
-                self.distrust("the server's account changed while connected".to_owned());
-                self.identity.namespace = Some(tree.namespace);
-            }
+            self.check_history(false, Some(tree.namespace));
             if let Some((known, _)) = self.identity.known {
                 if tree.cursor < known {
                     self.distrust(format!(
@@ -357,17 +382,7 @@ impl Engine {
                 .api
                 .changes(cursor, Duration::ZERO, self.identity.known)
                 .await?;
-            if page.diverged {
-                self.distrust(
-                    "the server's journal no longer holds the changes this folder saw: its \
-                     database was restored from a backup, or replaced"
-                        .to_owned(),
-                );
-            }
-            if page.namespace != self.identity.namespace.unwrap_or(page.namespace) {
-                self.distrust("the server's account changed while connected".to_owned());
-                self.identity.namespace = Some(page.namespace);
-            }
+            self.check_history(page.diverged, Some(page.namespace));
             self.wanted = page.wanted.iter().copied().collect();
             if page.reset {
                 tracing::warn!(
@@ -394,8 +409,6 @@ impl Engine {
         self.remote.as_ref().map(|r| r.cursor)
     }
 
-    /// Scans the folder; with `early`, the chunks of large changed files are uploaded while it
-    /// runs (a pass does that; a preview for `status` never sends anything).
     /// Checks that the folder is still the one being synced (THREE-TREE row 36).
     ///
     /// # Errors
@@ -405,6 +418,8 @@ impl Engine {
         self.folder.check()
     }
 
+    /// Scans the folder; with `early`, the chunks of large changed files are uploaded while it
+    /// runs (a pass does that; a preview for `status` never sends anything).
     fn scan(&mut self, early: Option<&EarlyUpload>) -> Scan {
         let rules = IgnoreRules::load(&self.root);
         let root = self.root.clone();
@@ -620,7 +635,7 @@ impl Engine {
             self.check_folder()?;
             self.refresh_remote().await?;
             if let Some(why) = self.untrusted.take() {
-                self.readopt(why).await?;
+                self.readopt(why)?;
                 self.refresh_remote().await?;
             }
             if !self.wanted.is_empty() {
@@ -932,15 +947,7 @@ impl Engine {
             .api
             .changes(cursor, Duration::ZERO, self.identity.known)
             .await?;
-        if page.diverged || self.identity.namespace != Some(page.namespace) {
-            self.distrust(
-                "the server's journal no longer holds the changes this folder saw: its \
-                 database was restored from a backup, or replaced"
-                    .to_owned(),
-            );
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.check_history(page.diverged, Some(page.namespace)))
     }
 
     /// Sends ops in batches and hands each result to `on_result`; counts the applied ones.
@@ -960,13 +967,7 @@ impl Engine {
             // lists, are moved into the request.
             let paths: Vec<RelPath> = batch.iter().map(|op| op.path().clone()).collect();
             let response = self.api.ops(batch, self.identity.known).await?;
-            if response.diverged {
-                self.distrust(
-                    "the server's journal no longer holds the changes this folder saw: its \
-                     database was restored from a backup, or replaced"
-                        .to_owned(),
-                );
-            }
+            self.check_history(response.diverged, None);
             anyhow::ensure!(
                 response.results.len() == n,
                 "server answered {} results for {n} ops",
@@ -1120,13 +1121,7 @@ impl Engine {
                 tracing::warn!(cause = %err, "the server's storage is full; uploading file by file, smallest first");
                 let mut by_size: Vec<(u64, PlanOp)> = group
                     .into_iter()
-                    .map(|op| {
-                        let size = safe_join(&self.root, upload_path(&op))
-                            .ok()
-                            .and_then(|full| stamp_of(&full).ok())
-                            .map_or(u64::MAX, |stamp| stamp.size);
-                        (size, op)
-                    })
+                    .map(|op| (self.local_size(upload_path(&op)), op))
                     .collect();
                 by_size.sort_by_key(|(size, _)| *size);
                 let mut n = 0;
@@ -1145,15 +1140,21 @@ impl Engine {
             }
             Err(err) if api_status(&err) == Some(507) => {
                 let path = upload_path(&group[0]).clone();
-                let size = safe_join(&self.root, &path)
-                    .ok()
-                    .and_then(|full| stamp_of(&full).ok())
-                    .map_or(0, |stamp| stamp.size);
+                let size = self.local_size(&path);
                 self.upload_full(&path, size, &err);
                 Ok(0)
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// The size of the local file at `path` now (`u64::MAX` when it cannot be read, so it sorts
+    /// last).
+    fn local_size(&self, path: &RelPath) -> u64 {
+        safe_join(&self.root, path)
+            .ok()
+            .and_then(|full| stamp_of(&full).ok())
+            .map_or(u64::MAX, |stamp| stamp.size)
     }
 
     /// A chunk did not match its hash at the server: the file changed while it was read.
