@@ -13,13 +13,17 @@ pub mod config;
 pub mod daemon;
 pub mod early_upload;
 pub mod engine;
+mod error;
 pub mod folder;
 pub mod fsutil;
 pub mod http;
+mod production;
 pub mod remote;
 pub mod scan;
+pub mod seams;
 pub mod state;
 
 pub use config::FolderConfig;
-pub use engine::{Engine, PassReport, Preview};
+pub use engine::{Engine, Notice, PassReport, Preview, SyncEngine};
+pub use error::Error;
 pub use http::{ApiClient, ApiError};
