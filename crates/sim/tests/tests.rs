@@ -9,8 +9,11 @@ use syncstore_sim::{run, Config};
 const DEFAULT_SEEDS: u64 = 200;
 
 /// Seeds of the default configuration that fail because of known bugs outside this crate;
-/// skipped in ranges, never in a replay. None today.
-const KNOWN_FAILING: &[u64] = &[];
+/// skipped in ranges, never in a replay. Today: a directory holding ignored files, which the
+/// planner asks to remove for ever (fixed next).
+const KNOWN_FAILING: &[u64] = &[
+    4, 6, 28, 34, 47, 49, 52, 54, 67, 74, 90, 95, 115, 127, 136, 146, 147, 161, 185, 190, 198,
+];
 
 /// Seeds that once broke an invariant, with the number of devices they failed with, run on
 /// every `cargo test`. The model keeps growing, so a seed may no longer replay its old history;
@@ -60,6 +63,36 @@ fn env_u64(name: &str) -> Option<u64> {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
     )
+}
+
+/// A seed replays the same history every time: two runs give the same trace, line for line.
+#[test]
+fn a_seed_replays_the_same_history() {
+    for seed in [3, 1479] {
+        let first = run(seed, &Config::default());
+        let second = run(seed, &Config::default());
+        let trace = |outcome: &Result<syncstore_sim::Stats, syncstore_sim::Failure>| match outcome {
+            Ok(stats) => stats.trace.clone(),
+            Err(failure) => failure.trace.clone(),
+        };
+        let (first, second) = (trace(&first), trace(&second));
+        assert!(
+            first.len() > 100,
+            "seed {seed} did little: {} lines",
+            first.len()
+        );
+        if let Some(at) = first.iter().zip(&second).position(|(a, b)| a != b) {
+            panic!(
+                "seed {seed} diverged at line {at}:\n  {}\n  {}",
+                first[at], second[at]
+            );
+        }
+        assert_eq!(
+            first.len(),
+            second.len(),
+            "seed {seed}: traces of different lengths"
+        );
+    }
 }
 
 #[test]
@@ -113,6 +146,7 @@ fn seeds() {
     let mut edits = 0;
     let mut server_changes = 0;
     let (mut restores, mut resets, mut mounts) = (0, 0, 0);
+    let mut features = syncstore_sim::Features::default();
     for seed in (first_seed..end_seed).filter(|seed| !KNOWN_FAILING.contains(seed)) {
         match run(seed, &config) {
             Ok(stats) => {
@@ -121,6 +155,7 @@ fn seeds() {
                 restores += stats.restores;
                 resets += stats.resets;
                 mounts += stats.mounts;
+                features.add(&stats.features);
             }
             Err(failure) => failures.push(failure),
         }
@@ -148,5 +183,9 @@ fn seeds() {
             "too few mounts: {mounts} in {n_seeds} seeds"
         );
     }
+    if n_seeds >= 100 {
+        features.assert_exercised(n_seeds);
+    }
+    eprintln!("{features:?}");
     eprintln!("{n_seeds} seeds passed: {edits} edits, {server_changes} server changes, {restores} restores from a backup, {resets} databases lost, {mounts} disks mounted over folders");
 }

@@ -140,7 +140,7 @@ pub trait TempFile: std::io::Write + Send {
     ///
     /// # Errors
     /// On an IO error.
-    fn set_mtime_ms(&self, mtime_ms: i64) -> std::io::Result<()>;
+    fn set_mtime_ms(&mut self, mtime_ms: i64) -> std::io::Result<()>;
 }
 
 /// The synced folder, addressed by [`RelPath`] below its root. Writes never go through a

@@ -106,7 +106,7 @@ impl TempFile for OsTemp {
         }
     }
 
-    fn set_mtime_ms(&self, mtime_ms: i64) -> std::io::Result<()> {
+    fn set_mtime_ms(&mut self, mtime_ms: i64) -> std::io::Result<()> {
         let mtime =
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(mtime_ms.max(0) as u64);
         self.file.as_file().set_modified(mtime)
