@@ -3,7 +3,7 @@
 //! Given the **base** tree (the last state both sides agreed on), the **local** tree (what the
 //! last scan saw on disk) and the **remote** tree (the server's state at the client's cursor),
 //! [`plan`] decides, per path, what to do. The decisions are the table in
-//! `../shared/THREE-TREE.md`; each row has a unit test here.
+//! `../shared/THREE-TREE.md`; each row the planner decides has a unit test here.
 //!
 //! Architecture Invariant: this crate does no IO, reads no clock, draws no random numbers and is
 //! not async. Everything it needs (device name, the time for conflict names, ignore rules, locks)
