@@ -592,6 +592,7 @@ impl Engine {
             device: &device,
             now_stamp: &now_stamp,
             locked_by_others: &locked_by_others,
+            read_only_for_locks: &BTreeMap::new(), // TODO(issue 12): wire
             ignored: &scan.untouchable,
             local_root_ok: scan.root_ok,
             remote_complete: true,
@@ -1903,6 +1904,8 @@ impl Engine {
                 self.state.remove(path)?;
                 Ok(true)
             }
+            // TODO(issue 12): wire (chmod and the read-only set); applied no-ops until then.
+            PlanOp::ProtectLocal { .. } | PlanOp::UnprotectLocal { .. } => Ok(true),
             other => unreachable!("not a local op: {other:?}"),
         }
     }

@@ -1,6 +1,6 @@
 //! The per-path decisions behind [`crate::plan`].
 //!
-//! A pass goes in four steps:
+//! A pass goes in five steps:
 //!
 //! 1. Whole-pass checks (row 29): a missing local root stops everything; an emptied one stops
 //!    every deletion (see the crate docs).
@@ -11,7 +11,9 @@
 //!    A directory's decision depends on what its children's decisions leave beneath it, which is
 //!    why children go first; the planner tracks what each side will hold after the plan in
 //!    `local_after` / `remote_after`.
-//! 4. The ops are sorted into the order the client applies them ([`sort_ops`]): remote
+//! 4. Read-only files for locks ([`crate::read_only`]): from the ops decided so far, the
+//!    local files to make read-only or give their write bits back.
+//! 5. The ops are sorted into the order the client applies them ([`sort_ops`]): remote
 //!    deletions wait for the uploads unless they free a name one needs.
 //!
 //! A remote node at a path whose `node_id` differs from base's was deleted and created anew
@@ -49,6 +51,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
     planner.detect_renames();
     planner.deleted_remotely = planner.deleted_remotely();
     planner.decide_paths();
+    planner.plan_read_only();
     let mut ops = planner.ops;
     sort_ops(&mut ops);
     let mut blocked = planner.blocked;
@@ -102,7 +105,7 @@ pub(crate) struct Planner<'i, 'a> {
     /// Conflicted-copy names chosen in this pass, so two copies never get the same name.
     copy_names: BTreeSet<RelPath>,
     /// Row 29: the local root holds nothing while base holds files; nothing is deleted.
-    root_emptied: bool,
+    pub(crate) root_emptied: bool,
     /// Contents of remote files that look deleted locally and unchanged remotely (row 6, also
     /// beneath a directory deleted locally), set after the rename step; see
     /// [`Planner::last_copy`].
@@ -113,10 +116,7 @@ pub(crate) struct Planner<'i, 'a> {
 
 impl<'i, 'a> Planner<'i, 'a> {
     fn new(input: &'i PlanInput<'a>) -> Self {
-        let ignored = |path: &RelPath| {
-            input.ignored.contains(path)
-                || path.ancestors().iter().any(|a| input.ignored.contains(a))
-        };
+        let ignored = |path: &RelPath| is_ignored(input, path);
         Planner {
             input,
             base: input
@@ -221,7 +221,9 @@ impl<'i, 'a> Planner<'i, 'a> {
             PlanOp::SetModeRemote { .. }
             | PlanOp::SetModeLocal { .. }
             | PlanOp::RecordBase { .. }
-            | PlanOp::ForgetBase { .. } => {}
+            | PlanOp::ForgetBase { .. }
+            | PlanOp::ProtectLocal { .. }
+            | PlanOp::UnprotectLocal { .. } => {}
         }
         self.ops.push(op);
     }
@@ -781,24 +783,33 @@ fn sort_ops(ops: &mut [PlanOp]) {
 /// Where `op` goes in a plan; see [`sort_ops`].
 fn sort_key<'o>(op: &'o PlanOp, early: &BTreeSet<RelPath>) -> (u8, usize, &'o str) {
     match op {
+        // Before anything moves, deletes or replaces the file: its write bits go with it.
+        PlanOp::UnprotectLocal { path, .. } => (0, 0, path.as_str()),
         PlanOp::MoveRemote { .. } | PlanOp::MoveLocal { .. } | PlanOp::ConflictCopy { .. } => {
-            (0, 0, "")
+            (1, 0, "")
         }
         PlanOp::DeleteRemote { path, .. } if !early.contains(path) => {
-            (4, usize::MAX - path.depth(), path.as_str())
+            (5, usize::MAX - path.depth(), path.as_str())
         }
         PlanOp::DeleteLocal { path, .. }
         | PlanOp::DeleteRemote { path, .. }
-        | PlanOp::RemoveDirLocal { path } => (1, usize::MAX - path.depth(), path.as_str()),
+        | PlanOp::RemoveDirLocal { path } => (2, usize::MAX - path.depth(), path.as_str()),
         PlanOp::MakeDirLocal { path, .. } | PlanOp::MakeDirRemote { path } => {
-            (2, path.depth(), path.as_str())
+            (3, path.depth(), path.as_str())
         }
         PlanOp::Upload { path, .. }
         | PlanOp::Download { path, .. }
         | PlanOp::SetModeRemote { path, .. }
-        | PlanOp::SetModeLocal { path, .. } => (3, 0, path.as_str()),
-        PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => (5, 0, path.as_str()),
+        | PlanOp::SetModeLocal { path, .. } => (4, 0, path.as_str()),
+        PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => (6, 0, path.as_str()),
+        // After the transfers: a file downloaded under a lock is protected once it is there.
+        PlanOp::ProtectLocal { path } => (7, 0, path.as_str()),
     }
+}
+
+/// Whether `path` or one of its ancestors is untouchable (row 27): the planner leaves it alone.
+pub(crate) fn is_ignored(input: &PlanInput<'_>, path: &RelPath) -> bool {
+    input.ignored.contains(path) || path.ancestors().iter().any(|a| input.ignored.contains(a))
 }
 
 /// Whether `set` holds a path strictly inside `dir`.

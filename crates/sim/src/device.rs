@@ -238,6 +238,8 @@ pub fn show_op(op: &PlanOp) -> String {
             format!("RecordBase {path} n{}@{}", node.node_id, node.rev)
         }
         PlanOp::ForgetBase { path } => format!("ForgetBase {path}"),
+        PlanOp::ProtectLocal { path } => format!("ProtectLocal {path}"),
+        PlanOp::UnprotectLocal { path, file } => format!("UnprotectLocal {path} file={file:?}"),
     }
 }
 
@@ -453,6 +455,7 @@ impl Device {
             device: &self.name,
             now_stamp: &now_stamp,
             locked_by_others: &BTreeMap::new(),
+            read_only_for_locks: &BTreeMap::new(), // TODO(issue 12): wire
             ignored: &unavailable,
             local_root_ok: true,
             remote_complete: true,

@@ -441,6 +441,15 @@ fn check_limits(op: &PlanOp, limits: &Limits) -> Result<(), String> {
         | PlanOp::SetModeLocal { path, .. }
         | PlanOp::RecordBase { path, .. }
         | PlanOp::ForgetBase { path } => (vec![path], false),
+        // Only the file given is touched; `path` may name an untouchable entry of the set whose
+        // file the user moved out from under it.
+        PlanOp::UnprotectLocal { file, .. } => (file.iter().collect(), false),
+        PlanOp::ProtectLocal { path } => {
+            if !under(limits.locked_by_others.keys(), path) {
+                return Err(format!("protects {path}, which no lock covers"));
+            }
+            (vec![path], false)
+        }
     };
     fn under<'p>(mut tops: impl Iterator<Item = &'p RelPath>, path: &RelPath) -> bool {
         tops.any(|top| path == top || path.is_inside(top))
