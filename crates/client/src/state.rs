@@ -573,23 +573,33 @@ fn set_path_map<V: serde::Serialize>(
     store.set_meta(key, Some(&text))
 }
 
-/// Modes of files made read-only because another device locked them, to restore later.
+/// The files made read-only because another device's lock covered them: path → (the inode the
+/// file had then, its mode before). State written by older versions (path → mode) loads with
+/// inode 0, "whatever file is at the path".
 ///
 /// # Errors
 /// On a read error or a corrupt value.
-pub fn readonly_modes(store: &impl BaseStore) -> Result<BTreeMap<RelPath, u32>, Error> {
-    path_map(store, "readonly_modes")
+pub fn read_only_for_locks(store: &impl BaseStore) -> Result<BTreeMap<RelPath, (u64, u32)>, Error> {
+    if store.meta("read_only_for_locks")?.is_some() {
+        return path_map(store, "read_only_for_locks");
+    }
+    let old: BTreeMap<RelPath, u32> = path_map(store, "readonly_modes")?;
+    Ok(old
+        .into_iter()
+        .map(|(path, mode)| (path, (0, mode)))
+        .collect())
 }
 
-/// Saves the modes to restore.
+/// Saves the files made read-only for locks.
 ///
 /// # Errors
 /// When they cannot be saved.
-pub fn set_readonly_modes(
+pub fn set_read_only_for_locks(
     store: &mut impl BaseStore,
-    modes: &BTreeMap<RelPath, u32>,
+    files: &BTreeMap<RelPath, (u64, u32)>,
 ) -> Result<(), Error> {
-    set_path_map(store, "readonly_modes", modes)
+    set_path_map(store, "read_only_for_locks", files)?;
+    store.set_meta("readonly_modes", None)
 }
 
 /// Locks this device held at the last look (path → since), to tell the user when one goes.

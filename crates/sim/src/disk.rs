@@ -118,6 +118,7 @@ impl DiskFile for SimFile {
 pub struct SimTemp {
     bytes: Vec<u8>,
     mtime_ms: i64,
+    inode: u64,
 }
 
 impl std::io::Write for SimTemp {
@@ -140,6 +141,10 @@ impl TempFile for SimTemp {
         }
         buf.copy_from_slice(&self.bytes[start..end]);
         Ok(())
+    }
+
+    fn inode(&self) -> std::io::Result<u64> {
+        Ok(self.inode)
     }
 
     fn start_writeback(&self, _offset: u64, _len: u64) {}
@@ -192,10 +197,11 @@ impl Disk for SimDisk {
     }
 
     fn on_root_fs(&self, path: &RelPath) -> bool {
-        self.shared.lock().devices[self.idx]
-            .disk
-            .fs_of(path)
-            .is_none()
+        // A disk mounted over the whole folder since the engine opened it is another
+        // filesystem than the root's, everywhere beneath.
+        let sim = self.shared.lock();
+        let disk = &sim.devices[self.idx].disk;
+        !disk.root_mounted() && disk.fs_of(path).is_none()
     }
 
     fn read_dir(&self, dir: Option<&RelPath>) -> std::io::Result<Vec<DirEntry>> {
@@ -285,16 +291,21 @@ impl Disk for SimDisk {
             .disk
             .get(&path)
             .filter(|node| node.kind == EntryKind::File)
-            .map(|node| String::from_utf8_lossy(&node.bytes).into_owned())
+            // As `read_to_string`: a file that is not UTF-8 gives no rules.
+            .and_then(|node| String::from_utf8(node.bytes.clone()).ok())
     }
 
     fn create_temp(&self) -> std::io::Result<SimTemp> {
-        if self.shared.lock().devices[self.idx].crashed {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
             return Err(gone());
         }
+        let reuse = sim.disk_rng.gen_bool(0.5);
+        let inode = sim.devices[self.idx].disk.alloc_inode(reuse);
         Ok(SimTemp {
             bytes: Vec::new(),
             mtime_ms: 0,
+            inode,
         })
     }
 

@@ -873,7 +873,7 @@ fn rules_of(disk: &fs::SimFs) -> IgnoreRules {
     let text = disk
         .get(&path)
         .filter(|node| node.kind == EntryKind::File)
-        .map(|node| String::from_utf8_lossy(&node.bytes).into_owned());
+        .and_then(|node| String::from_utf8(node.bytes.clone()).ok());
     IgnoreRules::parse(std::path::Path::new("/sim"), text.as_deref())
 }
 

@@ -9,11 +9,8 @@ use syncstore_sim::{run, Config};
 const DEFAULT_SEEDS: u64 = 200;
 
 /// Seeds of the default configuration that fail because of known bugs outside this crate;
-/// skipped in ranges, never in a replay. Today: a directory holding ignored files, which the
-/// planner asks to remove for ever (fixed next).
-const KNOWN_FAILING: &[u64] = &[
-    4, 6, 28, 34, 47, 49, 52, 54, 67, 74, 90, 95, 115, 127, 136, 146, 147, 161, 185, 190, 198,
-];
+/// skipped in ranges, never in a replay. None today.
+const KNOWN_FAILING: &[u64] = &[];
 
 /// Seeds that once broke an invariant, with the number of devices they failed with, run on
 /// every `cargo test`. The model keeps growing, so a seed may no longer replay its old history;

@@ -311,6 +311,7 @@ impl<W: World> SyncEngine<W> {
         let mode = self.disk.stat(&job.path).map_or(0o644, |m| m.mode);
         let mode = crate::fsutil::with_executable(mode, job.executable);
         let shown = || format!("could not move download to {}", job.path);
+        let placed_inode = temp.inode().ok();
         match job.expect_local {
             None => match self.disk.place(temp, &job.path, mode, false) {
                 Ok(()) => {}
@@ -330,14 +331,27 @@ impl<W: World> SyncEngine<W> {
                     .map_err(|err| Error::io(shown(), err))?;
             }
         }
-        let stamp = self
+        let meta = self
             .disk
             .stat(&job.path)
-            .map_err(|err| Error::io(format!("could not stat {}", job.path), err))?
-            .stamp();
+            .map_err(|err| Error::io(format!("could not stat {}", job.path), err))?;
+        // The file the rename placed, unless it changed in the moment since: a write (or an
+        // editor's save) right after the rename must not be recorded as the downloaded bytes.
+        // Then base gets no stamp, and the next scan hashes the file again.
+        let intact = placed_inode == Some(meta.inode)
+            && meta.size == job.entry.size
+            && meta.mtime_ns == job.entry.mtime_ms.max(0) * 1_000_000;
+        let stamp = if intact {
+            meta.stamp()
+        } else {
+            tracing::info!(path = %job.path, "the file changed right after it was placed; it is hashed again");
+            record::NO_STAMP
+        };
         let hash = job.entry.hash.expect("downloads are files");
-        self.cache
-            .insert(job.path.clone(), stamp, hash, &job.entry.chunks);
+        if intact {
+            self.cache
+                .insert(job.path.clone(), stamp, hash, &job.entry.chunks);
+        }
         let node = record::file(&job.entry, hash, stamp);
         self.state.put(&job.path, node, job.entry.chunks.clone())?;
         // Placed: a later failure starts its backoff afresh.

@@ -284,6 +284,44 @@ impl<W: World> SyncEngine<W> {
                 self.state.remove(path)?;
                 Ok(true)
             }
+            // Upkeep of the files made read-only for other devices' locks: counted as applied
+            // even when the chmod fails, so a file that cannot be changed does not keep every
+            // plan busy (the planner's rule).
+            PlanOp::ProtectLocal { path } => {
+                let mut files = crate::state::read_only_for_locks(&self.state)?;
+                if let Ok(meta) = self.disk.stat(path) {
+                    if meta.kind == FileKind::File {
+                        if let Err(err) = self.disk.set_mode(path, meta.mode & !0o222) {
+                            tracing::warn!(%path, cause = %err, "could not make a locked file read-only");
+                        }
+                        files.insert(path.clone(), (meta.inode, meta.mode));
+                        crate::state::set_read_only_for_locks(&mut self.state, &files)?;
+                    }
+                }
+                Ok(true)
+            }
+            PlanOp::UnprotectLocal { path, file } => {
+                let mut files = crate::state::read_only_for_locks(&self.state)?;
+                if let (Some((inode, mode)), Some(file)) = (files.get(path).copied(), file) {
+                    match self.disk.stat(file) {
+                        Ok(meta)
+                            if meta.kind == FileKind::File
+                                && (inode == 0 || inode == meta.inode) =>
+                        {
+                            // The executable bit may have been synced meanwhile: it is kept,
+                            // only the write bits come back.
+                            let mode = crate::fsutil::with_executable(mode, meta.executable());
+                            if let Err(err) = self.disk.set_mode(file, mode) {
+                                tracing::warn!(%file, cause = %err, "could not give a file its mode back");
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                files.remove(path);
+                crate::state::set_read_only_for_locks(&mut self.state, &files)?;
+                Ok(true)
+            }
             other => unreachable!("not a local op: {other:?}"),
         }
     }

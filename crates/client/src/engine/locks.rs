@@ -6,10 +6,9 @@
 //! device was away) is reported, and not again while it stays gone.
 
 use super::SyncEngine;
-use crate::scan::Scan;
-use crate::seams::{Clock, Disk, FileKind, World};
+use crate::seams::{Clock, World};
 use std::collections::BTreeMap;
-use syncstore_proto::{DeviceName, EntryKind, RelPath};
+use syncstore_proto::{DeviceName, RelPath};
 
 /// Something the user should be told about (the CLI prints them, the daemon logs them).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,11 +48,6 @@ impl Notice {
             _ => None,
         }
     }
-}
-
-/// Whether `path` is a locked path or lies beneath one.
-pub(super) fn covered(path: &RelPath, locked: &BTreeMap<RelPath, DeviceName>) -> bool {
-    locked.contains_key(path) || path.ancestors().iter().any(|a| locked.contains_key(a))
 }
 
 impl<W: World> SyncEngine<W> {
@@ -114,52 +108,6 @@ impl<W: World> SyncEngine<W> {
         if held != remembered && !self.read_only {
             if let Err(err) = crate::state::set_my_locks(&mut self.state, &held) {
                 tracing::warn!(cause = %err, "could not save lock state");
-            }
-        }
-    }
-
-    /// Makes local files under another device's lock read-only, and gives files whose lock went
-    /// back the mode they had.
-    pub(super) fn apply_lock_modes(&mut self, scan: &Scan) {
-        let locked = self.locked_by_others();
-        let mut remembered = crate::state::readonly_modes(&self.state).unwrap_or_default();
-        let mut changed = false;
-        for (path, node) in &scan.local {
-            if node.kind != EntryKind::File || !covered(path, &locked) {
-                continue;
-            }
-            let Ok(meta) = self.disk.stat(path) else {
-                continue;
-            };
-            if meta.mode & 0o222 != 0 {
-                if self.disk.set_mode(path, meta.mode & !0o222).is_ok() {
-                    remembered.entry(path.clone()).or_insert(meta.mode);
-                    changed = true;
-                }
-            } else {
-                remembered.entry(path.clone()).or_insert(meta.mode | 0o200);
-            }
-        }
-        let released: Vec<RelPath> = remembered
-            .keys()
-            .filter(|p| !covered(p, &locked))
-            .cloned()
-            .collect();
-        for path in released {
-            let mode = remembered.remove(&path).expect("key just listed");
-            changed = true;
-            if let Ok(meta) = self.disk.stat(&path) {
-                // The executable bit may have been synced meanwhile: it is kept, only the
-                // write bits come back.
-                let mode = crate::fsutil::with_executable(mode, meta.executable());
-                if meta.kind == FileKind::File {
-                    let _ = self.disk.set_mode(&path, mode);
-                }
-            }
-        }
-        if changed {
-            if let Err(err) = crate::state::set_readonly_modes(&mut self.state, &remembered) {
-                tracing::warn!(cause = %err, "could not save file modes");
             }
         }
     }

@@ -118,6 +118,9 @@ pub struct SyncEngine<W: World> {
     waits: HashMap<RelPath, (Duration, Duration)>,
     /// Opened for previews only: nothing is saved.
     read_only: bool,
+    /// The ignore rules, and the `.syncignore` text they were built from (building them is
+    /// costly: globs become regexes).
+    rules: Option<(Option<String>, std::sync::Arc<IgnoreRules>)>,
     /// Held while this engine may write (production: the folder's `daemon.lock`).
     _lock: Option<Box<dyn Send>>,
 }
@@ -182,6 +185,7 @@ impl<W: World> SyncEngine<W> {
             saved_root,
             waits: HashMap::new(),
             read_only,
+            rules: None,
             _lock: None,
         })
     }
@@ -227,35 +231,54 @@ impl<W: World> SyncEngine<W> {
 
     /// Scans the folder; with `early`, the chunks of large changed files are uploaded while it
     /// runs (a pass does that; a preview for `status` never sends anything).
+    /// The folder's ignore rules now, built again only when `.syncignore` changed.
+    fn ignore_rules(&mut self) -> std::sync::Arc<IgnoreRules> {
+        let text = self.disk.ignore_file();
+        match &self.rules {
+            Some((built_from, rules)) if *built_from == text => std::sync::Arc::clone(rules),
+            _ => {
+                let rules =
+                    std::sync::Arc::new(IgnoreRules::parse(self.disk.root(), text.as_deref()));
+                self.rules = Some((text, std::sync::Arc::clone(&rules)));
+                rules
+            }
+        }
+    }
+
     fn scan(&mut self, early: Option<&EarlyUpload>) -> Scan {
-        let rules = IgnoreRules::parse(self.disk.root(), self.disk.ignore_file().as_deref());
+        let rules = self.ignore_rules();
         let disk = &self.disk;
         let cache = &mut self.cache;
         let mut sink = early.map(EarlyUpload::sink);
-        let mut result = W::blocking(|| scan(disk, &rules, cache, sink.as_mut()));
+        let result = W::blocking(|| scan(disk, &rules, cache, sink.as_mut()));
         if result.unsettled {
             self.retry_soon = true;
-        }
-        // Remote and base paths the rules exclude are never planned either.
-        let remote_paths = self
-            .remote
-            .iter()
-            .flat_map(|r| r.by_path.values().map(|e| (&e.path, e.kind)));
-        let base_paths = self.state.base().iter().map(|(p, n)| (p, n.kind));
-        for (path, kind) in remote_paths.chain(base_paths) {
-            if rules.is_ignored(path, kind) {
-                result.untouchable.insert(path.clone());
-            }
         }
         result
     }
 
-    fn make_plan(&self, scan: &Scan, remote: &BTreeMap<RelPath, RemoteNode>) -> Option<Plan> {
+    fn make_plan(&mut self, scan: &Scan, remote: &BTreeMap<RelPath, RemoteNode>) -> Option<Plan> {
+        // Remote and base paths the rules exclude are left alone too.
+        let rules = self.ignore_rules();
+        let remote_paths = remote.iter().map(|(path, node)| (path, node.kind));
+        let base_paths = self.state.base().iter().map(|(p, n)| (p, n.kind));
+        let mut untouchable = scan.untouchable.clone();
+        for (path, kind) in remote_paths.chain(base_paths) {
+            if rules.is_ignored(path, kind) {
+                untouchable.insert(path.clone());
+            }
+        }
         // No plan before the server said who this device is: conflicted copies are named after
         // it.
         let device = self.device.as_ref()?;
         let now_stamp = self.clock.local_now().format("%Y-%m-%d %H%M%S").to_string();
         let locked_by_others = self.locked_by_others();
+        let read_only_for_locks: BTreeMap<RelPath, u64> =
+            crate::state::read_only_for_locks(&self.state)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(path, (inode, _))| (path, inode))
+                .collect();
         // Base that cannot be trusted is planned as absent: a first sync, which deletes nothing.
         let base = if self.untrusted.is_some() {
             &EMPTY_BASE
@@ -269,7 +292,9 @@ impl<W: World> SyncEngine<W> {
             device,
             now_stamp: &now_stamp,
             locked_by_others: &locked_by_others,
-            ignored: &scan.untouchable,
+            read_only_for_locks: &read_only_for_locks,
+            untouchable: &untouchable,
+            local_untouchable: &scan.untouchable,
             local_root_ok: scan.root_ok,
             remote_complete: true,
         }))
@@ -283,14 +308,12 @@ impl<W: World> SyncEngine<W> {
         self.check_folder()?;
         self.refresh_remote().await?;
         let scan = self.scan(None);
-        let remote = self.remote.as_ref().expect("connected");
-        let plan = self
-            .make_plan(&scan, &remote.plan_view())
-            .expect("connected");
+        let remote_view = self.remote.as_ref().expect("connected").plan_view();
+        let plan = self.make_plan(&scan, &remote_view).expect("connected");
         Ok(Preview {
             plan,
             local: scan.local,
-            remote: remote.by_path.clone(),
+            remote: self.remote.as_ref().expect("connected").by_path.clone(),
             skipped: scan.skipped,
             untrusted: self.untrusted.clone(),
             readopted: self.state.meta("readopted")?,
@@ -344,7 +367,6 @@ impl<W: World> SyncEngine<W> {
             report.skipped = scan.skipped.clone();
             if plan.ops.is_empty() {
                 self.save_identity()?;
-                self.apply_lock_modes(&scan);
                 // Skipped entries (symlinks, unreadable files, unsyncable names) mean the two
                 // sides are not identical, even when there is nothing left to do about it.
                 report.in_sync =

@@ -133,6 +133,11 @@ pub trait TempFile: std::io::Write + Send {
     /// # Errors
     /// On an IO error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// The temp file's inode (a rename keeps it).
+    ///
+    /// # Errors
+    /// On an IO error.
+    fn inode(&self) -> std::io::Result<u64>;
     /// Starts writing back `len` bytes at `offset` to the disk (a hint; production uses
     /// `sync_file_range` on a writeback thread).
     fn start_writeback(&self, offset: u64, len: u64);

@@ -100,6 +100,10 @@ impl TempFile for OsTemp {
         FileExt::read_exact_at(self.file.as_file(), buf, offset)
     }
 
+    fn inode(&self) -> std::io::Result<u64> {
+        Ok(self.file.as_file().metadata()?.ino())
+    }
+
     fn start_writeback(&self, offset: u64, len: u64) {
         if let Ok(file) = self.file.as_file().try_clone() {
             self.writeback.start(file, offset, len);
