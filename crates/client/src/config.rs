@@ -1,6 +1,6 @@
 //! The folder's saved settings: `.syncstore/config.json`, readable by the owner only.
 
-use anyhow::Context;
+use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use syncstore_proto::META_DIR;
@@ -37,17 +37,15 @@ impl FolderConfig {
     ///
     /// # Errors
     /// When the file exists but cannot be read or parsed.
-    pub fn load(root: &Path) -> anyhow::Result<Option<FolderConfig>> {
+    pub fn load(root: &Path) -> Result<Option<FolderConfig>, Error> {
         let path = config_path(root);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => {
-                return Err(err).with_context(|| format!("could not read {}", path.display()))
-            }
+            Err(err) => return Err(Error::io(format!("could not read {}", path.display()), err)),
         };
         let config = serde_json::from_str(&text)
-            .with_context(|| format!("could not parse {}", path.display()))?;
+            .map_err(|err| Error::Setup(format!("could not parse {}: {err}", path.display())))?;
         Ok(Some(config))
     }
 
@@ -55,10 +53,11 @@ impl FolderConfig {
     ///
     /// # Errors
     /// On any IO error.
-    pub fn save(&self, root: &Path) -> anyhow::Result<()> {
+    pub fn save(&self, root: &Path) -> Result<(), Error> {
         let dir = meta_dir(root);
         create_private_dir(&dir)?;
-        let text = serde_json::to_vec_pretty(self).context("could not encode config")?;
+        let text = serde_json::to_vec_pretty(self)
+            .map_err(|err| Error::Setup(format!("could not encode config: {err}")))?;
         crate::fsutil::write_atomic(&config_path(root), &text, 0o600)
     }
 }
@@ -68,20 +67,29 @@ impl FolderConfig {
 ///
 /// # Errors
 /// On any IO error.
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(err) => return Err(err).with_context(|| format!("could not create {}", dir.display())),
+        Err(err) => {
+            return Err(Error::io(
+                format!("could not create {}", dir.display()),
+                err,
+            ))
+        }
     }
     let mode = std::fs::metadata(dir)
-        .with_context(|| format!("could not read {}", dir.display()))?
+        .map_err(|err| Error::io(format!("could not read {}", dir.display()), err))?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("could not make {} private (mode 0700)", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|err| {
+            Error::io(
+                format!("could not make {} private (mode 0700)", dir.display()),
+                err,
+            )
+        })?;
     }
     Ok(())
 }

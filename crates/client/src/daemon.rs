@@ -46,7 +46,7 @@ const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 /// When the server cannot be reached or refuses the token, or the folder cannot be used.
-pub async fn run_once(engine: &mut Engine) -> anyhow::Result<PassReport> {
+pub async fn run_once(engine: &mut Engine) -> Result<PassReport, crate::Error> {
     let mut total = 0;
     for _ in 0..8 {
         let mut report = engine.sync_pass().await?;
@@ -71,7 +71,7 @@ pub async fn run(
     mut engine: Engine,
     options: DaemonOptions,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::Error> {
     let root = engine.root().to_path_buf();
     let local_dirty = Arc::new(Notify::new());
     let remote_dirty = Arc::new(Notify::new());
@@ -188,8 +188,8 @@ pub async fn run(
                 let _ = cursor_tx.send(engine.remote_cursor());
             }
             Err(err) => {
-                if let crate::Error::Api(ApiError::Unauthorized(message)) = &err {
-                    anyhow::bail!("the server refused this device's token: {message}");
+                if let crate::Error::Api(ApiError::Unauthorized(_)) = &err {
+                    return Err(err);
                 }
                 let servers_failed = matches!(&err, crate::Error::Api(api) if api.is_transient());
                 let next = backoff.failed(servers_failed);
@@ -327,7 +327,7 @@ async fn debounce(local_dirty: &Notify) {
 fn start_watcher(
     root: &Path,
     local_dirty: Arc<Notify>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
+) -> Result<notify::RecommendedWatcher, crate::Error> {
     use notify::Watcher;
     let meta_dir = root.join(META_DIR);
     let mut watcher =
@@ -357,10 +357,10 @@ fn start_watcher(
                 local_dirty.notify_one();
             }
         })
-        .map_err(|err| anyhow::anyhow!("could not start the file watcher: {err}"))?;
+        .map_err(|err| crate::Error::Setup(format!("could not start the file watcher: {err}")))?;
     watcher
         .watch(root, notify::RecursiveMode::Recursive)
-        .map_err(|err| anyhow::anyhow!("could not watch {}: {err}", root.display()))?;
+        .map_err(|err| crate::Error::Setup(format!("could not watch {}: {err}", root.display())))?;
     Ok(watcher)
 }
 

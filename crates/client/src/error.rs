@@ -66,3 +66,10 @@ impl Error {
         }
     }
 }
+
+/// A state database error without more context (reading a row, say).
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Error {
+        Error::state("the state database failed", err)
+    }
+}

@@ -182,8 +182,8 @@ impl FolderLock {
     ///
     /// # Errors
     /// [`AlreadySyncing`] naming the pid of the holder; IO errors.
-    pub fn acquire(root: &Path, meta_dir: &Path) -> anyhow::Result<FolderLock> {
-        use anyhow::Context;
+    pub fn acquire(root: &Path, meta_dir: &Path) -> Result<FolderLock, crate::Error> {
+        use crate::Error;
         use fs4::FileExt;
         use std::io::{Read, Seek, Write};
         use std::os::unix::fs::OpenOptionsExt;
@@ -195,12 +195,15 @@ impl FolderLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .with_context(|| format!("could not open {}", path.display()))?;
+            .map_err(|err| Error::io(format!("could not open {}", path.display()), err))?;
         match FileExt::try_lock(&file) {
             Ok(()) => {
-                file.set_len(0)?;
-                file.seek(std::io::SeekFrom::Start(0))?;
-                write!(file, "{}", std::process::id())?;
+                let wrote = file
+                    .set_len(0)
+                    .and_then(|()| file.seek(std::io::SeekFrom::Start(0)).map(|_| ()))
+                    .and_then(|()| write!(file, "{}", std::process::id()));
+                wrote
+                    .map_err(|err| Error::io(format!("could not write {}", path.display()), err))?;
                 Ok(FolderLock { _file: file })
             }
             Err(fs4::TryLockError::WouldBlock) => {
@@ -217,7 +220,7 @@ impl FolderLock {
                 .into())
             }
             Err(fs4::TryLockError::Error(err)) => {
-                Err(err).with_context(|| format!("could not lock {}", path.display()))
+                Err(Error::io(format!("could not lock {}", path.display()), err))
             }
         }
     }
@@ -263,9 +266,9 @@ mod tests {
         let meta_dir = root.join(".syncstore");
         let held = FolderLock::acquire(&root, &meta_dir).unwrap();
         let err = FolderLock::acquire(&root, &meta_dir).unwrap_err();
-        let refused = err
-            .downcast_ref::<AlreadySyncing>()
-            .expect("AlreadySyncing");
+        let crate::Error::AlreadySyncing(refused) = err else {
+            panic!("not AlreadySyncing: {err}");
+        };
         assert_eq!(refused.pid, std::process::id().to_string());
         drop(held);
         FolderLock::acquire(&root, &meta_dir).unwrap();

@@ -1,6 +1,6 @@
 //! Filesystem helpers: atomic writes, directory fsync, and paths that cannot escape the folder.
 
-use anyhow::Context;
+use crate::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use syncstore_proto::RelPath;
@@ -9,20 +9,31 @@ use syncstore_proto::RelPath;
 ///
 /// # Errors
 /// On any IO error; the target is then untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().context("path has no parent")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("could not create a temp file in {}", dir.display()))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Setup(format!("{} has no parent", path.display())))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|err| {
+        Error::io(
+            format!("could not create a temp file in {}", dir.display()),
+            err,
+        )
+    })?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
-        .context("could not set permissions")?;
-    tmp.write_all(bytes).context("could not write temp file")?;
+        .map_err(|err| Error::io("could not set permissions", err))?;
+    tmp.write_all(bytes)
+        .map_err(|err| Error::io("could not write temp file", err))?;
     tmp.as_file()
         .sync_all()
-        .context("could not fsync temp file")?;
-    tmp.persist(path)
-        .with_context(|| format!("could not rename into {}", path.display()))?;
+        .map_err(|err| Error::io("could not fsync temp file", err))?;
+    tmp.persist(path).map_err(|err| {
+        Error::io(
+            format!("could not rename into {}", path.display()),
+            err.error,
+        )
+    })?;
     fsync_dir(dir)
 }
 
@@ -30,9 +41,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
 ///
 /// # Errors
 /// On any IO error.
-pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn fsync_dir(dir: &Path) -> Result<(), Error> {
     syncstore_durable::sync_dir(dir)
-        .with_context(|| format!("could not fsync directory {}", dir.display()))
+        .map_err(|err| Error::io(format!("could not fsync directory {}", dir.display()), err))
 }
 
 /// `syncfs(2)`: makes every write and rename on the filesystem holding `path` durable at once.
@@ -40,9 +51,13 @@ pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// On any IO error.
-pub fn sync_filesystem(path: &Path) -> anyhow::Result<()> {
-    syncstore_durable::sync_filesystem(path)
-        .with_context(|| format!("could not sync the filesystem of {}", path.display()))
+pub fn sync_filesystem(path: &Path) -> Result<(), Error> {
+    syncstore_durable::sync_filesystem(path).map_err(|err| {
+        Error::io(
+            format!("could not sync the filesystem of {}", path.display()),
+            err,
+        )
+    })
 }
 
 /// Batches of at most this many files are made durable file by file (fsync of each file and
@@ -55,14 +70,14 @@ pub const SMALL_BATCH: usize = 8;
 ///
 /// # Errors
 /// On any IO error.
-pub fn make_durable(root: &Path, files: &[&Path], dirs: &[&Path]) -> anyhow::Result<()> {
+pub fn make_durable(root: &Path, files: &[&Path], dirs: &[&Path]) -> Result<(), Error> {
     if files.len() + dirs.len() > 2 * SMALL_BATCH {
         return sync_filesystem(root);
     }
     for file in files {
         std::fs::File::open(file)
             .and_then(|f| f.sync_all())
-            .with_context(|| format!("could not fsync {}", file.display()))?;
+            .map_err(|err| Error::io(format!("could not fsync {}", file.display()), err))?;
     }
     let mut seen = std::collections::HashSet::new();
     for dir in dirs {
@@ -78,23 +93,31 @@ pub fn make_durable(root: &Path, files: &[&Path], dirs: &[&Path]) -> anyhow::Res
 ///
 /// # Errors
 /// When an ancestor is a symlink or a file.
-pub fn safe_join(root: &Path, path: &RelPath) -> anyhow::Result<PathBuf> {
+pub fn safe_join(root: &Path, path: &RelPath) -> Result<PathBuf, Error> {
     let mut current = root.to_path_buf();
     let components: Vec<&str> = path.components().collect();
     for component in &components[..components.len() - 1] {
         current.push(component);
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                anyhow::bail!(
+                return Err(Error::Setup(format!(
                     "refusing to write through the symlink {}",
                     current.display()
-                )
+                )))
             }
-            Ok(meta) if !meta.is_dir() => anyhow::bail!("{} is not a directory", current.display()),
+            Ok(meta) if !meta.is_dir() => {
+                return Err(Error::Setup(format!(
+                    "{} is not a directory",
+                    current.display()
+                )))
+            }
             Ok(_) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
-                return Err(err).with_context(|| format!("could not stat {}", current.display()))
+                return Err(Error::io(
+                    format!("could not stat {}", current.display()),
+                    err,
+                ))
             }
         }
     }
@@ -159,26 +182,6 @@ pub fn with_executable(mode: u32, executable: bool) -> u32 {
     } else {
         mode & !0o111
     }
-}
-
-/// Sets or clears the executable bits of the file at `full` (never through a symlink), keeping
-/// its other mode bits. Returns whether the mode changed.
-///
-/// # Errors
-/// When the file cannot be stat'ed or its mode set, or is not a regular file.
-pub fn set_executable(full: &Path, executable: bool) -> anyhow::Result<bool> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(full)
-        .with_context(|| format!("could not stat {}", full.display()))?;
-    anyhow::ensure!(meta.is_file(), "{} is not a regular file", full.display());
-    let mode = meta.permissions().mode() & 0o7777;
-    let wanted = with_executable(mode, executable);
-    if wanted == mode {
-        return Ok(false);
-    }
-    std::fs::set_permissions(full, std::fs::Permissions::from_mode(wanted))
-        .with_context(|| format!("could not set the mode of {}", full.display()))?;
-    Ok(true)
 }
 
 /// Modification time of `meta` in nanoseconds since the Unix epoch.

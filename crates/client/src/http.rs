@@ -93,8 +93,10 @@ impl ApiClient {
     ///
     /// # Errors
     /// When no server is given or the HTTP client cannot be built.
-    pub fn new(servers: Vec<String>, token: String) -> anyhow::Result<ApiClient> {
-        anyhow::ensure!(!servers.is_empty(), "no server URL given");
+    pub fn new(servers: Vec<String>, token: String) -> Result<ApiClient, crate::Error> {
+        if servers.is_empty() {
+            return Err(crate::Error::Setup("no server URL given".to_owned()));
+        }
         let servers = servers
             .into_iter()
             .map(|s| s.trim_end_matches('/').to_owned())
@@ -103,7 +105,8 @@ impl ApiClient {
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+            .build()
+            .map_err(|err| crate::Error::Setup(format!("could not start an HTTP client: {err}")))?;
         Ok(ApiClient {
             http,
             servers,

@@ -18,27 +18,20 @@ impl SyncEngine<crate::seams::Production> {
     /// When another process syncs the folder, `.syncstore/` cannot be created, or its state
     /// cannot be read.
     pub fn open(root: &Path, api: Arc<ApiClient>) -> Result<Engine, Error> {
-        let setup = |err: anyhow::Error| Error::Setup(format!("{err:#}"));
         let meta_dir = crate::config::meta_dir(root);
-        crate::config::create_private_dir(&meta_dir).map_err(setup)?;
+        crate::config::create_private_dir(&meta_dir)?;
         // Before anything in `.syncstore/` is touched: `tmp/` below may hold a running
         // daemon's downloads.
-        let lock =
-            FolderLock::acquire(root, &meta_dir).map_err(|err| match err
-                .downcast::<crate::folder::AlreadySyncing>(
-            ) {
-                Ok(already) => Error::AlreadySyncing(already),
-                Err(err) => setup(err),
-            })?;
+        let lock = FolderLock::acquire(root, &meta_dir)?;
         let tmp_dir = meta_dir.join("tmp");
-        crate::config::create_private_dir(&tmp_dir).map_err(setup)?;
+        crate::config::create_private_dir(&tmp_dir)?;
         // Temp files of an interrupted run are garbage: their content was never placed.
         if let Ok(entries) = std::fs::read_dir(&tmp_dir) {
             for entry in entries.flatten() {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let state = open_state(StateDb::open(&meta_dir))?;
+        let state = StateDb::open(&meta_dir)?;
         let marker = meta_dir.join("state.sqlite");
         let folder = FolderId::open(root, &marker)
             .map_err(|err| Error::io(format!("could not look at {}", root.display()), err))?;
@@ -64,7 +57,7 @@ impl SyncEngine<crate::seams::Production> {
                 root.display()
             )));
         }
-        let state = open_state(StateDb::open_read_only(&meta_dir))?;
+        let state = StateDb::open_read_only(&meta_dir)?;
         let marker = meta_dir.join("state.sqlite");
         // A read-only look at a folder whose state was moved aside has no marker to check.
         let folder = if marker.exists() {
@@ -82,11 +75,4 @@ impl SyncEngine<crate::seams::Production> {
     pub fn api(&self) -> &Arc<ApiClient> {
         self.server()
     }
-}
-
-fn open_state(opened: anyhow::Result<StateDb>) -> Result<StateDb, Error> {
-    opened.map_err(|err| match err.downcast::<crate::state::StateCorrupt>() {
-        Ok(corrupt) => Error::StateCorrupt(corrupt),
-        Err(err) => Error::state("could not open the folder's state", format!("{err:#}")),
-    })
 }

@@ -206,6 +206,8 @@ pub struct Scan {
     pub local: BTreeMap<RelPath, LocalNode>,
     /// Paths the planner must leave alone this round: ignored, or present but unreadable.
     pub untouchable: BTreeSet<RelPath>,
+    /// The paths among `untouchable` that the ignore rules exclude.
+    pub ignored: BTreeSet<RelPath>,
     pub skipped: Vec<Skipped>,
     pub root_ok: bool,
     /// A file changed while it was being hashed: scan again soon.
@@ -345,6 +347,7 @@ impl<D: Disk> Walker<'_, '_, D> {
             }
         };
         if self.rules.is_ignored(&rel, kind) {
+            out.ignored.insert(rel.clone());
             out.untouchable.insert(rel);
             return;
         }

@@ -11,7 +11,6 @@
 
 use crate::seams::BaseStore;
 use crate::Error;
-use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,10 +57,10 @@ impl StateDb {
     /// # Errors
     /// When the database cannot be opened, is from a newer version, or holds invalid rows;
     /// [`StateCorrupt`] when it is corrupt.
-    pub fn open(meta_dir: &Path) -> anyhow::Result<StateDb> {
+    pub fn open(meta_dir: &Path) -> Result<StateDb, Error> {
         let path = meta_dir.join("state.sqlite");
         make_private(&path)?;
-        open_at(&path).map_err(|err| explain_corruption(&path, err))
+        open_at(&path)
     }
 
     /// Opens the state database in `meta_dir` read-only and loads the base tree, for commands
@@ -71,14 +70,15 @@ impl StateDb {
     ///
     /// # Errors
     /// As [`StateDb::open`]; any write to the database fails.
-    pub fn open_read_only(meta_dir: &Path) -> anyhow::Result<StateDb> {
+    pub fn open_read_only(meta_dir: &Path) -> Result<StateDb, Error> {
         let path = meta_dir.join("state.sqlite");
         if !path.exists() {
-            let conn = Connection::open_in_memory().context("could not open a state database")?;
+            let conn =
+                Connection::open_in_memory().ctx(&path, "could not open a state database")?;
             init_schema(&conn, &path)?;
             return load(conn, &path);
         }
-        open_read_only_at(&path).map_err(|err| explain_corruption(&path, err))
+        open_read_only_at(&path)
     }
 }
 
@@ -87,7 +87,7 @@ impl StateDb {
 /// is on disk). While there is a log, `readonly_shm=1` opens the `-shm` (the WAL index) of the
 /// daemon that has it open read-only too: the reader keeps its own copy of the index in
 /// memory, checked against the log, instead of marking its read position in the shared one.
-fn open_read_only_at(path: &Path) -> anyhow::Result<StateDb> {
+fn open_read_only_at(path: &Path) -> Result<StateDb, Error> {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     // Without a log no daemon has the database open, and a read-only connection would create
@@ -104,7 +104,7 @@ fn open_read_only_at(path: &Path) -> anyhow::Result<StateDb> {
     open_read_only_uri(&format!("file:{}?readonly_shm=1", uri_path(path)), path)
 }
 
-fn open_read_only_uri(uri: &str, path: &Path) -> anyhow::Result<StateDb> {
+fn open_read_only_uri(uri: &str, path: &Path) -> Result<StateDb, Error> {
     use rusqlite::OpenFlags;
     let conn = Connection::open_with_flags(
         uri,
@@ -112,8 +112,9 @@ fn open_read_only_uri(uri: &str, path: &Path) -> anyhow::Result<StateDb> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )
-    .with_context(|| format!("could not open {} read-only", path.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    .ctx(path, "could not open it read-only")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .ctx(path, "could not open it")?;
     quick_check(&conn, path)?;
     let version: Option<String> = conn
         .query_row(
@@ -122,13 +123,11 @@ fn open_read_only_uri(uri: &str, path: &Path) -> anyhow::Result<StateDb> {
             |r| r.get(0),
         )
         .optional()
-        .with_context(|| format!("could not read {}", path.display()))?;
+        .ctx(path, "could not read it")?;
     if let Some(Ok(v)) = version.as_deref().map(str::parse::<i64>) {
-        anyhow::ensure!(
-            v <= SCHEMA_VERSION,
-            "{} was written by a newer syncstore; upgrade syncstore",
-            path.display()
-        );
+        if v > SCHEMA_VERSION {
+            return Err(newer_version(path));
+        }
     }
     load(conn, path)
 }
@@ -149,10 +148,10 @@ fn uri_path(path: &Path) -> String {
 
 /// `PRAGMA quick_check`: a full check of every page and index (the table is also read in full
 /// by [`load`], the indexes are not): 10 ms for 30,000 rows, against 50 ms to load them.
-fn quick_check(conn: &Connection, path: &Path) -> anyhow::Result<()> {
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), Error> {
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |row| row.get(0))
-        .context("could not check the state database")?;
+        .ctx(path, "could not check the state database")?;
     if check != "ok" {
         return Err(StateCorrupt {
             path: path.to_owned(),
@@ -167,7 +166,7 @@ fn quick_check(conn: &Connection, path: &Path) -> anyhow::Result<()> {
 /// mode of the database), narrows files left wider, and removes a `-wal` or `-shm` whose
 /// database is gone: moved aside, so they belong to it, and SQLite would otherwise replay that
 /// log into the new database.
-fn make_private(path: &Path) -> anyhow::Result<()> {
+fn make_private(path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let side_files = ["-wal", "-shm"].map(|suffix| {
         let mut side = path.as_os_str().to_owned();
@@ -182,7 +181,10 @@ fn make_private(path: &Path) -> anyhow::Result<()> {
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => {
-                    return Err(err).with_context(|| format!("could not remove {}", side.display()))
+                    return Err(Error::io(
+                        format!("could not remove {}", side.display()),
+                        err,
+                    ))
                 }
             }
         }
@@ -193,63 +195,73 @@ fn make_private(path: &Path) -> anyhow::Result<()> {
         .truncate(false)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
+        .map_err(|err| Error::io(format!("could not create {}", path.display()), err))?;
     for file in std::iter::once(path).chain(side_files.iter().map(PathBuf::as_path)) {
         let mode = match std::fs::metadata(file) {
             Ok(metadata) => metadata.permissions().mode(),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(err) => {
-                return Err(err).with_context(|| format!("could not read {}", file.display()))
-            }
+            Err(err) => return Err(Error::io(format!("could not read {}", file.display()), err)),
         };
         if mode & 0o077 != 0 {
-            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).with_context(
-                || format!("could not make {} private (mode 0600)", file.display()),
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).map_err(
+                |err| {
+                    Error::io(
+                        format!("could not make {} private (mode 0600)", file.display()),
+                        err,
+                    )
+                },
             )?;
         }
     }
     Ok(())
 }
 
-/// Turns an error that SQLite reported as corruption into [`StateCorrupt`].
-fn explain_corruption(path: &Path, err: anyhow::Error) -> anyhow::Error {
-    let corrupt = err
-        .chain()
-        .find_map(|cause| match cause.downcast_ref::<rusqlite::Error>() {
-            Some(rusqlite::Error::SqliteFailure(failure, message))
+/// Adds what was being done to a SQLite error of the state database at a path; an error SQLite
+/// reports as corruption becomes [`StateCorrupt`].
+trait Ctx<T> {
+    fn ctx(self, path: &Path, context: &str) -> Result<T, Error>;
+}
+
+impl<T> Ctx<T> for rusqlite::Result<T> {
+    fn ctx(self, path: &Path, context: &str) -> Result<T, Error> {
+        self.map_err(|err| match &err {
+            rusqlite::Error::SqliteFailure(failure, message)
                 if matches!(
                     failure.code,
                     rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
                 ) =>
             {
-                Some(message.clone().unwrap_or_else(|| failure.to_string()))
+                Error::StateCorrupt(StateCorrupt {
+                    path: path.to_owned(),
+                    cause: message.clone().unwrap_or_else(|| failure.to_string()),
+                })
             }
-            _ => None,
-        });
-    match corrupt {
-        Some(cause) => StateCorrupt {
-            path: path.to_owned(),
-            cause,
-        }
-        .into(),
-        None => err,
+            _ => Error::state(format!("{context} ({})", path.display()), err),
+        })
     }
 }
 
-fn open_at(path: &Path) -> anyhow::Result<StateDb> {
-    let conn =
-        Connection::open(path).with_context(|| format!("could not open {}", path.display()))?;
+/// The state database is from a newer version than this one.
+fn newer_version(path: &Path) -> Error {
+    Error::Setup(format!(
+        "{} was written by a newer syncstore; upgrade syncstore",
+        path.display()
+    ))
+}
+
+fn open_at(path: &Path) -> Result<StateDb, Error> {
+    let conn = Connection::open(path).ctx(path, "could not open it")?;
     quick_check(&conn, path)?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
     )
-    .context("could not initialise the state database")?;
+    .ctx(path, "could not initialise the state database")?;
     init_schema(&conn, path)?;
     load(conn, path)
 }
 
 /// Creates the tables if missing and checks the schema version.
-fn init_schema(conn: &Connection, path: &Path) -> anyhow::Result<()> {
+fn init_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
     conn.execute_batch(
         "
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -260,7 +272,7 @@ fn init_schema(conn: &Connection, path: &Path) -> anyhow::Result<()> {
                 ctime_ns INTEGER NOT NULL DEFAULT 0,
                 executable INTEGER NOT NULL DEFAULT 0);",
     )
-    .context("could not initialise the state database")?;
+    .ctx(path, "could not initialise the state database")?;
     let version: Option<String> = conn
         .query_row(
             "SELECT value FROM meta WHERE key='schema_version'",
@@ -280,7 +292,7 @@ fn init_schema(conn: &Connection, path: &Path) -> anyhow::Result<()> {
             // A ctime of 0 matches no file: each is hashed once more, then recorded with it.
             // A missing executable bit reads as not executable, so a file that is executable
             // on disk reads as a local mode change and is sent.
-            let has = |column: &str| -> anyhow::Result<bool> {
+            let has = |column: &str| -> Result<bool, Error> {
                 let found: i64 = conn.query_row(
                     "SELECT COUNT(*) FROM pragma_table_info('base') WHERE name = ?1",
                     [column],
@@ -299,18 +311,15 @@ fn init_schema(conn: &Connection, path: &Path) -> anyhow::Result<()> {
             }
             upgrade.push_str("UPDATE meta SET value = '3' WHERE key = 'schema_version'; COMMIT;");
             conn.execute_batch(&upgrade)
-                .context("could not upgrade the state database to version 3")?;
+                .ctx(path, "could not upgrade the state database to version 3")?;
         }
-        Some(_) => anyhow::bail!(
-            "{} was written by a newer syncstore; upgrade syncstore",
-            path.display()
-        ),
+        Some(_) => return Err(newer_version(path)),
     }
     Ok(())
 }
 
 /// Reads the base tree.
-fn load(conn: Connection, path: &Path) -> anyhow::Result<StateDb> {
+fn load(conn: Connection, path: &Path) -> Result<StateDb, Error> {
     let mut base = BTreeMap::new();
     let mut base_chunks = BTreeMap::new();
     {
@@ -322,8 +331,9 @@ fn load(conn: Connection, path: &Path) -> anyhow::Result<StateDb> {
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let path_text: String = row.get(0)?;
-            let path = RelPath::new(&path_text)
-                .with_context(|| format!("invalid path in state: {path_text:?}"))?;
+            let path = RelPath::new(&path_text).map_err(|err| {
+                Error::state(format!("invalid path in state: {path_text:?}"), err)
+            })?;
             let kind = if row.get::<_, i64>(1)? == 1 {
                 EntryKind::Dir
             } else {
@@ -369,7 +379,7 @@ impl StateDb {
         path: &RelPath,
         node: BaseNode,
         chunks: Vec<ChunkRef>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Error> {
         // Cached: a download batch records thousands of paths, and preparing the statement
         // each time was 2.5 % of the receiver's CPU in W1.
         self.conn
@@ -394,8 +404,7 @@ impl StateDb {
                     i64::from(node.executable),
                 ])
             })
-            .context("could not save base")
-            .map_err(|err| explain_corruption(&self.path, err))?;
+            .ctx(&self.path, "could not save base")?;
         self.base.insert(path.clone(), node);
         self.base_chunks.insert(path.clone(), chunks);
         Ok(())
@@ -405,12 +414,11 @@ impl StateDb {
     ///
     /// # Errors
     /// On a database error.
-    pub fn remove(&mut self, path: &RelPath) -> anyhow::Result<()> {
+    pub fn remove(&mut self, path: &RelPath) -> Result<(), Error> {
         self.conn
             .prepare_cached("DELETE FROM base WHERE path = ?1")
             .and_then(|mut statement| statement.execute([path.as_str()]))
-            .context("could not save base")
-            .map_err(|err| explain_corruption(&self.path, err))?;
+            .ctx(&self.path, "could not save base")?;
         self.base.remove(path);
         self.base_chunks.remove(path);
         Ok(())
@@ -420,14 +428,17 @@ impl StateDb {
     ///
     /// # Errors
     /// On a database error.
-    pub fn rebase(&mut self, from: &RelPath, to: &RelPath) -> anyhow::Result<()> {
+    pub fn rebase(&mut self, from: &RelPath, to: &RelPath) -> Result<(), Error> {
         let moved: Vec<(RelPath, RelPath)> = self
             .base
             .keys()
             .filter_map(|p| p.rebase(from, to).map(|new| (p.clone(), new)))
             .collect();
         // A savepoint, so this also works inside a batch (see `begin_batch`).
-        let tx = self.conn.savepoint().context("could not save base")?;
+        let tx = self
+            .conn
+            .savepoint()
+            .ctx(&self.path, "could not save base")?;
         for (old, new) in &moved {
             tx.execute("DELETE FROM base WHERE path = ?1", [new.as_str()])?;
             tx.execute(
@@ -435,7 +446,7 @@ impl StateDb {
                 [old.as_str(), new.as_str()],
             )?;
         }
-        tx.commit().context("could not save base")?;
+        tx.commit().ctx(&self.path, "could not save base")?;
         for (old, new) in moved {
             if let Some(node) = self.base.remove(&old) {
                 self.base.insert(new.clone(), node);
@@ -454,11 +465,11 @@ impl StateDb {
     ///
     /// # Errors
     /// On a database error.
-    pub fn begin_batch(&mut self) -> anyhow::Result<()> {
+    pub fn begin_batch(&mut self) -> Result<(), Error> {
         if self.conn.is_autocommit() {
             self.conn
                 .execute_batch("BEGIN IMMEDIATE")
-                .context("could not start a state transaction")?;
+                .ctx(&self.path, "could not start a state transaction")?;
         }
         Ok(())
     }
@@ -467,12 +478,11 @@ impl StateDb {
     ///
     /// # Errors
     /// On a database error.
-    pub fn commit_batch(&mut self) -> anyhow::Result<()> {
+    pub fn commit_batch(&mut self) -> Result<(), Error> {
         if !self.conn.is_autocommit() {
             self.conn
                 .execute_batch("COMMIT")
-                .context("could not commit state")
-                .map_err(|err| explain_corruption(&self.path, err))?;
+                .ctx(&self.path, "could not commit state")?;
         }
         Ok(())
     }
@@ -481,7 +491,7 @@ impl StateDb {
     ///
     /// # Errors
     /// On a database error.
-    pub fn meta(&self, key: &str) -> anyhow::Result<Option<String>> {
+    pub fn meta(&self, key: &str) -> Result<Option<String>, Error> {
         Ok(self
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -492,7 +502,7 @@ impl StateDb {
     ///
     /// # Errors
     /// On a database error.
-    pub fn set_meta(&self, key: &str, value: &str) -> anyhow::Result<()> {
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), Error> {
         self.conn
             .execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", [key, value])?;
         Ok(())
@@ -621,14 +631,6 @@ pub fn set_my_locks(
     set_path_map(store, "my_locks", locks)
 }
 
-/// A state error as the library reports it: a corrupt database stays [`StateCorrupt`].
-fn to_error(context: &str, err: anyhow::Error) -> Error {
-    match err.downcast::<StateCorrupt>() {
-        Ok(corrupt) => Error::StateCorrupt(corrupt),
-        Err(err) => Error::state(context, format!("{err:#}")),
-    }
-}
-
 impl BaseStore for StateDb {
     fn base(&self) -> &BTreeMap<RelPath, BaseNode> {
         &self.base
@@ -639,27 +641,27 @@ impl BaseStore for StateDb {
     }
 
     fn put(&mut self, path: &RelPath, node: BaseNode, chunks: Vec<ChunkRef>) -> Result<(), Error> {
-        StateDb::put(self, path, node, chunks).map_err(|err| to_error("could not save base", err))
+        StateDb::put(self, path, node, chunks)
     }
 
     fn remove(&mut self, path: &RelPath) -> Result<(), Error> {
-        StateDb::remove(self, path).map_err(|err| to_error("could not save base", err))
+        StateDb::remove(self, path)
     }
 
     fn rebase(&mut self, from: &RelPath, to: &RelPath) -> Result<(), Error> {
-        StateDb::rebase(self, from, to).map_err(|err| to_error("could not save base", err))
+        StateDb::rebase(self, from, to)
     }
 
     fn begin_batch(&mut self) -> Result<(), Error> {
-        StateDb::begin_batch(self).map_err(|err| to_error("could not start a batch", err))
+        StateDb::begin_batch(self)
     }
 
     fn commit_batch(&mut self) -> Result<(), Error> {
-        StateDb::commit_batch(self).map_err(|err| to_error("could not commit state", err))
+        StateDb::commit_batch(self)
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>, Error> {
-        StateDb::meta(self, key).map_err(|err| to_error("could not read state", err))
+        StateDb::meta(self, key)
     }
 
     fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<(), Error> {
@@ -667,14 +669,13 @@ impl BaseStore for StateDb {
             Some(value) => StateDb::set_meta(self, key, value),
             None => self.delete_meta(key),
         }
-        .map_err(|err| to_error("could not save state", err))
     }
 
     fn readopt(&mut self, identity: &ServerIdentity, why: &str) -> Result<(), Error> {
-        StateDb::commit_batch(self).map_err(|err| to_error("could not commit state", err))?;
+        StateDb::commit_batch(self)?;
         self.conn
             .execute_batch("BEGIN IMMEDIATE; DELETE FROM base;")
-            .map_err(|err| Error::state("could not clear base", err))?;
+            .ctx(&self.path, "could not clear base")?;
         let saved =
             save_identity(self, identity).and_then(|()| self.set_meta("readopted", Some(why)));
         if let Err(err) = saved {
@@ -683,7 +684,7 @@ impl BaseStore for StateDb {
         }
         self.conn
             .execute_batch("COMMIT")
-            .map_err(|err| Error::state("could not commit state", err))?;
+            .ctx(&self.path, "could not commit state")?;
         self.base.clear();
         self.base_chunks.clear();
         Ok(())
@@ -691,17 +692,17 @@ impl BaseStore for StateDb {
 }
 
 impl StateDb {
-    fn delete_meta(&self, key: &str) -> anyhow::Result<()> {
+    fn delete_meta(&self, key: &str) -> Result<(), Error> {
         self.conn
             .execute("DELETE FROM meta WHERE key = ?1", [key])?;
         Ok(())
     }
 }
 
-fn to_hash32(bytes: &[u8]) -> anyhow::Result<[u8; 32]> {
+fn to_hash32(bytes: &[u8]) -> Result<[u8; 32], Error> {
     bytes
         .try_into()
-        .map_err(|_| anyhow::anyhow!("corrupt hash of {} bytes in state", bytes.len()))
+        .map_err(|_| Error::state("corrupt state", format!("a hash of {} bytes", bytes.len())))
 }
 
 fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
@@ -713,11 +714,13 @@ fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
     out
 }
 
-fn decode_chunks(bytes: &[u8]) -> anyhow::Result<Vec<ChunkRef>> {
-    anyhow::ensure!(
-        bytes.len().is_multiple_of(36),
-        "corrupt chunk list in state"
-    );
+fn decode_chunks(bytes: &[u8]) -> Result<Vec<ChunkRef>, Error> {
+    if !bytes.len().is_multiple_of(36) {
+        return Err(Error::state(
+            "corrupt state",
+            "a chunk list of a partial record",
+        ));
+    }
     Ok(bytes
         .chunks_exact(36)
         .map(|rec| ChunkRef {

@@ -13,8 +13,8 @@
 //! and plans again until the plan is empty; so a plan may leave follow-up work (for example a
 //! conflict copy is renamed this round and uploaded the next).
 //!
-//! What the client does with base after each applied op (the property tests simulate exactly
-//! this, in `tests/sim.rs`):
+//! What the client does with base after each applied op (the entries themselves are built by
+//! [`record`], which the client's engine and the property tests' model client both use):
 //!
 //! - `Upload`, `Download`, `MakeDirLocal`, `MakeDirRemote`: record base from the resulting remote
 //!   node and the local file's stat.
@@ -131,6 +131,7 @@
 
 mod planner;
 mod read_only;
+pub mod record;
 mod rename;
 #[cfg(test)]
 mod tests;
@@ -221,6 +222,10 @@ pub struct PlanInput<'a> {
     /// The local entries among [`PlanInput::untouchable`]: present on disk, so they keep their
     /// directory from being removed there.
     pub local_untouchable: &'a BTreeSet<RelPath>,
+    /// The paths among [`PlanInput::untouchable`] that the ignore rules exclude (on any side):
+    /// their base entries are forgotten, so a path that stops being ignored is planned as on a
+    /// first sync (row 27).
+    pub ignored_by_rules: &'a BTreeSet<RelPath>,
     /// False when the local root is missing or unreadable.
     pub local_root_ok: bool,
     /// False when the remote listing failed or was cut short.

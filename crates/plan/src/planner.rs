@@ -51,6 +51,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
     planner.detect_renames();
     planner.deleted_remotely = planner.deleted_remotely();
     planner.decide_paths();
+    planner.forget_ignored();
     planner.plan_read_only();
     let mut ops = planner.ops;
     sort_ops(&mut ops);
@@ -312,6 +313,25 @@ impl<'i, 'a> Planner<'i, 'a> {
     /// sides at once is undone.
     fn last_copy(&self, hash: ContentHash) -> bool {
         self.deleted_remotely.contains(&hash)
+    }
+
+    /// Row 27: base entries of paths the rules ignore are forgotten. Neither side is tracked
+    /// there, so such an entry goes stale (the server may move or delete the node, the user may
+    /// put other bytes there); trusted again once the rule goes, a stale entry could read as a
+    /// deletion. Without it, a path that stops being ignored is planned as on a first sync,
+    /// which deletes nothing.
+    fn forget_ignored(&mut self) {
+        let ignored = self.input.ignored_by_rules;
+        if ignored.is_empty() {
+            return;
+        }
+        for path in self.input.base.keys() {
+            let by_rule =
+                ignored.contains(path) || path.ancestors().iter().any(|a| ignored.contains(a));
+            if by_rule {
+                self.ops.push(PlanOp::ForgetBase { path: path.clone() });
+            }
+        }
     }
 
     /// Step 3 of the module docs.

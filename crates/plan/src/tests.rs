@@ -520,6 +520,32 @@ fn row_27_ignored_paths_are_never_planned() {
 }
 
 #[test]
+fn row_27_base_entries_of_ignored_paths_are_forgotten() {
+    // `c.txt` was synced, then the rules came to ignore it, and the server's node went (moved
+    // away while this device did not look): its base entry is forgotten.
+    Fixture::new(
+        "c.txt file h1\nd dir\nd/x file h2",
+        "c.txt file h1\nd dir\nd/x file h2",
+        "d dir\nd/x file h2",
+    )
+    .ignore_by_rule("c.txt")
+    .check(expect![[r#"
+            forget-base c.txt
+        "#]]);
+    // Kept, that stale entry would read as "deleted remotely, unchanged here" once the rule
+    // goes, and the only copy would be deleted (found by the simulation, seed 2757)...
+    Fixture::new("c.txt file h1", "c.txt file h1", "").check(expect![[r#"
+        delete-local c.txt if=h1
+    "#]]);
+    // ...forgotten, the file is planned as on a first sync: uploaded.
+    Fixture::new("", "c.txt file h1", "")
+        .ignore_by_rule("other")
+        .check(expect![[r#"
+        upload c.txt h1 if-absent
+    "#]]);
+}
+
+#[test]
 fn row_28_a_symlink_is_untouchable_and_nothing_is_planned_through_it() {
     // The scanner never follows a symlink: it reports it as skipped, leaves it out of the local
     // tree and passes its path as untouchable (`ignored`). Here `docs` is a symlink (to a

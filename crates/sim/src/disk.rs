@@ -155,6 +155,28 @@ impl TempFile for SimTemp {
     }
 }
 
+impl SimDisk {
+    /// A change to the disk: refused when the process is gone; `change` gets the disk, the
+    /// time and the disks' dice (whether to reuse a freed inode); the device may crash right
+    /// after (`what`).
+    fn change<T>(
+        &self,
+        what: String,
+        change: impl FnOnce(&mut SimFs, i64, &mut rand::rngs::StdRng) -> Result<T, FsError>,
+    ) -> std::io::Result<T> {
+        let mut guard = self.shared.lock();
+        let sim = &mut *guard;
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let now_ns = sim.now_ms * 1_000_000;
+        let done =
+            change(&mut sim.devices[self.idx].disk, now_ns, &mut sim.disk_rng).map_err(io_error)?;
+        sim.maybe_torn(self.idx, &what);
+        Ok(done)
+    }
+}
+
 impl Disk for SimDisk {
     type File = SimFile;
     type Temp = SimTemp;
@@ -322,93 +344,56 @@ impl Disk for SimDisk {
         path: &RelPath,
         mode: u32,
         replace: bool,
-    ) -> std::io::Result<()> {
-        let mut sim = self.shared.lock();
-        if sim.devices[self.idx].crashed {
-            return Err(gone());
-        }
-        let now_ns = sim.now_ms * 1_000_000;
-        let reuse = sim.disk_rng.gen_bool(0.5);
-        let fs = &mut sim.devices[self.idx].disk;
-        if let Some(parent) = path.parent() {
-            fs.create_dir_all(&parent, now_ns, reuse)
-                .map_err(io_error)?;
-        }
-        let node = FsNode {
-            kind: EntryKind::File,
-            bytes: temp.bytes,
-            inode: fs.alloc_inode(reuse),
-            mtime_ns: temp.mtime_ms * 1_000_000,
-            ctime_ns: now_ns,
-            executable: mode & 0o111 != 0,
-            read_only: mode & 0o222 == 0,
-        };
-        fs.place(path, node, !replace, now_ns).map_err(io_error)?;
-        sim.maybe_torn(self.idx, &format!("placing {path}"));
-        Ok(())
+    ) -> std::io::Result<Meta> {
+        self.change(format!("placing {path}"), |fs, now_ns, rng| {
+            let reuse = rng.gen_bool(0.5);
+            if let Some(parent) = path.parent() {
+                fs.create_dir_all(&parent, now_ns, reuse)?;
+            }
+            let node = FsNode {
+                kind: EntryKind::File,
+                bytes: temp.bytes,
+                inode: temp.inode,
+                mtime_ns: temp.mtime_ms * 1_000_000,
+                ctime_ns: now_ns,
+                executable: mode & 0o111 != 0,
+                read_only: mode & 0o222 == 0,
+            };
+            fs.place(path, node, !replace, now_ns)?;
+            let placed = fs.get(path).expect("just placed");
+            Ok(meta_of(fs, path, placed))
+        })
     }
 
     fn rename_noreplace(&self, from: &RelPath, to: &RelPath) -> std::io::Result<()> {
-        let mut sim = self.shared.lock();
-        if sim.devices[self.idx].crashed {
-            return Err(gone());
-        }
-        let now_ns = sim.now_ms * 1_000_000;
-        let reuse = sim.disk_rng.gen_bool(0.5);
-        let fs = &mut sim.devices[self.idx].disk;
-        if fs.get(from).is_none() {
-            return Err(std::io::ErrorKind::NotFound.into());
-        }
-        if let Some(parent) = to.parent() {
-            fs.create_dir_all(&parent, now_ns, reuse)
-                .map_err(io_error)?;
-        }
-        fs.rename(from, to, true, now_ns).map_err(io_error)?;
-        sim.maybe_torn(self.idx, &format!("renaming {from} to {to}"));
-        Ok(())
+        self.change(format!("renaming {from} to {to}"), |fs, now_ns, rng| {
+            let reuse = rng.gen_bool(0.5);
+            if fs.get(from).is_none() {
+                return Err(FsError::NotFound);
+            }
+            if let Some(parent) = to.parent() {
+                fs.create_dir_all(&parent, now_ns, reuse)?;
+            }
+            fs.rename(from, to, true, now_ns)
+        })
     }
 
     fn remove_file(&self, path: &RelPath) -> std::io::Result<()> {
-        let mut sim = self.shared.lock();
-        if sim.devices[self.idx].crashed {
-            return Err(gone());
-        }
-        let now_ns = sim.now_ms * 1_000_000;
-        sim.devices[self.idx]
-            .disk
-            .remove_file(path, now_ns)
-            .map_err(io_error)?;
-        sim.maybe_torn(self.idx, &format!("deleting {path}"));
-        Ok(())
+        self.change(format!("deleting {path}"), |fs, now_ns, _| {
+            fs.remove_file(path, now_ns)
+        })
     }
 
     fn remove_dir(&self, path: &RelPath) -> std::io::Result<()> {
-        let mut sim = self.shared.lock();
-        if sim.devices[self.idx].crashed {
-            return Err(gone());
-        }
-        let now_ns = sim.now_ms * 1_000_000;
-        sim.devices[self.idx]
-            .disk
-            .remove_dir(path, now_ns)
-            .map_err(io_error)?;
-        sim.maybe_torn(self.idx, &format!("removing directory {path}"));
-        Ok(())
+        self.change(format!("removing directory {path}"), |fs, now_ns, _| {
+            fs.remove_dir(path, now_ns)
+        })
     }
 
     fn create_dir_all(&self, path: &RelPath) -> std::io::Result<()> {
-        let mut sim = self.shared.lock();
-        if sim.devices[self.idx].crashed {
-            return Err(gone());
-        }
-        let now_ns = sim.now_ms * 1_000_000;
-        let reuse = sim.disk_rng.gen_bool(0.5);
-        sim.devices[self.idx]
-            .disk
-            .create_dir_all(path, now_ns, reuse)
-            .map_err(io_error)?;
-        sim.maybe_torn(self.idx, &format!("creating directory {path}"));
-        Ok(())
+        self.change(format!("creating directory {path}"), |fs, now_ns, rng| {
+            fs.create_dir_all(path, now_ns, rng.gen_bool(0.5))
+        })
     }
 
     fn set_mode(&self, path: &RelPath, mode: u32) -> std::io::Result<()> {

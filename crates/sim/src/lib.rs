@@ -868,7 +868,7 @@ fn ok_text(done: bool) -> &'static str {
 }
 
 /// The ignore rules of a device's folder, as its engine reads them.
-fn rules_of(disk: &fs::SimFs) -> IgnoreRules {
+pub(crate) fn rules_of(disk: &fs::SimFs) -> IgnoreRules {
     let path = RelPath::new(".syncignore").expect("valid");
     let text = disk
         .get(&path)
@@ -878,7 +878,7 @@ fn rules_of(disk: &fs::SimFs) -> IgnoreRules {
 }
 
 /// Whether `rules` exclude `path` (or a directory above it).
-fn ignored(rules: &IgnoreRules, path: &RelPath, kind: EntryKind) -> bool {
+pub(crate) fn ignored(rules: &IgnoreRules, path: &RelPath, kind: EntryKind) -> bool {
     rules.is_ignored(path, kind)
         || path
             .ancestors()

@@ -67,6 +67,35 @@ pub fn user_edit(
     now_ms: i64,
     counter: &mut u64,
 ) -> Option<Edit> {
+    // Users never leave the folder empty as the engine sees it (only ignored entries, or
+    // nothing): that looks like an unmounted disk, so the planner deletes nothing on its
+    // account (row 29) and the deletions would stay blocked for ever.
+    let mut trial = disk.clone();
+    let edit = edit_on(name, &mut trial, rng, now_ms, counter)?;
+    if !trial.root_mounted() && visible_entries(disk) > 0 && visible_entries(&trial) == 0 {
+        return None;
+    }
+    *disk = trial;
+    Some(edit)
+}
+
+/// The entries the engine's scan would see: not ignored by the folder's rules, not beneath a
+/// disk mounted over a subfolder.
+fn visible_entries(disk: &SimFs) -> usize {
+    let rules = crate::rules_of(disk);
+    disk.nodes
+        .iter()
+        .filter(|(path, node)| !disk.on_other_fs(path) && !crate::ignored(&rules, path, node.kind))
+        .count()
+}
+
+fn edit_on(
+    name: &DeviceName,
+    disk: &mut SimFs,
+    rng: &mut StdRng,
+    now_ms: i64,
+    counter: &mut u64,
+) -> Option<Edit> {
     let now = now_ms * 1_000_000;
     if disk.root_mounted() {
         // A disk mounted over the folder: an application may drop a file into it. Its

@@ -21,16 +21,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let shutdown = super::shutdown_on_signals();
-    let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(syncstore_server::run(
-        listener,
-        syncstore_server::ServerConfig::new(data.clone()),
-        async move { server_shutdown.cancelled().await },
-    ));
-
+    // Accounts and tokens first, on the data directory, before the server opens it: the
+    // offline admin helpers and a starting server must not race over its migrations.
     let user = UserName::new("demo")?;
-    let mut daemons = Vec::new();
+    let mut folders = Vec::new();
     for name in ["laptop", "desktop"] {
         let folder = base.join(name);
         std::fs::create_dir_all(&folder)
@@ -50,6 +44,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             token,
         };
         config.save(&folder)?;
+        folders.push((folder, config));
+    }
+    let shutdown = super::shutdown_on_signals();
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(syncstore_server::run(
+        listener,
+        syncstore_server::ServerConfig::new(data.clone()),
+        async move { server_shutdown.cancelled().await },
+    ));
+    let mut daemons = Vec::new();
+    for (folder, config) in folders {
         let api = Arc::new(ApiClient::new(config.servers, config.token)?);
         let engine = Engine::open(&folder, api)?;
         let options = syncstore_client::daemon::DaemonOptions {

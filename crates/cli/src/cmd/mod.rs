@@ -300,7 +300,7 @@ async fn save_config(engine: &mut Engine, config: &FolderConfig) -> anyhow::Resu
         }
         return Ok(());
     }
-    config.save(dir)
+    Ok(config.save(dir)?)
 }
 
 async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
@@ -346,7 +346,7 @@ pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
         .transpose()?
         .flatten();
     match merge_remote(remote, saved) {
-        Some(config) => ApiClient::new(config.servers, config.token),
+        Some(config) => Ok(ApiClient::new(config.servers, config.token)?),
         None => anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder"),
     }
 }

@@ -312,9 +312,9 @@ impl<W: World> SyncEngine<W> {
         let mode = crate::fsutil::with_executable(mode, job.executable);
         let shown = || format!("could not move download to {}", job.path);
         let placed_inode = temp.inode().ok();
-        match job.expect_local {
+        let placed = match job.expect_local {
             None => match self.disk.place(temp, &job.path, mode, false) {
-                Ok(()) => {}
+                Ok(meta) => meta,
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
                     tracing::info!(path = %job.path, "a local file appeared meanwhile; re-planning");
                     return Ok(false);
@@ -328,21 +328,18 @@ impl<W: World> SyncEngine<W> {
                 }
                 self.disk
                     .place(temp, &job.path, mode, true)
-                    .map_err(|err| Error::io(shown(), err))?;
+                    .map_err(|err| Error::io(shown(), err))?
             }
-        }
-        let meta = self
-            .disk
-            .stat(&job.path)
-            .map_err(|err| Error::io(format!("could not stat {}", job.path), err))?;
-        // The file the rename placed, unless it changed in the moment since: a write (or an
-        // editor's save) right after the rename must not be recorded as the downloaded bytes.
-        // Then base gets no stamp, and the next scan hashes the file again.
-        let intact = placed_inode == Some(meta.inode)
-            && meta.size == job.entry.size
-            && meta.mtime_ns == job.entry.mtime_ms.max(0) * 1_000_000;
+        };
+        // The file the rename placed, unless it changed in the moment since (a write between the
+        // rename and its stat): that must not be recorded as the downloaded bytes. Then base gets
+        // no stamp, and the next scan hashes the file again. (An editor's save over it since is
+        // another inode: the next scan sees that by itself.)
+        let intact = placed_inode == Some(placed.inode)
+            && placed.size == job.entry.size
+            && placed.mtime_ns == job.entry.mtime_ms.max(0) * 1_000_000;
         let stamp = if intact {
-            meta.stamp()
+            placed.stamp()
         } else {
             tracing::info!(path = %job.path, "the file changed right after it was placed; it is hashed again");
             record::NO_STAMP

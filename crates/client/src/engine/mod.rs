@@ -263,9 +263,11 @@ impl<W: World> SyncEngine<W> {
         let remote_paths = remote.iter().map(|(path, node)| (path, node.kind));
         let base_paths = self.state.base().iter().map(|(p, n)| (p, n.kind));
         let mut untouchable = scan.untouchable.clone();
+        let mut ignored_by_rules = scan.ignored.clone();
         for (path, kind) in remote_paths.chain(base_paths) {
             if rules.is_ignored(path, kind) {
                 untouchable.insert(path.clone());
+                ignored_by_rules.insert(path.clone());
             }
         }
         // No plan before the server said who this device is: conflicted copies are named after
@@ -295,6 +297,7 @@ impl<W: World> SyncEngine<W> {
             read_only_for_locks: &read_only_for_locks,
             untouchable: &untouchable,
             local_untouchable: &scan.untouchable,
+            ignored_by_rules: &ignored_by_rules,
             local_root_ok: scan.root_ok,
             remote_complete: true,
         }))

@@ -1,71 +1,61 @@
-//! The base entry each applied step records, defined once: what both sides agree on after it.
+//! The base entry each applied step records: the planner crate's [`syncstore_plan::record`]
+//! (the one definition), fed with what the engine observed.
 //!
-//! Invariant: a base entry pairs the server's node (id and revision) with the local stamp the
-//! step observed *after* its effect (so the next scan sees no change); nothing else writes
-//! base entries.
+//! Invariant: a base entry pairs the server's node with the local stamp observed *after* the
+//! step's effect; nothing in the engine builds a `BaseNode` by hand.
 
 use crate::scan::Stamp;
+use syncstore_plan::record::{self as rule, LocalStamp, ServerNode};
 use syncstore_plan::BaseNode;
-use syncstore_proto::{ContentHash, EntryKind, RemoteEntry};
+use syncstore_proto::{ContentHash, NodeId, RemoteEntry, Revision};
 
-/// A file both sides now hold: `hash` at the server's `entry`, and locally at `stamp`.
-pub(super) fn file(entry: &RemoteEntry, hash: ContentHash, stamp: Stamp) -> BaseNode {
-    BaseNode {
-        kind: EntryKind::File,
-        hash: Some(hash),
-        node_id: entry.node_id,
-        rev: entry.rev,
+fn local(stamp: Stamp) -> LocalStamp {
+    LocalStamp {
         size: stamp.size,
         mtime_ns: stamp.mtime_ns,
         inode: stamp.inode,
         ctime_ns: stamp.ctime_ns,
-        // The server's bit: when the local side changed only the mode, the next pass sees
-        // that and sends it (row 34).
-        executable: entry.executable,
     }
 }
 
-/// A directory both sides now hold.
-pub(super) fn dir(
-    node_id: syncstore_proto::NodeId,
-    rev: syncstore_proto::Revision,
-    stamp: Stamp,
-) -> BaseNode {
-    BaseNode {
-        kind: EntryKind::Dir,
-        hash: None,
-        node_id,
-        rev,
-        size: 0,
-        mtime_ns: stamp.mtime_ns,
-        inode: stamp.inode,
-        ctime_ns: stamp.ctime_ns,
-        executable: false,
-    }
-}
-
-/// `node` with the server's new revision and mode (a mode change moves no content).
-pub(super) fn with_mode(node: &BaseNode, entry: &RemoteEntry) -> BaseNode {
-    BaseNode {
+fn server(entry: &RemoteEntry) -> ServerNode {
+    ServerNode {
         node_id: entry.node_id,
         rev: entry.rev,
         executable: entry.executable,
-        ..node.clone()
     }
+}
+
+/// A file both sides now hold: `hash` at the server's `entry`, and locally at `stamp`.
+pub(super) fn file(entry: &RemoteEntry, hash: ContentHash, stamp: Stamp) -> BaseNode {
+    rule::file(server(entry), hash, local(stamp))
+}
+
+/// A directory both sides now hold.
+pub(super) fn dir(node_id: NodeId, rev: Revision, stamp: Stamp) -> BaseNode {
+    let node = ServerNode {
+        node_id,
+        rev,
+        executable: false,
+    };
+    rule::dir(node, local(stamp))
+}
+
+/// `node` with the server's new revision and mode.
+pub(super) fn with_mode(node: &BaseNode, entry: &RemoteEntry) -> BaseNode {
+    rule::mode_set(node, server(entry))
 }
 
 /// `node` at the revision the server moved it to, if it is the same node.
 pub(super) fn moved(node: &BaseNode, entry: &RemoteEntry) -> Option<BaseNode> {
-    (node.node_id == entry.node_id && node.rev != entry.rev).then(|| BaseNode {
-        rev: entry.rev,
-        ..node.clone()
-    })
+    rule::moved(node, server(entry))
 }
 
-/// The stamp of something that could not be stat'ed (it is re-checked by the next scan).
+/// The stamp of something that could not be stat'ed, or changed as it was placed: the next
+/// scan hashes it again.
 pub(super) const NO_STAMP: Stamp = Stamp {
-    size: 0,
-    mtime_ns: 0,
-    inode: 0,
-    ctime_ns: 0,
+    size: LocalStamp::UNKNOWN.size,
+    mtime_ns: LocalStamp::UNKNOWN.mtime_ns,
+    inode: LocalStamp::UNKNOWN.inode,
+    ctime_ns: LocalStamp::UNKNOWN.ctime_ns,
 };

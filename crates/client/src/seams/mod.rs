@@ -211,6 +211,8 @@ pub trait Disk: Send + 'static {
     fn sync_temps(&self, temps: &[&Self::Temp]) -> std::io::Result<()>;
     /// Renames `temp` to `path` with permission bits `mode`; with `replace` false only if
     /// nothing is at `path` (`AlreadyExists` otherwise). Parent directories are created.
+    /// Returns the placed file's stat as the rename left it (production: `fstat` of the temp
+    /// file's descriptor right after the rename, so an editor's save over it since is not it).
     ///
     /// # Errors
     /// On an IO error; `temp` is then removed.
@@ -220,7 +222,7 @@ pub trait Disk: Send + 'static {
         path: &RelPath,
         mode: u32,
         replace: bool,
-    ) -> std::io::Result<()>;
+    ) -> std::io::Result<Meta>;
     /// Renames `from` to `to` only if nothing is at `to` (`AlreadyExists`); parents of `to`
     /// are created.
     ///

@@ -37,9 +37,8 @@ impl OsDisk {
     }
 
     fn full(&self, path: &RelPath) -> std::io::Result<PathBuf> {
-        safe_join(&self.root, path).map_err(|err| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{err:#}"))
-        })
+        safe_join(&self.root, path)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()))
     }
 
     fn dir_full(&self, dir: Option<&RelPath>) -> std::io::Result<PathBuf> {
@@ -190,15 +189,21 @@ impl Disk for OsDisk {
     fn sync_temps(&self, temps: &[&OsTemp]) -> std::io::Result<()> {
         let paths: Vec<&Path> = temps.iter().map(|t| t.file.path()).collect();
         crate::fsutil::make_durable(&self.tmp_dir, &paths, &[])
-            .map_err(|err| std::io::Error::other(format!("{err:#}")))
+            .map_err(|err| std::io::Error::other(err.to_string()))
     }
 
-    fn place(&self, temp: OsTemp, path: &RelPath, mode: u32, replace: bool) -> std::io::Result<()> {
+    fn place(
+        &self,
+        temp: OsTemp,
+        path: &RelPath,
+        mode: u32,
+        replace: bool,
+    ) -> std::io::Result<Meta> {
         let full = self.full(path)?;
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let temp = temp.file.into_temp_path();
+        let (file, temp) = temp.file.into_parts();
         std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
         if replace {
             std::fs::rename(&temp, &full)?;
@@ -207,7 +212,7 @@ impl Disk for OsDisk {
         }
         // Renamed: nothing left to remove.
         let _ = temp.keep();
-        Ok(())
+        file.metadata().map(|meta| meta_of(&meta))
     }
 
     fn rename_noreplace(&self, from: &RelPath, to: &RelPath) -> std::io::Result<()> {
@@ -260,7 +265,7 @@ impl Disk for OsDisk {
             .collect();
         let refs: Vec<&Path> = fulls.iter().map(PathBuf::as_path).collect();
         crate::fsutil::make_durable(&self.root, &[], &refs)
-            .map_err(|err| std::io::Error::other(format!("{err:#}")))
+            .map_err(|err| std::io::Error::other(err.to_string()))
     }
 
     fn available_bytes(&self) -> std::io::Result<u64> {

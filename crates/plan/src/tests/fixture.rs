@@ -104,6 +104,8 @@ pub(crate) struct Fixture {
     pub locked_by_others: BTreeMap<RelPath, DeviceName>,
     pub read_only_for_locks: BTreeMap<RelPath, u64>,
     pub ignored: BTreeSet<RelPath>,
+    /// The paths among `ignored` that the rules exclude.
+    pub ignored_by_rules: BTreeSet<RelPath>,
     pub local_root_ok: bool,
     pub remote_complete: bool,
 }
@@ -173,6 +175,7 @@ impl Fixture {
             locked_by_others: BTreeMap::new(),
             read_only_for_locks: BTreeMap::new(),
             ignored: BTreeSet::new(),
+            ignored_by_rules: BTreeSet::new(),
             local_root_ok: true,
             remote_complete: true,
         }
@@ -208,6 +211,13 @@ impl Fixture {
         self
     }
 
+    /// `text` is ignored by the rules (not only untouchable this pass).
+    pub(crate) fn ignore_by_rule(mut self, text: &str) -> Fixture {
+        self.ignored.insert(path(text));
+        self.ignored_by_rules.insert(path(text));
+        self
+    }
+
     pub(crate) fn plan(&self) -> Plan {
         let device = DeviceName::new("laptop").unwrap();
         // What the scan reports: the untouchable entries present on disk.
@@ -227,6 +237,7 @@ impl Fixture {
             read_only_for_locks: &self.read_only_for_locks,
             untouchable: &self.ignored,
             local_untouchable: &local_untouchable,
+            ignored_by_rules: &self.ignored_by_rules,
             local_root_ok: self.local_root_ok,
             remote_complete: self.remote_complete,
         })

@@ -70,6 +70,7 @@ impl World {
             read_only_for_locks: &self.read_only,
             untouchable: &limits.ignored,
             local_untouchable: &local_untouchable,
+            ignored_by_rules: &BTreeSet::new(),
             local_root_ok: true,
             remote_complete: limits.remote_complete,
         })
@@ -294,12 +295,13 @@ impl World {
                 };
                 remote.executable = *executable;
                 remote.rev = new_rev;
-                let node = BaseNode {
-                    rev: new_rev,
+                let server = crate::record::ServerNode {
                     node_id: remote.node_id,
-                    ..node.clone()
+                    rev: new_rev,
+                    executable: *executable,
                 };
-                self.base.insert(path.clone(), node);
+                self.base
+                    .insert(path.clone(), crate::record::mode_set(node, server));
             }
             PlanOp::SetModeLocal {
                 path,
@@ -429,18 +431,23 @@ impl World {
     }
 }
 
-/// The base entry a client records after a transfer.
+/// The base entry a client records after a transfer or a directory creation (the crate's
+/// [`crate::record`], which the real client uses too).
 fn base_of(remote: &RemoteNode, local: &LocalNode) -> BaseNode {
-    BaseNode {
-        kind: remote.kind,
-        hash: remote.hash,
+    let server = crate::record::ServerNode {
         node_id: remote.node_id,
         rev: remote.rev,
+        executable: remote.executable,
+    };
+    let stamp = crate::record::LocalStamp {
         size: local.size,
         mtime_ns: local.mtime_ns,
         inode: local.inode,
         ctime_ns: local.ctime_ns,
-        executable: remote.executable,
+    };
+    match remote.hash {
+        Some(hash) => crate::record::file(server, hash, stamp),
+        None => crate::record::dir(server, stamp),
     }
 }
 
