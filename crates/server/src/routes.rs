@@ -333,7 +333,7 @@ async fn chunks_upload(
     if durable && !received.is_empty() {
         // A repair: no commit will name these chunks, so they are settled here, and the
         // server stops asking for them.
-        let lens = chunk_store.make_durable(owner, &received).await?;
+        let lens = chunk_store.durable_chunk_lens(owner, &received).await?;
         let repaired: Vec<ChunkHash> = lens.into_keys().collect();
         state
             .stores

@@ -175,7 +175,8 @@ pub enum OpOutcome {
 }
 
 impl OpOutcome {
-    /// Whether the op changed nothing because it failed.
+    /// Whether the op was applied ([`OpOutcome::Applied`]): it passed its checks, and its
+    /// writes, if any, are kept. A failed op changed nothing.
     pub fn is_applied(&self) -> bool {
         matches!(self, OpOutcome::Applied(_))
     }
@@ -608,13 +609,13 @@ pub trait MetaStore: Send + Sync {
 pub trait ChunkStore: Send + Sync {
     /// Stores a chunk after checking that `bytes` hash to `hash`: from then on [`missing`] does
     /// not report it and [`get`] returns it; it is durable at once or, in a backend that stages
-    /// uploads, once [`make_durable`] names it.
+    /// uploads, once [`durable_chunk_lens`] names it.
     ///
     /// Storing a chunk that is already there succeeds without writing.
     ///
     /// [`missing`]: ChunkStore::missing
     /// [`get`]: ChunkStore::get
-    /// [`make_durable`]: ChunkStore::make_durable
+    /// [`durable_chunk_lens`]: ChunkStore::durable_chunk_lens
     ///
     /// # Errors
     /// [`StoreError::HashMismatch`] (nothing is written), [`StoreError::ChunkTooLarge`],
@@ -663,12 +664,13 @@ pub trait ChunkStore: Send + Sync {
         Ok(())
     }
 
-    /// Makes every stored chunk among `hashes` durable, and returns the stored ones with
-    /// their lengths. Called before a metadata commit names the chunks.
+    /// The lengths of the chunks among `hashes` that this namespace has stored, each made
+    /// durable under its name first; a chunk that is not stored is absent. Called before a
+    /// metadata commit names the chunks, so that none it names can be lost.
     ///
     /// # Errors
     /// IO errors.
-    async fn make_durable(
+    async fn durable_chunk_lens(
         &self,
         owner: NamespaceId,
         hashes: &[ChunkHash],
@@ -746,7 +748,7 @@ pub struct BadChunk {
 /// `now_ms` decides which locks are in force.
 ///
 /// # Errors
-/// As [`MetaStore::apply_ops`] and [`ChunkStore::make_durable`].
+/// As [`MetaStore::apply_ops`] and [`ChunkStore::durable_chunk_lens`].
 pub async fn apply_ops(
     meta_store: &dyn MetaStore,
     chunk_store: &dyn ChunkStore,
@@ -764,7 +766,7 @@ pub async fn apply_ops(
         ChunkLens::new()
     } else {
         chunk_store
-            .make_durable(principal.namespace, &named)
+            .durable_chunk_lens(principal.namespace, &named)
             .await?
     };
     meta_store

@@ -65,7 +65,7 @@ pub fn take_lock(
             quoted(path)
         )));
     }
-    let live = live_locks(txn, user_id, now_ms)?;
+    let live = expire_and_list_locks(txn, user_id, now_ms)?;
     let in_the_way = live
         .iter()
         .find(|lock| lock.device != *device && (lock.covers(path) || lock.path.is_inside(path)));
@@ -120,7 +120,7 @@ pub fn release_lock(
     now_ms: i64,
 ) -> Result<LockOutcome, StoreError> {
     txn.serialize_writes(user_id)?;
-    let live = live_locks(txn, user_id, now_ms)?;
+    let live = expire_and_list_locks(txn, user_id, now_ms)?;
     let Some(lock) = live.into_iter().find(|lock| lock.path == *path) else {
         return Ok(LockOutcome::NotFound(format!(
             "no lock on {}",
@@ -163,8 +163,9 @@ pub fn locks_in_force(
     Ok(locks)
 }
 
-/// Deletes the user's expired lock rows and returns the locks in force, sorted by path.
-pub(crate) fn live_locks(
+/// Deletes the user's expired lock rows and returns the locks in force, sorted by path: the
+/// writing form of [`locks_in_force`].
+pub(crate) fn expire_and_list_locks(
     txn: &mut dyn Txn,
     user_id: UserId,
     now_ms: i64,

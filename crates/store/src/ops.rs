@@ -27,7 +27,7 @@
 //!   `Lock` as "set the lock on this path" and `Unlock` as "clear it" thus never keeps a stale
 //!   lock at the old path.
 
-use crate::locks::{held_message, live_locks};
+use crate::locks::{expire_and_list_locks, held_message};
 use crate::{quoted, BatchOutcome, ChunkLens, OpOutcome, StoreError, UserId};
 use syncstore_proto::{
     Change, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NodeId, Op,
@@ -461,7 +461,7 @@ impl Writer<'_> {
         )?;
         // Only the holder gets here with a lock on the path; the lock ends with the node.
         // A directory being deleted is empty, so no lock in force lies beneath it.
-        for lock in live_locks(self.txn, self.user_id, self.now_ms)? {
+        for lock in expire_and_list_locks(self.txn, self.user_id, self.now_ms)? {
             if lock.path == *path {
                 self.end_lock(lock)?;
             }
@@ -544,7 +544,7 @@ impl Writer<'_> {
             produced.push(self.upsert(entry)?);
         }
         // Only the holder gets here with locks at or beneath `from`; they move with the nodes.
-        for lock in live_locks(self.txn, self.user_id, self.now_ms)? {
+        for lock in expire_and_list_locks(self.txn, self.user_id, self.now_ms)? {
             if !(lock.path == *from || lock.path.is_inside(from)) {
                 continue;
             }
@@ -577,7 +577,7 @@ impl Writer<'_> {
 
     /// The lock in force of another device that `op` would break, if any.
     fn lock_against(&mut self, op: &Op) -> Result<Option<LockInfo>, StoreError> {
-        let live = live_locks(self.txn, self.user_id, self.now_ms)?;
+        let live = expire_and_list_locks(self.txn, self.user_id, self.now_ms)?;
         let lies_beneath = |lock: &LockInfo, path: &RelPath| lock.path.is_inside(path);
         Ok(live.into_iter().find(|lock| {
             lock.device != *self.device

@@ -288,7 +288,7 @@ impl ChunkStore for S3ChunkStore {
         self.verified(owner, hash, &path).await
     }
 
-    async fn make_durable(
+    async fn durable_chunk_lens(
         &self,
         owner: NamespaceId,
         hashes: &[ChunkHash],

@@ -177,7 +177,7 @@ mod sqlite {
 
 mod fs_staging {
     //! What only the local-disk chunk store has: uploads are staged, and made durable under
-    //! their names by `make_durable`, which runs before a commit can name them.
+    //! their names by `durable_chunk_lens`, which runs before a commit can name them.
 
     use bytes::Bytes;
     use syncstore_proto::ChunkHash;
@@ -230,7 +230,7 @@ mod fs_staging {
             };
             assert!(!hashes.iter().any(named));
             assert_eq!(
-                store.make_durable(user, &hashes).await.unwrap().len(),
+                store.durable_chunk_lens(user, &hashes).await.unwrap().len(),
                 hashes.len()
             );
             assert!(hashes.iter().all(named));
@@ -266,9 +266,9 @@ mod fs_staging {
         let reopened = FsChunkStore::open(&root).await.unwrap();
         assert_eq!(reopened.missing(user, &[hash]).await.unwrap(), vec![hash]);
         assert!(files_under(&root).is_empty(), "leftovers were removed");
-        // make_durable reports it missing too, so no commit can name it.
+        // durable_chunk_lens reports it missing too, so no commit can name it.
         assert!(reopened
-            .make_durable(user, &[hash])
+            .durable_chunk_lens(user, &[hash])
             .await
             .unwrap()
             .is_empty());
