@@ -16,6 +16,8 @@
 //! - `auth`: the bearer-token extractor.
 //! - `conn`: the accept loop (header read timeout, connection cap, backoff on EMFILE).
 //! - `limits`: transfer slots per user and in total, the JSON body budget, ops batch limits.
+//! - `wire`: the HTTP status and message of every store outcome ([`op_result`] for ops, the
+//!   423 text naming a lock in the way); the store itself speaks no HTTP.
 //! - [`ChangeHub`]: wakes long polls when a batch or a lock change commits, through this server
 //!   or (fed by [`Stores::change_feed`], PostgreSQL LISTEN/NOTIFY) through any other server on
 //!   the same database.
@@ -32,8 +34,10 @@ mod error;
 mod hub;
 mod limits;
 mod routes;
+mod wire;
 
 pub use hub::ChangeHub;
+pub use wire::op_result;
 
 use anyhow::Context;
 use rand::RngCore;

@@ -76,7 +76,7 @@ impl Server {
             results: outcome
                 .outcomes
                 .into_iter()
-                .map(|o| o.into_wire())
+                .map(syncstore_server::op_result)
                 .collect(),
             cursor: outcome.cursor,
             cursor_tag: outcome.cursor_tag,

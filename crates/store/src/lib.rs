@@ -45,8 +45,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, OpResult,
-    RelPath, RemoteEntry, UserName,
+    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, RelPath,
+    RemoteEntry, UserName,
 };
 
 /// The stored chunks among those asked for, with their lengths in bytes; a chunk that is not
@@ -156,22 +156,25 @@ pub struct ChangesPage {
 }
 
 /// The outcome of one [`Op`] of a batch.
+///
+/// Refusals the client caused are values, not [`StoreError`]s. The store says what happened;
+/// the server decides how that is answered (its status and message on the wire).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum OpOutcome {
     /// Applied; the nodes it created or changed, implicit parents first.
     Applied(Vec<RemoteEntry>),
-    /// A precondition failed (409); `current` is the node now at the path, if any.
+    /// A precondition failed; `current` is the node now at the path, if any.
     Conflict {
         current: Option<RemoteEntry>,
         message: String,
     },
-    /// The op itself is wrong (400), e.g. a missing chunk or a move into itself.
+    /// The op itself is wrong, e.g. a missing chunk or a move into itself.
     Invalid(String),
-    /// The op names a node that does not exist (404), e.g. a delete of nothing.
+    /// The op names a node that does not exist, e.g. a delete of nothing.
     NotFound(String),
-    /// Another device holds a lock in force that covers a path the op would change (423):
-    /// "\"PATH\" is locked by DEVICE since YYYY-MM-DD HH:MM:SS".
-    Locked(String),
+    /// Another device holds a lock in force that covers a path the op would change: that lock,
+    /// which may be on a directory above the op's path.
+    Locked(LockInfo),
 }
 
 impl OpOutcome {
@@ -180,34 +183,6 @@ impl OpOutcome {
     pub fn is_applied(&self) -> bool {
         matches!(self, OpOutcome::Applied(_))
     }
-
-    /// The HTTP status of this outcome, as [`OpResult::status`] documents it.
-    pub fn status(&self) -> u16 {
-        match self {
-            OpOutcome::Applied(_) => 200,
-            OpOutcome::Conflict { .. } => 409,
-            OpOutcome::Invalid(_) => 400,
-            OpOutcome::NotFound(_) => 404,
-            OpOutcome::Locked(_) => 423,
-        }
-    }
-
-    /// The wire form.
-    pub fn into_wire(self) -> OpResult {
-        let status = self.status();
-        let (entries, message) = match self {
-            OpOutcome::Applied(entries) => (entries, String::new()),
-            OpOutcome::Conflict { current, message } => (current.into_iter().collect(), message),
-            OpOutcome::Invalid(message)
-            | OpOutcome::NotFound(message)
-            | OpOutcome::Locked(message) => (Vec::new(), message),
-        };
-        OpResult {
-            status,
-            entries,
-            message,
-        }
-    }
 }
 
 /// The outcome of taking, renewing, releasing or breaking a lock (see [`locks`]).
@@ -215,28 +190,16 @@ impl OpOutcome {
 /// Refusals the client caused are values, not [`StoreError`]s, as for ops.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum LockOutcome {
-    /// Done (200): the lock as taken or renewed, or as it was before it was released or broken;
+    /// Done: the lock as taken or renewed, or as it was before it was released or broken;
     /// `cursor` is the journal row that records the change.
     Done { lock: LockInfo, cursor: Cursor },
-    /// The request itself is wrong (400): a TTL of 0 or over [`syncstore_proto::MAX_LOCK_TTL_SECS`].
+    /// The request itself is wrong: a TTL of 0 or over [`syncstore_proto::MAX_LOCK_TTL_SECS`].
     Invalid(String),
-    /// 404: nothing at the path to lock, or no lock in force on the path to release.
+    /// Nothing at the path to lock, or no lock in force on the path to release.
     NotFound(String),
-    /// 423: another device's lock is in the way: "\"PATH\" is locked by DEVICE since
-    /// YYYY-MM-DD HH:MM:SS" (UTC).
-    Locked(String),
-}
-
-impl LockOutcome {
-    /// The HTTP status of this outcome.
-    pub fn status(&self) -> u16 {
-        match self {
-            LockOutcome::Done { .. } => 200,
-            LockOutcome::Invalid(_) => 400,
-            LockOutcome::NotFound(_) => 404,
-            LockOutcome::Locked(_) => 423,
-        }
-    }
+    /// Another device's lock is in the way: that lock, which may be on a directory above the
+    /// path asked about, or beneath it.
+    Locked(LockInfo),
 }
 
 /// The outcome of a batch of ops: one [`OpOutcome`] per op, in order.
@@ -258,8 +221,8 @@ impl BatchOutcome {
 
 /// Errors of both stores.
 ///
-/// Op failures the client caused (409, 400, ...) are not errors but [`OpOutcome`]s; these are the
-/// failures of a whole call.
+/// Op failures the client caused (a failed precondition, a bad op, ...) are not errors but
+/// [`OpOutcome`]s; these are the failures of a whole call.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A user or device name is already taken.
@@ -538,8 +501,8 @@ pub trait MetaStore: Send + Sync {
     ///
     /// `chunk_lens` are the chunks named by the ops that the chunk store holds, with their
     /// lengths; a `PutFile` naming another chunk, or a stored chunk with another length, fails
-    /// with 400. Prefer [`apply_ops`], which computes them. `now_ms` decides
-    /// which locks are in force: an op on a path another device holds fails with 423.
+    /// as [`OpOutcome::Invalid`]. Prefer [`apply_ops`], which computes them. `now_ms` decides
+    /// which locks are in force: an op on a path another device holds is [`OpOutcome::Locked`].
     ///
     /// # Errors
     /// Database errors, which undo the whole batch; op failures are [`OpOutcome`]s.
@@ -555,8 +518,7 @@ pub trait MetaStore: Send + Sync {
     /// Takes a lock on `path` for `device` at `now_ms`, lasting `ttl_secs` or until released;
     /// renews it when `device` holds it already (see [`locks::take_lock`]).
     ///
-    /// Refusals (400 bad TTL, 404 nothing there, 423 held by another device) are
-    /// [`LockOutcome`]s; of N devices racing for one path, exactly one gets
+    /// Refusals (a bad TTL, nothing there, held by another device) are [`LockOutcome`]s; of N devices racing for one path, exactly one gets
     /// [`LockOutcome::Done`].
     ///
     /// # Errors
@@ -573,7 +535,7 @@ pub trait MetaStore: Send + Sync {
     /// Releases `device`'s lock on `path`, or with `force` breaks another device's lock there
     /// (see [`locks::release_lock`]).
     ///
-    /// Refusals (404 no lock in force, 423 held by another device without `force`) are
+    /// Refusals (no lock in force, held by another device without `force`) are
     /// [`LockOutcome`]s.
     ///
     /// # Errors

@@ -15,7 +15,7 @@
 //!
 //! # Locked paths
 //!
-//! An op by a device other than the holder of a lock in force gets [`OpOutcome::Locked`] (423)
+//! An op by a device other than the holder of a lock in force gets [`OpOutcome::Locked`]
 //! and changes nothing when it would change a covered path: a `PutFile`, `SetMode` or `MakeDir` at
 //! a covered path, a `Delete` of a covered path or of a directory with a covered path beneath, a `Move`
 //! whose source or anything beneath it is covered, or whose destination is covered.
@@ -27,7 +27,7 @@
 //!   `Lock` as "set the lock on this path" and `Unlock` as "clear it" thus never keeps a stale
 //!   lock at the old path.
 
-use crate::locks::{expire_and_list_locks, held_message};
+use crate::locks::expire_and_list_locks;
 use crate::{quoted, BatchOutcome, ChunkLens, OpOutcome, StoreError, UserId};
 use syncstore_proto::{
     Change, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NodeId, Op,
@@ -222,7 +222,7 @@ struct Writer<'a> {
 impl Writer<'_> {
     fn apply(&mut self, op: &Op, chunk_lens: &ChunkLens) -> Result<OpOutcome, StoreError> {
         if let Some(lock) = self.lock_against(op)? {
-            return Ok(OpOutcome::Locked(held_message(&lock)));
+            return Ok(OpOutcome::Locked(lock));
         }
         match op {
             Op::PutFile {
