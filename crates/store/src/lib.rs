@@ -16,7 +16,7 @@
 //!   `Txn`.
 //! - [`sqlite`] and [`fs`] are the embedded backends; [`postgres`] and [`s3`] the shared ones,
 //!   for several server processes over one PostgreSQL database and one S3 bucket.
-//! - [`conformance`] is the one contract suite every backend pair must pass.
+//! - The one contract suite every backend pair must pass is test code, in `tests/conformance.rs`.
 //!
 //! Start reading at [`MetaStore`], then [`ops::apply_batch`].
 //!
@@ -26,7 +26,6 @@
 //! **Architecture Invariant:** chunk bytes are never deleted: old versions stay referenced by
 //! journal rows.
 
-pub mod conformance;
 pub mod fs;
 pub mod locks;
 pub mod ops;

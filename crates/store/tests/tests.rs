@@ -3,8 +3,10 @@
 //!
 //! Each test gets fresh stores: its own temp dir, or its own PostgreSQL database and bucket.
 
+mod conformance;
+
 use std::future::Future;
-use syncstore_store::{conformance, ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore};
+use syncstore_store::{ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore};
 
 async fn with_fresh_stores<F, Fut>(test: F)
 where
@@ -49,9 +51,10 @@ macro_rules! all_conformance_tests {
             chunk_put_verify_missing,
             chunk_put_batch,
             per_user_isolation,
-            lock_take_renew_release,
-            lock_force_break,
-            lock_covers_directory,
+            journal_tags,
+            wanted_chunks,
+            lock_requests,
+            lock_is_per_user,
             lock_refuses_ops_of_other_devices,
             lock_expiry,
             lock_listed_in_tree,
