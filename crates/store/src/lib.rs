@@ -14,11 +14,18 @@
 //!   re-implements the rules.
 //! - [`locks`] holds the rules of taking, renewing, releasing and breaking locks, over the same
 //!   `Txn`.
+//! - [`meta`] is [`MetaStore`] itself, written once over [`meta::MetaTxn`] (the queries, on top
+//!   of `Txn`) and [`meta::TxnBackend`] (how a backend runs a transaction): which reads share a
+//!   snapshot, which calls write, when a commit is announced.
+//! - `sql` holds what both SQL backends share: every query, written once, and `Txn` and
+//!   `MetaTxn` on any SQL connection.
 //! - [`sqlite`] and [`fs`] are the embedded backends; [`postgres`] and [`s3`] the shared ones,
-//!   for several server processes over one PostgreSQL database and one S3 bucket.
+//!   for several server processes over one PostgreSQL database and one S3 bucket. Each holds
+//!   only its connections, migrations and transaction plumbing (and its few statements of its
+//!   own).
 //! - The one contract suite every backend pair must pass is test code, in `tests/conformance.rs`.
 //!
-//! Start reading at [`MetaStore`], then [`ops::apply_batch`].
+//! Start reading at [`MetaStore`], then [`meta`], then [`ops::apply_batch`].
 //!
 //! **Architecture Invariant:** nothing here speaks HTTP or JSON, and no store type derives serde.
 //! **Architecture Invariant:** nothing here reads a clock: calls that depend on time (which locks
@@ -28,9 +35,11 @@
 
 pub mod fs;
 pub mod locks;
+pub mod meta;
 pub mod ops;
 pub mod postgres;
 pub mod s3;
+mod sql;
 pub mod sqlite;
 
 pub use fs::FsChunkStore;

@@ -40,8 +40,8 @@ use syncstore_proto::{Change, DeviceName, LockInfo, RelPath, MAX_LOCK_TTL_SECS};
 ///
 /// # Errors
 /// Backend failures; the caller must then roll the transaction back.
-pub fn take_lock(
-    txn: &mut dyn Txn,
+pub fn take_lock<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     device: &DeviceName,
     path: &RelPath,
@@ -110,8 +110,8 @@ pub fn take_lock(
 ///
 /// # Errors
 /// Backend failures; the caller must then roll the transaction back.
-pub fn release_lock(
-    txn: &mut dyn Txn,
+pub fn release_lock<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     device: &DeviceName,
     path: &RelPath,
@@ -151,8 +151,8 @@ pub fn release_lock(
 ///
 /// # Errors
 /// Backend failures.
-pub fn locks_in_force(
-    txn: &mut dyn Txn,
+pub fn locks_in_force<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     now_ms: i64,
 ) -> Result<Vec<LockInfo>, StoreError> {
@@ -164,8 +164,8 @@ pub fn locks_in_force(
 
 /// Deletes the user's expired lock rows and returns the locks in force, sorted by path: the
 /// writing form of [`locks_in_force`].
-pub(crate) fn expire_and_list_locks(
-    txn: &mut dyn Txn,
+pub(crate) fn expire_and_list_locks<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     now_ms: i64,
 ) -> Result<Vec<LockInfo>, StoreError> {

@@ -164,8 +164,8 @@ pub trait Txn {
 ///
 /// # Errors
 /// Backend failures; the caller must then roll the whole transaction back.
-pub fn apply_batch(
-    txn: &mut dyn Txn,
+pub fn apply_batch<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     device: &DeviceName,
     ops: &[Op],
@@ -212,14 +212,14 @@ struct FileState<'a> {
 }
 
 /// The rules for one op of one user and device.
-struct Writer<'a> {
-    txn: &'a mut dyn Txn,
+struct Writer<'a, T: Txn + ?Sized> {
+    txn: &'a mut T,
     user_id: UserId,
     device: &'a DeviceName,
     now_ms: i64,
 }
 
-impl Writer<'_> {
+impl<T: Txn + ?Sized> Writer<'_, T> {
     fn apply(&mut self, op: &Op, chunk_lens: &ChunkLens) -> Result<OpOutcome, StoreError> {
         if let Some(lock) = self.lock_against(op)? {
             return Ok(OpOutcome::Locked(lock));

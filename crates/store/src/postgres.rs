@@ -1,18 +1,20 @@
 //! [`PgMetaStore`]: a [`MetaStore`] in PostgreSQL, shared by any number of server processes.
 //!
 //! Calls run the sync `postgres` client on a blocking thread (`spawn_blocking`), with a small
-//! pool of connections bounded by a semaphore. A batch of ops is one transaction with a
-//! savepoint per op, through the shared rules in [`crate::ops`], exactly as on SQLite.
+//! pool of connections bounded by a semaphore. What a call does is written once in
+//! [`crate::meta`] (and its queries in `sql.rs`), exactly as on SQLite; this file is the
+//! PostgreSQL side: the pool, the migrations, the transaction each [`Access`] gets, when a call
+//! runs again, and the change feed.
 //!
 //! Correctness across servers: every write transaction first locks the user's row
 //! (`SELECT … FROM users WHERE id = $1 FOR UPDATE`, which is [`Txn::serialize_writes`]). A user's batches, and so the allocation of
 //! its cursors and node ids and every conditional write, run one after another whichever server
 //! they come through; the default READ COMMITTED isolation then sees the latest committed state
-//! after the lock is taken. Reads that must agree with a cursor (`tree`, `changes_since`) run in
-//! one REPEATABLE READ snapshot.
+//! after the lock is taken. Reads that must agree with a cursor (`tree`, `changes_since`,
+//! `journal_tag`: [`Access::Snapshot`]) run in one REPEATABLE READ, READ ONLY snapshot.
 //!
 //! Change feed: a batch that changed something, and every lock change, runs `pg_notify('syncstore_changes',
-//! '<user id>:<cursor>')` inside its transaction, so PostgreSQL delivers it exactly when (and
+//! '<user id>:<cursor>')` inside its transaction ([`MetaTxn::announce`]), so PostgreSQL delivers it exactly when (and
 //! only if) the batch commits. [`PgMetaStore::change_feed`] LISTENs on its own connection and
 //! hands the notices to the server, which wakes its long polls. Notices sent while that
 //! connection is down are lost; the feed says when it listens again
@@ -21,36 +23,30 @@
 //! Restarts of the database: a connection error (refused, reset, closed, or PostgreSQL's
 //! "terminating connection") is [`StoreError::Unavailable`]. A call whose pooled connection
 //! turns out dead (the server restarted since it was last used) drops every idle connection and
-//! runs again on a new one, which is safe because a transaction is only retried when it failed
-//! before its `COMMIT` was sent, so it certainly did not commit; a connection lost during
-//! `COMMIT` leaves the outcome unknown and is answered as unavailable, not retried. A
-//! single-statement write (`create_user`) is not retried either.
+//! runs again on a new one, which is safe because a read changes nothing and a write
+//! transaction is only retried when it failed before its `COMMIT` was sent, so it certainly did
+//! not commit; a connection lost during `COMMIT` leaves the outcome unknown
+//! (`CommitInDoubt`) and is answered as unavailable, never retried. Every write, even of one
+//! row (`create_user`), is an explicit transaction, so this holds for all of them.
 //!
 //! The schema comes from the numbered files in `migrations/postgres/`, built in at compile
 //! time, applied under an advisory lock (several servers may start at once) and recorded in
 //! `schema_version`; a database from a newer build is refused.
 
-use crate::ops::{self, Txn};
-use crate::sqlite::{
-    encode_chunks, inside_bounds, journal_page, kind_text, stored_chunk_hash, stored_namespace,
-    stored_tag, to_i64, to_u64, RawLock, RawLockChange, RawRow, CHANGE_COLUMNS,
-    LOCK_CHANGE_COLUMNS, LOCK_COLUMNS, NODE_COLUMNS,
-};
-use crate::{
-    locks, new_journal_tag, new_namespace_id, BatchOutcome, ChangeFeed, ChangeNotice, ChangesPage,
-    ChunkLens, Device, DeviceId, LockOutcome, MetaStore, Principal, Service, StoreError, TokenHash,
-    Tree, User, UserId,
-};
+use crate::meta::{Access, TxnBackend, TxnFn};
+use crate::sql::{self, Param, Row, SqlConn, SqlError, SqlTxn, Value};
+#[cfg(doc)]
+use crate::{meta::MetaTxn, ops::Txn, MetaStore};
+use crate::{ChangeFeed, ChangeNotice, Service, StoreError, UserId};
 use async_trait::async_trait;
 use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel, NoTls, Row};
+use postgres::types::{ToSql, Type};
+use postgres::{Client, GenericClient, IsolationLevel, NoTls};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NodeId, Op, RelPath, RemoteEntry,
-    UserName,
-};
+use syncstore_proto::Cursor;
 
 /// The schema migrations, in order; migration `n` (1-based) brings the schema to version `n`.
 const MIGRATIONS: &[&str] = &[
@@ -60,8 +56,15 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0004_modes.sql"),
 ];
 
+/// The channel of commit notifications, as a literal for the statements that name it.
+macro_rules! changes_channel {
+    () => {
+        "syncstore_changes"
+    };
+}
+
 /// The channel of commit notifications.
-pub const CHANGES_CHANNEL: &str = "syncstore_changes";
+pub const CHANGES_CHANNEL: &str = changes_channel!();
 
 /// The advisory lock key that serialises migrations of servers starting at once.
 const MIGRATION_LOCK_KEY: i64 = 0x7379_6e63_7374_6f72; // "syncstor"
@@ -207,26 +210,6 @@ impl PgMetaStore {
         .map_err(|err| StoreError::Worker(err.to_string()))?
     }
 
-    /// Runs `f` with a pooled connection on a blocking thread, once: for a write that may
-    /// have committed even when it fails with a connection error.
-    async fn call_once<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
-    {
-        let permit = self.permit().await?;
-        let pool = Arc::clone(&self.pool);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let (mut client, _) = pool.checkout()?;
-            let result = f(&mut client);
-            pool.checkin(client, &result);
-            result
-        })
-        .await
-        .map_err(|err| StoreError::Worker(err.to_string()))?
-    }
-
     /// One of the pool's [`MAX_CONNECTIONS`] permits.
     async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
         // The semaphore is never closed.
@@ -234,43 +217,6 @@ impl PgMetaStore {
             .acquire_owned()
             .await
             .map_err(|err| StoreError::Worker(err.to_string()))
-    }
-
-    /// Runs `f` in one READ COMMITTED transaction and commits what `f` did, refusals included
-    /// (they may have deleted expired lock rows).
-    ///
-    /// When `committed_cursor` finds that the outcome moved the user's journal, the transaction
-    /// also tells every server's change feed, which hears of it when, and only if, it commits.
-    /// READ COMMITTED: after [`Txn::serialize_writes`] waits for another server's transaction,
-    /// the rules must see what it committed.
-    async fn write<T, F>(
-        &self,
-        user_id: UserId,
-        f: F,
-        committed_cursor: fn(&T) -> Option<Cursor>,
-    ) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: Fn(&mut dyn Txn) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.call(move |client| {
-            let mut tx = client.transaction()?;
-            let outcome = f(&mut PgTxn { tx: &mut tx })?;
-            if let Some(cursor) = committed_cursor(&outcome) {
-                notify(&mut tx, user_id, cursor)?;
-            }
-            commit(tx)?;
-            Ok(outcome)
-        })
-        .await
-    }
-}
-
-/// The cursor of a lock change that was made, for [`PgMetaStore::write`].
-fn lock_cursor(outcome: &LockOutcome) -> Option<Cursor> {
-    match outcome {
-        LockOutcome::Done { cursor, .. } => Some(*cursor),
-        LockOutcome::Invalid(_) | LockOutcome::NotFound(_) | LockOutcome::Locked(_) => None,
     }
 }
 
@@ -411,394 +357,35 @@ fn commit(tx: postgres::Transaction<'_>) -> Result<(), StoreError> {
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
-    let found: i64 = tx
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
-        .get(0);
-    let supported = MIGRATIONS.len() as i64;
-    if found > supported {
-        return Err(StoreError::SchemaTooNew { found, supported });
-    }
-    for (idx, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        tx.batch_execute(sql)?;
-        tx.execute(
-            "INSERT INTO schema_version (version) VALUES ($1)",
-            &[&(idx as i64 + 1)],
-        )?;
-        tracing::info!(version = idx + 1, "applied postgres migration");
-    }
+    sql::migrate(&mut PgConn(&mut tx), MIGRATIONS, "postgres")?;
     tx.commit()?;
     Ok(())
 }
 
-fn is_violation(err: &postgres::Error, state: &SqlState) -> bool {
-    err.code() == Some(state)
-}
-
 #[async_trait]
-impl MetaStore for PgMetaStore {
-    #[tracing::instrument(skip(self))]
-    async fn create_user(&self, name: &UserName) -> Result<User, StoreError> {
-        let name = name.clone();
-        let namespace = new_namespace_id();
-        // One autocommit statement: a connection error may come after it committed.
-        self.call_once(move |client| {
-            match client.query_one(
-                "INSERT INTO users (name, namespace_id) VALUES ($1, $2) RETURNING id",
-                &[&name.as_str(), &&namespace.0[..]],
-            ) {
-                Ok(row) => Ok(User {
-                    id: UserId(row.get(0)),
-                    name,
-                    namespace,
-                }),
-                Err(err) if is_violation(&err, &SqlState::UNIQUE_VIOLATION) => {
-                    Err(StoreError::AlreadyExists(format!("user {name}")))
-                }
-                Err(err) => Err(err.into()),
+impl TxnBackend for PgMetaStore {
+    async fn run<T: Send + 'static>(&self, access: Access, f: TxnFn<T>) -> Result<T, StoreError> {
+        self.call(move |client| match access {
+            Access::Read => f(&mut SqlTxn(PgConn(client))),
+            Access::Snapshot => {
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?;
+                let outcome = f(&mut SqlTxn(PgConn(&mut tx)))?;
+                // Read only: a commit lost on the way changed nothing, so it may run again.
+                tx.commit()?;
+                Ok(outcome)
             }
-        })
-        .await
-    }
-
-    async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError> {
-        let name = name.clone();
-        self.call(move |client| {
-            let row = client.query_opt(
-                "SELECT id, namespace_id FROM users WHERE name = $1",
-                &[&name.as_str()],
-            )?;
-            row.map(|row| {
-                Ok(User {
-                    id: UserId(row.get(0)),
-                    name: name.clone(),
-                    namespace: stored_namespace(row.get(1))?,
-                })
-            })
-            .transpose()
-        })
-        .await
-    }
-
-    #[tracing::instrument(skip(self, token_hash))]
-    async fn add_device(
-        &self,
-        user_id: UserId,
-        name: &DeviceName,
-        token_hash: &TokenHash,
-    ) -> Result<Device, StoreError> {
-        let name = name.clone();
-        let token_hash = *token_hash;
-        self.call(move |client| {
-            let mut tx = client.transaction()?;
-            lock_user(&mut tx, user_id)?;
-            let inserted = tx.query_one(
-                "INSERT INTO devices (user_id, name, token_hash) VALUES ($1, $2, $3) RETURNING id",
-                &[&user_id.0, &name.as_str(), &&token_hash.0[..]],
-            );
-            let row = match inserted {
-                Ok(row) => row,
-                Err(err) if is_violation(&err, &SqlState::UNIQUE_VIOLATION) => {
-                    return Err(StoreError::AlreadyExists(format!(
-                        "device {name} of user {user_id}"
-                    )));
-                }
-                Err(err) => return Err(err.into()),
-            };
-            let device = Device {
-                id: DeviceId(row.get(0)),
-                user_id,
-                name: name.clone(),
-            };
-            commit(tx)?;
-            Ok(device)
-        })
-        .await
-    }
-
-    async fn authenticate(&self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError> {
-        let token_hash = *token_hash;
-        self.call(move |client| {
-            let row = client.query_opt(
-                "SELECT users.id, users.name, devices.id, devices.name, users.namespace_id
-                 FROM devices JOIN users ON users.id = devices.user_id
-                 WHERE devices.token_hash = $1",
-                &[&&token_hash.0[..]],
-            )?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let user_name: String = row.get(1);
-            let device_name: String = row.get(3);
-            Ok(Some(Principal {
-                user_id: UserId(row.get(0)),
-                user_name: UserName::new(&user_name)
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-                namespace: stored_namespace(row.get(4))?,
-                device_id: DeviceId(row.get(2)),
-                device_name: DeviceName::new(&device_name)
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-            }))
-        })
-        .await
-    }
-
-    async fn count_users(&self) -> Result<u64, StoreError> {
-        self.call(|client| {
-            let count: i64 = client.query_one("SELECT COUNT(*) FROM users", &[])?.get(0);
-            to_u64(count, "user count")
-        })
-        .await
-    }
-
-    async fn users(&self) -> Result<Vec<User>, StoreError> {
-        self.call(|client| {
-            let rows = client.query(
-                "SELECT id, name, namespace_id FROM users ORDER BY name",
-                &[],
-            )?;
-            rows.iter()
-                .map(|row| {
-                    let name: String = row.get(1);
-                    Ok(User {
-                        id: UserId(row.get(0)),
-                        name: UserName::new(&name)
-                            .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-                        namespace: stored_namespace(row.get(2))?,
-                    })
-                })
-                .collect()
-        })
-        .await
-    }
-
-    async fn journal_tag(
-        &self,
-        user_id: UserId,
-        cursor: Cursor,
-    ) -> Result<Option<JournalTag>, StoreError> {
-        self.call(move |client| {
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            let current = user_cursor(&mut tx, user_id)?;
-            let tag = if cursor > current {
-                None
-            } else {
-                tag_at(&mut tx, user_id, cursor)?
-            };
-            tx.commit()?;
-            Ok(tag)
-        })
-        .await
-    }
-
-    async fn wanted_chunks(
-        &self,
-        user_id: UserId,
-        limit: usize,
-    ) -> Result<Vec<ChunkHash>, StoreError> {
-        self.call(move |client| {
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = client.query(
-                "SELECT hash FROM wanted_chunks WHERE user_id = $1 ORDER BY hash LIMIT $2",
-                &[&user_id.0, &limit],
-            )?;
-            rows.iter()
-                .map(|row| stored_chunk_hash(row.get::<_, &[u8]>(0)))
-                .collect()
-        })
-        .await
-    }
-
-    async fn want_chunks(
-        &self,
-        user_id: UserId,
-        hashes: &[ChunkHash],
-    ) -> Result<usize, StoreError> {
-        let hashes: Vec<Vec<u8>> = hashes.iter().map(|hash| hash.0.to_vec()).collect();
-        self.call(move |client| {
-            let added = client.execute(
-                "INSERT INTO wanted_chunks (user_id, hash) SELECT $1, unnest($2::bytea[])
-                 ON CONFLICT DO NOTHING",
-                &[&user_id.0, &hashes],
-            )?;
-            Ok(usize::try_from(added).unwrap_or(usize::MAX))
-        })
-        .await
-    }
-
-    async fn unwant_chunks(&self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError> {
-        let hashes: Vec<Vec<u8>> = hashes.iter().map(|hash| hash.0.to_vec()).collect();
-        self.call(move |client| {
-            client.execute(
-                "DELETE FROM wanted_chunks WHERE user_id = $1 AND hash = ANY($2::bytea[])",
-                &[&user_id.0, &hashes],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn tree(&self, user_id: UserId, now_ms: i64) -> Result<Tree, StoreError> {
-        self.call(move |client| {
-            // One snapshot, so the cursor, the entries and the locks agree.
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            let cursor = user_cursor(&mut tx, user_id)?;
-            let rows = tx.query(
-                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = $1 ORDER BY path"),
-                &[&user_id.0],
-            )?;
-            let locks = locks::locks_in_force(&mut PgTxn { tx: &mut tx }, user_id, now_ms)?;
-            let cursor_tag = PgTxn { tx: &mut tx }.head_tag(user_id)?;
-            tx.commit()?;
-            let entries = rows
-                .iter()
-                .map(|row| raw_row(row, 0).into_entry())
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Tree {
-                cursor,
-                cursor_tag,
-                entries,
-                locks,
-            })
-        })
-        .await
-    }
-
-    async fn changes_since(
-        &self,
-        user_id: UserId,
-        since: Cursor,
-        limit: usize,
-    ) -> Result<ChangesPage, StoreError> {
-        self.call(move |client| {
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            let current = user_cursor(&mut tx, user_id)?;
-            if since > current {
-                return Ok(ChangesPage {
-                    cursor: current,
-                    cursor_tag: PgTxn { tx: &mut tx }.head_tag(user_id)?,
-                    changes: Vec::new(),
-                    more: false,
-                    reset: true,
-                });
+            Access::Write => {
+                // READ COMMITTED, the default: after `serialize_writes` waited for another
+                // server's transaction, the rules see what it committed.
+                let mut tx = client.transaction()?;
+                let outcome = f(&mut SqlTxn(PgConn(&mut tx)))?;
+                commit(tx)?;
+                Ok(outcome)
             }
-            let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-            let node_rows = tx.query(
-                &format!(
-                    "SELECT {CHANGE_COLUMNS} FROM changes
-                     WHERE user_id = $1 AND cursor > $2 ORDER BY cursor LIMIT $3"
-                ),
-                &[&user_id.0, &to_i64(since.0)?, &fetch],
-            )?;
-            let lock_rows = tx.query(
-                &format!(
-                    "SELECT {LOCK_CHANGE_COLUMNS} FROM lock_changes
-                     WHERE user_id = $1 AND cursor > $2 ORDER BY cursor LIMIT $3"
-                ),
-                &[&user_id.0, &to_i64(since.0)?, &fetch],
-            )?;
-            let mut page = journal_page(
-                node_rows
-                    .iter()
-                    .map(|row| (row.get(0), raw_row(row, 1)))
-                    .collect(),
-                lock_rows.iter().map(raw_lock_change).collect(),
-                since,
-                limit,
-            )?;
-            page.cursor_tag = tag_at(&mut tx, user_id, page.cursor)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("no journal row at cursor {}", page.cursor))
-            })?;
-            tx.commit()?;
-            Ok(page)
-        })
-        .await
-    }
-
-    async fn current_cursor(&self, user_id: UserId) -> Result<Cursor, StoreError> {
-        self.call(move |client| {
-            let mut tx = client.transaction()?;
-            let cursor = user_cursor(&mut tx, user_id)?;
-            tx.commit()?;
-            Ok(cursor)
-        })
-        .await
-    }
-
-    #[tracing::instrument(skip(self, ops, chunk_lens), fields(n_ops = ops.len()))]
-    async fn apply_ops(
-        &self,
-        user_id: UserId,
-        device: &DeviceName,
-        ops: Vec<Op>,
-        chunk_lens: ChunkLens,
-        now_ms: i64,
-    ) -> Result<BatchOutcome, StoreError> {
-        let device = device.clone();
-        self.write(
-            user_id,
-            move |txn| ops::apply_batch(txn, user_id, &device, &ops, &chunk_lens, now_ms),
-            |batch| batch.changed_anything().then_some(batch.cursor),
-        )
-        .await
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn take_lock(
-        &self,
-        user_id: UserId,
-        device: &DeviceName,
-        path: &RelPath,
-        ttl_secs: Option<u64>,
-        now_ms: i64,
-    ) -> Result<LockOutcome, StoreError> {
-        let device = device.clone();
-        let path = path.clone();
-        self.write(
-            user_id,
-            move |txn| locks::take_lock(txn, user_id, &device, &path, ttl_secs, now_ms),
-            lock_cursor,
-        )
-        .await
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn release_lock(
-        &self,
-        user_id: UserId,
-        device: &DeviceName,
-        path: &RelPath,
-        force: bool,
-        now_ms: i64,
-    ) -> Result<LockOutcome, StoreError> {
-        let device = device.clone();
-        let path = path.clone();
-        self.write(
-            user_id,
-            move |txn| locks::release_lock(txn, user_id, &device, &path, force, now_ms),
-            lock_cursor,
-        )
-        .await
-    }
-
-    async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError> {
-        self.call(move |client| {
-            let mut tx = client.transaction()?;
-            let locks = locks::locks_in_force(&mut PgTxn { tx: &mut tx }, user_id, now_ms)?;
-            tx.commit()?;
-            Ok(locks)
         })
         .await
     }
@@ -812,344 +399,95 @@ impl MetaStore for PgMetaStore {
     }
 }
 
-/// Tells every server's change feed that the user's journal reaches `cursor`; PostgreSQL
-/// delivers it when, and only if, the transaction commits.
-fn notify(
-    tx: &mut postgres::Transaction<'_>,
-    user_id: UserId,
-    cursor: Cursor,
-) -> Result<(), StoreError> {
-    let payload = format!("{}:{}", user_id.0, cursor.0);
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&CHANGES_CHANNEL, &payload.as_str()],
-    )?;
-    Ok(())
-}
+/// A pooled connection or an open transaction, as the shared queries use it.
+struct PgConn<'a, C: GenericClient>(&'a mut C);
 
-/// A `lock_changes` row in [`LOCK_CHANGE_COLUMNS`] order.
-fn raw_lock_change(row: &Row) -> RawLockChange {
-    RawLockChange {
-        cursor: row.get(0),
-        kind: row.get(1),
-        path: row.get(2),
-        device: row.get(3),
-        since_ms: row.get(4),
-        expires_ms: row.get(5),
-        broken_by: row.get(6),
+impl<C: GenericClient> SqlConn for PgConn<'_, C> {
+    // Locks the user's row until the transaction ends: every write transaction of a user starts
+    // here, so they run one at a time across servers.
+    const LOCK_USER: &'static str = "SELECT cursor FROM users WHERE id = ?1 FOR UPDATE";
+
+    const ANNOUNCE: Option<&'static str> =
+        Some(concat!("SELECT pg_notify('", changes_channel!(), "', ?1)"));
+
+    fn query(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<Vec<Row>, SqlError> {
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(pg_value).collect();
+        let rows = self
+            .0
+            .query(&*dollar_placeholders(sql), &values)
+            .map_err(failure)?;
+        rows.iter().map(row_values).collect()
+    }
+
+    fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, SqlError> {
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(pg_value).collect();
+        self.0
+            .execute(&*dollar_placeholders(sql), &values)
+            .map_err(failure)
+    }
+
+    fn batch(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        Ok(self.0.batch_execute(sql)?)
     }
 }
 
-/// Locks the user's row until the transaction ends, or [`StoreError::NotFound`].
-///
-/// Every write transaction of a user starts here, so they run one at a time across servers.
-fn lock_user(tx: &mut postgres::Transaction<'_>, user_id: UserId) -> Result<Cursor, StoreError> {
-    let row = tx.query_opt(
-        "SELECT cursor FROM users WHERE id = $1 FOR UPDATE",
-        &[&user_id.0],
-    )?;
-    match row {
-        Some(row) => Ok(Cursor(to_u64(row.get(0), "cursor")?)),
-        None => Err(StoreError::NotFound(format!("user {user_id}"))),
+/// `sql` with SQLite's numbered placeholders `?N` written PostgreSQL's way, `$N`.
+fn dollar_placeholders(sql: &'static str) -> Cow<'static, str> {
+    if !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    // The shared queries hold no `?` but in placeholders (no string literal has one).
+    Cow::Owned(sql.replace('?', "$"))
+}
+
+/// A [`Param`] as `postgres` binds it: as the Rust type it holds, so its type is checked
+/// against the statement's as usual.
+fn pg_value<'a>(param: &'a Param<'a>) -> &'a (dyn ToSql + Sync) {
+    match param {
+        Param::Int(int) => int,
+        Param::OptInt(int) => int,
+        Param::Text(text) => text,
+        Param::OptText(text) => text,
+        Param::Blob(bytes) => bytes,
+        Param::OptBlob(bytes) => bytes,
+        Param::Bool(flag) => flag,
     }
 }
 
-/// The user's cursor, or [`StoreError::NotFound`].
-fn user_cursor(tx: &mut postgres::Transaction<'_>, user_id: UserId) -> Result<Cursor, StoreError> {
-    let row = tx.query_opt("SELECT cursor FROM users WHERE id = $1", &[&user_id.0])?;
-    match row {
-        Some(row) => Ok(Cursor(to_u64(row.get(0), "cursor")?)),
-        None => Err(StoreError::NotFound(format!("user {user_id}"))),
-    }
-}
-
-/// The tag of the journal row at `cursor` (all zero for cursor 0), if there is one.
-fn tag_at(
-    tx: &mut postgres::Transaction<'_>,
-    user_id: UserId,
-    cursor: Cursor,
-) -> Result<Option<JournalTag>, StoreError> {
-    if cursor.0 == 0 {
-        return Ok(Some(JournalTag::default()));
-    }
-    let row = tx.query_opt(
-        "SELECT tag FROM changes WHERE user_id = $1 AND cursor = $2
-         UNION ALL SELECT tag FROM lock_changes WHERE user_id = $1 AND cursor = $2",
-        &[&user_id.0, &to_i64(cursor.0)?],
-    )?;
-    row.map(|row| stored_tag(row.get::<_, &[u8]>(0)))
-        .transpose()
-}
-
-/// The node columns of `row`, starting at column `first`.
-fn raw_row(row: &Row, first: usize) -> RawRow {
-    RawRow {
-        node_id: row.get(first),
-        path: row.get(first + 1),
-        kind: row.get(first + 2),
-        rev: row.get(first + 3),
-        size: row.get(first + 4),
-        mtime_ms: row.get(first + 5),
-        hash: row.get(first + 6),
-        chunks: row.get(first + 7),
-        device: row.get(first + 8),
-        executable: row.get(first + 9),
-    }
-}
-
-/// [`Txn`] on an open PostgreSQL transaction that holds the user's row lock.
-struct PgTxn<'a, 'b> {
-    tx: &'a mut postgres::Transaction<'b>,
-}
-
-impl Txn for PgTxn<'_, '_> {
-    fn begin_op(&mut self) -> Result<(), StoreError> {
-        self.tx.batch_execute("SAVEPOINT op")?;
-        Ok(())
-    }
-
-    fn end_op(&mut self, keep: bool) -> Result<(), StoreError> {
-        if keep {
-            self.tx.batch_execute("RELEASE SAVEPOINT op")?;
+/// The values of a row, read as the types of its columns.
+fn row_values(row: &postgres::Row) -> Result<Row, SqlError> {
+    let mut values = Vec::with_capacity(row.len());
+    for (idx, column) in row.columns().iter().enumerate() {
+        let ty = column.type_();
+        let value = if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(idx)
+                .map(|int| int.map(Value::Int))
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(idx)
+                .map(|int| int.map(|int| Value::Int(int.into())))
+        } else if *ty == Type::TEXT || *ty == Type::VARCHAR {
+            row.try_get::<_, Option<String>>(idx)
+                .map(|text| text.map(Value::Text))
+        } else if *ty == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(idx)
+                .map(|bytes| bytes.map(Value::Blob))
+        } else if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(idx)
+                .map(|flag| flag.map(Value::Bool))
         } else {
-            self.tx
-                .batch_execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")?;
-        }
-        Ok(())
-    }
-
-    fn node_at(
-        &mut self,
-        user_id: UserId,
-        path: &RelPath,
-    ) -> Result<Option<RemoteEntry>, StoreError> {
-        let row = self.tx.query_opt(
-            &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = $1 AND path = $2"),
-            &[&user_id.0, &path.as_str()],
-        )?;
-        row.map(|row| raw_row(&row, 0).into_entry()).transpose()
-    }
-
-    fn descendants(
-        &mut self,
-        user_id: UserId,
-        dir: &RelPath,
-    ) -> Result<Vec<RemoteEntry>, StoreError> {
-        let (low, high) = inside_bounds(dir);
-        let rows = self.tx.query(
-            &format!(
-                "SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = $1 AND path > $2 AND path < $3"
-            ),
-            &[&user_id.0, &low, &high],
-        )?;
-        rows.iter()
-            .map(|row| raw_row(row, 0).into_entry())
-            .collect()
-    }
-
-    fn has_children(&mut self, user_id: UserId, dir: &RelPath) -> Result<bool, StoreError> {
-        let (low, high) = inside_bounds(dir);
-        let row = self.tx.query_one(
-            "SELECT EXISTS (SELECT 1 FROM nodes WHERE user_id = $1 AND path > $2 AND path < $3)",
-            &[&user_id.0, &low, &high],
-        )?;
-        Ok(row.get(0))
-    }
-
-    fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
-        let tag = new_journal_tag();
-        let row = self.tx.query_opt(
-            "UPDATE users SET cursor = cursor + 1, head_tag = $2 WHERE id = $1 RETURNING cursor",
-            &[&user_id.0, &&tag.0[..]],
-        )?;
-        match row {
-            Some(row) => Ok(Cursor(to_u64(row.get(0), "cursor")?)),
-            None => Err(StoreError::NotFound(format!("user {user_id}"))),
-        }
-    }
-
-    fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
-        user_cursor(self.tx, user_id)
-    }
-
-    fn head_tag(&mut self, user_id: UserId) -> Result<JournalTag, StoreError> {
-        let row = self
-            .tx
-            .query_opt("SELECT head_tag FROM users WHERE id = $1", &[&user_id.0])?;
-        match row {
-            Some(row) => stored_tag(row.get::<_, &[u8]>(0)),
-            None => Err(StoreError::NotFound(format!("user {user_id}"))),
-        }
-    }
-
-    fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
-        let row = self.tx.query_opt(
-            "UPDATE users SET next_node_id = next_node_id + 1 WHERE id = $1
-             RETURNING next_node_id - 1",
-            &[&user_id.0],
-        )?;
-        match row {
-            Some(row) => Ok(NodeId(to_u64(row.get(0), "node id")?)),
-            None => Err(StoreError::NotFound(format!("user {user_id}"))),
-        }
-    }
-
-    fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
-        self.tx.execute(
-            "INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (user_id, node_id) DO UPDATE SET
-                 path = excluded.path, kind = excluded.kind, rev = excluded.rev,
-                 size = excluded.size, mtime_ms = excluded.mtime_ms, hash = excluded.hash,
-                 chunks = excluded.chunks, device = excluded.device, executable = excluded.executable",
-            &[
-                &user_id.0,
-                &to_i64(entry.node_id.0)?,
-                &entry.path.as_str(),
-                &kind_text(entry.kind),
-                &to_i64(entry.rev.0)?,
-                &to_i64(entry.size)?,
-                &entry.mtime_ms,
-                &entry.hash.as_ref().map(|hash| &hash.0[..]),
-                &encode_chunks(&entry.chunks),
-                &entry.device.as_str(),
-                &entry.executable,
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
-        self.tx.execute(
-            "DELETE FROM nodes WHERE user_id = $1 AND node_id = $2",
-            &[&user_id.0, &to_i64(node_id.0)?],
-        )?;
-        Ok(())
-    }
-
-    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
-        const LOCK_INSERT: &str = "INSERT INTO lock_changes
-             (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT head_tag FROM users WHERE id = $1))";
-        const INSERT: &str = "INSERT INTO changes
-             (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, executable, tag)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, (SELECT head_tag FROM users WHERE id = $1))";
-        match change {
-            Change::Upsert { cursor, entry } => self.tx.execute(
-                INSERT,
-                &[
-                    &user_id.0,
-                    &to_i64(cursor.0)?,
-                    &to_i64(entry.node_id.0)?,
-                    &kind_text(entry.kind),
-                    &entry.path.as_str(),
-                    &to_i64(entry.size)?,
-                    &entry.mtime_ms,
-                    &entry.hash.as_ref().map(|hash| &hash.0[..]),
-                    &encode_chunks(&entry.chunks),
-                    &entry.device.as_str(),
-                    &entry.executable,
-                ],
-            )?,
-            Change::Delete {
-                cursor,
-                node_id,
-                path,
-                device,
-            } => self.tx.execute(
-                INSERT,
-                &[
-                    &user_id.0,
-                    &to_i64(cursor.0)?,
-                    &to_i64(node_id.0)?,
-                    &"deleted",
-                    &path.as_str(),
-                    &0i64,
-                    &0i64,
-                    &None::<&[u8]>,
-                    &&[0u8; 0][..],
-                    &device.as_str(),
-                    &false,
-                ],
-            )?,
-            Change::Lock { cursor, lock } => self.tx.execute(
-                LOCK_INSERT,
-                &[
-                    &user_id.0,
-                    &to_i64(cursor.0)?,
-                    &"lock",
-                    &lock.path.as_str(),
-                    &lock.device.as_str(),
-                    &Some(lock.since_ms),
-                    &lock.expires_ms,
-                    &None::<&str>,
-                ],
-            )?,
-            Change::Unlock {
-                cursor,
-                path,
-                device,
-                broken_by,
-            } => self.tx.execute(
-                LOCK_INSERT,
-                &[
-                    &user_id.0,
-                    &to_i64(cursor.0)?,
-                    &"unlock",
-                    &path.as_str(),
-                    &device.as_str(),
-                    &None::<i64>,
-                    &None::<i64>,
-                    &broken_by.as_ref().map(DeviceName::as_str),
-                ],
-            )?,
+            return Err(StoreError::Corrupt(format!("a column of type {ty}")).into());
         };
-        Ok(())
+        values.push(value.map_err(failure)?.unwrap_or(Value::Null));
     }
+    Ok(Row(values))
+}
 
-    fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError> {
-        lock_user(self.tx, user_id).map(|_| ())
-    }
-
-    fn lock_rows(&mut self, user_id: UserId) -> Result<Vec<LockInfo>, StoreError> {
-        let rows = self.tx.query(
-            &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE user_id = $1"),
-            &[&user_id.0],
-        )?;
-        rows.iter()
-            .map(|row| {
-                RawLock {
-                    path: row.get(0),
-                    device: row.get(1),
-                    since_ms: row.get(2),
-                    expires_ms: row.get(3),
-                }
-                .into_lock()
-            })
-            .collect()
-    }
-
-    fn insert_lock(&mut self, user_id: UserId, lock: &LockInfo) -> Result<(), StoreError> {
-        self.tx.execute(
-            "INSERT INTO locks (user_id, path, device, since_ms, expires_ms)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &user_id.0,
-                &lock.path.as_str(),
-                &lock.device.as_str(),
-                &lock.since_ms,
-                &lock.expires_ms,
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn remove_lock(&mut self, user_id: UserId, path: &RelPath) -> Result<(), StoreError> {
-        self.tx.execute(
-            "DELETE FROM locks WHERE user_id = $1 AND path = $2",
-            &[&user_id.0, &path.as_str()],
-        )?;
-        Ok(())
+/// A unique violation is [`SqlError::Duplicate`].
+fn failure(err: postgres::Error) -> SqlError {
+    if err.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        SqlError::Duplicate(err.into())
+    } else {
+        SqlError::Failed(err.into())
     }
 }
 
