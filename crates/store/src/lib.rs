@@ -19,6 +19,8 @@
 //!   snapshot, which calls write, when a commit is announced.
 //! - `sql` holds what both SQL backends share: every query, written once, and `Txn` and
 //!   `MetaTxn` on any SQL connection.
+//! - [`mem`] is the meta store in memory: [`mem::MemTxn`], a database that is its own
+//!   transaction, which the simulation drives directly, and [`MemMetaStore`] over it.
 //! - [`sqlite`] and [`fs`] are the embedded backends; [`postgres`] and [`s3`] the shared ones,
 //!   for several server processes over one PostgreSQL database and one S3 bucket. Each holds
 //!   only its connections, migrations and transaction plumbing (and its few statements of its
@@ -35,6 +37,7 @@
 
 pub mod fs;
 pub mod locks;
+pub mod mem;
 pub mod meta;
 pub mod ops;
 pub mod postgres;
@@ -43,6 +46,7 @@ mod sql;
 pub mod sqlite;
 
 pub use fs::FsChunkStore;
+pub use mem::MemMetaStore;
 pub use postgres::PgMetaStore;
 pub use s3::S3ChunkStore;
 pub use sqlite::SqliteMetaStore;

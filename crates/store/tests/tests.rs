@@ -1,5 +1,6 @@
-//! The conformance suite on every backend pair: SQLite + local disk always, and PostgreSQL + S3
-//! when `scripts/services` has started them (`./scripts/test` does).
+//! The conformance suite on every backend pair: SQLite with local disk and the in-memory meta
+//! store with local disk always, and PostgreSQL with S3 when `scripts/services` has started
+//! them (`./scripts/test` does).
 //!
 //! Each test gets fresh stores: its own temp dir, or its own PostgreSQL database and bucket.
 
@@ -76,6 +77,44 @@ mod embedded {
     }
 
     all_conformance_tests!(with_stores);
+}
+
+mod mem {
+    //! The in-memory meta store, beside chunks on local disk.
+
+    use super::*;
+    use syncstore_store::MemMetaStore;
+
+    async fn with_stores<F, Fut>(_name: &str, test: F)
+    where
+        F: FnOnce(Box<dyn MetaStore>, Box<dyn ChunkStore>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = FsChunkStore::open(&dir.path().join("chunks"))
+            .await
+            .unwrap();
+        test(Box::new(MemMetaStore::default()), Box::new(chunks)).await;
+    }
+
+    all_conformance_tests!(with_stores);
+
+    /// "Reopening" is another handle on the same database.
+    #[tokio::test]
+    async fn lock_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MemMetaStore::default();
+        conformance::lock_survives_reopen(|| async {
+            let chunks = FsChunkStore::open(&dir.path().join("chunks"))
+                .await
+                .unwrap();
+            (
+                Box::new(meta.clone()) as Box<dyn MetaStore>,
+                Box::new(chunks) as Box<dyn ChunkStore>,
+            )
+        })
+        .await;
+    }
 }
 
 mod shared;
