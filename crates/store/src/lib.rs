@@ -22,7 +22,9 @@
 //! - [`mem`] is the meta store in memory: [`mem::MemTxn`], a database that is its own
 //!   transaction, which the simulation drives directly, and [`MemMetaStore`] over it.
 //! - [`sqlite`] and [`fs`] are the embedded backends; [`postgres`] and [`s3`] the shared ones,
-//!   for several server processes over one PostgreSQL database and one S3 bucket. Each holds
+//!   for several server processes over one PostgreSQL database and one S3 bucket, built with
+//!   the cargo features `postgres` and `s3` (both on by default; without them the modules hold
+//!   only the URL forms, [`postgres::redact_url`] and [`s3::S3Location`]). Each backend holds
 //!   only its connections, migrations and transaction plumbing (and its few statements of its
 //!   own).
 //! - The one contract suite every backend pair must pass is test code, in `tests/conformance.rs`.
@@ -47,7 +49,9 @@ pub mod sqlite;
 
 pub use fs::FsChunkStore;
 pub use mem::MemMetaStore;
+#[cfg(feature = "postgres")]
 pub use postgres::PgMetaStore;
+#[cfg(feature = "s3")]
 pub use s3::S3ChunkStore;
 pub use sqlite::SqliteMetaStore;
 

@@ -39,6 +39,8 @@ pub(crate) enum Value {
     Int(i64),
     Text(String),
     Blob(Vec<u8>),
+    /// PostgreSQL's booleans (SQLite stores them as integers).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Bool(bool),
 }
 

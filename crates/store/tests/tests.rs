@@ -117,6 +117,7 @@ mod mem {
     }
 }
 
+#[cfg(all(feature = "postgres", feature = "s3"))]
 mod shared;
 
 #[tokio::test]
