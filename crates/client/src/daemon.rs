@@ -117,7 +117,7 @@ pub async fn run(
                 Some(Ok(())) => next_chunk_check = Instant::now() + CHUNK_CHECK_INTERVAL,
                 // Tried again before the next pass.
                 Some(Err(err)) => tracing::debug!(
-                    cause = format!("{err:#}"),
+                    cause = %err,
                     "could not check the server's chunks"
                 ),
             }
@@ -128,11 +128,10 @@ pub async fn run(
         };
         let Some(outcome) = outcome else { break };
         retry = None;
-        let stopped = outcome
-            .as_ref()
-            .err()
-            .and_then(|err| err.downcast_ref::<crate::folder::FolderStopped>())
-            .map(ToString::to_string);
+        let stopped = outcome.as_ref().err().and_then(|err| match err {
+            crate::Error::FolderStopped(stopped) => Some(stopped.to_string()),
+            _ => None,
+        });
         match (&stopped, &last_stopped) {
             (Some(now), Some(before)) if now == before => {
                 tracing::debug!("the folder is still stopped")
@@ -189,14 +188,10 @@ pub async fn run(
                 let _ = cursor_tx.send(engine.remote_cursor());
             }
             Err(err) => {
-                if let Some(ApiError::Unauthorized(message)) = err.downcast_ref::<ApiError>() {
+                if let crate::Error::Api(ApiError::Unauthorized(message)) = &err {
                     anyhow::bail!("the server refused this device's token: {message}");
                 }
-                let servers_failed = err.chain().any(|cause| {
-                    cause
-                        .downcast_ref::<ApiError>()
-                        .is_some_and(ApiError::is_transient)
-                });
+                let servers_failed = matches!(&err, crate::Error::Api(api) if api.is_transient());
                 let next = backoff.failed(servers_failed);
                 tracing::warn!(
                     cause = format!("{err:#}"),

@@ -13,7 +13,8 @@
 //! failure is logged and dropped; the plan's own upload sends whatever is still missing.
 
 use crate::engine::{join_upload, read_chunk_into};
-use crate::http::ApiClient;
+use crate::seams::Server;
+use crate::Error;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub struct EarlyUpload {
 
 impl EarlyUpload {
     /// Starts the upload task. Must be called within the Tokio runtime.
-    pub fn start(api: Arc<ApiClient>) -> EarlyUpload {
+    pub fn start<S: Server>(api: S) -> EarlyUpload {
         let (sender, receiver) = tokio::sync::mpsc::channel(QUEUE);
         let task = tokio::spawn(run(api, receiver));
         EarlyUpload {
@@ -102,7 +103,7 @@ impl ChunkSink {
     }
 }
 
-async fn run(api: Arc<ApiClient>, mut receiver: tokio::sync::mpsc::Receiver<CutChunk>) {
+async fn run<S: Server>(api: S, mut receiver: tokio::sync::mpsc::Receiver<CutChunk>) {
     let mut group = Vec::new();
     let mut group_bytes = 0u64;
     let mut sent = HashSet::new();
@@ -125,23 +126,23 @@ async fn run(api: Arc<ApiClient>, mut receiver: tokio::sync::mpsc::Receiver<CutC
         result = send_group(&api, group, &mut sent, &mut in_flight).await;
     }
     if let Err(err) = result {
-        tracing::debug!(cause = format!("{err:#}"), "early upload stopped");
+        tracing::debug!(cause = %err, "early upload stopped");
     }
     // Packs already sent are waited for either way: `finish` promises nothing is in flight.
     while !in_flight.is_empty() {
         if let Err(err) = join_upload(&mut in_flight).await {
-            tracing::debug!(cause = format!("{err:#}"), "early upload of a pack failed");
+            tracing::debug!(cause = %err, "early upload of a pack failed");
         }
     }
 }
 
 /// Asks which chunks of `group` the server lacks and sends those as one pack.
-async fn send_group(
-    api: &Arc<ApiClient>,
+async fn send_group<S: Server>(
+    api: &S,
     group: Vec<CutChunk>,
     sent: &mut HashSet<ChunkHash>,
     in_flight: &mut tokio::task::JoinSet<Result<(), crate::http::ApiError>>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let mut hashes: Vec<ChunkHash> = group
         .iter()
         .map(|cut| cut.chunk.hash)
@@ -160,18 +161,21 @@ async fn send_group(
     if wanted.is_empty() {
         return Ok(());
     }
-    let pack = tokio::task::spawn_blocking(move || read_pack(&wanted)).await??;
+    let pack = tokio::task::spawn_blocking(move || read_pack(&wanted))
+        .await
+        .map_err(|err| Error::Protocol(format!("early upload task failed: {err}")))?
+        .map_err(|err| Error::io("could not read a chunk for early upload", err))?;
     while in_flight.len() >= IN_FLIGHT {
         join_upload(in_flight).await?;
     }
-    let api = Arc::clone(api);
-    in_flight.spawn(async move { api.upload_pack(pack).await.map(|_| ()) });
+    let api = api.clone();
+    in_flight.spawn(async move { api.upload_pack(pack, false).await });
     Ok(())
 }
 
 /// The frames of `chunks`, read from their files. A file that changed since it was cut yields
 /// bytes the server refuses (it checks every hash); that pack is lost, nothing else.
-fn read_pack(chunks: &[CutChunk]) -> anyhow::Result<bytes::Bytes> {
+fn read_pack(chunks: &[CutChunk]) -> std::io::Result<bytes::Bytes> {
     let total: usize = chunks
         .iter()
         .map(|cut| syncstore_proto::FRAME_HEADER_LEN + cut.chunk.len as usize)
@@ -187,7 +191,10 @@ fn read_pack(chunks: &[CutChunk]) -> anyhow::Result<bytes::Bytes> {
             }
         };
         if !read_chunk_into(file, cut.offset, &cut.chunk, &mut pack) {
-            anyhow::bail!("{} is shorter than it was when cut", cut.file.display());
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} is shorter than it was when cut", cut.file.display()),
+            ));
         }
     }
     Ok(bytes::Bytes::from(pack))

@@ -34,6 +34,10 @@ pub enum ApiError {
     /// No server could be reached.
     #[error("could not reach the server {url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
+    /// The connection broke before the answer arrived (the request may or may not have been
+    /// carried out).
+    #[error("the connection to {url} broke before an answer arrived: {message}")]
+    Interrupted { url: String, message: String },
     /// The answer was not what the API promises.
     #[error("unexpected answer from {url}: {message}")]
     Protocol { url: String, message: String },
@@ -43,7 +47,7 @@ impl ApiError {
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApiError::Unreachable { .. } => true,
+            ApiError::Unreachable { .. } | ApiError::Interrupted { .. } => true,
             ApiError::Status { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -472,5 +476,59 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiErro
         Ok(response)
     } else {
         Err(status_error(response).await)
+    }
+}
+
+impl crate::seams::Server for Arc<ApiClient> {
+    type Download = Box<dyn std::io::Read + Send>;
+
+    fn describe(&self) -> String {
+        self.current_server().to_owned()
+    }
+
+    async fn whoami(&self) -> Result<WhoAmI, ApiError> {
+        ApiClient::whoami(self).await
+    }
+
+    async fn tree(&self) -> Result<TreeResponse, ApiError> {
+        ApiClient::tree(self).await
+    }
+
+    async fn changes(
+        &self,
+        since: Cursor,
+        known: Option<(Cursor, JournalTag)>,
+    ) -> Result<ChangesResponse, ApiError> {
+        ApiClient::changes(self, since, Duration::ZERO, known).await
+    }
+
+    async fn missing_chunks(&self, hashes: Vec<ChunkHash>) -> Result<Vec<ChunkHash>, ApiError> {
+        ApiClient::missing_chunks(self, hashes).await
+    }
+
+    async fn upload_pack(&self, pack: Bytes, durable: bool) -> Result<(), ApiError> {
+        if durable {
+            ApiClient::upload_pack_durable(self, pack).await.map(|_| ())
+        } else {
+            ApiClient::upload_pack(self, pack).await.map(|_| ())
+        }
+    }
+
+    async fn download_pack(&self, hashes: Vec<ChunkHash>) -> Result<Self::Download, ApiError> {
+        use futures::TryStreamExt;
+        let stream = ApiClient::download_pack(self, hashes).await?;
+        let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
+        // Read from blocking code (`block_in_place`), which may block on the runtime.
+        Ok(Box::new(tokio_util::io::SyncIoBridge::new(Box::pin(
+            reader,
+        ))))
+    }
+
+    async fn ops(
+        &self,
+        ops: Vec<Op>,
+        known: Option<(Cursor, JournalTag)>,
+    ) -> Result<OpsResponse, ApiError> {
+        ApiClient::ops(self, ops, known).await
     }
 }

@@ -1,10 +1,12 @@
 //! The syncstore client: keeps one local folder and the server in sync, both ways.
 //!
-//! Layout: [`engine`] is one sync pass (refresh remote, scan, plan with `syncstore-plan`, apply);
-//! [`daemon`] runs passes when the watcher, the long poll, the rescan timer or a retry says so;
-//! [`scan`] walks the folder (handing the chunks of large files to [`early_upload`] as it cuts
-//! them); [`state`] persists the base tree in `.syncstore/`; [`remote`] keeps
-//! the server's tree; [`http`] talks to the API with failover; [`config`] is the saved settings.
+//! Layout: [`engine`] is one sync pass (refresh remote, scan, plan with `syncstore-plan`, apply),
+//! over the [`seams`] of a [`seams::World`] (production: the real disk, the HTTP client, the
+//! system clock and the SQLite state; the simulation: its own); [`daemon`] runs passes when the
+//! watcher, the long poll, the rescan timer or a retry says so; [`scan`] walks the folder
+//! (handing the chunks of large files to [`early_upload`] as it cuts them); [`state`] persists
+//! the base tree in `.syncstore/`; [`remote`] keeps the server's tree; [`http`] talks to the API
+//! with failover; [`config`] is the saved settings.
 //!
 //! Architecture Invariant: the client never decides what to do itself; it asks the pure
 //! planner, applies the ops with their re-checks, and records base after each step.
@@ -13,13 +15,17 @@ pub mod config;
 pub mod daemon;
 pub mod early_upload;
 pub mod engine;
+mod error;
 pub mod folder;
 pub mod fsutil;
 pub mod http;
+mod production;
 pub mod remote;
 pub mod scan;
+pub mod seams;
 pub mod state;
 
 pub use config::FolderConfig;
-pub use engine::{Engine, PassReport, Preview};
+pub use engine::{Engine, Notice, PassReport, Preview, SyncEngine};
+pub use error::Error;
 pub use http::{ApiClient, ApiError};

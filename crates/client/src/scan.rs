@@ -6,9 +6,9 @@
 //! valid [`RelPath`]s are reported as skipped, never as deleted.
 
 use crate::early_upload::{ChunkSink, EARLY_UPLOAD_MIN_BYTES};
+use crate::seams::{DirEntry, Disk, FileKind};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::fs::MetadataExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use syncstore_chunk::Manifest;
 use syncstore_plan::LocalNode;
@@ -64,14 +64,23 @@ pub struct IgnoreRules {
 impl IgnoreRules {
     /// Reads `root/.syncignore` if present. A malformed line is logged and skipped.
     pub fn load(root: &Path) -> IgnoreRules {
+        IgnoreRules::parse(
+            root,
+            std::fs::read_to_string(root.join(".syncignore"))
+                .ok()
+                .as_deref(),
+        )
+    }
+
+    /// The rules of a `.syncignore` holding `text` (if any), for the folder at `root`.
+    pub fn parse(root: &Path, text: Option<&str>) -> IgnoreRules {
         let mut builder = GitignoreBuilder::new(root);
         for pattern in DEFAULT_IGNORES {
             // The defaults are valid globs.
             let _ = builder.add_line(None, pattern);
         }
-        let file = root.join(".syncignore");
-        if file.exists() {
-            if let Some(err) = builder.add(&file) {
+        for line in text.unwrap_or_default().lines() {
+            if let Err(err) = builder.add_line(None, line) {
                 tracing::warn!(cause = %err, "problem in .syncignore");
             }
         }
@@ -205,90 +214,96 @@ pub struct Scan {
     /// walk is no snapshot (a file renamed from a directory not yet listed into one already
     /// listed was seen nowhere), so a pass scans again before it plans.
     pub entries_moved: bool,
-    /// Each directory listed, with its mtime just before it was listed.
-    listed: Vec<(std::path::PathBuf, i64)>,
+    /// Each directory listed (`None`: the root), with its mtime just before it was listed.
+    listed: Vec<(Option<RelPath>, i64)>,
 }
 
-/// Walks `root`, chunking what changed; the chunks of large files also go to `sink` as they
-/// are cut (see [`crate::early_upload`]).
-pub fn scan(
-    root: &Path,
+/// Walks the folder on `disk`, chunking what changed; the chunks of large files also go to
+/// `sink` as they are cut (see [`crate::early_upload`]).
+pub fn scan<D: Disk>(
+    disk: &D,
     rules: &IgnoreRules,
     cache: &mut HashCache,
     mut sink: Option<&mut ChunkSink>,
 ) -> Scan {
     let mut out = Scan::default();
-    match std::fs::metadata(root) {
-        Ok(meta) if meta.is_dir() => {}
-        _ => return out,
-    }
-    if std::fs::read_dir(root).is_err() {
+    if !disk.root_ok() {
         return out;
     }
     out.root_ok = true;
-    let mut seen = HashMap::new();
-    let root_dev = std::fs::metadata(root).map_or(0, |meta| meta.dev());
-    walk(
-        root, root_dev, root, None, rules, cache, &mut out, &mut seen, &mut sink,
-    );
+    let mut seen = HashSet::new();
+    let root_dev = disk.root_meta().map_or(0, |meta| meta.dev);
+    let mut walker = Walker {
+        disk,
+        root_dev,
+        rules,
+        cache,
+        out: &mut out,
+        seen: &mut seen,
+        sink: &mut sink,
+    };
+    walker.walk(None);
     out.entries_moved = std::mem::take(&mut out.listed)
         .into_iter()
         .any(|(dir, mtime)| {
-            std::fs::symlink_metadata(&dir)
-                .map_or(true, |meta| crate::fsutil::mtime_ns(&meta) != mtime)
+            disk.dir_mtime_ns(dir.as_ref())
+                .map_or(true, |now| now != mtime)
         });
     // Forget cached hashes of paths no longer there.
     cache.entries.retain(|path, _| out.local.contains_key(path));
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    root: &Path,
+/// One walk's inputs and outputs.
+struct Walker<'a, 'b, D: Disk> {
+    disk: &'a D,
     root_dev: u64,
-    dir: &Path,
-    dir_rel: Option<&RelPath>,
-    rules: &IgnoreRules,
-    cache: &mut HashCache,
-    out: &mut Scan,
-    seen: &mut HashMap<u64, ()>,
-    sink: &mut Option<&mut ChunkSink>,
-) {
-    if let Ok(meta) = std::fs::symlink_metadata(dir) {
-        out.listed
-            .push((dir.to_path_buf(), crate::fsutil::mtime_ns(&meta)));
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) => {
-            let shown = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
-            out.skipped.push(Skipped {
-                path: shown,
-                reason: format!("could not read directory: {err}"),
-            });
-            if let Some(rel) = dir_rel {
-                out.untouchable.insert(rel.clone());
-            }
-            return;
+    rules: &'a IgnoreRules,
+    cache: &'a mut HashCache,
+    out: &'a mut Scan,
+    seen: &'a mut HashSet<u64>,
+    sink: &'a mut Option<&'b mut ChunkSink>,
+}
+
+impl<D: Disk> Walker<'_, '_, D> {
+    fn walk(&mut self, dir_rel: Option<&RelPath>) {
+        if let Ok(mtime) = self.disk.dir_mtime_ns(dir_rel) {
+            self.out.listed.push((dir_rel.cloned(), mtime));
         }
-    };
-    for entry in entries.flatten() {
-        let os_name = entry.file_name();
-        let full = entry.path();
-        let shown = full
-            .strip_prefix(root)
-            .unwrap_or(&full)
-            .to_string_lossy()
-            .into_owned();
-        let Some(name) = os_name.to_str() else {
+        let entries = match self.disk.read_dir(dir_rel) {
+            Ok(entries) => entries,
+            Err(err) => {
+                self.out.skipped.push(Skipped {
+                    path: dir_rel.map_or_else(String::new, |d| d.as_str().to_owned()),
+                    reason: format!("could not read directory: {err}"),
+                });
+                if let Some(rel) = dir_rel {
+                    self.out.untouchable.insert(rel.clone());
+                }
+                return;
+            }
+        };
+        for entry in entries {
+            self.entry(dir_rel, &entry);
+        }
+    }
+
+    fn entry(&mut self, dir_rel: Option<&RelPath>, entry: &DirEntry) {
+        let out = &mut *self.out;
+        let lossy = entry.name.to_string_lossy();
+        let shown = match dir_rel {
+            Some(dir) => format!("{dir}/{lossy}"),
+            None => lossy.into_owned(),
+        };
+        let Some(name) = entry.name.to_str() else {
             out.skipped.push(Skipped {
                 path: shown,
                 reason: "name is not valid UTF-8".into(),
             });
-            continue;
+            return;
         };
         if dir_rel.is_none() && name == META_DIR {
-            continue;
+            return;
         }
         let rel = match dir_rel {
             Some(parent) => parent.join(name),
@@ -296,75 +311,68 @@ fn walk(
         };
         let rel = match rel {
             Ok(rel) => rel,
-            Err(_)
-                if rules.is_ignored_text(&shown, entry.file_type().is_ok_and(|t| t.is_dir())) =>
-            {
-                continue
-            }
+            Err(_) if self.rules.is_ignored_text(&shown, entry.is_dir) => return,
             Err(err) => {
                 out.skipped.push(Skipped {
                     path: shown,
                     reason: format!("name cannot be synced: {err}"),
                 });
-                continue;
+                return;
             }
         };
-        let meta = match std::fs::symlink_metadata(&full) {
+        let meta = match self.disk.stat_entry(dir_rel, &entry.name) {
             Ok(meta) => meta,
-            Err(_) => continue, // Gone since read_dir: a later event or scan sees it.
+            Err(_) => return, // Gone since the listing: a later event or scan sees it.
         };
-        let file_type = meta.file_type();
-        if file_type.is_symlink() {
-            out.skipped.push(Skipped {
-                path: shown,
-                reason: "symlink (never followed)".into(),
-            });
-            out.untouchable.insert(rel);
-            continue;
-        }
-        let kind = if file_type.is_dir() {
-            EntryKind::Dir
-        } else if file_type.is_file() {
-            EntryKind::File
-        } else {
-            out.skipped.push(Skipped {
-                path: shown,
-                reason: "not a regular file or directory".into(),
-            });
-            out.untouchable.insert(rel);
-            continue;
+        let kind = match meta.kind {
+            FileKind::Dir => EntryKind::Dir,
+            FileKind::File => EntryKind::File,
+            FileKind::Symlink => {
+                out.skipped.push(Skipped {
+                    path: shown,
+                    reason: "symlink (never followed)".into(),
+                });
+                out.untouchable.insert(rel);
+                return;
+            }
+            FileKind::Other => {
+                out.skipped.push(Skipped {
+                    path: shown,
+                    reason: "not a regular file or directory".into(),
+                });
+                out.untouchable.insert(rel);
+                return;
+            }
         };
-        if rules.is_ignored(&rel, kind) {
+        if self.rules.is_ignored(&rel, kind) {
             out.untouchable.insert(rel);
-            continue;
+            return;
         }
         let stamp = Stamp {
             size: if kind == EntryKind::File {
-                meta.len()
+                meta.size
             } else {
                 0
             },
-            mtime_ns: crate::fsutil::mtime_ns(&meta),
-            inode: meta.ino(),
-            ctime_ns: crate::fsutil::ctime_ns(&meta),
+            ..meta.stamp()
         };
-        if kind == EntryKind::Dir && meta.dev() != root_dev {
-            // Another filesystem mounted inside the folder: what is beneath is unavailable,
-            // never read as deleted (THREE-TREE row 35). What the mount hides comes back, as
-            // it was, when it is unmounted.
-            out.skipped.push(Skipped {
-                path: shown,
-                reason: "on another filesystem than the folder (a disk mounted here): not \
-                         synced, and nothing beneath it is deleted anywhere"
-                    .into(),
-            });
-            out.untouchable.insert(rel);
-            continue;
-        }
         if kind == EntryKind::Dir {
+            if meta.dev != self.root_dev {
+                // Another filesystem mounted inside the folder: what is beneath is unavailable,
+                // never read as deleted (THREE-TREE row 35). What the mount hides comes back,
+                // as it was, when it is unmounted.
+                out.skipped.push(Skipped {
+                    path: shown,
+                    reason: "on another filesystem than the folder (a disk mounted here): not \
+                             synced, and nothing beneath it is deleted anywhere"
+                        .into(),
+                });
+                out.untouchable.insert(rel);
+                return;
+            }
             // A directory reached twice (bind mount loop) is walked once.
-            if seen.insert(meta.ino(), ()).is_some() {
-                continue;
+            if !self.seen.insert(meta.inode) {
+                return;
             }
             out.local.insert(
                 rel.clone(),
@@ -378,24 +386,15 @@ fn walk(
                     executable: false,
                 },
             );
-            walk(
-                root,
-                root_dev,
-                &full,
-                Some(&rel),
-                rules,
-                cache,
-                out,
-                seen,
-                sink,
-            );
-            continue;
+            self.walk(Some(&rel));
+            return;
         }
-        let hash = match cache.get(&rel, stamp) {
+        let hash = match self.cache.get(&rel, stamp) {
             Some(hash) => hash,
-            None => match hash_file(&full, stamp, sink.as_deref_mut()) {
+            None => match hash_file(self.disk, &rel, stamp, self.sink.as_deref_mut()) {
                 Ok(manifest) => {
-                    cache.insert(rel.clone(), stamp, manifest.hash, &manifest.chunks);
+                    self.cache
+                        .insert(rel.clone(), stamp, manifest.hash, &manifest.chunks);
                     manifest.hash
                 }
                 Err(failure) => {
@@ -411,7 +410,7 @@ fn walk(
                         reason,
                     });
                     out.untouchable.insert(rel);
-                    continue;
+                    return;
                 }
             },
         };
@@ -426,39 +425,38 @@ fn walk(
                 ctime_ns: stamp.ctime_ns,
                 // Read from every stat, not cached with the hash: a chmod changes no part of
                 // the stamp (only the ctime), and must still be seen.
-                executable: crate::fsutil::is_executable(&meta),
+                executable: meta.executable(),
             },
         );
     }
 }
 
-/// Chunks and hashes the file at `full`, failing when it changed while being read; a large
+/// Chunks and hashes the file at `path`, failing when it changed while being read; a large
 /// file's chunks also go to `sink`.
-fn hash_file(
-    full: &Path,
+fn hash_file<D: Disk>(
+    disk: &D,
+    path: &RelPath,
     stamp: Stamp,
     sink: Option<&mut ChunkSink>,
 ) -> Result<Manifest, HashFailure> {
     let unreadable =
         |err: std::io::Error| HashFailure::Unreadable(format!("could not read: {err}"));
-    let file = std::fs::File::open(full).map_err(unreadable)?;
+    let mut file = disk.open(path).map_err(unreadable)?;
     let manifest = match sink {
         Some(sink) if stamp.size >= EARLY_UPLOAD_MIN_BYTES => {
+            let full = disk.root().join(path.as_str());
             let mut offset = 0u64;
-            syncstore_chunk::chunk_reader(&file, |chunk, _| {
-                sink.chunk(full, offset, chunk);
+            syncstore_chunk::chunk_reader(&mut file, |chunk, _| {
+                sink.chunk(&full, offset, chunk);
                 offset += u64::from(chunk.len);
                 Ok(())
             })
         }
-        _ => syncstore_chunk::manifest_of(&file),
+        _ => syncstore_chunk::manifest_of(&mut file),
     }
     .map_err(unreadable)?;
-    let after = file.metadata().map_err(unreadable)?;
-    if manifest.size != stamp.size
-        || after.len() != stamp.size
-        || crate::fsutil::mtime_ns(&after) != stamp.mtime_ns
-    {
+    let after = disk.stat(path).map_err(unreadable)?;
+    if manifest.size != stamp.size || after.size != stamp.size || after.mtime_ns != stamp.mtime_ns {
         return Err(HashFailure::Changed);
     }
     Ok(manifest)
@@ -478,12 +476,7 @@ enum HashFailure {
 /// On any IO error.
 pub fn stamp_of(full: &Path) -> std::io::Result<Stamp> {
     let meta = std::fs::symlink_metadata(full)?;
-    Ok(Stamp {
-        size: meta.len(),
-        mtime_ns: crate::fsutil::mtime_ns(&meta),
-        inode: meta.ino(),
-        ctime_ns: crate::fsutil::ctime_ns(&meta),
-    })
+    Ok(crate::seams::os_disk::meta_of(&meta).stamp())
 }
 
 impl HashCache {
@@ -505,6 +498,12 @@ impl HashCache {
 
 #[cfg(test)]
 mod tests {
+    /// The real disk at `root`, for a scan.
+    fn os_disk(root: &std::path::Path) -> crate::seams::OsDisk {
+        let folder = crate::folder::FolderId::open_without_marker(root).unwrap();
+        crate::seams::OsDisk::new(root, root.to_path_buf(), folder).unwrap()
+    }
+
     use super::*;
 
     #[test]
@@ -517,7 +516,7 @@ mod tests {
         let rules = IgnoreRules::load(root);
         let mut cache = HashCache::default();
         let path = RelPath::new("disk.img").unwrap();
-        let first = scan(root, &rules, &mut cache, None).local[&path].hash;
+        let first = scan(&os_disk(root), &rules, &mut cache, None).local[&path].hash;
         let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
         // The ctime has a clock tick to move on (coarse-grained timestamps on some filesystems).
         let ctime_before = stamp_of(&file).unwrap().ctime_ns;
@@ -531,7 +530,7 @@ mod tests {
         let after = stamp_of(&file).unwrap();
         assert_eq!(after.size, 8);
         assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), mtime);
-        let second = scan(root, &rules, &mut cache, None).local[&path].hash;
+        let second = scan(&os_disk(root), &rules, &mut cache, None).local[&path].hash;
         assert_ne!(first, second, "the in-place write is seen");
         assert_eq!(
             second,
@@ -657,7 +656,7 @@ mod tests {
             std::fs::write(root.join(name), b"x").unwrap();
         }
         let rules = IgnoreRules::load(root);
-        let found = scan(root, &rules, &mut HashCache::default(), None);
+        let found = scan(&os_disk(root), &rules, &mut HashCache::default(), None);
         let paths: Vec<&str> = found.local.keys().map(RelPath::as_str).collect();
         assert_eq!(paths, ["a.txt", "photos", "x.odt"]);
         assert_eq!(found.skipped, []);

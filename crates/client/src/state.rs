@@ -9,9 +9,11 @@
 //! [`StateCorrupt`] error naming the file and the way out: moving it aside is safe, as with no
 //! base the planner re-adopts the folder like a first sync, which deletes nothing.
 
+use crate::seams::BaseStore;
+use crate::Error;
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use syncstore_plan::BaseNode;
 use syncstore_proto::{
@@ -47,7 +49,7 @@ pub struct StateDb {
     /// The base tree, as the planner takes it.
     pub base: BTreeMap<RelPath, BaseNode>,
     /// The chunk list of each base file, so a download can reuse unchanged chunks of the old file.
-    pub base_chunks: HashMap<RelPath, Vec<ChunkRef>>,
+    pub base_chunks: BTreeMap<RelPath, Vec<ChunkRef>>,
 }
 
 impl StateDb {
@@ -310,7 +312,7 @@ fn init_schema(conn: &Connection, path: &Path) -> anyhow::Result<()> {
 /// Reads the base tree.
 fn load(conn: Connection, path: &Path) -> anyhow::Result<StateDb> {
     let mut base = BTreeMap::new();
-    let mut base_chunks = HashMap::new();
+    let mut base_chunks = BTreeMap::new();
     {
         let mut stmt = conn.prepare(
             "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks, ctime_ns,
@@ -505,127 +507,194 @@ pub struct ServerIdentity {
     pub known: Option<(Cursor, JournalTag)>,
 }
 
-impl StateDb {
-    /// The saved server identity (nothing saved: a folder never synced, or older state).
-    ///
-    /// # Errors
-    /// On a database error or a corrupt value.
-    pub fn identity(&self) -> anyhow::Result<ServerIdentity> {
-        let namespace = self
-            .meta("namespace")?
-            .map(|text| NamespaceId::from_hex(&text))
-            .transpose()
-            .context("corrupt namespace in state")?;
-        let known = match (self.meta("known_cursor")?, self.meta("known_tag")?) {
-            (Some(cursor), Some(tag)) => Some((
-                Cursor(cursor.parse().context("corrupt known_cursor in state")?),
-                JournalTag::from_hex(&tag).context("corrupt known_tag in state")?,
-            )),
-            _ => None,
-        };
-        Ok(ServerIdentity { namespace, known })
+/// The saved server identity of `store` (nothing saved: a folder never synced, or older state).
+///
+/// # Errors
+/// On a read error or a corrupt value.
+pub fn identity(store: &impl BaseStore) -> Result<ServerIdentity, Error> {
+    let corrupt = |what: &str, err: &dyn std::fmt::Display| {
+        Error::state(format!("corrupt {what} in state"), err)
+    };
+    let namespace = store
+        .meta("namespace")?
+        .map(|text| NamespaceId::from_hex(&text))
+        .transpose()
+        .map_err(|err| corrupt("namespace", &err))?;
+    let known = match (store.meta("known_cursor")?, store.meta("known_tag")?) {
+        (Some(cursor), Some(tag)) => Some((
+            Cursor(
+                cursor
+                    .parse()
+                    .map_err(|err| corrupt("known_cursor", &err))?,
+            ),
+            JournalTag::from_hex(&tag).map_err(|err| corrupt("known_tag", &err))?,
+        )),
+        _ => None,
+    };
+    Ok(ServerIdentity { namespace, known })
+}
+
+/// Saves the server identity; inside a batch it commits with the batch's base updates.
+///
+/// # Errors
+/// When it cannot be saved.
+pub fn save_identity(store: &mut impl BaseStore, identity: &ServerIdentity) -> Result<(), Error> {
+    let namespace = identity.namespace.map(|n| n.to_hex());
+    store.set_meta("namespace", namespace.as_deref())?;
+    let (cursor, tag) = identity
+        .known
+        .map(|(cursor, tag)| (cursor.0.to_string(), tag.to_hex()))
+        .unzip();
+    store.set_meta("known_cursor", cursor.as_deref())?;
+    store.set_meta("known_tag", tag.as_deref())
+}
+
+/// A map from path to a value saved as one JSON object under `key`.
+fn path_map<V: serde::de::DeserializeOwned>(
+    store: &impl BaseStore,
+    key: &str,
+) -> Result<BTreeMap<RelPath, V>, Error> {
+    let text = store.meta(key)?.unwrap_or_else(|| "{}".into());
+    let raw: BTreeMap<String, V> = serde_json::from_str(&text)
+        .map_err(|err| Error::state(format!("corrupt {key} in state"), err))?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m)))
+        .collect())
+}
+
+fn set_path_map<V: serde::Serialize>(
+    store: &mut impl BaseStore,
+    key: &str,
+    map: &BTreeMap<RelPath, V>,
+) -> Result<(), Error> {
+    let raw: BTreeMap<&str, &V> = map.iter().map(|(p, m)| (p.as_str(), m)).collect();
+    let text = serde_json::to_string(&raw).map_err(|err| Error::state("could not save", err))?;
+    store.set_meta(key, Some(&text))
+}
+
+/// The files made read-only because another device's lock covered them: path → (the inode the
+/// file had then, its mode before). State written by older versions (path → mode) loads with
+/// inode 0, "whatever file is at the path".
+///
+/// # Errors
+/// On a read error or a corrupt value.
+pub fn read_only_for_locks(store: &impl BaseStore) -> Result<BTreeMap<RelPath, (u64, u32)>, Error> {
+    if store.meta("read_only_for_locks")?.is_some() {
+        return path_map(store, "read_only_for_locks");
+    }
+    let old: BTreeMap<RelPath, u32> = path_map(store, "readonly_modes")?;
+    Ok(old
+        .into_iter()
+        .map(|(path, mode)| (path, (0, mode)))
+        .collect())
+}
+
+/// Saves the files made read-only for locks.
+///
+/// # Errors
+/// When they cannot be saved.
+pub fn set_read_only_for_locks(
+    store: &mut impl BaseStore,
+    files: &BTreeMap<RelPath, (u64, u32)>,
+) -> Result<(), Error> {
+    set_path_map(store, "read_only_for_locks", files)?;
+    store.set_meta("readonly_modes", None)
+}
+
+/// Locks this device held at the last look (path → since), to tell the user when one goes.
+///
+/// # Errors
+/// On a read error or a corrupt value.
+pub fn my_locks(store: &impl BaseStore) -> Result<BTreeMap<RelPath, i64>, Error> {
+    path_map(store, "my_locks")
+}
+
+/// Saves the locks this device holds.
+///
+/// # Errors
+/// When they cannot be saved.
+pub fn set_my_locks(
+    store: &mut impl BaseStore,
+    locks: &BTreeMap<RelPath, i64>,
+) -> Result<(), Error> {
+    set_path_map(store, "my_locks", locks)
+}
+
+/// A state error as the library reports it: a corrupt database stays [`StateCorrupt`].
+fn to_error(context: &str, err: anyhow::Error) -> Error {
+    match err.downcast::<StateCorrupt>() {
+        Ok(corrupt) => Error::StateCorrupt(corrupt),
+        Err(err) => Error::state(context, format!("{err:#}")),
+    }
+}
+
+impl BaseStore for StateDb {
+    fn base(&self) -> &BTreeMap<RelPath, BaseNode> {
+        &self.base
     }
 
-    /// Saves the server identity; inside a batch it commits with the batch's base updates.
-    ///
-    /// # Errors
-    /// On a database error.
-    pub fn save_identity(&self, identity: &ServerIdentity) -> anyhow::Result<()> {
-        match identity.namespace {
-            Some(namespace) => self.set_meta("namespace", &namespace.to_hex())?,
-            None => self.delete_meta("namespace")?,
-        }
-        match identity.known {
-            Some((cursor, tag)) => {
-                self.set_meta("known_cursor", &cursor.0.to_string())?;
-                self.set_meta("known_tag", &tag.to_hex())?;
-            }
-            None => {
-                self.delete_meta("known_cursor")?;
-                self.delete_meta("known_tag")?;
-            }
-        }
-        Ok(())
+    fn base_chunks(&self) -> &BTreeMap<RelPath, Vec<ChunkRef>> {
+        &self.base_chunks
     }
 
-    /// Forgets the whole base tree and saves `identity`, in one durable transaction: the folder
-    /// is then planned as on a first sync (nothing deleted on either side), against the server
-    /// `identity` names. `why` is kept for `status`.
-    ///
-    /// # Errors
-    /// On a database error; nothing is changed then.
-    pub fn readopt(&mut self, identity: &ServerIdentity, why: &str) -> anyhow::Result<()> {
-        self.commit_batch()?;
+    fn put(&mut self, path: &RelPath, node: BaseNode, chunks: Vec<ChunkRef>) -> Result<(), Error> {
+        StateDb::put(self, path, node, chunks).map_err(|err| to_error("could not save base", err))
+    }
+
+    fn remove(&mut self, path: &RelPath) -> Result<(), Error> {
+        StateDb::remove(self, path).map_err(|err| to_error("could not save base", err))
+    }
+
+    fn rebase(&mut self, from: &RelPath, to: &RelPath) -> Result<(), Error> {
+        StateDb::rebase(self, from, to).map_err(|err| to_error("could not save base", err))
+    }
+
+    fn begin_batch(&mut self) -> Result<(), Error> {
+        StateDb::begin_batch(self).map_err(|err| to_error("could not start a batch", err))
+    }
+
+    fn commit_batch(&mut self) -> Result<(), Error> {
+        StateDb::commit_batch(self).map_err(|err| to_error("could not commit state", err))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, Error> {
+        StateDb::meta(self, key).map_err(|err| to_error("could not read state", err))
+    }
+
+    fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<(), Error> {
+        match value {
+            Some(value) => StateDb::set_meta(self, key, value),
+            None => self.delete_meta(key),
+        }
+        .map_err(|err| to_error("could not save state", err))
+    }
+
+    fn readopt(&mut self, identity: &ServerIdentity, why: &str) -> Result<(), Error> {
+        StateDb::commit_batch(self).map_err(|err| to_error("could not commit state", err))?;
         self.conn
             .execute_batch("BEGIN IMMEDIATE; DELETE FROM base;")
-            .context("could not clear base")?;
-        let saved = self
-            .save_identity(identity)
-            .and_then(|()| self.set_meta("readopted", why));
+            .map_err(|err| Error::state("could not clear base", err))?;
+        let saved =
+            save_identity(self, identity).and_then(|()| self.set_meta("readopted", Some(why)));
         if let Err(err) = saved {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(err);
         }
         self.conn
             .execute_batch("COMMIT")
-            .context("could not commit state")?;
+            .map_err(|err| Error::state("could not commit state", err))?;
         self.base.clear();
         self.base_chunks.clear();
-        Ok(())
-    }
-
-    fn delete_meta(&self, key: &str) -> anyhow::Result<()> {
-        self.conn
-            .execute("DELETE FROM meta WHERE key = ?1", [key])?;
         Ok(())
     }
 }
 
 impl StateDb {
-    /// Modes of files made read-only because another device locked them, to restore later.
-    ///
-    /// # Errors
-    /// On a database error or a corrupt value.
-    pub fn readonly_modes(&self) -> anyhow::Result<BTreeMap<RelPath, u32>> {
-        let text = self.meta("readonly_modes")?.unwrap_or_else(|| "{}".into());
-        let raw: BTreeMap<String, u32> =
-            serde_json::from_str(&text).context("corrupt readonly_modes in state")?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m)))
-            .collect())
-    }
-
-    /// Saves the modes to restore.
-    ///
-    /// # Errors
-    /// On a database error.
-    pub fn set_readonly_modes(&self, modes: &BTreeMap<RelPath, u32>) -> anyhow::Result<()> {
-        let raw: BTreeMap<&str, u32> = modes.iter().map(|(p, m)| (p.as_str(), *m)).collect();
-        self.set_meta("readonly_modes", &serde_json::to_string(&raw)?)
-    }
-
-    /// Locks this device held at the last look (path → since), to tell the user when one goes.
-    ///
-    /// # Errors
-    /// On a database error or a corrupt value.
-    pub fn my_locks(&self) -> anyhow::Result<BTreeMap<RelPath, i64>> {
-        let text = self.meta("my_locks")?.unwrap_or_else(|| "{}".into());
-        let raw: BTreeMap<String, i64> =
-            serde_json::from_str(&text).context("corrupt my_locks in state")?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(p, m)| RelPath::new(&p).ok().map(|p| (p, m)))
-            .collect())
-    }
-
-    /// Saves the locks this device holds.
-    ///
-    /// # Errors
-    /// On a database error.
-    pub fn set_my_locks(&self, locks: &BTreeMap<RelPath, i64>) -> anyhow::Result<()> {
-        let raw: BTreeMap<&str, i64> = locks.iter().map(|(p, m)| (p.as_str(), *m)).collect();
-        self.set_meta("my_locks", &serde_json::to_string(&raw)?)
+    fn delete_meta(&self, key: &str) -> anyhow::Result<()> {
+        self.conn
+            .execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        Ok(())
     }
 }
 

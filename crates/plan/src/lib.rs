@@ -3,7 +3,7 @@
 //! Given the **base** tree (the last state both sides agreed on), the **local** tree (what the
 //! last scan saw on disk) and the **remote** tree (the server's state at the client's cursor),
 //! [`plan`] decides, per path, what to do. The decisions are the table in
-//! `../shared/THREE-TREE.md`; each row has a unit test here.
+//! `../shared/THREE-TREE.md`; each row the planner decides has a unit test here.
 //!
 //! Architecture Invariant: this crate does no IO, reads no clock, draws no random numbers and is
 //! not async. Everything it needs (device name, the time for conflict names, ignore rules, locks)
@@ -25,6 +25,8 @@
 //!   deleted locally.
 //! - `RecordBase`, `SetModeRemote`, `SetModeLocal`: store the node given (for `SetModeRemote`
 //!   with the revision the server answered).
+//! - `ProtectLocal`, `UnprotectLocal`: nothing; they change the set of files made read-only for
+//!   locks instead (see below).
 //!
 //! # Mode bits (rows 33 and 34)
 //!
@@ -56,8 +58,50 @@
 //!   local bit, the server's version downloaded with its bit.
 //!
 //! Only the executable bit is synced. Owner, group, the other permission bits (the client
-//! clears write bits of files another device has locked, which is not a mode change),
-//! setuid/setgid/sticky, ACLs and xattrs are not.
+//! clears the write bits of files another device has locked, see below, which is not a mode
+//! change), setuid/setgid/sticky, ACLs and xattrs are not.
+//!
+//! # Read-only files under other devices' locks
+//!
+//! A local edit of a file another device has locked is held back until the lock goes (row 25),
+//! so while the lock lasts the client makes the file read-only, to tell the user before they
+//! edit. The planner decides which files, from the locks in force of other devices
+//! ([`PlanInput::locked_by_others`]; a lock *covers* its path and, on a directory, everything
+//! beneath) and the files the client made read-only so far ([`PlanInput::read_only_for_locks`]:
+//! each path with the inode the file had when it was made read-only, kept by the client in its
+//! state with the mode to give back). The set *holds* the file at a path when it names that
+//! path with that file's inode (or with inode 0, unknown: then whatever file is there).
+//!
+//! - [`PlanOp::ProtectLocal`] for a local file that a lock covers and that the set does not
+//!   hold. So also for a file replaced since it was protected (an editor that saves through a
+//!   new file), and for a file that a `Download` of this plan writes under a lock, even when
+//!   the set holds the one there now: the download replaces it, and with it the mode. Not for a
+//!   file this plan deletes locally, moves away or turns into a conflicted copy: the next pass
+//!   protects it where it then is, if a lock covers it there.
+//! - [`PlanOp::UnprotectLocal`] for every entry of the set but the files still at their path
+//!   under a lock. Its `file` says where that file is now: at its path (no lock covers it any
+//!   more: its write bits come back); at another path, found by its inode, when the user renamed
+//!   it (it is still read-only there: its write bits come back, and if a lock covers the new
+//!   path it is protected there anew, with the mode it had); or nowhere (deleted, replaced, or
+//!   moved out of sight: the entry is only dropped).
+//! - Untouchable paths ([`PlanInput::ignored`], and everything beneath them) get neither: they
+//!   are never planned (rows 27, 28, 31 and 35). Their entries stay in the set (unless the user
+//!   moved the file out from under them: it is followed by its inode, as above), and the rules
+//!   apply again once the path is planned again. This keeps a chmod off a file that is not the
+//!   one protected (a disk mounted over the directory, row 35), at a price: a protected file
+//!   that the user then ignores stays read-only while it is ignored, and one the user moves
+//!   into an untouchable directory is out of sight, so its entry is dropped and it stays
+//!   read-only there.
+//! - Row 29: a root that is not ok plans nothing, these ops neither. An emptied root drops
+//!   nothing from the set (as nothing is deleted): the files may come back with the disk.
+//!
+//! `UnprotectLocal` comes first in a plan, before anything moves, deletes or replaces a file
+//! (so a conflicted copy or a move never carries a stale read-only mode along), and
+//! `ProtectLocal` last, once downloads are in place. Once they are applied and the set updated,
+//! the next plan holds none for the same trees and locks. They are upkeep, not a difference
+//! between the sides: a plan of only these ops is in sync once applied, and the client counts
+//! one as applied (and updates the set) also when its chmod fails, logging it, so that a file it
+//! cannot chmod does not keep every plan busy for ever.
 //!
 //! # Row 29: a missing or emptied local root
 //!
@@ -86,6 +130,7 @@
 //! Start reading at [`plan`], then `planner.rs` (the per-path table) and `rename.rs`.
 
 mod planner;
+mod read_only;
 mod rename;
 #[cfg(test)]
 mod tests;
@@ -162,8 +207,20 @@ pub struct PlanInput<'a> {
     pub now_stamp: &'a str,
     /// Paths (files, or directories covering everything beneath) locked by another device.
     pub locked_by_others: &'a BTreeMap<RelPath, DeviceName>,
-    /// Paths matching `.syncignore` or the default ignores (computed at the edge).
-    pub ignored: &'a BTreeSet<RelPath>,
+    /// The local files the client has made read-only because a lock of another device covered
+    /// them, and not given back their write bits since: each path with the inode the file had
+    /// when it was made read-only (0 when unknown). The client keeps this set in its state; the
+    /// planner keeps it in step with the locks through [`PlanOp::ProtectLocal`] and
+    /// [`PlanOp::UnprotectLocal`]. See "Read-only files under other devices' locks" in the crate
+    /// docs.
+    pub read_only_for_locks: &'a BTreeMap<RelPath, u64>,
+    /// Paths the planner leaves alone, with everything beneath them (row 27): those matching
+    /// `.syncignore` or the default ignores on any side, and local entries that cannot be
+    /// synced now (symlinks, unreadable or changing files, other filesystems).
+    pub untouchable: &'a BTreeSet<RelPath>,
+    /// The local entries among [`PlanInput::untouchable`]: present on disk, so they keep their
+    /// directory from being removed there.
+    pub local_untouchable: &'a BTreeSet<RelPath>,
     /// False when the local root is missing or unreadable.
     pub local_root_ok: bool,
     /// False when the remote listing failed or was cut short.
@@ -236,6 +293,21 @@ pub enum PlanOp {
     RecordBase { path: RelPath, node: BaseNode },
     /// The path is gone on both sides: drop it from base.
     ForgetBase { path: RelPath },
+    /// A lock of another device covers the local file at `path`: clear its write bits, and
+    /// record `path` in [`PlanInput::read_only_for_locks`] with the file's inode and its mode
+    /// before (replacing an entry for `path`, if any). If no regular file is there by then (a
+    /// download before it did not place its file), do nothing. Touches neither the server nor
+    /// base, and is no change to sync (see the crate docs).
+    ProtectLocal { path: RelPath },
+    /// Drop the entry for `path` from [`PlanInput::read_only_for_locks`]; first, if `file` is
+    /// given (where the file made read-only as `path` is now: `path` itself, or where the user
+    /// renamed it), give the regular file there the mode remembered for `path`, keeping its
+    /// executable bit as it is now, if it still has the inode recorded (or that is unknown).
+    /// `None` when that file is gone: only the entry goes. Touches neither the server nor base.
+    UnprotectLocal {
+        path: RelPath,
+        file: Option<RelPath>,
+    },
 }
 
 /// A path the planner will not touch this round, and why; shown by `status`.
@@ -265,12 +337,14 @@ pub struct Plan {
 
 /// Decides what to do. Pure: same input, same plan.
 ///
-/// The ops come in the order the client must apply them: moves and conflict copies, then local
-/// deletions and the remote deletions that free a name a creation needs, deepest path first,
-/// then directory creations shallowest first, then transfers, then the other remote deletions,
-/// deepest path first, then base bookkeeping. Remote deletions wait for the uploads so that the
-/// bytes of a rename that could not be a move are on the server at the new path before they are
-/// deleted at the old one. See the module `planner` for the decision per path.
+/// The ops come in the order the client must apply them: files given back their write bits
+/// (`UnprotectLocal`), then moves and conflict copies, then local deletions and the remote
+/// deletions that free a name a creation needs, deepest path first, then directory creations
+/// shallowest first, then transfers, then the other remote deletions, deepest path first, then
+/// base bookkeeping, then files made read-only (`ProtectLocal`). Remote deletions wait for the
+/// uploads so that the bytes of a rename that could not be a move are on the server at the new
+/// path before they are deleted at the old one. See the module `planner` for the decision per
+/// path.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     planner::plan(input)
 }

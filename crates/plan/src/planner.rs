@@ -1,6 +1,6 @@
 //! The per-path decisions behind [`crate::plan`].
 //!
-//! A pass goes in four steps:
+//! A pass goes in five steps:
 //!
 //! 1. Whole-pass checks (row 29): a missing local root stops everything; an emptied one stops
 //!    every deletion (see the crate docs).
@@ -11,7 +11,9 @@
 //!    A directory's decision depends on what its children's decisions leave beneath it, which is
 //!    why children go first; the planner tracks what each side will hold after the plan in
 //!    `local_after` / `remote_after`.
-//! 4. The ops are sorted into the order the client applies them ([`sort_ops`]): remote
+//! 4. Read-only files for locks ([`crate::read_only`]): from the ops decided so far, the
+//!    local files to make read-only or give their write bits back.
+//! 5. The ops are sorted into the order the client applies them ([`sort_ops`]): remote
 //!    deletions wait for the uploads unless they free a name one needs.
 //!
 //! A remote node at a path whose `node_id` differs from base's was deleted and created anew
@@ -49,6 +51,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
     planner.detect_renames();
     planner.deleted_remotely = planner.deleted_remotely();
     planner.decide_paths();
+    planner.plan_read_only();
     let mut ops = planner.ops;
     sort_ops(&mut ops);
     let mut blocked = planner.blocked;
@@ -96,13 +99,17 @@ pub(crate) struct Planner<'i, 'a> {
     /// since they keep a directory from being empty).
     local_after: BTreeSet<String>,
     remote_after: BTreeSet<String>,
+    /// Untouchable paths present on each side: they stay whatever the plan does, so a
+    /// directory holding one cannot be removed there.
+    local_untouchable: BTreeSet<String>,
+    remote_untouchable: BTreeSet<String>,
     /// Paths settled by the rename step: `claimed` alone, `claimed_trees` with everything beneath.
     claimed: BTreeSet<RelPath>,
     claimed_trees: Vec<RelPath>,
     /// Conflicted-copy names chosen in this pass, so two copies never get the same name.
     copy_names: BTreeSet<RelPath>,
     /// Row 29: the local root holds nothing while base holds files; nothing is deleted.
-    root_emptied: bool,
+    pub(crate) root_emptied: bool,
     /// Contents of remote files that look deleted locally and unchanged remotely (row 6, also
     /// beneath a directory deleted locally), set after the rename step; see
     /// [`Planner::last_copy`].
@@ -113,10 +120,7 @@ pub(crate) struct Planner<'i, 'a> {
 
 impl<'i, 'a> Planner<'i, 'a> {
     fn new(input: &'i PlanInput<'a>) -> Self {
-        let ignored = |path: &RelPath| {
-            input.ignored.contains(path)
-                || path.ancestors().iter().any(|a| input.ignored.contains(a))
-        };
+        let ignored = |path: &RelPath| is_ignored(input, path);
         Planner {
             input,
             base: input
@@ -134,8 +138,24 @@ impl<'i, 'a> Planner<'i, 'a> {
                 .iter()
                 .filter(|(path, _)| !ignored(path))
                 .collect(),
-            local_after: input.local.keys().map(|p| p.as_str().to_owned()).collect(),
+            local_after: input
+                .local
+                .keys()
+                .chain(input.local_untouchable)
+                .map(|p| p.as_str().to_owned())
+                .collect(),
             remote_after: input.remote.keys().map(|p| p.as_str().to_owned()).collect(),
+            local_untouchable: input
+                .local_untouchable
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            remote_untouchable: input
+                .remote
+                .keys()
+                .filter(|path| ignored(path))
+                .map(|p| p.as_str().to_owned())
+                .collect(),
             claimed: BTreeSet::new(),
             claimed_trees: Vec::new(),
             copy_names: BTreeSet::new(),
@@ -221,7 +241,9 @@ impl<'i, 'a> Planner<'i, 'a> {
             PlanOp::SetModeRemote { .. }
             | PlanOp::SetModeLocal { .. }
             | PlanOp::RecordBase { .. }
-            | PlanOp::ForgetBase { .. } => {}
+            | PlanOp::ForgetBase { .. }
+            | PlanOp::ProtectLocal { .. }
+            | PlanOp::UnprotectLocal { .. } => {}
         }
         self.ops.push(op);
     }
@@ -338,6 +360,16 @@ impl<'i, 'a> Planner<'i, 'a> {
 
     fn remote_has_beneath(&self, dir: &RelPath) -> bool {
         has_beneath(&self.remote_after, dir)
+    }
+
+    /// Whether an untouchable local entry lies beneath `dir`: the local directory stays.
+    fn local_keeps_untouchable(&self, dir: &RelPath) -> bool {
+        has_beneath(&self.local_untouchable, dir)
+    }
+
+    /// Whether an untouchable remote entry lies beneath `dir`: the remote directory stays.
+    fn remote_keeps_untouchable(&self, dir: &RelPath) -> bool {
+        has_beneath(&self.remote_untouchable, dir)
     }
 
     /// Decides one path and records the ops (or the block).
@@ -512,7 +544,10 @@ impl<'i, 'a> Planner<'i, 'a> {
                             path,
                             rev: remote.rev,
                         }]
-                    } else if self.local_has_beneath(&path) {
+                    } else if self.local_has_beneath(&path) || self.remote_keeps_untouchable(&path)
+                    {
+                        // Row 27: an ignored remote entry keeps the directory there for good,
+                        // so it comes back here too (waiting would never converge).
                         vec![PlanOp::MakeDirLocal {
                             path,
                             remote: remote.clone(),
@@ -549,7 +584,10 @@ impl<'i, 'a> Planner<'i, 'a> {
                 Dir => {
                     if !self.local_has_beneath(&path) {
                         vec![PlanOp::RemoveDirLocal { path }]
-                    } else if self.remote_has_beneath(&path) {
+                    } else if self.remote_has_beneath(&path) || self.local_keeps_untouchable(&path)
+                    {
+                        // Row 27: an ignored (or unreadable) local entry keeps the directory
+                        // here for good, so it goes back to the server.
                         vec![PlanOp::MakeDirRemote { path }]
                     } else {
                         Vec::new()
@@ -781,24 +819,37 @@ fn sort_ops(ops: &mut [PlanOp]) {
 /// Where `op` goes in a plan; see [`sort_ops`].
 fn sort_key<'o>(op: &'o PlanOp, early: &BTreeSet<RelPath>) -> (u8, usize, &'o str) {
     match op {
+        // Before anything moves, deletes or replaces the file: its write bits go with it.
+        PlanOp::UnprotectLocal { path, .. } => (0, 0, path.as_str()),
         PlanOp::MoveRemote { .. } | PlanOp::MoveLocal { .. } | PlanOp::ConflictCopy { .. } => {
-            (0, 0, "")
+            (1, 0, "")
         }
         PlanOp::DeleteRemote { path, .. } if !early.contains(path) => {
-            (4, usize::MAX - path.depth(), path.as_str())
+            (5, usize::MAX - path.depth(), path.as_str())
         }
         PlanOp::DeleteLocal { path, .. }
         | PlanOp::DeleteRemote { path, .. }
-        | PlanOp::RemoveDirLocal { path } => (1, usize::MAX - path.depth(), path.as_str()),
+        | PlanOp::RemoveDirLocal { path } => (2, usize::MAX - path.depth(), path.as_str()),
         PlanOp::MakeDirLocal { path, .. } | PlanOp::MakeDirRemote { path } => {
-            (2, path.depth(), path.as_str())
+            (3, path.depth(), path.as_str())
         }
         PlanOp::Upload { path, .. }
         | PlanOp::Download { path, .. }
         | PlanOp::SetModeRemote { path, .. }
-        | PlanOp::SetModeLocal { path, .. } => (3, 0, path.as_str()),
-        PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => (5, 0, path.as_str()),
+        | PlanOp::SetModeLocal { path, .. } => (4, 0, path.as_str()),
+        PlanOp::RecordBase { path, .. } | PlanOp::ForgetBase { path } => (6, 0, path.as_str()),
+        // After the transfers: a file downloaded under a lock is protected once it is there.
+        PlanOp::ProtectLocal { path } => (7, 0, path.as_str()),
     }
+}
+
+/// Whether `path` or one of its ancestors is untouchable (row 27): the planner leaves it alone.
+pub(crate) fn is_ignored(input: &PlanInput<'_>, path: &RelPath) -> bool {
+    input.untouchable.contains(path)
+        || path
+            .ancestors()
+            .iter()
+            .any(|a| input.untouchable.contains(a))
 }
 
 /// Whether `set` holds a path strictly inside `dir`.

@@ -233,6 +233,11 @@ impl Revision {
     pub fn as_cursor(self) -> Cursor {
         Cursor(self.0)
     }
+
+    /// The revision a change written at journal position `cursor` gives its node.
+    pub fn written_at(cursor: Cursor) -> Revision {
+        Revision(cursor.0)
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub struct FsNode {
     pub ctime_ns: i64,
     /// The executable bit; false for directories.
     pub executable: bool,
+    /// No write bits (the engine makes files another device locks read-only): users cannot
+    /// write it in place.
+    pub read_only: bool,
 }
 
 /// Why a filesystem call failed, as the `std::io::ErrorKind` the client looks at.
@@ -45,6 +48,8 @@ pub struct SimFs {
     mounts: BTreeMap<RelPath, Vec<(RelPath, FsNode)>>,
     /// Another filesystem mounted over the whole folder: the nodes it hides.
     root_mount: Option<BTreeMap<RelPath, FsNode>>,
+    /// The root directory's mtime (its entries changed then).
+    pub root_mtime_ns: i64,
 }
 
 impl SimFs {
@@ -100,6 +105,7 @@ impl SimFs {
                 mtime_ns: now_ns,
                 ctime_ns: now_ns,
                 executable: false,
+                read_only: false,
             },
         );
         self.mounts.insert(dir.clone(), hidden);
@@ -159,7 +165,7 @@ impl SimFs {
     }
 
     /// The mount point of the filesystem `path` is on (`None`: the folder's own).
-    fn fs_of(&self, path: &RelPath) -> Option<&RelPath> {
+    pub fn fs_of(&self, path: &RelPath) -> Option<&RelPath> {
         self.mounts.keys().find(|m| path.is_inside(m))
     }
 
@@ -197,10 +203,13 @@ impl SimFs {
     }
 
     fn touch_parent(&mut self, path: &RelPath, now_ns: i64) {
-        if let Some(parent) = path.parent() {
-            if let Some(node) = self.nodes.get_mut(&parent) {
-                node.mtime_ns = now_ns;
+        match path.parent() {
+            Some(parent) => {
+                if let Some(node) = self.nodes.get_mut(&parent) {
+                    node.mtime_ns = now_ns;
+                }
             }
+            None => self.root_mtime_ns = now_ns,
         }
     }
 
@@ -230,6 +239,7 @@ impl SimFs {
                     mtime_ns: now_ns,
                     ctime_ns: now_ns,
                     executable: false,
+                    read_only: false,
                 },
             );
         }
@@ -265,6 +275,7 @@ impl SimFs {
                 mtime_ns: now_ns,
                 ctime_ns: now_ns,
                 executable: false,
+                read_only: false,
             },
         );
         Ok(())

@@ -1,106 +1,128 @@
-//! Deterministic simulation of syncstore (in the style of Dropbox's Trinity and CanopyCheck):
-//! several devices, one server, a random schedule of user edits, partial syncs, lost requests and
-//! crashes, all driven by one `u64` seed, over the **real planner** (`syncstore_plan::plan`) and
-//! the **real server op rules** (`syncstore_store::ops::apply_batch`).
+//! Deterministic simulation of syncstore (in the style of Dropbox's Trinity): several devices,
+//! each running **the client's real engine** (`syncstore_client::SyncEngine`, the code the
+//! daemon runs), one server running **the store's real op and lock rules**
+//! (`syncstore_store::ops::apply_batch`, `syncstore_store::locks`), a random schedule of user
+//! edits, passes, lost requests, crashes and server failures, all driven by one `u64` seed.
 //!
-//! Start reading at [`run`]; [`device`] holds the simulated client, [`server`] the server.
+//! This crate holds no sync logic: it implements the engine's seams ([`disk::SimDisk`] for
+//! the folder, [`net::SimServer`] and [`net::SimClock`] for the network and time, the client's
+//! own [`MemBase`] for base), and a driver that decides what happens when.
 //!
 //! # Replaying
 //!
 //! `cargo test -p syncstore-sim` runs a fixed range of seeds. A failure prints its seed, the
 //! broken invariant and the whole history. `SYNCSTORE_SEED=1234 cargo test -p syncstore-sim`
-//! replays exactly that seed; `SYNCSTORE_SEEDS=5000` runs seeds `0..5000` (nightly).
+//! replays exactly that seed; `SYNCSTORE_SEEDS=5000` runs seeds `0..5000`.
 //!
 //! # Determinism
 //!
 //! Every random choice comes from one of several [`StdRng`]s, one per actor (the scheduler, the
-//! network, each device), each seeded with `seed ^ actor_hash(actor)`, so adding an actor does not
-//! change what the others do under an old seed. Nothing reads the wall clock (time is a simulated
-//! millisecond counter), and every map iterated is ordered.
+//! network, the disks, the server, the mounts, the locks, each user), each seeded with
+//! `seed ^ actor_hash(actor)`. Time is a simulated millisecond counter (the engine's clock
+//! seam reads it). The devices' passes are tasks on one current-thread Tokio runtime, which
+//! polls them in a fixed order; every request yields a seeded number of turns first, so the
+//! interleaving of devices (and of one device's uploads in flight) is decided by the seed.
+//! Every map iterated is ordered. Two runs of a seed give the same trace (a test checks it).
 //!
 //! # What is modelled
 //!
-//! - **Server**: the store's own `apply_batch` over an in-memory `Txn` ([`server`]): stable node
-//!   ids across moves, a cursor bumped per journal row, conditional `PutFile` (`MustNotExist`,
-//!   `Rev`), `Delete` at a revision (refused for a non-empty directory), `Move` to a free name,
-//!   implicit parent directories, 409 with the current node. The change feed is the journal; a
-//!   full listing is `GET /tree`. Chunks are content-addressed and never deleted.
-//! - **Devices** ([`device::Device`]): an in-memory disk with inode numbers (freed inodes are
-//!   reused half the time, as real filesystems do) and mtimes from the simulated clock; a base tree
-//!   committed as the engine commits it (once per applied plan, and before a local delete), to
-//!   which a crash rolls back; a remote tree fed from the journal and from the device's own op
-//!   results (the client's own `syncstore_client::remote::RemoteTree`), lost on crash and
-//!   reloaded from the full tree.
-//!   The executor applies `PlanOp`s with the engine's semantics: runs of one kind, one request per
-//!   server-bound run, the same re-checks (a download is placed only if the local path still holds
-//!   `expect_local`, with `RENAME_NOREPLACE` when it expects nothing; a local delete only if the
-//!   hash matches; uploads conditional and skipped if the file changed since the scan; conflict
-//!   copy = local rename), and base updated after each applied op.
-//! - **Users**: create, rewrite (in place or by an editor's atomic save), delete files; `mkdir -p`;
-//!   `rm -r`; `mv` of files and directories, onto free names or over a file. They never empty the
-//!   whole folder: an empty root while base holds files looks like an unmounted disk, so the
-//!   planner deletes nothing on its account (row 29; downloads still go), and the user's deletions
-//!   would stay blocked for ever. Names come from a tiny pool (`a`, `b`, `c.txt`, up to three
-//!   deep), so devices collide, and a file and a directory contend for one name.
-//! - **Schedule**: each step picks a device and does one of: a user edit; a sync step (plan, with
-//!   the remote view fully refreshed, lagging by a few changes or not refreshed at all, and
-//!   sometimes keeping only the first k ops; or apply the next run of the current plan); a crash;
-//!   an interrupted pass. Devices' runs interleave, so their ops race at the server and get 409s.
-//! - **Concurrent edits**: while a device is in the middle of a run, its user sometimes edits
-//!   (before a local op, before a download is placed, between reading a file for upload and
-//!   committing it), so the executor's re-checks meet changed files.
-//! - **Server faults**: the server's metadata is backed up now and then, restored from one
-//!   of those backups (the journal loses everything since; chunks stay), or lost and the account
-//!   re-created (a new namespace, no chunks). Devices compare the server's namespace and the tag
-//!   of the newest journal position they know with what their base was made against, and
-//!   re-adopt the folder (base dropped, planned as on a first sync) when they differ.
-//! - **Faults**: a request (ops, chunk upload or download) is lost before the server sees it or
-//!   after it applied it (4% each); then the pass aborts, and 30% of the time the device also
-//!   crashes. A local step (a placed download, a local delete, move or mkdir) crashes the device
-//!   between its disk change and its base update 2% of the time.
+//! - **Devices**: the real engine over a simulated disk ([`fs::SimFs`]: inode numbers reused
+//!   half the time, mtimes and ctimes from the clock, directory mtimes, modes, read-only files,
+//!   mounts). Base lives in a [`MemBase`] whose committed state survives a crash; the engine,
+//!   its remote tree and its hash cache do not. Everything the engine does is what it does in
+//!   production: scans with the hash cache and the real chunker (files are sometimes large,
+//!   several chunks, sharing chunks with earlier versions), ignore rules (`.syncignore`, which
+//!   users write and which syncs, and the default list: `x.tmp` is one of the names), locks
+//!   in force (planner input, read-only files), re-adoption after a server restore or reset.
+//! - **Users**: create, rewrite (in place, by an editor's atomic save, or in place keeping the
+//!   mtime), delete files; `mkdir -p`; `rm -r`; `mv` of files and directories, onto free names
+//!   or over a file; `chmod ±x`; write `.syncignore`; lock and unlock paths, or break another
+//!   device's lock. Names come from a tiny pool, so devices collide. Users never empty the
+//!   whole folder (an emptied root looks like an unmounted disk, row 29).
+//! - **Concurrency**: a device's user edits in the middle of its engine's work, right before
+//!   a re-check (`stat`, `open`): the re-checks meet files changed since the plan.
+//! - **Network faults**: a request is lost before the server sees it or after it carried it out
+//!   (4 % each); 30 % of those also crash the device.
+//! - **Crashes**: a device is killed at a random await point of its pass, or right after a disk
+//!   change (2 %), before the base update that follows it. Its seams then refuse everything;
+//!   it restarts from its disk and its committed base.
+//! - **Server faults**: the metadata is backed up now and then, restored from one of those
+//!   backups (the journal loses everything since; chunks stay), or lost and the account
+//!   re-created (a new namespace, no chunks); the server process restarts (uploads not yet
+//!   named by a commit are lost).
+//! - **Mounts**: a disk is mounted over a device's folder or one of its subfolders, and later
+//!   unmounted.
 //!
 //! # What is not modelled
 //!
-//! Locks, ignore rules, symlinks, unreadable files and a missing local root (all planner inputs
-//! are fixed: no locks, nothing ignored, root ok, listing complete); files changing *while* being
-//! read or placed (an edit lands between two ops, never inside one; so the engine's own window
-//! between a re-check and the rename that follows it is not exercised); the hash cache (scans
-//! hash every file, which the real cache matches because every write changes the mtime); chunking
-//! (each file is one chunk, as the real chunker makes of any file under 256 KiB); server crashes
-//! (other than restores and resets); HTTP itself; the long poll (a refresh is a read of the
-//! journal).
+//! Symlinks, unreadable files and names that are not valid paths (the scan's tests cover
+//! them); the daemon's control loop (the driver decides when passes run) and the long poll;
+//! HTTP itself; early upload (it needs a multi-threaded runtime; it only stores
+//! content-addressed chunks); full disks.
 //!
 //! # Invariants checked at the end
 //!
-//! After the random steps, faults and edits stop and every device syncs in turn (full refresh,
-//! plan, apply, until its plan is empty, at most 32 plans) for up to 12 rounds, until a whole
-//! round applies nothing and leaves the server's cursor where it was. Then:
+//! After the random steps, faults and edits stop, locks are released, disks unmounted, and
+//! every device passes in turn for up to 12 rounds, until a whole round applies nothing and
+//! leaves the server's cursor where it was. Then:
 //!
-//! 1. **Quiescence**: that round was reached, and a fresh plan on every device is empty (no ops,
-//!    nothing blocked).
-//! 2. **Convergence**: every device's disk equals the server's tree: the same paths, kinds, and
-//!    file bytes (directories included, empty ones too).
-//! 3. **No content lost**: every *live* content is the content of some file in the final tree (at
-//!    any path, e.g. a conflicted copy). Every user write creates unique bytes, which become live.
-//!    A content stops being live only when a user destroys it *on a device where it is visible*:
-//!    rewriting or deleting a file, `rm -r` of a directory holding it, or `mv` over it kills the
-//!    bytes that were at that path on that device's disk at that moment. Nothing the sync does
-//!    kills content, and a user cannot kill what their device has not shown them.
-//!
-//! The content rule is slightly lenient: bytes killed at one path count as killed even if the
-//! same bytes also sat at another path (they can, after a rename raced with an edit).
+//! 1. **Quiescence**: that round was reached, and a fresh plan on every device is empty.
+//! 2. **Convergence**: every device's disk equals the server's tree, outside the paths its
+//!    ignore rules exclude: the same paths, kinds, file bytes and executable bits.
+//! 3. **No content lost**: every *live* content is in the server's final tree (at any path,
+//!    e.g. a conflicted copy) or in a file a device ignores. Every user write creates unique
+//!    bytes, which become live; a content stops being live only when a user destroys it on a
+//!    device where it is visible (rewriting or deleting a file, `rm -r`, `mv` over it), or when
+//!    the server loses history while it alone held it.
 
-pub mod device;
+pub mod disk;
 pub mod fs;
+pub mod net;
 pub mod server;
+pub mod shared;
+pub mod user;
 
-use device::{show_bytes, Device, Env, Ledger};
+use disk::SimDisk;
+use net::{SimClock, SimServer};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use server::Server;
-use std::collections::BTreeMap;
+use shared::{DeviceState, Shared, Sim};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use syncstore_client::scan::IgnoreRules;
+use syncstore_client::seams::{MemBase, MemBaseCommitted, World};
+use syncstore_client::{PassReport, SyncEngine};
 use syncstore_proto::{DeviceName, EntryKind, RelPath};
+use user::{show_bytes, Ledger};
+
+/// The seams the simulated devices run the real engine on.
+pub struct SimWorld;
+
+impl World for SimWorld {
+    type Disk = SimDisk;
+    type Server = SimServer;
+    type Clock = SimClock;
+    type Base = MemBase;
+}
+
+/// The engine of a simulated device.
+pub type SimEngine = SyncEngine<SimWorld>;
+
+/// What a pass task gives back.
+type PassOutcome = (Box<SimEngine>, Result<PassReport, syncstore_client::Error>);
+
+/// A device's process.
+enum Slot {
+    /// Running, between passes.
+    Idle(Box<SimEngine>),
+    /// In the middle of a pass.
+    Running(tokio::task::JoinHandle<PassOutcome>),
+    /// Dead (crashed); restarted by the next pass the schedule asks for.
+    Down,
+}
 
 /// What one simulation run does.
 #[derive(Clone, Debug)]
@@ -171,8 +193,87 @@ pub struct Stats {
     pub resets: usize,
     /// Times a disk was mounted over a device's folder or a subfolder.
     pub mounts: usize,
+    /// How often the histories met what the engine must handle.
+    pub features: Features,
     /// The history, as in a [`Failure`].
     pub trace: Vec<String>,
+}
+
+/// How often the histories met each thing the engine must handle, counted from the trace.
+#[derive(Clone, Debug, Default)]
+pub struct Features {
+    pub crashes: usize,
+    pub lost_requests: usize,
+    pub locks_taken: usize,
+    pub locks_broken: usize,
+    pub ignore_rules_written: usize,
+    pub large_files_written: usize,
+    pub journal_resets: usize,
+    pub server_restarts: usize,
+    pub edits_at_rechecks: usize,
+    pub conflicted_copies_made: usize,
+}
+
+impl Features {
+    fn of(trace: &[String]) -> Features {
+        let count = |needle: &str| trace.iter().filter(|line| line.contains(needle)).count();
+        Features {
+            crashes: count(" CRASH "),
+            lost_requests: count("LOST"),
+            locks_taken: trace
+                .iter()
+                .filter(|line| line.contains("user locks") && line.contains("(done)"))
+                .count(),
+            locks_broken: count("'s lock on "),
+            ignore_rules_written: count("user writes .syncignore"),
+            // A large content shows as `"d0#7"+614405B`.
+            large_files_written: trace
+                .iter()
+                .filter(|line| line.contains(" user ") && line.contains("\"+"))
+                .count(),
+            journal_resets: count("-> journal reset"),
+            server_restarts: count("SERVER RESTARTS"),
+            edits_at_rechecks: count("(while the engine works)"),
+            conflicted_copies_made: count("(conflicted copy"),
+        }
+    }
+
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: &Features) {
+        self.crashes += other.crashes;
+        self.lost_requests += other.lost_requests;
+        self.locks_taken += other.locks_taken;
+        self.locks_broken += other.locks_broken;
+        self.ignore_rules_written += other.ignore_rules_written;
+        self.large_files_written += other.large_files_written;
+        self.journal_resets += other.journal_resets;
+        self.server_restarts += other.server_restarts;
+        self.edits_at_rechecks += other.edits_at_rechecks;
+        self.conflicted_copies_made += other.conflicted_copies_made;
+    }
+
+    /// Panics unless `n_seeds` seeds met each of them (a feature the histories never reach is
+    /// not tested by them).
+    pub fn assert_exercised(&self, n_seeds: u64) {
+        let n = n_seeds as usize;
+        for (what, count, at_least) in [
+            ("crashes", self.crashes, n),
+            ("lost requests", self.lost_requests, n),
+            ("locks taken", self.locks_taken, n / 2),
+            ("locks broken", self.locks_broken, n / 20),
+            ("ignore rules written", self.ignore_rules_written, n / 2),
+            ("large files written", self.large_files_written, n / 4),
+            ("journal resets", self.journal_resets, n / 20),
+            ("server restarts", self.server_restarts, n / 2),
+            ("edits at re-checks", self.edits_at_rechecks, n),
+            ("conflicted copies", self.conflicted_copies_made, n / 4),
+        ] {
+            assert!(
+                count >= at_least,
+                "too few {what}: {count} in {n_seeds} seeds"
+            );
+        }
+    }
 }
 
 /// A stable 64-bit hash of an actor's name (not `DefaultHasher`, whose output may change
@@ -186,203 +287,347 @@ fn actor_rng(seed: u64, actor: &str) -> StdRng {
     StdRng::seed_from_u64(seed ^ actor_hash(actor))
 }
 
-/// The whole simulated system.
-struct World {
-    server: Server,
-    /// Decides the fate of requests.
-    net_rng: StdRng,
-    /// Picks who acts and how, and how far the clock moves.
+/// The whole simulated system: the shared state the seams act on, and the driver's own dice.
+struct Driver {
+    shared: Shared,
+    /// Picks who acts and how, how far the clock moves, how long tasks run.
     sched_rng: StdRng,
-    /// Decides when the server's metadata is backed up, restored from a backup, or lost.
+    /// Decides when the server's metadata is backed up, restored, lost, or its process restarts.
     server_rng: StdRng,
-    /// Decides when disks are mounted over devices' folders and subfolders, and unmounted.
+    /// Decides when disks are mounted and unmounted.
     mount_rng: StdRng,
-    devices: Vec<Device>,
-    now_ms: i64,
-    step: usize,
-    trace: Vec<String>,
-    ledger: Ledger,
+    /// Decides what users lock and unlock.
+    lock_rng: StdRng,
+    slots: Vec<Slot>,
     stats: Stats,
 }
 
 /// Runs one seed.
 ///
 /// # Errors
-/// A [`Failure`] naming the broken invariant (a panic inside the planner or the op rules counts
-/// as one), with the seed and the history.
+/// A [`Failure`] naming the broken invariant (a panic inside the engine, the planner or the
+/// op rules counts as one), with the seed and the history.
 pub fn run(seed: u64, config: &Config) -> Result<Stats, Failure> {
-    let mut world = World {
+    let devices = (0..config.devices)
+        .map(|idx| {
+            let name = format!("d{idx}");
+            DeviceState {
+                name: DeviceName::new(&name).expect("valid"),
+                disk: fs::SimFs::default(),
+                user_rng: actor_rng(seed, &format!("device {name}")),
+                crashed: false,
+                committed: MemBaseCommitted::default(),
+            }
+        })
+        .collect();
+    let shared = Shared(Arc::new(Mutex::new(Sim {
         server: Server::default(),
+        devices,
+        ledger: Ledger::default(),
+        trace: Vec::new(),
         net_rng: actor_rng(seed, "network"),
+        disk_rng: actor_rng(seed, "disks"),
+        now_ms: 1_000_000,
+        step: 0,
+        faults: config.faults,
+        concurrent_edits: config.faults,
+    })));
+    let mut driver = Driver {
+        shared: shared.clone(),
         sched_rng: actor_rng(seed, "scheduler"),
         server_rng: actor_rng(seed, "server"),
         mount_rng: actor_rng(seed, "mounts"),
-        devices: (0..config.devices)
-            .map(|idx| {
-                let name = format!("d{idx}");
-                Device::new(
-                    DeviceName::new(&name).expect("valid"),
-                    actor_rng(seed, &format!("device {name}")),
-                )
-            })
-            .collect(),
-        now_ms: 0,
-        step: 0,
-        trace: Vec::new(),
-        ledger: Ledger::default(),
+        lock_rng: actor_rng(seed, "locks"),
+        slots: (0..config.devices).map(|_| Slot::Down).collect(),
         stats: Stats::default(),
     };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.simulate(config)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(driver.simulate(config))
+    }));
+    drop(runtime);
     let message = match outcome {
-        Ok(Ok(())) => {
-            world.stats.server_changes = world.server.cursor().0;
-            world.stats.edits = world.ledger.edits;
-            world.stats.refused = world
-                .trace
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(message),
+        Err(panic) => Some(format!("panic: {}", panic_text(&*panic))),
+    };
+    let mut sim = shared.lock();
+    let trace = std::mem::take(&mut sim.trace);
+    match message {
+        None => {
+            let mut stats = driver.stats;
+            stats.server_changes = sim.server.cursor().0;
+            stats.edits = sim.ledger.edits;
+            stats.crashes = trace.iter().filter(|line| line.contains(" CRASH ")).count();
+            stats.refused = trace
                 .iter()
                 .filter(|line| line.contains("-> [") && line.contains("409"))
                 .count();
-            world.stats.trace = world.trace;
-            return Ok(world.stats);
+            stats.features = Features::of(&trace);
+            stats.trace = trace;
+            Ok(stats)
         }
-        Ok(Err(message)) => message,
-        Err(panic) => {
-            let text = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            format!("panic: {text}")
-        }
-    };
-    Err(Failure {
-        seed,
-        message,
-        trace: world.trace,
-    })
+        Some(message) => Err(Failure {
+            seed,
+            message,
+            trace,
+        }),
+    }
 }
 
-impl World {
-    fn env(&mut self, faults: bool) -> (Env<'_>, &mut Vec<Device>) {
-        let env = Env {
-            server: &mut self.server,
-            faults: if faults {
-                Some(&mut self.net_rng)
-            } else {
-                None
-            },
-            now_ms: self.now_ms,
-            trace: &mut self.trace,
-            step: self.step,
-            ledger: &mut self.ledger,
-            concurrent_edits: faults,
-        };
-        (env, &mut self.devices)
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+impl Driver {
+    fn log(&self, text: String) {
+        self.shared.lock().log(text);
     }
 
-    fn simulate(&mut self, config: &Config) -> Result<(), String> {
+    fn name(&self, idx: usize) -> DeviceName {
+        self.shared.lock().devices[idx].name.clone()
+    }
+
+    async fn simulate(&mut self, config: &Config) -> Result<(), String> {
         for step in 0..config.steps {
-            self.step = step;
+            let n = self.slots.len();
+            {
+                let mut sim = self.shared.lock();
+                sim.step = step;
+                sim.now_ms += self.sched_rng.gen_range(1..2000);
+            }
             if config.faults {
                 self.server_fault();
                 self.mount_fault();
             }
-            self.now_ms += self.sched_rng.gen_range(1..2000);
-            let idx = self.sched_rng.gen_range(0..self.devices.len());
-            let action = self.sched_rng.gen_range(0..100);
-            match action {
-                0..=29 => self.user_edit(idx),
-                30..=91 => {
-                    let (mut env, devices) = self.env(config.faults);
-                    devices[idx].sync_step(&mut env);
-                    // Edits during the step moved the clock.
-                    let now_ms = env.now_ms;
-                    self.now_ms = now_ms;
-                }
-                92..=95 => {
-                    let (mut env, devices) = self.env(config.faults);
-                    devices[idx].crash(&mut env);
-                    self.stats.crashes += 1;
-                }
-                _ => {
-                    let (mut env, devices) = self.env(config.faults);
-                    devices[idx].interrupt(&mut env);
-                }
+            let idx = self.sched_rng.gen_range(0..n);
+            match self.sched_rng.gen_range(0..100) {
+                0..=27 => self.shared.lock().user_edit(idx, ""),
+                28..=31 => self.lock_action(idx),
+                32..=89 => self.start_pass(idx),
+                90..=93 if config.faults => self.kill(idx),
+                _ => {}
+            }
+            // The passes under way run for a while.
+            for _ in 0..self.sched_rng.gen_range(0..16) {
+                tokio::task::yield_now().await;
+            }
+            self.collect_finished().await?;
+        }
+        {
+            let mut sim = self.shared.lock();
+            sim.faults = false;
+            sim.concurrent_edits = false;
+            sim.step = config.steps;
+        }
+        // Passes under way end (nothing fails any more).
+        for idx in 0..self.slots.len() {
+            if let Slot::Running(handle) = std::mem::replace(&mut self.slots[idx], Slot::Down) {
+                let outcome = handle.await;
+                self.slots[idx] = self.finished(idx, outcome)?;
             }
         }
-        for device in &mut self.devices {
+        self.end_faults();
+        self.quiesce().await?;
+        self.check_invariants().await
+    }
+
+    /// Unmounts every disk, ends every lock and restarts every dead device.
+    fn end_faults(&mut self) {
+        let mut sim = self.shared.lock();
+        for device in &mut sim.devices {
             // The reverse of mounting: the disk over the whole folder was mounted last.
             device.disk.unmount_root();
             device.disk.unmount_dirs();
         }
-        self.trace.push(
-            "--- edits and faults stop; disks unmounted; every device syncs until quiescent ---"
+        let now_ms = sim.now_ms;
+        let breaker = sim.devices[0].name.clone();
+        for lock in sim.server.locks(now_ms) {
+            sim.server.unlock(&breaker, &lock.path, true, now_ms);
+        }
+        sim.log(
+            "--- edits and faults stop; disks unmounted; locks ended; every device syncs until \
+             quiescent ---"
                 .to_owned(),
         );
-        self.quiesce()?;
-        self.check_invariants()
     }
 
-    /// Now and then the administrator backs the server's metadata up; rarely restores it from
-    /// a backup (everything journalled since is lost), or loses it and re-creates the account
-    /// (a new namespace, no old chunks).
-    fn server_fault(&mut self) {
-        let roll = self.server_rng.gen_range(0..1000);
-        if roll < 40 {
-            self.server.back_up();
-        } else if roll < 48 && self.server.n_backups() > 0 {
-            let idx = self.server_rng.gen_range(0..self.server.n_backups());
-            let cursor = self.server.restore(idx);
-            self.trace.push(format!(
-                "#{} SERVER RESTORED from a backup at cursor {cursor}",
-                self.step
-            ));
-            self.stats.restores += 1;
-            self.forget_what_only_the_server_held();
-        } else if roll < 51 {
-            self.server.reset();
-            self.trace.push(format!(
-                "#{} SERVER RESET: metadata lost, account re-created",
-                self.step
-            ));
-            self.stats.resets += 1;
-            self.forget_what_only_the_server_held();
+    /// Starts device `idx`'s process from its disk and committed base.
+    fn restart(&mut self, idx: usize) -> Option<Box<SimEngine>> {
+        let committed = {
+            let mut sim = self.shared.lock();
+            let device = &mut sim.devices[idx];
+            // A daemon cannot start on a folder with a disk mounted over it (its state is not
+            // there): it waits.
+            if device.disk.root_mounted() {
+                return None;
+            }
+            device.crashed = false;
+            device.committed.thaw();
+            device.committed.clone()
+        };
+        let engine = SyncEngine::new(
+            SimDisk::new(self.shared.clone(), idx),
+            SimServer::new(self.shared.clone(), idx),
+            SimClock::new(self.shared.clone()),
+            MemBase::open(&committed),
+            false,
+        );
+        match engine {
+            Ok(engine) => {
+                self.log(format!("{} starts", self.name(idx)));
+                Some(Box::new(engine))
+            }
+            Err(err) => {
+                self.log(format!("{} cannot start: {err}", self.name(idx)));
+                None
+            }
         }
     }
 
-    /// At the moment the server loses history, content that no device holds (on its disk, or
-    /// hidden by a mount) and the server no longer has is gone with it: the server's failure,
-    /// not the sync's. (A device may rightly have dropped its copy before: a file moved, on the
-    /// server, to where that device does not look, beneath a disk mounted there.) What a device
-    /// deletes after the failure is still counted: the engine checks the server's history
-    /// before every local delete.
-    fn forget_what_only_the_server_held(&mut self) {
-        let mut held: std::collections::BTreeSet<&Vec<u8>> = self
-            .devices
-            .iter()
-            .flat_map(|device| device.disk.all_file_bytes())
-            .collect();
-        let on_server = self.server.snapshot();
-        held.extend(
-            on_server
-                .values()
-                .filter(|(kind, _)| *kind == EntryKind::File)
-                .map(|(_, bytes)| bytes),
-        );
-        let gone: Vec<Vec<u8>> = self
-            .ledger
-            .live
-            .keys()
-            .filter(|bytes| !held.contains(bytes))
-            .cloned()
-            .collect();
-        for bytes in gone {
-            self.ledger.live.remove(&bytes);
-            self.trace.push(format!(
-                "#{} {} was held by the server alone, and is lost with its history",
-                self.step,
-                show_bytes(&bytes)
-            ));
+    /// Device `idx` starts a pass (its process first, if it is down).
+    fn start_pass(&mut self, idx: usize) {
+        let engine = match std::mem::replace(&mut self.slots[idx], Slot::Down) {
+            Slot::Idle(engine) => engine,
+            Slot::Running(handle) => {
+                self.slots[idx] = Slot::Running(handle);
+                return;
+            }
+            Slot::Down => match self.restart(idx) {
+                Some(engine) => engine,
+                None => return,
+            },
+        };
+        self.log(format!("{} pass starts", self.name(idx)));
+        self.slots[idx] = Slot::Running(tokio::spawn(async move {
+            let mut engine = engine;
+            let outcome = engine.sync_pass().await;
+            (engine, outcome)
+        }));
+    }
+
+    /// Kills device `idx`'s process wherever its pass is.
+    fn kill(&mut self, idx: usize) {
+        match std::mem::replace(&mut self.slots[idx], Slot::Down) {
+            Slot::Running(handle) => handle.abort(),
+            Slot::Idle(_) | Slot::Down => {}
+        }
+        self.shared.lock().crash(idx, "(killed)");
+    }
+
+    /// What a finished pass leaves: the process, unless it crashed meanwhile.
+    fn finished(
+        &mut self,
+        idx: usize,
+        outcome: Result<PassOutcome, tokio::task::JoinError>,
+    ) -> Result<Slot, String> {
+        let (engine, result) = match outcome {
+            Ok(outcome) => outcome,
+            Err(err) if err.is_panic() => {
+                return Err(format!(
+                    "panic in {}'s engine: {}",
+                    self.name(idx),
+                    panic_text(&*err.into_panic())
+                ))
+            }
+            Err(_) => return Ok(Slot::Down),
+        };
+        let name = self.name(idx);
+        match &result {
+            Ok(report) => self.log(format!(
+                "{name} pass done: {} applied{}",
+                report.applied,
+                if report.in_sync { ", in sync" } else { "" }
+            )),
+            Err(err) => self.log(format!("{name} pass failed: {err}")),
+        }
+        if self.shared.lock().devices[idx].crashed {
+            return Ok(Slot::Down);
+        }
+        Ok(Slot::Idle(engine))
+    }
+
+    /// Collects the passes that ended.
+    async fn collect_finished(&mut self) -> Result<(), String> {
+        for idx in 0..self.slots.len() {
+            let done = matches!(&self.slots[idx], Slot::Running(handle) if handle.is_finished());
+            if done {
+                let Slot::Running(handle) = std::mem::replace(&mut self.slots[idx], Slot::Down)
+                else {
+                    unreachable!("matched above")
+                };
+                let outcome = handle.await;
+                self.slots[idx] = self.finished(idx, outcome)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The user of device `idx` locks a path, unlocks one of theirs, or breaks another's lock.
+    fn lock_action(&mut self, idx: usize) {
+        let mut sim = self.shared.lock();
+        let now_ms = sim.now_ms;
+        let me = sim.devices[idx].name.clone();
+        let locks = sim.server.locks(now_ms);
+        let (mine, others): (Vec<_>, Vec<_>) = locks.iter().partition(|lock| lock.device == me);
+        let roll = self.lock_rng.gen_range(0..100);
+        let line = if roll < 35 && !mine.is_empty() {
+            let lock = mine.choose(&mut self.lock_rng).expect("not empty");
+            let done = sim.server.unlock(&me, &lock.path, false, now_ms);
+            format!("{me} user unlocks {} ({})", lock.path, ok_text(done))
+        } else if roll < 45 && !others.is_empty() {
+            let lock = others.choose(&mut self.lock_rng).expect("not empty");
+            let done = sim.server.unlock(&me, &lock.path, true, now_ms);
+            format!(
+                "{me} user breaks {}'s lock on {} ({})",
+                lock.device,
+                lock.path,
+                ok_text(done)
+            )
+        } else {
+            let (_, entries) = sim.server.tree();
+            let Some(entry) = entries.choose(&mut self.lock_rng) else {
+                return;
+            };
+            let path = entry.path.clone();
+            let ttl = self
+                .lock_rng
+                .gen_bool(0.5)
+                .then(|| self.lock_rng.gen_range(1..30));
+            let done = sim.server.lock(&me, &path, ttl, now_ms);
+            format!("{me} user locks {path} for {ttl:?} s ({})", ok_text(done))
+        };
+        sim.log(line);
+    }
+
+    /// Now and then the administrator backs the server's metadata up; rarely restores it from
+    /// a backup (everything journalled since is lost), loses it and re-creates the account (a
+    /// new namespace, no old chunks), or restarts the server process.
+    fn server_fault(&mut self) {
+        let roll = self.server_rng.gen_range(0..1000);
+        let mut sim = self.shared.lock();
+        if roll < 40 {
+            sim.server.back_up();
+        } else if roll < 48 && sim.server.n_backups() > 0 {
+            let idx = self.server_rng.gen_range(0..sim.server.n_backups());
+            let cursor = sim.server.restore(idx);
+            sim.log(format!("SERVER RESTORED from a backup at cursor {cursor}"));
+            self.stats.restores += 1;
+            forget_what_only_the_server_held(&mut sim);
+        } else if roll < 51 {
+            sim.server.reset();
+            sim.log("SERVER RESET: metadata lost, account re-created".to_owned());
+            self.stats.resets += 1;
+            forget_what_only_the_server_held(&mut sim);
+        } else if roll < 60 {
+            sim.server.restart();
+            sim.log("SERVER RESTARTS: uploads no commit named are lost".to_owned());
         }
     }
 
@@ -390,9 +635,11 @@ impl World {
     /// empty one, which users and applications may then write into), and later unmounted.
     fn mount_fault(&mut self) {
         let roll = self.mount_rng.gen_range(0..1000);
-        let idx = self.mount_rng.gen_range(0..self.devices.len());
-        let now_ns = self.now_ms * 1_000_000;
-        let device = &mut self.devices[idx];
+        let mut sim = self.shared.lock();
+        let idx = self.mount_rng.gen_range(0..sim.devices.len());
+        let now_ns = sim.now_ms * 1_000_000;
+        let device = &mut sim.devices[idx];
+        let name = device.name.clone();
         let line = if roll < 10 {
             let dirs: Vec<RelPath> = device
                 .disk
@@ -425,92 +672,150 @@ impl World {
             return;
         };
         self.stats.mounts += usize::from(line.contains("mounted over"));
-        self.trace
-            .push(format!("#{} {} MOUNT: {line}", self.step, device.name));
+        sim.log(format!("{name} MOUNT: {line}"));
     }
 
-    fn user_edit(&mut self, idx: usize) {
-        let device = &mut self.devices[idx];
-        let Some(edit) = device.user_edit(self.now_ms, &mut self.ledger.counter) else {
-            return;
+    /// One pass of device `idx`, to its end (nothing else runs meanwhile).
+    async fn pass_now(&mut self, idx: usize) -> Option<PassReport> {
+        let mut engine = match std::mem::replace(&mut self.slots[idx], Slot::Down) {
+            Slot::Idle(engine) => engine,
+            Slot::Running(_) => unreachable!("every pass ended before"),
+            Slot::Down => self.restart(idx)?,
         };
-        let line = format!("#{} {} {}", self.step, device.name, edit.text);
-        self.ledger.record(&line, edit);
-        self.trace.push(line);
+        let result = engine.sync_pass().await;
+        let name = self.name(idx);
+        let report = match result {
+            Ok(report) => {
+                self.log(format!(
+                    "{name} pass done: {} applied{}",
+                    report.applied,
+                    if report.in_sync { ", in sync" } else { "" }
+                ));
+                Some(report)
+            }
+            Err(err) => {
+                self.log(format!("{name} pass failed: {err}"));
+                None
+            }
+        };
+        self.slots[idx] = Slot::Idle(engine);
+        report
     }
 
-    /// Syncs every device in turn until a whole round changes nothing.
-    fn quiesce(&mut self) -> Result<(), String> {
+    /// Every device passes in turn until a whole round changes nothing.
+    async fn quiesce(&mut self) -> Result<(), String> {
         const ROUNDS: usize = 12;
-        const MAX_PLANS: usize = 32;
+        const MAX_PASSES: usize = 8;
         for round in 0..ROUNDS {
-            self.step = self.step.max(round) + 1;
-            self.now_ms += 1000;
-            let cursor_before = self.server.cursor();
+            let cursor_before = {
+                let mut sim = self.shared.lock();
+                sim.step += 1;
+                // Past every retry wait (at most a minute).
+                sim.now_ms += 61_000;
+                let _ = round;
+                sim.server.cursor()
+            };
             let mut quiet = true;
-            for idx in 0..self.devices.len() {
-                let (mut env, devices) = self.env(false);
-                let (idle, applied) = devices[idx].sync_until_idle(&mut env, MAX_PLANS);
-                if !idle || applied > 0 {
-                    quiet = false;
+            for idx in 0..self.slots.len() {
+                for _ in 0..MAX_PASSES {
+                    match self.pass_now(idx).await {
+                        Some(report) => {
+                            if report.applied > 0 {
+                                quiet = false;
+                            }
+                            if !report.retry_soon {
+                                break;
+                            }
+                            quiet = false;
+                        }
+                        None => quiet = false,
+                    }
                 }
             }
-            if quiet && self.server.cursor() == cursor_before {
+            if quiet && self.shared.lock().server.cursor() == cursor_before {
                 return Ok(());
             }
         }
         let mut message = format!(
             "no quiescence after {ROUNDS} rounds of syncing every device; plans still pending:"
         );
-        for idx in 0..self.devices.len() {
-            let (mut env, devices) = self.env(false);
-            let plan = devices[idx].make_plan(&mut env, device::Refresh::Full);
-            let shown: Vec<String> = plan.ops.iter().map(device::show_op).collect();
+        for idx in 0..self.slots.len() {
             message.push_str(&format!(
-                "\n  {}: {} (blocked: {:?})",
-                devices[idx].name,
-                shown.join("; "),
-                plan.blocked
+                "\n  {}: {}",
+                self.name(idx),
+                self.pending(idx).await
             ));
         }
         Err(message)
     }
 
-    fn check_invariants(&mut self) -> Result<(), String> {
+    /// What device `idx` would still do, for a message; empty when nothing.
+    async fn pending(&mut self, idx: usize) -> String {
+        let Slot::Idle(engine) = &mut self.slots[idx] else {
+            return "(not running)".to_owned();
+        };
+        match engine.preview().await {
+            Ok(preview) if preview.plan.ops.is_empty() && preview.plan.blocked.is_empty() => {
+                String::new()
+            }
+            Ok(preview) => format!(
+                "{:?} (blocked: {:?})",
+                preview.plan.ops, preview.plan.blocked
+            ),
+            Err(err) => format!("(no preview: {err})"),
+        }
+    }
+
+    async fn check_invariants(&mut self) -> Result<(), String> {
         let mut problems = Vec::new();
         // 1. Quiescence: a fresh plan is empty everywhere.
-        for idx in 0..self.devices.len() {
-            let (mut env, devices) = self.env(false);
-            let plan = devices[idx].make_plan(&mut env, device::Refresh::Full);
-            if !plan.ops.is_empty() || !plan.blocked.is_empty() {
-                let shown: Vec<String> = plan.ops.iter().map(device::show_op).collect();
-                problems.push(format!(
-                    "{} still plans: {} (blocked: {:?})",
-                    devices[idx].name,
-                    shown.join("; "),
-                    plan.blocked
-                ));
+        for idx in 0..self.slots.len() {
+            let pending = self.pending(idx).await;
+            if !pending.is_empty() {
+                problems.push(format!("{} still plans: {pending}", self.name(idx)));
             }
         }
-        // 2. Convergence.
-        let server_tree = self.server.snapshot();
-        let server_modes = self.server.modes();
-        for device in &self.devices {
-            let disk = device.disk.snapshot();
-            if disk != server_tree {
+        let sim = self.shared.lock();
+        // 2. Convergence, outside what each device ignores.
+        let server_tree = sim.server.snapshot();
+        let server_modes = sim.server.modes();
+        let mut ignored_bytes: BTreeSet<&Vec<u8>> = BTreeSet::new();
+        for device in &sim.devices {
+            let rules = rules_of(&device.disk);
+            let synced = |path: &RelPath, kind: EntryKind| !ignored(&rules, path, kind);
+            let disk: Snapshot = device
+                .disk
+                .snapshot()
+                .into_iter()
+                .filter(|(path, (kind, _))| synced(path, *kind))
+                .collect();
+            let server: Snapshot = server_tree
+                .iter()
+                .filter(|(path, (kind, _))| synced(path, *kind))
+                .map(|(path, entry)| (path.clone(), entry.clone()))
+                .collect();
+            for (path, node) in &device.disk.nodes {
+                if node.kind == EntryKind::File && !synced(path, node.kind) {
+                    ignored_bytes.insert(&node.bytes);
+                }
+            }
+            if disk != server {
                 problems.push(format!(
                     "{} differs from the server:\n{}",
                     device.name,
-                    tree_diff(&disk, &server_tree)
+                    tree_diff(&disk, &server)
                 ));
-            } else if device.disk.modes() != server_modes {
-                let differ: Vec<String> = device
-                    .disk
-                    .modes()
-                    .iter()
-                    .filter(|(path, x)| server_modes.get(*path) != Some(*x))
-                    .map(|(path, x)| format!("    {path}: executable {x} here"))
-                    .collect();
+                continue;
+            }
+            let differ: Vec<String> = device
+                .disk
+                .modes()
+                .iter()
+                .filter(|(path, _)| synced(path, EntryKind::File))
+                .filter(|(path, x)| server_modes.get(*path) != Some(*x))
+                .map(|(path, x)| format!("    {path}: executable {x} here"))
+                .collect();
+            if !differ.is_empty() {
                 problems.push(format!(
                     "{}'s executable bits differ from the server's:\n{}",
                     device.name,
@@ -519,13 +824,13 @@ impl World {
             }
         }
         // 3. No content lost.
-        let present: std::collections::BTreeSet<&Vec<u8>> = server_tree
+        let present: BTreeSet<&Vec<u8>> = server_tree
             .values()
             .filter(|(kind, _)| *kind == EntryKind::File)
             .map(|(_, bytes)| bytes)
             .collect();
-        for (bytes, origin) in &self.ledger.live {
-            if !present.contains(bytes) {
+        for (bytes, origin) in &sim.ledger.live {
+            if !present.contains(bytes) && !ignored_bytes.contains(bytes) {
                 problems.push(format!(
                     "content {} was lost (written by: {origin})",
                     show_bytes(bytes)
@@ -543,7 +848,7 @@ impl World {
         let mut message = problems.join("\n");
         message.push_str("\nserver tree:\n");
         message.push_str(&show_tree(&server_tree));
-        for device in &self.devices {
+        for device in &sim.devices {
             message.push_str(&format!(
                 "{} disk:\n{}",
                 device.name,
@@ -551,6 +856,67 @@ impl World {
             ));
         }
         Err(message)
+    }
+}
+
+fn ok_text(done: bool) -> &'static str {
+    if done {
+        "done"
+    } else {
+        "refused"
+    }
+}
+
+/// The ignore rules of a device's folder, as its engine reads them.
+fn rules_of(disk: &fs::SimFs) -> IgnoreRules {
+    let path = RelPath::new(".syncignore").expect("valid");
+    let text = disk
+        .get(&path)
+        .filter(|node| node.kind == EntryKind::File)
+        .and_then(|node| String::from_utf8(node.bytes.clone()).ok());
+    IgnoreRules::parse(std::path::Path::new("/sim"), text.as_deref())
+}
+
+/// Whether `rules` exclude `path` (or a directory above it).
+fn ignored(rules: &IgnoreRules, path: &RelPath, kind: EntryKind) -> bool {
+    rules.is_ignored(path, kind)
+        || path
+            .ancestors()
+            .iter()
+            .any(|dir| rules.is_ignored(dir, EntryKind::Dir))
+}
+
+/// At the moment the server loses history, content that no device holds (on its disk, or
+/// hidden by a mount) and the server no longer has is gone with it: the server's failure, not
+/// the sync's. What a device deletes after the failure is still counted: the engine checks the
+/// server's history before every local delete.
+fn forget_what_only_the_server_held(sim: &mut Sim) {
+    let on_server = sim.server.snapshot();
+    let mut held: BTreeSet<&Vec<u8>> = sim
+        .devices
+        .iter()
+        .flat_map(|device| device.disk.all_file_bytes())
+        .collect();
+    held.extend(
+        on_server
+            .values()
+            .filter(|(kind, _)| *kind == EntryKind::File)
+            .map(|(_, bytes)| bytes),
+    );
+    let gone: Vec<Vec<u8>> = sim
+        .ledger
+        .live
+        .keys()
+        .filter(|bytes| !held.contains(bytes))
+        .cloned()
+        .collect();
+    for bytes in gone {
+        sim.ledger.live.remove(&bytes);
+        let line = format!(
+            "{} was held by the server alone, and is lost with its history",
+            show_bytes(&bytes)
+        );
+        sim.log(line);
     }
 }
 

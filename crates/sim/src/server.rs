@@ -7,27 +7,29 @@
 //! SQLite backend runs, without SQLite: no temp dirs, no IO, no async, and fully
 //! deterministic. Savepoints are snapshots.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, NamespaceId, Op, OpsResponse,
-    RelPath, RemoteEntry, UserName,
+    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, Op,
+    OpsResponse, RelPath, RemoteEntry, UserName,
 };
 use syncstore_store::mem::{MemTxn, MemUser};
 use syncstore_store::meta::MetaTxn;
 use syncstore_store::ops::apply_batch;
-use syncstore_store::{ChunkLens, UserId};
+use syncstore_store::{ChunkLens, LockOutcome, UserId};
 
 /// The one user every simulated device belongs to: the first of a fresh store.
 const USER: UserId = UserId(1);
 
-/// The server clock the op rules see. The simulation takes no locks (yet), so no lock can be in
-/// force and any fixed time will do.
-const NOW_MS: i64 = 0;
-
 /// The node tree, journal and chunk bytes of one user.
 pub struct Server {
     meta: MemTxn,
+    /// Durable chunks.
     chunks: HashMap<ChunkHash, Vec<u8>>,
+    /// Uploaded chunks no commit named yet: a restart loses them (as the real chunk store's
+    /// staged uploads), a commit that names them makes them durable first.
+    staged: HashMap<ChunkHash, Vec<u8>>,
+    /// Chunks a download found missing, which devices are asked for.
+    wanted: BTreeSet<ChunkHash>,
     /// Copies of the metadata taken now and then, as an administrator's nightly backups.
     backups: Vec<MemTxn>,
     /// Bumped by every restore and reset, so positions journalled after one get new tags.
@@ -39,6 +41,8 @@ impl Default for Server {
         Server {
             meta: new_meta(0, NamespaceId::default()),
             chunks: HashMap::new(),
+            staged: HashMap::new(),
+            wanted: BTreeSet::new(),
             backups: Vec::new(),
             epoch: 0,
         }
@@ -71,6 +75,7 @@ impl Server {
         device: &DeviceName,
         ops: &[Op],
         known: Option<(Cursor, JournalTag)>,
+        now_ms: i64,
     ) -> OpsResponse {
         if let Some((cursor, tag)) = known {
             if self.tag_at(cursor) != Some(tag) {
@@ -87,6 +92,16 @@ impl Server {
                 };
             }
         }
+        // `make_durable` before the commit: staged chunks the batch names become durable.
+        for op in ops {
+            if let Op::PutFile { chunks, .. } = op {
+                for chunk in chunks {
+                    if let Some(bytes) = self.staged.remove(&chunk.hash) {
+                        self.chunks.insert(chunk.hash, bytes);
+                    }
+                }
+            }
+        }
         let chunk_lens: ChunkLens = ops
             .iter()
             .filter_map(|op| match op {
@@ -101,7 +116,7 @@ impl Server {
             })
             .collect();
         // MemTxn never fails, so neither does the batch.
-        let outcome = apply_batch(&mut self.meta, USER, device, ops, &chunk_lens, NOW_MS)
+        let outcome = apply_batch(&mut self.meta, USER, device, ops, &chunk_lens, now_ms)
             .expect("the in-memory txn cannot fail");
         OpsResponse {
             results: outcome
@@ -157,17 +172,83 @@ impl Server {
         );
         self.meta = new_meta(self.epoch, namespace);
         self.chunks.clear();
+        self.staged.clear();
+        self.wanted.clear();
         self.backups.clear();
     }
 
-    /// `POST /api/v1/chunks/upload`: stores chunk bytes (already present ones are kept).
-    pub fn put_chunk(&mut self, hash: ChunkHash, bytes: Vec<u8>) {
-        assert_eq!(
-            ChunkHash(*blake3::hash(&bytes).as_bytes()),
-            hash,
-            "the sim uploads honest chunks"
-        );
-        self.chunks.entry(hash).or_insert(bytes);
+    /// `POST /api/v1/chunks/upload`: stores verified chunk bytes, staged unless `durable` (a
+    /// repair); already present ones are kept.
+    pub fn put_chunk(&mut self, hash: ChunkHash, bytes: Vec<u8>, durable: bool) {
+        if self.chunks.contains_key(&hash) {
+            return;
+        }
+        if durable {
+            self.staged.remove(&hash);
+            self.wanted.remove(&hash);
+            self.chunks.insert(hash, bytes);
+        } else {
+            self.staged.entry(hash).or_insert(bytes);
+        }
+    }
+
+    /// Chunks the server asks devices for.
+    pub fn wanted(&self) -> Vec<ChunkHash> {
+        self.wanted.iter().copied().collect()
+    }
+
+    /// Records chunks a download found missing.
+    pub fn want(&mut self, hashes: &[ChunkHash]) {
+        self.wanted.extend(hashes.iter().copied());
+    }
+
+    /// Whether the server has the chunk (durable or staged).
+    pub fn has_chunk(&self, hash: &ChunkHash) -> bool {
+        self.chunks.contains_key(hash) || self.staged.contains_key(hash)
+    }
+
+    /// A durable chunk's bytes.
+    pub fn chunk(&self, hash: &ChunkHash) -> Option<&[u8]> {
+        self.chunks.get(hash).map(Vec::as_slice)
+    }
+
+    /// The server process restarts: staged uploads are lost, the rest is as it was.
+    pub fn restart(&mut self) {
+        self.staged.clear();
+    }
+
+    /// `POST /api/v1/locks`: `device` takes (or renews) a lock.
+    pub fn lock(
+        &mut self,
+        device: &DeviceName,
+        path: &RelPath,
+        ttl_secs: Option<u64>,
+        now_ms: i64,
+    ) -> bool {
+        let outcome =
+            syncstore_store::locks::take_lock(&mut self.meta, USER, device, path, ttl_secs, now_ms)
+                .expect("the in-memory txn cannot fail");
+        matches!(outcome, LockOutcome::Done { .. })
+    }
+
+    /// `POST /api/v1/unlock`: `device` releases its lock, or breaks another's with `force`.
+    pub fn unlock(
+        &mut self,
+        device: &DeviceName,
+        path: &RelPath,
+        force: bool,
+        now_ms: i64,
+    ) -> bool {
+        let outcome =
+            syncstore_store::locks::release_lock(&mut self.meta, USER, device, path, force, now_ms)
+                .expect("the in-memory txn cannot fail");
+        matches!(outcome, LockOutcome::Done { .. })
+    }
+
+    /// Every lock in force.
+    pub fn locks(&mut self, now_ms: i64) -> Vec<LockInfo> {
+        syncstore_store::locks::locks_in_force(&mut self.meta, USER, now_ms)
+            .expect("the in-memory txn cannot fail")
     }
 
     /// `POST /api/v1/chunks/download`, for one file: its bytes, reassembled from its chunks;

@@ -62,6 +62,36 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
+/// A seed replays the same history every time: two runs give the same trace, line for line.
+#[test]
+fn a_seed_replays_the_same_history() {
+    for seed in [3, 1479] {
+        let first = run(seed, &Config::default());
+        let second = run(seed, &Config::default());
+        let trace = |outcome: &Result<syncstore_sim::Stats, syncstore_sim::Failure>| match outcome {
+            Ok(stats) => stats.trace.clone(),
+            Err(failure) => failure.trace.clone(),
+        };
+        let (first, second) = (trace(&first), trace(&second));
+        assert!(
+            first.len() > 100,
+            "seed {seed} did little: {} lines",
+            first.len()
+        );
+        if let Some(at) = first.iter().zip(&second).position(|(a, b)| a != b) {
+            panic!(
+                "seed {seed} diverged at line {at}:\n  {}\n  {}",
+                first[at], second[at]
+            );
+        }
+        assert_eq!(
+            first.len(),
+            second.len(),
+            "seed {seed}: traces of different lengths"
+        );
+    }
+}
+
 #[test]
 fn regressions() {
     for &(seed, devices, what) in REGRESSIONS {
@@ -113,6 +143,7 @@ fn seeds() {
     let mut edits = 0;
     let mut server_changes = 0;
     let (mut restores, mut resets, mut mounts) = (0, 0, 0);
+    let mut features = syncstore_sim::Features::default();
     for seed in (first_seed..end_seed).filter(|seed| !KNOWN_FAILING.contains(seed)) {
         match run(seed, &config) {
             Ok(stats) => {
@@ -121,6 +152,7 @@ fn seeds() {
                 restores += stats.restores;
                 resets += stats.resets;
                 mounts += stats.mounts;
+                features.add(&stats.features);
             }
             Err(failure) => failures.push(failure),
         }
@@ -148,5 +180,9 @@ fn seeds() {
             "too few mounts: {mounts} in {n_seeds} seeds"
         );
     }
+    if n_seeds >= 100 {
+        features.assert_exercised(n_seeds);
+    }
+    eprintln!("{features:?}");
     eprintln!("{n_seeds} seeds passed: {edits} edits, {server_changes} server changes, {restores} restores from a backup, {resets} databases lost, {mounts} disks mounted over folders");
 }

@@ -271,7 +271,7 @@ pub fn open_engine_read_only(dir: &Path) -> anyhow::Result<Engine> {
     };
     let config = folder_config(&dir, &no_flags)?;
     let api = Arc::new(ApiClient::new(config.servers, config.token)?);
-    Engine::open_read_only(&dir, api)
+    Ok(Engine::open_read_only(&dir, api)?)
 }
 
 /// Saves `config` for later commands on the folder, unless the server refused its token or

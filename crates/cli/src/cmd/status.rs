@@ -68,7 +68,11 @@ pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
                 "conflict   {path}  ({}); local version kept as {copy}",
                 describe(path)
             ),
-            PlanOp::RecordBase { .. } | PlanOp::ForgetBase { .. } => continue,
+            // Upkeep, not differences between the sides (see the `syncstore_plan` crate docs).
+            PlanOp::RecordBase { .. }
+            | PlanOp::ForgetBase { .. }
+            | PlanOp::ProtectLocal { .. }
+            | PlanOp::UnprotectLocal { .. } => continue,
         };
         differences += 1;
         println!("{line}");

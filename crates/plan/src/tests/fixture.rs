@@ -102,6 +102,7 @@ pub(crate) struct Fixture {
     pub local: BTreeMap<RelPath, LocalNode>,
     pub remote: BTreeMap<RelPath, RemoteNode>,
     pub locked_by_others: BTreeMap<RelPath, DeviceName>,
+    pub read_only_for_locks: BTreeMap<RelPath, u64>,
     pub ignored: BTreeSet<RelPath>,
     pub local_root_ok: bool,
     pub remote_complete: bool,
@@ -170,6 +171,7 @@ impl Fixture {
                 })
                 .collect(),
             locked_by_others: BTreeMap::new(),
+            read_only_for_locks: BTreeMap::new(),
             ignored: BTreeSet::new(),
             local_root_ok: true,
             remote_complete: true,
@@ -182,6 +184,25 @@ impl Fixture {
         self
     }
 
+    /// The client made the file at `text` read-only for a lock: the set names it with the inode
+    /// of the local file there, else of base's, else 0 (unknown).
+    pub(crate) fn read_only(self, text: &str) -> Fixture {
+        let path = path(text);
+        let inode = self
+            .local
+            .get(&path)
+            .map(|node| node.inode)
+            .or_else(|| self.base.get(&path).map(|node| node.inode))
+            .unwrap_or(0);
+        self.read_only_as(text, inode)
+    }
+
+    /// The set names `text` with `inode`.
+    pub(crate) fn read_only_as(mut self, text: &str, inode: u64) -> Fixture {
+        self.read_only_for_locks.insert(path(text), inode);
+        self
+    }
+
     pub(crate) fn ignore(mut self, text: &str) -> Fixture {
         self.ignored.insert(path(text));
         self
@@ -189,6 +210,13 @@ impl Fixture {
 
     pub(crate) fn plan(&self) -> Plan {
         let device = DeviceName::new("laptop").unwrap();
+        // What the scan reports: the untouchable entries present on disk.
+        let local_untouchable: BTreeSet<RelPath> = self
+            .ignored
+            .iter()
+            .filter(|path| self.local.contains_key(*path))
+            .cloned()
+            .collect();
         crate::plan(&PlanInput {
             base: &self.base,
             local: &self.local,
@@ -196,7 +224,9 @@ impl Fixture {
             device: &device,
             now_stamp: "2024-05-06 070809",
             locked_by_others: &self.locked_by_others,
-            ignored: &self.ignored,
+            read_only_for_locks: &self.read_only_for_locks,
+            untouchable: &self.ignored,
+            local_untouchable: &local_untouchable,
             local_root_ok: self.local_root_ok,
             remote_complete: self.remote_complete,
         })
@@ -279,6 +309,12 @@ pub(crate) fn render(plan: &Plan) -> String {
             PlanOp::ConflictCopy { path, copy } => format!("conflict-copy {path} -> {copy}"),
             PlanOp::RecordBase { path, node } => format!("record-base {path} {}", base_text(node)),
             PlanOp::ForgetBase { path } => format!("forget-base {path}"),
+            PlanOp::ProtectLocal { path } => format!("protect-local {path}"),
+            PlanOp::UnprotectLocal { path, file } => match file {
+                Some(file) if file == path => format!("unprotect-local {path}"),
+                Some(file) => format!("unprotect-local {path} (now at {file})"),
+                None => format!("unprotect-local {path} (gone)"),
+            },
         };
         writeln!(out, "{line}").unwrap();
     }

@@ -6,7 +6,12 @@
 //! 2. local and remote hold the same paths, kinds and hashes, and base agrees with both;
 //! 3. no content that a side created or changed since base was lost: it is still somewhere
 //!    (content base held for that path or node may go: that is what deleting, or overwriting,
-//!    an unchanged file is).
+//!    an unchanged file is);
+//! 4. at each fixed point, the local files a lock covers are exactly the read-only ones, both
+//!    in the client's set and on disk, whatever the set held at the start; so once the locks
+//!    lift, no file stays read-only. Untouchable paths are left out, and so are the files that
+//!    started beneath one: a protected file the user moved there was out of the planner's
+//!    sight, and stays read-only (see the crate docs).
 //!
 //! The first plan may also lose an answer: the client applies its ops up to one that writes to
 //! the server, the server applies that one too, but its answer never comes back, so base misses
@@ -58,6 +63,9 @@ struct Case {
     lost_answer: Option<(usize, bool)>,
     /// Executable bits of files: bit `3 * slot` for base, `+ 1` local, `+ 2` remote.
     modes: u32,
+    /// Bit `slot`: the slot's path starts in the set of paths made read-only for locks,
+    /// whatever it holds (so the set may be stale, and name directories or nothing).
+    read_only: u16,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -79,11 +87,21 @@ fn case() -> impl Strategy<Value = Case> {
         prop::bool::weighted(0.7),
         prop::option::weighted(0.3, (0..6usize, prop::bool::ANY)),
         prop::num::u32::ANY,
+        prop::num::u16::ANY,
     );
     (trees, extras).prop_map(
         |(
             (base, local, remote, local_rename, remote_rename),
-            (rename_edit, remote_replace, locked, ignored, remote_complete, lost_answer, modes),
+            (
+                rename_edit,
+                remote_replace,
+                locked,
+                ignored,
+                remote_complete,
+                lost_answer,
+                modes,
+                read_only,
+            ),
         )| Case {
             base,
             local,
@@ -97,6 +115,7 @@ fn case() -> impl Strategy<Value = Case> {
             remote_complete,
             lost_answer,
             modes,
+            read_only,
         },
     )
 }
@@ -215,6 +234,18 @@ fn build(case: &Case) -> World {
                 device: DeviceName::new("phone").unwrap(),
             },
         );
+    }
+
+    // The client made these read-only once, before the renames below (which take the mode
+    // along); a file there is read-only on disk. An entry without a file names an inode gone.
+    for idx in (0..SLOTS.len()).filter(|idx| case.read_only & (1 << idx) != 0) {
+        let path = slot_path(idx);
+        let inode = match world.local.get(&path) {
+            Some(local) if local.kind == EntryKind::File => local.inode,
+            _ => world.fresh_inode(),
+        };
+        world.protected.insert(inode);
+        world.read_only.insert(path, inode);
     }
 
     let can_move = |tree: &BTreeMap<RelPath, EntryKind>, from: &RelPath, to: &RelPath| {
@@ -353,6 +384,15 @@ fn describe(world: &World) -> String {
             format!("ino={}{}", n.inode, x(n.executable)),
         );
     }
+    if !world.read_only.is_empty() {
+        out += "read-only for locks:\n";
+        for (path, inode) in &world.read_only {
+            out += &format!("  {path} ino={inode}\n");
+        }
+    }
+    if !world.protected.is_empty() {
+        out += &format!("read-only inodes: {:?}\n", world.protected);
+    }
     out += "remote:\n";
     for (p, n) in &world.remote {
         let extra = format!("id={} rev={}{}", n.node_id, n.rev, x(n.executable));
@@ -370,6 +410,7 @@ fn settle(
     phase: &str,
     log: &mut String,
     mut lost_answer: Option<(usize, bool)>,
+    unseen: &BTreeSet<u64>,
 ) -> Result<(), TestCaseError> {
     for round in 0..MAX_ROUNDS {
         let base_before_plan = world.base.clone();
@@ -383,7 +424,7 @@ fn settle(
             );
         }
         if plan.ops.is_empty() {
-            return Ok(());
+            return check_read_only(world, limits, log, unseen);
         }
         for (op_idx, op) in plan.ops.iter().enumerate() {
             check_limits(op, limits)
@@ -424,7 +465,66 @@ fn settle(
     )))
 }
 
-/// Rows 25, 27 and 30 as properties of single ops.
+/// Property 4 at a fixed point. `unseen`: the inodes of the files that started beneath an
+/// untouchable path.
+fn check_read_only(
+    world: &World,
+    limits: &Limits,
+    log: &str,
+    unseen: &BTreeSet<u64>,
+) -> Result<(), TestCaseError> {
+    let ignored = |path: &RelPath| under(limits.ignored.iter(), path);
+    // The local files a lock covers, by path and inode.
+    let locked: BTreeMap<&RelPath, u64> = world
+        .local
+        .iter()
+        .filter(|(path, node)| {
+            node.kind == EntryKind::File
+                && under(limits.locked_by_others.keys(), path)
+                && !ignored(path)
+        })
+        .map(|(path, node)| (path, node.inode))
+        .collect();
+    let in_set: BTreeMap<&RelPath, u64> = world
+        .read_only
+        .iter()
+        .filter(|(path, _)| !ignored(path))
+        .map(|(path, &inode)| (path, inode))
+        .collect();
+    prop_assert_eq!(
+        &in_set,
+        &locked,
+        "the read-only set is not the locked local files at the fixed point\n{}",
+        log
+    );
+    let read_only_on_disk: BTreeSet<&RelPath> = world
+        .local
+        .iter()
+        .filter(|(path, node)| {
+            world.protected.contains(&node.inode) && !ignored(path) && !unseen.contains(&node.inode)
+        })
+        .map(|(path, _)| path)
+        .collect();
+    let locked: BTreeSet<&RelPath> = locked
+        .iter()
+        .filter(|(_, inode)| !unseen.contains(inode))
+        .map(|(&path, _)| path)
+        .collect();
+    prop_assert_eq!(
+        &read_only_on_disk,
+        &locked,
+        "the read-only files are not the locked local files at the fixed point\n{}",
+        log
+    );
+    Ok(())
+}
+
+/// Whether `path` is one of `tops` or lies beneath one.
+fn under<'p>(mut tops: impl Iterator<Item = &'p RelPath>, path: &RelPath) -> bool {
+    tops.any(|top| path == top || path.is_inside(top))
+}
+
+/// Rows 25, 27 and 30 as properties of single ops, and read-only changes only under locks.
 fn check_limits(op: &PlanOp, limits: &Limits) -> Result<(), String> {
     let (paths, sends): (Vec<&RelPath>, bool) = match op {
         PlanOp::Upload { path, .. }
@@ -441,10 +541,16 @@ fn check_limits(op: &PlanOp, limits: &Limits) -> Result<(), String> {
         | PlanOp::SetModeLocal { path, .. }
         | PlanOp::RecordBase { path, .. }
         | PlanOp::ForgetBase { path } => (vec![path], false),
+        // Only the file given is touched; `path` may name an untouchable entry of the set whose
+        // file the user moved out from under it.
+        PlanOp::UnprotectLocal { file, .. } => (file.iter().collect(), false),
+        PlanOp::ProtectLocal { path } => {
+            if !under(limits.locked_by_others.keys(), path) {
+                return Err(format!("protects {path}, which no lock covers"));
+            }
+            (vec![path], false)
+        }
     };
-    fn under<'p>(mut tops: impl Iterator<Item = &'p RelPath>, path: &RelPath) -> bool {
-        tops.any(|top| path == top || path.is_inside(top))
-    }
     for path in paths {
         if under(limits.ignored.iter(), path) {
             return Err(format!("plans ignored path {path}"));
@@ -483,8 +589,28 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             .insert(slot_path(idx), DeviceName::new("phone").unwrap());
     }
     limits.ignored.extend(case.ignored.map(slot_path));
-    settle(&mut world, &limits, "limited", &mut log, case.lost_answer)?;
-    settle(&mut world, &Limits::default(), "free", &mut log, None)?;
+    let unseen: BTreeSet<u64> = world
+        .local
+        .iter()
+        .filter(|(path, _)| under(limits.ignored.iter(), path))
+        .map(|(_, node)| node.inode)
+        .collect();
+    settle(
+        &mut world,
+        &limits,
+        "limited",
+        &mut log,
+        case.lost_answer,
+        &unseen,
+    )?;
+    settle(
+        &mut world,
+        &Limits::default(),
+        "free",
+        &mut log,
+        None,
+        &unseen,
+    )?;
 
     let local: View = world
         .local

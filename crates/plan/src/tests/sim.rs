@@ -8,6 +8,7 @@
 //! Base updates follow the client (`crates/client/src/engine.rs`): transfers and directory
 //! creations record base from the result, deletions drop the path, both moves re-key base at and
 //! beneath `from` to `to` and refresh the moved node's revision, a conflict copy leaves base alone.
+//! `ProtectLocal` and `UnprotectLocal` change the client's read-only set and the modes on disk.
 
 use crate::{
     BaseNode, DeviceName, EntryKind, LocalNode, NodeId, Plan, PlanInput, PlanOp, Precondition,
@@ -38,6 +39,11 @@ pub(crate) struct World {
     pub base: BTreeMap<RelPath, BaseNode>,
     pub local: BTreeMap<RelPath, LocalNode>,
     pub remote: BTreeMap<RelPath, RemoteNode>,
+    /// The files the client made read-only for locks, by path and inode, as it keeps them.
+    pub read_only: BTreeMap<RelPath, u64>,
+    /// The inodes of the local files that are read-only on disk (a download writes a new file,
+    /// which is not; a move or a conflict copy keeps the inode, and with it the mode).
+    pub protected: BTreeSet<u64>,
     /// Counters for fresh node ids, revisions and inodes.
     pub next_id: u64,
     pub next_rev: u64,
@@ -47,6 +53,13 @@ pub(crate) struct World {
 impl World {
     pub(crate) fn plan_with(&self, limits: &Limits) -> Plan {
         let device = DeviceName::new("laptop").unwrap();
+        // What the scan reports: the untouchable entries present on disk.
+        let local_untouchable: BTreeSet<RelPath> = limits
+            .ignored
+            .iter()
+            .filter(|path| self.local.contains_key(*path))
+            .cloned()
+            .collect();
         crate::plan(&PlanInput {
             base: &self.base,
             local: &self.local,
@@ -54,7 +67,9 @@ impl World {
             device: &device,
             now_stamp: "2024-05-06 070809",
             locked_by_others: &limits.locked_by_others,
-            ignored: &limits.ignored,
+            read_only_for_locks: &self.read_only,
+            untouchable: &limits.ignored,
+            local_untouchable: &local_untouchable,
             local_root_ok: true,
             remote_complete: limits.remote_complete,
         })
@@ -322,6 +337,32 @@ impl World {
             }
             PlanOp::ForgetBase { path } => {
                 self.base.remove(path);
+            }
+            PlanOp::ProtectLocal { path } => {
+                // The plan protects only files that are there once the ops before it applied.
+                let inode = match self.local.get(path) {
+                    Some(local) if local.kind == EntryKind::File => local.inode,
+                    _ => return Err("protecting a path that holds no local file".into()),
+                };
+                self.read_only.insert(path.clone(), inode);
+                self.protected.insert(inode);
+            }
+            PlanOp::UnprotectLocal { path, file } => {
+                let inode = self
+                    .read_only
+                    .remove(path)
+                    .ok_or("unprotecting a path not in the set")?;
+                if let Some(file) = file {
+                    match self.local.get(file) {
+                        Some(local)
+                            if local.kind == EntryKind::File
+                                && (inode == 0 || local.inode == inode) =>
+                        {
+                            self.protected.remove(&local.inode);
+                        }
+                        _ => return Err(format!("{file} is not the file made read-only")),
+                    }
+                }
             }
         }
         Ok(())

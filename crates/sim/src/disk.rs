@@ -1,0 +1,443 @@
+//! The client's [`Disk`] seam over a device's [`SimFs`]: what the real engine sees of its folder.
+//!
+//! Every call is atomic. Calls that re-check what a step relies on (`stat`, `open`) sometimes
+//! let the user edit first, so the engine's re-checks meet files changed since the plan; calls
+//! that change the disk sometimes crash the device right after (between the change and the
+//! base update that follows it). A crashed device's calls all fail.
+
+use crate::fs::{FsError, FsNode, SimFs};
+use crate::shared::Shared;
+use rand::Rng;
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use syncstore_client::folder::FolderStopped;
+use syncstore_client::seams::{DirEntry, Disk, DiskFile, FileKind, Meta, TempFile};
+use syncstore_proto::{EntryKind, RelPath};
+
+/// How often a re-check (`stat`, `open`) lets the user edit first.
+const EDIT_AT_RECHECK: f64 = 0.02;
+/// How often a stat of the scan does.
+const EDIT_DURING_SCAN: f64 = 0.005;
+
+/// Device `idx`'s folder.
+pub struct SimDisk {
+    shared: Shared,
+    idx: usize,
+    root: PathBuf,
+}
+
+impl SimDisk {
+    pub fn new(shared: Shared, idx: usize) -> SimDisk {
+        SimDisk {
+            shared,
+            idx,
+            root: PathBuf::from(format!("/sim/d{idx}")),
+        }
+    }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::other("the process is gone")
+}
+
+fn io_error(err: FsError) -> std::io::Error {
+    match err {
+        FsError::NotFound => std::io::ErrorKind::NotFound.into(),
+        FsError::AlreadyExists => std::io::ErrorKind::AlreadyExists.into(),
+        FsError::Other => std::io::Error::other("not possible here"),
+    }
+}
+
+/// The stat of `node` at `path` on `fs`.
+fn meta_of(fs: &SimFs, path: &RelPath, node: &FsNode) -> Meta {
+    let mut mode = if node.kind == EntryKind::Dir {
+        0o755
+    } else {
+        0o644
+    };
+    if node.executable {
+        mode |= 0o111;
+    }
+    if node.read_only {
+        mode &= !0o222;
+    }
+    Meta {
+        kind: match node.kind {
+            EntryKind::Dir => FileKind::Dir,
+            EntryKind::File => FileKind::File,
+        },
+        size: node.bytes.len() as u64,
+        mtime_ns: node.mtime_ns,
+        inode: node.inode,
+        ctime_ns: node.ctime_ns,
+        dev: if fs.on_other_fs(path) { 2 } else { 1 },
+        mode,
+    }
+}
+
+fn child(dir: Option<&RelPath>, name: &OsStr) -> std::io::Result<RelPath> {
+    let name = name
+        .to_str()
+        .ok_or_else(|| std::io::Error::other("not UTF-8"))?;
+    match dir {
+        Some(dir) => dir.join(name),
+        None => RelPath::new(name),
+    }
+    .map_err(std::io::Error::other)
+}
+
+/// A file opened for reading: its bytes as they were when it was opened.
+pub struct SimFile {
+    bytes: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for SimFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.bytes.len() - self.pos);
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl DiskFile for SimFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let end = start + buf.len();
+        if end > self.bytes.len() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.copy_from_slice(&self.bytes[start..end]);
+        Ok(())
+    }
+}
+
+/// A temp file, in memory until placed.
+pub struct SimTemp {
+    bytes: Vec<u8>,
+    mtime_ms: i64,
+    inode: u64,
+}
+
+impl std::io::Write for SimTemp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TempFile for SimTemp {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let end = start + buf.len();
+        if end > self.bytes.len() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.copy_from_slice(&self.bytes[start..end]);
+        Ok(())
+    }
+
+    fn inode(&self) -> std::io::Result<u64> {
+        Ok(self.inode)
+    }
+
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
+
+    fn set_mtime_ms(&mut self, mtime_ms: i64) -> std::io::Result<()> {
+        self.mtime_ms = mtime_ms;
+        Ok(())
+    }
+}
+
+impl Disk for SimDisk {
+    type File = SimFile;
+    type Temp = SimTemp;
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn root_ok(&self) -> bool {
+        !self.shared.lock().devices[self.idx].crashed
+    }
+
+    fn root_meta(&self) -> std::io::Result<Meta> {
+        let sim = self.shared.lock();
+        let device = &sim.devices[self.idx];
+        if device.crashed {
+            return Err(gone());
+        }
+        Ok(Meta {
+            kind: FileKind::Dir,
+            size: 0,
+            mtime_ns: device.disk.root_mtime_ns,
+            inode: 1,
+            ctime_ns: 0,
+            dev: if device.disk.root_mounted() { 3 } else { 1 },
+            mode: 0o755,
+        })
+    }
+
+    fn check_folder(&self) -> Result<(), FolderStopped> {
+        let sim = self.shared.lock();
+        let device = &sim.devices[self.idx];
+        if device.disk.root_mounted() || device.crashed {
+            return Err(FolderStopped {
+                root: self.root.display().to_string(),
+                why: "another filesystem is mounted over it".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn on_root_fs(&self, path: &RelPath) -> bool {
+        // A disk mounted over the whole folder since the engine opened it is another
+        // filesystem than the root's, everywhere beneath.
+        let sim = self.shared.lock();
+        let disk = &sim.devices[self.idx].disk;
+        !disk.root_mounted() && disk.fs_of(path).is_none()
+    }
+
+    fn read_dir(&self, dir: Option<&RelPath>) -> std::io::Result<Vec<DirEntry>> {
+        let sim = self.shared.lock();
+        let device = &sim.devices[self.idx];
+        if device.crashed {
+            return Err(gone());
+        }
+        let fs = &device.disk;
+        if let Some(dir) = dir {
+            match fs.get(dir) {
+                Some(node) if node.kind == EntryKind::Dir => {}
+                Some(_) => return Err(std::io::Error::other("not a directory")),
+                None => return Err(std::io::ErrorKind::NotFound.into()),
+            }
+        }
+        Ok(fs
+            .nodes
+            .iter()
+            .filter(|(path, _)| path.parent().as_ref() == dir)
+            .map(|(path, node)| DirEntry {
+                name: OsString::from(path.file_name()),
+                is_dir: node.kind == EntryKind::Dir,
+            })
+            .collect())
+    }
+
+    fn stat_entry(&self, dir: Option<&RelPath>, name: &OsStr) -> std::io::Result<Meta> {
+        let path = child(dir, name)?;
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        sim.maybe_concurrent_edit(self.idx, EDIT_DURING_SCAN);
+        let fs = &sim.devices[self.idx].disk;
+        let node = fs.get(&path).ok_or(std::io::ErrorKind::NotFound)?;
+        Ok(meta_of(fs, &path, node))
+    }
+
+    fn stat(&self, path: &RelPath) -> std::io::Result<Meta> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        sim.maybe_concurrent_edit(self.idx, EDIT_AT_RECHECK);
+        let fs = &sim.devices[self.idx].disk;
+        let node = fs.get(path).ok_or(std::io::ErrorKind::NotFound)?;
+        Ok(meta_of(fs, path, node))
+    }
+
+    fn dir_mtime_ns(&self, dir: Option<&RelPath>) -> std::io::Result<i64> {
+        let sim = self.shared.lock();
+        let device = &sim.devices[self.idx];
+        if device.crashed {
+            return Err(gone());
+        }
+        match dir {
+            None => Ok(device.disk.root_mtime_ns),
+            Some(dir) => device
+                .disk
+                .get(dir)
+                .map(|node| node.mtime_ns)
+                .ok_or_else(|| std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn open(&self, path: &RelPath) -> std::io::Result<SimFile> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        sim.maybe_concurrent_edit(self.idx, EDIT_AT_RECHECK);
+        match sim.devices[self.idx].disk.get(path) {
+            Some(node) if node.kind == EntryKind::File => Ok(SimFile {
+                bytes: node.bytes.clone(),
+                pos: 0,
+            }),
+            Some(_) => Err(std::io::Error::other("is a directory")),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn ignore_file(&self) -> Option<String> {
+        let sim = self.shared.lock();
+        let path = RelPath::new(".syncignore").expect("valid");
+        sim.devices[self.idx]
+            .disk
+            .get(&path)
+            .filter(|node| node.kind == EntryKind::File)
+            // As `read_to_string`: a file that is not UTF-8 gives no rules.
+            .and_then(|node| String::from_utf8(node.bytes.clone()).ok())
+    }
+
+    fn create_temp(&self) -> std::io::Result<SimTemp> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let reuse = sim.disk_rng.gen_bool(0.5);
+        let inode = sim.devices[self.idx].disk.alloc_inode(reuse);
+        Ok(SimTemp {
+            bytes: Vec::new(),
+            mtime_ms: 0,
+            inode,
+        })
+    }
+
+    fn sync_temps(&self, _temps: &[&SimTemp]) -> std::io::Result<()> {
+        if self.shared.lock().devices[self.idx].crashed {
+            return Err(gone());
+        }
+        Ok(())
+    }
+
+    fn place(
+        &self,
+        temp: SimTemp,
+        path: &RelPath,
+        mode: u32,
+        replace: bool,
+    ) -> std::io::Result<()> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let now_ns = sim.now_ms * 1_000_000;
+        let reuse = sim.disk_rng.gen_bool(0.5);
+        let fs = &mut sim.devices[self.idx].disk;
+        if let Some(parent) = path.parent() {
+            fs.create_dir_all(&parent, now_ns, reuse)
+                .map_err(io_error)?;
+        }
+        let node = FsNode {
+            kind: EntryKind::File,
+            bytes: temp.bytes,
+            inode: fs.alloc_inode(reuse),
+            mtime_ns: temp.mtime_ms * 1_000_000,
+            ctime_ns: now_ns,
+            executable: mode & 0o111 != 0,
+            read_only: mode & 0o222 == 0,
+        };
+        fs.place(path, node, !replace, now_ns).map_err(io_error)?;
+        sim.maybe_torn(self.idx, &format!("placing {path}"));
+        Ok(())
+    }
+
+    fn rename_noreplace(&self, from: &RelPath, to: &RelPath) -> std::io::Result<()> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let now_ns = sim.now_ms * 1_000_000;
+        let reuse = sim.disk_rng.gen_bool(0.5);
+        let fs = &mut sim.devices[self.idx].disk;
+        if fs.get(from).is_none() {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        if let Some(parent) = to.parent() {
+            fs.create_dir_all(&parent, now_ns, reuse)
+                .map_err(io_error)?;
+        }
+        fs.rename(from, to, true, now_ns).map_err(io_error)?;
+        sim.maybe_torn(self.idx, &format!("renaming {from} to {to}"));
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &RelPath) -> std::io::Result<()> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let now_ns = sim.now_ms * 1_000_000;
+        sim.devices[self.idx]
+            .disk
+            .remove_file(path, now_ns)
+            .map_err(io_error)?;
+        sim.maybe_torn(self.idx, &format!("deleting {path}"));
+        Ok(())
+    }
+
+    fn remove_dir(&self, path: &RelPath) -> std::io::Result<()> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let now_ns = sim.now_ms * 1_000_000;
+        sim.devices[self.idx]
+            .disk
+            .remove_dir(path, now_ns)
+            .map_err(io_error)?;
+        sim.maybe_torn(self.idx, &format!("removing directory {path}"));
+        Ok(())
+    }
+
+    fn create_dir_all(&self, path: &RelPath) -> std::io::Result<()> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let now_ns = sim.now_ms * 1_000_000;
+        let reuse = sim.disk_rng.gen_bool(0.5);
+        sim.devices[self.idx]
+            .disk
+            .create_dir_all(path, now_ns, reuse)
+            .map_err(io_error)?;
+        sim.maybe_torn(self.idx, &format!("creating directory {path}"));
+        Ok(())
+    }
+
+    fn set_mode(&self, path: &RelPath, mode: u32) -> std::io::Result<()> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let now_ns = sim.now_ms * 1_000_000;
+        match sim.devices[self.idx].disk.nodes.get_mut(path) {
+            Some(node) if node.kind == EntryKind::File => {
+                node.executable = mode & 0o111 != 0;
+                node.read_only = mode & 0o222 == 0;
+                // chmod changes the ctime.
+                node.ctime_ns = now_ns;
+                Ok(())
+            }
+            Some(_) => Err(std::io::Error::other("not a regular file")),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn sync_dirs(&self, _dirs: &[Option<RelPath>]) -> std::io::Result<()> {
+        if self.shared.lock().devices[self.idx].crashed {
+            return Err(gone());
+        }
+        Ok(())
+    }
+
+    fn available_bytes(&self) -> std::io::Result<u64> {
+        Ok(1 << 40)
+    }
+}
