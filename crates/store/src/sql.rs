@@ -138,29 +138,27 @@ macro_rules! user_columns {
     };
 }
 
+/// `SELECT <columns> <rest>` as one literal, `columns` naming one of the macros above.
+macro_rules! select {
+    ($columns:ident, $rest:literal) => {
+        concat!("SELECT ", $columns!(), " ", $rest)
+    };
+}
+
 const HEAD_TAG: &str = "SELECT head_tag FROM users WHERE id = ?1";
 const USER_CURSOR: &str = "SELECT cursor FROM users WHERE id = ?1";
 const NEXT_CURSOR: &str =
     "UPDATE users SET cursor = cursor + 1, head_tag = ?2 WHERE id = ?1 RETURNING cursor";
 const NEXT_NODE_ID: &str =
     "UPDATE users SET next_node_id = next_node_id + 1 WHERE id = ?1 RETURNING next_node_id - 1";
-const NODE_AT: &str = concat!(
-    "SELECT ",
-    node_columns!(),
-    " FROM nodes WHERE user_id = ?1 AND path = ?2"
-);
-const DESCENDANTS: &str = concat!(
-    "SELECT ",
-    node_columns!(),
-    " FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3"
+const NODE_AT: &str = select!(node_columns, "FROM nodes WHERE user_id = ?1 AND path = ?2");
+const DESCENDANTS: &str = select!(
+    node_columns,
+    "FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3"
 );
 const HAS_CHILDREN: &str =
     "SELECT EXISTS (SELECT 1 FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3)";
-const NODES: &str = concat!(
-    "SELECT ",
-    node_columns!(),
-    " FROM nodes WHERE user_id = ?1 ORDER BY path"
-);
+const NODES: &str = select!(node_columns, "FROM nodes WHERE user_id = ?1 ORDER BY path");
 const PUT_NODE: &str = "INSERT INTO nodes
      (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -176,32 +174,29 @@ const APPEND_NODE_CHANGE: &str = "INSERT INTO changes
 const APPEND_LOCK_CHANGE: &str = "INSERT INTO lock_changes
      (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT head_tag FROM users WHERE id = ?1))";
-const LOCK_ROWS: &str = concat!("SELECT ", lock_columns!(), " FROM locks WHERE user_id = ?1");
+const LOCK_ROWS: &str = select!(lock_columns, "FROM locks WHERE user_id = ?1");
 const INSERT_LOCK: &str = "INSERT INTO locks (user_id, path, device, since_ms, expires_ms)
      VALUES (?1, ?2, ?3, ?4, ?5)";
 const REMOVE_LOCK: &str = "DELETE FROM locks WHERE user_id = ?1 AND path = ?2";
 const INSERT_USER: &str = "INSERT INTO users (name, namespace_id) VALUES (?1, ?2) RETURNING id";
-const USER_BY_NAME: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE name = ?1");
-const USERS: &str = concat!("SELECT ", user_columns!(), " FROM users ORDER BY name");
+const USER_BY_NAME: &str = select!(user_columns, "FROM users WHERE name = ?1");
+const USERS: &str = select!(user_columns, "FROM users ORDER BY name");
 const COUNT_USERS: &str = "SELECT COUNT(*) FROM users";
 const INSERT_DEVICE: &str =
     "INSERT INTO devices (user_id, name, token_hash) VALUES (?1, ?2, ?3) RETURNING id";
 const PRINCIPAL: &str = concat!(
     "SELECT ",
     user_columns!(),
-    ", devices.id, devices.name
-     FROM devices JOIN users ON users.id = devices.user_id
+    ", devices.id, devices.name FROM devices JOIN users ON users.id = devices.user_id
      WHERE devices.token_hash = ?1"
 );
-const NODE_CHANGES_AFTER: &str = concat!(
-    "SELECT ",
-    change_columns!(),
-    " FROM changes WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
+const NODE_CHANGES_AFTER: &str = select!(
+    change_columns,
+    "FROM changes WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
 );
-const LOCK_CHANGES_AFTER: &str = concat!(
-    "SELECT ",
-    lock_change_columns!(),
-    " FROM lock_changes WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
+const LOCK_CHANGES_AFTER: &str = select!(
+    lock_change_columns,
+    "FROM lock_changes WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
 );
 const ROW_TAG: &str = "SELECT tag FROM changes WHERE user_id = ?1 AND cursor = ?2
      UNION ALL SELECT tag FROM lock_changes WHERE user_id = ?1 AND cursor = ?2";
