@@ -16,6 +16,8 @@
 //! - `auth`: the bearer-token extractor.
 //! - `conn`: the accept loop (header read timeout, connection cap, backoff on EMFILE).
 //! - `limits`: transfer slots per user and in total, the JSON body budget, ops batch limits.
+//! - `wire`: the HTTP status and message of every store outcome ([`op_result`] for ops, the
+//!   423 text naming a lock in the way); the store itself speaks no HTTP.
 //! - [`ChangeHub`]: wakes long polls when a batch or a lock change commits, through this server
 //!   or (fed by [`Stores::change_feed`], PostgreSQL LISTEN/NOTIFY) through any other server on
 //!   the same database.
@@ -32,8 +34,10 @@ mod error;
 mod hub;
 mod limits;
 mod routes;
+mod wire;
 
 pub use hub::ChangeHub;
+pub use wire::op_result;
 
 use anyhow::Context;
 use rand::RngCore;
@@ -43,10 +47,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use syncstore_proto::{DeviceName, UserName};
-use syncstore_store::s3::{S3Endpoint, S3Location};
+#[cfg(feature = "s3")]
+use syncstore_store::s3::S3Endpoint;
+use syncstore_store::s3::S3Location;
+#[cfg(feature = "postgres")]
+use syncstore_store::PgMetaStore;
+#[cfg(feature = "s3")]
+use syncstore_store::S3ChunkStore;
 use syncstore_store::{
-    ChangeFeed, ChunkStore, FsChunkStore, MetaStore, PgMetaStore, S3ChunkStore, SqliteMetaStore,
-    StoreError, TokenHash,
+    ChangeFeed, ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore, StoreError, TokenHash,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -217,7 +226,8 @@ impl std::fmt::Display for ChunkLocation {
 /// Opens (creating if needed, migrating) the meta store at `location`.
 ///
 /// # Errors
-/// When the store cannot be reached or opened, or holds a newer schema.
+/// When the store cannot be reached or opened, or holds a newer schema; for a `postgres://`
+/// URL in a build without the cargo feature `postgres`.
 pub async fn open_meta_store(location: &MetaLocation) -> anyhow::Result<Arc<dyn MetaStore>> {
     match location {
         MetaLocation::Sqlite(path) => {
@@ -235,34 +245,53 @@ pub async fn open_meta_store(location: &MetaLocation) -> anyhow::Result<Arc<dyn 
                 .with_context(|| format!("could not open {}", path.display()))?;
             Ok(Arc::new(meta_store))
         }
-        MetaLocation::Postgres(url) => {
-            let meta_store = PgMetaStore::open(url)
-                .await
-                .with_context(|| format!("could not open the PostgreSQL database {location}"))?;
-            Ok(Arc::new(meta_store))
-        }
+        #[cfg(feature = "postgres")]
+        MetaLocation::Postgres(url) => Ok(Arc::new(open_postgres(url, location).await?)),
+        #[cfg(not(feature = "postgres"))]
+        MetaLocation::Postgres(_) => Err(not_built_in(location, "PostgreSQL", "postgres")),
     }
+}
+
+/// Opens the PostgreSQL meta store at `url` (`location` names it without its password).
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str, location: &MetaLocation) -> anyhow::Result<PgMetaStore> {
+    PgMetaStore::open(url)
+        .await
+        .with_context(|| format!("could not open the PostgreSQL database {location}"))
+}
+
+/// Refuses, before anything is opened, a location whose backend this build does not have.
+///
+/// # Errors
+/// For a `postgres://` URL without the `postgres` feature, an `s3://` URL without `s3`.
+fn check_backends_built_in(meta: &MetaLocation, chunks: &ChunkLocation) -> anyhow::Result<()> {
+    if matches!(meta, MetaLocation::Postgres(_)) && !cfg!(feature = "postgres") {
+        return Err(not_built_in(meta, "PostgreSQL", "postgres"));
+    }
+    if matches!(chunks, ChunkLocation::S3(_)) && !cfg!(feature = "s3") {
+        return Err(not_built_in(chunks, "S3", "s3"));
+    }
+    Ok(())
+}
+
+/// The error for a store at `location` of a `backend` this build lacks (cargo `feature`).
+fn not_built_in(location: &dyn std::fmt::Display, backend: &str, feature: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "could not open {location}: this build of syncstore has no {backend} support \
+         (it was built without the cargo feature `{feature}`)"
+    )
 }
 
 /// Opens both stores, and for PostgreSQL the change feed (LISTEN/NOTIFY) that tells this
 /// server about commits through others.
 ///
 /// # Errors
-/// When a store cannot be reached or opened.
+/// When a store cannot be reached or opened, or is of a backend this build does not have (a
+/// `postgres://` or `s3://` URL without the cargo feature `postgres` or `s3`); then nothing is
+/// opened.
 pub async fn open_stores(meta: &MetaLocation, chunks: &ChunkLocation) -> anyhow::Result<Stores> {
-    let (meta_store, change_feed): (Arc<dyn MetaStore>, Option<ChangeFeed>) = match meta {
-        MetaLocation::Sqlite(_) => (open_meta_store(meta).await?, None),
-        MetaLocation::Postgres(url) => {
-            let meta_store = PgMetaStore::open(url)
-                .await
-                .with_context(|| format!("could not open the PostgreSQL database {meta}"))?;
-            let change_feed = meta_store
-                .change_feed()
-                .await
-                .with_context(|| format!("could not listen for changes on {meta}"))?;
-            (Arc::new(meta_store), Some(change_feed))
-        }
-    };
+    check_backends_built_in(meta, chunks)?;
+    let (meta_store, change_feed) = open_meta_store_and_feed(meta).await?;
     let chunk_store: Arc<dyn ChunkStore> = match chunks {
         ChunkLocation::Dir(dir) => {
             let chunk_store = FsChunkStore::open(dir)
@@ -277,17 +306,36 @@ pub async fn open_stores(meta: &MetaLocation, chunks: &ChunkLocation) -> anyhow:
             }
             Arc::new(chunk_store)
         }
+        #[cfg(feature = "s3")]
         ChunkLocation::S3(location) => Arc::new(
             S3ChunkStore::open(location, &S3Endpoint::from_env())
                 .await
                 .with_context(|| format!("could not open the chunk store {location}"))?,
         ),
+        #[cfg(not(feature = "s3"))]
+        ChunkLocation::S3(_) => return Err(not_built_in(chunks, "S3", "s3")),
     };
     Ok(Stores {
         meta: meta_store,
         chunks: chunk_store,
         change_feed,
     })
+}
+
+/// Opens the meta store, and for PostgreSQL its change feed.
+async fn open_meta_store_and_feed(
+    meta: &MetaLocation,
+) -> anyhow::Result<(Arc<dyn MetaStore>, Option<ChangeFeed>)> {
+    #[cfg(feature = "postgres")]
+    if let MetaLocation::Postgres(url) = meta {
+        let meta_store = open_postgres(url, meta).await?;
+        let change_feed = meta_store
+            .change_feed()
+            .await
+            .with_context(|| format!("could not listen for changes on {meta}"))?;
+        return Ok((Arc::new(meta_store), Some(change_feed)));
+    }
+    Ok((open_meta_store(meta).await?, None))
 }
 
 /// Refuses a metadata store without users beside a chunk store that holds content: the
@@ -645,4 +693,43 @@ async fn issue_token(
         .await
         .with_context(|| format!("could not add device {device} to user {}", user.name))?;
     Ok(token)
+}
+
+#[cfg(all(test, not(all(feature = "postgres", feature = "s3"))))]
+mod tests {
+    use super::*;
+
+    /// The error of opening `meta` and `chunks`, as the CLI prints it.
+    async fn open_error(meta: &MetaLocation, chunks: &ChunkLocation) -> String {
+        match open_stores(meta, chunks).await {
+            Ok(_) => panic!("{meta} and {chunks} opened"),
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
+    /// A build without a shared backend refuses its URLs with an error that names the missing
+    /// feature (and no password), before it opens or creates anything.
+    #[tokio::test]
+    async fn urls_of_backends_not_built_in_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let postgres = MetaLocation::parse("postgres://me:secret@127.0.0.1:1/db");
+        let bucket = ChunkLocation::parse("s3://bucket/prefix").unwrap();
+        let sqlite = MetaLocation::embedded(dir.path());
+        let disk = ChunkLocation::embedded(dir.path());
+        if !cfg!(feature = "postgres") {
+            let text = open_error(&postgres, &disk).await;
+            assert!(text.contains("cargo feature `postgres`"), "{text}");
+            assert!(!text.contains("secret"), "{text}");
+            let Err(err) = open_meta_store(&postgres).await else {
+                panic!("{postgres} opened");
+            };
+            assert!(format!("{err:#}").contains("`postgres`"), "{err:#}");
+        }
+        if !cfg!(feature = "s3") {
+            let text = open_error(&sqlite, &bucket).await;
+            assert!(text.contains("cargo feature `s3`"), "{text}");
+            assert!(text.contains("s3://bucket/prefix"), "{text}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

@@ -333,7 +333,7 @@ async fn chunks_upload(
     if durable && !received.is_empty() {
         // A repair: no commit will name these chunks, so they are settled here, and the
         // server stops asking for them.
-        let lens = chunk_store.make_durable(owner, &received).await?;
+        let lens = chunk_store.durable_chunk_lens(owner, &received).await?;
         let repaired: Vec<ChunkHash> = lens.into_keys().collect();
         state
             .stores
@@ -488,7 +488,7 @@ async fn ops(
         results: batch
             .outcomes
             .into_iter()
-            .map(|outcome| outcome.into_wire())
+            .map(crate::wire::op_result)
             .collect(),
         cursor: batch.cursor,
         cursor_tag: batch.cursor_tag,
@@ -551,20 +551,9 @@ fn lock_answer(
     user_id: UserId,
     outcome: LockOutcome,
 ) -> Result<Json<LockInfo>, ApiError> {
-    let status = outcome.status();
-    match outcome {
-        LockOutcome::Done { lock, cursor } => {
-            state.hub.notify(user_id, cursor);
-            Ok(Json(lock))
-        }
-        LockOutcome::Invalid(message)
-        | LockOutcome::NotFound(message)
-        | LockOutcome::Locked(message) => Err(ApiError::new(
-            // The outcome's statuses are all valid HTTP statuses.
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            message,
-        )),
-    }
+    let (lock, cursor) = crate::wire::lock_change(outcome)?;
+    state.hub.notify(user_id, cursor);
+    Ok(Json(lock))
 }
 
 /// Every lock of the user in force now.

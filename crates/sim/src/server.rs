@@ -1,24 +1,26 @@
-//! The simulated server: the real op rules of `syncstore-store` over an in-memory transaction.
+//! The simulated server: the real op rules of `syncstore-store` over its in-memory store.
 //!
 //! [`syncstore_store::ops::apply_batch`] holds every rule of the server (preconditions, implicit
 //! parents, one journal row per changed node, the cursor), written against the synchronous
-//! [`Txn`] trait. [`MemTxn`] implements that trait on plain maps, so the simulation runs the very
-//! code the SQLite backend runs, without SQLite: no temp dirs, no IO, no async, and fully
+//! `Txn` trait. The store's [`MemTxn`] implements that trait on plain maps (it is the in-memory
+//! backend the store's conformance suite runs on), so the simulation runs the very code the
+//! SQLite backend runs, without SQLite: no temp dirs, no IO, no async, and fully
 //! deterministic. Savepoints are snapshots.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, NodeId,
-    Op, OpsResponse, RelPath, RemoteEntry,
+    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, Op,
+    OpsResponse, RelPath, RemoteEntry, UserName,
 };
-use syncstore_store::ops::{apply_batch, Txn};
-use syncstore_store::{ChunkLens, StoreError, UserId};
+use syncstore_store::mem::{MemTxn, MemUser};
+use syncstore_store::meta::MetaTxn;
+use syncstore_store::ops::apply_batch;
+use syncstore_store::{ChunkLens, LockOutcome, UserId};
 
-/// The one user every simulated device belongs to.
+/// The one user every simulated device belongs to: the first of a fresh store.
 const USER: UserId = UserId(1);
 
 /// The node tree, journal and chunk bytes of one user.
-#[derive(Default)]
 pub struct Server {
     meta: MemTxn,
     /// Durable chunks.
@@ -34,7 +36,38 @@ pub struct Server {
     epoch: u64,
 }
 
+impl Default for Server {
+    fn default() -> Server {
+        Server {
+            meta: new_meta(0, NamespaceId::default()),
+            chunks: HashMap::new(),
+            staged: HashMap::new(),
+            wanted: BTreeSet::new(),
+            backups: Vec::new(),
+            epoch: 0,
+        }
+    }
+}
+
+/// A fresh store of `epoch` holding only [`USER`], with `namespace`.
+fn new_meta(epoch: u64, namespace: NamespaceId) -> MemTxn {
+    let mut meta = MemTxn::with_epoch(epoch);
+    let name = UserName::new("sim").expect("a valid user name");
+    let user = meta
+        .insert_user(&name, namespace)
+        .expect("a fresh store takes any user");
+    assert_eq!(user.id, USER, "the first user of a fresh store");
+    meta
+}
+
 impl Server {
+    /// The simulated user's account, tree and journal.
+    fn user(&self) -> &MemUser {
+        self.meta
+            .user(USER)
+            .expect("the store holds the sim's user")
+    }
+
     /// `POST /api/v1/ops`: applies `ops` in order, each on its own; none when the journal no
     /// longer holds `known` (as the real handler).
     pub fn apply_ops(
@@ -89,7 +122,7 @@ impl Server {
             results: outcome
                 .outcomes
                 .into_iter()
-                .map(|o| o.into_wire())
+                .map(syncstore_server::op_result)
                 .collect(),
             cursor: outcome.cursor,
             cursor_tag: outcome.cursor_tag,
@@ -99,22 +132,17 @@ impl Server {
 
     /// The user's namespace (a reset draws another one).
     pub fn namespace(&self) -> NamespaceId {
-        self.meta.namespace
+        self.user().namespace()
     }
 
     /// The tag of journal position `cursor`, or `None` when the journal does not reach it.
     pub fn tag_at(&self, cursor: Cursor) -> Option<JournalTag> {
-        if cursor.0 == 0 {
-            return Some(JournalTag::default());
-        }
-        self.meta.tags.get(cursor.0 as usize - 1).copied()
+        self.user().tag_at(cursor)
     }
 
     /// Takes a backup of the metadata (chunks are not part of it, as with a database dump).
     pub fn back_up(&mut self) {
-        let mut copy = self.meta.clone();
-        copy.savepoint = None;
-        self.backups.push(copy);
+        self.backups.push(self.meta.clone());
     }
 
     /// Restores the metadata from backup `idx` (of [`Server::n_backups`]): everything journalled
@@ -122,9 +150,9 @@ impl Server {
     pub fn restore(&mut self, idx: usize) -> Cursor {
         self.epoch += 1;
         self.meta = self.backups[idx].clone();
-        self.meta.epoch = self.epoch;
+        self.meta.set_epoch(self.epoch);
         self.backups.truncate(idx + 1);
-        Cursor(self.meta.cursor)
+        self.cursor()
     }
 
     /// How many backups there are.
@@ -136,16 +164,13 @@ impl Server {
     /// access to the old account's chunks.
     pub fn reset(&mut self) {
         self.epoch += 1;
-        self.meta = MemTxn {
-            epoch: self.epoch,
-            namespace: NamespaceId(
-                *blake3::hash(&self.epoch.to_le_bytes())
-                    .as_bytes()
-                    .first_chunk()
-                    .expect("16 of 32 bytes"),
-            ),
-            ..MemTxn::default()
-        };
+        let namespace = NamespaceId(
+            *blake3::hash(&self.epoch.to_le_bytes())
+                .as_bytes()
+                .first_chunk()
+                .expect("16 of 32 bytes"),
+        );
+        self.meta = new_meta(self.epoch, namespace);
         self.chunks.clear();
         self.staged.clear();
         self.wanted.clear();
@@ -203,7 +228,7 @@ impl Server {
         let outcome =
             syncstore_store::locks::take_lock(&mut self.meta, USER, device, path, ttl_secs, now_ms)
                 .expect("the in-memory txn cannot fail");
-        outcome.status() == 200
+        matches!(outcome, LockOutcome::Done { .. })
     }
 
     /// `POST /api/v1/unlock`: `device` releases its lock, or breaks another's with `force`.
@@ -217,7 +242,7 @@ impl Server {
         let outcome =
             syncstore_store::locks::release_lock(&mut self.meta, USER, device, path, force, now_ms)
                 .expect("the in-memory txn cannot fail");
-        outcome.status() == 200
+        matches!(outcome, LockOutcome::Done { .. })
     }
 
     /// Every lock in force.
@@ -239,29 +264,28 @@ impl Server {
 
     /// `GET /api/v1/tree`: every live node, sorted by path, and the cursor it reflects.
     pub fn tree(&self) -> (Cursor, Vec<RemoteEntry>) {
-        (
-            Cursor(self.meta.cursor),
-            self.meta.by_path.values().cloned().collect(),
-        )
+        let user = self.user();
+        (user.cursor(), user.nodes().values().cloned().collect())
     }
 
     /// `GET /api/v1/changes?since=`: every change after `since`, oldest first.
     pub fn changes_since(&self, since: Cursor) -> &[Change] {
         // The journal holds exactly one row per cursor value, starting at 1.
-        let start = (since.0 as usize).min(self.meta.journal.len());
-        &self.meta.journal[start..]
+        let journal = self.user().journal();
+        let start = (since.0 as usize).min(journal.len());
+        &journal[start..]
     }
 
     /// The cursor of the last change.
     pub fn cursor(&self) -> Cursor {
-        Cursor(self.meta.cursor)
+        self.user().cursor()
     }
 
     /// The whole tree as path → (kind, bytes), for the final comparison.
     /// The executable bit of every file, for the final comparison.
     pub fn modes(&self) -> BTreeMap<RelPath, bool> {
-        self.meta
-            .by_path
+        self.user()
+            .nodes()
             .iter()
             .filter(|(_, e)| e.kind == EntryKind::File)
             .map(|(path, e)| (path.clone(), e.executable))
@@ -269,8 +293,8 @@ impl Server {
     }
 
     pub fn snapshot(&self) -> BTreeMap<RelPath, (EntryKind, Vec<u8>)> {
-        self.meta
-            .by_path
+        self.user()
+            .nodes()
             .iter()
             // PutFile refuses a chunk the server lacks, and chunks of a namespace are never
             // deleted: every live entry's chunks are there.
@@ -281,142 +305,5 @@ impl Server {
                 (path.clone(), (e.kind, bytes))
             })
             .collect()
-    }
-}
-
-/// The meta store of one user as plain maps; implements the store's [`Txn`].
-#[derive(Default, Clone)]
-struct MemTxn {
-    by_path: BTreeMap<RelPath, RemoteEntry>,
-    path_of: HashMap<NodeId, RelPath>,
-    cursor: u64,
-    next_node: u64,
-    journal: Vec<Change>,
-    /// The tag of each journal position, in cursor order.
-    tags: Vec<JournalTag>,
-    namespace: NamespaceId,
-    /// Which life of the server this is (see [`Server::restore`]); part of every new tag.
-    epoch: u64,
-    locks: BTreeMap<RelPath, LockInfo>,
-    /// The state at `begin_op`, restored by `end_op(false)` (a `SAVEPOINT`).
-    savepoint: Option<Box<MemTxn>>,
-}
-
-impl Txn for MemTxn {
-    fn begin_op(&mut self) -> Result<(), StoreError> {
-        let mut copy = self.clone();
-        copy.savepoint = None;
-        self.savepoint = Some(Box::new(copy));
-        Ok(())
-    }
-
-    fn end_op(&mut self, keep: bool) -> Result<(), StoreError> {
-        let saved = self.savepoint.take().expect("end_op follows begin_op");
-        if !keep {
-            *self = *saved;
-        }
-        Ok(())
-    }
-
-    fn node_at(&mut self, _: UserId, path: &RelPath) -> Result<Option<RemoteEntry>, StoreError> {
-        Ok(self.by_path.get(path).cloned())
-    }
-
-    fn descendants(&mut self, _: UserId, dir: &RelPath) -> Result<Vec<RemoteEntry>, StoreError> {
-        Ok(self
-            .by_path
-            .values()
-            .filter(|e| e.path.is_inside(dir))
-            .cloned()
-            .collect())
-    }
-
-    fn has_children(&mut self, _: UserId, dir: &RelPath) -> Result<bool, StoreError> {
-        Ok(self.by_path.keys().any(|p| p.is_inside(dir)))
-    }
-
-    fn next_cursor(&mut self, _: UserId) -> Result<Cursor, StoreError> {
-        self.cursor += 1;
-        // Deterministic, and different for one cursor in different lives of the server, as
-        // the random tags of a real store are.
-        let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&self.epoch.to_le_bytes());
-        key[8..].copy_from_slice(&self.cursor.to_le_bytes());
-        let digest = blake3::hash(&key);
-        let tag = JournalTag(*digest.as_bytes().first_chunk().expect("16 of 32 bytes"));
-        self.tags.truncate(self.cursor as usize - 1);
-        self.tags.push(tag);
-        Ok(Cursor(self.cursor))
-    }
-
-    fn current_cursor(&mut self, _: UserId) -> Result<Cursor, StoreError> {
-        Ok(Cursor(self.cursor))
-    }
-
-    fn head_tag(&mut self, _: UserId) -> Result<JournalTag, StoreError> {
-        Ok(self.tags.last().copied().unwrap_or_default())
-    }
-
-    fn next_node_id(&mut self, _: UserId) -> Result<NodeId, StoreError> {
-        self.next_node += 1;
-        Ok(NodeId(self.next_node))
-    }
-
-    fn put_node(&mut self, _: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
-        if let Some(occupant) = self.by_path.get(&entry.path) {
-            if occupant.node_id != entry.node_id {
-                return Err(StoreError::Corrupt(format!(
-                    "{} is taken by another node",
-                    entry.path
-                )));
-            }
-        }
-        if let Some(old_path) = self.path_of.insert(entry.node_id, entry.path.clone()) {
-            self.by_path.remove(&old_path);
-        }
-        self.by_path.insert(entry.path.clone(), entry.clone());
-        Ok(())
-    }
-
-    fn remove_node(&mut self, _: UserId, node_id: NodeId) -> Result<(), StoreError> {
-        if let Some(path) = self.path_of.remove(&node_id) {
-            self.by_path.remove(&path);
-        }
-        Ok(())
-    }
-
-    fn append_change(&mut self, _: UserId, change: &Change) -> Result<(), StoreError> {
-        assert_eq!(
-            change.cursor().0,
-            self.journal.len() as u64 + 1,
-            "one journal row per cursor"
-        );
-        self.journal.push(change.clone());
-        Ok(())
-    }
-
-    fn serialize_writes(&mut self, _: UserId) -> Result<(), StoreError> {
-        // One simulated server, one thread: there is no other writer.
-        Ok(())
-    }
-
-    fn lock_rows(&mut self, _: UserId) -> Result<Vec<LockInfo>, StoreError> {
-        Ok(self.locks.values().cloned().collect())
-    }
-
-    fn insert_lock(&mut self, _: UserId, lock: &LockInfo) -> Result<(), StoreError> {
-        if self.locks.contains_key(&lock.path) {
-            return Err(StoreError::Corrupt(format!(
-                "{} is locked twice",
-                lock.path
-            )));
-        }
-        self.locks.insert(lock.path.clone(), lock.clone());
-        Ok(())
-    }
-
-    fn remove_lock(&mut self, _: UserId, path: &RelPath) -> Result<(), StoreError> {
-        self.locks.remove(path);
-        Ok(())
     }
 }

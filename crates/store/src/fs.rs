@@ -10,7 +10,7 @@
 //! An uploaded chunk is verified against its hash and written to a temp file in its target
 //! directory, with writeback started by a background thread but not waited for: it is *staged*. A staged chunk
 //! is readable and counts as stored, but it lives only in this process's registry and under a
-//! temp name. [`ChunkStore::make_durable`], which runs before any metadata commit can name a
+//! temp name. [`ChunkStore::durable_chunk_lens`], which runs before any metadata commit can name a
 //! chunk, makes the staged chunks durable (fsync or `syncfs`), renames them into place and makes
 //! the renames durable. So uploads run at the speed of the network while the disk catches up in
 //! the background, and the sync is paid once per commit instead of once per upload request.
@@ -179,7 +179,7 @@ impl ChunkStore for FsChunkStore {
     }
 
     #[tracing::instrument(skip_all, fields(n_hashes = hashes.len()))]
-    async fn make_durable(
+    async fn durable_chunk_lens(
         &self,
         owner: NamespaceId,
         hashes: &[ChunkHash],

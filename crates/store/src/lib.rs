@@ -14,11 +14,22 @@
 //!   re-implements the rules.
 //! - [`locks`] holds the rules of taking, renewing, releasing and breaking locks, over the same
 //!   `Txn`.
+//! - [`meta`] is [`MetaStore`] itself, written once over [`meta::MetaTxn`] (the queries, on top
+//!   of `Txn`) and [`meta::TxnBackend`] (how a backend runs a transaction): which reads share a
+//!   snapshot, which calls write, when a commit is announced.
+//! - `sql` holds what both SQL backends share: every query, written once, and `Txn` and
+//!   `MetaTxn` on any SQL connection.
+//! - [`mem`] is the meta store in memory: [`mem::MemTxn`], a database that is its own
+//!   transaction, which the simulation drives directly, and [`MemMetaStore`] over it.
 //! - [`sqlite`] and [`fs`] are the embedded backends; [`postgres`] and [`s3`] the shared ones,
-//!   for several server processes over one PostgreSQL database and one S3 bucket.
-//! - [`conformance`] is the one contract suite every backend pair must pass.
+//!   for several server processes over one PostgreSQL database and one S3 bucket, built with
+//!   the cargo features `postgres` and `s3` (both on by default; without them the modules hold
+//!   only the URL forms, [`postgres::redact_url`] and [`s3::S3Location`]). Each backend holds
+//!   only its connections, migrations and transaction plumbing (and its few statements of its
+//!   own).
+//! - The one contract suite every backend pair must pass is test code, in `tests/conformance.rs`.
 //!
-//! Start reading at [`MetaStore`], then [`ops::apply_batch`].
+//! Start reading at [`MetaStore`], then [`meta`], then [`ops::apply_batch`].
 //!
 //! **Architecture Invariant:** nothing here speaks HTTP or JSON, and no store type derives serde.
 //! **Architecture Invariant:** nothing here reads a clock: calls that depend on time (which locks
@@ -26,16 +37,21 @@
 //! **Architecture Invariant:** chunk bytes are never deleted: old versions stay referenced by
 //! journal rows.
 
-pub mod conformance;
 pub mod fs;
 pub mod locks;
+pub mod mem;
+pub mod meta;
 pub mod ops;
 pub mod postgres;
 pub mod s3;
+mod sql;
 pub mod sqlite;
 
 pub use fs::FsChunkStore;
+pub use mem::MemMetaStore;
+#[cfg(feature = "postgres")]
 pub use postgres::PgMetaStore;
+#[cfg(feature = "s3")]
 pub use s3::S3ChunkStore;
 pub use sqlite::SqliteMetaStore;
 
@@ -45,8 +61,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, OpResult,
-    RelPath, RemoteEntry, UserName,
+    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, RelPath,
+    RemoteEntry, UserName,
 };
 
 /// The stored chunks among those asked for, with their lengths in bytes; a chunk that is not
@@ -156,56 +172,32 @@ pub struct ChangesPage {
 }
 
 /// The outcome of one [`Op`] of a batch.
+///
+/// Refusals the client caused are values, not [`StoreError`]s. The store says what happened;
+/// the server decides how that is answered (its status and message on the wire).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum OpOutcome {
     /// Applied; the nodes it created or changed, implicit parents first.
     Applied(Vec<RemoteEntry>),
-    /// A precondition failed (409); `current` is the node now at the path, if any.
+    /// A precondition failed; `current` is the node now at the path, if any.
     Conflict {
         current: Option<RemoteEntry>,
         message: String,
     },
-    /// The op itself is wrong (400), e.g. a missing chunk or a move into itself.
+    /// The op itself is wrong, e.g. a missing chunk or a move into itself.
     Invalid(String),
-    /// The op names a node that does not exist (404), e.g. a delete of nothing.
+    /// The op names a node that does not exist, e.g. a delete of nothing.
     NotFound(String),
-    /// Another device holds a lock in force that covers a path the op would change (423):
-    /// "\"PATH\" is locked by DEVICE since YYYY-MM-DD HH:MM:SS".
-    Locked(String),
+    /// Another device holds a lock in force that covers a path the op would change: that lock,
+    /// which may be on a directory above the op's path.
+    Locked(LockInfo),
 }
 
 impl OpOutcome {
-    /// Whether the op changed nothing because it failed.
+    /// Whether the op was applied ([`OpOutcome::Applied`]): it passed its checks, and its
+    /// writes, if any, are kept. A failed op changed nothing.
     pub fn is_applied(&self) -> bool {
         matches!(self, OpOutcome::Applied(_))
-    }
-
-    /// The HTTP status of this outcome, as [`OpResult::status`] documents it.
-    pub fn status(&self) -> u16 {
-        match self {
-            OpOutcome::Applied(_) => 200,
-            OpOutcome::Conflict { .. } => 409,
-            OpOutcome::Invalid(_) => 400,
-            OpOutcome::NotFound(_) => 404,
-            OpOutcome::Locked(_) => 423,
-        }
-    }
-
-    /// The wire form.
-    pub fn into_wire(self) -> OpResult {
-        let status = self.status();
-        let (entries, message) = match self {
-            OpOutcome::Applied(entries) => (entries, String::new()),
-            OpOutcome::Conflict { current, message } => (current.into_iter().collect(), message),
-            OpOutcome::Invalid(message)
-            | OpOutcome::NotFound(message)
-            | OpOutcome::Locked(message) => (Vec::new(), message),
-        };
-        OpResult {
-            status,
-            entries,
-            message,
-        }
     }
 }
 
@@ -214,28 +206,16 @@ impl OpOutcome {
 /// Refusals the client caused are values, not [`StoreError`]s, as for ops.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum LockOutcome {
-    /// Done (200): the lock as taken or renewed, or as it was before it was released or broken;
+    /// Done: the lock as taken or renewed, or as it was before it was released or broken;
     /// `cursor` is the journal row that records the change.
     Done { lock: LockInfo, cursor: Cursor },
-    /// The request itself is wrong (400): a TTL of 0 or over [`syncstore_proto::MAX_LOCK_TTL_SECS`].
+    /// The request itself is wrong: a TTL of 0 or over [`syncstore_proto::MAX_LOCK_TTL_SECS`].
     Invalid(String),
-    /// 404: nothing at the path to lock, or no lock in force on the path to release.
+    /// Nothing at the path to lock, or no lock in force on the path to release.
     NotFound(String),
-    /// 423: another device's lock is in the way: "\"PATH\" is locked by DEVICE since
-    /// YYYY-MM-DD HH:MM:SS" (UTC).
-    Locked(String),
-}
-
-impl LockOutcome {
-    /// The HTTP status of this outcome.
-    pub fn status(&self) -> u16 {
-        match self {
-            LockOutcome::Done { .. } => 200,
-            LockOutcome::Invalid(_) => 400,
-            LockOutcome::NotFound(_) => 404,
-            LockOutcome::Locked(_) => 423,
-        }
-    }
+    /// Another device's lock is in the way: that lock, which may be on a directory above the
+    /// path asked about, or beneath it.
+    Locked(LockInfo),
 }
 
 /// The outcome of a batch of ops: one [`OpOutcome`] per op, in order.
@@ -257,8 +237,8 @@ impl BatchOutcome {
 
 /// Errors of both stores.
 ///
-/// Op failures the client caused (409, 400, ...) are not errors but [`OpOutcome`]s; these are the
-/// failures of a whole call.
+/// Op failures the client caused (a failed precondition, a bad op, ...) are not errors but
+/// [`OpOutcome`]s; these are the failures of a whole call.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A user or device name is already taken.
@@ -537,8 +517,8 @@ pub trait MetaStore: Send + Sync {
     ///
     /// `chunk_lens` are the chunks named by the ops that the chunk store holds, with their
     /// lengths; a `PutFile` naming another chunk, or a stored chunk with another length, fails
-    /// with 400. Prefer [`apply_ops`], which computes them. `now_ms` decides
-    /// which locks are in force: an op on a path another device holds fails with 423.
+    /// as [`OpOutcome::Invalid`]. Prefer [`apply_ops`], which computes them. `now_ms` decides
+    /// which locks are in force: an op on a path another device holds is [`OpOutcome::Locked`].
     ///
     /// # Errors
     /// Database errors, which undo the whole batch; op failures are [`OpOutcome`]s.
@@ -554,8 +534,7 @@ pub trait MetaStore: Send + Sync {
     /// Takes a lock on `path` for `device` at `now_ms`, lasting `ttl_secs` or until released;
     /// renews it when `device` holds it already (see [`locks::take_lock`]).
     ///
-    /// Refusals (400 bad TTL, 404 nothing there, 423 held by another device) are
-    /// [`LockOutcome`]s; of N devices racing for one path, exactly one gets
+    /// Refusals (a bad TTL, nothing there, held by another device) are [`LockOutcome`]s; of N devices racing for one path, exactly one gets
     /// [`LockOutcome::Done`].
     ///
     /// # Errors
@@ -572,7 +551,7 @@ pub trait MetaStore: Send + Sync {
     /// Releases `device`'s lock on `path`, or with `force` breaks another device's lock there
     /// (see [`locks::release_lock`]).
     ///
-    /// Refusals (404 no lock in force, 423 held by another device without `force`) are
+    /// Refusals (no lock in force, held by another device without `force`) are
     /// [`LockOutcome`]s.
     ///
     /// # Errors
@@ -608,13 +587,13 @@ pub trait MetaStore: Send + Sync {
 pub trait ChunkStore: Send + Sync {
     /// Stores a chunk after checking that `bytes` hash to `hash`: from then on [`missing`] does
     /// not report it and [`get`] returns it; it is durable at once or, in a backend that stages
-    /// uploads, once [`make_durable`] names it.
+    /// uploads, once [`durable_chunk_lens`] names it.
     ///
     /// Storing a chunk that is already there succeeds without writing.
     ///
     /// [`missing`]: ChunkStore::missing
     /// [`get`]: ChunkStore::get
-    /// [`make_durable`]: ChunkStore::make_durable
+    /// [`durable_chunk_lens`]: ChunkStore::durable_chunk_lens
     ///
     /// # Errors
     /// [`StoreError::HashMismatch`] (nothing is written), [`StoreError::ChunkTooLarge`],
@@ -663,12 +642,13 @@ pub trait ChunkStore: Send + Sync {
         Ok(())
     }
 
-    /// Makes every stored chunk among `hashes` durable, and returns the stored ones with
-    /// their lengths. Called before a metadata commit names the chunks.
+    /// The lengths of the chunks among `hashes` that this namespace has stored, each made
+    /// durable under its name first; a chunk that is not stored is absent. Called before a
+    /// metadata commit names the chunks, so that none it names can be lost.
     ///
     /// # Errors
     /// IO errors.
-    async fn make_durable(
+    async fn durable_chunk_lens(
         &self,
         owner: NamespaceId,
         hashes: &[ChunkHash],
@@ -746,7 +726,7 @@ pub struct BadChunk {
 /// `now_ms` decides which locks are in force.
 ///
 /// # Errors
-/// As [`MetaStore::apply_ops`] and [`ChunkStore::make_durable`].
+/// As [`MetaStore::apply_ops`] and [`ChunkStore::durable_chunk_lens`].
 pub async fn apply_ops(
     meta_store: &dyn MetaStore,
     chunk_store: &dyn ChunkStore,
@@ -764,7 +744,7 @@ pub async fn apply_ops(
         ChunkLens::new()
     } else {
         chunk_store
-            .make_durable(principal.namespace, &named)
+            .durable_chunk_lens(principal.namespace, &named)
             .await?
     };
     meta_store

@@ -4,7 +4,7 @@
 //! A lock is held by one device of a user on one path. It covers that path and, for a directory,
 //! everything beneath it. While it is in force, no other device may take a lock that covers a
 //! covered path or lies beneath one, and every op by another device that would change a covered
-//! path is refused with 423 (see [`crate::ops::apply_batch`]).
+//! path is refused as [`crate::OpOutcome::Locked`] (see [`crate::ops::apply_batch`]).
 //!
 //! Time comes in as `now_ms` from the caller; nothing here reads a clock. A lock with
 //! `expires_ms <= now_ms` counts as absent: its row is deleted by the next write that looks at
@@ -30,18 +30,18 @@ use syncstore_proto::{Change, DeviceName, LockInfo, RelPath, MAX_LOCK_TTL_SECS};
 
 /// Takes a lock on `path` for `device`, or renews the lock `device` already holds on `path`.
 ///
-/// - A TTL of 0 or over [`MAX_LOCK_TTL_SECS`]: [`LockOutcome::Invalid`] (400).
-/// - Nothing at `path`: [`LockOutcome::NotFound`] (404).
+/// - A TTL of 0 or over [`MAX_LOCK_TTL_SECS`]: [`LockOutcome::Invalid`].
+/// - Nothing at `path`: [`LockOutcome::NotFound`].
 /// - Another device's lock in force covers `path` or lies beneath it: [`LockOutcome::Locked`]
-///   (423) with "... is locked by DEVICE since TIME".
+///   with that lock.
 /// - `device` already holds a lock on `path`: renewed with the new TTL; it keeps its `since_ms`.
 ///
 /// On success the lock is journalled as [`Change::Lock`].
 ///
 /// # Errors
 /// Backend failures; the caller must then roll the transaction back.
-pub fn take_lock(
-    txn: &mut dyn Txn,
+pub fn take_lock<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     device: &DeviceName,
     path: &RelPath,
@@ -65,12 +65,12 @@ pub fn take_lock(
             quoted(path)
         )));
     }
-    let live = live_locks(txn, user_id, now_ms)?;
+    let live = expire_and_list_locks(txn, user_id, now_ms)?;
     let in_the_way = live
         .iter()
         .find(|lock| lock.device != *device && (lock.covers(path) || lock.path.is_inside(path)));
     if let Some(lock) = in_the_way {
-        return Ok(LockOutcome::Locked(held_message(lock)));
+        return Ok(LockOutcome::Locked(lock.clone()));
     }
     let since_ms = match live.iter().find(|lock| lock.path == *path) {
         // The same device renews: a new TTL, the same start.
@@ -100,9 +100,8 @@ pub fn take_lock(
 
 /// Releases the lock on exactly `path`, or with `force` breaks another device's lock there.
 ///
-/// - No lock in force on `path`: [`LockOutcome::NotFound`] (404) "no lock on PATH".
-/// - Another device holds it and `force` is false: [`LockOutcome::Locked`] (423) with the
-///   holder's "... is locked by DEVICE since TIME".
+/// - No lock in force on `path`: [`LockOutcome::NotFound`] "no lock on PATH".
+/// - Another device holds it and `force` is false: [`LockOutcome::Locked`] with its lock.
 ///
 /// Any device of the user may break a lock with `force`: the namespace owns its locks, and a lost
 /// laptop must not hold a file for ever. On success the end is journalled as [`Change::Unlock`],
@@ -111,8 +110,8 @@ pub fn take_lock(
 ///
 /// # Errors
 /// Backend failures; the caller must then roll the transaction back.
-pub fn release_lock(
-    txn: &mut dyn Txn,
+pub fn release_lock<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     device: &DeviceName,
     path: &RelPath,
@@ -120,7 +119,7 @@ pub fn release_lock(
     now_ms: i64,
 ) -> Result<LockOutcome, StoreError> {
     txn.serialize_writes(user_id)?;
-    let live = live_locks(txn, user_id, now_ms)?;
+    let live = expire_and_list_locks(txn, user_id, now_ms)?;
     let Some(lock) = live.into_iter().find(|lock| lock.path == *path) else {
         return Ok(LockOutcome::NotFound(format!(
             "no lock on {}",
@@ -132,7 +131,7 @@ pub fn release_lock(
     } else if force {
         Some(device.clone())
     } else {
-        return Ok(LockOutcome::Locked(held_message(&lock)));
+        return Ok(LockOutcome::Locked(lock));
     };
     txn.remove_lock(user_id, path)?;
     let cursor = txn.next_cursor(user_id)?;
@@ -152,8 +151,8 @@ pub fn release_lock(
 ///
 /// # Errors
 /// Backend failures.
-pub fn locks_in_force(
-    txn: &mut dyn Txn,
+pub fn locks_in_force<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     now_ms: i64,
 ) -> Result<Vec<LockInfo>, StoreError> {
@@ -163,9 +162,10 @@ pub fn locks_in_force(
     Ok(locks)
 }
 
-/// Deletes the user's expired lock rows and returns the locks in force, sorted by path.
-pub(crate) fn live_locks(
-    txn: &mut dyn Txn,
+/// Deletes the user's expired lock rows and returns the locks in force, sorted by path: the
+/// writing form of [`locks_in_force`].
+pub(crate) fn expire_and_list_locks<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     now_ms: i64,
 ) -> Result<Vec<LockInfo>, StoreError> {
@@ -179,69 +179,4 @@ pub(crate) fn live_locks(
     }
     live.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(live)
-}
-
-/// The 423 message: `"PATH" is locked by DEVICE since YYYY-MM-DD HH:MM:SS` (UTC), naming the
-/// locked path, which may be a directory above the path asked about.
-pub(crate) fn held_message(lock: &LockInfo) -> String {
-    format!(
-        "{} is locked by {} since {}",
-        quoted(&lock.path),
-        lock.device,
-        utc_time(lock.since_ms)
-    )
-}
-
-/// Milliseconds since the Unix epoch as UTC `YYYY-MM-DD HH:MM:SS`.
-pub(crate) fn utc_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let in_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        in_day / 3600,
-        in_day / 60 % 60,
-        in_day % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`), so the store needs no date crate for one message.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc_time;
-
-    #[test]
-    fn utc_time_formats_known_instants() {
-        let cases = [
-            (0, "1970-01-01 00:00:00"),
-            (999, "1970-01-01 00:00:00"),
-            (-1, "1969-12-31 23:59:59"),
-            (951_782_400_000, "2000-02-29 00:00:00"),
-            (1_700_000_000_000, "2023-11-14 22:13:20"),
-            (4_107_542_399_000, "2100-02-28 23:59:59"),
-        ];
-        for (ms, expect) in cases {
-            assert_eq!(utc_time(ms), expect, "{ms}");
-        }
-    }
 }

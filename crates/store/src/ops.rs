@@ -15,7 +15,7 @@
 //!
 //! # Locked paths
 //!
-//! An op by a device other than the holder of a lock in force gets [`OpOutcome::Locked`] (423)
+//! An op by a device other than the holder of a lock in force gets [`OpOutcome::Locked`]
 //! and changes nothing when it would change a covered path: a `PutFile`, `SetMode` or `MakeDir` at
 //! a covered path, a `Delete` of a covered path or of a directory with a covered path beneath, a `Move`
 //! whose source or anything beneath it is covered, or whose destination is covered.
@@ -27,7 +27,7 @@
 //!   `Lock` as "set the lock on this path" and `Unlock` as "clear it" thus never keeps a stale
 //!   lock at the old path.
 
-use crate::locks::{held_message, live_locks};
+use crate::locks::expire_and_list_locks;
 use crate::{quoted, BatchOutcome, ChunkLens, OpOutcome, StoreError, UserId};
 use syncstore_proto::{
     Change, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NodeId, Op,
@@ -164,8 +164,8 @@ pub trait Txn {
 ///
 /// # Errors
 /// Backend failures; the caller must then roll the whole transaction back.
-pub fn apply_batch(
-    txn: &mut dyn Txn,
+pub fn apply_batch<T: Txn + ?Sized>(
+    txn: &mut T,
     user_id: UserId,
     device: &DeviceName,
     ops: &[Op],
@@ -212,17 +212,17 @@ struct FileState<'a> {
 }
 
 /// The rules for one op of one user and device.
-struct Writer<'a> {
-    txn: &'a mut dyn Txn,
+struct Writer<'a, T: Txn + ?Sized> {
+    txn: &'a mut T,
     user_id: UserId,
     device: &'a DeviceName,
     now_ms: i64,
 }
 
-impl Writer<'_> {
+impl<T: Txn + ?Sized> Writer<'_, T> {
     fn apply(&mut self, op: &Op, chunk_lens: &ChunkLens) -> Result<OpOutcome, StoreError> {
         if let Some(lock) = self.lock_against(op)? {
-            return Ok(OpOutcome::Locked(held_message(&lock)));
+            return Ok(OpOutcome::Locked(lock));
         }
         match op {
             Op::PutFile {
@@ -461,7 +461,7 @@ impl Writer<'_> {
         )?;
         // Only the holder gets here with a lock on the path; the lock ends with the node.
         // A directory being deleted is empty, so no lock in force lies beneath it.
-        for lock in live_locks(self.txn, self.user_id, self.now_ms)? {
+        for lock in expire_and_list_locks(self.txn, self.user_id, self.now_ms)? {
             if lock.path == *path {
                 self.end_lock(lock)?;
             }
@@ -544,7 +544,7 @@ impl Writer<'_> {
             produced.push(self.upsert(entry)?);
         }
         // Only the holder gets here with locks at or beneath `from`; they move with the nodes.
-        for lock in live_locks(self.txn, self.user_id, self.now_ms)? {
+        for lock in expire_and_list_locks(self.txn, self.user_id, self.now_ms)? {
             if !(lock.path == *from || lock.path.is_inside(from)) {
                 continue;
             }
@@ -577,7 +577,7 @@ impl Writer<'_> {
 
     /// The lock in force of another device that `op` would break, if any.
     fn lock_against(&mut self, op: &Op) -> Result<Option<LockInfo>, StoreError> {
-        let live = live_locks(self.txn, self.user_id, self.now_ms)?;
+        let live = expire_and_list_locks(self.txn, self.user_id, self.now_ms)?;
         let lies_beneath = |lock: &LockInfo, path: &RelPath| lock.path.is_inside(path);
         Ok(live.into_iter().find(|lock| {
             lock.device != *self.device

@@ -2,31 +2,27 @@
 //!
 //! Every call runs on a blocking thread (`spawn_blocking`) holding the single connection, which is
 //! opened in WAL mode with `synchronous=FULL`: the server acknowledges uploads, so a committed
-//! batch must survive power loss. A batch of ops is one `IMMEDIATE` transaction (one fsync) with
-//! a savepoint per op, through the shared rules in [`crate::ops`]; taking or releasing a lock is
-//! one `IMMEDIATE` transaction through [`crate::locks`]. SQLite has one writer at a time, so
-//! racing lock attempts are serialised.
-//!
-//! The journal is split over two tables sharing the user's cursor: `changes` (node changes) and
-//! `lock_changes` (lock changes); [`MetaStore::changes_since`] merges them by cursor.
+//! batch must survive power loss. What a call does is written once in [`crate::meta`] (and its
+//! queries in `sql.rs`); this file is the SQLite side: the connection, the migrations, and
+//! the transaction each [`Access`] gets. A write (a batch of ops, with a savepoint per op, or
+//! a lock change) is one `IMMEDIATE` transaction, one fsync; SQLite has one writer at a time,
+//! so racing lock attempts are serialised, and [`Txn::serialize_writes`] only
+//! checks that the user exists.
 //!
 //! The schema comes from the numbered files in `migrations/sqlite/`, built in at compile time and
 //! recorded in the `schema_version` table; a database from a newer build is refused.
 
-use crate::ops::{self, Txn};
-use crate::{
-    locks, new_journal_tag, new_namespace_id, BatchOutcome, ChangesPage, ChunkLens, Device,
-    DeviceId, LockOutcome, MetaStore, Principal, StoreError, Tree, User, UserId,
-};
+use crate::meta::{Access, TxnBackend, TxnFn};
+use crate::sql::{self, Param, Row, SqlConn, SqlError, SqlTxn, Value};
+use crate::StoreError;
+#[cfg(doc)]
+use crate::{ops::Txn, MetaStore};
 use async_trait::async_trait;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use syncstore_proto::{
-    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
-    NamespaceId, NodeId, Op, RelPath, RemoteEntry, Revision, UserName,
-};
 
 /// The schema migrations, in order; migration `n` (1-based) brings the schema to version `n`.
 const MIGRATIONS: &[&str] = &[
@@ -38,6 +34,10 @@ const MIGRATIONS: &[&str] = &[
 
 /// How long a call waits for another process (an admin command) holding the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many prepared statements the connection keeps (rusqlite's default is 16; the shared
+/// queries are about 30).
+const PREPARED_STATEMENTS: usize = 64;
 
 /// A [`MetaStore`] in one SQLite database file.
 #[derive(Clone)]
@@ -88,28 +88,14 @@ impl SqliteMetaStore {
         .await
         .map_err(|err| StoreError::Worker(err.to_string()))?
     }
-
-    /// Runs `f` in one `IMMEDIATE` transaction, which holds SQLite's write lock from its start,
-    /// and commits what `f` did, refusals included (they may have deleted expired lock rows).
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut dyn Txn) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let outcome = f(&mut SqliteTxn { conn: &tx })?;
-            tx.commit()?;
-            Ok(outcome)
-        })
-        .await
-    }
 }
 
 fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
     restrict_db_files(path)?;
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Room for every statement of `sql.rs`, so each is prepared once per connection.
+    conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
     let journal_mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !journal_mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt(format!(
@@ -142,980 +128,113 @@ fn restrict_db_files(path: &Path) -> Result<(), StoreError> {
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-    let found: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-        [],
-        |row| row.get(0),
-    )?;
-    let supported = MIGRATIONS.len() as i64;
-    if found > supported {
-        return Err(StoreError::SchemaTooNew { found, supported });
-    }
-    for (idx, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        tx.execute_batch(sql)?;
-        tx.execute(
-            "INSERT INTO schema_version (version) VALUES (?1)",
-            [idx as i64 + 1],
-        )?;
-        tracing::info!(version = idx + 1, "applied sqlite migration");
-    }
+    sql::migrate(&mut SqliteConn(&tx), MIGRATIONS, "sqlite")?;
     tx.commit()?;
     Ok(())
 }
 
-fn is_constraint_violation(err: &rusqlite::Error) -> bool {
-    matches!(err, rusqlite::Error::SqliteFailure(failure, _) if failure.code == ErrorCode::ConstraintViolation)
-}
-
 #[async_trait]
-impl MetaStore for SqliteMetaStore {
-    #[tracing::instrument(skip(self))]
-    async fn create_user(&self, name: &UserName) -> Result<User, StoreError> {
-        let name = name.clone();
-        let namespace = new_namespace_id();
+impl TxnBackend for SqliteMetaStore {
+    async fn run<T: Send + 'static>(&self, access: Access, f: TxnFn<T>) -> Result<T, StoreError> {
         self.call(move |conn| {
-            match conn.execute(
-                "INSERT INTO users (name, namespace_id) VALUES (?1, ?2)",
-                params![name.as_str(), &namespace.0[..]],
-            ) {
-                Ok(_) => Ok(User {
-                    id: UserId(conn.last_insert_rowid()),
-                    name,
-                    namespace,
-                }),
-                Err(err) if is_constraint_violation(&err) => {
-                    Err(StoreError::AlreadyExists(format!("user {name}")))
-                }
-                Err(err) => Err(err.into()),
-            }
-        })
-        .await
-    }
-
-    async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError> {
-        let name = name.clone();
-        self.call(move |conn| {
-            let row: Option<(i64, Option<Vec<u8>>)> = conn
-                .query_row(
-                    "SELECT id, namespace_id FROM users WHERE name = ?1",
-                    [name.as_str()],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            row.map(|(id, namespace)| {
-                Ok(User {
-                    id: UserId(id),
-                    name,
-                    namespace: stored_namespace(namespace)?,
-                })
-            })
-            .transpose()
-        })
-        .await
-    }
-
-    #[tracing::instrument(skip(self, token_hash))]
-    async fn add_device(
-        &self,
-        user_id: UserId,
-        name: &DeviceName,
-        token_hash: &crate::TokenHash,
-    ) -> Result<Device, StoreError> {
-        let name = name.clone();
-        let token_hash = *token_hash;
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            user_cursor(&tx, user_id)?;
-            let inserted = tx.execute(
-                "INSERT INTO devices (user_id, name, token_hash) VALUES (?1, ?2, ?3)",
-                params![user_id.0, name.as_str(), &token_hash.0[..]],
-            );
-            match inserted {
-                Ok(_) => {}
-                Err(err) if is_constraint_violation(&err) => {
-                    return Err(StoreError::AlreadyExists(format!(
-                        "device {name} of user {user_id}"
-                    )));
-                }
-                Err(err) => return Err(err.into()),
-            }
-            let device = Device {
-                id: DeviceId(tx.last_insert_rowid()),
-                user_id,
-                name,
+            let behavior = match access {
+                Access::Read => return f(&mut SqlTxn(SqliteConn(conn))),
+                // A deferred transaction reads one snapshot of the WAL.
+                Access::Snapshot => TransactionBehavior::Deferred,
+                // Holds SQLite's write lock from the start: no upgrade that could fail as busy.
+                Access::Write => TransactionBehavior::Immediate,
             };
+            let tx = conn.transaction_with_behavior(behavior)?;
+            let outcome = f(&mut SqlTxn(SqliteConn(&tx)))?;
             tx.commit()?;
-            Ok(device)
-        })
-        .await
-    }
-
-    async fn authenticate(
-        &self,
-        token_hash: &crate::TokenHash,
-    ) -> Result<Option<Principal>, StoreError> {
-        let token_hash = *token_hash;
-        self.call(move |conn| {
-            type AuthRow = (i64, String, i64, String, Option<Vec<u8>>);
-            let row: Option<AuthRow> = conn
-                .query_row(
-                    "SELECT users.id, users.name, devices.id, devices.name, users.namespace_id
-                     FROM devices JOIN users ON users.id = devices.user_id
-                     WHERE devices.token_hash = ?1",
-                    [&token_hash.0[..]],
-                    |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((user_id, user_name, device_id, device_name, namespace)) = row else {
-                return Ok(None);
-            };
-            Ok(Some(Principal {
-                user_id: UserId(user_id),
-                user_name: UserName::new(&user_name)
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-                namespace: stored_namespace(namespace)?,
-                device_id: DeviceId(device_id),
-                device_name: DeviceName::new(&device_name)
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-            }))
-        })
-        .await
-    }
-
-    async fn count_users(&self) -> Result<u64, StoreError> {
-        self.call(|conn| {
-            let count: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
-            to_u64(count, "user count")
-        })
-        .await
-    }
-
-    async fn users(&self) -> Result<Vec<User>, StoreError> {
-        self.call(|conn| {
-            let mut stmt =
-                conn.prepare("SELECT id, name, namespace_id FROM users ORDER BY name")?;
-            let rows = stmt
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, Option<Vec<u8>>>(2)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-            rows.into_iter()
-                .map(|(id, name, namespace)| {
-                    Ok(User {
-                        id: UserId(id),
-                        name: UserName::new(&name)
-                            .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-                        namespace: stored_namespace(namespace)?,
-                    })
-                })
-                .collect()
-        })
-        .await
-    }
-
-    async fn journal_tag(
-        &self,
-        user_id: UserId,
-        cursor: Cursor,
-    ) -> Result<Option<JournalTag>, StoreError> {
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            let current = user_cursor(&tx, user_id)?;
-            let tag = if cursor > current {
-                None
-            } else {
-                tag_at(&tx, user_id, cursor)?
-            };
-            tx.commit()?;
-            Ok(tag)
-        })
-        .await
-    }
-
-    async fn wanted_chunks(
-        &self,
-        user_id: UserId,
-        limit: usize,
-    ) -> Result<Vec<ChunkHash>, StoreError> {
-        self.call(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT hash FROM wanted_chunks WHERE user_id = ?1 ORDER BY hash LIMIT ?2",
-            )?;
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = stmt
-                .query_map(params![user_id.0, limit], |row| row.get::<_, Vec<u8>>(0))?
-                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-            rows.into_iter()
-                .map(|bytes| stored_chunk_hash(&bytes))
-                .collect()
-        })
-        .await
-    }
-
-    async fn want_chunks(
-        &self,
-        user_id: UserId,
-        hashes: &[ChunkHash],
-    ) -> Result<usize, StoreError> {
-        let hashes = hashes.to_vec();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut added = 0;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO wanted_chunks (user_id, hash) VALUES (?1, ?2)",
-                )?;
-                for hash in &hashes {
-                    added += stmt.execute(params![user_id.0, &hash.0[..]])?;
-                }
-            }
-            tx.commit()?;
-            Ok(added)
-        })
-        .await
-    }
-
-    async fn unwant_chunks(&self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError> {
-        let hashes = hashes.to_vec();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached("DELETE FROM wanted_chunks WHERE user_id = ?1 AND hash = ?2")?;
-                for hash in &hashes {
-                    stmt.execute(params![user_id.0, &hash.0[..]])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn tree(&self, user_id: UserId, now_ms: i64) -> Result<Tree, StoreError> {
-        self.call(move |conn| {
-            // One read transaction, so the cursor, the entries and the locks agree.
-            let tx = conn.transaction()?;
-            let cursor = user_cursor(&tx, user_id)?;
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = ?1 ORDER BY path"
-            ))?;
-            let raws = stmt
-                .query_map([user_id.0], RawRow::read)?
-                .collect::<Result<Vec<RawRow>, rusqlite::Error>>()?;
-            let entries = raws
-                .into_iter()
-                .map(RawRow::into_entry)
-                .collect::<Result<Vec<_>, _>>()?;
-            drop(stmt);
-            let locks = locks::locks_in_force(&mut SqliteTxn { conn: &tx }, user_id, now_ms)?;
-            let cursor_tag = SqliteTxn { conn: &tx }.head_tag(user_id)?;
-            tx.commit()?;
-            Ok(Tree {
-                cursor,
-                cursor_tag,
-                entries,
-                locks,
-            })
-        })
-        .await
-    }
-
-    async fn changes_since(
-        &self,
-        user_id: UserId,
-        since: Cursor,
-        limit: usize,
-    ) -> Result<ChangesPage, StoreError> {
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            let current = user_cursor(&tx, user_id)?;
-            if since > current {
-                return Ok(ChangesPage {
-                    cursor: current,
-                    cursor_tag: SqliteTxn { conn: &tx }.head_tag(user_id)?,
-                    changes: Vec::new(),
-                    more: false,
-                    reset: true,
-                });
-            }
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {CHANGE_COLUMNS} FROM changes
-                 WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
-            ))?;
-            let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-            let node_rows = stmt
-                .query_map(params![user_id.0, to_i64(since.0)?, fetch], |row| {
-                    Ok((row.get::<_, i64>(0)?, RawRow::read_from(row, 1)?))
-                })?
-                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-            drop(stmt);
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {LOCK_CHANGE_COLUMNS} FROM lock_changes
-                 WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
-            ))?;
-            let lock_rows = stmt
-                .query_map(
-                    params![user_id.0, to_i64(since.0)?, fetch],
-                    RawLockChange::read,
-                )?
-                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-            drop(stmt);
-            let mut page = journal_page(node_rows, lock_rows, since, limit)?;
-            page.cursor_tag = tag_at(&tx, user_id, page.cursor)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("no journal row at cursor {}", page.cursor))
-            })?;
-            tx.commit()?;
-            Ok(page)
-        })
-        .await
-    }
-
-    async fn current_cursor(&self, user_id: UserId) -> Result<Cursor, StoreError> {
-        self.call(move |conn| user_cursor(conn, user_id)).await
-    }
-
-    #[tracing::instrument(skip(self, ops, chunk_lens), fields(n_ops = ops.len()))]
-    async fn apply_ops(
-        &self,
-        user_id: UserId,
-        device: &DeviceName,
-        ops: Vec<Op>,
-        chunk_lens: ChunkLens,
-        now_ms: i64,
-    ) -> Result<BatchOutcome, StoreError> {
-        let device = device.clone();
-        self.write(move |txn| ops::apply_batch(txn, user_id, &device, &ops, &chunk_lens, now_ms))
-            .await
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn take_lock(
-        &self,
-        user_id: UserId,
-        device: &DeviceName,
-        path: &RelPath,
-        ttl_secs: Option<u64>,
-        now_ms: i64,
-    ) -> Result<LockOutcome, StoreError> {
-        let device = device.clone();
-        let path = path.clone();
-        self.write(move |txn| locks::take_lock(txn, user_id, &device, &path, ttl_secs, now_ms))
-            .await
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn release_lock(
-        &self,
-        user_id: UserId,
-        device: &DeviceName,
-        path: &RelPath,
-        force: bool,
-        now_ms: i64,
-    ) -> Result<LockOutcome, StoreError> {
-        let device = device.clone();
-        let path = path.clone();
-        self.write(move |txn| locks::release_lock(txn, user_id, &device, &path, force, now_ms))
-            .await
-    }
-
-    async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError> {
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            let locks = locks::locks_in_force(&mut SqliteTxn { conn: &tx }, user_id, now_ms)?;
-            tx.commit()?;
-            Ok(locks)
+            Ok(outcome)
         })
         .await
     }
 }
 
-/// The columns of a lock row, in [`RawLock`] order.
-pub(crate) const LOCK_COLUMNS: &str = "path, device, since_ms, expires_ms";
+/// The connection (or an open transaction on it), as the shared queries use it.
+struct SqliteConn<'a>(&'a Connection);
 
-/// The columns of a lock journal row, in [`RawLockChange`] order.
-pub(crate) const LOCK_CHANGE_COLUMNS: &str =
-    "cursor, kind, path, device, since_ms, expires_ms, broken_by";
+impl SqlConn for SqliteConn<'_> {
+    // Every writing transaction here is IMMEDIATE: it holds SQLite's one write lock already.
+    // What is left is the contract's check for an unknown user.
+    const LOCK_USER: &'static str = "SELECT cursor FROM users WHERE id = ?1";
 
-/// One page of the journal from the first `limit + 1` rows after `since` of each journal table
-/// (`node_rows` with their cursors), both sorted by cursor.
-///
-/// The first `limit + 1` of their merge are the first `limit + 1` of the journal: `limit` go in
-/// the page, and one more sets `more`.
-pub(crate) fn journal_page(
-    node_rows: Vec<(i64, RawRow)>,
-    lock_rows: Vec<RawLockChange>,
-    since: Cursor,
-    limit: usize,
-) -> Result<ChangesPage, StoreError> {
-    enum JournalRow {
-        Node(RawRow),
-        Lock(RawLockChange),
+    // Only this process writes the file; its own server wakes its long polls.
+    const ANNOUNCE: Option<&'static str> = None;
+
+    fn query(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<Vec<Row>, SqlError> {
+        let mut stmt = self.0.prepare_cached(sql).map_err(failure)?;
+        let n_columns = stmt.column_count();
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params.iter().map(sqlite_value)))
+            .map_err(failure)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(failure)? {
+            let values = (0..n_columns)
+                .map(|idx| row.get_ref(idx).map_err(failure).and_then(value))
+                .collect::<Result<Vec<Value>, SqlError>>()?;
+            out.push(Row(values));
+        }
+        Ok(out)
     }
-    let mut rows = Vec::with_capacity(node_rows.len() + lock_rows.len());
-    for (cursor, raw) in node_rows {
-        rows.push((cursor, JournalRow::Node(raw)));
+
+    fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, SqlError> {
+        let mut stmt = self.0.prepare_cached(sql).map_err(failure)?;
+        let changed = stmt
+            .execute(rusqlite::params_from_iter(params.iter().map(sqlite_value)))
+            .map_err(failure)?;
+        Ok(changed as u64)
     }
-    for raw in lock_rows {
-        rows.push((raw.cursor, JournalRow::Lock(raw)));
+
+    fn batch(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        Ok(self.0.execute_batch(sql)?)
     }
-    rows.sort_by_key(|(cursor, _)| *cursor);
-    let more = rows.len() > limit;
-    let mut changes = Vec::with_capacity(rows.len().min(limit));
-    for (cursor, row) in rows.into_iter().take(limit) {
-        let cursor = Cursor(to_u64(cursor, "cursor")?);
-        changes.push(match row {
-            JournalRow::Node(raw) => raw.into_change(cursor)?,
-            JournalRow::Lock(raw) => raw.into_change(cursor)?,
-        });
-    }
-    let cursor = changes.last().map_or(since, Change::cursor);
-    Ok(ChangesPage {
-        cursor,
-        // Filled in by the caller, which can look the tag up in the same transaction.
-        cursor_tag: JournalTag::default(),
-        changes,
-        more,
-        reset: false,
+}
+
+/// A [`Param`] as SQLite stores it: an integer (booleans too), text, a blob, or NULL.
+fn sqlite_value<'a>(param: &Param<'a>) -> ToSqlOutput<'a> {
+    ToSqlOutput::Borrowed(match *param {
+        Param::Int(int) | Param::OptInt(Some(int)) => ValueRef::Integer(int),
+        Param::Bool(flag) => ValueRef::Integer(flag.into()),
+        Param::Text(text) | Param::OptText(Some(text)) => ValueRef::Text(text.as_bytes()),
+        Param::Blob(bytes) | Param::OptBlob(Some(bytes)) => ValueRef::Blob(bytes),
+        Param::OptInt(None) | Param::OptText(None) | Param::OptBlob(None) => ValueRef::Null,
     })
 }
 
-/// A `locks` row, not yet validated.
-pub(crate) struct RawLock {
-    pub(crate) path: String,
-    pub(crate) device: String,
-    pub(crate) since_ms: i64,
-    pub(crate) expires_ms: Option<i64>,
-}
-
-impl RawLock {
-    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawLock> {
-        Ok(RawLock {
-            path: row.get(0)?,
-            device: row.get(1)?,
-            since_ms: row.get(2)?,
-            expires_ms: row.get(3)?,
-        })
-    }
-
-    pub(crate) fn into_lock(self) -> Result<LockInfo, StoreError> {
-        Ok(LockInfo {
-            path: stored_path(&self.path)?,
-            device: stored_device(&self.device)?,
-            since_ms: self.since_ms,
-            expires_ms: self.expires_ms,
-        })
-    }
-}
-
-/// A `lock_changes` row, not yet validated.
-pub(crate) struct RawLockChange {
-    pub(crate) cursor: i64,
-    pub(crate) kind: String,
-    pub(crate) path: String,
-    pub(crate) device: String,
-    pub(crate) since_ms: Option<i64>,
-    pub(crate) expires_ms: Option<i64>,
-    pub(crate) broken_by: Option<String>,
-}
-
-impl RawLockChange {
-    pub(crate) fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawLockChange> {
-        Ok(RawLockChange {
-            cursor: row.get(0)?,
-            kind: row.get(1)?,
-            path: row.get(2)?,
-            device: row.get(3)?,
-            since_ms: row.get(4)?,
-            expires_ms: row.get(5)?,
-            broken_by: row.get(6)?,
-        })
-    }
-
-    pub(crate) fn into_change(self, cursor: Cursor) -> Result<Change, StoreError> {
-        let path = stored_path(&self.path)?;
-        let device = stored_device(&self.device)?;
-        match self.kind.as_str() {
-            "lock" => Ok(Change::Lock {
-                cursor,
-                lock: LockInfo {
-                    path,
-                    device,
-                    since_ms: self
-                        .since_ms
-                        .ok_or_else(|| StoreError::Corrupt("lock row without since_ms".into()))?,
-                    expires_ms: self.expires_ms,
-                },
-            }),
-            "unlock" => Ok(Change::Unlock {
-                cursor,
-                path,
-                device,
-                broken_by: self.broken_by.as_deref().map(stored_device).transpose()?,
-            }),
-            other => Err(StoreError::Corrupt(format!("lock change kind {other:?}"))),
+/// A column as read.
+fn value(column: ValueRef<'_>) -> Result<Value, SqlError> {
+    Ok(match column {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(int) => Value::Int(int),
+        ValueRef::Text(bytes) => Value::Text(
+            String::from_utf8(bytes.to_vec())
+                .map_err(|err| StoreError::Corrupt(format!("text that is not UTF-8: {err}")))?,
+        ),
+        ValueRef::Blob(bytes) => Value::Blob(bytes.to_vec()),
+        ValueRef::Real(real) => {
+            return Err(StoreError::Corrupt(format!("a real number ({real}) in a column")).into())
         }
-    }
+    })
 }
 
-fn stored_path(text: &str) -> Result<RelPath, StoreError> {
-    RelPath::new(text).map_err(|err| StoreError::Corrupt(err.to_string()))
-}
-
-fn stored_device(text: &str) -> Result<DeviceName, StoreError> {
-    DeviceName::new(text).map_err(|err| StoreError::Corrupt(err.to_string()))
-}
-
-/// The columns of a node row (and of the node part of a change row), in [`RawRow`] order.
-pub(crate) const NODE_COLUMNS: &str =
-    "node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable";
-
-/// The columns of a change row: its cursor, then the node columns (a change's rev is its cursor).
-pub(crate) const CHANGE_COLUMNS: &str =
-    "cursor, node_id, path, kind, cursor AS rev, size, mtime_ms, hash, chunks, device, executable";
-
-/// The columns of a node or change row, not yet validated.
-pub(crate) struct RawRow {
-    pub(crate) node_id: i64,
-    pub(crate) path: String,
-    pub(crate) kind: String,
-    pub(crate) rev: i64,
-    pub(crate) size: i64,
-    pub(crate) mtime_ms: i64,
-    pub(crate) hash: Option<Vec<u8>>,
-    pub(crate) chunks: Vec<u8>,
-    pub(crate) device: String,
-    pub(crate) executable: bool,
-}
-
-impl RawRow {
-    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-        RawRow::read_from(row, 0)
+/// A unique or primary key violation is [`SqlError::Duplicate`].
+fn failure(err: rusqlite::Error) -> SqlError {
+    let duplicate = matches!(
+        &err,
+        rusqlite::Error::SqliteFailure(sqlite, _)
+            if sqlite.code == ErrorCode::ConstraintViolation
+                && matches!(
+                    sqlite.extended_code,
+                    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                        | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                )
+    );
+    if duplicate {
+        SqlError::Duplicate(err.into())
+    } else {
+        SqlError::Failed(err.into())
     }
-
-    fn read_from(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<RawRow> {
-        Ok(RawRow {
-            node_id: row.get(first)?,
-            path: row.get(first + 1)?,
-            kind: row.get(first + 2)?,
-            rev: row.get(first + 3)?,
-            size: row.get(first + 4)?,
-            mtime_ms: row.get(first + 5)?,
-            hash: row.get(first + 6)?,
-            chunks: row.get(first + 7)?,
-            device: row.get(first + 8)?,
-            executable: row.get(first + 9)?,
-        })
-    }
-
-    pub(crate) fn into_entry(self) -> Result<RemoteEntry, StoreError> {
-        let kind = match self.kind.as_str() {
-            "file" => EntryKind::File,
-            "dir" => EntryKind::Dir,
-            other => return Err(StoreError::Corrupt(format!("node kind {other:?}"))),
-        };
-        let hash = match self.hash {
-            None => None,
-            Some(bytes) => {
-                Some(ContentHash(bytes.try_into().map_err(|_| {
-                    StoreError::Corrupt("content hash length".into())
-                })?))
-            }
-        };
-        Ok(RemoteEntry {
-            node_id: NodeId(to_u64(self.node_id, "node id")?),
-            path: RelPath::new(&self.path).map_err(|err| StoreError::Corrupt(err.to_string()))?,
-            kind,
-            rev: Revision(to_u64(self.rev, "rev")?),
-            size: to_u64(self.size, "size")?,
-            mtime_ms: self.mtime_ms,
-            hash,
-            chunks: decode_chunks(&self.chunks)?,
-            device: DeviceName::new(&self.device)
-                .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-            executable: self.executable,
-        })
-    }
-
-    pub(crate) fn into_change(self, cursor: Cursor) -> Result<Change, StoreError> {
-        if self.kind == "deleted" {
-            return Ok(Change::Delete {
-                cursor,
-                node_id: NodeId(to_u64(self.node_id, "node id")?),
-                path: RelPath::new(&self.path)
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-                device: DeviceName::new(&self.device)
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-            });
-        }
-        let entry = self.into_entry()?;
-        Ok(Change::Upsert { cursor, entry })
-    }
-}
-
-/// The user's cursor, or [`StoreError::NotFound`].
-fn user_cursor(conn: &Connection, user_id: UserId) -> Result<Cursor, StoreError> {
-    let cursor: Option<i64> = conn
-        .query_row(
-            "SELECT cursor FROM users WHERE id = ?1",
-            [user_id.0],
-            |row| row.get(0),
-        )
-        .optional()?;
-    match cursor {
-        Some(cursor) => Ok(Cursor(to_u64(cursor, "cursor")?)),
-        None => Err(StoreError::NotFound(format!("user {user_id}"))),
-    }
-}
-
-/// The tag of the journal row at `cursor` (all zero for cursor 0), if there is one.
-fn tag_at(
-    conn: &Connection,
-    user_id: UserId,
-    cursor: Cursor,
-) -> Result<Option<JournalTag>, StoreError> {
-    if cursor.0 == 0 {
-        return Ok(Some(JournalTag::default()));
-    }
-    let mut stmt = conn.prepare_cached(
-        "SELECT tag FROM changes WHERE user_id = ?1 AND cursor = ?2
-         UNION ALL SELECT tag FROM lock_changes WHERE user_id = ?1 AND cursor = ?2",
-    )?;
-    let tag: Option<Vec<u8>> = stmt
-        .query_row(params![user_id.0, to_i64(cursor.0)?], |row| row.get(0))
-        .optional()?;
-    tag.map(|bytes| stored_tag(&bytes)).transpose()
-}
-
-/// A stored journal tag.
-pub(crate) fn stored_tag(bytes: &[u8]) -> Result<JournalTag, StoreError> {
-    let bytes: [u8; 16] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("journal tag of {} bytes", bytes.len())))?;
-    Ok(JournalTag(bytes))
-}
-
-/// A stored namespace id; a row without one predates them and is refused as corrupt.
-pub(crate) fn stored_namespace(bytes: Option<Vec<u8>>) -> Result<NamespaceId, StoreError> {
-    let bytes = bytes.ok_or_else(|| StoreError::Corrupt("user without a namespace id".into()))?;
-    let bytes: [u8; 16] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("namespace id of {} bytes", bytes.len())))?;
-    Ok(NamespaceId(bytes))
-}
-
-/// A stored chunk hash.
-pub(crate) fn stored_chunk_hash(bytes: &[u8]) -> Result<ChunkHash, StoreError> {
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("chunk hash of {} bytes", bytes.len())))?;
-    Ok(ChunkHash(bytes))
-}
-
-/// [`Txn`] on an open rusqlite transaction.
-struct SqliteTxn<'a> {
-    conn: &'a Connection,
-}
-
-impl Txn for SqliteTxn<'_> {
-    fn begin_op(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("SAVEPOINT op")?;
-        Ok(())
-    }
-
-    fn end_op(&mut self, keep: bool) -> Result<(), StoreError> {
-        if keep {
-            self.conn.execute_batch("RELEASE op")?;
-        } else {
-            self.conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
-        }
-        Ok(())
-    }
-
-    fn node_at(
-        &mut self,
-        user_id: UserId,
-        path: &RelPath,
-    ) -> Result<Option<RemoteEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = ?1 AND path = ?2"
-        ))?;
-        let raw = stmt
-            .query_row(params![user_id.0, path.as_str()], RawRow::read)
-            .optional()?;
-        raw.map(RawRow::into_entry).transpose()
-    }
-
-    fn descendants(
-        &mut self,
-        user_id: UserId,
-        dir: &RelPath,
-    ) -> Result<Vec<RemoteEntry>, StoreError> {
-        let (low, high) = inside_bounds(dir);
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {NODE_COLUMNS} FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3"
-        ))?;
-        let raws = stmt
-            .query_map(params![user_id.0, low, high], RawRow::read)?
-            .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-        raws.into_iter().map(RawRow::into_entry).collect()
-    }
-
-    fn has_children(&mut self, user_id: UserId, dir: &RelPath) -> Result<bool, StoreError> {
-        let (low, high) = inside_bounds(dir);
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3)",
-        )?;
-        Ok(stmt.query_row(params![user_id.0, low, high], |row| row.get(0))?)
-    }
-
-    fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE users SET cursor = cursor + 1, head_tag = ?2 WHERE id = ?1 RETURNING cursor",
-        )?;
-        let tag = new_journal_tag();
-        let cursor: Option<i64> = stmt
-            .query_row(params![user_id.0, &tag.0[..]], |row| row.get(0))
-            .optional()?;
-        match cursor {
-            Some(cursor) => Ok(Cursor(to_u64(cursor, "cursor")?)),
-            None => Err(StoreError::NotFound(format!("user {user_id}"))),
-        }
-    }
-
-    fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
-        user_cursor(self.conn, user_id)
-    }
-
-    fn head_tag(&mut self, user_id: UserId) -> Result<JournalTag, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT head_tag FROM users WHERE id = ?1")?;
-        let tag: Option<Vec<u8>> = stmt.query_row([user_id.0], |row| row.get(0)).optional()?;
-        match tag {
-            Some(bytes) => stored_tag(&bytes),
-            None => Err(StoreError::NotFound(format!("user {user_id}"))),
-        }
-    }
-
-    fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE users SET next_node_id = next_node_id + 1 WHERE id = ?1 RETURNING next_node_id - 1",
-        )?;
-        let node_id: Option<i64> = stmt.query_row([user_id.0], |row| row.get(0)).optional()?;
-        match node_id {
-            Some(node_id) => Ok(NodeId(to_u64(node_id, "node id")?)),
-            None => Err(StoreError::NotFound(format!("user {user_id}"))),
-        }
-    }
-
-    fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (user_id, node_id) DO UPDATE SET
-                 path = excluded.path, kind = excluded.kind, rev = excluded.rev,
-                 size = excluded.size, mtime_ms = excluded.mtime_ms, hash = excluded.hash,
-                 chunks = excluded.chunks, device = excluded.device, executable = excluded.executable",
-        )?;
-        stmt.execute(params![
-            user_id.0,
-            to_i64(entry.node_id.0)?,
-            entry.path.as_str(),
-            kind_text(entry.kind),
-            to_i64(entry.rev.0)?,
-            to_i64(entry.size)?,
-            entry.mtime_ms,
-            entry.hash.as_ref().map(|hash| &hash.0[..]),
-            encode_chunks(&entry.chunks),
-            entry.device.as_str(),
-            entry.executable,
-        ])?;
-        Ok(())
-    }
-
-    fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("DELETE FROM nodes WHERE user_id = ?1 AND node_id = ?2")?;
-        stmt.execute(params![user_id.0, to_i64(node_id.0)?])?;
-        Ok(())
-    }
-
-    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
-        let mut node_stmt = self.conn.prepare_cached(
-            "INSERT INTO changes (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, executable, tag)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, (SELECT head_tag FROM users WHERE id = ?1))",
-        )?;
-        let mut lock_stmt = self.conn.prepare_cached(
-            "INSERT INTO lock_changes (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT head_tag FROM users WHERE id = ?1))",
-        )?;
-        match change {
-            Change::Upsert { cursor, entry } => node_stmt.execute(params![
-                user_id.0,
-                to_i64(cursor.0)?,
-                to_i64(entry.node_id.0)?,
-                kind_text(entry.kind),
-                entry.path.as_str(),
-                to_i64(entry.size)?,
-                entry.mtime_ms,
-                entry.hash.as_ref().map(|hash| &hash.0[..]),
-                encode_chunks(&entry.chunks),
-                entry.device.as_str(),
-                entry.executable,
-            ])?,
-            Change::Delete {
-                cursor,
-                node_id,
-                path,
-                device,
-            } => node_stmt.execute(params![
-                user_id.0,
-                to_i64(cursor.0)?,
-                to_i64(node_id.0)?,
-                "deleted",
-                path.as_str(),
-                0i64,
-                0i64,
-                None::<Vec<u8>>,
-                Vec::<u8>::new(),
-                device.as_str(),
-                false,
-            ])?,
-            Change::Lock { cursor, lock } => lock_stmt.execute(params![
-                user_id.0,
-                to_i64(cursor.0)?,
-                "lock",
-                lock.path.as_str(),
-                lock.device.as_str(),
-                lock.since_ms,
-                lock.expires_ms,
-                None::<String>,
-            ])?,
-            Change::Unlock {
-                cursor,
-                path,
-                device,
-                broken_by,
-            } => lock_stmt.execute(params![
-                user_id.0,
-                to_i64(cursor.0)?,
-                "unlock",
-                path.as_str(),
-                device.as_str(),
-                None::<i64>,
-                None::<i64>,
-                broken_by.as_ref().map(DeviceName::as_str),
-            ])?,
-        };
-        Ok(())
-    }
-
-    fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError> {
-        // Every writing transaction here is IMMEDIATE: it holds SQLite's one write lock already.
-        // What is left is the contract's check for an unknown user.
-        user_cursor(self.conn, user_id).map(|_| ())
-    }
-
-    fn lock_rows(&mut self, user_id: UserId) -> Result<Vec<LockInfo>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {LOCK_COLUMNS} FROM locks WHERE user_id = ?1"
-        ))?;
-        let raws = stmt
-            .query_map([user_id.0], RawLock::read)?
-            .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-        raws.into_iter().map(RawLock::into_lock).collect()
-    }
-
-    fn insert_lock(&mut self, user_id: UserId, lock: &LockInfo) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO locks (user_id, path, device, since_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        stmt.execute(params![
-            user_id.0,
-            lock.path.as_str(),
-            lock.device.as_str(),
-            lock.since_ms,
-            lock.expires_ms,
-        ])?;
-        Ok(())
-    }
-
-    fn remove_lock(&mut self, user_id: UserId, path: &RelPath) -> Result<(), StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("DELETE FROM locks WHERE user_id = ?1 AND path = ?2")?;
-        stmt.execute(params![user_id.0, path.as_str()])?;
-        Ok(())
-    }
-}
-
-pub(crate) fn kind_text(kind: EntryKind) -> &'static str {
-    match kind {
-        EntryKind::File => "file",
-        EntryKind::Dir => "dir",
-    }
-}
-
-/// Bounds such that `low < path < high` holds exactly for the paths strictly inside `dir`
-/// (`'0'` is the byte after `'/'`).
-pub(crate) fn inside_bounds(dir: &RelPath) -> (String, String) {
-    (format!("{dir}/"), format!("{dir}0"))
-}
-
-/// Chunk lists as stored: 36 bytes per chunk, the hash then the length as a big-endian `u32`.
-pub(crate) fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(chunks.len() * 36);
-    for chunk in chunks {
-        out.extend_from_slice(&chunk.hash.0);
-        out.extend_from_slice(&chunk.len.to_be_bytes());
-    }
-    out
-}
-
-/// The inverse of [`encode_chunks`].
-pub(crate) fn decode_chunks(bytes: &[u8]) -> Result<Vec<ChunkRef>, StoreError> {
-    let records = bytes.chunks_exact(36);
-    if !records.remainder().is_empty() {
-        return Err(StoreError::Corrupt(format!(
-            "chunk list of {} bytes",
-            bytes.len()
-        )));
-    }
-    Ok(records
-        .map(|record| {
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&record[..32]);
-            let len = u32::from_be_bytes([record[32], record[33], record[34], record[35]]);
-            ChunkRef {
-                hash: ChunkHash(hash),
-                len,
-            }
-        })
-        .collect())
-}
-
-pub(crate) fn to_i64(value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value)
-        .map_err(|_| StoreError::Corrupt(format!("{value} does not fit in a database integer")))
-}
-
-pub(crate) fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
 }

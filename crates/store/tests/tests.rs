@@ -1,10 +1,13 @@
-//! The conformance suite on every backend pair: SQLite + local disk always, and PostgreSQL + S3
-//! when `scripts/services` has started them (`./scripts/test` does).
+//! The conformance suite on every backend pair: SQLite with local disk and the in-memory meta
+//! store with local disk always, and PostgreSQL with S3 when `scripts/services` has started
+//! them (`./scripts/test` does).
 //!
 //! Each test gets fresh stores: its own temp dir, or its own PostgreSQL database and bucket.
 
+mod conformance;
+
 use std::future::Future;
-use syncstore_store::{conformance, ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore};
+use syncstore_store::{ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore};
 
 async fn with_fresh_stores<F, Fut>(test: F)
 where
@@ -49,9 +52,10 @@ macro_rules! all_conformance_tests {
             chunk_put_verify_missing,
             chunk_put_batch,
             per_user_isolation,
-            lock_take_renew_release,
-            lock_force_break,
-            lock_covers_directory,
+            journal_tags,
+            wanted_chunks,
+            lock_requests,
+            lock_is_per_user,
             lock_refuses_ops_of_other_devices,
             lock_expiry,
             lock_listed_in_tree,
@@ -75,6 +79,45 @@ mod embedded {
     all_conformance_tests!(with_stores);
 }
 
+mod mem {
+    //! The in-memory meta store, beside chunks on local disk.
+
+    use super::*;
+    use syncstore_store::MemMetaStore;
+
+    async fn with_stores<F, Fut>(_name: &str, test: F)
+    where
+        F: FnOnce(Box<dyn MetaStore>, Box<dyn ChunkStore>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = FsChunkStore::open(&dir.path().join("chunks"))
+            .await
+            .unwrap();
+        test(Box::new(MemMetaStore::default()), Box::new(chunks)).await;
+    }
+
+    all_conformance_tests!(with_stores);
+
+    /// "Reopening" is another handle on the same database.
+    #[tokio::test]
+    async fn lock_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MemMetaStore::default();
+        conformance::lock_survives_reopen(|| async {
+            let chunks = FsChunkStore::open(&dir.path().join("chunks"))
+                .await
+                .unwrap();
+            (
+                Box::new(meta.clone()) as Box<dyn MetaStore>,
+                Box::new(chunks) as Box<dyn ChunkStore>,
+            )
+        })
+        .await;
+    }
+}
+
+#[cfg(all(feature = "postgres", feature = "s3"))]
 mod shared;
 
 #[tokio::test]
@@ -177,7 +220,7 @@ mod sqlite {
 
 mod fs_staging {
     //! What only the local-disk chunk store has: uploads are staged, and made durable under
-    //! their names by `make_durable`, which runs before a commit can name them.
+    //! their names by `durable_chunk_lens`, which runs before a commit can name them.
 
     use bytes::Bytes;
     use syncstore_proto::ChunkHash;
@@ -230,7 +273,7 @@ mod fs_staging {
             };
             assert!(!hashes.iter().any(named));
             assert_eq!(
-                store.make_durable(user, &hashes).await.unwrap().len(),
+                store.durable_chunk_lens(user, &hashes).await.unwrap().len(),
                 hashes.len()
             );
             assert!(hashes.iter().all(named));
@@ -266,9 +309,9 @@ mod fs_staging {
         let reopened = FsChunkStore::open(&root).await.unwrap();
         assert_eq!(reopened.missing(user, &[hash]).await.unwrap(), vec![hash]);
         assert!(files_under(&root).is_empty(), "leftovers were removed");
-        // make_durable reports it missing too, so no commit can name it.
+        // durable_chunk_lens reports it missing too, so no commit can name it.
         assert!(reopened
-            .make_durable(user, &[hash])
+            .durable_chunk_lens(user, &[hash])
             .await
             .unwrap()
             .is_empty());

@@ -1,0 +1,532 @@
+//! [`MemTxn`] and [`MemMetaStore`]: the meta store on plain maps, in memory.
+//!
+//! [`MemTxn`] is a whole meta store database (users, devices and tokens, every user's tree,
+//! journal, locks and wanted chunks) that is its own transaction: it implements the op rules'
+//! [`Txn`] and [`MetaTxn`], so the rules of [`crate::ops`] and [`crate::locks`] and the
+//! [`MetaStore`] of [`crate::meta`] run over it as over SQLite. Savepoints are copies.
+//! [`MemMetaStore`] is that database behind a mutex: a [`MetaStore`] that passes the same
+//! conformance suite as the SQL backends.
+//!
+//! What it is for: the simulation (`syncstore-sim`) drives a [`MemTxn`] directly, with no
+//! threads, IO or async, so its runs are deterministic; tests get a [`MemMetaStore`] that needs
+//! no file. Nothing survives the process, and every write copies the database (to undo it if it
+//! fails), so it is not meant for large trees.
+//!
+//! Journal tags are not random here: the tag of a position is a hash of the database's *epoch*,
+//! the user and the cursor. The same epoch gives the same tags, run after run; another epoch (a
+//! database restored from a backup, or lost and re-created) gives other tags at the same
+//! cursors, as the random tags of a real store would.
+
+use crate::meta::{Access, MetaTxn, TxnBackend, TxnFn};
+use crate::ops::Txn;
+use crate::{Device, DeviceId, Principal, StoreError, TokenHash, User, UserId};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use syncstore_proto::{
+    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, NodeId, RelPath,
+    RemoteEntry, UserName,
+};
+
+#[cfg(doc)]
+use crate::MetaStore;
+
+/// A meta store database in memory, which is its own transaction (see the module docs).
+///
+/// `Default` is an empty database of epoch 0.
+#[derive(Clone, Default, Debug)]
+pub struct MemTxn {
+    users: BTreeMap<UserId, MemUser>,
+    devices: BTreeMap<DeviceId, MemDevice>,
+    /// Which device holds each token.
+    tokens: HashMap<TokenHash, DeviceId>,
+    /// Part of every journal tag (see [`MemTxn::set_epoch`]).
+    epoch: u64,
+    /// The state at [`Txn::begin_op`], restored by `end_op(false)` (a `SAVEPOINT`).
+    savepoint: Option<Box<MemTxn>>,
+}
+
+/// One user's account, tree, journal, locks and wanted chunks in a [`MemTxn`].
+#[derive(Clone, Debug)]
+pub struct MemUser {
+    name: UserName,
+    namespace: NamespaceId,
+    /// The cursor of the last journal row; 0 before the first.
+    cursor: u64,
+    /// The last node id handed out.
+    last_node_id: u64,
+    by_path: BTreeMap<RelPath, RemoteEntry>,
+    path_of: HashMap<NodeId, RelPath>,
+    /// One row per cursor, starting at 1.
+    journal: Vec<Change>,
+    /// The tag of each journal position, in cursor order.
+    tags: Vec<JournalTag>,
+    locks: BTreeMap<RelPath, LockInfo>,
+    wanted: BTreeSet<ChunkHash>,
+}
+
+/// A device in a [`MemTxn`].
+#[derive(Clone, Debug)]
+struct MemDevice {
+    user_id: UserId,
+    name: DeviceName,
+}
+
+impl MemTxn {
+    /// An empty database whose journal tags derive from `epoch`.
+    pub fn with_epoch(epoch: u64) -> MemTxn {
+        MemTxn {
+            epoch,
+            ..MemTxn::default()
+        }
+    }
+
+    /// From now on, new journal positions get the tags of `epoch`: what a database restored
+    /// from a backup does, so that the positions it journals anew differ from the lost ones.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// A user's account, tree and journal, to read.
+    pub fn user(&self, user_id: UserId) -> Option<&MemUser> {
+        self.users.get(&user_id)
+    }
+
+    fn user_mut(&mut self, user_id: UserId) -> Result<&mut MemUser, StoreError> {
+        self.users
+            .get_mut(&user_id)
+            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))
+    }
+
+    fn existing_user(&self, user_id: UserId) -> Result<&MemUser, StoreError> {
+        self.users
+            .get(&user_id)
+            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))
+    }
+
+    /// The tag of position `cursor` of the user's journal in this epoch.
+    fn tag_for(&self, user_id: UserId, cursor: u64) -> JournalTag {
+        let mut key = [0u8; 24];
+        key[..8].copy_from_slice(&self.epoch.to_le_bytes());
+        key[8..16].copy_from_slice(&user_id.0.to_le_bytes());
+        key[16..].copy_from_slice(&cursor.to_le_bytes());
+        let digest = blake3::hash(&key);
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&digest.as_bytes()[..16]);
+        JournalTag(tag)
+    }
+}
+
+impl MemUser {
+    /// The name of the account.
+    pub fn name(&self) -> &UserName {
+        &self.name
+    }
+
+    /// The namespace the account's chunks are keyed by.
+    pub fn namespace(&self) -> NamespaceId {
+        self.namespace
+    }
+
+    /// The cursor of the last journal row (0 before the first).
+    pub fn cursor(&self) -> Cursor {
+        Cursor(self.cursor)
+    }
+
+    /// The tag of journal position `cursor` (all zero for cursor 0), or `None` when the
+    /// journal does not reach it.
+    pub fn tag_at(&self, cursor: Cursor) -> Option<JournalTag> {
+        match cursor.0 {
+            0 => Some(JournalTag::default()),
+            at => self.tags.get(usize::try_from(at - 1).ok()?).copied(),
+        }
+    }
+
+    /// Every live node, by path (so a directory comes before everything in it).
+    pub fn nodes(&self) -> &BTreeMap<RelPath, RemoteEntry> {
+        &self.by_path
+    }
+
+    /// The whole journal, oldest first: the row of cursor `n` at index `n - 1`.
+    pub fn journal(&self) -> &[Change] {
+        &self.journal
+    }
+}
+
+impl Txn for MemTxn {
+    fn begin_op(&mut self) -> Result<(), StoreError> {
+        let mut copy = self.clone();
+        copy.savepoint = None;
+        self.savepoint = Some(Box::new(copy));
+        Ok(())
+    }
+
+    fn end_op(&mut self, keep: bool) -> Result<(), StoreError> {
+        let saved = self
+            .savepoint
+            .take()
+            .ok_or_else(|| StoreError::Corrupt("end_op without begin_op".into()))?;
+        if !keep {
+            *self = *saved;
+        }
+        Ok(())
+    }
+
+    fn node_at(
+        &mut self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Option<RemoteEntry>, StoreError> {
+        Ok(self
+            .user(user_id)
+            .and_then(|user| user.by_path.get(path).cloned()))
+    }
+
+    fn descendants(
+        &mut self,
+        user_id: UserId,
+        dir: &RelPath,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let Some(user) = self.user(user_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(user
+            .by_path
+            .values()
+            .filter(|entry| entry.path.is_inside(dir))
+            .cloned()
+            .collect())
+    }
+
+    fn has_children(&mut self, user_id: UserId, dir: &RelPath) -> Result<bool, StoreError> {
+        Ok(self
+            .user(user_id)
+            .is_some_and(|user| user.by_path.keys().any(|path| path.is_inside(dir))))
+    }
+
+    fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        let cursor = self.existing_user(user_id)?.cursor + 1;
+        let tag = self.tag_for(user_id, cursor);
+        let user = self.user_mut(user_id)?;
+        user.cursor = cursor;
+        user.tags.truncate(user.journal.len());
+        user.tags.push(tag);
+        Ok(Cursor(cursor))
+    }
+
+    fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        Ok(self.existing_user(user_id)?.cursor())
+    }
+
+    fn head_tag(&mut self, user_id: UserId) -> Result<JournalTag, StoreError> {
+        let user = self.existing_user(user_id)?;
+        Ok(user.tag_at(user.cursor()).unwrap_or_default())
+    }
+
+    fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
+        let user = self.user_mut(user_id)?;
+        user.last_node_id += 1;
+        Ok(NodeId(user.last_node_id))
+    }
+
+    fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        if let Some(occupant) = user.by_path.get(&entry.path) {
+            if occupant.node_id != entry.node_id {
+                return Err(StoreError::Corrupt(format!(
+                    "{} is taken by another node",
+                    entry.path
+                )));
+            }
+        }
+        if let Some(old_path) = user.path_of.insert(entry.node_id, entry.path.clone()) {
+            user.by_path.remove(&old_path);
+        }
+        user.by_path.insert(entry.path.clone(), entry.clone());
+        Ok(())
+    }
+
+    fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        if let Some(path) = user.path_of.remove(&node_id) {
+            user.by_path.remove(&path);
+        }
+        Ok(())
+    }
+
+    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        if change.cursor().0 != user.journal.len() as u64 + 1 || change.cursor().0 != user.cursor {
+            return Err(StoreError::Corrupt(format!(
+                "a journal row at cursor {} after {} rows, at cursor {}",
+                change.cursor(),
+                user.journal.len(),
+                user.cursor
+            )));
+        }
+        user.journal.push(change.clone());
+        Ok(())
+    }
+
+    fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError> {
+        // A `MemTxn` has one writer by construction (`&mut`); what is left is the contract's
+        // check for an unknown user.
+        self.existing_user(user_id).map(|_| ())
+    }
+
+    fn lock_rows(&mut self, user_id: UserId) -> Result<Vec<LockInfo>, StoreError> {
+        Ok(self
+            .user(user_id)
+            .map(|user| user.locks.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn insert_lock(&mut self, user_id: UserId, lock: &LockInfo) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        if user.locks.contains_key(&lock.path) {
+            return Err(StoreError::Corrupt(format!(
+                "{} is locked twice",
+                lock.path
+            )));
+        }
+        user.locks.insert(lock.path.clone(), lock.clone());
+        Ok(())
+    }
+
+    fn remove_lock(&mut self, user_id: UserId, path: &RelPath) -> Result<(), StoreError> {
+        self.user_mut(user_id)?.locks.remove(path);
+        Ok(())
+    }
+}
+
+impl MetaTxn for MemTxn {
+    fn insert_user(&mut self, name: &UserName, namespace: NamespaceId) -> Result<User, StoreError> {
+        if self.users.values().any(|user| user.name == *name) {
+            return Err(StoreError::AlreadyExists(format!("user {name}")));
+        }
+        let id = UserId(self.users.keys().next_back().map_or(1, |last| last.0 + 1));
+        self.users.insert(
+            id,
+            MemUser {
+                name: name.clone(),
+                namespace,
+                cursor: 0,
+                last_node_id: 0,
+                by_path: BTreeMap::new(),
+                path_of: HashMap::new(),
+                journal: Vec::new(),
+                tags: Vec::new(),
+                locks: BTreeMap::new(),
+                wanted: BTreeSet::new(),
+            },
+        );
+        Ok(User {
+            id,
+            name: name.clone(),
+            namespace,
+        })
+    }
+
+    fn user_by_name(&mut self, name: &UserName) -> Result<Option<User>, StoreError> {
+        Ok(self
+            .users
+            .iter()
+            .find(|(_, user)| user.name == *name)
+            .map(|(id, user)| User {
+                id: *id,
+                name: user.name.clone(),
+                namespace: user.namespace,
+            }))
+    }
+
+    fn users(&mut self) -> Result<Vec<User>, StoreError> {
+        let mut users: Vec<User> = self
+            .users
+            .iter()
+            .map(|(id, user)| User {
+                id: *id,
+                name: user.name.clone(),
+                namespace: user.namespace,
+            })
+            .collect();
+        users.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(users)
+    }
+
+    fn count_users(&mut self) -> Result<u64, StoreError> {
+        Ok(self.users.len() as u64)
+    }
+
+    fn insert_device(
+        &mut self,
+        user_id: UserId,
+        name: &DeviceName,
+        token_hash: &TokenHash,
+    ) -> Result<Device, StoreError> {
+        self.existing_user(user_id)?;
+        let taken = self
+            .devices
+            .values()
+            .any(|device| device.user_id == user_id && device.name == *name);
+        if taken || self.tokens.contains_key(token_hash) {
+            return Err(StoreError::AlreadyExists(format!(
+                "device {name} of user {user_id}"
+            )));
+        }
+        let id = DeviceId(self.devices.keys().next_back().map_or(1, |last| last.0 + 1));
+        self.devices.insert(
+            id,
+            MemDevice {
+                user_id,
+                name: name.clone(),
+            },
+        );
+        self.tokens.insert(*token_hash, id);
+        Ok(Device {
+            id,
+            user_id,
+            name: name.clone(),
+        })
+    }
+
+    fn principal(&mut self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError> {
+        let Some(device_id) = self.tokens.get(token_hash) else {
+            return Ok(None);
+        };
+        let device = self
+            .devices
+            .get(device_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("token of a lost device {device_id:?}")))?;
+        let user = self.existing_user(device.user_id)?;
+        Ok(Some(Principal {
+            user_id: device.user_id,
+            user_name: user.name.clone(),
+            namespace: user.namespace,
+            device_id: *device_id,
+            device_name: device.name.clone(),
+        }))
+    }
+
+    fn nodes(&mut self, user_id: UserId) -> Result<Vec<RemoteEntry>, StoreError> {
+        Ok(self
+            .user(user_id)
+            .map(|user| user.by_path.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn journal_after(
+        &mut self,
+        user_id: UserId,
+        since: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError> {
+        let Some(user) = self.user(user_id) else {
+            return Ok(Vec::new());
+        };
+        let start = usize::try_from(since.0)
+            .unwrap_or(usize::MAX)
+            .min(user.journal.len());
+        Ok(user.journal[start..].iter().take(limit).cloned().collect())
+    }
+
+    fn row_tag(
+        &mut self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalTag>, StoreError> {
+        Ok(self.user(user_id).and_then(|user| {
+            let idx = usize::try_from(cursor.0.checked_sub(1)?).ok()?;
+            user.journal.get(idx)?;
+            user.tags.get(idx).copied()
+        }))
+    }
+
+    fn wanted_chunks(
+        &mut self,
+        user_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        Ok(self
+            .user(user_id)
+            .map(|user| user.wanted.iter().take(limit).copied().collect())
+            .unwrap_or_default())
+    }
+
+    fn want_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<usize, StoreError> {
+        let user = self.user_mut(user_id)?;
+        Ok(hashes
+            .iter()
+            .filter(|hash| user.wanted.insert(**hash))
+            .count())
+    }
+
+    fn unwant_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        for hash in hashes {
+            user.wanted.remove(hash);
+        }
+        Ok(())
+    }
+}
+
+/// A [`MetaStore`] in memory: a [`MemTxn`] behind a mutex (see the module docs).
+///
+/// Clones share one database. `Default` is an empty one of a random epoch, so two stores never
+/// hand out the same journal tags.
+#[derive(Clone, Debug)]
+pub struct MemMetaStore {
+    /// Calls take turns: one holds the database for the whole of its transaction.
+    db: Arc<Mutex<MemTxn>>,
+}
+
+impl Default for MemMetaStore {
+    fn default() -> MemMetaStore {
+        MemMetaStore::from(MemTxn::with_epoch(rand::random()))
+    }
+}
+
+impl From<MemTxn> for MemMetaStore {
+    fn from(db: MemTxn) -> MemMetaStore {
+        MemMetaStore {
+            db: Arc::new(Mutex::new(db)),
+        }
+    }
+}
+
+#[async_trait]
+impl TxnBackend for MemMetaStore {
+    async fn run<T: Send + 'static>(&self, access: Access, f: TxnFn<T>) -> Result<T, StoreError> {
+        // Maps in memory: a call is short and never waits, so it runs on the caller's thread.
+        let mut db = self.db.lock().map_err(|_| {
+            // A panic in the middle of a write may have left half of it behind.
+            StoreError::Worker("a call on the in-memory store panicked".into())
+        })?;
+        match access {
+            Access::Read | Access::Snapshot => f(&mut *db),
+            Access::Write => {
+                let before = db.clone();
+                let outcome = f(&mut *db);
+                if outcome.is_err() {
+                    *db = before;
+                }
+                outcome
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_follow_the_epoch() {
+        let db = MemTxn::with_epoch(1);
+        let again = MemTxn::with_epoch(1);
+        let other = MemTxn::with_epoch(2);
+        assert_eq!(db.tag_for(UserId(1), 1), again.tag_for(UserId(1), 1));
+        assert_ne!(db.tag_for(UserId(1), 1), other.tag_for(UserId(1), 1));
+        assert_ne!(db.tag_for(UserId(1), 1), db.tag_for(UserId(1), 2));
+        assert_ne!(db.tag_for(UserId(1), 1), db.tag_for(UserId(2), 1));
+    }
+}

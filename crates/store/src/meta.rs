@@ -1,0 +1,431 @@
+//! The [`MetaStore`] written once, over the transactions of any backend.
+//!
+//! A backend implements two traits and gets [`MetaStore`] from the blanket impl here:
+//! - [`MetaTxn`] on its transaction type: the queries (users, devices, the tree, the journal,
+//!   the wanted list), on top of the op rules' [`Txn`];
+//! - [`TxnBackend`] on its store type: how it runs a closure in a transaction of the
+//!   [`Access`] asked for (which connection, which isolation level, when it commits, when it
+//!   may run the closure again).
+//!
+//! What each call means is decided here, once: which reads must agree with each other
+//! ([`Access::Snapshot`]), which calls write and so first serialise on the user
+//! ([`Txn::serialize_writes`]), how a journal page is cut, and when a commit is announced to
+//! the other servers ([`MetaTxn::announce`]). A backend file holds only its SQL (or its maps),
+//! its connections, its migrations and its transaction plumbing.
+//!
+//! **Architecture Invariant:** every writing call runs in one [`Access::Write`] transaction,
+//! which the backend commits only when the closure returns `Ok` (refusals included: they may
+//! have deleted expired lock rows) and rolls back otherwise.
+
+use crate::ops::{self, Txn};
+use crate::{
+    locks, new_namespace_id, BatchOutcome, ChangesPage, ChunkLens, Device, LockOutcome, MetaStore,
+    Principal, StoreError, TokenHash, Tree, User, UserId,
+};
+use async_trait::async_trait;
+use syncstore_proto::{
+    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, RelPath,
+    RemoteEntry, UserName,
+};
+
+/// How a call uses its transaction, for [`TxnBackend::run`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    /// One read statement, which needs no transaction around it.
+    Read,
+    /// Reads that must agree with each other (a cursor and what it reflects): one snapshot.
+    /// SQLite: a deferred transaction; PostgreSQL: `REPEATABLE READ, READ ONLY`.
+    Snapshot,
+    /// A write: one transaction, committed when the closure returns `Ok` and rolled back when
+    /// it fails. The closure calls [`Txn::serialize_writes`] before it reads anything it decides
+    /// on. SQLite: `IMMEDIATE`; PostgreSQL: `READ COMMITTED`, so that after waiting for another
+    /// server's transaction the closure sees what it committed.
+    Write,
+}
+
+/// What a call does inside one transaction, for [`TxnBackend::run`]; `Fn`, as the backend
+/// may run it more than once.
+pub type TxnFn<T> = Box<dyn Fn(&mut dyn MetaTxn) -> Result<T, StoreError> + Send>;
+
+/// A meta store backend: runs closures in its transactions. With [`MetaTxn`] on its
+/// transactions, this makes it a [`MetaStore`].
+#[async_trait]
+pub trait TxnBackend: Send + Sync {
+    /// Runs `f` in a transaction of the kind `access` asks for and returns what `f` returned.
+    ///
+    /// The backend may run `f` again on a new connection when the first one turns out dead,
+    /// but only when no earlier run can have committed.
+    ///
+    /// # Errors
+    /// What `f` returns, and the backend's failures to begin or commit.
+    async fn run<T: Send + 'static>(&self, access: Access, f: TxnFn<T>) -> Result<T, StoreError>;
+
+    /// As [`MetaStore::ping`].
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// One open transaction of a meta store backend, seen by the [`MetaStore`] written here: the
+/// queries beyond the op rules' [`Txn`].
+///
+/// Every method works inside the transaction. Errors are backend failures, except where a
+/// method says otherwise.
+pub trait MetaTxn: Txn {
+    /// Stores a new user with an empty tree at cursor 0, whose tag is all zero.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the name is taken; backend failures.
+    fn insert_user(&mut self, name: &UserName, namespace: NamespaceId) -> Result<User, StoreError>;
+
+    /// The user of that name, if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn user_by_name(&mut self, name: &UserName) -> Result<Option<User>, StoreError>;
+
+    /// Every user, sorted by name.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn users(&mut self) -> Result<Vec<User>, StoreError>;
+
+    /// How many users exist.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn count_users(&mut self) -> Result<u64, StoreError>;
+
+    /// Stores a device of an existing user with its token hash.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the user has a device of that name or the token hash
+    /// is in use; backend failures.
+    fn insert_device(
+        &mut self,
+        user_id: UserId,
+        name: &DeviceName,
+        token_hash: &TokenHash,
+    ) -> Result<Device, StoreError>;
+
+    /// The device holding the token with this hash, with its user, if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn principal(&mut self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError>;
+
+    /// Every node of the user, sorted by path.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn nodes(&mut self, user_id: UserId) -> Result<Vec<RemoteEntry>, StoreError>;
+
+    /// The first `limit` journal rows of the user after `since` (node and lock changes alike),
+    /// oldest first.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn journal_after(
+        &mut self,
+        user_id: UserId,
+        since: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError>;
+
+    /// The tag of the user's journal row at `cursor` (1 or more), if the journal holds one.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn row_tag(
+        &mut self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalTag>, StoreError>;
+
+    /// At most `limit` chunks of the user's wanted list, sorted by hash.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn wanted_chunks(
+        &mut self,
+        user_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<ChunkHash>, StoreError>;
+
+    /// Adds chunks to the wanted list; returns how many were not on it yet.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn want_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<usize, StoreError>;
+
+    /// Drops chunks from the wanted list.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn unwant_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError>;
+
+    /// Tells the other servers on this store, once the transaction commits and only if it
+    /// does, that the user's journal reaches `cursor` (PostgreSQL: `pg_notify`). A store that
+    /// only this process uses does nothing.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn announce(&mut self, user_id: UserId, cursor: Cursor) -> Result<(), StoreError> {
+        let _ = (user_id, cursor);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<B: TxnBackend> MetaStore for B {
+    #[tracing::instrument(skip(self))]
+    async fn create_user(&self, name: &UserName) -> Result<User, StoreError> {
+        let name = name.clone();
+        // Drawn once, so a run again inserts the same user.
+        let namespace = new_namespace_id();
+        transact(self, Access::Write, move |txn| {
+            txn.insert_user(&name, namespace)
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError> {
+        let name = name.clone();
+        transact(self, Access::Read, move |txn| txn.user_by_name(&name)).await
+    }
+
+    #[tracing::instrument(skip(self, token_hash))]
+    async fn add_device(
+        &self,
+        user_id: UserId,
+        name: &DeviceName,
+        token_hash: &TokenHash,
+    ) -> Result<Device, StoreError> {
+        let name = name.clone();
+        let token_hash = *token_hash;
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            txn.insert_device(user_id, &name, &token_hash)
+        })
+        .await
+    }
+
+    async fn authenticate(&self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError> {
+        let token_hash = *token_hash;
+        transact(self, Access::Read, move |txn| txn.principal(&token_hash)).await
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        transact(self, Access::Read, |txn| txn.count_users()).await
+    }
+
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
+        transact(self, Access::Read, |txn| txn.users()).await
+    }
+
+    async fn journal_tag(
+        &self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalTag>, StoreError> {
+        transact(self, Access::Snapshot, move |txn| {
+            if cursor > txn.current_cursor(user_id)? {
+                return Ok(None);
+            }
+            tag_at(txn, user_id, cursor)
+        })
+        .await
+    }
+
+    async fn wanted_chunks(
+        &self,
+        user_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        transact(self, Access::Read, move |txn| {
+            txn.wanted_chunks(user_id, limit)
+        })
+        .await
+    }
+
+    async fn want_chunks(
+        &self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<usize, StoreError> {
+        let hashes = hashes.to_vec();
+        transact(self, Access::Write, move |txn| {
+            txn.want_chunks(user_id, &hashes)
+        })
+        .await
+    }
+
+    async fn unwant_chunks(&self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError> {
+        let hashes = hashes.to_vec();
+        transact(self, Access::Write, move |txn| {
+            txn.unwant_chunks(user_id, &hashes)
+        })
+        .await
+    }
+
+    async fn tree(&self, user_id: UserId, now_ms: i64) -> Result<Tree, StoreError> {
+        // One snapshot, so the cursor, the entries and the locks agree.
+        transact(self, Access::Snapshot, move |txn| {
+            let cursor = txn.current_cursor(user_id)?;
+            let entries = txn.nodes(user_id)?;
+            let locks = locks::locks_in_force(txn, user_id, now_ms)?;
+            let cursor_tag = txn.head_tag(user_id)?;
+            Ok(Tree {
+                cursor,
+                cursor_tag,
+                entries,
+                locks,
+            })
+        })
+        .await
+    }
+
+    async fn changes_since(
+        &self,
+        user_id: UserId,
+        since: Cursor,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError> {
+        transact(self, Access::Snapshot, move |txn| {
+            let current = txn.current_cursor(user_id)?;
+            if since > current {
+                return Ok(ChangesPage {
+                    cursor: current,
+                    cursor_tag: txn.head_tag(user_id)?,
+                    changes: Vec::new(),
+                    more: false,
+                    reset: true,
+                });
+            }
+            // One more than the page holds says whether more follow.
+            let mut changes = txn.journal_after(user_id, since, limit.saturating_add(1))?;
+            let more = changes.len() > limit;
+            changes.truncate(limit);
+            let cursor = changes.last().map_or(since, Change::cursor);
+            let cursor_tag = tag_at(txn, user_id, cursor)?
+                .ok_or_else(|| StoreError::Corrupt(format!("no journal row at cursor {cursor}")))?;
+            Ok(ChangesPage {
+                cursor,
+                cursor_tag,
+                changes,
+                more,
+                reset: false,
+            })
+        })
+        .await
+    }
+
+    async fn current_cursor(&self, user_id: UserId) -> Result<Cursor, StoreError> {
+        transact(self, Access::Read, move |txn| txn.current_cursor(user_id)).await
+    }
+
+    #[tracing::instrument(skip(self, ops, chunk_lens), fields(n_ops = ops.len()))]
+    async fn apply_ops(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        ops: Vec<Op>,
+        chunk_lens: ChunkLens,
+        now_ms: i64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let device = device.clone();
+        transact(self, Access::Write, move |txn| {
+            let batch = ops::apply_batch(txn, user_id, &device, &ops, &chunk_lens, now_ms)?;
+            if batch.changed_anything() {
+                txn.announce(user_id, batch.cursor)?;
+            }
+            Ok(batch)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn take_lock(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        path: &RelPath,
+        ttl_secs: Option<u64>,
+        now_ms: i64,
+    ) -> Result<LockOutcome, StoreError> {
+        let (device, path) = (device.clone(), path.clone());
+        change_lock(self, user_id, move |txn| {
+            locks::take_lock(txn, user_id, &device, &path, ttl_secs, now_ms)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn release_lock(
+        &self,
+        user_id: UserId,
+        device: &DeviceName,
+        path: &RelPath,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<LockOutcome, StoreError> {
+        let (device, path) = (device.clone(), path.clone());
+        change_lock(self, user_id, move |txn| {
+            locks::release_lock(txn, user_id, &device, &path, force, now_ms)
+        })
+        .await
+    }
+
+    async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError> {
+        transact(self, Access::Read, move |txn| {
+            locks::locks_in_force(txn, user_id, now_ms)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        TxnBackend::ping(self).await
+    }
+}
+
+/// Runs `f` through [`TxnBackend::run`], boxed.
+async fn transact<B, T, F>(backend: &B, access: Access, f: F) -> Result<T, StoreError>
+where
+    B: TxnBackend + ?Sized,
+    T: Send + 'static,
+    F: Fn(&mut dyn MetaTxn) -> Result<T, StoreError> + Send + 'static,
+{
+    backend.run(access, Box::new(f)).await
+}
+
+/// The tag of the user's journal position `cursor`: all zero for cursor 0.
+fn tag_at(
+    txn: &mut dyn MetaTxn,
+    user_id: UserId,
+    cursor: Cursor,
+) -> Result<Option<JournalTag>, StoreError> {
+    if cursor.0 == 0 {
+        return Ok(Some(JournalTag::default()));
+    }
+    txn.row_tag(user_id, cursor)
+}
+
+/// Runs a lock rule in one write transaction, and announces the change it made (a refusal
+/// changed no journal).
+async fn change_lock<B, F>(backend: &B, user_id: UserId, rule: F) -> Result<LockOutcome, StoreError>
+where
+    B: TxnBackend + ?Sized,
+    F: Fn(&mut dyn MetaTxn) -> Result<LockOutcome, StoreError> + Send + 'static,
+{
+    transact(backend, Access::Write, move |txn| {
+        let outcome = rule(txn)?;
+        if let LockOutcome::Done { cursor, .. } = &outcome {
+            txn.announce(user_id, *cursor)?;
+        }
+        Ok(outcome)
+    })
+    .await
+}

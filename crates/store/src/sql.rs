@@ -1,0 +1,916 @@
+//! What the two SQL backends share: every query, written once, and [`SqlTxn`], which is
+//! [`Txn`] and [`MetaTxn`] on any [`SqlConn`].
+//!
+//! The queries are in the SQL that SQLite and PostgreSQL both speak (`ON CONFLICT`,
+//! `RETURNING`, `RELEASE SAVEPOINT`), with SQLite's numbered placeholders `?N`, which the
+//! PostgreSQL backend turns into `$N`. The two schemas (`migrations/sqlite/`,
+//! `migrations/postgres/`) have the same tables and columns; paths compare bytewise in both.
+//! What differs between the backends is theirs: how a statement is bound and its rows read
+//! ([`SqlConn`]), the statement that serialises a user's writes ([`SqlConn::LOCK_USER`]), and
+//! how a commit is announced to other servers ([`SqlConn::ANNOUNCE`]).
+//!
+//! The journal is split over two tables sharing the user's cursor: `changes` (node changes)
+//! and `lock_changes` (lock changes); [`MetaTxn::journal_after`] merges them by cursor.
+
+use crate::meta::MetaTxn;
+use crate::ops::Txn;
+use crate::{new_journal_tag, Device, DeviceId, Principal, StoreError, TokenHash, User, UserId};
+use syncstore_proto::{
+    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
+    NamespaceId, NodeId, RelPath, RemoteEntry, Revision, UserName,
+};
+
+/// A statement's parameter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Param<'a> {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Blob(&'a [u8]),
+    OptBlob(Option<&'a [u8]>),
+    Bool(bool),
+}
+
+/// A value read from a row.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+    /// PostgreSQL's booleans (SQLite stores them as integers).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Bool(bool),
+}
+
+/// One result row, its values in column order.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct Row(pub(crate) Vec<Value>);
+
+/// A statement's failure.
+#[derive(Debug)]
+pub(crate) enum SqlError {
+    /// A unique or primary key constraint refused it.
+    Duplicate(StoreError),
+    /// Anything else.
+    Failed(StoreError),
+}
+
+impl From<SqlError> for StoreError {
+    fn from(err: SqlError) -> StoreError {
+        match err {
+            SqlError::Duplicate(err) | SqlError::Failed(err) => err,
+        }
+    }
+}
+
+impl From<StoreError> for SqlError {
+    fn from(err: StoreError) -> SqlError {
+        SqlError::Failed(err)
+    }
+}
+
+/// One SQL connection or transaction of a backend, as [`SqlTxn`] uses it.
+pub(crate) trait SqlConn {
+    /// The statement of [`Txn::serialize_writes`]: reads the user's `cursor` (no row: an
+    /// unknown user), and locks the row until the transaction ends where the backend needs that.
+    const LOCK_USER: &'static str;
+
+    /// The statement of [`MetaTxn::announce`], which takes the text `<user id>:<cursor>` as
+    /// `?1`; `None` when there is nobody to tell.
+    const ANNOUNCE: Option<&'static str>;
+
+    /// Runs one statement and returns its rows.
+    ///
+    /// # Errors
+    /// [`SqlError::Duplicate`] for a unique constraint; backend failures.
+    fn query(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<Vec<Row>, SqlError>;
+
+    /// Runs one statement and returns how many rows it changed.
+    ///
+    /// # Errors
+    /// [`SqlError::Duplicate`] for a unique constraint; backend failures.
+    fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, SqlError>;
+
+    /// Runs statements without parameters or rows (savepoints).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn batch(&mut self, sql: &'static str) -> Result<(), StoreError>;
+}
+
+/// [`Txn`] and [`MetaTxn`] on an open SQL connection or transaction.
+pub(crate) struct SqlTxn<C>(pub(crate) C);
+
+/// The node columns, in [`node_entry`] order.
+macro_rules! node_columns {
+    () => {
+        "node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable"
+    };
+}
+
+/// A change row's cursor, then the node columns (a change's rev is its cursor).
+macro_rules! change_columns {
+    () => {
+        "cursor, node_id, path, kind, cursor AS rev, size, mtime_ms, hash, chunks, device, executable"
+    };
+}
+
+/// The columns of a lock row, in [`lock_info`] order.
+macro_rules! lock_columns {
+    () => {
+        "path, device, since_ms, expires_ms"
+    };
+}
+
+/// The columns of a lock journal row, in [`lock_change`] order.
+macro_rules! lock_change_columns {
+    () => {
+        "cursor, kind, path, device, since_ms, expires_ms, broken_by"
+    };
+}
+
+/// The columns of a user row, in [`user`] order.
+macro_rules! user_columns {
+    () => {
+        "users.id, users.name, users.namespace_id"
+    };
+}
+
+/// `SELECT <columns> <rest>` as one literal, `columns` naming one of the macros above.
+macro_rules! select {
+    ($columns:ident, $rest:literal) => {
+        concat!("SELECT ", $columns!(), " ", $rest)
+    };
+}
+
+const HEAD_TAG: &str = "SELECT head_tag FROM users WHERE id = ?1";
+const USER_CURSOR: &str = "SELECT cursor FROM users WHERE id = ?1";
+const NEXT_CURSOR: &str =
+    "UPDATE users SET cursor = cursor + 1, head_tag = ?2 WHERE id = ?1 RETURNING cursor";
+const NEXT_NODE_ID: &str =
+    "UPDATE users SET next_node_id = next_node_id + 1 WHERE id = ?1 RETURNING next_node_id - 1";
+const NODE_AT: &str = select!(node_columns, "FROM nodes WHERE user_id = ?1 AND path = ?2");
+const DESCENDANTS: &str = select!(
+    node_columns,
+    "FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3"
+);
+const HAS_CHILDREN: &str =
+    "SELECT EXISTS (SELECT 1 FROM nodes WHERE user_id = ?1 AND path > ?2 AND path < ?3)";
+const NODES: &str = select!(node_columns, "FROM nodes WHERE user_id = ?1 ORDER BY path");
+const PUT_NODE: &str = "INSERT INTO nodes
+     (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device, executable)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+     ON CONFLICT (user_id, node_id) DO UPDATE SET
+         path = excluded.path, kind = excluded.kind, rev = excluded.rev,
+         size = excluded.size, mtime_ms = excluded.mtime_ms, hash = excluded.hash,
+         chunks = excluded.chunks, device = excluded.device, executable = excluded.executable";
+const REMOVE_NODE: &str = "DELETE FROM nodes WHERE user_id = ?1 AND node_id = ?2";
+const APPEND_NODE_CHANGE: &str = "INSERT INTO changes
+     (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, executable, tag)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+             (SELECT head_tag FROM users WHERE id = ?1))";
+const APPEND_LOCK_CHANGE: &str = "INSERT INTO lock_changes
+     (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT head_tag FROM users WHERE id = ?1))";
+const LOCK_ROWS: &str = select!(lock_columns, "FROM locks WHERE user_id = ?1");
+const INSERT_LOCK: &str = "INSERT INTO locks (user_id, path, device, since_ms, expires_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5)";
+const REMOVE_LOCK: &str = "DELETE FROM locks WHERE user_id = ?1 AND path = ?2";
+const INSERT_USER: &str = "INSERT INTO users (name, namespace_id) VALUES (?1, ?2) RETURNING id";
+const USER_BY_NAME: &str = select!(user_columns, "FROM users WHERE name = ?1");
+const USERS: &str = select!(user_columns, "FROM users ORDER BY name");
+const COUNT_USERS: &str = "SELECT COUNT(*) FROM users";
+const INSERT_DEVICE: &str =
+    "INSERT INTO devices (user_id, name, token_hash) VALUES (?1, ?2, ?3) RETURNING id";
+const PRINCIPAL: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    ", devices.id, devices.name FROM devices JOIN users ON users.id = devices.user_id
+     WHERE devices.token_hash = ?1"
+);
+const NODE_CHANGES_AFTER: &str = select!(
+    change_columns,
+    "FROM changes WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
+);
+const LOCK_CHANGES_AFTER: &str = select!(
+    lock_change_columns,
+    "FROM lock_changes WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
+);
+const ROW_TAG: &str = "SELECT tag FROM changes WHERE user_id = ?1 AND cursor = ?2
+     UNION ALL SELECT tag FROM lock_changes WHERE user_id = ?1 AND cursor = ?2";
+const WANTED: &str = "SELECT hash FROM wanted_chunks WHERE user_id = ?1 ORDER BY hash LIMIT ?2";
+const WANT: &str =
+    "INSERT INTO wanted_chunks (user_id, hash) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+const UNWANT: &str = "DELETE FROM wanted_chunks WHERE user_id = ?1 AND hash = ?2";
+
+/// Brings the schema up to date: applies the migrations after the version the table
+/// `schema_version` records (`migrations[n]` brings the schema to version `n + 1`), recording
+/// each. The caller runs it in one transaction.
+///
+/// # Errors
+/// [`StoreError::SchemaTooNew`] for a database written by a newer build; backend failures.
+pub(crate) fn migrate(
+    conn: &mut impl SqlConn,
+    migrations: &[&'static str],
+    schema: &'static str,
+) -> Result<(), StoreError> {
+    conn.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+    let found = match conn
+        .query("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
+        .first()
+    {
+        Some(row) => row.int(0)?,
+        None => 0,
+    };
+    let supported = migrations.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (idx, sql) in migrations.iter().enumerate().skip(found as usize) {
+        conn.batch(sql)?;
+        let version = idx as i64 + 1;
+        conn.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            &[Param::Int(version)],
+        )?;
+        tracing::info!(schema, version, "applied a schema migration");
+    }
+    Ok(())
+}
+
+impl<C: SqlConn> SqlTxn<C> {
+    /// The first row of `sql`, if any.
+    fn first_row(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(self.0.query(sql, params)?.into_iter().next())
+    }
+
+    /// The first column of the user's row that `sql` returns, or [`StoreError::NotFound`].
+    fn user_value(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+        user_id: UserId,
+    ) -> Result<Value, StoreError> {
+        match self.first_row(sql, params)? {
+            Some(Row(values)) => values
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("a query returned no column".into())),
+            None => Err(StoreError::NotFound(format!("user {user_id}"))),
+        }
+    }
+
+    /// The user's cursor as `sql` reads (or bumps) it.
+    fn user_cursor(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+        user_id: UserId,
+    ) -> Result<Cursor, StoreError> {
+        let cursor = self.user_value(sql, params, user_id)?;
+        Ok(Cursor(to_u64(int(&cursor)?, "cursor")?))
+    }
+}
+
+impl<C: SqlConn> Txn for SqlTxn<C> {
+    fn begin_op(&mut self) -> Result<(), StoreError> {
+        self.0.batch("SAVEPOINT op")
+    }
+
+    fn end_op(&mut self, keep: bool) -> Result<(), StoreError> {
+        self.0.batch(if keep {
+            "RELEASE SAVEPOINT op"
+        } else {
+            "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op"
+        })
+    }
+
+    fn node_at(
+        &mut self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Option<RemoteEntry>, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Text(path.as_str())];
+        self.first_row(NODE_AT, &params)?
+            .map(|row| node_entry(&row, 0))
+            .transpose()
+    }
+
+    fn descendants(
+        &mut self,
+        user_id: UserId,
+        dir: &RelPath,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let (low, high) = inside_bounds(dir);
+        let params = [Param::Int(user_id.0), Param::Text(&low), Param::Text(&high)];
+        let rows = self.0.query(DESCENDANTS, &params)?;
+        rows.iter().map(|row| node_entry(row, 0)).collect()
+    }
+
+    fn has_children(&mut self, user_id: UserId, dir: &RelPath) -> Result<bool, StoreError> {
+        let (low, high) = inside_bounds(dir);
+        let params = [Param::Int(user_id.0), Param::Text(&low), Param::Text(&high)];
+        match self.first_row(HAS_CHILDREN, &params)? {
+            Some(row) => row.flag(0),
+            None => Err(StoreError::Corrupt("EXISTS returned no row".into())),
+        }
+    }
+
+    fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        let tag = new_journal_tag();
+        let params = [Param::Int(user_id.0), Param::Blob(&tag.0)];
+        self.user_cursor(NEXT_CURSOR, &params, user_id)
+    }
+
+    fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
+        self.user_cursor(USER_CURSOR, &[Param::Int(user_id.0)], user_id)
+    }
+
+    fn head_tag(&mut self, user_id: UserId) -> Result<JournalTag, StoreError> {
+        let tag = self.user_value(HEAD_TAG, &[Param::Int(user_id.0)], user_id)?;
+        stored_tag(&blob(tag)?)
+    }
+
+    fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
+        let node_id = self.user_value(NEXT_NODE_ID, &[Param::Int(user_id.0)], user_id)?;
+        Ok(NodeId(to_u64(int(&node_id)?, "node id")?))
+    }
+
+    fn put_node(&mut self, user_id: UserId, entry: &RemoteEntry) -> Result<(), StoreError> {
+        let chunks = encode_chunks(&entry.chunks);
+        let params = [
+            Param::Int(user_id.0),
+            Param::Int(to_i64(entry.node_id.0)?),
+            Param::Text(entry.path.as_str()),
+            Param::Text(kind_text(entry.kind)),
+            Param::Int(to_i64(entry.rev.0)?),
+            Param::Int(to_i64(entry.size)?),
+            Param::Int(entry.mtime_ms),
+            Param::OptBlob(entry.hash.as_ref().map(|hash| &hash.0[..])),
+            Param::Blob(&chunks),
+            Param::Text(entry.device.as_str()),
+            Param::Bool(entry.executable),
+        ];
+        self.0.execute(PUT_NODE, &params)?;
+        Ok(())
+    }
+
+    fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
+        let params = [Param::Int(user_id.0), Param::Int(to_i64(node_id.0)?)];
+        self.0.execute(REMOVE_NODE, &params)?;
+        Ok(())
+    }
+
+    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
+        let user = Param::Int(user_id.0);
+        let cursor = Param::Int(to_i64(change.cursor().0)?);
+        match change {
+            Change::Upsert { entry, .. } => {
+                let chunks = encode_chunks(&entry.chunks);
+                let params = [
+                    user,
+                    cursor,
+                    Param::Int(to_i64(entry.node_id.0)?),
+                    Param::Text(kind_text(entry.kind)),
+                    Param::Text(entry.path.as_str()),
+                    Param::Int(to_i64(entry.size)?),
+                    Param::Int(entry.mtime_ms),
+                    Param::OptBlob(entry.hash.as_ref().map(|hash| &hash.0[..])),
+                    Param::Blob(&chunks),
+                    Param::Text(entry.device.as_str()),
+                    Param::Bool(entry.executable),
+                ];
+                self.0.execute(APPEND_NODE_CHANGE, &params)?
+            }
+            Change::Delete {
+                node_id,
+                path,
+                device,
+                ..
+            } => {
+                let params = [
+                    user,
+                    cursor,
+                    Param::Int(to_i64(node_id.0)?),
+                    Param::Text("deleted"),
+                    Param::Text(path.as_str()),
+                    Param::Int(0),
+                    Param::Int(0),
+                    Param::OptBlob(None),
+                    Param::Blob(&[]),
+                    Param::Text(device.as_str()),
+                    Param::Bool(false),
+                ];
+                self.0.execute(APPEND_NODE_CHANGE, &params)?
+            }
+            Change::Lock { lock, .. } => {
+                let params = [
+                    user,
+                    cursor,
+                    Param::Text("lock"),
+                    Param::Text(lock.path.as_str()),
+                    Param::Text(lock.device.as_str()),
+                    Param::OptInt(Some(lock.since_ms)),
+                    Param::OptInt(lock.expires_ms),
+                    Param::OptText(None),
+                ];
+                self.0.execute(APPEND_LOCK_CHANGE, &params)?
+            }
+            Change::Unlock {
+                path,
+                device,
+                broken_by,
+                ..
+            } => {
+                let params = [
+                    user,
+                    cursor,
+                    Param::Text("unlock"),
+                    Param::Text(path.as_str()),
+                    Param::Text(device.as_str()),
+                    Param::OptInt(None),
+                    Param::OptInt(None),
+                    Param::OptText(broken_by.as_ref().map(DeviceName::as_str)),
+                ];
+                self.0.execute(APPEND_LOCK_CHANGE, &params)?
+            }
+        };
+        Ok(())
+    }
+
+    fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError> {
+        self.user_cursor(C::LOCK_USER, &[Param::Int(user_id.0)], user_id)
+            .map(|_| ())
+    }
+
+    fn lock_rows(&mut self, user_id: UserId) -> Result<Vec<LockInfo>, StoreError> {
+        let rows = self.0.query(LOCK_ROWS, &[Param::Int(user_id.0)])?;
+        rows.iter().map(lock_info).collect()
+    }
+
+    fn insert_lock(&mut self, user_id: UserId, lock: &LockInfo) -> Result<(), StoreError> {
+        let params = [
+            Param::Int(user_id.0),
+            Param::Text(lock.path.as_str()),
+            Param::Text(lock.device.as_str()),
+            Param::Int(lock.since_ms),
+            Param::OptInt(lock.expires_ms),
+        ];
+        // A second lock on one path is a bug in the rules, not a refusal: it fails the call.
+        self.0.execute(INSERT_LOCK, &params)?;
+        Ok(())
+    }
+
+    fn remove_lock(&mut self, user_id: UserId, path: &RelPath) -> Result<(), StoreError> {
+        let params = [Param::Int(user_id.0), Param::Text(path.as_str())];
+        self.0.execute(REMOVE_LOCK, &params)?;
+        Ok(())
+    }
+}
+
+impl<C: SqlConn> MetaTxn for SqlTxn<C> {
+    fn insert_user(&mut self, name: &UserName, namespace: NamespaceId) -> Result<User, StoreError> {
+        let params = [Param::Text(name.as_str()), Param::Blob(&namespace.0)];
+        match self.0.query(INSERT_USER, &params) {
+            Ok(rows) => Ok(User {
+                id: UserId(returned_id(&rows)?),
+                name: name.clone(),
+                namespace,
+            }),
+            Err(SqlError::Duplicate(_)) => Err(StoreError::AlreadyExists(format!("user {name}"))),
+            Err(SqlError::Failed(err)) => Err(err),
+        }
+    }
+
+    fn user_by_name(&mut self, name: &UserName) -> Result<Option<User>, StoreError> {
+        self.first_row(USER_BY_NAME, &[Param::Text(name.as_str())])?
+            .map(|row| user(&row))
+            .transpose()
+    }
+
+    fn users(&mut self) -> Result<Vec<User>, StoreError> {
+        self.0.query(USERS, &[])?.iter().map(user).collect()
+    }
+
+    fn count_users(&mut self) -> Result<u64, StoreError> {
+        match self.first_row(COUNT_USERS, &[])? {
+            Some(row) => to_u64(row.int(0)?, "user count"),
+            None => Err(StoreError::Corrupt("COUNT returned no row".into())),
+        }
+    }
+
+    fn insert_device(
+        &mut self,
+        user_id: UserId,
+        name: &DeviceName,
+        token_hash: &TokenHash,
+    ) -> Result<Device, StoreError> {
+        let params = [
+            Param::Int(user_id.0),
+            Param::Text(name.as_str()),
+            Param::Blob(&token_hash.0),
+        ];
+        match self.0.query(INSERT_DEVICE, &params) {
+            Ok(rows) => Ok(Device {
+                id: DeviceId(returned_id(&rows)?),
+                user_id,
+                name: name.clone(),
+            }),
+            Err(SqlError::Duplicate(_)) => Err(StoreError::AlreadyExists(format!(
+                "device {name} of user {user_id}"
+            ))),
+            Err(SqlError::Failed(err)) => Err(err),
+        }
+    }
+
+    fn principal(&mut self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError> {
+        let Some(row) = self.first_row(PRINCIPAL, &[Param::Blob(&token_hash.0)])? else {
+            return Ok(None);
+        };
+        let user = user(&row)?;
+        Ok(Some(Principal {
+            user_id: user.id,
+            user_name: user.name,
+            namespace: user.namespace,
+            device_id: DeviceId(row.int(3)?),
+            device_name: stored_device(&row.text(4)?)?,
+        }))
+    }
+
+    fn nodes(&mut self, user_id: UserId) -> Result<Vec<RemoteEntry>, StoreError> {
+        let rows = self.0.query(NODES, &[Param::Int(user_id.0)])?;
+        rows.iter().map(|row| node_entry(row, 0)).collect()
+    }
+
+    fn journal_after(
+        &mut self,
+        user_id: UserId,
+        since: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError> {
+        // The first `limit` of each table hold the first `limit` of their merge.
+        let params = [
+            Param::Int(user_id.0),
+            Param::Int(to_i64(since.0)?),
+            Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+        ];
+        let mut changes = Vec::new();
+        for row in self.0.query(NODE_CHANGES_AFTER, &params)? {
+            changes.push(node_change(&row)?);
+        }
+        for row in self.0.query(LOCK_CHANGES_AFTER, &params)? {
+            changes.push(lock_change(&row)?);
+        }
+        changes.sort_by_key(Change::cursor);
+        changes.truncate(limit);
+        Ok(changes)
+    }
+
+    fn row_tag(
+        &mut self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalTag>, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Int(to_i64(cursor.0)?)];
+        self.first_row(ROW_TAG, &params)?
+            .map(|row| stored_tag(&row.blob(0)?))
+            .transpose()
+    }
+
+    fn wanted_chunks(
+        &mut self,
+        user_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<ChunkHash>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .0
+            .query(WANTED, &[Param::Int(user_id.0), Param::Int(limit)])?;
+        rows.iter()
+            .map(|row| stored_chunk_hash(&row.blob(0)?))
+            .collect()
+    }
+
+    fn want_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<usize, StoreError> {
+        let mut added = 0;
+        for hash in hashes {
+            let params = [Param::Int(user_id.0), Param::Blob(&hash.0)];
+            added += self.0.execute(WANT, &params)?;
+        }
+        Ok(usize::try_from(added).unwrap_or(usize::MAX))
+    }
+
+    fn unwant_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError> {
+        for hash in hashes {
+            let params = [Param::Int(user_id.0), Param::Blob(&hash.0)];
+            self.0.execute(UNWANT, &params)?;
+        }
+        Ok(())
+    }
+
+    fn announce(&mut self, user_id: UserId, cursor: Cursor) -> Result<(), StoreError> {
+        let Some(sql) = C::ANNOUNCE else {
+            return Ok(());
+        };
+        let payload = format!("{}:{}", user_id.0, cursor.0);
+        self.0.execute(sql, &[Param::Text(&payload)])?;
+        Ok(())
+    }
+}
+
+impl Row {
+    fn value(&self, idx: usize) -> Result<&Value, StoreError> {
+        self.0
+            .get(idx)
+            .ok_or_else(|| StoreError::Corrupt(format!("a row without column {idx}")))
+    }
+
+    fn int(&self, idx: usize) -> Result<i64, StoreError> {
+        int(self.value(idx)?)
+    }
+
+    fn opt_int(&self, idx: usize) -> Result<Option<i64>, StoreError> {
+        match self.value(idx)? {
+            Value::Null => Ok(None),
+            value => int(value).map(Some),
+        }
+    }
+
+    fn text(&self, idx: usize) -> Result<String, StoreError> {
+        match self.value(idx)? {
+            Value::Text(text) => Ok(text.clone()),
+            other => Err(unexpected("text", other)),
+        }
+    }
+
+    fn opt_text(&self, idx: usize) -> Result<Option<String>, StoreError> {
+        match self.value(idx)? {
+            Value::Null => Ok(None),
+            _ => self.text(idx).map(Some),
+        }
+    }
+
+    fn blob(&self, idx: usize) -> Result<Vec<u8>, StoreError> {
+        blob(self.value(idx)?.clone())
+    }
+
+    fn opt_blob(&self, idx: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.value(idx)? {
+            Value::Null => Ok(None),
+            value => blob(value.clone()).map(Some),
+        }
+    }
+
+    /// A boolean: PostgreSQL's, or SQLite's 0 and 1.
+    fn flag(&self, idx: usize) -> Result<bool, StoreError> {
+        match self.value(idx)? {
+            Value::Bool(flag) => Ok(*flag),
+            Value::Int(0) => Ok(false),
+            Value::Int(1) => Ok(true),
+            other => Err(unexpected("a boolean", other)),
+        }
+    }
+}
+
+fn int(value: &Value) -> Result<i64, StoreError> {
+    match value {
+        Value::Int(int) => Ok(*int),
+        other => Err(unexpected("an integer", other)),
+    }
+}
+
+fn blob(value: Value) -> Result<Vec<u8>, StoreError> {
+    match value {
+        Value::Blob(bytes) => Ok(bytes),
+        other => Err(unexpected("bytes", &other)),
+    }
+}
+
+fn unexpected(wanted: &str, found: &Value) -> StoreError {
+    StoreError::Corrupt(format!("expected {wanted} in a column, found {found:?}"))
+}
+
+/// The id an `INSERT … RETURNING id` returned.
+fn returned_id(rows: &[Row]) -> Result<i64, StoreError> {
+    match rows.first() {
+        Some(row) => row.int(0),
+        None => Err(StoreError::Corrupt(
+            "INSERT RETURNING returned no row".into(),
+        )),
+    }
+}
+
+/// The node columns of `row` ([`node_columns`] order), starting at column `first`.
+fn node_entry(row: &Row, first: usize) -> Result<RemoteEntry, StoreError> {
+    let kind = match row.text(first + 2)?.as_str() {
+        "file" => EntryKind::File,
+        "dir" => EntryKind::Dir,
+        other => return Err(StoreError::Corrupt(format!("node kind {other:?}"))),
+    };
+    let hash = match row.opt_blob(first + 6)? {
+        None => None,
+        Some(bytes) => {
+            Some(ContentHash(bytes.try_into().map_err(|_| {
+                StoreError::Corrupt("content hash length".into())
+            })?))
+        }
+    };
+    Ok(RemoteEntry {
+        node_id: NodeId(to_u64(row.int(first)?, "node id")?),
+        path: stored_path(&row.text(first + 1)?)?,
+        kind,
+        rev: Revision(to_u64(row.int(first + 3)?, "rev")?),
+        size: to_u64(row.int(first + 4)?, "size")?,
+        mtime_ms: row.int(first + 5)?,
+        hash,
+        chunks: decode_chunks(&row.blob(first + 7)?)?,
+        device: stored_device(&row.text(first + 8)?)?,
+        executable: row.flag(first + 9)?,
+    })
+}
+
+/// A `changes` row ([`change_columns`] order).
+fn node_change(row: &Row) -> Result<Change, StoreError> {
+    let cursor = Cursor(to_u64(row.int(0)?, "cursor")?);
+    if row.text(3)? == "deleted" {
+        return Ok(Change::Delete {
+            cursor,
+            node_id: NodeId(to_u64(row.int(1)?, "node id")?),
+            path: stored_path(&row.text(2)?)?,
+            device: stored_device(&row.text(9)?)?,
+        });
+    }
+    let entry = node_entry(row, 1)?;
+    Ok(Change::Upsert { cursor, entry })
+}
+
+/// A `locks` row ([`lock_columns`] order).
+fn lock_info(row: &Row) -> Result<LockInfo, StoreError> {
+    Ok(LockInfo {
+        path: stored_path(&row.text(0)?)?,
+        device: stored_device(&row.text(1)?)?,
+        since_ms: row.int(2)?,
+        expires_ms: row.opt_int(3)?,
+    })
+}
+
+/// A `lock_changes` row ([`lock_change_columns`] order).
+fn lock_change(row: &Row) -> Result<Change, StoreError> {
+    let cursor = Cursor(to_u64(row.int(0)?, "cursor")?);
+    let path = stored_path(&row.text(2)?)?;
+    let device = stored_device(&row.text(3)?)?;
+    match row.text(1)?.as_str() {
+        "lock" => Ok(Change::Lock {
+            cursor,
+            lock: LockInfo {
+                path,
+                device,
+                since_ms: row
+                    .opt_int(4)?
+                    .ok_or_else(|| StoreError::Corrupt("lock row without since_ms".into()))?,
+                expires_ms: row.opt_int(5)?,
+            },
+        }),
+        "unlock" => Ok(Change::Unlock {
+            cursor,
+            path,
+            device,
+            broken_by: row.opt_text(6)?.as_deref().map(stored_device).transpose()?,
+        }),
+        other => Err(StoreError::Corrupt(format!("lock change kind {other:?}"))),
+    }
+}
+
+/// A user row ([`user_columns`] order).
+fn user(row: &Row) -> Result<User, StoreError> {
+    Ok(User {
+        id: UserId(row.int(0)?),
+        name: UserName::new(&row.text(1)?).map_err(|err| StoreError::Corrupt(err.to_string()))?,
+        namespace: stored_namespace(row.opt_blob(2)?)?,
+    })
+}
+
+fn stored_path(text: &str) -> Result<RelPath, StoreError> {
+    RelPath::new(text).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+fn stored_device(text: &str) -> Result<DeviceName, StoreError> {
+    DeviceName::new(text).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+/// A stored journal tag.
+fn stored_tag(bytes: &[u8]) -> Result<JournalTag, StoreError> {
+    let bytes: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("journal tag of {} bytes", bytes.len())))?;
+    Ok(JournalTag(bytes))
+}
+
+/// A stored namespace id; a row without one predates them and is refused as corrupt.
+fn stored_namespace(bytes: Option<Vec<u8>>) -> Result<NamespaceId, StoreError> {
+    let bytes = bytes.ok_or_else(|| StoreError::Corrupt("user without a namespace id".into()))?;
+    let bytes: [u8; 16] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("namespace id of {} bytes", bytes.len())))?;
+    Ok(NamespaceId(bytes))
+}
+
+/// A stored chunk hash.
+fn stored_chunk_hash(bytes: &[u8]) -> Result<ChunkHash, StoreError> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("chunk hash of {} bytes", bytes.len())))?;
+    Ok(ChunkHash(bytes))
+}
+
+fn kind_text(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+    }
+}
+
+/// Bounds such that `low < path < high` holds exactly for the paths strictly inside `dir`
+/// (`'0'` is the byte after `'/'`).
+fn inside_bounds(dir: &RelPath) -> (String, String) {
+    (format!("{dir}/"), format!("{dir}0"))
+}
+
+/// Chunk lists as stored: 36 bytes per chunk, the hash then the length as a big-endian `u32`.
+fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.len() * 36);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk.hash.0);
+        out.extend_from_slice(&chunk.len.to_be_bytes());
+    }
+    out
+}
+
+/// The inverse of [`encode_chunks`].
+fn decode_chunks(bytes: &[u8]) -> Result<Vec<ChunkRef>, StoreError> {
+    let records = bytes.chunks_exact(36);
+    if !records.remainder().is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "chunk list of {} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(records
+        .map(|record| {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&record[..32]);
+            let len = u32::from_be_bytes([record[32], record[33], record[34], record[35]]);
+            ChunkRef {
+                hash: ChunkHash(hash),
+                len,
+            }
+        })
+        .collect())
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("{value} does not fit in a database integer")))
+}
+
+fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_lists_round_trip() {
+        let chunks = vec![
+            ChunkRef {
+                hash: ChunkHash([1; 32]),
+                len: 7,
+            },
+            ChunkRef {
+                hash: ChunkHash([2; 32]),
+                len: u32::MAX,
+            },
+        ];
+        let bytes = encode_chunks(&chunks);
+        assert_eq!(bytes.len(), 72);
+        assert_eq!(decode_chunks(&bytes).unwrap(), chunks);
+        assert!(decode_chunks(&bytes[..71]).is_err());
+    }
+
+    #[test]
+    fn inside_bounds_hold_exactly_what_is_inside() {
+        let (low, high) = inside_bounds(&RelPath::new("d").unwrap());
+        let inside = |path: &str| low.as_str() < path && path < high.as_str();
+        assert!(inside("d/x") && inside("d/e/f") && inside("d/~"));
+        assert!(!inside("d") && !inside("d-sibling") && !inside("d0") && !inside("e"));
+    }
+}
