@@ -87,6 +87,17 @@ fn child(dir: Option<&RelPath>, name: &OsStr) -> std::io::Result<RelPath> {
     .map_err(std::io::Error::other)
 }
 
+/// `pread` of exactly `buf.len()` bytes of `bytes` at `offset`.
+fn read_at(bytes: &[u8], buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+    let end = start + buf.len();
+    if end > bytes.len() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    buf.copy_from_slice(&bytes[start..end]);
+    Ok(())
+}
+
 /// A file opened for reading: its bytes as they were when it was opened.
 pub struct SimFile {
     bytes: Vec<u8>,
@@ -104,13 +115,7 @@ impl Read for SimFile {
 
 impl DiskFile for SimFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
-        let end = start + buf.len();
-        if end > self.bytes.len() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.copy_from_slice(&self.bytes[start..end]);
-        Ok(())
+        read_at(&self.bytes, buf, offset)
     }
 }
 
@@ -134,13 +139,7 @@ impl std::io::Write for SimTemp {
 
 impl TempFile for SimTemp {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
-        let end = start + buf.len();
-        if end > self.bytes.len() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.copy_from_slice(&self.bytes[start..end]);
-        Ok(())
+        read_at(&self.bytes, buf, offset)
     }
 
     fn inode(&self) -> std::io::Result<u64> {

@@ -176,6 +176,21 @@ impl<W: World> SyncEngine<W> {
             .unwrap_or_default()
     }
 
+    /// Renames `from` to `to` unless something is at `to` (or nothing at `from`): false then,
+    /// and the next plan decides again.
+    fn rename_if_free(&self, from: &RelPath, to: &RelPath) -> Result<bool, Error> {
+        match self.disk.rename_noreplace(from, to) {
+            Ok(()) => Ok(true),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AlreadyExists
+                    || err.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(Error::io(format!("could not move {from} to {to}"), err)),
+        }
+    }
+
     fn execute_local(&mut self, op: &PlanOp) -> Result<bool, Error> {
         match op {
             PlanOp::DeleteLocal { path, .. } => {
@@ -226,17 +241,8 @@ impl<W: World> SyncEngine<W> {
                 Ok(true)
             }
             PlanOp::MoveLocal { from, to } => {
-                match self.disk.rename_noreplace(from, to) {
-                    Ok(()) => {}
-                    Err(err)
-                        if err.kind() == std::io::ErrorKind::AlreadyExists
-                            || err.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        return Ok(false)
-                    }
-                    Err(err) => {
-                        return Err(Error::io(format!("could not move {from} to {to}"), err))
-                    }
+                if !self.rename_if_free(from, to)? {
+                    return Ok(false);
                 }
                 self.state.rebase(from, to)?;
                 self.cache.rebase(from, to);
@@ -245,15 +251,8 @@ impl<W: World> SyncEngine<W> {
                 Ok(true)
             }
             PlanOp::ConflictCopy { path, copy } => {
-                match self.disk.rename_noreplace(path, copy) {
-                    Ok(()) => {}
-                    Err(err)
-                        if err.kind() == std::io::ErrorKind::AlreadyExists
-                            || err.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        return Ok(false)
-                    }
-                    Err(err) => return Err(Error::io(format!("could not rename {path}"), err)),
+                if !self.rename_if_free(path, copy)? {
+                    return Ok(false);
                 }
                 self.cache.rebase(path, copy);
                 tracing::warn!(%path, %copy, "both sides changed: kept the local version as a conflicted copy");
