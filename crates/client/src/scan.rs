@@ -62,16 +62,6 @@ pub struct IgnoreRules {
 }
 
 impl IgnoreRules {
-    /// Reads `root/.syncignore` if present. A malformed line is logged and skipped.
-    pub fn load(root: &Path) -> IgnoreRules {
-        IgnoreRules::parse(
-            root,
-            std::fs::read_to_string(root.join(".syncignore"))
-                .ok()
-                .as_deref(),
-        )
-    }
-
     /// The rules of a `.syncignore` holding `text` (if any), for the folder at `root`.
     pub fn parse(root: &Path, text: Option<&str>) -> IgnoreRules {
         let mut builder = GitignoreBuilder::new(root);
@@ -473,15 +463,6 @@ enum HashFailure {
     Unreadable(String),
 }
 
-/// Stats `full` into a [`Stamp`].
-///
-/// # Errors
-/// On any IO error.
-pub fn stamp_of(full: &Path) -> std::io::Result<Stamp> {
-    let meta = std::fs::symlink_metadata(full)?;
-    Ok(crate::seams::os_disk::meta_of(&meta).stamp())
-}
-
 impl HashCache {
     /// Moves cached hashes at and below `from` to `to` (after a rename, nothing needs re-hashing).
     pub fn rebase(&mut self, from: &RelPath, to: &RelPath) {
@@ -501,6 +482,18 @@ impl HashCache {
 
 #[cfg(test)]
 mod tests {
+    /// The rules of the folder at `root`, as the engine reads them.
+    fn load_rules(root: &std::path::Path) -> IgnoreRules {
+        let text = std::fs::read_to_string(root.join(".syncignore")).ok();
+        IgnoreRules::parse(root, text.as_deref())
+    }
+
+    /// The stamp of the file at `full`.
+    fn stamp_of(full: &std::path::Path) -> std::io::Result<Stamp> {
+        let meta = std::fs::symlink_metadata(full)?;
+        Ok(crate::seams::os_disk::meta_of(&meta).stamp())
+    }
+
     /// The real disk at `root`, for a scan.
     fn os_disk(root: &std::path::Path) -> crate::seams::OsDisk {
         let folder = crate::folder::FolderId::open_without_marker(root).unwrap();
@@ -516,7 +509,7 @@ mod tests {
         let root = tmp.path();
         let file = root.join("disk.img");
         std::fs::write(&file, b"aaaaaaaa").unwrap();
-        let rules = IgnoreRules::load(root);
+        let rules = load_rules(root);
         let mut cache = HashCache::default();
         let path = RelPath::new("disk.img").unwrap();
         let first = scan(&os_disk(root), &rules, &mut cache, None).local[&path].hash;
@@ -547,7 +540,7 @@ mod tests {
         if let Some(text) = syncignore {
             std::fs::write(dir.path().join(".syncignore"), text).unwrap();
         }
-        let rules = IgnoreRules::load(dir.path());
+        let rules = load_rules(dir.path());
         (dir, rules)
     }
 
@@ -658,7 +651,7 @@ mod tests {
         ] {
             std::fs::write(root.join(name), b"x").unwrap();
         }
-        let rules = IgnoreRules::load(root);
+        let rules = load_rules(root);
         let found = scan(&os_disk(root), &rules, &mut HashCache::default(), None);
         let paths: Vec<&str> = found.local.keys().map(RelPath::as_str).collect();
         assert_eq!(paths, ["a.txt", "photos", "x.odt"]);
