@@ -867,14 +867,33 @@ fn ok_text(done: bool) -> &'static str {
     }
 }
 
-/// The ignore rules of a device's folder, as its engine reads them.
-pub(crate) fn rules_of(disk: &fs::SimFs) -> IgnoreRules {
+/// The ignore rules of a device's folder, as its engine reads them (the last few built are
+/// kept: building them compiles regexes, and users look at them at every edit).
+pub(crate) fn rules_of(disk: &fs::SimFs) -> std::rc::Rc<IgnoreRules> {
+    thread_local! {
+        static BUILT: std::cell::RefCell<Vec<(Option<String>, std::rc::Rc<IgnoreRules>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
     let path = RelPath::new(".syncignore").expect("valid");
     let text = disk
         .get(&path)
         .filter(|node| node.kind == EntryKind::File)
         .and_then(|node| String::from_utf8(node.bytes.clone()).ok());
-    IgnoreRules::parse(std::path::Path::new("/sim"), text.as_deref())
+    BUILT.with(|built| {
+        let mut built = built.borrow_mut();
+        if let Some((_, rules)) = built.iter().find(|(from, _)| *from == text) {
+            return std::rc::Rc::clone(rules);
+        }
+        let rules = std::rc::Rc::new(IgnoreRules::parse(
+            std::path::Path::new("/sim"),
+            text.as_deref(),
+        ));
+        if built.len() >= 8 {
+            built.remove(0);
+        }
+        built.push((text, std::rc::Rc::clone(&rules)));
+        rules
+    })
 }
 
 /// Whether `rules` exclude `path` (or a directory above it).
