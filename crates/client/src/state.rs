@@ -16,8 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use syncstore_plan::BaseNode;
 use syncstore_proto::{
-    ChunkHash, ChunkRef, ContentHash, Cursor, EntryKind, JournalTag, NamespaceId, NodeId, RelPath,
-    Revision,
+    ChunkRef, ContentHash, Cursor, EntryKind, JournalTag, NamespaceId, NodeId, RelPath, Revision,
 };
 
 /// 1: the first; 2: `base.executable` or `base.ctime_ns` (development builds had one or the
@@ -706,28 +705,12 @@ fn to_hash32(bytes: &[u8]) -> Result<[u8; 32], Error> {
 }
 
 fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(chunks.len() * 36);
-    for chunk in chunks {
-        out.extend_from_slice(&chunk.hash.0);
-        out.extend_from_slice(&chunk.len.to_be_bytes());
-    }
-    out
+    ChunkRef::encode_list(chunks)
 }
 
 fn decode_chunks(bytes: &[u8]) -> Result<Vec<ChunkRef>, Error> {
-    if !bytes.len().is_multiple_of(36) {
-        return Err(Error::state(
-            "corrupt state",
-            "a chunk list of a partial record",
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(36)
-        .map(|rec| ChunkRef {
-            hash: ChunkHash(rec[..32].try_into().expect("slice of 32")),
-            len: u32::from_be_bytes(rec[32..].try_into().expect("slice of 4")),
-        })
-        .collect())
+    ChunkRef::decode_list(bytes)
+        .ok_or_else(|| Error::state("corrupt state", "a chunk list of a partial record"))
 }
 
 #[cfg(test)]

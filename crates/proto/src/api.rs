@@ -42,6 +42,41 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+impl ChunkRef {
+    /// Bytes of one chunk reference in [`ChunkRef::encode_list`].
+    pub const ENCODED_LEN: usize = 36;
+
+    /// A chunk list as the stores keep it (the server's and the client's): 36 bytes per chunk,
+    /// the hash then the length as a big-endian `u32`.
+    pub fn encode_list(chunks: &[ChunkRef]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunks.len() * Self::ENCODED_LEN);
+        for chunk in chunks {
+            out.extend_from_slice(&chunk.hash.0);
+            out.extend_from_slice(&chunk.len.to_be_bytes());
+        }
+        out
+    }
+
+    /// The inverse of [`ChunkRef::encode_list`]; `None` when `bytes` ends in a partial record.
+    pub fn decode_list(bytes: &[u8]) -> Option<Vec<ChunkRef>> {
+        let records = bytes.chunks_exact(Self::ENCODED_LEN);
+        if !records.remainder().is_empty() {
+            return None;
+        }
+        Some(
+            records
+                .map(|record| {
+                    let (hash, len) = record.split_at(32);
+                    ChunkRef {
+                        hash: ChunkHash(hash.try_into().expect("32 bytes")),
+                        len: u32::from_be_bytes(len.try_into().expect("4 bytes")),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The server's current state of one node.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RemoteEntry {

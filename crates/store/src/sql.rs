@@ -843,36 +843,15 @@ fn inside_bounds(dir: &RelPath) -> (String, String) {
     (format!("{dir}/"), format!("{dir}0"))
 }
 
-/// Chunk lists as stored: 36 bytes per chunk, the hash then the length as a big-endian `u32`.
+/// Chunk lists as stored ([`ChunkRef::encode_list`]).
 fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(chunks.len() * 36);
-    for chunk in chunks {
-        out.extend_from_slice(&chunk.hash.0);
-        out.extend_from_slice(&chunk.len.to_be_bytes());
-    }
-    out
+    ChunkRef::encode_list(chunks)
 }
 
 /// The inverse of [`encode_chunks`].
 fn decode_chunks(bytes: &[u8]) -> Result<Vec<ChunkRef>, StoreError> {
-    let records = bytes.chunks_exact(36);
-    if !records.remainder().is_empty() {
-        return Err(StoreError::Corrupt(format!(
-            "chunk list of {} bytes",
-            bytes.len()
-        )));
-    }
-    Ok(records
-        .map(|record| {
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&record[..32]);
-            let len = u32::from_be_bytes([record[32], record[33], record[34], record[35]]);
-            ChunkRef {
-                hash: ChunkHash(hash),
-                len,
-            }
-        })
-        .collect())
+    ChunkRef::decode_list(bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("chunk list of {} bytes", bytes.len())))
 }
 
 fn to_i64(value: u64) -> Result<i64, StoreError> {
