@@ -258,8 +258,12 @@ impl<W: World> SyncEngine<W> {
     }
 
     fn make_plan(&mut self, scan: &Scan, remote: &BTreeMap<RelPath, RemoteNode>) -> Option<Plan> {
-        // Remote and base paths the rules exclude are left alone too.
-        let rules = self.ignore_rules();
+        // Remote and base paths the rules exclude are left alone too: the rules the scan just
+        // read (`.syncignore` is read once a round).
+        let rules = match &self.rules {
+            Some((_, rules)) => std::sync::Arc::clone(rules),
+            None => self.ignore_rules(),
+        };
         let remote_paths = remote.iter().map(|(path, node)| (path, node.kind));
         let base_paths = self.state.base().iter().map(|(p, n)| (p, n.kind));
         let mut untouchable = scan.untouchable.clone();
