@@ -47,14 +47,20 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, log_dir: &Path, args: &[&str]) -> Proc {
+        let mut command = Command::new(bin());
+        command.args(args);
+        Proc::spawn_command(name, log_dir, command)
+    }
+
+    /// Spawns `command` (the binary, or a wrapper that runs it) with the tests' logging.
+    pub fn spawn_command(name: &str, log_dir: &Path, mut command: Command) -> Proc {
         let log = log_dir.join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open log");
-        let child = Command::new(bin())
-            .args(args)
+        let child = command
             .env("RUST_LOG", "info,syncstore_client=debug")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log"))

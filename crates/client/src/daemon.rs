@@ -1,8 +1,12 @@
 //! The daemon: one control loop fed by the watcher, the long poll, the rescan timer and retries.
 //!
-//! The watcher (inotify through `notify`) and the long poll only *wake* the loop; every pass
-//! rescans and re-plans from the three trees, so a missed or duplicated event costs at most a
-//! pass, never a wrong decision. The periodic rescan catches whatever the watcher missed.
+//! The watcher (inotify through `notify`) names the paths that changed; a pass looks again at
+//! those only, and plans them with what the server's journal changed (the engine's *focus*).
+//! A duplicated event costs a stat; a missed one leaves its path unseen until the periodic
+//! rescan, a full walk, which catches whatever the watcher missed. When the watcher cannot be
+//! trusted (its queue overflowed, it failed) the next pass walks the whole folder; when the
+//! inotify watch limit keeps directories unwatched, that is said once and the folder is
+//! rescanned every [`WATCH_LIMIT_RESCAN`] at least.
 //!
 //! After a failure the loop and the long poll back off (up to [`BACKOFF_MAX`]), but when the
 //! servers caused it (unreachable, 5xx) they ask the servers' health every
@@ -18,6 +22,10 @@ use syncstore_proto::{Cursor, META_DIR};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// The longest time between full walks while some directories cannot be watched (the inotify
+/// watch limit was reached).
+pub const WATCH_LIMIT_RESCAN: Duration = Duration::from_secs(10);
 
 /// How the daemon runs.
 #[derive(Clone, Debug)]
@@ -75,7 +83,11 @@ pub async fn run(
     let root = engine.root().to_path_buf();
     let local_dirty = Arc::new(Notify::new());
     let remote_dirty = Arc::new(Notify::new());
-    let _watcher = start_watcher(&root, local_dirty.clone())?;
+    let changes = Arc::new(std::sync::Mutex::new(WatchedChanges::default()));
+    let _watcher = start_watcher(&root, changes.clone(), local_dirty.clone())?;
+    let mut scan_interval = options.scan_interval;
+    // Whether the watch limit was reported.
+    let mut limit_reported = false;
     let (cursor_tx, cursor_rx) = watch::channel(None::<Cursor>);
     let poller = tokio::spawn(long_poll(
         engine.api().clone(),
@@ -97,7 +109,9 @@ pub async fn run(
             }
         }
     }));
-    let mut next_scan = Instant::now() + options.scan_interval;
+    let mut next_scan = Instant::now() + scan_interval;
+    // The first pass walks the whole folder anyway.
+    let mut walk_all = false;
     // Due at once: the first pass checks the server's chunks too.
     let mut next_chunk_check = Instant::now();
     let mut retry: Option<Retry>;
@@ -122,8 +136,27 @@ pub async fn run(
                 ),
             }
         }
+        let limit_hit = take_changes(&changes, &mut engine);
+        if limit_hit && !limit_reported {
+            limit_reported = true;
+            scan_interval = scan_interval.min(WATCH_LIMIT_RESCAN);
+            next_scan = next_scan.min(Instant::now() + scan_interval);
+            tracing::warn!(
+                folder = %root.display(),
+                "the folder has more directories than inotify may watch (the limit is {});                  changes in the unwatched ones are found by rescans every {} s instead of at                  once. Raise the limit: sudo sysctl fs.inotify.max_user_watches=1048576 (and                  put fs.inotify.max_user_watches=1048576 in /etc/sysctl.d/90-syncstore.conf to                  keep it), then restart syncstore",
+                watch_limit_text(),
+                scan_interval.as_secs()
+            );
+        }
+        let pass = async {
+            if std::mem::take(&mut walk_all) {
+                engine.sync_pass().await
+            } else {
+                engine.sync_changes().await
+            }
+        };
         let outcome = tokio::select! {
-            outcome = engine.sync_pass() => Some(outcome),
+            outcome = pass => Some(outcome),
             () = shutdown.cancelled() => None,
         };
         let Some(outcome) = outcome else { break };
@@ -141,10 +174,13 @@ pub async fn run(
             (None, None) => {}
         }
         if let Some(stopped) = stopped {
-            // Checked again at the next trigger, or at the rescan interval at the latest.
+            // Checked again at the next trigger, or at the rescan interval at the latest; once
+            // the folder is back, its first pass walks all of it (what changed meanwhile was
+            // not watched).
+            engine.local_unknown();
             last_stopped = Some(stopped);
             retry = Some(Retry {
-                at: Instant::now() + options.scan_interval.min(BACKOFF_MAX),
+                at: Instant::now() + scan_interval.min(BACKOFF_MAX),
                 probe: false,
             });
         } else {
@@ -214,7 +250,10 @@ pub async fn run(
             () = local_dirty.notified() => debounce(&local_dirty).await,
             () = sleep_until_opt(lock_expiry) => {}
             () = remote_dirty.notified() => {}
-            () = tokio::time::sleep_until(next_scan) => next_scan = Instant::now() + options.scan_interval,
+            () = tokio::time::sleep_until(next_scan) => {
+                next_scan = Instant::now() + scan_interval;
+                walk_all = true;
+            }
             woke_early = wait_for_retry_opt(&api, retry) => backoff.woke(woke_early),
         }
     }
@@ -324,43 +363,172 @@ async fn debounce(local_dirty: &Notify) {
     }
 }
 
+/// What the watcher saw since the loop last looked.
+#[derive(Default)]
+struct WatchedChanges {
+    /// Paths named by events, each with whether a directory's entries must be listed again.
+    paths: std::collections::BTreeMap<syncstore_proto::RelPath, bool>,
+    /// An event could not be trusted (the queue overflowed, the watcher failed): walk it all.
+    unknown: bool,
+    /// The inotify watch limit kept directories unwatched.
+    limit_hit: bool,
+}
+
+/// Hands what the watcher saw to the engine; returns whether the watch limit was hit.
+fn take_changes(changes: &std::sync::Mutex<WatchedChanges>, engine: &mut Engine) -> bool {
+    let taken = std::mem::take(&mut *changes.lock().unwrap_or_else(|e| e.into_inner()));
+    if taken.unknown || taken.limit_hit {
+        engine.local_unknown();
+    }
+    for (path, deep) in taken.paths {
+        engine.local_changed(path, deep);
+    }
+    taken.limit_hit
+}
+
+/// The current inotify watch limit, as text.
+fn watch_limit_text() -> String {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Records one watcher event in `changes`; returns whether the loop should be woken.
+fn record_event(
+    root: &Path,
+    changes: &std::sync::Mutex<WatchedChanges>,
+    event: notify::Result<notify::Event>,
+) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    let mut changes = changes.lock().unwrap_or_else(|e| e.into_inner());
+    let event = match event {
+        Ok(event) => event,
+        Err(err) => {
+            if matches!(err.kind, notify::ErrorKind::MaxFilesWatch) {
+                changes.limit_hit = true;
+            } else {
+                tracing::debug!(cause = %err, "watcher error; walking the whole folder");
+            }
+            changes.unknown = true;
+            return true;
+        }
+    };
+    if is_read(&event) {
+        return false;
+    }
+    if event.need_rescan() || event.paths.is_empty() {
+        tracing::debug!("the watcher lost events; walking the whole folder");
+        changes.unknown = true;
+        return true;
+    }
+    // A create or a rename may bring a directory with entries of its own.
+    let deep = matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Any
+    );
+    let mut wake = false;
+    for full in &event.paths {
+        match watched_path(root, full) {
+            WatchedPath::Meta => {}
+            WatchedPath::Path(path, also_deep) => {
+                let slot = changes.paths.entry(path).or_insert(false);
+                *slot |= deep || also_deep;
+                wake = true;
+            }
+            WatchedPath::Root => {
+                changes.unknown = true;
+                wake = true;
+            }
+        }
+    }
+    wake
+}
+
+/// Opening or reading a file changes nothing; our own scans and uploads do both, and waking on
+/// them would start a pass after every pass.
+fn is_read(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(
+        event.kind,
+        EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
+}
+
+/// What a path in a watcher event is to the folder.
+enum WatchedPath {
+    /// Inside `.syncstore/` (or outside the folder): not the user's.
+    Meta,
+    /// An entry of the folder; `true` when its own name could not be synced, so this is its
+    /// nearest syncable ancestor, to be listed again.
+    Path(syncstore_proto::RelPath, bool),
+    /// The root itself, or an entry with no syncable ancestor: walk the whole folder.
+    Root,
+}
+
+fn watched_path(root: &Path, full: &Path) -> WatchedPath {
+    let Ok(rel) = full.strip_prefix(root) else {
+        return WatchedPath::Meta;
+    };
+    if rel.starts_with(META_DIR) {
+        return WatchedPath::Meta;
+    }
+    let mut at = Some(rel);
+    let mut own_name = true;
+    while let Some(candidate) = at.filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(path) = candidate
+            .to_str()
+            .and_then(|text| syncstore_proto::RelPath::new(text).ok())
+        {
+            return WatchedPath::Path(path, !own_name);
+        }
+        own_name = false;
+        at = candidate.parent();
+    }
+    WatchedPath::Root
+}
+
 fn start_watcher(
     root: &Path,
+    changes: Arc<std::sync::Mutex<WatchedChanges>>,
     local_dirty: Arc<Notify>,
 ) -> Result<notify::RecommendedWatcher, crate::Error> {
     use notify::Watcher;
-    let meta_dir = root.join(META_DIR);
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                // Opening or reading a file changes nothing; our own scans and uploads do both,
-                // and waking on them would start a pass after every pass.
-                use notify::event::{AccessKind, AccessMode, EventKind};
-                let read_only = matches!(
-                    event.kind,
-                    EventKind::Access(
-                        AccessKind::Open(_)
-                            | AccessKind::Read
-                            | AccessKind::Close(AccessMode::Read)
-                    )
-                );
-                if !read_only
-                    && (event.paths.is_empty()
-                        || event.paths.iter().any(|p| !p.starts_with(&meta_dir)))
-                {
-                    local_dirty.notify_one();
-                }
+    let watched_root = root.to_path_buf();
+    let handler_changes = changes.clone();
+    // Test hook: every event arrives as a queue overflow does (no paths, "rescan"), so the
+    // end-to-end tests can check what an overflow leads to without flooding the kernel queue
+    // (its size, `fs.inotify.max_queued_events`, is one setting for the whole machine).
+    let overflow_always = std::env::var_os("SYNCSTORE_TEST_WATCHER_OVERFLOWS").is_some();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let event = match event {
+            Ok(event) if overflow_always && !is_read(&event) => {
+                Ok(notify::Event::new(notify::EventKind::Other)
+                    .set_flag(notify::event::Flag::Rescan))
             }
-            Err(err) => {
-                // The queue overflowed or similar: a rescan finds whatever was missed.
-                tracing::warn!(cause = %err, "watcher error; rescanning");
-                local_dirty.notify_one();
-            }
-        })
-        .map_err(|err| crate::Error::Setup(format!("could not start the file watcher: {err}")))?;
-    watcher
-        .watch(root, notify::RecursiveMode::Recursive)
-        .map_err(|err| crate::Error::Setup(format!("could not watch {}: {err}", root.display())))?;
+            other => other,
+        };
+        if record_event(&watched_root, &handler_changes, event) {
+            local_dirty.notify_one();
+        }
+    })
+    .map_err(|err| crate::Error::Setup(format!("could not start the file watcher: {err}")))?;
+    match watcher.watch(root, notify::RecursiveMode::Recursive) {
+        Ok(()) => {}
+        // The watches added so far stay; the loop reports the limit and rescans more often.
+        Err(err) if matches!(err.kind, notify::ErrorKind::MaxFilesWatch) => {
+            let mut changes = changes.lock().unwrap_or_else(|e| e.into_inner());
+            changes.limit_hit = true;
+            changes.unknown = true;
+        }
+        Err(err) => {
+            return Err(crate::Error::Setup(format!(
+                "could not watch {}: {err}",
+                root.display()
+            )))
+        }
+    }
     Ok(watcher)
 }
 
@@ -416,6 +584,59 @@ async fn long_poll(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watcher_events_name_paths_and_an_overflow_asks_for_a_full_walk() {
+        use notify::event::{CreateKind, DataChange, EventKind, Flag, ModifyKind, RenameMode};
+        let root = Path::new("/sync");
+        let changes = std::sync::Mutex::new(WatchedChanges::default());
+        let event = |kind: EventKind, paths: &[&str]| {
+            let mut event = notify::Event::new(kind);
+            for path in paths {
+                event = event.add_path(root.join(path));
+            }
+            Ok(event)
+        };
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(record_event(root, &changes, event(data, &["a/b.txt"])));
+        // The same event twice, and a rename of a directory: both ends, listed again.
+        assert!(record_event(root, &changes, event(data, &["a/b.txt"])));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(record_event(root, &changes, event(renamed, &["d", "e"])));
+        // A name that cannot be synced: its directory is listed again.
+        assert!(record_event(
+            root,
+            &changes,
+            event(EventKind::Create(CreateKind::File), &["a/bad\\name"])
+        ));
+        // Our own state, and reads, wake nothing.
+        assert!(!record_event(
+            root,
+            &changes,
+            event(data, &[".syncstore/state.sqlite"])
+        ));
+        let read = EventKind::Access(notify::event::AccessKind::Read);
+        assert!(!record_event(root, &changes, event(read, &["a/b.txt"])));
+        {
+            let seen = changes.lock().unwrap();
+            let paths: Vec<(&str, bool)> = seen
+                .paths
+                .iter()
+                .map(|(p, deep)| (p.as_str(), *deep))
+                .collect();
+            assert_eq!(
+                paths,
+                [("a", true), ("a/b.txt", false), ("d", true), ("e", true)]
+            );
+            assert!(!seen.unknown);
+        }
+        let overflow = Ok(notify::Event::new(EventKind::Other).set_flag(Flag::Rescan));
+        assert!(record_event(root, &changes, overflow));
+        assert!(changes.lock().unwrap().unknown);
+        let limit = Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch));
+        assert!(record_event(root, &changes, limit));
+        assert!(changes.lock().unwrap().limit_hit);
+    }
 
     #[test]
     fn backoff_probes_health_only_after_server_failures_and_not_twice_in_vain() {

@@ -4,7 +4,7 @@
 //! same change may arrive twice (from an op result and again from the feed) or out of order, so
 //! every update is guarded by revision: a node never goes back to an older state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use syncstore_plan::RemoteNode;
 use syncstore_proto::{
     Change, Cursor, DeviceName, LockInfo, NodeId, RelPath, RemoteEntry, Revision,
@@ -24,6 +24,9 @@ pub struct RemoteTree {
     pub broken_locks: Vec<(RelPath, DeviceName)>,
     /// Locks this device released itself (nothing to report).
     pub released_locks: Vec<RelPath>,
+    /// Paths whose entry or lock changed since [`RemoteTree::take_touched`] was last called:
+    /// the remote side of the engine's focus (both ends of a move).
+    touched: BTreeSet<RelPath>,
 }
 
 impl RemoteTree {
@@ -40,6 +43,8 @@ impl RemoteTree {
         for entry in entries {
             tree.upsert(entry);
         }
+        // A listing replaces the tree: the engine plans all of it, not what it touched.
+        tree.touched.clear();
         tree.locks = locks
             .into_iter()
             .map(|lock| (lock.path.clone(), lock))
@@ -51,6 +56,7 @@ impl RemoteTree {
     pub fn apply(&mut self, change: &Change, me: Option<&DeviceName>) {
         match change {
             Change::Lock { cursor, lock } if *cursor > self.cursor => {
+                self.touched.insert(lock.path.clone());
                 self.locks.insert(lock.path.clone(), lock.clone());
             }
             Change::Unlock {
@@ -59,6 +65,7 @@ impl RemoteTree {
                 device,
                 broken_by,
             } if *cursor > self.cursor => {
+                self.touched.insert(path.clone());
                 if self
                     .locks
                     .get(path)
@@ -108,6 +115,7 @@ impl RemoteTree {
             }
             let old_path = old_path.clone();
             self.by_path.remove(&old_path);
+            self.touched.insert(old_path);
         }
         // The server never holds two nodes at one path, so an older occupant is stale.
         if let Some(occupant) = self.by_path.get(&entry.path) {
@@ -117,6 +125,7 @@ impl RemoteTree {
             self.by_node.remove(&occupant.node_id);
         }
         self.by_node.insert(entry.node_id, entry.path.clone());
+        self.touched.insert(entry.path.clone());
         self.by_path.insert(entry.path.clone(), entry);
     }
 
@@ -129,29 +138,48 @@ impl RemoteTree {
             let path = path.clone();
             self.by_path.remove(&path);
             self.by_node.remove(&node_id);
+            self.touched.insert(path);
         }
         let gone = self.tombstones.entry(node_id).or_insert(at);
         *gone = (*gone).max(at);
+    }
+
+    /// The paths whose entry or lock changed since the last call.
+    pub fn take_touched(&mut self) -> BTreeSet<RelPath> {
+        std::mem::take(&mut self.touched)
     }
 
     /// The tree as the planner takes it.
     pub fn plan_view(&self) -> BTreeMap<RelPath, RemoteNode> {
         self.by_path
             .iter()
-            .map(|(path, e)| {
-                let node = RemoteNode {
-                    node_id: e.node_id,
-                    kind: e.kind,
-                    rev: e.rev,
-                    hash: e.hash,
-                    size: e.size,
-                    mtime_ms: e.mtime_ms,
-                    executable: e.executable,
-                    device: e.device.clone(),
-                };
-                (path.clone(), node)
-            })
+            .map(|(path, e)| (path.clone(), plan_node(e)))
             .collect()
+    }
+
+    /// [`RemoteTree::plan_view`] cut down to `paths`.
+    pub fn plan_view_of<'p>(
+        &self,
+        paths: impl IntoIterator<Item = &'p RelPath>,
+    ) -> BTreeMap<RelPath, RemoteNode> {
+        paths
+            .into_iter()
+            .filter_map(|path| Some((path.clone(), plan_node(self.by_path.get(path)?))))
+            .collect()
+    }
+}
+
+/// The planner's view of one remote entry.
+fn plan_node(e: &RemoteEntry) -> RemoteNode {
+    RemoteNode {
+        node_id: e.node_id,
+        kind: e.kind,
+        rev: e.rev,
+        hash: e.hash,
+        size: e.size,
+        mtime_ms: e.mtime_ms,
+        executable: e.executable,
+        device: e.device.clone(),
     }
 }
 

@@ -207,7 +207,7 @@ pub struct Scan {
     /// listed was seen nowhere), so a pass scans again before it plans.
     pub entries_moved: bool,
     /// Each directory listed (`None`: the root), with its mtime just before it was listed.
-    listed: Vec<(Option<RelPath>, i64)>,
+    pub(crate) listed: Vec<(Option<RelPath>, i64)>,
 }
 
 /// Walks the folder on `disk`, chunking what changed; the chunks of large files also go to
@@ -246,6 +246,142 @@ pub fn scan<D: Disk>(
     out
 }
 
+/// Looks again at the paths a watcher named (each with `deep`: a directory's entries are listed
+/// again too, as after a create or a rename) and updates `out`, the folder's last scan, in
+/// place; nothing else is read.
+///
+/// A path whose parent `out` does not hold as a directory is found through its nearest
+/// ancestor that it holds as one: the entry below that ancestor is looked at again, deeply
+/// (a directory that just appeared, a file replaced by a directory). A directory looked at
+/// shallowly that is still the same directory (same inode) keeps its entries; otherwise
+/// everything beneath it is listed again. Returns the entries looked at (each a path given,
+/// or the ancestor it was found through).
+pub fn rescan_paths<D: Disk>(
+    disk: &D,
+    rules: &IgnoreRules,
+    cache: &mut HashCache,
+    out: &mut Scan,
+    paths: &BTreeMap<RelPath, bool>,
+    mut sink: Option<&mut ChunkSink>,
+) -> Vec<RelPath> {
+    out.unsettled = false;
+    out.entries_moved = false;
+    out.listed.clear();
+    if !disk.root_ok() {
+        out.root_ok = false;
+        return Vec::new();
+    }
+    // Resolve each path to the entry to look at, and whether deeply.
+    let mut todo: BTreeMap<RelPath, bool> = BTreeMap::new();
+    for (path, &deep) in paths {
+        let (at, deep) = match path
+            .ancestors()
+            .into_iter()
+            .find(|dir| out.local.get(dir).map(|n| n.kind) != Some(EntryKind::Dir))
+        {
+            Some(ancestor) => (ancestor, true),
+            None => (path.clone(), deep),
+        };
+        let slot = todo.entry(at).or_insert(deep);
+        *slot |= deep;
+    }
+    let root_dev = disk.root_meta().map_or(0, |meta| meta.dev);
+    let mut seen = HashSet::new();
+    let mut purged: Vec<RelPath> = Vec::new();
+    let mut looked_at = Vec::new();
+    let mut done_deep: Vec<RelPath> = Vec::new();
+    for (path, deep) in todo {
+        // Beneath a directory already listed again in this call: nothing to add.
+        if done_deep.iter().any(|dir| path.is_inside(dir)) {
+            continue;
+        }
+        looked_at.push(path.clone());
+        let parent = path.parent();
+        let name = std::ffi::OsString::from(path.file_name());
+        let now = match disk.stat_entry(parent.as_ref(), &name) {
+            Ok(meta) => Some(meta),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => {
+                // Not known to be gone: left alone until it can be looked at.
+                forget(out, &path, false, &mut purged);
+                out.skipped.push(Skipped {
+                    path: path.as_str().to_owned(),
+                    reason: format!("could not look at it: {err}"),
+                });
+                out.untouchable.insert(path);
+                continue;
+            }
+        };
+        let old = out.local.get(&path);
+        let same_dir = matches!(
+            (old, &now),
+            (Some(old), Some(meta)) if old.kind == EntryKind::Dir
+                && meta.kind == FileKind::Dir
+                && old.inode == meta.inode
+        );
+        let deep = deep || !same_dir;
+        forget(out, &path, deep, &mut purged);
+        if now.is_none() {
+            continue;
+        }
+        if deep {
+            done_deep.push(path.clone());
+        }
+        let mut walker = Walker {
+            disk,
+            root_dev,
+            rules,
+            cache,
+            out,
+            seen: &mut seen,
+            sink: &mut sink,
+        };
+        let entry = DirEntry {
+            name,
+            is_dir: now.as_ref().is_some_and(|meta| meta.kind == FileKind::Dir),
+        };
+        walker.entry(parent.as_ref(), &entry, deep);
+    }
+    out.entries_moved = std::mem::take(&mut out.listed)
+        .into_iter()
+        .any(|(dir, mtime)| {
+            disk.dir_mtime_ns(dir.as_ref())
+                .map_or(true, |now| now != mtime)
+        });
+    for path in purged {
+        if !out.local.contains_key(&path) {
+            cache.entries.remove(&path);
+        }
+    }
+    looked_at
+}
+
+/// Removes `path` from the scan `out`, with everything beneath it when `with_beneath`; the
+/// paths removed are added to `purged`.
+fn forget(out: &mut Scan, path: &RelPath, with_beneath: bool, purged: &mut Vec<RelPath>) {
+    let beneath: Vec<RelPath> = if with_beneath {
+        syncstore_proto::map_beneath(&out.local, path)
+            .map(|(p, _)| p.clone())
+            .chain(syncstore_proto::set_beneath(&out.untouchable, path).cloned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for gone in std::iter::once(path.clone()).chain(beneath) {
+        out.local.remove(&gone);
+        out.untouchable.remove(&gone);
+        out.ignored.remove(&gone);
+        purged.push(gone);
+    }
+    let text = path.as_str();
+    out.skipped.retain(|skipped| {
+        let below = skipped.path.len() > text.len()
+            && skipped.path.starts_with(text)
+            && skipped.path.as_bytes()[text.len()] == b'/';
+        skipped.path != text && !(with_beneath && below)
+    });
+}
+
 /// One walk's inputs and outputs.
 struct Walker<'a, 'b, D: Disk> {
     disk: &'a D,
@@ -276,11 +412,12 @@ impl<D: Disk> Walker<'_, '_, D> {
             }
         };
         for entry in entries {
-            self.entry(dir_rel, &entry);
+            self.entry(dir_rel, &entry, true);
         }
     }
 
-    fn entry(&mut self, dir_rel: Option<&RelPath>, entry: &DirEntry) {
+    /// Looks at one entry of `dir_rel`; a directory's own entries too when `descend`.
+    fn entry(&mut self, dir_rel: Option<&RelPath>, entry: &DirEntry, descend: bool) {
         let out = &mut *self.out;
         let lossy = entry.name.to_string_lossy();
         let shown = match dir_rel {
@@ -379,7 +516,9 @@ impl<D: Disk> Walker<'_, '_, D> {
                     executable: false,
                 },
             );
-            self.walk(Some(&rel));
+            if descend {
+                self.walk(Some(&rel));
+            }
             return;
         }
         let hash = match self.cache.get(&rel, stamp) {

@@ -127,6 +127,26 @@
 //! same bytes locally at one path and remotely at another (a stale base entry would make both
 //! look like the other side's delete); it keeps the local file instead.
 //!
+//! # Planning a focus
+//!
+//! A client with a large folder does not plan the whole of it after every change. It plans a
+//! *focus*: the trees cut down to the paths that changed on either side since its last plan
+//! (and those that plan left undone), closed under what a decision about them reads:
+//! - every ancestor of a path in it (a download needs its parents; a parent's decision needs
+//!   its child);
+//! - everything beneath a path in it, on every side (a directory's decision depends on what
+//!   its children leave beneath it);
+//! - both ends of a rename on either side (a move is one decision about two paths);
+//! - every path under another device's lock and every file made read-only for one (step 4).
+//!
+//! Outside the focus every path is at a fixed point: its last plan was empty for it and
+//! nothing about it changed since, so no decision there can change. Under that assumption the
+//! plan of the focus is the plan of the whole folder (the simulation checks exactly that).
+//! Two facts a focus cannot show come in beside it: row 29's emptied root
+//! ([`PlanInput::focus_root_emptied`]); and names taken outside it, for conflicted copies,
+//! which carry a device name and a time, and are placed without replacing anything (a taken
+//! name fails the step, and the next plan picks another).
+//!
 //! Start reading at [`plan`], then `planner.rs` (the per-path table) and `rename.rs`.
 
 mod planner;
@@ -230,6 +250,11 @@ pub struct PlanInput<'a> {
     pub local_root_ok: bool,
     /// False when the remote listing failed or was cut short.
     pub remote_complete: bool,
+    /// `None` when the trees above are the whole folder. `Some(emptied)` when they are a
+    /// *focus* (see "Planning a focus" in the crate docs): `emptied` is row 29's fact about the
+    /// whole folder (the local root holds no entry while base holds a file), which a focus
+    /// cannot show.
+    pub focus_root_emptied: Option<bool>,
 }
 
 /// One step for the client to apply. Steps that write to the server are conditional.

@@ -47,7 +47,9 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
         .base
         .values()
         .any(|node| node.kind == EntryKind::File);
-    planner.root_emptied = planner.local.is_empty() && has_base_file;
+    planner.root_emptied = input
+        .focus_root_emptied
+        .unwrap_or(planner.local.is_empty() && has_base_file);
     planner.detect_renames();
     planner.deleted_remotely = planner.deleted_remotely();
     planner.decide_paths();

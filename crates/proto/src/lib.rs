@@ -17,7 +17,7 @@ mod path;
 pub use api::*;
 pub use frame::{decode_frame_header, encode_frame_header, FRAME_HEADER_LEN};
 pub use names::{DeviceName, NameError, UserName};
-pub use path::{PathError, RelPath};
+pub use path::{map_beneath, set_beneath, PathError, RelPath};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -164,6 +164,38 @@ impl RelPath {
     }
 }
 
+/// The bounds of the texts of exactly the paths strictly beneath `dir`: from `"dir/"` up to
+/// `"dir0"` (`'0'` is the character after `'/'`).
+fn beneath_bounds(dir: &RelPath) -> (String, String) {
+    (format!("{}/", dir.0), format!("{}0", dir.0))
+}
+
+/// The entries of `map` strictly beneath `dir`, in order, found by one range search.
+pub fn map_beneath<'m, V>(
+    map: &'m std::collections::BTreeMap<RelPath, V>,
+    dir: &RelPath,
+) -> impl Iterator<Item = (&'m RelPath, &'m V)> {
+    use std::ops::Bound;
+    let (low, high) = beneath_bounds(dir);
+    map.range::<str, _>((
+        Bound::Included(low.as_str()),
+        Bound::Excluded(high.as_str()),
+    ))
+}
+
+/// The paths of `set` strictly beneath `dir`, in order, found by one range search.
+pub fn set_beneath<'s>(
+    set: &'s std::collections::BTreeSet<RelPath>,
+    dir: &RelPath,
+) -> impl Iterator<Item = &'s RelPath> {
+    use std::ops::Bound;
+    let (low, high) = beneath_bounds(dir);
+    set.range::<str, _>((
+        Bound::Included(low.as_str()),
+        Bound::Excluded(high.as_str()),
+    ))
+}
+
 impl TryFrom<String> for RelPath {
     type Error = PathError;
     fn try_from(text: String) -> Result<Self, PathError> {
@@ -174,6 +206,14 @@ impl TryFrom<String> for RelPath {
 impl From<RelPath> for String {
     fn from(path: RelPath) -> String {
         path.0
+    }
+}
+
+/// Ordered and hashed as its text, so maps keyed by paths can be searched by text ranges
+/// ([`map_beneath`], [`set_beneath`]).
+impl std::borrow::Borrow<str> for RelPath {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -192,6 +232,22 @@ impl fmt::Debug for RelPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beneath_finds_exactly_the_entries_below_a_directory() {
+        let paths = ["a", "a b", "a-1", "a.x", "a/b", "a/b/c", "a/z", "a0", "b"];
+        let map: std::collections::BTreeMap<RelPath, ()> = paths
+            .iter()
+            .map(|p| (RelPath::new(p).unwrap(), ()))
+            .collect();
+        let set: std::collections::BTreeSet<RelPath> = map.keys().cloned().collect();
+        let dir = RelPath::new("a").unwrap();
+        let below: Vec<&str> = map_beneath(&map, &dir).map(|(p, ())| p.as_str()).collect();
+        assert_eq!(below, ["a/b", "a/b/c", "a/z"]);
+        let below: Vec<&str> = set_beneath(&set, &dir).map(RelPath::as_str).collect();
+        assert_eq!(below, ["a/b", "a/b/c", "a/z"]);
+        assert_eq!(map_beneath(&map, &RelPath::new("b").unwrap()).count(), 0);
+    }
 
     fn check(text: &str, ok: bool) {
         assert_eq!(RelPath::new(text).is_ok(), ok, "{text:?}");

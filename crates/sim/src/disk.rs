@@ -401,7 +401,9 @@ impl Disk for SimDisk {
             return Err(gone());
         }
         let now_ns = sim.now_ms * 1_000_000;
-        match sim.devices[self.idx].disk.nodes.get_mut(path) {
+        let disk = &mut sim.devices[self.idx].disk;
+        disk.events.push((path.clone(), false));
+        match disk.nodes.get_mut(path) {
             Some(node) if node.kind == EntryKind::File => {
                 node.executable = mode & 0o111 != 0;
                 node.read_only = mode & 0o222 == 0;

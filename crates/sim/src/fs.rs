@@ -50,6 +50,9 @@ pub struct SimFs {
     root_mount: Option<BTreeMap<RelPath, FsNode>>,
     /// The root directory's mtime (its entries changed then).
     pub root_mtime_ns: i64,
+    /// What a watcher would report, oldest first: each changed path, with whether it may be a
+    /// directory with new entries (created, renamed). Mounts report nothing (inotify does not).
+    pub events: Vec<(RelPath, bool)>,
 }
 
 impl SimFs {
@@ -230,6 +233,7 @@ impl SimFs {
             }
             let inode = self.alloc_inode(reuse);
             self.touch_parent(&dir, now_ns);
+            self.events.push((dir.clone(), true));
             self.nodes.insert(
                 dir,
                 FsNode {
@@ -259,6 +263,7 @@ impl SimFs {
             if node.kind == EntryKind::Dir {
                 return Err(FsError::Other);
             }
+            self.events.push((path.clone(), false));
             node.bytes = bytes;
             node.mtime_ns = now_ns;
             node.ctime_ns = now_ns;
@@ -266,6 +271,7 @@ impl SimFs {
         }
         let inode = self.alloc_inode(reuse);
         self.touch_parent(path, now_ns);
+        self.events.push((path.clone(), false));
         self.nodes.insert(
             path.clone(),
             FsNode {
@@ -293,6 +299,7 @@ impl SimFs {
             Some(node) if node.kind == EntryKind::File => {
                 node.bytes = bytes;
                 node.ctime_ns = now_ns;
+                self.events.push((path.clone(), false));
                 Ok(())
             }
             Some(_) => Err(FsError::Other),
@@ -320,6 +327,7 @@ impl SimFs {
             None => {}
         }
         self.touch_parent(path, now_ns);
+        self.events.push((path.clone(), false));
         self.nodes.insert(path.clone(), node);
         Ok(())
     }
@@ -372,6 +380,8 @@ impl SimFs {
         }
         self.touch_parent(from, now_ns);
         self.touch_parent(to, now_ns);
+        self.events.push((from.clone(), true));
+        self.events.push((to.clone(), true));
         Ok(())
     }
 
@@ -385,6 +395,7 @@ impl SimFs {
                 self.nodes.remove(path);
                 self.free_inode(inode);
                 self.touch_parent(path, now_ns);
+                self.events.push((path.clone(), false));
                 Ok(())
             }
         }
@@ -406,6 +417,7 @@ impl SimFs {
                 self.nodes.remove(path);
                 self.free_inode(inode);
                 self.touch_parent(path, now_ns);
+                self.events.push((path.clone(), false));
                 Ok(())
             }
         }
@@ -429,6 +441,7 @@ impl SimFs {
             }
         }
         self.touch_parent(path, now_ns);
+        self.events.push((path.clone(), false));
         files
     }
 

@@ -212,6 +212,10 @@ pub struct Features {
     pub server_restarts: usize,
     pub edits_at_rechecks: usize,
     pub conflicted_copies_made: usize,
+    /// Passes over what the watcher named, and watcher events it lost or told twice.
+    pub incremental_passes: usize,
+    pub events_missed: usize,
+    pub events_twice: usize,
 }
 
 impl Features {
@@ -235,6 +239,9 @@ impl Features {
             server_restarts: count("SERVER RESTARTS"),
             edits_at_rechecks: count("(while the engine works)"),
             conflicted_copies_made: count("(conflicted copy"),
+            incremental_passes: count("pass starts (what changed)"),
+            events_missed: count("WATCHER MISSES"),
+            events_twice: count("WATCHER REPEATS"),
         }
     }
 
@@ -250,6 +257,9 @@ impl Features {
         self.server_restarts += other.server_restarts;
         self.edits_at_rechecks += other.edits_at_rechecks;
         self.conflicted_copies_made += other.conflicted_copies_made;
+        self.incremental_passes += other.incremental_passes;
+        self.events_missed += other.events_missed;
+        self.events_twice += other.events_twice;
     }
 
     /// Panics unless `n_seeds` seeds met each of them (a feature the histories never reach is
@@ -267,6 +277,9 @@ impl Features {
             ("server restarts", self.server_restarts, n / 2),
             ("edits at re-checks", self.edits_at_rechecks, n),
             ("conflicted copies", self.conflicted_copies_made, n / 4),
+            ("incremental passes", self.incremental_passes, 10 * n),
+            ("watcher events missed", self.events_missed, n),
+            ("watcher events told twice", self.events_twice, n),
         ] {
             assert!(
                 count >= at_least,
@@ -298,6 +311,9 @@ struct Driver {
     mount_rng: StdRng,
     /// Decides what users lock and unlock.
     lock_rng: StdRng,
+    /// Decides which watcher events are lost or told twice, when queues overflow, and when a
+    /// pass is a periodic rescan (a full walk).
+    watch_rng: StdRng,
     slots: Vec<Slot>,
     stats: Stats,
 }
@@ -338,6 +354,7 @@ pub fn run(seed: u64, config: &Config) -> Result<Stats, Failure> {
         server_rng: actor_rng(seed, "server"),
         mount_rng: actor_rng(seed, "mounts"),
         lock_rng: actor_rng(seed, "locks"),
+        watch_rng: actor_rng(seed, "watcher"),
         slots: (0..config.devices).map(|_| Slot::Down).collect(),
         stats: Stats::default(),
     };
@@ -480,8 +497,9 @@ impl Driver {
             false,
         );
         match engine {
-            Ok(engine) => {
+            Ok(mut engine) => {
                 self.log(format!("{} starts", self.name(idx)));
+                engine.check_focus_plans(true);
                 Some(Box::new(engine))
             }
             Err(err) => {
@@ -504,12 +522,66 @@ impl Driver {
                 None => return,
             },
         };
-        self.log(format!("{} pass starts", self.name(idx)));
+        let mut engine = engine;
+        let walk_all = self.deliver_events(idx, &mut engine, true);
+        self.log(format!(
+            "{} pass starts ({})",
+            self.name(idx),
+            if walk_all {
+                "full walk"
+            } else {
+                "what changed"
+            }
+        ));
         self.slots[idx] = Slot::Running(tokio::spawn(async move {
-            let mut engine = engine;
-            let outcome = engine.sync_pass().await;
+            let outcome = if walk_all {
+                engine.sync_pass().await
+            } else {
+                engine.sync_changes().await
+            };
             (engine, outcome)
         }));
+    }
+
+    /// Hands device `idx`'s watcher events to its engine as inotify would; with `faults`, some
+    /// are lost or told twice and a queue may overflow. Returns whether the pass is a periodic
+    /// rescan (a full walk).
+    fn deliver_events(&mut self, idx: usize, engine: &mut SimEngine, faults: bool) -> bool {
+        let events = std::mem::take(&mut self.shared.lock().devices[idx].disk.events);
+        let name = self.name(idx);
+        if faults && self.watch_rng.gen_range(0..100) < 3 {
+            self.log(format!(
+                "{name} WATCHER OVERFLOWS ({} events lost)",
+                events.len()
+            ));
+            engine.local_unknown();
+            return false;
+        }
+        for (path, deep) in events {
+            let roll = if faults {
+                self.watch_rng.gen_range(0..100)
+            } else {
+                99
+            };
+            if roll < 4 {
+                self.log(format!("{name} WATCHER MISSES {path}"));
+                continue;
+            }
+            if roll < 8 {
+                self.log(format!("{name} WATCHER REPEATS {path}"));
+                engine.local_changed(path.clone(), deep);
+            }
+            engine.local_changed(path, deep);
+        }
+        faults && self.watch_rng.gen_range(0..100) < 10
+    }
+
+    /// Fails the run when a plan of a focus differed from the plan of the whole folder.
+    fn check_focus(&self, idx: usize, engine: &mut SimEngine) -> Result<(), String> {
+        match engine.take_focus_mismatches().into_iter().next() {
+            Some(difference) => Err(format!("{}: {difference}", self.name(idx))),
+            None => Ok(()),
+        }
     }
 
     /// Kills device `idx`'s process wherever its pass is.
@@ -538,6 +610,8 @@ impl Driver {
             }
             Err(_) => return Ok(Slot::Down),
         };
+        let mut engine = engine;
+        self.check_focus(idx, &mut engine)?;
         let name = self.name(idx);
         match &result {
             Ok(report) => self.log(format!(
@@ -675,14 +749,24 @@ impl Driver {
         sim.log(format!("{name} MOUNT: {line}"));
     }
 
-    /// One pass of device `idx`, to its end (nothing else runs meanwhile).
-    async fn pass_now(&mut self, idx: usize) -> Option<PassReport> {
+    /// One pass of device `idx`, to its end (nothing else runs meanwhile): a full walk, or a
+    /// pass over every watcher event since the last.
+    async fn pass_now(&mut self, idx: usize, walk_all: bool) -> Result<Option<PassReport>, String> {
         let mut engine = match std::mem::replace(&mut self.slots[idx], Slot::Down) {
             Slot::Idle(engine) => engine,
             Slot::Running(_) => unreachable!("every pass ended before"),
-            Slot::Down => self.restart(idx)?,
+            Slot::Down => match self.restart(idx) {
+                Some(engine) => engine,
+                None => return Ok(None),
+            },
         };
-        let result = engine.sync_pass().await;
+        self.deliver_events(idx, &mut engine, false);
+        let result = if walk_all {
+            engine.sync_pass().await
+        } else {
+            engine.sync_changes().await
+        };
+        self.check_focus(idx, &mut engine)?;
         let name = self.name(idx);
         let report = match result {
             Ok(report) => {
@@ -699,7 +783,7 @@ impl Driver {
             }
         };
         self.slots[idx] = Slot::Idle(engine);
-        report
+        Ok(report)
     }
 
     /// Every device passes in turn until a whole round changes nothing.
@@ -712,13 +796,14 @@ impl Driver {
                 sim.step += 1;
                 // Past every retry wait (at most a minute).
                 sim.now_ms += 61_000;
-                let _ = round;
                 sim.server.cursor()
             };
             let mut quiet = true;
             for idx in 0..self.slots.len() {
                 for _ in 0..MAX_PASSES {
-                    match self.pass_now(idx).await {
+                    // The first round walks every folder (a periodic rescan finds what the
+                    // watchers missed); later ones pass over what the watchers saw.
+                    match self.pass_now(idx, round == 0).await? {
                         Some(report) => {
                             if report.applied > 0 {
                                 quiet = false;

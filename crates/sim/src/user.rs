@@ -297,6 +297,7 @@ fn edit_on(
         // chmod +x or -x of a file: a mode-only change (size, mtime and inode stay).
         10 => {
             let path = files.choose(rng)?.clone();
+            disk.events.push((path.clone(), false));
             let node = disk.nodes.get_mut(&path).expect("listed");
             node.executable = !node.executable;
             let sign = if node.executable { '+' } else { '-' };

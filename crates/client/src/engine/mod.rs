@@ -20,9 +20,12 @@
 //! - `pack.rs`: chunk packing and repair uploads (invariant: a chunk is read from a file whose
 //!   stamp is the one its chunk list was made at);
 //! - `locks.rs`: locks in force and notices about this device's locks, as typed values;
-//! - `record.rs`: the base entry each applied step records, defined once.
+//! - `record.rs`: the base entry each applied step records, defined once;
+//! - `focus.rs`: which paths a pass looks at again and plans when it does not walk the whole
+//!   folder (invariant: every path outside the focus is at a fixed point).
 
 mod download;
+mod focus;
 mod local;
 mod locks;
 mod pack;
@@ -37,13 +40,13 @@ pub(crate) use pack::{join_upload, read_chunk_into};
 use crate::early_upload::EarlyUpload;
 use crate::folder::FileId;
 use crate::remote::RemoteTree;
-use crate::scan::{scan, HashCache, IgnoreRules, Scan, Skipped, Stamp};
+use crate::scan::{rescan_paths, scan, HashCache, IgnoreRules, Scan, Skipped, Stamp};
 use crate::seams::{BaseStore, Clock, Disk, Production, World};
 use crate::state::ServerIdentity;
 use crate::Error;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
-use syncstore_plan::{BaseNode, Blocked, LocalNode, Plan, PlanInput, PlanOp, RemoteNode};
+use syncstore_plan::{BaseNode, Blocked, LocalNode, Plan, PlanInput, PlanOp};
 use syncstore_proto::{ChunkHash, DeviceName, RelPath, RemoteEntry};
 
 /// Most rounds of plan-and-apply in one pass before waiting for the next trigger.
@@ -121,8 +124,79 @@ pub struct SyncEngine<W: World> {
     /// The ignore rules, and the `.syncignore` text they were built from (building them is
     /// costly: globs become regexes).
     rules: Option<(Option<String>, std::sync::Arc<IgnoreRules>)>,
+    /// The folder as the last walk saw it, kept up to date by the rescans of later passes.
+    local: Option<Scan>,
+    /// What the next pass looks at again and plans.
+    focus: focus::Focus,
+    /// Passes that walked the whole folder, and passes that only looked at what changed.
+    counts: PassCounts,
+    /// Whether each plan of a focus is checked against the plan of the whole folder (the
+    /// simulation does), and the differences found.
+    check_focus: bool,
+    focus_mismatches: Vec<String>,
     /// Held while this engine may write (production: the folder's `daemon.lock`).
     _lock: Option<Box<dyn Send>>,
+}
+
+/// How the engine's passes went so far (the daemon reports them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassCounts {
+    /// Walks of the whole folder.
+    pub full_walks: u64,
+    /// Passes that looked again only at the paths they were told changed.
+    pub incremental_passes: u64,
+    /// Local paths looked at again by those passes.
+    pub paths_rescanned: u64,
+}
+
+/// What a plan takes besides the trees.
+struct PlanContext<'a> {
+    rules: &'a IgnoreRules,
+    device: &'a DeviceName,
+    now_stamp: &'a str,
+    locked_by_others: &'a BTreeMap<RelPath, DeviceName>,
+    read_only_for_locks: &'a BTreeMap<RelPath, u64>,
+    local_root_ok: bool,
+}
+
+impl PlanContext<'_> {
+    /// The plan of these trees (the whole folder, or a focus with `root_emptied` given).
+    fn plan(
+        &self,
+        base: &BTreeMap<RelPath, BaseNode>,
+        local: &BTreeMap<RelPath, LocalNode>,
+        remote: &BTreeMap<RelPath, syncstore_plan::RemoteNode>,
+        local_untouchable: &BTreeSet<RelPath>,
+        local_ignored: &BTreeSet<RelPath>,
+        root_emptied: Option<bool>,
+    ) -> Plan {
+        // Remote and base paths the rules exclude are left alone too.
+        let mut untouchable = local_untouchable.clone();
+        let mut ignored_by_rules = local_ignored.clone();
+        let remote_paths = remote.iter().map(|(path, node)| (path, node.kind));
+        let base_paths = base.iter().map(|(p, n)| (p, n.kind));
+        for (path, kind) in remote_paths.chain(base_paths) {
+            if self.rules.is_ignored(path, kind) {
+                untouchable.insert(path.clone());
+                ignored_by_rules.insert(path.clone());
+            }
+        }
+        syncstore_plan::plan(&PlanInput {
+            base,
+            local,
+            remote,
+            device: self.device,
+            now_stamp: self.now_stamp,
+            locked_by_others: self.locked_by_others,
+            read_only_for_locks: self.read_only_for_locks,
+            untouchable: &untouchable,
+            local_untouchable,
+            ignored_by_rules: &ignored_by_rules,
+            local_root_ok: self.local_root_ok,
+            remote_complete: true,
+            focus_root_emptied: root_emptied,
+        })
+    }
 }
 
 /// An empty base, planned against when base cannot be trusted.
@@ -186,6 +260,11 @@ impl<W: World> SyncEngine<W> {
             waits: HashMap::new(),
             read_only,
             rules: None,
+            local: None,
+            focus: focus::Focus::default(),
+            counts: PassCounts::default(),
+            check_focus: false,
+            focus_mismatches: Vec::new(),
             _lock: None,
         })
     }
@@ -229,9 +308,8 @@ impl<W: World> SyncEngine<W> {
         std::mem::take(&mut self.notices)
     }
 
-    /// Scans the folder; with `early`, the chunks of large changed files are uploaded while it
-    /// runs (a pass does that; a preview for `status` never sends anything).
-    /// The folder's ignore rules now, built again only when `.syncignore` changed.
+    /// The folder's ignore rules now, built again only when `.syncignore` changed (then the next
+    /// round walks and plans the whole folder: what the rules cover changed everywhere).
     fn ignore_rules(&mut self) -> std::sync::Arc<IgnoreRules> {
         let text = self.disk.ignore_file();
         match &self.rules {
@@ -239,12 +317,17 @@ impl<W: World> SyncEngine<W> {
             _ => {
                 let rules =
                     std::sync::Arc::new(IgnoreRules::parse(self.disk.root(), text.as_deref()));
+                if self.rules.is_some() {
+                    self.focus.walk_all = true;
+                }
                 self.rules = Some((text, std::sync::Arc::clone(&rules)));
                 rules
             }
         }
     }
 
+    /// Walks the whole folder; with `early`, the chunks of large changed files are uploaded
+    /// while it runs (a pass does that; a preview for `status` never sends anything).
     fn scan(&mut self, early: Option<&EarlyUpload>) -> Scan {
         let rules = self.ignore_rules();
         let disk = &self.disk;
@@ -257,27 +340,77 @@ impl<W: World> SyncEngine<W> {
         result
     }
 
-    fn make_plan(&mut self, scan: &Scan, remote: &BTreeMap<RelPath, RemoteNode>) -> Option<Plan> {
+    /// Brings the folder's last scan up to date: a full walk when the focus asks for one (or
+    /// there is no scan yet), else a look at the paths the focus names. Walks again when the
+    /// walk raced a rename between directories.
+    fn refresh_local(&mut self, early: Option<&EarlyUpload>) {
+        // Read first: new rules ask for a full walk.
+        let rules = self.ignore_rules();
+        if !self.focus.walk_all && self.local.as_ref().is_some_and(|scan| scan.root_ok) {
+            let mut scan = self.local.take().expect("checked");
+            let paths = std::mem::take(&mut self.focus.rescan);
+            let disk = &self.disk;
+            let cache = &mut self.cache;
+            let mut sink = early.map(EarlyUpload::sink);
+            let looked_at =
+                W::blocking(|| rescan_paths(disk, &rules, cache, &mut scan, &paths, sink.as_mut()));
+            self.counts.paths_rescanned += looked_at.len() as u64;
+            self.focus.plan.extend(paths.into_keys());
+            self.focus.plan.extend(looked_at);
+            if scan.unsettled {
+                self.retry_soon = true;
+            }
+            // A rename between directories during the look, or a root that went: walk it all.
+            let trusted = scan.root_ok && !scan.entries_moved;
+            self.local = Some(scan);
+            if trusted {
+                return;
+            }
+            tracing::debug!("entries moved while looking again; walking the whole folder");
+        }
+        self.counts.full_walks += 1;
+        let started = self.clock.monotonic();
+        let mut scan = self.scan(early);
+        // A walk that raced a rename between directories saw the file nowhere: that is no
+        // delete, so the walk is repeated (a few times: a folder whose entries never stop
+        // changing is planned as it is, and passes again soon).
+        for _ in 0..3 {
+            if !scan.entries_moved {
+                break;
+            }
+            tracing::debug!("entries moved during the scan; scanning again");
+            scan = self.scan(early);
+        }
+        if scan.entries_moved {
+            self.retry_soon = true;
+        }
+        tracing::debug!(
+            entries = scan.local.len(),
+            ms = (self.clock.monotonic().saturating_sub(started)).as_millis() as u64,
+            "full walk done"
+        );
+        self.local = Some(scan);
+        self.focus.walk_all = false;
+        self.focus.rescan.clear();
+        self.focus.plan_all = true;
+    }
+
+    /// The plan of the folder (or of the focus, unless it asks for the whole folder) from the
+    /// last scan, base and `remote`.
+    fn make_plan(&mut self) -> Option<Plan> {
         // Remote and base paths the rules exclude are left alone too: the rules the scan just
         // read (`.syncignore` is read once a round).
         let rules = match &self.rules {
             Some((_, rules)) => std::sync::Arc::clone(rules),
             None => self.ignore_rules(),
         };
-        let remote_paths = remote.iter().map(|(path, node)| (path, node.kind));
-        let base_paths = self.state.base().iter().map(|(p, n)| (p, n.kind));
-        let mut untouchable = scan.untouchable.clone();
-        let mut ignored_by_rules = scan.ignored.clone();
-        for (path, kind) in remote_paths.chain(base_paths) {
-            if rules.is_ignored(path, kind) {
-                untouchable.insert(path.clone());
-                ignored_by_rules.insert(path.clone());
-            }
-        }
         // No plan before the server said who this device is: conflicted copies are named after
         // it.
-        let device = self.device.as_ref()?;
-        let now_stamp = self.clock.local_now().format("%Y-%m-%d %H%M%S").to_string();
+        let device = self.device.clone()?;
+        let remote_tree = self.remote.as_mut()?;
+        let touched = remote_tree.take_touched();
+        let remote_tree = self.remote.as_ref()?;
+        let scan = self.local.as_ref()?;
         let locked_by_others = self.locked_by_others();
         let read_only_for_locks: BTreeMap<RelPath, u64> =
             crate::state::read_only_for_locks(&self.state)
@@ -286,25 +419,152 @@ impl<W: World> SyncEngine<W> {
                 .map(|(path, (inode, _))| (path, inode))
                 .collect();
         // Base that cannot be trusted is planned as absent: a first sync, which deletes nothing.
-        let base = if self.untrusted.is_some() {
+        let whole_base = if self.untrusted.is_some() {
             &EMPTY_BASE
         } else {
             self.state.base()
         };
-        Some(syncstore_plan::plan(&PlanInput {
-            base,
-            local: &scan.local,
-            remote,
-            device,
+        let plan_all = self.focus.plan_all || self.untrusted.is_some();
+        // The focus: what changed on either side, what the last plan left, locks and the
+        // files made read-only for them.
+        // The focus only grows until a plan comes out empty: a plan may leave decisions to the
+        // next round (the paths a rename claimed, the children of a directory to be created).
+        if !plan_all {
+            self.focus.plan.extend(touched);
+        }
+        let cut = (!plan_all).then(|| {
+            let mut seeds = self.focus.plan.clone();
+            seeds.extend(remote_tree.locks.keys().cloned());
+            seeds.extend(read_only_for_locks.keys().cloned());
+            // A file made read-only that is no longer at its path is followed by its inode
+            // (the user renamed it): where it went belongs to the focus. Looked for through
+            // the whole local tree, which happens once per such file (the plan then gives its
+            // write bits back and it leaves the set).
+            let moved: BTreeSet<u64> = read_only_for_locks
+                .iter()
+                .filter(|(path, inode)| {
+                    **inode != 0 && scan.local.get(*path).map(|n| n.inode) != Some(**inode)
+                })
+                .map(|(_, inode)| *inode)
+                .collect();
+            if !moved.is_empty() {
+                seeds.extend(
+                    scan.local
+                        .iter()
+                        .filter(|(_, node)| moved.contains(&node.inode))
+                        .map(|(path, _)| path.clone()),
+                );
+            }
+            let known = focus::Known {
+                base: whole_base,
+                local: &scan.local,
+                remote: &remote_tree.by_path,
+                local_untouchable: &scan.untouchable,
+            };
+            let paths = focus::close(&seeds, &known);
+            // Row 29 as the planner reads it of the whole folder: base files the rules or an
+            // untouchable entry cover do not count.
+            let emptied = scan.local.is_empty()
+                && whole_base.iter().any(|(path, node)| {
+                    let file = syncstore_proto::EntryKind::File;
+                    node.kind == file
+                        && !rules.is_ignored(path, file)
+                        && !scan.untouchable.contains(path)
+                        && !path
+                            .ancestors()
+                            .iter()
+                            .any(|a| scan.untouchable.contains(a))
+                });
+            (
+                paths.iter().map(RelPath::to_string).collect::<Vec<_>>(),
+                focus::cut(whole_base, &paths),
+                focus::cut(&scan.local, &paths),
+                remote_tree.plan_view_of(&paths),
+                focus::cut_set(&scan.untouchable, &paths),
+                focus::cut_set(&scan.ignored, &paths),
+                emptied,
+            )
+        });
+        let whole_remote;
+        let (base, local, remote, local_untouchable, local_ignored, root_emptied) = match &cut {
+            Some((_, base, local, remote, untouchable, ignored, emptied)) => {
+                (base, local, remote, untouchable, ignored, Some(*emptied))
+            }
+            None => {
+                whole_remote = remote_tree.plan_view();
+                (
+                    whole_base,
+                    &scan.local,
+                    &whole_remote,
+                    &scan.untouchable,
+                    &scan.ignored,
+                    None,
+                )
+            }
+        };
+        let now_stamp = self.clock.local_now().format("%Y-%m-%d %H%M%S").to_string();
+        let context = PlanContext {
+            rules: &rules,
+            device: &device,
             now_stamp: &now_stamp,
             locked_by_others: &locked_by_others,
             read_only_for_locks: &read_only_for_locks,
-            untouchable: &untouchable,
-            local_untouchable: &scan.untouchable,
-            ignored_by_rules: &ignored_by_rules,
             local_root_ok: scan.root_ok,
-            remote_complete: true,
-        }))
+        };
+        let plan = context.plan(
+            base,
+            local,
+            remote,
+            local_untouchable,
+            local_ignored,
+            root_emptied,
+        );
+        if self.check_focus && cut.is_some() {
+            let whole_remote = remote_tree.plan_view();
+            let whole = context.plan(
+                whole_base,
+                &scan.local,
+                &whole_remote,
+                &scan.untouchable,
+                &scan.ignored,
+                None,
+            );
+            if let Some(difference) = focus::differs(&plan, &whole) {
+                let paths = cut.as_ref().map(|cut| cut.0.join(", ")).unwrap_or_default();
+                self.focus_mismatches
+                    .push(format!("{difference}; the focus: [{paths}]"));
+            }
+        }
+        Some(plan)
+    }
+
+    /// A local path changed (a watcher event); `deep`: it may be a directory with new entries
+    /// (created, or renamed into place). The next [`SyncEngine::sync_changes`] looks at it.
+    pub fn local_changed(&mut self, path: RelPath, deep: bool) {
+        self.focus.local_changed(path, deep);
+    }
+
+    /// The watcher cannot say what changed (its queue overflowed, a watch could not be added,
+    /// it failed): the next pass walks the whole folder.
+    pub fn local_unknown(&mut self) {
+        self.focus.walk_all = true;
+    }
+
+    /// How the passes went so far.
+    pub fn pass_counts(&self) -> PassCounts {
+        self.counts
+    }
+
+    /// Checks every plan of a focus against the plan of the whole folder from the same trees
+    /// (costly: for the simulation); differences are kept for
+    /// [`SyncEngine::take_focus_mismatches`].
+    pub fn check_focus_plans(&mut self, on: bool) {
+        self.check_focus = on;
+    }
+
+    /// The differences found by [`SyncEngine::check_focus_plans`] since the last call.
+    pub fn take_focus_mismatches(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.focus_mismatches)
     }
 
     /// Computes what a pass would do, changing nothing.
@@ -314,9 +574,10 @@ impl<W: World> SyncEngine<W> {
     pub async fn preview(&mut self) -> Result<Preview, Error> {
         self.check_folder()?;
         self.refresh_remote().await?;
-        let scan = self.scan(None);
-        let remote_view = self.remote.as_ref().expect("connected").plan_view();
-        let plan = self.make_plan(&scan, &remote_view).expect("connected");
+        self.focus.walk_all = true;
+        self.refresh_local(None);
+        let plan = self.make_plan().expect("connected");
+        let scan = self.local.take().expect("scanned");
         Ok(Preview {
             plan,
             local: scan.local,
@@ -327,19 +588,37 @@ impl<W: World> SyncEngine<W> {
         })
     }
 
-    /// One full two-way pass: plan and apply until nothing is left to do.
+    /// One full two-way pass: walk the whole folder, then plan and apply until nothing is left
+    /// to do.
     ///
     /// # Errors
     /// When the server cannot be reached or the folder cannot be written; the pass can simply be
     /// run again later.
-    #[tracing::instrument(skip(self), fields(root = %self.disk.root().display()))]
     pub async fn sync_pass(&mut self) -> Result<PassReport, Error> {
+        self.focus.walk_all = true;
+        self.pass().await
+    }
+
+    /// A two-way pass over what changed since the last one: the local paths the watcher named
+    /// ([`SyncEngine::local_changed`]), the server's journal since the cursor, and what the last
+    /// pass left undone. Walks the whole folder only when it must (the first pass, new ignore
+    /// rules, [`SyncEngine::local_unknown`]).
+    ///
+    /// # Errors
+    /// As [`SyncEngine::sync_pass`].
+    pub async fn sync_changes(&mut self) -> Result<PassReport, Error> {
+        self.pass().await
+    }
+
+    #[tracing::instrument(name = "sync_pass", skip(self), fields(root = %self.disk.root().display()))]
+    async fn pass(&mut self) -> Result<PassReport, Error> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
         let mut report = PassReport::default();
         self.retry_soon = false;
-        for _round in 0..MAX_ROUNDS {
+        let walks_before = self.counts.full_walks;
+        for round in 0..MAX_ROUNDS {
             self.check_folder()?;
             self.refresh_remote().await?;
             if let Some(why) = self.untrusted.take() {
@@ -351,37 +630,55 @@ impl<W: World> SyncEngine<W> {
             }
             self.check_my_locks();
             let early = W::EARLY_UPLOAD.then(|| EarlyUpload::start(self.server.clone()));
-            let mut scan = self.scan(early.as_ref());
-            // A walk that raced a rename between directories saw the file nowhere: that is no
-            // delete, so the walk is repeated (a few times: a folder whose entries never stop
-            // changing is planned as it is, and passes again soon).
-            for _ in 0..3 {
-                if !scan.entries_moved {
-                    break;
-                }
-                tracing::debug!("entries moved during the scan; scanning again");
-                scan = self.scan(early.as_ref());
-            }
-            if scan.entries_moved {
-                self.retry_soon = true;
+            self.refresh_local(early.as_ref());
+            if round == 0 && self.counts.full_walks == walks_before {
+                self.counts.incremental_passes += 1;
             }
             if let Some(early) = early {
                 early.finish().await;
             }
-            let remote_view = self.remote.as_ref().expect("connected").plan_view();
-            let plan = self.make_plan(&scan, &remote_view).expect("connected");
+            let plan = self.make_plan().expect("connected");
+            let scan = self.local.as_ref().expect("scanned");
             report.blocked = plan.blocked.clone();
             report.skipped = scan.skipped.clone();
             if plan.ops.is_empty() {
                 self.save_identity()?;
+                let scan = self.local.as_ref().expect("scanned");
                 // Skipped entries (symlinks, unreadable files, unsyncable names) mean the two
                 // sides are not identical, even when there is nothing left to do about it.
                 report.in_sync =
                     plan.blocked.is_empty() && scan.root_ok && report.skipped.is_empty();
                 report.retry_soon = self.retry_soon;
+                // What the next pass must look at again though nothing may change there:
+                // blocked paths, entries that could not be synced, files that wait to be
+                // tried again. A blocked root is looked at as a whole.
+                let mut pending: BTreeSet<RelPath> = scan
+                    .untouchable
+                    .difference(&scan.ignored)
+                    .cloned()
+                    .collect();
+                pending.extend(self.waits.keys().cloned());
+                for blocked in &plan.blocked {
+                    match &blocked.path {
+                        Some(path) => {
+                            pending.insert(path.clone());
+                        }
+                        None => self.focus.walk_all = true,
+                    }
+                }
+                let walk_all = self.focus.walk_all;
+                let rescan: Vec<RelPath> = pending.iter().cloned().collect();
+                self.focus.settle(pending);
+                self.focus.walk_all = walk_all;
+                for path in rescan {
+                    self.focus.local_changed(path, false);
+                }
                 return Ok(report);
             }
             tracing::debug!(ops = plan.ops.len(), "applying plan");
+            for op in &plan.ops {
+                self.focus.after_op(op);
+            }
             let n_ops = plan.ops.len();
             let (applied, waiting) = self.execute(plan.ops).await?;
             report.applied += applied;

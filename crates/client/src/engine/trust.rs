@@ -152,6 +152,8 @@ impl<W: World> SyncEngine<W> {
                 tree.entries,
                 tree.locks,
             ));
+            // A new remote tree says nothing about which paths changed.
+            self.focus.plan_all = true;
             self.check_my_locks();
         }
         Ok(())

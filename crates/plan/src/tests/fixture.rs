@@ -240,6 +240,7 @@ impl Fixture {
             ignored_by_rules: &self.ignored_by_rules,
             local_root_ok: self.local_root_ok,
             remote_complete: self.remote_complete,
+            focus_root_emptied: None,
         })
     }
 

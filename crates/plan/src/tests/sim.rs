@@ -73,6 +73,7 @@ impl World {
             ignored_by_rules: &BTreeSet::new(),
             local_root_ok: true,
             remote_complete: limits.remote_complete,
+            focus_root_emptied: None,
         })
     }
 
