@@ -1,7 +1,7 @@
 //! The benchmark script cannot rot: `bench/run --smoke` runs against the binary under test.
 //!
 //! Tiny sizes and syncstore rows only; nothing about speed is asserted (STYLE.md §13).
-//! See issue 5 and `docs/benchmarks.md`.
+//! See issues 5 and 13 and `docs/benchmarks.md`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,7 +29,7 @@ fn bench_run_smoke_has_a_syncstore_row_per_workload() {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = std::fs::read_to_string(&table).expect("bench/run wrote the table");
-    for workload in ["W1", "W2", "W3", "W4", "W5", "W6"] {
+    for workload in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"] {
         let prefix = format!("| {workload} |");
         assert!(
             text.lines()
