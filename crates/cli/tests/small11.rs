@@ -76,8 +76,10 @@ fn exact_tree(dir: &std::path::Path) -> BTreeMap<String, (Option<Vec<u8>>, std::
             let bytes = if meta.is_dir() {
                 todo.push(path.clone());
                 None
-            } else {
+            } else if meta.is_file() {
                 Some(std::fs::read(&path).unwrap())
+            } else {
+                None // The daemon's control socket.
             };
             out.insert(rel, (bytes, meta.modified().unwrap()));
         }

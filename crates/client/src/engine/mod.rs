@@ -123,6 +123,8 @@ pub struct SyncEngine<W: World> {
     rules: Option<(Option<String>, std::sync::Arc<IgnoreRules>)>,
     /// Held while this engine may write (production: the folder's `daemon.lock`).
     _lock: Option<Box<dyn Send>>,
+    /// What the engine is doing, for `status` and the progress bar (plain shared memory).
+    progress: crate::progress::Progress,
 }
 
 /// An empty base, planned against when base cannot be trusted.
@@ -187,12 +189,28 @@ impl<W: World> SyncEngine<W> {
             read_only,
             rules: None,
             _lock: None,
+            progress: crate::progress::Progress::default(),
         })
     }
 
     /// Keeps `lock` as long as the engine lives.
     pub fn hold(&mut self, lock: Box<dyn Send>) {
         self._lock = Some(lock);
+    }
+
+    /// What the engine is doing (a clone sharing its state).
+    pub fn progress(&self) -> crate::progress::Progress {
+        self.progress.clone()
+    }
+
+    /// After the daemon dropped a pass at an await (it was paused): commits what that pass
+    /// applied and recorded, as a pass that fails part-way does.
+    ///
+    /// # Errors
+    /// When the state cannot be saved.
+    pub fn pass_dropped(&mut self) -> Result<(), Error> {
+        self.save_identity()?;
+        self.state.commit_batch()
     }
 
     /// The synced folder.
@@ -370,6 +388,7 @@ impl<W: World> SyncEngine<W> {
             }
             let remote_view = self.remote.as_ref().expect("connected").plan_view();
             let plan = self.make_plan(&scan, &remote_view).expect("connected");
+            self.progress.planned(&plan, &scan.local, &remote_view);
             report.blocked = plan.blocked.clone();
             report.skipped = scan.skipped.clone();
             if plan.ops.is_empty() {
