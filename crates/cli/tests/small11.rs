@@ -186,7 +186,7 @@ fn status_during_a_download_leaves_it_alone() {
         })
     });
     // `status` says the file is still to come; it must not take the temp file away.
-    let out = run(&["status", s.b_dir.to_str().unwrap()]);
+    let out = run(&["status", "-v", s.b_dir.to_str().unwrap()]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("big.bin"),
         "{}",

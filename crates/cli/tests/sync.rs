@@ -237,7 +237,7 @@ fn symlinks_are_skipped_and_never_written_through() {
         !out.status.success(),
         "B cannot be in sync while a symlink holds the name"
     );
-    let status = run(&["status", s.b_dir.to_str().unwrap()]);
+    let status = run(&["status", "-v", s.b_dir.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         text.contains("skipped") && text.contains("docs") && text.contains("symlink"),

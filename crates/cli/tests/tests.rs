@@ -15,3 +15,4 @@ mod recovery_shared;
 mod scale_out;
 mod small11;
 mod sync;
+mod visible;
