@@ -57,7 +57,7 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// What one pass achieved.
 #[derive(Debug, Default)]
 pub struct PassReport {
-    /// Local folder and server hold the same tree.
+    /// Local folder and server hold the same tree, apart from the `skipped` paths.
     pub in_sync: bool,
     /// Steps applied.
     pub applied: usize,
@@ -393,10 +393,10 @@ impl<W: World> SyncEngine<W> {
             report.skipped = scan.skipped.clone();
             if plan.ops.is_empty() {
                 self.save_identity()?;
-                // Skipped entries (symlinks, unreadable files, unsyncable names) mean the two
-                // sides are not identical, even when there is nothing left to do about it.
-                report.in_sync =
-                    plan.blocked.is_empty() && scan.root_ok && report.skipped.is_empty();
+                // Skipped entries (symlinks, unreadable files, unsyncable names) are reported
+                // in `skipped`, not held against `in_sync`: nothing can be done about them, and
+                // a folder holding one would otherwise never be in sync.
+                report.in_sync = plan.blocked.is_empty() && scan.root_ok;
                 report.retry_soon = self.retry_soon;
                 return Ok(report);
             }
