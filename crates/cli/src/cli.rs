@@ -26,8 +26,13 @@ pub enum Command {
     Token(TokenCommand),
     /// Keep DIR and the server in sync, both ways, until stopped (or once with --once).
     Sync(SyncArgs),
-    /// Compare DIR with the server and show what differs; changes nothing.
+    /// Show what DIR's daemon is doing (pending counts, transfers, rate, errors), or, when no
+    /// daemon runs, compare DIR with the server; changes nothing. Exit 0 in sync, 1 not.
     Status(StatusArgs),
+    /// Pause DIR's running daemon: no pass starts, the running one stops at its next step.
+    Pause(DaemonArgs),
+    /// Resume DIR's paused daemon: it syncs again at once.
+    Resume(DaemonArgs),
     /// List the files on the server.
     Ls(LsArgs),
     /// Start a server and two synced folders under ./syncstore-demo to try things out.
@@ -68,6 +73,9 @@ pub struct UnlockArgs {
 
 #[derive(Args, Debug)]
 pub struct LocksArgs {
+    /// Print the locks as JSON (an array of {path, device, since_ms, expires_ms}).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -251,6 +259,18 @@ pub struct SyncArgs {
 pub struct StatusArgs {
     /// The synced folder.
     pub dir: PathBuf,
+    /// List the paths too (pending, blocked and skipped), not only their counts.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Print the status as JSON (see README, "Status").
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// The synced folder whose daemon to ask.
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -260,6 +280,10 @@ pub struct LsArgs {
     /// List everything below, not only direct children.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    /// Print the listing as JSON (an array of {path, kind, size, mtime_ms, device, executable,
+    /// locked_by}).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }

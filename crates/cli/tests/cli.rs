@@ -101,11 +101,21 @@ fn status_reports_differences_and_exits_zero_once_in_sync() {
     );
 
     write(&dir.join("new.txt"), "not yet uploaded");
+    // Without a daemon: counts, and with -v the paths.
     let out = run(&["status", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("upload") && stdout.contains("new.txt"),
+        stdout.contains("pending: 1 upload (16 B)") && !stdout.contains("new.txt"),
+        "{stdout}"
+    );
+    let out = run(&["status", "-v", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("upload") && l.contains("new.txt")),
         "{stdout}"
     );
 
@@ -158,7 +168,10 @@ fn every_command_has_help() {
         &["serve", "--help"],
         &["sync", "--help"],
         &["status", "--help"],
+        &["pause", "--help"],
+        &["resume", "--help"],
         &["ls", "--help"],
+        &["locks", "--help"],
         &["demo", "--help"],
         &["user", "add", "--help"],
         &["token", "add", "--help"],

@@ -68,7 +68,7 @@ fn syncstore_blake3(bytes: &[u8]) -> String {
 }
 
 fn status_of(dir: &Path) -> (i32, String) {
-    let out = run(&["status", dir.to_str().unwrap()]);
+    let out = run(&["status", "-v", dir.to_str().unwrap()]);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -15,4 +15,5 @@ mod recovery_shared;
 mod scale_out;
 mod small11;
 mod sync;
+mod visible;
 mod watch;

@@ -125,3 +125,98 @@ fn a_watch_limit_too_low_is_reported_once_and_rescans_converge() {
     assert_eq!(told, 1, "the limit is reported once:\n{log}");
     assert!(log.contains("sudo sysctl fs.inotify.max_user_watches="));
 }
+
+/// `status --json` of a folder whose daemon runs: the parsed document (polled until the daemon
+/// answers).
+fn daemon_status(dir: &std::path::Path) -> serde_json::Value {
+    let mut doc = serde_json::Value::Null;
+    wait_until("the daemon answers status", || {
+        let out = run(&["status", "--json", dir.to_str().unwrap()]);
+        doc = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        doc["daemon"] == "running"
+    });
+    doc
+}
+
+fn counter(doc: &serde_json::Value, name: &str) -> u64 {
+    doc[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status --json has no {name}: {doc}"))
+}
+
+#[test]
+fn an_edit_in_a_large_folder_reaches_the_other_device_without_walking_the_folder() {
+    // 20,000 files in 200 directories; a rescan only every hour, so every pass after the first
+    // is started by the watcher or the server.
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &tmp.path().join("data"));
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for dir in 0..200 {
+        std::fs::create_dir_all(a.join(format!("d{dir:03}"))).unwrap();
+        for file in 0..100 {
+            std::fs::write(
+                a.join(format!("d{dir:03}/f{file:03}.txt")),
+                format!("{dir}/{file}"),
+            )
+            .unwrap();
+        }
+    }
+    let servers = [server.url()];
+    let _daemon_a = start_client_rescanning_every(
+        "a",
+        tmp.path(),
+        &a,
+        &servers,
+        &server.token("me", "a"),
+        3600,
+    );
+    let _daemon_b = start_client_rescanning_every(
+        "b",
+        tmp.path(),
+        &b,
+        &servers,
+        &server.token("me", "b"),
+        3600,
+    );
+    wait_until_for(
+        "b has all 20,000 files",
+        std::time::Duration::from_secs(300),
+        &mut || read(&b.join("d199/f099.txt")).as_deref() == Some("199/99"),
+    );
+    let mut before_a = daemon_status(&a);
+    wait_until("a is in sync", || {
+        before_a = daemon_status(&a);
+        before_a["in_sync"] == true && before_a["syncing"] == false
+    });
+    let mut before_b = daemon_status(&b);
+    wait_until("b is in sync", || {
+        before_b = daemon_status(&b);
+        before_b["in_sync"] == true && before_b["syncing"] == false
+    });
+    for round in 0..3 {
+        let text = format!("edited {round}");
+        write(&a.join("d100/f050.txt"), &text);
+        wait_until("the edit reaches b", || {
+            read(&b.join("d100/f050.txt")).as_deref() == Some(text.as_str())
+        });
+    }
+    std::fs::create_dir(a.join("d100/new")).unwrap();
+    write(&a.join("d100/new/file.txt"), "new");
+    wait_until("the new directory reaches b", || {
+        read(&b.join("d100/new/file.txt")).as_deref() == Some("new")
+    });
+    let after_a = daemon_status(&a);
+    let after_b = daemon_status(&b);
+    // Neither daemon walked its folder again: every pass looked only at what changed.
+    for (name, before, after) in [("a", &before_a, &after_a), ("b", &before_b, &after_b)] {
+        assert_eq!(
+            counter(after, "full_walks"),
+            counter(before, "full_walks"),
+            "{name} walked the folder again: {after}"
+        );
+        assert!(
+            counter(after, "incremental_passes") > counter(before, "incremental_passes"),
+            "{name} made no incremental pass: {after}"
+        );
+    }
+}

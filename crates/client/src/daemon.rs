@@ -57,7 +57,7 @@ const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run_once(engine: &mut Engine) -> Result<PassReport, crate::Error> {
     let mut total = 0;
     for _ in 0..8 {
-        let mut report = engine.sync_pass().await?;
+        let mut report = tracked_pass(engine).await?;
         total += report.applied;
         if report.in_sync || !report.retry_soon {
             report.applied = total;
@@ -66,9 +66,71 @@ pub async fn run_once(engine: &mut Engine) -> Result<PassReport, crate::Error> {
         // Something was settling (a file being written, a conflict answer): let it settle.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut report = engine.sync_pass().await?;
+    let mut report = tracked_pass(engine).await?;
     report.applied += total;
     Ok(report)
+}
+
+/// One pass, its start and outcome recorded in the engine's progress.
+async fn tracked_pass(engine: &mut Engine) -> Result<PassReport, crate::Error> {
+    let progress = engine.progress();
+    progress.pass_started();
+    let outcome = engine.sync_pass().await;
+    pass_ended(&progress, engine.root(), &outcome);
+    outcome
+}
+
+/// Records how a pass ended; a completed batch gets its one INFO line (folder, files, bytes,
+/// seconds).
+fn pass_ended(
+    progress: &crate::progress::Progress,
+    root: &Path,
+    outcome: &Result<PassReport, crate::Error>,
+) {
+    match outcome {
+        Ok(report) => {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let batch = progress.pass_done(report, now_ms);
+            if let Some(batch) = batch.filter(|b| b.files > 0 || report.applied > 0) {
+                tracing::info!(
+                    folder = %root.display(),
+                    files = batch.files,
+                    bytes = batch.bytes,
+                    secs = format_args!("{:.1}", batch.elapsed.as_secs_f64()),
+                    applied = report.applied,
+                    in_sync = report.in_sync,
+                    "sync pass done"
+                );
+            }
+        }
+        Err(crate::Error::Paused) => progress.pass_abandoned(),
+        Err(err) => progress.pass_failed(&format!("{err:#}")),
+    }
+}
+
+/// Waits until syncing is paused (at once when it is).
+async fn pause_requested(paused: &mut watch::Receiver<bool>) {
+    if paused.wait_for(|paused| *paused).await.is_err() {
+        // The sender lives as long as the daemon loop.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// While paused, triggers are taken but start no pass; returns false when the daemon stops.
+async fn wait_while_paused(
+    paused: &mut watch::Receiver<bool>,
+    local_dirty: &Notify,
+    remote_dirty: &Notify,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            resumed = paused.wait_for(|paused| !*paused) => return resumed.is_ok(),
+            () = local_dirty.notified() => tracing::debug!("paused: a local change waits for resume"),
+            () = remote_dirty.notified() => tracing::debug!("paused: a remote change waits for resume"),
+        }
+    }
 }
 
 /// Keeps the folder and the server in sync until `shutdown` fires; then stops at a safe point.
@@ -109,6 +171,21 @@ pub async fn run(
             }
         }
     }));
+    let progress = engine.progress();
+    // Pause and resume come from the control socket; the loop waits on this channel.
+    let (paused_tx, mut paused_rx) = watch::channel(false);
+    let _control = match crate::control::listen(
+        &root,
+        progress.clone(),
+        paused_tx.clone(),
+        api.clone(),
+    ) {
+        Ok(socket) => Some(socket),
+        Err(err) => {
+            tracing::warn!(cause = %err, "could not open the control socket; status, pause and resume will not reach this daemon");
+            None
+        }
+    };
     let mut next_scan = Instant::now() + scan_interval;
     // The first pass walks the whole folder anyway.
     let mut walk_all = false;
@@ -121,6 +198,13 @@ pub async fn run(
     // The last FolderStopped message logged, so a stopped folder is reported once.
     let mut last_stopped: Option<String> = None;
     loop {
+        if progress.is_paused() {
+            tracing::info!(folder = %root.display(), "paused");
+            if !wait_while_paused(&mut paused_rx, &local_dirty, &remote_dirty, &shutdown).await {
+                break;
+            }
+            tracing::info!(folder = %root.display(), "resumed");
+        }
         if Instant::now() >= next_chunk_check {
             let checked = tokio::select! {
                 checked = engine.check_server_chunks() => Some(checked),
@@ -155,11 +239,22 @@ pub async fn run(
                 engine.sync_changes().await
             }
         };
+        progress.pass_started();
         let outcome = tokio::select! {
-            outcome = pass => Some(outcome),
+            outcome = pass => Some(Some(outcome)),
             () = shutdown.cancelled() => None,
+            // Dropping the pass is safe: the daemon does the same on shutdown.
+            () = pause_requested(&mut paused_rx) => Some(None),
         };
         let Some(outcome) = outcome else { break };
+        let Some(outcome) = outcome.filter(|o| !matches!(o, Err(crate::Error::Paused))) else {
+            progress.pass_abandoned();
+            if let Err(err) = engine.pass_dropped() {
+                tracing::warn!(cause = %err, "could not save what the paused pass applied");
+            }
+            continue;
+        };
+        pass_ended(&progress, &root, &outcome);
         retry = None;
         let stopped = outcome.as_ref().err().and_then(|err| match err {
             crate::Error::FolderStopped(stopped) => Some(stopped.to_string()),
@@ -190,13 +285,6 @@ pub async fn run(
             Err(_) if last_stopped.is_some() => {}
             Ok(report) => {
                 backoff.succeeded();
-                if report.applied > 0 {
-                    tracing::info!(
-                        applied = report.applied,
-                        in_sync = report.in_sync,
-                        "sync pass done"
-                    );
-                }
                 // Each skipped path is reported once, with its reason, until it changes.
                 for skipped in &report.skipped {
                     if !last_skipped.contains(skipped) {
@@ -250,6 +338,7 @@ pub async fn run(
             () = local_dirty.notified() => debounce(&local_dirty).await,
             () = sleep_until_opt(lock_expiry) => {}
             () = remote_dirty.notified() => {}
+            _ = paused_rx.changed() => {}
             () = tokio::time::sleep_until(next_scan) => {
                 next_scan = Instant::now() + scan_interval;
                 walk_all = true;

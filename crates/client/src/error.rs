@@ -39,6 +39,9 @@ pub enum Error {
     /// The folder is not set up, or cannot be opened.
     #[error("{0}")]
     Setup(String),
+    /// The user paused syncing; the pass stopped between two chunks.
+    #[error("syncing is paused")]
+    Paused,
 }
 
 impl Error {

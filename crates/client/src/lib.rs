@@ -6,12 +6,14 @@
 //! watcher, the long poll, the rescan timer or a retry says so; [`scan`] walks the folder
 //! (handing the chunks of large files to [`early_upload`] as it cuts them); [`state`] persists
 //! the base tree in `.syncstore/`; [`remote`] keeps the server's tree; [`http`] talks to the API
-//! with failover; [`config`] is the saved settings.
+//! with failover; [`config`] is the saved settings; [`progress`] is what the engine is doing, as
+//! shared memory, which the daemon serves on its [`control`] socket.
 //!
 //! Architecture Invariant: the client never decides what to do itself; it asks the pure
 //! planner, applies the ops with their re-checks, and records base after each step.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod early_upload;
 pub mod engine;
@@ -20,6 +22,7 @@ pub mod folder;
 pub mod fsutil;
 pub mod http;
 mod production;
+pub mod progress;
 pub mod remote;
 pub mod scan;
 pub mod seams;
@@ -29,3 +32,4 @@ pub use config::FolderConfig;
 pub use engine::{Engine, Notice, PassCounts, PassReport, Preview, SyncEngine};
 pub use error::Error;
 pub use http::{ApiClient, ApiError};
+pub use progress::Progress;

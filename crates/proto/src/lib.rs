@@ -7,9 +7,12 @@
 //!
 //! Start reading at [`RelPath`] (what a path may be), then [`Op`] (what a client may ask) and
 //! [`Change`] (what the journal tells every device).
+//! [`daemon`] holds the messages of the client daemon's local control socket, which is a wire
+//! too.
 //! This crate does no IO.
 
 mod api;
+pub mod daemon;
 mod frame;
 mod names;
 mod path;

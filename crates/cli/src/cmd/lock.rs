@@ -141,6 +141,21 @@ pub async fn unlock(args: UnlockArgs) -> anyhow::Result<ExitCode> {
 pub async fn list(args: LocksArgs) -> anyhow::Result<ExitCode> {
     let locks = super::api_from(&args.remote)?.locks().await?;
     let mut out = std::io::stdout().lock();
+    if args.json {
+        let rows: Vec<serde_json::Value> = locks
+            .iter()
+            .map(|lock| {
+                serde_json::json!({
+                    "path": lock.path.as_str(),
+                    "device": lock.device.as_str(),
+                    "since_ms": lock.since_ms,
+                    "expires_ms": lock.expires_ms,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     writeln!(
         out,
         "{:<16}  {:<19}  {:<19}  PATH",

@@ -46,6 +46,31 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     }
     rows.sort_by(|a, b| a.path.cmp(&b.path));
     let mut out = std::io::stdout().lock();
+    if args.json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|entry| {
+                serde_json::json!({
+                    "path": entry.path.as_str(),
+                    "kind": match entry.kind {
+                        EntryKind::Dir => "dir",
+                        EntryKind::File => "file",
+                    },
+                    "size": entry.size,
+                    "mtime_ms": entry.mtime_ms,
+                    "device": entry.device.as_str(),
+                    "executable": entry.executable,
+                    "locked_by": tree
+                        .locks
+                        .iter()
+                        .find(|lock| lock.in_force(now_ms) && lock.covers(&entry.path))
+                        .map(|lock| lock.device.as_str()),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     writeln!(
         out,
         "{:<4} {:>12}  {:<19}  {:<16}  {:<24}  NAME",

@@ -1,5 +1,6 @@
 //! One function per subcommand.
 
+mod bar;
 mod demo;
 mod lock;
 mod ls;
@@ -51,7 +52,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync(args) => sync(args).await,
-        Command::Status(args) => status::run(&args.dir).await,
+        Command::Status(args) => status::run(&args).await,
+        Command::Pause(args) => status::pause_or_resume(&args.dir, true).await,
+        Command::Resume(args) => status::pause_or_resume(&args.dir, false).await,
         Command::Ls(args) => ls::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Lock(args) => lock::lock(args).await,
@@ -307,7 +310,10 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
     let (mut engine, config) = open_engine(&args.dir, &args.remote)?;
     save_config(&mut engine, &config).await?;
     if args.once {
-        let report = syncstore_client::daemon::run_once(&mut engine).await?;
+        let bar = bar::show(engine.progress());
+        let report = syncstore_client::daemon::run_once(&mut engine).await;
+        drop(bar);
+        let report = report?;
         for skipped in &report.skipped {
             eprintln!("skipped {}: {}", skipped.path, skipped.reason);
         }
@@ -315,6 +321,12 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
             eprintln!("note: {notice}");
         }
         if report.in_sync {
+            if !report.skipped.is_empty() {
+                eprintln!(
+                    "warning: in sync, but {} path(s) were skipped (listed above)",
+                    report.skipped.len()
+                );
+            }
             println!("in sync ({} steps applied)", report.applied);
             return Ok(ExitCode::SUCCESS);
         }
@@ -332,6 +344,7 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
     let options = syncstore_client::daemon::DaemonOptions {
         scan_interval: Duration::from_secs(args.scan_interval.max(1)),
     };
+    let _bar = bar::show(engine.progress());
     syncstore_client::daemon::run(engine, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,103 +1,250 @@
-//! `syncstore status DIR`: what a pass would do, changing nothing.
+//! `syncstore status DIR`: what the folder's daemon is doing, or, when none runs, what a pass
+//! would do; changes nothing either way. `pause DIR` and `resume DIR` ask the daemon.
+//!
+//! Both forms give a [`FolderStatus`] (the daemon's comes over its control socket); it is
+//! printed as counts (`-v` lists the paths) or as JSON (`--json`).
 
+use super::bar::{bytes_text, progress_line};
+use anyhow::Context;
 use chrono::TimeZone;
 use std::path::Path;
 use std::process::ExitCode;
-use syncstore_plan::PlanOp;
-use syncstore_proto::RelPath;
+use syncstore_client::control;
+use syncstore_client::Progress;
+use syncstore_proto::daemon::{
+    DaemonReply, DaemonRequest, DaemonState, Direction, FolderStatus, PathReason, PendingKind,
+};
 
-/// Prints the differences; exit 0 in sync, 1 not.
+/// Prints the folder's status; exit 0 in sync (skipped paths only warn), 1 not.
 ///
 /// # Errors
-/// When the folder is not set up or the server cannot be reached.
-pub async fn run(dir: &Path) -> anyhow::Result<ExitCode> {
-    let mut engine = super::open_engine_read_only(dir)?;
-    let preview = engine.preview().await?;
-    println!("server: {}", engine.api().current_server());
-    let mut differences = 0;
-    if let Some(why) = &preview.untrusted {
-        differences += 1;
-        println!(
-            "re-adopt   whole folder: {why}; the next sync re-adopts it as on a first sync \
-             (nothing is deleted on either side; files that differ become conflicted copies)"
+/// When the folder is not set up, or no daemon runs and the server cannot be reached.
+pub async fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitCode> {
+    let dir = super::canonical_dir(&args.dir)?;
+    let status = match ask(&dir, &DaemonRequest::Status).await? {
+        Some(DaemonReply::Status(status)) => *status,
+        Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        None => offline(&dir).await?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_summary(&status, args.verbose);
+    }
+    if !status.in_sync {
+        return Ok(ExitCode::from(1));
+    }
+    if !status.skipped.is_empty() {
+        eprintln!(
+            "warning: in sync, but {} path(s) are not synced and were skipped (`syncstore status \
+             -v {}` lists them with the reason)",
+            status.skipped.len(),
+            args.dir.display()
         );
     }
-    if let Some(when_why) = &preview.readopted {
-        println!("note: the folder was re-adopted at {when_why}");
-    }
-    let describe = |path: &RelPath| {
-        let local = preview
-            .local
-            .get(path)
-            .map(|n| format!("{} B, {}", n.size, time_text(n.mtime_ns / 1_000_000)))
-            .unwrap_or_else(|| "-".into());
-        let remote = preview
-            .remote
-            .get(path)
-            .map(|e| format!("{} B, {}", e.size, time_text(e.mtime_ms)))
-            .unwrap_or_else(|| "-".into());
-        format!("local: {local}; server: {remote}")
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `syncstore pause DIR` (`pause`) or `resume DIR`.
+///
+/// # Errors
+/// When no daemon runs on the folder, or it refuses.
+pub async fn pause_or_resume(dir: &Path, pause: bool) -> anyhow::Result<ExitCode> {
+    let dir = super::canonical_dir(dir)?;
+    let request = if pause {
+        DaemonRequest::Pause
+    } else {
+        DaemonRequest::Resume
     };
-    for op in &preview.plan.ops {
-        let line = match op {
-            PlanOp::Upload { path, .. } => format!("upload     {path}  ({})", describe(path)),
-            PlanOp::Download { path, .. } => format!("download   {path}  ({})", describe(path)),
-            PlanOp::DeleteLocal { path, .. } | PlanOp::RemoveDirLocal { path } => {
-                format!("delete local   {path}  ({})", describe(path))
-            }
-            PlanOp::DeleteRemote { path, .. } => {
-                format!("delete on server  {path}  ({})", describe(path))
-            }
-            PlanOp::SetModeRemote {
-                path, executable, ..
-            } => format!(
-                "mode on server  {path}  ({})",
-                if *executable { "+x" } else { "-x" }
-            ),
-            PlanOp::SetModeLocal {
-                path, executable, ..
-            } => format!(
-                "mode local  {path}  ({})",
-                if *executable { "+x" } else { "-x" }
-            ),
-            PlanOp::MakeDirLocal { path, .. } => format!("create local dir  {path}"),
-            PlanOp::MakeDirRemote { path } => format!("create dir on server  {path}"),
-            PlanOp::MoveRemote { from, to, .. } => format!("rename on server  {from} -> {to}"),
-            PlanOp::MoveLocal { from, to } => format!("rename local  {from} -> {to}"),
-            PlanOp::ConflictCopy { path, copy } => format!(
-                "conflict   {path}  ({}); local version kept as {copy}",
-                describe(path)
-            ),
-            // Upkeep, not differences between the sides (see the `syncstore_plan` crate docs).
-            PlanOp::RecordBase { .. }
-            | PlanOp::ForgetBase { .. }
-            | PlanOp::ProtectLocal { .. }
-            | PlanOp::UnprotectLocal { .. } => continue,
-        };
-        differences += 1;
-        println!("{line}");
+    match ask(&dir, &request).await? {
+        Some(DaemonReply::Done { state }) => {
+            let done = if state == DaemonState::Paused {
+                "paused: no sync starts until `syncstore resume`"
+            } else {
+                "resumed: syncing"
+            };
+            println!("{}: {done}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        None => anyhow::bail!(
+            "no syncstore daemon runs on {}: start one with `syncstore sync {}`",
+            dir.display(),
+            dir.display()
+        ),
     }
-    for blocked in &preview.plan.blocked {
-        differences += 1;
-        match (&blocked.path, &blocked.reason) {
-            (Some(path), syncstore_plan::BlockReason::LockedBy(device)) => println!(
-                "blocked    {path}  (locked by {device}; {})",
-                describe(path)
-            ),
-            (None, reason) => println!("blocked    whole folder: {reason:?}"),
-            (Some(path), reason) => println!("blocked    {path}: {reason:?}"),
+}
+
+/// The daemon's answer; `None` when none runs.
+async fn ask(dir: &Path, request: &DaemonRequest) -> anyhow::Result<Option<DaemonReply>> {
+    let reply = control::ask(dir, request)
+        .await
+        .with_context(|| format!("could not ask the daemon of {}", dir.display()))?;
+    if let Some(DaemonReply::Error { message }) = &reply {
+        anyhow::bail!("the daemon of {} refused: {message}", dir.display());
+    }
+    Ok(reply)
+}
+
+/// No daemon: what a pass would do, from the folder's state and the server.
+async fn offline(dir: &Path) -> anyhow::Result<FolderStatus> {
+    let mut engine = super::open_engine_read_only(dir)?;
+    let preview = engine.preview().await?;
+    let progress = Progress::default();
+    progress.planned_with_sizes(
+        &preview.plan,
+        &|path| preview.local.get(path).map_or(0, |node| node.size),
+        &|path| preview.remote.get(path).map_or(0, |entry| entry.size),
+    );
+    let mut status = progress.status();
+    status.daemon = DaemonState::NotRunning;
+    status.folder = dir.display().to_string();
+    status.server = engine.api().current_server().to_owned();
+    status.progress = None;
+    status.skipped = preview
+        .skipped
+        .iter()
+        .map(|skipped| PathReason {
+            path: skipped.path.clone(),
+            reason: skipped.reason.clone(),
+        })
+        .collect();
+    if let Some(why) = &preview.untrusted {
+        status.notes.push(format!(
+            "re-adopt   whole folder: {why}; the next sync re-adopts it as on a first sync \
+             (nothing is deleted on either side; files that differ become conflicted copies)"
+        ));
+    }
+    if let Some(when_why) = &preview.readopted {
+        status
+            .notes
+            .push(format!("the folder was re-adopted at {when_why}"));
+    }
+    status.in_sync = status.pending.total_files() == 0
+        && status.blocked.is_empty()
+        && preview.untrusted.is_none();
+    Ok(status)
+}
+
+fn print_summary(status: &FolderStatus, verbose: bool) {
+    println!("folder: {}", status.folder);
+    let pid = status
+        .pid
+        .map(|pid| format!("pid {pid}"))
+        .unwrap_or_default();
+    match status.daemon {
+        DaemonState::Running if status.syncing => println!("daemon: running ({pid}), syncing"),
+        DaemonState::Running => println!("daemon: running ({pid}), idle"),
+        DaemonState::Paused if status.syncing => println!("daemon: paused ({pid}), stopping"),
+        DaemonState::Paused => println!("daemon: paused ({pid}): `syncstore resume` goes on"),
+        DaemonState::NotRunning => println!("daemon: not running; compared with the server"),
+    }
+    println!("server: {}", status.server);
+    if status.daemon != DaemonState::NotRunning {
+        match status.last_pass_ms {
+            Some(ms) => println!("last pass: {}", time_text(ms)),
+            None => println!("last pass: none completed yet"),
+        }
+        println!(
+            "passes: {} full walks, {} incremental",
+            status.full_walks, status.incremental_passes
+        );
+    }
+    let pending = &status.pending;
+    let kinds: [(&PendingKind, &str, &str); 5] = [
+        (&pending.uploads, "upload", "upload"),
+        (&pending.downloads, "download", "download"),
+        (&pending.local_deletes, "local delete", "delete local"),
+        (
+            &pending.remote_deletes,
+            "delete on server",
+            "delete on server",
+        ),
+        (&pending.other, "other step", "other"),
+    ];
+    let counts: Vec<String> = kinds
+        .iter()
+        .filter(|(kind, _, _)| kind.files > 0)
+        .map(|(kind, name, _)| {
+            let plural = if kind.files == 1 { "" } else { "s" };
+            if kind.bytes > 0 {
+                format!("{} {name}{plural} ({})", kind.files, bytes_text(kind.bytes))
+            } else {
+                format!("{} {name}{plural}", kind.files)
+            }
+        })
+        .collect();
+    if counts.is_empty() {
+        println!("pending: nothing");
+    } else {
+        println!("pending: {}", counts.join(", "));
+    }
+    if verbose {
+        for (kind, _, label) in kinds {
+            for path in &kind.paths {
+                println!("{label:<16} {path}");
+            }
+            let unlisted = kind.files.saturating_sub(kind.paths.len() as u64);
+            if unlisted > 0 {
+                println!("{label:<16} ... and {unlisted} more");
+            }
         }
     }
-    for skipped in &preview.skipped {
-        differences += 1;
-        println!("skipped    {}  ({})", skipped.path, skipped.reason);
+    for transfer in &status.transfers {
+        let direction = match transfer.direction {
+            Direction::Upload => "upload",
+            Direction::Download => "download",
+        };
+        println!(
+            "transferring {direction:<8} {}  {} of {}",
+            transfer.path,
+            bytes_text(transfer.bytes_done),
+            bytes_text(transfer.bytes_total)
+        );
     }
-    if differences == 0 {
+    if let Some(batch) = &status.progress {
+        println!("progress: {}", progress_line(batch));
+    }
+    print_paths("blocked", &status.blocked, verbose);
+    print_paths("skipped", &status.skipped, verbose);
+    if let Some(error) = &status.last_error {
+        println!("last error: {error}");
+    }
+    for note in &status.notes {
+        println!("note: {note}");
+    }
+    let differences = pending.total_files()
+        + status.blocked.len() as u64
+        + u64::from(
+            status
+                .notes
+                .iter()
+                .any(|note| note.starts_with("re-adopt ")),
+        );
+    if status.in_sync {
         println!("in sync");
-        Ok(ExitCode::SUCCESS)
-    } else {
+    } else if differences > 0 {
         println!("{differences} difference(s)");
-        Ok(ExitCode::from(1))
+    } else if status.last_error.is_some() {
+        println!("the last pass failed; the daemon retries");
+    } else if status.last_pass_ms.is_none() {
+        println!("the daemon's first pass is under way");
+    } else {
+        println!("transfers under way");
+    }
+}
+
+/// Blocked or skipped paths: a count, or with `verbose` one line each.
+fn print_paths(label: &str, paths: &[PathReason], verbose: bool) {
+    if paths.is_empty() {
+        return;
+    }
+    if !verbose {
+        println!("{label}: {} path(s) (-v lists them)", paths.len());
+        return;
+    }
+    for entry in paths {
+        println!("{label:<10} {}  ({})", entry.path, entry.reason);
     }
 }
 

@@ -7,12 +7,14 @@
 //! before the rename); base records it after the renames are durable.
 
 use super::{record, SyncEngine};
+use crate::progress::Progress;
 use crate::scan::Stamp;
 use crate::seams::{BaseStore, Clock, Disk, Server, TempFile, World};
 use crate::Error;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use syncstore_plan::PlanOp;
+use syncstore_proto::daemon::Direction;
 use syncstore_proto::{ChunkHash, ContentHash, RelPath, RemoteEntry};
 
 /// Most bytes fetched in one download request.
@@ -171,6 +173,7 @@ impl<W: World> SyncEngine<W> {
     async fn download_batch(&mut self, jobs: Vec<DownloadJob>) -> Result<usize, Error> {
         let (err, jobs) = match self.try_download_batch(jobs).await {
             Ok(applied) => return Ok(applied),
+            Err((err @ Error::Paused, _)) => return Err(err),
             Err(failed) => failed,
         };
         // Every chunk: a retry fetches the ones it reused too.
@@ -244,8 +247,9 @@ impl<W: World> SyncEngine<W> {
             }
         };
         let disk = &self.disk;
+        let progress = &self.progress;
         let written = W::blocking(|| {
-            let written = write_temp_files(disk, &jobs, stream)?;
+            let written = write_temp_files(disk, &jobs, stream, progress)?;
             // Every temp file's bytes are durable before any is renamed into place.
             let temps: Vec<&<W::Disk as Disk>::Temp> =
                 written.files.iter().map(|(_, t)| t).collect();
@@ -353,6 +357,7 @@ impl<W: World> SyncEngine<W> {
         self.state.put(&job.path, node, job.entry.chunks.clone())?;
         // Placed: a later failure starts its backoff afresh.
         self.waits.remove(&job.path);
+        self.progress.file_done(&job.path, Direction::Download);
         Ok(true)
     }
 }
@@ -363,11 +368,14 @@ impl<W: World> SyncEngine<W> {
 /// local file keeps the stamp base recorded for them (checked after they are read), the rule
 /// the scan follows too. Files that fail either check are dropped (and retried by the next
 /// pass). Every [`WRITEBACK_BYTES`] written are handed to writeback, so the disk works while
-/// the rest arrive and the fsync before the rename has little left to do.
+/// the rest arrive and the fsync before the rename has little left to do. Each chunk written
+/// is counted in `progress`; when the user paused syncing, the batch stops between two chunks
+/// ([`Error::Paused`]; its temp files go).
 fn write_temp_files<D: Disk>(
     disk: &D,
     jobs: &[DownloadJob],
     stream: Option<impl Read>,
+    progress: &Progress,
 ) -> Result<Written<D::Temp>, Error> {
     let mut reader: Box<dyn Read> = match stream {
         Some(stream) => Box::new(stream),
@@ -395,7 +403,11 @@ fn write_temp_files<D: Disk>(
         // the stream aligned, and its temp file goes (which frees the space for the next).
         let mut disk_full = false;
         let mut reused_any = false;
+        let flight = progress.transfer(&job.path, Direction::Download, job.entry.size);
         for chunk in &job.entry.chunks {
+            if progress.is_paused() {
+                return Err(Error::Paused);
+            }
             buf.resize(chunk.len as usize, 0);
             // A reused chunk was not requested from the server: if the old file is gone, the
             // file fails here (and is retried) without touching the stream.
@@ -446,6 +458,7 @@ fn write_temp_files<D: Disk>(
             if from_stream {
                 fetched.insert(chunk.hash, (idx, offset, chunk.len));
             }
+            flight.add(u64::from(chunk.len));
             offset += u64::from(chunk.len);
             if offset - flushed >= WRITEBACK_BYTES {
                 temp.start_writeback(flushed, offset - flushed);

@@ -60,7 +60,7 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// What one pass achieved.
 #[derive(Debug, Default)]
 pub struct PassReport {
-    /// Local folder and server hold the same tree.
+    /// Local folder and server hold the same tree, apart from the `skipped` paths.
     pub in_sync: bool,
     /// Steps applied.
     pub applied: usize,
@@ -136,6 +136,8 @@ pub struct SyncEngine<W: World> {
     focus_mismatches: Vec<String>,
     /// Held while this engine may write (production: the folder's `daemon.lock`).
     _lock: Option<Box<dyn Send>>,
+    /// What the engine is doing, for `status` and the progress bar (plain shared memory).
+    progress: crate::progress::Progress,
 }
 
 /// How the engine's passes went so far (the daemon reports them).
@@ -266,12 +268,28 @@ impl<W: World> SyncEngine<W> {
             check_focus: false,
             focus_mismatches: Vec::new(),
             _lock: None,
+            progress: crate::progress::Progress::default(),
         })
     }
 
     /// Keeps `lock` as long as the engine lives.
     pub fn hold(&mut self, lock: Box<dyn Send>) {
         self._lock = Some(lock);
+    }
+
+    /// What the engine is doing (a clone sharing its state).
+    pub fn progress(&self) -> crate::progress::Progress {
+        self.progress.clone()
+    }
+
+    /// After the daemon dropped a pass at an await (it was paused): commits what that pass
+    /// applied and recorded, as a pass that fails part-way does.
+    ///
+    /// # Errors
+    /// When the state cannot be saved.
+    pub fn pass_dropped(&mut self) -> Result<(), Error> {
+        self.save_identity()?;
+        self.state.commit_batch()
     }
 
     /// The synced folder.
@@ -369,6 +387,7 @@ impl<W: World> SyncEngine<W> {
             tracing::debug!("entries moved while looking again; walking the whole folder");
         }
         self.counts.full_walks += 1;
+        self.progress.count_full_walk();
         let started = self.clock.monotonic();
         let mut scan = self.scan(early);
         // A walk that raced a rename between directories saw the file nowhere: that is no
@@ -633,21 +652,28 @@ impl<W: World> SyncEngine<W> {
             self.refresh_local(early.as_ref());
             if round == 0 && self.counts.full_walks == walks_before {
                 self.counts.incremental_passes += 1;
+                self.progress.count_incremental_pass();
             }
             if let Some(early) = early {
                 early.finish().await;
             }
             let plan = self.make_plan().expect("connected");
             let scan = self.local.as_ref().expect("scanned");
+            let remote_tree = self.remote.as_ref().expect("connected");
+            self.progress.planned_with_sizes(
+                &plan,
+                &|path| scan.local.get(path).map_or(0, |node| node.size),
+                &|path| remote_tree.by_path.get(path).map_or(0, |entry| entry.size),
+            );
             report.blocked = plan.blocked.clone();
             report.skipped = scan.skipped.clone();
             if plan.ops.is_empty() {
                 self.save_identity()?;
                 let scan = self.local.as_ref().expect("scanned");
-                // Skipped entries (symlinks, unreadable files, unsyncable names) mean the two
-                // sides are not identical, even when there is nothing left to do about it.
-                report.in_sync =
-                    plan.blocked.is_empty() && scan.root_ok && report.skipped.is_empty();
+                // Skipped entries (symlinks, unreadable files, unsyncable names) are reported
+                // in `skipped`, not held against `in_sync`: nothing can be done about them, and
+                // a folder holding one would otherwise never be in sync.
+                report.in_sync = plan.blocked.is_empty() && scan.root_ok;
                 report.retry_soon = self.retry_soon;
                 // What the next pass must look at again though nothing may change there:
                 // blocked paths, entries that could not be synced, files that wait to be

@@ -118,10 +118,12 @@ impl<W: World> SyncEngine<W> {
                 }
             }
             if pack.len() >= PACK_BYTES {
+                self.progress.moved(pack.len() as u64);
                 send_wanted(&self.server, std::mem::take(&mut pack)).await;
             }
         }
         if !pack.is_empty() {
+            self.progress.moved(pack.len() as u64);
             send_wanted(&self.server, pack).await;
         }
         tracing::warn!(

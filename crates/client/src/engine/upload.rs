@@ -14,6 +14,7 @@ use crate::seams::{BaseStore, Clock, Disk, Server, World};
 use crate::Error;
 use std::collections::BTreeSet;
 use syncstore_plan::PlanOp;
+use syncstore_proto::daemon::Direction;
 use syncstore_proto::{ChunkHash, Op, Precondition, RelPath};
 
 /// Most files uploaded and committed as one group.
@@ -200,7 +201,12 @@ impl<W: World> SyncEngine<W> {
                 failed.insert(file_idx);
                 continue;
             };
+            // Chunks the server has already count as moved: they need not be sent.
+            let flight = self
+                .progress
+                .transfer(&item.path, Direction::Upload, item.manifest.size);
             for chunk in &item.manifest.chunks {
+                flight.add(u64::from(chunk.len));
                 if missing.remove(&chunk.hash) {
                     let ok = W::blocking(|| read_chunk_into(&file, offset, chunk, &mut pack));
                     if !ok {
@@ -269,6 +275,7 @@ impl<W: World> SyncEngine<W> {
                 engine
                     .state
                     .put(&item.path, node, item.manifest.chunks.clone())?;
+                engine.progress.file_done(&item.path, Direction::Upload);
                 Ok(())
             })
             .await?;
