@@ -39,6 +39,25 @@ fn pair(start_a: impl FnOnce(&std::path::Path, &std::path::Path, &str, &str) -> 
     }
 }
 
+/// `sync DIR --server URL --token T --scan-interval 3600`.
+fn sync_rescanning_hourly<'a>(
+    dir: &'a std::path::Path,
+    url: &'a str,
+    token: &'a str,
+) -> [&'a str; 8] {
+    let dir = dir.to_str().unwrap();
+    [
+        "sync",
+        dir,
+        "--server",
+        url,
+        "--token",
+        token,
+        "--scan-interval",
+        "3600",
+    ]
+}
+
 /// Writes a new file in every directory of `a` and waits until `b` has them all.
 fn new_files_arrive(pair: &Pair) {
     for i in 0..60 {
@@ -66,15 +85,7 @@ fn a_watcher_queue_overflow_falls_back_to_a_full_walk_and_converges() {
     let pair = pair(|logs, dir, url, token| {
         let mut command = Command::new(bin());
         command
-            .args([
-                "sync",
-                dir.to_str().unwrap(),
-                "--server",
-                url,
-                "--token",
-                token,
-            ])
-            .args(["--scan-interval", "3600"])
+            .args(sync_rescanning_hourly(dir, url, token))
             .env("SYNCSTORE_TEST_WATCHER_OVERFLOWS", "1");
         Proc::spawn_command("a", logs, command)
     });
@@ -106,15 +117,7 @@ fn a_watch_limit_too_low_is_reported_once_and_rescans_converge() {
         command
             .args(["-U", "-r", "sh", "-c", script, "sh"])
             .arg(bin())
-            .args([
-                "sync",
-                dir.to_str().unwrap(),
-                "--server",
-                url,
-                "--token",
-                token,
-            ])
-            .args(["--scan-interval", "3600"]);
+            .args(sync_rescanning_hourly(dir, url, token));
         Proc::spawn_command("a", logs, command)
     });
     new_files_arrive(&pair);

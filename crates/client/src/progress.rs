@@ -217,14 +217,7 @@ impl Progress {
         inner.last_error = None;
         inner.last_in_sync = report.in_sync;
         inner.blocked = report.blocked.iter().map(blocked_reason).collect();
-        inner.skipped = report
-            .skipped
-            .iter()
-            .map(|skipped| PathReason {
-                path: skipped.path.clone(),
-                reason: skipped.reason.clone(),
-            })
-            .collect();
+        inner.skipped = report.skipped.iter().map(skipped_reason).collect();
         inner.in_flight.clear();
         inner.batch.take().map(|batch| BatchSummary {
             files: batch.files_done,
@@ -362,6 +355,14 @@ impl Drop for TransferGuard {
 }
 
 /// A blocked path as the user reads it.
+pub fn skipped_reason(skipped: &crate::scan::Skipped) -> PathReason {
+    PathReason {
+        path: skipped.path.clone(),
+        reason: skipped.reason.clone(),
+    }
+}
+
+/// A blocked path as the status document shows it.
 pub fn blocked_reason(blocked: &Blocked) -> PathReason {
     let reason = match &blocked.reason {
         BlockReason::LockedBy(device) => format!("locked by {device}"),

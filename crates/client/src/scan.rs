@@ -86,6 +86,14 @@ impl IgnoreRules {
         self.is_ignored_text(path.as_str(), kind == EntryKind::Dir)
     }
 
+    /// Whether `path` itself is ignored, its parents being known not to be (the walk only
+    /// descends into directories it does not ignore).
+    fn is_ignored_entry(&self, path: &RelPath, kind: EntryKind) -> bool {
+        self.matcher
+            .matched(path.as_str(), kind == EntryKind::Dir)
+            .is_ignore()
+    }
+
     /// [`IgnoreRules::is_ignored`] for a name that is no valid [`RelPath`] (macOS's `Icon\r`
     /// holds a control character): an ignored one is not reported as skipped either.
     fn is_ignored_text(&self, path: &str, is_dir: bool) -> bool {
@@ -206,6 +214,10 @@ pub struct Scan {
     /// walk is no snapshot (a file renamed from a directory not yet listed into one already
     /// listed was seen nowhere), so a pass scans again before it plans.
     pub entries_moved: bool,
+    /// Set by [`rescan_paths`]: an entry that could not be synced before (changing while read,
+    /// unreadable) can be now. It may be what a base path missing locally became (a rename
+    /// the planner could not match while it was untouchable), so the whole folder is planned.
+    pub became_syncable: bool,
     /// Each directory listed (`None`: the root), with its mtime just before it was listed.
     pub(crate) listed: Vec<(Option<RelPath>, i64)>,
 }
@@ -266,6 +278,7 @@ pub fn rescan_paths<D: Disk>(
 ) -> Vec<RelPath> {
     out.unsettled = false;
     out.entries_moved = false;
+    out.became_syncable = false;
     out.listed.clear();
     if !disk.root_ok() {
         out.root_ok = false;
@@ -288,6 +301,7 @@ pub fn rescan_paths<D: Disk>(
     let root_dev = disk.root_meta().map_or(0, |meta| meta.dev);
     let mut seen = HashSet::new();
     let mut purged: Vec<RelPath> = Vec::new();
+    let mut was_untouchable: Vec<RelPath> = Vec::new();
     let mut looked_at = Vec::new();
     let mut done_deep: Vec<RelPath> = Vec::new();
     for (path, deep) in todo {
@@ -320,6 +334,14 @@ pub fn rescan_paths<D: Disk>(
                 && old.inode == meta.inode
         );
         let deep = deep || !same_dir;
+        was_untouchable.extend(
+            out.untouchable
+                .contains(&path)
+                .then(|| path.clone())
+                .into_iter()
+                .chain(syncstore_proto::set_beneath(&out.untouchable, &path).cloned())
+                .filter(|p| !out.ignored.contains(p)),
+        );
         forget(out, &path, deep, &mut purged);
         if now.is_none() {
             continue;
@@ -353,6 +375,9 @@ pub fn rescan_paths<D: Disk>(
             cache.entries.remove(&path);
         }
     }
+    out.became_syncable = was_untouchable
+        .iter()
+        .any(|path| out.local.contains_key(path));
     looked_at
 }
 
@@ -473,7 +498,9 @@ impl<D: Disk> Walker<'_, '_, D> {
                 return;
             }
         };
-        if self.rules.is_ignored(&rel, kind) {
+        // The walk reached this entry through directories it did not ignore: only the entry's
+        // own name is matched (`is_ignored` would match every parent again).
+        if self.rules.is_ignored_entry(&rel, kind) {
             out.ignored.insert(rel.clone());
             out.untouchable.insert(rel);
             return;

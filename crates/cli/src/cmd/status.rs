@@ -104,10 +104,7 @@ async fn offline(dir: &Path) -> anyhow::Result<FolderStatus> {
     status.skipped = preview
         .skipped
         .iter()
-        .map(|skipped| PathReason {
-            path: skipped.path.clone(),
-            reason: skipped.reason.clone(),
-        })
+        .map(syncstore_client::progress::skipped_reason)
         .collect();
     if let Some(why) = &preview.untrusted {
         status.notes.push(format!(

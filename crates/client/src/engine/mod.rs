@@ -337,6 +337,7 @@ impl<W: World> SyncEngine<W> {
                     std::sync::Arc::new(IgnoreRules::parse(self.disk.root(), text.as_deref()));
                 if self.rules.is_some() {
                     self.focus.walk_all = true;
+                    self.focus.plan_all = true;
                 }
                 self.rules = Some((text, std::sync::Arc::clone(&rules)));
                 rules
@@ -378,6 +379,9 @@ impl<W: World> SyncEngine<W> {
             if scan.unsettled {
                 self.retry_soon = true;
             }
+            if scan.became_syncable {
+                self.focus.plan_all = true;
+            }
             // A rename between directories during the look, or a root that went: walk it all.
             let trusted = scan.root_ok && !scan.entries_moved;
             self.local = Some(scan);
@@ -408,10 +412,12 @@ impl<W: World> SyncEngine<W> {
             ms = (self.clock.monotonic().saturating_sub(started)).as_millis() as u64,
             "full walk done"
         );
+        // A full walk is also when the whole folder is planned again: it is the safety net for
+        // events the watcher missed, and for any decision a plan of a focus left behind.
+        self.focus.plan_all = true;
         self.local = Some(scan);
         self.focus.walk_all = false;
         self.focus.rescan.clear();
-        self.focus.plan_all = true;
     }
 
     /// The plan of the folder (or of the focus, unless it asks for the whole folder) from the
@@ -504,22 +510,22 @@ impl<W: World> SyncEngine<W> {
                 emptied,
             )
         });
-        let whole_remote;
+        let whole_remote = (cut.is_none() || self.check_focus).then(|| remote_tree.plan_view());
+        let whole = || {
+            (
+                whole_base,
+                &scan.local,
+                whole_remote.as_ref().expect("made for a whole plan"),
+                &scan.untouchable,
+                &scan.ignored,
+                None,
+            )
+        };
         let (base, local, remote, local_untouchable, local_ignored, root_emptied) = match &cut {
             Some((_, base, local, remote, untouchable, ignored, emptied)) => {
                 (base, local, remote, untouchable, ignored, Some(*emptied))
             }
-            None => {
-                whole_remote = remote_tree.plan_view();
-                (
-                    whole_base,
-                    &scan.local,
-                    &whole_remote,
-                    &scan.untouchable,
-                    &scan.ignored,
-                    None,
-                )
-            }
+            None => whole(),
         };
         let now_stamp = self.clock.local_now().format("%Y-%m-%d %H%M%S").to_string();
         let context = PlanContext {
@@ -539,14 +545,14 @@ impl<W: World> SyncEngine<W> {
             root_emptied,
         );
         if self.check_focus && cut.is_some() {
-            let whole_remote = remote_tree.plan_view();
+            let (base, local, remote, local_untouchable, local_ignored, root_emptied) = whole();
             let whole = context.plan(
-                whole_base,
-                &scan.local,
-                &whole_remote,
-                &scan.untouchable,
-                &scan.ignored,
-                None,
+                base,
+                local,
+                remote,
+                local_untouchable,
+                local_ignored,
+                root_emptied,
             );
             if let Some(difference) = focus::differs(&plan, &whole) {
                 let paths = cut.as_ref().map(|cut| cut.0.join(", ")).unwrap_or_default();
