@@ -139,9 +139,12 @@
 //! - both ends of a rename on either side (a move is one decision about two paths);
 //! - every path under another device's lock and every file made read-only for one (step 4).
 //!
-//! Outside the focus every path is at a fixed point: its last plan was empty for it and
-//! nothing about it changed since, so no decision there can change. Under that assumption the
-//! plan of the focus is the plan of the whole folder (the simulation checks exactly that).
+//! The caller's side of the bargain: outside the focus every path is at a fixed point (its
+//! last plan was empty for it and nothing about it changed since), so no decision there can
+//! change. Under that assumption the plan of the focus is the plan of the whole folder (the
+//! simulation checks exactly that). A plan may defer a decision about a path to a later one
+//! (a rename claims paths; an entry that cannot be synced now keeps a missing one undecided),
+//! so a caller keeps such paths in its focus, or plans the whole folder again.
 //! Two facts a focus cannot show come in beside it: row 29's emptied root
 //! ([`PlanInput::focus_root_emptied`]); and names taken outside it, for conflicted copies,
 //! which carry a device name and a time, and are placed without replacing anything (a taken

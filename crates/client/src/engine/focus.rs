@@ -1,13 +1,17 @@
 //! The focus of a pass: which paths it looks at again and plans, when it does not walk and plan
 //! the whole folder.
 //!
-//! Invariant: every path outside the focus is at a fixed point: the last plan that covered it
-//! was empty for it, and nothing about it changed since that anyone told the engine (watcher
-//! events, the server's journal, the engine's own ops). So a plan of the focus, closed as
-//! `syncstore_plan`'s crate docs ("Planning a focus") require, is the plan of the whole folder.
-//! A missed watcher event breaks the assumption for its path only until the next full walk (the
-//! periodic rescan), and what a stale local entry could cause is caught by the re-checks every
-//! local step makes before it destroys anything.
+//! The assumption a focus plan rests on: every path outside the focus is at a fixed point (the
+//! last plan that covered it was empty for it, and nothing about it changed since that anyone
+//! told the engine: watcher events, the server's journal, the engine's own ops). The engine
+//! keeps it by these rules, each checked by the simulation, which compares every focus plan
+//! with the whole folder's: the focus holds what changed, what the last pass left, locks and
+//! read-only files, closed as `syncstore_plan`'s crate docs ("Planning a focus") require; it
+//! only grows until a plan comes out empty; an entry that becomes syncable again widens a round
+//! to the whole folder. Where the assumption still fails (a missed watcher event, a decision a
+//! plan deferred), the next full walk, which plans the whole folder, catches it; and what a
+//! stale local entry could cause meanwhile is caught by the re-checks every local step makes
+//! before it destroys anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use syncstore_plan::PlanOp;

@@ -22,7 +22,8 @@
 //! - `locks.rs`: locks in force and notices about this device's locks, as typed values;
 //! - `record.rs`: the base entry each applied step records, defined once;
 //! - `focus.rs`: which paths a pass looks at again and plans when it does not walk the whole
-//!   folder (invariant: every path outside the focus is at a fixed point).
+//!   folder (invariant: the focus only grows until a plan comes out empty, and every full walk
+//!   plans the whole folder).
 
 mod download;
 mod focus;
