@@ -29,7 +29,7 @@ pub mod seams;
 pub mod state;
 
 pub use config::FolderConfig;
-pub use engine::{Engine, Notice, PassCounts, PassReport, Preview, SyncEngine};
+pub use engine::{Engine, Notice, PassReport, Preview, SyncEngine};
 pub use error::Error;
 pub use http::{ApiClient, ApiError};
 pub use progress::Progress;

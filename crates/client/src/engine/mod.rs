@@ -129,8 +129,6 @@ pub struct SyncEngine<W: World> {
     local: Option<Scan>,
     /// What the next pass looks at again and plans.
     focus: focus::Focus,
-    /// Passes that walked the whole folder, and passes that only looked at what changed.
-    counts: PassCounts,
     /// Whether each plan of a focus is checked against the plan of the whole folder (the
     /// simulation does), and the differences found.
     check_focus: bool,
@@ -139,17 +137,6 @@ pub struct SyncEngine<W: World> {
     _lock: Option<Box<dyn Send>>,
     /// What the engine is doing, for `status` and the progress bar (plain shared memory).
     progress: crate::progress::Progress,
-}
-
-/// How the engine's passes went so far (the daemon reports them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PassCounts {
-    /// Walks of the whole folder.
-    pub full_walks: u64,
-    /// Passes that looked again only at the paths they were told changed.
-    pub incremental_passes: u64,
-    /// Local paths looked at again by those passes.
-    pub paths_rescanned: u64,
 }
 
 /// What a plan takes besides the trees.
@@ -162,17 +149,28 @@ struct PlanContext<'a> {
     local_root_ok: bool,
 }
 
+/// The trees a plan is made of: the whole folder's, or a focus's (with row 29's fact about the
+/// whole folder).
+struct Trees<'t> {
+    base: &'t BTreeMap<RelPath, BaseNode>,
+    local: &'t BTreeMap<RelPath, LocalNode>,
+    remote: &'t BTreeMap<RelPath, syncstore_plan::RemoteNode>,
+    local_untouchable: &'t BTreeSet<RelPath>,
+    local_ignored: &'t BTreeSet<RelPath>,
+    root_emptied: Option<bool>,
+}
+
 impl PlanContext<'_> {
-    /// The plan of these trees (the whole folder, or a focus with `root_emptied` given).
-    fn plan(
-        &self,
-        base: &BTreeMap<RelPath, BaseNode>,
-        local: &BTreeMap<RelPath, LocalNode>,
-        remote: &BTreeMap<RelPath, syncstore_plan::RemoteNode>,
-        local_untouchable: &BTreeSet<RelPath>,
-        local_ignored: &BTreeSet<RelPath>,
-        root_emptied: Option<bool>,
-    ) -> Plan {
+    /// The plan of `trees`.
+    fn plan(&self, trees: &Trees<'_>) -> Plan {
+        let Trees {
+            base,
+            local,
+            remote,
+            local_untouchable,
+            local_ignored,
+            root_emptied,
+        } = *trees;
         // Remote and base paths the rules exclude are left alone too.
         let mut untouchable = local_untouchable.clone();
         let mut ignored_by_rules = local_ignored.clone();
@@ -265,7 +263,6 @@ impl<W: World> SyncEngine<W> {
             rules: None,
             local: None,
             focus: focus::Focus::default(),
-            counts: PassCounts::default(),
             check_focus: false,
             focus_mismatches: Vec::new(),
             _lock: None,
@@ -348,12 +345,11 @@ impl<W: World> SyncEngine<W> {
 
     /// Walks the whole folder; with `early`, the chunks of large changed files are uploaded
     /// while it runs (a pass does that; a preview for `status` never sends anything).
-    fn scan(&mut self, early: Option<&EarlyUpload>) -> Scan {
-        let rules = self.ignore_rules();
+    fn scan(&mut self, rules: &IgnoreRules, early: Option<&EarlyUpload>) -> Scan {
         let disk = &self.disk;
         let cache = &mut self.cache;
         let mut sink = early.map(EarlyUpload::sink);
-        let result = W::blocking(|| scan(disk, &rules, cache, sink.as_mut()));
+        let result = W::blocking(|| scan(disk, rules, cache, sink.as_mut()));
         if result.unsettled {
             self.retry_soon = true;
         }
@@ -362,8 +358,8 @@ impl<W: World> SyncEngine<W> {
 
     /// Brings the folder's last scan up to date: a full walk when the focus asks for one (or
     /// there is no scan yet), else a look at the paths the focus names. Walks again when the
-    /// walk raced a rename between directories.
-    fn refresh_local(&mut self, early: Option<&EarlyUpload>) {
+    /// walk raced a rename between directories. Returns whether it walked the whole folder.
+    fn refresh_local(&mut self, early: Option<&EarlyUpload>) -> bool {
         // Read first: new rules ask for a full walk.
         let rules = self.ignore_rules();
         if !self.focus.walk_all && self.local.as_ref().is_some_and(|scan| scan.root_ok) {
@@ -374,7 +370,6 @@ impl<W: World> SyncEngine<W> {
             let mut sink = early.map(EarlyUpload::sink);
             let looked_at =
                 W::blocking(|| rescan_paths(disk, &rules, cache, &mut scan, &paths, sink.as_mut()));
-            self.counts.paths_rescanned += looked_at.len() as u64;
             self.focus.plan.extend(paths.into_keys());
             self.focus.plan.extend(looked_at);
             if scan.unsettled {
@@ -387,14 +382,13 @@ impl<W: World> SyncEngine<W> {
             let trusted = scan.root_ok && !scan.entries_moved;
             self.local = Some(scan);
             if trusted {
-                return;
+                return false;
             }
             tracing::debug!("entries moved while looking again; walking the whole folder");
         }
-        self.counts.full_walks += 1;
         self.progress.count_full_walk();
         let started = self.clock.monotonic();
-        let mut scan = self.scan(early);
+        let mut scan = self.scan(&rules, early);
         // A walk that raced a rename between directories saw the file nowhere: that is no
         // delete, so the walk is repeated (a few times: a folder whose entries never stop
         // changing is planned as it is, and passes again soon).
@@ -403,7 +397,7 @@ impl<W: World> SyncEngine<W> {
                 break;
             }
             tracing::debug!("entries moved during the scan; scanning again");
-            scan = self.scan(early);
+            scan = self.scan(&rules, early);
         }
         if scan.entries_moved {
             self.retry_soon = true;
@@ -419,6 +413,7 @@ impl<W: World> SyncEngine<W> {
         self.local = Some(scan);
         self.focus.walk_all = false;
         self.focus.rescan.clear();
+        true
     }
 
     /// The plan of the folder (or of the focus, unless it asks for the whole folder) from the
@@ -512,20 +507,23 @@ impl<W: World> SyncEngine<W> {
             )
         });
         let whole_remote = (cut.is_none() || self.check_focus).then(|| remote_tree.plan_view());
-        let whole = || {
-            (
-                whole_base,
-                &scan.local,
-                whole_remote.as_ref().expect("made for a whole plan"),
-                &scan.untouchable,
-                &scan.ignored,
-                None,
-            )
+        let whole = || Trees {
+            base: whole_base,
+            local: &scan.local,
+            remote: whole_remote.as_ref().expect("made for a whole plan"),
+            local_untouchable: &scan.untouchable,
+            local_ignored: &scan.ignored,
+            root_emptied: None,
         };
-        let (base, local, remote, local_untouchable, local_ignored, root_emptied) = match &cut {
-            Some((_, base, local, remote, untouchable, ignored, emptied)) => {
-                (base, local, remote, untouchable, ignored, Some(*emptied))
-            }
+        let trees = match &cut {
+            Some((_, base, local, remote, untouchable, ignored, emptied)) => Trees {
+                base,
+                local,
+                remote,
+                local_untouchable: untouchable,
+                local_ignored: ignored,
+                root_emptied: Some(*emptied),
+            },
             None => whole(),
         };
         let now_stamp = self.clock.local_now().format("%Y-%m-%d %H%M%S").to_string();
@@ -537,24 +535,9 @@ impl<W: World> SyncEngine<W> {
             read_only_for_locks: &read_only_for_locks,
             local_root_ok: scan.root_ok,
         };
-        let plan = context.plan(
-            base,
-            local,
-            remote,
-            local_untouchable,
-            local_ignored,
-            root_emptied,
-        );
+        let plan = context.plan(&trees);
         if self.check_focus && cut.is_some() {
-            let (base, local, remote, local_untouchable, local_ignored, root_emptied) = whole();
-            let whole = context.plan(
-                base,
-                local,
-                remote,
-                local_untouchable,
-                local_ignored,
-                root_emptied,
-            );
+            let whole = context.plan(&whole());
             if let Some(difference) = focus::differs(&plan, &whole) {
                 let paths = cut.as_ref().map(|cut| cut.0.join(", ")).unwrap_or_default();
                 self.focus_mismatches
@@ -574,11 +557,6 @@ impl<W: World> SyncEngine<W> {
     /// it failed): the next pass walks the whole folder.
     pub fn local_unknown(&mut self) {
         self.focus.walk_all = true;
-    }
-
-    /// How the passes went so far.
-    pub fn pass_counts(&self) -> PassCounts {
-        self.counts
     }
 
     /// Checks every plan of a focus against the plan of the whole folder from the same trees
@@ -643,7 +621,6 @@ impl<W: World> SyncEngine<W> {
         }
         let mut report = PassReport::default();
         self.retry_soon = false;
-        let walks_before = self.counts.full_walks;
         for round in 0..MAX_ROUNDS {
             self.check_folder()?;
             self.refresh_remote().await?;
@@ -656,9 +633,8 @@ impl<W: World> SyncEngine<W> {
             }
             self.check_my_locks();
             let early = W::EARLY_UPLOAD.then(|| EarlyUpload::start(self.server.clone()));
-            self.refresh_local(early.as_ref());
-            if round == 0 && self.counts.full_walks == walks_before {
-                self.counts.incremental_passes += 1;
+            let walked_all = self.refresh_local(early.as_ref());
+            if round == 0 && !walked_all {
                 self.progress.count_incremental_pass();
             }
             if let Some(early) = early {
