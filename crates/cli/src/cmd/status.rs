@@ -7,6 +7,7 @@
 use super::bar::{bytes_text, progress_line};
 use anyhow::Context;
 use chrono::TimeZone;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use syncstore_client::control;
@@ -26,11 +27,14 @@ pub async fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitCode> {
         Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
         None => offline(&dir).await?,
     };
+    // Written with `?`: a closed pipe (`status | head`) ends the command quietly (see `main`).
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
     } else {
-        print_summary(&status, args.verbose);
+        write!(out, "{}", summary(&status, args.verbose))?;
     }
+    drop(out);
     if !status.in_sync {
         return Ok(ExitCode::from(1));
     }
@@ -63,7 +67,7 @@ pub async fn pause_or_resume(dir: &Path, pause: bool) -> anyhow::Result<ExitCode
             } else {
                 "resumed: syncing"
             };
-            println!("{}: {done}", dir.display());
+            writeln!(std::io::stdout(), "{}: {done}", dir.display())?;
             Ok(ExitCode::SUCCESS)
         }
         Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
@@ -123,28 +127,37 @@ async fn offline(dir: &Path) -> anyhow::Result<FolderStatus> {
     Ok(status)
 }
 
-fn print_summary(status: &FolderStatus, verbose: bool) {
-    println!("folder: {}", status.folder);
+fn summary(status: &FolderStatus, verbose: bool) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            let _ = writeln!(text, $($arg)*);
+        }};
+    }
+    say!("folder: {}", status.folder);
     let pid = status
         .pid
         .map(|pid| format!("pid {pid}"))
         .unwrap_or_default();
     match status.daemon {
-        DaemonState::Running if status.syncing => println!("daemon: running ({pid}), syncing"),
-        DaemonState::Running => println!("daemon: running ({pid}), idle"),
-        DaemonState::Paused if status.syncing => println!("daemon: paused ({pid}), stopping"),
-        DaemonState::Paused => println!("daemon: paused ({pid}): `syncstore resume` goes on"),
-        DaemonState::NotRunning => println!("daemon: not running; compared with the server"),
+        DaemonState::Running if status.syncing => say!("daemon: running ({pid}), syncing"),
+        DaemonState::Running => say!("daemon: running ({pid}), idle"),
+        DaemonState::Paused if status.syncing => say!("daemon: paused ({pid}), stopping"),
+        DaemonState::Paused => say!("daemon: paused ({pid}): `syncstore resume` goes on"),
+        DaemonState::NotRunning => say!("daemon: not running; compared with the server"),
     }
-    println!("server: {}", status.server);
+    say!("server: {}", status.server);
     if status.daemon != DaemonState::NotRunning {
         match status.last_pass_ms {
-            Some(ms) => println!("last pass: {}", time_text(ms)),
-            None => println!("last pass: none completed yet"),
+            Some(ms) => say!("last pass: {}", time_text(ms)),
+            None => say!("last pass: none completed yet"),
         }
-        println!(
+        say!(
             "passes: {} full walks, {} incremental",
-            status.full_walks, status.incremental_passes
+            status.full_walks,
+            status.incremental_passes
         );
     }
     let pending = &status.pending;
@@ -172,18 +185,18 @@ fn print_summary(status: &FolderStatus, verbose: bool) {
         })
         .collect();
     if counts.is_empty() {
-        println!("pending: nothing");
+        say!("pending: nothing");
     } else {
-        println!("pending: {}", counts.join(", "));
+        say!("pending: {}", counts.join(", "));
     }
     if verbose {
         for (kind, _, label) in kinds {
             for path in &kind.paths {
-                println!("{label:<16} {path}");
+                say!("{label:<16} {path}");
             }
             let unlisted = kind.files.saturating_sub(kind.paths.len() as u64);
             if unlisted > 0 {
-                println!("{label:<16} ... and {unlisted} more");
+                say!("{label:<16} ... and {unlisted} more");
             }
         }
     }
@@ -192,7 +205,7 @@ fn print_summary(status: &FolderStatus, verbose: bool) {
             Direction::Upload => "upload",
             Direction::Download => "download",
         };
-        println!(
+        say!(
             "transferring {direction:<8} {}  {} of {}",
             transfer.path,
             bytes_text(transfer.bytes_done),
@@ -200,15 +213,15 @@ fn print_summary(status: &FolderStatus, verbose: bool) {
         );
     }
     if let Some(batch) = &status.progress {
-        println!("progress: {}", progress_line(batch));
+        say!("progress: {}", progress_line(batch));
     }
-    print_paths("blocked", &status.blocked, verbose);
-    print_paths("skipped", &status.skipped, verbose);
+    paths_text(&mut text, "blocked", &status.blocked, verbose);
+    paths_text(&mut text, "skipped", &status.skipped, verbose);
     if let Some(error) = &status.last_error {
-        println!("last error: {error}");
+        say!("last error: {error}");
     }
     for note in &status.notes {
-        println!("note: {note}");
+        say!("note: {note}");
     }
     let differences = pending.total_files()
         + status.blocked.len() as u64
@@ -219,29 +232,32 @@ fn print_summary(status: &FolderStatus, verbose: bool) {
                 .any(|note| note.starts_with("re-adopt ")),
         );
     if status.in_sync {
-        println!("in sync");
+        say!("in sync");
     } else if differences > 0 {
-        println!("{differences} difference(s)");
+        say!("{differences} difference(s)");
     } else if status.last_error.is_some() {
-        println!("the last pass failed; the daemon retries");
+        say!("the last pass failed; the daemon retries");
     } else if status.last_pass_ms.is_none() {
-        println!("the daemon's first pass is under way");
+        say!("the daemon's first pass is under way");
     } else {
-        println!("transfers under way");
+        say!("transfers under way");
     }
+    text
 }
 
 /// Blocked or skipped paths: a count, or with `verbose` one line each.
-fn print_paths(label: &str, paths: &[PathReason], verbose: bool) {
+fn paths_text(text: &mut String, label: &str, paths: &[PathReason], verbose: bool) {
+    use std::fmt::Write;
     if paths.is_empty() {
         return;
     }
+    // Writing to a String cannot fail.
     if !verbose {
-        println!("{label}: {} path(s) (-v lists them)", paths.len());
+        let _ = writeln!(text, "{label}: {} path(s) (-v lists them)", paths.len());
         return;
     }
     for entry in paths {
-        println!("{label:<10} {}  ({})", entry.path, entry.reason);
+        let _ = writeln!(text, "{label:<10} {}  ({})", entry.path, entry.reason);
     }
 }
 
