@@ -46,6 +46,89 @@ pub enum Command {
     /// Verify every stored chunk (offline, against the server's stores); bad ones are moved
     /// aside and asked of the devices that have them. Exit 1 when any was bad.
     Scrub(ScrubArgs),
+    /// List every kept version of a file: revision, time, size, device, content hash.
+    History(HistoryArgs),
+    /// List deleted files that can still be restored (newest deletion first).
+    Trash(TrashArgs),
+    /// Bring back a version of a file, deleted files, or a whole folder as it was at a moment.
+    /// Every restore is a new change: all devices get it, and what it replaces stays in history.
+    #[command(after_help = TIME_HELP)]
+    Restore(RestoreArgs),
+}
+
+/// How a TIME is written, for `--help`.
+pub const TIME_HELP: &str = "TIME is RFC 3339 (2026-12-01T10:00:00Z), a local time \
+(\"2026-12-01 10:00\" or \"2026-12-01 10:00:30\"), or a span ago (90m, 2h, 3d).
+
+Examples:
+  syncstore restore notes.txt --rev 42          the version journalled at revision 42
+  syncstore restore notes.txt --at 2h --to notes-old.txt
+  syncstore restore --deleted --since 2h        undo every delete of the last two hours
+  syncstore restore ~/Sync --at \"2026-12-01 09:00\" --dry-run
+                                                the whole folder as it was at 9:00";
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// A file inside a synced folder, or a path in the server's namespace.
+    pub path: String,
+    /// Print the versions as JSON (the server's answer: path, versions, kept_since_ms).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = TIME_HELP)]
+pub struct TrashArgs {
+    /// Only files under this directory (local inside a synced folder, or in the namespace).
+    pub dir: Option<String>,
+    /// Only files deleted since TIME.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only files deleted by this device.
+    #[arg(long, value_name = "DEVICE")]
+    pub by: Option<String>,
+    /// Print the entries as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The file, or with --at the directory (a synced folder's root: all of it), to restore;
+    /// with --deleted, only deleted files under it.
+    pub path: Option<String>,
+    /// The version to bring back, as `history` lists it.
+    #[arg(long, value_name = "R", conflicts_with_all = ["at", "deleted"])]
+    pub rev: Option<u64>,
+    /// Restore PATH (a file or everything beneath a directory) as it was at TIME: changed files
+    /// get their old content, deleted ones come back, files created since go to the trash.
+    #[arg(long, value_name = "TIME", conflicts_with = "deleted")]
+    pub at: Option<String>,
+    /// Bring deleted files back from the trash: PATH alone, or with --since/--by in bulk.
+    #[arg(long)]
+    pub deleted: bool,
+    /// With --deleted: files deleted since TIME.
+    #[arg(long, value_name = "TIME", requires = "deleted")]
+    pub since: Option<String>,
+    /// With --deleted: files deleted by this device.
+    #[arg(long, value_name = "DEVICE", requires = "deleted")]
+    pub by: Option<String>,
+    /// Put the old content at NEWPATH instead (beside the current one, which is not changed);
+    /// NEWPATH must not exist.
+    #[arg(long, value_name = "NEWPATH", conflicts_with = "deleted")]
+    pub to: Option<String>,
+    /// Print what would be done, with counts; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@ mod util;
 mod bench_smoke;
 mod cli;
 mod folder;
+mod history;
 mod limits;
 mod locks;
 mod modes;

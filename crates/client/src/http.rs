@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use syncstore_proto::{
-    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, JournalTag, LockInfo, LockRequest,
-    LocksResponse, Op, OpsRequest, OpsResponse, RelPath, TreeResponse, UnlockRequest,
+    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, HistoryQuery, HistoryResponse,
+    JournalTag, LockInfo, LockRequest, LocksResponse, Op, OpsRequest, OpsResponse, RelPath,
+    RestoreRequest, RestoreResponse, TrashQuery, TrashResponse, TreeResponse, UnlockRequest,
     UploadResponse, WhoAmI,
 };
 
@@ -446,6 +447,54 @@ impl ApiClient {
             )
             .await?;
         Ok(response.locks)
+    }
+
+    /// `GET /api/v1/history?path=P`.
+    ///
+    /// # Errors
+    /// [`ApiError`]; status 404 when no version of the path is kept.
+    pub async fn history(&self, path: &RelPath) -> Result<HistoryResponse, ApiError> {
+        let query = HistoryQuery { path: path.clone() };
+        self.json(
+            reqwest::Method::GET,
+            &format!("/api/v1/history?{}", Self::query(&query)),
+            Body::None,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/trash`.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn trash(&self, query: &TrashQuery) -> Result<TrashResponse, ApiError> {
+        self.json(
+            reqwest::Method::GET,
+            &format!("/api/v1/trash?{}", Self::query(query)),
+            Body::None,
+            Duration::from_secs(120),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/restore`.
+    ///
+    /// # Errors
+    /// [`ApiError`]; status 400 with the reason when the restore cannot be done.
+    pub async fn restore(&self, request: &RestoreRequest) -> Result<RestoreResponse, ApiError> {
+        self.json(
+            reqwest::Method::POST,
+            "/api/v1/restore",
+            Self::encode(request),
+            Duration::from_secs(600),
+        )
+        .await
+    }
+
+    fn query<Q: Serialize>(query: &Q) -> String {
+        // Our query types are flat structs of strings and numbers, which always encode.
+        serde_urlencoded::to_string(query).expect("query encodes")
     }
 }
 

@@ -14,11 +14,13 @@
 mod api;
 pub mod daemon;
 mod frame;
+mod history;
 mod names;
 mod path;
 
 pub use api::*;
 pub use frame::{decode_frame_header, encode_frame_header, FRAME_HEADER_LEN};
+pub use history::*;
 pub use names::{DeviceName, NameError, UserName};
 pub use path::{map_beneath, set_beneath, PathError, RelPath};
 

@@ -31,6 +31,7 @@
 mod auth;
 mod conn;
 mod error;
+mod history;
 mod hub;
 mod limits;
 mod routes;

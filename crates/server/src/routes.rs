@@ -69,6 +69,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/ops", post(ops))
         .route("/api/v1/locks", post(take_lock).get(locks))
         .route("/api/v1/locks/release", post(release_lock))
+        .route("/api/v1/history", get(crate::history::history))
+        .route("/api/v1/trash", get(crate::history::trash))
+        .route("/api/v1/restore", post(crate::history::restore))
         .layer(DefaultBodyLimit::max(state.config.json_body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -565,7 +568,7 @@ async fn locks(State(state): State<AppState>, auth: Auth) -> Result<Json<LocksRe
 
 /// The server clock in milliseconds since the Unix epoch: the one clock that decides which locks
 /// are in force (the store takes the time as an argument).
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

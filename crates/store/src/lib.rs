@@ -38,6 +38,7 @@
 //! journal rows.
 
 pub mod fs;
+pub mod history;
 pub mod locks;
 pub mod mem;
 pub mod meta;
@@ -62,8 +63,10 @@ use std::fmt;
 use std::sync::Arc;
 use syncstore_proto::{
     Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, RelPath,
-    RemoteEntry, UserName,
+    RemoteEntry, RestoreTarget, TrashEntry, TrashQuery, UserName, Version,
 };
+
+pub use history::RestorePlan;
 
 /// The stored chunks among those asked for, with their lengths in bytes; a chunk that is not
 /// stored is absent.
@@ -153,6 +156,24 @@ pub struct Tree {
     pub entries: Vec<RemoteEntry>,
     /// Every lock in force at the time asked for, sorted by path.
     pub locks: Vec<LockInfo>,
+}
+
+/// The kept versions of a path ([`MetaStore::history`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct History {
+    /// Oldest first.
+    pub versions: Vec<Version>,
+    /// History older than this (milliseconds since the Unix epoch) is no longer kept; 0 when
+    /// all of it is.
+    pub kept_since_ms: i64,
+}
+
+/// The deleted files still kept ([`MetaStore::trash`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Trash {
+    /// Newest deletion first.
+    pub entries: Vec<TrashEntry>,
+    pub kept_since_ms: i64,
 }
 
 /// One page of a user's change journal.
@@ -570,6 +591,32 @@ pub trait MetaStore: Send + Sync {
     /// # Errors
     /// Database errors.
     async fn locks(&self, user_id: UserId, now_ms: i64) -> Result<Vec<LockInfo>, StoreError>;
+
+    /// Every kept version of the file at `path` (and of the files that were at `path`
+    /// before), oldest first, with the time before which history is no longer kept.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn history(&self, user_id: UserId, path: &RelPath) -> Result<History, StoreError>;
+
+    /// The deleted files still kept that match `query`, newest deletion first (see
+    /// [`history::trash`]).
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn trash(&self, user_id: UserId, query: &TrashQuery) -> Result<Trash, StoreError>;
+
+    /// What restoring `target` takes, as conditional ops (see [`history::plan_restore`]),
+    /// read in one snapshot; `Err(message)` when the request cannot be met (a revision that is
+    /// no version of the path, a moment older than the history kept).
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn plan_restore(
+        &self,
+        user_id: UserId,
+        target: &RestoreTarget,
+    ) -> Result<Result<RestorePlan, String>, StoreError>;
 
     /// Checks that the store can be reached right now, as cheaply as it can (`SELECT 1` on
     /// PostgreSQL); a store inside this process (SQLite) always can.

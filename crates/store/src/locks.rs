@@ -94,6 +94,7 @@ pub fn take_lock<T: Txn + ?Sized>(
             cursor,
             lock: lock.clone(),
         },
+        now_ms,
     )?;
     Ok(LockOutcome::Done { lock, cursor })
 }
@@ -143,6 +144,7 @@ pub fn release_lock<T: Txn + ?Sized>(
             device: lock.device.clone(),
             broken_by,
         },
+        now_ms,
     )?;
     Ok(LockOutcome::Done { lock, cursor })
 }

@@ -17,6 +17,7 @@
 //! database restored from a backup, or lost and re-created) gives other tags at the same
 //! cursors, as the random tags of a real store would.
 
+use crate::history::{Deletion, JournalRow};
 use crate::meta::{Access, MetaTxn, TxnBackend, TxnFn};
 use crate::ops::Txn;
 use crate::{Device, DeviceId, Principal, StoreError, TokenHash, User, UserId};
@@ -59,6 +60,8 @@ pub struct MemUser {
     path_of: HashMap<NodeId, RelPath>,
     /// One row per cursor, starting at 1.
     journal: Vec<Change>,
+    /// When each journal row was committed, in cursor order.
+    times: Vec<i64>,
     /// The tag of each journal position, in cursor order.
     tags: Vec<JournalTag>,
     locks: BTreeMap<RelPath, LockInfo>,
@@ -145,6 +148,26 @@ impl MemUser {
     /// Every live node, by path (so a directory comes before everything in it).
     pub fn nodes(&self) -> &BTreeMap<RelPath, RemoteEntry> {
         &self.by_path
+    }
+
+    /// The node rows of the journal as (node, path, index), oldest first.
+    fn node_rows(&self) -> impl Iterator<Item = (NodeId, &RelPath, usize)> + '_ {
+        self.journal
+            .iter()
+            .enumerate()
+            .filter_map(|(idx, change)| match change {
+                Change::Upsert { entry, .. } => Some((entry.node_id, &entry.path, idx)),
+                Change::Delete { node_id, path, .. } => Some((*node_id, path, idx)),
+                Change::Lock { .. } | Change::Unlock { .. } => None,
+            })
+    }
+
+    /// The journal row at `idx`, with its time.
+    fn row(&self, idx: usize) -> JournalRow {
+        JournalRow {
+            change: self.journal[idx].clone(),
+            at_ms: self.times[idx],
+        }
     }
 
     /// The whole journal, oldest first: the row of cursor `n` at index `n - 1`.
@@ -254,7 +277,12 @@ impl Txn for MemTxn {
         Ok(())
     }
 
-    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
+    fn append_change(
+        &mut self,
+        user_id: UserId,
+        change: &Change,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
         let user = self.user_mut(user_id)?;
         if change.cursor().0 != user.journal.len() as u64 + 1 || change.cursor().0 != user.cursor {
             return Err(StoreError::Corrupt(format!(
@@ -265,6 +293,7 @@ impl Txn for MemTxn {
             )));
         }
         user.journal.push(change.clone());
+        user.times.push(at_ms);
         Ok(())
     }
 
@@ -315,6 +344,7 @@ impl MetaTxn for MemTxn {
                 by_path: BTreeMap::new(),
                 path_of: HashMap::new(),
                 journal: Vec::new(),
+                times: Vec::new(),
                 tags: Vec::new(),
                 locks: BTreeMap::new(),
                 wanted: BTreeSet::new(),
@@ -427,6 +457,109 @@ impl MetaTxn for MemTxn {
             .unwrap_or(usize::MAX)
             .min(user.journal.len());
         Ok(user.journal[start..].iter().take(limit).cloned().collect())
+    }
+
+    fn path_history(
+        &mut self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Vec<JournalRow>, StoreError> {
+        let Some(user) = self.user(user_id) else {
+            return Ok(Vec::new());
+        };
+        let nodes: BTreeSet<NodeId> = user
+            .node_rows()
+            .filter(|(_, row_path, _)| *row_path == path)
+            .map(|(node_id, _, _)| node_id)
+            .collect();
+        Ok(user
+            .node_rows()
+            .filter(|(node_id, _, _)| nodes.contains(node_id))
+            .map(|(_, _, idx)| user.row(idx))
+            .collect())
+    }
+
+    fn journal_row(
+        &mut self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalRow>, StoreError> {
+        Ok(self.user(user_id).and_then(|user| {
+            let idx = usize::try_from(cursor.0.checked_sub(1)?).ok()?;
+            match user.journal.get(idx)? {
+                Change::Upsert { .. } | Change::Delete { .. } => Some(user.row(idx)),
+                Change::Lock { .. } | Change::Unlock { .. } => None,
+            }
+        }))
+    }
+
+    fn state_at(
+        &mut self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let Some(user) = self.user(user_id) else {
+            return Ok(Vec::new());
+        };
+        let end = usize::try_from(cursor.0)
+            .unwrap_or(usize::MAX)
+            .min(user.journal.len());
+        let mut newest: BTreeMap<NodeId, Option<&RemoteEntry>> = BTreeMap::new();
+        for change in &user.journal[..end] {
+            match change {
+                Change::Upsert { entry, .. } => {
+                    newest.insert(entry.node_id, Some(entry));
+                }
+                Change::Delete { node_id, .. } => {
+                    newest.insert(*node_id, None);
+                }
+                Change::Lock { .. } | Change::Unlock { .. } => {}
+            }
+        }
+        Ok(newest.into_values().flatten().cloned().collect())
+    }
+
+    fn deletions_since(
+        &mut self,
+        user_id: UserId,
+        since_ms: i64,
+    ) -> Result<Vec<Deletion>, StoreError> {
+        let Some(user) = self.user(user_id) else {
+            return Ok(Vec::new());
+        };
+        let mut last: HashMap<NodeId, &RemoteEntry> = HashMap::new();
+        let mut out = Vec::new();
+        for (idx, change) in user.journal.iter().enumerate() {
+            match change {
+                Change::Upsert { entry, .. } => {
+                    last.insert(entry.node_id, entry);
+                }
+                Change::Delete { node_id, .. } => {
+                    if let Some(version) = last.remove(node_id) {
+                        if user.times[idx] >= since_ms {
+                            out.push(Deletion {
+                                deleted: user.row(idx),
+                                last: version.clone(),
+                            });
+                        }
+                    }
+                }
+                Change::Lock { .. } | Change::Unlock { .. } => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn cursor_at(&mut self, user_id: UserId, at_ms: i64) -> Result<Cursor, StoreError> {
+        let Some(user) = self.user(user_id) else {
+            return Ok(Cursor(0));
+        };
+        Ok(user
+            .node_rows()
+            .filter(|(_, _, idx)| user.times[*idx] <= at_ms)
+            .map(|(_, _, idx)| Cursor(idx as u64 + 1))
+            .last()
+            .unwrap_or(Cursor(0)))
     }
 
     fn row_tag(

@@ -17,15 +17,17 @@
 //! which the backend commits only when the closure returns `Ok` (refusals included: they may
 //! have deleted expired lock rows) and rolls back otherwise.
 
+use crate::history::{self, Deletion, JournalRow, RestorePlan};
 use crate::ops::{self, Txn};
 use crate::{
-    locks, new_namespace_id, BatchOutcome, ChangesPage, ChunkLens, Device, LockOutcome, MetaStore,
-    Principal, StoreError, TokenHash, Tree, User, UserId,
+    locks, new_namespace_id, BatchOutcome, ChangesPage, ChunkLens, Device, History, LockOutcome,
+    MetaStore, Principal, StoreError, TokenHash, Trash, Tree, User, UserId,
 };
 use async_trait::async_trait;
+use std::collections::HashSet;
 use syncstore_proto::{
     Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, RelPath,
-    RemoteEntry, UserName,
+    RemoteEntry, RestoreTarget, TrashQuery, UserName,
 };
 
 /// How a call uses its transaction, for [`TxnBackend::run`].
@@ -134,6 +136,53 @@ pub trait MetaTxn: Txn {
         since: Cursor,
         limit: usize,
     ) -> Result<Vec<Change>, StoreError>;
+
+    /// Every node row (upserts and deletes) of the nodes that were ever at `path`, oldest
+    /// first, with their commit times.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn path_history(
+        &mut self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Vec<JournalRow>, StoreError>;
+
+    /// The node row at `cursor`, if the journal holds one there (a lock row is not one).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn journal_row(
+        &mut self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalRow>, StoreError>;
+
+    /// The tree as it was at `cursor`: for every node, its newest row at or before `cursor`
+    /// unless that row is a deletion, as an entry whose `rev` is that row's cursor; in any
+    /// order.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn state_at(&mut self, user_id: UserId, cursor: Cursor)
+        -> Result<Vec<RemoteEntry>, StoreError>;
+
+    /// The deletions of files committed at or after `since_ms`, oldest first, each with the
+    /// file's version before it.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn deletions_since(
+        &mut self,
+        user_id: UserId,
+        since_ms: i64,
+    ) -> Result<Vec<Deletion>, StoreError>;
+
+    /// The cursor of the newest node row committed at or before `at_ms` (0 when none was).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn cursor_at(&mut self, user_id: UserId, at_ms: i64) -> Result<Cursor, StoreError>;
 
     /// The tag of the user's journal row at `cursor` (1 or more), if the journal holds one.
     ///
@@ -386,6 +435,53 @@ impl<B: TxnBackend> MetaStore for B {
         .await
     }
 
+    async fn history(&self, user_id: UserId, path: &RelPath) -> Result<History, StoreError> {
+        let path = path.clone();
+        transact(self, Access::Snapshot, move |txn| {
+            let rows = txn.path_history(user_id, &path)?;
+            let current = txn.node_at(user_id, &path)?;
+            Ok(History {
+                versions: history::versions(&rows, current.as_ref()),
+                kept_since_ms: kept_since(txn, user_id)?,
+            })
+        })
+        .await
+    }
+
+    async fn trash(&self, user_id: UserId, query: &TrashQuery) -> Result<Trash, StoreError> {
+        let query = query.clone();
+        transact(self, Access::Snapshot, move |txn| {
+            let kept_since_ms = kept_since(txn, user_id)?;
+            let since = query.since_ms.unwrap_or(kept_since_ms).max(kept_since_ms);
+            let deletions = txn.deletions_since(user_id, since)?;
+            let live: HashSet<RelPath> = txn
+                .nodes(user_id)?
+                .into_iter()
+                .map(|entry| entry.path)
+                .collect();
+            let entries = history::trash(deletions, &|path| live.contains(path), &query);
+            Ok(Trash {
+                entries: entries.into_iter().map(|(entry, _)| entry).collect(),
+                kept_since_ms,
+            })
+        })
+        .await
+    }
+
+    async fn plan_restore(
+        &self,
+        user_id: UserId,
+        target: &RestoreTarget,
+    ) -> Result<Result<RestorePlan, String>, StoreError> {
+        let target = target.clone();
+        transact(self, Access::Snapshot, move |txn| {
+            txn.current_cursor(user_id)?;
+            let kept_since_ms = kept_since(txn, user_id)?;
+            history::plan_restore(txn, user_id, &target, kept_since_ms)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         TxnBackend::ping(self).await
     }
@@ -399,6 +495,12 @@ where
     F: Fn(&mut dyn MetaTxn) -> Result<T, StoreError> + Send + 'static,
 {
     backend.run(access, Box::new(f)).await
+}
+
+/// The time before which the user's history is no longer kept (0: all of it is).
+fn kept_since(txn: &mut dyn MetaTxn, user_id: UserId) -> Result<i64, StoreError> {
+    let _ = (txn, user_id);
+    Ok(0)
 }
 
 /// The tag of the user's journal position `cursor`: all zero for cursor 0.

@@ -115,11 +115,17 @@ pub trait Txn {
     fn remove_node(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError>;
 
     /// Appends a journal row for the cursor the last [`Txn::next_cursor`] returned (the rules
-    /// always append right after bumping), tagged with that position's [`JournalTag`].
+    /// always append right after bumping), tagged with that position's [`JournalTag`] and
+    /// committed at `at_ms` (the caller's clock; kept for node rows, which history lists).
     ///
     /// # Errors
     /// Backend failures.
-    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError>;
+    fn append_change(
+        &mut self,
+        user_id: UserId,
+        change: &Change,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
 
     /// Makes this transaction the only writer of the user's namespace until it ends; the rules
     /// call it before reading anything they decide on.
@@ -458,6 +464,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
                 path: current.path.clone(),
                 device: self.device.clone(),
             },
+            self.now_ms,
         )?;
         // Only the holder gets here with a lock on the path; the lock ends with the node.
         // A directory being deleted is empty, so no lock in force lies beneath it.
@@ -570,6 +577,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
                     cursor,
                     lock: moved,
                 },
+                self.now_ms,
             )?;
         }
         Ok(OpOutcome::Applied(produced))
@@ -605,6 +613,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
                 device: lock.device,
                 broken_by: None,
             },
+            self.now_ms,
         )
     }
 
@@ -669,6 +678,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
                 cursor,
                 entry: entry.clone(),
             },
+            self.now_ms,
         )?;
         Ok(entry)
     }

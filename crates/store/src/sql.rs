@@ -12,6 +12,7 @@
 //! The journal is split over two tables sharing the user's cursor: `changes` (node changes)
 //! and `lock_changes` (lock changes); [`MetaTxn::journal_after`] merges them by cursor.
 
+use crate::history::{Deletion, JournalRow};
 use crate::meta::MetaTxn;
 use crate::ops::Txn;
 use crate::{new_journal_tag, Device, DeviceId, Principal, StoreError, TokenHash, User, UserId};
@@ -168,9 +169,10 @@ const PUT_NODE: &str = "INSERT INTO nodes
          chunks = excluded.chunks, device = excluded.device, executable = excluded.executable";
 const REMOVE_NODE: &str = "DELETE FROM nodes WHERE user_id = ?1 AND node_id = ?2";
 const APPEND_NODE_CHANGE: &str = "INSERT INTO changes
-     (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, executable, tag)
+     (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device, executable, tag,
+      at_ms)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
-             (SELECT head_tag FROM users WHERE id = ?1))";
+             (SELECT head_tag FROM users WHERE id = ?1), ?12)";
 const APPEND_LOCK_CHANGE: &str = "INSERT INTO lock_changes
      (user_id, cursor, kind, path, device, since_ms, expires_ms, broken_by, tag)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT head_tag FROM users WHERE id = ?1))";
@@ -198,6 +200,33 @@ const LOCK_CHANGES_AFTER: &str = select!(
     lock_change_columns,
     "FROM lock_changes WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
 );
+const PATH_HISTORY: &str = select!(
+    change_columns,
+    ", at_ms FROM changes WHERE user_id = ?1
+     AND node_id IN (SELECT node_id FROM changes WHERE user_id = ?1 AND path = ?2)
+     ORDER BY cursor"
+);
+const JOURNAL_ROW: &str = select!(
+    change_columns,
+    ", at_ms FROM changes WHERE user_id = ?1 AND cursor = ?2"
+);
+// Every node's newest row at or before ?2, unless it is a deletion.
+const STATE_AT: &str = select!(
+    change_columns,
+    "FROM changes c WHERE c.user_id = ?1 AND c.kind <> 'deleted'
+     AND c.cursor = (SELECT MAX(p.cursor) FROM changes p
+                     WHERE p.user_id = ?1 AND p.node_id = c.node_id AND p.cursor <= ?2)"
+);
+// Each deletion since ?2 with the row before it of the same node (the version it ended).
+const DELETIONS_SINCE: &str = "SELECT d.cursor, d.node_id, d.path, d.device, d.at_ms,
+     v.node_id, v.path, v.kind, v.cursor, v.size, v.mtime_ms, v.hash, v.chunks, v.device,
+     v.executable
+     FROM changes d JOIN changes v ON v.user_id = d.user_id
+     AND v.cursor = (SELECT MAX(p.cursor) FROM changes p
+                     WHERE p.user_id = d.user_id AND p.node_id = d.node_id AND p.cursor < d.cursor)
+     WHERE d.user_id = ?1 AND d.kind = 'deleted' AND d.at_ms >= ?2 ORDER BY d.cursor";
+const CURSOR_AT: &str =
+    "SELECT COALESCE(MAX(cursor), 0) FROM changes WHERE user_id = ?1 AND at_ms <= ?2";
 const ROW_TAG: &str = "SELECT tag FROM changes WHERE user_id = ?1 AND cursor = ?2
      UNION ALL SELECT tag FROM lock_changes WHERE user_id = ?1 AND cursor = ?2";
 const WANTED: &str = "SELECT hash FROM wanted_chunks WHERE user_id = ?1 ORDER BY hash LIMIT ?2";
@@ -367,7 +396,12 @@ impl<C: SqlConn> Txn for SqlTxn<C> {
         Ok(())
     }
 
-    fn append_change(&mut self, user_id: UserId, change: &Change) -> Result<(), StoreError> {
+    fn append_change(
+        &mut self,
+        user_id: UserId,
+        change: &Change,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
         let user = Param::Int(user_id.0);
         let cursor = Param::Int(to_i64(change.cursor().0)?);
         match change {
@@ -385,6 +419,7 @@ impl<C: SqlConn> Txn for SqlTxn<C> {
                     Param::Blob(&chunks),
                     Param::Text(entry.device.as_str()),
                     Param::Bool(entry.executable),
+                    Param::Int(at_ms),
                 ];
                 self.0.execute(APPEND_NODE_CHANGE, &params)?
             }
@@ -406,6 +441,7 @@ impl<C: SqlConn> Txn for SqlTxn<C> {
                     Param::Blob(&[]),
                     Param::Text(device.as_str()),
                     Param::Bool(false),
+                    Param::Int(at_ms),
                 ];
                 self.0.execute(APPEND_NODE_CHANGE, &params)?
             }
@@ -570,6 +606,70 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
         changes.sort_by_key(Change::cursor);
         changes.truncate(limit);
         Ok(changes)
+    }
+
+    fn path_history(
+        &mut self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Vec<JournalRow>, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Text(path.as_str())];
+        let rows = self.0.query(PATH_HISTORY, &params)?;
+        rows.iter().map(journal_row).collect()
+    }
+
+    fn journal_row(
+        &mut self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Option<JournalRow>, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Int(to_i64(cursor.0)?)];
+        self.first_row(JOURNAL_ROW, &params)?
+            .map(|row| journal_row(&row))
+            .transpose()
+    }
+
+    fn state_at(
+        &mut self,
+        user_id: UserId,
+        cursor: Cursor,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Int(to_i64(cursor.0)?)];
+        let rows = self.0.query(STATE_AT, &params)?;
+        rows.iter().map(|row| node_entry(row, 1)).collect()
+    }
+
+    fn deletions_since(
+        &mut self,
+        user_id: UserId,
+        since_ms: i64,
+    ) -> Result<Vec<Deletion>, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Int(since_ms)];
+        let rows = self.0.query(DELETIONS_SINCE, &params)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Deletion {
+                    deleted: JournalRow {
+                        change: Change::Delete {
+                            cursor: Cursor(to_u64(row.int(0)?, "cursor")?),
+                            node_id: NodeId(to_u64(row.int(1)?, "node id")?),
+                            path: stored_path(&row.text(2)?)?,
+                            device: stored_device(&row.text(3)?)?,
+                        },
+                        at_ms: row.int(4)?,
+                    },
+                    last: node_entry(row, 5)?,
+                })
+            })
+            .collect()
+    }
+
+    fn cursor_at(&mut self, user_id: UserId, at_ms: i64) -> Result<Cursor, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Int(at_ms)];
+        match self.first_row(CURSOR_AT, &params)? {
+            Some(row) => Ok(Cursor(to_u64(row.int(0)?, "cursor")?)),
+            None => Ok(Cursor(0)),
+        }
     }
 
     fn row_tag(
@@ -748,6 +848,14 @@ fn node_change(row: &Row) -> Result<Change, StoreError> {
     }
     let entry = node_entry(row, 1)?;
     Ok(Change::Upsert { cursor, entry })
+}
+
+/// A `changes` row ([`change_columns`] order) followed by its `at_ms`.
+fn journal_row(row: &Row) -> Result<JournalRow, StoreError> {
+    Ok(JournalRow {
+        change: node_change(row)?,
+        at_ms: row.int(11)?,
+    })
 }
 
 /// A `locks` row ([`lock_columns`] order).

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use std::future::Future;
 use syncstore_proto::{
     Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
-    Op, Precondition, RelPath, RemoteEntry, Revision, UserName, MAX_CHUNK_LEN, MAX_LOCK_TTL_SECS,
+    Op, Precondition, RelPath, RemoteEntry, RestoreAction, RestoreTarget, Revision, TrashQuery,
+    UserName, VersionKind, MAX_CHUNK_LEN, MAX_LOCK_TTL_SECS,
 };
 use syncstore_store::{
     apply_ops, BatchOutcome, ChunkStore, DeviceId, LockOutcome, MetaStore, OpOutcome, Principal,
@@ -1845,6 +1846,369 @@ where
 
 /// The time every call that needs one is made at, unless a test says otherwise.
 const NOW: i64 = 1_700_000_000_000;
+
+/// Stores `bytes` and puts them at `at` as `device` at `now_ms`; returns the file's entry.
+async fn put_at(
+    meta: &dyn MetaStore,
+    chunks: &dyn ChunkStore,
+    user: &User,
+    (device, now_ms): (&str, i64),
+    at: &str,
+    base: Precondition,
+    bytes: &[u8],
+) -> RemoteEntry {
+    let content = store_chunk(chunks, user, bytes).await;
+    let mut batch = apply_as(
+        meta,
+        chunks,
+        user,
+        device,
+        vec![put_op(at, base, &content)],
+        now_ms,
+    )
+    .await;
+    match batch.outcomes.remove(0) {
+        OpOutcome::Applied(produced) => produced.last().cloned().unwrap(),
+        other => panic!("put {at} failed: {other:?}"),
+    }
+}
+
+/// Every version of a path with its commit time and device; the trash with its filters.
+pub async fn history_and_trash(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("history-alice")).await.unwrap();
+    let v1 = put_at(
+        meta,
+        chunks,
+        &user,
+        ("laptop", 1_000),
+        "notes.txt",
+        Precondition::MustNotExist,
+        b"one",
+    )
+    .await;
+    let v2 = put_at(
+        meta,
+        chunks,
+        &user,
+        ("desktop", 2_000),
+        "notes.txt",
+        Precondition::Rev(v1.rev),
+        b"two",
+    )
+    .await;
+    let v3 = put_at(
+        meta,
+        chunks,
+        &user,
+        ("laptop", 3_000),
+        "notes.txt",
+        Precondition::Rev(v2.rev),
+        b"three",
+    )
+    .await;
+    let other = put_at(
+        meta,
+        chunks,
+        &user,
+        ("laptop", 3_500),
+        "docs/a.txt",
+        Precondition::MustNotExist,
+        b"aaa",
+    )
+    .await;
+
+    let history = meta.history(user.id, &path("notes.txt")).await.unwrap();
+    let seen: Vec<(Revision, i64, &str, Option<ContentHash>, bool)> = history
+        .versions
+        .iter()
+        .map(|v| (v.rev, v.at_ms, v.device.as_str(), v.hash, v.current))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (v1.rev, 1_000, "laptop", Some(content_hash(b"one")), false),
+            (v2.rev, 2_000, "desktop", Some(content_hash(b"two")), false),
+            (v3.rev, 3_000, "laptop", Some(content_hash(b"three")), true),
+        ]
+    );
+    assert!(meta
+        .history(user.id, &path("nothing"))
+        .await
+        .unwrap()
+        .versions
+        .is_empty());
+
+    // A delete is a version; the file is in the trash with its last content.
+    let deleted = apply_as(
+        meta,
+        chunks,
+        &user,
+        "phone",
+        vec![Op::Delete {
+            path: path("docs/a.txt"),
+            base: other.rev,
+        }],
+        5_000,
+    )
+    .await;
+    assert!(deleted.outcomes[0].is_applied());
+    let trash = meta.trash(user.id, &TrashQuery::default()).await.unwrap();
+    assert_eq!(trash.entries.len(), 1);
+    let entry = &trash.entries[0];
+    assert_eq!(entry.path, path("docs/a.txt"));
+    assert_eq!(
+        (entry.deleted_at_ms, entry.deleted_by.as_str()),
+        (5_000, "phone")
+    );
+    assert_eq!(
+        (entry.rev, entry.size, entry.hash),
+        (other.rev, 3, content_hash(b"aaa"))
+    );
+    let a_history = meta.history(user.id, &path("docs/a.txt")).await.unwrap();
+    assert_eq!(
+        a_history.versions.last().unwrap().kind,
+        VersionKind::Deleted
+    );
+
+    // Filters: since, by, prefix.
+    let query = |since_ms: Option<i64>, by: Option<&str>, prefix: Option<&str>| TrashQuery {
+        since_ms,
+        by: by.map(device_name),
+        prefix: prefix.map(path),
+    };
+    for (q, expected) in [
+        (query(Some(5_000), None, None), 1),
+        (query(Some(5_001), None, None), 0),
+        (query(None, Some("phone"), None), 1),
+        (query(None, Some("laptop"), None), 0),
+        (query(None, None, Some("docs")), 1),
+        (query(None, None, Some("other")), 0),
+    ] {
+        assert_eq!(
+            meta.trash(user.id, &q).await.unwrap().entries.len(),
+            expected,
+            "{q:?}"
+        );
+    }
+    // A path that holds a file again is not in the trash.
+    put_at(
+        meta,
+        chunks,
+        &user,
+        ("laptop", 6_000),
+        "docs/a.txt",
+        Precondition::MustNotExist,
+        b"new",
+    )
+    .await;
+    assert!(meta
+        .trash(user.id, &TrashQuery::default())
+        .await
+        .unwrap()
+        .entries
+        .is_empty());
+}
+
+/// Restores plan ordinary conditional ops: a version, the trash, a moment (in place and
+/// beside), and refusals.
+pub async fn restore_plans(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("restore-alice")).await.unwrap();
+    let dev = ("laptop", 1_000);
+    let v1 = put_at(
+        meta,
+        chunks,
+        &user,
+        dev,
+        "notes.txt",
+        Precondition::MustNotExist,
+        b"one",
+    )
+    .await;
+    let keep = put_at(
+        meta,
+        chunks,
+        &user,
+        dev,
+        "d/keep.txt",
+        Precondition::MustNotExist,
+        b"keep",
+    )
+    .await;
+    let gone = put_at(
+        meta,
+        chunks,
+        &user,
+        dev,
+        "d/gone.txt",
+        Precondition::MustNotExist,
+        b"gone",
+    )
+    .await;
+    // The moment: 1,500. Then everything changes.
+    let v2 = put_at(
+        meta,
+        chunks,
+        &user,
+        ("laptop", 2_000),
+        "notes.txt",
+        Precondition::Rev(v1.rev),
+        b"encrypted",
+    )
+    .await;
+    let _ = keep;
+    let deleted = apply_as(
+        meta,
+        chunks,
+        &user,
+        "laptop",
+        vec![Op::Delete {
+            path: path("d/gone.txt"),
+            base: gone.rev,
+        }],
+        2_000,
+    )
+    .await;
+    assert!(deleted.outcomes[0].is_applied());
+    put_at(
+        meta,
+        chunks,
+        &user,
+        ("laptop", 2_000),
+        "d/new.txt",
+        Precondition::MustNotExist,
+        b"new",
+    )
+    .await;
+
+    let plan_of =
+        |target: RestoreTarget| async move { meta.plan_restore(user.id, &target).await.unwrap() };
+    // Whole namespace at 1,500.
+    let plan = plan_of(RestoreTarget::Moment {
+        path: None,
+        at_ms: 1_500,
+        to: None,
+    })
+    .await
+    .unwrap();
+    let steps: Vec<(&str, RestoreAction)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.path.as_str(), s.action))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("d/new.txt", RestoreAction::Trashed),
+            ("d/gone.txt", RestoreAction::Undeleted),
+            ("notes.txt", RestoreAction::Reverted),
+        ]
+    );
+    assert_eq!(plan.unchanged, 2, "d and d/keep.txt are as they were");
+    let outcome = apply_as(meta, chunks, &user, "laptop", plan.ops, 3_000).await;
+    assert!(
+        outcome.outcomes.iter().all(OpOutcome::is_applied),
+        "{outcome:?}"
+    );
+    let tree = meta.tree(user.id, NOW).await.unwrap();
+    let files: Vec<(&str, Option<ContentHash>)> = tree
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| (e.path.as_str(), e.hash))
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            ("d/gone.txt", Some(content_hash(b"gone"))),
+            ("d/keep.txt", Some(content_hash(b"keep"))),
+            ("notes.txt", Some(content_hash(b"one"))),
+        ]
+    );
+    // What the restore replaced is history and trash: nothing lost.
+    let trash = meta.trash(user.id, &TrashQuery::default()).await.unwrap();
+    assert_eq!(
+        trash
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect::<Vec<_>>(),
+        vec!["d/new.txt"]
+    );
+    let notes = meta.history(user.id, &path("notes.txt")).await.unwrap();
+    assert!(
+        notes.versions.iter().any(|v| v.rev == v2.rev),
+        "the encrypted version is still in history"
+    );
+
+    // A version by revision; the same content again is unchanged.
+    let plan = plan_of(RestoreTarget::Version {
+        path: path("notes.txt"),
+        rev: v2.rev,
+        to: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(plan.steps.len(), 1);
+    assert_eq!(plan.steps[0].action, RestoreAction::Reverted);
+    let plan = plan_of(RestoreTarget::Version {
+        path: path("notes.txt"),
+        rev: v1.rev,
+        to: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!((plan.steps.len(), plan.unchanged), (0, 1));
+    // Beside: at a new path, which must not exist.
+    let plan = plan_of(RestoreTarget::Version {
+        path: path("notes.txt"),
+        rev: v2.rev,
+        to: Some(path("old.txt")),
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(&plan.ops[0], Op::PutFile { path: p, base: Precondition::MustNotExist, .. } if p.as_str() == "old.txt")
+    );
+    // Refusals: not a version of the path, a deletion.
+    let refused = plan_of(RestoreTarget::Version {
+        path: path("d/keep.txt"),
+        rev: v2.rev,
+        to: None,
+    })
+    .await;
+    assert!(refused.unwrap_err().contains("not a version"));
+    let refused = plan_of(RestoreTarget::Moment {
+        path: Some(path("nowhere")),
+        at_ms: 1_500,
+        to: None,
+    })
+    .await;
+    assert!(refused.is_err());
+
+    // The trash in bulk: since a time.
+    let plan = plan_of(RestoreTarget::Deleted {
+        prefix: None,
+        since_ms: Some(3_000),
+        by: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        plan.steps
+            .iter()
+            .map(|s| s.path.as_str())
+            .collect::<Vec<_>>(),
+        vec!["d/new.txt"]
+    );
+    let plan = plan_of(RestoreTarget::Deleted {
+        prefix: None,
+        since_ms: Some(3_001),
+        by: None,
+    })
+    .await
+    .unwrap();
+    assert!(plan.steps.is_empty());
+}
 
 fn user_name(text: &str) -> UserName {
     UserName::new(text).unwrap()

@@ -61,6 +61,8 @@ macro_rules! all_conformance_tests {
             lock_listed_in_tree,
             lock_race_has_one_winner,
             mode_only_change,
+            history_and_trash,
+            restore_plans,
         );
     };
 }
@@ -185,7 +187,11 @@ mod sqlite {
              INSERT INTO schema_version (version) VALUES (1);
              INSERT INTO users (name) VALUES ('old');
              INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device)
-                 VALUES (1, 1, 'dir', 'dir', 1, 0, 0, NULL, x'', 'dev');",
+                 VALUES (1, 1, 'dir', 'dir', 1, 0, 0, NULL, x'', 'dev');
+             INSERT INTO nodes (user_id, node_id, path, kind, rev, size, mtime_ms, hash, chunks, device)
+                 VALUES (1, 2, 'dir/f', 'file', 2, 0, 0, zeroblob(32), x'', 'dev');
+             INSERT INTO changes (user_id, cursor, node_id, kind, path, size, mtime_ms, hash, chunks, device)
+                 VALUES (1, 2, 2, 'file', 'dir/f', 0, 0, zeroblob(32), x'', 'dev');",
         )
         .unwrap();
         drop(conn);
@@ -205,8 +211,12 @@ mod sqlite {
             Some(syncstore_proto::JournalTag::default())
         );
         let tree = meta.tree(user.id, 0).await.unwrap();
-        assert_eq!(tree.entries.len(), 1);
-        assert!(!tree.entries[0].executable);
+        assert_eq!(tree.entries.len(), 2);
+        assert!(!tree.entries[1].executable);
+        // Rows journalled before history had times count as committed at the epoch.
+        let history = meta.history(user.id, &tree.entries[1].path).await.unwrap();
+        assert_eq!(history.versions.len(), 1);
+        assert_eq!(history.versions[0].at_ms, 0);
         drop(meta);
         let conn = rusqlite::Connection::open(&db_path).unwrap();
         let version: i64 = conn
@@ -214,7 +224,7 @@ mod sqlite {
                 row.get(0)
             })
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
     }
 }
 

@@ -1,71 +1,10 @@
 //! `syncstore lock`, `unlock` and `locks`.
 
-use crate::cli::{LockArgs, LocksArgs, RemoteArgs, UnlockArgs};
+use super::target::{api_message, resolve};
+use crate::cli::{LockArgs, LocksArgs, UnlockArgs};
 use anyhow::Context;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use syncstore_client::{ApiClient, ApiError, FolderConfig};
-use syncstore_proto::RelPath;
-
-/// Where a command's PATH argument points: the API to ask and the path in the namespace.
-struct Target {
-    api: ApiClient,
-    path: RelPath,
-}
-
-/// A local path inside a synced folder names that folder's server; anything else is a path in the
-/// namespace of the server given by flags, or of the synced folder around the current directory.
-fn resolve(path_arg: &str, remote: &RemoteArgs) -> anyhow::Result<Target> {
-    let local = Path::new(path_arg);
-    let absolute = if local.is_absolute() {
-        local.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(local)
-    };
-    if let Some((folder, rel)) = inside_synced_folder(&absolute) {
-        let saved = FolderConfig::load(&folder)?.context("synced folder has no config")?;
-        let config =
-            super::merge_remote(remote, Some(saved)).context("synced folder has no server")?;
-        return Ok(Target {
-            api: ApiClient::new(config.servers, config.token)?,
-            path: rel,
-        });
-    }
-    anyhow::ensure!(
-        !local.is_absolute(),
-        "{path_arg} is not inside a synced folder"
-    );
-    let path = RelPath::new(path_arg.trim_start_matches("./").trim_end_matches('/'))
-        .with_context(|| format!("invalid path {path_arg:?}"))?;
-    Ok(Target {
-        api: super::api_from(remote)?,
-        path,
-    })
-}
-
-/// The synced folder containing `absolute` (which need not exist) and the path inside it.
-fn inside_synced_folder(absolute: &Path) -> Option<(PathBuf, RelPath)> {
-    // Resolve what exists (symlinks in the folder's own path, `..`), keep the rest as written.
-    let mut existing = absolute.to_path_buf();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        rest.push(existing.file_name()?.to_owned());
-        existing = existing.parent()?.to_path_buf();
-    }
-    let mut resolved = existing.canonicalize().ok()?;
-    for part in rest.into_iter().rev() {
-        resolved.push(part);
-    }
-    let folder = resolved.ancestors().find(|dir| {
-        dir.join(syncstore_proto::META_DIR)
-            .join("config.json")
-            .is_file()
-    })?;
-    let rel = resolved.strip_prefix(folder).ok()?;
-    let rel = RelPath::new(rel.to_str()?).ok()?;
-    Some((folder.to_path_buf(), rel))
-}
 
 fn parse_ttl(text: &str) -> anyhow::Result<u64> {
     let duration = humantime::parse_duration(text)
@@ -80,13 +19,6 @@ fn parse_ttl(text: &str) -> anyhow::Result<u64> {
         "invalid --ttl {text:?}: at most one year"
     );
     Ok(secs)
-}
-
-fn api_message(err: ApiError) -> anyhow::Error {
-    match err {
-        ApiError::Status { message, .. } => anyhow::anyhow!(message),
-        other => other.into(),
-    }
 }
 
 /// `syncstore lock PATH [--ttl D]`.

@@ -2,10 +2,13 @@
 
 mod bar;
 mod demo;
+mod history;
 mod lock;
 mod ls;
 mod scrub;
 mod status;
+mod target;
+mod when;
 
 use crate::cli::{Cli, Command, LimitArgs, RemoteArgs, StoreArgs, TokenCommand, UserCommand};
 use anyhow::Context;
@@ -60,6 +63,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => lock::lock(args).await,
         Command::Unlock(args) => lock::unlock(args).await,
         Command::Locks(args) => lock::list(args).await,
+        Command::History(args) => history::history(args).await,
+        Command::Trash(args) => history::trash(args).await,
+        Command::Restore(args) => history::restore(args).await,
         Command::Scrub(args) => {
             let meta = meta_location(&args.stores);
             let chunks = chunk_location(&args.stores)?;

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_locks.sql"),
     include_str!("../../migrations/postgres/0003_identity.sql"),
     include_str!("../../migrations/postgres/0004_modes.sql"),
+    include_str!("../../migrations/postgres/0005_history.sql"),
 ];
 
 /// The channel of commit notifications, as a literal for the statements that name it.

@@ -1,0 +1,107 @@
+//! The history, trash and restore endpoints (`syncstore_proto::history`).
+//!
+//! What a restore does is decided in the store (`MetaStore::plan_restore`, one snapshot); here
+//! its ops are applied like any device's batch, in batches of [`RESTORE_BATCH`], each op
+//! conditional on what the plan saw, so a path changed meanwhile fails on its own and is
+//! reported, never overwritten.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, JsonBody, QueryParams};
+use crate::routes::{now_ms, AppState};
+use axum::extract::State;
+use axum::Json;
+use syncstore_proto::{
+    HistoryQuery, HistoryResponse, RestoreRequest, RestoreResponse, TrashQuery, TrashResponse,
+};
+
+/// Ops per batch of a restore: one transaction each.
+const RESTORE_BATCH: usize = 1000;
+
+/// Every kept version of a path.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, path = %query.0.path))]
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: QueryParams<HistoryQuery>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let QueryParams(HistoryQuery { path }) = query;
+    let history = state.stores.meta.history(auth.0.user_id, &path).await?;
+    if history.versions.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no version of {:?} is kept",
+            path.as_str()
+        )));
+    }
+    Ok(Json(HistoryResponse {
+        path,
+        versions: history.versions,
+        kept_since_ms: history.kept_since_ms,
+    }))
+}
+
+/// The deleted files still kept.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name))]
+pub(crate) async fn trash(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: QueryParams<TrashQuery>,
+) -> Result<Json<TrashResponse>, ApiError> {
+    let QueryParams(query) = query;
+    let trash = state.stores.meta.trash(auth.0.user_id, &query).await?;
+    Ok(Json(TrashResponse {
+        entries: trash.entries,
+        kept_since_ms: trash.kept_since_ms,
+    }))
+}
+
+/// Plans a restore and, unless it is a dry run, applies it as the asking device.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name, device = %auth.0.device_name))]
+pub(crate) async fn restore(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<RestoreRequest>,
+) -> Result<Json<RestoreResponse>, ApiError> {
+    let Auth(principal) = auth;
+    let JsonBody(RestoreRequest { target, dry_run }) = body;
+    let meta = &state.stores.meta;
+    let plan = meta
+        .plan_restore(principal.user_id, &target)
+        .await?
+        .map_err(ApiError::bad_request)?;
+    let mut steps = plan.steps;
+    if !dry_run {
+        let mut done = 0;
+        for ops in plan.ops.chunks(RESTORE_BATCH) {
+            let batch = syncstore_store::apply_ops(
+                &**meta,
+                &*state.stores.chunks,
+                &principal,
+                ops.to_vec(),
+                now_ms(),
+            )
+            .await?;
+            if batch.changed_anything() {
+                state.hub.notify(principal.user_id, batch.cursor);
+            }
+            for (step, outcome) in steps[done..].iter_mut().zip(batch.outcomes) {
+                let result = crate::wire::op_result(outcome);
+                if result.status != 200 {
+                    step.error = result.message;
+                }
+            }
+            done += ops.len();
+        }
+        tracing::info!(
+            target = %syncstore_store::history::describe(&target),
+            steps = steps.len(),
+            failed = steps.iter().filter(|step| !step.error.is_empty()).count(),
+            "restored"
+        );
+    }
+    Ok(Json(RestoreResponse {
+        steps,
+        unchanged: plan.unchanged,
+        dry_run,
+        cursor: meta.current_cursor(principal.user_id).await?,
+    }))
+}
