@@ -46,6 +46,11 @@ pub enum Command {
     /// Verify every stored chunk (offline, against the server's stores); bad ones are moved
     /// aside and asked of the devices that have them. Exit 1 when any was bad.
     Scrub(ScrubArgs),
+    /// Run garbage collection now (offline, against the server's stores): compact the journals
+    /// past retention, delete content no kept version names. Reports what it freed.
+    Gc(GcArgs),
+    /// Show the account's usage: current files, history, trash, and the quota.
+    Usage(UsageArgs),
     /// List every kept version of a file: revision, time, size, device, content hash.
     History(HistoryArgs),
     /// List deleted files that can still be restored (newest deletion first).
@@ -66,6 +71,29 @@ Examples:
   syncstore restore --deleted --since 2h        undo every delete of the last two hours
   syncstore restore ~/Sync --at \"2026-12-01 09:00\" --dry-run
                                                 the whole folder as it was at 9:00";
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Say what would be freed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    /// Print the usage as JSON (the server's answer).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
 
 #[derive(Args, Debug)]
 pub struct HistoryArgs {
@@ -216,6 +244,62 @@ pub struct ServeArgs {
     pub new_database: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// How often garbage collection runs in the background (journal compaction, then the
+    /// content no kept version names); 0 turns it off (`syncstore gc` still runs it).
+    #[arg(long, env = "SYNCSTORE_GC_INTERVAL", default_value = "1h", value_parser = parse_span)]
+    pub gc_interval: Duration,
+}
+
+/// How long history is kept, and how long uploads may take; for `serve` and `gc`.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct RetentionArgs {
+    /// How long old versions and deleted files are kept (thinned as they age: all for an
+    /// hour, one per hour for a day, one per day after that); 0 keeps only current versions.
+    #[arg(long, env = "SYNCSTORE_KEEP_HISTORY", default_value = "30d", value_parser = parse_span)]
+    pub keep_history: Duration,
+    /// Content uploaded less than this long ago is never collected, so an upload may take
+    /// this long before the file is committed.
+    #[arg(long, env = "SYNCSTORE_GC_GRACE", default_value = "24h", value_parser = parse_span)]
+    pub gc_grace: Duration,
+}
+
+/// A span like `30d`, `90m` or `1h30m`, or `0`.
+pub fn parse_span(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|err| format!("{err} (use e.g. 30d, 12h, 90m, or 0)"))
+}
+
+/// A size like `10G`, `500M`, `1.5T` (powers of 1024) or bytes, or `none`.
+pub fn parse_quota(text: &str) -> Result<Option<u64>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: use e.g. 10G, 500M, or none"))?;
+    let scale: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("invalid size unit in {text:?}: use K, M, G or T")),
+    };
+    Ok(Some((number * scale as f64) as u64))
 }
 
 /// What one client may take of the server; every default is far above normal use.
@@ -295,6 +379,19 @@ pub enum UserCommand {
         /// Name of the first device.
         #[arg(long, default_value = "first-device")]
         device: String,
+        /// Most bytes the user's current files may take (e.g. 10G); more is refused with 507.
+        #[arg(long, value_parser = parse_quota)]
+        quota: Option<Option<u64>>,
+        #[command(flatten)]
+        stores: StoreArgs,
+    },
+    /// Change a user's settings.
+    Set {
+        /// The user's name.
+        name: String,
+        /// Most bytes the user's current files may take (e.g. 10G), or `none`.
+        #[arg(long, value_parser = parse_quota)]
+        quota: Option<Option<u64>>,
         #[command(flatten)]
         stores: StoreArgs,
     },

@@ -279,3 +279,83 @@ fn a_folder_restored_at_a_moment_before_ransomware_matches_the_original_everywhe
     assert_eq!(trash["entries"][0]["path"], "docs/README-RANSOM.txt");
     let _ = &t.tmp;
 }
+
+/// Bytes of every file under `dir`.
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn gc_frees_the_content_of_deleted_files_once_retention_lets_it_go() {
+    let t = two_devices();
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(t.a_dir.join("big.bin"), &big).unwrap();
+    write(&t.a_dir.join("keep.txt"), "kept");
+    wait_until("both files on B", || files(&t.b_dir).len() == 2);
+    std::fs::remove_file(t.a_dir.join("big.bin")).unwrap();
+    wait_until("big.bin in the trash", || {
+        json_in(&t.a_dir, &["trash", "--json"])["entries"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let data = t.tmp.path().join("data");
+    let gc = |extra: &[&str]| {
+        let data = data.to_str().unwrap();
+        let mut args = vec!["gc", "--data", data, "--json"];
+        args.extend_from_slice(extra);
+        let out = ok(run(&args));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    // With the default retention nothing of it may go; a dry run with none frees nothing.
+    let before = du(&data.join("chunks"));
+    assert_eq!(gc(&["--gc-grace", "0"])["bytes_freed"], 0);
+    let dry = gc(&["--keep-history", "0", "--gc-grace", "0", "--dry-run"]);
+    assert!(
+        dry["bytes_freed"].as_u64().unwrap() >= big.len() as u64,
+        "{dry}"
+    );
+    assert_eq!(du(&data.join("chunks")), before);
+    // Keeping only current versions, beside the running server: its chunks go.
+    let report = gc(&["--keep-history", "0", "--gc-grace", "0"]);
+    let freed = report["bytes_freed"].as_u64().unwrap();
+    assert!(freed >= big.len() as u64, "{report}");
+    assert_eq!(
+        before - du(&data.join("chunks")),
+        freed,
+        "measured on the chunk store"
+    );
+    assert!(json_in(&t.a_dir, &["trash", "--json"])["entries"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // What is current still downloads and hashes right, on a device that starts from nothing.
+    let token_c = t.server.token("hana", "phone");
+    let c_dir = t.tmp.path().join("c");
+    std::fs::create_dir(&c_dir).unwrap();
+    ok(sync_once(&c_dir, &t.server.url(), Some(&token_c)));
+    assert_eq!(read(&c_dir.join("keep.txt")).as_deref(), Some("kept"));
+    // The devices that saw the compacted history carry on: a new change still reaches B.
+    write(&t.a_dir.join("after.txt"), "after the collection");
+    wait_until("a change after the collection on B", || {
+        read(&t.b_dir.join("after.txt")).as_deref() == Some("after the collection")
+    });
+    let usage = json_in(&t.b_dir, &["usage", "--json"]);
+    assert_eq!(usage["current_files"], 2, "{usage}");
+    assert_eq!(usage["trash_files"], 0, "{usage}");
+}

@@ -20,7 +20,7 @@ use syncstore_proto::{
     ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, HistoryQuery, HistoryResponse,
     JournalTag, LockInfo, LockRequest, LocksResponse, Op, OpsRequest, OpsResponse, RelPath,
     RestoreRequest, RestoreResponse, TrashQuery, TrashResponse, TreeResponse, UnlockRequest,
-    UploadResponse, WhoAmI,
+    UploadResponse, UsageResponse, WhoAmI,
 };
 
 /// Why a call failed.
@@ -488,6 +488,20 @@ impl ApiClient {
             "/api/v1/restore",
             Self::encode(request),
             Duration::from_secs(600),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/usage`.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn usage(&self) -> Result<UsageResponse, ApiError> {
+        self.json(
+            reqwest::Method::GET,
+            "/api/v1/usage",
+            Body::None,
+            Duration::from_secs(120),
         )
         .await
     }

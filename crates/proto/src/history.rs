@@ -203,3 +203,22 @@ impl RestoreResponse {
 pub struct HistoryQuery {
     pub path: RelPath,
 }
+
+/// `GET /api/v1/usage` answer: logical sizes (a file's bytes, however many chunks it shares
+/// with others).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UsageResponse {
+    /// The user's current files.
+    pub current_bytes: u64,
+    pub current_files: u64,
+    /// Older versions kept (not counting the trash).
+    pub history_bytes: u64,
+    /// Deleted files kept.
+    pub trash_bytes: u64,
+    pub trash_files: u64,
+    /// The most `current_bytes` may reach; `None`: no quota.
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    /// History older than this is no longer kept (0: all of it is).
+    pub kept_since_ms: i64,
+}

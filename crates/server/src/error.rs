@@ -108,6 +108,8 @@ impl From<StoreError> for ApiError {
                     format!("{service} unavailable; try again shortly"),
                 )
             }
+            // Five races in a row with garbage collection: the client retries the batch.
+            StoreError::GcRaced => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)
             | StoreError::Database(_)

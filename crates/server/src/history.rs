@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::Json;
 use syncstore_proto::{
     HistoryQuery, HistoryResponse, RestoreRequest, RestoreResponse, TrashQuery, TrashResponse,
+    UsageResponse,
 };
 
 /// Ops per batch of a restore: one transaction each.
@@ -104,4 +105,13 @@ pub(crate) async fn restore(
         dry_run,
         cursor: meta.current_cursor(principal.user_id).await?,
     }))
+}
+
+/// The account's usage and quota.
+#[tracing::instrument(skip_all, fields(user = %auth.0.user_name))]
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<UsageResponse>, ApiError> {
+    Ok(Json(state.stores.meta.usage(auth.0.user_id).await?))
 }

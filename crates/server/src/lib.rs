@@ -48,6 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use syncstore_proto::{DeviceName, UserName};
+use syncstore_store::gc::GcPolicy;
 #[cfg(feature = "s3")]
 use syncstore_store::s3::S3Endpoint;
 use syncstore_store::s3::S3Location;
@@ -56,10 +57,51 @@ use syncstore_store::PgMetaStore;
 #[cfg(feature = "s3")]
 use syncstore_store::S3ChunkStore;
 use syncstore_store::{
-    ChangeFeed, ChunkStore, FsChunkStore, MetaStore, SqliteMetaStore, StoreError, TokenHash,
+    ChangeFeed, ChunkStore, FsChunkStore, MetaStore, Retention, SqliteMetaStore, StoreError,
+    TokenHash,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Runs garbage collection every `interval` until `stopping`; a failed run is logged and the
+/// next one tries again. Several servers on one store may all run it (see
+/// `syncstore_store::gc`).
+async fn collect_garbage_every(
+    interval: Duration,
+    stores: Stores,
+    policy: GcPolicy,
+    stopping: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stopping.cancelled() => return,
+        }
+        let started = std::time::Instant::now();
+        let run = syncstore_store::gc::collect(
+            &*stores.meta,
+            &*stores.chunks,
+            routes::now_ms(),
+            policy,
+            false,
+        );
+        tokio::select! {
+            result = run => match result {
+                Ok(report) => tracing::info!(
+                    users = report.users,
+                    rows_removed = report.rows_removed,
+                    chunks_deleted = report.chunks_deleted,
+                    bytes_freed = report.bytes_freed,
+                    bytes_kept = report.bytes_kept,
+                    ms = started.elapsed().as_millis() as u64,
+                    "garbage collection done"
+                ),
+                Err(err) => tracing::warn!(error = %err, "garbage collection failed; trying again next time"),
+            },
+            () = stopping.cancelled() => return,
+        }
+    }
+}
 
 /// How the server runs. Build it with [`ServerConfig::new`] and adjust fields as needed.
 ///
@@ -111,6 +153,15 @@ pub struct ServerConfig {
     pub max_batch_dirs: usize,
     /// After shutdown is asked for, how long in-flight requests may finish before `run` returns.
     pub shutdown_grace: Duration,
+    /// How long history (old versions, the trash) is kept; see `syncstore_store::retention`.
+    pub retention: Retention,
+    /// How often garbage collection runs (compaction, then unreferenced chunks); `None`: never
+    /// in the background (`syncstore gc` still does). The first run starts one interval after
+    /// the server.
+    pub gc_interval: Option<Duration>,
+    /// A chunk stored less than this long ago is never collected, so uploads in progress
+    /// (chunks not yet named by a commit) are safe.
+    pub gc_grace: Duration,
 }
 
 impl ServerConfig {
@@ -131,6 +182,17 @@ impl ServerConfig {
             max_batch_ops: 10_000,
             max_batch_dirs: 20_000,
             shutdown_grace: Duration::from_secs(10),
+            retention: Retention::DEFAULT,
+            gc_interval: Some(Duration::from_secs(3600)),
+            gc_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// What garbage collection runs with.
+    pub fn gc_policy(&self) -> GcPolicy {
+        GcPolicy {
+            retention: self.retention,
+            grace_ms: i64::try_from(self.gc_grace.as_millis()).unwrap_or(i64::MAX),
         }
     }
 }
@@ -474,6 +536,14 @@ pub async fn serve(
         )),
         json_budget: Arc::new(limits::JsonBudget::new(config.json_bytes_in_flight)),
     };
+    if let Some(interval) = config.gc_interval {
+        tokio::spawn(collect_garbage_every(
+            interval,
+            state.stores.clone(),
+            config.gc_policy(),
+            stopping.clone(),
+        ));
+    }
     let app = routes::router(state);
     let addr = listener
         .local_addr()

@@ -72,6 +72,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/history", get(crate::history::history))
         .route("/api/v1/trash", get(crate::history::trash))
         .route("/api/v1/restore", post(crate::history::restore))
+        .route("/api/v1/usage", get(crate::history::usage))
         .layer(DefaultBodyLimit::max(state.config.json_body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),

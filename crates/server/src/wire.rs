@@ -21,6 +21,7 @@ pub fn op_result(outcome: OpOutcome) -> OpResult {
         OpOutcome::Invalid(message) => (StatusCode::BAD_REQUEST, Vec::new(), message),
         OpOutcome::NotFound(message) => (StatusCode::NOT_FOUND, Vec::new(), message),
         OpOutcome::Locked(lock) => (StatusCode::LOCKED, Vec::new(), held_message(&lock)),
+        OpOutcome::OverQuota(message) => (StatusCode::INSUFFICIENT_STORAGE, Vec::new(), message),
     };
     OpResult {
         status: status.as_u16(),

@@ -11,8 +11,8 @@ use std::time::Duration;
 use syncstore_client::http::ApiError;
 use syncstore_client::seams::{Clock, Server};
 use syncstore_proto::{
-    decode_frame_header, encode_frame_header, Change, ChangesResponse, ChunkHash, Cursor,
-    JournalTag, Op, OpsResponse, TreeResponse, UserName, WhoAmI, FRAME_HEADER_LEN,
+    decode_frame_header, encode_frame_header, ChangesResponse, ChunkHash, Cursor, JournalTag, Op,
+    OpsResponse, TreeResponse, UserName, WhoAmI, FRAME_HEADER_LEN,
 };
 
 /// Device `idx`'s connection to the server.
@@ -128,35 +128,22 @@ impl Server for SimServer {
         self.call(format!("changes since {since}"), move |sim, idx| {
             let diverged =
                 known.is_some_and(|(cursor, tag)| sim.server.tag_at(cursor) != Some(tag));
-            let current = sim.server.cursor();
             let namespace = sim.server.namespace();
-            if since > current {
+            let page = sim.net_rng.gen_range(1..=8);
+            let page = sim.server.changes_page(since, page);
+            if page.reset {
                 let name = sim.devices[idx].name.clone();
                 sim.log(format!(
-                    "{name} changes since {since} -> journal reset (the server is at {current})"
+                    "{name} changes since {since} -> journal reset (the server is at {})",
+                    page.cursor
                 ));
-                return Ok(ChangesResponse {
-                    cursor: current,
-                    changes: Vec::new(),
-                    more: false,
-                    reset: true,
-                    cursor_tag: sim.server.tag_at(current).unwrap_or_default(),
-                    namespace,
-                    diverged,
-                    wanted: Vec::new(),
-                });
             }
-            let page = sim.net_rng.gen_range(1..=8);
-            let all = sim.server.changes_since(since);
-            let more = all.len() > page;
-            let changes: Vec<Change> = all.iter().take(page).cloned().collect();
-            let cursor = changes.last().map_or(since, Change::cursor);
             Ok(ChangesResponse {
-                cursor,
-                changes,
-                more,
-                reset: false,
-                cursor_tag: sim.server.tag_at(cursor).unwrap_or_default(),
+                cursor: page.cursor,
+                changes: page.changes,
+                more: page.more,
+                reset: page.reset,
+                cursor_tag: page.cursor_tag,
                 namespace,
                 diverged,
                 wanted: sim.server.wanted(),

@@ -9,13 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, Op,
-    OpsResponse, RelPath, RemoteEntry, UserName,
+    ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, Op, OpsResponse,
+    RelPath, RemoteEntry, UserName,
 };
 use syncstore_store::mem::{MemTxn, MemUser};
 use syncstore_store::meta::MetaTxn;
 use syncstore_store::ops::apply_batch;
-use syncstore_store::{ChunkLens, LockOutcome, UserId};
+use syncstore_store::{ChangesPage, ChunkLens, LockOutcome, UserId};
 
 /// The one user every simulated device belongs to: the first of a fresh store.
 const USER: UserId = UserId(1);
@@ -268,12 +268,12 @@ impl Server {
         (user.cursor(), user.nodes().values().cloned().collect())
     }
 
-    /// `GET /api/v1/changes?since=`: every change after `since`, oldest first.
-    pub fn changes_since(&self, since: Cursor) -> &[Change] {
-        // The journal holds exactly one row per cursor value, starting at 1.
-        let journal = self.user().journal();
-        let start = (since.0 as usize).min(journal.len());
-        &journal[start..]
+    /// `GET /api/v1/changes?since=`: up to `limit` changes after `since`, oldest first, as the
+    /// real store cuts them (`reset` when `since` is ahead of the journal or behind what
+    /// compaction removed).
+    pub fn changes_page(&mut self, since: Cursor, limit: usize) -> ChangesPage {
+        syncstore_store::meta::changes_page(&mut self.meta, USER, since, limit)
+            .expect("the in-memory txn cannot fail")
     }
 
     /// The cursor of the last change.

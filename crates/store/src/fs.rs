@@ -24,7 +24,7 @@
 //! named by a commit, and after the restart `missing` reports it missing again, so the client
 //! uploads it again.
 
-use crate::{ChunkLens, ChunkStore, ScrubReport, StoreError};
+use crate::{ChunkLens, ChunkStore, ScrubReport, StoreError, StoredChunk};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -220,6 +220,79 @@ impl ChunkStore for FsChunkStore {
                 }
             }
             Ok(lens)
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    async fn list(&self, owner: NamespaceId) -> Result<Vec<StoredChunk>, StoreError> {
+        let user_dir = self.user_dir(owner);
+        tokio::task::spawn_blocking(move || {
+            let hashes = match list_chunks(&user_dir) {
+                Ok(hashes) => hashes,
+                Err(_) if !user_dir.exists() => return Ok(Vec::new()),
+                Err(err) => return Err(err),
+            };
+            let mut listed = Vec::with_capacity(hashes.len());
+            for hash in hashes {
+                let hex = hash.to_hex();
+                let path = user_dir.join(&hex[..2]).join(&hex);
+                let meta = match std::fs::metadata(&path) {
+                    Ok(meta) => meta,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Err(io_error(
+                            format!("could not stat {}", path.display()),
+                            source,
+                        ))
+                    }
+                };
+                let stored_ms = meta
+                    .modified()
+                    .ok()
+                    .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |since| {
+                        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+                    });
+                listed.push(StoredChunk {
+                    hash,
+                    len: meta.len(),
+                    stored_ms,
+                });
+            }
+            Ok(listed)
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
+
+    async fn delete(&self, owner: NamespaceId, chunks: &[StoredChunk]) -> Result<u64, StoreError> {
+        let paths: Vec<(PathBuf, u64)> = chunks
+            .iter()
+            .map(|chunk| (self.chunk_path(owner, &chunk.hash), chunk.len))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut freed = 0;
+            let mut dirs = std::collections::BTreeSet::new();
+            for (path, len) in paths {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => freed += len,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Err(io_error(
+                            format!("could not delete {}", path.display()),
+                            source,
+                        ))
+                    }
+                }
+                if let Some(dir) = path.parent() {
+                    dirs.insert(dir.to_path_buf());
+                }
+            }
+            for dir in dirs {
+                sync_dir(&dir)?;
+            }
+            Ok(freed)
         })
         .await
         .map_err(|err| StoreError::Worker(err.to_string()))?

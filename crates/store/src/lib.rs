@@ -34,16 +34,19 @@
 //! **Architecture Invariant:** nothing here speaks HTTP or JSON, and no store type derives serde.
 //! **Architecture Invariant:** nothing here reads a clock: calls that depend on time (which locks
 //! are in force) take `now_ms` from the caller.
-//! **Architecture Invariant:** chunk bytes are never deleted: old versions stay referenced by
-//! journal rows.
+//! **Architecture Invariant:** chunk bytes are deleted only by garbage collection ([`gc`]),
+//! and only when no current node and no kept journal row names them; see [`retention`] for
+//! which rows are kept.
 
 pub mod fs;
+pub mod gc;
 pub mod history;
 pub mod locks;
 pub mod mem;
 pub mod meta;
 pub mod ops;
 pub mod postgres;
+pub mod retention;
 pub mod s3;
 mod sql;
 pub mod sqlite;
@@ -63,10 +66,12 @@ use std::fmt;
 use std::sync::Arc;
 use syncstore_proto::{
     Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, RelPath,
-    RemoteEntry, RestoreTarget, TrashEntry, TrashQuery, UserName, Version,
+    RemoteEntry, RestoreTarget, TrashEntry, TrashQuery, UsageResponse, UserName, Version,
 };
 
+pub use gc::{GcPolicy, GcReport, StoredChunk};
 pub use history::RestorePlan;
+pub use retention::{Compaction, Retention};
 
 /// The stored chunks among those asked for, with their lengths in bytes; a chunk that is not
 /// stored is absent.
@@ -212,6 +217,8 @@ pub enum OpOutcome {
     /// Another device holds a lock in force that covers a path the op would change: that lock,
     /// which may be on a directory above the op's path.
     Locked(LockInfo),
+    /// The op would take the account over its quota.
+    OverQuota(String),
 }
 
 impl OpOutcome {
@@ -298,6 +305,10 @@ pub enum StoreError {
         context: String,
         source: std::io::Error,
     },
+    /// A garbage collection run ended between reading which chunks are stored and committing
+    /// a batch that names them: nothing was applied; [`apply_ops`] tries again.
+    #[error("a garbage collection run raced this commit; try again")]
+    GcRaced,
     /// A blocking worker died (panicked or was cancelled).
     #[error("store worker failed: {0}")]
     Worker(String),
@@ -540,6 +551,9 @@ pub trait MetaStore: Send + Sync {
     /// lengths; a `PutFile` naming another chunk, or a stored chunk with another length, fails
     /// as [`OpOutcome::Invalid`]. Prefer [`apply_ops`], which computes them. `now_ms` decides
     /// which locks are in force: an op on a path another device holds is [`OpOutcome::Locked`].
+    /// `gc_epoch` is the user's [`MetaStore::gc_epoch`] read before `chunk_lens` was: when a
+    /// garbage collection run ended since, nothing is applied and the answer is
+    /// [`StoreError::GcRaced`] (see [`gc`]).
     ///
     /// # Errors
     /// Database errors, which undo the whole batch; op failures are [`OpOutcome`]s.
@@ -550,6 +564,7 @@ pub trait MetaStore: Send + Sync {
         ops: Vec<Op>,
         chunk_lens: ChunkLens,
         now_ms: i64,
+        gc_epoch: Option<u64>,
     ) -> Result<BatchOutcome, StoreError>;
 
     /// Takes a lock on `path` for `device` at `now_ms`, lasting `ttl_secs` or until released;
@@ -617,6 +632,77 @@ pub trait MetaStore: Send + Sync {
         user_id: UserId,
         target: &RestoreTarget,
     ) -> Result<Result<RestorePlan, String>, StoreError>;
+
+    /// Compacts the user's journal at `now_ms` (see [`retention`]); with `dry_run`, only
+    /// counts the node rows it would remove.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn compact(
+        &self,
+        user_id: UserId,
+        now_ms: i64,
+        retention: Retention,
+        dry_run: bool,
+    ) -> Result<Compaction, StoreError>;
+
+    /// Step 2 of the garbage collection run `run` ([`gc::doom`]): dooms and returns the
+    /// chunks of `listed` no kept row names, older than `grace_ms`.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn gc_doom(
+        &self,
+        user_id: UserId,
+        listed: &[StoredChunk],
+        now_ms: i64,
+        grace_ms: i64,
+        run: i64,
+    ) -> Result<Vec<StoredChunk>, StoreError>;
+
+    /// What a run under `policy` would doom now, after compacting the journal, changing
+    /// nothing (a dry run).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn gc_unreferenced(
+        &self,
+        user_id: UserId,
+        listed: &[StoredChunk],
+        now_ms: i64,
+        policy: GcPolicy,
+    ) -> Result<Vec<StoredChunk>, StoreError>;
+
+    /// Step 3 of the run `run`, once its doomed chunks are deleted ([`gc::finish`]).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn gc_finish(&self, user_id: UserId, run: i64) -> Result<(), StoreError>;
+
+    /// The garbage collection runs that have doomed chunks and not finished, by id (their
+    /// start time), each with the chunks it doomed.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn gc_runs(&self, user_id: UserId) -> Result<Vec<(i64, Vec<ChunkHash>)>, StoreError>;
+
+    /// The user's garbage collection epoch (see [`gc`]).
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn gc_epoch(&self, user_id: UserId) -> Result<u64, StoreError>;
+
+    /// The user's usage (current files, history, trash) and quota, read in one snapshot.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn usage(&self, user_id: UserId) -> Result<UsageResponse, StoreError>;
+
+    /// Sets or lifts (`None`) the user's quota in bytes.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn set_quota(&self, user_id: UserId, quota: Option<u64>) -> Result<(), StoreError>;
 
     /// Checks that the store can be reached right now, as cheaply as it can (`SELECT 1` on
     /// PostgreSQL); a store inside this process (SQLite) always can.
@@ -701,6 +787,20 @@ pub trait ChunkStore: Send + Sync {
         hashes: &[ChunkHash],
     ) -> Result<ChunkLens, StoreError>;
 
+    /// Every chunk this namespace has stored (durably: not staged uploads), with its length and
+    /// when it was stored; for garbage collection ([`gc`]).
+    ///
+    /// # Errors
+    /// IO errors.
+    async fn list(&self, owner: NamespaceId) -> Result<Vec<StoredChunk>, StoreError>;
+
+    /// Deletes chunks of this namespace (those not stored are skipped); returns the bytes
+    /// freed. Only garbage collection calls it, for chunks it doomed (see [`gc`]).
+    ///
+    /// # Errors
+    /// IO errors; chunks before the failing one may be deleted.
+    async fn delete(&self, owner: NamespaceId, chunks: &[StoredChunk]) -> Result<u64, StoreError>;
+
     /// Whether the store holds any chunk of any namespace (a store that does, beside an empty
     /// metadata database, means the database was lost or is the wrong one).
     ///
@@ -769,7 +869,9 @@ pub struct BadChunk {
 /// Applies a batch of ops: makes the chunks the `PutFile`s name durable (and learns which ones
 /// it holds, with their lengths), then calls [`MetaStore::apply_ops`].
 ///
-/// Asking first is race-free because chunks are never deleted while a commit may name them.
+/// Asking first is race-free with garbage collection: the user's `gc_epoch` is read before the
+/// chunk store is asked, and a run that ended in between makes the commit start again (see
+/// [`gc`]).
 /// `now_ms` decides which locks are in force.
 ///
 /// # Errors
@@ -787,22 +889,40 @@ pub async fn apply_ops(
             named.extend(chunks.iter().map(|chunk| chunk.hash));
         }
     }
-    let chunk_lens = if named.is_empty() {
-        ChunkLens::new()
-    } else {
-        chunk_store
+    if named.is_empty() {
+        return meta_store
+            .apply_ops(
+                principal.user_id,
+                &principal.device_name,
+                ops,
+                ChunkLens::new(),
+                now_ms,
+                None,
+            )
+            .await;
+    }
+    let mut tries = 0;
+    loop {
+        // The epoch first, then the chunks: see `gc` for why this order is safe.
+        let epoch = meta_store.gc_epoch(principal.user_id).await?;
+        let chunk_lens = chunk_store
             .durable_chunk_lens(principal.namespace, &named)
-            .await?
-    };
-    meta_store
-        .apply_ops(
-            principal.user_id,
-            &principal.device_name,
-            ops,
-            chunk_lens,
-            now_ms,
-        )
-        .await
+            .await?;
+        match meta_store
+            .apply_ops(
+                principal.user_id,
+                &principal.device_name,
+                ops.clone(),
+                chunk_lens,
+                now_ms,
+                Some(epoch),
+            )
+            .await
+        {
+            Err(StoreError::GcRaced) if tries < 5 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 /// A short description of a path for messages.

@@ -20,13 +20,14 @@
 use crate::history::{Deletion, JournalRow};
 use crate::meta::{Access, MetaTxn, TxnBackend, TxnFn};
 use crate::ops::Txn;
+use crate::retention::{Floors, RowKind, RowMeta};
 use crate::{Device, DeviceId, Principal, StoreError, TokenHash, User, UserId};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, NodeId, RelPath,
-    RemoteEntry, UserName,
+    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, NodeId,
+    RelPath, RemoteEntry, UserName,
 };
 
 #[cfg(doc)]
@@ -58,14 +59,21 @@ pub struct MemUser {
     last_node_id: u64,
     by_path: BTreeMap<RelPath, RemoteEntry>,
     path_of: HashMap<NodeId, RelPath>,
-    /// One row per cursor, starting at 1.
-    journal: Vec<Change>,
+    /// One row per cursor, starting at 1; `None` where compaction removed the row.
+    journal: Vec<Option<Change>>,
     /// When each journal row was committed, in cursor order.
     times: Vec<i64>,
     /// The tag of each journal position, in cursor order.
     tags: Vec<JournalTag>,
     locks: BTreeMap<RelPath, LockInfo>,
     wanted: BTreeSet<ChunkHash>,
+    floors: Floors,
+    gc_epoch: u64,
+    /// Doomed chunks, with the runs that doomed them.
+    doomed: BTreeSet<(ChunkHash, i64)>,
+    /// The bytes of the current files, and the quota.
+    used: u64,
+    quota: Option<u64>,
 }
 
 /// A device in a [`MemTxn`].
@@ -152,26 +160,32 @@ impl MemUser {
 
     /// The node rows of the journal as (node, path, index), oldest first.
     fn node_rows(&self) -> impl Iterator<Item = (NodeId, &RelPath, usize)> + '_ {
-        self.journal
-            .iter()
-            .enumerate()
-            .filter_map(|(idx, change)| match change {
-                Change::Upsert { entry, .. } => Some((entry.node_id, &entry.path, idx)),
-                Change::Delete { node_id, path, .. } => Some((*node_id, path, idx)),
-                Change::Lock { .. } | Change::Unlock { .. } => None,
-            })
+        self.kept().filter_map(|(idx, change)| match change {
+            Change::Upsert { entry, .. } => Some((entry.node_id, &entry.path, idx)),
+            Change::Delete { node_id, path, .. } => Some((*node_id, path, idx)),
+            Change::Lock { .. } | Change::Unlock { .. } => None,
+        })
     }
 
-    /// The journal row at `idx`, with its time.
+    /// The journal row at `idx` (which compaction kept), with its time.
     fn row(&self, idx: usize) -> JournalRow {
         JournalRow {
-            change: self.journal[idx].clone(),
+            change: self.journal[idx].clone().expect("a kept row"),
             at_ms: self.times[idx],
         }
     }
 
-    /// The whole journal, oldest first: the row of cursor `n` at index `n - 1`.
-    pub fn journal(&self) -> &[Change] {
+    /// The kept journal rows with their indexes (cursor − 1), oldest first.
+    fn kept(&self) -> impl Iterator<Item = (usize, &Change)> + '_ {
+        self.journal
+            .iter()
+            .enumerate()
+            .filter_map(|(idx, change)| Some((idx, change.as_ref()?)))
+    }
+
+    /// The whole journal, oldest first: the row of cursor `n` at index `n - 1`, `None` where
+    /// compaction removed it.
+    pub fn journal(&self) -> &[Option<Change>] {
         &self.journal
     }
 }
@@ -292,8 +306,37 @@ impl Txn for MemTxn {
                 user.cursor
             )));
         }
-        user.journal.push(change.clone());
+        user.journal.push(Some(change.clone()));
         user.times.push(at_ms);
+        Ok(())
+    }
+
+    fn doomed_among(
+        &mut self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<HashSet<ChunkHash>, StoreError> {
+        let user = self.existing_user(user_id)?;
+        Ok(hashes
+            .iter()
+            .filter(|hash| {
+                user.doomed
+                    .range((**hash, i64::MIN)..=(**hash, i64::MAX))
+                    .next()
+                    .is_some()
+            })
+            .copied()
+            .collect())
+    }
+
+    fn usage(&mut self, user_id: UserId) -> Result<(u64, Option<u64>), StoreError> {
+        let user = self.existing_user(user_id)?;
+        Ok((user.used, user.quota))
+    }
+
+    fn add_used(&mut self, user_id: UserId, delta: i64) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        user.used = user.used.saturating_add_signed(delta);
         Ok(())
     }
 
@@ -348,6 +391,11 @@ impl MetaTxn for MemTxn {
                 tags: Vec::new(),
                 locks: BTreeMap::new(),
                 wanted: BTreeSet::new(),
+                floors: Floors::default(),
+                gc_epoch: 0,
+                doomed: BTreeSet::new(),
+                used: 0,
+                quota: None,
             },
         );
         Ok(User {
@@ -456,7 +504,12 @@ impl MetaTxn for MemTxn {
         let start = usize::try_from(since.0)
             .unwrap_or(usize::MAX)
             .min(user.journal.len());
-        Ok(user.journal[start..].iter().take(limit).cloned().collect())
+        Ok(user.journal[start..]
+            .iter()
+            .flatten()
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     fn path_history(
@@ -486,7 +539,7 @@ impl MetaTxn for MemTxn {
     ) -> Result<Option<JournalRow>, StoreError> {
         Ok(self.user(user_id).and_then(|user| {
             let idx = usize::try_from(cursor.0.checked_sub(1)?).ok()?;
-            match user.journal.get(idx)? {
+            match user.journal.get(idx)?.as_ref()? {
                 Change::Upsert { .. } | Change::Delete { .. } => Some(user.row(idx)),
                 Change::Lock { .. } | Change::Unlock { .. } => None,
             }
@@ -505,7 +558,7 @@ impl MetaTxn for MemTxn {
             .unwrap_or(usize::MAX)
             .min(user.journal.len());
         let mut newest: BTreeMap<NodeId, Option<&RemoteEntry>> = BTreeMap::new();
-        for change in &user.journal[..end] {
+        for change in user.journal[..end].iter().flatten() {
             match change {
                 Change::Upsert { entry, .. } => {
                     newest.insert(entry.node_id, Some(entry));
@@ -529,7 +582,7 @@ impl MetaTxn for MemTxn {
         };
         let mut last: HashMap<NodeId, &RemoteEntry> = HashMap::new();
         let mut out = Vec::new();
-        for (idx, change) in user.journal.iter().enumerate() {
+        for (idx, change) in user.kept() {
             match change {
                 Change::Upsert { entry, .. } => {
                     last.insert(entry.node_id, entry);
@@ -560,6 +613,138 @@ impl MetaTxn for MemTxn {
             .map(|(_, _, idx)| Cursor(idx as u64 + 1))
             .last()
             .unwrap_or(Cursor(0)))
+    }
+
+    fn row_metas(&mut self, user_id: UserId) -> Result<Vec<RowMeta>, StoreError> {
+        let user = self.existing_user(user_id)?;
+        Ok(user
+            .kept()
+            .filter_map(|(idx, change)| {
+                let (node_id, path, kind) = match change {
+                    Change::Upsert { entry, .. } => (
+                        entry.node_id,
+                        &entry.path,
+                        match entry.kind {
+                            EntryKind::File => RowKind::File,
+                            EntryKind::Dir => RowKind::Dir,
+                        },
+                    ),
+                    Change::Delete { node_id, path, .. } => (*node_id, path, RowKind::Deleted),
+                    Change::Lock { .. } | Change::Unlock { .. } => return None,
+                };
+                Some(RowMeta {
+                    cursor: Cursor(idx as u64 + 1),
+                    node_id,
+                    path: path.clone(),
+                    at_ms: user.times[idx],
+                    kind,
+                })
+            })
+            .collect())
+    }
+
+    fn remove_rows(&mut self, user_id: UserId, cursors: &[Cursor]) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        for cursor in cursors {
+            let idx = usize::try_from(cursor.0.saturating_sub(1)).unwrap_or(usize::MAX);
+            if let Some(row) = user.journal.get_mut(idx) {
+                if matches!(row, Some(Change::Upsert { .. } | Change::Delete { .. })) {
+                    *row = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_lock_rows(&mut self, user_id: UserId, upto: Cursor) -> Result<u64, StoreError> {
+        let user = self.user_mut(user_id)?;
+        let end = usize::try_from(upto.0)
+            .unwrap_or(usize::MAX)
+            .min(user.journal.len());
+        let mut removed = 0;
+        for row in &mut user.journal[..end] {
+            if matches!(row, Some(Change::Lock { .. } | Change::Unlock { .. })) {
+                *row = None;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn floors(&mut self, user_id: UserId) -> Result<Floors, StoreError> {
+        Ok(self.existing_user(user_id)?.floors)
+    }
+
+    fn set_floors(&mut self, user_id: UserId, floors: Floors) -> Result<(), StoreError> {
+        self.user_mut(user_id)?.floors = floors;
+        Ok(())
+    }
+
+    fn referenced_chunks(
+        &mut self,
+        user_id: UserId,
+        excluding: &HashSet<Cursor>,
+    ) -> Result<HashSet<ChunkHash>, StoreError> {
+        let user = self.existing_user(user_id)?;
+        let mut referenced: HashSet<ChunkHash> = user
+            .by_path
+            .values()
+            .flat_map(|entry| entry.chunks.iter().map(|chunk| chunk.hash))
+            .collect();
+        for (idx, change) in user.kept() {
+            if let Change::Upsert { entry, .. } = change {
+                if !excluding.contains(&Cursor(idx as u64 + 1)) {
+                    referenced.extend(entry.chunks.iter().map(|chunk| chunk.hash));
+                }
+            }
+        }
+        Ok(referenced)
+    }
+
+    fn doom_chunks(
+        &mut self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+        run: i64,
+    ) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        user.doomed.extend(hashes.iter().map(|hash| (*hash, run)));
+        Ok(())
+    }
+
+    fn end_gc(&mut self, user_id: UserId, run: i64) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        user.doomed.retain(|(_, doomed_by)| *doomed_by != run);
+        user.gc_epoch += 1;
+        Ok(())
+    }
+
+    fn doomed_runs(&mut self, user_id: UserId) -> Result<Vec<(i64, Vec<ChunkHash>)>, StoreError> {
+        let mut runs: BTreeMap<i64, Vec<ChunkHash>> = BTreeMap::new();
+        for (hash, run) in &self.existing_user(user_id)?.doomed {
+            runs.entry(*run).or_default().push(*hash);
+        }
+        Ok(runs.into_iter().collect())
+    }
+
+    fn kept_file_bytes(&mut self, user_id: UserId) -> Result<u64, StoreError> {
+        Ok(self
+            .existing_user(user_id)?
+            .kept()
+            .filter_map(|(_, change)| match change {
+                Change::Upsert { entry, .. } if entry.kind == EntryKind::File => Some(entry.size),
+                _ => None,
+            })
+            .sum())
+    }
+
+    fn gc_epoch(&mut self, user_id: UserId) -> Result<u64, StoreError> {
+        Ok(self.existing_user(user_id)?.gc_epoch)
+    }
+
+    fn set_quota(&mut self, user_id: UserId, quota: Option<u64>) -> Result<(), StoreError> {
+        self.user_mut(user_id)?.quota = quota;
+        Ok(())
     }
 
     fn row_tag(

@@ -17,8 +17,10 @@
 //! which the backend commits only when the closure returns `Ok` (refusals included: they may
 //! have deleted expired lock rows) and rolls back otherwise.
 
+use crate::gc::{self, GcPolicy, StoredChunk};
 use crate::history::{self, Deletion, JournalRow, RestorePlan};
 use crate::ops::{self, Txn};
+use crate::retention::{self, Compaction, Floors, Retention, RowMeta};
 use crate::{
     locks, new_namespace_id, BatchOutcome, ChangesPage, ChunkLens, Device, History, LockOutcome,
     MetaStore, Principal, StoreError, TokenHash, Trash, Tree, User, UserId,
@@ -26,8 +28,8 @@ use crate::{
 use async_trait::async_trait;
 use std::collections::HashSet;
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, RelPath,
-    RemoteEntry, RestoreTarget, TrashQuery, UserName,
+    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, Op,
+    RelPath, RemoteEntry, RestoreTarget, TrashQuery, UsageResponse, UserName,
 };
 
 /// How a call uses its transaction, for [`TxnBackend::run`].
@@ -183,6 +185,89 @@ pub trait MetaTxn: Txn {
     /// # Errors
     /// Backend failures.
     fn cursor_at(&mut self, user_id: UserId, at_ms: i64) -> Result<Cursor, StoreError>;
+
+    /// What retention needs of every node row of the user, ascending by cursor.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn row_metas(&mut self, user_id: UserId) -> Result<Vec<RowMeta>, StoreError>;
+
+    /// Removes the node rows at `cursors`, keeping their tags (compaction).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn remove_rows(&mut self, user_id: UserId, cursors: &[Cursor]) -> Result<(), StoreError>;
+
+    /// Removes the lock rows at or before `upto`, keeping their tags; returns how many.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn remove_lock_rows(&mut self, user_id: UserId, upto: Cursor) -> Result<u64, StoreError>;
+
+    /// Where the user's kept history begins.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn floors(&mut self, user_id: UserId) -> Result<Floors, StoreError>;
+
+    /// Records where the user's kept history begins.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn set_floors(&mut self, user_id: UserId, floors: Floors) -> Result<(), StoreError>;
+
+    /// Every chunk a kept journal row (except those at `excluding`) or a current node of the
+    /// user names.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn referenced_chunks(
+        &mut self,
+        user_id: UserId,
+        excluding: &HashSet<Cursor>,
+    ) -> Result<HashSet<ChunkHash>, StoreError>;
+
+    /// Records chunks as being deleted by the garbage collection run `run`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn doom_chunks(
+        &mut self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+        run: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Ends the garbage collection run `run`: forgets the chunks it doomed, bumps the user's
+    /// `gc_epoch`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn end_gc(&mut self, user_id: UserId, run: i64) -> Result<(), StoreError>;
+
+    /// The garbage collection runs with doomed rows, each with the chunks it doomed.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn doomed_runs(&mut self, user_id: UserId) -> Result<Vec<(i64, Vec<ChunkHash>)>, StoreError>;
+
+    /// The sizes of every kept file row of the user's journal, added up.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn kept_file_bytes(&mut self, user_id: UserId) -> Result<u64, StoreError>;
+
+    /// The user's `gc_epoch` (see [`crate::gc`]).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn gc_epoch(&mut self, user_id: UserId) -> Result<u64, StoreError>;
+
+    /// Sets (or with `None` lifts) the user's quota in bytes.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn set_quota(&mut self, user_id: UserId, quota: Option<u64>) -> Result<(), StoreError>;
 
     /// The tag of the user's journal row at `cursor` (1 or more), if the journal holds one.
     ///
@@ -344,30 +429,7 @@ impl<B: TxnBackend> MetaStore for B {
         limit: usize,
     ) -> Result<ChangesPage, StoreError> {
         transact(self, Access::Snapshot, move |txn| {
-            let current = txn.current_cursor(user_id)?;
-            if since > current {
-                return Ok(ChangesPage {
-                    cursor: current,
-                    cursor_tag: txn.head_tag(user_id)?,
-                    changes: Vec::new(),
-                    more: false,
-                    reset: true,
-                });
-            }
-            // One more than the page holds says whether more follow.
-            let mut changes = txn.journal_after(user_id, since, limit.saturating_add(1))?;
-            let more = changes.len() > limit;
-            changes.truncate(limit);
-            let cursor = changes.last().map_or(since, Change::cursor);
-            let cursor_tag = tag_at(txn, user_id, cursor)?
-                .ok_or_else(|| StoreError::Corrupt(format!("no journal row at cursor {cursor}")))?;
-            Ok(ChangesPage {
-                cursor,
-                cursor_tag,
-                changes,
-                more,
-                reset: false,
-            })
+            changes_page(txn, user_id, since, limit)
         })
         .await
     }
@@ -384,9 +446,16 @@ impl<B: TxnBackend> MetaStore for B {
         ops: Vec<Op>,
         chunk_lens: ChunkLens,
         now_ms: i64,
+        gc_epoch: Option<u64>,
     ) -> Result<BatchOutcome, StoreError> {
         let device = device.clone();
         transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            if let Some(epoch) = gc_epoch {
+                if txn.gc_epoch(user_id)? != epoch {
+                    return Err(StoreError::GcRaced);
+                }
+            }
             let batch = ops::apply_batch(txn, user_id, &device, &ops, &chunk_lens, now_ms)?;
             if batch.changed_anything() {
                 txn.announce(user_id, batch.cursor)?;
@@ -482,6 +551,119 @@ impl<B: TxnBackend> MetaStore for B {
         .await
     }
 
+    async fn compact(
+        &self,
+        user_id: UserId,
+        now_ms: i64,
+        retention: Retention,
+        dry_run: bool,
+    ) -> Result<Compaction, StoreError> {
+        if dry_run {
+            return transact(self, Access::Snapshot, move |txn| {
+                let rows = txn.row_metas(user_id)?;
+                let removal = retention::rows_to_remove(&rows, now_ms, retention);
+                Ok(Compaction {
+                    rows: removal.rows.len() as u64,
+                    lock_rows: 0,
+                })
+            })
+            .await;
+        }
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            retention::compact(txn, user_id, now_ms, retention)
+        })
+        .await
+    }
+
+    async fn gc_doom(
+        &self,
+        user_id: UserId,
+        listed: &[StoredChunk],
+        now_ms: i64,
+        grace_ms: i64,
+        run: i64,
+    ) -> Result<Vec<StoredChunk>, StoreError> {
+        let listed = listed.to_vec();
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            gc::doom(txn, user_id, &listed, now_ms, grace_ms, run)
+        })
+        .await
+    }
+
+    async fn gc_unreferenced(
+        &self,
+        user_id: UserId,
+        listed: &[StoredChunk],
+        now_ms: i64,
+        policy: GcPolicy,
+    ) -> Result<Vec<StoredChunk>, StoreError> {
+        let listed = listed.to_vec();
+        transact(self, Access::Snapshot, move |txn| {
+            // As if the journal were compacted first, as a run does.
+            let rows = txn.row_metas(user_id)?;
+            let removal = retention::rows_to_remove(&rows, now_ms, policy.retention);
+            let excluding: HashSet<Cursor> = removal.rows.into_iter().collect();
+            gc::unreferenced(txn, user_id, &listed, now_ms, policy.grace_ms, &excluding)
+        })
+        .await
+    }
+
+    async fn gc_finish(&self, user_id: UserId, run: i64) -> Result<(), StoreError> {
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            gc::finish(txn, user_id, run)
+        })
+        .await
+    }
+
+    async fn gc_runs(&self, user_id: UserId) -> Result<Vec<(i64, Vec<ChunkHash>)>, StoreError> {
+        transact(self, Access::Read, move |txn| txn.doomed_runs(user_id)).await
+    }
+
+    async fn gc_epoch(&self, user_id: UserId) -> Result<u64, StoreError> {
+        transact(self, Access::Read, move |txn| txn.gc_epoch(user_id)).await
+    }
+
+    async fn usage(&self, user_id: UserId) -> Result<UsageResponse, StoreError> {
+        transact(self, Access::Snapshot, move |txn| {
+            let (current_bytes, quota_bytes) = txn.usage(user_id)?;
+            let floors = txn.floors(user_id)?;
+            let deletions = txn.deletions_since(user_id, floors.kept_since_ms)?;
+            let nodes = txn.nodes(user_id)?;
+            let current_files = nodes.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
+            let live: HashSet<RelPath> = nodes.into_iter().map(|entry| entry.path).collect();
+            let trash = history::trash(
+                deletions,
+                &|path| live.contains(path),
+                &TrashQuery::default(),
+            );
+            let trash_bytes: u64 = trash.iter().map(|(entry, _)| entry.size).sum();
+            let kept = txn.kept_file_bytes(user_id)?;
+            Ok(UsageResponse {
+                current_bytes,
+                current_files,
+                history_bytes: kept
+                    .saturating_sub(current_bytes)
+                    .saturating_sub(trash_bytes),
+                trash_bytes,
+                trash_files: trash.len() as u64,
+                quota_bytes,
+                kept_since_ms: floors.kept_since_ms,
+            })
+        })
+        .await
+    }
+
+    async fn set_quota(&self, user_id: UserId, quota: Option<u64>) -> Result<(), StoreError> {
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            txn.set_quota(user_id, quota)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         TxnBackend::ping(self).await
     }
@@ -497,10 +679,47 @@ where
     backend.run(access, Box::new(f)).await
 }
 
+/// Up to `limit` changes after `since`, oldest first, read inside `txn` (one snapshot): what
+/// [`MetaStore::changes_since`] answers, and what the simulation's server answers too.
+///
+/// # Errors
+/// Backend failures.
+pub fn changes_page(
+    txn: &mut dyn MetaTxn,
+    user_id: UserId,
+    since: Cursor,
+    limit: usize,
+) -> Result<ChangesPage, StoreError> {
+    let current = txn.current_cursor(user_id)?;
+    // Ahead of the journal, or behind rows compaction removed: reload the tree.
+    if since > current || since < txn.floors(user_id)?.journal_floor {
+        return Ok(ChangesPage {
+            cursor: current,
+            cursor_tag: txn.head_tag(user_id)?,
+            changes: Vec::new(),
+            more: false,
+            reset: true,
+        });
+    }
+    // One more than the page holds says whether more follow.
+    let mut changes = txn.journal_after(user_id, since, limit.saturating_add(1))?;
+    let more = changes.len() > limit;
+    changes.truncate(limit);
+    let cursor = changes.last().map_or(since, Change::cursor);
+    let cursor_tag = tag_at(txn, user_id, cursor)?
+        .ok_or_else(|| StoreError::Corrupt(format!("no journal row at cursor {cursor}")))?;
+    Ok(ChangesPage {
+        cursor,
+        cursor_tag,
+        changes,
+        more,
+        reset: false,
+    })
+}
+
 /// The time before which the user's history is no longer kept (0: all of it is).
 fn kept_since(txn: &mut dyn MetaTxn, user_id: UserId) -> Result<i64, StoreError> {
-    let _ = (txn, user_id);
-    Ok(0)
+    Ok(txn.floors(user_id)?.kept_since_ms)
 }
 
 /// The tag of the user's journal position `cursor`: all zero for cursor 0.

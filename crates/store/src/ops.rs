@@ -29,9 +29,10 @@
 
 use crate::locks::expire_and_list_locks;
 use crate::{quoted, BatchOutcome, ChunkLens, OpOutcome, StoreError, UserId};
+use std::collections::HashSet;
 use syncstore_proto::{
-    Change, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NodeId, Op,
-    Precondition, RelPath, RemoteEntry, Revision,
+    Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
+    NodeId, Op, Precondition, RelPath, RemoteEntry, Revision,
 };
 
 /// One open transaction of a meta store backend, seen by the op rules.
@@ -127,6 +128,29 @@ pub trait Txn {
         at_ms: i64,
     ) -> Result<(), StoreError>;
 
+    /// The chunks among `hashes` that a garbage collection run is deleting (see [`crate::gc`]):
+    /// no commit may name them.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn doomed_among(
+        &mut self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<HashSet<ChunkHash>, StoreError>;
+
+    /// The bytes of the user's current files, and the user's quota (`None`: no quota).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn usage(&mut self, user_id: UserId) -> Result<(u64, Option<u64>), StoreError>;
+
+    /// Adds `delta` to the bytes of the user's current files.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn add_used(&mut self, user_id: UserId, delta: i64) -> Result<(), StoreError>;
+
     /// Makes this transaction the only writer of the user's namespace until it ends; the rules
     /// call it before reading anything they decide on.
     ///
@@ -179,6 +203,19 @@ pub fn apply_batch<T: Txn + ?Sized>(
     now_ms: i64,
 ) -> Result<BatchOutcome, StoreError> {
     txn.serialize_writes(user_id)?;
+    let named: Vec<ChunkHash> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::PutFile { chunks, .. } => Some(chunks.iter().map(|chunk| chunk.hash)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let doomed = if named.is_empty() {
+        HashSet::new()
+    } else {
+        txn.doomed_among(user_id, &named)?
+    };
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
         txn.begin_op()?;
@@ -188,7 +225,7 @@ pub fn apply_batch<T: Txn + ?Sized>(
             device,
             now_ms,
         };
-        let outcome = match writer.apply(op, chunk_lens) {
+        let outcome = match writer.apply(op, chunk_lens, &doomed) {
             Ok(outcome) => outcome,
             Err(err) => {
                 // Undo this op's partial writes before handing the failure up.
@@ -226,7 +263,12 @@ struct Writer<'a, T: Txn + ?Sized> {
 }
 
 impl<T: Txn + ?Sized> Writer<'_, T> {
-    fn apply(&mut self, op: &Op, chunk_lens: &ChunkLens) -> Result<OpOutcome, StoreError> {
+    fn apply(
+        &mut self,
+        op: &Op,
+        chunk_lens: &ChunkLens,
+        doomed: &HashSet<ChunkHash>,
+    ) -> Result<OpOutcome, StoreError> {
         if let Some(lock) = self.lock_against(op)? {
             return Ok(OpOutcome::Locked(lock));
         }
@@ -250,6 +292,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
                     executable: *executable,
                 },
                 chunk_lens,
+                doomed,
             ),
             Op::SetMode {
                 path,
@@ -268,6 +311,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
         base: Precondition,
         file: FileState<'_>,
         chunk_lens: &ChunkLens,
+        doomed: &HashSet<ChunkHash>,
     ) -> Result<OpOutcome, StoreError> {
         let FileState {
             size,
@@ -290,6 +334,13 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
             )));
         }
         for chunk in chunks {
+            if doomed.contains(&chunk.hash) {
+                return Ok(OpOutcome::Invalid(format!(
+                    "missing chunk {} of {}: it is being collected; upload it again",
+                    chunk.hash,
+                    quoted(path)
+                )));
+            }
             match chunk_lens.get(&chunk.hash) {
                 None => {
                     return Ok(OpOutcome::Invalid(format!(
@@ -341,8 +392,23 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
                     message,
                 });
             }
-            (Precondition::Rev(_), Some(current)) => Some(current.node_id),
+            (Precondition::Rev(_), Some(current)) => Some(current),
         };
+        let grows = i64::try_from(size).unwrap_or(i64::MAX)
+            - node_id
+                .as_ref()
+                .map_or(0, |current| i64::try_from(current.size).unwrap_or(i64::MAX));
+        let (used, quota) = self.txn.usage(self.user_id)?;
+        if let Some(quota) = quota {
+            let after = used.saturating_add_signed(grows);
+            if grows > 0 && after > quota {
+                return Ok(OpOutcome::OverQuota(format!(
+                    "{} does not fit: the account's quota is {quota} bytes and {used} are in use",
+                    quoted(path)
+                )));
+            }
+        }
+        let node_id = node_id.map(|current| current.node_id);
         let mut produced = match self.ensure_parents(path, mtime_ms)? {
             Ok(parents) => parents,
             Err(conflict) => return Ok(conflict),
@@ -364,6 +430,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
             executable,
         })?;
         produced.push(entry);
+        self.txn.add_used(self.user_id, grows)?;
         Ok(OpOutcome::Applied(produced))
     }
 
@@ -456,6 +523,10 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
         }
         let cursor = self.txn.next_cursor(self.user_id)?;
         self.txn.remove_node(self.user_id, current.node_id)?;
+        if current.kind == EntryKind::File {
+            let size = i64::try_from(current.size).unwrap_or(i64::MAX);
+            self.txn.add_used(self.user_id, -size)?;
+        }
         self.txn.append_change(
             self.user_id,
             &Change::Delete {

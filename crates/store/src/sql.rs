@@ -15,7 +15,9 @@
 use crate::history::{Deletion, JournalRow};
 use crate::meta::MetaTxn;
 use crate::ops::Txn;
+use crate::retention::{Floors, RowKind, RowMeta};
 use crate::{new_journal_tag, Device, DeviceId, Principal, StoreError, TokenHash, User, UserId};
+use std::collections::HashSet;
 use syncstore_proto::{
     Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
     NamespaceId, NodeId, RelPath, RemoteEntry, Revision, UserName,
@@ -228,7 +230,33 @@ const DELETIONS_SINCE: &str = "SELECT d.cursor, d.node_id, d.path, d.device, d.a
 const CURSOR_AT: &str =
     "SELECT COALESCE(MAX(cursor), 0) FROM changes WHERE user_id = ?1 AND at_ms <= ?2";
 const ROW_TAG: &str = "SELECT tag FROM changes WHERE user_id = ?1 AND cursor = ?2
-     UNION ALL SELECT tag FROM lock_changes WHERE user_id = ?1 AND cursor = ?2";
+     UNION ALL SELECT tag FROM lock_changes WHERE user_id = ?1 AND cursor = ?2
+     UNION ALL SELECT tag FROM compacted_tags WHERE user_id = ?1 AND cursor = ?2";
+const ROW_METAS: &str =
+    "SELECT cursor, node_id, path, kind, at_ms FROM changes WHERE user_id = ?1 ORDER BY cursor";
+const KEEP_ROW_TAG: &str = "INSERT INTO compacted_tags (user_id, cursor, tag)
+     SELECT user_id, cursor, tag FROM changes WHERE user_id = ?1 AND cursor = ?2";
+const REMOVE_ROW: &str = "DELETE FROM changes WHERE user_id = ?1 AND cursor = ?2";
+const KEEP_LOCK_ROW_TAGS: &str = "INSERT INTO compacted_tags (user_id, cursor, tag)
+     SELECT user_id, cursor, tag FROM lock_changes WHERE user_id = ?1 AND cursor <= ?2";
+const REMOVE_LOCK_ROWS: &str = "DELETE FROM lock_changes WHERE user_id = ?1 AND cursor <= ?2";
+const FLOORS: &str = "SELECT kept_since_ms, journal_floor FROM users WHERE id = ?1";
+const SET_FLOORS: &str = "UPDATE users SET kept_since_ms = ?2, journal_floor = ?3 WHERE id = ?1";
+const REFERENCED: &str = "SELECT cursor, chunks FROM changes WHERE user_id = ?1
+     UNION ALL SELECT 0, chunks FROM nodes WHERE user_id = ?1";
+const DOOM: &str =
+    "INSERT INTO gc_doomed (user_id, hash, run) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
+const ANY_DOOMED: &str = "SELECT EXISTS (SELECT 1 FROM gc_doomed WHERE user_id = ?1)";
+const IS_DOOMED: &str = "SELECT EXISTS (SELECT 1 FROM gc_doomed WHERE user_id = ?1 AND hash = ?2)";
+const FORGET_DOOMED: &str = "DELETE FROM gc_doomed WHERE user_id = ?1 AND run = ?2";
+const BUMP_GC_EPOCH: &str = "UPDATE users SET gc_epoch = gc_epoch + 1 WHERE id = ?1";
+const DOOMED_RUNS: &str = "SELECT run, hash FROM gc_doomed WHERE user_id = ?1 ORDER BY run";
+const KEPT_FILE_BYTES: &str =
+    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM changes WHERE user_id = ?1 AND kind = 'file'";
+const GC_EPOCH: &str = "SELECT gc_epoch FROM users WHERE id = ?1";
+const USAGE: &str = "SELECT used_bytes, quota_bytes FROM users WHERE id = ?1";
+const ADD_USED: &str = "UPDATE users SET used_bytes = used_bytes + ?2 WHERE id = ?1";
+const SET_QUOTA: &str = "UPDATE users SET quota_bytes = ?2 WHERE id = ?1";
 const WANTED: &str = "SELECT hash FROM wanted_chunks WHERE user_id = ?1 ORDER BY hash LIMIT ?2";
 const WANT: &str =
     "INSERT INTO wanted_chunks (user_id, hash) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
@@ -480,6 +508,48 @@ impl<C: SqlConn> Txn for SqlTxn<C> {
         Ok(())
     }
 
+    fn doomed_among(
+        &mut self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<HashSet<ChunkHash>, StoreError> {
+        let mut doomed = HashSet::new();
+        // Doomed chunks exist only while a collection runs: one query says whether to look.
+        let any = self.first_row(ANY_DOOMED, &[Param::Int(user_id.0)])?;
+        if !any.map(|row| row.flag(0)).transpose()?.unwrap_or(false) {
+            return Ok(doomed);
+        }
+        for hash in hashes {
+            let params = [Param::Int(user_id.0), Param::Blob(&hash.0)];
+            if let Some(row) = self.first_row(IS_DOOMED, &params)? {
+                if row.flag(0)? {
+                    doomed.insert(*hash);
+                }
+            }
+        }
+        Ok(doomed)
+    }
+
+    fn usage(&mut self, user_id: UserId) -> Result<(u64, Option<u64>), StoreError> {
+        let row = self
+            .first_row(USAGE, &[Param::Int(user_id.0)])?
+            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))?;
+        let used = to_u64(row.int(0)?.max(0), "used bytes")?;
+        let quota = row
+            .opt_int(1)?
+            .map(|quota| to_u64(quota, "quota"))
+            .transpose()?;
+        Ok((used, quota))
+    }
+
+    fn add_used(&mut self, user_id: UserId, delta: i64) -> Result<(), StoreError> {
+        if delta != 0 {
+            self.0
+                .execute(ADD_USED, &[Param::Int(user_id.0), Param::Int(delta)])?;
+        }
+        Ok(())
+    }
+
     fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError> {
         self.user_cursor(C::LOCK_USER, &[Param::Int(user_id.0)], user_id)
             .map(|_| ())
@@ -670,6 +740,135 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
             Some(row) => Ok(Cursor(to_u64(row.int(0)?, "cursor")?)),
             None => Ok(Cursor(0)),
         }
+    }
+
+    fn row_metas(&mut self, user_id: UserId) -> Result<Vec<RowMeta>, StoreError> {
+        let rows = self.0.query(ROW_METAS, &[Param::Int(user_id.0)])?;
+        rows.iter()
+            .map(|row| {
+                let kind = match row.text(3)?.as_str() {
+                    "file" => RowKind::File,
+                    "dir" => RowKind::Dir,
+                    "deleted" => RowKind::Deleted,
+                    other => return Err(StoreError::Corrupt(format!("change kind {other:?}"))),
+                };
+                Ok(RowMeta {
+                    cursor: Cursor(to_u64(row.int(0)?, "cursor")?),
+                    node_id: NodeId(to_u64(row.int(1)?, "node id")?),
+                    path: stored_path(&row.text(2)?)?,
+                    at_ms: row.int(4)?,
+                    kind,
+                })
+            })
+            .collect()
+    }
+
+    fn remove_rows(&mut self, user_id: UserId, cursors: &[Cursor]) -> Result<(), StoreError> {
+        for cursor in cursors {
+            let params = [Param::Int(user_id.0), Param::Int(to_i64(cursor.0)?)];
+            self.0.execute(KEEP_ROW_TAG, &params)?;
+            self.0.execute(REMOVE_ROW, &params)?;
+        }
+        Ok(())
+    }
+
+    fn remove_lock_rows(&mut self, user_id: UserId, upto: Cursor) -> Result<u64, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Int(to_i64(upto.0)?)];
+        self.0.execute(KEEP_LOCK_ROW_TAGS, &params)?;
+        Ok(self.0.execute(REMOVE_LOCK_ROWS, &params)?)
+    }
+
+    fn floors(&mut self, user_id: UserId) -> Result<Floors, StoreError> {
+        let row = self
+            .first_row(FLOORS, &[Param::Int(user_id.0)])?
+            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))?;
+        Ok(Floors {
+            kept_since_ms: row.int(0)?,
+            journal_floor: Cursor(to_u64(row.int(1)?, "journal floor")?),
+        })
+    }
+
+    fn set_floors(&mut self, user_id: UserId, floors: Floors) -> Result<(), StoreError> {
+        let params = [
+            Param::Int(user_id.0),
+            Param::Int(floors.kept_since_ms),
+            Param::Int(to_i64(floors.journal_floor.0)?),
+        ];
+        self.0.execute(SET_FLOORS, &params)?;
+        Ok(())
+    }
+
+    fn referenced_chunks(
+        &mut self,
+        user_id: UserId,
+        excluding: &HashSet<Cursor>,
+    ) -> Result<HashSet<ChunkHash>, StoreError> {
+        let mut referenced = HashSet::new();
+        for row in self.0.query(REFERENCED, &[Param::Int(user_id.0)])? {
+            // Nodes come as cursor 0, which no row has.
+            if excluding.contains(&Cursor(to_u64(row.int(0)?, "cursor")?)) {
+                continue;
+            }
+            referenced.extend(decode_chunks(&row.blob(1)?)?.into_iter().map(|c| c.hash));
+        }
+        Ok(referenced)
+    }
+
+    fn doom_chunks(
+        &mut self,
+        user_id: UserId,
+        hashes: &[ChunkHash],
+        run: i64,
+    ) -> Result<(), StoreError> {
+        for hash in hashes {
+            let params = [Param::Int(user_id.0), Param::Blob(&hash.0), Param::Int(run)];
+            self.0.execute(DOOM, &params)?;
+        }
+        Ok(())
+    }
+
+    fn end_gc(&mut self, user_id: UserId, run: i64) -> Result<(), StoreError> {
+        self.0
+            .execute(FORGET_DOOMED, &[Param::Int(user_id.0), Param::Int(run)])?;
+        self.0.execute(BUMP_GC_EPOCH, &[Param::Int(user_id.0)])?;
+        Ok(())
+    }
+
+    fn doomed_runs(&mut self, user_id: UserId) -> Result<Vec<(i64, Vec<ChunkHash>)>, StoreError> {
+        let mut runs: Vec<(i64, Vec<ChunkHash>)> = Vec::new();
+        for row in self.0.query(DOOMED_RUNS, &[Param::Int(user_id.0)])? {
+            let (run, hash) = (row.int(0)?, stored_chunk_hash(&row.blob(1)?)?);
+            match runs.last_mut() {
+                Some((last, hashes)) if *last == run => hashes.push(hash),
+                _ => runs.push((run, vec![hash])),
+            }
+        }
+        Ok(runs)
+    }
+
+    fn kept_file_bytes(&mut self, user_id: UserId) -> Result<u64, StoreError> {
+        match self.first_row(KEPT_FILE_BYTES, &[Param::Int(user_id.0)])? {
+            Some(row) => to_u64(row.int(0)?, "kept bytes"),
+            None => Ok(0),
+        }
+    }
+
+    fn gc_epoch(&mut self, user_id: UserId) -> Result<u64, StoreError> {
+        let row = self
+            .first_row(GC_EPOCH, &[Param::Int(user_id.0)])?
+            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))?;
+        to_u64(row.int(0)?, "gc epoch")
+    }
+
+    fn set_quota(&mut self, user_id: UserId, quota: Option<u64>) -> Result<(), StoreError> {
+        let quota = quota.map(to_i64).transpose()?;
+        let changed = self
+            .0
+            .execute(SET_QUOTA, &[Param::Int(user_id.0), Param::OptInt(quota)])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("user {user_id}")));
+        }
+        Ok(())
     }
 
     fn row_tag(

@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_identity.sql"),
     include_str!("../migrations/sqlite/0004_modes.sql"),
     include_str!("../migrations/sqlite/0005_history.sql"),
+    include_str!("../migrations/sqlite/0006_retention.sql"),
 ];
 
 /// How long a call waits for another process (an admin command) holding the write lock.

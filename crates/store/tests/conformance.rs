@@ -13,9 +13,10 @@ use syncstore_proto::{
     Op, Precondition, RelPath, RemoteEntry, RestoreAction, RestoreTarget, Revision, TrashQuery,
     UserName, VersionKind, MAX_CHUNK_LEN, MAX_LOCK_TTL_SECS,
 };
+use syncstore_store::gc::{self, GcPolicy};
 use syncstore_store::{
     apply_ops, BatchOutcome, ChunkStore, DeviceId, LockOutcome, MetaStore, OpOutcome, Principal,
-    StoreError, TokenHash, User, UserId,
+    Retention, StoreError, TokenHash, User, UserId,
 };
 
 /// Users, devices, tokens stored as hashes, and authentication.
@@ -2208,6 +2209,431 @@ pub async fn restore_plans(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     .await
     .unwrap();
     assert!(plan.steps.is_empty());
+}
+
+/// The wall clock: chunk stores stamp chunks with it, so collection times count from it.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+const DAY: i64 = 24 * 3600 * 1000;
+
+fn policy(keep_ms: i64, grace_ms: i64) -> GcPolicy {
+    GcPolicy {
+        retention: Retention { keep_ms },
+        grace_ms,
+    }
+}
+
+/// After retention passes, the content of deleted files and orphans of uploads are freed;
+/// every current and retained version still reads back right.
+pub async fn gc_frees_what_retention_lets_go(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("gc-alice")).await.unwrap();
+    let now = wall_ms();
+    let dev = ("laptop", now);
+    let gone = put_at(
+        meta,
+        chunks,
+        &user,
+        dev,
+        "gone.txt",
+        Precondition::MustNotExist,
+        b"deleted content",
+    )
+    .await;
+    let kept = put_at(
+        meta,
+        chunks,
+        &user,
+        dev,
+        "kept.txt",
+        Precondition::MustNotExist,
+        b"old version",
+    )
+    .await;
+    put_at(
+        meta,
+        chunks,
+        &user,
+        dev,
+        "kept.txt",
+        Precondition::Rev(kept.rev),
+        b"new version",
+    )
+    .await;
+    let deleted = apply_as(
+        meta,
+        chunks,
+        &user,
+        "laptop",
+        vec![Op::Delete {
+            path: path("gone.txt"),
+            base: gone.rev,
+        }],
+        now,
+    )
+    .await;
+    assert!(deleted.outcomes[0].is_applied());
+    // An upload no commit named (an interrupted one).
+    store_chunk(chunks, &user, b"orphan of an upload").await;
+    let _ = chunks
+        .durable_chunk_lens(user.namespace, &[chunk_hash(b"orphan of an upload")])
+        .await
+        .unwrap();
+    let stored = |bytes: &'static [u8]| async move {
+        chunks
+            .missing(user.namespace, &[chunk_hash(bytes)])
+            .await
+            .unwrap()
+            .is_empty()
+    };
+
+    // Within retention and the grace period: nothing goes.
+    let report = gc::collect(meta, chunks, now, policy(30 * DAY, DAY), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.chunks_deleted, report.rows_removed),
+        (0, 0),
+        "{report:?}"
+    );
+    // Past the grace period but within retention: only the orphan goes; the deleted file and
+    // the old version are history.
+    let report = gc::collect(meta, chunks, now + 2 * DAY, policy(30 * DAY, DAY), false)
+        .await
+        .unwrap();
+    assert_eq!(report.chunks_deleted, 1, "{report:?}");
+    assert_eq!(report.bytes_freed, b"orphan of an upload".len() as u64);
+    assert!(!stored(b"orphan of an upload").await);
+    assert!(stored(b"deleted content").await && stored(b"old version").await);
+    assert_eq!(
+        meta.trash(user.id, &TrashQuery::default())
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
+
+    // A dry run past retention says what a run would free, and frees nothing.
+    let later = now + 40 * DAY;
+    let dry = gc::collect(meta, chunks, later, policy(30 * DAY, DAY), true)
+        .await
+        .unwrap();
+    assert!(dry.rows_removed >= 2, "{dry:?}");
+    assert!(stored(b"deleted content").await);
+    // Past retention: the deleted file and the old version go, measured on the chunk store.
+    let before: u64 = chunks
+        .list(user.namespace)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.len)
+        .sum();
+    let report = gc::collect(meta, chunks, later, policy(30 * DAY, DAY), false)
+        .await
+        .unwrap();
+    let after: u64 = chunks
+        .list(user.namespace)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.len)
+        .sum();
+    let freed = (b"deleted content".len() + b"old version".len()) as u64;
+    assert_eq!(
+        (report.chunks_deleted, report.bytes_freed),
+        (2, freed),
+        "{report:?}"
+    );
+    assert_eq!(before - after, freed);
+    assert!(!stored(b"deleted content").await && !stored(b"old version").await);
+    // The current version reads back and verifies; history and trash say what is kept.
+    assert_eq!(
+        &chunks
+            .get(user.namespace, &chunk_hash(b"new version"))
+            .await
+            .unwrap()[..],
+        b"new version"
+    );
+    let history = meta.history(user.id, &path("kept.txt")).await.unwrap();
+    assert_eq!(history.versions.len(), 1);
+    assert_eq!(history.kept_since_ms, later - 30 * DAY);
+    assert!(meta
+        .trash(user.id, &TrashQuery::default())
+        .await
+        .unwrap()
+        .entries
+        .is_empty());
+    // A restore to before what is kept is refused with a message.
+    let refused = meta
+        .plan_restore(
+            user.id,
+            &RestoreTarget::Moment {
+                path: None,
+                at_ms: now,
+                to: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(refused.unwrap_err().contains("no longer kept"));
+    // A client behind the compacted rows reloads the tree; its known position still checks.
+    let page = meta.changes_since(user.id, Cursor(1), 100).await.unwrap();
+    assert!(page.reset, "{page:?}");
+    assert!(meta
+        .journal_tag(user.id, Cursor(1))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// A commit that names a chunk a collection run doomed is refused; after the run it finds the
+/// chunk missing, and an upload of it again lets the commit through. A commit whose chunk check
+/// raced the end of a run is not applied (`GcRaced`).
+pub async fn gc_refuses_commits_of_doomed_chunks(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("gc-bob")).await.unwrap();
+    let now = wall_ms();
+    let content = store_chunk(chunks, &user, b"content deleted long ago").await;
+    let _ = chunks
+        .durable_chunk_lens(user.namespace, &[chunk_hash(&content.bytes)])
+        .await
+        .unwrap();
+    let listed = chunks.list(user.namespace).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let doomed = meta
+        .gc_doom(user.id, &listed, now + DAY, 0, 7)
+        .await
+        .unwrap();
+    assert_eq!(doomed.len(), 1);
+    let refused = apply_one(
+        meta,
+        chunks,
+        &user,
+        put_op("f.txt", Precondition::MustNotExist, &content),
+    )
+    .await;
+    assert!(
+        matches!(&refused, OpOutcome::Invalid(m) if m.contains("being collected")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        chunks.delete(user.namespace, &doomed).await.unwrap(),
+        content.bytes.len() as u64
+    );
+    let epoch = meta.gc_epoch(user.id).await.unwrap();
+    meta.gc_finish(user.id, 7).await.unwrap();
+    assert_eq!(meta.gc_epoch(user.id).await.unwrap(), epoch + 1);
+    assert!(meta.gc_runs(user.id).await.unwrap().is_empty());
+    let missing = apply_one(
+        meta,
+        chunks,
+        &user,
+        put_op("f.txt", Precondition::MustNotExist, &content),
+    )
+    .await;
+    assert!(
+        matches!(&missing, OpOutcome::Invalid(m) if m.contains("missing chunk")),
+        "{missing:?}"
+    );
+    // A check made before the run ended does not count.
+    let lens = [(chunk_hash(&content.bytes), content.bytes.len() as u32)]
+        .into_iter()
+        .collect();
+    let raced = meta
+        .apply_ops(
+            user.id,
+            &device_name("dev"),
+            vec![put_op("f.txt", Precondition::MustNotExist, &content)],
+            lens,
+            NOW,
+            Some(epoch),
+        )
+        .await;
+    assert!(matches!(raced, Err(StoreError::GcRaced)), "{raced:?}");
+    let content = store_chunk(chunks, &user, b"content deleted long ago").await;
+    let applied = apply_one(
+        meta,
+        chunks,
+        &user,
+        put_op("f.txt", Precondition::MustNotExist, &content),
+    )
+    .await;
+    assert!(applied.is_applied(), "{applied:?}");
+}
+
+/// Collection runs racing commits that reuse old content never delete a chunk a current or
+/// kept version names. Rounds of: devices write files whose content is drawn from a small pool
+/// (so a commit often names content a deleted file had), delete some, while runs collect
+/// everything unreferenced with no grace period and no history kept; each round checks that
+/// every current file's chunks read back and verify. Able to fail: without the doomed check or
+/// the epoch check in the commit, a run deletes a chunk a commit just named.
+pub async fn gc_races_commits(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("gc-race")).await.unwrap();
+    let pool: Vec<Vec<u8>> = (0..6)
+        .map(|i| format!("pooled content {i}").into_bytes())
+        .collect();
+    let rounds = std::env::var("SYNCSTORE_GC_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    for round in 0..rounds {
+        let writer = |device: &'static str, offset: usize| {
+            let pool = &pool;
+            let user = &user;
+            async move {
+                for i in 0..6 {
+                    let bytes = &pool[(round + offset + i) % pool.len()];
+                    let at = format!("{device}/{}.txt", i % 3);
+                    // Upload, then commit, as a device does; a refused commit uploads again.
+                    for _ in 0..10 {
+                        let content = store_chunk(chunks, user, bytes).await;
+                        let current = meta.tree(user.id, NOW).await.unwrap();
+                        let base = current
+                            .entries
+                            .iter()
+                            .find(|e| e.path.as_str() == at)
+                            .map_or(Precondition::MustNotExist, |e| Precondition::Rev(e.rev));
+                        let outcome = apply_as(
+                            meta,
+                            chunks,
+                            user,
+                            device,
+                            vec![put_op(&at, base, &content)],
+                            wall_ms(),
+                        )
+                        .await;
+                        if outcome.outcomes[0].is_applied() {
+                            break;
+                        }
+                    }
+                    if i % 4 == 3 {
+                        let tree = meta.tree(user.id, NOW).await.unwrap();
+                        if let Some(entry) = tree.entries.iter().find(|e| e.path.as_str() == at) {
+                            apply_as(
+                                meta,
+                                chunks,
+                                user,
+                                device,
+                                vec![Op::Delete {
+                                    path: entry.path.clone(),
+                                    base: entry.rev,
+                                }],
+                                wall_ms(),
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+        };
+        let collector = async {
+            for _ in 0..3 {
+                gc::collect(meta, chunks, wall_ms() + 1, policy(0, 0), false)
+                    .await
+                    .unwrap();
+            }
+        };
+        futures::join!(writer("a", 0), writer("b", 3), collector);
+        let tree = meta.tree(user.id, NOW).await.unwrap();
+        for entry in tree.entries.iter().filter(|e| e.kind == EntryKind::File) {
+            for chunk in &entry.chunks {
+                let read = chunks.get(user.namespace, &chunk.hash).await;
+                assert!(
+                    read.is_ok(),
+                    "round {round}: {} names a chunk that is gone: {read:?}",
+                    entry.path
+                );
+            }
+        }
+    }
+}
+
+/// A quota refuses what would grow the account past it (507 on the wire), and lets shrinking
+/// and deleting through.
+pub async fn quota_refuses_growth(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("quota-carol")).await.unwrap();
+    let small = put_file(
+        meta,
+        chunks,
+        &user,
+        "a.txt",
+        Precondition::MustNotExist,
+        b"0123456789",
+    )
+    .await;
+    assert_eq!(
+        (
+            meta.usage(user.id).await.unwrap().current_bytes,
+            meta.usage(user.id).await.unwrap().quota_bytes
+        ),
+        (10, None)
+    );
+    meta.set_quota(user.id, Some(15)).await.unwrap();
+    let content = store_chunk(chunks, &user, b"0123456789").await;
+    let refused = apply_one(
+        meta,
+        chunks,
+        &user,
+        put_op("b.txt", Precondition::MustNotExist, &content),
+    )
+    .await;
+    assert!(
+        matches!(&refused, OpOutcome::OverQuota(m) if m.contains("quota")),
+        "{refused:?}"
+    );
+    let shrink = store_chunk(chunks, &user, b"01234").await;
+    assert!(apply_one(
+        meta,
+        chunks,
+        &user,
+        put_op("a.txt", Precondition::Rev(small.rev), &shrink)
+    )
+    .await
+    .is_applied());
+    assert_eq!(
+        (
+            meta.usage(user.id).await.unwrap().current_bytes,
+            meta.usage(user.id).await.unwrap().quota_bytes
+        ),
+        (5, Some(15))
+    );
+    assert!(apply_one(
+        meta,
+        chunks,
+        &user,
+        put_op("b.txt", Precondition::MustNotExist, &content)
+    )
+    .await
+    .is_applied());
+    assert_eq!(meta.usage(user.id).await.unwrap().current_bytes, 15);
+    let b = meta
+        .tree(user.id, NOW)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .find(|e| e.path.as_str() == "b.txt")
+        .unwrap();
+    assert!(apply_one(
+        meta,
+        chunks,
+        &user,
+        Op::Delete {
+            path: b.path,
+            base: b.rev
+        }
+    )
+    .await
+    .is_applied());
+    let usage = meta.usage(user.id).await.unwrap();
+    assert_eq!((usage.current_bytes, usage.current_files), (5, 1));
+    assert_eq!((usage.trash_bytes, usage.trash_files), (10, 1), "{usage:?}");
+    assert_eq!(usage.history_bytes, 10, "the first a.txt");
+    meta.set_quota(user.id, None).await.unwrap();
 }
 
 fn user_name(text: &str) -> UserName {

@@ -444,7 +444,14 @@ async fn postgres_restarts_are_survived_and_downtime_is_unavailable() {
             mtime_ms: 1,
         };
         let batch = store
-            .apply_ops(user.id, &device, vec![op], Default::default(), now_ms())
+            .apply_ops(
+                user.id,
+                &device,
+                vec![op],
+                Default::default(),
+                now_ms(),
+                None,
+            )
             .await
             .unwrap();
         assert!(batch.changed_anything(), "{batch:?}");
@@ -465,7 +472,14 @@ async fn postgres_restarts_are_survived_and_downtime_is_unavailable() {
         store.current_cursor(user.id).await.unwrap_err(),
         store.ping().await.unwrap_err(),
         store
-            .apply_ops(user.id, &device, Vec::new(), Default::default(), now_ms())
+            .apply_ops(
+                user.id,
+                &device,
+                Vec::new(),
+                Default::default(),
+                now_ms(),
+                None,
+            )
             .await
             .unwrap_err(),
     ] {

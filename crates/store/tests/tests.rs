@@ -63,6 +63,10 @@ macro_rules! all_conformance_tests {
             mode_only_change,
             history_and_trash,
             restore_plans,
+            gc_frees_what_retention_lets_go,
+            gc_refuses_commits_of_doomed_chunks,
+            gc_races_commits,
+            quota_refuses_growth,
         );
     };
 }
@@ -224,7 +228,7 @@ mod sqlite {
                 row.get(0)
             })
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
     }
 }
 

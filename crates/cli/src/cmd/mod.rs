@@ -2,6 +2,7 @@
 
 mod bar;
 mod demo;
+mod gc;
 mod history;
 mod lock;
 mod ls;
@@ -31,14 +32,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(UserCommand::Add {
             name,
             device,
+            quota,
             stores,
         }) => {
             let user = UserName::new(&name)?;
             let device = DeviceName::new(&device)?;
             let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
             let token = syncstore_server::add_user_in(&*meta_store, &user, &device).await?;
+            if let Some(quota) = quota {
+                gc::set_quota(&*meta_store, &user, quota).await?;
+            }
             println!("created user {user} with device {device}; its token:");
             println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(UserCommand::Set {
+            name,
+            quota,
+            stores,
+        }) => {
+            let user = UserName::new(&name)?;
+            let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
+            let Some(quota) = quota else {
+                anyhow::bail!("nothing to set: give --quota SIZE (or --quota none)");
+            };
+            gc::set_quota(&*meta_store, &user, quota).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Add {
@@ -63,6 +81,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => lock::lock(args).await,
         Command::Unlock(args) => lock::unlock(args).await,
         Command::Locks(args) => lock::list(args).await,
+        Command::Gc(args) => {
+            let meta = meta_location(&args.stores);
+            let chunks = chunk_location(&args.stores)?;
+            gc::run(&meta, &chunks, &args).await
+        }
+        Command::Usage(args) => gc::usage(args).await,
         Command::History(args) => history::history(args).await,
         Command::Trash(args) => history::trash(args).await,
         Command::Restore(args) => history::restore(args).await,
@@ -147,7 +171,10 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(%addr, db = %meta, store = %chunks, "syncstore server listening");
     let shutdown = shutdown_on_signals();
-    let config = server_config(data, &args.limits);
+    let mut config = server_config(data, &args.limits);
+    config.retention = gc::retention(&args.retention);
+    config.gc_grace = args.retention.gc_grace;
+    config.gc_interval = (!args.gc_interval.is_zero()).then_some(args.gc_interval);
     syncstore_server::serve(
         listener,
         stores,

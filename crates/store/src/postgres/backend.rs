@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_identity.sql"),
     include_str!("../../migrations/postgres/0004_modes.sql"),
     include_str!("../../migrations/postgres/0005_history.sql"),
+    include_str!("../../migrations/postgres/0006_retention.sql"),
 ];
 
 /// The channel of commit notifications, as a literal for the statements that name it.

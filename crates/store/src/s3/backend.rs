@@ -1,7 +1,7 @@
 //! The S3 backend itself (the `s3` feature); see [the module](super).
 
 use super::{S3Endpoint, S3Location};
-use crate::{ChunkLens, ChunkStore, ScrubReport, Service, StoreError};
+use crate::{ChunkLens, ChunkStore, ScrubReport, Service, StoreError, StoredChunk};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -231,6 +231,41 @@ impl ChunkStore for S3ChunkStore {
             .into_iter()
             .filter_map(|(hash, len)| len.map(|len| (hash, len)))
             .collect())
+    }
+
+    async fn list(&self, owner: NamespaceId) -> Result<Vec<StoredChunk>, StoreError> {
+        let prefix = self.key(&format!("chunks/{owner}"));
+        let mut listing = self.store.list(Some(&prefix));
+        let mut listed = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|err| object_error(&prefix, err))?;
+            let Some(hash) = meta
+                .location
+                .filename()
+                .and_then(|name| ChunkHash::from_hex(name).ok())
+            else {
+                continue;
+            };
+            listed.push(StoredChunk {
+                hash,
+                len: meta.size,
+                stored_ms: meta.last_modified.timestamp_millis(),
+            });
+        }
+        Ok(listed)
+    }
+
+    async fn delete(&self, owner: NamespaceId, chunks: &[StoredChunk]) -> Result<u64, StoreError> {
+        let mut freed = 0;
+        for chunk in chunks {
+            let path = self.chunk_path(owner, &chunk.hash);
+            match self.store.delete(&path).await {
+                Ok(()) => freed += chunk.len,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(err) => return Err(object_error(&path, err)),
+            }
+        }
+        Ok(freed)
     }
 
     async fn holds_content(&self) -> Result<bool, StoreError> {
