@@ -369,6 +369,13 @@ pub fn blocked_reason(blocked: &Blocked) -> PathReason {
         BlockReason::LocalRootMissing => {
             "the folder is missing, unreadable or emptied: nothing is deleted".to_owned()
         }
+        BlockReason::MassDeleteHeld {
+            files,
+            folder_files,
+        } => format!(
+            "mass delete held: {files} of {folder_files} files were deleted on the server and \
+             are kept here until `syncstore sync --allow-mass-delete` (or restored on the server)"
+        ),
     };
     PathReason {
         path: blocked

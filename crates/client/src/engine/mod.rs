@@ -196,6 +196,7 @@ impl PlanContext<'_> {
             local_root_ok: self.local_root_ok,
             remote_complete: true,
             focus_root_emptied: root_emptied,
+            mass_delete: None,
         })
     }
 }
