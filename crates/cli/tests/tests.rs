@@ -9,6 +9,7 @@ mod cli;
 mod folder;
 mod limits;
 mod locks;
+mod mass_delete;
 mod modes;
 mod recovery;
 mod recovery_shared;
