@@ -433,6 +433,30 @@ pub struct SyncArgs {
     /// Do one full two-way pass and exit: 0 when in sync, 1 when not.
     #[arg(long)]
     pub once: bool,
+    /// Apply the local deletions the mass-delete interlock holds, once: tells DIR's running
+    /// daemon and exits, or, when none runs, syncs with them allowed.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+    /// The mass-delete interlock: when one pass would delete locally, because they were
+    /// deleted on the server, more than this percent of the folder's files (and more than
+    /// --mass-delete-min), it deletes none of them and waits for --allow-mass-delete (or for
+    /// the files to be restored on the server). 100 turns it off.
+    #[arg(
+        long,
+        env = "SYNCSTORE_MASS_DELETE_PERCENT",
+        default_value_t = 50,
+        value_name = "PERCENT",
+        value_parser = clap::value_parser!(u8).range(0..=100)
+    )]
+    pub mass_delete_percent: u8,
+    /// See --mass-delete-percent: a pass deleting this many files or fewer is never held.
+    #[arg(
+        long,
+        env = "SYNCSTORE_MASS_DELETE_MIN",
+        default_value_t = 100,
+        value_name = "FILES"
+    )]
+    pub mass_delete_min: usize,
 }
 
 #[derive(Args, Debug)]

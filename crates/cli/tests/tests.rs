@@ -10,6 +10,7 @@ mod folder;
 mod history;
 mod limits;
 mod locks;
+mod mass_delete;
 mod modes;
 mod recovery;
 mod recovery_shared;

@@ -1,6 +1,6 @@
-//! The daemon's control socket, `.syncstore/daemon.sock`: `status`, `pause` and `resume` ask
-//! the running daemon through it (line-delimited JSON, the types of
-//! [`syncstore_proto::daemon`]).
+//! The daemon's control socket, `.syncstore/daemon.sock`: `status`, `pause`, `resume` and
+//! `sync --allow-mass-delete` ask the running daemon through it (line-delimited JSON, the types
+//! of [`syncstore_proto::daemon`]).
 //!
 //! The daemon side ([`listen`]) binds the socket while it holds the folder lock (so a stale
 //! socket left by a killed daemon is removed by the next one, never by a reader), makes it
@@ -50,8 +50,18 @@ impl Drop for ControlSocket {
     }
 }
 
+/// What the socket's requests change in the daemon loop, which waits on these channels.
+pub struct Controls {
+    /// Pause and resume ([`Progress::set_paused`] tells the engine too).
+    pub paused: watch::Sender<bool>,
+    /// Allowances of the held mass delete, counted: the loop hands each new one to the engine
+    /// before its next pass (a count, so one taken during a pass is not lost).
+    pub mass_delete_allowed: watch::Sender<u64>,
+}
+
 /// Serves the control socket of the folder at `root` until the returned value is dropped:
-/// status from `progress` (with the server `api` uses), pause and resume through `paused`.
+/// status from `progress` (with the server `api` uses), pause, resume and mass-delete
+/// allowances through `controls`.
 /// The caller must hold the folder lock: a socket file already there is a dead daemon's.
 ///
 /// # Errors
@@ -60,7 +70,7 @@ impl Drop for ControlSocket {
 pub fn listen(
     root: &Path,
     progress: Progress,
-    paused: watch::Sender<bool>,
+    controls: Controls,
     api: Arc<ApiClient>,
 ) -> std::io::Result<ControlSocket> {
     use std::os::unix::fs::PermissionsExt;
@@ -76,7 +86,7 @@ pub fn listen(
             listener,
             Arc::new(Context {
                 progress,
-                paused,
+                controls,
                 api,
                 folder: root.display().to_string(),
             }),
@@ -89,8 +99,7 @@ pub fn listen(
 /// What a connection's requests are answered from.
 struct Context {
     progress: Progress,
-    /// The daemon loop waits on this; [`Progress::set_paused`] tells the engine.
-    paused: watch::Sender<bool>,
+    controls: Controls,
     api: Arc<ApiClient>,
     folder: String,
 }
@@ -170,7 +179,7 @@ fn answer(request: DaemonRequest, context: &Context) -> DaemonReply {
             let pause = request == DaemonRequest::Pause;
             // The engine sees the flag between two download chunks; the loop sees the channel.
             context.progress.set_paused(pause);
-            context.paused.send_replace(pause);
+            context.controls.paused.send_replace(pause);
             tracing::info!(
                 folder = %context.folder,
                 "{} on request",
@@ -183,6 +192,19 @@ fn answer(request: DaemonRequest, context: &Context) -> DaemonReply {
                     DaemonState::Running
                 },
             }
+        }
+        DaemonRequest::AllowMassDelete => {
+            let held = context.progress.status().mass_delete_held;
+            context
+                .controls
+                .mass_delete_allowed
+                .send_modify(|allowed| *allowed += 1);
+            tracing::info!(
+                folder = %context.folder,
+                held_files = held.map(|held| held.files),
+                "mass delete allowed on request: the next pass applies the deletions held"
+            );
+            DaemonReply::MassDeleteAllowed { held }
         }
     }
 }
@@ -266,7 +288,12 @@ mod tests {
         std::fs::create_dir(dir.path().join(syncstore_proto::META_DIR)).unwrap();
         let progress = Progress::default();
         let (paused, paused_rx) = watch::channel(false);
-        let socket = listen(dir.path(), progress.clone(), paused, api()).unwrap();
+        let (mass_delete_allowed, allowed_rx) = watch::channel(0);
+        let controls = Controls {
+            paused,
+            mass_delete_allowed,
+        };
+        let socket = listen(dir.path(), progress.clone(), controls, api()).unwrap();
         let path = socket_path(dir.path());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -287,6 +314,12 @@ mod tests {
             })
         );
         assert!(progress.is_paused() && *paused_rx.borrow());
+
+        let reply = ask(dir.path(), &DaemonRequest::AllowMassDelete)
+            .await
+            .unwrap();
+        assert_eq!(reply, Some(DaemonReply::MassDeleteAllowed { held: None }));
+        assert_eq!(*allowed_rx.borrow(), 1, "counted for the loop");
 
         let replies = exchange(
             &path,
@@ -318,8 +351,11 @@ mod tests {
         assert!(path.exists());
         assert_eq!(ask(dir.path(), &DaemonRequest::Status).await.unwrap(), None);
         assert!(path.exists(), "a reader removes nothing");
-        let (paused, _rx) = watch::channel(false);
-        let _socket = listen(dir.path(), Progress::default(), paused, api()).unwrap();
+        let controls = Controls {
+            paused: watch::channel(false).0,
+            mass_delete_allowed: watch::channel(0).0,
+        };
+        let _socket = listen(dir.path(), Progress::default(), controls, api()).unwrap();
         assert!(matches!(
             ask(dir.path(), &DaemonRequest::Status).await.unwrap(),
             Some(DaemonReply::Status(_))

@@ -174,12 +174,15 @@ pub async fn run(
     let progress = engine.progress();
     // Pause and resume come from the control socket; the loop waits on this channel.
     let (paused_tx, mut paused_rx) = watch::channel(false);
-    let _control = match crate::control::listen(
-        &root,
-        progress.clone(),
-        paused_tx.clone(),
-        api.clone(),
-    ) {
+    // So do allowances of a held mass delete, counted; `allowances_taken` is how many the
+    // engine was given.
+    let (allowed_tx, mut allowed_rx) = watch::channel(0u64);
+    let mut allowances_taken = 0u64;
+    let controls = crate::control::Controls {
+        paused: paused_tx.clone(),
+        mass_delete_allowed: allowed_tx,
+    };
+    let _control = match crate::control::listen(&root, progress.clone(), controls, api.clone()) {
         Ok(socket) => Some(socket),
         Err(err) => {
             tracing::warn!(cause = %err, "could not open the control socket; status, pause and resume will not reach this daemon");
@@ -219,6 +222,11 @@ pub async fn run(
                     "could not check the server's chunks"
                 ),
             }
+        }
+        let allowances = *allowed_rx.borrow_and_update();
+        if allowances != allowances_taken {
+            allowances_taken = allowances;
+            engine.allow_mass_delete();
         }
         let limit_hit = take_changes(&changes, &mut engine);
         if limit_hit && !limit_reported {
@@ -292,11 +300,20 @@ pub async fn run(
                     }
                 }
                 last_skipped = report.skipped.clone();
-                if report.blocked != last_blocked {
-                    for blocked in &report.blocked {
+                // A held mass delete is logged by the engine, once per hold.
+                let blocked: Vec<_> = report
+                    .blocked
+                    .iter()
+                    .filter(|b| {
+                        !matches!(b.reason, syncstore_plan::BlockReason::MassDeleteHeld { .. })
+                    })
+                    .cloned()
+                    .collect();
+                if blocked != last_blocked {
+                    for blocked in &blocked {
                         tracing::warn!(?blocked, "not synced");
                     }
-                    last_blocked = report.blocked.clone();
+                    last_blocked = blocked;
                 }
                 if report.retry_soon {
                     retry = Some(Retry {
@@ -339,6 +356,9 @@ pub async fn run(
             () = sleep_until_opt(lock_expiry) => {}
             () = remote_dirty.notified() => {}
             _ = paused_rx.changed() => {}
+            // Taken at the top of the loop. (An `Err`: no control socket holds the sender;
+            // the branch is then left out.)
+            Ok(()) = allowed_rx.changed() => {}
             () = tokio::time::sleep_until(next_scan) => {
                 next_scan = Instant::now() + scan_interval;
                 walk_all = true;

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use syncstore_plan::{BlockReason, Blocked, LocalNode, Plan, PlanOp, RemoteNode};
 use syncstore_proto::daemon::{
-    BatchProgress, DaemonState, Direction, FolderStatus, PathReason, Pending, PendingKind,
-    Transfer, MAX_LISTED_PATHS,
+    BatchProgress, DaemonState, Direction, FolderStatus, MassDeleteHold, PathReason, Pending,
+    PendingKind, Transfer, MAX_LISTED_PATHS,
 };
 use syncstore_proto::RelPath;
 
@@ -70,6 +70,8 @@ struct Inner {
     last_error: Option<String>,
     skipped: Vec<PathReason>,
     blocked: Vec<PathReason>,
+    /// What the mass-delete interlock holds, from the same plan as `blocked`.
+    mass_delete_held: Option<MassDeleteHold>,
 }
 
 struct Flight {
@@ -157,6 +159,7 @@ impl Progress {
             any = true;
         }
         inner.blocked = plan.blocked.iter().map(blocked_reason).collect();
+        inner.mass_delete_held = mass_delete_hold(&plan.blocked);
         if any && inner.batch.is_none() {
             inner.batch = Some(Batch {
                 started: Instant::now(),
@@ -217,6 +220,7 @@ impl Progress {
         inner.last_error = None;
         inner.last_in_sync = report.in_sync;
         inner.blocked = report.blocked.iter().map(blocked_reason).collect();
+        inner.mass_delete_held = mass_delete_hold(&report.blocked);
         inner.skipped = report.skipped.iter().map(skipped_reason).collect();
         inner.in_flight.clear();
         inner.batch.take().map(|batch| BatchSummary {
@@ -328,6 +332,7 @@ impl Progress {
                 .take(MAX_LISTED_PATHS)
                 .cloned()
                 .collect(),
+            mass_delete_held: inner.mass_delete_held,
             notes: Vec::new(),
             full_walks: self.shared.full_walks.load(Ordering::Relaxed),
             incremental_passes: self.shared.incremental_passes.load(Ordering::Relaxed),
@@ -369,6 +374,12 @@ pub fn blocked_reason(blocked: &Blocked) -> PathReason {
         BlockReason::LocalRootMissing => {
             "the folder is missing, unreadable or emptied: nothing is deleted".to_owned()
         }
+        BlockReason::MassDeleteHeld {
+            files,
+            folder_files,
+        } => format!(
+            "mass delete held: {files} of {folder_files} files were deleted on the server and              are kept here until `syncstore sync --allow-mass-delete` (or restored on the server)"
+        ),
     };
     PathReason {
         path: blocked
@@ -377,6 +388,20 @@ pub fn blocked_reason(blocked: &Blocked) -> PathReason {
             .map_or_else(|| "(whole folder)".to_owned(), ToString::to_string),
         reason,
     }
+}
+
+/// What the mass-delete interlock holds among `blocked`, as the status document shows it.
+pub fn mass_delete_hold(blocked: &[Blocked]) -> Option<MassDeleteHold> {
+    blocked.iter().find_map(|blocked| match blocked.reason {
+        BlockReason::MassDeleteHeld {
+            files,
+            folder_files,
+        } => Some(MassDeleteHold {
+            files: files as u64,
+            folder_files: folder_files as u64,
+        }),
+        _ => None,
+    })
 }
 
 fn pending_kind(paths: &BTreeMap<RelPath, u64>) -> PendingKind {

@@ -127,6 +127,34 @@
 //! same bytes locally at one path and remotely at another (a stale base entry would make both
 //! look like the other side's delete); it keeps the local file instead.
 //!
+//! # The mass-delete interlock
+//!
+//! A server that lost many files at once (a device that deleted a folder by mistake, ransomware
+//! that replaced every file by an encrypted copy) would otherwise have every other device delete
+//! them too, in one pass. With [`PlanInput::mass_delete`] set, the planner counts the local file
+//! deletions the plan makes *because of remote deletes*: `DeleteLocal` of a file the remote no
+//! longer has (row 7). When they are more than the limit allows (more than
+//! [`MassDeleteLimit::percent`] of the folder's files, and more than
+//! [`MassDeleteLimit::min_files`]), or a hold is already in force
+//! ([`MassDeleteRule::holding`]) and there is any, the plan holds them all: it leaves out every
+//! `DeleteLocal` and `RemoveDirLocal` of a path the remote no longer has, and reports one
+//! [`Blocked`] `{ path: None, reason: MassDeleteHeld { files, folder_files } }`. Everything else
+//! still goes: downloads, uploads (an edit still beats a delete, and such a file is not counted),
+//! the remote deletes of what the user deleted locally (that is the user's intent), directory
+//! creations and bookkeeping. A directory whose files are held stays, since they are still in it.
+//!
+//! - The fraction is of the **whole folder's** files as base knows them
+//!   ([`MassDeleteRule::folder_files`], given by the caller), not of the trees planned: a plan of a
+//!   focus counts the same deletions as the plan of the whole folder (outside the focus nothing is
+//!   to be deleted, unless a hold is in force; a caller plans the whole folder while one is).
+//! - A hold is sticky: the caller keeps it in force (`holding`) from the first plan that reports it
+//!   until a plan reports none, so files the other device writes meanwhile (an encrypted copy of
+//!   each deleted file) do not dilute the fraction below the limit in a later pass. It ends when
+//!   nothing is left to delete (the files were restored on the server), or when the caller plans
+//!   once with `mass_delete: None` (the user allowed it).
+//! - Type changes (row 19: a file that became a directory remotely) and remote renames are not
+//!   deletions and are never held.
+//!
 //! # Planning a focus
 //!
 //! A client with a large folder does not plan the whole of it after every change. It plans a
@@ -258,6 +286,49 @@ pub struct PlanInput<'a> {
     /// whole folder (the local root holds no entry while base holds a file), which a focus
     /// cannot show.
     pub focus_root_emptied: Option<bool>,
+    /// The mass-delete interlock (see "The mass-delete interlock" in the crate docs); `None`:
+    /// off, every local deletion a remote delete asks for goes (the user allowed it).
+    pub mass_delete: Option<MassDeleteRule>,
+}
+
+/// How many local deletions caused by remote deletes one plan may make: the interlock holds
+/// them when they are more than `percent` of the folder's files *and* more than `min_files`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MassDeleteLimit {
+    /// Percent of the folder's files, 0 to 100; 100 never holds.
+    pub percent: u8,
+    /// Files; a plan deleting this many or fewer is never held for its size.
+    pub min_files: usize,
+}
+
+impl Default for MassDeleteLimit {
+    /// More than 50 % of the folder's files and more than 100 files.
+    fn default() -> MassDeleteLimit {
+        MassDeleteLimit {
+            percent: 50,
+            min_files: 100,
+        }
+    }
+}
+
+impl MassDeleteLimit {
+    /// Whether deleting `files` of a folder of `folder_files` is more than the limit allows.
+    pub fn exceeded(&self, files: usize, folder_files: usize) -> bool {
+        let percent = u128::from(self.percent.min(100));
+        files > self.min_files && (files as u128) * 100 > percent * folder_files as u128
+    }
+}
+
+/// The interlock as one plan applies it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MassDeleteRule {
+    pub limit: MassDeleteLimit,
+    /// The files of the whole folder as base knows them (not only of the trees planned, which
+    /// may be a focus).
+    pub folder_files: usize,
+    /// A hold is in force (an earlier plan reported one, and none since reported it gone):
+    /// any local deletion caused by a remote delete is held, whatever the count.
+    pub holding: bool,
 }
 
 /// One step for the client to apply. Steps that write to the server are conditional.
@@ -359,6 +430,10 @@ pub enum BlockReason {
     /// The local root is missing, unreadable, or empty while base holds files (row 29; when it
     /// is empty, downloads still go, but nothing is deleted: see the crate docs).
     LocalRootMissing,
+    /// The mass-delete interlock holds the local deletions of `files` files (and of the
+    /// directories they leave empty) that remote deletes ask for, of a folder of
+    /// `folder_files` files; everything else of the plan goes (see the crate docs).
+    MassDeleteHeld { files: usize, folder_files: usize },
 }
 
 /// The planner's answer.

@@ -1,6 +1,6 @@
 //! The per-path decisions behind [`crate::plan`].
 //!
-//! A pass goes in five steps:
+//! A pass goes in six steps:
 //!
 //! 1. Whole-pass checks (row 29): a missing local root stops everything; an emptied one stops
 //!    every deletion (see the crate docs).
@@ -15,6 +15,9 @@
 //!    local files to make read-only or give their write bits back.
 //! 5. The ops are sorted into the order the client applies them ([`sort_ops`]): remote
 //!    deletions wait for the uploads unless they free a name one needs.
+//! 6. The mass-delete interlock (crate docs): when the local deletions caused by remote
+//!    deletes are too many, steps 1 to 5 run again with every decision that makes one left
+//!    out (a second run only then, so a directory whose files stay is not removed).
 //!
 //! A remote node at a path whose `node_id` differs from base's was deleted and created anew
 //! remotely, so the remote side counts as changed there even when the new node holds base's
@@ -30,8 +33,58 @@ use crate::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-/// See the module docs.
+/// See the module docs; step 6 (the mass-delete interlock) wraps the other five.
 pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
+    let plan = plan_paths(input, false);
+    let Some(rule) = input.mass_delete else {
+        return plan;
+    };
+    let files = plan
+        .ops
+        .iter()
+        .filter(|op| deletes_for_remote(input, op) && matches!(op, PlanOp::DeleteLocal { .. }))
+        .count();
+    let held = files > 0 && (rule.holding || rule.limit.exceeded(files, rule.folder_files));
+    if !held {
+        return plan;
+    }
+    // Planned again with those deletions left out from the start: a directory decides from
+    // what its children's decisions leave beneath it, so one whose files stay, stays.
+    let mut plan = plan_paths(input, true);
+    let at = plan.blocked.iter().take_while(|b| b.path.is_none()).count();
+    plan.blocked.insert(
+        at,
+        Blocked {
+            path: None,
+            reason: BlockReason::MassDeleteHeld {
+                files,
+                folder_files: rule.folder_files,
+            },
+        },
+    );
+    plan
+}
+
+/// Whether `op` deletes locally what the remote no longer has: what the mass-delete
+/// interlock counts (`DeleteLocal`) and holds (with `RemoveDirLocal`). Not what goes with a
+/// type change above it (a directory the remote turned into a file, row 19): holding that
+/// would keep the directory here, and turn the type change into a conflict.
+fn deletes_for_remote(input: &PlanInput<'_>, op: &PlanOp) -> bool {
+    let (PlanOp::DeleteLocal { path, .. } | PlanOp::RemoveDirLocal { path }) = op else {
+        return false;
+    };
+    let remote_file = |at: &RelPath| {
+        input
+            .remote
+            .get(at)
+            .is_some_and(|node| node.kind == EntryKind::File)
+    };
+    !input.remote.contains_key(path) && !path.ancestors().iter().any(remote_file)
+}
+
+/// Steps 1 to 5 of the module docs; `hold_remote_deletes`: leave out the decisions that delete
+/// locally what the remote no longer has (the mass-delete interlock holds them).
+fn plan_paths(input: &PlanInput<'_>, hold_remote_deletes: bool) -> Plan {
     if !input.local_root_ok {
         return Plan {
             ops: Vec::new(),
@@ -39,6 +92,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
         };
     }
     let mut planner = Planner::new(input);
+    planner.hold_remote_deletes = hold_remote_deletes;
     // Row 29: an empty root while base holds files looks like an unmounted disk, so nothing is
     // deleted on its account; what only adds bytes (downloads, directory creations, base
     // bookkeeping) still goes, so an edit that beat a delete elsewhere comes back. Ignored
@@ -113,6 +167,9 @@ pub(crate) struct Planner<'i, 'a> {
     copy_names: BTreeSet<RelPath>,
     /// Row 29: the local root holds nothing while base holds files; nothing is deleted.
     pub(crate) root_emptied: bool,
+    /// The mass-delete interlock holds this pass's local deletions of what the remote no
+    /// longer has.
+    hold_remote_deletes: bool,
     /// Contents of remote files that look deleted locally and unchanged remotely (row 6, also
     /// beneath a directory deleted locally), set after the rename step; see
     /// [`Planner::last_copy`].
@@ -163,6 +220,7 @@ impl<'i, 'a> Planner<'i, 'a> {
             claimed_trees: Vec::new(),
             copy_names: BTreeSet::new(),
             root_emptied: false,
+            hold_remote_deletes: false,
             deleted_remotely: BTreeSet::new(),
             ops: Vec::new(),
             blocked: Vec::new(),
@@ -441,6 +499,10 @@ impl<'i, 'a> Planner<'i, 'a> {
         };
         if self.root_emptied && ops.iter().any(deletes) {
             // Row 29: an emptied root deletes nothing (and moves nothing) on either side.
+            return;
+        }
+        if self.hold_remote_deletes && ops.iter().any(|op| deletes_for_remote(self.input, op)) {
+            // The mass-delete interlock: what the remote no longer has stays here.
             return;
         }
         if !self.input.remote_complete {

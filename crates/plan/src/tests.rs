@@ -6,6 +6,7 @@
 //! the diff: a snapshot is a decision.
 
 mod fixture;
+mod mass_delete;
 mod prop;
 mod sim;
 

@@ -3,9 +3,10 @@
 //! A running `syncstore sync` daemon listens on `.syncstore/daemon.sock` (a Unix socket, mode
 //! 0600, in the 0700 `.syncstore/`). The protocol is line-delimited JSON: each request is one
 //! line of a [`DaemonRequest`] (at most [`MAX_REQUEST_LINE`] bytes), each answer one line of a
-//! [`DaemonReply`]. `syncstore status --json` prints a [`FolderStatus`], also when no daemon
-//! runs (then `daemon` is [`DaemonState::NotRunning`] and the counts come from a comparison
-//! with the server).
+//! [`DaemonReply`]. Besides status, pause and resume, a request can allow the deletions the
+//! mass-delete interlock holds ([`DaemonRequest::AllowMassDelete`]). `syncstore status --json`
+//! prints a [`FolderStatus`], also when no daemon runs (then `daemon` is
+//! [`DaemonState::NotRunning`] and the counts come from a comparison with the server).
 //!
 //! These types cross a process boundary, like the HTTP API's: they are defined here and
 //! nowhere else.
@@ -31,6 +32,9 @@ pub enum DaemonRequest {
     Pause,
     /// Sync again, at once.
     Resume,
+    /// Apply the local deletions the mass-delete interlock holds now, once (`syncstore sync
+    /// DIR --allow-mass-delete`): the daemon's next plan is made without the interlock.
+    AllowMassDelete,
 }
 
 /// The daemon's answer to one request.
@@ -41,6 +45,9 @@ pub enum DaemonReply {
     Status(Box<FolderStatus>),
     /// A pause or resume was taken; the state now.
     Done { state: DaemonState },
+    /// The allowance was taken: the daemon's next pass applies the deletions held, if any
+    /// (`held`: what its last plan held; `None` when it held nothing).
+    MassDeleteAllowed { held: Option<MassDeleteHold> },
     /// The request was not understood (malformed, too long) or could not be served.
     Error { message: String },
 }
@@ -82,8 +89,13 @@ pub struct FolderStatus {
     pub last_error: Option<String>,
     /// Paths that are not synced (symlinks, names the other side cannot hold, ...).
     pub skipped: Vec<PathReason>,
-    /// Paths whose changes wait (another device's lock, a missing folder root).
+    /// Paths whose changes wait (another device's lock, a missing folder root, a mass delete
+    /// held).
     pub blocked: Vec<PathReason>,
+    /// The local deletions the mass-delete interlock holds, when it holds any
+    /// (`syncstore sync DIR --allow-mass-delete` applies them).
+    #[serde(default)]
+    pub mass_delete_held: Option<MassDeleteHold>,
     /// Other things to know (the folder will be re-adopted, was re-adopted).
     pub notes: Vec<String>,
     /// Passes that walked the whole folder.
@@ -160,6 +172,14 @@ pub struct BatchProgress {
     pub eta_secs: Option<u64>,
 }
 
+/// What the mass-delete interlock holds: `files` of the folder's `folder_files` files were
+/// deleted on the server, and are not deleted locally until the user allows it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MassDeleteHold {
+    pub files: u64,
+    pub folder_files: u64,
+}
+
 /// A path and why it is not synced.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct PathReason {
@@ -181,6 +201,38 @@ mod tests {
         );
         assert!(serde_json::from_str::<DaemonRequest>(r#"{"request":"rm -rf"}"#).is_err());
         assert!(serde_json::from_str::<DaemonRequest>("status").is_err());
+        assert_eq!(
+            serde_json::to_string(&DaemonRequest::AllowMassDelete).unwrap(),
+            r#"{"request":"allow_mass_delete"}"#
+        );
+    }
+
+    #[test]
+    fn a_held_mass_delete_is_one_object_and_an_older_status_reads_as_none() {
+        let status = FolderStatus {
+            mass_delete_held: Some(MassDeleteHold {
+                files: 250,
+                folder_files: 300,
+            }),
+            ..FolderStatus::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["mass_delete_held"],
+            serde_json::json!({"files": 250, "folder_files": 300})
+        );
+        let mut older = serde_json::to_value(FolderStatus::default()).unwrap();
+        older.as_object_mut().unwrap().remove("mass_delete_held");
+        let read: FolderStatus = serde_json::from_value(older).unwrap();
+        assert_eq!(read.mass_delete_held, None);
+        let reply = DaemonReply::MassDeleteAllowed {
+            held: status.mass_delete_held,
+        };
+        let line = serde_json::to_string(&reply).unwrap();
+        assert_eq!(
+            line,
+            r#"{"reply":"mass_delete_allowed","held":{"files":250,"folder_files":300}}"#
+        );
     }
 
     #[test]

@@ -340,8 +340,20 @@ async fn save_config(engine: &mut Engine, config: &FolderConfig) -> anyhow::Resu
 }
 
 async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
+    if args.allow_mass_delete {
+        if let Some(code) = status::allow_mass_delete(&args.dir).await? {
+            return Ok(code);
+        }
+    }
     let (mut engine, config) = open_engine(&args.dir, &args.remote)?;
     save_config(&mut engine, &config).await?;
+    engine.set_mass_delete_limit(Some(syncstore_plan::MassDeleteLimit {
+        percent: args.mass_delete_percent,
+        min_files: args.mass_delete_min,
+    }));
+    if args.allow_mass_delete {
+        engine.allow_mass_delete();
+    }
     if args.once {
         let bar = bar::show(engine.progress());
         let report = syncstore_client::daemon::run_once(&mut engine).await;
@@ -364,7 +376,18 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         for blocked in &report.blocked {
-            eprintln!("blocked: {blocked:?}");
+            match blocked.reason {
+                syncstore_plan::BlockReason::MassDeleteHeld {
+                    files,
+                    folder_files,
+                } => eprintln!(
+                    "held: {files} of the folder's {folder_files} files were deleted on the \
+                     server and are not deleted here; `syncstore sync {} --allow-mass-delete` \
+                     deletes them here too (or restore them on the server)",
+                    args.dir.display()
+                ),
+                _ => eprintln!("blocked: {blocked:?}"),
+            }
         }
         eprintln!(
             "not in sync after one pass ({} steps applied); run `syncstore status {}` for details",

@@ -1,5 +1,6 @@
 //! `syncstore status DIR`: what the folder's daemon is doing, or, when none runs, what a pass
-//! would do; changes nothing either way. `pause DIR` and `resume DIR` ask the daemon.
+//! would do; changes nothing either way. `pause DIR`, `resume DIR` and `sync DIR
+//! --allow-mass-delete` (beside a running daemon) ask the daemon.
 //!
 //! Both forms give a [`FolderStatus`] (the daemon's comes over its control socket); it is
 //! printed as counts (`-v` lists the paths) or as JSON (`--json`).
@@ -77,6 +78,32 @@ pub async fn pause_or_resume(dir: &Path, pause: bool) -> anyhow::Result<ExitCode
             dir.display()
         ),
     }
+}
+
+/// `syncstore sync DIR --allow-mass-delete` beside a running daemon: tells it to apply the
+/// deletions held, once. `None` when no daemon runs on DIR (the caller syncs with the
+/// allowance itself).
+///
+/// # Errors
+/// When the daemon refuses or answers something else.
+pub async fn allow_mass_delete(dir: &Path) -> anyhow::Result<Option<ExitCode>> {
+    let dir = super::canonical_dir(dir)?;
+    let held = match ask(&dir, &DaemonRequest::AllowMassDelete).await? {
+        None => return Ok(None),
+        Some(DaemonReply::MassDeleteAllowed { held }) => held,
+        Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    };
+    let text = match held {
+        Some(held) => format!(
+            "allowed: the daemon deletes the {} files held (of {}) in its next pass",
+            held.files, held.folder_files
+        ),
+        None => "allowed: the daemon held no deletions; its next pass deletes whatever the \
+                 server deleted"
+            .to_owned(),
+    };
+    writeln!(std::io::stdout(), "{}: {text}", dir.display())?;
+    Ok(Some(ExitCode::SUCCESS))
 }
 
 /// The daemon's answer; `None` when none runs.
@@ -214,6 +241,16 @@ fn summary(status: &FolderStatus, verbose: bool) -> String {
     }
     if let Some(batch) = &status.progress {
         say!("progress: {}", progress_line(batch));
+    }
+    if let Some(held) = &status.mass_delete_held {
+        say!(
+            "mass delete held: {} of {} files were deleted on the server and are kept here; \
+             `syncstore sync {} --allow-mass-delete` deletes them here too (or restore them on \
+             the server)",
+            held.files,
+            held.folder_files,
+            status.folder
+        );
     }
     paths_text(&mut text, "blocked", &status.blocked, verbose);
     paths_text(&mut text, "skipped", &status.skipped, verbose);

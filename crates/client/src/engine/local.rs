@@ -64,6 +64,26 @@ fn touched_dirs(run: &[PlanOp]) -> BTreeSet<Option<RelPath>> {
     dirs
 }
 
+/// The directories to sync once `run` was applied: those whose entries it changed, but not
+/// one it removed (nor what lay beneath it), which cannot be opened any more: its parent,
+/// synced too, makes the removal durable. `gone`: whether a directory no longer exists.
+fn dirs_to_sync(run: &[PlanOp], gone: impl Fn(&RelPath) -> bool) -> Vec<Option<RelPath>> {
+    let removed: Vec<&RelPath> = run
+        .iter()
+        .filter_map(|op| match op {
+            PlanOp::RemoveDirLocal { path } => Some(path),
+            _ => None,
+        })
+        .collect();
+    touched_dirs(run)
+        .into_iter()
+        .filter(|dir| match dir {
+            Some(dir) if removed.iter().any(|r| dir == *r || dir.is_inside(r)) => !gone(dir),
+            _ => true,
+        })
+        .collect()
+}
+
 fn stat_error(path: &RelPath, err: std::io::Error) -> Error {
     Error::io(format!("could not stat {path}"), err)
 }
@@ -86,7 +106,9 @@ impl<W: World> SyncEngine<W> {
         }
         // Deletes and renames become durable before base records them.
         if n > 0 {
-            let dirs: Vec<Option<RelPath>> = touched_dirs(&run).into_iter().collect();
+            let disk = &self.disk;
+            let gone = |dir: &RelPath| matches!(disk.stat(dir), Err(err) if err.kind() == std::io::ErrorKind::NotFound);
+            let dirs = dirs_to_sync(&run, gone);
             W::blocking(|| self.disk.sync_dirs(&dirs))
                 .map_err(|err| Error::io("could not make local steps durable", err))?;
         }
@@ -323,5 +345,37 @@ impl<W: World> SyncEngine<W> {
             }
             other => unreachable!("not a local op: {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncstore_plan::ContentHash;
+
+    fn path(text: &str) -> RelPath {
+        RelPath::new(text).unwrap()
+    }
+
+    #[test]
+    fn a_directory_the_run_removed_is_not_synced_but_its_parent_is() {
+        // A remote `rm -r d`: its files, then d itself (found by the mass-delete tests: a
+        // `sync --once` failed with "could not fsync directory d").
+        let delete = |text: &str| PlanOp::DeleteLocal {
+            path: path(text),
+            expect_hash: ContentHash::of_empty(),
+        };
+        let run = vec![
+            delete("d/e/f"),
+            delete("d/g"),
+            PlanOp::RemoveDirLocal { path: path("d/e") },
+            PlanOp::RemoveDirLocal { path: path("d") },
+            delete("k/h"),
+        ];
+        let all_gone = dirs_to_sync(&run, |_| true);
+        assert_eq!(all_gone, [None, Some(path("k"))]);
+        // A removal that failed (an ignored file kept the directory): its entries are synced.
+        let kept = dirs_to_sync(&run, |dir| dir != &path("d"));
+        assert_eq!(kept, [None, Some(path("d")), Some(path("k"))]);
     }
 }

@@ -23,12 +23,17 @@
 //! - `record.rs`: the base entry each applied step records, defined once;
 //! - `focus.rs`: which paths a pass looks at again and plans when it does not walk the whole
 //!   folder (invariant: the focus only grows until a plan comes out empty, and every full walk
-//!   plans the whole folder).
+//!   plans the whole folder);
+//! - `mass_delete.rs`: the mass-delete interlock's hold as the engine keeps it (invariant:
+//!   whether deletions are held is the planner's decision; the engine keeps a hold in force,
+//!   saved in state, from the plan that reports it to one that does not, plans the whole
+//!   folder meanwhile, and lifts it only for the next plan after the user allowed it).
 
 mod download;
 mod focus;
 mod local;
 mod locks;
+mod mass_delete;
 mod pack;
 mod record;
 mod remote_ops;
@@ -47,7 +52,9 @@ use crate::state::ServerIdentity;
 use crate::Error;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
-use syncstore_plan::{BaseNode, Blocked, LocalNode, Plan, PlanInput, PlanOp};
+use syncstore_plan::{
+    BaseNode, Blocked, LocalNode, MassDeleteLimit, MassDeleteRule, Plan, PlanInput, PlanOp,
+};
 use syncstore_proto::{ChunkHash, DeviceName, RelPath, RemoteEntry};
 
 /// Most rounds of plan-and-apply in one pass before waiting for the next trigger.
@@ -133,6 +140,16 @@ pub struct SyncEngine<W: World> {
     /// simulation does), and the differences found.
     check_focus: bool,
     focus_mismatches: Vec<String>,
+    /// The mass-delete interlock's limit; `None`: off.
+    mass_delete_limit: Option<MassDeleteLimit>,
+    /// The user allowed the deletions held now: the next plan is made without the interlock.
+    allow_mass_delete: bool,
+    /// A hold of the interlock is in force (saved in state as `mass_delete_held`, so it
+    /// survives a restart): every plan is of the whole folder, and holds any local deletion
+    /// a remote delete asks for, until a plan holds none.
+    mass_delete_holding: bool,
+    /// The hold in force was logged by this process (once per hold, not once per pass).
+    mass_delete_logged: bool,
     /// Held while this engine may write (production: the folder's `daemon.lock`).
     _lock: Option<Box<dyn Send>>,
     /// What the engine is doing, for `status` and the progress bar (plain shared memory).
@@ -147,6 +164,7 @@ struct PlanContext<'a> {
     locked_by_others: &'a BTreeMap<RelPath, DeviceName>,
     read_only_for_locks: &'a BTreeMap<RelPath, u64>,
     local_root_ok: bool,
+    mass_delete: Option<MassDeleteRule>,
 }
 
 /// The trees a plan is made of: the whole folder's, or a focus's (with row 29's fact about the
@@ -196,6 +214,7 @@ impl PlanContext<'_> {
             local_root_ok: self.local_root_ok,
             remote_complete: true,
             focus_root_emptied: root_emptied,
+            mass_delete: self.mass_delete,
         })
     }
 }
@@ -234,6 +253,7 @@ impl<W: World> SyncEngine<W> {
              restored, or its disk changed)"
                 .to_owned()
         });
+        let mass_delete_holding = state.meta(mass_delete::HELD_KEY)?.is_some();
         let mut cache = HashCache::default();
         for (path, node) in state.base() {
             if let Some(hash) = node.hash {
@@ -265,6 +285,10 @@ impl<W: World> SyncEngine<W> {
             focus: focus::Focus::default(),
             check_focus: false,
             focus_mismatches: Vec::new(),
+            mass_delete_limit: Some(MassDeleteLimit::default()),
+            allow_mass_delete: false,
+            mass_delete_holding,
+            mass_delete_logged: false,
             _lock: None,
             progress: crate::progress::Progress::default(),
         })
@@ -445,7 +469,12 @@ impl<W: World> SyncEngine<W> {
         } else {
             self.state.base()
         };
-        let plan_all = self.focus.plan_all || self.untrusted.is_some();
+        // While a mass delete is held, and for the plan the user allowed it in, the whole
+        // folder: the deletions held lie outside any focus, and the count is the folder's.
+        let plan_all = self.focus.plan_all
+            || self.untrusted.is_some()
+            || self.mass_delete_holding
+            || self.allow_mass_delete;
         // The focus: what changed on either side, what the last plan left, locks and the
         // files made read-only for them.
         // The focus only grows until a plan comes out empty: a plan may leave decisions to the
@@ -527,6 +556,7 @@ impl<W: World> SyncEngine<W> {
             None => whole(),
         };
         let now_stamp = self.clock.local_now().format("%Y-%m-%d %H%M%S").to_string();
+        let mass_delete = self.mass_delete_rule(whole_base);
         let context = PlanContext {
             rules: &rules,
             device: &device,
@@ -534,6 +564,7 @@ impl<W: World> SyncEngine<W> {
             locked_by_others: &locked_by_others,
             read_only_for_locks: &read_only_for_locks,
             local_root_ok: scan.root_ok,
+            mass_delete,
         };
         let plan = context.plan(&trees);
         if self.check_focus && cut.is_some() {
@@ -641,6 +672,7 @@ impl<W: World> SyncEngine<W> {
                 early.finish().await;
             }
             let plan = self.make_plan().expect("connected");
+            self.mass_delete_planned(&plan)?;
             let scan = self.local.as_ref().expect("scanned");
             let remote_tree = self.remote.as_ref().expect("connected");
             self.progress.planned_with_sizes(
@@ -668,11 +700,14 @@ impl<W: World> SyncEngine<W> {
                     .collect();
                 pending.extend(self.waits.keys().cloned());
                 for blocked in &plan.blocked {
-                    match &blocked.path {
-                        Some(path) => {
+                    match (&blocked.path, &blocked.reason) {
+                        (Some(path), _) => {
                             pending.insert(path.clone());
                         }
-                        None => self.focus.walk_all = true,
+                        // A held mass delete plans the whole folder while it lasts (see
+                        // `mass_delete.rs`); walking it again would find nothing more.
+                        (None, syncstore_plan::BlockReason::MassDeleteHeld { .. }) => {}
+                        (None, _) => self.focus.walk_all = true,
                     }
                 }
                 let walk_all = self.focus.walk_all;

@@ -11,8 +11,8 @@
 //! the empty file. The rendered plan writes hashes back as names.
 
 use crate::{
-    BaseNode, BlockReason, ContentHash, DeviceName, EntryKind, LocalNode, Plan, PlanInput, PlanOp,
-    Precondition, RelPath, RemoteNode,
+    BaseNode, BlockReason, ContentHash, DeviceName, EntryKind, LocalNode, MassDeleteLimit,
+    MassDeleteRule, Plan, PlanInput, PlanOp, Precondition, RelPath, RemoteNode,
 };
 use crate::{NodeId, Revision};
 use expect_test::Expect;
@@ -108,6 +108,10 @@ pub(crate) struct Fixture {
     pub ignored_by_rules: BTreeSet<RelPath>,
     pub local_root_ok: bool,
     pub remote_complete: bool,
+    /// `None`: the mass-delete interlock is off (the default of these tests).
+    pub mass_delete: Option<MassDeleteRule>,
+    /// The trees are a focus, with row 29's fact about the whole folder.
+    pub focus_root_emptied: Option<bool>,
 }
 
 impl Fixture {
@@ -178,7 +182,48 @@ impl Fixture {
             ignored_by_rules: BTreeSet::new(),
             local_root_ok: true,
             remote_complete: true,
+            mass_delete: None,
+            focus_root_emptied: None,
         }
+    }
+
+    /// The mass-delete interlock on, with this limit, for a folder of base's files.
+    pub(crate) fn mass_delete(self, percent: u8, min_files: usize) -> Fixture {
+        let folder_files = self
+            .base
+            .values()
+            .filter(|node| node.kind == EntryKind::File)
+            .count();
+        self.mass_delete_of(percent, min_files, folder_files)
+    }
+
+    /// The mass-delete interlock on, with this limit, for a folder of `folder_files` files
+    /// (the trees are a focus of it).
+    pub(crate) fn mass_delete_of(
+        mut self,
+        percent: u8,
+        min_files: usize,
+        folder_files: usize,
+    ) -> Fixture {
+        self.mass_delete = Some(MassDeleteRule {
+            limit: MassDeleteLimit { percent, min_files },
+            folder_files,
+            holding: false,
+        });
+        self
+    }
+
+    /// A hold of the interlock is in force already (it must be on).
+    pub(crate) fn holding(mut self) -> Fixture {
+        let rule = self.mass_delete.as_mut().expect("the interlock is on");
+        rule.holding = true;
+        self
+    }
+
+    /// The trees are a focus of the folder (its root not emptied).
+    pub(crate) fn focus(mut self) -> Fixture {
+        self.focus_root_emptied = Some(false);
+        self
     }
 
     pub(crate) fn locked(mut self, text: &str, device: &str) -> Fixture {
@@ -240,7 +285,8 @@ impl Fixture {
             ignored_by_rules: &self.ignored_by_rules,
             local_root_ok: self.local_root_ok,
             remote_complete: self.remote_complete,
-            focus_root_emptied: None,
+            focus_root_emptied: self.focus_root_emptied,
+            mass_delete: self.mass_delete,
         })
     }
 
@@ -338,6 +384,10 @@ pub(crate) fn render(plan: &Plan) -> String {
         let reason = match &blocked.reason {
             BlockReason::LockedBy(device) => format!("locked by {device}"),
             BlockReason::LocalRootMissing => "local root missing".to_owned(),
+            BlockReason::MassDeleteHeld {
+                files,
+                folder_files,
+            } => format!("mass delete held ({files} of {folder_files} files)"),
         };
         writeln!(out, "blocked {path}: {reason}").unwrap();
     }

@@ -13,6 +13,12 @@
 //!    started beneath one: a protected file the user moved there was out of the planner's
 //!    sight, and stays read-only (see the crate docs).
 //!
+//! 5. with the mass-delete interlock on, no plan deletes locally, for remote deletes, more
+//!    files than the limit allows, nor any while a hold is in force; a plan that holds is the
+//!    plan without the interlock less exactly those deletions (and the read-only upkeep that
+//!    follows from them); one that does not hold is the plan without it. (Properties 1 to 4
+//!    run with the interlock off: a hold never lifted by the user never converges.)
+//!
 //! The first plan may also lose an answer: the client applies its ops up to one that writes to
 //! the server, the server applies that one too, but its answer never comes back, so base misses
 //! that op's update (or, after a crash, every update of the plan) and the pass ends there. The
@@ -20,7 +26,10 @@
 
 use super::fixture::{hash, hash_name, render};
 use super::sim::{rebase, Limits, World};
-use crate::{BaseNode, ContentHash, DeviceName, EntryKind, LocalNode, PlanOp, RelPath, RemoteNode};
+use crate::{
+    BaseNode, BlockReason, ContentHash, DeviceName, EntryKind, LocalNode, MassDeleteLimit,
+    MassDeleteRule, Plan, PlanOp, RelPath, RemoteNode,
+};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -717,6 +726,125 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Property 5: plans and applies to a fixed point with the interlock on (`limit`; a hold in
+/// force from the start with `holding`), keeping the hold in force as the client does (from a
+/// plan that reports it to one that does not), and checks every plan against the plan of the
+/// same trees without the interlock.
+fn run_interlocked(
+    case: &Case,
+    limit: MassDeleteLimit,
+    mut holding: bool,
+) -> Result<(), TestCaseError> {
+    let mut world = build(case);
+    let mut log = format!(
+        "initial trees:\n{}limit: {limit:?}, holding: {holding}\n",
+        describe(&world)
+    );
+    for round in 0..MAX_ROUNDS {
+        let folder_files = world
+            .base
+            .values()
+            .filter(|node| node.kind == EntryKind::File)
+            .count();
+        let rule = MassDeleteRule {
+            limit,
+            folder_files,
+            holding,
+        };
+        let plan = world.plan_with(&Limits {
+            mass_delete: Some(rule),
+            ..Limits::default()
+        });
+        let free = world.plan_with(&Limits::default());
+        let _ = write!(log, "round {round}:\n{}", render(&plan));
+        // Deletes locally what the remote no longer has, and not beneath a remote file (that
+        // is a type change, row 19).
+        let remote = &world.remote;
+        let for_remote = |op: &PlanOp| match op {
+            PlanOp::DeleteLocal { path, .. } | PlanOp::RemoveDirLocal { path } => {
+                !remote.contains_key(path)
+                    && !path
+                        .ancestors()
+                        .iter()
+                        .any(|a| remote.get(a).is_some_and(|n| n.kind == EntryKind::File))
+            }
+            _ => false,
+        };
+        let upkeep = |op: &PlanOp| {
+            matches!(
+                op,
+                PlanOp::ProtectLocal { .. } | PlanOp::UnprotectLocal { .. }
+            )
+        };
+        let files = free
+            .ops
+            .iter()
+            .filter(|op| for_remote(op) && matches!(op, PlanOp::DeleteLocal { .. }))
+            .count();
+        let held = held_counts(&plan);
+        if files > 0 && (holding || limit.exceeded(files, folder_files)) {
+            prop_assert_eq!(
+                held,
+                Some((files, folder_files)),
+                "not held as it should be\n{}",
+                log
+            );
+            for op in &plan.ops {
+                prop_assert!(!for_remote(op), "{:?} was held\n{}", op, log);
+                prop_assert!(
+                    free.ops.contains(op) || upkeep(op),
+                    "{:?} is not in the plan without the interlock\n{}",
+                    op,
+                    log
+                );
+            }
+            for op in &free.ops {
+                prop_assert!(
+                    plan.ops.contains(op) || for_remote(op) || upkeep(op),
+                    "{:?} was left out, but deletes nothing the remote deleted\n{}",
+                    op,
+                    log
+                );
+            }
+        } else {
+            prop_assert_eq!(&plan, &free, "held, or changed, for nothing\n{}", log);
+        }
+        holding = held.is_some();
+        if plan.ops.is_empty() {
+            return Ok(());
+        }
+        for op in &plan.ops {
+            world.apply(op).map_err(|err| {
+                TestCaseError::fail(format!(
+                    "{op:?} failed: {err}\n{log}trees now:\n{}",
+                    describe(&world)
+                ))
+            })?;
+        }
+    }
+    Err(TestCaseError::fail(format!(
+        "no fixed point after {MAX_ROUNDS} rounds\n{log}trees now:\n{}",
+        describe(&world)
+    )))
+}
+
+/// The counts of the plan's mass-delete hold, if it holds.
+fn held_counts(plan: &Plan) -> Option<(usize, usize)> {
+    plan.blocked
+        .iter()
+        .find_map(|blocked| match blocked.reason {
+            BlockReason::MassDeleteHeld {
+                files,
+                folder_files,
+            } => Some((files, folder_files)),
+            _ => None,
+        })
+}
+
+fn mass_delete_limit() -> impl Strategy<Value = MassDeleteLimit> {
+    (0u8..=100, 0usize..4).prop_map(|(percent, min_files)| MassDeleteLimit { percent, min_files })
+}
+
 proptest! {
     // 1000 cases by default; PROPTEST_CASES=100000 for a longer hunt (about a millisecond each).
     #![proptest_config(ProptestConfig {
@@ -727,5 +855,14 @@ proptest! {
     #[test]
     fn repeated_planning_converges_and_keeps_every_change(case in case()) {
         run(&case)?;
+    }
+
+    #[test]
+    fn the_mass_delete_interlock_never_deletes_locally_beyond_its_limit(
+        case in case(),
+        limit in mass_delete_limit(),
+        holding in prop::bool::weighted(0.2),
+    ) {
+        run_interlocked(&case, limit, holding)?;
     }
 }

@@ -16,12 +16,15 @@ use crate::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The inputs besides the trees: locks, ignores and whether the remote listing is complete.
+/// The inputs besides the trees: locks, ignores, whether the remote listing is complete, and the
+/// mass-delete interlock.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     pub locked_by_others: BTreeMap<RelPath, DeviceName>,
     pub ignored: BTreeSet<RelPath>,
     pub remote_complete: bool,
+    /// The mass-delete interlock; off unless a test turns it on.
+    pub mass_delete: Option<crate::MassDeleteRule>,
 }
 
 impl Default for Limits {
@@ -30,6 +33,7 @@ impl Default for Limits {
             locked_by_others: BTreeMap::new(),
             ignored: BTreeSet::new(),
             remote_complete: true,
+            mass_delete: None,
         }
     }
 }
@@ -74,6 +78,7 @@ impl World {
             local_root_ok: true,
             remote_complete: limits.remote_complete,
             focus_root_emptied: None,
+            mass_delete: limits.mass_delete,
         })
     }
 
