@@ -76,8 +76,14 @@ Examples:
 pub struct GcArgs {
     #[command(flatten)]
     pub stores: StoreArgs,
-    #[command(flatten)]
-    pub retention: RetentionArgs,
+    /// How long old versions and deleted files are kept: give the server's `--keep-history`
+    /// (there is no default here, so a run never keeps less history than the server does by
+    /// accident); 0 keeps only current versions.
+    #[arg(long, env = "SYNCSTORE_KEEP_HISTORY", value_parser = parse_span)]
+    pub keep_history: Duration,
+    /// Content uploaded less than this long ago is never collected.
+    #[arg(long, env = "SYNCSTORE_GC_GRACE", default_value = "24h", value_parser = parse_span)]
+    pub gc_grace: Duration,
     /// Say what would be freed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -380,8 +386,8 @@ pub enum UserCommand {
         #[arg(long, default_value = "first-device")]
         device: String,
         /// Most bytes the user's current files may take (e.g. 10G); more is refused with 507.
-        #[arg(long, value_parser = parse_quota)]
-        quota: Option<Option<u64>>,
+        #[arg(long, value_name = "SIZE")]
+        quota: Option<String>,
         #[command(flatten)]
         stores: StoreArgs,
     },
@@ -390,8 +396,8 @@ pub enum UserCommand {
         /// The user's name.
         name: String,
         /// Most bytes the user's current files may take (e.g. 10G), or `none`.
-        #[arg(long, value_parser = parse_quota)]
-        quota: Option<Option<u64>>,
+        #[arg(long, value_name = "SIZE")]
+        quota: Option<String>,
         #[command(flatten)]
         stores: StoreArgs,
     },

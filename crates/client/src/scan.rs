@@ -284,21 +284,34 @@ pub fn rescan_paths<D: Disk>(
         out.root_ok = false;
         return Vec::new();
     }
-    // Resolve each path to the entry to look at, and whether deeply.
+    // Resolve each path to the entry to look at, and whether deeply. An ancestor that is no
+    // longer the directory the scan holds (another inode, another filesystem: a disk mounted
+    // over it, which tells the watcher nothing) is looked at instead, deeply: what is beneath
+    // it may be hidden, not deleted (simulation seed 425 of the history histories).
+    let root_dev = disk.root_meta().map_or(0, |meta| meta.dev);
+    let mut dir_same: HashMap<RelPath, bool> = HashMap::new();
     let mut todo: BTreeMap<RelPath, bool> = BTreeMap::new();
     for (path, &deep) in paths {
-        let (at, deep) = match path
-            .ancestors()
-            .into_iter()
-            .find(|dir| out.local.get(dir).map(|n| n.kind) != Some(EntryKind::Dir))
-        {
+        let (at, deep) = match path.ancestors().into_iter().find(|dir| {
+            let same = *dir_same.entry(dir.clone()).or_insert_with(|| {
+                match (out.local.get(dir), disk.stat(dir)) {
+                    (Some(node), Ok(meta)) => {
+                        node.kind == EntryKind::Dir
+                            && meta.kind == FileKind::Dir
+                            && meta.inode == node.inode
+                            && meta.dev == root_dev
+                    }
+                    _ => false,
+                }
+            });
+            !same
+        }) {
             Some(ancestor) => (ancestor, true),
             None => (path.clone(), deep),
         };
         let slot = todo.entry(at).or_insert(deep);
         *slot |= deep;
     }
-    let root_dev = disk.root_meta().map_or(0, |meta| meta.dev);
     let mut seen = HashSet::new();
     let mut purged: Vec<RelPath> = Vec::new();
     let mut was_untouchable: Vec<RelPath> = Vec::new();

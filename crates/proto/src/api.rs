@@ -199,7 +199,8 @@ pub struct ChangesResponse {
     pub changes: Vec<Change>,
     /// More changes wait beyond this page: ask again at once.
     pub more: bool,
-    /// `since` is unknown to the server (ahead of its journal): fetch the whole tree again.
+    /// The journal cannot answer from `since`: it is ahead of the journal, or behind the rows
+    /// retention compacted away (the user's journal floor). Fetch the whole tree again.
     #[serde(default)]
     pub reset: bool,
     /// The tag of the journal position `cursor`.

@@ -95,7 +95,7 @@ use std::sync::{Arc, Mutex};
 use syncstore_client::scan::IgnoreRules;
 use syncstore_client::seams::{MemBase, MemBaseCommitted, World};
 use syncstore_client::{PassReport, SyncEngine};
-use syncstore_proto::{DeviceName, EntryKind, RelPath};
+use syncstore_proto::{DeviceName, EntryKind, RelPath, RestoreTarget};
 use user::{show_bytes, Ledger};
 
 /// The seams the simulated devices run the real engine on.
@@ -193,6 +193,10 @@ pub struct Stats {
     pub resets: usize,
     /// Times a disk was mounted over a device's folder or a subfolder.
     pub mounts: usize,
+    /// Restores users asked of the server's history.
+    pub user_restores: usize,
+    /// Garbage collection runs that went to their end.
+    pub gc_runs: usize,
     /// How often the histories met what the engine must handle.
     pub features: Features,
     /// The history, as in a [`Failure`].
@@ -216,6 +220,9 @@ pub struct Features {
     pub incremental_passes: usize,
     pub events_missed: usize,
     pub events_twice: usize,
+    /// Restores from history, and garbage collection runs that deleted chunks.
+    pub user_restores: usize,
+    pub gc_deletions: usize,
 }
 
 impl Features {
@@ -242,6 +249,15 @@ impl Features {
             incremental_passes: count("pass starts (what changed)"),
             events_missed: count("WATCHER MISSES"),
             events_twice: count("WATCHER REPEATS"),
+            user_restores: trace
+                .iter()
+                .filter(|line| line.contains("USER RESTORE") && !line.contains(": 0 steps applied"))
+                .filter(|line| !line.contains("refused:"))
+                .count(),
+            gc_deletions: trace
+                .iter()
+                .filter(|line| line.contains("GC ENDS") && !line.contains(": 0 chunks"))
+                .count(),
         }
     }
 
@@ -260,6 +276,8 @@ impl Features {
         self.incremental_passes += other.incremental_passes;
         self.events_missed += other.events_missed;
         self.events_twice += other.events_twice;
+        self.user_restores += other.user_restores;
+        self.gc_deletions += other.gc_deletions;
     }
 
     /// Panics unless `n_seeds` seeds met each of them (a feature the histories never reach is
@@ -280,6 +298,12 @@ impl Features {
             ("incremental passes", self.incremental_passes, 10 * n),
             ("watcher events missed", self.events_missed, n),
             ("watcher events told twice", self.events_twice, n),
+            ("restores that changed something", self.user_restores, n / 3),
+            (
+                "garbage collections that deleted chunks",
+                self.gc_deletions,
+                n / 5,
+            ),
         ] {
             assert!(
                 count >= at_least,
@@ -468,6 +492,15 @@ impl Driver {
         for lock in sim.server.locks(now_ms) {
             sim.server.unlock(&breaker, &lock.path, true, now_ms);
         }
+        // A collection run between its steps finishes, and so do runs a restart left behind
+        // (their doomed chunks refuse commits).
+        if let Some(deleted) = sim.server.gc_end() {
+            sim.log(format!("GC ENDS: {deleted} chunks deleted"));
+        }
+        let deleted = sim.server.finish_dead_runs();
+        sim.log(format!(
+            "GC finishes the runs a restart left: {deleted} chunks deleted"
+        ));
         sim.log(
             "--- edits and faults stop; disks unmounted; locks ended; every device syncs until \
              quiescent ---"
@@ -706,6 +739,108 @@ impl Driver {
         } else if roll < 60 {
             sim.server.restart();
             sim.log("SERVER RESTARTS: uploads no commit named are lost".to_owned());
+        } else if roll < 78 {
+            drop(sim);
+            self.user_restore();
+        } else if roll < 92 {
+            let keep_ms = [0, 5_000, 60_000, 3_600_000][self.server_rng.gen_range(0..4)];
+            let grace_ms = [0, 2_000, 30_000][self.server_rng.gen_range(0..3)];
+            let now_ms = sim.now_ms;
+            if let Some((rows, doomed)) =
+                sim.server
+                    .gc_begin(now_ms, syncstore_store::Retention { keep_ms }, grace_ms)
+            {
+                sim.log(format!(
+                    "GC BEGINS (keeping {keep_ms} ms, grace {grace_ms} ms): {rows} journal rows compacted, {doomed} chunks doomed"
+                ));
+            }
+        } else if roll < 115 {
+            if let Some(deleted) = sim.server.gc_end() {
+                sim.log(format!("GC ENDS: {deleted} chunks deleted"));
+                self.stats.gc_runs += 1;
+            }
+        }
+    }
+
+    /// A user restores something on the server (`syncstore restore`), as one of the devices: a
+    /// version of a file, the files deleted lately, or the folder (or part of it) as it was a
+    /// while ago.
+    fn user_restore(&mut self) {
+        let mut sim = self.shared.lock();
+        let now_ms = sim.now_ms;
+        let idx = self.server_rng.gen_range(0..sim.devices.len());
+        let device = sim.devices[idx].name.clone();
+        let (_, tree) = sim.server.tree();
+        let files: Vec<RelPath> = tree
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::File)
+            .map(|entry| entry.path.clone())
+            .collect();
+        let dirs: Vec<RelPath> = tree
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::Dir)
+            .map(|entry| entry.path.clone())
+            .collect();
+        let ago = self.server_rng.gen_range(0..40_000);
+        let target = match self.server_rng.gen_range(0..3) {
+            0 if !files.is_empty() => {
+                let path = files[self.server_rng.gen_range(0..files.len())].clone();
+                let versions = sim.server.versions(&path);
+                let files_only: Vec<_> = versions
+                    .iter()
+                    .filter(|v| v.kind != syncstore_proto::VersionKind::Deleted)
+                    .collect();
+                if files_only.is_empty() {
+                    return;
+                }
+                let rev = files_only[self.server_rng.gen_range(0..files_only.len())].rev;
+                RestoreTarget::Version {
+                    path,
+                    rev,
+                    to: None,
+                }
+            }
+            1 => RestoreTarget::Deleted {
+                prefix: None,
+                since_ms: Some(now_ms - ago),
+                by: None,
+            },
+            _ => {
+                let path = if dirs.is_empty() || self.server_rng.gen_bool(0.5) {
+                    None
+                } else {
+                    Some(dirs[self.server_rng.gen_range(0..dirs.len())].clone())
+                };
+                RestoreTarget::Moment {
+                    path,
+                    at_ms: now_ms - ago,
+                    to: None,
+                }
+            }
+        };
+        let what = syncstore_store::history::describe(&target);
+        match sim.server.restore_history(&device, &target, now_ms) {
+            Ok(restored) => {
+                let line = format!(
+                    "USER RESTORE by {device} of {what}: {} steps applied, {} refused",
+                    restored.applied, restored.refused
+                );
+                sim.log(line.clone());
+                self.stats.user_restores += 1;
+                // What the restore replaced or trashed the user chose to let go (it stays in
+                // history). What it brings back is not put on the ledger: an edit a device made
+                // on top of that content before the restore (its base) replaces it again, as
+                // three-tree reconciliation says it should (simulation seed 277).
+                let edit = user::Edit {
+                    text: line.clone(),
+                    killed: restored.killed,
+                    written: None,
+                };
+                sim.ledger.record(&line, edit);
+            }
+            Err(refusal) => sim.log(format!(
+                "USER RESTORE by {device} of {what} refused: {refusal}"
+            )),
         }
     }
 
@@ -912,7 +1047,13 @@ impl Driver {
                 ));
             }
         }
-        // 3. No content lost.
+        // 3. Nothing retained is lost: every kept version's content is stored.
+        for missing in sim.server.retained_but_missing() {
+            problems.push(format!(
+                "the content of the kept version {missing} was deleted"
+            ));
+        }
+        // 4. No content lost.
         let present: BTreeSet<&Vec<u8>> = server_tree
             .values()
             .filter(|(kind, _)| *kind == EntryKind::File)

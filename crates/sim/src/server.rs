@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use syncstore_proto::{
     ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, Op, OpsResponse,
-    RelPath, RemoteEntry, UserName,
+    RelPath, RemoteEntry, RestoreTarget, UserName,
 };
+use syncstore_store::gc::{self, StoredChunk};
 use syncstore_store::mem::{MemTxn, MemUser};
 use syncstore_store::meta::MetaTxn;
 use syncstore_store::ops::apply_batch;
-use syncstore_store::{ChangesPage, ChunkLens, LockOutcome, UserId};
+use syncstore_store::retention::{self, Retention};
+use syncstore_store::{history, ChangesPage, ChunkLens, LockOutcome, UserId};
 
 /// The one user every simulated device belongs to: the first of a fresh store.
 const USER: UserId = UserId(1);
@@ -34,6 +36,12 @@ pub struct Server {
     backups: Vec<MemTxn>,
     /// Bumped by every restore and reset, so positions journalled after one get new tags.
     epoch: u64,
+    /// When each durable chunk was stored (sim clock), for the garbage collection's grace.
+    stored_at: HashMap<ChunkHash, i64>,
+    /// A garbage collection run between its steps: its id and the chunks it doomed.
+    gc_run: Option<(i64, Vec<StoredChunk>)>,
+    /// Garbage collection runs begun, so each gets its own id.
+    gc_runs: i64,
 }
 
 impl Default for Server {
@@ -45,8 +53,20 @@ impl Default for Server {
             wanted: BTreeSet::new(),
             backups: Vec::new(),
             epoch: 0,
+            stored_at: HashMap::new(),
+            gc_run: None,
+            gc_runs: 0,
         }
     }
+}
+
+/// What a restore did on the server.
+pub struct Restored {
+    /// Steps applied, and refused.
+    pub applied: usize,
+    pub refused: usize,
+    /// Contents the restore took off the tree (replaced or moved to the trash).
+    pub killed: Vec<Vec<u8>>,
 }
 
 /// A fresh store of `epoch` holding only [`USER`], with `namespace`.
@@ -98,6 +118,7 @@ impl Server {
                 for chunk in chunks {
                     if let Some(bytes) = self.staged.remove(&chunk.hash) {
                         self.chunks.insert(chunk.hash, bytes);
+                        self.stored_at.insert(chunk.hash, now_ms);
                     }
                 }
             }
@@ -148,6 +169,8 @@ impl Server {
     /// Restores the metadata from backup `idx` (of [`Server::n_backups`]): everything journalled
     /// since is lost; chunks stay. Returns the cursor it went back to.
     pub fn restore(&mut self, idx: usize) -> Cursor {
+        // A collection run between its steps is dead with the database it ran on.
+        self.gc_run = None;
         self.epoch += 1;
         self.meta = self.backups[idx].clone();
         self.meta.set_epoch(self.epoch);
@@ -163,6 +186,7 @@ impl Server {
     /// The metadata is lost and the account re-created: an empty tree, a new namespace, and no
     /// access to the old account's chunks.
     pub fn reset(&mut self) {
+        self.gc_run = None;
         self.epoch += 1;
         let namespace = NamespaceId(
             *blake3::hash(&self.epoch.to_le_bytes())
@@ -187,6 +211,7 @@ impl Server {
             self.staged.remove(&hash);
             self.wanted.remove(&hash);
             self.chunks.insert(hash, bytes);
+            self.stored_at.entry(hash).or_insert(0);
         } else {
             self.staged.entry(hash).or_insert(bytes);
         }
@@ -212,9 +237,178 @@ impl Server {
         self.chunks.get(hash).map(Vec::as_slice)
     }
 
-    /// The server process restarts: staged uploads are lost, the rest is as it was.
+    /// The server process restarts: staged uploads are lost, and so is a collection run between
+    /// its steps (its doomed rows stay until the next run finishes it), the rest is as it was.
     pub fn restart(&mut self) {
         self.staged.clear();
+        self.gc_run = None;
+    }
+
+    /// A user's `syncstore restore` as `device`, planned by the store's rules and applied as
+    /// the real handler does (conditional ops, journalled as the device's); `Err` with the
+    /// refusal when the request cannot be met.
+    pub fn restore_history(
+        &mut self,
+        device: &DeviceName,
+        target: &RestoreTarget,
+        now_ms: i64,
+    ) -> Result<Restored, String> {
+        let kept = self
+            .meta
+            .floors(USER)
+            .expect("the sim's user")
+            .kept_since_ms;
+        let plan = history::plan_restore(&mut self.meta, USER, target, kept)
+            .expect("the in-memory txn cannot fail")?;
+        let before = self.user().nodes().clone();
+        let response = self.apply_ops(device, &plan.ops, None, now_ms);
+        let mut restored = Restored {
+            applied: 0,
+            refused: 0,
+            killed: Vec::new(),
+        };
+        for (op, result) in plan.ops.iter().zip(&response.results) {
+            if result.status != 200 {
+                restored.refused += 1;
+                continue;
+            }
+            restored.applied += 1;
+            if let Some(old) = before.get(op.path()) {
+                if old.kind == EntryKind::File {
+                    if let Some(bytes) = self.file_bytes(old) {
+                        restored.killed.push(bytes);
+                    }
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Every kept version of `path` (as `syncstore history` lists them).
+    pub fn versions(&mut self, path: &RelPath) -> Vec<syncstore_proto::Version> {
+        let rows = self
+            .meta
+            .path_history(USER, path)
+            .expect("the in-memory txn cannot fail");
+        let current = self.user().nodes().get(path).cloned();
+        history::versions(&rows, current.as_ref())
+    }
+
+    /// Steps 1 and 2 of a garbage collection run at `now_ms` (the store's rules): compacts the
+    /// journal under `retention`, finishes runs a restart left behind, then dooms what no kept
+    /// row names among the durable chunks stored `grace_ms` ago or earlier. Returns the rows
+    /// removed and the chunks doomed; `None` while a run is between its steps.
+    pub fn gc_begin(
+        &mut self,
+        now_ms: i64,
+        retention: Retention,
+        grace_ms: i64,
+    ) -> Option<(u64, usize)> {
+        if self.gc_run.is_some() {
+            return None;
+        }
+        let compaction = retention::compact(&mut self.meta, USER, now_ms, retention)
+            .expect("the in-memory txn cannot fail");
+        // This is the only server process: a run it left behind is dead.
+        let dead = self
+            .meta
+            .doomed_runs(USER)
+            .expect("the in-memory txn cannot fail");
+        for (run, hashes) in dead {
+            self.delete_chunks(&hashes);
+            gc::finish(&mut self.meta, USER, run).expect("the in-memory txn cannot fail");
+        }
+        let listed: Vec<StoredChunk> = self
+            .chunks
+            .iter()
+            .map(|(hash, bytes)| StoredChunk {
+                hash: *hash,
+                len: bytes.len() as u64,
+                stored_ms: self.stored_at.get(hash).copied().unwrap_or(0),
+            })
+            .collect();
+        self.gc_runs += 1;
+        let run = self.gc_runs;
+        let doomed = gc::doom(&mut self.meta, USER, &listed, now_ms, grace_ms, run)
+            .expect("the in-memory txn cannot fail");
+        let n = doomed.len();
+        self.gc_run = Some((run, doomed));
+        // A metadata backup from before a run may name what the run compacted away and
+        // deletes: restoring one needs the chunk store of its time. The simulated
+        // administrator restores only backups taken since.
+        if n > 0 || compaction.rows + compaction.lock_rows > 0 {
+            self.backups.clear();
+        }
+        Some((compaction.rows + compaction.lock_rows, n))
+    }
+
+    /// Step 3 of the run between its steps, if any: deletes its doomed chunks, then finishes
+    /// it. Backups older than a deletion are dropped: they may name what it deleted (an
+    /// administrator restores the database only together with a chunk store that matches).
+    /// Returns how many chunks it deleted.
+    pub fn gc_end(&mut self) -> Option<usize> {
+        let (run, doomed) = self.gc_run.take()?;
+        let hashes: Vec<ChunkHash> = doomed.iter().map(|chunk| chunk.hash).collect();
+        let deleted = self.delete_chunks(&hashes);
+        gc::finish(&mut self.meta, USER, run).expect("the in-memory txn cannot fail");
+        if deleted > 0 {
+            self.backups.clear();
+        }
+        Some(deleted)
+    }
+
+    /// Finishes the runs whose doomed rows a restart left behind (deleting their chunks, as
+    /// the next real run does with a run older than `gc::STALE_RUN_MS`): this is the only
+    /// server process, so a run it is not in the middle of is dead. Returns the chunks deleted.
+    pub fn finish_dead_runs(&mut self) -> usize {
+        let live = self.gc_run.as_ref().map(|(run, _)| *run);
+        let dead = self
+            .meta
+            .doomed_runs(USER)
+            .expect("the in-memory txn cannot fail");
+        let mut deleted = 0;
+        for (run, hashes) in dead {
+            if Some(run) == live {
+                continue;
+            }
+            deleted += self.delete_chunks(&hashes);
+            gc::finish(&mut self.meta, USER, run).expect("the in-memory txn cannot fail");
+        }
+        if deleted > 0 {
+            self.backups.clear();
+        }
+        deleted
+    }
+
+    fn delete_chunks(&mut self, hashes: &[ChunkHash]) -> usize {
+        let mut deleted = 0;
+        for hash in hashes {
+            if self.chunks.remove(hash).is_some() {
+                self.stored_at.remove(hash);
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+
+    /// The kept versions (journal rows) whose content the chunk store lost: none may be.
+    pub fn retained_but_missing(&self) -> Vec<String> {
+        self.user()
+            .journal()
+            .iter()
+            .flatten()
+            .filter_map(|change| match change {
+                syncstore_proto::Change::Upsert { cursor, entry }
+                    if entry
+                        .chunks
+                        .iter()
+                        .any(|c| !self.chunks.contains_key(&c.hash)) =>
+                {
+                    Some(format!("{} at revision {cursor}", entry.path))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// `POST /api/v1/locks`: `device` takes (or renews) a lock.
@@ -296,8 +490,8 @@ impl Server {
         self.user()
             .nodes()
             .iter()
-            // PutFile refuses a chunk the server lacks, and chunks of a namespace are never
-            // deleted: every live entry's chunks are there.
+            // PutFile refuses a chunk the server lacks, and garbage collection never deletes
+            // one a live entry names: every live entry's chunks are there.
             .map(|(path, e)| {
                 let bytes = self
                     .file_bytes(e)

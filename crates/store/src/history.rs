@@ -69,8 +69,9 @@ impl RestorePlan {
 /// The history of `path` from `rows`, the journal rows of every node that was ever at `path`
 /// (oldest first); `current` is the node at `path` now, if any.
 ///
-/// A row that only moved a node elsewhere or changed a directory is left out; a move to `path`
-/// is a `moved` version.
+/// Directory rows are left out. A file row that kept the content but changed the path (a move,
+/// to or from `path`) is a `moved` version, listed with the path it moved to; the node's later
+/// rows are listed too, wherever it went.
 pub fn versions(rows: &[JournalRow], current: Option<&RemoteEntry>) -> Vec<Version> {
     let mut previous: BTreeMap<NodeId, &RemoteEntry> = BTreeMap::new();
     let mut out = Vec::new();

@@ -2309,6 +2309,14 @@ pub async fn gc_frees_what_retention_lets_go(meta: &dyn MetaStore, chunks: &dyn 
     assert_eq!(report.bytes_freed, b"orphan of an upload".len() as u64);
     assert!(!stored(b"orphan of an upload").await);
     assert!(stored(b"deleted content").await && stored(b"old version").await);
+    // Every retained version still reads back and verifies against its hash.
+    for bytes in [&b"deleted content"[..], b"old version", b"new version"] {
+        let read = chunks
+            .get(user.namespace, &chunk_hash(bytes))
+            .await
+            .unwrap();
+        assert_eq!(&read[..], bytes);
+    }
     assert_eq!(
         meta.trash(user.id, &TrashQuery::default())
             .await
@@ -2472,6 +2480,13 @@ pub async fn gc_refuses_commits_of_doomed_chunks(meta: &dyn MetaStore, chunks: &
 /// every current file's chunks read back and verify. Able to fail: without the doomed check or
 /// the epoch check in the commit, a run deletes a chunk a commit just named.
 pub async fn gc_races_commits(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    gc_races_commits_on([(meta, chunks), (meta, chunks)]).await;
+}
+
+/// [`gc_races_commits`] over two servers on one database and one bucket: the devices write
+/// through one server each, and the runs alternate between them.
+pub async fn gc_races_commits_on(servers: [(&dyn MetaStore, &dyn ChunkStore); 2]) {
+    let (meta, chunks) = servers[0];
     let user = meta.create_user(&user_name("gc-race")).await.unwrap();
     let pool: Vec<Vec<u8>> = (0..6)
         .map(|i| format!("pooled content {i}").into_bytes())
@@ -2481,9 +2496,10 @@ pub async fn gc_races_commits(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
     for round in 0..rounds {
-        let writer = |device: &'static str, offset: usize| {
+        let writer = |device: &'static str, offset: usize, server: usize| {
             let pool = &pool;
             let user = &user;
+            let (meta, chunks) = servers[server];
             async move {
                 for i in 0..6 {
                     let bytes = &pool[(round + offset + i) % pool.len()];
@@ -2531,13 +2547,14 @@ pub async fn gc_races_commits(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
             }
         };
         let collector = async {
-            for _ in 0..3 {
+            for run in 0..3 {
+                let (meta, chunks) = servers[(round + run) % 2];
                 gc::collect(meta, chunks, wall_ms() + 1, policy(0, 0), false)
                     .await
                     .unwrap();
             }
         };
-        futures::join!(writer("a", 0), writer("b", 3), collector);
+        futures::join!(writer("a", 0, 0), writer("b", 3, 1), collector);
         let tree = meta.tree(user.id, NOW).await.unwrap();
         for entry in tree.entries.iter().filter(|e| e.kind == EntryKind::File) {
             for chunk in &entry.chunks {

@@ -76,6 +76,27 @@ where
 
 all_conformance_tests!(with_stores);
 
+/// Garbage collection racing commits through two servers (two pools, two S3 clients) on one
+/// database and bucket, as `serve` processes A and B.
+#[tokio::test]
+async fn gc_races_commits_through_two_servers() {
+    let Some(admin_url) = services() else {
+        return;
+    };
+    let name = "gc_races_two_servers";
+    let url = fresh_database(&admin_url, name).await;
+    let bucket = fresh_bucket(name);
+    let meta_a = PgMetaStore::open(&url).await.unwrap();
+    let meta_b = PgMetaStore::open(&url).await.unwrap();
+    let chunks_a = S3ChunkStore::open(&bucket, &S3Endpoint::from_env())
+        .await
+        .unwrap();
+    let chunks_b = S3ChunkStore::open(&bucket, &S3Endpoint::from_env())
+        .await
+        .unwrap();
+    conformance::gc_races_commits_on([(&meta_a, &chunks_a), (&meta_b, &chunks_b)]).await;
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -31,8 +31,10 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let stores = syncstore_server::open_stores(meta, chunks).await?;
     let policy = GcPolicy {
-        retention: retention(&args.retention),
-        grace_ms: i64::try_from(args.retention.gc_grace.as_millis()).unwrap_or(i64::MAX),
+        retention: Retention {
+            keep_ms: i64::try_from(args.keep_history.as_millis()).unwrap_or(i64::MAX),
+        },
+        grace_ms: i64::try_from(args.gc_grace.as_millis()).unwrap_or(i64::MAX),
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
     let report =

@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
             let token = syncstore_server::add_user_in(&*meta_store, &user, &device).await?;
             if let Some(quota) = quota {
+                let quota = crate::cli::parse_quota(&quota).map_err(anyhow::Error::msg)?;
                 gc::set_quota(&*meta_store, &user, quota).await?;
             }
             println!("created user {user} with device {device}; its token:");
@@ -56,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(quota) = quota else {
                 anyhow::bail!("nothing to set: give --quota SIZE (or --quota none)");
             };
+            let quota = crate::cli::parse_quota(&quota).map_err(anyhow::Error::msg)?;
             gc::set_quota(&*meta_store, &user, quota).await?;
             Ok(ExitCode::SUCCESS)
         }

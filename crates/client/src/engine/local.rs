@@ -119,13 +119,23 @@ impl<W: World> SyncEngine<W> {
     /// gone), drops the path from base and commits that *before* any file is deleted: a crash
     /// in between then brings a file back (uploaded again) instead of leaving a stale base entry
     /// that a later rename could turn into a remote delete (found by the simulation, seed 1479).
+    /// The path a `ConflictCopy` moves aside is dropped from base the same way: a crash between
+    /// the rename and the download would otherwise leave the path looking deleted here, and a
+    /// server that went back to base's content meanwhile (a restore) would then have it deleted
+    /// there (simulation seed 96 of the history histories).
     /// Returns the stamp each file had when checked.
     fn clear_base_before_deletes(
         &mut self,
         run: &[PlanOp],
     ) -> Result<HashMap<RelPath, Stamp>, Error> {
         let mut cleared = HashMap::new();
+        let mut moved_aside = false;
         for op in run {
+            if let PlanOp::ConflictCopy { path, .. } = op {
+                self.state.remove(path)?;
+                moved_aside = true;
+                continue;
+            }
             let PlanOp::DeleteLocal { path, expect_hash } = op else {
                 continue;
             };
@@ -142,7 +152,7 @@ impl<W: World> SyncEngine<W> {
                 cleared.insert(path.clone(), stamp);
             }
         }
-        if !cleared.is_empty() {
+        if !cleared.is_empty() || moved_aside {
             self.state.commit_batch()?;
             self.state.begin_batch()?;
         }

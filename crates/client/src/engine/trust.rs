@@ -172,7 +172,7 @@ impl<W: World> SyncEngine<W> {
             self.wanted = page.wanted.iter().copied().collect();
             if page.reset {
                 tracing::warn!(
-                    "the server's journal does not know our cursor; reloading the whole tree"
+                    "the server's journal cannot answer from our cursor (it is ahead of the journal, or older than the history kept); reloading the whole tree"
                 );
                 self.remote = None;
                 self.connect().await?;
