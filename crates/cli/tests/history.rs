@@ -10,7 +10,7 @@ struct Two {
     a_dir: PathBuf,
     b_dir: PathBuf,
     token_a: String,
-    _a: Proc,
+    a_proc: Proc,
     _b: Proc,
 }
 
@@ -29,7 +29,7 @@ fn two_devices() -> Two {
         a_dir,
         b_dir,
         token_a,
-        _a: a,
+        a_proc: a,
         _b: b,
     }
 }
@@ -361,4 +361,39 @@ fn gc_frees_the_content_of_deleted_files_once_retention_lets_it_go() {
     let usage = json_in(&t.b_dir, &["usage", "--json"]);
     assert_eq!(usage["current_files"], 2, "{usage}");
     assert_eq!(usage["trash_files"], 0, "{usage}");
+}
+
+#[test]
+fn a_quota_refuses_what_does_not_fit_and_the_file_goes_up_once_it_is_lifted() {
+    let t = two_devices();
+    let data = t.tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    let out = ok(run(&[
+        "user", "set", "hana", "--quota", "4K", "--data", data,
+    ]));
+    assert!(out.contains("quota of hana: 4.0 KiB"), "{out}");
+    write(&t.a_dir.join("small.txt"), "fits");
+    wait_until("small.txt on B", || {
+        read(&t.b_dir.join("small.txt")).as_deref() == Some("fits")
+    });
+    std::fs::write(t.a_dir.join("big.bin"), vec![7u8; 64 * 1024]).unwrap();
+    wait_until("the quota refusal in A's log", || {
+        t.a_proc.log_text().contains("over the account's quota")
+    });
+    write(&t.a_dir.join("after.txt"), "still syncs");
+    wait_until("after.txt on B", || {
+        read(&t.b_dir.join("after.txt")).as_deref() == Some("still syncs")
+    });
+    assert!(t.server.entry(&t.token_a, "big.bin").is_none());
+    let usage = json_in(&t.a_dir, &["usage", "--json"]);
+    assert_eq!(usage["quota_bytes"], 4096, "{usage}");
+    assert!(usage["current_bytes"].as_u64().unwrap() <= 4096, "{usage}");
+    ok(run(&[
+        "user", "set", "hana", "--quota", "none", "--data", data,
+    ]));
+    wait_until_for(
+        "big.bin on B once the quota is lifted",
+        std::time::Duration::from_secs(90),
+        &mut || std::fs::read(t.b_dir.join("big.bin")).is_ok_and(|bytes| bytes.len() == 64 * 1024),
+    );
 }

@@ -53,6 +53,16 @@ impl<W: World> SyncEngine<W> {
                     }
                     on_result(self, offset + idx, result, written_at)?;
                     applied += 1;
+                } else if result.status == 507 {
+                    // Over the account's quota: like a full server, the file waits with backoff
+                    // (and `status` says so) instead of being tried again at once.
+                    let wait = self.wait_before_retry(path);
+                    let size = self.disk.stat(path).map_or(0, |meta| meta.size);
+                    tracing::warn!(%path, retry_in = ?wait, message = %result.message, "not uploaded: over the account's quota");
+                    self.notices.push(super::locks::Notice::UploadWaits {
+                        path: path.clone(),
+                        size,
+                    });
                 } else {
                     self.retry_soon = true;
                     tracing::info!(%path, status = result.status, message = %result.message, "server refused a step; re-planning");
