@@ -57,6 +57,7 @@ impl<W: World> SyncEngine<W> {
             limit,
             folder_files,
             holding: self.mass_delete_holding,
+            recently_deleted: 0,
         })
     }
 
