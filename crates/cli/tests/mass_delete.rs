@@ -264,3 +264,79 @@ fn mass_delete_percent_100_turns_the_interlock_off() {
     assert!(stdout.contains("in sync"), "{stdout}");
     assert_eq!(n_files(&s.b_dir), 50);
 }
+
+/// `syncstore trash --json` run inside `dir`: the deleted files' paths.
+fn trash_paths(dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new(bin())
+        .args(["trash", "--json"])
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run syncstore");
+    let text = ok(out);
+    let trash: Value = serde_json::from_str(&text).unwrap_or_else(|err| panic!("{err}: {text}"));
+    trash["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entries: {trash}"))
+        .iter()
+        .filter_map(|entry| entry["path"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_remote_mass_delete_uploaded_in_batches_is_held_once_they_add_up() {
+    let s = setup();
+    let b = start_client("client-b", s.logs(), &s.b_dir, &s.server.url(), &s.token_b);
+    wait_same(&s.a_dir, &s.b_dir);
+    let name = |file_idx: usize| format!("d{}/f{:03}.txt", file_idx / 100, file_idx % 100);
+
+    // A deletes 240 of the 300 files in 4 runs of 60. Each is under the limit on its own (more
+    // than 50 % and more than 100), but B counts the deletions it applied in the last 10
+    // minutes with each plan's: 60, then 120 of 300 go; 180 of 300 is over the limit.
+    for batch_idx in 0..4 {
+        let batch: Vec<String> = (batch_idx * 60..(batch_idx + 1) * 60).map(name).collect();
+        for path in &batch {
+            std::fs::remove_file(s.a_dir.join(path)).unwrap();
+        }
+        ok(sync_once(&s.a_dir, &s.server.url(), None));
+        wait_until("the server's trash has the batch", || {
+            let trash = trash_paths(&s.a_dir);
+            batch.iter().all(|path| trash.contains(path))
+        });
+        match batch_idx {
+            0 | 1 => {
+                let left = 300 - 60 * (batch_idx + 1);
+                wait_until(&format!("B deletes batch {batch_idx}"), || {
+                    n_files(&s.b_dir) == left
+                });
+            }
+            _ => {
+                let counted = 60 * (batch_idx + 1);
+                wait_until(&format!("B holds batch {batch_idx}"), || {
+                    let (_, status) = status_json(&s.b_dir);
+                    status["mass_delete_held"]
+                        == serde_json::json!({"files": counted, "folder_files": 300})
+                });
+            }
+        }
+    }
+    // The first two batches were deleted on B, the last two are held.
+    assert_eq!(n_files(&s.b_dir), 180);
+    let (code, status) = status_json(&s.b_dir);
+    assert_eq!(code, 1, "{status}");
+    assert_eq!(status["in_sync"], false, "{status}");
+    assert!(b.log_text().contains("180 of the folder's 300 files"));
+
+    // Allowed: the rest goes, and B is in sync with A.
+    ok(run(&[
+        "sync",
+        s.b_dir.to_str().unwrap(),
+        "--allow-mass-delete",
+    ]));
+    wait_same(&s.a_dir, &s.b_dir);
+    assert_eq!(n_files(&s.b_dir), 60);
+    wait_until("B's status is in sync, nothing held", || {
+        let (code, status) = status_json(&s.b_dir);
+        code == 0 && status["mass_delete_held"].is_null()
+    });
+}

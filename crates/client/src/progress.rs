@@ -499,7 +499,7 @@ mod tests {
                     rev: syncstore_proto::Revision(3),
                 },
             ],
-            blocked: Vec::new(),
+            ..Plan::default()
         };
         let locals = BTreeMap::from([(path("a.txt"), local(1000))]);
         progress.planned(&plan, &locals, &BTreeMap::new());

@@ -133,12 +133,18 @@
 //! that replaced every file by an encrypted copy) would otherwise have every other device delete
 //! them too, in one pass. With [`PlanInput::mass_delete`] set, the planner counts the local file
 //! deletions the plan makes *because of remote deletes*: `DeleteLocal` of a file the remote no
-//! longer has (row 7). When they are more than the limit allows (more than
-//! [`MassDeleteLimit::percent`] of the folder's files, and more than
-//! [`MassDeleteLimit::min_files`]), or a hold is already in force
-//! ([`MassDeleteRule::holding`]) and there is any, the plan holds them all: it leaves out every
-//! `DeleteLocal` and `RemoveDirLocal` of a path the remote no longer has, and reports one
-//! [`Blocked`] `{ path: None, reason: MassDeleteHeld { files, folder_files } }`. Everything else
+//! longer has (row 7), and names them in [`Plan::counted_deletes`]. Those the caller applied
+//! recently ([`MassDeleteRule::recently_deleted`]) count too, against the folder before them:
+//! another device that uploads a big delete in several commits reaches this one in several
+//! plans, each under the limit alone. When this plan's plus the recent ones are more than the
+//! limit allows (more than [`MassDeleteLimit::percent`] of the folder's files before the recent
+//! ones, and more than [`MassDeleteLimit::min_files`]), or a hold is already in force
+//! ([`MassDeleteRule::holding`]), and this plan has any, the plan holds all of its own: it
+//! leaves out every `DeleteLocal` and `RemoveDirLocal` of a path the remote no longer has, and
+//! reports one [`Blocked`] `{ path: None, reason: MassDeleteHeld { files, folder_files } }`,
+//! where `files` counts this plan's deletions plus the recent ones and `folder_files` is the
+//! folder's files plus the recent ones (the folder before them). What was applied before the
+//! hold stays deleted. Everything else
 //! still goes: downloads, uploads (an edit still beats a delete, and such a file is not counted),
 //! the remote deletes of what the user deleted locally (that is the user's intent), directory
 //! creations and bookkeeping. A directory whose files are held stays, since they are still in it.
@@ -154,6 +160,8 @@
 //!   once with `mass_delete: None` (the user allowed it).
 //! - Type changes (row 19: a file that became a directory remotely) and remote renames are not
 //!   deletions and are never held.
+//! - The planner has no clock: which deletions are recent is the caller's window. The client
+//!   keeps 10 minutes of them, in memory only, and forgets them when the user allows a hold.
 //!
 //! # Planning a focus
 //!
@@ -329,6 +337,11 @@ pub struct MassDeleteRule {
     /// A hold is in force (an earlier plan reported one, and none since reported it gone):
     /// any local deletion caused by a remote delete is held, whatever the count.
     pub holding: bool,
+    /// The local deletions caused by remote deletes that the caller applied recently (those
+    /// of [`Plan::counted_deletes`] it applied within its window): they count together with
+    /// this plan's, against the folder before them (`folder_files + recently_deleted`). 0: the
+    /// plan is judged on its own.
+    pub recently_deleted: usize,
 }
 
 /// One step for the client to apply. Steps that write to the server are conditional.
@@ -430,9 +443,11 @@ pub enum BlockReason {
     /// The local root is missing, unreadable, or empty while base holds files (row 29; when it
     /// is empty, downloads still go, but nothing is deleted: see the crate docs).
     LocalRootMissing,
-    /// The mass-delete interlock holds the local deletions of `files` files (and of the
-    /// directories they leave empty) that remote deletes ask for, of a folder of
-    /// `folder_files` files; everything else of the plan goes (see the crate docs).
+    /// The mass-delete interlock holds the local deletions (and the directories they leave
+    /// empty) that remote deletes ask for; everything else of the plan goes (see the crate
+    /// docs). `files`: the deletions counted, this plan's (all held) plus those applied
+    /// recently ([`MassDeleteRule::recently_deleted`]); `folder_files`: the folder's files
+    /// before the recent ones.
     MassDeleteHeld { files: usize, folder_files: usize },
 }
 
@@ -441,6 +456,11 @@ pub enum BlockReason {
 pub struct Plan {
     pub ops: Vec<PlanOp>,
     pub blocked: Vec<Blocked>,
+    /// The paths of the `DeleteLocal` steps in `ops` that the mass-delete interlock counts
+    /// (files the remote no longer has; see the crate docs), whether or not it is on: the
+    /// client counts those it applies towards [`MassDeleteRule::recently_deleted`]. Empty when
+    /// the interlock holds.
+    pub counted_deletes: BTreeSet<RelPath>,
 }
 
 /// Decides what to do. Pure: same input, same plan.

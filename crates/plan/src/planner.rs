@@ -16,8 +16,9 @@
 //! 5. The ops are sorted into the order the client applies them ([`sort_ops`]): remote
 //!    deletions wait for the uploads unless they free a name one needs.
 //! 6. The mass-delete interlock (crate docs): when the local deletions caused by remote
-//!    deletes are too many, steps 1 to 5 run again with every decision that makes one left
-//!    out (a second run only then, so a directory whose files stay is not removed).
+//!    deletes are too many (with those the caller applied recently), steps 1 to 5 run again
+//!    with every decision that makes one left out (a second run only then, so a directory
+//!    whose files stay is not removed).
 //!
 //! A remote node at a path whose `node_id` differs from base's was deleted and created anew
 //! remotely, so the remote side counts as changed there even when the new node holds base's
@@ -35,16 +36,17 @@ use std::ops::Bound;
 
 /// See the module docs; step 6 (the mass-delete interlock) wraps the other five.
 pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
-    let plan = plan_paths(input, false);
+    let mut plan = plan_paths(input, false);
+    plan.counted_deletes = counted_deletes(input, &plan.ops);
     let Some(rule) = input.mass_delete else {
         return plan;
     };
-    let files = plan
-        .ops
-        .iter()
-        .filter(|op| deletes_for_remote(input, op) && matches!(op, PlanOp::DeleteLocal { .. }))
-        .count();
-    let held = files > 0 && (rule.holding || rule.limit.exceeded(files, rule.folder_files));
+    let planned = plan.counted_deletes.len();
+    // The deletions of this plan and those applied recently count together, against the folder
+    // as it was before the recent ones: a mass delete that arrives in pieces is one.
+    let files = planned + rule.recently_deleted;
+    let folder_files = rule.folder_files + rule.recently_deleted;
+    let held = planned > 0 && (rule.holding || rule.limit.exceeded(files, folder_files));
     if !held {
         return plan;
     }
@@ -58,11 +60,22 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
             path: None,
             reason: BlockReason::MassDeleteHeld {
                 files,
-                folder_files: rule.folder_files,
+                folder_files,
             },
         },
     );
     plan
+}
+
+/// The paths of the `DeleteLocal` steps among `ops` that the mass-delete interlock counts
+/// ([`Plan::counted_deletes`]).
+fn counted_deletes(input: &PlanInput<'_>, ops: &[PlanOp]) -> BTreeSet<RelPath> {
+    ops.iter()
+        .filter_map(|op| match op {
+            PlanOp::DeleteLocal { path, .. } if deletes_for_remote(input, op) => Some(path.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether `op` deletes locally what the remote no longer has: what the mass-delete
@@ -87,8 +100,8 @@ fn deletes_for_remote(input: &PlanInput<'_>, op: &PlanOp) -> bool {
 fn plan_paths(input: &PlanInput<'_>, hold_remote_deletes: bool) -> Plan {
     if !input.local_root_ok {
         return Plan {
-            ops: Vec::new(),
             blocked: vec![root_blocked()],
+            ..Plan::default()
         };
     }
     let mut planner = Planner::new(input);
@@ -116,7 +129,11 @@ fn plan_paths(input: &PlanInput<'_>, hold_remote_deletes: bool) -> Plan {
     if planner.root_emptied {
         blocked.insert(0, root_blocked());
     }
-    Plan { ops, blocked }
+    Plan {
+        ops,
+        blocked,
+        counted_deletes: BTreeSet::new(),
+    }
 }
 
 fn root_blocked() -> Blocked {

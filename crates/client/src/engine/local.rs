@@ -9,7 +9,7 @@
 
 use super::SyncEngine;
 use crate::scan::Stamp;
-use crate::seams::{BaseStore, Disk, FileKind, World};
+use crate::seams::{BaseStore, Clock, Disk, FileKind, World};
 use crate::Error;
 use std::collections::{BTreeSet, HashMap};
 use syncstore_plan::PlanOp;
@@ -94,15 +94,27 @@ impl<W: World> SyncEngine<W> {
         let cleared = W::blocking(|| self.clear_base_before_deletes(&run))?;
         self.cleared_for_delete = cleared;
         let mut n = 0;
+        // The deletions the mass-delete interlock counts, applied here.
+        let mut n_counted = 0;
         for op in &run {
             match W::blocking(|| self.execute_local(op)) {
-                Ok(true) => n += 1,
+                Ok(true) => {
+                    n += 1;
+                    if matches!(op, PlanOp::DeleteLocal { path, .. } if self.counted_deletes.contains(path))
+                    {
+                        n_counted += 1;
+                    }
+                }
                 Ok(false) => self.retry_soon = true,
                 Err(err) => {
                     tracing::warn!(?op, cause = %err, "local step failed");
                     self.retry_soon = true;
                 }
             }
+        }
+        if n_counted > 0 {
+            self.recent_deletes
+                .record(self.clock.monotonic(), n_counted);
         }
         // Deletes and renames become durable before base records them.
         if n > 0 {

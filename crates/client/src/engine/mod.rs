@@ -150,6 +150,12 @@ pub struct SyncEngine<W: World> {
     mass_delete_holding: bool,
     /// The hold in force was logged by this process (once per hold, not once per pass).
     mass_delete_logged: bool,
+    /// The local deletions caused by remote deletes applied within the interlock's window
+    /// (in memory only: a restart forgets them), counted with the next plan's.
+    recent_deletes: mass_delete::RecentDeletes,
+    /// The [`Plan::counted_deletes`] of the plan being applied: `execute_local_run` records
+    /// those it applies in `recent_deletes`.
+    counted_deletes: BTreeSet<RelPath>,
     /// Held while this engine may write (production: the folder's `daemon.lock`).
     _lock: Option<Box<dyn Send>>,
     /// What the engine is doing, for `status` and the progress bar (plain shared memory).
@@ -289,6 +295,8 @@ impl<W: World> SyncEngine<W> {
             allow_mass_delete: false,
             mass_delete_holding,
             mass_delete_logged: false,
+            recent_deletes: mass_delete::RecentDeletes::default(),
+            counted_deletes: BTreeSet::new(),
             _lock: None,
             progress: crate::progress::Progress::default(),
         })
@@ -671,8 +679,8 @@ impl<W: World> SyncEngine<W> {
             if let Some(early) = early {
                 early.finish().await;
             }
-            let plan = self.make_plan().expect("connected");
-            self.mass_delete_planned(&plan)?;
+            let mut plan = self.make_plan().expect("connected");
+            self.mass_delete_planned(&mut plan)?;
             let scan = self.local.as_ref().expect("scanned");
             let remote_tree = self.remote.as_ref().expect("connected");
             self.progress.planned_with_sizes(
@@ -724,7 +732,10 @@ impl<W: World> SyncEngine<W> {
                 self.focus.after_op(op);
             }
             let n_ops = plan.ops.len();
-            let (applied, waiting) = self.execute(plan.ops).await?;
+            self.counted_deletes = plan.counted_deletes;
+            let executed = self.execute(plan.ops).await;
+            self.counted_deletes.clear();
+            let (applied, waiting) = executed?;
             report.applied += applied;
             report.retry_after = self.next_retry();
             if applied == 0 {

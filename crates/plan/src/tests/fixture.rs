@@ -209,7 +209,16 @@ impl Fixture {
             limit: MassDeleteLimit { percent, min_files },
             folder_files,
             holding: false,
+            recently_deleted: 0,
         });
+        self
+    }
+
+    /// The caller applied `files` local deletions caused by remote deletes recently (the
+    /// interlock must be on).
+    pub(crate) fn recently_deleted(mut self, files: usize) -> Fixture {
+        let rule = self.mass_delete.as_mut().expect("the interlock is on");
+        rule.recently_deleted = files;
         self
     }
 

@@ -190,3 +190,84 @@ fn mass_delete_a_directory_the_remote_turned_into_a_file_is_not_held() {
             download b h5 id=11 rev=1 if-local=absent
         "#]]);
 }
+
+/// The files `from..to` of a folder, named `f000` and so on, as fixture lines.
+fn files(from: usize, to: usize) -> String {
+    (from..to)
+        .map(|n| format!("f{n:03} file h{n}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn mass_delete_in_pieces_counts_the_recent_deletions_too() {
+    // A folder of 200 files loses 40 on the server in each of three commits, planned one after
+    // the other at the client's default limit (more than 50 % and more than 100 files).
+    let plan_piece = |piece: usize, recently_deleted: usize| {
+        let left = files(40 * piece, 200);
+        Fixture::new(&left, &left, &files(40 * (piece + 1), 200))
+            .mass_delete(50, 100)
+            .recently_deleted(recently_deleted)
+    };
+    // 40 of 200, then 40 + 40 of 200: under the limit, deleted, and named as counted.
+    for (piece, recently_deleted) in [(0, 0), (1, 40)] {
+        let plan = plan_piece(piece, recently_deleted).plan();
+        assert!(plan.blocked.is_empty(), "{plan:?}");
+        assert_eq!(plan.ops.len(), 40);
+        let deleted: Vec<_> = plan.ops.iter().map(counted_path).collect();
+        assert_eq!(
+            deleted,
+            plan.counted_deletes
+                .iter()
+                .cloned()
+                .map(Some)
+                .collect::<Vec<_>>()
+        );
+    }
+    // 40 + 80 of 200 is more than 100 and more than 50 %: this plan's 40 are held.
+    plan_piece(2, 80).check(expect![[r#"
+        blocked *: mass delete held (120 of 200 files)
+    "#]]);
+    let held = plan_piece(2, 80).plan();
+    assert!(held.counted_deletes.is_empty());
+    // Judged on its own (nothing recent), the third piece is 40 of 120: deleted.
+    let alone = plan_piece(2, 0).plan();
+    assert!(alone.blocked.is_empty());
+    assert_eq!(alone.counted_deletes.len(), 40);
+}
+
+#[test]
+fn mass_delete_recent_deletions_alone_hold_nothing() {
+    // Many recent deletions, but this plan deletes nothing for the remote: nothing is held.
+    Fixture::new(FOUR, FOUR, FOUR)
+        .mass_delete(50, 2)
+        .recently_deleted(100)
+        .check(expect![[r#"
+            nothing
+        "#]]);
+}
+
+#[test]
+fn mass_delete_counted_deletes_leave_out_local_deletes_and_type_changes() {
+    // a: deleted on the server (counted); b: became a directory there (row 19, not counted);
+    // c: deleted here (a remote delete, not a local one).
+    let plan = Fixture::new(
+        FOUR,
+        "a file h1\nb file h2\nz file h9",
+        "b dir id=11\nc file h3\nz file h9",
+    )
+    .plan();
+    let counted: Vec<String> = plan
+        .counted_deletes
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(counted, ["a"]);
+}
+
+fn counted_path(op: &crate::PlanOp) -> Option<crate::RelPath> {
+    match op {
+        crate::PlanOp::DeleteLocal { path, .. } => Some(path.clone()),
+        _ => None,
+    }
+}

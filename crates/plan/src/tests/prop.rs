@@ -727,17 +727,21 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
 }
 
 /// Property 5: plans and applies to a fixed point with the interlock on (`limit`; a hold in
-/// force from the start with `holding`), keeping the hold in force as the client does (from a
-/// plan that reports it to one that does not), and checks every plan against the plan of the
-/// same trees without the interlock.
+/// force from the start with `holding`; `recently_deleted` deletions applied before the
+/// first plan), keeping the hold in force as the client does (from a plan that reports it to
+/// one that does not) and counting the counted deletions it applies as recent (the client's
+/// window never ends here), and checks every plan against the plan of the same trees without
+/// the interlock.
 fn run_interlocked(
     case: &Case,
     limit: MassDeleteLimit,
     mut holding: bool,
+    mut recently_deleted: usize,
 ) -> Result<(), TestCaseError> {
     let mut world = build(case);
     let mut log = format!(
-        "initial trees:\n{}limit: {limit:?}, holding: {holding}\n",
+        "initial trees:\n{}limit: {limit:?}, holding: {holding}, recently deleted: \
+         {recently_deleted}\n",
         describe(&world)
     );
     for round in 0..MAX_ROUNDS {
@@ -750,6 +754,7 @@ fn run_interlocked(
             limit,
             folder_files,
             holding,
+            recently_deleted,
         };
         let plan = world.plan_with(&Limits {
             mass_delete: Some(rule),
@@ -781,14 +786,24 @@ fn run_interlocked(
             .iter()
             .filter(|op| for_remote(op) && matches!(op, PlanOp::DeleteLocal { .. }))
             .count();
+        let counted: BTreeSet<RelPath> = free
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                PlanOp::DeleteLocal { path, .. } if for_remote(op) => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        prop_assert_eq!(&free.counted_deletes, &counted, "counted wrong\n{}", log);
         let held = held_counts(&plan);
-        if files > 0 && (holding || limit.exceeded(files, folder_files)) {
-            prop_assert_eq!(
-                held,
-                Some((files, folder_files)),
-                "not held as it should be\n{}",
+        let counts = (files + recently_deleted, folder_files + recently_deleted);
+        if files > 0 && (holding || limit.exceeded(counts.0, counts.1)) {
+            prop_assert!(
+                plan.counted_deletes.is_empty(),
+                "counted when held\n{}",
                 log
             );
+            prop_assert_eq!(held, Some(counts), "not held as it should be\n{}", log);
             for op in &plan.ops {
                 prop_assert!(!for_remote(op), "{:?} was held\n{}", op, log);
                 prop_assert!(
@@ -810,6 +825,7 @@ fn run_interlocked(
             prop_assert_eq!(&plan, &free, "held, or changed, for nothing\n{}", log);
         }
         holding = held.is_some();
+        recently_deleted += plan.counted_deletes.len();
         if plan.ops.is_empty() {
             return Ok(());
         }
@@ -862,7 +878,8 @@ proptest! {
         case in case(),
         limit in mass_delete_limit(),
         holding in prop::bool::weighted(0.2),
+        recently_deleted in prop_oneof![Just(0usize), 0usize..8],
     ) {
-        run_interlocked(&case, limit, holding)?;
+        run_interlocked(&case, limit, holding, recently_deleted)?;
     }
 }
