@@ -183,6 +183,27 @@ pub fn trash(
     entries
 }
 
+/// The trash that matches `query`, read inside `txn`: [`trash`] over the deletions kept since
+/// `kept_since_ms` (or since the query's time, if later) and the paths live now.
+///
+/// # Errors
+/// Backend failures.
+pub fn trash_in(
+    txn: &mut dyn MetaTxn,
+    user_id: UserId,
+    query: &TrashQuery,
+    kept_since_ms: i64,
+) -> Result<Vec<(TrashEntry, RemoteEntry)>, StoreError> {
+    let since = query.since_ms.unwrap_or(kept_since_ms).max(kept_since_ms);
+    let deletions = txn.deletions_since(user_id, since)?;
+    let live: HashSet<RelPath> = txn
+        .nodes(user_id)?
+        .into_iter()
+        .map(|entry| entry.path)
+        .collect();
+    Ok(trash(deletions, &|path| live.contains(path), query))
+}
+
 /// A `PutFile` that gives `path` the content of `version`, expecting `base` there.
 fn put_version(path: &RelPath, base: Precondition, version: &RemoteEntry) -> Op {
     Op::PutFile {
@@ -435,19 +456,12 @@ pub fn plan_restore(
             since_ms,
             by,
         } => {
-            let since = since_ms.unwrap_or(kept_since_ms).max(kept_since_ms);
-            let deletions = txn.deletions_since(user_id, since)?;
-            let live: HashSet<RelPath> = txn
-                .nodes(user_id)?
-                .into_iter()
-                .map(|entry| entry.path)
-                .collect();
             let query = TrashQuery {
                 prefix: prefix.clone(),
                 since_ms: *since_ms,
                 by: by.clone(),
             };
-            let entries = trash(deletions, &|path| live.contains(path), &query);
+            let entries = trash_in(txn, user_id, &query, kept_since_ms)?;
             Ok(Ok(plan_undelete(&entries)))
         }
     }

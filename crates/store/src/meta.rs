@@ -450,13 +450,14 @@ impl<B: TxnBackend> MetaStore for B {
     ) -> Result<BatchOutcome, StoreError> {
         let device = device.clone();
         transact(self, Access::Write, move |txn| {
-            txn.serialize_writes(user_id)?;
+            let batch = ops::apply_batch(txn, user_id, &device, &ops, &chunk_lens, now_ms)?;
+            // Read under the user's lock, which `apply_batch` took first; a failure rolls the
+            // whole batch back.
             if let Some(epoch) = gc_epoch {
                 if txn.gc_epoch(user_id)? != epoch {
                     return Err(StoreError::GcRaced);
                 }
             }
-            let batch = ops::apply_batch(txn, user_id, &device, &ops, &chunk_lens, now_ms)?;
             if batch.changed_anything() {
                 txn.announce(user_id, batch.cursor)?;
             }
@@ -521,14 +522,7 @@ impl<B: TxnBackend> MetaStore for B {
         let query = query.clone();
         transact(self, Access::Snapshot, move |txn| {
             let kept_since_ms = kept_since(txn, user_id)?;
-            let since = query.since_ms.unwrap_or(kept_since_ms).max(kept_since_ms);
-            let deletions = txn.deletions_since(user_id, since)?;
-            let live: HashSet<RelPath> = txn
-                .nodes(user_id)?
-                .into_iter()
-                .map(|entry| entry.path)
-                .collect();
-            let entries = history::trash(deletions, &|path| live.contains(path), &query);
+            let entries = history::trash_in(txn, user_id, &query, kept_since_ms)?;
             Ok(Trash {
                 entries: entries.into_iter().map(|(entry, _)| entry).collect(),
                 kept_since_ms,
@@ -544,7 +538,6 @@ impl<B: TxnBackend> MetaStore for B {
     ) -> Result<Result<RestorePlan, String>, StoreError> {
         let target = target.clone();
         transact(self, Access::Snapshot, move |txn| {
-            txn.current_cursor(user_id)?;
             let kept_since_ms = kept_since(txn, user_id)?;
             history::plan_restore(txn, user_id, &target, kept_since_ms)
         })
@@ -630,15 +623,13 @@ impl<B: TxnBackend> MetaStore for B {
         transact(self, Access::Snapshot, move |txn| {
             let (current_bytes, quota_bytes) = txn.usage(user_id)?;
             let floors = txn.floors(user_id)?;
-            let deletions = txn.deletions_since(user_id, floors.kept_since_ms)?;
-            let nodes = txn.nodes(user_id)?;
-            let current_files = nodes.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
-            let live: HashSet<RelPath> = nodes.into_iter().map(|entry| entry.path).collect();
-            let trash = history::trash(
-                deletions,
-                &|path| live.contains(path),
-                &TrashQuery::default(),
-            );
+            let trash =
+                history::trash_in(txn, user_id, &TrashQuery::default(), floors.kept_since_ms)?;
+            let current_files = txn
+                .nodes(user_id)?
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .count() as u64;
             let trash_bytes: u64 = trash.iter().map(|(entry, _)| entry.size).sum();
             let kept = txn.kept_file_bytes(user_id)?;
             Ok(UsageResponse {

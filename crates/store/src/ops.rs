@@ -217,13 +217,16 @@ pub fn apply_batch<T: Txn + ?Sized>(
         txn.doomed_among(user_id, &named)?
     };
     let mut outcomes = Vec::with_capacity(ops.len());
+    let mut usage = BatchUsage::default();
     for op in ops {
         txn.begin_op()?;
+        usage.op_delta = 0;
         let mut writer = Writer {
             txn: &mut *txn,
             user_id,
             device,
             now_ms,
+            usage: &mut usage,
         };
         let outcome = match writer.apply(op, chunk_lens, &doomed) {
             Ok(outcome) => outcome,
@@ -234,7 +237,13 @@ pub fn apply_batch<T: Txn + ?Sized>(
             }
         };
         txn.end_op(outcome.is_applied())?;
+        if outcome.is_applied() {
+            usage.keep_op();
+        }
         outcomes.push(outcome);
+    }
+    if usage.batch_delta != 0 {
+        txn.add_used(user_id, usage.batch_delta)?;
     }
     let cursor = txn.current_cursor(user_id)?;
     let cursor_tag = txn.head_tag(user_id)?;
@@ -260,6 +269,42 @@ struct Writer<'a, T: Txn + ?Sized> {
     user_id: UserId,
     device: &'a DeviceName,
     now_ms: i64,
+    usage: &'a mut BatchUsage,
+}
+
+/// The bytes of the user's current files over one batch: read once, at the first op that needs
+/// them, and written once, at the end (the ops of a batch share one transaction).
+#[derive(Default)]
+struct BatchUsage {
+    /// The used bytes as of the ops kept so far, and the quota; `None` until first needed.
+    loaded: Option<(u64, Option<u64>)>,
+    /// The change the op being applied makes (dropped if it is undone).
+    op_delta: i64,
+    /// The change the kept ops made, written at the end of the batch.
+    batch_delta: i64,
+}
+
+impl BatchUsage {
+    /// The used bytes as of the ops kept so far, and the quota.
+    fn get<T: Txn + ?Sized>(
+        &mut self,
+        txn: &mut T,
+        user_id: UserId,
+    ) -> Result<(u64, Option<u64>), StoreError> {
+        if self.loaded.is_none() {
+            self.loaded = Some(txn.usage(user_id)?);
+        }
+        Ok(self.loaded.expect("loaded above"))
+    }
+
+    /// The op being applied was kept: its change counts.
+    fn keep_op(&mut self) {
+        if let Some((used, _)) = &mut self.loaded {
+            *used = used.saturating_add_signed(self.op_delta);
+        }
+        self.batch_delta += self.op_delta;
+        self.op_delta = 0;
+    }
 }
 
 impl<T: Txn + ?Sized> Writer<'_, T> {
@@ -398,7 +443,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
             - node_id
                 .as_ref()
                 .map_or(0, |current| i64::try_from(current.size).unwrap_or(i64::MAX));
-        let (used, quota) = self.txn.usage(self.user_id)?;
+        let (used, quota) = self.usage.get(&mut *self.txn, self.user_id)?;
         if let Some(quota) = quota {
             let after = used.saturating_add_signed(grows);
             if grows > 0 && after > quota {
@@ -430,7 +475,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
             executable,
         })?;
         produced.push(entry);
-        self.txn.add_used(self.user_id, grows)?;
+        self.usage.op_delta += grows;
         Ok(OpOutcome::Applied(produced))
     }
 
@@ -524,8 +569,7 @@ impl<T: Txn + ?Sized> Writer<'_, T> {
         let cursor = self.txn.next_cursor(self.user_id)?;
         self.txn.remove_node(self.user_id, current.node_id)?;
         if current.kind == EntryKind::File {
-            let size = i64::try_from(current.size).unwrap_or(i64::MAX);
-            self.txn.add_used(self.user_id, -size)?;
+            self.usage.op_delta -= i64::try_from(current.size).unwrap_or(i64::MAX);
         }
         self.txn.append_change(
             self.user_id,
