@@ -400,7 +400,13 @@ pub fn plan_restore(
 ) -> Result<Result<RestorePlan, String>, StoreError> {
     match target {
         RestoreTarget::Version { path, rev, to } => {
-            let Some(row) = txn.journal_row(user_id, Cursor(rev.0))? else {
+            let kept = i64::try_from(rev.0).is_ok();
+            let row = if kept {
+                txn.journal_row(user_id, Cursor(rev.0))?
+            } else {
+                None // Beyond any cursor a store can hold.
+            };
+            let Some(row) = row else {
                 return Ok(Err(format!(
                     "revision {rev} is not kept (history before it may have been thinned)"
                 )));
@@ -428,6 +434,11 @@ pub fn plan_restore(
             )))
         }
         RestoreTarget::Moment { path, at_ms, to } => {
+            if *at_ms < 0 {
+                return Ok(Err(format!(
+                    "{at_ms} ms is before 1970: no history is that old"
+                )));
+            }
             if *at_ms < kept_since_ms {
                 return Ok(Err(format!(
                     "history before {} is no longer kept (asked for {})",

@@ -2185,6 +2185,21 @@ pub async fn restore_plans(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     })
     .await;
     assert!(refused.is_err());
+    // Hostile values are refusals with a message, not store failures.
+    let refused = plan_of(RestoreTarget::Version {
+        path: path("notes.txt"),
+        rev: Revision(u64::MAX),
+        to: None,
+    })
+    .await;
+    assert!(refused.unwrap_err().contains("not kept"));
+    let refused = plan_of(RestoreTarget::Moment {
+        path: None,
+        at_ms: i64::MIN,
+        to: None,
+    })
+    .await;
+    assert!(refused.unwrap_err().contains("before 1970"));
 
     // The trash in bulk: since a time.
     let plan = plan_of(RestoreTarget::Deleted {
