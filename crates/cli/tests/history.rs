@@ -59,8 +59,12 @@ fn hash_of(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
+/// Saves `text` at `path` on A as an editor does (a whole file renamed into place, so no
+/// half-written state can be seen and uploaded as a version), then waits for the server.
 fn write_and_wait(t: &Two, path: &str, text: &str) {
-    write(&t.a_dir.join(path), text);
+    let staged = t.tmp.path().join("staged");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, t.a_dir.join(path)).unwrap();
     let want = hash_of(text.as_bytes());
     wait_until(&format!("{path} = {text:?} on the server"), || {
         server_hash(t, path).as_deref() == Some(want.as_str())
