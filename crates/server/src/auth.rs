@@ -1,6 +1,7 @@
 //! [`Auth`]: the bearer-token extractor every endpoint but health takes first, so an
 //! unauthenticated request is refused before its body is read.
 
+use crate::access_log::Requester;
 use crate::error::ApiError;
 use crate::routes::AppState;
 use axum::extract::FromRequestParts;
@@ -35,6 +36,9 @@ impl FromRequestParts<AppState> for Auth {
             .authenticate(&TokenHash::of_token(token))
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+        if let Some(requester) = parts.extensions.get::<Requester>() {
+            requester.set(principal.user_name.as_str(), principal.device_name.as_str());
+        }
         Ok(Auth(principal))
     }
 }

@@ -36,6 +36,10 @@ connection: close\r\n\
 \r\n\
 {\"error\":\"the server has too many open connections; try again shortly\"}";
 
+/// The address of the client a request came from, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddr(pub(crate) std::net::SocketAddr);
+
 /// Accepts connections until `stopping` is cancelled, serving each with `app` on a task of
 /// `connections`, which the caller waits for (with a deadline) to drain.
 pub(crate) async fn accept_loop(
@@ -88,8 +92,17 @@ pub(crate) async fn accept_loop(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(cause = %err, "could not set TCP_NODELAY");
         }
+        // Every request of the connection carries its peer's address (for the access log, the
+        // refused-token warnings and the failed-login rate limit).
+        let service = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                request
+            },
+        );
         let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let stopping = stopping.clone();
         connections.spawn(async move {
             // Held until the connection is closed.

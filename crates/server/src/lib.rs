@@ -28,6 +28,7 @@
 //! **Architecture Invariant:** the server never looks at which backend it runs on; op and lock
 //! semantics live in `syncstore_store::ops` and `syncstore_store::locks`, not here.
 
+mod access_log;
 mod auth;
 mod conn;
 mod error;

@@ -90,6 +90,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(state.config.body_idle_timeout))
         .layer(middleware::from_fn_with_state(state.clone(), stop_on_panic))
         .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(crate::access_log::access_log))
         .with_state(state)
 }
 

@@ -1,0 +1,127 @@
+//! The access log: one INFO line per request, written when its answer has been sent (or the
+//! client went away), with method, path, status, user, device, peer, bytes in and out, and
+//! milliseconds. Never a token, a header or a query string (which may name files).
+
+use crate::conn::PeerAddr;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// Who a request was from, once [`crate::auth::Auth`] knows: shared between the extractor and
+/// the log line.
+#[derive(Clone, Default)]
+pub(crate) struct Requester(Arc<Mutex<Option<(String, String)>>>);
+
+impl Requester {
+    /// Records the request's user and device.
+    pub(crate) fn set(&self, user: &str, device: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some((user.to_owned(), device.to_owned()));
+        }
+    }
+
+    fn get(&self) -> Option<(String, String)> {
+        self.0.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
+/// The middleware: hands the request a [`Requester`] and wraps the answer's body so the line
+/// is written once the body is done.
+pub(crate) async fn access_log(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let requester = Requester::default();
+    request.extensions_mut().insert(requester.clone());
+    let mut line = Line {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+        peer: request
+            .extensions()
+            .get::<PeerAddr>()
+            .map(|peer| peer.0.to_string()),
+        bytes_in: request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok()),
+        requester,
+        started,
+        status: 0,
+        bytes_out: 0,
+    };
+    // A request whose client went away before the answer is logged with status 0.
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    line.status = parts.status.as_u16();
+    Response::from_parts(parts, Body::new(Counted { body, line }))
+}
+
+/// What one line says; written when dropped.
+struct Line {
+    method: String,
+    path: String,
+    peer: Option<String>,
+    bytes_in: Option<u64>,
+    requester: Requester,
+    started: Instant,
+    status: u16,
+    bytes_out: u64,
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let (user, device) = self.requester.get().unzip();
+        tracing::info!(
+            target: "syncstore_server::access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            user = user.as_deref().unwrap_or("-"),
+            device = device.as_deref().unwrap_or("-"),
+            peer = self.peer.as_deref().unwrap_or("-"),
+            bytes_in = self.bytes_in.unwrap_or(0),
+            bytes_out = self.bytes_out,
+            ms = self.started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+}
+
+/// A response body that counts the bytes it sends.
+struct Counted {
+    body: Body,
+    line: Line,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.line.bytes_out += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
