@@ -26,6 +26,15 @@ pub enum Command {
     Token(TokenCommand),
     /// Keep DIR and the server in sync, both ways, until stopped (or once with --once).
     Sync(SyncArgs),
+    /// Keep every folder of the config file in sync, in one process (see `--config`).
+    Daemon(DaemonRunArgs),
+    /// Set (or replace) the server and token of a folder: the token is checked with the
+    /// server, then saved in DIR/.syncstore/ (mode 0600). Asks for the token on a terminal.
+    Login(LoginArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(CompletionsArgs),
+    /// Write the man pages (syncstore.1 and one per command) into a directory.
+    Man(ManArgs),
     /// Show what DIR's daemon is doing (pending counts, transfers, rate, errors), or, when no
     /// daemon runs, compare DIR with the server; changes nothing. Exit 0 in sync, 1 not.
     Status(StatusArgs),
@@ -422,10 +431,63 @@ pub struct RemoteArgs {
     /// Server URL; repeat for failover (tried in order). Saved in DIR/.syncstore/.
     #[arg(long = "server", env = "SYNCSTORE_SERVER", value_delimiter = ',')]
     pub servers: Vec<String>,
-    /// Device token. Saved in DIR/.syncstore/ (mode 0600).
+    /// Device token. Saved in DIR/.syncstore/ (mode 0600) once the server accepted it. A
+    /// running `sync` moves it out of its command line at once (into its environment, which
+    /// only its user can read); prefer SYNCSTORE_TOKEN, --token-file or `syncstore login`.
     #[arg(long, env = "SYNCSTORE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the device token from FILE (its first line).
+    #[arg(
+        long,
+        env = "SYNCSTORE_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
 }
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The synced folder (created if missing).
+    pub dir: PathBuf,
+    /// Server URL; repeat for failover. Default: the folder's saved servers.
+    #[arg(long = "server", env = "SYNCSTORE_SERVER", value_delimiter = ',')]
+    pub servers: Vec<String>,
+    /// Read the token from FILE instead of asking (or SYNCSTORE_TOKEN); without a terminal,
+    /// the token is read from stdin.
+    #[arg(long, env = "SYNCSTORE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonRunArgs {
+    /// The config file (TOML): `[[folder]]` tables with `path` and, unless the folder is set
+    /// up already, `servers` and `token_file` (or an `[account]` table they share).
+    /// Default: $XDG_CONFIG_HOME/syncstore/config.toml (~/.config/syncstore/config.toml).
+    #[arg(long, env = "SYNCSTORE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Seconds between full rescans of each folder (the config's `scan_interval` wins).
+    #[arg(long, env = "SYNCSTORE_SCAN_INTERVAL", default_value_t = 60)]
+    pub scan_interval: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Where to write the pages (created if missing).
+    #[arg(long, default_value = "man")]
+    pub dir: PathBuf,
+}
+
+/// The mass-delete interlock's defaults (`sync` and `daemon`).
+pub const MASS_DELETE_PERCENT: u8 = 50;
+/// See [`MASS_DELETE_PERCENT`].
+pub const MASS_DELETE_MIN: usize = 100;
 
 #[derive(Args, Debug)]
 pub struct SyncArgs {
@@ -450,7 +512,7 @@ pub struct SyncArgs {
     #[arg(
         long,
         env = "SYNCSTORE_MASS_DELETE_PERCENT",
-        default_value_t = 50,
+        default_value_t = MASS_DELETE_PERCENT,
         value_name = "PERCENT",
         value_parser = clap::value_parser!(u8).range(0..=100)
     )]
@@ -459,7 +521,7 @@ pub struct SyncArgs {
     #[arg(
         long,
         env = "SYNCSTORE_MASS_DELETE_MIN",
-        default_value_t = 100,
+        default_value_t = MASS_DELETE_MIN,
         value_name = "FILES"
     )]
     pub mass_delete_min: usize,

@@ -20,6 +20,12 @@ fn main() -> ExitCode {
         std::process::abort();
     }));
     let args = cli::Cli::parse();
+    if matches!(args.command, cli::Command::Sync(_)) {
+        if let Err(err) = cmd::setup::reexec_without_token_in_argv() {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(2);
+        }
+    }
     init_tracing();
     return_large_buffers_to_the_system();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -38,7 +44,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", syncstore_client::error_chain(err.as_ref()));
             ExitCode::from(2)
         }
     }

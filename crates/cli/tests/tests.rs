@@ -15,6 +15,7 @@ mod modes;
 mod recovery;
 mod recovery_shared;
 mod scale_out;
+mod service;
 mod small11;
 mod sync;
 mod visible;

@@ -104,7 +104,7 @@ fn pass_ended(
             }
         }
         Err(crate::Error::Paused) => progress.pass_abandoned(),
-        Err(err) => progress.pass_failed(&format!("{err:#}")),
+        Err(err) => progress.pass_failed(&crate::error_chain(&err)),
     }
 }
 
@@ -335,7 +335,7 @@ pub async fn run(
                 let servers_failed = matches!(&err, crate::Error::Api(api) if api.is_transient());
                 let next = backoff.failed(servers_failed);
                 tracing::warn!(
-                    cause = format!("{err:#}"),
+                    cause = crate::error_chain(&err),
                     retry_in = ?next.at.saturating_duration_since(Instant::now()),
                     probing_health = next.probe,
                     "sync pass failed"

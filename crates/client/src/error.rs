@@ -76,3 +76,52 @@ impl From<rusqlite::Error> for Error {
         Error::state("the state database failed", err)
     }
 }
+
+/// `err` and its causes as one line, "what: why: why", each cause once: a cause whose text a
+/// message before it already holds (a `thiserror` message that embeds its source, reqwest's
+/// "error sending request for url (…)" at two levels) is left out.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = next.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("could not reach the server: {source}")]
+    struct Outer {
+        #[source]
+        source: Middle,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error sending request")]
+    struct Middle {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let err = Outer {
+            source: Middle {
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
+            },
+        };
+        assert_eq!(
+            error_chain(&err),
+            "could not reach the server: error sending request: refused"
+        );
+    }
+}

@@ -224,7 +224,7 @@ impl ApiClient {
                     return check(response).await;
                 }
                 Err(source) => {
-                    tracing::warn!(%url, cause = %source, "server not answering");
+                    tracing::warn!(%url, cause = %crate::error_chain(&source), "server not answering");
                     last_err = Some(ApiError::Unreachable { url, source });
                 }
             }

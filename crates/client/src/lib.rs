@@ -15,6 +15,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod daemon_config;
 pub mod early_upload;
 pub mod engine;
 mod error;
@@ -30,6 +31,6 @@ pub mod state;
 
 pub use config::FolderConfig;
 pub use engine::{Engine, Notice, PassReport, Preview, SyncEngine};
-pub use error::Error;
+pub use error::{error_chain, Error};
 pub use http::{ApiClient, ApiError};
 pub use progress::Progress;

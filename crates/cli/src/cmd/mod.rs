@@ -1,12 +1,16 @@
 //! One function per subcommand.
 
+mod address;
 mod bar;
+mod daemon;
 mod demo;
+mod docs;
 mod gc;
 mod history;
 mod lock;
 mod ls;
 mod scrub;
+pub mod setup;
 mod status;
 mod target;
 mod when;
@@ -75,6 +79,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync(args) => sync(args).await,
+        Command::Daemon(args) => daemon::run(args).await,
+        Command::Login(args) => setup::login(args).await,
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
         Command::Status(args) => status::run(&args).await,
         Command::Pause(args) => status::pause_or_resume(&args.dir, true).await,
         Command::Resume(args) => status::pause_or_resume(&args.dir, false).await,
@@ -167,8 +175,14 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
             MetaLocation::Sqlite(path) => format!("--db {}", path.display()),
             MetaLocation::Postgres(_) => "--db \"$SYNCSTORE_DB\"".to_owned(),
         };
-        println!("First start: created user {user} with device {device}. Connect a folder with:");
-        println!("  syncstore sync ~/Sync --server http://{addr} --token {token}");
+        let (host, note) = address::reachable(addr);
+        println!("First start: created user {user} with device {device}, whose token is:");
+        println!("  {token}");
+        println!("Connect a folder with (paste the token when asked):");
+        println!("  syncstore login ~/Sync --server http://{host} && syncstore sync ~/Sync");
+        if let Some(note) = note {
+            println!("  ({note})");
+        }
         println!("Tokens for more devices: syncstore token add {user} --device NAME {db_flag}");
     }
     tracing::info!(%addr, db = %meta, store = %chunks, "syncstore server listening");
@@ -260,22 +274,29 @@ fn raise_file_limit() -> Option<libc::rlim_t> {
     Some(limit.rlim_cur)
 }
 
-/// Resolves the folder's config: flags first, then the saved config; saves what the flags gave.
+/// Resolves the folder's config: flags first, then the saved config.
 fn folder_config(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<FolderConfig> {
-    let Some(FolderConfig { servers, token }) = merge_remote(remote, FolderConfig::load(dir)?)
-    else {
+    let Some(config) = merge_remote(remote, FolderConfig::load(dir)?)? else {
         anyhow::bail!(
-            "{} is not set up yet: give --server URL and --token TOKEN (or SYNCSTORE_TOKEN) once",
+            "{} is not set up yet: run `syncstore login {} --server URL` (or give --server URL \
+             with SYNCSTORE_TOKEN or --token-file once)",
+            dir.display(),
             dir.display()
         );
     };
-    for server in &servers {
+    check_urls(&config.servers)?;
+    Ok(config)
+}
+
+/// Refuses a server URL that is not http:// or https://.
+fn check_urls(servers: &[String]) -> anyhow::Result<()> {
+    for server in servers {
         anyhow::ensure!(
             server.starts_with("http://") || server.starts_with("https://"),
             "server URL {server:?} must start with http:// or https://"
         );
     }
-    Ok(FolderConfig { servers, token })
+    Ok(())
 }
 
 fn canonical_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -306,39 +327,11 @@ pub fn open_engine_read_only(dir: &Path) -> anyhow::Result<Engine> {
     let no_flags = RemoteArgs {
         servers: Vec::new(),
         token: None,
+        token_file: None,
     };
     let config = folder_config(&dir, &no_flags)?;
     let api = Arc::new(ApiClient::new(config.servers, config.token)?);
     Ok(Engine::open_read_only(&dir, api)?)
-}
-
-/// Saves `config` for later commands on the folder, unless the server refused its token or
-/// it is saved already (the file is then not rewritten). A server that cannot be reached yet
-/// does not stop the daemon: the config is saved and the daemon retries.
-///
-/// # Errors
-/// When the server refused the token, or the file cannot be written.
-async fn save_config(engine: &mut Engine, config: &FolderConfig) -> anyhow::Result<()> {
-    if let Err(err @ syncstore_client::ApiError::Unauthorized(_)) = engine.connect().await {
-        return Err(err).context("not saving the folder's config");
-    }
-    let dir = engine.root();
-    let saved = FolderConfig::load(dir)?;
-    if saved.is_some_and(|saved| saved.servers == config.servers && saved.token == config.token) {
-        // Only narrowed, if an older version left it readable by others.
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join(syncstore_proto::META_DIR).join("config.json");
-        let mode = std::fs::metadata(&path)
-            .with_context(|| format!("could not read {}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("could not make {} private", path.display()))?;
-        }
-        return Ok(());
-    }
-    Ok(config.save(dir)?)
 }
 
 async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
@@ -348,7 +341,15 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let (mut engine, config) = open_engine(&args.dir, &args.remote)?;
-    save_config(&mut engine, &config).await?;
+    // `--once` keeps the default signal handling: Ctrl-C stops it at once.
+    let shutdown = (!args.once).then(shutdown_on_signals);
+    let unreachable = match &shutdown {
+        Some(shutdown) => setup::WhenUnreachable::Wait(shutdown),
+        None => setup::WhenUnreachable::Fail,
+    };
+    if !setup::check_and_save(engine.root(), &config, unreachable).await? {
+        return Ok(ExitCode::SUCCESS);
+    }
     engine.set_mass_delete_limit(Some(syncstore_plan::MassDeleteLimit {
         percent: args.mass_delete_percent,
         min_files: args.mass_delete_min,
@@ -398,11 +399,11 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    let shutdown = shutdown_on_signals();
     let options = syncstore_client::daemon::DaemonOptions {
         scan_interval: Duration::from_secs(args.scan_interval.max(1)),
     };
     let _bar = bar::show(engine.progress());
+    let shutdown = shutdown.unwrap_or_else(shutdown_on_signals);
     syncstore_client::daemon::run(engine, options, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -416,7 +417,7 @@ pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
         .map(|dir| FolderConfig::load(&dir))
         .transpose()?
         .flatten();
-    match merge_remote(remote, saved) {
+    match merge_remote(remote, saved)? {
         Some(config) => Ok(ApiClient::new(config.servers, config.token)?),
         None => anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder"),
     }
@@ -424,7 +425,13 @@ pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
 
 /// Servers and token from the flags, each falling back to a saved config; `None` when either
 /// is still missing.
-pub fn merge_remote(remote: &RemoteArgs, saved: Option<FolderConfig>) -> Option<FolderConfig> {
+///
+/// # Errors
+/// When `--token-file` cannot be read.
+pub fn merge_remote(
+    remote: &RemoteArgs,
+    saved: Option<FolderConfig>,
+) -> anyhow::Result<Option<FolderConfig>> {
     let (saved_servers, saved_token) = match saved {
         Some(config) => (config.servers, Some(config.token)),
         None => (Vec::new(), None),
@@ -434,8 +441,10 @@ pub fn merge_remote(remote: &RemoteArgs, saved: Option<FolderConfig>) -> Option<
     } else {
         remote.servers.clone()
     };
-    let token = remote.token.clone().or(saved_token)?;
-    (!servers.is_empty()).then_some(FolderConfig { servers, token })
+    let Some(token) = setup::flag_token(remote)?.or(saved_token) else {
+        return Ok(None);
+    };
+    Ok((!servers.is_empty()).then_some(FolderConfig { servers, token }))
 }
 
 /// The synced folder containing the current directory, if any.

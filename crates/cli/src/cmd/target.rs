@@ -26,7 +26,7 @@ pub fn resolve(path_arg: &str, remote: &RemoteArgs) -> anyhow::Result<Target> {
     if let Some((folder, rel)) = inside_synced_folder(&absolute) {
         let saved = FolderConfig::load(&folder)?.context("synced folder has no config")?;
         let config =
-            super::merge_remote(remote, Some(saved)).context("synced folder has no server")?;
+            super::merge_remote(remote, Some(saved))?.context("synced folder has no server")?;
         return Ok(Target {
             api: ApiClient::new(config.servers, config.token)?,
             path: rel,
@@ -93,7 +93,7 @@ pub fn resolve_prefix(
         {
             let saved = FolderConfig::load(&resolved)?.context("synced folder has no config")?;
             let config =
-                super::merge_remote(remote, Some(saved)).context("synced folder has no server")?;
+                super::merge_remote(remote, Some(saved))?.context("synced folder has no server")?;
             return Ok((ApiClient::new(config.servers, config.token)?, None));
         }
     }

@@ -1,0 +1,132 @@
+//! `syncstore daemon`: every folder of the config file, synced in one process.
+//!
+//! Each folder runs the same daemon loop as `syncstore sync DIR`, on its own task, with its own
+//! control socket (so `status`, `pause` and `resume` work per folder) and its own log span. A
+//! folder that cannot start, or stops (its token refused, its root gone), is reported and the
+//! others go on; the process exits when every folder has stopped, or on SIGTERM/SIGINT.
+
+use super::setup::{self, WhenUnreachable};
+use crate::cli::DaemonRunArgs;
+use anyhow::Context;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use syncstore_client::daemon_config::{self, DaemonConfig, FolderEntry};
+use syncstore_client::{ApiClient, Engine, FolderConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Runs the daemon until every folder stopped or a signal came.
+///
+/// # Errors
+/// When the config file cannot be read or names no folder that could start.
+pub async fn run(args: DaemonRunArgs) -> anyhow::Result<ExitCode> {
+    let file = match args.config {
+        Some(file) => file,
+        None => daemon_config::default_path().context(
+            "no config file: give --config FILE (neither XDG_CONFIG_HOME nor HOME is set)",
+        )?,
+    };
+    let config = DaemonConfig::load(&file)?;
+    let scan_interval =
+        Duration::from_secs(config.scan_interval.unwrap_or(args.scan_interval).max(1));
+    let shutdown = super::shutdown_on_signals();
+    tracing::info!(config = %file.display(), folders = config.folders.len(), "starting the daemon");
+    let mut tasks = tokio::task::JoinSet::new();
+    for folder in &config.folders {
+        let span = tracing::info_span!("folder", path = %folder.path.display());
+        let folder = folder.clone();
+        let account = config.account.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(
+            async move {
+                let path = folder.path.clone();
+                let outcome = run_folder(folder, &account, scan_interval, shutdown).await;
+                (path, outcome)
+            }
+            .instrument(span),
+        );
+    }
+    let mut failed = 0usize;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((path, Err(err))) => {
+                failed += 1;
+                let message = syncstore_client::error_chain(err.as_ref());
+                tracing::error!(folder = %path.display(), cause = %message, "folder stopped");
+                eprintln!("error: {}: {message}", path.display());
+            }
+            Err(err) => {
+                failed += 1;
+                tracing::error!(cause = %err, "a folder's task failed");
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// One folder: its config resolved and checked, then the daemon loop until `shutdown`.
+async fn run_folder(
+    folder: FolderEntry,
+    account: &daemon_config::Remote,
+    scan_interval: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let dir = super::canonical_dir(&folder.path)?;
+    let config = resolve(&dir, &folder, account)?;
+    let api = Arc::new(ApiClient::new(
+        config.servers.clone(),
+        config.token.clone(),
+    )?);
+    let mut engine = Engine::open(&dir, api)?;
+    engine.set_mass_delete_limit(Some(syncstore_plan::MassDeleteLimit {
+        percent: crate::cli::MASS_DELETE_PERCENT,
+        min_files: crate::cli::MASS_DELETE_MIN,
+    }));
+    if !setup::check_and_save(&dir, &config, WhenUnreachable::Wait(&shutdown)).await? {
+        return Ok(());
+    }
+    let options = syncstore_client::daemon::DaemonOptions { scan_interval };
+    syncstore_client::daemon::run(engine, options, shutdown).await?;
+    Ok(())
+}
+
+/// The folder's server and token: the config file's, each falling back to the folder's saved
+/// config.
+fn resolve(
+    dir: &std::path::Path,
+    folder: &FolderEntry,
+    account: &daemon_config::Remote,
+) -> anyhow::Result<FolderConfig> {
+    let remote = folder.remote(account);
+    let token = match (&remote.token, &remote.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(file)) => Some(setup::read_token_file(file)?),
+        (None, None) => None,
+    };
+    let saved = FolderConfig::load(dir)?;
+    let (saved_servers, saved_token) = match saved {
+        Some(saved) => (saved.servers, Some(saved.token)),
+        None => (Vec::new(), None),
+    };
+    let servers = if remote.servers.is_empty() {
+        saved_servers
+    } else {
+        remote.servers
+    };
+    let (Some(token), false) = (token.or(saved_token), servers.is_empty()) else {
+        anyhow::bail!(
+            "{} is not set up: give it servers and token_file in the config file (or in its \
+             [account]), or run `syncstore login {} --server URL` once",
+            dir.display(),
+            dir.display()
+        );
+    };
+    super::check_urls(&servers)?;
+    Ok(FolderConfig { servers, token })
+}
