@@ -51,6 +51,27 @@ fn a_daemon_started_with_a_token_flag_does_not_show_it() {
         server.entry(&token, "hello.txt").is_some()
     });
     assert!(client.terminate().success());
+
+    // The server's access log at the default level: one line per request, naming the user and
+    // the device, never the token.
+    let log = server.proc.log_text();
+    let upload = log
+        .lines()
+        .find(|line| line.contains("request") && line.contains("path=/api/v1/ops"))
+        .unwrap_or_else(|| panic!("no access-log line for the ops request:\n{log}"));
+    for field in [
+        "method=POST",
+        "status=200",
+        "user=me",
+        "device=laptop",
+        "peer=127.0.0.1:",
+        "bytes_in=",
+        "bytes_out=",
+        "ms=",
+    ] {
+        assert!(upload.contains(field), "{field} missing in {upload}");
+    }
+    assert!(!log.contains(&token), "the token is in the server's log");
 }
 
 #[test]

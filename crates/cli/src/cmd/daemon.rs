@@ -92,7 +92,9 @@ async fn run_folder(
         return Ok(());
     }
     let options = syncstore_client::daemon::DaemonOptions { scan_interval };
-    syncstore_client::daemon::run(engine, options, shutdown).await?;
+    syncstore_client::daemon::run(engine, options, shutdown)
+        .await
+        .map_err(|err| setup::with_login_hint(err, &dir))?;
     Ok(())
 }
 

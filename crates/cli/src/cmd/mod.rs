@@ -404,7 +404,10 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
     };
     let _bar = bar::show(engine.progress());
     let shutdown = shutdown.unwrap_or_else(shutdown_on_signals);
-    syncstore_client::daemon::run(engine, options, shutdown).await?;
+    let dir = engine.root().to_path_buf();
+    syncstore_client::daemon::run(engine, options, shutdown)
+        .await
+        .map_err(|err| setup::with_login_hint(err, &dir))?;
     Ok(ExitCode::SUCCESS)
 }
 

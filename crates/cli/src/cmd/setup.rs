@@ -163,6 +163,23 @@ async fn check_token(
     }
 }
 
+/// A daemon's error, with what to do when it is a refused token (revoked, or the account
+/// removed).
+pub fn with_login_hint(err: syncstore_client::Error, dir: &Path) -> anyhow::Error {
+    let refused = matches!(err, syncstore_client::Error::Api(ApiError::Unauthorized(_)));
+    let err = anyhow::Error::new(err);
+    if refused {
+        err.context(format!(
+            "{} stopped: get a new token (`syncstore token add USER --device NAME` on the \
+             server) and run `syncstore login {}`",
+            dir.display(),
+            dir.display()
+        ))
+    } else {
+        err
+    }
+}
+
 /// Narrows a saved config to mode 0600 if others can read it.
 fn make_private(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
