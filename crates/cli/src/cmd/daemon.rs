@@ -99,29 +99,19 @@ async fn run_folder(
 }
 
 /// The folder's server and token: the config file's, each falling back to the folder's saved
-/// config.
+/// config, as `sync`'s flags do.
 fn resolve(
     dir: &std::path::Path,
     folder: &FolderEntry,
     account: &daemon_config::Remote,
 ) -> anyhow::Result<FolderConfig> {
     let remote = folder.remote(account);
-    let token = match (&remote.token, &remote.token_file) {
-        (Some(token), _) => Some(token.clone()),
-        (None, Some(file)) => Some(setup::read_token_file(file)?),
-        (None, None) => None,
+    let as_flags = crate::cli::RemoteArgs {
+        servers: remote.servers,
+        token: remote.token,
+        token_file: remote.token_file,
     };
-    let saved = FolderConfig::load(dir)?;
-    let (saved_servers, saved_token) = match saved {
-        Some(saved) => (saved.servers, Some(saved.token)),
-        None => (Vec::new(), None),
-    };
-    let servers = if remote.servers.is_empty() {
-        saved_servers
-    } else {
-        remote.servers
-    };
-    let (Some(token), false) = (token.or(saved_token), servers.is_empty()) else {
+    let Some(config) = super::merge_remote(&as_flags, FolderConfig::load(dir)?)? else {
         anyhow::bail!(
             "{} is not set up: give it servers and token_file in the config file (or in its \
              [account]), or run `syncstore login {} --server URL` once",
@@ -129,6 +119,6 @@ fn resolve(
             dir.display()
         );
     };
-    super::check_urls(&servers)?;
-    Ok(FolderConfig { servers, token })
+    super::check_urls(&config.servers)?;
+    Ok(config)
 }
