@@ -137,6 +137,8 @@ fn one_daemon_syncs_every_folder_of_its_config() {
     let bob_dir = tmp.path().join("bob");
     std::fs::create_dir_all(&alice_dir).unwrap();
     std::fs::create_dir_all(&bob_dir).unwrap();
+    // A third folder (Alice's too) is missing at start: the daemon waits for it.
+    let late_dir = tmp.path().join("late");
     let bob_token_file = tmp.path().join("bob.token");
     std::fs::write(&bob_token_file, format!("{bob}\n")).unwrap();
     let config = tmp.path().join("config.toml");
@@ -147,11 +149,13 @@ fn one_daemon_syncs_every_folder_of_its_config() {
             "scan_interval = 5\n\
              [account]\nservers = [\"{url}\"]\ntoken = \"{alice}\"\n\n\
              [[folder]]\npath = \"{alice_dir}\"\n\n\
-             [[folder]]\npath = \"{bob_dir}\"\ntoken_file = \"{bob_file}\"\n",
+             [[folder]]\npath = \"{bob_dir}\"\ntoken_file = \"{bob_file}\"\n\n\
+             [[folder]]\npath = \"{late_dir}\"\n",
             url = server.url(),
             alice_dir = alice_dir.display(),
             bob_dir = bob_dir.display(),
             bob_file = bob_token_file.display(),
+            late_dir = late_dir.display(),
         ),
     )
     .unwrap();
@@ -202,6 +206,18 @@ fn one_daemon_syncs_every_folder_of_its_config() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(status["daemon"], "running", "{status}");
     assert_eq!(status["pid"], daemon.child.id(), "{status}");
+    // The missing folder was waited for, not created; once it is there, it syncs too.
+    assert!(!late_dir.exists());
+    assert!(daemon
+        .log_text()
+        .contains("waiting for the folder to appear"));
+    std::fs::create_dir(&late_dir).unwrap();
+    write(&late_dir.join("late.txt"), "late\n");
+    wait_until_for(
+        "the late folder's file at alice's peer",
+        3 * DEADLINE / 2,
+        &mut || read(&alice_peer_dir.join("late.txt")).as_deref() == Some("late\n"),
+    );
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
 }
 

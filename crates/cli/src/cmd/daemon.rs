@@ -2,12 +2,14 @@
 //!
 //! Each folder runs the same daemon loop as `syncstore sync DIR`, on its own task, with its own
 //! control socket (so `status`, `pause` and `resume` work per folder) and its own log span. A
-//! folder that cannot start, or stops (its token refused, its root gone), is reported and the
-//! others go on; the process exits when every folder has stopped, or on SIGTERM/SIGINT.
+//! folder missing at start is waited for (its disk may not be mounted yet); one that cannot
+//! start, or stops (its token refused, its root gone), is reported and the others go on; the
+//! process exits when every folder has stopped (2 if any failed), or on SIGTERM/SIGINT.
 
 use super::setup::{self, WhenUnreachable};
 use crate::cli::DaemonRunArgs;
 use anyhow::Context;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +79,9 @@ async fn run_folder(
     scan_interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let dir = super::canonical_dir(&folder.path)?;
+    let Some(dir) = wait_for_folder(&folder.path, &shutdown).await else {
+        return Ok(());
+    };
     let config = resolve(&dir, &folder, account)?;
     let api = Arc::new(ApiClient::new(
         config.servers.clone(),
@@ -96,6 +100,37 @@ async fn run_folder(
         .await
         .map_err(|err| setup::with_login_hint(err, &dir))?;
     Ok(())
+}
+
+/// How often a folder that is missing at start (a disk not mounted yet) is looked for again.
+const MISSING_FOLDER_POLL: Duration = Duration::from_secs(5);
+
+/// The folder's canonical path once it exists (it is never created: a missing folder may be a
+/// disk not mounted yet); `None` when `shutdown` fired first.
+async fn wait_for_folder(path: &std::path::Path, shutdown: &CancellationToken) -> Option<PathBuf> {
+    let mut warned = false;
+    loop {
+        match super::canonical_dir(path) {
+            Ok(dir) => {
+                if warned {
+                    tracing::info!("the folder is there now; starting it");
+                }
+                return Some(dir);
+            }
+            Err(err) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    cause = %syncstore_client::error_chain(err.as_ref()),
+                    "waiting for the folder to appear (it is not created: create it, or mount its disk)"
+                );
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(MISSING_FOLDER_POLL) => {}
+        }
+    }
 }
 
 /// The folder's server and token: the config file's, each falling back to the folder's saved
