@@ -17,5 +17,6 @@ mod recovery_shared;
 mod scale_out;
 mod small11;
 mod sync;
+mod tls;
 mod visible;
 mod watch;

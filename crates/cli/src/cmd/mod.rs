@@ -9,6 +9,7 @@ mod ls;
 mod scrub;
 mod status;
 mod target;
+mod tls;
 mod when;
 
 use crate::cli::{Cli, Command, LimitArgs, RemoteArgs, StoreArgs, TokenCommand, UserCommand};
@@ -74,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tls(command) => tls::run(command),
         Command::Sync(args) => sync(args).await,
         Command::Status(args) => status::run(&args).await,
         Command::Pause(args) => status::pause_or_resume(&args.dir, true).await,
@@ -149,6 +151,7 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     if meta == MetaLocation::embedded(&data) || chunks == ChunkLocation::embedded(&data) {
         syncstore_server::prepare_data_dir(&data)?;
     }
+    let server_tls = tls::server_tls(&args.tls, &data, args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
@@ -167,8 +170,15 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
             MetaLocation::Sqlite(path) => format!("--db {}", path.display()),
             MetaLocation::Postgres(_) => "--db \"$SYNCSTORE_DB\"".to_owned(),
         };
+        let (scheme, pin_flag) = match &server_tls {
+            None => ("http", String::new()),
+            Some(server_tls) if args.tls.tls_self_signed => {
+                ("https", format!(" --pin {}", server_tls.fingerprint()))
+            }
+            Some(_) => ("https", String::new()),
+        };
         println!("First start: created user {user} with device {device}. Connect a folder with:");
-        println!("  syncstore sync ~/Sync --server http://{addr} --token {token}");
+        println!("  syncstore sync ~/Sync --server {scheme}://{addr}{pin_flag} --token {token}");
         println!("Tokens for more devices: syncstore token add {user} --device NAME {db_flag}");
     }
     tracing::info!(%addr, db = %meta, store = %chunks, "syncstore server listening");
@@ -177,6 +187,10 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     config.retention = gc::retention(&args.retention);
     config.gc_grace = args.retention.gc_grace;
     config.gc_interval = (!args.gc_interval.is_zero()).then_some(args.gc_interval);
+    if let Some(server_tls) = server_tls {
+        tls::reload_on_sighup(server_tls.clone())?;
+        config.tls = Some(server_tls);
+    }
     syncstore_server::serve(
         listener,
         stores,
@@ -262,20 +276,19 @@ fn raise_file_limit() -> Option<libc::rlim_t> {
 
 /// Resolves the folder's config: flags first, then the saved config; saves what the flags gave.
 fn folder_config(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<FolderConfig> {
-    let Some(FolderConfig { servers, token }) = merge_remote(remote, FolderConfig::load(dir)?)
-    else {
+    let Some(config) = merge_remote(remote, FolderConfig::load(dir)?) else {
         anyhow::bail!(
             "{} is not set up yet: give --server URL and --token TOKEN (or SYNCSTORE_TOKEN) once",
             dir.display()
         );
     };
-    for server in &servers {
+    for server in &config.servers {
         anyhow::ensure!(
             server.starts_with("http://") || server.starts_with("https://"),
             "server URL {server:?} must start with http:// or https://"
         );
     }
-    Ok(FolderConfig { servers, token })
+    Ok(config)
 }
 
 fn canonical_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -291,10 +304,7 @@ fn canonical_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 fn open_engine(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<(Engine, FolderConfig)> {
     let dir = canonical_dir(dir)?;
     let config = folder_config(&dir, remote)?;
-    let api = Arc::new(ApiClient::new(
-        config.servers.clone(),
-        config.token.clone(),
-    )?);
+    let api = Arc::new(api_client(&config)?);
     let engine = Engine::open(&dir, api)?;
     Ok((engine, config))
 }
@@ -306,9 +316,11 @@ pub fn open_engine_read_only(dir: &Path) -> anyhow::Result<Engine> {
     let no_flags = RemoteArgs {
         servers: Vec::new(),
         token: None,
+        ca: None,
+        pin: None,
     };
     let config = folder_config(&dir, &no_flags)?;
-    let api = Arc::new(ApiClient::new(config.servers, config.token)?);
+    let api = Arc::new(api_client(&config)?);
     Ok(Engine::open_read_only(&dir, api)?)
 }
 
@@ -319,12 +331,14 @@ pub fn open_engine_read_only(dir: &Path) -> anyhow::Result<Engine> {
 /// # Errors
 /// When the server refused the token, or the file cannot be written.
 async fn save_config(engine: &mut Engine, config: &FolderConfig) -> anyhow::Result<()> {
-    if let Err(err @ syncstore_client::ApiError::Unauthorized(_)) = engine.connect().await {
+    use syncstore_client::ApiError;
+    if let Err(err @ (ApiError::Unauthorized(_) | ApiError::Untrusted(_))) = engine.connect().await
+    {
         return Err(err).context("not saving the folder's config");
     }
     let dir = engine.root();
     let saved = FolderConfig::load(dir)?;
-    if saved.is_some_and(|saved| saved.servers == config.servers && saved.token == config.token) {
+    if saved.as_ref() == Some(config) {
         // Only narrowed, if an older version left it readable by others.
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join(syncstore_proto::META_DIR).join("config.json");
@@ -417,17 +431,26 @@ pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
         .transpose()?
         .flatten();
     match merge_remote(remote, saved) {
-        Some(config) => Ok(ApiClient::new(config.servers, config.token)?),
+        Some(config) => api_client(&config),
         None => anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder"),
     }
 }
 
-/// Servers and token from the flags, each falling back to a saved config; `None` when either
-/// is still missing.
+/// The API client of a folder's config: its servers, token and trust (`--ca`, `--pin`).
+pub fn api_client(config: &FolderConfig) -> anyhow::Result<ApiClient> {
+    Ok(ApiClient::with_trust(
+        config.servers.clone(),
+        config.token.clone(),
+        &config.trust(),
+    )?)
+}
+
+/// Servers, token, CA and pin from the flags, each falling back to a saved config; `None`
+/// when servers or token are still missing.
 pub fn merge_remote(remote: &RemoteArgs, saved: Option<FolderConfig>) -> Option<FolderConfig> {
-    let (saved_servers, saved_token) = match saved {
-        Some(config) => (config.servers, Some(config.token)),
-        None => (Vec::new(), None),
+    let (saved_servers, saved_token, saved_ca, saved_pin) = match saved {
+        Some(config) => (config.servers, Some(config.token), config.ca, config.pin),
+        None => (Vec::new(), None, None, None),
     };
     let servers = if remote.servers.is_empty() {
         saved_servers
@@ -435,7 +458,12 @@ pub fn merge_remote(remote: &RemoteArgs, saved: Option<FolderConfig>) -> Option<
         remote.servers.clone()
     };
     let token = remote.token.clone().or(saved_token)?;
-    (!servers.is_empty()).then_some(FolderConfig { servers, token })
+    (!servers.is_empty()).then_some(FolderConfig {
+        servers,
+        token,
+        ca: remote.ca.clone().or(saved_ca),
+        pin: remote.pin.or(saved_pin),
+    })
 }
 
 /// The synced folder containing the current directory, if any.
