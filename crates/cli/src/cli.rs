@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use syncstore_proto::CertFingerprint;
 
 /// syncstore: keep folders on several machines in sync through your own server.
 #[derive(Parser, Debug)]
@@ -24,6 +25,9 @@ pub enum Command {
     /// Manage device tokens (offline, against the server's database).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The server's TLS certificate.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Keep DIR and the server in sync, both ways, until stopped (or once with --once).
     Sync(SyncArgs),
     /// Keep every folder of the config file in sync, in one process (see `--config`).
@@ -258,6 +262,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SYNCSTORE_NEW_DATABASE")]
     pub new_database: bool,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
@@ -265,6 +271,34 @@ pub struct ServeArgs {
     /// content no kept version names); 0 turns it off (`syncstore gc` still runs it).
     #[arg(long, env = "SYNCSTORE_GC_INTERVAL", default_value = "1h", value_parser = parse_span)]
     pub gc_interval: Duration,
+}
+
+/// HTTPS for `serve`; without these flags it serves plain HTTP.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first), with
+    /// --tls-key. Both files are read again on SIGHUP: new connections get the new
+    /// certificate, and a reload that fails keeps the old one.
+    #[arg(
+        long,
+        env = "SYNCSTORE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "SYNCSTORE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate, made on the first start and kept in
+    /// DATA/tls/; prints its fingerprint, which clients pin with --pin.
+    #[arg(long, env = "SYNCSTORE_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
 }
 
 /// How long history is kept, and how long uploads may take; for `serve` and `gc`.
@@ -426,6 +460,19 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum TlsCommand {
+    /// Print the SHA-256 fingerprint of the server's certificate, which clients give to
+    /// --pin: the self-signed one in DATA/tls/, or the one in --cert FILE.
+    Fingerprint {
+        #[command(flatten)]
+        data: DataArgs,
+        /// A PEM certificate file (its first certificate), such as serve's --tls-cert.
+        #[arg(long, env = "SYNCSTORE_TLS_CERT", value_name = "FILE")]
+        cert: Option<PathBuf>,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct RemoteArgs {
     /// Server URL; repeat for failover (tried in order). Saved in DIR/.syncstore/.
@@ -444,6 +491,21 @@ pub struct RemoteArgs {
         conflicts_with = "token"
     )]
     pub token_file: Option<PathBuf>,
+    /// Trust the CA certificates in this PEM file for https:// servers, besides the system's
+    /// (a private CA). Saved in DIR/.syncstore/.
+    #[arg(long, env = "SYNCSTORE_CA", value_name = "FILE", value_parser = parse_absolute_path)]
+    pub ca: Option<PathBuf>,
+    /// Accept exactly the https:// server certificate with this SHA-256 fingerprint, as
+    /// `serve --tls-self-signed` and `syncstore tls fingerprint` print it (a self-signed
+    /// server; the host name is not checked). Saved in DIR/.syncstore/.
+    #[arg(long, env = "SYNCSTORE_PIN", value_name = "SHA256")]
+    pub pin: Option<CertFingerprint>,
+}
+
+/// A path made absolute against the current directory, so a saved one still names the same
+/// file from anywhere.
+fn parse_absolute_path(text: &str) -> Result<PathBuf, String> {
+    std::path::absolute(text).map_err(|err| format!("{text:?} is not a usable path: {err}"))
 }
 
 #[derive(Args, Debug)]
@@ -457,6 +519,13 @@ pub struct LoginArgs {
     /// the token is read from stdin.
     #[arg(long, env = "SYNCSTORE_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Trust the CA certificates in this PEM file (see `sync --ca`). Default: the saved one.
+    #[arg(long, env = "SYNCSTORE_CA", value_name = "FILE", value_parser = parse_absolute_path)]
+    pub ca: Option<PathBuf>,
+    /// Accept exactly the server certificate with this SHA-256 fingerprint (see `sync --pin`).
+    /// Default: the saved one.
+    #[arg(long, env = "SYNCSTORE_PIN", value_name = "SHA256")]
+    pub pin: Option<CertFingerprint>,
 }
 
 #[derive(Args, Debug)]

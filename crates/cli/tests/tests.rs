@@ -18,5 +18,6 @@ mod scale_out;
 mod service;
 mod small11;
 mod sync;
+mod tls;
 mod visible;
 mod watch;

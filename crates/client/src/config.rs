@@ -1,17 +1,25 @@
 //! The folder's saved settings: `.syncstore/config.json`, readable by the owner only.
 
+use crate::tls::Trust;
 use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use syncstore_proto::META_DIR;
+use syncstore_proto::{CertFingerprint, META_DIR};
 
 /// What `sync DIR --server URL --token TOKEN` saves so that later commands on DIR need no flags.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FolderConfig {
     /// Server base URLs, tried in order; the client fails over to the next when one stops answering.
     pub servers: Vec<String>,
     /// The device token. Never logged.
     pub token: String,
+    /// A PEM file of CA certificates trusted for `https://` servers besides the system's
+    /// (`--ca`, saved as an absolute path). Absent in configs saved before TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The one server certificate accepted (`--pin`), see [`Trust::pin`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<CertFingerprint>,
 }
 
 impl std::fmt::Debug for FolderConfig {
@@ -19,6 +27,8 @@ impl std::fmt::Debug for FolderConfig {
         f.debug_struct("FolderConfig")
             .field("servers", &self.servers)
             .field("token", &"<redacted>")
+            .field("ca", &self.ca)
+            .field("pin", &self.pin)
             .finish()
     }
 }
@@ -33,6 +43,24 @@ fn config_path(root: &Path) -> PathBuf {
 }
 
 impl FolderConfig {
+    /// A config of `servers` and `token` that trusts the system's CAs only.
+    pub fn new(servers: Vec<String>, token: String) -> FolderConfig {
+        FolderConfig {
+            servers,
+            token,
+            ca: None,
+            pin: None,
+        }
+    }
+
+    /// Whom the folder's client trusts for `https://` servers.
+    pub fn trust(&self) -> Trust {
+        Trust {
+            ca: self.ca.clone(),
+            pin: self.pin,
+        }
+    }
+
     /// Reads the saved config of the folder at `root`, if any.
     ///
     /// # Errors
@@ -92,4 +120,36 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_saved_before_tls_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        create_private_dir(&meta_dir(dir.path())).unwrap();
+        let old = r#"{"servers": ["http://127.0.0.1:7070"], "token": "sst_x"}"#;
+        std::fs::write(config_path(dir.path()), old).unwrap();
+        let loaded = FolderConfig::load(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            loaded,
+            FolderConfig::new(vec!["http://127.0.0.1:7070".to_owned()], "sst_x".to_owned())
+        );
+        let mut pinned = loaded.clone();
+        pinned.ca = Some(PathBuf::from("/etc/syncstore/ca.pem"));
+        pinned.pin = Some(CertFingerprint([7; 32]));
+        pinned.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(config_path(dir.path())).unwrap();
+        assert!(text.contains("sha256:07:07"), "{text}");
+        assert_eq!(FolderConfig::load(dir.path()).unwrap(), Some(pinned));
+        // Without TLS settings the file looks as it did.
+        loaded.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(config_path(dir.path())).unwrap();
+        assert!(
+            !text.contains("\"pin\"") && !text.contains("\"ca\""),
+            "{text}"
+        );
+    }
 }

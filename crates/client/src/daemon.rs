@@ -329,7 +329,9 @@ pub async fn run(
                 let _ = cursor_tx.send(engine.remote_cursor());
             }
             Err(err) => {
-                if let crate::Error::Api(ApiError::Unauthorized(_)) = &err {
+                // Neither a refused token nor a refused certificate goes away by waiting.
+                if let crate::Error::Api(ApiError::Unauthorized(_) | ApiError::Untrusted(_)) = &err
+                {
                     return Err(err);
                 }
                 let servers_failed = matches!(&err, crate::Error::Api(api) if api.is_transient());

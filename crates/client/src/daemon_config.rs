@@ -7,6 +7,7 @@
 //! [account]                            # optional: what folders without their own use
 //! servers = ["https://sync.example.net:7070"]
 //! token_file = "~/.config/syncstore/token"
+//! pin = "sha256:3A:…:C4"                # or ca = "~/home-ca.pem", as `sync --pin`/`--ca`
 //!
 //! [[folder]]
 //! path = "~/Sync"
@@ -24,6 +25,7 @@
 use crate::Error;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use syncstore_proto::CertFingerprint;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -50,6 +52,10 @@ pub struct Remote {
     pub token: Option<String>,
     /// A file holding the device token.
     pub token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust (`--ca`).
+    pub ca: Option<PathBuf>,
+    /// The one server certificate to accept (`--pin`).
+    pub pin: Option<CertFingerprint>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -58,6 +64,8 @@ impl std::fmt::Debug for Remote {
             .field("servers", &self.servers)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
+            .field("ca", &self.ca)
+            .field("pin", &self.pin)
             .finish()
     }
 }
@@ -75,6 +83,10 @@ pub struct FolderEntry {
     pub token: Option<String>,
     /// The folder's own token file.
     pub token_file: Option<PathBuf>,
+    /// The folder's own CA file.
+    pub ca: Option<PathBuf>,
+    /// The folder's own pinned certificate.
+    pub pin: Option<CertFingerprint>,
 }
 
 impl FolderEntry {
@@ -97,6 +109,8 @@ impl FolderEntry {
             } else {
                 account.token_file.clone()
             },
+            ca: self.ca.clone().or_else(|| account.ca.clone()),
+            pin: self.pin.or(account.pin),
         }
     }
 }
@@ -138,6 +152,7 @@ impl DaemonConfig {
         for folder in &mut config.folders {
             folder.path = expand_home(&folder.path);
             folder.token_file = folder.token_file.as_deref().map(expand_home);
+            folder.ca = folder.ca.as_deref().map(expand_home);
             if !folder.path.is_absolute() {
                 return Err(Error::Setup(format!(
                     "{}: folder path {} must be absolute (or start with ~/)",
@@ -147,6 +162,7 @@ impl DaemonConfig {
             }
         }
         config.account.token_file = config.account.token_file.as_deref().map(expand_home);
+        config.account.ca = config.account.ca.as_deref().map(expand_home);
         let mut seen = std::collections::BTreeSet::new();
         for folder in &config.folders {
             if !seen.insert(&folder.path) {

@@ -8,6 +8,9 @@
 //! is the order of preference.
 //!
 //! [`ApiClient::probe_health`] is the cheap check the daemon makes while it waits to retry.
+//!
+//! `https://` servers are verified as [`Trust`] says (see [`crate::tls`]); a refused
+//! certificate is [`ApiError::Untrusted`], never retried as if the server were down.
 
 use bytes::Bytes;
 use futures::Stream;
@@ -16,6 +19,8 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::tls::{Trust, Untrusted};
 use syncstore_proto::{
     ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, HistoryQuery, HistoryResponse,
     JournalTag, LockInfo, LockRequest, LocksResponse, Op, OpsRequest, OpsResponse, RelPath,
@@ -29,6 +34,10 @@ pub enum ApiError {
     /// The token was refused: retrying will not help.
     #[error("the server refused the token (401): {0}")]
     Unauthorized(String),
+    /// The server's TLS certificate is not the pinned one, or not trusted: retrying will not
+    /// help. The message names the server, what was wrong and what to do.
+    #[error("{0}")]
+    Untrusted(String),
     /// The server answered with an error status.
     #[error("server answered {status}: {message}")]
     Status { status: u16, message: String },
@@ -90,22 +99,62 @@ enum Body {
 }
 
 impl ApiClient {
-    /// A client for `servers` (at least one) with `token`.
+    /// A client for `servers` (at least one) with `token`, trusting the system's CAs for
+    /// `https://` servers.
     ///
     /// # Errors
     /// When no server is given or the HTTP client cannot be built.
     pub fn new(servers: Vec<String>, token: String) -> Result<ApiClient, crate::Error> {
+        ApiClient::with_trust(servers, token, &Trust::default())
+    }
+
+    /// A client for `servers` (at least one) with `token`, trusting `https://` servers as
+    /// `trust` says. Warns once when a server is plain `http://` off this machine.
+    ///
+    /// # Errors
+    /// When no server is given, the CA file cannot be read or holds no certificate, or the
+    /// HTTP client cannot be built.
+    pub fn with_trust(
+        servers: Vec<String>,
+        token: String,
+        trust: &Trust,
+    ) -> Result<ApiClient, crate::Error> {
         if servers.is_empty() {
             return Err(crate::Error::Setup("no server URL given".to_owned()));
         }
-        let servers = servers
+        let servers: Arc<[String]> = servers
             .into_iter()
             .map(|s| s.trim_end_matches('/').to_owned())
             .collect();
-        let http = reqwest::Client::builder()
+        let plaintext: Vec<&str> = servers
+            .iter()
+            .map(String::as_str)
+            .filter(|server| crate::tls::is_plaintext_remote(server))
+            .collect();
+        if !plaintext.is_empty() {
+            tracing::warn!(
+                servers = ?plaintext,
+                "plain http:// to another machine: the token and the files travel unencrypted; \
+                 serve with TLS (see README, \"TLS\") and use https://"
+            );
+        }
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(pin) = trust.pin {
+            let config = crate::tls::pinned_config(pin).map_err(|err| {
+                crate::Error::Setup(format!(
+                    "could not set up TLS for the pinned certificate: {err}"
+                ))
+            })?;
+            builder = builder.use_preconfigured_tls(config);
+        } else if let Some(ca) = &trust.ca {
+            for cert in read_ca(ca)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|err| crate::Error::Setup(format!("could not start an HTTP client: {err}")))?;
         Ok(ApiClient {
@@ -192,6 +241,9 @@ impl ApiClient {
         self.probe_failback();
         let start = self.current.load(Ordering::Relaxed);
         let mut last_err = None;
+        // A refused certificate is reported over any other server's failure: it does not go
+        // away by waiting.
+        let mut untrusted = None;
         for attempt in 0..self.servers.len() {
             let idx = (start + attempt) % self.servers.len();
             let url = format!("{}{}", self.servers[idx], path);
@@ -223,13 +275,23 @@ impl ApiClient {
                     }
                     return check(response).await;
                 }
-                Err(source) => {
-                    tracing::warn!(%url, cause = %crate::error_chain(&source), "server not answering");
-                    last_err = Some(ApiError::Unreachable { url, source });
-                }
+                Err(source) => match crate::tls::untrusted(&source) {
+                    Some(why) => {
+                        let message = untrusted_message(&self.servers[idx], why);
+                        // The error says it all, once, where it is reported.
+                        tracing::debug!(%url, "{message}");
+                        untrusted = Some(ApiError::Untrusted(message));
+                    }
+                    None => {
+                        tracing::warn!(%url, cause = %crate::error_chain(&source), "server not answering");
+                        last_err = Some(ApiError::Unreachable { url, source });
+                    }
+                },
             }
         }
-        Err(last_err.expect("at least one server was tried"))
+        Err(untrusted
+            .or(last_err)
+            .expect("at least one server was tried"))
     }
 
     async fn json<T: DeserializeOwned>(
@@ -509,6 +571,56 @@ impl ApiClient {
     fn query<Q: Serialize>(query: &Q) -> String {
         // Our query types are flat structs of strings and numbers, which always encode.
         serde_urlencoded::to_string(query).expect("query encodes")
+    }
+}
+
+/// The CA certificates of a PEM file, at least one.
+fn read_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, crate::Error> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| {
+            crate::Error::Setup(format!(
+                "could not read the CA file {} (--ca): {err}",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(crate::Error::Setup(format!(
+            "the CA file {} (--ca) holds no certificate (expected PEM, \"-----BEGIN CERTIFICATE-----\")",
+            path.display()
+        )));
+    }
+    certs
+        .iter()
+        .map(|cert| {
+            reqwest::Certificate::from_der(cert.as_ref()).map_err(|err| {
+                crate::Error::Setup(format!(
+                    "the CA file {} (--ca) holds a certificate that cannot be used: {err}",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// What [`ApiError::Untrusted`] says: the server, what was wrong, what to do.
+fn untrusted_message(server: &str, why: Untrusted) -> String {
+    match why {
+        Untrusted::Pin(mismatch) => format!(
+            "refusing {server}: it presented the certificate {seen}, not the pinned {expected}. \
+             If the server's certificate was replaced on purpose (`syncstore tls fingerprint` \
+             on the server prints it), pin the new one with `syncstore login DIR --pin NEW` or \
+             by running the command again with `--pin NEW`; if not, something else answered \
+             in the server's place",
+            seen = mismatch.seen,
+            expected = mismatch.expected,
+        ),
+        Untrusted::Certificate(reason) => format!(
+            "refusing {server}: its TLS certificate is not trusted ({reason}). For a server \
+             with a private CA give `--ca FILE`; for a self-signed one give `--pin FINGERPRINT` \
+             (`syncstore tls fingerprint` on the server prints it)"
+        ),
     }
 }
 

@@ -6,8 +6,9 @@
 //! watcher, the long poll, the rescan timer or a retry says so; [`scan`] walks the folder
 //! (handing the chunks of large files to [`early_upload`] as it cuts them); [`state`] persists
 //! the base tree in `.syncstore/`; [`remote`] keeps the server's tree; [`http`] talks to the API
-//! with failover; [`config`] is the saved settings; [`progress`] is what the engine is doing, as
-//! shared memory, which the daemon serves on its [`control`] socket.
+//! with failover, trusting `https://` servers as [`tls`] says; [`config`] is the saved
+//! settings; [`progress`] is what the engine is doing, as shared memory, which the daemon
+//! serves on its [`control`] socket.
 //!
 //! Architecture Invariant: the client never decides what to do itself; it asks the pure
 //! planner, applies the ops with their re-checks, and records base after each step.
@@ -28,9 +29,11 @@ pub mod remote;
 pub mod scan;
 pub mod seams;
 pub mod state;
+pub mod tls;
 
 pub use config::FolderConfig;
 pub use engine::{Engine, Notice, PassReport, Preview, SyncEngine};
 pub use error::{error_chain, Error};
 pub use http::{ApiClient, ApiError};
 pub use progress::Progress;
+pub use tls::Trust;

@@ -17,12 +17,14 @@ mod frame;
 mod history;
 mod names;
 mod path;
+mod tls;
 
 pub use api::*;
 pub use frame::{decode_frame_header, encode_frame_header, FRAME_HEADER_LEN};
 pub use history::*;
 pub use names::{DeviceName, NameError, UserName};
 pub use path::{map_beneath, set_beneath, PathError, RelPath};
+pub use tls::{CertFingerprint, FingerprintError};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

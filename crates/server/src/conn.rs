@@ -8,6 +8,12 @@
 //! and hyper closes a connection that has not sent a whole request head within
 //! [`ServerConfig::header_read_timeout`] (also the most an idle keep-alive connection stays
 //! open).
+//!
+//! With [`ServerConfig::tls`], each connection first runs the TLS handshake on its own task,
+//! holding its slot, and is closed when the handshake has not finished within the same
+//! header read timeout, so a client that connects and says nothing holds a slot no longer
+//! than on plain HTTP. A TLS connection over the cap is closed without an answer: a plain-text
+//! 503 would mean nothing to a TLS client.
 
 use crate::ServerConfig;
 use axum::Router;
@@ -17,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,6 +61,8 @@ pub(crate) async fn accept_loop(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
+    let tls = config.tls.as_ref().map(crate::ServerTls::acceptor);
+    let handshake_timeout = config.header_read_timeout;
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut refused = Refused::default();
     loop {
@@ -81,7 +90,9 @@ pub(crate) async fn accept_loop(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            refuse(stream);
+            if tls.is_none() {
+                refuse(stream);
+            }
             refused.count(config.max_connections);
             continue;
         };
@@ -101,12 +112,38 @@ pub(crate) async fn accept_loop(
                 request
             },
         );
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let http = http.clone();
+        let tls = tls.clone();
         let stopping = stopping.clone();
         connections.spawn(async move {
             // Held until the connection is closed.
             let _slot = slot;
+            let stream = match tls {
+                None => Either::Left(stream),
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let handshake = tokio::select! {
+                        handshake = handshake => handshake,
+                        () = stopping.cancelled() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => Either::Right(stream),
+                        // Scanners, clients that refuse the certificate, plain HTTP to the
+                        // HTTPS port: the client has its own message.
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, cause = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, timeout = ?handshake_timeout, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection =
+                http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             tokio::pin!(connection);
             let mut shutting_down = false;
             loop {

@@ -14,7 +14,10 @@
 //! - `error`: [`ErrorBody`](syncstore_proto::ErrorBody) answers and the JSON/query extractors
 //!   that turn malformed input into 400s.
 //! - `auth`: the bearer-token extractor.
-//! - `conn`: the accept loop (header read timeout, connection cap, backoff on EMFILE).
+//! - `conn`: the accept loop (TLS handshake with a timeout, header read timeout, connection
+//!   cap, backoff on EMFILE).
+//! - [`tls`]: the certificate and key ([`ServerTls`], reloadable), and the self-signed
+//!   certificate of `serve --tls-self-signed`.
 //! - `limits`: transfer slots per user and in total, the JSON body budget, ops batch limits.
 //! - `wire`: the HTTP status and message of every store outcome ([`op_result`] for ops, the
 //!   423 text naming a lock in the way); the store itself speaks no HTTP.
@@ -36,9 +39,11 @@ mod history;
 mod hub;
 mod limits;
 mod routes;
+pub mod tls;
 mod wire;
 
 pub use hub::ChangeHub;
+pub use tls::ServerTls;
 pub use wire::op_result;
 
 use anyhow::Context;
@@ -163,6 +168,10 @@ pub struct ServerConfig {
     /// A chunk stored less than this long ago is never collected, so uploads in progress
     /// (chunks not yet named by a commit) are safe.
     pub gc_grace: Duration,
+    /// `Some`: serve HTTPS with this certificate (every connection starts with a TLS
+    /// handshake, which must finish within [`ServerConfig::header_read_timeout`]); `None`
+    /// (the default): plain HTTP.
+    pub tls: Option<ServerTls>,
 }
 
 impl ServerConfig {
@@ -186,6 +195,7 @@ impl ServerConfig {
             retention: Retention::DEFAULT,
             gc_interval: Some(Duration::from_secs(3600)),
             gc_grace: Duration::from_secs(24 * 3600),
+            tls: None,
         }
     }
 
@@ -549,7 +559,12 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("could not read the listening address")?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, scheme, data_dir = %config.data_dir.display(), "serving");
 
     let signal_token = stopping.clone();
     tokio::spawn(async move {

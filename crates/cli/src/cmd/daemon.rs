@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use syncstore_client::daemon_config::{self, DaemonConfig, FolderEntry};
-use syncstore_client::{ApiClient, Engine, FolderConfig};
+use syncstore_client::{Engine, FolderConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -83,10 +83,7 @@ async fn run_folder(
         return Ok(());
     };
     let config = resolve(&dir, &folder, account)?;
-    let api = Arc::new(ApiClient::new(
-        config.servers.clone(),
-        config.token.clone(),
-    )?);
+    let api = Arc::new(super::api_client(&config)?);
     let mut engine = Engine::open(&dir, api)?;
     engine.set_mass_delete_limit(Some(syncstore_plan::MassDeleteLimit {
         percent: crate::cli::MASS_DELETE_PERCENT,
@@ -145,6 +142,8 @@ fn resolve(
         servers: remote.servers,
         token: remote.token,
         token_file: remote.token_file,
+        ca: remote.ca,
+        pin: remote.pin,
     };
     let Some(config) = super::merge_remote(&as_flags, FolderConfig::load(dir)?)? else {
         anyhow::bail!(

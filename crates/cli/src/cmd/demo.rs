@@ -39,10 +39,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 Err(_) => syncstore_server::add_token(&data, &user, &device).await?,
             },
         };
-        let config = FolderConfig {
-            servers: vec![url.clone()],
-            token,
-        };
+        let config = FolderConfig::new(vec![url.clone()], token);
         config.save(&folder)?;
         folders.push((folder, config));
     }

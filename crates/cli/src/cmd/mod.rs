@@ -13,6 +13,7 @@ mod scrub;
 pub mod setup;
 mod status;
 mod target;
+mod tls;
 mod when;
 
 use crate::cli::{Cli, Command, LimitArgs, RemoteArgs, StoreArgs, TokenCommand, UserCommand};
@@ -78,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tls(command) => tls::run(command),
         Command::Sync(args) => sync(args).await,
         Command::Daemon(args) => daemon::run(args).await,
         Command::Login(args) => setup::login(args).await,
@@ -157,6 +159,7 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     if meta == MetaLocation::embedded(&data) || chunks == ChunkLocation::embedded(&data) {
         syncstore_server::prepare_data_dir(&data)?;
     }
+    let server_tls = tls::server_tls(&args.tls, &data, args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
@@ -175,11 +178,20 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
             MetaLocation::Sqlite(path) => format!("--db {}", path.display()),
             MetaLocation::Postgres(_) => "--db \"$SYNCSTORE_DB\"".to_owned(),
         };
+        let (scheme, pin_flag) = match &server_tls {
+            None => ("http", String::new()),
+            Some(server_tls) if args.tls.tls_self_signed => {
+                ("https", format!(" --pin {}", server_tls.fingerprint()))
+            }
+            Some(_) => ("https", String::new()),
+        };
         let (host, note) = address::reachable(addr);
         println!("First start: created user {user} with device {device}, whose token is:");
         println!("  {token}");
         println!("Connect a folder with (paste the token when asked):");
-        println!("  syncstore login ~/Sync --server http://{host} && syncstore sync ~/Sync");
+        println!(
+            "  syncstore login ~/Sync --server {scheme}://{host}{pin_flag} && syncstore sync ~/Sync"
+        );
         if let Some(note) = note {
             println!("  ({note})");
         }
@@ -191,6 +203,10 @@ async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     config.retention = gc::retention(&args.retention);
     config.gc_grace = args.retention.gc_grace;
     config.gc_interval = (!args.gc_interval.is_zero()).then_some(args.gc_interval);
+    if let Some(server_tls) = server_tls {
+        tls::reload_on_sighup(server_tls.clone())?;
+        config.tls = Some(server_tls);
+    }
     syncstore_server::serve(
         listener,
         stores,
@@ -312,10 +328,7 @@ fn canonical_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 fn open_engine(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<(Engine, FolderConfig)> {
     let dir = canonical_dir(dir)?;
     let config = folder_config(&dir, remote)?;
-    let api = Arc::new(ApiClient::new(
-        config.servers.clone(),
-        config.token.clone(),
-    )?);
+    let api = Arc::new(api_client(&config)?);
     let engine = Engine::open(&dir, api)?;
     Ok((engine, config))
 }
@@ -328,9 +341,11 @@ pub fn open_engine_read_only(dir: &Path) -> anyhow::Result<Engine> {
         servers: Vec::new(),
         token: None,
         token_file: None,
+        ca: None,
+        pin: None,
     };
     let config = folder_config(&dir, &no_flags)?;
-    let api = Arc::new(ApiClient::new(config.servers, config.token)?);
+    let api = Arc::new(api_client(&config)?);
     Ok(Engine::open_read_only(&dir, api)?)
 }
 
@@ -421,13 +436,22 @@ pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
         .transpose()?
         .flatten();
     match merge_remote(remote, saved)? {
-        Some(config) => Ok(ApiClient::new(config.servers, config.token)?),
+        Some(config) => api_client(&config),
         None => anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder"),
     }
 }
 
-/// Servers and token from the flags, each falling back to a saved config; `None` when either
-/// is still missing.
+/// The API client of a folder's config: its servers, token and trust (`--ca`, `--pin`).
+pub fn api_client(config: &FolderConfig) -> anyhow::Result<ApiClient> {
+    Ok(ApiClient::with_trust(
+        config.servers.clone(),
+        config.token.clone(),
+        &config.trust(),
+    )?)
+}
+
+/// Servers, token, CA and pin from the flags, each falling back to a saved config; `None`
+/// when servers or token are still missing.
 ///
 /// # Errors
 /// When `--token-file` cannot be read.
@@ -435,9 +459,9 @@ pub fn merge_remote(
     remote: &RemoteArgs,
     saved: Option<FolderConfig>,
 ) -> anyhow::Result<Option<FolderConfig>> {
-    let (saved_servers, saved_token) = match saved {
-        Some(config) => (config.servers, Some(config.token)),
-        None => (Vec::new(), None),
+    let (saved_servers, saved_token, saved_ca, saved_pin) = match saved {
+        Some(config) => (config.servers, Some(config.token), config.ca, config.pin),
+        None => (Vec::new(), None, None, None),
     };
     let servers = if remote.servers.is_empty() {
         saved_servers
@@ -447,7 +471,12 @@ pub fn merge_remote(
     let Some(token) = setup::flag_token(remote)?.or(saved_token) else {
         return Ok(None);
     };
-    Ok((!servers.is_empty()).then_some(FolderConfig { servers, token }))
+    Ok((!servers.is_empty()).then_some(FolderConfig {
+        servers,
+        token,
+        ca: remote.ca.clone().or(saved_ca),
+        pin: remote.pin.or(saved_pin),
+    }))
 }
 
 /// The synced folder containing the current directory, if any.

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
-use syncstore_client::{ApiClient, ApiError, FolderConfig};
+use syncstore_client::{ApiError, FolderConfig};
 use tokio_util::sync::CancellationToken;
 
 /// The environment variable a token moves to when the process drops it from its arguments.
@@ -107,8 +107,7 @@ pub async fn check_and_save(
     config: &FolderConfig,
     unreachable: WhenUnreachable<'_>,
 ) -> anyhow::Result<bool> {
-    let saved = FolderConfig::load(dir)?;
-    if saved.is_some_and(|saved| saved.servers == config.servers && saved.token == config.token) {
+    if FolderConfig::load(dir)?.as_ref() == Some(config) {
         make_private(dir)?;
         return Ok(true);
     }
@@ -126,7 +125,7 @@ async fn check_token(
     config: &FolderConfig,
     unreachable: WhenUnreachable<'_>,
 ) -> anyhow::Result<bool> {
-    let api = ApiClient::new(config.servers.clone(), config.token.clone())?;
+    let api = super::api_client(config)?;
     let mut wait = Duration::from_secs(1);
     loop {
         let err = match api.whoami().await {
@@ -205,8 +204,12 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("could not create {}", args.dir.display()))?;
     let dir = super::canonical_dir(&args.dir)?;
     let saved = FolderConfig::load(&dir)?;
+    let (saved_servers, saved_ca, saved_pin) = match saved {
+        Some(saved) => (saved.servers, saved.ca, saved.pin),
+        None => (Vec::new(), None, None),
+    };
     let servers = if args.servers.is_empty() {
-        saved.map(|saved| saved.servers).unwrap_or_default()
+        saved_servers
     } else {
         args.servers.clone()
     };
@@ -221,7 +224,12 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         (Ok(token), None) if !token.trim().is_empty() => token.trim().to_owned(),
         _ => ask_token()?,
     };
-    let config = FolderConfig { servers, token };
+    let config = FolderConfig {
+        servers,
+        token,
+        ca: args.ca.clone().or(saved_ca),
+        pin: args.pin.or(saved_pin),
+    };
     // Checked against the server before anything is written.
     check_token(&dir, &config, WhenUnreachable::Fail).await?;
     config.save(&dir)?;

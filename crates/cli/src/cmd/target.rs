@@ -28,7 +28,7 @@ pub fn resolve(path_arg: &str, remote: &RemoteArgs) -> anyhow::Result<Target> {
         let config =
             super::merge_remote(remote, Some(saved))?.context("synced folder has no server")?;
         return Ok(Target {
-            api: ApiClient::new(config.servers, config.token)?,
+            api: super::api_client(&config)?,
             path: rel,
         });
     }
@@ -94,7 +94,7 @@ pub fn resolve_prefix(
             let saved = FolderConfig::load(&resolved)?.context("synced folder has no config")?;
             let config =
                 super::merge_remote(remote, Some(saved))?.context("synced folder has no server")?;
-            return Ok((ApiClient::new(config.servers, config.token)?, None));
+            return Ok((super::api_client(&config)?, None));
         }
     }
     let target = resolve(path_arg, remote)?;
