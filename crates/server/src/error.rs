@@ -85,7 +85,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
             StoreError::NotFound(_) => ApiError::not_found(err.to_string()),
-            StoreError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
+            StoreError::AlreadyExists(_) | StoreError::DeviceNameRetired { .. } => {
+                ApiError::new(StatusCode::CONFLICT, err.to_string())
+            }
             // 422, not 400: the request is well formed, but a chunk's bytes are not its name's,
             // which is what a file rewritten while it was read for upload sends.
             StoreError::HashMismatch { .. } => {

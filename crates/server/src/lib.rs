@@ -761,9 +761,14 @@ async fn issue_token(
 ) -> anyhow::Result<String> {
     let token = new_token();
     meta_store
-        .add_device(user.id, device, &TokenHash::of_token(&token))
+        .add_device(
+            user.id,
+            device,
+            &TokenHash::of_token(&token),
+            routes::now_ms(),
+        )
         .await
-        .with_context(|| format!("could not add device {device} to user {}", user.name))?;
+        .context("could not add a device")?;
     Ok(token)
 }
 

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_modes.sql"),
     include_str!("../../migrations/postgres/0005_history.sql"),
     include_str!("../../migrations/postgres/0006_retention.sql"),
+    include_str!("../../migrations/postgres/0007_accounts.sql"),
 ];
 
 /// The channel of commit notifications, as a literal for the statements that name it.
@@ -372,7 +373,10 @@ struct PgConn<'a, C: GenericClient>(&'a mut C);
 impl<C: GenericClient> SqlConn for PgConn<'_, C> {
     // Locks the user's row until the transaction ends: every write transaction of a user starts
     // here, so they run one at a time across servers.
-    const LOCK_USER: &'static str = "SELECT cursor FROM users WHERE id = ?1 FOR UPDATE";
+    // A transaction that waited for a removal sees the removed row again (READ COMMITTED
+    // re-checks the condition on the row's new version), and so no user.
+    const LOCK_USER: &'static str =
+        "SELECT cursor FROM users WHERE id = ?1 AND removed_ms IS NULL FOR UPDATE";
 
     const ANNOUNCE: Option<&'static str> =
         Some(concat!("SELECT pg_notify('", changes_channel!(), "', ?1)"));
