@@ -72,22 +72,49 @@ impl PgMetaStore {
     /// [`StoreError::Unavailable`] when the database cannot be reached;
     /// [`StoreError::Database`] when the URL is malformed or the database refuses.
     pub async fn open(url: &str) -> Result<PgMetaStore, StoreError> {
+        let store = PgMetaStore::unmigrated(url)?;
+        store.call(migrate).await?;
+        Ok(store)
+    }
+
+    /// As [`PgMetaStore::open`], but only for a database that holds a syncstore schema already
+    /// (made by `serve` or `user add`): `None` for one that holds none, in which nothing was
+    /// created. For the admin commands that need an existing account.
+    ///
+    /// # Errors
+    /// As [`PgMetaStore::open`].
+    pub async fn open_existing(url: &str) -> Result<Option<PgMetaStore>, StoreError> {
+        let store = PgMetaStore::unmigrated(url)?;
+        let exists = store
+            .call(|client| {
+                let row =
+                    client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?;
+                Ok(row.get::<_, bool>(0))
+            })
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        store.call(migrate).await?;
+        Ok(Some(store))
+    }
+
+    /// A store on `url` that has not connected yet.
+    fn unmigrated(url: &str) -> Result<PgMetaStore, StoreError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|err| StoreError::Database(Box::new(err)))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let store = PgMetaStore {
+        Ok(PgMetaStore {
             pool: Arc::new(Pool {
                 config: config.clone(),
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             }),
             redacted_url: super::redact_url(url),
-        };
-        store.call(migrate).await?;
-        Ok(store)
+        })
     }
 
     /// The URL with its password replaced by `***`.
