@@ -450,7 +450,7 @@ fn a_device_revoked_on_a_shared_database_is_refused_by_every_server() {
     let desktop_token = a.token("alice", "desktop");
     let (dir1, dir2) = (tmp.path().join("one"), tmp.path().join("two"));
     let mut laptop = start_client("laptop", logs, &dir1, &b.url(), &laptop_token);
-    let _desktop = start_client("desktop", logs, &dir2, &a.url(), &desktop_token);
+    let mut desktop = start_client("desktop", logs, &dir2, &a.url(), &desktop_token);
     write(&dir1.join("hello.txt"), "through B");
     wait_until("hello.txt in two", || {
         read(&dir2.join("hello.txt")).as_deref() == Some("through B")
@@ -489,4 +489,26 @@ fn a_device_revoked_on_a_shared_database_is_refused_by_every_server() {
         b.entry(&desktop_token, "desktop.txt").is_some()
     });
     assert!(b.entry(&desktop_token, "after.txt").is_none());
+
+    // Removing the account while both servers run: its other daemon stops at its next request.
+    let err = failed(a.admin(&["user", "remove", "alice", "--yes"]));
+    assert!(err.contains("--store"), "{err}");
+    let out = ok(run(&[
+        "user", "remove", "alice", "--yes", "--db", &db, "--store", &store,
+    ]));
+    assert!(out.contains("removed user alice"), "{out}");
+    write(&dir2.join("late.txt"), "after the removal");
+    let (status, log) = wait_exit(&mut desktop);
+    assert!(!status.success());
+    assert!(log.contains("refused the token (401)"), "{log}");
+    assert_eq!(read(&dir2.join("hello.txt")).as_deref(), Some("through B"));
+    let users = json(b.admin(&["user", "list", "--json"]));
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|user| user["name"] != "alice"),
+        "{users}"
+    );
 }

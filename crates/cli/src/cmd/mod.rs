@@ -86,8 +86,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             accounts::rename_user(&meta_location(&stores), &old, &new).await
         }
         Command::User(UserCommand::Remove { name, yes, stores }) => {
+            let meta = meta_location(&stores);
+            // The content is deleted where the servers keep it, not in a local default.
+            if matches!(meta, MetaLocation::Postgres(_)) && stores.store.is_none() {
+                anyhow::bail!(
+                    "give the chunk store the servers use, --store URL (or SYNCSTORE_STORE), \
+                     so the account's content is deleted there"
+                );
+            }
             let chunks = chunk_location(&stores)?;
-            accounts::remove_user(&meta_location(&stores), &chunks, &name, yes).await
+            accounts::remove_user(&meta, &chunks, &name, yes).await
         }
         Command::Device(DeviceCommand::List { user, json, stores }) => {
             accounts::list_devices(&meta_location(&stores), user.as_deref(), json).await
