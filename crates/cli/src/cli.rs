@@ -28,6 +28,9 @@ pub enum Command {
     /// The server's TLS certificate.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// List and revoke devices (offline, against the server's database).
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Keep DIR and the server in sync, both ways, until stopped (or once with --once).
     Sync(SyncArgs),
     /// Keep every folder of the config file in sync, in one process (see `--config`).
@@ -386,6 +389,17 @@ pub struct LimitArgs {
     /// Default 20000.
     #[arg(long, env = "SYNCSTORE_MAX_BATCH_DIRS")]
     pub max_batch_dirs: Option<usize>,
+    /// Requests with a refused token one address may send within --auth-fail-window; past
+    /// that, its refused tokens get 429 instead of 401 for --auth-block (good tokens from it
+    /// are still served). 0: no limit. Default 10.
+    #[arg(long, env = "SYNCSTORE_AUTH_FAIL_LIMIT")]
+    pub auth_fail_limit: Option<u32>,
+    /// See --auth-fail-limit. Default 1m.
+    #[arg(long, env = "SYNCSTORE_AUTH_FAIL_WINDOW", value_parser = humantime::parse_duration)]
+    pub auth_fail_window: Option<Duration>,
+    /// See --auth-fail-limit. Default 5m.
+    #[arg(long, env = "SYNCSTORE_AUTH_BLOCK", value_parser = humantime::parse_duration)]
+    pub auth_block: Option<Duration>,
 }
 
 /// A byte count: digits, optionally followed by KiB, MiB or GiB (or K, M, G).
@@ -434,6 +448,41 @@ pub enum UserCommand {
         #[command(flatten)]
         stores: StoreArgs,
     },
+    /// List the accounts: name, devices, created, current size, quota.
+    List {
+        /// Print the accounts as JSON (an array of {name, devices, created_ms, used_bytes,
+        /// quota_bytes}).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        stores: StoreArgs,
+    },
+    /// Rename an account; its files, devices and tokens stay as they are.
+    Rename {
+        /// The user's name now.
+        old: String,
+        /// The new name.
+        new: String,
+        #[command(flatten)]
+        stores: StoreArgs,
+    },
+    /// Remove an account with its devices, files, history and trash (asks first).
+    ///
+    /// Its devices' tokens are refused at once, on every server of the database, and its
+    /// files, history and trash are deleted from the database and the chunk store: it cannot
+    /// be undone. The devices keep their local copies; their daemons stop at their next
+    /// request, refused. Safe with servers running: content that an upload under way stores
+    /// afterwards goes at the next garbage collection. On a terminal it asks you to type the
+    /// name; otherwise give --yes.
+    Remove {
+        /// The user's name.
+        name: String,
+        /// Remove without asking.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        stores: StoreArgs,
+    },
     /// Change a user's settings.
     Set {
         /// The user's name.
@@ -470,6 +519,37 @@ pub enum TlsCommand {
         /// A PEM certificate file (its first certificate), such as serve's --tls-cert.
         #[arg(long, env = "SYNCSTORE_TLS_CERT", value_name = "FILE")]
         cert: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// List devices: created, last seen and from which address, revoked.
+    ///
+    /// Last seen and the address are recorded by each server when it takes the device's token,
+    /// at most once a minute per device.
+    List {
+        /// The user's name; default: every user.
+        user: Option<String>,
+        /// Print the devices as JSON (an array of {user, name, created_ms, last_seen_ms,
+        /// last_address, revoked_ms}).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        stores: StoreArgs,
+    },
+    /// Revoke a device (a lost laptop): its token is refused from now on.
+    ///
+    /// It holds on every server of the database from the moment the command returns, and the
+    /// device's locks are released. Its name stays, as the history (versions, trash) names it,
+    /// so a new device needs another name.
+    Revoke {
+        /// The user's name.
+        user: String,
+        /// The device's name.
+        device: String,
+        #[command(flatten)]
+        stores: StoreArgs,
     },
 }
 

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod accounts;
 mod bench_smoke;
 mod cli;
 mod folder;

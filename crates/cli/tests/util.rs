@@ -159,6 +159,26 @@ impl Server {
         )
     }
 
+    /// [`Server::start`] with more flags for `serve` (kept for restarts).
+    pub fn start_with_flags(log_dir: &Path, data: &Path, extra: &[&str]) -> Server {
+        let data = data.to_str().unwrap().to_owned();
+        let mut store_args = vec!["--data".to_owned(), data.clone()];
+        store_args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        Server::start_with(
+            "server",
+            log_dir,
+            store_args,
+            vec!["--data".to_owned(), data],
+        )
+    }
+
+    /// Runs an admin command (`user …`, `token …`, `device …`) against this server's
+    /// metadata store.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let admin: Vec<&str> = self.admin_args.iter().map(String::as_str).collect();
+        run(&[args, &admin].concat())
+    }
+
     /// A server on the PostgreSQL database `db` and the bucket `store`, which other servers may share.
     pub fn start_shared(name: &str, log_dir: &Path, db: &str, store: &str) -> Server {
         let data = log_dir.join(format!("{name}-data"));

@@ -7,12 +7,15 @@
 //!
 //! Start reading at [`RelPath`] (what a path may be), then [`Op`] (what a client may ask) and
 //! [`Change`] (what the journal tells every device).
+//! `devices.rs` holds a user's devices as the web UI lists and revokes them ([`DeviceInfo`],
+//! [`RevokeRequest`]).
 //! [`daemon`] holds the messages of the client daemon's local control socket, which is a wire
 //! too.
 //! This crate does no IO.
 
 mod api;
 pub mod daemon;
+mod devices;
 mod frame;
 mod history;
 mod names;
@@ -20,6 +23,7 @@ mod path;
 mod tls;
 
 pub use api::*;
+pub use devices::*;
 pub use frame::{decode_frame_header, encode_frame_header, FRAME_HEADER_LEN};
 pub use history::*;
 pub use names::{DeviceName, NameError, UserName};

@@ -14,6 +14,8 @@ use syncstore_store::StoreError;
 pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) message: String,
+    /// Seconds for a `Retry-After` header.
+    pub(crate) retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -21,6 +23,19 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A 429 that tells the client to wait `retry_after` (rounded up to whole seconds).
+    pub(crate) fn too_many_requests(
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> ApiError {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        ApiError {
+            retry_after_secs: Some(secs.max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
         }
     }
 
@@ -77,6 +92,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -85,7 +105,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
             StoreError::NotFound(_) => ApiError::not_found(err.to_string()),
-            StoreError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
+            StoreError::AlreadyExists(_) | StoreError::DeviceNameRetired { .. } => {
+                ApiError::new(StatusCode::CONFLICT, err.to_string())
+            }
             // 422, not 400: the request is well formed, but a chunk's bytes are not its name's,
             // which is what a file rewritten while it was read for upload sends.
             StoreError::HashMismatch { .. } => {

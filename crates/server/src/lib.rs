@@ -5,15 +5,20 @@
 //! directory on a bound listener until a shutdown future resolves; [`serve`] does the same over
 //! any [`Stores`], which [`open_stores`] opens from a [`MetaLocation`] and a [`ChunkLocation`]
 //! (the backend is picked by URL scheme, here, once). [`add_user`], [`add_token`] and
-//! [`ensure_first_user`] (and their `_in` forms on any meta store) are the offline admin helpers
-//! the CLI calls.
+//! [`ensure_first_user`] (and their `_in` forms on any meta store), and those of `accounts`
+//! ([`user_in`], [`devices_in`], [`revoke_device_in`], [`rename_user_in`], [`remove_user_in`]),
+//! are the offline admin helpers the CLI calls; the ones that need an existing account open the
+//! store with [`open_existing_meta_store`], which refuses a database that is not there.
 //!
 //! # Layout
 //!
 //! - `routes`: the router and one handler per row of the API table in `syncstore_proto::api`.
 //! - `error`: [`ErrorBody`](syncstore_proto::ErrorBody) answers and the JSON/query extractors
 //!   that turn malformed input into 400s.
-//! - `auth`: the bearer-token extractor.
+//! - `auth`: the bearer-token extractor, the rate limit on refused tokens per address, and
+//!   the at-most-once-a-minute record of when and from where each device was seen.
+//! - `devices`: the endpoints of `syncstore_proto::devices` (list the user's devices, revoke
+//!   one).
 //! - `conn`: the accept loop (TLS handshake with a timeout, header read timeout, connection
 //!   cap, backoff on EMFILE).
 //! - [`tls`]: the certificate and key ([`ServerTls`], reloadable), and the self-signed
@@ -32,8 +37,10 @@
 //! semantics live in `syncstore_store::ops` and `syncstore_store::locks`, not here.
 
 mod access_log;
+mod accounts;
 mod auth;
 mod conn;
+mod devices;
 mod error;
 mod history;
 mod hub;
@@ -42,6 +49,9 @@ mod routes;
 pub mod tls;
 mod wire;
 
+pub use accounts::{
+    devices_in, remove_user_in, rename_user_in, revoke_device_in, user_in, Removal,
+};
 pub use hub::ChangeHub;
 pub use tls::ServerTls;
 pub use wire::op_result;
@@ -172,6 +182,15 @@ pub struct ServerConfig {
     /// handshake, which must finish within [`ServerConfig::header_read_timeout`]); `None`
     /// (the default): plain HTTP.
     pub tls: Option<ServerTls>,
+    /// How many requests with a refused token one address (an IPv6 address: its /64) may send
+    /// within [`ServerConfig::auth_fail_window`]; past that, every request with a refused token
+    /// from it is answered 429 (with `Retry-After`) instead of 401 for
+    /// [`ServerConfig::auth_block`]. Good tokens from it are still served. 0: no limit.
+    pub auth_fail_limit: u32,
+    /// See [`ServerConfig::auth_fail_limit`].
+    pub auth_fail_window: Duration,
+    /// See [`ServerConfig::auth_fail_limit`].
+    pub auth_block: Duration,
 }
 
 impl ServerConfig {
@@ -196,6 +215,9 @@ impl ServerConfig {
             gc_interval: Some(Duration::from_secs(3600)),
             gc_grace: Duration::from_secs(24 * 3600),
             tls: None,
+            auth_fail_limit: 10,
+            auth_fail_window: Duration::from_secs(60),
+            auth_block: Duration::from_secs(300),
         }
     }
 
@@ -324,6 +346,63 @@ pub async fn open_meta_store(location: &MetaLocation) -> anyhow::Result<Arc<dyn 
         #[cfg(not(feature = "postgres"))]
         MetaLocation::Postgres(_) => Err(not_built_in(location, "PostgreSQL", "postgres")),
     }
+}
+
+/// Opens the meta store at `location` only if it exists already, for the admin commands that
+/// need an existing account (`token add`, `user list`, `device revoke`, ...): a mistyped
+/// `--data` or `--db` is then refused, and nothing is created, instead of a new empty database
+/// that has no such user. `user add` and `serve` use [`open_meta_store`], which creates it.
+///
+/// # Errors
+/// When there is no SQLite file at the path, or no syncstore schema in the PostgreSQL
+/// database; otherwise as [`open_meta_store`].
+pub async fn open_existing_meta_store(
+    location: &MetaLocation,
+) -> anyhow::Result<Arc<dyn MetaStore>> {
+    let missing = |location: &MetaLocation| {
+        anyhow::anyhow!(
+            "there is no syncstore database at {location}: give the server's --data DIR (or \
+             its --db), as `serve` was given; `syncstore serve` or `syncstore user add` \
+             creates a new one"
+        )
+    };
+    match location {
+        MetaLocation::Sqlite(path) => {
+            // Not `exists()`: a path that cannot be looked at is an error of its own.
+            match std::fs::metadata(path) {
+                Ok(_) => open_meta_store(location).await,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(missing(location)),
+                Err(err) => {
+                    Err(anyhow::Error::new(err).context(format!("could not look at {location}")))
+                }
+            }
+        }
+        #[cfg(feature = "postgres")]
+        MetaLocation::Postgres(url) => match PgMetaStore::open_existing(url)
+            .await
+            .with_context(|| format!("could not open the PostgreSQL database {location}"))?
+        {
+            Some(meta_store) => Ok(Arc::new(meta_store)),
+            None => Err(missing(location)),
+        },
+        #[cfg(not(feature = "postgres"))]
+        MetaLocation::Postgres(_) => Err(not_built_in(location, "PostgreSQL", "postgres")),
+    }
+}
+
+/// Opens both stores, as [`open_stores`], when the meta store exists already (see
+/// [`open_existing_meta_store`]).
+///
+/// # Errors
+/// As [`open_existing_meta_store`] and [`open_stores`].
+pub async fn open_existing_stores(
+    meta: &MetaLocation,
+    chunks: &ChunkLocation,
+) -> anyhow::Result<Stores> {
+    check_backends_built_in(meta, chunks)?;
+    // Checked first, so nothing is created for a database that is not there.
+    drop(open_existing_meta_store(meta).await?);
+    open_stores(meta, chunks).await
 }
 
 /// Opens the PostgreSQL meta store at `url` (`location` names it without its password).
@@ -546,6 +625,8 @@ pub async fn serve(
             config.max_transfers_per_user,
         )),
         json_budget: Arc::new(limits::JsonBudget::new(config.json_bytes_in_flight)),
+        auth_failures: Arc::new(auth::AuthFailures::new(&config)),
+        last_seen: Arc::new(auth::LastSeen::default()),
     };
     if let Some(interval) = config.gc_interval {
         tokio::spawn(collect_garbage_every(
@@ -776,9 +857,14 @@ async fn issue_token(
 ) -> anyhow::Result<String> {
     let token = new_token();
     meta_store
-        .add_device(user.id, device, &TokenHash::of_token(&token))
+        .add_device(
+            user.id,
+            device,
+            &TokenHash::of_token(&token),
+            routes::now_ms(),
+        )
         .await
-        .with_context(|| format!("could not add device {device} to user {}", user.name))?;
+        .context("could not add a device")?;
     Ok(token)
 }
 

@@ -42,6 +42,10 @@ pub(crate) struct AppState {
     pub(crate) transfers: Arc<TransferSlots>,
     /// Caps the bytes of JSON request bodies held at once.
     pub(crate) json_budget: Arc<JsonBudget>,
+    /// Refused tokens per address, for the rate limit on failed authentication.
+    pub(crate) auth_failures: Arc<crate::auth::AuthFailures>,
+    /// When this process last recorded each device as seen (at most once a minute).
+    pub(crate) last_seen: Arc<crate::auth::LastSeen>,
 }
 
 impl AppState {
@@ -73,6 +77,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/trash", get(crate::history::trash))
         .route("/api/v1/restore", post(crate::history::restore))
         .route("/api/v1/usage", get(crate::history::usage))
+        .route("/api/v1/devices", get(crate::devices::devices))
+        .route("/api/v1/devices/revoke", post(crate::devices::revoke))
         .layer(DefaultBodyLimit::max(state.config.json_body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -644,6 +650,10 @@ mod tests {
             panicked: Arc::new(AtomicBool::new(false)),
             transfers: Arc::new(TransferSlots::new(1, 1)),
             json_budget: Arc::new(JsonBudget::new(1024 * 1024)),
+            auth_failures: Arc::new(crate::auth::AuthFailures::new(&ServerConfig::new(
+                data_dir.path().to_owned(),
+            ))),
+            last_seen: Arc::new(crate::auth::LastSeen::default()),
         };
         let app = Router::new()
             .route("/boom", get(|| async { panic!("boom") as &'static str }))

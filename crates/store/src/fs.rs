@@ -298,6 +298,29 @@ impl ChunkStore for FsChunkStore {
         .map_err(|err| StoreError::Worker(err.to_string()))?
     }
 
+    async fn delete_all(&self, owner: NamespaceId) -> Result<(u64, u64), StoreError> {
+        let listed = self.list(owner).await?;
+        let freed = self.delete(owner, &listed).await?;
+        // The emptied directories go too, so the store holds nothing of the namespace (what
+        // `holds_content` looks for). One still holding a file (an upload under way) stays.
+        let (root, user_dir) = (self.root.clone(), self.user_dir(owner));
+        tokio::task::spawn_blocking(move || {
+            let Ok(fan_outs) = std::fs::read_dir(&user_dir) else {
+                return Ok(());
+            };
+            for fan_out in fan_outs.flatten() {
+                let _ = std::fs::remove_dir(fan_out.path());
+            }
+            if std::fs::remove_dir(&user_dir).is_ok() {
+                sync_dir(&root)?;
+            }
+            Ok::<(), StoreError>(())
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))??;
+        Ok((listed.len() as u64, freed))
+    }
+
     async fn holds_content(&self) -> Result<bool, StoreError> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {

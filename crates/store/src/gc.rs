@@ -33,7 +33,7 @@
 
 use crate::meta::MetaTxn;
 use crate::retention::Retention;
-use crate::{ChunkStore, MetaStore, StoreError, User, UserId};
+use crate::{ChunkStore, MetaStore, RemovedUser, StoreError, User, UserId};
 use std::collections::HashSet;
 use syncstore_proto::{ChunkHash, Cursor};
 
@@ -156,7 +156,9 @@ pub struct GcPolicy {
 
 /// One garbage collection run over every user at `now_ms`: compacts each journal
 /// ([`crate::retention`]), finishes runs found dead, then dooms, deletes and forgets the
-/// user's unreferenced chunks. With `dry_run`, changes nothing and counts what it would do.
+/// user's unreferenced chunks; then deletes what is left of removed accounts' content
+/// ([`MetaStore::removed_users`]). With `dry_run`, changes nothing and counts what it would do.
+/// A user removed during the run is skipped.
 ///
 /// # Errors
 /// Store failures; the users before the failing one are done.
@@ -169,9 +171,55 @@ pub async fn collect(
 ) -> Result<GcReport, StoreError> {
     let mut report = GcReport::default();
     for user in meta.users().await? {
-        let done = collect_user(meta, chunks, &user, now_ms, policy, dry_run).await?;
+        match collect_user(meta, chunks, &user, now_ms, policy, dry_run).await {
+            Ok(done) => report.add(&done),
+            // Removed meanwhile: its content is swept below, now or by the next run.
+            Err(StoreError::NotFound(_)) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    for removed in meta.removed_users().await? {
+        let done = sweep_removed(meta, chunks, &removed, now_ms, policy, dry_run).await?;
         report.add(&done);
     }
+    Ok(report)
+}
+
+/// Deletes what is left of a removed account's content. `syncstore user remove` deletes it at
+/// once, but a chunk upload that was under way then (on any server) may store more afterwards;
+/// by the grace period's promise such uploads are over `grace_ms` after the removal, so a run
+/// after that which finds nothing left records the content as gone, and later runs skip it.
+async fn sweep_removed(
+    meta: &dyn MetaStore,
+    chunks: &dyn ChunkStore,
+    removed: &RemovedUser,
+    now_ms: i64,
+    policy: GcPolicy,
+    dry_run: bool,
+) -> Result<GcReport, StoreError> {
+    let listed = chunks.list(removed.namespace).await?;
+    let mut report = GcReport {
+        chunks_deleted: listed.len() as u64,
+        bytes_freed: listed.iter().map(|chunk| chunk.len).sum(),
+        ..GcReport::default()
+    };
+    if dry_run {
+        return Ok(report);
+    }
+    if listed.is_empty() {
+        if removed.removed_ms <= now_ms.saturating_sub(policy.grace_ms) {
+            meta.content_gone(removed.user_id, now_ms).await?;
+        }
+        return Ok(report);
+    }
+    let (n_deleted, bytes) = chunks.delete_all(removed.namespace).await?;
+    tracing::info!(
+        chunks = n_deleted,
+        bytes,
+        "deleted content of a removed account"
+    );
+    report.chunks_deleted = n_deleted;
+    report.bytes_freed = bytes;
     Ok(report)
 }
 

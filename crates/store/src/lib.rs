@@ -35,8 +35,9 @@
 //! **Architecture Invariant:** nothing here reads a clock: calls that depend on time (which locks
 //! are in force) take `now_ms` from the caller.
 //! **Architecture Invariant:** chunk bytes are deleted only by garbage collection ([`gc`]),
-//! and only when no current node and no kept journal row names them; see [`retention`] for
-//! which rows are kept.
+//! and only when no current node and no kept journal row names them (see [`retention`] for
+//! which rows are kept), or with a removed account ([`MetaStore::remove_user`], then
+//! [`ChunkStore::delete_all`]), whose rows are all gone first.
 
 pub mod fs;
 pub mod gc;
@@ -148,6 +149,64 @@ pub struct Principal {
     pub namespace: NamespaceId,
     pub device_id: DeviceId,
     pub device_name: DeviceName,
+}
+
+/// A device as administrators and the web UI see it ([`MetaStore::devices`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    pub name: DeviceName,
+    /// When it was added (milliseconds since the Unix epoch); `None` for a device added before
+    /// this was recorded.
+    pub created_ms: Option<i64>,
+    /// When a server last took its token, recorded at most once a minute per server process
+    /// ([`MetaStore::seen_device`]).
+    pub last_seen_ms: Option<i64>,
+    /// The address that request came from (the TCP peer, an IP address).
+    pub last_address: Option<String>,
+    /// When it was revoked: its token is refused from then on, and its row stays, because the
+    /// journal names devices.
+    pub revoked_ms: Option<i64>,
+}
+
+/// An account with what `syncstore user list` shows ([`MetaStore::accounts`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Account {
+    pub user: User,
+    /// When its first device was added (an account gets one as it is created); `None` when
+    /// not known.
+    pub created_ms: Option<i64>,
+    /// Devices whose tokens work (revoked ones are not counted).
+    pub devices: u64,
+    /// The sizes of its current files, and its quota (`None`: none).
+    pub used_bytes: u64,
+    pub quota_bytes: Option<u64>,
+}
+
+/// The outcome of [`MetaStore::revoke_device`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Revocation {
+    /// Revoked now: its token is refused from this commit on, on every server. The locks it
+    /// held are released, each journalled as its [`Change::Unlock`]; `cursor` is the journal
+    /// position after them (`None` when it held none).
+    Revoked {
+        revoked_ms: i64,
+        released: Vec<LockInfo>,
+        cursor: Option<Cursor>,
+    },
+    /// It had been revoked already, at `revoked_ms`; nothing changed.
+    AlreadyRevoked { revoked_ms: i64 },
+    /// The user has no device of that name.
+    NoSuchDevice,
+}
+
+/// A removed account whose content may not all be deleted yet ([`MetaStore::removed_users`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RemovedUser {
+    pub user_id: UserId,
+    /// What its chunks are keyed by.
+    pub namespace: NamespaceId,
+    pub removed_ms: i64,
 }
 
 /// Every live node of a user at one cursor.
@@ -272,6 +331,10 @@ pub enum StoreError {
     /// A user or device name is already taken.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// A device name that a revoked device of the user had: the name stays with the versions,
+    /// deletions and locks in the journal that name it, so it is not given to another device.
+    #[error("device {device} of user {user} was revoked; its name stays with the history that names it, so give the new device another name")]
+    DeviceNameRetired { user: UserName, device: DeviceName },
     /// A named user, device or chunk does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -453,17 +516,91 @@ pub trait MetaStore: Send + Sync {
     /// Database errors only; an unknown name is `Ok(None)`.
     async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, StoreError>;
 
-    /// Adds a device with its token hash to a user.
+    /// Adds a device with its token hash to a user, created at `now_ms`.
     ///
     /// # Errors
     /// [`StoreError::AlreadyExists`] when the user already has a device of that name (or the
-    /// token hash is in use); [`StoreError::NotFound`] for an unknown user; database errors.
+    /// token hash is in use); [`StoreError::DeviceNameRetired`] when a revoked device of the
+    /// user had that name; [`StoreError::NotFound`] for an unknown user; database errors.
     async fn add_device(
         &self,
         user_id: UserId,
         name: &DeviceName,
         token_hash: &TokenHash,
+        now_ms: i64,
     ) -> Result<Device, StoreError>;
+
+    /// Every device of the user, revoked ones too, sorted by name.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn devices(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Records that a server took the device's token at `now_ms`, from `address`; an older
+    /// time than the one recorded, and a revoked device, change nothing. The one write that
+    /// serialises on no user: a single `UPDATE` of the device's row. Servers call it at most
+    /// once a minute per device, never once per request.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn seen_device(
+        &self,
+        device_id: DeviceId,
+        now_ms: i64,
+        address: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Revokes the user's device `name` at `now_ms`: from this commit on its token is refused
+    /// (its hash is replaced by random bytes no token hashes to), on every server, while its
+    /// row, and so its name, stays; the locks it holds are released.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn revoke_device(
+        &self,
+        user_id: UserId,
+        name: &DeviceName,
+        now_ms: i64,
+    ) -> Result<Revocation, StoreError>;
+
+    /// Every account with its device count, creation time, usage and quota, by name.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+
+    /// Renames a user; its namespace, devices and tokens stay as they are.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the name is taken; [`StoreError::NotFound`] for an
+    /// unknown user; database errors.
+    async fn rename_user(&self, user_id: UserId, name: &UserName) -> Result<(), StoreError>;
+
+    /// Removes a user at `now_ms`: its devices (their tokens are refused from this commit on),
+    /// its tree, journal, locks and wanted list, in one transaction serialised on the user, so
+    /// no request of another server writes for it afterwards. Its chunks are the caller's to
+    /// delete (see [`ChunkStore::delete_all`]); the account stays listed by
+    /// [`MetaStore::removed_users`] until [`MetaStore::content_gone`]. Its name is free again;
+    /// its id and namespace are never reused.
+    ///
+    /// # Errors
+    /// Database errors; [`StoreError::NotFound`] for an unknown user.
+    async fn remove_user(&self, user_id: UserId, now_ms: i64) -> Result<(), StoreError>;
+
+    /// The removed accounts whose content may still be in the chunk store: chunks uploaded by
+    /// requests that were under way when the account was removed may arrive later, so garbage
+    /// collection looks again (see [`gc::collect`]).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn removed_users(&self) -> Result<Vec<RemovedUser>, StoreError>;
+
+    /// Records that the removed account's content is all gone, at `now_ms`: it is no longer
+    /// listed by [`MetaStore::removed_users`].
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn content_gone(&self, user_id: UserId, now_ms: i64) -> Result<(), StoreError>;
 
     /// Finds the device holding the token with this hash.
     ///
@@ -801,6 +938,17 @@ pub trait ChunkStore: Send + Sync {
     /// IO errors; chunks before the failing one may be deleted.
     async fn delete(&self, owner: NamespaceId, chunks: &[StoredChunk]) -> Result<u64, StoreError>;
 
+    /// Deletes every chunk of the namespace (a removed account's), and on disk its
+    /// directories; returns how many chunks it deleted and their bytes.
+    ///
+    /// # Errors
+    /// IO errors; chunks before the failing one may be deleted.
+    async fn delete_all(&self, owner: NamespaceId) -> Result<(u64, u64), StoreError> {
+        let listed = self.list(owner).await?;
+        let freed = self.delete(owner, &listed).await?;
+        Ok((listed.len() as u64, freed))
+    }
+
     /// Whether the store holds any chunk of any namespace (a store that does, beside an empty
     /// metadata database, means the database was lost or is the wrong one).
     ///
@@ -925,7 +1073,19 @@ pub async fn apply_ops(
     }
 }
 
+/// The error for a user id that names no account (never created, or removed); the message
+/// holds no id, as it may reach a client.
+pub(crate) fn unknown_user() -> StoreError {
+    StoreError::NotFound("account".to_owned())
+}
+
 /// A short description of a path for messages.
 pub(crate) fn quoted(path: &RelPath) -> String {
     format!("{:?}", path.as_str())
+}
+
+/// The name a removed user's row keeps: it starts with a '.', which no [`UserName`] may, so the
+/// name is free for a new account and no lookup by name finds the old one.
+pub(crate) fn retired_user_name(user_id: UserId) -> String {
+    format!(".removed-{user_id}")
 }

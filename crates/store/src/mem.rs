@@ -21,7 +21,10 @@ use crate::history::{Deletion, JournalRow};
 use crate::meta::{Access, MetaTxn, TxnBackend, TxnFn};
 use crate::ops::Txn;
 use crate::retention::{Floors, RowKind, RowMeta};
-use crate::{Device, DeviceId, Principal, StoreError, TokenHash, User, UserId};
+use crate::{
+    Account, Device, DeviceId, DeviceRecord, Principal, RemovedUser, StoreError, TokenHash, User,
+    UserId,
+};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -42,6 +45,8 @@ pub struct MemTxn {
     devices: BTreeMap<DeviceId, MemDevice>,
     /// Which device holds each token.
     tokens: HashMap<TokenHash, DeviceId>,
+    /// Removed users: their ids and namespaces are never handed out again.
+    removed: BTreeMap<UserId, MemRemoved>,
     /// Part of every journal tag (see [`MemTxn::set_epoch`]).
     epoch: u64,
     /// The state at [`Txn::begin_op`], restored by `end_op(false)` (a `SAVEPOINT`).
@@ -81,6 +86,18 @@ pub struct MemUser {
 struct MemDevice {
     user_id: UserId,
     name: DeviceName,
+    created_ms: i64,
+    last_seen_ms: Option<i64>,
+    last_address: Option<String>,
+    revoked_ms: Option<i64>,
+}
+
+/// A removed user in a [`MemTxn`].
+#[derive(Clone, Debug)]
+struct MemRemoved {
+    namespace: NamespaceId,
+    removed_ms: i64,
+    content_gone: bool,
 }
 
 impl MemTxn {
@@ -104,15 +121,11 @@ impl MemTxn {
     }
 
     fn user_mut(&mut self, user_id: UserId) -> Result<&mut MemUser, StoreError> {
-        self.users
-            .get_mut(&user_id)
-            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))
+        self.users.get_mut(&user_id).ok_or_else(crate::unknown_user)
     }
 
     fn existing_user(&self, user_id: UserId) -> Result<&MemUser, StoreError> {
-        self.users
-            .get(&user_id)
-            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))
+        self.users.get(&user_id).ok_or_else(crate::unknown_user)
     }
 
     /// The tag of position `cursor` of the user's journal in this epoch.
@@ -125,6 +138,19 @@ impl MemTxn {
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&digest.as_bytes()[..16]);
         JournalTag(tag)
+    }
+}
+
+impl MemDevice {
+    fn record(&self, id: DeviceId) -> DeviceRecord {
+        DeviceRecord {
+            id,
+            name: self.name.clone(),
+            created_ms: Some(self.created_ms),
+            last_seen_ms: self.last_seen_ms,
+            last_address: self.last_address.clone(),
+            revoked_ms: self.revoked_ms,
+        }
     }
 }
 
@@ -376,7 +402,13 @@ impl MetaTxn for MemTxn {
         if self.users.values().any(|user| user.name == *name) {
             return Err(StoreError::AlreadyExists(format!("user {name}")));
         }
-        let id = UserId(self.users.keys().next_back().map_or(1, |last| last.0 + 1));
+        let last_id = self
+            .users
+            .keys()
+            .chain(self.removed.keys())
+            .max()
+            .map_or(0, |last| last.0);
+        let id = UserId(last_id + 1);
         self.users.insert(
             id,
             MemUser {
@@ -435,11 +467,20 @@ impl MetaTxn for MemTxn {
         Ok(self.users.len() as u64)
     }
 
+    fn user_by_id(&mut self, user_id: UserId) -> Result<Option<User>, StoreError> {
+        Ok(self.user(user_id).map(|user| User {
+            id: user_id,
+            name: user.name.clone(),
+            namespace: user.namespace,
+        }))
+    }
+
     fn insert_device(
         &mut self,
         user_id: UserId,
         name: &DeviceName,
         token_hash: &TokenHash,
+        now_ms: i64,
     ) -> Result<Device, StoreError> {
         self.existing_user(user_id)?;
         let taken = self
@@ -448,7 +489,7 @@ impl MetaTxn for MemTxn {
             .any(|device| device.user_id == user_id && device.name == *name);
         if taken || self.tokens.contains_key(token_hash) {
             return Err(StoreError::AlreadyExists(format!(
-                "device {name} of user {user_id}"
+                "device {name} or its token"
             )));
         }
         let id = DeviceId(self.devices.keys().next_back().map_or(1, |last| last.0 + 1));
@@ -457,6 +498,10 @@ impl MetaTxn for MemTxn {
             MemDevice {
                 user_id,
                 name: name.clone(),
+                created_ms: now_ms,
+                last_seen_ms: None,
+                last_address: None,
+                revoked_ms: None,
             },
         );
         self.tokens.insert(*token_hash, id);
@@ -475,6 +520,9 @@ impl MetaTxn for MemTxn {
             .devices
             .get(device_id)
             .ok_or_else(|| StoreError::Corrupt(format!("token of a lost device {device_id:?}")))?;
+        if device.revoked_ms.is_some() {
+            return Ok(None);
+        }
         let user = self.existing_user(device.user_id)?;
         Ok(Some(Principal {
             user_id: device.user_id,
@@ -483,6 +531,137 @@ impl MetaTxn for MemTxn {
             device_id: *device_id,
             device_name: device.name.clone(),
         }))
+    }
+
+    fn device_by_name(
+        &mut self,
+        user_id: UserId,
+        name: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self
+            .devices
+            .iter()
+            .find(|(_, device)| device.user_id == user_id && device.name == *name)
+            .map(|(id, device)| device.record(*id)))
+    }
+
+    fn devices(&mut self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut devices: Vec<DeviceRecord> = self
+            .devices
+            .iter()
+            .filter(|(_, device)| device.user_id == user_id)
+            .map(|(id, device)| device.record(*id))
+            .collect();
+        devices.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(devices)
+    }
+
+    fn touch_device(
+        &mut self,
+        device_id: DeviceId,
+        now_ms: i64,
+        address: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(device) = self.devices.get_mut(&device_id) {
+            if device.revoked_ms.is_none() && device.last_seen_ms.is_none_or(|seen| seen < now_ms) {
+                device.last_seen_ms = Some(now_ms);
+                device.last_address = Some(address.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn revoke_device_row(
+        &mut self,
+        device_id: DeviceId,
+        now_ms: i64,
+        dead_hash: &TokenHash,
+    ) -> Result<(), StoreError> {
+        if let Some(device) = self.devices.get_mut(&device_id) {
+            device.revoked_ms = Some(now_ms);
+        }
+        self.tokens.retain(|_, holder| *holder != device_id);
+        self.tokens.insert(*dead_hash, device_id);
+        Ok(())
+    }
+
+    fn accounts(&mut self) -> Result<Vec<Account>, StoreError> {
+        let mut accounts: Vec<Account> = self
+            .users
+            .iter()
+            .map(|(id, user)| {
+                let devices = || self.devices.values().filter(|d| d.user_id == *id);
+                Account {
+                    user: User {
+                        id: *id,
+                        name: user.name.clone(),
+                        namespace: user.namespace,
+                    },
+                    created_ms: devices().map(|device| device.created_ms).min(),
+                    devices: devices().filter(|d| d.revoked_ms.is_none()).count() as u64,
+                    used_bytes: user.used,
+                    quota_bytes: user.quota,
+                }
+            })
+            .collect();
+        accounts.sort_by(|a, b| a.user.name.as_str().cmp(b.user.name.as_str()));
+        Ok(accounts)
+    }
+
+    fn set_user_name(&mut self, user_id: UserId, name: &UserName) -> Result<(), StoreError> {
+        if self
+            .users
+            .iter()
+            .any(|(id, user)| *id != user_id && user.name == *name)
+        {
+            return Err(StoreError::AlreadyExists(format!("user {name}")));
+        }
+        self.user_mut(user_id)?.name = name.clone();
+        Ok(())
+    }
+
+    fn remove_user_rows(&mut self, user_id: UserId, now_ms: i64) -> Result<(), StoreError> {
+        let user = self
+            .users
+            .remove(&user_id)
+            .ok_or_else(crate::unknown_user)?;
+        let gone: HashSet<DeviceId> = self
+            .devices
+            .iter()
+            .filter(|(_, device)| device.user_id == user_id)
+            .map(|(id, _)| *id)
+            .collect();
+        self.devices.retain(|id, _| !gone.contains(id));
+        self.tokens.retain(|_, holder| !gone.contains(holder));
+        self.removed.insert(
+            user_id,
+            MemRemoved {
+                namespace: user.namespace,
+                removed_ms: now_ms,
+                content_gone: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn removed_users(&mut self) -> Result<Vec<RemovedUser>, StoreError> {
+        Ok(self
+            .removed
+            .iter()
+            .filter(|(_, removed)| !removed.content_gone)
+            .map(|(id, removed)| RemovedUser {
+                user_id: *id,
+                namespace: removed.namespace,
+                removed_ms: removed.removed_ms,
+            })
+            .collect())
+    }
+
+    fn set_content_gone(&mut self, user_id: UserId, _now_ms: i64) -> Result<(), StoreError> {
+        if let Some(removed) = self.removed.get_mut(&user_id) {
+            removed.content_gone = true;
+        }
+        Ok(())
     }
 
     fn nodes(&mut self, user_id: UserId) -> Result<Vec<RemoteEntry>, StoreError> {

@@ -22,8 +22,9 @@ use crate::history::{self, Deletion, JournalRow, RestorePlan};
 use crate::ops::{self, Txn};
 use crate::retention::{self, Compaction, Floors, Retention, RowMeta};
 use crate::{
-    locks, new_namespace_id, BatchOutcome, ChangesPage, ChunkLens, Device, History, LockOutcome,
-    MetaStore, Principal, StoreError, TokenHash, Trash, Tree, User, UserId,
+    locks, new_namespace_id, unknown_user, Account, BatchOutcome, ChangesPage, ChunkLens, Device,
+    DeviceId, DeviceRecord, History, LockOutcome, MetaStore, Principal, RemovedUser, Revocation,
+    StoreError, TokenHash, Trash, Tree, User, UserId,
 };
 use async_trait::async_trait;
 use std::collections::HashSet;
@@ -103,7 +104,13 @@ pub trait MetaTxn: Txn {
     /// Backend failures.
     fn count_users(&mut self) -> Result<u64, StoreError>;
 
-    /// Stores a device of an existing user with its token hash.
+    /// The account with this id, unless it was removed.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn user_by_id(&mut self, user_id: UserId) -> Result<Option<User>, StoreError>;
+
+    /// Stores a device of an existing user with its token hash, created at `now_ms`.
     ///
     /// # Errors
     /// [`StoreError::AlreadyExists`] when the user has a device of that name or the token hash
@@ -113,13 +120,87 @@ pub trait MetaTxn: Txn {
         user_id: UserId,
         name: &DeviceName,
         token_hash: &TokenHash,
+        now_ms: i64,
     ) -> Result<Device, StoreError>;
 
-    /// The device holding the token with this hash, with its user, if any.
+    /// The device holding the token with this hash, with its user, if any; a revoked device
+    /// or a removed user holds none.
     ///
     /// # Errors
     /// Backend failures.
     fn principal(&mut self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError>;
+
+    /// The user's device of that name (revoked or not), if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn device_by_name(
+        &mut self,
+        user_id: UserId,
+        name: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// Every device of the user, revoked ones too, sorted by name.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn devices(&mut self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Records the device as seen at `now_ms` from `address`, unless it is revoked or was
+    /// seen later already.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn touch_device(
+        &mut self,
+        device_id: DeviceId,
+        now_ms: i64,
+        address: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Marks the device revoked at `now_ms` and replaces its token hash with `dead_hash`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn revoke_device_row(
+        &mut self,
+        device_id: DeviceId,
+        now_ms: i64,
+        dead_hash: &TokenHash,
+    ) -> Result<(), StoreError>;
+
+    /// Every account that was not removed, with its device count, creation time and usage,
+    /// sorted by name.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn accounts(&mut self) -> Result<Vec<Account>, StoreError>;
+
+    /// Gives the user another name.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the name is taken; [`StoreError::NotFound`] for an
+    /// unknown user; backend failures.
+    fn set_user_name(&mut self, user_id: UserId, name: &UserName) -> Result<(), StoreError>;
+
+    /// Deletes every row of the user but its own, which stays, marked removed at `now_ms`
+    /// under a name no account can have, so no id or namespace is ever handed out twice.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn remove_user_rows(&mut self, user_id: UserId, now_ms: i64) -> Result<(), StoreError>;
+
+    /// The removed users whose content is not yet known to be gone, by id.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn removed_users(&mut self) -> Result<Vec<RemovedUser>, StoreError>;
+
+    /// Records that the removed user's content is all gone.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn set_content_gone(&mut self, user_id: UserId, now_ms: i64) -> Result<(), StoreError>;
 
     /// Every node of the user, sorted by path.
     ///
@@ -337,12 +418,128 @@ impl<B: TxnBackend> MetaStore for B {
         user_id: UserId,
         name: &DeviceName,
         token_hash: &TokenHash,
+        now_ms: i64,
     ) -> Result<Device, StoreError> {
         let name = name.clone();
         let token_hash = *token_hash;
         transact(self, Access::Write, move |txn| {
             txn.serialize_writes(user_id)?;
-            txn.insert_device(user_id, &name, &token_hash)
+            let user = txn.user_by_id(user_id)?.ok_or_else(unknown_user)?;
+            // Checked first, so the refusal can name the user and say whether the name is
+            // retired (a unique violation would end a PostgreSQL transaction).
+            if let Some(device) = txn.device_by_name(user_id, &name)? {
+                return Err(match device.revoked_ms {
+                    Some(_) => StoreError::DeviceNameRetired {
+                        user: user.name,
+                        device: name.clone(),
+                    },
+                    None => {
+                        StoreError::AlreadyExists(format!("device {name} of user {}", user.name))
+                    }
+                });
+            }
+            txn.insert_device(user_id, &name, &token_hash, now_ms)
+        })
+        .await
+    }
+
+    async fn devices(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        transact(self, Access::Read, move |txn| txn.devices(user_id)).await
+    }
+
+    async fn seen_device(
+        &self,
+        device_id: DeviceId,
+        now_ms: i64,
+        address: &str,
+    ) -> Result<(), StoreError> {
+        let address = address.to_owned();
+        // One statement on one row that decides nothing else: no user to serialise on.
+        transact(self, Access::Write, move |txn| {
+            txn.touch_device(device_id, now_ms, &address)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn revoke_device(
+        &self,
+        user_id: UserId,
+        name: &DeviceName,
+        now_ms: i64,
+    ) -> Result<Revocation, StoreError> {
+        let name = name.clone();
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            let Some(device) = txn.device_by_name(user_id, &name)? else {
+                return Ok(Revocation::NoSuchDevice);
+            };
+            if let Some(revoked_ms) = device.revoked_ms {
+                return Ok(Revocation::AlreadyRevoked { revoked_ms });
+            }
+            txn.revoke_device_row(device.id, now_ms, &TokenHash(rand::random()))?;
+            // A lost laptop must not hold files for ever: its locks end with it, journalled
+            // as released by their holder, so every device learns of it.
+            let mut released = Vec::new();
+            let mut cursor = None;
+            for lock in locks::locks_in_force(txn, user_id, now_ms)? {
+                if lock.device != name {
+                    continue;
+                }
+                if let LockOutcome::Done { lock, cursor: at } =
+                    locks::release_lock(txn, user_id, &name, &lock.path, false, now_ms)?
+                {
+                    released.push(lock);
+                    cursor = Some(at);
+                }
+            }
+            if let Some(cursor) = cursor {
+                txn.announce(user_id, cursor)?;
+            }
+            Ok(Revocation::Revoked {
+                revoked_ms: now_ms,
+                released,
+                cursor,
+            })
+        })
+        .await
+    }
+
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        transact(self, Access::Read, |txn| txn.accounts()).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn rename_user(&self, user_id: UserId, name: &UserName) -> Result<(), StoreError> {
+        let name = name.clone();
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            if txn.user_by_name(&name)?.is_some() {
+                return Err(StoreError::AlreadyExists(format!("user {name}")));
+            }
+            txn.set_user_name(user_id, &name)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn remove_user(&self, user_id: UserId, now_ms: i64) -> Result<(), StoreError> {
+        transact(self, Access::Write, move |txn| {
+            // Waits for the user's writes under way on any server; those after it find no
+            // user (`serialize_writes` fails for a removed one).
+            txn.serialize_writes(user_id)?;
+            txn.remove_user_rows(user_id, now_ms)
+        })
+        .await
+    }
+
+    async fn removed_users(&self) -> Result<Vec<RemovedUser>, StoreError> {
+        transact(self, Access::Read, |txn| txn.removed_users()).await
+    }
+
+    async fn content_gone(&self, user_id: UserId, now_ms: i64) -> Result<(), StoreError> {
+        transact(self, Access::Write, move |txn| {
+            txn.set_content_gone(user_id, now_ms)
         })
         .await
     }

@@ -16,7 +16,10 @@ use crate::history::{Deletion, JournalRow};
 use crate::meta::MetaTxn;
 use crate::ops::Txn;
 use crate::retention::{Floors, RowKind, RowMeta};
-use crate::{new_journal_tag, Device, DeviceId, Principal, StoreError, TokenHash, User, UserId};
+use crate::{
+    new_journal_tag, Account, Device, DeviceId, DeviceRecord, Principal, RemovedUser, StoreError,
+    TokenHash, User, UserId,
+};
 use std::collections::HashSet;
 use syncstore_proto::{
     Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
@@ -77,7 +80,8 @@ impl From<StoreError> for SqlError {
 /// One SQL connection or transaction of a backend, as [`SqlTxn`] uses it.
 pub(crate) trait SqlConn {
     /// The statement of [`Txn::serialize_writes`]: reads the user's `cursor` (no row: an
-    /// unknown user), and locks the row until the transaction ends where the backend needs that.
+    /// unknown or removed user), and locks the row until the transaction ends where the backend
+    /// needs that.
     const LOCK_USER: &'static str;
 
     /// The statement of [`MetaTxn::announce`], which takes the text `<user id>:<cursor>` as
@@ -141,6 +145,13 @@ macro_rules! user_columns {
     };
 }
 
+/// The columns of a device row, in [`device_record`] order.
+macro_rules! device_columns {
+    () => {
+        "id, name, created_ms, last_seen_ms, last_address, revoked_ms"
+    };
+}
+
 /// `SELECT <columns> <rest>` as one literal, `columns` naming one of the macros above.
 macro_rules! select {
     ($columns:ident, $rest:literal) => {
@@ -149,7 +160,8 @@ macro_rules! select {
 }
 
 const HEAD_TAG: &str = "SELECT head_tag FROM users WHERE id = ?1";
-const USER_CURSOR: &str = "SELECT cursor FROM users WHERE id = ?1";
+// A removed user has no cursor: every read that must agree with one fails for it.
+const USER_CURSOR: &str = "SELECT cursor FROM users WHERE id = ?1 AND removed_ms IS NULL";
 const NEXT_CURSOR: &str =
     "UPDATE users SET cursor = cursor + 1, head_tag = ?2 WHERE id = ?1 RETURNING cursor";
 const NEXT_NODE_ID: &str =
@@ -183,17 +195,64 @@ const INSERT_LOCK: &str = "INSERT INTO locks (user_id, path, device, since_ms, e
      VALUES (?1, ?2, ?3, ?4, ?5)";
 const REMOVE_LOCK: &str = "DELETE FROM locks WHERE user_id = ?1 AND path = ?2";
 const INSERT_USER: &str = "INSERT INTO users (name, namespace_id) VALUES (?1, ?2) RETURNING id";
-const USER_BY_NAME: &str = select!(user_columns, "FROM users WHERE name = ?1");
-const USERS: &str = select!(user_columns, "FROM users ORDER BY name");
-const COUNT_USERS: &str = "SELECT COUNT(*) FROM users";
-const INSERT_DEVICE: &str =
-    "INSERT INTO devices (user_id, name, token_hash) VALUES (?1, ?2, ?3) RETURNING id";
+const USER_BY_NAME: &str = select!(
+    user_columns,
+    "FROM users WHERE name = ?1 AND removed_ms IS NULL"
+);
+const USER_BY_ID: &str = select!(
+    user_columns,
+    "FROM users WHERE id = ?1 AND removed_ms IS NULL"
+);
+const USERS: &str = select!(
+    user_columns,
+    "FROM users WHERE removed_ms IS NULL ORDER BY name"
+);
+const COUNT_USERS: &str = "SELECT COUNT(*) FROM users WHERE removed_ms IS NULL";
+const INSERT_DEVICE: &str = "INSERT INTO devices (user_id, name, token_hash, created_ms)
+     VALUES (?1, ?2, ?3, ?4) RETURNING id";
 const PRINCIPAL: &str = concat!(
     "SELECT ",
     user_columns!(),
     ", devices.id, devices.name FROM devices JOIN users ON users.id = devices.user_id
-     WHERE devices.token_hash = ?1"
+     WHERE devices.token_hash = ?1 AND devices.revoked_ms IS NULL AND users.removed_ms IS NULL"
 );
+const DEVICE_BY_NAME: &str = select!(
+    device_columns,
+    "FROM devices WHERE user_id = ?1 AND name = ?2"
+);
+const DEVICES: &str = select!(
+    device_columns,
+    "FROM devices WHERE user_id = ?1 ORDER BY name"
+);
+// Never moves back: two servers may record the same device a moment apart.
+const TOUCH_DEVICE: &str = "UPDATE devices SET last_seen_ms = ?2, last_address = ?3
+     WHERE id = ?1 AND revoked_ms IS NULL AND (last_seen_ms IS NULL OR last_seen_ms < ?2)";
+const REVOKE_DEVICE: &str = "UPDATE devices SET revoked_ms = ?2, token_hash = ?3 WHERE id = ?1";
+const ACCOUNTS: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    ", (SELECT MIN(d.created_ms) FROM devices d WHERE d.user_id = users.id),
+     (SELECT COUNT(*) FROM devices d WHERE d.user_id = users.id AND d.revoked_ms IS NULL),
+     users.used_bytes, users.quota_bytes
+     FROM users WHERE removed_ms IS NULL ORDER BY name"
+);
+const RENAME_USER: &str = "UPDATE users SET name = ?2 WHERE id = ?1 AND removed_ms IS NULL";
+// What a removed user leaves: its own row, under a name no account can have.
+const REMOVE_USER_ROWS: [&str; 8] = [
+    "DELETE FROM devices WHERE user_id = ?1",
+    "DELETE FROM locks WHERE user_id = ?1",
+    "DELETE FROM lock_changes WHERE user_id = ?1",
+    "DELETE FROM changes WHERE user_id = ?1",
+    "DELETE FROM nodes WHERE user_id = ?1",
+    "DELETE FROM compacted_tags WHERE user_id = ?1",
+    "DELETE FROM wanted_chunks WHERE user_id = ?1",
+    "DELETE FROM gc_doomed WHERE user_id = ?1",
+];
+const RETIRE_USER: &str = "UPDATE users SET name = ?2, removed_ms = ?3, used_bytes = 0,
+     quota_bytes = NULL WHERE id = ?1";
+const REMOVED_USERS: &str = "SELECT id, namespace_id, removed_ms FROM users
+     WHERE removed_ms IS NOT NULL AND content_gone_ms IS NULL ORDER BY id";
+const CONTENT_GONE: &str = "UPDATE users SET content_gone_ms = ?2 WHERE id = ?1";
 const NODE_CHANGES_AFTER: &str = select!(
     change_columns,
     "FROM changes WHERE user_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
@@ -308,18 +367,13 @@ impl<C: SqlConn> SqlTxn<C> {
     }
 
     /// The first column of the user's row that `sql` returns, or [`StoreError::NotFound`].
-    fn user_value(
-        &mut self,
-        sql: &'static str,
-        params: &[Param<'_>],
-        user_id: UserId,
-    ) -> Result<Value, StoreError> {
+    fn user_value(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<Value, StoreError> {
         match self.first_row(sql, params)? {
             Some(Row(values)) => values
                 .into_iter()
                 .next()
                 .ok_or_else(|| StoreError::Corrupt("a query returned no column".into())),
-            None => Err(StoreError::NotFound(format!("user {user_id}"))),
+            None => Err(crate::unknown_user()),
         }
     }
 
@@ -328,9 +382,8 @@ impl<C: SqlConn> SqlTxn<C> {
         &mut self,
         sql: &'static str,
         params: &[Param<'_>],
-        user_id: UserId,
     ) -> Result<Cursor, StoreError> {
-        let cursor = self.user_value(sql, params, user_id)?;
+        let cursor = self.user_value(sql, params)?;
         Ok(Cursor(to_u64(int(&cursor)?, "cursor")?))
     }
 }
@@ -382,20 +435,20 @@ impl<C: SqlConn> Txn for SqlTxn<C> {
     fn next_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
         let tag = new_journal_tag();
         let params = [Param::Int(user_id.0), Param::Blob(&tag.0)];
-        self.user_cursor(NEXT_CURSOR, &params, user_id)
+        self.user_cursor(NEXT_CURSOR, &params)
     }
 
     fn current_cursor(&mut self, user_id: UserId) -> Result<Cursor, StoreError> {
-        self.user_cursor(USER_CURSOR, &[Param::Int(user_id.0)], user_id)
+        self.user_cursor(USER_CURSOR, &[Param::Int(user_id.0)])
     }
 
     fn head_tag(&mut self, user_id: UserId) -> Result<JournalTag, StoreError> {
-        let tag = self.user_value(HEAD_TAG, &[Param::Int(user_id.0)], user_id)?;
+        let tag = self.user_value(HEAD_TAG, &[Param::Int(user_id.0)])?;
         stored_tag(&blob(tag)?)
     }
 
     fn next_node_id(&mut self, user_id: UserId) -> Result<NodeId, StoreError> {
-        let node_id = self.user_value(NEXT_NODE_ID, &[Param::Int(user_id.0)], user_id)?;
+        let node_id = self.user_value(NEXT_NODE_ID, &[Param::Int(user_id.0)])?;
         Ok(NodeId(to_u64(int(&node_id)?, "node id")?))
     }
 
@@ -533,7 +586,7 @@ impl<C: SqlConn> Txn for SqlTxn<C> {
     fn usage(&mut self, user_id: UserId) -> Result<(u64, Option<u64>), StoreError> {
         let row = self
             .first_row(USAGE, &[Param::Int(user_id.0)])?
-            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))?;
+            .ok_or_else(crate::unknown_user)?;
         let used = to_u64(row.int(0)?.max(0), "used bytes")?;
         let quota = row
             .opt_int(1)?
@@ -551,7 +604,7 @@ impl<C: SqlConn> Txn for SqlTxn<C> {
     }
 
     fn serialize_writes(&mut self, user_id: UserId) -> Result<(), StoreError> {
-        self.user_cursor(C::LOCK_USER, &[Param::Int(user_id.0)], user_id)
+        self.user_cursor(C::LOCK_USER, &[Param::Int(user_id.0)])
             .map(|_| ())
     }
 
@@ -611,16 +664,24 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
         }
     }
 
+    fn user_by_id(&mut self, user_id: UserId) -> Result<Option<User>, StoreError> {
+        self.first_row(USER_BY_ID, &[Param::Int(user_id.0)])?
+            .map(|row| user(&row))
+            .transpose()
+    }
+
     fn insert_device(
         &mut self,
         user_id: UserId,
         name: &DeviceName,
         token_hash: &TokenHash,
+        now_ms: i64,
     ) -> Result<Device, StoreError> {
         let params = [
             Param::Int(user_id.0),
             Param::Text(name.as_str()),
             Param::Blob(&token_hash.0),
+            Param::Int(now_ms),
         ];
         match self.0.query(INSERT_DEVICE, &params) {
             Ok(rows) => Ok(Device {
@@ -628,11 +689,119 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
                 user_id,
                 name: name.clone(),
             }),
+            // The name is checked before (`MetaStore::add_device`): the token is taken.
             Err(SqlError::Duplicate(_)) => Err(StoreError::AlreadyExists(format!(
-                "device {name} of user {user_id}"
+                "device {name} or its token"
             ))),
             Err(SqlError::Failed(err)) => Err(err),
         }
+    }
+
+    fn device_by_name(
+        &mut self,
+        user_id: UserId,
+        name: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Text(name.as_str())];
+        self.first_row(DEVICE_BY_NAME, &params)?
+            .map(|row| device_record(&row))
+            .transpose()
+    }
+
+    fn devices(&mut self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let rows = self.0.query(DEVICES, &[Param::Int(user_id.0)])?;
+        rows.iter().map(device_record).collect()
+    }
+
+    fn touch_device(
+        &mut self,
+        device_id: DeviceId,
+        now_ms: i64,
+        address: &str,
+    ) -> Result<(), StoreError> {
+        let params = [
+            Param::Int(device_id.0),
+            Param::Int(now_ms),
+            Param::Text(address),
+        ];
+        self.0.execute(TOUCH_DEVICE, &params)?;
+        Ok(())
+    }
+
+    fn revoke_device_row(
+        &mut self,
+        device_id: DeviceId,
+        now_ms: i64,
+        dead_hash: &TokenHash,
+    ) -> Result<(), StoreError> {
+        let params = [
+            Param::Int(device_id.0),
+            Param::Int(now_ms),
+            Param::Blob(&dead_hash.0),
+        ];
+        self.0.execute(REVOKE_DEVICE, &params)?;
+        Ok(())
+    }
+
+    fn accounts(&mut self) -> Result<Vec<Account>, StoreError> {
+        let rows = self.0.query(ACCOUNTS, &[])?;
+        rows.iter()
+            .map(|row| {
+                Ok(Account {
+                    user: user(row)?,
+                    created_ms: row.opt_int(3)?,
+                    devices: to_u64(row.int(4)?, "device count")?,
+                    used_bytes: to_u64(row.int(5)?.max(0), "used bytes")?,
+                    quota_bytes: row
+                        .opt_int(6)?
+                        .map(|quota| to_u64(quota, "quota"))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    fn set_user_name(&mut self, user_id: UserId, name: &UserName) -> Result<(), StoreError> {
+        let params = [Param::Int(user_id.0), Param::Text(name.as_str())];
+        match self.0.execute(RENAME_USER, &params) {
+            Ok(0) => Err(crate::unknown_user()),
+            Ok(_) => Ok(()),
+            Err(SqlError::Duplicate(_)) => Err(StoreError::AlreadyExists(format!("user {name}"))),
+            Err(SqlError::Failed(err)) => Err(err),
+        }
+    }
+
+    fn remove_user_rows(&mut self, user_id: UserId, now_ms: i64) -> Result<(), StoreError> {
+        for sql in REMOVE_USER_ROWS {
+            self.0.execute(sql, &[Param::Int(user_id.0)])?;
+        }
+        let retired_name = crate::retired_user_name(user_id);
+        let params = [
+            Param::Int(user_id.0),
+            Param::Text(&retired_name),
+            Param::Int(now_ms),
+        ];
+        self.0.execute(RETIRE_USER, &params)?;
+        Ok(())
+    }
+
+    fn removed_users(&mut self) -> Result<Vec<RemovedUser>, StoreError> {
+        let rows = self.0.query(REMOVED_USERS, &[])?;
+        rows.iter()
+            .map(|row| {
+                Ok(RemovedUser {
+                    user_id: UserId(row.int(0)?),
+                    namespace: stored_namespace(row.opt_blob(1)?)?,
+                    removed_ms: row.int(2)?,
+                })
+            })
+            .collect()
+    }
+
+    fn set_content_gone(&mut self, user_id: UserId, now_ms: i64) -> Result<(), StoreError> {
+        self.0
+            .execute(CONTENT_GONE, &[Param::Int(user_id.0), Param::Int(now_ms)])?;
+        Ok(())
     }
 
     fn principal(&mut self, token_hash: &TokenHash) -> Result<Option<Principal>, StoreError> {
@@ -781,7 +950,7 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
     fn floors(&mut self, user_id: UserId) -> Result<Floors, StoreError> {
         let row = self
             .first_row(FLOORS, &[Param::Int(user_id.0)])?
-            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))?;
+            .ok_or_else(crate::unknown_user)?;
         Ok(Floors {
             kept_since_ms: row.int(0)?,
             journal_floor: Cursor(to_u64(row.int(1)?, "journal floor")?),
@@ -856,7 +1025,7 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
     fn gc_epoch(&mut self, user_id: UserId) -> Result<u64, StoreError> {
         let row = self
             .first_row(GC_EPOCH, &[Param::Int(user_id.0)])?
-            .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))?;
+            .ok_or_else(crate::unknown_user)?;
         to_u64(row.int(0)?, "gc epoch")
     }
 
@@ -866,7 +1035,7 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
             .0
             .execute(SET_QUOTA, &[Param::Int(user_id.0), Param::OptInt(quota)])?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!("user {user_id}")));
+            return Err(crate::unknown_user());
         }
         Ok(())
     }
@@ -1100,6 +1269,18 @@ fn user(row: &Row) -> Result<User, StoreError> {
         id: UserId(row.int(0)?),
         name: UserName::new(&row.text(1)?).map_err(|err| StoreError::Corrupt(err.to_string()))?,
         namespace: stored_namespace(row.opt_blob(2)?)?,
+    })
+}
+
+/// A device row ([`device_columns`] order).
+fn device_record(row: &Row) -> Result<DeviceRecord, StoreError> {
+    Ok(DeviceRecord {
+        id: DeviceId(row.int(0)?),
+        name: stored_device(&row.text(1)?)?,
+        created_ms: row.opt_int(2)?,
+        last_seen_ms: row.opt_int(3)?,
+        last_address: row.opt_text(4)?,
+        revoked_ms: row.opt_int(5)?,
     })
 }
 

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_modes.sql"),
     include_str!("../migrations/sqlite/0005_history.sql"),
     include_str!("../migrations/sqlite/0006_retention.sql"),
+    include_str!("../migrations/sqlite/0007_accounts.sql"),
 ];
 
 /// How long a call waits for another process (an admin command) holding the write lock.
@@ -161,7 +162,7 @@ struct SqliteConn<'a>(&'a Connection);
 impl SqlConn for SqliteConn<'_> {
     // Every writing transaction here is IMMEDIATE: it holds SQLite's one write lock already.
     // What is left is the contract's check for an unknown user.
-    const LOCK_USER: &'static str = "SELECT cursor FROM users WHERE id = ?1";
+    const LOCK_USER: &'static str = "SELECT cursor FROM users WHERE id = ?1 AND removed_ms IS NULL";
 
     // Only this process writes the file; its own server wakes its long polls.
     const ANNOUNCE: Option<&'static str> = None;

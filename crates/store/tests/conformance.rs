@@ -15,8 +15,8 @@ use syncstore_proto::{
 };
 use syncstore_store::gc::{self, GcPolicy};
 use syncstore_store::{
-    apply_ops, BatchOutcome, ChunkStore, DeviceId, LockOutcome, MetaStore, OpOutcome, Principal,
-    Retention, StoreError, TokenHash, User, UserId,
+    apply_ops, Account, BatchOutcome, ChunkStore, DeviceId, LockOutcome, MetaStore, OpOutcome,
+    Principal, RemovedUser, Retention, Revocation, StoreError, TokenHash, User, UserId,
 };
 
 /// Users, devices, tokens stored as hashes, and authentication.
@@ -40,7 +40,7 @@ pub async fn users_tokens_auth(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
 
     let token_hash = TokenHash::of_token("sst_auth_laptop");
     let device = meta
-        .add_device(alice.id, &device_name("laptop"), &token_hash)
+        .add_device(alice.id, &device_name("laptop"), &token_hash, NOW)
         .await
         .unwrap();
     assert_eq!(device.user_id, alice.id);
@@ -67,14 +67,15 @@ pub async fn users_tokens_auth(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
         meta.add_device(
             alice.id,
             &device_name("laptop"),
-            &TokenHash::of_token("sst_other")
+            &TokenHash::of_token("sst_other"),
+            NOW
         )
         .await,
         Err(StoreError::AlreadyExists(_))
     ));
     let bob = meta.create_user(&user_name("auth-bob")).await.unwrap();
     assert!(matches!(
-        meta.add_device(bob.id, &device_name("phone"), &token_hash)
+        meta.add_device(bob.id, &device_name("phone"), &token_hash, NOW)
             .await,
         Err(StoreError::AlreadyExists(_))
     ));
@@ -83,6 +84,7 @@ pub async fn users_tokens_auth(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
             bob.id,
             &device_name("laptop"),
             &TokenHash::of_token("sst_auth_bob"),
+            NOW,
         )
         .await
         .unwrap();
@@ -100,7 +102,8 @@ pub async fn users_tokens_auth(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
         meta.add_device(
             UserId(i64::MAX),
             &device_name("x"),
-            &TokenHash::of_token("sst_x")
+            &TokenHash::of_token("sst_x"),
+            NOW
         )
         .await,
         Err(StoreError::NotFound(_))
@@ -2666,6 +2669,309 @@ pub async fn quota_refuses_growth(meta: &dyn MetaStore, chunks: &dyn ChunkStore)
     assert_eq!((usage.trash_bytes, usage.trash_files), (10, 1), "{usage:?}");
     assert_eq!(usage.history_bytes, 10, "the first a.txt");
     meta.set_quota(user.id, None).await.unwrap();
+}
+
+/// Devices: when each was added and last seen (never backwards, never once revoked); a
+/// revoked device's token is refused at once, its row and name stay (no new device gets the
+/// name, which the journal names), and the locks it held are released in the journal.
+pub async fn devices_seen_and_revoked(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let user = meta.create_user(&user_name("dev-alice")).await.unwrap();
+    let laptop_token = TokenHash::of_token("sst_dev_laptop");
+    let phone_token = TokenHash::of_token("sst_dev_phone");
+    let laptop = meta
+        .add_device(user.id, &device_name("laptop"), &laptop_token, NOW)
+        .await
+        .unwrap();
+    let phone = meta
+        .add_device(user.id, &device_name("phone"), &phone_token, NOW + 1000)
+        .await
+        .unwrap();
+    let devices = meta.devices(user.id).await.unwrap();
+    let names: Vec<&str> = devices.iter().map(|device| device.name.as_str()).collect();
+    assert_eq!(names, ["laptop", "phone"]);
+    assert_eq!(devices[0].id, laptop.id);
+    assert_eq!(
+        (
+            devices[0].created_ms,
+            devices[0].last_seen_ms,
+            devices[0].last_address.as_deref(),
+            devices[0].revoked_ms
+        ),
+        (Some(NOW), None, None, None)
+    );
+    assert_eq!(devices[1].created_ms, Some(NOW + 1000));
+
+    meta.seen_device(laptop.id, NOW + 5000, "192.0.2.7")
+        .await
+        .unwrap();
+    // An older sighting (another server, a moment behind) changes nothing.
+    meta.seen_device(laptop.id, NOW + 4000, "198.51.100.1")
+        .await
+        .unwrap();
+    let seen = meta.devices(user.id).await.unwrap().remove(0);
+    assert_eq!(
+        (seen.last_seen_ms, seen.last_address.as_deref()),
+        (Some(NOW + 5000), Some("192.0.2.7"))
+    );
+    let account = |accounts: Vec<Account>| {
+        accounts
+            .into_iter()
+            .find(|account| account.user.id == user.id)
+            .expect("the account is listed")
+    };
+    let listed = account(meta.accounts().await.unwrap());
+    assert_eq!(listed.user, user);
+    assert_eq!(
+        (
+            listed.devices,
+            listed.created_ms,
+            listed.used_bytes,
+            listed.quota_bytes
+        ),
+        (2, Some(NOW), 0, None)
+    );
+
+    // The laptop holds a lock: revoking it releases the lock, in the journal.
+    put_file(
+        meta,
+        chunks,
+        &user,
+        "doc.txt",
+        Precondition::MustNotExist,
+        b"doc",
+    )
+    .await;
+    let taken = take(meta, &user, "laptop", "doc.txt", None, NOW).await;
+    assert!(matches!(taken, LockOutcome::Done { .. }), "{taken:?}");
+    let before = meta.current_cursor(user.id).await.unwrap();
+    let revoked = meta
+        .revoke_device(user.id, &device_name("laptop"), NOW + 6000)
+        .await
+        .unwrap();
+    let Revocation::Revoked {
+        revoked_ms,
+        released,
+        cursor,
+    } = revoked
+    else {
+        panic!("not revoked: {revoked:?}");
+    };
+    assert_eq!(revoked_ms, NOW + 6000);
+    let released: Vec<&str> = released.iter().map(|lock| lock.path.as_str()).collect();
+    assert_eq!(released, ["doc.txt"]);
+    assert_eq!(cursor, Some(Cursor(before.0 + 1)));
+    let page = meta.changes_since(user.id, before, 10).await.unwrap();
+    assert!(
+        matches!(
+            &page.changes[..],
+            [Change::Unlock { path, device, broken_by: None, .. }]
+                if path.as_str() == "doc.txt" && device.as_str() == "laptop"
+        ),
+        "{:?}",
+        page.changes
+    );
+    assert_eq!(meta.locks(user.id, NOW + 6000).await.unwrap(), []);
+    assert_eq!(meta.authenticate(&laptop_token).await.unwrap(), None);
+    let principal = meta.authenticate(&phone_token).await.unwrap();
+    assert_eq!(
+        principal.map(|principal| principal.device_id),
+        Some(phone.id)
+    );
+    assert_eq!(
+        meta.revoke_device(user.id, &device_name("laptop"), NOW + 7000)
+            .await
+            .unwrap(),
+        Revocation::AlreadyRevoked {
+            revoked_ms: NOW + 6000
+        }
+    );
+    assert_eq!(
+        meta.revoke_device(user.id, &device_name("tablet"), NOW)
+            .await
+            .unwrap(),
+        Revocation::NoSuchDevice
+    );
+    // Revoked, it is seen no more; its row and name stay.
+    meta.seen_device(laptop.id, NOW + 8000, "203.0.113.9")
+        .await
+        .unwrap();
+    let devices = meta.devices(user.id).await.unwrap();
+    assert_eq!(
+        (
+            devices[0].name.as_str(),
+            devices[0].revoked_ms,
+            devices[0].last_seen_ms
+        ),
+        ("laptop", Some(NOW + 6000), Some(NOW + 5000))
+    );
+    assert_eq!(account(meta.accounts().await.unwrap()).devices, 1);
+
+    // Neither name goes to a new device; the refusals name the user, not an id.
+    let new_token = TokenHash::of_token("sst_dev_new");
+    let err = meta
+        .add_device(user.id, &device_name("laptop"), &new_token, NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DeviceNameRetired { .. }), "{err}");
+    assert!(err.to_string().contains("user dev-alice"), "{err}");
+    let err = meta
+        .add_device(user.id, &device_name("phone"), &new_token, NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "device phone of user dev-alice already exists"
+    );
+    assert_eq!(meta.authenticate(&new_token).await.unwrap(), None);
+}
+
+/// Renaming keeps the namespace and the tokens. Removing refuses every later request of the
+/// account (its token, and a write that was under way), frees its name without handing out
+/// its id or namespace again, and lists it for garbage collection, which deletes what content
+/// is left, until a run past the grace period finds none.
+pub async fn users_renamed_and_removed(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let alice = meta.create_user(&user_name("rm-alice")).await.unwrap();
+    let bob = meta.create_user(&user_name("rm-bob")).await.unwrap();
+    let token = TokenHash::of_token("sst_rm_alice");
+    meta.add_device(alice.id, &device_name("laptop"), &token, NOW)
+        .await
+        .unwrap();
+    put_file(
+        meta,
+        chunks,
+        &alice,
+        "a.txt",
+        Precondition::MustNotExist,
+        b"alice's",
+    )
+    .await;
+    put_file(
+        meta,
+        chunks,
+        &bob,
+        "b.txt",
+        Precondition::MustNotExist,
+        b"bob's",
+    )
+    .await;
+
+    assert!(matches!(
+        meta.rename_user(alice.id, &user_name("rm-bob")).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    meta.rename_user(alice.id, &user_name("rm-carol"))
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.user_by_name(&user_name("rm-alice")).await.unwrap(),
+        None
+    );
+    let carol = meta
+        .user_by_name(&user_name("rm-carol"))
+        .await
+        .unwrap()
+        .expect("renamed");
+    assert_eq!((carol.id, carol.namespace), (alice.id, alice.namespace));
+    let principal = meta
+        .authenticate(&token)
+        .await
+        .unwrap()
+        .expect("token works");
+    assert_eq!(principal.user_name.as_str(), "rm-carol");
+    assert_eq!(meta.tree(carol.id, NOW).await.unwrap().entries.len(), 1);
+
+    let n_users = meta.count_users().await.unwrap();
+    meta.remove_user(carol.id, NOW).await.unwrap();
+    assert_eq!(meta.count_users().await.unwrap(), n_users - 1);
+    assert_eq!(meta.authenticate(&token).await.unwrap(), None);
+    assert_eq!(
+        meta.user_by_name(&user_name("rm-carol")).await.unwrap(),
+        None
+    );
+    assert!(meta.users().await.unwrap().iter().all(|u| u.id != carol.id));
+    assert!(meta
+        .accounts()
+        .await
+        .unwrap()
+        .iter()
+        .all(|account| account.user.id != carol.id));
+    assert!(matches!(
+        meta.tree(carol.id, NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // No message names the internal id.
+    let err = meta.current_cursor(carol.id).await.unwrap_err();
+    assert_eq!(err.to_string(), "account not found");
+    // A write that authenticated before the removal finds no account.
+    let late = apply_ops(
+        meta,
+        chunks,
+        &principal,
+        vec![Op::MakeDir {
+            path: path("late"),
+            mtime_ms: 1,
+        }],
+        NOW,
+    )
+    .await;
+    assert!(matches!(late, Err(StoreError::NotFound(_))), "{late:?}");
+    assert!(matches!(
+        meta.add_device(
+            carol.id,
+            &device_name("phone"),
+            &TokenHash::of_token("sst_rm_phone"),
+            NOW
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        meta.rename_user(carol.id, &user_name("rm-dave")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        meta.remove_user(carol.id, NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(meta.tree(bob.id, NOW).await.unwrap().entries.len(), 1);
+
+    // The name is free; the id and the namespace are never handed out again.
+    let again = meta.create_user(&user_name("rm-carol")).await.unwrap();
+    assert_ne!(again.id, carol.id);
+    assert_ne!(again.namespace, carol.namespace);
+    assert_eq!(meta.tree(again.id, NOW).await.unwrap().entries, []);
+
+    let removed = RemovedUser {
+        user_id: carol.id,
+        namespace: carol.namespace,
+        removed_ms: NOW,
+    };
+    assert_eq!(meta.removed_users().await.unwrap(), [removed]);
+    assert_eq!(chunks.delete_all(carol.namespace).await.unwrap(), (1, 7));
+    assert_eq!(chunks.list(carol.namespace).await.unwrap(), []);
+    // An upload that was under way stores a chunk after the removal.
+    let late = chunk_hash(b"late");
+    chunks
+        .put(carol.namespace, &late, Bytes::from_static(b"late"))
+        .await
+        .unwrap();
+    chunks
+        .durable_chunk_lens(carol.namespace, &[late])
+        .await
+        .unwrap();
+    let report = gc::collect(meta, chunks, NOW + 1000, policy(DAY, DAY), false)
+        .await
+        .unwrap();
+    assert_eq!((report.chunks_deleted, report.bytes_freed), (1, 4));
+    assert_eq!(chunks.list(carol.namespace).await.unwrap(), []);
+    // Within the grace period more may come: it stays listed.
+    assert_eq!(meta.removed_users().await.unwrap(), [removed]);
+    gc::collect(meta, chunks, NOW + 2 * DAY, policy(DAY, DAY), false)
+        .await
+        .unwrap();
+    assert_eq!(meta.removed_users().await.unwrap(), []);
+    assert_eq!(meta.tree(bob.id, NOW).await.unwrap().entries.len(), 1);
 }
 
 fn user_name(text: &str) -> UserName {

@@ -67,6 +67,8 @@ macro_rules! all_conformance_tests {
             gc_refuses_commits_of_doomed_chunks,
             gc_races_commits,
             quota_refuses_growth,
+            devices_seen_and_revoked,
+            users_renamed_and_removed,
         );
     };
 }
@@ -228,7 +230,7 @@ mod sqlite {
                 row.get(0)
             })
             .unwrap();
-        assert_eq!(version, 6);
+        assert_eq!(version, 7);
     }
 }
 

@@ -1,5 +1,6 @@
 //! One function per subcommand.
 
+mod accounts;
 mod address;
 mod bar;
 mod daemon;
@@ -16,7 +17,9 @@ mod target;
 mod tls;
 mod when;
 
-use crate::cli::{Cli, Command, LimitArgs, RemoteArgs, StoreArgs, TokenCommand, UserCommand};
+use crate::cli::{
+    Cli, Command, DeviceCommand, LimitArgs, RemoteArgs, StoreArgs, TokenCommand, UserCommand,
+};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,7 +61,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stores,
         }) => {
             let user = UserName::new(&name)?;
-            let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
+            let meta_store =
+                syncstore_server::open_existing_meta_store(&meta_location(&stores)).await?;
             let Some(quota) = quota else {
                 anyhow::bail!("nothing to set: give --quota SIZE (or --quota none)");
             };
@@ -73,13 +77,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let user = UserName::new(&name)?;
             let device = DeviceName::new(&device)?;
-            let meta_store = syncstore_server::open_meta_store(&meta_location(&stores)).await?;
+            let meta_store =
+                syncstore_server::open_existing_meta_store(&meta_location(&stores)).await?;
             let token = syncstore_server::add_token_in(&*meta_store, &user, &device).await?;
             println!("token for user {user}, device {device}:");
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Tls(command) => tls::run(command),
+        Command::User(UserCommand::List { json, stores }) => {
+            accounts::list_users(&meta_location(&stores), json).await
+        }
+        Command::User(UserCommand::Rename { old, new, stores }) => {
+            accounts::rename_user(&meta_location(&stores), &old, &new).await
+        }
+        Command::User(UserCommand::Remove { name, yes, stores }) => {
+            let meta = meta_location(&stores);
+            // The content is deleted where the servers keep it, not in a local default.
+            if matches!(meta, MetaLocation::Postgres(_)) && stores.store.is_none() {
+                anyhow::bail!(
+                    "give the chunk store the servers use, --store URL (or SYNCSTORE_STORE), \
+                     so the account's content is deleted there"
+                );
+            }
+            let chunks = chunk_location(&stores)?;
+            accounts::remove_user(&meta, &chunks, &name, yes).await
+        }
+        Command::Device(DeviceCommand::List { user, json, stores }) => {
+            accounts::list_devices(&meta_location(&stores), user.as_deref(), json).await
+        }
+        Command::Device(DeviceCommand::Revoke {
+            user,
+            device,
+            stores,
+        }) => accounts::revoke_device(&meta_location(&stores), &user, &device).await,
         Command::Sync(args) => sync(args).await,
         Command::Daemon(args) => daemon::run(args).await,
         Command::Login(args) => setup::login(args).await,
@@ -232,6 +263,9 @@ fn server_config(data: PathBuf, limits: &LimitArgs) -> syncstore_server::ServerC
         max_json_in_flight,
         max_batch_ops,
         max_batch_dirs,
+        auth_fail_limit,
+        auth_fail_window,
+        auth_block,
     } = *limits;
     config.max_connections = max_connections.unwrap_or(config.max_connections);
     config.header_read_timeout = header_read_timeout.unwrap_or(config.header_read_timeout);
@@ -242,6 +276,9 @@ fn server_config(data: PathBuf, limits: &LimitArgs) -> syncstore_server::ServerC
     config.json_bytes_in_flight = max_json_in_flight.unwrap_or(config.json_bytes_in_flight);
     config.max_batch_ops = max_batch_ops.unwrap_or(config.max_batch_ops);
     config.max_batch_dirs = max_batch_dirs.unwrap_or(config.max_batch_dirs);
+    config.auth_fail_limit = auth_fail_limit.unwrap_or(config.auth_fail_limit);
+    config.auth_fail_window = auth_fail_window.unwrap_or(config.auth_fail_window);
+    config.auth_block = auth_block.unwrap_or(config.auth_block);
     let file_limit = raise_file_limit();
     // Files the process needs besides connections: databases, chunk files being read or
     // written, the listener, the runtime.

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_modes.sql"),
     include_str!("../../migrations/postgres/0005_history.sql"),
     include_str!("../../migrations/postgres/0006_retention.sql"),
+    include_str!("../../migrations/postgres/0007_accounts.sql"),
 ];
 
 /// The channel of commit notifications, as a literal for the statements that name it.
@@ -71,22 +72,49 @@ impl PgMetaStore {
     /// [`StoreError::Unavailable`] when the database cannot be reached;
     /// [`StoreError::Database`] when the URL is malformed or the database refuses.
     pub async fn open(url: &str) -> Result<PgMetaStore, StoreError> {
+        let store = PgMetaStore::unmigrated(url)?;
+        store.call(migrate).await?;
+        Ok(store)
+    }
+
+    /// As [`PgMetaStore::open`], but only for a database that holds a syncstore schema already
+    /// (made by `serve` or `user add`): `None` for one that holds none, in which nothing was
+    /// created. For the admin commands that need an existing account.
+    ///
+    /// # Errors
+    /// As [`PgMetaStore::open`].
+    pub async fn open_existing(url: &str) -> Result<Option<PgMetaStore>, StoreError> {
+        let store = PgMetaStore::unmigrated(url)?;
+        let exists = store
+            .call(|client| {
+                let row =
+                    client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?;
+                Ok(row.get::<_, bool>(0))
+            })
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        store.call(migrate).await?;
+        Ok(Some(store))
+    }
+
+    /// A store on `url` that has not connected yet.
+    fn unmigrated(url: &str) -> Result<PgMetaStore, StoreError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|err| StoreError::Database(Box::new(err)))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let store = PgMetaStore {
+        Ok(PgMetaStore {
             pool: Arc::new(Pool {
                 config: config.clone(),
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             }),
             redacted_url: super::redact_url(url),
-        };
-        store.call(migrate).await?;
-        Ok(store)
+        })
     }
 
     /// The URL with its password replaced by `***`.
@@ -372,7 +400,10 @@ struct PgConn<'a, C: GenericClient>(&'a mut C);
 impl<C: GenericClient> SqlConn for PgConn<'_, C> {
     // Locks the user's row until the transaction ends: every write transaction of a user starts
     // here, so they run one at a time across servers.
-    const LOCK_USER: &'static str = "SELECT cursor FROM users WHERE id = ?1 FOR UPDATE";
+    // A transaction that waited for a removal sees the removed row again (READ COMMITTED
+    // re-checks the condition on the row's new version), and so no user.
+    const LOCK_USER: &'static str =
+        "SELECT cursor FROM users WHERE id = ?1 AND removed_ms IS NULL FOR UPDATE";
 
     const ANNOUNCE: Option<&'static str> =
         Some(concat!("SELECT pg_notify('", changes_channel!(), "', ?1)"));
