@@ -355,6 +355,8 @@ fn admin_commands_refuse_a_missing_database_and_name_no_ids() {
         &["user", "remove", "me", "--yes"],
         &["device", "list"],
         &["device", "revoke", "me", "laptop"],
+        &["gc", "--keep-history", "30d"],
+        &["scrub"],
     ] {
         let err = failed(run(&[args, &["--data", missing_arg]].concat()));
         assert!(

@@ -29,7 +29,7 @@ pub async fn run(
     chunks: &ChunkLocation,
     args: &GcArgs,
 ) -> anyhow::Result<ExitCode> {
-    let stores = syncstore_server::open_stores(meta, chunks).await?;
+    let stores = syncstore_server::open_existing_stores(meta, chunks).await?;
     let policy = GcPolicy {
         retention: Retention {
             keep_ms: i64::try_from(args.keep_history.as_millis()).unwrap_or(i64::MAX),

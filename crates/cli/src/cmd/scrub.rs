@@ -15,7 +15,7 @@ pub async fn run(
     chunks: &ChunkLocation,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let stores = syncstore_server::open_stores(meta, chunks).await?;
+    let stores = syncstore_server::open_existing_stores(meta, chunks).await?;
     let started = Instant::now();
     let last_print = std::sync::Mutex::new(Instant::now());
     let progress = |report: &ScrubReport| {
