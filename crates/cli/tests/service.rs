@@ -71,6 +71,23 @@ fn a_daemon_started_with_a_token_flag_does_not_show_it() {
     ] {
         assert!(upload.contains(field), "{field} missing in {upload}");
     }
+    // A streamed upload (no Content-Length) counts the bytes read.
+    let upload_in: Vec<u64> = log
+        .lines()
+        .filter(|line| line.contains("path=/api/v1/chunks/upload") && line.contains("status=200"))
+        .filter_map(|line| {
+            line.split("bytes_in=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        upload_in.iter().any(|bytes| *bytes >= 6),
+        "no upload line with the file's bytes: {upload_in:?}\n{log}"
+    );
     assert!(!log.contains(&token), "the token is in the server's log");
 }
 

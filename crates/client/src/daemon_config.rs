@@ -182,8 +182,19 @@ impl DaemonConfig {
     /// When the file cannot be read, does not parse, or holds a token others can read.
     pub fn load(file: &Path) -> Result<DaemonConfig, Error> {
         use std::os::unix::fs::PermissionsExt;
-        let text = std::fs::read_to_string(file)
-            .map_err(|err| Error::io(format!("could not read {}", file.display()), err))?;
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Setup(format!(
+                    "there is no config file {}: write one with a [[folder]] table per folder \
+                     (see the README, \"One daemon for all your folders\"), or give --config FILE",
+                    file.display()
+                )))
+            }
+            Err(err) => {
+                return Err(Error::io(format!("could not read {}", file.display()), err));
+            }
+        };
         let config = DaemonConfig::parse(&text, file)?;
         let inline_token = config.account.token.is_some()
             || config.folders.iter().any(|folder| folder.token.is_some());

@@ -1,6 +1,6 @@
 //! The access log: one INFO line per request, written when its answer has been sent (or the
-//! client went away), with method, path, status, user, device, peer, bytes in and out, and
-//! milliseconds. Never a token, a header or a query string (which may name files).
+//! client went away), with method, path, status, user, device, peer, the body bytes read and
+//! sent, and milliseconds. Never a token, a header or a query string (which may name files).
 
 use crate::conn::PeerAddr;
 use axum::body::Body;
@@ -10,6 +10,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -38,6 +39,16 @@ pub(crate) async fn access_log(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let requester = Requester::default();
     request.extensions_mut().insert(requester.clone());
+    // The bytes of the body the handler read (a streamed upload has no Content-Length).
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(
+        parts,
+        Body::new(CountedIn {
+            body,
+            bytes: Arc::clone(&bytes_in),
+        }),
+    );
     let mut line = Line {
         method: request.method().to_string(),
         path: request.uri().path().to_owned(),
@@ -45,11 +56,7 @@ pub(crate) async fn access_log(mut request: Request, next: Next) -> Response {
             .extensions()
             .get::<PeerAddr>()
             .map(|peer| peer.0.to_string()),
-        bytes_in: request
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok()),
+        bytes_in,
         requester,
         started,
         status: 0,
@@ -67,7 +74,7 @@ struct Line {
     method: String,
     path: String,
     peer: Option<String>,
-    bytes_in: Option<u64>,
+    bytes_in: Arc<AtomicU64>,
     requester: Requester,
     started: Instant,
     status: u16,
@@ -85,7 +92,7 @@ impl Drop for Line {
             user = %user.as_deref().unwrap_or("-"),
             device = %device.as_deref().unwrap_or("-"),
             peer = %self.peer.as_deref().unwrap_or("-"),
-            bytes_in = self.bytes_in.unwrap_or(0),
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
             ms = self.started.elapsed().as_millis() as u64,
             "request"
@@ -112,6 +119,39 @@ impl HttpBody for Counted {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.line.bytes_out += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that counts the bytes the handler reads of it.
+struct CountedIn {
+    body: Body,
+    bytes: Arc<AtomicU64>,
+}
+
+impl HttpBody for CountedIn {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
         polled
