@@ -44,9 +44,10 @@ pub(crate) async fn access_log(mut request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let request = Request::from_parts(
         parts,
-        Body::new(CountedIn {
+        Body::new(Counted {
             body,
             bytes: Arc::clone(&bytes_in),
+            _line: None,
         }),
     );
     let mut line = Line {
@@ -60,13 +61,21 @@ pub(crate) async fn access_log(mut request: Request, next: Next) -> Response {
         requester,
         started,
         status: 0,
-        bytes_out: 0,
+        bytes_out: Arc::new(AtomicU64::new(0)),
     };
     // A request whose client went away before the answer is logged with status 0.
     let response = next.run(request).await;
     let (parts, body) = response.into_parts();
     line.status = parts.status.as_u16();
-    Response::from_parts(parts, Body::new(Counted { body, line }))
+    let bytes = Arc::clone(&line.bytes_out);
+    Response::from_parts(
+        parts,
+        Body::new(Counted {
+            body,
+            bytes,
+            _line: Some(line),
+        }),
+    )
 }
 
 /// What one line says; written when dropped.
@@ -78,7 +87,7 @@ struct Line {
     requester: Requester,
     started: Instant,
     status: u16,
-    bytes_out: u64,
+    bytes_out: Arc<AtomicU64>,
 }
 
 impl Drop for Line {
@@ -93,53 +102,22 @@ impl Drop for Line {
             device = %device.as_deref().unwrap_or("-"),
             peer = %self.peer.as_deref().unwrap_or("-"),
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
-            bytes_out = self.bytes_out,
+            bytes_out = self.bytes_out.load(Ordering::Relaxed),
             ms = self.started.elapsed().as_millis() as u64,
             "request"
         );
     }
 }
 
-/// A response body that counts the bytes it sends.
+/// A body that counts the bytes read of it into `bytes`; the answer's also carries the
+/// [`Line`], written when the body is done or dropped.
 struct Counted {
     body: Body,
-    line: Line,
+    bytes: Arc<AtomicU64>,
+    _line: Option<Line>,
 }
 
 impl HttpBody for Counted {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.line.bytes_out += data.len() as u64;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A request body that counts the bytes the handler reads of it.
-struct CountedIn {
-    body: Body,
-    bytes: Arc<AtomicU64>,
-}
-
-impl HttpBody for CountedIn {
     type Data = Bytes;
     type Error = axum::Error;
 
