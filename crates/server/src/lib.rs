@@ -40,6 +40,9 @@ mod access_log;
 mod accounts;
 mod auth;
 mod conn;
+// Used by the web interface and WebDAV, which land next.
+#[allow(dead_code)]
+mod content;
 mod devices;
 mod error;
 mod history;

@@ -49,7 +49,10 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    async fn transfer_permit(&self, user_id: UserId) -> Result<TransferPermit, ApiError> {
+    pub(crate) async fn transfer_permit(
+        &self,
+        user_id: UserId,
+    ) -> Result<TransferPermit, ApiError> {
         self.transfers
             .acquire(user_id, self.config.request_timeout)
             .await
@@ -251,7 +254,7 @@ async fn wanted_chunks(
 
 /// Records chunks a download found missing or corrupt, so devices that hold them upload them
 /// again, and wakes the user's long polls to tell them.
-async fn want_chunks(state: &AppState, user_id: UserId, hashes: &[ChunkHash]) {
+pub(crate) async fn want_chunks(state: &AppState, user_id: UserId, hashes: &[ChunkHash]) {
     match state.stores.meta.want_chunks(user_id, hashes).await {
         Ok(0) => {}
         Ok(added) => {
@@ -484,17 +487,7 @@ async fn ops(
             }));
         }
     }
-    let batch = syncstore_store::apply_ops(
-        &*state.stores.meta,
-        &*state.stores.chunks,
-        &principal,
-        ops,
-        now_ms(),
-    )
-    .await?;
-    if batch.changed_anything() {
-        state.hub.notify(principal.user_id, batch.cursor);
-    }
+    let batch = crate::content::apply(&state, &principal, ops).await?;
     Ok(Json(OpsResponse {
         results: batch
             .outcomes
