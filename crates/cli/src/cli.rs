@@ -483,6 +483,18 @@ pub enum UserCommand {
         #[command(flatten)]
         stores: StoreArgs,
     },
+    /// Set the user's password for the web interface (at /), or with --clear turn web
+    /// sign-in off. On a terminal it asks twice without echo; otherwise it reads one line from
+    /// standard input. Ends the user's web sessions.
+    Passwd {
+        /// The user's name.
+        name: String,
+        /// Remove the password: nobody can sign in to the web interface as this user.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        stores: StoreArgs,
+    },
     /// Change a user's settings.
     Set {
         /// The user's name.

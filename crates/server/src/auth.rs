@@ -124,7 +124,7 @@ fn refuse(state: &AppState, peer: Option<IpAddr>, reason: &'static str) -> ApiEr
 
 /// Records the device as seen, unless this process did within [`SEEN_EVERY`]: in the
 /// background, so the request does not wait for the write.
-fn record_seen(state: &AppState, principal: &Principal, peer: IpAddr) {
+pub(crate) fn record_seen(state: &AppState, principal: &Principal, peer: IpAddr) {
     if !state.last_seen.due(principal.device_id, Instant::now()) {
         return;
     }
@@ -211,6 +211,21 @@ impl AuthFailures {
             block: config.auth_block,
             table: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How much longer `peer` is blocked, if it is: a password sign-in from a blocked address
+    /// is refused before its password is checked, since passwords, unlike tokens, can be
+    /// guessed.
+    pub(crate) fn blocked(&self, peer: IpAddr, now: Instant) -> Option<Duration> {
+        let table = self
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        table
+            .get(&address_key(peer))
+            .and_then(|failures| failures.blocked_until)
+            .filter(|until| now < *until)
+            .map(|until| until - now)
     }
 
     /// Counts one refused token from `peer` at `now`.

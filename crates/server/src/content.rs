@@ -14,8 +14,9 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
+use syncstore_proto::NamespaceId;
 use syncstore_proto::{ChunkRef, ContentHash, Op, Precondition, RelPath, RemoteEntry};
-use syncstore_store::{BatchOutcome, OpOutcome, Principal, StoreError};
+use syncstore_store::{BatchOutcome, OpOutcome, Principal, StoreError, UserId};
 use tokio::sync::mpsc;
 
 /// How many cut chunks wait between the chunker and the store (each at most `CHUNK_MAX`).
@@ -202,12 +203,28 @@ pub(crate) async fn apply_one(
     }
 }
 
+/// Whose content a read is of: a user and the namespace their chunks are stored under.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Owner {
+    pub(crate) user_id: UserId,
+    pub(crate) namespace: NamespaceId,
+}
+
+impl From<&Principal> for Owner {
+    fn from(principal: &Principal) -> Owner {
+        Owner {
+            user_id: principal.user_id,
+            namespace: principal.namespace,
+        }
+    }
+}
+
 /// The bytes `range` of a file (clamped to its size), streamed from its chunks a few at a
 /// time. A chunk that turns out missing or corrupt ends the stream with an error (the status
 /// may already be sent) and is recorded as wanted, so devices that hold it upload it again.
 pub(crate) fn read_range(
     state: &AppState,
-    principal: &Principal,
+    owner: impl Into<Owner>,
     entry: &RemoteEntry,
     range: Range<u64>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
@@ -226,7 +243,10 @@ pub(crate) fn read_range(
         offset = chunk_end;
     }
     let state = state.clone();
-    let (user_id, owner) = (principal.user_id, principal.namespace);
+    let Owner {
+        user_id,
+        namespace: owner,
+    } = owner.into();
     futures::stream::iter(pieces)
         .map(move |(chunk, part)| {
             let state = state.clone();
@@ -258,19 +278,20 @@ pub(crate) fn read_range(
 /// 404 naming the file when a chunk is missing (recorded as wanted), or the store's failure.
 pub(crate) async fn check_readable(
     state: &AppState,
-    principal: &Principal,
+    owner: impl Into<Owner>,
     entry: &RemoteEntry,
 ) -> Result<(), ApiError> {
+    let owner = owner.into();
     let hashes: Vec<_> = entry.chunks.iter().map(|chunk| chunk.hash).collect();
     let missing = state
         .stores
         .chunks
-        .missing(principal.namespace, &hashes)
+        .missing(owner.namespace, &hashes)
         .await?;
     if missing.is_empty() {
         return Ok(());
     }
-    crate::routes::want_chunks(state, principal.user_id, &missing).await;
+    crate::routes::want_chunks(state, owner.user_id, &missing).await;
     Err(ApiError::not_found(format!(
         "{:?} is not readable now: {} of its chunks are missing on the server; the devices \
          that hold it are asked to upload them again",

@@ -44,6 +44,19 @@ pub(crate) async fn revoke(
 ) -> Result<Json<RevokeResponse>, ApiError> {
     let Auth(principal) = auth;
     let JsonBody(RevokeRequest { device }) = body;
+    Ok(Json(revoke_device(&state, &principal, device).await?))
+}
+
+/// Revokes one of the principal's user's devices and releases its locks (the API's revoke and
+/// the web interface's).
+///
+/// # Errors
+/// 404 when the user has no such device, or the store's failure.
+pub(crate) async fn revoke_device(
+    state: &AppState,
+    principal: &syncstore_store::Principal,
+    device: syncstore_proto::DeviceName,
+) -> Result<RevokeResponse, ApiError> {
     let revocation = state
         .stores
         .meta
@@ -79,5 +92,5 @@ pub(crate) async fn revoke(
             }
         }
     };
-    Ok(Json(response))
+    Ok(response)
 }

@@ -105,7 +105,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
             StoreError::NotFound(_) => ApiError::not_found(err.to_string()),
-            StoreError::AlreadyExists(_) | StoreError::DeviceNameRetired { .. } => {
+            StoreError::AlreadyExists(_)
+            | StoreError::DeviceNameRetired { .. }
+            | StoreError::ReservedDeviceName => {
                 ApiError::new(StatusCode::CONFLICT, err.to_string())
             }
             // 422, not 400: the request is well formed, but a chunk's bytes are not its name's,

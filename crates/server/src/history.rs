@@ -7,7 +7,7 @@
 
 use crate::auth::Auth;
 use crate::error::{ApiError, JsonBody, QueryParams};
-use crate::routes::{now_ms, AppState};
+use crate::routes::AppState;
 use axum::extract::State;
 use axum::Json;
 use syncstore_proto::{
@@ -64,26 +64,33 @@ pub(crate) async fn restore(
 ) -> Result<Json<RestoreResponse>, ApiError> {
     let Auth(principal) = auth;
     let JsonBody(RestoreRequest { target, dry_run }) = body;
+    Ok(Json(
+        run_restore(&state, &principal, &target, dry_run).await?,
+    ))
+}
+
+/// Plans a restore and, unless `dry_run`, applies it as the principal's device (the API's
+/// restore and the web interface's).
+///
+/// # Errors
+/// 400 for a target the store cannot plan, or the store's failure; ops that fail are reported
+/// in their steps.
+pub(crate) async fn run_restore(
+    state: &AppState,
+    principal: &syncstore_store::Principal,
+    target: &syncstore_proto::RestoreTarget,
+    dry_run: bool,
+) -> Result<RestoreResponse, ApiError> {
     let meta = &state.stores.meta;
     let plan = meta
-        .plan_restore(principal.user_id, &target)
+        .plan_restore(principal.user_id, target)
         .await?
         .map_err(ApiError::bad_request)?;
     let mut steps = plan.steps;
     if !dry_run {
         let mut done = 0;
         for ops in plan.ops.chunks(RESTORE_BATCH) {
-            let batch = syncstore_store::apply_ops(
-                &**meta,
-                &*state.stores.chunks,
-                &principal,
-                ops.to_vec(),
-                now_ms(),
-            )
-            .await?;
-            if batch.changed_anything() {
-                state.hub.notify(principal.user_id, batch.cursor);
-            }
+            let batch = crate::content::apply(state, principal, ops.to_vec()).await?;
             for (step, outcome) in steps[done..].iter_mut().zip(batch.outcomes) {
                 let result = crate::wire::op_result(outcome);
                 if result.status != 200 {
@@ -93,18 +100,18 @@ pub(crate) async fn restore(
             done += ops.len();
         }
         tracing::info!(
-            target = %syncstore_store::history::describe(&target),
+            target = %syncstore_store::history::describe(target),
             steps = steps.len(),
             failed = steps.iter().filter(|step| !step.error.is_empty()).count(),
             "restored"
         );
     }
-    Ok(Json(RestoreResponse {
+    Ok(RestoreResponse {
         steps,
         unchanged: plan.unchanged,
         dry_run,
         cursor: meta.current_cursor(principal.user_id).await?,
-    }))
+    })
 }
 
 /// The account's usage and quota.

@@ -40,16 +40,16 @@ mod access_log;
 mod accounts;
 mod auth;
 mod conn;
-// Used by the web interface and WebDAV, which land next.
-#[allow(dead_code)]
 mod content;
 mod devices;
 mod error;
 mod history;
 mod hub;
 mod limits;
+pub mod password;
 mod routes;
 pub mod tls;
+mod web;
 mod wire;
 
 pub use accounts::{

@@ -91,9 +91,13 @@ pub(crate) fn router(state: AppState) -> Router {
     let upload = Router::new()
         .route("/api/v1/chunks/upload", post(chunks_upload))
         .layer(DefaultBodyLimit::disable());
+    let (web_pages, web_uploads) = crate::web::routes();
+    let web_pages = web_pages.layer(middleware::from_fn_with_state(state.clone(), time_limit));
     Router::new()
         .merge(bounded)
         .merge(upload)
+        .merge(web_pages)
+        .merge(web_uploads)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestBodyTimeoutLayer::new(state.config.body_idle_timeout))
@@ -550,7 +554,7 @@ async fn release_lock(
 
 /// Wakes the user's long polls after a committed lock change, or turns a refusal into its
 /// status and message.
-fn lock_answer(
+pub(crate) fn lock_answer(
     state: &AppState,
     user_id: UserId,
     outcome: LockOutcome,

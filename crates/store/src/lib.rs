@@ -66,7 +66,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, Op, RelPath,
+    Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, NodeId, Op, RelPath,
     RemoteEntry, RestoreTarget, TrashEntry, TrashQuery, UsageResponse, UserName, Version,
 };
 
@@ -149,6 +149,84 @@ pub struct Principal {
     pub namespace: NamespaceId,
     pub device_id: DeviceId,
     pub device_name: DeviceName,
+}
+
+/// The name of the device every browser session of a user acts as: what its ops, locks and
+/// conflicted copies are named after. A token device may not take it
+/// ([`StoreError::ReservedDeviceName`]).
+pub const WEB_DEVICE: &str = "web";
+
+/// [`WEB_DEVICE`] as a device name.
+pub fn web_device() -> DeviceName {
+    // A constant that passes the name rules (tested).
+    DeviceName::new(WEB_DEVICE).expect("\"web\" is a valid device name")
+}
+
+/// A share link's id: the random part of its URL (16 to 64 of `[A-Za-z0-9_-]`).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ShareId(String);
+
+impl ShareId {
+    /// Validates a share link's id.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for any other text (no link has it).
+    pub fn new(text: String) -> Result<ShareId, StoreError> {
+        let valid = (16..=64).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid {
+            Ok(ShareId(text))
+        } else {
+            Err(StoreError::NotFound("a share link of that id".to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A browser session as stored ([`MetaStore::create_session`]): found by `id_hash`, the BLAKE3
+/// of the cookie's random value.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NewSession {
+    pub id_hash: TokenHash,
+    pub user_id: UserId,
+    /// `None`: a user's sign-in; `Some`: the unlocked session of that password-protected link.
+    pub share_id: Option<ShareId>,
+    pub csrf: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// A live session ([`MetaStore::session`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Session {
+    pub user_id: UserId,
+    /// For a sign-in: the user's [`WEB_DEVICE`], while neither it nor the user is gone.
+    pub principal: Option<Principal>,
+    pub share_id: Option<ShareId>,
+    pub csrf: String,
+    pub expires_ms: i64,
+}
+
+/// A share link: a read-only link to a node (by id, so a rename or move keeps it).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ShareRecord {
+    pub id: ShareId,
+    pub user_id: UserId,
+    pub node_id: NodeId,
+    /// The node's path when the link was made (for the listing once the node is gone).
+    pub path: RelPath,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    /// An argon2 PHC string; `None`: no password.
+    pub password_hash: Option<String>,
+    /// `None` until revoked.
+    pub revoked_ms: Option<i64>,
+    pub created_by: DeviceName,
 }
 
 /// A device as administrators and the web UI see it ([`MetaStore::devices`]).
@@ -335,6 +413,11 @@ pub enum StoreError {
     /// deletions and locks in the journal that name it, so it is not given to another device.
     #[error("device {device} of user {user} was revoked; its name stays with the history that names it, so give the new device another name")]
     DeviceNameRetired { user: UserName, device: DeviceName },
+    /// A token device asked for the name of the web interface's device ([`WEB_DEVICE`]).
+    #[error(
+        "the device name {WEB_DEVICE} is kept for the web interface; give the device another name"
+    )]
+    ReservedDeviceName,
     /// A named user, device or chunk does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -840,6 +923,117 @@ pub trait MetaStore: Send + Sync {
     /// # Errors
     /// Database errors; [`StoreError::NotFound`] for an unknown user.
     async fn set_quota(&self, user_id: UserId, quota: Option<u64>) -> Result<(), StoreError>;
+
+    /// Sets a user's web password (an argon2 PHC string, hashed by the caller), or with `None`
+    /// turns web sign-in off; makes sure the user's [`WEB_DEVICE`] exists and is not revoked
+    /// (setting a password is the operator's act), and ends all the user's sessions.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown user; database errors.
+    async fn set_password(
+        &self,
+        user_id: UserId,
+        phc: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The user of that name and their password hash, for a sign-in.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn login_record(
+        &self,
+        name: &UserName,
+    ) -> Result<Option<(User, Option<String>)>, StoreError>;
+
+    /// A user by id (`None` for a removed or unknown one).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn user_by_id(&self, user_id: UserId) -> Result<Option<User>, StoreError>;
+
+    /// Stores a new session (and drops the user's expired ones).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn create_session(&self, session: &NewSession) -> Result<(), StoreError>;
+
+    /// The session whose cookie hashes to `id_hash`, if it has not expired at `now_ms`.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn session(
+        &self,
+        id_hash: &TokenHash,
+        now_ms: i64,
+    ) -> Result<Option<Session>, StoreError>;
+
+    /// Ends a session (signing out); ending one that is gone succeeds.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn end_session(&self, id_hash: &TokenHash) -> Result<(), StoreError>;
+
+    /// Stores a new share link.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the id is taken; database errors.
+    async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError>;
+
+    /// The user's share links, newest first.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn shares(&self, user_id: UserId) -> Result<Vec<ShareRecord>, StoreError>;
+
+    /// The share link `id`, of any user (its page needs no account).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn share(&self, id: &ShareId) -> Result<Option<ShareRecord>, StoreError>;
+
+    /// Revokes the user's share link `id`; `false` when the user has no such link. Revoking
+    /// one already revoked keeps its first time.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn revoke_share(
+        &self,
+        user_id: UserId,
+        id: &ShareId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// The current node with that id, if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn node(
+        &self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Option<RemoteEntry>, StoreError>;
+
+    /// The current node at `path`, if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn entry(
+        &self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Option<RemoteEntry>, StoreError>;
+
+    /// Every current node strictly under `dir` (the whole tree for `None`), in path order: one
+    /// range query over the `(user_id, path)` index.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn entries_under(
+        &self,
+        user_id: UserId,
+        dir: Option<&RelPath>,
+    ) -> Result<Vec<RemoteEntry>, StoreError>;
 
     /// Checks that the store can be reached right now, as cheaply as it can (`SELECT 1` on
     /// PostgreSQL); a store inside this process (SQLite) always can.

@@ -22,8 +22,8 @@ use crate::meta::{Access, MetaTxn, TxnBackend, TxnFn};
 use crate::ops::Txn;
 use crate::retention::{Floors, RowKind, RowMeta};
 use crate::{
-    Account, Device, DeviceId, DeviceRecord, Principal, RemovedUser, StoreError, TokenHash, User,
-    UserId,
+    Account, Device, DeviceId, DeviceRecord, NewSession, Principal, RemovedUser, ShareId,
+    ShareRecord, StoreError, TokenHash, User, UserId,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -49,6 +49,12 @@ pub struct MemTxn {
     removed: BTreeMap<UserId, MemRemoved>,
     /// Part of every journal tag (see [`MemTxn::set_epoch`]).
     epoch: u64,
+    /// Web passwords (argon2 PHC strings) by user.
+    passwords: BTreeMap<UserId, String>,
+    /// Browser sessions by the hash of their cookie.
+    sessions: HashMap<TokenHash, NewSession>,
+    /// Share links by id.
+    shares: BTreeMap<String, ShareRecord>,
     /// The state at [`Txn::begin_op`], restored by `end_op(false)` (a `SAVEPOINT`).
     savepoint: Option<Box<MemTxn>>,
 }
@@ -620,6 +626,116 @@ impl MetaTxn for MemTxn {
         Ok(())
     }
 
+    fn set_password_hash(&mut self, user_id: UserId, phc: Option<&str>) -> Result<(), StoreError> {
+        match phc {
+            Some(phc) => self.passwords.insert(user_id, phc.to_owned()),
+            None => self.passwords.remove(&user_id),
+        };
+        Ok(())
+    }
+
+    fn password_hash(&mut self, user_id: UserId) -> Result<Option<String>, StoreError> {
+        Ok(self.passwords.get(&user_id).cloned())
+    }
+
+    fn unrevoke_device(&mut self, device_id: DeviceId) -> Result<(), StoreError> {
+        if let Some(device) = self.devices.get_mut(&device_id) {
+            device.revoked_ms = None;
+        }
+        Ok(())
+    }
+
+    fn insert_session(&mut self, session: &NewSession) -> Result<(), StoreError> {
+        if self.sessions.contains_key(&session.id_hash) {
+            return Err(StoreError::AlreadyExists(
+                "a session with that id".to_owned(),
+            ));
+        }
+        self.sessions.insert(session.id_hash, session.clone());
+        Ok(())
+    }
+
+    fn session_row(&mut self, id_hash: &TokenHash) -> Result<Option<NewSession>, StoreError> {
+        Ok(self.sessions.get(id_hash).cloned())
+    }
+
+    fn delete_session(&mut self, id_hash: &TokenHash) -> Result<(), StoreError> {
+        self.sessions.remove(id_hash);
+        Ok(())
+    }
+
+    fn delete_sessions(
+        &mut self,
+        user_id: UserId,
+        before_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.sessions.retain(|_, session| {
+            session.user_id != user_id
+                || before_ms.is_some_and(|before| session.expires_ms >= before)
+        });
+        Ok(())
+    }
+
+    fn insert_share(&mut self, share: &ShareRecord) -> Result<(), StoreError> {
+        if self.shares.contains_key(share.id.as_str()) {
+            return Err(StoreError::AlreadyExists(
+                "a share link with that id".to_owned(),
+            ));
+        }
+        self.shares
+            .insert(share.id.as_str().to_owned(), share.clone());
+        Ok(())
+    }
+
+    fn share_rows(&mut self, user_id: UserId) -> Result<Vec<ShareRecord>, StoreError> {
+        let mut shares: Vec<ShareRecord> = self
+            .shares
+            .values()
+            .filter(|share| share.user_id == user_id)
+            .cloned()
+            .collect();
+        shares.sort_by(|a, b| {
+            b.created_ms
+                .cmp(&a.created_ms)
+                .then_with(|| a.id.as_str().cmp(b.id.as_str()))
+        });
+        Ok(shares)
+    }
+
+    fn share_row(&mut self, id: &ShareId) -> Result<Option<ShareRecord>, StoreError> {
+        Ok(self.shares.get(id.as_str()).cloned())
+    }
+
+    fn set_share_revoked(
+        &mut self,
+        user_id: UserId,
+        id: &ShareId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        match self.shares.get_mut(id.as_str()) {
+            Some(share) if share.user_id == user_id => {
+                share.revoked_ms.get_or_insert(now_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn node_by_id(
+        &mut self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Option<RemoteEntry>, StoreError> {
+        let Some(user) = self.user(user_id) else {
+            return Ok(None);
+        };
+        Ok(user
+            .path_of
+            .get(&node_id)
+            .and_then(|path| user.by_path.get(path))
+            .cloned())
+    }
+
     fn remove_user_rows(&mut self, user_id: UserId, now_ms: i64) -> Result<(), StoreError> {
         let user = self
             .users
@@ -633,6 +749,10 @@ impl MetaTxn for MemTxn {
             .collect();
         self.devices.retain(|id, _| !gone.contains(id));
         self.tokens.retain(|_, holder| !gone.contains(holder));
+        self.passwords.remove(&user_id);
+        self.sessions
+            .retain(|_, session| session.user_id != user_id);
+        self.shares.retain(|_, share| share.user_id != user_id);
         self.removed.insert(
             user_id,
             MemRemoved {

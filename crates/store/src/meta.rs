@@ -22,15 +22,16 @@ use crate::history::{self, Deletion, JournalRow, RestorePlan};
 use crate::ops::{self, Txn};
 use crate::retention::{self, Compaction, Floors, Retention, RowMeta};
 use crate::{
-    locks, new_namespace_id, unknown_user, Account, BatchOutcome, ChangesPage, ChunkLens, Device,
-    DeviceId, DeviceRecord, History, LockOutcome, MetaStore, Principal, RemovedUser, Revocation,
-    StoreError, TokenHash, Trash, Tree, User, UserId,
+    locks, new_namespace_id, unknown_user, web_device, Account, BatchOutcome, ChangesPage,
+    ChunkLens, Device, DeviceId, DeviceRecord, History, LockOutcome, MetaStore, NewSession,
+    Principal, RemovedUser, Revocation, Session, ShareId, ShareRecord, StoreError, TokenHash,
+    Trash, Tree, User, UserId, WEB_DEVICE,
 };
 use async_trait::async_trait;
 use std::collections::HashSet;
 use syncstore_proto::{
-    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, Op,
-    RelPath, RemoteEntry, RestoreTarget, TrashQuery, UsageResponse, UserName,
+    Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, NodeId,
+    Op, RelPath, RemoteEntry, RestoreTarget, TrashQuery, UsageResponse, UserName,
 };
 
 /// How a call uses its transaction, for [`TxnBackend::run`].
@@ -382,6 +383,92 @@ pub trait MetaTxn: Txn {
     /// Backend failures.
     fn unwant_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError>;
 
+    /// Sets (or clears) the user's password hash.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn set_password_hash(&mut self, user_id: UserId, phc: Option<&str>) -> Result<(), StoreError>;
+
+    /// The user's password hash, if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn password_hash(&mut self, user_id: UserId) -> Result<Option<String>, StoreError>;
+
+    /// Clears a device's revocation (only the web interface's device, which has no token).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn unrevoke_device(&mut self, device_id: DeviceId) -> Result<(), StoreError>;
+
+    /// Inserts a session row.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn insert_session(&mut self, session: &NewSession) -> Result<(), StoreError>;
+
+    /// The session row of `id_hash`, expired or not.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn session_row(&mut self, id_hash: &TokenHash) -> Result<Option<NewSession>, StoreError>;
+
+    /// Deletes a session row.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn delete_session(&mut self, id_hash: &TokenHash) -> Result<(), StoreError>;
+
+    /// Deletes the user's sessions that expire before `before_ms` (all of them for `None`).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn delete_sessions(
+        &mut self,
+        user_id: UserId,
+        before_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// Inserts a share link row.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the id is taken; backend failures.
+    fn insert_share(&mut self, share: &ShareRecord) -> Result<(), StoreError>;
+
+    /// The user's share links, newest first.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn share_rows(&mut self, user_id: UserId) -> Result<Vec<ShareRecord>, StoreError>;
+
+    /// The share link `id`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn share_row(&mut self, id: &ShareId) -> Result<Option<ShareRecord>, StoreError>;
+
+    /// Sets the revocation time of the user's link `id` if it has none; whether the user has
+    /// such a link.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn set_share_revoked(
+        &mut self,
+        user_id: UserId,
+        id: &ShareId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// The current node with that id.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn node_by_id(
+        &mut self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Option<RemoteEntry>, StoreError>;
+
     /// Tells the other servers on this store, once the transaction commits and only if it
     /// does, that the user's journal reaches `cursor` (PostgreSQL: `pg_notify`). A store that
     /// only this process uses does nothing.
@@ -420,6 +507,9 @@ impl<B: TxnBackend> MetaStore for B {
         token_hash: &TokenHash,
         now_ms: i64,
     ) -> Result<Device, StoreError> {
+        if name.as_str() == WEB_DEVICE {
+            return Err(StoreError::ReservedDeviceName);
+        }
         let name = name.clone();
         let token_hash = *token_hash;
         transact(self, Access::Write, move |txn| {
@@ -848,6 +938,183 @@ impl<B: TxnBackend> MetaStore for B {
         transact(self, Access::Write, move |txn| {
             txn.serialize_writes(user_id)?;
             txn.set_quota(user_id, quota)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self, phc))]
+    async fn set_password(
+        &self,
+        user_id: UserId,
+        phc: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let phc = phc.map(str::to_owned);
+        // Drawn once, so a run again inserts the same row; no token hashes to random bytes.
+        let web_token = TokenHash(rand::random());
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            txn.user_by_id(user_id)?.ok_or_else(unknown_user)?;
+            txn.set_password_hash(user_id, phc.as_deref())?;
+            match txn.device_by_name(user_id, &web_device())? {
+                None => {
+                    txn.insert_device(user_id, &web_device(), &web_token, now_ms)?;
+                }
+                Some(device) if device.revoked_ms.is_some() => txn.unrevoke_device(device.id)?,
+                Some(_) => {}
+            }
+            txn.delete_sessions(user_id, None)
+        })
+        .await
+    }
+
+    async fn login_record(
+        &self,
+        name: &UserName,
+    ) -> Result<Option<(User, Option<String>)>, StoreError> {
+        let name = name.clone();
+        transact(self, Access::Snapshot, move |txn| {
+            let Some(user) = txn.user_by_name(&name)? else {
+                return Ok(None);
+            };
+            let phc = txn.password_hash(user.id)?;
+            Ok(Some((user, phc)))
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, user_id: UserId) -> Result<Option<User>, StoreError> {
+        transact(self, Access::Read, move |txn| txn.user_by_id(user_id)).await
+    }
+
+    async fn create_session(&self, session: &NewSession) -> Result<(), StoreError> {
+        let session = session.clone();
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(session.user_id)?;
+            txn.user_by_id(session.user_id)?.ok_or_else(unknown_user)?;
+            txn.delete_sessions(session.user_id, Some(session.created_ms))?;
+            txn.insert_session(&session)
+        })
+        .await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &TokenHash,
+        now_ms: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let id_hash = *id_hash;
+        transact(self, Access::Snapshot, move |txn| {
+            let Some(row) = txn.session_row(&id_hash)? else {
+                return Ok(None);
+            };
+            if row.expires_ms <= now_ms {
+                return Ok(None);
+            }
+            let Some(user) = txn.user_by_id(row.user_id)? else {
+                return Ok(None);
+            };
+            let principal = match row.share_id {
+                Some(_) => None,
+                None => {
+                    let Some(device) = txn.device_by_name(user.id, &web_device())? else {
+                        return Ok(None);
+                    };
+                    if device.revoked_ms.is_some() {
+                        return Ok(None);
+                    }
+                    Some(Principal {
+                        user_id: user.id,
+                        user_name: user.name,
+                        namespace: user.namespace,
+                        device_id: device.id,
+                        device_name: device.name,
+                    })
+                }
+            };
+            Ok(Some(Session {
+                user_id: row.user_id,
+                principal,
+                share_id: row.share_id,
+                csrf: row.csrf,
+                expires_ms: row.expires_ms,
+            }))
+        })
+        .await
+    }
+
+    async fn end_session(&self, id_hash: &TokenHash) -> Result<(), StoreError> {
+        let id_hash = *id_hash;
+        // One statement on one row that decides nothing else.
+        transact(self, Access::Write, move |txn| txn.delete_session(&id_hash)).await
+    }
+
+    async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError> {
+        let share = share.clone();
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(share.user_id)?;
+            txn.user_by_id(share.user_id)?.ok_or_else(unknown_user)?;
+            txn.insert_share(&share)
+        })
+        .await
+    }
+
+    async fn shares(&self, user_id: UserId) -> Result<Vec<ShareRecord>, StoreError> {
+        transact(self, Access::Read, move |txn| txn.share_rows(user_id)).await
+    }
+
+    async fn share(&self, id: &ShareId) -> Result<Option<ShareRecord>, StoreError> {
+        let id = id.clone();
+        transact(self, Access::Read, move |txn| txn.share_row(&id)).await
+    }
+
+    async fn revoke_share(
+        &self,
+        user_id: UserId,
+        id: &ShareId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        transact(self, Access::Write, move |txn| {
+            txn.serialize_writes(user_id)?;
+            txn.set_share_revoked(user_id, &id, now_ms)
+        })
+        .await
+    }
+
+    async fn node(
+        &self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Option<RemoteEntry>, StoreError> {
+        transact(self, Access::Read, move |txn| {
+            txn.node_by_id(user_id, node_id)
+        })
+        .await
+    }
+
+    async fn entry(
+        &self,
+        user_id: UserId,
+        path: &RelPath,
+    ) -> Result<Option<RemoteEntry>, StoreError> {
+        let path = path.clone();
+        transact(self, Access::Read, move |txn| txn.node_at(user_id, &path)).await
+    }
+
+    async fn entries_under(
+        &self,
+        user_id: UserId,
+        dir: Option<&RelPath>,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let dir = dir.cloned();
+        transact(self, Access::Read, move |txn| {
+            let mut entries = match &dir {
+                Some(dir) => txn.descendants(user_id, dir)?,
+                None => txn.nodes(user_id)?,
+            };
+            entries.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
+            Ok(entries)
         })
         .await
     }

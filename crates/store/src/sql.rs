@@ -17,8 +17,8 @@ use crate::meta::MetaTxn;
 use crate::ops::Txn;
 use crate::retention::{Floors, RowKind, RowMeta};
 use crate::{
-    new_journal_tag, Account, Device, DeviceId, DeviceRecord, Principal, RemovedUser, StoreError,
-    TokenHash, User, UserId,
+    new_journal_tag, Account, Device, DeviceId, DeviceRecord, NewSession, Principal, RemovedUser,
+    ShareId, ShareRecord, StoreError, TokenHash, User, UserId,
 };
 use std::collections::HashSet;
 use syncstore_proto::{
@@ -159,6 +159,40 @@ macro_rules! select {
     };
 }
 
+macro_rules! share_columns {
+    () => {
+        "id, user_id, node_id, path, created_ms, expires_ms, password_hash, revoked_ms, created_by"
+    };
+}
+
+const SET_PASSWORD_HASH: &str = "UPDATE users SET password_hash = ?2 WHERE id = ?1";
+const PASSWORD_HASH: &str = "SELECT password_hash FROM users WHERE id = ?1";
+const UNREVOKE_DEVICE: &str = "UPDATE devices SET revoked_ms = NULL WHERE id = ?1";
+const INSERT_SESSION: &str = "INSERT INTO web_sessions
+     (id_hash, user_id, share_id, csrf, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const SESSION_ROW: &str = "SELECT user_id, share_id, csrf, created_ms, expires_ms
+     FROM web_sessions WHERE id_hash = ?1";
+const DELETE_SESSION: &str = "DELETE FROM web_sessions WHERE id_hash = ?1";
+const DELETE_SESSIONS: &str = "DELETE FROM web_sessions WHERE user_id = ?1";
+const DELETE_EXPIRED_SESSIONS: &str =
+    "DELETE FROM web_sessions WHERE user_id = ?1 AND expires_ms < ?2";
+const INSERT_SHARE: &str = concat!(
+    "INSERT INTO share_links (",
+    share_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+);
+const SHARES: &str = select!(
+    share_columns,
+    "FROM share_links WHERE user_id = ?1 ORDER BY created_ms DESC, id"
+);
+const SHARE: &str = select!(share_columns, "FROM share_links WHERE id = ?1");
+const REVOKE_SHARE: &str = "UPDATE share_links SET revoked_ms = COALESCE(revoked_ms, ?3)
+     WHERE user_id = ?1 AND id = ?2";
+const NODE_BY_ID: &str = select!(
+    node_columns,
+    "FROM nodes WHERE user_id = ?1 AND node_id = ?2"
+);
+
 const HEAD_TAG: &str = "SELECT head_tag FROM users WHERE id = ?1";
 // A removed user has no cursor: every read that must agree with one fails for it.
 const USER_CURSOR: &str = "SELECT cursor FROM users WHERE id = ?1 AND removed_ms IS NULL";
@@ -238,7 +272,9 @@ const ACCOUNTS: &str = concat!(
 );
 const RENAME_USER: &str = "UPDATE users SET name = ?2 WHERE id = ?1 AND removed_ms IS NULL";
 // What a removed user leaves: its own row, under a name no account can have.
-const REMOVE_USER_ROWS: [&str; 8] = [
+const REMOVE_USER_ROWS: [&str; 10] = [
+    "DELETE FROM web_sessions WHERE user_id = ?1",
+    "DELETE FROM share_links WHERE user_id = ?1",
     "DELETE FROM devices WHERE user_id = ?1",
     "DELETE FROM locks WHERE user_id = ?1",
     "DELETE FROM lock_changes WHERE user_id = ?1",
@@ -785,6 +821,135 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
         Ok(())
     }
 
+    fn set_password_hash(&mut self, user_id: UserId, phc: Option<&str>) -> Result<(), StoreError> {
+        self.0.execute(
+            SET_PASSWORD_HASH,
+            &[Param::Int(user_id.0), Param::OptText(phc)],
+        )?;
+        Ok(())
+    }
+
+    fn password_hash(&mut self, user_id: UserId) -> Result<Option<String>, StoreError> {
+        match self.first_row(PASSWORD_HASH, &[Param::Int(user_id.0)])? {
+            Some(row) => row.opt_text(0),
+            None => Ok(None),
+        }
+    }
+
+    fn unrevoke_device(&mut self, device_id: DeviceId) -> Result<(), StoreError> {
+        self.0
+            .execute(UNREVOKE_DEVICE, &[Param::Int(device_id.0)])?;
+        Ok(())
+    }
+
+    fn insert_session(&mut self, session: &NewSession) -> Result<(), StoreError> {
+        let params = [
+            Param::Blob(&session.id_hash.0),
+            Param::Int(session.user_id.0),
+            Param::OptText(session.share_id.as_ref().map(ShareId::as_str)),
+            Param::Text(&session.csrf),
+            Param::Int(session.created_ms),
+            Param::Int(session.expires_ms),
+        ];
+        self.0.execute(INSERT_SESSION, &params)?;
+        Ok(())
+    }
+
+    fn session_row(&mut self, id_hash: &TokenHash) -> Result<Option<NewSession>, StoreError> {
+        let Some(row) = self.first_row(SESSION_ROW, &[Param::Blob(&id_hash.0)])? else {
+            return Ok(None);
+        };
+        Ok(Some(NewSession {
+            id_hash: *id_hash,
+            user_id: UserId(row.int(0)?),
+            share_id: row.opt_text(1)?.map(ShareId::new).transpose()?,
+            csrf: row.text(2)?,
+            created_ms: row.int(3)?,
+            expires_ms: row.int(4)?,
+        }))
+    }
+
+    fn delete_session(&mut self, id_hash: &TokenHash) -> Result<(), StoreError> {
+        self.0.execute(DELETE_SESSION, &[Param::Blob(&id_hash.0)])?;
+        Ok(())
+    }
+
+    fn delete_sessions(
+        &mut self,
+        user_id: UserId,
+        before_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        match before_ms {
+            None => self.0.execute(DELETE_SESSIONS, &[Param::Int(user_id.0)])?,
+            Some(before) => self.0.execute(
+                DELETE_EXPIRED_SESSIONS,
+                &[Param::Int(user_id.0), Param::Int(before)],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn insert_share(&mut self, share: &ShareRecord) -> Result<(), StoreError> {
+        let node_id = i64::try_from(share.node_id.0)
+            .map_err(|_| StoreError::Corrupt("node id out of range".to_owned()))?;
+        let params = [
+            Param::Text(share.id.as_str()),
+            Param::Int(share.user_id.0),
+            Param::Int(node_id),
+            Param::Text(share.path.as_str()),
+            Param::Int(share.created_ms),
+            Param::OptInt(share.expires_ms),
+            Param::OptText(share.password_hash.as_deref()),
+            Param::OptInt(share.revoked_ms),
+            Param::Text(share.created_by.as_str()),
+        ];
+        match self.0.execute(INSERT_SHARE, &params) {
+            Ok(_) => Ok(()),
+            Err(SqlError::Duplicate(_)) => Err(StoreError::AlreadyExists(
+                "a share link with that id".to_owned(),
+            )),
+            Err(SqlError::Failed(err)) => Err(err),
+        }
+    }
+
+    fn share_rows(&mut self, user_id: UserId) -> Result<Vec<ShareRecord>, StoreError> {
+        let rows = self.0.query(SHARES, &[Param::Int(user_id.0)])?;
+        rows.iter().map(share_record).collect()
+    }
+
+    fn share_row(&mut self, id: &ShareId) -> Result<Option<ShareRecord>, StoreError> {
+        self.first_row(SHARE, &[Param::Text(id.as_str())])?
+            .map(|row| share_record(&row))
+            .transpose()
+    }
+
+    fn set_share_revoked(
+        &mut self,
+        user_id: UserId,
+        id: &ShareId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let params = [
+            Param::Int(user_id.0),
+            Param::Text(id.as_str()),
+            Param::Int(now_ms),
+        ];
+        Ok(self.0.execute(REVOKE_SHARE, &params)? > 0)
+    }
+
+    fn node_by_id(
+        &mut self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Option<RemoteEntry>, StoreError> {
+        let Ok(node_id) = i64::try_from(node_id.0) else {
+            return Ok(None);
+        };
+        self.first_row(NODE_BY_ID, &[Param::Int(user_id.0), Param::Int(node_id)])?
+            .map(|row| node_entry(&row, 0))
+            .transpose()
+    }
+
     fn removed_users(&mut self) -> Result<Vec<RemovedUser>, StoreError> {
         let rows = self.0.query(REMOVED_USERS, &[])?;
         rows.iter()
@@ -1200,6 +1365,21 @@ fn node_entry(row: &Row, first: usize) -> Result<RemoteEntry, StoreError> {
         chunks: decode_chunks(&row.blob(first + 7)?)?,
         device: stored_device(&row.text(first + 8)?)?,
         executable: row.flag(first + 9)?,
+    })
+}
+
+/// A `share_links` row ([`share_columns`] order).
+fn share_record(row: &Row) -> Result<ShareRecord, StoreError> {
+    Ok(ShareRecord {
+        id: ShareId::new(row.text(0)?)?,
+        user_id: UserId(row.int(1)?),
+        node_id: NodeId(to_u64(row.int(2)?, "node id")?),
+        path: stored_path(&row.text(3)?)?,
+        created_ms: row.int(4)?,
+        expires_ms: row.opt_int(5)?,
+        password_hash: row.opt_text(6)?,
+        revoked_ms: row.opt_int(7)?,
+        created_by: stored_device(&row.text(8)?)?,
     })
 }
 

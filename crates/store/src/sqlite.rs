@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0005_history.sql"),
     include_str!("../migrations/sqlite/0006_retention.sql"),
     include_str!("../migrations/sqlite/0007_accounts.sql"),
+    include_str!("../migrations/sqlite/0008_web.sql"),
 ];
 
 /// How long a call waits for another process (an admin command) holding the write lock.

@@ -77,6 +77,66 @@ pub async fn rename_user(meta: &MetaLocation, old: &str, new: &str) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// `syncstore user passwd NAME [--clear]`: the password from a terminal (asked twice) or from
+/// one line of standard input, never from argv.
+///
+/// # Errors
+/// When the database does not exist, there is no such user, the password is refused or was
+/// typed differently twice, or the store fails.
+pub async fn set_password(
+    meta: &MetaLocation,
+    name: &str,
+    clear: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = UserName::new(name)?;
+    let meta_store = syncstore_server::open_existing_meta_store(meta).await?;
+    let user = syncstore_server::user_in(&*meta_store, &name).await?;
+    let phc = if clear {
+        None
+    } else {
+        let password = read_new_password(&name)?;
+        let phc = tokio::task::spawn_blocking(move || {
+            syncstore_server::password::hash_password(&password)
+        })
+        .await
+        .context("the password hasher stopped")??;
+        Some(phc)
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    meta_store
+        .set_password(user.id, phc.as_deref(), now_ms)
+        .await
+        .with_context(|| format!("could not set the password of user {name}"))?;
+    if clear {
+        println!("web sign-in is off for user {name}; their web sessions are ended");
+    } else {
+        println!("password set for user {name}; they can sign in to the web interface at / (their other web sessions are ended)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new password: typed twice on a terminal, or one line of standard input.
+fn read_new_password(name: &UserName) -> anyhow::Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("new web password for {name}: "))
+            .context("could not read the password")?;
+        let again = rpassword::prompt_password("again: ").context("could not read the password")?;
+        if first != again {
+            anyhow::bail!("the two passwords differ; nothing was changed");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("could not read the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    syncstore_server::password::check_new_password(&password)?;
+    Ok(password)
+}
+
 /// `syncstore user remove NAME [--yes]`.
 ///
 /// # Errors

@@ -91,6 +91,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(UserCommand::Rename { old, new, stores }) => {
             accounts::rename_user(&meta_location(&stores), &old, &new).await
         }
+        Command::User(UserCommand::Passwd {
+            name,
+            clear,
+            stores,
+        }) => accounts::set_password(&meta_location(&stores), &name, clear).await,
         Command::User(UserCommand::Remove { name, yes, stores }) => {
             let meta = meta_location(&stores);
             // The content is deleted where the servers keep it, not in a local default.

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0005_history.sql"),
     include_str!("../../migrations/postgres/0006_retention.sql"),
     include_str!("../../migrations/postgres/0007_accounts.sql"),
+    include_str!("../../migrations/postgres/0008_web.sql"),
 ];
 
 /// The channel of commit notifications, as a literal for the statements that name it.
