@@ -2,6 +2,7 @@
 //!
 //! One test binary for the crate (see STYLE.md): modules below share `util`.
 
+mod browser;
 mod util;
 
 mod accounts;
@@ -22,3 +23,4 @@ mod sync;
 mod tls;
 mod visible;
 mod watch;
+mod web;

@@ -179,6 +179,27 @@ impl Server {
         run(&[args, &admin].concat())
     }
 
+    /// [`Server::admin`] with `input` on the command's standard input.
+    pub fn admin_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let admin: Vec<&str> = self.admin_args.iter().map(String::as_str).collect();
+        let mut child = Command::new(bin())
+            .args([args, &admin].concat())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run syncstore");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("wait for syncstore")
+    }
+
     /// A server on the PostgreSQL database `db` and the bucket `store`, which other servers may share.
     pub fn start_shared(name: &str, log_dir: &Path, db: &str, store: &str) -> Server {
         let data = log_dir.join(format!("{name}-data"));
