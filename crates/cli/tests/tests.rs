@@ -24,3 +24,4 @@ mod tls;
 mod visible;
 mod watch;
 mod web;
+mod web_http;
