@@ -154,15 +154,12 @@ impl Session {
             .unwrap_or_else(|err| panic!("type into {css:?}: {err}"));
     }
 
-    /// The page's visible text.
+    /// The page's visible text (empty while a new page is loading).
     pub async fn text(&self) -> String {
-        self.client
-            .find(Locator::Css("body"))
-            .await
-            .expect("body")
-            .text()
-            .await
-            .expect("body text")
+        match self.client.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// Waits until the page's text holds `needle`.

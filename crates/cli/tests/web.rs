@@ -281,14 +281,46 @@ fn browser_devices_share_links_and_csrf() {
         std::fs::write(&notes, "meeting at noon\n").unwrap();
         s.find("#files").await.send_keys(notes.to_str().unwrap()).await.unwrap();
         s.click("#upload button[type=submit]").await;
-        s.wait_for_text("notes.txt").await;
+        s.wait_for_text("Uploaded notes.txt").await;
         let picture = tmp.path().join("screen.png");
         std::fs::write(&picture, s.client.screenshot().await.unwrap()).unwrap();
         s.goto(&format!("{base}/files")).await;
         s.find("#files").await.send_keys(picture.to_str().unwrap()).await.unwrap();
         s.click("#upload button[type=submit]").await;
-        s.wait_for_text("screen.png").await;
+        s.wait_for_text("Uploaded screen.png").await;
         assert!(off_runtime(|| server.entry(&laptop, "docs/notes.txt")).is_some());
+
+        // Files dropped on the page upload too.
+        s.goto(&format!("{base}/files")).await;
+        s.script(
+            "const drop = new DataTransfer();
+             drop.items.add(new File(['dropped on the page'], 'dropped.txt'));
+             document.dispatchEvent(new DragEvent('drop', { dataTransfer: drop, bubbles: true }));",
+            vec![],
+        )
+        .await;
+        s.wait_for_text("Uploaded dropped.txt").await;
+        s.wait_for_text("dropped.txt").await;
+        let dropped = off_runtime(|| server.entry(&laptop, "dropped.txt"));
+        assert_eq!(
+            dropped.and_then(|entry| entry.hash),
+            Some(blake3::hash(b"dropped on the page").to_hex().to_string())
+        );
+
+        // Every control of the main pages has a name a screen reader can say.
+        for page in ["/files", "/files?path=docs", "/file?path=docs/notes.txt", "/trash", "/devices", "/shares"] {
+            s.goto(&format!("{base}{page}")).await;
+            s.find("main h1").await;
+            let unlabelled = s
+                .script(
+                    "return [...document.querySelectorAll('input:not([type=hidden]), button, select, textarea, a')]
+                        .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label') || e.textContent.trim()))
+                        .map(e => e.outerHTML);",
+                    vec![],
+                )
+                .await;
+            assert_eq!(unlabelled, serde_json::json!([]), "unlabelled controls on {page}");
+        }
 
         // The devices page lists the devices; revoking the phone refuses its token.
         s.goto(&format!("{base}/devices")).await;

@@ -373,3 +373,51 @@ fn failed_sign_ins_are_rate_limited_per_address() {
     let _ = stream.read_to_end(&mut answer);
     assert!(reqwest::blocking_get_ok(&format!("{base}/api/v1/health")));
 }
+
+#[test]
+fn a_session_from_server_a_works_on_server_b_over_postgres_and_s3() {
+    let Some(admin_url) = services() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (db, store) = fresh_database_and_bucket(&admin_url, "web_two_servers");
+    let a = Server::start_shared("server-a", &logs, &db, &store);
+    let b = Server::start_shared("server-b", &logs, &db, &store);
+    let token = a.token("me", "laptop");
+    let out = a.admin_with_input(&["user", "passwd", "me"], &format!("{PASSWORD}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    runtime().block_on(async {
+        let on_a = sign_in(&a.url()).await;
+        // The same cookie and CSRF token, sent to the other server.
+        let on_b = Web {
+            base: b.url(),
+            cookie: on_a.cookie.clone(),
+            csrf: on_a.csrf.clone(),
+            client: client(),
+        };
+        let response = on_b
+            .upload("", "via-b.txt", whole("written through B"))
+            .await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        let listing = on_a.get("/files").await.text().await.unwrap();
+        assert!(listing.contains("via-b.txt"), "{listing}");
+        let (status, body) = {
+            let response = on_a.get("/raw?path=via-b.txt&download=1").await;
+            (response.status(), response.text().await.unwrap())
+        };
+        assert_eq!((status.as_u16(), body.as_str()), (200, "written through B"));
+    });
+    let entry = a
+        .entry(&token, "via-b.txt")
+        .expect("the file, seen by a device");
+    assert_eq!(
+        entry.hash,
+        Some(blake3::hash(b"written through B").to_hex().to_string())
+    );
+}

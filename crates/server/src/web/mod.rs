@@ -69,7 +69,38 @@ pub(crate) fn routes() -> (Router<AppState>, Router<AppState>) {
     let streaming = Router::new()
         .route("/upload", post(actions::upload))
         .layer(DefaultBodyLimit::disable());
-    (bounded, streaming)
+    (
+        bounded.layer(axum::middleware::from_fn(security_headers)),
+        streaming.layer(axum::middleware::from_fn(security_headers)),
+    )
+}
+
+/// What every answer of the web interface carries, unless it set its own (a file's bytes set
+/// a stricter policy): no framing by other sites, scripts and styles from this site only, no
+/// caching of pages, and no referrer beyond this site (share links are secrets in the URL).
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let defaults = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; \
+             connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    for (name, value) in defaults {
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
 }
 
 /// An error answered as a page (or, to a script, as its text), with the status it stands for.
