@@ -421,3 +421,127 @@ fn a_session_from_server_a_works_on_server_b_over_postgres_and_s3() {
         Some(blake3::hash(b"written through B").to_hex().to_string())
     );
 }
+
+#[test]
+fn another_devices_lock_blocks_the_browser_and_a_folder_restores_to_a_moment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (server, token) = start(&logs, &tmp.path().join("data"), &[]);
+    let base = server.url();
+    let api = |method: &'static str, path: &str, body: Option<String>| {
+        let url = format!("{base}{path}");
+        let token = token.clone();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || reqwest::send(method, &url, &token, body))
+                .join()
+                .unwrap()
+        })
+    };
+    runtime().block_on(async {
+        let web = sign_in(&base).await;
+        for (name, text) in [("plan.txt", "plan v1"), ("keep.txt", "kept")] {
+            let response = web.upload("project", name, whole(text)).await;
+            assert_eq!(response.status(), 200);
+        }
+
+        // The laptop locks plan.txt: the browser's replacement and rename are refused with
+        // the lock's holder, and nothing changes.
+        let (status, body) = api(
+            "POST",
+            "/api/v1/locks",
+            Some(r#"{"path":"project/plan.txt"}"#.to_owned()),
+        );
+        assert_eq!(status, 200, "{body}");
+        let response = web
+            .upload("project", "plan.txt", whole("plan v2 from the browser"))
+            .await;
+        assert_eq!(response.status(), 423);
+        let message = response.text().await.unwrap();
+        assert!(message.contains("is locked by laptop since"), "{message}");
+        let response = web
+            .client
+            .post(format!("{base}/move"))
+            .header("cookie", &web.cookie)
+            .form(&[
+                ("csrf", web.csrf.as_str()),
+                ("from", "project/plan.txt"),
+                ("to", "project/moved.txt"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 423);
+        let (status, _) = api(
+            "POST",
+            "/api/v1/locks/release",
+            Some(r#"{"path":"project/plan.txt"}"#.to_owned()),
+        );
+        assert_eq!(status, 200);
+
+        // The folder as it was at a moment: after the first versions, before the changes.
+        let page = web
+            .get("/file?path=project/plan.txt")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains("plan v1"), "{page}");
+        let moment = chrono::Utc::now() + chrono::Duration::seconds(1);
+        let moment_text = moment.format("%Y-%m-%dT%H:%M:%S").to_string();
+        // The changes must come after that second.
+        let changes_from = moment.timestamp() + 1;
+        wait_until("the clock to pass the moment", || {
+            chrono::Utc::now().timestamp() >= changes_from
+        });
+        assert_eq!(
+            web.upload("project", "plan.txt", whole("plan v2"))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            web.upload("project", "extra.txt", whole("added later"))
+                .await
+                .status(),
+            200
+        );
+        let response = web
+            .client
+            .post(format!("{base}/restore"))
+            .header("cookie", &web.cookie)
+            .form(&[
+                ("csrf", web.csrf.as_str()),
+                ("kind", "moment"),
+                ("path", "project"),
+                ("at", moment_text.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let result = response.text().await.unwrap();
+        assert!(result.contains("change(s) made"), "{result}");
+        let plan = web
+            .get("/raw?path=project/plan.txt&download=1")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(plan, "plan v1");
+        assert_eq!(web.get("/raw?path=project/extra.txt").await.status(), 404);
+        let trash = web.get("/trash").await.text().await.unwrap();
+        assert!(
+            trash.contains("project/extra.txt"),
+            "the file the restore removed is not in the trash:\n{trash}"
+        );
+        let kept = web
+            .get("/raw?path=project/keep.txt&download=1")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(kept, "kept");
+    });
+}
