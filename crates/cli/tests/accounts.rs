@@ -1,12 +1,13 @@
 //! Accounts and devices end to end (issue 15): `user list|rename|remove`, `device
 //! list|revoke`, the devices API, admin commands on a missing database, and the rate limit on
 //! refused tokens; a revocation through one server of a shared PostgreSQL database holds on
-//! the other.
+//! the other. `user passwd` (issue 16) and the device name kept for the web interface.
 
 use crate::util::*;
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 
 /// Stderr of a command that must have failed with exit code 2.
 fn failed(out: Output) -> String {
@@ -513,4 +514,143 @@ fn a_device_revoked_on_a_shared_database_is_refused_by_every_server() {
             .all(|user| user["name"] != "alice"),
         "{users}"
     );
+}
+
+/// Runs the binary with `input` on its standard input (a pipe, not a terminal).
+fn run_with_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run syncstore");
+    // A command that refuses before reading may have closed its end: that is its answer.
+    let _ = child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes());
+    child.wait_with_output().expect("wait for syncstore")
+}
+
+/// The web password of `user` as the meta store under `data` holds it.
+fn stored_password(data: &Path, user: &str) -> Option<String> {
+    reqwest::runtime().block_on(async {
+        let location = syncstore_server::MetaLocation::embedded(data);
+        let meta_store = syncstore_server::open_existing_meta_store(&location)
+            .await
+            .expect("open the meta store");
+        let name = syncstore_proto::UserName::new(user).unwrap();
+        let (_, phc) = meta_store
+            .login_record(&name)
+            .await
+            .unwrap()
+            .expect("the user exists");
+        phc
+    })
+}
+
+/// `user passwd` reads exactly one line from a pipe and stores an argon2 hash of it; it
+/// refuses an unknown user, a short password and a password in argv; `--clear` removes it.
+/// No token device may be named `web`, the device every browser session acts as.
+#[test]
+fn user_passwd_sets_a_web_password_from_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    ok(run(&["user", "add", "alice", "--data", data_arg]));
+    assert_eq!(stored_password(&data, "alice"), None);
+
+    let password = "correct horse battery";
+    let out = run_with_stdin(
+        &["user", "passwd", "alice", "--data", data_arg],
+        &format!("{password}\nsecond line\n"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = ok(out);
+    assert!(stdout.contains("password set for user alice"), "{stdout}");
+    assert!(!stdout.contains(password) && !stderr.contains(password));
+    let phc = stored_password(&data, "alice").expect("a password is set");
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    assert!(!phc.contains(password));
+    assert!(syncstore_server::password::verify_password(&phc, password));
+    assert!(!syncstore_server::password::verify_password(
+        &phc,
+        "second line"
+    ));
+    assert!(!syncstore_server::password::verify_password(
+        &phc,
+        &format!("{password}\n")
+    ));
+    // The browser's device exists, and no token device may take its name.
+    let devices = json(run(&[
+        "device", "list", "alice", "--json", "--data", data_arg,
+    ]));
+    assert_eq!(
+        device(&devices, "web")["revoked_ms"],
+        serde_json::Value::Null
+    );
+    let err = failed(run(&[
+        "token", "add", "alice", "--device", "web", "--data", data_arg,
+    ]));
+    assert!(
+        err.contains("the device name web is kept for the web interface"),
+        "{err}"
+    );
+
+    // Refusals change nothing.
+    let err = failed(run_with_stdin(
+        &["user", "passwd", "nobody", "--data", data_arg],
+        "another password\n",
+    ));
+    assert!(err.contains("there is no user nobody"), "{err}");
+    let err = failed(run_with_stdin(
+        &["user", "passwd", "alice", "--data", data_arg],
+        "short\n",
+    ));
+    assert!(err.contains("too short"), "{err}");
+    assert!(!err.contains("short\n"), "{err}");
+    let err = failed(run_with_stdin(
+        &["user", "passwd", "alice", "--data", data_arg],
+        "",
+    ));
+    assert!(err.contains("too short"), "{err}");
+    let long = "x".repeat(1025);
+    let err = failed(run_with_stdin(
+        &["user", "passwd", "alice", "--data", data_arg],
+        &format!("{long}\n"),
+    ));
+    assert!(err.contains("too long"), "{err}");
+    let out = run(&[
+        "user",
+        "passwd",
+        "alice",
+        "hunter2hunter2",
+        "--data",
+        data_arg,
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(stored_password(&data, "alice").as_deref(), Some(&*phc));
+
+    // A new password replaces the old one.
+    ok(run_with_stdin(
+        &["user", "passwd", "alice", "--data", data_arg],
+        "a second password\r\n",
+    ));
+    let second = stored_password(&data, "alice").expect("a password is set");
+    assert!(syncstore_server::password::verify_password(
+        &second,
+        "a second password"
+    ));
+    assert!(!syncstore_server::password::verify_password(
+        &second, password
+    ));
+
+    let out = ok(run(&[
+        "user", "passwd", "alice", "--clear", "--data", data_arg,
+    ]));
+    assert!(out.contains("web sign-in is off for user alice"), "{out}");
+    assert_eq!(stored_password(&data, "alice"), None);
 }

@@ -57,6 +57,38 @@ pub async fn revoke_device_in(
     Ok(revocation)
 }
 
+/// Sets the user's password for the web interface at `now_ms` (hashed here with argon2id, on a
+/// blocking thread), or with `None` turns web sign-in off; either way the user's web sessions
+/// end (see [`MetaStore::set_password`]).
+///
+/// # Errors
+/// When there is no such user, the password is too short or too long
+/// ([`crate::password::check_new_password`]), or the store fails.
+pub async fn set_password_in(
+    meta_store: &dyn MetaStore,
+    user: &UserName,
+    password: Option<&str>,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    let found = user_in(meta_store, user).await?;
+    let phc = match password {
+        None => None,
+        Some(password) => {
+            crate::password::check_new_password(password)?;
+            let password = password.to_owned();
+            let phc =
+                tokio::task::spawn_blocking(move || crate::password::hash_password(&password))
+                    .await
+                    .context("the password hasher stopped")??;
+            Some(phc)
+        }
+    };
+    meta_store
+        .set_password(found.id, phc.as_deref(), now_ms)
+        .await
+        .with_context(|| format!("could not set the password of user {user}"))
+}
+
 /// Renames a user; its namespace, devices and tokens stay.
 ///
 /// # Errors

@@ -53,7 +53,7 @@ mod web;
 mod wire;
 
 pub use accounts::{
-    devices_in, remove_user_in, rename_user_in, revoke_device_in, user_in, Removal,
+    devices_in, remove_user_in, rename_user_in, revoke_device_in, set_password_in, user_in, Removal,
 };
 pub use hub::ChangeHub;
 pub use tls::ServerTls;

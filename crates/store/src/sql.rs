@@ -285,7 +285,7 @@ const REMOVE_USER_ROWS: [&str; 10] = [
     "DELETE FROM gc_doomed WHERE user_id = ?1",
 ];
 const RETIRE_USER: &str = "UPDATE users SET name = ?2, removed_ms = ?3, used_bytes = 0,
-     quota_bytes = NULL WHERE id = ?1";
+     quota_bytes = NULL, password_hash = NULL WHERE id = ?1";
 const REMOVED_USERS: &str = "SELECT id, namespace_id, removed_ms FROM users
      WHERE removed_ms IS NOT NULL AND content_gone_ms IS NULL ORDER BY id";
 const CONTENT_GONE: &str = "UPDATE users SET content_gone_ms = ?2 WHERE id = ?1";
@@ -851,8 +851,13 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
             Param::Int(session.created_ms),
             Param::Int(session.expires_ms),
         ];
-        self.0.execute(INSERT_SESSION, &params)?;
-        Ok(())
+        match self.0.execute(INSERT_SESSION, &params) {
+            Ok(_) => Ok(()),
+            Err(SqlError::Duplicate(_)) => Err(StoreError::AlreadyExists(
+                "a session with that id".to_owned(),
+            )),
+            Err(SqlError::Failed(err)) => Err(err),
+        }
     }
 
     fn session_row(&mut self, id_hash: &TokenHash) -> Result<Option<NewSession>, StoreError> {

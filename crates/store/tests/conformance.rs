@@ -10,13 +10,14 @@ use bytes::Bytes;
 use std::future::Future;
 use syncstore_proto::{
     Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
-    Op, Precondition, RelPath, RemoteEntry, RestoreAction, RestoreTarget, Revision, TrashQuery,
-    UserName, VersionKind, MAX_CHUNK_LEN, MAX_LOCK_TTL_SECS,
+    NodeId, Op, Precondition, RelPath, RemoteEntry, RestoreAction, RestoreTarget, Revision,
+    TrashQuery, UserName, VersionKind, MAX_CHUNK_LEN, MAX_LOCK_TTL_SECS,
 };
 use syncstore_store::gc::{self, GcPolicy};
 use syncstore_store::{
-    apply_ops, Account, BatchOutcome, ChunkStore, DeviceId, LockOutcome, MetaStore, OpOutcome,
-    Principal, RemovedUser, Retention, Revocation, StoreError, TokenHash, User, UserId,
+    apply_ops, web_device, Account, BatchOutcome, ChunkStore, DeviceId, LockOutcome, MetaStore,
+    NewSession, OpOutcome, Principal, RemovedUser, Retention, Revocation, ShareId, ShareRecord,
+    StoreError, TokenHash, User, UserId, WEB_DEVICE,
 };
 
 /// Users, devices, tokens stored as hashes, and authentication.
@@ -2972,6 +2973,507 @@ pub async fn users_renamed_and_removed(meta: &dyn MetaStore, chunks: &dyn ChunkS
         .unwrap();
     assert_eq!(meta.removed_users().await.unwrap(), []);
     assert_eq!(meta.tree(bob.id, NOW).await.unwrap().entries.len(), 1);
+}
+
+/// Web passwords, the web device and browser sessions (issue 16): a password makes sure the
+/// user's `web` device exists and is not revoked, and ends the user's sessions; a sign-in
+/// session acts as that device only while it is live, the device not revoked and the user not
+/// removed; no token device may take the name `web`.
+pub async fn web_passwords_and_sessions(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
+    let alice = meta.create_user(&user_name("web-alice")).await.unwrap();
+    let bob = meta.create_user(&user_name("web-bob")).await.unwrap();
+    assert_eq!(
+        meta.login_record(&user_name("web-alice")).await.unwrap(),
+        Some((alice.clone(), None))
+    );
+    assert_eq!(
+        meta.login_record(&user_name("web-nobody")).await.unwrap(),
+        None
+    );
+
+    // The name is kept for the web interface, before and after it exists.
+    let token = TokenHash::of_token("sst_web_device");
+    let err = meta
+        .add_device(alice.id, &web_device(), &token, NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ReservedDeviceName), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the device name web is kept for the web interface"),
+        "{err}"
+    );
+
+    meta.set_password(alice.id, Some("$argon2id$v=19$fake-1"), NOW)
+        .await
+        .unwrap();
+    let (user, phc) = meta
+        .login_record(&user_name("web-alice"))
+        .await
+        .unwrap()
+        .expect("alice exists");
+    assert_eq!(
+        (user, phc.as_deref()),
+        (alice.clone(), Some("$argon2id$v=19$fake-1"))
+    );
+    let devices = meta.devices(alice.id).await.unwrap();
+    let names: Vec<&str> = devices.iter().map(|device| device.name.as_str()).collect();
+    assert_eq!(names, [WEB_DEVICE]);
+    assert_eq!(
+        (devices[0].created_ms, devices[0].revoked_ms),
+        (Some(NOW), None)
+    );
+    assert!(matches!(
+        meta.add_device(alice.id, &web_device(), &token, NOW).await,
+        Err(StoreError::ReservedDeviceName)
+    ));
+    assert_eq!(meta.authenticate(&token).await.unwrap(), None);
+    // Setting it again keeps the one device.
+    meta.set_password(alice.id, Some("$argon2id$v=19$fake-2"), NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!(meta.devices(alice.id).await.unwrap().len(), 1);
+
+    // A sign-in session acts as the web device, until it expires.
+    let login = session_of(alice.id, "login-1", None, NOW, NOW + 1000);
+    meta.create_session(&login).await.unwrap();
+    let live = meta
+        .session(&login.id_hash, NOW + 999)
+        .await
+        .unwrap()
+        .expect("live");
+    let principal = live.principal.clone().expect("a sign-in acts as a device");
+    assert_eq!(
+        (
+            principal.user_id,
+            principal.user_name.as_str(),
+            principal.namespace,
+            principal.device_name.as_str(),
+            principal.device_id
+        ),
+        (
+            alice.id,
+            "web-alice",
+            alice.namespace,
+            WEB_DEVICE,
+            devices[0].id
+        )
+    );
+    assert_eq!(
+        (
+            live.user_id,
+            live.share_id,
+            live.csrf.as_str(),
+            live.expires_ms
+        ),
+        (alice.id, None, "csrf-login-1", NOW + 1000)
+    );
+    assert_eq!(
+        meta.session(&login.id_hash, NOW + 1000).await.unwrap(),
+        None
+    );
+    let unknown = TokenHash::of_token("no such cookie");
+    assert_eq!(meta.session(&unknown, NOW).await.unwrap(), None);
+    // The id is the key: a second row with it is refused, and the first one stays.
+    let again = session_of(alice.id, "login-1", None, NOW + 1, NOW + 5000);
+    assert!(matches!(
+        meta.create_session(&again).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        meta.session(&login.id_hash, NOW)
+            .await
+            .unwrap()
+            .map(|s| s.expires_ms),
+        Some(NOW + 1000)
+    );
+
+    // A share link's session acts as no device.
+    let share_id = ShareId::new("web-alice-share-0001".to_owned()).unwrap();
+    let unlocked = session_of(alice.id, "share-1", Some(&share_id), NOW, NOW + 1000);
+    meta.create_session(&unlocked).await.unwrap();
+    let live = meta
+        .session(&unlocked.id_hash, NOW)
+        .await
+        .unwrap()
+        .expect("live");
+    assert_eq!((live.principal, live.share_id), (None, Some(share_id)));
+
+    // A new session drops the user's sessions that had expired by then, and only those.
+    let bob_login = session_of(bob.id, "bob-1", None, NOW, NOW + 1000);
+    meta.set_password(bob.id, Some("$argon2id$v=19$bob"), NOW)
+        .await
+        .unwrap();
+    meta.create_session(&bob_login).await.unwrap();
+    let later = session_of(alice.id, "login-2", None, NOW + 2000, NOW + 9000);
+    meta.create_session(&later).await.unwrap();
+    assert_eq!(meta.session(&login.id_hash, NOW).await.unwrap(), None);
+    assert!(meta
+        .session(&later.id_hash, NOW + 2000)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(meta
+        .session(&bob_login.id_hash, NOW)
+        .await
+        .unwrap()
+        .is_some());
+
+    // Signing out ends one session; ending it again succeeds.
+    meta.end_session(&later.id_hash).await.unwrap();
+    meta.end_session(&later.id_hash).await.unwrap();
+    assert_eq!(
+        meta.session(&later.id_hash, NOW + 2000).await.unwrap(),
+        None
+    );
+
+    // Revoking the web device ends its sign-ins; a password (the operator's act) brings it
+    // back, and ends every session of the user, but not another user's.
+    let login = session_of(alice.id, "login-3", None, NOW + 2000, NOW + 9000);
+    meta.create_session(&login).await.unwrap();
+    let revoked = meta
+        .revoke_device(alice.id, &web_device(), NOW + 3000)
+        .await
+        .unwrap();
+    assert!(matches!(revoked, Revocation::Revoked { .. }), "{revoked:?}");
+    assert_eq!(
+        meta.session(&login.id_hash, NOW + 3000).await.unwrap(),
+        None
+    );
+    meta.set_password(alice.id, Some("$argon2id$v=19$fake-3"), NOW + 4000)
+        .await
+        .unwrap();
+    let devices = meta.devices(alice.id).await.unwrap();
+    assert_eq!(
+        (
+            devices.len(),
+            devices[0].name.as_str(),
+            devices[0].revoked_ms
+        ),
+        (1, WEB_DEVICE, None)
+    );
+    assert_eq!(
+        meta.session(&login.id_hash, NOW + 4000).await.unwrap(),
+        None
+    );
+    assert_eq!(meta.session(&unlocked.id_hash, NOW).await.unwrap(), None);
+    assert!(meta
+        .session(&bob_login.id_hash, NOW)
+        .await
+        .unwrap()
+        .is_some());
+    let login = session_of(alice.id, "login-4", None, NOW + 4000, NOW + 9000);
+    meta.create_session(&login).await.unwrap();
+    assert!(meta
+        .session(&login.id_hash, NOW + 4000)
+        .await
+        .unwrap()
+        .and_then(|session| session.principal)
+        .is_some());
+
+    // No password: no web sign-in (the device stays, with its history).
+    meta.set_password(alice.id, None, NOW + 5000).await.unwrap();
+    assert_eq!(
+        meta.login_record(&user_name("web-alice")).await.unwrap(),
+        Some((alice.clone(), None))
+    );
+    assert_eq!(
+        meta.session(&login.id_hash, NOW + 5000).await.unwrap(),
+        None
+    );
+    assert_eq!(meta.devices(alice.id).await.unwrap().len(), 1);
+
+    // A removed user's sessions and password go with it.
+    let bob_id = bob.id;
+    meta.remove_user(bob_id, NOW + 6000).await.unwrap();
+    assert_eq!(meta.session(&bob_login.id_hash, NOW).await.unwrap(), None);
+    assert_eq!(
+        meta.login_record(&user_name("web-bob")).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        meta.set_password(bob_id, Some("$argon2id$v=19$x"), NOW)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        meta.create_session(&session_of(bob_id, "bob-2", None, NOW, NOW + 1000))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // The name comes free, without the old password.
+    let bob_again = meta.create_user(&user_name("web-bob")).await.unwrap();
+    assert_eq!(
+        meta.login_record(&user_name("web-bob")).await.unwrap(),
+        Some((bob_again, None))
+    );
+}
+
+/// Share links: stored as made, listed newest first per user, found by id for anyone, revoked
+/// only by their owner (once: the first time stays), gone with their user; the node they name
+/// is found by id, so a move keeps the link.
+pub async fn share_links(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let alice = meta.create_user(&user_name("share-alice")).await.unwrap();
+    let bob = meta.create_user(&user_name("share-bob")).await.unwrap();
+    let file = put_file(
+        meta,
+        chunks,
+        &alice,
+        "docs/report.txt",
+        Precondition::MustNotExist,
+        b"report",
+    )
+    .await;
+    let docs = meta
+        .entry(alice.id, &path("docs"))
+        .await
+        .unwrap()
+        .expect("the implicit parent");
+    assert_eq!(docs.kind, EntryKind::Dir);
+    assert_eq!(
+        meta.entry(alice.id, &path("docs/report.txt"))
+            .await
+            .unwrap(),
+        Some(file.clone())
+    );
+    assert_eq!(
+        meta.entry(alice.id, &path("docs/nope")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        meta.entry(bob.id, &path("docs/report.txt")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        meta.node(alice.id, file.node_id).await.unwrap(),
+        Some(file.clone())
+    );
+    assert_eq!(meta.node(bob.id, file.node_id).await.unwrap(), None);
+    assert_eq!(meta.node(alice.id, NodeId(u64::MAX)).await.unwrap(), None);
+
+    assert!(ShareId::new("short".to_owned()).is_err());
+    assert!(ShareId::new("has/a/slash/in/it/0000".to_owned()).is_err());
+    assert!(ShareId::new("x".repeat(65)).is_err());
+    let old = share_of(&alice, "share-alice-old-00001", &docs, NOW);
+    let new = ShareRecord {
+        expires_ms: Some(NOW + DAY),
+        password_hash: Some("$argon2id$v=19$share".to_owned()),
+        ..share_of(&alice, "share-alice-new-00001", &file, NOW + 1000)
+    };
+    let bobs = share_of(&bob, "share-bob-000000000001", &docs, NOW + 2000);
+    meta.create_share(&old).await.unwrap();
+    meta.create_share(&new).await.unwrap();
+    meta.create_share(&bobs).await.unwrap();
+    assert!(matches!(
+        meta.create_share(&share_of(&bob, "share-alice-old-00001", &docs, NOW))
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        meta.shares(alice.id).await.unwrap(),
+        [new.clone(), old.clone()]
+    );
+    assert_eq!(
+        meta.shares(bob.id).await.unwrap(),
+        std::slice::from_ref(&bobs)
+    );
+    assert_eq!(meta.share(&new.id).await.unwrap(), Some(new.clone()));
+    assert_eq!(meta.share(&bobs.id).await.unwrap(), Some(bobs.clone()));
+    let unknown = ShareId::new("share-nobody-00000001".to_owned()).unwrap();
+    assert_eq!(meta.share(&unknown).await.unwrap(), None);
+
+    // A move keeps the node id: the link follows it, and keeps the path it was made at.
+    let outcome = apply_one(
+        meta,
+        chunks,
+        &alice,
+        Op::Move {
+            from: path("docs/report.txt"),
+            to: path("report-final.txt"),
+            base: file.rev,
+        },
+    )
+    .await;
+    assert!(matches!(outcome, OpOutcome::Applied(_)), "{outcome:?}");
+    let moved = meta
+        .node(alice.id, new.node_id)
+        .await
+        .unwrap()
+        .expect("moved, not gone");
+    assert_eq!(moved.path.as_str(), "report-final.txt");
+    assert_eq!(
+        meta.share(&new.id).await.unwrap().map(|share| share.path),
+        Some(path("docs/report.txt"))
+    );
+
+    // Only the owner revokes; the first time stays.
+    assert!(!meta
+        .revoke_share(bob.id, &new.id, NOW + 3000)
+        .await
+        .unwrap());
+    assert!(!meta
+        .revoke_share(alice.id, &unknown, NOW + 3000)
+        .await
+        .unwrap());
+    assert_eq!(meta.share(&new.id).await.unwrap().unwrap().revoked_ms, None);
+    assert!(meta
+        .revoke_share(alice.id, &new.id, NOW + 3000)
+        .await
+        .unwrap());
+    assert!(meta
+        .revoke_share(alice.id, &new.id, NOW + 4000)
+        .await
+        .unwrap());
+    let revoked = meta.share(&new.id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_ms, Some(NOW + 3000));
+    assert_eq!(meta.shares(alice.id).await.unwrap()[0], revoked);
+
+    // A deleted node is gone from `node`; its link is still listed.
+    let moved_rev = moved.rev;
+    let outcome = apply_one(
+        meta,
+        chunks,
+        &alice,
+        Op::Delete {
+            path: path("report-final.txt"),
+            base: moved_rev,
+        },
+    )
+    .await;
+    assert!(matches!(outcome, OpOutcome::Applied(_)), "{outcome:?}");
+    assert_eq!(meta.node(alice.id, new.node_id).await.unwrap(), None);
+    assert_eq!(meta.shares(alice.id).await.unwrap().len(), 2);
+
+    // A removed user's links go with it.
+    meta.remove_user(alice.id, NOW + 5000).await.unwrap();
+    assert_eq!(meta.share(&old.id).await.unwrap(), None);
+    assert_eq!(meta.share(&new.id).await.unwrap(), None);
+    assert_eq!(meta.shares(alice.id).await.unwrap(), []);
+    assert_eq!(meta.share(&bobs.id).await.unwrap(), Some(bobs));
+}
+
+/// `entries_under`: every node strictly under a folder (not the folder, not a sibling whose
+/// name starts the same), in path order; the whole tree for the root; only the user's own.
+pub async fn entries_under_a_folder(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
+    let alice = meta.create_user(&user_name("under-alice")).await.unwrap();
+    let bob = meta.create_user(&user_name("under-bob")).await.unwrap();
+    for at in [
+        "d/x.txt",
+        "d/e/f.txt",
+        "d-sibling/y.txt",
+        "d0.txt",
+        "e.txt",
+        "d/~z",
+    ] {
+        put_file(
+            meta,
+            chunks,
+            &alice,
+            at,
+            Precondition::MustNotExist,
+            at.as_bytes(),
+        )
+        .await;
+    }
+    put_file(
+        meta,
+        chunks,
+        &bob,
+        "d/bob.txt",
+        Precondition::MustNotExist,
+        b"bob",
+    )
+    .await;
+    let paths = |entries: Vec<RemoteEntry>| -> Vec<String> {
+        entries
+            .into_iter()
+            .map(|entry| entry.path.to_string())
+            .collect()
+    };
+    assert_eq!(
+        paths(
+            meta.entries_under(alice.id, Some(&path("d")))
+                .await
+                .unwrap()
+        ),
+        ["d/e", "d/e/f.txt", "d/x.txt", "d/~z"]
+    );
+    assert_eq!(
+        paths(
+            meta.entries_under(alice.id, Some(&path("d/e")))
+                .await
+                .unwrap()
+        ),
+        ["d/e/f.txt"]
+    );
+    assert_eq!(
+        paths(meta.entries_under(alice.id, None).await.unwrap()),
+        [
+            "d",
+            "d-sibling",
+            "d-sibling/y.txt",
+            "d/e",
+            "d/e/f.txt",
+            "d/x.txt",
+            "d/~z",
+            "d0.txt",
+            "e.txt"
+        ]
+    );
+    // The entries are the tree's.
+    let tree = meta.tree(alice.id, NOW).await.unwrap().entries;
+    let under = meta.entries_under(alice.id, None).await.unwrap();
+    assert_eq!(under.len(), tree.len());
+    for entry in &under {
+        assert_eq!(&entry_at(&tree, entry.path.as_str()), entry);
+    }
+    assert_eq!(
+        meta.entries_under(alice.id, Some(&path("d/x.txt")))
+            .await
+            .unwrap(),
+        []
+    );
+    assert_eq!(
+        meta.entries_under(alice.id, Some(&path("nope")))
+            .await
+            .unwrap(),
+        []
+    );
+    assert_eq!(
+        paths(meta.entries_under(bob.id, None).await.unwrap()),
+        ["d", "d/bob.txt"]
+    );
+}
+
+fn session_of(
+    user_id: UserId,
+    cookie: &str,
+    share_id: Option<&ShareId>,
+    created_ms: i64,
+    expires_ms: i64,
+) -> NewSession {
+    NewSession {
+        id_hash: TokenHash::of_token(cookie),
+        user_id,
+        share_id: share_id.cloned(),
+        csrf: format!("csrf-{cookie}"),
+        created_ms,
+        expires_ms,
+    }
+}
+
+fn share_of(user: &User, id: &str, node: &RemoteEntry, created_ms: i64) -> ShareRecord {
+    ShareRecord {
+        id: ShareId::new(id.to_owned()).unwrap(),
+        user_id: user.id,
+        node_id: node.node_id,
+        path: node.path.clone(),
+        created_ms,
+        expires_ms: None,
+        password_hash: None,
+        revoked_ms: None,
+        created_by: web_device(),
+    }
 }
 
 fn user_name(text: &str) -> UserName {

@@ -69,6 +69,9 @@ macro_rules! all_conformance_tests {
             quota_refuses_growth,
             devices_seen_and_revoked,
             users_renamed_and_removed,
+            web_passwords_and_sessions,
+            share_links,
+            entries_under_a_folder,
         );
     };
 }
@@ -230,7 +233,7 @@ mod sqlite {
                 row.get(0)
             })
             .unwrap();
-        assert_eq!(version, 7);
+        assert_eq!(version, 8);
     }
 }
 

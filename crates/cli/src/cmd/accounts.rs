@@ -90,23 +90,15 @@ pub async fn set_password(
 ) -> anyhow::Result<ExitCode> {
     let name = UserName::new(name)?;
     let meta_store = syncstore_server::open_existing_meta_store(meta).await?;
-    let user = syncstore_server::user_in(&*meta_store, &name).await?;
-    let phc = if clear {
+    // An unknown user is refused before a password is asked for.
+    syncstore_server::user_in(&*meta_store, &name).await?;
+    let password = if clear {
         None
     } else {
-        let password = read_new_password(&name)?;
-        let phc = tokio::task::spawn_blocking(move || {
-            syncstore_server::password::hash_password(&password)
-        })
-        .await
-        .context("the password hasher stopped")??;
-        Some(phc)
+        Some(read_new_password(&name)?)
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
-    meta_store
-        .set_password(user.id, phc.as_deref(), now_ms)
-        .await
-        .with_context(|| format!("could not set the password of user {name}"))?;
+    syncstore_server::set_password_in(&*meta_store, &name, password.as_deref(), now_ms).await?;
     if clear {
         println!("web sign-in is off for user {name}; their web sessions are ended");
     } else {
