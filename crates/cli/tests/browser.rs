@@ -3,12 +3,13 @@
 //!
 //! Each [`Browser`] runs its own `chromedriver` on a free loopback port, and each session its
 //! own Chromium with a fresh profile in a temp dir (so a new session has no cookies). Both are
-//! killed on drop. The client is async: a test makes a tokio runtime and `block_on`s its steps.
+//! killed on drop (the whole process group, Chromiums included). The client is async: a test makes a tokio runtime and `block_on`s its steps.
 //! Without `chromedriver` the tests fail under `CI=true` (the test script installs it:
 //! `scripts/browser install`) and are skipped with a banner otherwise.
 
 use crate::util::{free_port, wait_until};
 use fantoccini::{Client, ClientBuilder, Locator};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -40,7 +41,10 @@ impl Browser {
         let port = free_port();
         let log =
             std::fs::File::create(log_dir.join("chromedriver.log")).expect("chromedriver log");
+        // Its own process group, so the Chromiums it starts go with it on drop, even when a
+        // test panics before closing its session.
         let child = Command::new(driver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(log.try_clone().expect("log"))
@@ -98,6 +102,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        if let Ok(group) = i32::try_from(self.driver.id()) {
+            // SAFETY: killpg only sends a signal; the group is the one chromedriver leads.
+            unsafe {
+                libc::killpg(group, libc::SIGKILL);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
