@@ -277,7 +277,7 @@ fn folders_download_as_zips_searches_find_names_and_a_new_password_ends_sessions
     let tmp = tempfile::tempdir().unwrap();
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let (server, _token) = start(&logs, &tmp.path().join("data"), &[]);
+    let (server, token) = start(&logs, &tmp.path().join("data"), &[]);
     let base = server.url();
     let zip_path = tmp.path().join("photos.zip");
     runtime().block_on(async {
@@ -306,6 +306,21 @@ fn folders_download_as_zips_searches_find_names_and_a_new_password_ends_sessions
             .unwrap();
         // Folders first, then files.
         assert!(sorted.find("2026/").unwrap() < sorted.find("beach.txt").unwrap());
+
+        // A folder of more entries than a page holds has pages.
+        let empty = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+        let ops: Vec<serde_json::Value> = (0..520)
+            .map(|i| serde_json::json!({"op": "put_file", "path": format!("many/f{i:03}.txt"), "base": "must_not_exist", "size": 0, "mtime_ms": 1_700_000_000_000i64, "hash": empty, "chunks": []}))
+            .collect();
+        let body = serde_json::json!({ "ops": ops }).to_string();
+        let url = format!("{base}/api/v1/ops");
+        let (status, answer) = std::thread::scope(|scope| scope.spawn(|| reqwest::send("POST", &url, &token, Some(body))).join().unwrap());
+        assert_eq!(status, 200, "{answer}");
+        let first = web.get("/files?path=many").await.text().await.unwrap();
+        assert!(first.contains("Entries 1–500 of 520"), "{first}");
+        assert!(first.contains("f499.txt") && !first.contains("f500.txt"));
+        let second = web.get("/files?path=many&page=2").await.text().await.unwrap();
+        assert!(second.contains("Entries 501–520 of 520") && second.contains("f519.txt") && !second.contains("f499.txt"));
 
         // A path that is not one is a clear 400, not a panic.
         let bad = web.get("/files?path=../etc").await;

@@ -33,7 +33,12 @@ pub(crate) struct FolderQuery {
     order: Option<String>,
     /// Search names under this folder.
     q: Option<String>,
+    /// Which page of [`PAGE_SIZE`] entries, from 1.
+    page: Option<usize>,
 }
+
+/// Entries a listing shows at once; a folder of more has pages.
+const PAGE_SIZE: usize = 500;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SortBy {
@@ -112,6 +117,14 @@ pub(crate) async fn folder(
         }
     };
     sort_entries(&mut shown, sort, descending);
+    let total = shown.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page_no = query.page.unwrap_or(1).clamp(1, pages);
+    let shown: Vec<RemoteEntry> = shown
+        .into_iter()
+        .skip((page_no - 1) * PAGE_SIZE)
+        .take(PAGE_SIZE)
+        .collect();
     let dir_text = dir.as_ref().map(RelPath::as_str);
     let title = dir.as_ref().map_or("Your files", |dir| name_of(dir));
     let held = covering_lock(&locks, dir.as_ref());
@@ -133,6 +146,19 @@ pub(crate) async fn folder(
                 p class="note" { (shown.len()) " result(s) for “" (q) "”" }
             }
             (listing(&shown, &locks, dir_text, sort, descending, search.is_some()))
+            @if pages > 1 {
+                @let link = |n: usize| {
+                    let mut href = format!("/files?page={n}&sort={}&order={}", sort.key(), if descending { "desc" } else { "asc" });
+                    if let Some(dir) = dir_text { href.push_str(&format!("&path={}", encode(dir))); }
+                    if let Some(q) = search { href.push_str(&format!("&q={}", encode(q))); }
+                    href
+                };
+                nav class="pages" aria-label="Pages" {
+                    @if page_no > 1 { a rel="prev" href=(link(page_no - 1)) { "← Previous" } " " }
+                    span { "Entries " ((page_no - 1) * PAGE_SIZE + 1) "–" ((page_no - 1) * PAGE_SIZE + shown.len()) " of " (total) }
+                    @if page_no < pages { " " a rel="next" href=(link(page_no + 1)) { "Next →" } }
+                }
+            }
         }
         (live_note())
         section class="tools" aria-label="Folder actions" {
