@@ -75,23 +75,7 @@ pub(crate) async fn folder(
     let dir = parse_path(query.path.as_deref())?;
     let meta = &state.stores.meta;
     let user_id = user.principal.user_id;
-    if let Some(dir) = &dir {
-        match meta.entry(user_id, dir).await? {
-            Some(entry) if entry.kind == EntryKind::Dir => {}
-            Some(_) => {
-                return Err(WebError::bad_request(format!(
-                    "{:?} is a file, not a folder",
-                    dir.as_str()
-                )))
-            }
-            None => {
-                return Err(WebError::not_found(format!(
-                    "there is no folder {:?}",
-                    dir.as_str()
-                )))
-            }
-        }
-    }
+    super::check_folder(&state, user_id, dir.as_ref()).await?;
     let under = meta.entries_under(user_id, dir.as_ref()).await?;
     let locks = meta.locks(user_id, now_ms()).await?;
     let search = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());

@@ -266,23 +266,7 @@ pub(crate) async fn serve_zip(
     dir: Option<&RelPath>,
     root_name: &str,
 ) -> Result<Response, WebError> {
-    if let Some(dir) = dir {
-        match state.stores.meta.entry(owner.user_id, dir).await? {
-            Some(entry) if entry.kind == EntryKind::Dir => {}
-            Some(_) => {
-                return Err(WebError::bad_request(format!(
-                    "{:?} is a file, not a folder",
-                    dir.as_str()
-                )))
-            }
-            None => {
-                return Err(WebError::not_found(format!(
-                    "there is no folder {:?}",
-                    dir.as_str()
-                )))
-            }
-        }
-    }
+    super::check_folder(state, owner.user_id, dir).await?;
     let entries = state.stores.meta.entries_under(owner.user_id, dir).await?;
     let prefix_len = dir.map_or(0, |dir| dir.as_str().len() + 1);
     let name = dir.map_or(root_name, |dir| name_of(dir)).to_owned();

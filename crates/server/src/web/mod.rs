@@ -154,6 +154,26 @@ impl IntoResponse for WebError {
     }
 }
 
+/// Checks that `dir` is a folder of the user (the root always is).
+async fn check_folder(
+    state: &AppState,
+    user_id: syncstore_store::UserId,
+    dir: Option<&RelPath>,
+) -> Result<(), WebError> {
+    let Some(dir) = dir else { return Ok(()) };
+    match state.stores.meta.entry(user_id, dir).await? {
+        Some(entry) if entry.kind == syncstore_proto::EntryKind::Dir => Ok(()),
+        Some(_) => Err(WebError::bad_request(format!(
+            "{:?} is a file, not a folder",
+            dir.as_str()
+        ))),
+        None => Err(WebError::not_found(format!(
+            "there is no folder {:?}",
+            dir.as_str()
+        ))),
+    }
+}
+
 /// A path from a query parameter: empty (or absent) is the root.
 fn parse_path(text: Option<&str>) -> Result<Option<RelPath>, WebError> {
     match text.map(|text| text.trim_matches('/')) {

@@ -552,6 +552,25 @@ pub(crate) async fn unlock(
     Ok(response)
 }
 
+/// The link's entry at `sub`, for a browser that may open the link (401 otherwise).
+async fn unlocked_entry(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    sub: Option<&str>,
+) -> Result<(Shared, RemoteEntry), WebError> {
+    let shared = live_share(state, id).await?;
+    if !unlocked(state, &shared, headers).await? {
+        return Err(WebError::new(
+            StatusCode::UNAUTHORIZED,
+            "this link needs its password: open the link first",
+        ));
+    }
+    let sub = parse_path(sub)?;
+    let entry = resolve(state, &shared, sub.as_ref()).await?;
+    Ok((shared, entry))
+}
+
 /// A file of the link.
 pub(crate) async fn raw(
     State(state): State<AppState>,
@@ -559,15 +578,7 @@ pub(crate) async fn raw(
     headers: HeaderMap,
     Query(query): Query<ShareQuery>,
 ) -> Result<Response, WebError> {
-    let shared = live_share(&state, &id).await?;
-    if !unlocked(&state, &shared, &headers).await? {
-        return Err(WebError::new(
-            StatusCode::UNAUTHORIZED,
-            "this link needs its password: open the link first",
-        ));
-    }
-    let sub = parse_path(query.path.as_deref())?;
-    let entry = resolve(&state, &shared, sub.as_ref()).await?;
+    let (shared, entry) = unlocked_entry(&state, &id, &headers, query.path.as_deref()).await?;
     if entry.kind != EntryKind::File {
         return Err(WebError::bad_request(
             "that is a folder: download it as a zip",
@@ -590,15 +601,7 @@ pub(crate) async fn zip(
     headers: HeaderMap,
     Query(query): Query<ShareQuery>,
 ) -> Result<Response, WebError> {
-    let shared = live_share(&state, &id).await?;
-    if !unlocked(&state, &shared, &headers).await? {
-        return Err(WebError::new(
-            StatusCode::UNAUTHORIZED,
-            "this link needs its password: open the link first",
-        ));
-    }
-    let sub = parse_path(query.path.as_deref())?;
-    let entry = resolve(&state, &shared, sub.as_ref()).await?;
+    let (shared, entry) = unlocked_entry(&state, &id, &headers, query.path.as_deref()).await?;
     if entry.kind != EntryKind::Dir {
         return Err(WebError::bad_request(
             "that is a file: download it directly",
