@@ -86,7 +86,7 @@ impl FromRequestParts<AppState> for Auth {
 }
 
 /// The answer to a refused token: 401 with `reason`, or 429 while its address is blocked.
-fn refuse(state: &AppState, peer: Option<IpAddr>, reason: &'static str) -> ApiError {
+pub(crate) fn refuse(state: &AppState, peer: Option<IpAddr>, reason: &'static str) -> ApiError {
     let Some(peer) = peer else {
         tracing::warn!(reason, "refused a request's token");
         return ApiError::unauthorized(reason);

@@ -41,6 +41,7 @@ mod accounts;
 mod auth;
 mod conn;
 mod content;
+mod dav;
 mod devices;
 mod error;
 mod history;

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -93,11 +93,22 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable());
     let (web_pages, web_uploads) = crate::web::routes();
     let web_pages = web_pages.layer(middleware::from_fn_with_state(state.clone(), time_limit));
+    // WebDAV streams bodies of any length too (a PUT, a GET); its XML bodies are bounded by
+    // dav-server itself.
+    let dav = Router::new()
+        .route(crate::dav::PREFIX, any(crate::dav::serve))
+        .route(&format!("{}/", crate::dav::PREFIX), any(crate::dav::serve))
+        .route(
+            &format!("{}/{{*path}}", crate::dav::PREFIX),
+            any(crate::dav::serve),
+        )
+        .layer(DefaultBodyLimit::disable());
     Router::new()
         .merge(bounded)
         .merge(upload)
         .merge(web_pages)
         .merge(web_uploads)
+        .merge(dav)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestBodyTimeoutLayer::new(state.config.body_idle_timeout))

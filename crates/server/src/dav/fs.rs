@@ -1,0 +1,498 @@
+//! [`SyncFs`]: the user's namespace as a `dav-server` filesystem, for one request.
+//!
+//! Reads come from one snapshot of the user's tree, taken at the request's first read and
+//! taken again after each of its writes, so one PROPFIND answers from one consistent state.
+//! Every write is one conditional op of the request's device through [`crate::content`]
+//! (`MakeDir`, `Delete`, `Move`, `PutFile`), with the revision the snapshot saw: a change made
+//! by another device in between is refused, never overwritten.
+//!
+//! WebDAV wants a missing parent to be an error (409), where the sync API creates parents:
+//! the writes here check that the parent is a directory first.
+
+use super::file::{ReadFile, WriteFile};
+use crate::content;
+use crate::error::ApiError;
+use crate::routes::{now_ms, AppState};
+use axum::http::StatusCode;
+use dav_server::davpath::DavPath;
+use dav_server::fs::{
+    DavDirEntry, DavFile, DavFileSystem, DavMetaData, FsError, FsFuture, FsResult, FsStream,
+    OpenOptions, ReadDirMeta,
+};
+use futures::FutureExt;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use syncstore_proto::{EntryKind, LockInfo, Op, Precondition, RelPath, RemoteEntry};
+use syncstore_store::Principal;
+
+/// The namespace of one principal, as its device sees it.
+#[derive(Clone)]
+pub(crate) struct SyncFs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: AppState,
+    principal: Principal,
+    /// The tree as last read in this request; `None` after a write, so the next read reads it
+    /// again.
+    snapshot: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+}
+
+/// The user's entries by path and the locks in force, read together.
+pub(crate) struct Snapshot {
+    pub(crate) entries: BTreeMap<String, RemoteEntry>,
+    pub(crate) locks: Vec<LockInfo>,
+}
+
+impl Snapshot {
+    pub(crate) fn entry(&self, path: &RelPath) -> Option<&RemoteEntry> {
+        self.entries.get(path.as_str())
+    }
+
+    /// Whether `path` (`None`: the root) is a directory.
+    pub(crate) fn is_dir(&self, path: Option<&RelPath>) -> bool {
+        match path {
+            None => true,
+            Some(path) => self
+                .entry(path)
+                .is_some_and(|entry| entry.kind == EntryKind::Dir),
+        }
+    }
+
+    /// The entries directly inside `dir` (`None`: the root).
+    fn children<'a>(&'a self, dir: Option<&RelPath>) -> impl Iterator<Item = &'a RemoteEntry> {
+        let prefix = dir
+            .map(|dir| format!("{}/", dir.as_str()))
+            .unwrap_or_default();
+        let skip = prefix_len(dir);
+        self.entries
+            .range::<String, _>((Bound::Included(prefix.clone()), Bound::Unbounded))
+            .take_while(move |(path, _)| path.starts_with(&prefix))
+            .filter(move |(path, _)| !path[skip..].contains('/'))
+            .map(|(_, entry)| entry)
+    }
+}
+
+/// The length of the prefix of paths inside `dir`.
+fn prefix_len(dir: Option<&RelPath>) -> usize {
+    dir.map_or(0, |dir| dir.as_str().len() + 1)
+}
+
+impl std::fmt::Debug for SyncFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncFs")
+            .field("user", &self.inner.principal.user_name)
+            .field("device", &self.inner.principal.device_name)
+            .finish()
+    }
+}
+
+impl SyncFs {
+    pub(crate) fn new(state: AppState, principal: Principal) -> SyncFs {
+        SyncFs {
+            inner: Arc::new(Inner {
+                state,
+                principal,
+                snapshot: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    pub(crate) fn state(&self) -> &AppState {
+        &self.inner.state
+    }
+
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.inner.principal
+    }
+
+    /// The tree as this request sees it now.
+    pub(crate) async fn snapshot(&self) -> FsResult<Arc<Snapshot>> {
+        let mut slot = self.inner.snapshot.lock().await;
+        if let Some(snapshot) = &*slot {
+            return Ok(Arc::clone(snapshot));
+        }
+        let tree = self
+            .inner
+            .state
+            .stores
+            .meta
+            .tree(self.inner.principal.user_id, now_ms())
+            .await
+            .map_err(|err| fs_error(&ApiError::from(err)))?;
+        let snapshot = Arc::new(Snapshot {
+            entries: tree
+                .entries
+                .into_iter()
+                .map(|entry| (entry.path.as_str().to_owned(), entry))
+                .collect(),
+            locks: tree.locks,
+        });
+        *slot = Some(Arc::clone(&snapshot));
+        Ok(snapshot)
+    }
+
+    /// Forgets the snapshot after a write, so the next read sees it.
+    pub(crate) async fn changed(&self) {
+        *self.inner.snapshot.lock().await = None;
+    }
+
+    /// Applies one op as the request's device.
+    pub(crate) async fn apply(&self, op: Op) -> FsResult<Vec<RemoteEntry>> {
+        let result = content::apply_one(&self.inner.state, &self.inner.principal, op).await;
+        self.changed().await;
+        result.map_err(|err| fs_error(&err))
+    }
+
+    async fn lookup(&self, path: &DavPath) -> FsResult<Node> {
+        let Some(path) = rel_path(path)? else {
+            return Ok(Node::Root);
+        };
+        let snapshot = self.snapshot().await?;
+        match snapshot.entry(&path) {
+            Some(entry) => Ok(Node::Entry(entry.clone())),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// Checks that the parent of `path` is a directory (WebDAV does not create parents).
+    async fn check_parent(&self, path: &RelPath) -> FsResult<()> {
+        let snapshot = self.snapshot().await?;
+        if snapshot.is_dir(path.parent().as_ref()) {
+            Ok(())
+        } else {
+            Err(FsError::NotFound)
+        }
+    }
+
+    async fn open_file(&self, path: &DavPath, options: OpenOptions) -> FsResult<Box<dyn DavFile>> {
+        let rel = rel_path(path)?.ok_or(FsError::Forbidden)?;
+        let snapshot = self.snapshot().await?;
+        let existing = snapshot.entry(&rel).cloned();
+        if let Some(entry) = &existing {
+            if entry.kind == EntryKind::Dir {
+                return Err(FsError::Forbidden);
+            }
+        }
+        if !options.write {
+            let entry = existing.ok_or(FsError::NotFound)?;
+            content::check_readable(&self.inner.state, &self.inner.principal, &entry)
+                .await
+                .map_err(|err| fs_error(&err))?;
+            return Ok(Box::new(ReadFile::new(self.clone(), entry)));
+        }
+        if options.append || !options.truncate && existing.is_some() {
+            // A partial update would need the old content spliced in: not offered.
+            return Err(FsError::NotImplemented);
+        }
+        let base = match &existing {
+            Some(_) if options.create_new => return Err(FsError::Exists),
+            Some(entry) => Precondition::Rev(entry.rev),
+            None if !options.create => return Err(FsError::NotFound),
+            None => {
+                self.check_parent(&rel).await?;
+                Precondition::MustNotExist
+            }
+        };
+        let executable = existing.as_ref().is_some_and(|entry| entry.executable);
+        Ok(Box::new(WriteFile::new(
+            self.clone(),
+            rel,
+            base,
+            executable,
+            options.size,
+        )))
+    }
+}
+
+/// What a path names.
+enum Node {
+    Root,
+    Entry(RemoteEntry),
+}
+
+impl Node {
+    fn meta(&self) -> Meta {
+        match self {
+            Node::Root => Meta::root(),
+            Node::Entry(entry) => Meta::of(entry),
+        }
+    }
+}
+
+/// The path inside the namespace a WebDAV path names; `None` for the root.
+///
+/// # Errors
+/// `Forbidden` for a path syncstore cannot hold (not UTF-8, `.syncstore`, too deep).
+pub(crate) fn rel_path(path: &DavPath) -> FsResult<Option<RelPath>> {
+    let text = std::str::from_utf8(path.as_bytes()).map_err(|_| FsError::Forbidden)?;
+    let text = text.trim_matches('/');
+    if text.is_empty() {
+        return Ok(None);
+    }
+    RelPath::new(text).map(Some).map_err(|_| FsError::Forbidden)
+}
+
+/// A refusal of the sync API as the filesystem error `dav-server` answers with.
+pub(crate) fn fs_error(err: &ApiError) -> FsError {
+    match err.status {
+        StatusCode::NOT_FOUND => FsError::NotFound,
+        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => FsError::Exists,
+        StatusCode::LOCKED | StatusCode::FORBIDDEN => FsError::Forbidden,
+        StatusCode::INSUFFICIENT_STORAGE => FsError::InsufficientStorage,
+        StatusCode::PAYLOAD_TOO_LARGE => FsError::TooLarge,
+        StatusCode::BAD_REQUEST => FsError::Forbidden,
+        _ => {
+            tracing::warn!(status = %err.status, message = %err.message, "a WebDAV request failed");
+            FsError::GeneralFailure
+        }
+    }
+}
+
+/// What PROPFIND shows of an entry.
+#[derive(Clone, Debug)]
+pub(crate) struct Meta {
+    len: u64,
+    modified_ms: i64,
+    dir: bool,
+    etag: Option<String>,
+    executable: bool,
+}
+
+impl Meta {
+    pub(crate) fn of(entry: &RemoteEntry) -> Meta {
+        let dir = entry.kind == EntryKind::Dir;
+        Meta {
+            len: entry.size,
+            modified_ms: entry.mtime_ms,
+            dir,
+            // The content hash for a file, so every server and every upload of the same bytes
+            // agree; a directory's changes with its revision.
+            etag: Some(match &entry.hash {
+                Some(hash) if !dir => hash.to_string()[..32].to_owned(),
+                _ => format!("r{}", entry.rev),
+            }),
+            executable: entry.executable,
+        }
+    }
+
+    fn root() -> Meta {
+        Meta {
+            len: 0,
+            modified_ms: now_ms(),
+            dir: true,
+            etag: None,
+            executable: false,
+        }
+    }
+}
+
+impl DavMetaData for Meta {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn modified(&self) -> FsResult<SystemTime> {
+        let ms = u64::try_from(self.modified_ms).unwrap_or(0);
+        Ok(UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    fn is_dir(&self) -> bool {
+        self.dir
+    }
+
+    fn etag(&self) -> Option<String> {
+        self.etag.clone()
+    }
+
+    fn executable(&self) -> FsResult<bool> {
+        Ok(self.executable)
+    }
+}
+
+struct DirEntry {
+    name: Vec<u8>,
+    meta: Meta,
+}
+
+impl DavDirEntry for DirEntry {
+    fn name(&self) -> Vec<u8> {
+        self.name.clone()
+    }
+
+    fn metadata(&self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let meta: Box<dyn DavMetaData> = Box::new(self.meta.clone());
+        Box::pin(std::future::ready(Ok(meta)))
+    }
+}
+
+impl DavFileSystem for SyncFs {
+    fn open<'a>(
+        &'a self,
+        path: &'a DavPath,
+        options: OpenOptions,
+    ) -> FsFuture<'a, Box<dyn DavFile>> {
+        self.open_file(path, options).boxed()
+    }
+
+    fn read_dir<'a>(
+        &'a self,
+        path: &'a DavPath,
+        _meta: ReadDirMeta,
+    ) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
+        async move {
+            let dir = rel_path(path)?;
+            let snapshot = self.snapshot().await?;
+            if !snapshot.is_dir(dir.as_ref()) {
+                return Err(FsError::NotFound);
+            }
+            let entries: Vec<FsResult<Box<dyn DavDirEntry>>> = snapshot
+                .children(dir.as_ref())
+                .map(|entry| {
+                    let name = entry
+                        .path
+                        .components()
+                        .last()
+                        .unwrap_or_default()
+                        .as_bytes()
+                        .to_vec();
+                    let entry: Box<dyn DavDirEntry> = Box::new(DirEntry {
+                        name,
+                        meta: Meta::of(entry),
+                    });
+                    Ok(entry)
+                })
+                .collect();
+            let stream: FsStream<Box<dyn DavDirEntry>> = Box::pin(futures::stream::iter(entries));
+            Ok(stream)
+        }
+        .boxed()
+    }
+
+    fn metadata<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, Box<dyn DavMetaData>> {
+        async move {
+            let meta: Box<dyn DavMetaData> = Box::new(self.lookup(path).await?.meta());
+            Ok(meta)
+        }
+        .boxed()
+    }
+
+    fn create_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        async move {
+            let rel = rel_path(path)?.ok_or(FsError::Exists)?;
+            if self.snapshot().await?.entry(&rel).is_some() {
+                return Err(FsError::Exists);
+            }
+            self.check_parent(&rel).await?;
+            self.apply(Op::MakeDir {
+                path: rel,
+                mtime_ms: now_ms(),
+            })
+            .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn remove_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        self.remove(path).boxed()
+    }
+
+    fn remove_file<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        self.remove(path).boxed()
+    }
+
+    fn rename<'a>(&'a self, from: &'a DavPath, to: &'a DavPath) -> FsFuture<'a, ()> {
+        async move {
+            let (Node::Entry(source), Some(to)) = (self.lookup(from).await?, rel_path(to)?) else {
+                return Err(FsError::Forbidden);
+            };
+            let snapshot = self.snapshot().await?;
+            if let Some(existing) = snapshot.entry(&to) {
+                // dav-server has deleted a destination it may overwrite; a file left there is
+                // replaced, as rename(2) does.
+                if existing.kind == EntryKind::Dir || source.kind == EntryKind::Dir {
+                    return Err(FsError::Exists);
+                }
+                self.apply(Op::Delete {
+                    path: to.clone(),
+                    base: existing.rev,
+                })
+                .await?;
+            }
+            self.check_parent(&to).await?;
+            self.apply(Op::Move {
+                from: source.path,
+                to,
+                base: source.rev,
+            })
+            .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn copy<'a>(&'a self, from: &'a DavPath, to: &'a DavPath) -> FsFuture<'a, ()> {
+        async move {
+            let (Node::Entry(source), Some(to)) = (self.lookup(from).await?, rel_path(to)?) else {
+                return Err(FsError::Forbidden);
+            };
+            let (EntryKind::File, Some(hash)) = (source.kind, source.hash) else {
+                return Err(FsError::Forbidden);
+            };
+            let snapshot = self.snapshot().await?;
+            let base = match snapshot.entry(&to) {
+                Some(existing) if existing.kind == EntryKind::Dir => return Err(FsError::Exists),
+                Some(existing) => Precondition::Rev(existing.rev),
+                None => Precondition::MustNotExist,
+            };
+            self.check_parent(&to).await?;
+            // The same chunks: a copy stores no bytes.
+            self.apply(Op::PutFile {
+                path: to,
+                base,
+                size: source.size,
+                mtime_ms: now_ms(),
+                hash,
+                chunks: source.chunks,
+                executable: source.executable,
+            })
+            .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn get_quota(&self) -> FsFuture<'_, (u64, Option<u64>)> {
+        async move {
+            let usage = self
+                .inner
+                .state
+                .stores
+                .meta
+                .usage(self.inner.principal.user_id)
+                .await
+                .map_err(|err| fs_error(&ApiError::from(err)))?;
+            Ok((usage.current_bytes, usage.quota_bytes))
+        }
+        .boxed()
+    }
+}
+
+impl SyncFs {
+    async fn remove(&self, path: &DavPath) -> FsResult<()> {
+        let Node::Entry(entry) = self.lookup(path).await? else {
+            return Err(FsError::Forbidden);
+        };
+        // The deletion is journalled: the file stays in the trash, restorable.
+        self.apply(Op::Delete {
+            path: entry.path,
+            base: entry.rev,
+        })
+        .await?;
+        Ok(())
+    }
+}
