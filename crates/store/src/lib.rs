@@ -229,6 +229,18 @@ pub struct ShareRecord {
     pub created_by: DeviceName,
 }
 
+/// A WebDAV dead property (RFC 4918, 4.2): set by a PROPPATCH, shown by PROPFIND, kept per
+/// node for WebDAV clients only. The store keeps its XML as given and never reads it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DeadProp {
+    /// The XML namespace; empty when the property has none.
+    pub namespace: String,
+    pub name: String,
+    pub prefix: Option<String>,
+    /// The property element as XML, as the client sent it.
+    pub xml: Option<Vec<u8>>,
+}
+
 /// A device as administrators and the web UI see it ([`MetaStore::devices`]).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct DeviceRecord {
@@ -738,6 +750,33 @@ pub trait MetaStore: Send + Sync {
     /// # Errors
     /// Database errors.
     async fn unwant_chunks(&self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError>;
+
+    /// The WebDAV dead properties of a node (see [`DeadProp`]), sorted by namespace and name.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn dead_props(
+        &self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Vec<DeadProp>, StoreError>;
+
+    /// Sets (`true`) or removes (`false`) dead properties of a node, all in one transaction.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn patch_dead_props(
+        &self,
+        user_id: UserId,
+        node_id: NodeId,
+        patch: Vec<(bool, DeadProp)>,
+    ) -> Result<(), StoreError>;
+
+    /// Removes every dead property of a node (it was deleted).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn remove_dead_props(&self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError>;
 
     /// Every live node of a user, the locks in force at `now_ms`, and the cursor they reflect,
     /// read in one snapshot.

@@ -22,7 +22,7 @@ use crate::meta::{Access, MetaTxn, TxnBackend, TxnFn};
 use crate::ops::Txn;
 use crate::retention::{Floors, RowKind, RowMeta};
 use crate::{
-    Account, Device, DeviceId, DeviceRecord, NewSession, Principal, RemovedUser, ShareId,
+    Account, DeadProp, Device, DeviceId, DeviceRecord, NewSession, Principal, RemovedUser, ShareId,
     ShareRecord, StoreError, TokenHash, User, UserId,
 };
 use async_trait::async_trait;
@@ -78,6 +78,8 @@ pub struct MemUser {
     tags: Vec<JournalTag>,
     locks: BTreeMap<RelPath, LockInfo>,
     wanted: BTreeSet<ChunkHash>,
+    /// WebDAV dead properties by node, then by namespace and name.
+    dead_props: BTreeMap<NodeId, BTreeMap<(String, String), DeadProp>>,
     floors: Floors,
     gc_epoch: u64,
     /// Doomed chunks, with the runs that doomed them.
@@ -429,6 +431,7 @@ impl MetaTxn for MemTxn {
                 tags: Vec::new(),
                 locks: BTreeMap::new(),
                 wanted: BTreeSet::new(),
+                dead_props: BTreeMap::new(),
                 floors: Floors::default(),
                 gc_epoch: 0,
                 doomed: BTreeSet::new(),
@@ -1075,6 +1078,45 @@ impl MetaTxn for MemTxn {
             .iter()
             .filter(|hash| user.wanted.insert(**hash))
             .count())
+    }
+
+    fn dead_props(
+        &mut self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Vec<DeadProp>, StoreError> {
+        Ok(self
+            .user(user_id)
+            .and_then(|user| user.dead_props.get(&node_id))
+            .map(|props| props.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn patch_dead_props(
+        &mut self,
+        user_id: UserId,
+        node_id: NodeId,
+        patch: &[(bool, DeadProp)],
+    ) -> Result<(), StoreError> {
+        let user = self.user_mut(user_id)?;
+        let props = user.dead_props.entry(node_id).or_default();
+        for (set, prop) in patch {
+            let key = (prop.namespace.clone(), prop.name.clone());
+            if *set {
+                props.insert(key, prop.clone());
+            } else {
+                props.remove(&key);
+            }
+        }
+        if props.is_empty() {
+            user.dead_props.remove(&node_id);
+        }
+        Ok(())
+    }
+
+    fn remove_dead_props(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
+        self.user_mut(user_id)?.dead_props.remove(&node_id);
+        Ok(())
     }
 
     fn unwant_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError> {

@@ -23,9 +23,9 @@ use crate::ops::{self, Txn};
 use crate::retention::{self, Compaction, Floors, Retention, RowMeta};
 use crate::{
     locks, new_namespace_id, unknown_user, web_device, Account, BatchOutcome, ChangesPage,
-    ChunkLens, Device, DeviceId, DeviceRecord, History, LockOutcome, MetaStore, NewSession,
-    Principal, RemovedUser, Revocation, Session, ShareId, ShareRecord, StoreError, TokenHash,
-    Trash, Tree, User, UserId, WEB_DEVICE,
+    ChunkLens, DeadProp, Device, DeviceId, DeviceRecord, History, LockOutcome, MetaStore,
+    NewSession, Principal, RemovedUser, Revocation, Session, ShareId, ShareRecord, StoreError,
+    TokenHash, Trash, Tree, User, UserId, WEB_DEVICE,
 };
 use async_trait::async_trait;
 use std::collections::HashSet;
@@ -468,6 +468,29 @@ pub trait MetaTxn: Txn {
         user_id: UserId,
         node_id: NodeId,
     ) -> Result<Option<RemoteEntry>, StoreError>;
+    /// A node's dead properties, sorted by namespace and name.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn dead_props(&mut self, user_id: UserId, node_id: NodeId)
+        -> Result<Vec<DeadProp>, StoreError>;
+
+    /// Sets (`true`) or removes (`false`) dead properties of a node.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn patch_dead_props(
+        &mut self,
+        user_id: UserId,
+        node_id: NodeId,
+        patch: &[(bool, DeadProp)],
+    ) -> Result<(), StoreError>;
+
+    /// Removes every dead property of a node.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn remove_dead_props(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError>;
 
     /// Tells the other servers on this store, once the transaction commits and only if it
     /// does, that the user's journal reaches `cursor` (PostgreSQL: `pg_notify`). A store that
@@ -688,6 +711,36 @@ impl<B: TxnBackend> MetaStore for B {
         let hashes = hashes.to_vec();
         transact(self, Access::Write, move |txn| {
             txn.unwant_chunks(user_id, &hashes)
+        })
+        .await
+    }
+
+    async fn dead_props(
+        &self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Vec<DeadProp>, StoreError> {
+        transact(self, Access::Read, move |txn| {
+            txn.dead_props(user_id, node_id)
+        })
+        .await
+    }
+
+    async fn patch_dead_props(
+        &self,
+        user_id: UserId,
+        node_id: NodeId,
+        patch: Vec<(bool, DeadProp)>,
+    ) -> Result<(), StoreError> {
+        transact(self, Access::Write, move |txn| {
+            txn.patch_dead_props(user_id, node_id, &patch)
+        })
+        .await
+    }
+
+    async fn remove_dead_props(&self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
+        transact(self, Access::Write, move |txn| {
+            txn.remove_dead_props(user_id, node_id)
         })
         .await
     }

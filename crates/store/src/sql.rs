@@ -17,8 +17,8 @@ use crate::meta::MetaTxn;
 use crate::ops::Txn;
 use crate::retention::{Floors, RowKind, RowMeta};
 use crate::{
-    new_journal_tag, Account, Device, DeviceId, DeviceRecord, NewSession, Principal, RemovedUser,
-    ShareId, ShareRecord, StoreError, TokenHash, User, UserId,
+    new_journal_tag, Account, DeadProp, Device, DeviceId, DeviceRecord, NewSession, Principal,
+    RemovedUser, ShareId, ShareRecord, StoreError, TokenHash, User, UserId,
 };
 use std::collections::HashSet;
 use syncstore_proto::{
@@ -272,9 +272,10 @@ const ACCOUNTS: &str = concat!(
 );
 const RENAME_USER: &str = "UPDATE users SET name = ?2 WHERE id = ?1 AND removed_ms IS NULL";
 // What a removed user leaves: its own row, under a name no account can have.
-const REMOVE_USER_ROWS: [&str; 10] = [
+const REMOVE_USER_ROWS: [&str; 11] = [
     "DELETE FROM web_sessions WHERE user_id = ?1",
     "DELETE FROM share_links WHERE user_id = ?1",
+    "DELETE FROM dead_props WHERE user_id = ?1",
     "DELETE FROM devices WHERE user_id = ?1",
     "DELETE FROM locks WHERE user_id = ?1",
     "DELETE FROM lock_changes WHERE user_id = ?1",
@@ -356,6 +357,15 @@ const WANTED: &str = "SELECT hash FROM wanted_chunks WHERE user_id = ?1 ORDER BY
 const WANT: &str =
     "INSERT INTO wanted_chunks (user_id, hash) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
 const UNWANT: &str = "DELETE FROM wanted_chunks WHERE user_id = ?1 AND hash = ?2";
+const DEAD_PROPS: &str = "SELECT namespace, name, prefix, xml FROM dead_props
+     WHERE user_id = ?1 AND node_id = ?2 ORDER BY namespace, name";
+const SET_DEAD_PROP: &str =
+    "INSERT INTO dead_props (user_id, node_id, namespace, name, prefix, xml)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (user_id, node_id, namespace, name)
+     DO UPDATE SET prefix = excluded.prefix, xml = excluded.xml";
+const REMOVE_DEAD_PROP: &str =
+    "DELETE FROM dead_props WHERE user_id = ?1 AND node_id = ?2 AND namespace = ?3 AND name = ?4";
+const REMOVE_DEAD_PROPS: &str = "DELETE FROM dead_props WHERE user_id = ?1 AND node_id = ?2";
 
 /// Brings the schema up to date: applies the migrations after the version the table
 /// `schema_version` records (`migrations[n]` brings the schema to version `n + 1`), recording
@@ -1249,6 +1259,64 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
             let params = [Param::Int(user_id.0), Param::Blob(&hash.0)];
             self.0.execute(UNWANT, &params)?;
         }
+        Ok(())
+    }
+
+    fn dead_props(
+        &mut self,
+        user_id: UserId,
+        node_id: NodeId,
+    ) -> Result<Vec<DeadProp>, StoreError> {
+        let rows = self.0.query(
+            DEAD_PROPS,
+            &[Param::Int(user_id.0), Param::Int(to_i64(node_id.0)?)],
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadProp {
+                    namespace: row.text(0)?,
+                    name: row.text(1)?,
+                    prefix: row.opt_text(2)?,
+                    xml: row.opt_blob(3)?,
+                })
+            })
+            .collect()
+    }
+
+    fn patch_dead_props(
+        &mut self,
+        user_id: UserId,
+        node_id: NodeId,
+        patch: &[(bool, DeadProp)],
+    ) -> Result<(), StoreError> {
+        for (set, prop) in patch {
+            let (user, node) = (Param::Int(user_id.0), Param::Int(to_i64(node_id.0)?));
+            if *set {
+                let params = [
+                    user,
+                    node,
+                    Param::Text(&prop.namespace),
+                    Param::Text(&prop.name),
+                    Param::OptText(prop.prefix.as_deref()),
+                    Param::OptBlob(prop.xml.as_deref()),
+                ];
+                self.0.execute(SET_DEAD_PROP, &params)?;
+            } else {
+                let params = [
+                    user,
+                    node,
+                    Param::Text(&prop.namespace),
+                    Param::Text(&prop.name),
+                ];
+                self.0.execute(REMOVE_DEAD_PROP, &params)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_dead_props(&mut self, user_id: UserId, node_id: NodeId) -> Result<(), StoreError> {
+        let params = [Param::Int(user_id.0), Param::Int(to_i64(node_id.0)?)];
+        self.0.execute(REMOVE_DEAD_PROPS, &params)?;
         Ok(())
     }
 

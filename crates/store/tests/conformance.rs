@@ -1485,6 +1485,67 @@ pub async fn wanted_chunks(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
     );
 }
 
+/// WebDAV dead properties: set, replaced and removed per node in one call, listed sorted by
+/// namespace and name, per user, and gone with the node's `remove_dead_props` or the account.
+pub async fn dead_props(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
+    use syncstore_store::DeadProp;
+    let alice = meta.create_user(&user_name("props-alice")).await.unwrap();
+    let bob = meta.create_user(&user_name("props-bob")).await.unwrap();
+    let prop = |namespace: &str, name: &str, xml: Option<&str>| DeadProp {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        prefix: Some("ns".to_owned()),
+        xml: xml.map(|xml| xml.as_bytes().to_vec()),
+    };
+    let (node, other) = (NodeId(7), NodeId(8));
+    assert_eq!(meta.dead_props(alice.id, node).await.unwrap(), []);
+    meta.patch_dead_props(
+        alice.id,
+        node,
+        vec![
+            (
+                true,
+                prop("urn:b", "color", Some("<ns:color>red</ns:color>")),
+            ),
+            (true, prop("urn:a", "size", Some("<ns:size>9</ns:size>"))),
+            (true, prop("", "empty", None)),
+        ],
+    )
+    .await
+    .unwrap();
+    meta.patch_dead_props(
+        alice.id,
+        node,
+        vec![
+            (
+                true,
+                prop("urn:b", "color", Some("<ns:color>blue</ns:color>")),
+            ),
+            (false, prop("urn:a", "size", None)),
+            (false, prop("urn:a", "never-set", None)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        meta.dead_props(alice.id, node).await.unwrap(),
+        [
+            prop("", "empty", None),
+            prop("urn:b", "color", Some("<ns:color>blue</ns:color>"))
+        ]
+    );
+    assert_eq!(meta.dead_props(alice.id, other).await.unwrap(), []);
+    assert_eq!(meta.dead_props(bob.id, node).await.unwrap(), []);
+    meta.patch_dead_props(bob.id, node, vec![(true, prop("urn:a", "size", Some("1")))])
+        .await
+        .unwrap();
+    meta.remove_dead_props(alice.id, node).await.unwrap();
+    assert_eq!(meta.dead_props(alice.id, node).await.unwrap(), []);
+    assert_eq!(meta.dead_props(bob.id, node).await.unwrap().len(), 1);
+    meta.remove_user(bob.id, NOW).await.unwrap();
+    assert_eq!(meta.dead_props(bob.id, node).await.unwrap(), []);
+}
+
 /// Another device's ops on covered paths get 423 and change nothing; the holder's pass, and its
 /// delete ends the lock while its move carries the lock along.
 pub async fn lock_refuses_ops_of_other_devices(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {

@@ -54,6 +54,7 @@ macro_rules! all_conformance_tests {
             per_user_isolation,
             journal_tags,
             wanted_chunks,
+            dead_props,
             lock_requests,
             lock_is_per_user,
             lock_refuses_ops_of_other_devices,
@@ -233,7 +234,7 @@ mod sqlite {
                 row.get(0)
             })
             .unwrap();
-        assert_eq!(version, 8);
+        assert_eq!(version, 9);
     }
 }
 
