@@ -141,6 +141,9 @@ pub(crate) struct WriteFile {
     executable: bool,
     /// The length the request announced, if it did: a body of another length commits nothing.
     expected: Option<u64>,
+    /// Whether the whole file is replaced; without it (a PUT of a range), nothing is
+    /// written: an update of part of a file is not offered.
+    replace: bool,
     written: u64,
     /// Feeds the task, once the first bytes came.
     sender: Option<mpsc::Sender<io::Result<Bytes>>>,
@@ -167,6 +170,7 @@ impl WriteFile {
         base: Precondition,
         executable: bool,
         expected: Option<u64>,
+        replace: bool,
     ) -> WriteFile {
         WriteFile {
             fs,
@@ -174,6 +178,7 @@ impl WriteFile {
             base,
             executable,
             expected,
+            replace,
             written: 0,
             sender: None,
             finished: Arc::new(AtomicBool::new(false)),
@@ -203,6 +208,9 @@ impl WriteFile {
     }
 
     async fn write(&mut self, bytes: Bytes) -> FsResult<()> {
+        if !self.replace {
+            return Err(FsError::NotImplemented);
+        }
         if self.committed.is_some() {
             return Err(FsError::GeneralFailure);
         }
@@ -295,7 +303,7 @@ impl DavFile for WriteFile {
     fn seek(&mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
         // Only where the body starts anyway: a partial PUT is not offered.
         let result = match pos {
-            SeekFrom::Start(0) if self.written == 0 => Ok(0),
+            SeekFrom::Start(0) if self.replace && self.written == 0 => Ok(0),
             _ => Err(FsError::NotImplemented),
         };
         Box::pin(std::future::ready(result))

@@ -16,8 +16,8 @@ use crate::routes::{now_ms, AppState};
 use axum::http::StatusCode;
 use dav_server::davpath::DavPath;
 use dav_server::fs::{
-    DavDirEntry, DavFile, DavFileSystem, DavMetaData, FsError, FsFuture, FsResult, FsStream,
-    OpenOptions, ReadDirMeta,
+    DavDirEntry, DavFile, DavFileSystem, DavMetaData, DavProp, FsError, FsFuture, FsResult,
+    FsStream, OpenOptions, ReadDirMeta,
 };
 use futures::FutureExt;
 use std::collections::BTreeMap;
@@ -184,8 +184,8 @@ impl SyncFs {
                 .map_err(|err| fs_error(&err))?;
             return Ok(Box::new(ReadFile::new(self.clone(), entry)));
         }
-        if options.append || !options.truncate && existing.is_some() {
-            // A partial update would need the old content spliced in: not offered.
+        if options.append {
+            // An update of part of a file would need the old content spliced in: not offered.
             return Err(FsError::NotImplemented);
         }
         let base = match &existing {
@@ -204,6 +204,7 @@ impl SyncFs {
             base,
             executable,
             options.size,
+            options.truncate,
         )))
     }
 }
@@ -422,6 +423,7 @@ impl DavFileSystem for SyncFs {
                     base: existing.rev,
                 })
                 .await?;
+                self.forget_dead_props(existing.node_id).await;
             }
             self.check_parent(&to).await?;
             self.apply(Op::Move {
@@ -451,19 +453,48 @@ impl DavFileSystem for SyncFs {
             };
             self.check_parent(&to).await?;
             // The same chunks: a copy stores no bytes.
-            self.apply(Op::PutFile {
-                path: to,
-                base,
-                size: source.size,
-                mtime_ms: now_ms(),
-                hash,
-                chunks: source.chunks,
-                executable: source.executable,
-            })
-            .await?;
+            let copied = self
+                .apply(Op::PutFile {
+                    path: to.clone(),
+                    base,
+                    size: source.size,
+                    mtime_ms: now_ms(),
+                    hash,
+                    chunks: source.chunks,
+                    executable: source.executable,
+                })
+                .await?;
+            if let Some(copy) = copied.iter().find(|entry| entry.path == to) {
+                self.copy_dead_props(source.node_id, copy.node_id).await?;
+            }
             Ok(())
         }
         .boxed()
+    }
+
+    fn have_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        // Every entry but the root, which is no node.
+        let has_node = matches!(rel_path(path), Ok(Some(_)));
+        Box::pin(std::future::ready(has_node))
+    }
+
+    fn patch_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        patch: Vec<(bool, DavProp)>,
+    ) -> FsFuture<'a, Vec<(StatusCode, DavProp)>> {
+        self.patch_dead_props(path, patch).boxed()
+    }
+
+    fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
+        self.get_dead_props(path, do_content).boxed()
+    }
+
+    fn get_prop<'a>(&'a self, path: &'a DavPath, prop: DavProp) -> FsFuture<'a, Vec<u8>> {
+        self.get_dead_prop(path, prop).boxed()
     }
 
     fn get_quota(&self) -> FsFuture<'_, (u64, Option<u64>)> {
@@ -493,6 +524,7 @@ impl SyncFs {
             base: entry.rev,
         })
         .await?;
+        self.forget_dead_props(entry.node_id).await;
         Ok(())
     }
 }

@@ -18,6 +18,7 @@ mod auth;
 mod file;
 mod fs;
 mod locks;
+mod props;
 
 use crate::routes::AppState;
 use axum::body::Body;
