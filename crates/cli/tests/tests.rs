@@ -8,6 +8,7 @@ mod util;
 mod accounts;
 mod bench_smoke;
 mod cli;
+mod dav;
 mod folder;
 mod history;
 mod limits;

@@ -199,7 +199,18 @@ impl WriteFile {
             let (state, principal) = (self.fs.state().clone(), self.fs.principal().clone());
             let (path, base, executable) = (self.path.clone(), self.base, self.executable);
             self.task = Some(tokio::spawn(async move {
-                content::put_file(&state, &principal, path, base, executable, body).await
+                let written =
+                    content::put_file(&state, &principal, path.clone(), base, executable, body)
+                        .await;
+                if let Err(err) = &written {
+                    tracing::warn!(
+                        %path,
+                        status = %err.status,
+                        cause = %err.message,
+                        "a WebDAV upload was not committed; the file keeps its old version"
+                    );
+                }
+                written
             }));
             self.sender = Some(sender);
         }
