@@ -1,10 +1,11 @@
 //! [`SyncFs`]: the user's namespace as a `dav-server` filesystem, for one request.
 //!
-//! Reads come from one snapshot of the user's tree, taken at the request's first read and
-//! taken again after each of its writes, so one PROPFIND answers from one consistent state.
-//! Every write is one conditional op of the request's device through [`crate::content`]
-//! (`MakeDir`, `Delete`, `Move`, `PutFile`), with the revision the snapshot saw: a change made
-//! by another device in between is refused, never overwritten.
+//! Reads are point lookups of the store (`entry`, `entries_under` for a listing, `locks`),
+//! cached for the rest of the request and forgotten after each of its writes: a request costs
+//! what it touches, not the size of the namespace. Every write is one conditional op of the
+//! request's device through [`crate::content`] (`MakeDir`, `Delete`, `Move`, `PutFile`), with
+//! the revision the request read: a change made by another device in between is refused,
+//! never overwritten.
 //!
 //! WebDAV wants a missing parent to be an error (409), where the sync API creates parents:
 //! the writes here check that the parent is a directory first.
@@ -20,8 +21,7 @@ use dav_server::fs::{
     FsStream, OpenOptions, ReadDirMeta,
 };
 use futures::FutureExt;
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use syncstore_proto::{EntryKind, LockInfo, Op, Precondition, RelPath, RemoteEntry};
@@ -36,49 +36,17 @@ pub(crate) struct SyncFs {
 struct Inner {
     state: AppState,
     principal: Principal,
-    /// The tree as last read in this request; `None` after a write, so the next read reads it
-    /// again.
-    snapshot: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+    /// What this request read so far; emptied after each of its writes.
+    read: tokio::sync::Mutex<Read>,
 }
 
-/// The user's entries by path and the locks in force, read together.
-pub(crate) struct Snapshot {
-    pub(crate) entries: BTreeMap<String, RemoteEntry>,
-    pub(crate) locks: Vec<LockInfo>,
-}
-
-impl Snapshot {
-    pub(crate) fn entry(&self, path: &RelPath) -> Option<&RemoteEntry> {
-        self.entries.get(path.as_str())
-    }
-
-    /// Whether `path` (`None`: the root) is a directory.
-    pub(crate) fn is_dir(&self, path: Option<&RelPath>) -> bool {
-        match path {
-            None => true,
-            Some(path) => self
-                .entry(path)
-                .is_some_and(|entry| entry.kind == EntryKind::Dir),
-        }
-    }
-
-    /// The entries directly inside `dir` (`None`: the root).
-    fn children<'a>(&'a self, dir: Option<&RelPath>) -> impl Iterator<Item = &'a RemoteEntry> {
-        let prefix = dir
-            .map(|dir| format!("{}/", dir.as_str()))
-            .unwrap_or_default();
-        let skip = prefix_len(dir);
-        self.entries
-            .range::<String, _>((Bound::Included(prefix.clone()), Bound::Unbounded))
-            .take_while(move |(path, _)| path.starts_with(&prefix))
-            .filter(move |(path, _)| !path[skip..].contains('/'))
-            .map(|(_, entry)| entry)
-    }
-}
-
-/// The length of the prefix of paths inside `dir`.
-fn prefix_len(dir: Option<&RelPath>) -> usize {
-    dir.map_or(0, |dir| dir.as_str().len() + 1)
+/// The request's reads, by path.
+#[derive(Default)]
+struct Read {
+    /// What is at a path (`None`: nothing).
+    entries: HashMap<String, Option<RemoteEntry>>,
+    /// The locks in force, once read.
+    locks: Option<Vec<LockInfo>>,
 }
 
 impl std::fmt::Debug for SyncFs {
@@ -96,7 +64,7 @@ impl SyncFs {
             inner: Arc::new(Inner {
                 state,
                 principal,
-                snapshot: tokio::sync::Mutex::new(None),
+                read: tokio::sync::Mutex::new(Read::default()),
             }),
         }
     }
@@ -109,35 +77,83 @@ impl SyncFs {
         &self.inner.principal
     }
 
-    /// The tree as this request sees it now.
-    pub(crate) async fn snapshot(&self) -> FsResult<Arc<Snapshot>> {
-        let mut slot = self.inner.snapshot.lock().await;
-        if let Some(snapshot) = &*slot {
-            return Ok(Arc::clone(snapshot));
+    fn store_error(err: syncstore_store::StoreError) -> FsError {
+        fs_error(&ApiError::from(err))
+    }
+
+    /// What is at `path` now (as this request last read it).
+    pub(crate) async fn entry(&self, path: &RelPath) -> FsResult<Option<RemoteEntry>> {
+        let mut read = self.inner.read.lock().await;
+        if let Some(known) = read.entries.get(path.as_str()) {
+            return Ok(known.clone());
         }
-        let tree = self
+        let entry = self
             .inner
             .state
             .stores
             .meta
-            .tree(self.inner.principal.user_id, now_ms())
+            .entry(self.inner.principal.user_id, path)
             .await
-            .map_err(|err| fs_error(&ApiError::from(err)))?;
-        let snapshot = Arc::new(Snapshot {
-            entries: tree
-                .entries
-                .into_iter()
-                .map(|entry| (entry.path.as_str().to_owned(), entry))
-                .collect(),
-            locks: tree.locks,
-        });
-        *slot = Some(Arc::clone(&snapshot));
-        Ok(snapshot)
+            .map_err(Self::store_error)?;
+        read.entries.insert(path.as_str().to_owned(), entry.clone());
+        Ok(entry)
     }
 
-    /// Forgets the snapshot after a write, so the next read sees it.
+    /// Whether `path` (`None`: the root) is a directory.
+    pub(crate) async fn is_dir(&self, path: Option<&RelPath>) -> FsResult<bool> {
+        Ok(match path {
+            None => true,
+            Some(path) => self
+                .entry(path)
+                .await?
+                .is_some_and(|entry| entry.kind == EntryKind::Dir),
+        })
+    }
+
+    /// The entries directly inside `dir` (`None`: the root), in path order.
+    async fn children(&self, dir: Option<&RelPath>) -> FsResult<Vec<RemoteEntry>> {
+        let under = self
+            .inner
+            .state
+            .stores
+            .meta
+            .entries_under(self.inner.principal.user_id, dir)
+            .await
+            .map_err(Self::store_error)?;
+        let skip = dir.map_or(0, |dir| dir.as_str().len() + 1);
+        let children: Vec<RemoteEntry> = under
+            .into_iter()
+            .filter(|entry| !entry.path.as_str()[skip..].contains('/'))
+            .collect();
+        let mut read = self.inner.read.lock().await;
+        for child in &children {
+            read.entries
+                .insert(child.path.as_str().to_owned(), Some(child.clone()));
+        }
+        Ok(children)
+    }
+
+    /// The user's locks in force now.
+    pub(crate) async fn locks(&self) -> FsResult<Vec<LockInfo>> {
+        let mut read = self.inner.read.lock().await;
+        if let Some(locks) = &read.locks {
+            return Ok(locks.clone());
+        }
+        let locks = self
+            .inner
+            .state
+            .stores
+            .meta
+            .locks(self.inner.principal.user_id, now_ms())
+            .await
+            .map_err(Self::store_error)?;
+        read.locks = Some(locks.clone());
+        Ok(locks)
+    }
+
+    /// Forgets what this request read, after a write, so the next read sees it.
     pub(crate) async fn changed(&self) {
-        *self.inner.snapshot.lock().await = None;
+        *self.inner.read.lock().await = Read::default();
     }
 
     /// Applies one op as the request's device.
@@ -151,17 +167,15 @@ impl SyncFs {
         let Some(path) = rel_path(path)? else {
             return Ok(Node::Root);
         };
-        let snapshot = self.snapshot().await?;
-        match snapshot.entry(&path) {
-            Some(entry) => Ok(Node::Entry(entry.clone())),
+        match self.entry(&path).await? {
+            Some(entry) => Ok(Node::Entry(entry)),
             None => Err(FsError::NotFound),
         }
     }
 
     /// Checks that the parent of `path` is a directory (WebDAV does not create parents).
     async fn check_parent(&self, path: &RelPath) -> FsResult<()> {
-        let snapshot = self.snapshot().await?;
-        if snapshot.is_dir(path.parent().as_ref()) {
+        if self.is_dir(path.parent().as_ref()).await? {
             Ok(())
         } else {
             Err(FsError::NotFound)
@@ -170,8 +184,7 @@ impl SyncFs {
 
     async fn open_file(&self, path: &DavPath, options: OpenOptions) -> FsResult<Box<dyn DavFile>> {
         let rel = rel_path(path)?.ok_or(FsError::Forbidden)?;
-        let snapshot = self.snapshot().await?;
-        let existing = snapshot.entry(&rel).cloned();
+        let existing = self.entry(&rel).await?;
         if let Some(entry) = &existing {
             if entry.kind == EntryKind::Dir {
                 return Err(FsError::Forbidden);
@@ -346,12 +359,13 @@ impl DavFileSystem for SyncFs {
     ) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
         async move {
             let dir = rel_path(path)?;
-            let snapshot = self.snapshot().await?;
-            if !snapshot.is_dir(dir.as_ref()) {
+            if !self.is_dir(dir.as_ref()).await? {
                 return Err(FsError::NotFound);
             }
-            let entries: Vec<FsResult<Box<dyn DavDirEntry>>> = snapshot
+            let entries: Vec<FsResult<Box<dyn DavDirEntry>>> = self
                 .children(dir.as_ref())
+                .await?
+                .iter()
                 .map(|entry| {
                     let name = entry
                         .path
@@ -384,7 +398,7 @@ impl DavFileSystem for SyncFs {
     fn create_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
         async move {
             let rel = rel_path(path)?.ok_or(FsError::Exists)?;
-            if self.snapshot().await?.entry(&rel).is_some() {
+            if self.entry(&rel).await?.is_some() {
                 return Err(FsError::Exists);
             }
             self.check_parent(&rel).await?;
@@ -411,8 +425,7 @@ impl DavFileSystem for SyncFs {
             let (Node::Entry(source), Some(to)) = (self.lookup(from).await?, rel_path(to)?) else {
                 return Err(FsError::Forbidden);
             };
-            let snapshot = self.snapshot().await?;
-            if let Some(existing) = snapshot.entry(&to) {
+            if let Some(existing) = self.entry(&to).await? {
                 // dav-server has deleted a destination it may overwrite; a file left there is
                 // replaced, as rename(2) does.
                 if existing.kind == EntryKind::Dir || source.kind == EntryKind::Dir {
@@ -445,8 +458,7 @@ impl DavFileSystem for SyncFs {
             let (EntryKind::File, Some(hash)) = (source.kind, source.hash) else {
                 return Err(FsError::Forbidden);
             };
-            let snapshot = self.snapshot().await?;
-            let base = match snapshot.entry(&to) {
+            let base = match self.entry(&to).await? {
                 Some(existing) if existing.kind == EntryKind::Dir => return Err(FsError::Exists),
                 Some(existing) => Precondition::Rev(existing.rev),
                 None => Precondition::MustNotExist,

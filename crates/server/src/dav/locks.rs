@@ -81,10 +81,8 @@ impl SyncLocks {
 
     /// A stored lock with what WebDAV keeps of it.
     async fn held(&self, lock: LockInfo) -> Held {
-        let node = match self.fs.snapshot().await {
-            Ok(snapshot) => snapshot
-                .entry(&lock.path)
-                .map(|entry| (entry.node_id, entry.kind == EntryKind::Dir)),
+        let node = match self.fs.entry(&lock.path).await {
+            Ok(entry) => entry.map(|entry| (entry.node_id, entry.kind == EntryKind::Dir)),
             Err(_) => None,
         };
         let extra = match node {
@@ -155,10 +153,7 @@ impl SyncLocks {
     }
 
     async fn locks(&self) -> Vec<LockInfo> {
-        match self.fs.snapshot().await {
-            Ok(snapshot) => snapshot.locks.clone(),
-            Err(_) => Vec::new(),
-        }
+        self.fs.locks().await.unwrap_or_default()
     }
 
     /// The locks that apply to `path`: those covering it, and with `deep` those beneath it.
@@ -217,9 +212,10 @@ impl SyncLocks {
             // Another shared lock on the same resource: a share of the same store's lock.
             return self.add_share(path, held, ttl, owner).await;
         }
-        let snapshot = self.fs.snapshot().await.map_err(|_| Self::refusal(path))?;
-        if snapshot.entry(&rel).is_none() {
-            if !snapshot.is_dir(rel.parent().as_ref()) {
+        let existing = self.fs.entry(&rel).await.map_err(|_| Self::refusal(path))?;
+        if existing.is_none() {
+            let parent_is_dir = self.fs.is_dir(rel.parent().as_ref()).await;
+            if !parent_is_dir.unwrap_or(false) {
                 return Err(Self::refusal(path));
             }
             // A lock on an unmapped URL makes an empty file there.
@@ -305,7 +301,7 @@ impl SyncLocks {
     }
 
     /// Runs a lock change, wakes the user's long polls when it was made, and forgets the
-    /// snapshot; `None` when the store failed.
+    /// request's reads; `None` when the store failed.
     async fn change<F, Fut>(&self, run: F) -> Option<LockOutcome>
     where
         F: FnOnce(crate::routes::AppState, syncstore_store::Principal) -> Fut,

@@ -48,9 +48,8 @@ impl Default for LockExtra {
 impl SyncFs {
     async fn node_of(&self, path: &DavPath) -> FsResult<NodeId> {
         let rel = rel_path(path)?.ok_or(FsError::Forbidden)?;
-        let snapshot = self.snapshot().await?;
-        snapshot
-            .entry(&rel)
+        self.entry(&rel)
+            .await?
             .map(|entry| entry.node_id)
             .ok_or(FsError::NotFound)
     }
