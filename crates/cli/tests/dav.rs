@@ -159,6 +159,8 @@ fn litmus_suites_pass() {
     let out = Command::new(litmus)
         .args(["-k", &dav.url(""), USER, &dav.token])
         .env("TESTS", suites.join(" "))
+        // litmus writes debug.log and child.log where it runs.
+        .current_dir(dav.tmp.path())
         .output()
         .expect("run litmus");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
