@@ -568,3 +568,85 @@ fn get_honours_ranges_and_copy_shares_the_chunks() {
     assert!(hash_of("copy.bin").is_some());
     assert_eq!(hash_of("copy.bin"), hash_of("video.bin"));
 }
+
+#[test]
+fn two_servers_on_postgres_and_s3_share_locks_properties_and_files() {
+    let Some(admin_url) = services() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (db, store) = fresh_database_and_bucket(&admin_url, "dav_two_servers");
+    let a = Server::start_shared("server-a", tmp.path(), &db, &store);
+    let b = Server::start_shared("server-b", tmp.path(), &db, &store);
+    let token = a.token(USER, "webdav");
+    let on = |server: &Server, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        send(
+            method,
+            &format!("{}/dav/{path}", server.url()),
+            Credentials::Basic(USER, &token),
+            headers,
+            body,
+        )
+    };
+    let bytes = varied_bytes(2 * 1024 * 1024 + 3, 5);
+    assert_eq!(on(&a, "PUT", "shared.bin", &[], &bytes).status, 201);
+    let read_back = on(&b, "GET", "shared.bin", &[], b"");
+    assert_eq!(read_back.status, 200);
+    assert_eq!(read_back.body, bytes);
+
+    // A lock taken through A is known to B by the same token: B refuses a write without it,
+    // and releases it with it.
+    let locked = on(&a, "LOCK", "shared.bin", &[], LOCK_BODY.as_bytes());
+    assert_eq!(locked.status, 200, "{}", locked.text());
+    let token_header = locked.header("lock-token");
+    assert_eq!(on(&b, "PUT", "shared.bin", &[], b"no token").status, 423);
+    let discovered = on(&b, "PROPFIND", "shared.bin", &[("Depth", "0")], b"");
+    let lock_token = token_header.trim_matches(|c| c == '<' || c == '>');
+    assert!(
+        discovered.text().contains(lock_token) && discovered.text().contains("dav test"),
+        "{}",
+        discovered.text()
+    );
+    let with_token = format!("({token_header})");
+    assert_eq!(
+        on(
+            &b,
+            "PUT",
+            "shared.bin",
+            &[("If", &with_token)],
+            b"with token"
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        on(
+            &b,
+            "UNLOCK",
+            "shared.bin",
+            &[("Lock-Token", &token_header)],
+            b""
+        )
+        .status,
+        204
+    );
+    assert_eq!(on(&a, "PUT", "shared.bin", &[], b"free").status, 204);
+
+    // A property set through B is read through A.
+    let set = on(
+        &b,
+        "PROPPATCH",
+        "shared.bin",
+        &[],
+        br#"<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:example"><D:set><D:prop><Z:color>teal</Z:color></D:prop></D:set></D:propertyupdate>"#,
+    );
+    assert_eq!(set.status, 207, "{}", set.text());
+    let props = on(
+        &a,
+        "PROPFIND",
+        "shared.bin",
+        &[("Depth", "0")],
+        br#"<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:Z="urn:example"><D:prop><Z:color/></D:prop></D:propfind>"#,
+    );
+    assert!(props.text().contains("teal"), "{}", props.text());
+}
