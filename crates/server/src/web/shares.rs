@@ -236,24 +236,31 @@ struct Shared {
     root: RemoteEntry,
 }
 
-/// The link `id`, if it may be used now: 404 for no such link (or its node gone), 410 for one
-/// revoked or expired. Its password is checked separately.
-async fn live_share(state: &AppState, id: &str) -> Result<Shared, WebError> {
-    let gone = || WebError::not_found("there is no such share link");
-    let id = ShareId::new(id.to_owned()).map_err(|_| gone())?;
-    let share = state.stores.meta.share(&id).await?.ok_or_else(gone)?;
+/// 410 for a link revoked, or expired at `now_ms` (its expiry is the first millisecond it no
+/// longer works).
+fn check_in_force(share: &ShareRecord, now_ms: i64) -> Result<(), WebError> {
     if share.revoked_ms.is_some() {
         return Err(WebError::new(
             StatusCode::GONE,
             "this share link was revoked by its owner",
         ));
     }
-    if share.expires_ms.is_some_and(|ms| ms <= now_ms()) {
+    if share.expires_ms.is_some_and(|ms| ms <= now_ms) {
         return Err(WebError::new(
             StatusCode::GONE,
             "this share link has expired",
         ));
     }
+    Ok(())
+}
+
+/// The link `id`, if it may be used now: 404 for no such link (or its node gone), 410 for one
+/// revoked or expired. Its password is checked separately.
+async fn live_share(state: &AppState, id: &str) -> Result<Shared, WebError> {
+    let gone = || WebError::not_found("there is no such share link");
+    let id = ShareId::new(id.to_owned()).map_err(|_| gone())?;
+    let share = state.stores.meta.share(&id).await?.ok_or_else(gone)?;
+    check_in_force(&share, now_ms())?;
     let root = state
         .stores
         .meta
@@ -608,4 +615,37 @@ pub(crate) async fn zip(
         ));
     }
     serve_zip(&state, shared.owner, Some(&entry.path), "shared").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncstore_proto::{DeviceName, NodeId};
+    use syncstore_store::UserId;
+
+    fn link(expires_ms: Option<i64>, revoked_ms: Option<i64>) -> ShareRecord {
+        ShareRecord {
+            id: ShareId::new("0123456789abcdef0123456789abcdef".to_owned()).unwrap(),
+            user_id: UserId(1),
+            node_id: NodeId(7),
+            path: RelPath::new("docs").unwrap(),
+            created_ms: 1_000,
+            expires_ms,
+            password_hash: None,
+            revoked_ms,
+            created_by: DeviceName::new("web").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_link_works_until_its_expiry_and_never_once_revoked() {
+        assert!(check_in_force(&link(None, None), i64::MAX).is_ok());
+        assert!(check_in_force(&link(Some(5_000), None), 4_999).is_ok());
+        let expired = check_in_force(&link(Some(5_000), None), 5_000).unwrap_err();
+        assert_eq!(expired.status, StatusCode::GONE);
+        assert!(expired.message.contains("expired"), "{}", expired.message);
+        let revoked = check_in_force(&link(Some(5_000), Some(2_000)), 3_000).unwrap_err();
+        assert_eq!(revoked.status, StatusCode::GONE);
+        assert!(revoked.message.contains("revoked"), "{}", revoked.message);
+    }
 }
