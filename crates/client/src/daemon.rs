@@ -192,7 +192,8 @@ pub async fn run(
     let mut next_scan = Instant::now() + scan_interval;
     // The first pass walks the whole folder anyway.
     let mut walk_all = false;
-    // Due at once: the first pass checks the server's chunks too.
+    // Due after the first pass: base is then what this folder synced, including what a pass
+    // cut off by the last stop committed on the server without recording it here.
     let mut next_chunk_check = Instant::now();
     let mut retry: Option<Retry>;
     let mut backoff = Backoff::default();
@@ -207,21 +208,6 @@ pub async fn run(
                 break;
             }
             tracing::info!(folder = %root.display(), "resumed");
-        }
-        if Instant::now() >= next_chunk_check {
-            let checked = tokio::select! {
-                checked = engine.check_server_chunks() => Some(checked),
-                () = shutdown.cancelled() => None,
-            };
-            match checked {
-                None => break,
-                Some(Ok(())) => next_chunk_check = Instant::now() + CHUNK_CHECK_INTERVAL,
-                // Tried again before the next pass.
-                Some(Err(err)) => tracing::debug!(
-                    cause = %err,
-                    "could not check the server's chunks"
-                ),
-            }
         }
         let allowances = *allowed_rx.borrow_and_update();
         if allowances != allowances_taken {
@@ -343,6 +329,21 @@ pub async fn run(
                     "sync pass failed"
                 );
                 retry = Some(next);
+            }
+        }
+        if Instant::now() >= next_chunk_check {
+            let checked = tokio::select! {
+                checked = engine.check_server_chunks() => Some(checked),
+                () = shutdown.cancelled() => None,
+            };
+            match checked {
+                None => break,
+                Some(Ok(())) => next_chunk_check = Instant::now() + CHUNK_CHECK_INTERVAL,
+                // Tried again after the next pass.
+                Some(Err(err)) => tracing::debug!(
+                    cause = %err,
+                    "could not check the server's chunks"
+                ),
             }
         }
         // Notices are already logged; the daemon has nobody else to tell.
