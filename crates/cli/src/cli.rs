@@ -630,6 +630,15 @@ pub struct DaemonRunArgs {
     /// Seconds between full rescans of each folder (the config's `scan_interval` wins).
     #[arg(long, env = "SYNCSTORE_SCAN_INTERVAL", default_value_t = 60)]
     pub scan_interval: u64,
+    /// Limit each folder's uploads to this many KiB per second on average; 0: no limit (the
+    /// config's `limit_upload` wins).
+    #[arg(
+        long,
+        env = "SYNCSTORE_LIMIT_UPLOAD",
+        value_name = "KIB_PER_S",
+        default_value_t = 0
+    )]
+    pub limit_upload: u64,
 }
 
 #[derive(Args, Debug)]
@@ -659,6 +668,14 @@ pub struct SyncArgs {
     /// Seconds between full rescans (the watcher reports changes in between).
     #[arg(long, env = "SYNCSTORE_SCAN_INTERVAL", default_value_t = 60)]
     pub scan_interval: u64,
+    /// Limit uploads to this many KiB per second on average; 0: no limit.
+    #[arg(
+        long,
+        env = "SYNCSTORE_LIMIT_UPLOAD",
+        value_name = "KIB_PER_S",
+        default_value_t = 0
+    )]
+    pub limit_upload: u64,
     /// Do one full two-way pass and exit: 0 when in sync, 1 when not.
     #[arg(long)]
     pub once: bool,

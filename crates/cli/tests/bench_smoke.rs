@@ -30,7 +30,7 @@ fn bench_run_smoke_has_a_syncstore_row_per_workload() {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = std::fs::read_to_string(&table).expect("bench/run wrote the table");
-    for workload in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"] {
+    for workload in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"] {
         let prefix = format!("| {workload} |");
         assert!(
             text.lines()

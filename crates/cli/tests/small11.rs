@@ -154,20 +154,6 @@ fn status_writes_nothing_in_the_state_directory() {
     assert_unchanged("status with no daemon", &before, &exact_tree(&meta_dir));
 }
 
-/// `len` bytes that no two chunks share (so nothing is deduplicated).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[test]
 fn status_during_a_download_leaves_it_alone() {
     let s = setup();

@@ -20,6 +20,7 @@ mod recovery_shared;
 mod scale_out;
 mod service;
 mod small11;
+mod streaming;
 mod sync;
 mod tls;
 mod visible;

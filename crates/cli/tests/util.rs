@@ -651,3 +651,17 @@ pub fn fresh_database_and_bucket(admin_url: &str, name: &str) -> (String, String
     );
     (db, store)
 }
+
+/// `len` bytes of a xorshift stream from `seed`: incompressible test data, the same every run.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

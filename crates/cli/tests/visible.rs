@@ -39,20 +39,6 @@ fn setup() -> Setup {
     }
 }
 
-/// `len` bytes that no two chunks share (so nothing is deduplicated).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// `status --json DIR`: exit code and the parsed document. Before a new daemon's first
 /// answer the folder may not be set up yet: that is exit 2 and `{"error": stderr}`.
 fn status_json(dir: &Path) -> (i32, Value) {

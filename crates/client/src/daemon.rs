@@ -38,6 +38,9 @@ pub struct DaemonOptions {
 const DEBOUNCE: Duration = Duration::from_millis(10);
 /// The longest a burst of local events can delay a pass.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
+/// Set to `0`, the daemon does not fetch other devices' large files while they are uploaded
+/// (it fetches them after their commit, as before upload streams existed).
+pub const FETCH_AHEAD_ENV: &str = "SYNCSTORE_FETCH_AHEAD";
 /// Long-poll wait per request.
 const LONG_POLL: Duration = Duration::from_secs(25);
 /// Backoff cap when the server is unreachable.
@@ -158,6 +161,13 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // `SYNCSTORE_FETCH_AHEAD=0` turns fetching ahead off (to measure what it gains).
+    let fetch_ahead = std::env::var_os(FETCH_AHEAD_ENV).is_none_or(|value| value != "0");
+    let follower = fetch_ahead.then(|| {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            engine.follow_streams(shutdown.child_token()),
+        ))
+    });
     let api = engine.api().clone();
     // Calls probe for failback themselves, but a daemon may make none for a while (a long
     // poll lasts 25 s, a rescan comes every minute).
@@ -371,6 +381,7 @@ pub async fn run(
     }
     tracing::info!("stopping");
     poller.abort();
+    drop(follower);
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! scan_interval = 60                   # seconds; optional
+//! limit_upload = 10240                 # KiB per second on average, per folder; optional
 //!
 //! [account]                            # optional: what folders without their own use
 //! servers = ["https://sync.example.net:7070"]
@@ -33,6 +34,8 @@ use syncstore_proto::CertFingerprint;
 pub struct DaemonConfig {
     /// Seconds between full rescans of each folder.
     pub scan_interval: Option<u64>,
+    /// Each folder's upload limit, KiB per second on average (0: none).
+    pub limit_upload: Option<u64>,
     /// The server and token of folders that name none.
     #[serde(default)]
     pub account: Remote,
@@ -222,6 +225,7 @@ mod tests {
     fn folders_fall_back_to_the_account() {
         let text = r#"
             scan_interval = 30
+            limit_upload = 512
             [account]
             servers = ["https://a:7070", "https://b:7070"]
             token_file = "/etc/syncstore/token"
@@ -236,6 +240,7 @@ mod tests {
         "#;
         let config = DaemonConfig::parse(text, Path::new("c.toml")).unwrap();
         assert_eq!(config.scan_interval, Some(30));
+        assert_eq!(config.limit_upload, Some(512));
         let sync = config.folders[0].remote(&config.account);
         assert_eq!(sync.servers, ["https://a:7070", "https://b:7070"]);
         assert_eq!(

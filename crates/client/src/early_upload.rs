@@ -7,18 +7,25 @@
 //! are there and only the commit is left; chunking and sending overlap instead of following each
 //! other.
 //!
+//! Once a pack is stored, the chunks of each file it carried are announced as a part of that
+//! file's upload stream (`syncstore_proto::streams`), with the chunks before them that needed
+//! no upload, so the user's other devices can fetch them before the commit. A file's stream
+//! starts with the first pack that carried its chunks (a renamed file, whose chunks are all on
+//! the server, starts none). Announcements go in file order, one pack at a time.
+//!
 //! Nothing here decides anything: it only stores content-addressed chunks, which is harmless
 //! when the plan then uploads nothing (the file was unchanged remotely, say) and cheap when the
 //! server has them already (a renamed file: one `missing` query per pack, nothing sent). Every
 //! failure is logged and dropped; the plan's own upload sends whatever is still missing.
 
-use crate::engine::{join_upload, read_chunk_into};
+use crate::engine::read_chunk_into;
+use crate::http::ApiError;
 use crate::seams::Server;
 use crate::Error;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use syncstore_proto::{ChunkHash, ChunkRef};
+use syncstore_proto::{ChunkHash, ChunkRef, RelPath, StreamPart};
 
 /// Files smaller than this are uploaded by the plan alone (in batches of many small files).
 pub const EARLY_UPLOAD_MIN_BYTES: u64 = 2 * syncstore_proto::CHUNK_MAX as u64;
@@ -43,10 +50,11 @@ pub struct EarlyUpload {
 }
 
 impl EarlyUpload {
-    /// Starts the upload task. Must be called within the Tokio runtime.
-    pub fn start<S: Server>(api: S) -> EarlyUpload {
+    /// Starts the upload task for the folder at `root`. Must be called within the Tokio
+    /// runtime.
+    pub fn start<S: Server>(api: S, root: PathBuf) -> EarlyUpload {
         let (sender, receiver) = tokio::sync::mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(api, receiver));
+        let task = tokio::spawn(run(api, root, receiver));
         EarlyUpload {
             sender: Some(sender),
             task,
@@ -103,18 +111,50 @@ impl ChunkSink {
     }
 }
 
-async fn run<S: Server>(api: S, mut receiver: tokio::sync::mpsc::Receiver<CutChunk>) {
+/// The upload stream of one file: its chunks so far, and what was announced of them.
+struct FileStream {
+    /// `None` when the file is not under the folder, or its stream failed: nothing more is
+    /// announced for it.
+    path: Option<RelPath>,
+    stream: String,
+    size: u64,
+    /// Every chunk cut so far, in file order.
+    chunks: Vec<ChunkRef>,
+    /// How many of `chunks` were announced.
+    announced: usize,
+    /// Whether a pack carried chunks of this file (the stream has started).
+    started: bool,
+}
+
+/// A pack in flight, and the files whose chunks it carried (announced once it is stored).
+struct InFlight {
+    upload: tokio::task::JoinHandle<Result<(), ApiError>>,
+    /// Each file of the group and how many of its chunks were cut when the group was sent.
+    files: Vec<(Arc<PathBuf>, usize)>,
+}
+
+async fn run<S: Server>(
+    api: S,
+    root: PathBuf,
+    mut receiver: tokio::sync::mpsc::Receiver<CutChunk>,
+) {
+    let mut early = Early {
+        api,
+        root,
+        sent: HashSet::new(),
+        in_flight: VecDeque::new(),
+        streams: HashMap::new(),
+    };
     let mut group = Vec::new();
     let mut group_bytes = 0u64;
-    let mut sent = HashSet::new();
-    let mut in_flight = tokio::task::JoinSet::new();
     let mut result = Ok(());
     while let Some(cut) = receiver.recv().await {
+        early.cut(&cut);
         group_bytes += u64::from(cut.chunk.len);
         group.push(cut);
         if group_bytes >= PACK_BYTES {
             group_bytes = 0;
-            result = send_group(&api, std::mem::take(&mut group), &mut sent, &mut in_flight).await;
+            result = early.send_group(std::mem::take(&mut group)).await;
             if result.is_err() {
                 break;
             }
@@ -123,54 +163,177 @@ async fn run<S: Server>(api: S, mut receiver: tokio::sync::mpsc::Receiver<CutChu
     // Dropping the receiver makes the scan's sends fail: it stops handing chunks over.
     drop(receiver);
     if result.is_ok() && !group.is_empty() {
-        result = send_group(&api, group, &mut sent, &mut in_flight).await;
+        result = early.send_group(group).await;
     }
     if let Err(err) = result {
         tracing::debug!(cause = %err, "early upload stopped");
     }
     // Packs already sent are waited for either way: `finish` promises nothing is in flight.
-    while !in_flight.is_empty() {
-        if let Err(err) = join_upload(&mut in_flight).await {
-            tracing::debug!(cause = %err, "early upload of a pack failed");
+    while let Some(pack) = early.in_flight.pop_front() {
+        if early.landed(pack).await.is_err() {
+            // The rest cannot be announced in order.
+            for pack in early.in_flight.drain(..) {
+                let _ = pack.upload.await;
+            }
         }
     }
 }
 
-/// Asks which chunks of `group` the server lacks and sends those as one pack.
-async fn send_group<S: Server>(
-    api: &S,
-    group: Vec<CutChunk>,
-    sent: &mut HashSet<ChunkHash>,
-    in_flight: &mut tokio::task::JoinSet<Result<(), crate::http::ApiError>>,
-) -> Result<(), Error> {
-    let mut hashes: Vec<ChunkHash> = group
-        .iter()
-        .map(|cut| cut.chunk.hash)
-        .filter(|hash| !sent.contains(hash))
-        .collect();
-    hashes.sort();
-    hashes.dedup();
-    if hashes.is_empty() {
-        return Ok(());
+/// The state of one early upload task.
+struct Early<S> {
+    api: S,
+    root: PathBuf,
+    /// Chunks sent (or found on the server) already.
+    sent: HashSet<ChunkHash>,
+    /// Packs in flight, oldest first.
+    in_flight: VecDeque<InFlight>,
+    streams: HashMap<Arc<PathBuf>, FileStream>,
+}
+
+impl<S: Server> Early<S> {
+    /// Records a cut chunk in its file's stream.
+    fn cut(&mut self, cut: &CutChunk) {
+        let root = &self.root;
+        let stream = self
+            .streams
+            .entry(Arc::clone(&cut.file))
+            .or_insert_with(|| FileStream {
+                path: cut
+                    .file
+                    .strip_prefix(root)
+                    .ok()
+                    .and_then(|rel| rel.to_str())
+                    .and_then(|rel| RelPath::new(rel).ok()),
+                stream: new_stream_name(),
+                size: std::fs::metadata(cut.file.as_path()).map_or(0, |m| m.len()),
+                chunks: Vec::new(),
+                announced: 0,
+                started: false,
+            });
+        // The scan cuts each file from its start, in order; anything else is not a stream.
+        let expected: u64 = stream.chunks.iter().map(|c| u64::from(c.len)).sum();
+        if expected == cut.offset {
+            stream.chunks.push(cut.chunk);
+        } else {
+            stream.path = None;
+        }
     }
-    let missing: HashSet<ChunkHash> = api.missing_chunks(hashes).await?.into_iter().collect();
-    let wanted: Vec<CutChunk> = group
-        .into_iter()
-        .filter(|cut| missing.contains(&cut.chunk.hash) && sent.insert(cut.chunk.hash))
-        .collect();
-    if wanted.is_empty() {
-        return Ok(());
+
+    /// Asks which chunks of `group` the server lacks and sends those as one pack.
+    async fn send_group(&mut self, group: Vec<CutChunk>) -> Result<(), Error> {
+        let mut hashes: Vec<ChunkHash> = group
+            .iter()
+            .map(|cut| cut.chunk.hash)
+            .filter(|hash| !self.sent.contains(hash))
+            .collect();
+        hashes.sort();
+        hashes.dedup();
+        let missing: HashSet<ChunkHash> = if hashes.is_empty() {
+            HashSet::new()
+        } else {
+            self.api.missing_chunks(hashes).await?.into_iter().collect()
+        };
+        // The files this group carries chunks of, with how far each was cut.
+        let mut files: Vec<(Arc<PathBuf>, usize)> = Vec::new();
+        for cut in &group {
+            if !files.iter().any(|(file, _)| Arc::ptr_eq(file, &cut.file)) {
+                let cut_so_far = self.streams.get(&cut.file).map_or(0, |s| s.chunks.len());
+                files.push((Arc::clone(&cut.file), cut_so_far));
+            }
+        }
+        let sent = &mut self.sent;
+        let wanted: Vec<CutChunk> = group
+            .into_iter()
+            .filter(|cut| missing.contains(&cut.chunk.hash) && sent.insert(cut.chunk.hash))
+            .collect();
+        for cut in &wanted {
+            if let Some(stream) = self.streams.get_mut(&cut.file) {
+                stream.started = true;
+            }
+        }
+        if wanted.is_empty() {
+            // Nothing to upload: the group's chunks are on the server; announce them in turn.
+            let done = tokio::spawn(async { Ok(()) });
+            self.in_flight.push_back(InFlight {
+                upload: done,
+                files,
+            });
+            return self.land_while_over(0).await;
+        }
+        let pack = tokio::task::spawn_blocking(move || read_pack(&wanted))
+            .await
+            .map_err(|err| Error::Protocol(format!("early upload task failed: {err}")))?
+            .map_err(|err| Error::io("could not read a chunk for early upload", err))?;
+        self.land_while_over(IN_FLIGHT - 1).await?;
+        let api = self.api.clone();
+        let upload = tokio::spawn(async move { api.upload_pack(pack, false).await });
+        self.in_flight.push_back(InFlight { upload, files });
+        Ok(())
     }
-    let pack = tokio::task::spawn_blocking(move || read_pack(&wanted))
-        .await
-        .map_err(|err| Error::Protocol(format!("early upload task failed: {err}")))?
-        .map_err(|err| Error::io("could not read a chunk for early upload", err))?;
-    while in_flight.len() >= IN_FLIGHT {
-        join_upload(in_flight).await?;
+
+    /// Waits for the oldest packs until at most `limit` are in flight.
+    async fn land_while_over(&mut self, limit: usize) -> Result<(), Error> {
+        while self.in_flight.len() > limit {
+            let pack = self.in_flight.pop_front().expect("over the limit");
+            self.landed(pack).await?;
+        }
+        Ok(())
     }
-    let api = api.clone();
-    in_flight.spawn(async move { api.upload_pack(pack, false).await });
-    Ok(())
+
+    /// Waits for a pack, then announces what it made available of each of its files.
+    async fn landed(&mut self, pack: InFlight) -> Result<(), Error> {
+        match pack.upload.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(err.into()),
+            Err(err) => return Err(Error::Protocol(format!("upload task failed: {err}"))),
+        }
+        for (file, cut_so_far) in pack.files {
+            self.announce(&file, cut_so_far).await;
+        }
+        Ok(())
+    }
+
+    /// Announces the chunks of `file` up to `upto` that were not announced yet, if its stream
+    /// has started; a refusal ends the file's stream (the plan's upload and commit go on).
+    async fn announce(&mut self, file: &Arc<PathBuf>, upto: usize) {
+        let Some(stream) = self.streams.get_mut(file) else {
+            return;
+        };
+        let Some(path) = stream.path.clone() else {
+            return;
+        };
+        if !stream.started || upto <= stream.announced {
+            return;
+        }
+        while stream.announced < upto {
+            let offset: u64 = stream.chunks[..stream.announced]
+                .iter()
+                .map(|c| u64::from(c.len))
+                .sum();
+            let end = upto.min(stream.announced + syncstore_proto::MAX_STREAM_PART_CHUNKS);
+            let part = StreamPart {
+                path: path.clone(),
+                stream: stream.stream.clone(),
+                size: stream.size,
+                offset,
+                chunks: stream.chunks[stream.announced..end].to_vec(),
+            };
+            match self.api.announce_stream(part).await {
+                Ok(()) => stream.announced = end,
+                Err(err) => {
+                    tracing::debug!(file = %file.display(), cause = %err, "upload stream ended");
+                    stream.path = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A fresh stream name: 32 random hex digits.
+fn new_stream_name() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The frames of `chunks`, read from their files. A file that changed since it was cut yields

@@ -24,8 +24,8 @@ use crate::tls::{Trust, Untrusted};
 use syncstore_proto::{
     ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, HistoryQuery, HistoryResponse,
     JournalTag, LockInfo, LockRequest, LocksResponse, Op, OpsRequest, OpsResponse, RelPath,
-    RestoreRequest, RestoreResponse, TrashQuery, TrashResponse, TreeResponse, UnlockRequest,
-    UploadResponse, UsageResponse, WhoAmI,
+    RestoreRequest, RestoreResponse, StreamPart, StreamPartAccepted, StreamsResponse, TrashQuery,
+    TrashResponse, TreeResponse, UnlockRequest, UploadResponse, UsageResponse, WhoAmI,
 };
 
 /// Why a call failed.
@@ -82,6 +82,8 @@ pub struct ApiClient {
     /// [`FAILBACK_PROBE_INTERVAL`].
     last_failback_probe: Mutex<Option<Instant>>,
     token: String,
+    /// `--limit-upload`: every chunk upload waits for its slot.
+    upload_limit: Option<Arc<crate::rate_limit::RateLimit>>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -163,7 +165,22 @@ impl ApiClient {
             current: Arc::new(AtomicUsize::new(0)),
             last_failback_probe: Mutex::new(None),
             token,
+            upload_limit: None,
         })
+    }
+
+    /// Limits the average rate of chunk uploads to `bytes_per_s` (`None`: no limit).
+    #[must_use]
+    pub fn with_upload_limit(mut self, bytes_per_s: Option<u64>) -> ApiClient {
+        self.upload_limit =
+            bytes_per_s.map(|rate| Arc::new(crate::rate_limit::RateLimit::new(rate)));
+        self
+    }
+
+    async fn pace_upload(&self, bytes: usize) {
+        if let Some(limit) = &self.upload_limit {
+            limit.take(bytes as u64).await;
+        }
     }
 
     /// The server in use.
@@ -399,6 +416,7 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`].
     pub async fn upload_pack(&self, pack: Bytes) -> Result<UploadResponse, ApiError> {
+        self.pace_upload(pack.len()).await;
         self.json(
             reqwest::Method::POST,
             "/api/v1/chunks/upload",
@@ -414,11 +432,49 @@ impl ApiClient {
     /// # Errors
     /// [`ApiError`].
     pub async fn upload_pack_durable(&self, pack: Bytes) -> Result<UploadResponse, ApiError> {
+        self.pace_upload(pack.len()).await;
         self.json(
             reqwest::Method::POST,
             "/api/v1/chunks/upload?durable=true",
             Body::Bytes(pack),
             Duration::from_secs(600),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/streams`: announces a run of a file's chunks the server holds now.
+    ///
+    /// # Errors
+    /// [`ApiError`]; a 409 when the part does not continue its stream.
+    pub async fn announce_stream(&self, part: StreamPart) -> Result<StreamPartAccepted, ApiError> {
+        self.json(
+            reqwest::Method::POST,
+            "/api/v1/streams",
+            Self::encode(&part),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/streams`: other devices' stream parts after `after`, waiting up to `wait`
+    /// for one.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn follow_streams(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<StreamsResponse, ApiError> {
+        let path = format!(
+            "/api/v1/streams?after={after}&timeout_ms={}",
+            wait.as_millis()
+        );
+        self.json(
+            reqwest::Method::GET,
+            &path,
+            Body::None,
+            wait + Duration::from_secs(30),
         )
         .await
     }
@@ -690,6 +746,10 @@ impl crate::seams::Server for Arc<ApiClient> {
         } else {
             ApiClient::upload_pack(self, pack).await.map(|_| ())
         }
+    }
+
+    async fn announce_stream(&self, part: StreamPart) -> Result<(), ApiError> {
+        ApiClient::announce_stream(self, part).await.map(|_| ())
     }
 
     async fn download_pack(&self, hashes: Vec<ChunkHash>) -> Result<Self::Download, ApiError> {

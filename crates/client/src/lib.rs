@@ -23,12 +23,15 @@ mod error;
 pub mod folder;
 pub mod fsutil;
 pub mod http;
+pub mod prefetch;
 mod production;
 pub mod progress;
+pub mod rate_limit;
 pub mod remote;
 pub mod scan;
 pub mod seams;
 pub mod state;
+pub mod stream_follower;
 pub mod tls;
 
 pub use config::FolderConfig;

@@ -75,4 +75,19 @@ impl SyncEngine<crate::seams::Production> {
     pub fn api(&self) -> &Arc<ApiClient> {
         self.server()
     }
+
+    /// Follows the user's other devices' upload streams into this engine's prefetched files,
+    /// until `shutdown` (see [`crate::stream_follower`]).
+    pub fn follow_streams(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        crate::stream_follower::run(
+            Arc::clone(self.api()),
+            self.disk().clone(),
+            self.prefetched(),
+            self.progress(),
+            shutdown,
+        )
+    }
 }

@@ -3,6 +3,7 @@
 //! had some of them.
 
 use std::sync::Arc;
+use std::time::Duration;
 use syncstore_client::early_upload::EarlyUpload;
 use syncstore_client::ApiClient;
 use syncstore_proto::{ChunkHash, DeviceName, UserName};
@@ -38,6 +39,13 @@ async fn chunks_handed_over_are_on_the_server_when_early_upload_finishes() {
     )
     .await
     .unwrap();
+    let other_token = syncstore_server::add_token(
+        data_dir.path(),
+        &UserName::new("me").unwrap(),
+        &DeviceName::new("desktop").unwrap(),
+    )
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -48,12 +56,13 @@ async fn chunks_handed_over_are_on_the_server_when_early_upload_finishes() {
             let _ = stopped.await;
         },
     ));
-    let api = Arc::new(ApiClient::new(vec![url], token).unwrap());
+    let api = Arc::new(ApiClient::new(vec![url.clone()], token).unwrap());
+    let other = ApiClient::new(vec![url], other_token).unwrap();
 
     let files = tempfile::tempdir().unwrap();
     let first = files.path().join("first.bin");
     std::fs::write(&first, pseudo_random(20 * 1024 * 1024, 1)).unwrap();
-    let early = EarlyUpload::start(Arc::clone(&api));
+    let early = EarlyUpload::start(Arc::clone(&api), files.path().to_owned());
     let hashes = tokio::task::block_in_place(|| cut_into(&first, &early));
     assert!(hashes.len() > 4, "{} chunks", hashes.len());
     early.finish().await;
@@ -62,6 +71,33 @@ async fn chunks_handed_over_are_on_the_server_when_early_upload_finishes() {
         Vec::<ChunkHash>::new(),
         "every chunk is on the server once the early upload has finished"
     );
+    // The other device sees the whole file announced as one stream, in order, from offset 0,
+    // each part continuing the one before; the uploader sees none of its own.
+    let streams = other.follow_streams(0, Duration::ZERO).await.unwrap();
+    assert_eq!(streams.live.len(), 1, "{streams:?}");
+    let mut offset = 0;
+    let mut announced = Vec::new();
+    for info in &streams.parts {
+        assert_eq!(info.part.path.as_str(), "first.bin");
+        assert_eq!(info.part.offset, offset);
+        assert_eq!(info.part.size, 20 * 1024 * 1024);
+        assert_eq!(info.device.as_str(), "laptop");
+        offset += info
+            .part
+            .chunks
+            .iter()
+            .map(|c| u64::from(c.len))
+            .sum::<u64>();
+        announced.extend(info.part.chunks.iter().map(|c| c.hash));
+    }
+    assert!(streams.parts.len() > 1, "announced pack by pack");
+    assert_eq!(announced, hashes);
+    assert!(api
+        .follow_streams(0, Duration::ZERO)
+        .await
+        .unwrap()
+        .parts
+        .is_empty());
 
     // A second file that shares the first one's bytes up to its last few MiB: its new chunks
     // arrive too.
@@ -70,7 +106,7 @@ async fn chunks_handed_over_are_on_the_server_when_early_upload_finishes() {
     bytes[tail..].copy_from_slice(&pseudo_random(3 * 1024 * 1024, 2));
     let second = files.path().join("second.bin");
     std::fs::write(&second, &bytes).unwrap();
-    let early = EarlyUpload::start(Arc::clone(&api));
+    let early = EarlyUpload::start(Arc::clone(&api), files.path().to_owned());
     let second_hashes = tokio::task::block_in_place(|| cut_into(&second, &early));
     let new: Vec<ChunkHash> = second_hashes
         .iter()

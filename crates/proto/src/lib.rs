@@ -9,6 +9,8 @@
 //! [`Change`] (what the journal tells every device).
 //! `devices.rs` holds a user's devices as the web UI lists and revokes them ([`DeviceInfo`],
 //! [`RevokeRequest`]).
+//! `streams.rs` holds upload streams, which let other devices fetch a large file's chunks while
+//! it is being uploaded ([`StreamPart`], [`StreamsResponse`]).
 //! [`daemon`] holds the messages of the client daemon's local control socket, which is a wire
 //! too.
 //! This crate does no IO.
@@ -20,6 +22,7 @@ mod frame;
 mod history;
 mod names;
 mod path;
+mod streams;
 mod tls;
 
 pub use api::*;
@@ -28,6 +31,7 @@ pub use frame::{decode_frame_header, encode_frame_header, FRAME_HEADER_LEN};
 pub use history::*;
 pub use names::{DeviceName, NameError, UserName};
 pub use path::{map_beneath, set_beneath, PathError, RelPath};
+pub use streams::*;
 pub use tls::{CertFingerprint, FingerprintError};
 
 use serde::{Deserialize, Serialize};

@@ -164,6 +164,17 @@ pub(crate) async fn apply(
     principal: &Principal,
     ops: Vec<Op>,
 ) -> Result<BatchOutcome, ApiError> {
+    // Files large enough to have been streamed: their commit ends the device's stream.
+    let streamed: Vec<(usize, RelPath)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(idx, op)| match op {
+            Op::PutFile { path, size, .. } if *size >= syncstore_proto::STREAM_MIN_BYTES => {
+                Some((idx, path.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     let batch = syncstore_store::apply_ops(
         &*state.stores.meta,
         &*state.stores.chunks,
@@ -174,6 +185,14 @@ pub(crate) async fn apply(
     .await?;
     if batch.changed_anything() {
         state.hub.notify(principal.user_id, batch.cursor);
+    }
+    let committed: Vec<RelPath> = streamed
+        .into_iter()
+        .filter(|(idx, _)| matches!(batch.outcomes.get(*idx), Some(OpOutcome::Applied(_))))
+        .map(|(_, path)| path)
+        .collect();
+    if !committed.is_empty() {
+        crate::streams::end(state, principal, committed).await;
     }
     Ok(batch)
 }

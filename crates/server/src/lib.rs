@@ -49,6 +49,7 @@ mod hub;
 mod limits;
 pub mod password;
 mod routes;
+mod streams;
 pub mod tls;
 mod web;
 mod wire;
@@ -621,6 +622,7 @@ pub async fn serve(
     let state = routes::AppState {
         stores,
         hub,
+        streams: ChangeHub::default(),
         config: Arc::new(config.clone()),
         stopping: stopping.clone(),
         panicked: Arc::clone(&panicked),

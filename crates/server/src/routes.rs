@@ -32,6 +32,8 @@ use tower_http::trace::TraceLayer;
 pub(crate) struct AppState {
     pub(crate) stores: Stores,
     pub(crate) hub: ChangeHub,
+    /// Wakes the long polls of upload stream followers (this process's parts only).
+    pub(crate) streams: ChangeHub,
     pub(crate) config: Arc<ServerConfig>,
     /// Cancelled when the server stops: ends long polls at once so shutdown does not wait.
     pub(crate) stopping: CancellationToken,
@@ -74,6 +76,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/chunks/missing", post(chunks_missing))
         .route("/api/v1/chunks/download", post(chunks_download))
         .route("/api/v1/ops", post(ops))
+        .route(
+            "/api/v1/streams",
+            post(crate::streams::announce).get(crate::streams::follow),
+        )
         .route("/api/v1/locks", post(take_lock).get(locks))
         .route("/api/v1/locks/release", post(release_lock))
         .route("/api/v1/history", get(crate::history::history))
@@ -653,6 +659,7 @@ mod tests {
         let state = AppState {
             stores,
             hub: ChangeHub::default(),
+            streams: ChangeHub::default(),
             config: Arc::new(ServerConfig::new(data_dir.path().to_owned())),
             stopping: CancellationToken::new(),
             panicked: Arc::new(AtomicBool::new(false)),

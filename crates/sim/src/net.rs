@@ -198,6 +198,12 @@ impl Server for SimServer {
         .await
     }
 
+    /// The simulated devices follow no upload streams (a stream only announces; the commit is
+    /// what the simulation checks), so an announcement reaches nobody.
+    async fn announce_stream(&self, _part: syncstore_proto::StreamPart) -> Result<(), ApiError> {
+        Ok(())
+    }
+
     async fn download_pack(&self, hashes: Vec<ChunkHash>) -> Result<Self::Download, ApiError> {
         self.call(
             format!("download {} chunks", hashes.len()),

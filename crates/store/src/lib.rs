@@ -51,6 +51,7 @@ pub mod retention;
 pub mod s3;
 mod sql;
 pub mod sqlite;
+pub mod streams;
 
 pub use fs::FsChunkStore;
 pub use mem::MemMetaStore;
@@ -67,7 +68,8 @@ use std::fmt;
 use std::sync::Arc;
 use syncstore_proto::{
     Change, ChunkHash, Cursor, DeviceName, JournalTag, LockInfo, NamespaceId, NodeId, Op, RelPath,
-    RemoteEntry, RestoreTarget, TrashEntry, TrashQuery, UsageResponse, UserName, Version,
+    RemoteEntry, RestoreTarget, StreamPart, TrashEntry, TrashQuery, UsageResponse, UserName,
+    Version,
 };
 
 pub use gc::{GcPolicy, GcReport, StoredChunk};
@@ -750,6 +752,44 @@ pub trait MetaStore: Send + Sync {
     /// # Errors
     /// Database errors.
     async fn unwant_chunks(&self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError>;
+
+    /// Adds a part to an upload stream of `device_id` by the rules of [`streams`]: its position,
+    /// or why it was refused.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn add_stream_part(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        part: StreamPart,
+        now_ms: i64,
+    ) -> Result<Result<u64, streams::PartRefused>, StoreError>;
+
+    /// The parts after `after` of the live upload streams of the user's devices other than
+    /// `device_id`, at most `limit`, with the names of those streams.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn stream_parts(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        after: u64,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<streams::StreamsPage, StoreError>;
+
+    /// Ends the upload streams of `paths` by `device_id` (it committed them).
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn end_streams(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        paths: Vec<RelPath>,
+    ) -> Result<(), StoreError>;
 
     /// The WebDAV dead properties of a node (see [`DeadProp`]), sorted by namespace and name.
     ///

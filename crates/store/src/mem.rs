@@ -21,6 +21,7 @@ use crate::history::{Deletion, JournalRow};
 use crate::meta::{Access, MetaTxn, TxnBackend, TxnFn};
 use crate::ops::Txn;
 use crate::retention::{Floors, RowKind, RowMeta};
+use crate::streams::{StoredStreamPart, StreamHead};
 use crate::{
     Account, DeadProp, Device, DeviceId, DeviceRecord, NewSession, Principal, RemovedUser, ShareId,
     ShareRecord, StoreError, TokenHash, User, UserId,
@@ -30,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use syncstore_proto::{
     Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, NodeId,
-    RelPath, RemoteEntry, UserName,
+    RelPath, RemoteEntry, StreamPart, UserName,
 };
 
 #[cfg(doc)]
@@ -78,6 +79,9 @@ pub struct MemUser {
     tags: Vec<JournalTag>,
     locks: BTreeMap<RelPath, LockInfo>,
     wanted: BTreeSet<ChunkHash>,
+    /// The last upload stream part position handed out, and the parts stored, by position.
+    stream_seq: u64,
+    stream_parts: BTreeMap<u64, (DeviceId, StreamPart, i64)>,
     /// WebDAV dead properties by node, then by namespace and name.
     dead_props: BTreeMap<NodeId, BTreeMap<(String, String), DeadProp>>,
     floors: Floors,
@@ -431,6 +435,8 @@ impl MetaTxn for MemTxn {
                 tags: Vec::new(),
                 locks: BTreeMap::new(),
                 wanted: BTreeSet::new(),
+                stream_seq: 0,
+                stream_parts: BTreeMap::new(),
                 dead_props: BTreeMap::new(),
                 floors: Floors::default(),
                 gc_epoch: 0,
@@ -1078,6 +1084,114 @@ impl MetaTxn for MemTxn {
             .iter()
             .filter(|hash| user.wanted.insert(**hash))
             .count())
+    }
+
+    fn next_stream_seq(&mut self, user_id: UserId) -> Result<u64, StoreError> {
+        let user = self.user_mut(user_id)?;
+        user.stream_seq += 1;
+        Ok(user.stream_seq)
+    }
+
+    fn insert_stream_part(
+        &mut self,
+        user_id: UserId,
+        seq: u64,
+        device_id: DeviceId,
+        part: &StreamPart,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.user_mut(user_id)?
+            .stream_parts
+            .insert(seq, (device_id, part.clone(), at_ms));
+        Ok(())
+    }
+
+    fn stream_tail(
+        &mut self,
+        user_id: UserId,
+        stream: &str,
+    ) -> Result<Option<(DeviceId, RelPath, u64)>, StoreError> {
+        Ok(self.user(user_id).and_then(|user| {
+            user.stream_parts
+                .values()
+                .rev()
+                .find(|(_, part, _)| part.stream == stream)
+                .map(|(device_id, part, _)| {
+                    (
+                        *device_id,
+                        part.path.clone(),
+                        crate::streams::part_end(part.offset, &part.chunks),
+                    )
+                })
+        }))
+    }
+
+    fn stream_heads(&mut self, user_id: UserId) -> Result<Vec<StreamHead>, StoreError> {
+        let mut heads: BTreeMap<(String, DeviceId), i64> = BTreeMap::new();
+        if let Some(user) = self.user(user_id) {
+            for (device_id, part, at_ms) in user.stream_parts.values() {
+                let last = heads
+                    .entry((part.stream.clone(), *device_id))
+                    .or_insert(*at_ms);
+                *last = (*last).max(*at_ms);
+            }
+        }
+        Ok(heads
+            .into_iter()
+            .map(|((stream, device_id), last_ms)| StreamHead {
+                stream,
+                device_id,
+                last_ms,
+            })
+            .collect())
+    }
+
+    fn stream_parts_after(
+        &mut self,
+        user_id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredStreamPart>, StoreError> {
+        let Some(user) = self.user(user_id) else {
+            return Ok(Vec::new());
+        };
+        user.stream_parts
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(seq, (device_id, part, at_ms))| {
+                let device_name = self
+                    .devices
+                    .get(device_id)
+                    .map(|device| device.name.clone())
+                    .ok_or_else(|| StoreError::Corrupt("a stream part of no device".into()))?;
+                Ok(StoredStreamPart {
+                    seq: *seq,
+                    device_id: *device_id,
+                    device_name,
+                    part: part.clone(),
+                    at_ms: *at_ms,
+                })
+            })
+            .collect()
+    }
+
+    fn delete_stream(&mut self, user_id: UserId, stream: &str) -> Result<(), StoreError> {
+        self.user_mut(user_id)?
+            .stream_parts
+            .retain(|_, (_, part, _)| part.stream != stream);
+        Ok(())
+    }
+
+    fn delete_streams_of(
+        &mut self,
+        user_id: UserId,
+        device_id: DeviceId,
+        path: &RelPath,
+    ) -> Result<(), StoreError> {
+        self.user_mut(user_id)?
+            .stream_parts
+            .retain(|_, (owner, part, _)| *owner != device_id || part.path != *path);
+        Ok(())
     }
 
     fn dead_props(

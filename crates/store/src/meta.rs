@@ -21,6 +21,7 @@ use crate::gc::{self, GcPolicy, StoredChunk};
 use crate::history::{self, Deletion, JournalRow, RestorePlan};
 use crate::ops::{self, Txn};
 use crate::retention::{self, Compaction, Floors, Retention, RowMeta};
+use crate::streams::{self, PartRefused, StoredStreamPart, StreamHead, StreamsPage};
 use crate::{
     locks, new_namespace_id, unknown_user, web_device, Account, BatchOutcome, ChangesPage,
     ChunkLens, DeadProp, Device, DeviceId, DeviceRecord, History, LockOutcome, MetaStore,
@@ -31,7 +32,7 @@ use async_trait::async_trait;
 use std::collections::HashSet;
 use syncstore_proto::{
     Change, ChunkHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo, NamespaceId, NodeId,
-    Op, RelPath, RemoteEntry, RestoreTarget, TrashQuery, UsageResponse, UserName,
+    Op, RelPath, RemoteEntry, RestoreTarget, StreamPart, TrashQuery, UsageResponse, UserName,
 };
 
 /// How a call uses its transaction, for [`TxnBackend::run`].
@@ -383,6 +384,69 @@ pub trait MetaTxn: Txn {
     /// Backend failures.
     fn unwant_chunks(&mut self, user_id: UserId, hashes: &[ChunkHash]) -> Result<(), StoreError>;
 
+    /// Hands out the user's next upload stream part position (never one handed out before).
+    ///
+    /// # Errors
+    /// Backend failures; [`StoreError::NotFound`] for an unknown user.
+    fn next_stream_seq(&mut self, user_id: UserId) -> Result<u64, StoreError>;
+
+    /// Stores a part of an upload stream at position `seq`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn insert_stream_part(
+        &mut self,
+        user_id: UserId,
+        seq: u64,
+        device_id: DeviceId,
+        part: &StreamPart,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The device, path and end offset of the last part of `stream`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn stream_tail(
+        &mut self,
+        user_id: UserId,
+        stream: &str,
+    ) -> Result<Option<(DeviceId, RelPath, u64)>, StoreError>;
+
+    /// Every stream of the user, with its device and the time of its latest part.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn stream_heads(&mut self, user_id: UserId) -> Result<Vec<StreamHead>, StoreError>;
+
+    /// At most `limit` parts after position `after`, of every device, oldest first.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn stream_parts_after(
+        &mut self,
+        user_id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredStreamPart>, StoreError>;
+
+    /// Deletes every part of `stream`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn delete_stream(&mut self, user_id: UserId, stream: &str) -> Result<(), StoreError>;
+
+    /// Deletes every part of the streams of `path` by `device_id`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn delete_streams_of(
+        &mut self,
+        user_id: UserId,
+        device_id: DeviceId,
+        path: &RelPath,
+    ) -> Result<(), StoreError>;
+
     /// Sets (or clears) the user's password hash.
     ///
     /// # Errors
@@ -711,6 +775,48 @@ impl<B: TxnBackend> MetaStore for B {
         let hashes = hashes.to_vec();
         transact(self, Access::Write, move |txn| {
             txn.unwant_chunks(user_id, &hashes)
+        })
+        .await
+    }
+
+    async fn add_stream_part(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        part: StreamPart,
+        now_ms: i64,
+    ) -> Result<Result<u64, PartRefused>, StoreError> {
+        transact(self, Access::Write, move |txn| {
+            streams::add_part(txn, user_id, device_id, &part, now_ms)
+        })
+        .await
+    }
+
+    async fn stream_parts(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        after: u64,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<StreamsPage, StoreError> {
+        transact(self, Access::Snapshot, move |txn| {
+            streams::parts_for(txn, user_id, device_id, after, limit, now_ms)
+        })
+        .await
+    }
+
+    async fn end_streams(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        paths: Vec<RelPath>,
+    ) -> Result<(), StoreError> {
+        transact(self, Access::Write, move |txn| {
+            for path in &paths {
+                txn.delete_streams_of(user_id, device_id, path)?;
+            }
+            Ok(())
         })
         .await
     }

@@ -16,6 +16,7 @@ use crate::history::{Deletion, JournalRow};
 use crate::meta::MetaTxn;
 use crate::ops::Txn;
 use crate::retention::{Floors, RowKind, RowMeta};
+use crate::streams::{StoredStreamPart, StreamHead};
 use crate::{
     new_journal_tag, Account, DeadProp, Device, DeviceId, DeviceRecord, NewSession, Principal,
     RemovedUser, ShareId, ShareRecord, StoreError, TokenHash, User, UserId,
@@ -23,7 +24,7 @@ use crate::{
 use std::collections::HashSet;
 use syncstore_proto::{
     Change, ChunkHash, ChunkRef, ContentHash, Cursor, DeviceName, EntryKind, JournalTag, LockInfo,
-    NamespaceId, NodeId, RelPath, RemoteEntry, Revision, UserName,
+    NamespaceId, NodeId, RelPath, RemoteEntry, Revision, StreamPart, UserName,
 };
 
 /// A statement's parameter.
@@ -357,6 +358,22 @@ const WANTED: &str = "SELECT hash FROM wanted_chunks WHERE user_id = ?1 ORDER BY
 const WANT: &str =
     "INSERT INTO wanted_chunks (user_id, hash) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
 const UNWANT: &str = "DELETE FROM wanted_chunks WHERE user_id = ?1 AND hash = ?2";
+const NEXT_STREAM_SEQ: &str =
+    "UPDATE users SET stream_seq = stream_seq + 1 WHERE id = ?1 RETURNING stream_seq";
+const INSERT_STREAM_PART: &str = "INSERT INTO stream_parts
+     (user_id, seq, device_id, stream, path, size, start, chunks, at_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const STREAM_TAIL: &str = "SELECT device_id, path, start, chunks FROM stream_parts
+     WHERE user_id = ?1 AND stream = ?2 ORDER BY seq DESC LIMIT 1";
+const STREAM_HEADS: &str = "SELECT stream, device_id, MAX(at_ms) FROM stream_parts
+     WHERE user_id = ?1 GROUP BY stream, device_id ORDER BY stream";
+const STREAM_PARTS_AFTER: &str =
+    "SELECT s.seq, s.device_id, d.name, s.stream, s.path, s.size, s.start, s.chunks, s.at_ms
+     FROM stream_parts s JOIN devices d ON d.id = s.device_id
+     WHERE s.user_id = ?1 AND s.seq > ?2 ORDER BY s.seq LIMIT ?3";
+const DELETE_STREAM: &str = "DELETE FROM stream_parts WHERE user_id = ?1 AND stream = ?2";
+const DELETE_STREAMS_OF: &str =
+    "DELETE FROM stream_parts WHERE user_id = ?1 AND device_id = ?2 AND path = ?3";
 const DEAD_PROPS: &str = "SELECT namespace, name, prefix, xml FROM dead_props
      WHERE user_id = ?1 AND node_id = ?2 ORDER BY namespace, name";
 const SET_DEAD_PROP: &str =
@@ -1259,6 +1276,125 @@ impl<C: SqlConn> MetaTxn for SqlTxn<C> {
             let params = [Param::Int(user_id.0), Param::Blob(&hash.0)];
             self.0.execute(UNWANT, &params)?;
         }
+        Ok(())
+    }
+
+    fn next_stream_seq(&mut self, user_id: UserId) -> Result<u64, StoreError> {
+        let seq = self.user_value(NEXT_STREAM_SEQ, &[Param::Int(user_id.0)])?;
+        to_u64(int(&seq)?, "stream seq")
+    }
+
+    fn insert_stream_part(
+        &mut self,
+        user_id: UserId,
+        seq: u64,
+        device_id: DeviceId,
+        part: &StreamPart,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let chunks = encode_chunks(&part.chunks);
+        self.0.execute(
+            INSERT_STREAM_PART,
+            &[
+                Param::Int(user_id.0),
+                Param::Int(to_i64(seq)?),
+                Param::Int(device_id.0),
+                Param::Text(&part.stream),
+                Param::Text(part.path.as_str()),
+                Param::Int(to_i64(part.size)?),
+                Param::Int(to_i64(part.offset)?),
+                Param::Blob(&chunks),
+                Param::Int(at_ms),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn stream_tail(
+        &mut self,
+        user_id: UserId,
+        stream: &str,
+    ) -> Result<Option<(DeviceId, RelPath, u64)>, StoreError> {
+        let params = [Param::Int(user_id.0), Param::Text(stream)];
+        let Some(row) = self.first_row(STREAM_TAIL, &params)? else {
+            return Ok(None);
+        };
+        let start = to_u64(row.int(2)?, "stream part start")?;
+        let chunks = decode_chunks(&row.blob(3)?)?;
+        Ok(Some((
+            DeviceId(row.int(0)?),
+            stored_path(&row.text(1)?)?,
+            crate::streams::part_end(start, &chunks),
+        )))
+    }
+
+    fn stream_heads(&mut self, user_id: UserId) -> Result<Vec<StreamHead>, StoreError> {
+        let rows = self.0.query(STREAM_HEADS, &[Param::Int(user_id.0)])?;
+        rows.iter()
+            .map(|row| {
+                Ok(StreamHead {
+                    stream: row.text(0)?,
+                    device_id: DeviceId(row.int(1)?),
+                    last_ms: row.int(2)?,
+                })
+            })
+            .collect()
+    }
+
+    fn stream_parts_after(
+        &mut self,
+        user_id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredStreamPart>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.0.query(
+            STREAM_PARTS_AFTER,
+            &[
+                Param::Int(user_id.0),
+                Param::Int(to_i64(after)?),
+                Param::Int(limit),
+            ],
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredStreamPart {
+                    seq: to_u64(row.int(0)?, "stream seq")?,
+                    device_id: DeviceId(row.int(1)?),
+                    device_name: stored_device(&row.text(2)?)?,
+                    part: StreamPart {
+                        stream: row.text(3)?,
+                        path: stored_path(&row.text(4)?)?,
+                        size: to_u64(row.int(5)?, "stream size")?,
+                        offset: to_u64(row.int(6)?, "stream part start")?,
+                        chunks: decode_chunks(&row.blob(7)?)?,
+                    },
+                    at_ms: row.int(8)?,
+                })
+            })
+            .collect()
+    }
+
+    fn delete_stream(&mut self, user_id: UserId, stream: &str) -> Result<(), StoreError> {
+        self.0
+            .execute(DELETE_STREAM, &[Param::Int(user_id.0), Param::Text(stream)])?;
+        Ok(())
+    }
+
+    fn delete_streams_of(
+        &mut self,
+        user_id: UserId,
+        device_id: DeviceId,
+        path: &RelPath,
+    ) -> Result<(), StoreError> {
+        self.0.execute(
+            DELETE_STREAMS_OF,
+            &[
+                Param::Int(user_id.0),
+                Param::Int(device_id.0),
+                Param::Text(path.as_str()),
+            ],
+        )?;
         Ok(())
     }
 

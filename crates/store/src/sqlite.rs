@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0007_accounts.sql"),
     include_str!("../migrations/sqlite/0008_web.sql"),
     include_str!("../migrations/sqlite/0009_dead_props.sql"),
+    include_str!("../migrations/sqlite/0010_streams.sql"),
 ];
 
 /// How long a call waits for another process (an admin command) holding the write lock.

@@ -1442,6 +1442,159 @@ pub async fn journal_tags(meta: &dyn MetaStore, chunks: &dyn ChunkStore) {
     ));
 }
 
+/// Upload streams: parts in order per stream, refused when they do not continue it, hidden
+/// from their own device, ended by a commit of the path, dead once idle.
+pub async fn upload_streams(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {
+    use syncstore_proto::StreamPart;
+    use syncstore_store::streams::{PartRefused, STREAM_IDLE_MS};
+    let user = meta.create_user(&user_name("streams-alice")).await.unwrap();
+    let laptop = meta
+        .add_device(
+            user.id,
+            &device_name("laptop"),
+            &TokenHash::of_token("sst_streams_a"),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let desktop = meta
+        .add_device(
+            user.id,
+            &device_name("desktop"),
+            &TokenHash::of_token("sst_streams_b"),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let one = chunk_ref(b"first chunk");
+    let two = chunk_ref(b"second chunk");
+    let part = |stream: &str, offset: u64, chunks: Vec<ChunkRef>| StreamPart {
+        path: path("big.bin"),
+        stream: stream.to_string(),
+        size: 100,
+        offset,
+        chunks,
+    };
+    let s1 = "11111111111111111111111111111111";
+    let first = meta
+        .add_stream_part(user.id, laptop.id, part(s1, 0, vec![one]), NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    // A part must continue the stream where it ended, from the same device.
+    assert_eq!(
+        meta.add_stream_part(user.id, laptop.id, part(s1, 5, vec![two]), NOW)
+            .await
+            .unwrap(),
+        Err(PartRefused::NotContinuing {
+            stream: s1.into(),
+            end: u64::from(one.len),
+            offset: 5
+        })
+    );
+    assert!(matches!(
+        meta.add_stream_part(
+            user.id,
+            desktop.id,
+            part(s1, u64::from(one.len), vec![two]),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Err(PartRefused::NotYours { .. })
+    ));
+    assert!(matches!(
+        meta.add_stream_part(
+            user.id,
+            laptop.id,
+            part("22222222222222222222222222222222", 7, vec![two]),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Err(PartRefused::UnknownStream { .. })
+    ));
+    let second = meta
+        .add_stream_part(
+            user.id,
+            laptop.id,
+            part(s1, u64::from(one.len), vec![two]),
+            NOW + 1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second > first);
+    // The other device sees both parts in order; the uploader sees none of its own.
+    let page = meta
+        .stream_parts(user.id, desktop.id, 0, 10, NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(page.live, vec![s1.to_string()]);
+    let seqs: Vec<u64> = page.parts.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, vec![first, second]);
+    assert_eq!(page.parts[0].device_name.as_str(), "laptop");
+    assert_eq!(page.parts[1].part.chunks, vec![two]);
+    assert_eq!(page.seq, second);
+    let after = meta
+        .stream_parts(user.id, desktop.id, first, 1, NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(after.parts.len(), 1);
+    assert!(!after.more);
+    let own = meta
+        .stream_parts(user.id, laptop.id, 0, 10, NOW + 2)
+        .await
+        .unwrap();
+    assert!(own.parts.is_empty() && own.live.is_empty());
+    // A commit of the path by its device ends the stream.
+    meta.end_streams(user.id, laptop.id, vec![path("big.bin")])
+        .await
+        .unwrap();
+    let ended = meta
+        .stream_parts(user.id, desktop.id, 0, 10, NOW + 3)
+        .await
+        .unwrap();
+    assert!(ended.parts.is_empty() && ended.live.is_empty());
+    // Positions are never handed out twice, even after every part went.
+    let s3 = "33333333333333333333333333333333";
+    let third = meta
+        .add_stream_part(user.id, laptop.id, part(s3, 0, vec![one]), NOW + 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(third > second);
+    // A stream idle for long is not live, and its parts go at the next write.
+    let late = NOW + 5 + STREAM_IDLE_MS;
+    let idle = meta
+        .stream_parts(user.id, desktop.id, 0, 10, late)
+        .await
+        .unwrap();
+    assert!(idle.live.is_empty() && idle.parts.is_empty());
+    let s4 = "44444444444444444444444444444444";
+    meta.add_stream_part(user.id, desktop.id, part(s4, 0, vec![two]), late)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        meta.add_stream_part(
+            user.id,
+            laptop.id,
+            part(s3, u64::from(one.len), vec![two]),
+            late
+        )
+        .await
+        .unwrap(),
+        Err(PartRefused::UnknownStream { .. })
+    ));
+    let from_laptop = meta
+        .stream_parts(user.id, laptop.id, 0, 10, late)
+        .await
+        .unwrap();
+    assert_eq!(from_laptop.live, vec![s4.to_string()]);
+    assert_eq!(from_laptop.parts.len(), 1);
+}
+
 /// The wanted list: chunks added once, listed by hash up to a limit, dropped when stored again,
 /// and per user.
 pub async fn wanted_chunks(meta: &dyn MetaStore, _chunks: &dyn ChunkStore) {

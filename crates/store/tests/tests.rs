@@ -54,6 +54,7 @@ macro_rules! all_conformance_tests {
             per_user_isolation,
             journal_tags,
             wanted_chunks,
+            upload_streams,
             dead_props,
             lock_requests,
             lock_is_per_user,
@@ -234,7 +235,7 @@ mod sqlite {
                 row.get(0)
             })
             .unwrap();
-        assert_eq!(version, 9);
+        assert_eq!(version, 10);
     }
 }
 

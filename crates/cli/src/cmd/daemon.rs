@@ -32,6 +32,7 @@ pub async fn run(args: DaemonRunArgs) -> anyhow::Result<ExitCode> {
     let config = DaemonConfig::load(&file)?;
     let scan_interval =
         Duration::from_secs(config.scan_interval.unwrap_or(args.scan_interval).max(1));
+    let limit_upload = super::upload_limit(config.limit_upload.unwrap_or(args.limit_upload));
     let shutdown = super::shutdown_on_signals();
     tracing::info!(config = %file.display(), folders = config.folders.len(), "starting the daemon");
     let mut tasks = tokio::task::JoinSet::new();
@@ -43,7 +44,8 @@ pub async fn run(args: DaemonRunArgs) -> anyhow::Result<ExitCode> {
         tasks.spawn(
             async move {
                 let path = folder.path.clone();
-                let outcome = run_folder(folder, &account, scan_interval, shutdown).await;
+                let outcome =
+                    run_folder(folder, &account, scan_interval, limit_upload, shutdown).await;
                 (path, outcome)
             }
             .instrument(span),
@@ -77,13 +79,14 @@ async fn run_folder(
     folder: FolderEntry,
     account: &daemon_config::Remote,
     scan_interval: Duration,
+    limit_upload: Option<u64>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let Some(dir) = wait_for_folder(&folder.path, &shutdown).await else {
         return Ok(());
     };
     let config = resolve(&dir, &folder, account)?;
-    let api = Arc::new(super::api_client(&config)?);
+    let api = Arc::new(super::api_client(&config)?.with_upload_limit(limit_upload));
     let mut engine = Engine::open(&dir, api)?;
     engine.set_mass_delete_limit(Some(syncstore_plan::MassDeleteLimit {
         percent: crate::cli::MASS_DELETE_PERCENT,

@@ -367,10 +367,14 @@ fn canonical_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Opens the engine of a synced folder for syncing, and the config the flags and the saved
 /// config give (saved by [`save_config`] once the server took the token).
-fn open_engine(dir: &Path, remote: &RemoteArgs) -> anyhow::Result<(Engine, FolderConfig)> {
+fn open_engine(
+    dir: &Path,
+    remote: &RemoteArgs,
+    limit_upload_kib: u64,
+) -> anyhow::Result<(Engine, FolderConfig)> {
     let dir = canonical_dir(dir)?;
     let config = folder_config(&dir, remote)?;
-    let api = Arc::new(api_client(&config)?);
+    let api = Arc::new(api_client(&config)?.with_upload_limit(upload_limit(limit_upload_kib)));
     let engine = Engine::open(&dir, api)?;
     Ok((engine, config))
 }
@@ -397,7 +401,7 @@ async fn sync(args: crate::cli::SyncArgs) -> anyhow::Result<ExitCode> {
             return Ok(code);
         }
     }
-    let (mut engine, config) = open_engine(&args.dir, &args.remote)?;
+    let (mut engine, config) = open_engine(&args.dir, &args.remote, args.limit_upload)?;
     // `--once` keeps the default signal handling: Ctrl-C stops it at once.
     let shutdown = (!args.once).then(shutdown_on_signals);
     let unreachable = match &shutdown {
@@ -481,6 +485,11 @@ pub fn api_from(remote: &RemoteArgs) -> anyhow::Result<ApiClient> {
         Some(config) => api_client(&config),
         None => anyhow::bail!("give --server URL and --token TOKEN, or run inside a synced folder"),
     }
+}
+
+/// `--limit-upload` in bytes per second (`None` for 0: no limit).
+pub fn upload_limit(kib_per_s: u64) -> Option<u64> {
+    (kib_per_s > 0).then(|| kib_per_s.saturating_mul(1024))
 }
 
 /// The API client of a folder's config: its servers, token and trust (`--ca`, `--pin`).

@@ -10,6 +10,9 @@ use super::{record, SyncEngine};
 use crate::progress::Progress;
 use crate::scan::Stamp;
 use crate::seams::{BaseStore, Clock, Disk, Server, TempFile, World};
+
+/// The temp file type of `W`'s disk.
+type TempOf<W> = <<W as World>::Disk as Disk>::Temp;
 use crate::Error;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
@@ -26,8 +29,8 @@ const WRITEBACK_BYTES: u64 = 8 * 1024 * 1024;
 /// Free space a download leaves on the disk, for the state database's commit.
 const DISK_RESERVE_BYTES: u64 = 1024 * 1024;
 
-/// One file to download.
-struct DownloadJob {
+/// One file to download; `T` is the disk's temp file type.
+struct DownloadJob<T> {
     path: RelPath,
     entry: RemoteEntry,
     expect_local: Option<ContentHash>,
@@ -38,6 +41,22 @@ struct DownloadJob {
     /// The local file's stamp when `reuse` was taken from base (it must still have it after
     /// the reused chunks are read).
     reuse_stamp: Option<Stamp>,
+    /// A temp file fetched ahead from the upload stream of this version, holding its first
+    /// chunks (how many), each verified; the download writes the rest after them.
+    prefix: std::sync::Mutex<Option<(T, usize)>>,
+    /// Bytes of `prefix` (fetched before the commit).
+    prefetched_bytes: u64,
+}
+
+impl<T> DownloadJob<T> {
+    /// How many of the entry's chunks the prefix holds.
+    fn prefix_len(&self) -> usize {
+        self.prefix
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map_or(0, |(_, n)| *n)
+    }
 }
 
 /// What [`write_temp_files`] wrote: job index and temp file of each verified file, and the
@@ -92,6 +111,10 @@ impl<W: World> SyncEngine<W> {
                     }
                 }
             }
+            let prefix = self.prefetched.take_prefix_of(&path, &entry.chunks);
+            let prefetched_bytes = prefix.as_ref().map_or(0, |(_, n)| {
+                entry.chunks[..*n].iter().map(|c| u64::from(c.len)).sum()
+            });
             jobs.push(DownloadJob {
                 path,
                 entry,
@@ -99,6 +122,8 @@ impl<W: World> SyncEngine<W> {
                 executable,
                 reuse,
                 reuse_stamp,
+                prefix: std::sync::Mutex::new(prefix),
+                prefetched_bytes,
             });
         }
         let jobs = self.jobs_that_fit(jobs);
@@ -108,9 +133,7 @@ impl<W: World> SyncEngine<W> {
         let mut batch_bytes = 0u64;
         let mut jobs = jobs.into_iter().peekable();
         while let Some(job) = jobs.next() {
-            batch_bytes += job
-                .entry
-                .chunks
+            batch_bytes += job.entry.chunks[job.prefix_len()..]
                 .iter()
                 .filter(|c| !job.reuse.contains_key(&c.hash))
                 .map(|c| u64::from(c.len))
@@ -131,7 +154,7 @@ impl<W: World> SyncEngine<W> {
     /// fit is reported (which file, how much space is missing) and waits for a retry with
     /// backoff, as space may appear later. Temp files live beside the folder's files, and each
     /// needs the whole file while the one it replaces is still there.
-    fn jobs_that_fit(&mut self, jobs: Vec<DownloadJob>) -> Vec<DownloadJob> {
+    fn jobs_that_fit(&mut self, jobs: Vec<DownloadJob<TempOf<W>>>) -> Vec<DownloadJob<TempOf<W>>> {
         let Ok(mut available) = self.disk.available_bytes() else {
             return jobs; // Unknown: writing tells (see `note_no_space`).
         };
@@ -170,7 +193,7 @@ impl<W: World> SyncEngine<W> {
     /// Downloads a batch; when the server cannot serve some chunks (it lost them, or found them
     /// corrupt), the files that need them are reported by path and wait for a retry with
     /// backoff, while every other file of the batch is downloaded.
-    async fn download_batch(&mut self, jobs: Vec<DownloadJob>) -> Result<usize, Error> {
+    async fn download_batch(&mut self, jobs: Vec<DownloadJob<TempOf<W>>>) -> Result<usize, Error> {
         let (err, jobs) = match self.try_download_batch(jobs).await {
             Ok(applied) => return Ok(applied),
             Err((err @ Error::Paused, _)) => return Err(err),
@@ -224,16 +247,22 @@ impl<W: World> SyncEngine<W> {
     /// error, so the caller can tell which files the failure was about.
     async fn try_download_batch(
         &mut self,
-        jobs: Vec<DownloadJob>,
-    ) -> Result<usize, (Error, Vec<DownloadJob>)> {
+        jobs: Vec<DownloadJob<TempOf<W>>>,
+    ) -> Result<usize, (Error, Vec<DownloadJob<TempOf<W>>>)> {
         let started = self.clock.monotonic();
         let n_jobs = jobs.len();
         // Which chunks to fetch, each once, in the order they are first needed.
         let mut fetch = Vec::new();
         let mut fetching = HashSet::new();
         for job in &jobs {
-            for chunk in &job.entry.chunks {
-                if !job.reuse.contains_key(&chunk.hash) && fetching.insert(chunk.hash) {
+            let held = job.prefix_len();
+            let prefetched: HashSet<ChunkHash> =
+                job.entry.chunks[..held].iter().map(|c| c.hash).collect();
+            for chunk in &job.entry.chunks[held..] {
+                if !job.reuse.contains_key(&chunk.hash)
+                    && !prefetched.contains(&chunk.hash)
+                    && fetching.insert(chunk.hash)
+                {
                     fetch.push(chunk.hash);
                 }
             }
@@ -303,7 +332,7 @@ impl<W: World> SyncEngine<W> {
     /// Renames a finished download into place if the local path still holds what the plan saw.
     fn place_download(
         &mut self,
-        job: &DownloadJob,
+        job: &DownloadJob<TempOf<W>>,
         temp: <W::Disk as Disk>::Temp,
     ) -> Result<bool, Error> {
         if !self.disk.on_root_fs(&job.path) {
@@ -355,6 +384,17 @@ impl<W: World> SyncEngine<W> {
         }
         let node = record::file(&job.entry, hash, stamp);
         self.state.put(&job.path, node, job.entry.chunks.clone())?;
+        if job.prefetched_bytes > 0 {
+            tracing::info!(
+                path = %job.path,
+                prefetched_bytes = job.prefetched_bytes,
+                size = job.entry.size,
+                "placed {}: {} of its {} bytes were fetched from its upload stream before the commit",
+                job.path,
+                job.prefetched_bytes,
+                job.entry.size
+            );
+        }
         // Placed: a later failure starts its backoff afresh.
         self.waits.remove(&job.path);
         self.progress.file_done(&job.path, Direction::Download);
@@ -373,7 +413,7 @@ impl<W: World> SyncEngine<W> {
 /// ([`Error::Paused`]; its temp files go).
 fn write_temp_files<D: Disk>(
     disk: &D,
-    jobs: &[DownloadJob],
+    jobs: &[DownloadJob<D::Temp>],
     stream: Option<impl Read>,
     progress: &Progress,
 ) -> Result<Written<D::Temp>, Error> {
@@ -388,23 +428,41 @@ fn write_temp_files<D: Disk>(
     let mut buf = Vec::new();
     let early_end = |err: std::io::Error| Error::io("download stream ended early", err);
     for (idx, job) in jobs.iter().enumerate() {
-        let mut temp = disk
-            .create_temp()
-            .map_err(|err| Error::io("could not create temp file", err))?;
+        let prefix = job
+            .prefix
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let (mut temp, held) = match prefix {
+            Some((temp, held)) => (temp, held),
+            None => (
+                disk.create_temp()
+                    .map_err(|err| Error::io("could not create temp file", err))?,
+                0,
+            ),
+        };
+        // Where each chunk of the prefix is in the temp file.
+        let mut prefetched: HashMap<ChunkHash, u64> = HashMap::new();
+        let mut at = 0u64;
+        for chunk in &job.entry.chunks[..held] {
+            prefetched.entry(chunk.hash).or_insert(at);
+            at += u64::from(chunk.len);
+        }
         let old_file = if job.reuse.is_empty() {
             None
         } else {
             disk.open(&job.path).ok()
         };
-        let mut offset = 0u64;
-        let mut flushed = 0u64;
+        let mut offset = at;
+        let mut flushed = at;
         let mut ok = true;
         // The disk filled up while writing this file: its other frames are still read, to keep
         // the stream aligned, and its temp file goes (which frees the space for the next).
         let mut disk_full = false;
         let mut reused_any = false;
         let flight = progress.transfer(&job.path, Direction::Download, job.entry.size);
-        for chunk in &job.entry.chunks {
+        flight.add(at);
+        for chunk in &job.entry.chunks[held..] {
             if progress.is_paused() {
                 return Err(Error::Paused);
             }
@@ -412,7 +470,9 @@ fn write_temp_files<D: Disk>(
             // A reused chunk was not requested from the server: if the old file is gone, the
             // file fails here (and is retried) without touching the stream.
             let mut from_stream = false;
-            let got = if let Some(&(old_offset, _)) = job.reuse.get(&chunk.hash) {
+            let got = if let Some(&from) = prefetched.get(&chunk.hash) {
+                temp.read_exact_at(&mut buf, from).is_ok()
+            } else if let Some(&(old_offset, _)) = job.reuse.get(&chunk.hash) {
                 reused_any = true;
                 old_file.as_ref().is_some_and(|old| {
                     crate::seams::DiskFile::read_exact_at(old, &mut buf, old_offset).is_ok()

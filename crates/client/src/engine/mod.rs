@@ -41,7 +41,7 @@ mod trust;
 mod upload;
 
 pub use locks::Notice;
-pub(crate) use pack::{join_upload, read_chunk_into};
+pub(crate) use pack::read_chunk_into;
 
 use crate::early_upload::EarlyUpload;
 use crate::folder::FileId;
@@ -160,6 +160,9 @@ pub struct SyncEngine<W: World> {
     _lock: Option<Box<dyn Send>>,
     /// What the engine is doing, for `status` and the progress bar (plain shared memory).
     progress: crate::progress::Progress,
+    /// Files fetched ahead from other devices' upload streams (filled by the daemon's stream
+    /// follower; taken by downloads).
+    prefetched: crate::prefetch::Prefetched<<W::Disk as Disk>::Temp>,
 }
 
 /// What a plan takes besides the trees.
@@ -299,12 +302,23 @@ impl<W: World> SyncEngine<W> {
             counted_deletes: BTreeSet::new(),
             _lock: None,
             progress: crate::progress::Progress::default(),
+            prefetched: crate::prefetch::Prefetched::default(),
         })
     }
 
     /// Keeps `lock` as long as the engine lives.
     pub fn hold(&mut self, lock: Box<dyn Send>) {
         self._lock = Some(lock);
+    }
+
+    /// The files fetched ahead from upload streams (a handle sharing them).
+    pub fn prefetched(&self) -> crate::prefetch::Prefetched<<W::Disk as Disk>::Temp> {
+        self.prefetched.clone()
+    }
+
+    /// The folder's disk.
+    pub fn disk(&self) -> &W::Disk {
+        &self.disk
     }
 
     /// What the engine is doing (a clone sharing its state).
@@ -671,7 +685,8 @@ impl<W: World> SyncEngine<W> {
                 self.upload_wanted().await;
             }
             self.check_my_locks();
-            let early = W::EARLY_UPLOAD.then(|| EarlyUpload::start(self.server.clone()));
+            let early = W::EARLY_UPLOAD
+                .then(|| EarlyUpload::start(self.server.clone(), self.disk.root().to_path_buf()));
             let walked_all = self.refresh_local(early.as_ref());
             if round == 0 && !walked_all {
                 self.progress.count_incremental_pass();

@@ -30,7 +30,7 @@ use syncstore_proto::{
 
 pub use clock::SystemClock;
 pub use mem_base::{MemBase, MemBaseCommitted};
-pub use os_disk::OsDisk;
+pub use os_disk::{OsDisk, OsTemp};
 
 /// One set of seams an engine runs on.
 pub trait World: Send + 'static {
@@ -288,6 +288,12 @@ pub trait Server: Clone + Send + Sync + 'static {
         &self,
         pack: bytes::Bytes,
         durable: bool,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Announces a run of a large file's chunks the server holds, to the user's other devices
+    /// (an upload stream; see `syncstore_proto::streams`).
+    fn announce_stream(
+        &self,
+        part: syncstore_proto::StreamPart,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
     fn download_pack(
         &self,

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use syncstore_durable::Writeback;
 use syncstore_proto::RelPath;
 
-/// The folder at `root` on the real filesystem; temp files go to `tmp_dir`.
+/// The folder at `root` on the real filesystem; temp files go to `tmp_dir`. A clone is the
+/// same folder, with the same writeback thread.
+#[derive(Clone)]
 pub struct OsDisk {
     root: PathBuf,
     tmp_dir: PathBuf,

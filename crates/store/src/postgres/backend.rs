@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0007_accounts.sql"),
     include_str!("../../migrations/postgres/0008_web.sql"),
     include_str!("../../migrations/postgres/0009_dead_props.sql"),
+    include_str!("../../migrations/postgres/0010_streams.sql"),
 ];
 
 /// The channel of commit notifications, as a literal for the statements that name it.
