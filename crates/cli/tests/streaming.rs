@@ -83,6 +83,23 @@ fn b_fetches_a_large_file_while_a_is_still_uploading_it() {
         .expect("B reports what it fetched ahead when it places the file");
     assert!(fetched > 0 && fetched <= SIZE as u64, "{fetched}");
     assert_eq!(temp_files(&b_dir), 0, "B's temp files are all used or gone");
+
+    // An edit of a file that has a version is not streamed (followers fetch what changed).
+    let part = serde_json::json!({
+        "path": "big.bin",
+        "stream": "0123456789abcdef0123456789abcdef",
+        "size": SIZE,
+        "offset": 0,
+        "chunks": [{"hash": "00".repeat(32), "len": 1024}],
+    });
+    let (status, body) = reqwest::send(
+        "POST",
+        &format!("{}/api/v1/streams", server.url()),
+        &token_a,
+        Some(part.to_string()),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("only new files are streamed"), "{body}");
 }
 
 #[test]

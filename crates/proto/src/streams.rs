@@ -3,7 +3,7 @@
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
-//! | `POST /api/v1/streams` | [`StreamPart`] | [`StreamPartAccepted`]; 409 when the part does not continue the stream, or names a chunk the server does not hold |
+//! | `POST /api/v1/streams` | [`StreamPart`] | [`StreamPartAccepted`]; 409 when the part does not continue the stream, names a chunk the server does not hold, or starts a stream of a path that has a version (only new files are streamed) |
 //! | `GET /api/v1/streams?after=S&timeout_ms=T` | | [`StreamsResponse`]; long-polls up to T ms for a part after S from another device |
 //!
 //! While a device uploads a large file, it announces each run of the file's chunks once the

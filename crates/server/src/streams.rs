@@ -4,7 +4,8 @@
 //! the rules.
 //!
 //! A part is accepted only when every chunk it names is stored (or staged) here, so a follower
-//! can fetch it at once; it never makes a version, and is never shown as a file. A follower's
+//! can fetch it at once, and a stream starts only for a path with no version yet (followers
+//! fetch ahead only new files); it never makes a version, and is never shown as a file. A follower's
 //! long poll is woken by this process's parts ([`AppState::streams`]); parts through another
 //! server process are seen at the follower's next poll.
 
@@ -34,6 +35,25 @@ pub(crate) async fn announce(
     let Auth(principal) = auth;
     let JsonBody(part) = body;
     check_part(&part)?;
+    // Followers fetch ahead only files they do not have; an edit of a file the user has is
+    // fetched by what changed, so it is not streamed (it would cost every follower its whole
+    // chunk list for nothing).
+    if part.offset == 0
+        && state
+            .stores
+            .meta
+            .entry(principal.user_id, &part.path)
+            .await?
+            .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{} has a version already; only new files are streamed",
+                part.path
+            ),
+        ));
+    }
     let hashes: Vec<ChunkHash> = part.chunks.iter().map(|chunk| chunk.hash).collect();
     let missing = state
         .stores
