@@ -223,6 +223,8 @@ pub struct Features {
     /// Restores from history, and garbage collection runs that deleted chunks.
     pub user_restores: usize,
     pub gc_deletions: usize,
+    /// Files a device fetched ahead (as from an upload stream).
+    pub fetched_ahead: usize,
 }
 
 impl Features {
@@ -258,6 +260,7 @@ impl Features {
                 .iter()
                 .filter(|line| line.contains("GC ENDS") && !line.contains(": 0 chunks"))
                 .count(),
+            fetched_ahead: count(" FETCHES AHEAD "),
         }
     }
 
@@ -278,6 +281,7 @@ impl Features {
         self.events_twice += other.events_twice;
         self.user_restores += other.user_restores;
         self.gc_deletions += other.gc_deletions;
+        self.fetched_ahead += other.fetched_ahead;
     }
 
     /// Panics unless `n_seeds` seeds met each of them (a feature the histories never reach is
@@ -304,6 +308,7 @@ impl Features {
                 self.gc_deletions,
                 n / 5,
             ),
+            ("files fetched ahead", self.fetched_ahead, n),
         ] {
             assert!(
                 count >= at_least,
@@ -338,6 +343,8 @@ struct Driver {
     /// Decides which watcher events are lost or told twice, when queues overflow, and when a
     /// pass is a periodic rescan (a full walk).
     watch_rng: StdRng,
+    /// Decides what a device fetches ahead, as its stream follower would (see `fetch_ahead`).
+    fetch_rng: StdRng,
     slots: Vec<Slot>,
     stats: Stats,
 }
@@ -379,6 +386,7 @@ pub fn run(seed: u64, config: &Config) -> Result<Stats, Failure> {
         mount_rng: actor_rng(seed, "mounts"),
         lock_rng: actor_rng(seed, "locks"),
         watch_rng: actor_rng(seed, "watcher"),
+        fetch_rng: actor_rng(seed, "fetch-ahead"),
         slots: (0..config.devices).map(|_| Slot::Down).collect(),
         stats: Stats::default(),
     };
@@ -560,6 +568,7 @@ impl Driver {
             },
         };
         let mut engine = engine;
+        self.fetch_ahead(idx, &mut engine);
         let walk_all = self.deliver_events(idx, &mut engine, true);
         self.log(format!(
             "{} pass starts ({})",
@@ -578,6 +587,75 @@ impl Driver {
             };
             (engine, outcome)
         }));
+    }
+
+    /// Now and then, puts in the engine's prefetched files what a stream follower would have
+    /// fetched of a file on the server: the first chunks of its current version, or of a list
+    /// that is not its version (a stream that another commit overtook, or an upload that will
+    /// never commit). The engine must take only a prefix of the version it downloads and
+    /// place nothing else; the invariants at the end say whether it did.
+    fn fetch_ahead(&mut self, idx: usize, engine: &mut SimEngine) {
+        if !self.fetch_rng.gen_bool(0.15) {
+            return;
+        }
+        let picked = {
+            let sim = self.shared.lock();
+            let (_, tree) = sim.server.tree();
+            let files: Vec<_> = tree
+                .into_iter()
+                .filter(|entry| entry.kind == EntryKind::File && !entry.chunks.is_empty())
+                .collect();
+            let Some(entry) = files.choose(&mut self.fetch_rng).cloned() else {
+                return;
+            };
+            let mut chunks = entry.chunks.clone();
+            let stale = self.fetch_rng.gen_bool(0.3);
+            if stale {
+                // Another file's chunk in the middle: not this version's list.
+                let other = files.choose(&mut self.fetch_rng).expect("one at least");
+                let at = self.fetch_rng.gen_range(0..chunks.len());
+                if let Some(chunk) = other.chunks.first() {
+                    chunks[at] = *chunk;
+                }
+            }
+            let n = self.fetch_rng.gen_range(1..=chunks.len());
+            chunks.truncate(n);
+            let bytes: Option<Vec<Vec<u8>>> = chunks
+                .iter()
+                .map(|chunk| sim.server.chunk(&chunk.hash).map(<[u8]>::to_vec))
+                .collect();
+            bytes.map(|bytes| (entry.path, chunks, bytes, stale))
+        };
+        let Some((path, chunks, bytes, stale)) = picked else {
+            return;
+        };
+        let Ok(mut temp) = syncstore_client::seams::Disk::create_temp(engine.disk()) else {
+            return;
+        };
+        for piece in &bytes {
+            if std::io::Write::write_all(&mut temp, piece).is_err() {
+                return;
+            }
+        }
+        self.log(format!(
+            "{} FETCHES AHEAD {path}: {} chunks{}",
+            self.name(idx),
+            chunks.len(),
+            if stale {
+                " (not its version's list)"
+            } else {
+                ""
+            }
+        ));
+        engine.prefetched().start(
+            &path,
+            syncstore_client::prefetch::PrefetchedFile {
+                stream: "sim".to_owned(),
+                temp,
+                announced: chunks.clone(),
+                chunks,
+            },
+        );
     }
 
     /// Hands device `idx`'s watcher events to its engine as inotify would; with `faults`, some
