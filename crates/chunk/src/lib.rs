@@ -6,10 +6,18 @@
 //! here streams: memory use is bounded by a read buffer of four of the largest chunks
 //! ([`syncstore_proto::CHUNK_MAX`]), whatever the file size.
 //!
+//! [`rechunk`] finds the chunks of a file that changed from its previous chunk list, hashing
+//! the unchanged regions instead of cutting them again; it gives exactly what [`chunk_reader`]
+//! gives.
+//!
 //! This crate does no IO of its own beyond reading the reader it is given.
+
+mod rechunk;
 
 use std::io::{self, Read};
 use syncstore_proto::{ChunkHash, ChunkRef, ContentHash, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+
+pub use rechunk::{rechunk, ReadAt, Rechunked};
 
 /// The chunks of one file version, and the hash and size of the whole.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -57,7 +65,7 @@ pub fn chunk_reader<R: Read>(
     }
     let mut size = 0u64;
     let mut chunks = Vec::new();
-    let mut cutter = Cutter::new(head, reader);
+    let mut cutter = Cutter::new(Params::REAL, head, CUTTER_BUFFER, reader);
     while let Some(data) = cutter.next_chunk()? {
         size += data.len() as u64;
         let chunk_ref = ChunkRef {
@@ -79,11 +87,34 @@ pub fn chunk_reader<R: Read>(
 /// before each refill is small next to what is read.
 const CUTTER_BUFFER: usize = 4 * CHUNK_MAX as usize;
 
+/// The chunk sizes FastCDC cuts to. Every party uses [`Params::REAL`]; the tests of
+/// [`rechunk`] also use tiny ones, so that thousands of cases with many chunks each run fast.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Params {
+    pub(crate) min: usize,
+    pub(crate) avg: usize,
+    pub(crate) max: usize,
+}
+
+impl Params {
+    /// The protocol's chunk sizes.
+    pub(crate) const REAL: Params = Params {
+        min: CHUNK_MIN as usize,
+        avg: CHUNK_AVG as usize,
+        max: CHUNK_MAX as usize,
+    };
+}
+
 /// FastCDC (v2020, normalization level 1, the crate's own gear table) over a reader, cutting
 /// at exactly the points `fastcdc::v2020::StreamCDC` cuts at, without its per-chunk copy:
 /// chunks are handed out as slices of one buffer.
-struct Cutter<R> {
-    reader: R,
+///
+/// A cut depends only on the bytes from the previous cut up to and including the byte at the
+/// cut (`cut_gear` reads it before it decides), and on how many bytes are left there, up to
+/// `max` (fewer than `avg` left changes which mask applies); [`rechunk`] relies on that.
+pub(crate) struct Cutter<R> {
+    pub(crate) reader: R,
+    params: Params,
     buffer: Vec<u8>,
     /// Start of the next chunk in `buffer`.
     pos: usize,
@@ -97,16 +128,19 @@ struct Cutter<R> {
 }
 
 impl<R: Read> Cutter<R> {
-    fn new(head: Vec<u8>, reader: R) -> Cutter<R> {
+    /// A cutter over `head` and then `reader`, reading ahead up to `buffer_len` bytes (at least
+    /// one window of `params.max`).
+    pub(crate) fn new(params: Params, head: Vec<u8>, buffer_len: usize, reader: R) -> Cutter<R> {
         use fastcdc::v2020::{get_gear_with_seed, logarithm2, Normalization, MASKS};
         let mut buffer = head;
         let len = buffer.len();
-        buffer.resize(CUTTER_BUFFER.max(len), 0);
-        let bits = logarithm2(CHUNK_AVG);
+        buffer.resize(buffer_len.max(params.max).max(len), 0);
+        let bits = logarithm2(params.avg as u32);
         let normalization = Normalization::Level1.bits();
         let (gear, gear_ls) = get_gear_with_seed(0);
         Cutter {
             reader,
+            params,
             buffer,
             pos: 0,
             len,
@@ -118,11 +152,19 @@ impl<R: Read> Cutter<R> {
         }
     }
 
+    /// Forgets what was read ahead: the next chunk starts at what `reader` reads next (the
+    /// caller moved it).
+    pub(crate) fn restart(&mut self) {
+        self.pos = 0;
+        self.len = 0;
+        self.eof = false;
+    }
+
     /// The next chunk, or `None` at the end of the input.
-    fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
-        let max = CHUNK_MAX as usize;
+    pub(crate) fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
+        let max = self.params.max;
         if self.len - self.pos < max && !self.eof {
-            // The window of one cut is CHUNK_MAX bytes (or the rest of the input): move the
+            // The window of one cut is `max` bytes (or the rest of the input): move the
             // unconsumed tail to the front and read until the buffer is full or the input ends.
             self.buffer.copy_within(self.pos..self.len, 0);
             self.len -= self.pos;
@@ -145,8 +187,8 @@ impl<R: Read> Cutter<R> {
         let window = &self.buffer[self.pos..self.len.min(self.pos + max)];
         let (_, count) = fastcdc::v2020::cut_gear(
             window,
-            CHUNK_MIN as usize,
-            CHUNK_AVG as usize,
+            self.params.min,
+            self.params.avg,
             max,
             self.mask_s,
             self.mask_l,
