@@ -4,15 +4,25 @@
 //! differ from what was last chunked (the rescan rule of the original design). Symlinks are never
 //! followed; they, special files, unreadable files and names that are not valid UTF-8 or not
 //! valid [`RelPath`]s are reported as skipped, never as deleted.
+//!
+//! A large file that changed is re-chunked from the chunk list the [`HashCache`] still holds
+//! for its path ([`syncstore_chunk::rechunk`]): the regions of the old chunks are hashed at
+//! their places, and only around what changed is the file cut again, with exactly the chunks
+//! a full pass gives.
 
 use crate::early_upload::{ChunkSink, EARLY_UPLOAD_MIN_BYTES};
-use crate::seams::{DirEntry, Disk, FileKind};
+use crate::seams::{DirEntry, Disk, DiskFile, FileKind};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use syncstore_chunk::Manifest;
 use syncstore_plan::LocalNode;
-use syncstore_proto::{ChunkHash, ChunkRef, ContentHash, EntryKind, RelPath, META_DIR};
+use syncstore_proto::{ChunkHash, ChunkRef, ContentHash, EntryKind, RelPath, CHUNK_MAX, META_DIR};
+
+/// Changed files at least this large are re-chunked from their previous chunk list, when the
+/// cache has one. A full pass over a smaller file takes a few milliseconds, and most programs
+/// rewrite small files whole, where the previous list saves nothing.
+pub const RECHUNK_MIN_BYTES: u64 = 2 * CHUNK_MAX as u64;
 
 /// Patterns ignored in every folder (gitignore syntax): files that editors, office suites,
 /// browsers and operating systems leave beside the user's own, taken from Syncthing's and
@@ -168,6 +178,14 @@ impl HashCache {
             .map(|cached| cached.hash)
     }
 
+    /// The chunk list last known for `path`, whatever its stamp now: where a re-chunk of the
+    /// file after a change starts from.
+    fn previous_chunks(&self, path: &RelPath) -> Option<Vec<ChunkRef>> {
+        let cached = self.entries.get(path)?;
+        self.manifest(path, cached.stamp)
+            .map(|manifest| manifest.chunks)
+    }
+
     /// The manifest of `path` if it was computed at `stamp`.
     pub fn manifest(&self, path: &RelPath, stamp: Stamp) -> Option<Manifest> {
         let cached = self.entries.get(path).filter(|c| c.stamp == stamp)?;
@@ -210,6 +228,10 @@ pub struct Scan {
     pub root_ok: bool,
     /// A file changed while it was being hashed: scan again soon.
     pub unsettled: bool,
+    /// Bytes of changed files that were not cut again: regions of their previous chunks that
+    /// hashed equal (see [`syncstore_chunk::rechunk`]). Counted since the scan began (a full
+    /// walk) or since [`rescan_paths`] was called.
+    pub kept_bytes: u64,
     /// Entries were added, removed or renamed in a directory after the walk listed it: the
     /// walk is no snapshot (a file renamed from a directory not yet listed into one already
     /// listed was seen nowhere), so a pass scans again before it plans.
@@ -277,6 +299,7 @@ pub fn rescan_paths<D: Disk>(
     mut sink: Option<&mut ChunkSink>,
 ) -> Vec<RelPath> {
     out.unsettled = false;
+    out.kept_bytes = 0;
     out.entries_moved = false;
     out.became_syncable = false;
     out.listed.clear();
@@ -563,8 +586,15 @@ impl<D: Disk> Walker<'_, '_, D> {
         }
         let hash = match self.cache.get(&rel, stamp) {
             Some(hash) => hash,
-            None => match hash_file(self.disk, &rel, stamp, self.sink.as_deref_mut()) {
-                Ok(manifest) => {
+            None => match hash_file(
+                self.disk,
+                &rel,
+                stamp,
+                self.cache.previous_chunks(&rel).as_deref(),
+                self.sink.as_deref_mut(),
+            ) {
+                Ok((manifest, kept_bytes)) => {
+                    out.kept_bytes += kept_bytes;
                     self.cache
                         .insert(rel.clone(), stamp, manifest.hash, &manifest.chunks);
                     manifest.hash
@@ -604,31 +634,67 @@ impl<D: Disk> Walker<'_, '_, D> {
 }
 
 /// Chunks and hashes the file at `path`, failing when it changed while being read; a large
-/// file's chunks also go to `sink`.
+/// file's new chunks also go to `sink`. With the chunk list of its previous version
+/// (`previous`), a large file is re-chunked from it; the bytes it kept of those chunks without
+/// cutting them again come with the manifest.
 fn hash_file<D: Disk>(
     disk: &D,
     path: &RelPath,
     stamp: Stamp,
+    previous: Option<&[ChunkRef]>,
     sink: Option<&mut ChunkSink>,
-) -> Result<Manifest, HashFailure> {
+) -> Result<(Manifest, u64), HashFailure> {
     let unreadable =
         |err: std::io::Error| HashFailure::Unreadable(format!("could not read: {err}"));
     let mut file = disk.open(path).map_err(unreadable)?;
-    let manifest = match sink {
-        Some(sink) if stamp.size >= EARLY_UPLOAD_MIN_BYTES => {
-            let full = disk.root().join(path.as_str());
-            let mut offset = 0u64;
-            syncstore_chunk::chunk_reader(&mut file, |chunk, _| {
-                sink.chunk(&full, offset, chunk);
-                offset += u64::from(chunk.len);
-                Ok(())
-            })
+    let full = disk.root().join(path.as_str());
+    let mut sink = sink.filter(|_| stamp.size >= EARLY_UPLOAD_MIN_BYTES);
+    let manifest = match previous {
+        Some(old) if stamp.size >= RECHUNK_MIN_BYTES && old.len() > 1 => {
+            let read_at = |buf: &mut [u8], offset| file.read_exact_at(buf, offset);
+            // Only chunks cut again can be new: the kept ones are the previous version's.
+            let found = syncstore_chunk::rechunk(old, stamp.size, &read_at, |offset, chunk| {
+                if let Some(sink) = sink.as_deref_mut() {
+                    sink.chunk(&full, offset, chunk);
+                }
+            });
+            match found {
+                Ok(found) => {
+                    tracing::debug!(
+                        %path,
+                        size = stamp.size,
+                        kept_bytes = found.kept_bytes,
+                        cut_bytes = found.cut_bytes,
+                        wasted_bytes = found.wasted_bytes,
+                        "re-chunked from the previous chunk list"
+                    );
+                    Ok((found.manifest, found.kept_bytes))
+                }
+                Err(err) => Err(err),
+            }
         }
-        _ => syncstore_chunk::manifest_of(&mut file),
-    }
-    .map_err(unreadable)?;
+        _ => match sink {
+            Some(sink) => {
+                let mut offset = 0u64;
+                syncstore_chunk::chunk_reader(&mut file, |chunk, _| {
+                    sink.chunk(&full, offset, chunk);
+                    offset += u64::from(chunk.len);
+                    Ok(())
+                })
+            }
+            None => syncstore_chunk::manifest_of(&mut file),
+        }
+        .map(|manifest| (manifest, 0)),
+    };
     let after = disk.stat(path).map_err(unreadable)?;
-    if manifest.size != stamp.size || after.size != stamp.size || after.mtime_ns != stamp.mtime_ns {
+    let changed = after.size != stamp.size || after.mtime_ns != stamp.mtime_ns;
+    let manifest = match manifest {
+        // Read errors of a file that is changing (a positional read past a new end) mean it
+        // changed.
+        Err(_) if changed => return Err(HashFailure::Changed),
+        manifest => manifest.map_err(unreadable)?,
+    };
+    if manifest.0.size != stamp.size || changed {
         return Err(HashFailure::Changed);
     }
     Ok(manifest)
@@ -712,6 +778,49 @@ mod tests {
             Some(ContentHash(*blake3::hash(b"bbbbbbbb").as_bytes()))
         );
     }
+    #[test]
+    fn a_large_file_edited_in_place_is_re_chunked_from_its_previous_chunks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let file = root.join("disk.img");
+        // xorshift: bytes FastCDC cuts like any other data.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut data: Vec<u8> = (0..3 * 1024 * 1024 + 1)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()
+            })
+            .collect();
+        std::fs::write(&file, &data).unwrap();
+        let rules = load_rules(root);
+        let mut cache = HashCache::default();
+        let path = RelPath::new("disk.img").unwrap();
+        let first = scan(&os_disk(root), &rules, &mut cache, None);
+        assert_eq!(first.kept_bytes, 0, "nothing known before");
+        let before = stamp_of(&file).unwrap();
+        // One byte changed in the middle, one inserted near the end: a new version.
+        data[12 << 20] ^= 1;
+        data.insert(20 << 20, 9);
+        std::fs::write(&file, &data).unwrap();
+        while stamp_of(&file).unwrap() == before {
+            std::fs::write(&file, &data).unwrap();
+        }
+        let second = scan(&os_disk(root), &rules, &mut cache, None);
+        let expected = syncstore_chunk::manifest_of(&data[..]).unwrap();
+        assert_eq!(second.local[&path].hash, Some(expected.hash));
+        let stamp = stamp_of(&file).unwrap();
+        assert_eq!(cache.manifest(&path, stamp), Some(expected));
+        // Most of the file was hashed at its place, not cut again.
+        assert!(
+            second.kept_bytes >= data.len() as u64 - 4 * u64::from(CHUNK_MAX),
+            "kept {} of {}",
+            second.kept_bytes,
+            data.len()
+        );
+    }
+
     use syncstore_proto::EntryKind::{Dir, File};
 
     fn rules_with(syncignore: Option<&str>) -> (tempfile::TempDir, IgnoreRules) {

@@ -116,8 +116,8 @@ pub struct DirEntry {
     pub is_dir: bool,
 }
 
-/// A file opened for reading.
-pub trait DiskFile: std::io::Read + Send {
+/// A file opened for reading. `Sync`: a re-chunk hashes two regions of one open file at once.
+pub trait DiskFile: std::io::Read + Send + Sync {
     /// Reads exactly `buf.len()` bytes at `offset`.
     ///
     /// # Errors
