@@ -335,6 +335,44 @@ fn corrupt_and_deleted_chunks_are_found_reported_and_uploaded_again() {
 }
 
 #[test]
+fn a_chunk_damaged_on_the_server_is_caught_when_a_device_asks_for_it_again() {
+    // Issue 18: the server serves stored chunks without hashing them again; the client's own
+    // check fails, its second request is served verified, the server moves the chunk aside
+    // and asks A for it, and the fresh device gets the file as A has it.
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let data = tmp.path().join("data");
+    let server = Server::start(&logs, &data);
+    let token_a = server.token("alice", "laptop");
+    let a_dir = tmp.path().join("a");
+    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    let big = random_bytes(3 * 1024 * 1024, 8);
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::write(a_dir.join("big.bin"), &big).unwrap();
+    wait_until("big.bin on the server", || {
+        server.entry(&token_a, "big.bin").is_some()
+    });
+    let (damaged_hash, damaged_path) = chunk_files(&data)[0].clone();
+    let mut bytes = std::fs::read(&damaged_path).unwrap();
+    bytes[0] ^= 0x40;
+    std::fs::write(&damaged_path, &bytes).unwrap();
+
+    let token_c = server.token("alice", "fresh");
+    let c_dir = tmp.path().join("c");
+    let c = start_client("client-c", &logs, &c_dir, &server.url(), &token_c);
+    wait_same(&a_dir, &c_dir);
+    assert_eq!(std::fs::read(c_dir.join("big.bin")).unwrap(), big);
+    assert_eq!(
+        data.join("chunks/.quarantine").read_dir().unwrap().count(),
+        1,
+        "the damaged chunk was moved aside"
+    );
+    let stored = std::fs::read(&damaged_path).unwrap();
+    assert_eq!(blake3::hash(&stored).to_hex().to_string(), damaged_hash);
+    drop(c);
+}
+
+#[test]
 fn a_device_uploads_again_at_start_what_the_server_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let logs = tmp.path().to_path_buf();

@@ -49,6 +49,7 @@ mod hub;
 mod limits;
 pub mod password;
 mod routes;
+mod served;
 mod streams;
 pub mod tls;
 mod web;
@@ -633,6 +634,7 @@ pub async fn serve(
         json_budget: Arc::new(limits::JsonBudget::new(config.json_bytes_in_flight)),
         auth_failures: Arc::new(auth::AuthFailures::new(&config)),
         last_seen: Arc::new(auth::LastSeen::default()),
+        served: Arc::new(served::ServedChunks::default()),
     };
     if let Some(interval) = config.gc_interval {
         tokio::spawn(collect_garbage_every(

@@ -1159,6 +1159,16 @@ pub trait ChunkStore: Send + Sync {
         hashes: &[ChunkHash],
     ) -> Result<Vec<ChunkHash>, StoreError>;
 
+    /// The bytes of a chunk as stored, not hashed again: every chunk was verified when it was
+    /// received ([`ChunkStore::put`] stores nothing that does not hash to its name) and is
+    /// trusted by name from then on. Damage on the storage since is what
+    /// [`ChunkStore::scrub`] finds, and what [`ChunkStore::get_verified`] catches for a reader
+    /// that cannot check the bytes itself (clients check every chunk they fetch).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when this namespace has no such chunk; IO errors.
+    async fn get(&self, owner: NamespaceId, hash: &ChunkHash) -> Result<Bytes, StoreError>;
+
     /// The bytes of a chunk, verified against its hash. A chunk whose bytes no longer match
     /// is moved aside (kept for inspection, never served) and from then on reported missing,
     /// so an upload of the right bytes replaces it.
@@ -1166,7 +1176,8 @@ pub trait ChunkStore: Send + Sync {
     /// # Errors
     /// [`StoreError::NotFound`] when this namespace has no such chunk;
     /// [`StoreError::Corrupt`] when it failed verification (and was moved aside); IO errors.
-    async fn get(&self, owner: NamespaceId, hash: &ChunkHash) -> Result<Bytes, StoreError>;
+    async fn get_verified(&self, owner: NamespaceId, hash: &ChunkHash)
+        -> Result<Bytes, StoreError>;
 
     /// Stores several chunks; like [`ChunkStore::put`] for each, but a backend may handle the
     /// batch at once (several requests in flight, one pass over the disk).
@@ -1229,8 +1240,8 @@ pub trait ChunkStore: Send + Sync {
     /// IO errors.
     async fn holds_content(&self) -> Result<bool, StoreError>;
 
-    /// Reads and verifies every stored chunk, moves the bad ones aside (as [`ChunkStore::get`]
-    /// does) and reports them; `progress` is called with the running counts.
+    /// Reads and verifies every stored chunk, moves the bad ones aside (as
+    /// [`ChunkStore::get_verified`] does) and reports them; `progress` is called with the running counts.
     ///
     /// # Errors
     /// IO errors that stop the walk; a chunk that cannot be read is reported bad.

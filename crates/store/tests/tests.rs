@@ -312,6 +312,37 @@ mod fs_staging {
     }
 
     #[tokio::test]
+    async fn a_stored_chunk_is_trusted_by_name_and_damage_is_caught_when_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("chunks");
+        let user = NamespaceId([3; 16]);
+        let (hash, bytes) = chunk(5, 4000);
+        let store = FsChunkStore::open(&root).await.unwrap();
+        store.put(user, &hash, bytes.clone()).await.unwrap();
+        store.durable_chunk_lens(user, &[hash]).await.unwrap();
+        let path = files_under(&root)
+            .into_iter()
+            .find(|path| path.file_name().unwrap() == hash.to_hex().as_str())
+            .unwrap();
+        let mut damaged = bytes.to_vec();
+        damaged[0] ^= 0x40;
+        std::fs::write(&path, &damaged).unwrap();
+        // Served as stored, not hashed again (the client checks what it fetches)...
+        assert_eq!(store.get(user, &hash).await.unwrap(), damaged);
+        // ...but a verified read finds the damage, moves the chunk aside and reports it.
+        let err = store.get_verified(user, &hash).await.unwrap_err();
+        assert!(
+            matches!(err, syncstore_store::StoreError::Corrupt(_)),
+            "{err}"
+        );
+        assert!(!path.exists());
+        assert_eq!(store.missing(user, &[hash]).await.unwrap(), vec![hash]);
+        // The right bytes uploaded again replace it.
+        store.put(user, &hash, bytes.clone()).await.unwrap();
+        assert_eq!(store.get_verified(user, &hash).await.unwrap(), bytes);
+    }
+
+    #[tokio::test]
     async fn a_staged_chunk_lost_in_a_crash_is_missing_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("chunks");
