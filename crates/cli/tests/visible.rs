@@ -246,7 +246,23 @@ fn status_json_names_the_pending_counts_with_and_without_a_daemon() {
 fn pause_stops_transfers_and_resume_finishes_them() {
     let s = setup();
     let dir = s.b_dir.to_str().unwrap();
-    let b = start_client("client-b", s.logs(), &s.b_dir, &s.server.url(), &s.token_b);
+    // The downloads under test start after A's commit: B does not fetch ahead while A uploads
+    // (that would leave nothing to download; pausing what is fetched ahead drops it, see
+    // `stream_follower`).
+    std::fs::create_dir_all(&s.b_dir).unwrap();
+    let mut command = std::process::Command::new(bin());
+    command
+        .args([
+            "sync",
+            dir,
+            "--server",
+            &s.server.url(),
+            "--token",
+            &s.token_b,
+        ])
+        .args(["--scan-interval", "5"])
+        .env("SYNCSTORE_FETCH_AHEAD", "0");
+    let b = Proc::spawn_command("client-b", s.logs(), command);
     wait_until("B's first pass", || {
         let (code, status) = status_json(&s.b_dir);
         code == 0 && status["last_pass_ms"].is_i64()

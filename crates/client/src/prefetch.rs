@@ -20,6 +20,8 @@ pub struct PrefetchedFile<T> {
     pub chunks: Vec<ChunkRef>,
     /// What the stream has announced so far (the written chunks are a prefix of it).
     pub announced: Vec<ChunkRef>,
+    /// Shows the file as being received in `status` while it is held.
+    pub shown: Option<crate::progress::TransferGuard>,
 }
 
 impl<T> PrefetchedFile<T> {
@@ -91,6 +93,14 @@ impl<T> Prefetched<T> {
         }
     }
 
+    /// Drops everything fetched ahead (syncing was paused: transfers stop, temp files go).
+    pub fn drop_all(&self) {
+        let slots = std::mem::take(&mut *lock(&self.slots));
+        for slot in slots.values() {
+            lock(slot).take();
+        }
+    }
+
     /// The paths with a slot, and each slot's stream (`None` once emptied).
     pub fn held(&self) -> Vec<(RelPath, Option<String>)> {
         lock(&self.slots)
@@ -138,6 +148,7 @@ mod tests {
             temp: "temp",
             announced: chunks.clone(),
             chunks,
+            shown: None,
         }
     }
 

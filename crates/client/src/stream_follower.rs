@@ -7,7 +7,7 @@
 //! fetched by the engine from what changed), at most [`MAX_FOLLOWED`] at once, and only when
 //! the disk has room for the whole file. A stream that is no longer live and that no commit
 //! claimed within [`UNCLAIMED_GRACE`] is dropped with its temp file. While syncing is paused it
-//! fetches nothing.
+//! fetches nothing, and what it had fetched goes (as a paused download's temp file does).
 
 use crate::http::ApiClient;
 use crate::prefetch::{Prefetched, PrefetchedFile};
@@ -46,6 +46,11 @@ pub async fn run(
     let mut backoff = Duration::from_millis(500);
     let mut not_live_since: HashMap<(RelPath, String), Instant> = HashMap::new();
     loop {
+        if progress.is_paused() {
+            // Paused: transfers stop, and what was fetched ahead goes (fetched again, or after
+            // the commit, once syncing resumes).
+            prefetched.drop_all();
+        }
         while progress.is_paused() {
             tokio::select! {
                 () = tokio::time::sleep(PAUSE_CHECK) => {}
@@ -54,6 +59,7 @@ pub async fn run(
         }
         let answer = tokio::select! {
             answer = api.follow_streams(after, WAIT) => answer,
+            () = paused(&progress) => continue,
             () = shutdown.cancelled() => return,
         };
         let answer = match answer {
@@ -77,7 +83,9 @@ pub async fn run(
                 interrupted = true;
                 break;
             }
-            tokio::task::block_in_place(|| follow_part(&api, &disk, &prefetched, info));
+            tokio::task::block_in_place(|| {
+                follow_part(&api, &disk, &prefetched, &progress, info);
+            });
             after = info.seq;
         }
         if interrupted {
@@ -109,12 +117,20 @@ pub async fn run(
     }
 }
 
+/// Returns once syncing is paused.
+async fn paused(progress: &Progress) {
+    while !progress.is_paused() {
+        tokio::time::sleep(PAUSE_CHECK).await;
+    }
+}
+
 /// Takes one announced part: starts following its stream (offset 0) or continues it, and
 /// fetches its chunks. Blocking IO.
 fn follow_part(
     api: &Arc<ApiClient>,
     disk: &OsDisk,
     prefetched: &Prefetched<OsTemp>,
+    progress: &Progress,
     info: &StreamPartInfo,
 ) {
     let part = &info.part;
@@ -152,6 +168,11 @@ fn follow_part(
                 temp,
                 chunks: Vec::new(),
                 announced: Vec::new(),
+                shown: Some(progress.transfer(
+                    &part.path,
+                    syncstore_proto::daemon::Direction::Download,
+                    part.size,
+                )),
             },
         );
     }
@@ -165,7 +186,12 @@ fn follow_part(
     }
     file.announced.extend_from_slice(&part.chunks);
     let first = file.chunks.is_empty();
-    match fetch_announced(api, file) {
+    let before = file.written_bytes();
+    let fetched = fetch_announced(api, file);
+    if let Some(shown) = &file.shown {
+        shown.add(file.written_bytes() - before);
+    }
+    match fetched {
         Ok(()) if first => tracing::info!(
             path = %part.path,
             device = %info.device,

@@ -654,6 +654,7 @@ impl Driver {
                 temp,
                 announced: chunks.clone(),
                 chunks,
+                shown: None,
             },
         );
     }
