@@ -3,7 +3,9 @@
 //! Every call is atomic. Calls that re-check what a step relies on (`stat`, `open`) sometimes
 //! let the user edit first, so the engine's re-checks meet files changed since the plan; calls
 //! that change the disk sometimes crash the device right after (between the change and the
-//! base update that follows it). A crashed device's calls all fail.
+//! base update that follows it). A crashed device's calls all fail. In-place writes are torn the
+//! way a crash tears them: a journal may be cut short as it is written, and a `pwrite` may
+//! stop after a 4 KiB-aligned part of its bytes.
 
 use crate::fs::{FsError, FsNode, SimFs};
 use crate::shared::Shared;
@@ -12,7 +14,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use syncstore_client::folder::FolderStopped;
-use syncstore_client::seams::{DirEntry, Disk, DiskFile, FileKind, Meta, TempFile};
+use syncstore_client::seams::{DirEntry, Disk, DiskFile, FileKind, InPlaceFile, Meta, TempFile};
 use syncstore_proto::{EntryKind, RelPath};
 
 /// How often a re-check (`stat`, `open`) lets the user edit first.
@@ -154,6 +156,103 @@ impl TempFile for SimTemp {
     }
 }
 
+/// A file opened for writing in place: it follows its inode, wherever that is linked (writes to
+/// an inode no longer linked go nowhere).
+pub struct SimInPlace {
+    shared: Shared,
+    idx: usize,
+    inode: u64,
+}
+
+impl SimInPlace {
+    /// The opened file's node, if it is still linked.
+    fn with_node<T>(&self, f: impl FnOnce(&SimFs, &RelPath, &FsNode) -> T) -> std::io::Result<T> {
+        let sim = self.shared.lock();
+        let device = &sim.devices[self.idx];
+        if device.crashed {
+            return Err(gone());
+        }
+        let fs = &device.disk;
+        let path = fs
+            .path_of_inode(self.inode)
+            .ok_or_else(|| std::io::Error::other("the opened file is no longer linked"))?;
+        let node = fs.get(&path).expect("just found");
+        Ok(f(fs, &path, node))
+    }
+
+    /// A change to the opened file (if still linked): `change` gets its node and the time; the
+    /// device may crash right after.
+    fn change(&self, what: &str, change: impl FnOnce(&mut FsNode, i64)) -> std::io::Result<()> {
+        let mut guard = self.shared.lock();
+        let sim = &mut *guard;
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        let now_ns = sim.now_ms * 1_000_000;
+        let fs = &mut sim.devices[self.idx].disk;
+        let Some(path) = fs.path_of_inode(self.inode) else {
+            return Ok(());
+        };
+        fs.events.push((path.clone(), false));
+        change(fs.nodes.get_mut(&path).expect("just found"), now_ns);
+        let line = format!("{} IN PLACE {what} {path}", sim.devices[self.idx].name);
+        sim.log(line);
+        sim.maybe_torn(self.idx, &format!("{what} {path} in place"));
+        Ok(())
+    }
+}
+
+impl InPlaceFile for SimInPlace {
+    fn stat(&self) -> std::io::Result<(Meta, u64)> {
+        self.with_node(|fs, path, node| (meta_of(fs, path, node), 1))
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.with_node(|_, _, node| read_at(&node.bytes, buf, offset))?
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        // Sometimes the crash comes in the middle of the write: a 4 KiB-aligned part of it
+        // reached the disk.
+        let torn = {
+            let mut sim = self.shared.lock();
+            (sim.faults && sim.disk_rng.gen_bool(0.02)).then(|| {
+                let blocks = buf.len().div_ceil(4096);
+                sim.disk_rng.gen_range(0..blocks.max(1)) * 4096
+            })
+        };
+        let len = torn.unwrap_or(buf.len()).min(buf.len());
+        self.change("writing", |node, now_ns| {
+            if node.bytes.len() < start + len {
+                node.bytes.resize(start + len, 0);
+            }
+            node.bytes[start..start + len].copy_from_slice(&buf[..len]);
+            node.mtime_ns = now_ns;
+            node.ctime_ns = now_ns;
+        })?;
+        if torn.is_some() {
+            self.shared
+                .lock()
+                .crash(self.idx, "in the middle of an in-place write");
+            return Err(gone());
+        }
+        Ok(())
+    }
+
+    fn set_mtime_ms(&self, mtime_ms: i64) -> std::io::Result<()> {
+        self.change("setting the mtime of", |node, now_ns| {
+            node.mtime_ns = mtime_ms.max(0) * 1_000_000;
+            node.ctime_ns = now_ns;
+        })
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        // Every call is durable already.
+        self.with_node(|_, _, _| ())
+    }
+}
+
 impl SimDisk {
     /// A change to the disk: refused when the process is gone; `change` gets the disk, the
     /// time and the disks' dice (whether to reuse a freed inode); the device may crash right
@@ -179,6 +278,7 @@ impl SimDisk {
 impl Disk for SimDisk {
     type File = SimFile;
     type Temp = SimTemp;
+    type InPlace = SimInPlace;
 
     fn root(&self) -> &Path {
         &self.root
@@ -425,5 +525,72 @@ impl Disk for SimDisk {
 
     fn available_bytes(&self) -> std::io::Result<u64> {
         Ok(1 << 40)
+    }
+
+    fn open_in_place(&self, path: &RelPath) -> std::io::Result<SimInPlace> {
+        let mut sim = self.shared.lock();
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        sim.maybe_concurrent_edit(self.idx, EDIT_AT_RECHECK);
+        match sim.devices[self.idx].disk.get(path) {
+            Some(node) if node.kind == EntryKind::File && !node.read_only => Ok(SimInPlace {
+                shared: self.shared.clone(),
+                idx: self.idx,
+                inode: node.inode,
+            }),
+            Some(node) if node.kind == EntryKind::File => {
+                Err(std::io::ErrorKind::PermissionDenied.into())
+            }
+            Some(_) => Err(std::io::Error::other("is a directory")),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn write_journal(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let mut guard = self.shared.lock();
+        let sim = &mut *guard;
+        if sim.devices[self.idx].crashed {
+            return Err(gone());
+        }
+        // Sometimes the crash comes while the journal is written: it is left torn.
+        if sim.faults && sim.disk_rng.gen_bool(0.02) {
+            let cut = sim.disk_rng.gen_range(0..bytes.len().max(1));
+            let journals = &mut sim.devices[self.idx].disk.journals;
+            journals.insert(name.to_owned(), bytes[..cut].to_vec());
+            sim.crash(self.idx, "while writing an in-place journal");
+            return Err(gone());
+        }
+        let journals = &mut sim.devices[self.idx].disk.journals;
+        journals.insert(name.to_owned(), bytes.to_vec());
+        sim.maybe_torn(self.idx, "writing an in-place journal");
+        Ok(())
+    }
+
+    fn journals(&self) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+        let sim = self.shared.lock();
+        let device = &sim.devices[self.idx];
+        if device.crashed {
+            return Err(gone());
+        }
+        let journals: Vec<(String, Vec<u8>)> = device
+            .disk
+            .journals
+            .iter()
+            .map(|(name, bytes)| (name.clone(), bytes.clone()))
+            .collect();
+        if !journals.is_empty() {
+            let line = format!("{} finds {} IN-PLACE JOURNALS", device.name, journals.len());
+            drop(sim);
+            self.shared.lock().log(line);
+        }
+        Ok(journals)
+    }
+
+    fn remove_journal(&self, name: &str) -> std::io::Result<()> {
+        self.change(format!("removing in-place journal {name}"), |fs, _, _| {
+            fs.journals.remove(name);
+            Ok(())
+        })
     }
 }

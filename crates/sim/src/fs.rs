@@ -48,6 +48,9 @@ pub struct SimFs {
     mounts: BTreeMap<RelPath, Vec<(RelPath, FsNode)>>,
     /// Another filesystem mounted over the whole folder: the nodes it hides.
     root_mount: Option<BTreeMap<RelPath, FsNode>>,
+    /// The client's in-place journals in `.syncstore/journal/`: name → bytes (not hidden by
+    /// mounts: a folder with a disk over its root is stopped before they are read).
+    pub journals: BTreeMap<String, Vec<u8>>,
     /// The root directory's mtime (its entries changed then).
     pub root_mtime_ns: i64,
     /// What a watcher would report, oldest first: each changed path, with whether it may be a
@@ -285,6 +288,15 @@ impl SimFs {
             },
         );
         Ok(())
+    }
+
+    /// The path of the file with `inode`, if any is linked (an open descriptor keeps its inode
+    /// from being handed out again, so it is never another file's).
+    pub fn path_of_inode(&self, inode: u64) -> Option<RelPath> {
+        self.nodes
+            .iter()
+            .find(|(_, node)| node.kind == EntryKind::File && node.inode == inode)
+            .map(|(path, _)| path.clone())
     }
 
     /// Rewrites the bytes of the file at `path` in place and puts its mtime back, as

@@ -93,7 +93,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use syncstore_client::scan::IgnoreRules;
-use syncstore_client::seams::{MemBase, MemBaseCommitted, World};
+use syncstore_client::seams::{InPlaceRule, MemBase, MemBaseCommitted, World};
 use syncstore_client::{PassReport, SyncEngine};
 use syncstore_proto::{DeviceName, EntryKind, RelPath, RestoreTarget};
 use user::{show_bytes, Ledger};
@@ -106,6 +106,14 @@ impl World for SimWorld {
     type Server = SimServer;
     type Clock = SimClock;
     type Base = MemBase;
+
+    /// The simulated files are small: every download over an unchanged file of the same size
+    /// goes in place, so the simulation covers the journal, its crashes and its replay.
+    const IN_PLACE: InPlaceRule = InPlaceRule {
+        min_size: 0,
+        max_share: 1,
+        max_bytes: 32 * 1024 * 1024,
+    };
 }
 
 /// The engine of a simulated device.
@@ -225,6 +233,11 @@ pub struct Features {
     pub gc_deletions: usize,
     /// Files a device fetched ahead (as from an upload stream).
     pub fetched_ahead: usize,
+    /// Writes of downloads in place, crashes in the middle of one (its journal written or being
+    /// written), and starts that found journals to replay or discard.
+    pub in_place_writes: usize,
+    pub in_place_crashes: usize,
+    pub journals_found: usize,
 }
 
 impl Features {
@@ -261,6 +274,13 @@ impl Features {
                 .filter(|line| line.contains("GC ENDS") && !line.contains(": 0 chunks"))
                 .count(),
             fetched_ahead: count(" FETCHES AHEAD "),
+            in_place_writes: count("IN PLACE writing"),
+            in_place_crashes: trace
+                .iter()
+                .filter(|line| line.contains(" CRASH "))
+                .filter(|line| line.contains("in place") || line.contains("in-place"))
+                .count(),
+            journals_found: count("IN-PLACE JOURNALS"),
         }
     }
 
@@ -282,6 +302,9 @@ impl Features {
         self.user_restores += other.user_restores;
         self.gc_deletions += other.gc_deletions;
         self.fetched_ahead += other.fetched_ahead;
+        self.in_place_writes += other.in_place_writes;
+        self.in_place_crashes += other.in_place_crashes;
+        self.journals_found += other.journals_found;
     }
 
     /// Panics unless `n_seeds` seeds met each of them (a feature the histories never reach is
@@ -309,6 +332,17 @@ impl Features {
                 n / 5,
             ),
             ("files fetched ahead", self.fetched_ahead, n),
+            ("in-place writes", self.in_place_writes, n),
+            (
+                "crashes during in-place writes",
+                self.in_place_crashes,
+                n / 20,
+            ),
+            (
+                "in-place journals found at start",
+                self.journals_found,
+                n / 20,
+            ),
         ] {
             assert!(
                 count >= at_least,

@@ -1,6 +1,8 @@
 //! Downloads: fetch the chunks a batch of files lacks in one stream, write each file to a temp
 //! file (reusing chunks of the local file it replaces), verify, make durable, and place.
 //!
+//! Small edits of large files are written into the file instead (`in_place.rs`).
+//!
 //! Invariant: a file is placed only after every one of its chunks verified (fetched ones by
 //! hash, reused ones by the old file's stamp) and its temp file is durable, and only over what
 //! the plan expected to find there (nothing: `RENAME_NOREPLACE`; a file: re-checked right
@@ -30,17 +32,17 @@ const WRITEBACK_BYTES: u64 = 8 * 1024 * 1024;
 const DISK_RESERVE_BYTES: u64 = 1024 * 1024;
 
 /// One file to download; `T` is the disk's temp file type.
-struct DownloadJob<T> {
-    path: RelPath,
-    entry: RemoteEntry,
-    expect_local: Option<ContentHash>,
+pub(super) struct DownloadJob<T> {
+    pub(super) path: RelPath,
+    pub(super) entry: RemoteEntry,
+    pub(super) expect_local: Option<ContentHash>,
     /// The executable bit the placed file gets.
-    executable: bool,
+    pub(super) executable: bool,
     /// Chunks available in the current local file: hash → (offset, len).
-    reuse: HashMap<ChunkHash, (u64, u32)>,
+    pub(super) reuse: HashMap<ChunkHash, (u64, u32)>,
     /// The local file's stamp when `reuse` was taken from base (it must still have it after
     /// the reused chunks are read).
-    reuse_stamp: Option<Stamp>,
+    pub(super) reuse_stamp: Option<Stamp>,
     /// A temp file fetched ahead from the upload stream of this version, holding its first
     /// chunks (how many), each verified; the download writes the rest after them.
     prefix: std::sync::Mutex<Option<(T, usize)>>,
@@ -50,7 +52,7 @@ struct DownloadJob<T> {
 
 impl<T> DownloadJob<T> {
     /// How many of the entry's chunks the prefix holds.
-    fn prefix_len(&self) -> usize {
+    pub(super) fn prefix_len(&self) -> usize {
         self.prefix
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -126,8 +128,17 @@ impl<W: World> SyncEngine<W> {
                 prefetched_bytes,
             });
         }
-        let jobs = self.jobs_that_fit(jobs);
+        // Small edits of large files are written in place (`in_place.rs`); the rest, and those
+        // whose chunks could not be fetched, as new copies.
+        let (in_place, mut jobs) = self.take_in_place(jobs);
         let mut applied = 0;
+        for work in in_place {
+            match self.download_in_place(work).await? {
+                Ok(placed) => applied += usize::from(placed),
+                Err(job) => jobs.push(job),
+            }
+        }
+        let jobs = self.jobs_that_fit(jobs);
         // Batches bounded by bytes to fetch.
         let mut batch = Vec::new();
         let mut batch_bytes = 0u64;

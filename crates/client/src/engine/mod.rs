@@ -15,6 +15,9 @@
 //!   when it was read);
 //! - `download.rs`: downloads (invariant: a file is placed only over what the plan expected,
 //!   and only after its bytes verified and are durable);
+//! - `in_place.rs`: small edits of large files written into the file (invariant: no byte is
+//!   written before a journal of the write is durable; a journal a crash left is replayed or
+//!   discarded before the first scan);
 //! - `local.rs`: local steps (invariant: a local delete or replace only destroys bytes the
 //!   plan saw, re-checked right before);
 //! - `pack.rs`: chunk packing and repair uploads (invariant: a chunk is read from a file whose
@@ -31,6 +34,7 @@
 
 mod download;
 mod focus;
+mod in_place;
 mod local;
 mod locks;
 mod mass_delete;
@@ -158,6 +162,8 @@ pub struct SyncEngine<W: World> {
     counted_deletes: BTreeSet<RelPath>,
     /// Held while this engine may write (production: the folder's `daemon.lock`).
     _lock: Option<Box<dyn Send>>,
+    /// The in-place journals a crash left were replayed (by the first pass, before its scan).
+    journals_replayed: bool,
     /// What the engine is doing, for `status` and the progress bar (plain shared memory).
     progress: crate::progress::Progress,
     /// Files fetched ahead from other devices' upload streams (filled by the daemon's stream
@@ -301,6 +307,7 @@ impl<W: World> SyncEngine<W> {
             recent_deletes: mass_delete::RecentDeletes::default(),
             counted_deletes: BTreeSet::new(),
             _lock: None,
+            journals_replayed: false,
             progress: crate::progress::Progress::default(),
             prefetched: crate::prefetch::Prefetched::default(),
         })
@@ -674,6 +681,11 @@ impl<W: World> SyncEngine<W> {
         }
         let mut report = PassReport::default();
         self.retry_soon = false;
+        if !self.journals_replayed {
+            self.check_folder()?;
+            W::blocking(|| self.replay_in_place_journals())?;
+            self.journals_replayed = true;
+        }
         for round in 0..MAX_ROUNDS {
             self.check_folder()?;
             self.refresh_remote().await?;

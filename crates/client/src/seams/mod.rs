@@ -48,6 +48,39 @@ pub trait World: Send + 'static {
     /// Whether the scan hands the chunks of large files to a background upload task (needs a
     /// multi-threaded Tokio runtime; production only).
     const EARLY_UPLOAD: bool = false;
+
+    /// Which downloads are written into the file they replace rather than beside it (see
+    /// `engine/in_place.rs`).
+    const IN_PLACE: InPlaceRule = InPlaceRule::LARGE_FILES;
+}
+
+/// When a download over an unchanged local file of the same size is written in place (only
+/// its changed ranges, through a journal) instead of as a whole new copy renamed over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InPlaceRule {
+    /// Smallest file written in place.
+    pub min_size: u64,
+    /// The changed bytes are at most the file's size divided by this.
+    pub max_share: u64,
+    /// Most changed bytes written in place (they are held in memory and in the journal).
+    pub max_bytes: u64,
+}
+
+impl InPlaceRule {
+    /// The shipped rule: files of 8 MiB or more whose changed ranges are at most an eighth of
+    /// them, and at most 32 MiB.
+    pub const LARGE_FILES: InPlaceRule = InPlaceRule {
+        min_size: 8 * 1024 * 1024,
+        max_share: 8,
+        max_bytes: 32 * 1024 * 1024,
+    };
+
+    /// Whether `changed` bytes of a file of `size` bytes are written in place.
+    pub fn applies(&self, size: u64, changed: u64) -> bool {
+        size >= self.min_size
+            && changed.saturating_mul(self.max_share.max(1)) <= size
+            && changed <= self.max_bytes
+    }
 }
 
 /// The seams of the shipped client.
@@ -148,11 +181,42 @@ pub trait TempFile: std::io::Write + Send {
     fn set_mtime_ms(&mut self, mtime_ms: i64) -> std::io::Result<()>;
 }
 
+/// A synced file opened for writing in place (see [`Disk::open_in_place`]): the descriptor
+/// stays on the inode it opened, wherever that is renamed.
+pub trait InPlaceFile: Send {
+    /// `fstat` of the opened file, and its number of hard links.
+    ///
+    /// # Errors
+    /// On an IO error.
+    fn stat(&self) -> std::io::Result<(Meta, u64)>;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    ///
+    /// # Errors
+    /// When the file is shorter or cannot be read.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Writes all of `buf` at `offset` (`pwrite`).
+    ///
+    /// # Errors
+    /// On an IO error.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    /// Sets the modification time.
+    ///
+    /// # Errors
+    /// On an IO error.
+    fn set_mtime_ms(&self, mtime_ms: i64) -> std::io::Result<()>;
+    /// Makes the file's bytes and metadata durable (`fsync`).
+    ///
+    /// # Errors
+    /// On an IO error.
+    fn sync(&self) -> std::io::Result<()>;
+}
+
 /// The synced folder, addressed by [`RelPath`] below its root. Writes never go through a
 /// symlink (an existing ancestor that is a symlink or a file is an error).
 pub trait Disk: Send + 'static {
     type File: DiskFile;
     type Temp: TempFile;
+    type InPlace: InPlaceFile;
 
     /// The root's path, for messages.
     fn root(&self) -> &Path;
@@ -260,6 +324,29 @@ pub trait Disk: Send + 'static {
     /// # Errors
     /// When unknown.
     fn available_bytes(&self) -> std::io::Result<u64>;
+    /// Opens the regular file at `path` for reading and writing in place, never through a
+    /// symlink (production: `O_RDWR | O_NOFOLLOW`, then checked to be a regular file).
+    ///
+    /// # Errors
+    /// When it is no regular file, or on an IO error.
+    fn open_in_place(&self, path: &RelPath) -> std::io::Result<Self::InPlace>;
+    /// Writes the in-place journal `name` (in `.syncstore/journal/`) with `bytes`, durably: the
+    /// file and its directory entry survive a crash once this returns (a crash before may leave
+    /// it torn: readers check it).
+    ///
+    /// # Errors
+    /// On an IO error.
+    fn write_journal(&self, name: &str, bytes: &[u8]) -> std::io::Result<()>;
+    /// Every in-place journal there is: name and bytes.
+    ///
+    /// # Errors
+    /// When they cannot be listed or read.
+    fn journals(&self) -> std::io::Result<Vec<(String, Vec<u8>)>>;
+    /// Removes the in-place journal `name`, durably (absent is fine).
+    ///
+    /// # Errors
+    /// On an IO error.
+    fn remove_journal(&self, name: &str) -> std::io::Result<()>;
 }
 
 /// The API, as the engine uses it (the daemon's long poll and the lock commands use the HTTP

@@ -1,35 +1,44 @@
-//! [`Disk`] on the real filesystem: `std::fs`, `renameat2`, `fsync`/`syncfs`, `statvfs`.
+//! [`Disk`] on the real filesystem: `std::fs`, `renameat2`, `fsync`/`syncfs`, `statvfs`,
+//! `pwrite` for in-place writes.
 
-use super::{DirEntry, Disk, DiskFile, FileKind, Meta, TempFile};
+use super::{DirEntry, Disk, DiskFile, FileKind, InPlaceFile, Meta, TempFile};
 use crate::folder::FolderId;
 use crate::fsutil::safe_join;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use syncstore_durable::Writeback;
 use syncstore_proto::RelPath;
 
-/// The folder at `root` on the real filesystem; temp files go to `tmp_dir`. A clone is the
-/// same folder, with the same writeback thread.
+/// The folder at `root` on the real filesystem; temp files go to `tmp_dir`, in-place journals
+/// to `journal/` beside it. A clone is the same folder, with the same writeback thread.
 #[derive(Clone)]
 pub struct OsDisk {
     root: PathBuf,
     tmp_dir: PathBuf,
+    journal_dir: PathBuf,
     folder: FolderId,
     writeback: Arc<Writeback>,
+    /// `SYNCSTORE_TEST_STOP_IN_PLACE` was set: the first in-place write stops half-way, for
+    /// the end-to-end test that kills the daemon there.
+    stop_in_place: bool,
 }
 
 impl OsDisk {
-    /// The folder at `root` as opened (`folder`), with its temp files in `tmp_dir`.
+    /// The folder at `root` as opened (`folder`), with its temp files in `tmp_dir` and its
+    /// in-place journals in `tmp_dir`'s sibling `journal/` (both in `.syncstore/`).
     ///
     /// # Errors
     /// When the writeback thread cannot be started.
     pub fn new(root: &Path, tmp_dir: PathBuf, folder: FolderId) -> std::io::Result<OsDisk> {
+        let journal_dir = tmp_dir.with_file_name("journal");
         Ok(OsDisk {
             root: root.to_path_buf(),
             tmp_dir,
+            journal_dir,
             folder,
             writeback: Arc::new(Writeback::new()?),
+            stop_in_place: std::env::var_os("SYNCSTORE_TEST_STOP_IN_PLACE").is_some(),
         })
     }
 
@@ -118,9 +127,67 @@ impl TempFile for OsTemp {
     }
 }
 
+/// A synced file opened for writing in place.
+pub struct OsInPlace {
+    file: std::fs::File,
+    path: RelPath,
+    stop: bool,
+}
+
+impl InPlaceFile for OsInPlace {
+    fn stat(&self) -> std::io::Result<(Meta, u64)> {
+        let meta = self.file.metadata()?;
+        Ok((meta_of(&meta), meta.nlink()))
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.stop {
+            // The test's crash point: the journal is durable, part of a range is written.
+            let half = buf.len() / 2;
+            FileExt::write_all_at(&self.file, &buf[..half], offset)?;
+            self.file.sync_data()?;
+            tracing::warn!(
+                path = %self.path,
+                "test: stopped in the middle of an in-place write (SYNCSTORE_TEST_STOP_IN_PLACE)"
+            );
+            loop {
+                std::thread::park();
+            }
+        }
+        FileExt::write_all_at(&self.file, buf, offset)
+    }
+
+    fn set_mtime_ms(&self, mtime_ms: i64) -> std::io::Result<()> {
+        let mtime =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(mtime_ms.max(0) as u64);
+        self.file.set_modified(mtime)
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+impl OsDisk {
+    fn journal_path(&self, name: &str) -> std::io::Result<PathBuf> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name:?} is no journal name"),
+            ));
+        }
+        Ok(self.journal_dir.join(name))
+    }
+}
+
 impl Disk for OsDisk {
     type File = std::fs::File;
     type Temp = OsTemp;
+    type InPlace = OsInPlace;
 
     fn root(&self) -> &Path {
         &self.root
@@ -272,5 +339,76 @@ impl Disk for OsDisk {
 
     fn available_bytes(&self) -> std::io::Result<u64> {
         crate::fsutil::available_bytes(&self.tmp_dir)
+    }
+
+    fn open_in_place(&self, path: &RelPath) -> std::io::Result<OsInPlace> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.full(path)?)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{path} is not a regular file"),
+            ));
+        }
+        Ok(OsInPlace {
+            file,
+            path: path.clone(),
+            stop: self.stop_in_place,
+        })
+    }
+
+    fn write_journal(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.journal_path(name)?;
+        if !self.journal_dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&self.journal_dir)?;
+            if let Some(parent) = self.journal_dir.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::File::open(&self.journal_dir)?.sync_all()
+    }
+
+    fn journals(&self) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+        let entries = match std::fs::read_dir(&self.journal_dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            out.push((name, std::fs::read(entry.path())?));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove_journal(&self, name: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.journal_path(name)?) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        std::fs::File::open(&self.journal_dir)?.sync_all()
     }
 }
