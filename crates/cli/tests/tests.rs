@@ -11,6 +11,7 @@ mod cli;
 mod dav;
 mod folder;
 mod history;
+mod in_place;
 mod limits;
 mod locks;
 mod mass_delete;

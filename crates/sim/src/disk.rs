@@ -5,7 +5,7 @@
 //! that change the disk sometimes crash the device right after (between the change and the
 //! base update that follows it). A crashed device's calls all fail. In-place writes are torn the
 //! way a crash tears them: a journal may be cut short as it is written, and a `pwrite` may
-//! stop after a 4 KiB-aligned part of its bytes.
+//! stop at a page boundary of the file.
 
 use crate::fs::{FsError, FsNode, SimFs};
 use crate::shared::Shared;
@@ -213,13 +213,13 @@ impl InPlaceFile for SimInPlace {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         let start = usize::try_from(offset).map_err(std::io::Error::other)?;
-        // Sometimes the crash comes in the middle of the write: a 4 KiB-aligned part of it
-        // reached the disk.
+        // Sometimes the crash comes in the middle of the write: its bytes up to a page
+        // boundary of the file reached the disk.
         let torn = {
             let mut sim = self.shared.lock();
             (sim.faults && sim.disk_rng.gen_bool(0.02)).then(|| {
-                let blocks = buf.len().div_ceil(4096);
-                sim.disk_rng.gen_range(0..blocks.max(1)) * 4096
+                let end = start + sim.disk_rng.gen_range(0..buf.len().max(1));
+                (end & !4095).saturating_sub(start)
             })
         };
         let len = torn.unwrap_or(buf.len()).min(buf.len());

@@ -25,7 +25,9 @@ use std::io::Read;
 use syncstore_proto::daemon::Direction;
 use syncstore_proto::{ChunkHash, RelPath};
 
-/// Bytes of the old content hashed together in a journal: a crash never tears below this.
+/// Bytes of the old content hashed together in a journal, at file offsets that are multiples
+/// of it: the page size, below which neither a killed process nor (we assume, as SQLite's
+/// "powersafe overwrite" does) a power loss tears a write.
 const BLOCK: usize = 4096;
 /// First bytes of every journal.
 const MAGIC: &[u8; 8] = b"SSINPL01";
@@ -319,10 +321,7 @@ fn write_in_place<D: Disk>(
         journal.ranges.push(JournalRange {
             offset: start,
             bytes,
-            old_blocks: old
-                .chunks(BLOCK)
-                .map(|b| *blake3::hash(b).as_bytes())
-                .collect(),
+            old_blocks: block_hashes(start, &old),
         });
     }
     // The bytes read (reused chunks, old blocks) are the base's while the stamp holds.
@@ -415,8 +414,8 @@ fn replay<D: Disk>(disk: &D, journal: &Journal) -> Result<(), &'static str> {
         let mut now = vec![0u8; range.bytes.len()];
         file.read_exact_at(&mut now, range.offset)
             .map_err(|_| "its file cannot be read")?;
-        let blocks = now.chunks(BLOCK).zip(range.bytes.chunks(BLOCK));
-        for ((now, new), old) in blocks.zip(&range.old_blocks) {
+        for (block, old) in blocks(range.offset, now.len()).zip(&range.old_blocks) {
+            let (now, new) = (&now[block.clone()], &range.bytes[block]);
             if now != new && blake3::hash(now).as_bytes() != old {
                 return Err("its file was changed since");
             }
@@ -429,6 +428,24 @@ fn replay<D: Disk>(disk: &D, journal: &Journal) -> Result<(), &'static str> {
     file.set_mtime_ms(journal.mtime_ms)
         .map_err(|_| "its file cannot be written")?;
     file.sync().map_err(|_| "its file cannot be made durable")
+}
+
+/// The blocks of `len` bytes at file offset `offset`, as ranges of those bytes: cut where the
+/// file offset is a multiple of [`BLOCK`].
+fn blocks(offset: u64, len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let first = (BLOCK - (offset % BLOCK as u64) as usize) % BLOCK;
+    let mut cuts = vec![0];
+    cuts.extend((first..len).step_by(BLOCK).filter(|cut| *cut > 0));
+    cuts.push(len);
+    cuts.dedup();
+    (0..cuts.len() - 1).map(move |i| cuts[i]..cuts[i + 1])
+}
+
+/// The BLAKE3 of each block of `bytes`, which are at file offset `offset`.
+fn block_hashes(offset: u64, bytes: &[u8]) -> Vec<[u8; 32]> {
+    blocks(offset, bytes.len())
+        .map(|block| *blake3::hash(&bytes[block]).as_bytes())
+        .collect()
 }
 
 /// The journal's bytes: [`MAGIC`], the body's length, the body, and the body's BLAKE3.
@@ -481,7 +498,7 @@ fn decode(bytes: &[u8]) -> Option<Journal> {
         let offset = reader.u64()?;
         let len = usize::try_from(reader.u64()?).ok()?;
         let bytes = reader.take(len)?.to_vec();
-        let n_blocks = len.div_ceil(BLOCK);
+        let n_blocks = blocks(offset, len).count();
         let mut old_blocks = Vec::with_capacity(n_blocks);
         for _ in 0..n_blocks {
             old_blocks.push(*reader.take(32)?.first_chunk::<32>()?);
@@ -557,10 +574,7 @@ mod tests {
             ranges: vec![JournalRange {
                 offset: offset as u64,
                 bytes: new.to_vec(),
-                old_blocks: old_range
-                    .chunks(BLOCK)
-                    .map(|b| *blake3::hash(b).as_bytes())
-                    .collect(),
+                old_blocks: block_hashes(offset as u64, old_range),
             }],
         }
     }
@@ -569,6 +583,17 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31) ^ seed)
             .collect()
+    }
+
+    #[test]
+    fn blocks_are_cut_at_page_boundaries_of_the_file() {
+        let cut = |offset: u64, len: usize| blocks(offset, len).collect::<Vec<_>>();
+        assert_eq!(cut(0, 2 * BLOCK), [0..BLOCK, BLOCK..2 * BLOCK]);
+        assert_eq!(cut(100, BLOCK), [0..BLOCK - 100, BLOCK - 100..BLOCK]);
+        let whole = |len: usize| std::iter::once(0..len).collect::<Vec<_>>();
+        assert_eq!(cut(BLOCK as u64 - 1, 1), whole(1));
+        assert_eq!(cut(5, 10), whole(10));
+        assert_eq!(cut(7, 0), Vec::<std::ops::Range<usize>>::new());
     }
 
     #[test]
@@ -601,18 +626,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = bytes(16 * BLOCK, 3);
         let disk = folder(dir.path(), &old);
-        let new = bytes(3 * BLOCK, 200);
-        let journal = journal_of(dir.path(), &old, 5 * BLOCK, &new);
+        // A range that starts and ends inside pages.
+        let (start, new) = (5 * BLOCK + 100, bytes(3 * BLOCK, 200));
+        let journal = journal_of(dir.path(), &old, start, &new);
         disk.write_journal(&journal_name(&big()), &encode(&journal))
             .unwrap();
-        // The crash came after one block of the range was written.
+        // The crash came after the range's first pages were written: up to a page boundary.
         let mut torn = old.clone();
-        torn[5 * BLOCK..6 * BLOCK].copy_from_slice(&new[..BLOCK]);
+        let cut = 7 * BLOCK;
+        torn[start..cut].copy_from_slice(&new[..cut - start]);
         std::fs::write(dir.path().join("big.bin"), &torn).unwrap();
         let replayed = replay_journals(&disk).unwrap();
         assert_eq!(replayed, vec![Replayed::Applied(big())]);
         let mut expected = old.clone();
-        expected[5 * BLOCK..8 * BLOCK].copy_from_slice(&new);
+        expected[start..start + new.len()].copy_from_slice(&new);
         assert_eq!(std::fs::read(dir.path().join("big.bin")).unwrap(), expected);
         assert!(disk.journals().unwrap().is_empty(), "the journal is gone");
         let mtime = std::fs::metadata(dir.path().join("big.bin"))

@@ -1,7 +1,7 @@
 //! The seams: the only ways the engine touches the world.
 //!
 //! [`Disk`] is the synced folder (stat, list, read at an offset, durable temp writes, renames,
-//! removals, directory syncs); [`Server`] is the API (whoami, tree, changes, missing, upload,
+//! removals, directory syncs, in-place writes and their journals); [`Server`] is the API (whoami, tree, changes, missing, upload,
 //! download, ops); [`Clock`] is the time; [`BaseStore`] is where base and the folder's other
 //! state are committed. [`World`] names one set of them. Production wires [`Production`]
 //! (`std::fs` through [`OsDisk`], the HTTP client, the system clock, the SQLite state); the
