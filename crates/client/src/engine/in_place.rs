@@ -32,19 +32,27 @@ const BLOCK: usize = 4096;
 /// First bytes of every journal.
 const MAGIC: &[u8; 8] = b"SSINPL01";
 
-/// A download to write in place, with the file opened for it.
-pub(super) struct InPlaceJob<F, T> {
+/// A download to write in place; `T` is the disk's temp file type.
+pub(super) struct InPlaceJob<T> {
     job: DownloadJob<T>,
-    file: F,
     /// The ranges to write: (offset, length), in order, not overlapping.
     ranges: Vec<(u64, u64)>,
 }
 
 /// An [`InPlaceJob`] on `W`'s disk.
-pub(super) type InPlaceOf<W> =
-    InPlaceJob<<<W as World>::Disk as Disk>::InPlace, <<W as World>::Disk as Disk>::Temp>;
+pub(super) type InPlaceOf<W> = InPlaceJob<<<W as World>::Disk as Disk>::Temp>;
 /// A [`DownloadJob`] on `W`'s disk.
 type Job<W> = DownloadJob<<<W as World>::Disk as Disk>::Temp>;
+
+/// What [`write_in_place`] did.
+enum Outcome {
+    /// Written, durably: the file's stat after it.
+    Written(crate::seams::Meta),
+    /// The file is no longer what the plan saw: nothing written, no journal left.
+    Changed,
+    /// The journal did not fit on the disk: nothing written, no journal left.
+    NoSpace,
+}
 
 /// What an in-place journal records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,15 +84,15 @@ pub(crate) enum Replayed {
 
 impl<W: World> SyncEngine<W> {
     /// Takes the downloads that go in place out of `jobs`: the local file still has base's
-    /// stamp and content, the new size is the old one, it is a writable regular file with one
-    /// link, and its changed ranges fit [`World::IN_PLACE`].
+    /// stamp and content, the new size is the old one, and its changed ranges fit
+    /// [`World::IN_PLACE`] (that it is a writable regular file with one link is checked when
+    /// it is opened, in [`SyncEngine::download_in_place`]).
     pub(super) fn take_in_place(&mut self, jobs: Vec<Job<W>>) -> (Vec<InPlaceOf<W>>, Vec<Job<W>>) {
         let mut in_place = Vec::new();
         let mut rest = Vec::new();
         for job in jobs {
-            let ranges = self.in_place_ranges(&job);
-            match ranges.and_then(|ranges| Some((self.open_unchanged(&job)?, ranges))) {
-                Some((file, ranges)) => in_place.push(InPlaceJob { job, file, ranges }),
+            match self.in_place_ranges(&job) {
+                Some(ranges) => in_place.push(InPlaceJob { job, ranges }),
                 None => rest.push(job),
             }
         }
@@ -148,7 +156,10 @@ impl<W: World> SyncEngine<W> {
             return Err(Error::Paused);
         }
         let started = self.clock.monotonic();
-        let InPlaceJob { job, file, ranges } = work;
+        let InPlaceJob { job, ranges } = work;
+        let flight = self
+            .progress
+            .transfer(&job.path, Direction::Download, job.entry.size);
         // The chunks of the ranges: from the old file where it holds them (elsewhere), the
         // rest fetched once each.
         let mut fetch = Vec::new();
@@ -180,13 +191,22 @@ impl<W: World> SyncEngine<W> {
                 }
             }
         }
+        // Opened only now, so a run of many large files holds one descriptor at a time.
+        let Some(file) = self.open_unchanged(&job) else {
+            return Ok(Err(job));
+        };
         let disk = &self.disk;
         let written = W::blocking(|| write_in_place(disk, &job, &file, &ranges, &needed, &fetched));
-        let Some(meta) = written? else {
-            tracing::info!(path = %job.path, "local file changed meanwhile; re-planning");
-            self.retry_soon = true;
-            return Ok(Ok(false));
+        let meta = match written? {
+            Outcome::Written(meta) => meta,
+            Outcome::Changed => {
+                tracing::info!(path = %job.path, "local file changed meanwhile; re-planning");
+                self.retry_soon = true;
+                return Ok(Ok(false));
+            }
+            Outcome::NoSpace => return Ok(Err(job)),
         };
+        flight.add(job.entry.size);
         // As `place_download`: the stamp recorded is the file's after the write, unless it
         // changed in the moment since.
         let intact = meta.inode == job.reuse_stamp.map_or(0, |s| s.inode)
@@ -281,7 +301,7 @@ fn write_in_place<D: Disk>(
     ranges: &[(u64, u64)],
     needed: &[(u64, ChunkHash, u32)],
     fetched: &HashMap<ChunkHash, Vec<u8>>,
-) -> Result<Option<crate::seams::Meta>, Error> {
+) -> Result<Outcome, Error> {
     let io = |what: &str| {
         let text = format!("could not {what} {} in place", job.path);
         move |err| Error::io(text, err)
@@ -326,23 +346,29 @@ fn write_in_place<D: Disk>(
     }
     // The bytes read (reused chunks, old blocks) are the base's while the stamp holds.
     if !still_base(file)? {
-        return Ok(None);
+        return Ok(Outcome::Changed);
     }
     let name = journal_name(&job.path);
-    disk.write_journal(&name, &encode(&journal))
-        .map_err(io("journal the write to"))?;
+    if let Err(err) = disk.write_journal(&name, &encode(&journal)) {
+        if crate::fsutil::is_out_of_space(&err) {
+            disk.remove_journal(&name)
+                .map_err(io("remove the journal of"))?;
+            return Ok(Outcome::NoSpace);
+        }
+        return Err(io("journal the write to")(err));
+    }
     // The re-check right before the first write: the file is still what the plan saw.
     if !still_base(file)? {
         disk.remove_journal(&name)
             .map_err(io("remove the journal of"))?;
-        return Ok(None);
+        return Ok(Outcome::Changed);
     }
     let written = write_journalled(disk, job, file, &journal, &name);
     // On a failure, what the journal says is finished now if it can be, else at the next start.
     if written.is_err() && replay(disk, &journal).is_ok() {
         let _ = disk.remove_journal(&name);
     }
-    written.map(Some)
+    written.map(Outcome::Written)
 }
 
 /// The journalled part of [`write_in_place`]: the ranges, the mtime and mode, durably, then
