@@ -7,19 +7,6 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-/// Bytes that FastCDC cuts into many chunks.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 /// `bytes` with `patch` written over it at `at`.
 fn patched(bytes: &[u8], at: usize, patch: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();

@@ -48,6 +48,14 @@ fn temp_files(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits until B reports fetching big.bin from A's upload stream.
+fn wait_receiving(b: &Proc) {
+    wait_until("B receiving big.bin while A uploads it", || {
+        b.log_text()
+            .contains("receiving big.bin from laptop while it is being uploaded")
+    });
+}
+
 #[test]
 fn b_fetches_a_large_file_while_a_is_still_uploading_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -63,10 +71,7 @@ fn b_fetches_a_large_file_while_a_is_still_uploading_it() {
 
     let big = random_bytes(SIZE, 18);
     std::fs::write(a_dir.join("big.bin"), &big).unwrap();
-    wait_until("B receiving big.bin while A uploads it", || {
-        b.log_text()
-            .contains("receiving big.bin from laptop while it is being uploaded")
-    });
+    wait_receiving(&b);
     // B holds fetched bytes of a file the server has no version of yet, and shows no file.
     assert!(
         server.entry(&token_b, "big.bin").is_none(),
@@ -117,10 +122,7 @@ fn a_killed_mid_upload_leaves_nothing_and_its_retry_completes() {
 
     let big = random_bytes(SIZE, 81);
     std::fs::write(a_dir.join("big.bin"), &big).unwrap();
-    wait_until("B receiving big.bin while A uploads it", || {
-        b.log_text()
-            .contains("receiving big.bin from laptop while it is being uploaded")
-    });
+    wait_receiving(&b);
     a.kill9();
     // Nothing of the cut-off upload is a file or a version anywhere.
     assert!(server.entry(&token_b, "big.bin").is_none());
