@@ -102,7 +102,7 @@ fn check_part(part: &StreamPart) -> Result<(), ApiError> {
         ));
     }
     let end = syncstore_store::streams::part_end(part.offset, &part.chunks);
-    if end > part.size {
+    if end > part.size || end == u64::MAX {
         return bad(format!(
             "the part ends at byte {end}, past the file's size of {}",
             part.size

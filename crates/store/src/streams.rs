@@ -60,9 +60,12 @@ pub enum PartRefused {
     },
 }
 
-/// The end offset of a part.
+/// The end offset of a part (saturating: a part past `u64::MAX` ends there, which no file
+/// size reaches, so it is refused as ending past the file).
 pub fn part_end(start: u64, chunks: &[ChunkRef]) -> u64 {
-    start + chunks.iter().map(|c| u64::from(c.len)).sum::<u64>()
+    chunks
+        .iter()
+        .fold(start, |end, c| end.saturating_add(u64::from(c.len)))
 }
 
 /// Adds `part` from `device_id` by the rules above; the part's position, or why not.
