@@ -403,6 +403,44 @@ fn browser_devices_share_links_and_csrf() {
             .await;
         assert_eq!(size.as_u64(), Some(std::fs::metadata(&picture).unwrap().len()));
 
+        // A link with an expiry: a day already over is refused; one through tomorrow works
+        // until its expiry passes (moved into the past in the server's database, since
+        // waiting out a day is not a test), then it is refused, and listed as expired.
+        let set_expiry = |date: &str| {
+            let js = "document.querySelector('#share-expires').value = arguments[0];";
+            s.script(js, vec![date.into()])
+        };
+        s.goto(&format!("{base}/file?path=docs/notes.txt")).await;
+        let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d");
+        set_expiry(&yesterday.to_string()).await;
+        s.click("#share-create").await;
+        s.wait_for_text("the expiry date is in the past").await;
+        s.goto(&format!("{base}/file?path=docs/notes.txt")).await;
+        let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d");
+        set_expiry(&tomorrow.to_string()).await;
+        s.click("#share-create").await;
+        let url = s.find("input.share-url").await.prop("value").await.unwrap().expect("the link");
+        let expiring = url.trim_start_matches(&base).to_owned();
+        stranger.goto(&url).await;
+        stranger.wait_for_text("notes.txt").await;
+        let (status, body) = fetch(&stranger, &format!("{expiring}/raw?download=1"), None).await;
+        assert_eq!((status, body.as_str()), (200, "meeting at noon\n"));
+        let id = expiring.trim_start_matches("/s/").to_owned();
+        let db = rusqlite::Connection::open(tmp.path().join("data/meta.sqlite")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let past = chrono::Utc::now().timestamp_millis() - 1;
+        let changed = db
+            .execute("UPDATE share_links SET expires_ms = ?1 WHERE id = ?2", rusqlite::params![past, id])
+            .unwrap();
+        assert_eq!(changed, 1, "no share link {id} in the database");
+        for page in [expiring.clone(), format!("{expiring}/raw?download=1")] {
+            let (status, body) = fetch(&stranger, &page, None).await;
+            assert_eq!(status, 410, "{page}: {body}");
+            assert!(body.contains("expired") && !body.contains("meeting at noon"), "{page}: {body}");
+        }
+        s.goto(&format!("{base}/shares")).await;
+        s.wait_for_text("expired").await;
+
         // The phone-sized layout.
         let small = browser.session(&tmp.path().join("small"), PHONE).await;
         sign_in(&small, &base, "me", PASSWORD).await;
