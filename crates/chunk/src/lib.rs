@@ -10,8 +10,12 @@
 //! the unchanged regions instead of cutting them again; it gives exactly what [`chunk_reader`]
 //! gives.
 //!
+//! [`delta`] sends a changed chunk as an rsync-style delta against the chunks it replaces,
+//! verified by the chunk's BLAKE3 once applied.
+//!
 //! This crate does no IO of its own beyond reading the reader it is given.
 
+pub mod delta;
 mod rechunk;
 
 use std::io::{self, Read};
