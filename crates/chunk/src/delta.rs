@@ -54,8 +54,7 @@ pub fn diff(signature: Vec<u8>, target: &[u8]) -> Result<Vec<u8>, DeltaError> {
     let signature =
         fast_rsync::Signature::deserialize(signature).map_err(|_| DeltaError::BadSignature)?;
     let mut out = Vec::new();
-    fast_rsync::diff(&signature.index(), target, &mut out)
-        .map_err(|_| DeltaError::BadSignature)?;
+    fast_rsync::diff(&signature.index(), target, &mut out).map_err(|_| DeltaError::BadSignature)?;
     Ok(out)
 }
 
@@ -101,7 +100,10 @@ mod tests {
         assert!(sig.len() < 16 * 1024, "signature of {} bytes", sig.len());
         let delta = diff(sig, &target).unwrap();
         assert!(delta.len() < 4 * 1024, "delta of {} bytes", delta.len());
-        assert_eq!(apply(&base, &delta, crate::hash_chunk(&target)).unwrap(), target);
+        assert_eq!(
+            apply(&base, &delta, crate::hash_chunk(&target)).unwrap(),
+            target
+        );
         // Against two old chunks, with an insertion that moved the cut between them.
         let mut second = base.clone();
         second.extend(random(300_000, 2));
@@ -109,7 +111,10 @@ mod tests {
         moved.splice(1_000_000..1_000_000, *b"inserted");
         let delta = delta_between(&second, &moved);
         assert!(delta.len() < 12 * 1024, "delta of {} bytes", delta.len());
-        assert_eq!(apply(&second, &delta, crate::hash_chunk(&moved)).unwrap(), moved);
+        assert_eq!(
+            apply(&second, &delta, crate::hash_chunk(&moved)).unwrap(),
+            moved
+        );
     }
 
     #[test]
@@ -118,7 +123,10 @@ mod tests {
         let target = random(300_000, 4);
         let delta = delta_between(&base, &target);
         let wrong = crate::hash_chunk(b"something else");
-        assert_eq!(apply(&base, &delta, wrong), Err(DeltaError::Mismatch(wrong)));
+        assert_eq!(
+            apply(&base, &delta, wrong),
+            Err(DeltaError::Mismatch(wrong))
+        );
         // Applied to another base, a copy command makes other bytes: refused by the hash.
         let edited = {
             let mut t = base.clone();
@@ -129,9 +137,15 @@ mod tests {
         let other_base = random(300_000, 5);
         assert!(apply(&other_base, &delta, crate::hash_chunk(&edited)).is_err());
         // Garbage, a cut delta and a bad signature are errors, not panics.
-        assert!(matches!(apply(&base, b"garbage", wrong), Err(DeltaError::BadDelta(_))));
+        assert!(matches!(
+            apply(&base, b"garbage", wrong),
+            Err(DeltaError::BadDelta(_))
+        ));
         assert!(apply(&base, &delta[..delta.len() / 2], crate::hash_chunk(&edited)).is_err());
-        assert_eq!(diff(b"nonsense".to_vec(), &target), Err(DeltaError::BadSignature));
+        assert_eq!(
+            diff(b"nonsense".to_vec(), &target),
+            Err(DeltaError::BadSignature)
+        );
         assert_eq!(diff(Vec::new(), &target), Err(DeltaError::BadSignature));
     }
 

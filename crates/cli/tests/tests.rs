@@ -9,6 +9,7 @@ mod accounts;
 mod bench_smoke;
 mod cli;
 mod dav;
+mod deltas;
 mod folder;
 mod history;
 mod in_place;

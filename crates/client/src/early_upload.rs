@@ -18,7 +18,7 @@
 //! server has them already (a renamed file: one `missing` query per pack, nothing sent). Every
 //! failure is logged and dropped; the plan's own upload sends whatever is still missing.
 
-use crate::engine::read_chunk_into;
+use crate::engine::{read_chunk_into, send_by_delta, DeltaBudget, DELTA_MIN_BYTES};
 use crate::http::ApiError;
 use crate::seams::Server;
 use crate::Error;
@@ -41,6 +41,8 @@ struct CutChunk {
     file: Arc<PathBuf>,
     offset: u64,
     chunk: ChunkRef,
+    /// The old chunks it replaces (an edit's), to send it as a delta against; or none.
+    bases: Vec<ChunkHash>,
 }
 
 /// The upload task of one scan, and the sending end the scan feeds.
@@ -85,9 +87,10 @@ pub struct ChunkSink {
 }
 
 impl ChunkSink {
-    /// Takes the chunk of `file` at `offset`. Blocks while the uploads are a queue behind; must
-    /// be called from blocking code (the scan runs in `block_in_place`).
-    pub fn chunk(&mut self, file: &Path, offset: u64, chunk: ChunkRef) {
+    /// Takes the chunk of `file` at `offset`, with the old chunks it replaces if it is an
+    /// edit's (`bases`, to send it as a delta against them). Blocks while the uploads are a
+    /// queue behind; must be called from blocking code (the scan runs in `block_in_place`).
+    pub fn chunk(&mut self, file: &Path, offset: u64, chunk: ChunkRef, bases: Vec<ChunkHash>) {
         let Some(sender) = &self.sender else {
             return;
         };
@@ -103,6 +106,7 @@ impl ChunkSink {
             file,
             offset,
             chunk,
+            bases,
         };
         if sender.blocking_send(cut).is_err() {
             // The task ended (it gave up); the plan's upload does the work.
@@ -142,6 +146,7 @@ async fn run<S: Server>(
         api,
         root,
         sent: HashSet::new(),
+        deltas: DeltaBudget::default(),
         in_flight: VecDeque::new(),
         streams: HashMap::new(),
     };
@@ -183,6 +188,8 @@ async fn run<S: Server>(
 struct Early<S> {
     api: S,
     root: PathBuf,
+    /// Which chunks may still be tried as deltas.
+    deltas: DeltaBudget,
     /// Chunks sent (or found on the server) already.
     sent: HashSet<ChunkHash>,
     /// Packs in flight, oldest first.
@@ -251,6 +258,7 @@ impl<S: Server> Early<S> {
                 stream.started = true;
             }
         }
+        let wanted = self.send_deltas(wanted).await;
         if wanted.is_empty() {
             // Nothing to upload: the group's chunks are on the server; announce them in turn.
             let done = tokio::spawn(async { Ok(()) });
@@ -269,6 +277,36 @@ impl<S: Server> Early<S> {
         let upload = tokio::spawn(async move { api.upload_pack(pack, false).await });
         self.in_flight.push_back(InFlight { upload, files });
         Ok(())
+    }
+
+    /// Sends the chunks of `wanted` that replace old ones as deltas against those, as far as
+    /// the budget goes; gives back the rest, to go in the pack.
+    async fn send_deltas(&mut self, wanted: Vec<CutChunk>) -> Vec<CutChunk> {
+        let mut rest = Vec::with_capacity(wanted.len());
+        for cut in wanted {
+            if cut.bases.is_empty() || cut.chunk.len < DELTA_MIN_BYTES || !self.deltas.allows() {
+                rest.push(cut);
+                continue;
+            }
+            let (file, offset, chunk) = (Arc::clone(&cut.file), cut.offset, cut.chunk);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut bytes = Vec::new();
+                let file = std::fs::File::open(file.as_path()).ok()?;
+                read_chunk_into(&file, offset, &chunk, &mut bytes).then_some(bytes)
+            })
+            .await;
+            let Ok(Some(frame)) = read else {
+                rest.push(cut);
+                continue;
+            };
+            let bytes = &frame[syncstore_proto::FRAME_HEADER_LEN..];
+            let sent = send_by_delta(&self.api, cut.chunk.hash, bytes, cut.bases.clone()).await;
+            self.deltas.record(sent);
+            if !sent {
+                rest.push(cut);
+            }
+        }
+        rest
     }
 
     /// Waits for the oldest packs until at most `limit` are in flight.

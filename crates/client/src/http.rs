@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use crate::tls::{Trust, Untrusted};
 use syncstore_proto::{
-    ChangesResponse, ChunkHash, ChunkList, Cursor, ErrorBody, HistoryQuery, HistoryResponse,
-    JournalTag, LockInfo, LockRequest, LocksResponse, Op, OpsRequest, OpsResponse, RelPath,
-    RestoreRequest, RestoreResponse, StreamPart, StreamPartAccepted, StreamsResponse, TrashQuery,
-    TrashResponse, TreeResponse, UnlockRequest, UploadResponse, UsageResponse, WhoAmI,
+    ChangesResponse, ChunkHash, ChunkList, Cursor, DeltaBases, DeltaRequest, ErrorBody,
+    HistoryQuery, HistoryResponse, JournalTag, LockInfo, LockRequest, LocksResponse, Op,
+    OpsRequest, OpsResponse, RelPath, RestoreRequest, RestoreResponse, StreamPart,
+    StreamPartAccepted, StreamsResponse, TrashQuery, TrashResponse, TreeResponse, UnlockRequest,
+    UploadResponse, UsageResponse, WhoAmI,
 };
 
 /// Why a call failed.
@@ -479,6 +480,72 @@ impl ApiClient {
         .await
     }
 
+    /// An answer's body as octets.
+    async fn octets(&self, path: &str, body: Body) -> Result<Vec<u8>, ApiError> {
+        let response = self
+            .send(reqwest::Method::POST, path, body, Duration::from_secs(120))
+            .await?;
+        let url = response.url().to_string();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ApiError::Unreachable { url, source })?;
+        Ok(bytes.to_vec())
+    }
+
+    /// `POST /api/v1/chunks/signature`: the signature of the old chunks `bases`.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn chunk_signature(&self, bases: Vec<ChunkHash>) -> Result<Vec<u8>, ApiError> {
+        self.octets(
+            "/api/v1/chunks/signature",
+            Self::encode(&DeltaBases { bases }),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/chunks/patch`: chunk `target` as a delta against `bases`.
+    ///
+    /// # Errors
+    /// [`ApiError`]; a 422 when the delta does not make `target` from the server's bases.
+    pub async fn upload_delta(
+        &self,
+        target: ChunkHash,
+        bases: Vec<ChunkHash>,
+        delta: Bytes,
+    ) -> Result<UploadResponse, ApiError> {
+        self.pace_upload(delta.len()).await;
+        let bases: Vec<String> = bases.iter().map(ToString::to_string).collect();
+        let path = format!(
+            "/api/v1/chunks/patch?target={target}&bases={}",
+            bases.join(",")
+        );
+        self.json(
+            reqwest::Method::POST,
+            &path,
+            Body::Bytes(delta),
+            Duration::from_secs(120),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/chunks/delta`: the delta that makes `target` from `bases`.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn download_delta(
+        &self,
+        target: ChunkHash,
+        bases: Vec<ChunkHash>,
+    ) -> Result<Vec<u8>, ApiError> {
+        self.octets(
+            "/api/v1/chunks/delta",
+            Self::encode(&DeltaRequest { target, bases }),
+        )
+        .await
+    }
+
     /// `POST /api/v1/chunks/download`: a stream of frames for `hashes`, in order.
     ///
     /// # Errors
@@ -750,6 +817,29 @@ impl crate::seams::Server for Arc<ApiClient> {
 
     async fn announce_stream(&self, part: StreamPart) -> Result<(), ApiError> {
         ApiClient::announce_stream(self, part).await.map(|_| ())
+    }
+
+    async fn chunk_signature(&self, bases: Vec<ChunkHash>) -> Result<Vec<u8>, ApiError> {
+        ApiClient::chunk_signature(self, bases).await
+    }
+
+    async fn upload_delta(
+        &self,
+        target: ChunkHash,
+        bases: Vec<ChunkHash>,
+        delta: Bytes,
+    ) -> Result<(), ApiError> {
+        ApiClient::upload_delta(self, target, bases, delta)
+            .await
+            .map(|_| ())
+    }
+
+    async fn download_delta(
+        &self,
+        target: ChunkHash,
+        bases: Vec<ChunkHash>,
+    ) -> Result<Vec<u8>, ApiError> {
+        ApiClient::download_delta(self, target, bases).await
     }
 
     async fn download_pack(&self, hashes: Vec<ChunkHash>) -> Result<Self::Download, ApiError> {

@@ -11,6 +11,7 @@
 //! a full pass gives.
 
 use crate::early_upload::{ChunkSink, EARLY_UPLOAD_MIN_BYTES};
+use crate::engine::bases_for;
 use crate::seams::{DirEntry, Disk, DiskFile, FileKind};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -653,9 +654,11 @@ fn hash_file<D: Disk>(
         Some(old) if stamp.size >= RECHUNK_MIN_BYTES && old.len() > 1 => {
             let read_at = |buf: &mut [u8], offset| file.read_exact_at(buf, offset);
             // Only chunks cut again can be new: the kept ones are the previous version's.
+            // An edit's new chunks go as deltas against the old ones over the same range.
             let found = syncstore_chunk::rechunk(old, stamp.size, &read_at, |offset, chunk| {
                 if let Some(sink) = sink.as_deref_mut() {
-                    sink.chunk(&full, offset, chunk);
+                    let bases = bases_for(old, offset, chunk.len);
+                    sink.chunk(&full, offset, chunk, bases.iter().map(|b| b.hash).collect());
                 }
             });
             match found {
@@ -677,7 +680,7 @@ fn hash_file<D: Disk>(
             Some(sink) => {
                 let mut offset = 0u64;
                 syncstore_chunk::chunk_reader(&mut file, |chunk, _| {
-                    sink.chunk(&full, offset, chunk);
+                    sink.chunk(&full, offset, chunk, Vec::new());
                     offset += u64::from(chunk.len);
                     Ok(())
                 })

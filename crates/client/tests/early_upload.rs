@@ -21,7 +21,7 @@ fn cut_into(path: &std::path::Path, early: &EarlyUpload) -> Vec<ChunkHash> {
     let mut offset = 0u64;
     let file = std::fs::File::open(path).unwrap();
     let manifest = syncstore_chunk::chunk_reader(&file, |chunk, _| {
-        sink.chunk(path, offset, chunk);
+        sink.chunk(path, offset, chunk, Vec::new());
         offset += u64::from(chunk.len);
         Ok(())
     })

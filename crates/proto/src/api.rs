@@ -9,6 +9,9 @@
 //! | `POST /api/v1/chunks/missing` | [`ChunkList`] | [`ChunkList`] of those the server lacks |
 //! | `POST /api/v1/chunks/upload[?durable=true]` | chunk frames | [`UploadResponse`]; with `durable`, the chunks are durable under their names before the answer (a repair upload, which no commit follows) |
 //! | `POST /api/v1/chunks/download` | [`ChunkList`] | chunk frames, in the order asked |
+//! | `POST /api/v1/chunks/signature` | [`DeltaBases`] | the rsync signature of the bases' bytes, concatenated (octets) |
+//! | `POST /api/v1/chunks/patch?target=H&bases=H,H` | an rsync delta | [`UploadResponse`]: chunk `target`, made from the bases and the delta, is stored; 422 when it does not hash to `target` |
+//! | `POST /api/v1/chunks/delta` | [`DeltaRequest`] | the rsync delta that makes `target` from the bases (octets) |
 //! | `POST /api/v1/ops` | [`OpsRequest`] | [`OpsResponse`]: one [`OpResult`] per op, each with its own status |
 //! | `POST /api/v1/locks` | [`LockRequest`] | [`LockInfo`]; 423 when another device holds it, 404 when the path does not exist |
 //! | `POST /api/v1/locks/release` | [`UnlockRequest`] | [`LockInfo`] of the released lock; 423 when another device holds it and `force` is not set, 404 when there is no lock |
@@ -221,6 +224,28 @@ pub struct ChangesResponse {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ChunkList {
     pub hashes: Vec<ChunkHash>,
+}
+
+/// The old chunks a delta is made against, their bytes concatenated in this order (at most
+/// `syncstore_chunk::delta::MAX_BASES`): `POST /api/v1/chunks/signature`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeltaBases {
+    pub bases: Vec<ChunkHash>,
+}
+
+/// `POST /api/v1/chunks/delta`: the delta that makes chunk `target` from the old chunks `bases`
+/// (which the asking device holds).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeltaRequest {
+    pub target: ChunkHash,
+    pub bases: Vec<ChunkHash>,
+}
+
+/// `POST /api/v1/chunks/patch` query string: `bases` comma-separated.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PatchQuery {
+    pub target: ChunkHash,
+    pub bases: String,
 }
 
 /// `POST /api/v1/chunks/upload` query string.

@@ -42,6 +42,7 @@ mod auth;
 mod conn;
 mod content;
 mod dav;
+mod deltas;
 mod devices;
 mod error;
 mod history;

@@ -77,6 +77,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/changes", get(changes))
         .route("/api/v1/chunks/missing", post(chunks_missing))
         .route("/api/v1/chunks/download", post(chunks_download))
+        .route("/api/v1/chunks/signature", post(crate::deltas::signature))
+        .route("/api/v1/chunks/delta", post(crate::deltas::delta))
         .route("/api/v1/ops", post(ops))
         .route(
             "/api/v1/streams",
@@ -98,6 +100,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     let upload = Router::new()
         .route("/api/v1/chunks/upload", post(chunks_upload))
+        // A delta's body is bounded by the handler (a chunk's worth).
+        .route("/api/v1/chunks/patch", post(crate::deltas::patch))
         .layer(DefaultBodyLimit::disable());
     let (web_pages, web_uploads) = crate::web::routes();
     let web_pages = web_pages.layer(middleware::from_fn_with_state(state.clone(), time_limit));

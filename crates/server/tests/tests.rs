@@ -1353,3 +1353,184 @@ async fn connections_over_the_cap_get_503_and_silent_ones_are_closed() {
     assert_eq!(health.status(), StatusCode::OK);
     server.stop().await;
 }
+
+/// `n` bytes that do not repeat (so a delta of an edit is small only because of the edit).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 32);
+    let mut block = blake3::hash(&seed.to_le_bytes());
+    while out.len() < n {
+        out.extend_from_slice(block.as_bytes());
+        block = blake3::hash(block.as_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// POSTs raw bytes.
+async fn post_bytes(
+    server: &TestServer,
+    token: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    server
+        .http
+        .post(server.url(path))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_chunk_sent_as_a_delta_is_stored_only_when_it_makes_the_chunk() {
+    use syncstore_chunk::delta;
+    let server = TestServer::start().await;
+    let token = server.user("alice", "laptop").await;
+    let other = server.user("bob", "desk").await;
+    let old = noise(512 * 1024, 1);
+    let mut new = old.clone();
+    new[300_000] ^= 0xff;
+    let (old_hash, new_hash) = (chunk_hash(&old), chunk_hash(&new));
+    assert_eq!(
+        server.upload(&token, frames(&[&old])).await.status(),
+        StatusCode::OK
+    );
+
+    // Up: the signature of the old chunk, the device's delta, the server makes the chunk.
+    let bases = serde_json::json!({ "bases": [old_hash] });
+    let response = server
+        .http
+        .post(server.url("/api/v1/chunks/signature"))
+        .bearer_auth(&token)
+        .json(&bases)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let signature = response.bytes().await.unwrap().to_vec();
+    let made = delta::diff(signature, &new).unwrap();
+    assert!(
+        made.len() < new.len() / 50,
+        "a one-byte edit's delta is {} bytes",
+        made.len()
+    );
+    let patch = |target: ChunkHash, bases: &str| {
+        format!("/api/v1/chunks/patch?target={target}&bases={bases}")
+    };
+    let response = post_bytes(
+        &server,
+        &token,
+        &patch(new_hash, &old_hash.to_string()),
+        made.clone(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<UploadResponse>().await.unwrap().stored, 1);
+    let missing: ChunkList = server
+        .post(
+            &token,
+            "/api/v1/chunks/missing",
+            &ChunkList {
+                hashes: vec![new_hash],
+            },
+        )
+        .await;
+    assert_eq!(missing.hashes, []);
+
+    // Down: the delta that makes the new chunk from the old one.
+    let request = serde_json::json!({ "target": new_hash, "bases": [old_hash] });
+    let response = server
+        .http
+        .post(server.url("/api/v1/chunks/delta"))
+        .bearer_auth(&token)
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let down = response.bytes().await.unwrap();
+    assert!(down.len() < new.len() / 50, "{} bytes", down.len());
+    assert_eq!(delta::apply(&old, &down, new_hash).unwrap(), new);
+
+    // A delta that makes other bytes than its target: 422, and nothing stored under it.
+    let claimed = chunk_hash(b"claimed");
+    let (status, message) = error_of(
+        post_bytes(
+            &server,
+            &token,
+            &patch(claimed, &old_hash.to_string()),
+            made.clone(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{message}");
+    assert!(message.contains("does not make"), "{message}");
+    // Not a delta at all, too many bases, a base that is no hash: 400.
+    let garbage = post_bytes(
+        &server,
+        &token,
+        &patch(new_hash, &old_hash.to_string()),
+        b"nonsense".to_vec(),
+    )
+    .await;
+    assert_eq!(error_of(garbage).await.0, StatusCode::BAD_REQUEST);
+    let five = vec![old_hash.to_string(); 5].join(",");
+    let (status, message) =
+        error_of(post_bytes(&server, &token, &patch(new_hash, &five), made.clone()).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("1 to 4 bases"), "{message}");
+    let bad = post_bytes(&server, &token, &patch(new_hash, "xyz"), made.clone()).await;
+    assert_eq!(error_of(bad).await.0, StatusCode::BAD_REQUEST);
+    // A body over a chunk's worth: 400, read no further.
+    let huge = vec![0u8; 2 * syncstore_proto::CHUNK_MAX as usize];
+    let response = post_bytes(
+        &server,
+        &token,
+        &patch(new_hash, &old_hash.to_string()),
+        huge,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Another user's chunk is no base: unknown to them.
+    let theirs = post_bytes(
+        &server,
+        &other,
+        &patch(new_hash, &old_hash.to_string()),
+        made,
+    )
+    .await;
+    assert_eq!(error_of(theirs).await.0, StatusCode::NOT_FOUND);
+    let missing: ChunkList = server
+        .post(
+            &other,
+            "/api/v1/chunks/missing",
+            &ChunkList {
+                hashes: vec![new_hash],
+            },
+        )
+        .await;
+    assert_eq!(missing.hashes, [new_hash]);
+    let missing: ChunkList = server
+        .post(
+            &token,
+            "/api/v1/chunks/missing",
+            &ChunkList {
+                hashes: vec![claimed],
+            },
+        )
+        .await;
+    assert_eq!(missing.hashes, [claimed]);
+    // Each needs a token.
+    for path in [
+        "/api/v1/chunks/signature".to_owned(),
+        "/api/v1/chunks/delta".to_owned(),
+        patch(new_hash, &old_hash.to_string()),
+    ] {
+        let response = post_bytes(&server, "sst_wrong", &path, b"{}".to_vec()).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    server.stop().await;
+}

@@ -114,6 +114,10 @@ impl World for SimWorld {
         max_share: 1,
         max_bytes: 32 * 1024 * 1024,
     };
+
+    /// Every changed chunk of a simulated (small) file may go as a delta, so the simulation
+    /// covers deltas lost, refused and made against chunks the server no longer has.
+    const DELTA_MIN_BYTES: u32 = 0;
 }
 
 /// The engine of a simulated device.
@@ -238,6 +242,9 @@ pub struct Features {
     pub in_place_writes: usize,
     pub in_place_crashes: usize,
     pub journals_found: usize,
+    /// Chunks a device sent as a delta the server applied, and made from a delta it fetched.
+    pub deltas_sent: usize,
+    pub deltas_fetched: usize,
 }
 
 impl Features {
@@ -281,6 +288,8 @@ impl Features {
                 .filter(|line| line.contains("in place") || line.contains("in-place"))
                 .count(),
             journals_found: count("IN-PLACE JOURNALS"),
+            deltas_sent: count(" PATCH STORED "),
+            deltas_fetched: count(" DELTA SENT "),
         }
     }
 
@@ -305,6 +314,8 @@ impl Features {
         self.in_place_writes += other.in_place_writes;
         self.in_place_crashes += other.in_place_crashes;
         self.journals_found += other.journals_found;
+        self.deltas_sent += other.deltas_sent;
+        self.deltas_fetched += other.deltas_fetched;
     }
 
     /// Panics unless `n_seeds` seeds met each of them (a feature the histories never reach is
@@ -343,6 +354,8 @@ impl Features {
                 self.journals_found,
                 n / 20,
             ),
+            ("chunks sent as deltas", self.deltas_sent, n / 40),
+            ("chunks fetched as deltas", self.deltas_fetched, n),
         ] {
             assert!(
                 count >= at_least,

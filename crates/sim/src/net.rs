@@ -230,6 +230,55 @@ impl Server for SimServer {
         .await
     }
 
+    async fn chunk_signature(&self, bases: Vec<ChunkHash>) -> Result<Vec<u8>, ApiError> {
+        self.call(
+            format!("signature of {} chunks", bases.len()),
+            move |sim, _| {
+                let base = sim_bases(sim, &bases)?;
+                Ok(syncstore_chunk::delta::signature(&base))
+            },
+        )
+        .await
+    }
+
+    async fn upload_delta(
+        &self,
+        target: ChunkHash,
+        bases: Vec<ChunkHash>,
+        delta: bytes::Bytes,
+    ) -> Result<(), ApiError> {
+        let what = format!("patch {target} ({} bytes)", delta.len());
+        self.call(what, move |sim, idx| {
+            let base = sim_bases(sim, &bases)?;
+            let chunk = syncstore_chunk::delta::apply(&base, &delta, target)
+                .map_err(|err| status(422, err.to_string()))?;
+            sim.server.put_chunk(target, chunk, false);
+            let name = sim.devices[idx].name.clone();
+            sim.log(format!("{name} PATCH STORED {target}"));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn download_delta(
+        &self,
+        target: ChunkHash,
+        bases: Vec<ChunkHash>,
+    ) -> Result<Vec<u8>, ApiError> {
+        self.call(format!("delta of {target}"), move |sim, idx| {
+            let base = sim_bases(sim, &bases)?;
+            let Some(chunk) = sim.server.chunk(&target) else {
+                sim.server.want(&[target]);
+                return Err(status(404, format!("unknown chunk {target}")));
+            };
+            let delta = syncstore_chunk::delta::delta_between(&base, chunk);
+            let name = sim.devices[idx].name.clone();
+            sim.log(format!("{name} DELTA SENT {target}"));
+            Ok(delta)
+        })
+        .await
+    }
+
     async fn ops(
         &self,
         ops: Vec<Op>,
@@ -251,6 +300,19 @@ impl Server for SimServer {
         })
         .await
     }
+}
+
+/// The bases of a delta, concatenated: 404 when the server lacks one (as the real server).
+fn sim_bases(sim: &Sim, bases: &[ChunkHash]) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    for hash in bases {
+        let bytes = sim
+            .server
+            .chunk(hash)
+            .ok_or_else(|| status(404, format!("unknown chunk {hash}")))?;
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
 }
 
 /// The simulated clock: one millisecond counter for wall and monotonic time.

@@ -150,13 +150,22 @@ fn edit_on(
             // A file made read-only (another device locks it) cannot be written in place; an
             // editor's atomic save still replaces it.
             let read_only = disk.get(&path).is_some_and(|n| n.read_only);
-            let bytes = content(name);
+            let mut bytes = content(name);
             let reuse = rng.gen_bool(0.5);
             let killed: Vec<Vec<u8>> = disk
                 .get(&path)
                 .map(|n| n.bytes.clone())
                 .into_iter()
                 .collect();
+            // Most writes to a large file edit a few bytes of it (what deltas are for).
+            if let Some(old) = killed.first().filter(|old| old.len() > LARGE_EDIT_MIN) {
+                if rng.gen_bool(0.8) {
+                    let tag = format!("{name}#{counter}");
+                    let at = rng.gen_range(0..old.len() - tag.len());
+                    bytes = old.clone();
+                    bytes[at..at + tag.len()].copy_from_slice(tag.as_bytes());
+                }
+            }
             let how = if killed.is_empty() {
                 if let Some(parent) = path.parent() {
                     disk.create_dir_all(&parent, now, reuse)
@@ -381,6 +390,8 @@ const IGNORE_RULES: &[&str] = &[
 
 /// How often a written file is large: several chunks of the real chunker.
 const LARGE_FILES: f64 = 0.03;
+/// Files longer than this are sometimes edited rather than rewritten.
+const LARGE_EDIT_MIN: usize = 64 * 1024;
 
 /// The body of a large file: 600 KiB to 1.4 MiB of bytes that repeat across files (one of a
 /// few patterns), so later versions share chunks with earlier ones.

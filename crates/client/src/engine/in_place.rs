@@ -16,14 +16,15 @@
 //! the daemon starts again and replays the journal, a reader of the file sees old and new bytes
 //! mixed. A program writing the file during those milliseconds can have its write mixed in too.
 
+use super::delta::{bases_for, fetch_by_delta, hashes, DeltaBudget};
 use super::download::DownloadJob;
 use super::{record, SyncEngine};
-use crate::seams::{BaseStore, Clock, Disk, InPlaceFile, Server, World};
+use crate::seams::{BaseStore, Clock, Disk, DiskFile, InPlaceFile, Server, World};
 use crate::Error;
 use std::collections::HashMap;
 use std::io::Read;
 use syncstore_proto::daemon::Direction;
-use syncstore_proto::{ChunkHash, RelPath};
+use syncstore_proto::{ChunkHash, ChunkRef, RelPath};
 
 /// Bytes of the old content hashed together in a journal, at file offsets that are multiples
 /// of it: the page size, below which neither a killed process nor (we assume, as SQLite's
@@ -179,6 +180,8 @@ impl<W: World> SyncEngine<W> {
             offset += len;
         }
         let mut fetched: HashMap<ChunkHash, Vec<u8>> = HashMap::new();
+        self.fetch_by_deltas(&job.path, &needed, &mut fetch, &mut fetched)
+            .await;
         if !fetch.is_empty() {
             let Ok(stream) = self.server.download_pack(fetch.clone()).await else {
                 return Ok(Err(job));
@@ -236,6 +239,51 @@ impl<W: World> SyncEngine<W> {
             "download batch done (in place)"
         );
         Ok(Ok(true))
+    }
+
+    /// Fetches what it can of `fetch` as deltas against the old chunks of `path` over the same
+    /// range (which the unchanged local file still holds), into `fetched`; each result is
+    /// trusted only as it hashes to its chunk, and the rest stays in `fetch`, to go whole.
+    async fn fetch_by_deltas(
+        &mut self,
+        path: &RelPath,
+        needed: &[(u64, ChunkHash, u32)],
+        fetch: &mut Vec<ChunkHash>,
+        fetched: &mut HashMap<ChunkHash, Vec<u8>>,
+    ) {
+        let Some(old) = self.state.base_chunks().get(path).cloned() else {
+            return;
+        };
+        let Ok(file) = self.disk.open(path) else {
+            return;
+        };
+        let mut budget = DeltaBudget::default();
+        for &(offset, hash, len) in needed {
+            if !budget.allows() {
+                break;
+            }
+            if len < W::DELTA_MIN_BYTES || !fetch.contains(&hash) || fetched.contains_key(&hash) {
+                continue;
+            }
+            let bases = bases_for(&old, offset, len);
+            let Some(first) = bases.first() else {
+                continue;
+            };
+            // The bases are consecutive chunks of the old file; a wrong byte read (the file
+            // changed since) only makes a result that does not hash to the chunk.
+            let total: u64 = bases.iter().map(|b| u64::from(b.len)).sum();
+            let mut base = vec![0u8; total as usize];
+            if W::blocking(|| file.read_exact_at(&mut base, first.offset)).is_err() {
+                continue;
+            }
+            let target = ChunkRef { hash, len };
+            let made = fetch_by_delta(&self.server, target, &base, hashes(&bases)).await;
+            budget.record(made.is_some());
+            if let Some(chunk) = made {
+                fetched.insert(hash, chunk);
+            }
+        }
+        fetch.retain(|hash| !fetched.contains_key(hash));
     }
 
     /// Replays or discards the in-place journals a crash left (before the first scan).

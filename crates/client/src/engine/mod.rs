@@ -32,6 +32,7 @@
 //!   saved in state, from the plan that reports it to one that does not, plans the whole
 //!   folder meanwhile, and lifts it only for the next plan after the user allowed it).
 
+mod delta;
 mod download;
 mod focus;
 mod in_place;
@@ -44,6 +45,7 @@ mod remote_ops;
 mod trust;
 mod upload;
 
+pub(crate) use delta::{bases_for, send_by_delta, DeltaBudget, DELTA_MIN_BYTES};
 pub use locks::Notice;
 pub(crate) use pack::read_chunk_into;
 

@@ -6,6 +6,7 @@
 //! commit when its stamp changed while its chunks were read back; the server refuses chunks
 //! whose bytes do not match their hashes (422), which then waits for the file to settle.
 
+use super::delta::{bases_for, send_by_delta, DeltaBudget};
 use super::pack::{join_upload, missing_of, read_chunk_into, PACK_BYTES};
 use super::{local::set_executable, record, Notice, SyncEngine};
 use crate::http::ApiError;
@@ -195,6 +196,7 @@ impl<W: World> SyncEngine<W> {
         let mut failed: BTreeSet<usize> = BTreeSet::new();
         let mut pack = Vec::with_capacity(PACK_BYTES + syncstore_proto::CHUNK_MAX as usize);
         let mut in_flight: tokio::task::JoinSet<Result<(), ApiError>> = tokio::task::JoinSet::new();
+        let mut deltas = DeltaBudget::default();
         for (file_idx, item) in prepared.iter().enumerate() {
             let mut offset = 0u64;
             let Ok(file) = self.disk.open(&item.path) else {
@@ -205,15 +207,33 @@ impl<W: World> SyncEngine<W> {
             let flight = self
                 .progress
                 .transfer(&item.path, Direction::Upload, item.manifest.size);
+            // The chunks an edit changed go as deltas against the ones they replace.
+            let previous = self.state.base_chunks().get(&item.path).cloned();
             for chunk in &item.manifest.chunks {
                 flight.add(u64::from(chunk.len));
                 if missing.remove(&chunk.hash) {
+                    let frame_start = pack.len();
                     let ok = W::blocking(|| read_chunk_into(&file, offset, chunk, &mut pack));
                     if !ok {
                         // Another file with the same chunk must still send it.
                         missing.insert(chunk.hash);
                         failed.insert(file_idx);
                         break;
+                    }
+                    let bases = match &previous {
+                        Some(old) if chunk.len >= W::DELTA_MIN_BYTES && deltas.allows() => {
+                            bases_for(old, offset, chunk.len)
+                        }
+                        _ => Vec::new(),
+                    };
+                    if !bases.is_empty() {
+                        let bytes = &pack[frame_start + syncstore_proto::FRAME_HEADER_LEN..];
+                        let bases = bases.iter().map(|b| b.hash).collect();
+                        let sent = send_by_delta(&self.server, chunk.hash, bytes, bases).await;
+                        deltas.record(sent);
+                        if sent {
+                            pack.truncate(frame_start);
+                        }
                     }
                     if pack.len() >= PACK_BYTES {
                         let body = bytes::Bytes::from(std::mem::take(&mut pack));

@@ -52,6 +52,10 @@ pub trait World: Send + 'static {
     /// Which downloads are written into the file they replace rather than beside it (see
     /// `engine/in_place.rs`).
     const IN_PLACE: InPlaceRule = InPlaceRule::LARGE_FILES;
+
+    /// Smallest changed chunk sent (or fetched) as a delta against the old chunks it replaces;
+    /// smaller ones go whole, in packs (a delta costs a round trip or two).
+    const DELTA_MIN_BYTES: u32 = crate::engine::DELTA_MIN_BYTES;
 }
 
 /// When a download over an unchanged local file of the same size is written in place (only
@@ -386,6 +390,27 @@ pub trait Server: Clone + Send + Sync + 'static {
         &self,
         hashes: Vec<ChunkHash>,
     ) -> impl Future<Output = Result<Self::Download, ApiError>> + Send;
+    /// The signature of the old chunks `bases` (their bytes concatenated), to make a delta of
+    /// a changed chunk against (see `syncstore_chunk::delta`).
+    fn chunk_signature(
+        &self,
+        bases: Vec<ChunkHash>,
+    ) -> impl Future<Output = Result<Vec<u8>, ApiError>> + Send;
+    /// Uploads chunk `target` as a delta against `bases`; the server stores it only when the
+    /// delta makes `target`.
+    fn upload_delta(
+        &self,
+        target: ChunkHash,
+        bases: Vec<ChunkHash>,
+        delta: bytes::Bytes,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// The delta that makes chunk `target` from `bases` (which the caller holds and verifies
+    /// the result of).
+    fn download_delta(
+        &self,
+        target: ChunkHash,
+        bases: Vec<ChunkHash>,
+    ) -> impl Future<Output = Result<Vec<u8>, ApiError>> + Send;
     fn ops(
         &self,
         ops: Vec<Op>,
