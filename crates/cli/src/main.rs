@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         }
     }
     init_tracing();
-    return_large_buffers_to_the_system();
+    tune_the_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,18 +50,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Makes glibc serve allocations of 4 MiB and more (upload packs, the chunker's read buffer)
-/// with their own mappings, given back to the system when freed. By default glibc raises that
-/// threshold to the largest block freed so far, after which such buffers come from per-thread
-/// arenas that keep their memory: the sender's peak RSS crept towards 100 MiB over a 4 GiB
-/// file that way (W5). Chunks (1 MiB on average) stay on the heap.
-fn return_large_buffers_to_the_system() {
+/// Tunes glibc's allocator for a process that moves chunks of about 1 MiB through buffers.
+///
+/// Allocations of 4 MiB and more (upload packs, the chunker's read buffer) get their own
+/// mappings, given back to the system when freed. By default glibc raises that threshold to the
+/// largest block freed so far, after which such buffers come from per-thread arenas that keep
+/// their memory: the sender's peak RSS crept towards 100 MiB over a 4 GiB file that way (W5).
+///
+/// Fixing the threshold also drops glibc's trim threshold to 128 KiB, so the heap gave back the
+/// memory of every freed chunk and faulted it in, zeroed, for the next one: a third of the
+/// server's and a sixth of B's CPU in W2 (perf, issue 18). Free memory at the top of a heap is
+/// now kept up to 64 MiB, and at most two arenas exist, so what is kept stays bounded.
+fn tune_the_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const LARGE: libc::c_int = 4 * 1024 * 1024;
+        const KEEP_FREE: libc::c_int = 64 * 1024 * 1024;
+        const ARENAS: libc::c_int = 2;
         // SAFETY: mallopt only changes allocator tuning; called before any other thread runs.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE);
+            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
         }
     }
 }
