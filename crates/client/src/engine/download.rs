@@ -1,13 +1,16 @@
 //! Downloads: fetch the chunks a batch of files lacks in one stream, write each file to a temp
 //! file (reusing chunks of the local file it replaces), verify, make durable, and place.
 //!
-//! Small edits of large files are written into the file instead (`in_place.rs`).
+//! Small edits of large files are written into the file instead (`in_place.rs`). Changed chunks
+//! of a file whose old version is still here unchanged are fetched as deltas against the old
+//! chunks at their place where the server can make them (`delta.rs`), the rest in the stream.
 //!
 //! Invariant: a file is placed only after every one of its chunks verified (fetched ones by
 //! hash, reused ones by the old file's stamp) and its temp file is durable, and only over what
 //! the plan expected to find there (nothing: `RENAME_NOREPLACE`; a file: re-checked right
 //! before the rename); base records it after the renames are durable.
 
+use super::delta::DeltaBudget;
 use super::{record, SyncEngine};
 use crate::progress::Progress;
 use crate::scan::Stamp;
@@ -262,6 +265,7 @@ impl<W: World> SyncEngine<W> {
     ) -> Result<usize, (Error, Vec<DownloadJob<TempOf<W>>>)> {
         let started = self.clock.monotonic();
         let n_jobs = jobs.len();
+        let by_delta = self.fetch_changed_chunks_by_delta(&jobs).await;
         // Which chunks to fetch, each once, in the order they are first needed.
         let mut fetch = Vec::new();
         let mut fetching = HashSet::new();
@@ -272,6 +276,7 @@ impl<W: World> SyncEngine<W> {
             for chunk in &job.entry.chunks[held..] {
                 if !job.reuse.contains_key(&chunk.hash)
                     && !prefetched.contains(&chunk.hash)
+                    && !by_delta.contains_key(&chunk.hash)
                     && fetching.insert(chunk.hash)
                 {
                     fetch.push(chunk.hash);
@@ -289,7 +294,7 @@ impl<W: World> SyncEngine<W> {
         let disk = &self.disk;
         let progress = &self.progress;
         let written = W::blocking(|| {
-            let written = write_temp_files(disk, &jobs, stream, progress)?;
+            let written = write_temp_files(disk, &jobs, stream, &by_delta, progress)?;
             // Every temp file's bytes are durable before any is renamed into place.
             let temps: Vec<&<W::Disk as Disk>::Temp> =
                 written.files.iter().map(|(_, t)| t).collect();
@@ -338,6 +343,35 @@ impl<W: World> SyncEngine<W> {
             "download batch done"
         );
         Ok(applied)
+    }
+
+    /// The chunks of `jobs` that their local files (unchanged since base: `reuse` is set) do
+    /// not hold, fetched as deltas against the old chunks at their place where that works, at
+    /// most as many as one [`DeltaBudget`] allows for the batch; each verified by hash.
+    async fn fetch_changed_chunks_by_delta(
+        &mut self,
+        jobs: &[DownloadJob<TempOf<W>>],
+    ) -> HashMap<ChunkHash, Vec<u8>> {
+        let mut by_delta = HashMap::new();
+        let mut budget = DeltaBudget::default();
+        for job in jobs.iter().filter(|job| !job.reuse.is_empty()) {
+            if !budget.allows() {
+                break;
+            }
+            let held = job.prefix_len();
+            let mut needed = Vec::new();
+            let mut offset = 0u64;
+            for (index, chunk) in job.entry.chunks.iter().enumerate() {
+                if index >= held && !job.reuse.contains_key(&chunk.hash) {
+                    needed.push((offset, chunk.hash, chunk.len));
+                }
+                offset += u64::from(chunk.len);
+            }
+            let mut wanted: Vec<ChunkHash> = needed.iter().map(|&(_, hash, _)| hash).collect();
+            self.fetch_by_deltas(&job.path, &needed, &mut wanted, &mut by_delta, &mut budget)
+                .await;
+        }
+        by_delta
     }
 
     /// Renames a finished download into place if the local path still holds what the plan saw.
@@ -413,8 +447,9 @@ impl<W: World> SyncEngine<W> {
     }
 }
 
-/// Writes every job's content to a temp file: reused chunks from the local file, the rest from
-/// the frame stream (each chunk arrives once; later uses copy it from where it was written).
+/// Writes every job's content to a temp file: reused chunks from the local file, those made from
+/// deltas from `by_delta` (verified when they were made), the rest from the frame stream (each
+/// chunk arrives once; later uses copy it from where it was written).
 /// Chunks from the stream are verified against their hashes; reused ones are trusted while the
 /// local file keeps the stamp base recorded for them (checked after they are read), the rule
 /// the scan follows too. Files that fail either check are dropped (and retried by the next
@@ -426,6 +461,7 @@ fn write_temp_files<D: Disk>(
     disk: &D,
     jobs: &[DownloadJob<D::Temp>],
     stream: Option<impl Read>,
+    by_delta: &HashMap<ChunkHash, Vec<u8>>,
     progress: &Progress,
 ) -> Result<Written<D::Temp>, Error> {
     let mut reader: Box<dyn Read> = match stream {
@@ -481,6 +517,7 @@ fn write_temp_files<D: Disk>(
             // A reused chunk was not requested from the server: if the old file is gone, the
             // file fails here (and is retried) without touching the stream.
             let mut from_stream = false;
+            let mut from_delta = false;
             let got = if let Some(&from) = prefetched.get(&chunk.hash) {
                 temp.read_exact_at(&mut buf, from).is_ok()
             } else if let Some(&(old_offset, _)) = job.reuse.get(&chunk.hash) {
@@ -496,6 +533,11 @@ fn write_temp_files<D: Disk>(
                         .find(|(done, _)| *done == from)
                         .is_some_and(|(_, t)| t.read_exact_at(&mut buf, at).is_ok())
                 }
+            } else if let Some(made) = by_delta.get(&chunk.hash) {
+                from_delta = true;
+                buf.clear();
+                buf.extend_from_slice(made);
+                made.len() == chunk.len as usize
             } else {
                 from_stream = true;
                 let mut header = [0u8; syncstore_proto::FRAME_HEADER_LEN];
@@ -526,7 +568,7 @@ fn write_temp_files<D: Disk>(
                 }
                 return Err(Error::io("could not write temp file", err));
             }
-            if from_stream {
+            if from_stream || from_delta {
                 fetched.insert(chunk.hash, (idx, offset, chunk.len));
             }
             flight.add(u64::from(chunk.len));

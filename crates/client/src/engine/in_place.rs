@@ -180,14 +180,15 @@ impl<W: World> SyncEngine<W> {
             offset += len;
         }
         let mut fetched: HashMap<ChunkHash, Vec<u8>> = HashMap::new();
-        self.fetch_by_deltas(&job.path, &needed, &mut fetch, &mut fetched)
+        let mut budget = DeltaBudget::default();
+        self.fetch_by_deltas(&job.path, &needed, &mut fetch, &mut fetched, &mut budget)
             .await;
         if !fetch.is_empty() {
             let Ok(stream) = self.server.download_pack(fetch.clone()).await else {
                 return Ok(Err(job));
             };
             match W::blocking(|| read_frames(stream, &fetch)) {
-                Ok(frames) => fetched = frames,
+                Ok(frames) => fetched.extend(frames),
                 Err(why) => {
                     tracing::warn!(path = %job.path, why, "in-place download failed; writing a copy");
                     return Ok(Err(job));
@@ -242,14 +243,16 @@ impl<W: World> SyncEngine<W> {
     }
 
     /// Fetches what it can of `fetch` as deltas against the old chunks of `path` over the same
-    /// range (which the unchanged local file still holds), into `fetched`; each result is
-    /// trusted only as it hashes to its chunk, and the rest stays in `fetch`, to go whole.
-    async fn fetch_by_deltas(
+    /// range (which the unchanged local file still holds), into `fetched`, as far as `budget`
+    /// allows; each result is trusted only as it hashes to its chunk, and the rest stays in
+    /// `fetch`, to go whole. Used by in-place downloads and by those through a temp file.
+    pub(super) async fn fetch_by_deltas(
         &mut self,
         path: &RelPath,
         needed: &[(u64, ChunkHash, u32)],
         fetch: &mut Vec<ChunkHash>,
         fetched: &mut HashMap<ChunkHash, Vec<u8>>,
+        budget: &mut DeltaBudget,
     ) {
         let Some(old) = self.state.base_chunks().get(path).cloned() else {
             return;
@@ -257,7 +260,6 @@ impl<W: World> SyncEngine<W> {
         let Ok(file) = self.disk.open(path) else {
             return;
         };
-        let mut budget = DeltaBudget::default();
         for &(offset, hash, len) in needed {
             if !budget.allows() {
                 break;
