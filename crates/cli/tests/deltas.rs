@@ -4,7 +4,7 @@
 
 use crate::util::*;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const SIZE: usize = 128 * 1024 * 1024;
@@ -37,19 +37,27 @@ fn wait_in_sync(dir: &Path) {
     });
 }
 
-#[test]
-fn a_one_byte_edit_of_a_large_file_sends_less_than_a_thousandth_of_it() {
+/// A server and two daemons of one user, A and B, with `old` written on A as `big.bin` and
+/// both folders in sync with it.
+struct Pair {
+    server: Server,
+    a: PathBuf,
+    b: PathBuf,
+    _daemon_a: Proc,
+    daemon_b: Proc,
+    _tmp: tempfile::TempDir,
+}
+
+fn pair_holding(old: &[u8]) -> Pair {
     let tmp = tempfile::tempdir().unwrap();
     let logs = tmp.path().to_path_buf();
     let server = Server::start(&logs, &tmp.path().join("data"));
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let token_a = server.token("alice", "a");
     let token_b = server.token("alice", "b");
-    let _daemon_a = start_client("client-a", &logs, &a, &server.url(), &token_a);
-    let _daemon_b = start_client("client-b", &logs, &b, &server.url(), &token_b);
-
-    let old = random_bytes(SIZE, 1803);
-    std::fs::write(a.join("big.bin"), &old).unwrap();
+    let daemon_a = start_client("client-a", &logs, &a, &server.url(), &token_a);
+    let daemon_b = start_client("client-b", &logs, &b, &server.url(), &token_b);
+    std::fs::write(a.join("big.bin"), old).unwrap();
     wait_until_for(
         "B has the large file",
         Duration::from_secs(180),
@@ -57,6 +65,48 @@ fn a_one_byte_edit_of_a_large_file_sends_less_than_a_thousandth_of_it() {
     );
     wait_in_sync(&a);
     wait_in_sync(&b);
+    Pair {
+        server,
+        a,
+        b,
+        _daemon_a: daemon_a,
+        daemon_b,
+        _tmp: tmp,
+    }
+}
+
+/// What an edit cost: every request since `before` (both devices', as the server counted
+/// them), once B holds `new` and both folders are in sync again.
+struct Edit {
+    requests: Vec<(String, u64)>,
+    total: u64,
+    shown: String,
+}
+
+fn after_the_edit(server: &Server, a: &Path, b: &Path, new: &[u8], before: usize) -> Edit {
+    wait_until_for("B has the edit", Duration::from_secs(120), &mut || {
+        std::fs::read(b.join("big.bin")).is_ok_and(|bytes| bytes == new)
+    });
+    wait_in_sync(a);
+    wait_in_sync(b);
+    let requests: Vec<(String, u64)> = requests(&server.proc.log_text())
+        .into_iter()
+        .skip(before)
+        .collect();
+    let total = requests.iter().map(|(_, bytes)| bytes).sum();
+    let shown: Vec<String> = requests.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    Edit {
+        total,
+        shown: shown.join("\n"),
+        requests,
+    }
+}
+
+#[test]
+fn a_one_byte_edit_of_a_large_file_sends_less_than_a_thousandth_of_it() {
+    let old = random_bytes(SIZE, 1803);
+    let pair = pair_holding(&old);
+    let (server, a, b) = (&pair.server, &pair.a, &pair.b);
 
     // One byte changed in place on A, in the middle of the file.
     let before = requests(&server.proc.log_text()).len();
@@ -70,23 +120,11 @@ fn a_one_byte_edit_of_a_large_file_sends_less_than_a_thousandth_of_it() {
     file.write_all_at(&new[at..=at], at as u64).unwrap();
     file.sync_all().unwrap();
     drop(file);
-    wait_until_for("B has the edit", Duration::from_secs(120), &mut || {
-        std::fs::read(b.join("big.bin")).is_ok_and(|bytes| bytes == new)
-    });
-    wait_in_sync(&a);
-    wait_in_sync(&b);
-
-    // Every request since the edit, both devices', as the server counted them.
-    let edit: Vec<(String, u64)> = requests(&server.proc.log_text())
-        .into_iter()
-        .skip(before)
-        .collect();
-    let total: u64 = edit.iter().map(|(_, bytes)| bytes).sum();
-    let shown: Vec<String> = edit
-        .iter()
-        .map(|(path, bytes)| format!("{path} {bytes}"))
-        .collect();
-    let shown = shown.join("\n");
+    let Edit {
+        requests: edit,
+        total,
+        shown,
+    } = after_the_edit(server, a, b, &new, before);
     assert!(
         total * 1000 < SIZE as u64,
         "the edit cost {total} bytes on the wire, {:.3} % of the file:\n{shown}",
@@ -128,25 +166,10 @@ fn with_a_small_last_chunk(mut data: Vec<u8>, tail: usize) -> Vec<u8> {
 /// whole chunks replaced the deltas' results, and B aborted on the missing chunk.)
 #[test]
 fn an_edit_whose_chunks_come_partly_as_deltas_and_partly_whole_reaches_b() {
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().to_path_buf();
-    let server = Server::start(&logs, &tmp.path().join("data"));
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let token_a = server.token("alice", "a");
-    let token_b = server.token("alice", "b");
-    let _daemon_a = start_client("client-a", &logs, &a, &server.url(), &token_a);
-    let daemon_b = start_client("client-b", &logs, &b, &server.url(), &token_b);
-
     let old = with_a_small_last_chunk(random_bytes(32 * 1024 * 1024, 1804), 1000);
     let size = old.len();
-    std::fs::write(a.join("big.bin"), &old).unwrap();
-    wait_until_for(
-        "B has the large file",
-        Duration::from_secs(180),
-        &mut || std::fs::read(b.join("big.bin")).is_ok_and(|bytes| bytes == old),
-    );
-    wait_in_sync(&a);
-    wait_in_sync(&b);
+    let pair = pair_holding(&old);
+    let (server, a, b) = (&pair.server, &pair.a, &pair.b);
 
     // Two bytes changed in place on A: one in the middle, one in the last (small) chunk.
     let before = requests(&server.proc.log_text()).len();
@@ -161,23 +184,18 @@ fn an_edit_whose_chunks_come_partly_as_deltas_and_partly_whole_reaches_b() {
     }
     file.sync_all().unwrap();
     drop(file);
-    wait_until_for("B has the edit", Duration::from_secs(120), &mut || {
-        std::fs::read(b.join("big.bin")).is_ok_and(|bytes| bytes == new)
-    });
-    wait_in_sync(&b);
-    let edit: Vec<String> = requests(&server.proc.log_text())
-        .into_iter()
-        .skip(before)
-        .map(|(path, _)| path)
-        .collect();
+    let edit = after_the_edit(server, a, b, &new, before);
     assert!(
-        edit.iter().any(|p| p == "/api/v1/chunks/delta"),
-        "B fetched no delta: {edit:?}"
+        edit.requests
+            .iter()
+            .any(|(p, _)| p == "/api/v1/chunks/delta"),
+        "B fetched no delta:\n{}",
+        edit.shown
     );
     assert!(
-        !daemon_b.log_text().contains("internal error"),
+        !pair.daemon_b.log_text().contains("internal error"),
         "B's daemon hit a bug:\n{}",
-        daemon_b.log_text()
+        pair.daemon_b.log_text()
     );
 }
 
@@ -186,25 +204,10 @@ fn an_edit_whose_chunks_come_partly_as_deltas_and_partly_whole_reaches_b() {
 /// chunk B holds at that place, and the edit costs well under 1 % of the file both ways.
 #[test]
 fn a_byte_inserted_in_a_large_file_comes_down_as_a_delta_into_the_new_copy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().to_path_buf();
-    let server = Server::start(&logs, &tmp.path().join("data"));
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let token_a = server.token("alice", "a");
-    let token_b = server.token("alice", "b");
-    let _daemon_a = start_client("client-a", &logs, &a, &server.url(), &token_a);
-    let _daemon_b = start_client("client-b", &logs, &b, &server.url(), &token_b);
-
     let size = 64 * 1024 * 1024;
     let old = random_bytes(size, 1805);
-    std::fs::write(a.join("big.bin"), &old).unwrap();
-    wait_until_for(
-        "B has the large file",
-        Duration::from_secs(180),
-        &mut || std::fs::read(b.join("big.bin")).is_ok_and(|bytes| bytes == old),
-    );
-    wait_in_sync(&a);
-    wait_in_sync(&b);
+    let pair = pair_holding(&old);
+    let (server, a, b) = (&pair.server, &pair.a, &pair.b);
 
     let before = requests(&server.proc.log_text()).len();
     let mut new = old.clone();
@@ -212,18 +215,11 @@ fn a_byte_inserted_in_a_large_file_comes_down_as_a_delta_into_the_new_copy() {
     // Saved as editors do: a new file renamed over the old one.
     std::fs::write(a.join(".big.bin.new"), &new).unwrap();
     std::fs::rename(a.join(".big.bin.new"), a.join("big.bin")).unwrap();
-    wait_until_for("B has the edit", Duration::from_secs(120), &mut || {
-        std::fs::read(b.join("big.bin")).is_ok_and(|bytes| bytes == new)
-    });
-    wait_in_sync(&a);
-    wait_in_sync(&b);
-    let edit: Vec<(String, u64)> = requests(&server.proc.log_text())
-        .into_iter()
-        .skip(before)
-        .collect();
-    let total: u64 = edit.iter().map(|(_, bytes)| bytes).sum();
-    let shown: Vec<String> = edit.iter().map(|(p, n)| format!("{p} {n}")).collect();
-    let shown = shown.join("\n");
+    let Edit {
+        requests: edit,
+        total,
+        shown,
+    } = after_the_edit(server, a, b, &new, before);
     assert!(
         edit.iter().any(|(p, _)| p == "/api/v1/chunks/delta"),
         "B fetched no delta:\n{shown}"
