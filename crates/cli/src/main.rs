@@ -58,8 +58,8 @@ fn main() -> ExitCode {
 /// their memory: the sender's peak RSS crept towards 100 MiB over a 4 GiB file that way (W5).
 ///
 /// Fixing the threshold also drops glibc's trim threshold to 128 KiB, so the heap gave back the
-/// memory of every freed chunk and faulted it in, zeroed, for the next one: a third of the
-/// server's and a sixth of B's CPU in W2 (perf, issue 18). Free memory at the top of a heap is
+/// memory of every freed chunk and faulted it in, zeroed, for the next one: a seventh of the
+/// server's and an eighth of B's CPU in W2 (perf, issue 18). Free memory at the top of a heap is
 /// now kept up to 64 MiB, and at most two arenas exist, so what is kept stays bounded.
 fn tune_the_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -45,6 +45,11 @@ impl DeltaBudget {
     }
 }
 
+/// Most bytes of chunks made from fetched deltas held at once (by one download batch, or one
+/// in-place file) before they are written: the rest of a batch's chunks come whole, in the
+/// stream, so a download's memory stays bounded.
+pub(crate) const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
 /// Smallest changed chunk sent (or fetched) as a delta by default ([`crate::seams::World`]'s
 /// `DELTA_MIN_BYTES`); smaller ones go whole, in packs (a delta costs a round trip or two).
 pub(crate) const DELTA_MIN_BYTES: u32 = 128 * 1024;

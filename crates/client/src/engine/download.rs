@@ -347,7 +347,9 @@ impl<W: World> SyncEngine<W> {
 
     /// The chunks of `jobs` that their local files (unchanged since base: `reuse` is set) do
     /// not hold, fetched as deltas against the old chunks at their place where that works, at
-    /// most as many as one [`DeltaBudget`] allows for the batch; each verified by hash.
+    /// most as many as one [`DeltaBudget`] allows for the batch and while they hold less than
+    /// [`super::delta::MAX_HELD_BYTES`] (they wait in memory for the temp files); each verified
+    /// by hash.
     async fn fetch_changed_chunks_by_delta(
         &mut self,
         jobs: &[DownloadJob<TempOf<W>>],
@@ -367,8 +369,7 @@ impl<W: World> SyncEngine<W> {
                 }
                 offset += u64::from(chunk.len);
             }
-            let mut wanted: Vec<ChunkHash> = needed.iter().map(|&(_, hash, _)| hash).collect();
-            self.fetch_by_deltas(&job.path, &needed, &mut wanted, &mut by_delta, &mut budget)
+            self.fetch_by_deltas(&job.path, &needed, &mut by_delta, &mut budget)
                 .await;
         }
         by_delta

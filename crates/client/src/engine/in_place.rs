@@ -16,7 +16,7 @@
 //! the daemon starts again and replays the journal, a reader of the file sees old and new bytes
 //! mixed. A program writing the file during those milliseconds can have its write mixed in too.
 
-use super::delta::{bases_for, fetch_by_delta, hashes, DeltaBudget};
+use super::delta::{bases_for, fetch_by_delta, hashes, DeltaBudget, MAX_HELD_BYTES};
 use super::download::DownloadJob;
 use super::{record, SyncEngine};
 use crate::seams::{BaseStore, Clock, Disk, DiskFile, InPlaceFile, Server, World};
@@ -180,9 +180,15 @@ impl<W: World> SyncEngine<W> {
             offset += len;
         }
         let mut fetched: HashMap<ChunkHash, Vec<u8>> = HashMap::new();
+        let to_fetch: Vec<(u64, ChunkHash, u32)> = needed
+            .iter()
+            .copied()
+            .filter(|(_, hash, _)| !job.reuse.contains_key(hash))
+            .collect();
         let mut budget = DeltaBudget::default();
-        self.fetch_by_deltas(&job.path, &needed, &mut fetch, &mut fetched, &mut budget)
+        self.fetch_by_deltas(&job.path, &to_fetch, &mut fetched, &mut budget)
             .await;
+        fetch.retain(|hash| !fetched.contains_key(hash));
         if !fetch.is_empty() {
             let Ok(stream) = self.server.download_pack(fetch.clone()).await else {
                 return Ok(Err(job));
@@ -242,29 +248,36 @@ impl<W: World> SyncEngine<W> {
         Ok(Ok(true))
     }
 
-    /// Fetches what it can of `fetch` as deltas against the old chunks of `path` over the same
-    /// range (which the unchanged local file still holds), into `fetched`, as far as `budget`
-    /// allows; each result is trusted only as it hashes to its chunk, and the rest stays in
-    /// `fetch`, to go whole. Used by in-place downloads and by those through a temp file.
+    /// Fetches what it can of `to_fetch` (chunks of `path`'s new version the device lacks, each
+    /// with its offset in the new file) as deltas against the old chunks of `path` over the
+    /// same range (which the unchanged local file still holds), into `fetched`, as far as
+    /// `budget` allows and while `fetched` holds less than [`MAX_HELD_BYTES`]; each result is
+    /// trusted only as it hashes to its chunk. What is not in `fetched` afterwards goes whole.
+    /// Used by in-place downloads and by those through a temp file.
     pub(super) async fn fetch_by_deltas(
         &mut self,
         path: &RelPath,
-        needed: &[(u64, ChunkHash, u32)],
-        fetch: &mut Vec<ChunkHash>,
+        to_fetch: &[(u64, ChunkHash, u32)],
         fetched: &mut HashMap<ChunkHash, Vec<u8>>,
         budget: &mut DeltaBudget,
     ) {
+        let worth_it = |&&(_, _, len): &&(u64, ChunkHash, u32)| len >= W::DELTA_MIN_BYTES;
+        // Most files of a batch have no chunk large enough: no lookup, no open for them.
+        if !budget.allows() || !to_fetch.iter().any(|c| worth_it(&c)) {
+            return;
+        }
         let Some(old) = self.state.base_chunks().get(path).cloned() else {
             return;
         };
         let Ok(file) = self.disk.open(path) else {
             return;
         };
-        for &(offset, hash, len) in needed {
-            if !budget.allows() {
+        let mut held: usize = fetched.values().map(Vec::len).sum();
+        for &(offset, hash, len) in to_fetch.iter().filter(worth_it) {
+            if !budget.allows() || held >= MAX_HELD_BYTES {
                 break;
             }
-            if len < W::DELTA_MIN_BYTES || !fetch.contains(&hash) || fetched.contains_key(&hash) {
+            if fetched.contains_key(&hash) {
                 continue;
             }
             let bases = bases_for(&old, offset, len);
@@ -282,10 +295,10 @@ impl<W: World> SyncEngine<W> {
             let made = fetch_by_delta(&self.server, target, &base, hashes(&bases)).await;
             budget.record(made.is_some());
             if let Some(chunk) = made {
+                held += chunk.len();
                 fetched.insert(hash, chunk);
             }
         }
-        fetch.retain(|hash| !fetched.contains_key(hash));
     }
 
     /// Replays or discards the in-place journals a crash left (before the first scan).
