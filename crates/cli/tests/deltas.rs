@@ -45,7 +45,8 @@ struct Pair {
     b: PathBuf,
     _daemon_a: Proc,
     daemon_b: Proc,
-    _tmp: tempfile::TempDir,
+    /// Holds the folders (and room beside them, on their filesystem).
+    tmp: tempfile::TempDir,
 }
 
 fn pair_holding(old: &[u8]) -> Pair {
@@ -71,7 +72,7 @@ fn pair_holding(old: &[u8]) -> Pair {
         b,
         _daemon_a: daemon_a,
         daemon_b,
-        _tmp: tmp,
+        tmp,
     }
 }
 
@@ -212,9 +213,12 @@ fn a_byte_inserted_in_a_large_file_comes_down_as_a_delta_into_the_new_copy() {
     let before = requests(&server.proc.log_text()).len();
     let mut new = old.clone();
     new.insert(size / 2 + 4321, 0x42);
-    // Saved as editors do: a new file renamed over the old one.
-    std::fs::write(a.join(".big.bin.new"), &new).unwrap();
-    std::fs::rename(a.join(".big.bin.new"), a.join("big.bin")).unwrap();
+    // A new file renamed over the old one. It is written beside the folder, not in it: a temp
+    // file in the folder may be synced while it is written (as a new file, with no old copy to
+    // take a delta against), which this test is not about.
+    let written = pair.tmp.path().join("big.bin.new");
+    std::fs::write(&written, &new).unwrap();
+    std::fs::rename(&written, a.join("big.bin")).unwrap();
     let Edit {
         requests: edit,
         total,
@@ -229,4 +233,43 @@ fn a_byte_inserted_in_a_large_file_comes_down_as_a_delta_into_the_new_copy() {
         "the insertion cost {total} bytes on the wire:\n{shown}"
     );
     eprintln!("a one-byte insertion in {size} bytes: {total} bytes on the wire:\n{shown}");
+}
+
+/// A large file copied on A (a new path, content B already holds in another file) comes to B
+/// from B's own disk: the download fetches nothing of it, and the whole copy costs well under
+/// 1 % of the file on the wire.
+#[test]
+fn a_copy_of_a_large_file_comes_from_the_other_devices_own_disk() {
+    let size = 64 * 1024 * 1024;
+    let old = random_bytes(size, 1806);
+    let pair = pair_holding(&old);
+    let (server, a, b) = (&pair.server, &pair.a, &pair.b);
+
+    let before = requests(&server.proc.log_text()).len();
+    // Copied beside the folder and renamed in, so A sees the copy whole.
+    let written = pair.tmp.path().join("copy.bin");
+    std::fs::copy(a.join("big.bin"), &written).unwrap();
+    std::fs::rename(&written, a.join("copy.bin")).unwrap();
+    wait_until_for("B has the copy", Duration::from_secs(120), &mut || {
+        std::fs::read(b.join("copy.bin")).is_ok_and(|bytes| bytes == old)
+    });
+    let Edit {
+        requests,
+        total,
+        shown,
+    } = after_the_edit(server, a, b, &old, before);
+    let downloaded: u64 = requests
+        .iter()
+        .filter(|(p, _)| p == "/api/v1/chunks/download" || p == "/api/v1/chunks/delta")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        downloaded < 64 * 1024,
+        "B fetched {downloaded} bytes of chunks for a file it held:\n{shown}"
+    );
+    assert!(
+        total * 100 < size as u64,
+        "the copy cost {total} bytes on the wire:\n{shown}"
+    );
+    assert_eq!(std::fs::read(b.join("big.bin")).unwrap(), old);
 }

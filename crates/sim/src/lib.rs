@@ -118,6 +118,10 @@ impl World for SimWorld {
     /// Every changed chunk of a simulated (small) file may go as a delta, so the simulation
     /// covers deltas lost, refused and made against chunks the server no longer has.
     const DELTA_MIN_BYTES: u32 = 0;
+
+    /// Every download batch looks for its chunks in other local files, so the simulation
+    /// covers copies from files that changed, moved or went meanwhile.
+    const COPY_SEARCH_MIN_BYTES: u64 = 0;
 }
 
 /// The engine of a simulated device.
@@ -245,6 +249,8 @@ pub struct Features {
     /// Chunks a device sent as a delta the server applied, and made from a delta it fetched.
     pub deltas_sent: usize,
     pub deltas_fetched: usize,
+    /// Passes whose downloads copied chunks from other local files.
+    pub chunks_copied: usize,
 }
 
 impl Features {
@@ -290,6 +296,7 @@ impl Features {
             journals_found: count("IN-PLACE JOURNALS"),
             deltas_sent: count(" PATCH STORED "),
             deltas_fetched: count(" DELTA SENT "),
+            chunks_copied: count(" COPIED LOCALLY "),
         }
     }
 
@@ -316,6 +323,7 @@ impl Features {
         self.journals_found += other.journals_found;
         self.deltas_sent += other.deltas_sent;
         self.deltas_fetched += other.deltas_fetched;
+        self.chunks_copied += other.chunks_copied;
     }
 
     /// Panics unless `n_seeds` seeds met each of them (a feature the histories never reach is
@@ -356,6 +364,11 @@ impl Features {
             ),
             ("chunks sent as deltas", self.deltas_sent, n / 40),
             ("chunks fetched as deltas", self.deltas_fetched, n),
+            (
+                "passes that copied chunks from local files",
+                self.chunks_copied,
+                n / 2,
+            ),
         ] {
             assert!(
                 count >= at_least,
@@ -776,6 +789,10 @@ impl Driver {
         let mut engine = engine;
         self.check_focus(idx, &mut engine)?;
         let name = self.name(idx);
+        let copied = engine.take_chunks_copied();
+        if copied > 0 {
+            self.log(format!("{name} COPIED LOCALLY {copied} chunks"));
+        }
         match &result {
             Ok(report) => self.log(format!(
                 "{name} pass done: {} applied{}",

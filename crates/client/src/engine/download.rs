@@ -1,16 +1,18 @@
 //! Downloads: fetch the chunks a batch of files lacks in one stream, write each file to a temp
 //! file (reusing chunks of the local file it replaces), verify, make durable, and place.
 //!
-//! Small edits of large files are written into the file instead (`in_place.rs`). Changed chunks
-//! of a file whose old version is still here unchanged are fetched as deltas against the old
-//! chunks at their place where the server can make them (`delta.rs`), the rest in the stream.
+//! Small edits of large files are written into the file instead (`in_place.rs`). Chunks another
+//! local file holds are copied from it (`local_copy.rs`). Changed chunks of a file whose old
+//! version is still here unchanged are fetched as deltas against the old chunks at their place
+//! where the server can make them (`delta.rs`), the rest in the stream.
 //!
-//! Invariant: a file is placed only after every one of its chunks verified (fetched ones by
-//! hash, reused ones by the old file's stamp) and its temp file is durable, and only over what
+//! Invariant: a file is placed only after every one of its chunks verified (fetched and copied
+//! ones by hash, reused ones by the old file's stamp) and its temp file is durable, and only over what
 //! the plan expected to find there (nothing: `RENAME_NOREPLACE`; a file: re-checked right
 //! before the rename); base records it after the renames are durable.
 
 use super::delta::DeltaBudget;
+use super::local_copy::{read_copy, LocalCopies};
 use super::{record, SyncEngine};
 use crate::progress::Progress;
 use crate::scan::Stamp;
@@ -64,11 +66,15 @@ impl<T> DownloadJob<T> {
     }
 }
 
-/// What [`write_temp_files`] wrote: job index and temp file of each verified file, and the
-/// jobs whose temp file met a full disk (ENOSPC, EDQUOT).
+/// What [`write_temp_files`] wrote: job index and temp file of each verified file, the jobs
+/// whose temp file met a full disk (ENOSPC, EDQUOT), and the local files a chunk copied from
+/// did not verify.
 struct Written<T> {
     files: Vec<(usize, T)>,
     no_space: Vec<usize>,
+    failed_sources: BTreeSet<RelPath>,
+    /// Chunks copied from other local files into the files written.
+    copied: u64,
 }
 
 impl<W: World> SyncEngine<W> {
@@ -208,12 +214,12 @@ impl<W: World> SyncEngine<W> {
     /// corrupt), the files that need them are reported by path and wait for a retry with
     /// backoff, while every other file of the batch is downloaded.
     async fn download_batch(&mut self, jobs: Vec<DownloadJob<TempOf<W>>>) -> Result<usize, Error> {
-        let (err, jobs) = match self.try_download_batch(jobs).await {
+        let (err, jobs) = match self.try_download_batch(jobs, true).await {
             Ok(applied) => return Ok(applied),
             Err((err @ Error::Paused, _)) => return Err(err),
             Err(failed) => failed,
         };
-        // Every chunk: a retry fetches the ones it reused too.
+        // Every chunk: a retry fetches the ones it reused or copied too.
         let fetch: BTreeSet<ChunkHash> = jobs
             .iter()
             .flat_map(|job| job.entry.chunks.iter().map(|chunk| chunk.hash))
@@ -254,18 +260,33 @@ impl<W: World> SyncEngine<W> {
         if rest.is_empty() {
             return Ok(0);
         }
-        self.try_download_batch(rest).await.map_err(|(err, _)| err)
+        self.try_download_batch(rest, false)
+            .await
+            .map_err(|(err, _)| err)
     }
 
-    /// One attempt at a batch; on a failure to fetch or write, the jobs come back with the
-    /// error, so the caller can tell which files the failure was about.
+    /// One attempt at a batch, copying chunks from other local files if `copy_locally`; on a
+    /// failure to fetch or write, the jobs come back with the error, so the caller can tell
+    /// which files the failure was about.
     async fn try_download_batch(
         &mut self,
         jobs: Vec<DownloadJob<TempOf<W>>>,
+        copy_locally: bool,
     ) -> Result<usize, (Error, Vec<DownloadJob<TempOf<W>>>)> {
         let started = self.clock.monotonic();
         let n_jobs = jobs.len();
-        let by_delta = self.fetch_changed_chunks_by_delta(&jobs).await;
+        let copies = if copy_locally {
+            self.find_local_copies(&jobs)
+        } else {
+            LocalCopies::default()
+        };
+        if copies.len() > 0 {
+            tracing::debug!(
+                chunks = copies.len(),
+                "chunks of the download copied from other local files"
+            );
+        }
+        let by_delta = self.fetch_changed_chunks_by_delta(&jobs, &copies).await;
         // Which chunks to fetch, each once, in the order they are first needed.
         let mut fetch = Vec::new();
         let mut fetching = HashSet::new();
@@ -276,6 +297,7 @@ impl<W: World> SyncEngine<W> {
             for chunk in &job.entry.chunks[held..] {
                 if !job.reuse.contains_key(&chunk.hash)
                     && !prefetched.contains(&chunk.hash)
+                    && !copies.contains(&chunk.hash)
                     && !by_delta.contains_key(&chunk.hash)
                     && fetching.insert(chunk.hash)
                 {
@@ -294,7 +316,12 @@ impl<W: World> SyncEngine<W> {
         let disk = &self.disk;
         let progress = &self.progress;
         let written = W::blocking(|| {
-            let written = write_temp_files(disk, &jobs, stream, &by_delta, progress)?;
+            let fetched = Fetched {
+                stream,
+                by_delta: &by_delta,
+                copies: &copies,
+            };
+            let written = write_temp_files(disk, &jobs, fetched, progress)?;
             // Every temp file's bytes are durable before any is renamed into place.
             let temps: Vec<&<W::Disk as Disk>::Temp> =
                 written.files.iter().map(|(_, t)| t).collect();
@@ -307,6 +334,11 @@ impl<W: World> SyncEngine<W> {
             Err(err) => return Err((err, jobs)),
         };
         let written_at = self.clock.monotonic().saturating_sub(started);
+        for path in &written.failed_sources {
+            tracing::warn!(%path, "a chunk copied from {path} did not verify: it is not copied from again");
+        }
+        self.failed_copy_sources.extend(written.failed_sources);
+        self.chunks_copied += written.copied;
         for idx in &written.no_space {
             let job = &jobs[*idx];
             let available = self.disk.available_bytes().unwrap_or(0);
@@ -346,13 +378,15 @@ impl<W: World> SyncEngine<W> {
     }
 
     /// The chunks of `jobs` that their local files (unchanged since base: `reuse` is set) do
-    /// not hold, fetched as deltas against the old chunks at their place where that works, at
+    /// not hold, nor other local files (`copies`), fetched as deltas against the old chunks at
+    /// their place where that works, at
     /// most as many as one [`DeltaBudget`] allows for the batch and while they hold less than
     /// [`super::delta::MAX_HELD_BYTES`] (they wait in memory for the temp files); each verified
     /// by hash.
     async fn fetch_changed_chunks_by_delta(
         &mut self,
         jobs: &[DownloadJob<TempOf<W>>],
+        copies: &LocalCopies,
     ) -> HashMap<ChunkHash, Vec<u8>> {
         let mut by_delta = HashMap::new();
         let mut budget = DeltaBudget::default();
@@ -364,7 +398,10 @@ impl<W: World> SyncEngine<W> {
             let mut needed = Vec::new();
             let mut offset = 0u64;
             for (index, chunk) in job.entry.chunks.iter().enumerate() {
-                if index >= held && !job.reuse.contains_key(&chunk.hash) {
+                if index >= held
+                    && !job.reuse.contains_key(&chunk.hash)
+                    && !copies.contains(&chunk.hash)
+                {
                     needed.push((offset, chunk.hash, chunk.len));
                 }
                 offset += u64::from(chunk.len);
@@ -448,10 +485,20 @@ impl<W: World> SyncEngine<W> {
     }
 }
 
-/// Writes every job's content to a temp file: reused chunks from the local file, those made from
-/// deltas from `by_delta` (verified when they were made), the rest from the frame stream (each
-/// chunk arrives once; later uses copy it from where it was written).
-/// Chunks from the stream are verified against their hashes; reused ones are trusted while the
+/// Where a batch's chunks come from, besides the local files they replace.
+struct Fetched<'a, R> {
+    /// The frames of the chunks fetched whole, in the order first needed.
+    stream: Option<R>,
+    /// Chunks made from deltas (verified when they were made).
+    by_delta: &'a HashMap<ChunkHash, Vec<u8>>,
+    /// Chunks other local files hold.
+    copies: &'a LocalCopies,
+}
+
+/// Writes every job's content to a temp file: reused chunks from the local file, copied ones
+/// from other local files, those made from deltas, the rest from the frame stream (each chunk
+/// arrives once; later uses copy it from where it was written).
+/// Chunks from the stream and copied ones are verified against their hashes; reused ones are trusted while the
 /// local file keeps the stamp base recorded for them (checked after they are read), the rule
 /// the scan follows too. Files that fail either check are dropped (and retried by the next
 /// pass). Every [`WRITEBACK_BYTES`] written are handed to writeback, so the disk works while
@@ -461,10 +508,14 @@ impl<W: World> SyncEngine<W> {
 fn write_temp_files<D: Disk>(
     disk: &D,
     jobs: &[DownloadJob<D::Temp>],
-    stream: Option<impl Read>,
-    by_delta: &HashMap<ChunkHash, Vec<u8>>,
+    fetched_from: Fetched<'_, impl Read>,
     progress: &Progress,
 ) -> Result<Written<D::Temp>, Error> {
+    let Fetched {
+        stream,
+        by_delta,
+        copies,
+    } = fetched_from;
     let mut reader: Box<dyn Read> = match stream {
         Some(stream) => Box::new(stream),
         None => Box::new(std::io::empty()),
@@ -473,6 +524,10 @@ fn write_temp_files<D: Disk>(
     let mut fetched: HashMap<ChunkHash, (usize, u64, u32)> = HashMap::new();
     let mut out: Vec<(usize, D::Temp)> = Vec::new();
     let mut no_space = Vec::new();
+    let mut failed_sources = BTreeSet::new();
+    let mut copied = 0;
+    // The source files of `copies` opened so far (`None`: could not be).
+    let mut sources = HashMap::new();
     let mut buf = Vec::new();
     let early_end = |err: std::io::Error| Error::io("download stream ended early", err);
     for (idx, job) in jobs.iter().enumerate() {
@@ -508,6 +563,7 @@ fn write_temp_files<D: Disk>(
         // the stream aligned, and its temp file goes (which frees the space for the next).
         let mut disk_full = false;
         let mut reused_any = false;
+        let mut copied_here = 0;
         let flight = progress.transfer(&job.path, Direction::Download, job.entry.size);
         flight.add(at);
         for chunk in &job.entry.chunks[held..] {
@@ -534,6 +590,14 @@ fn write_temp_files<D: Disk>(
                         .find(|(done, _)| *done == from)
                         .is_some_and(|(_, t)| t.read_exact_at(&mut buf, at).is_ok())
                 }
+            } else if let Some(copy) = copies.get(&chunk.hash) {
+                let verified = read_copy(disk, &mut sources, copy, &chunk.hash, &mut buf);
+                if verified {
+                    copied_here += 1;
+                } else {
+                    failed_sources.insert(copy.1.clone());
+                }
+                verified
             } else if let Some(made) = by_delta.get(&chunk.hash) {
                 from_delta = true;
                 buf.clear();
@@ -598,10 +662,13 @@ fn write_temp_files<D: Disk>(
         }
         temp.set_mtime_ms(job.entry.mtime_ms)
             .map_err(|err| Error::io("could not set mtime", err))?;
+        copied += copied_here;
         out.push((idx, temp));
     }
     Ok(Written {
         files: out,
         no_space,
+        failed_sources,
+        copied,
     })
 }

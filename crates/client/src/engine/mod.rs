@@ -37,6 +37,7 @@ mod download;
 mod focus;
 mod in_place;
 mod local;
+mod local_copy;
 mod locks;
 mod mass_delete;
 mod pack;
@@ -46,6 +47,7 @@ mod trust;
 mod upload;
 
 pub(crate) use delta::{bases_for, send_by_delta, DeltaBudget, DELTA_MIN_BYTES};
+pub(crate) use local_copy::COPY_SEARCH_MIN_BYTES;
 pub use locks::Notice;
 pub(crate) use pack::read_chunk_into;
 
@@ -56,7 +58,7 @@ use crate::scan::{rescan_paths, scan, HashCache, IgnoreRules, Scan, Skipped, Sta
 use crate::seams::{BaseStore, Clock, Disk, Production, World};
 use crate::state::ServerIdentity;
 use crate::Error;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use syncstore_plan::{
     BaseNode, Blocked, LocalNode, MassDeleteLimit, MassDeleteRule, Plan, PlanInput, PlanOp,
@@ -171,6 +173,11 @@ pub struct SyncEngine<W: World> {
     /// Files fetched ahead from other devices' upload streams (filled by the daemon's stream
     /// follower; taken by downloads).
     prefetched: crate::prefetch::Prefetched<<W::Disk as Disk>::Temp>,
+    /// Local files a chunk copied from did not verify (changed without their stamp changing):
+    /// downloads copy nothing from them again (in memory only).
+    failed_copy_sources: HashSet<RelPath>,
+    /// Chunks downloads copied from other local files since [`Self::take_chunks_copied`].
+    chunks_copied: u64,
 }
 
 /// What a plan takes besides the trees.
@@ -312,6 +319,8 @@ impl<W: World> SyncEngine<W> {
             journals_replayed: false,
             progress: crate::progress::Progress::default(),
             prefetched: crate::prefetch::Prefetched::default(),
+            failed_copy_sources: HashSet::new(),
+            chunks_copied: 0,
         })
     }
 
@@ -323,6 +332,12 @@ impl<W: World> SyncEngine<W> {
     /// The files fetched ahead from upload streams (a handle sharing them).
     pub fn prefetched(&self) -> crate::prefetch::Prefetched<<W::Disk as Disk>::Temp> {
         self.prefetched.clone()
+    }
+
+    /// How many chunks downloads copied from other local files instead of fetching them, since
+    /// the last call.
+    pub fn take_chunks_copied(&mut self) -> u64 {
+        std::mem::take(&mut self.chunks_copied)
     }
 
     /// The folder's disk.

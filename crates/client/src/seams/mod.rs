@@ -56,6 +56,10 @@ pub trait World: Send + 'static {
     /// Smallest changed chunk sent (or fetched) as a delta against the old chunks it replaces;
     /// smaller ones go whole, in packs (a delta costs a round trip or two).
     const DELTA_MIN_BYTES: u32 = crate::engine::DELTA_MIN_BYTES;
+
+    /// Least bytes a download batch must lack before other local files are searched for them
+    /// (the search reads every base entry's chunk list).
+    const COPY_SEARCH_MIN_BYTES: u64 = crate::engine::COPY_SEARCH_MIN_BYTES;
 }
 
 /// When a download over an unchanged local file of the same size is written in place (only
