@@ -1,6 +1,7 @@
 //! Issue 18: a one-byte edit of a large file crosses the network as deltas of the chunk it
 //! changed, both ways, not as the chunk: counted by the server's access log, it is less than
-//! 0.1 % of the file.
+//! 0.1 % of the file. A copy of a large file comes from the receiver's own disk; an edit that
+//! meets a full disk waits, with the file whole, until there is room.
 
 use crate::util::*;
 use std::os::unix::fs::FileExt;
@@ -45,15 +46,33 @@ struct Pair {
     b: PathBuf,
     _daemon_a: Proc,
     daemon_b: Proc,
+    /// The filesystem of its own B's folder is on, if it has one (unmounted after the daemons
+    /// stopped).
+    disk_b: Option<crate::recovery::Mount>,
     /// Holds the folders (and room beside them, on their filesystem).
     tmp: tempfile::TempDir,
 }
 
 fn pair_holding(old: &[u8]) -> Pair {
+    pair_on(old, tempfile::tempdir().unwrap(), None)
+}
+
+/// [`pair_holding`] with B's folder on a tmpfs of `size` of its own (at `disk_b/b`); `None`
+/// when tmpfs cannot be mounted here (not root; CI runs as root).
+fn pair_holding_on_a_small_disk(old: &[u8], size: &str) -> Option<Pair> {
     let tmp = tempfile::tempdir().unwrap();
+    let mount = crate::recovery::Mount::tmpfs(&tmp.path().join("disk_b"), size)?;
+    Some(pair_on(old, tmp, Some(mount)))
+}
+
+fn pair_on(old: &[u8], tmp: tempfile::TempDir, disk_b: Option<crate::recovery::Mount>) -> Pair {
     let logs = tmp.path().to_path_buf();
     let server = Server::start(&logs, &tmp.path().join("data"));
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = tmp.path().join("a");
+    let b = match &disk_b {
+        Some(_) => tmp.path().join("disk_b").join("b"),
+        None => tmp.path().join("b"),
+    };
     let token_a = server.token("alice", "a");
     let token_b = server.token("alice", "b");
     let daemon_a = start_client("client-a", &logs, &a, &server.url(), &token_a);
@@ -72,6 +91,7 @@ fn pair_holding(old: &[u8]) -> Pair {
         b,
         _daemon_a: daemon_a,
         daemon_b,
+        disk_b,
         tmp,
     }
 }
@@ -272,4 +292,75 @@ fn a_copy_of_a_large_file_comes_from_the_other_devices_own_disk() {
         "the copy cost {total} bytes on the wire:\n{shown}"
     );
     assert_eq!(std::fs::read(b.join("big.bin")).unwrap(), old);
+}
+
+/// B's disk fills up (another program's file), then a one-byte edit of a large file arrives:
+/// B reports that it has no room and keeps its file whole and as it was; once the space is
+/// back, the edit arrives at a later retry.
+#[test]
+fn a_full_disk_holds_an_edit_of_a_large_file_whole_until_space_returns() {
+    let size = 24 * 1024 * 1024;
+    let old = random_bytes(size, 1807);
+    let Some(pair) = pair_holding_on_a_small_disk(&old, "64m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must run the full-disk test"
+        );
+        eprintln!("SKIPPED a_full_disk_holds_an_edit_of_a_large_file_whole_until_space_returns: needs root to mount a tmpfs");
+        return;
+    };
+    let (a, b) = (&pair.a, &pair.b);
+    assert!(pair.disk_b.is_some());
+
+    // Another program fills B's disk, beside the folder.
+    let filler = pair.tmp.path().join("disk_b").join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![7u8; 64 * 1024];
+    loop {
+        match std::io::Write::write_all(&mut file, &block) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(err) => panic!("filling the disk: {err}"),
+        }
+    }
+    drop(file);
+
+    let logged_before = pair.daemon_b.log_text().len();
+    let at = size / 2 + 99;
+    let mut new = old.clone();
+    new[at] ^= 0x3c;
+    let edited = std::fs::OpenOptions::new()
+        .write(true)
+        .open(a.join("big.bin"))
+        .unwrap();
+    edited.write_all_at(&new[at..=at], at as u64).unwrap();
+    edited.sync_all().unwrap();
+    drop(edited);
+
+    wait_until_for(
+        "B reports it has no room",
+        Duration::from_secs(60),
+        &mut || {
+            pair.daemon_b.log_text()[logged_before..]
+                .lines()
+                .any(|line| line.contains("could not download big.bin: not enough free space"))
+        },
+    );
+    assert!(
+        std::fs::read(b.join("big.bin")).unwrap() == old,
+        "B's file changed while its disk was full"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_until_for(
+        "B has the edit once space is back",
+        Duration::from_secs(120),
+        &mut || std::fs::read(b.join("big.bin")).is_ok_and(|bytes| bytes == new),
+    );
+    wait_in_sync(b);
+    let log = pair.daemon_b.log_text();
+    assert!(
+        !log.contains("panicked") && !log.contains("internal error"),
+        "B's daemon hit a bug:\n{log}"
+    );
 }
