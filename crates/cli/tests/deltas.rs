@@ -364,3 +364,47 @@ fn a_full_disk_holds_an_edit_of_a_large_file_whole_until_space_returns() {
         "B's daemon hit a bug:\n{log}"
     );
 }
+
+/// An editor's save of a large file through a temp file in the folder (written over a second or
+/// so, then renamed over the old one): A's scans see the temp file while it grows, but B fetches
+/// none of it ahead (its start is chunks the server already holds, so A starts no upload stream
+/// for it) and whatever B downloads of it is copied from B's own old file, not fetched: B's
+/// chunk downloads stay a small part of the file. (Fetching it ahead once cost B 78 % of it.)
+#[test]
+fn a_save_through_a_temp_file_in_the_folder_costs_the_other_device_little() {
+    let size = 64 * 1024 * 1024;
+    let old = random_bytes(size, 1808);
+    let pair = pair_holding(&old);
+    let (server, a, b) = (&pair.server, &pair.a, &pair.b);
+    let before = requests(&server.proc.log_text()).len();
+    let mut new = old.clone();
+    new.insert(size / 2 + 4321, 0x42);
+    let temp = a.join(".big.bin.new");
+    let mut file = std::fs::File::create(&temp).unwrap();
+    for piece in new.chunks(1 << 20) {
+        std::io::Write::write_all(&mut file, piece).unwrap();
+        // An application writing as it produces (the pace lets A's scans see it grow).
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    std::fs::rename(&temp, a.join("big.bin")).unwrap();
+    let Edit {
+        requests, shown, ..
+    } = after_the_edit(server, a, b, &new, before);
+    assert!(!b.join(".big.bin.new").exists());
+    let downloaded: u64 = requests
+        .iter()
+        .filter(|(p, _)| p == "/api/v1/chunks/download")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        downloaded * 4 < size as u64,
+        "B fetched {downloaded} bytes of chunks for a save of a file it held:\n{shown}"
+    );
+    let log = pair.daemon_b.log_text();
+    assert!(
+        !log.contains("receiving .big.bin.new from"),
+        "B fetched the temp file ahead:\n{log}"
+    );
+}

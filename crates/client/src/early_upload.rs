@@ -10,8 +10,11 @@
 //! Once a pack is stored, the chunks of each file it carried are announced as a part of that
 //! file's upload stream (`syncstore_proto::streams`), with the chunks before them that needed
 //! no upload, so the user's other devices can fetch them before the commit. A file's stream
-//! starts with the first pack that carried its chunks (a renamed file, whose chunks are all on
-//! the server, starts none). Announcements go in file order, one pack at a time.
+//! starts only when its first chunk needed an upload: a file whose start the server already
+//! holds (a renamed or copied file, an editor's save through a temp file, a file growing as it
+//! is written) is mostly chunks the other devices hold too, which they copy from their own
+//! files once the version commits, and fetching it ahead would download it all. Announcements
+//! go in file order, one pack at a time.
 //!
 //! Nothing here decides anything: it only stores content-addressed chunks, which is harmless
 //! when the plan then uploads nothing (the file was unchanged remotely, say) and cheap when the
@@ -126,7 +129,7 @@ struct FileStream {
     chunks: Vec<ChunkRef>,
     /// How many of `chunks` were announced.
     announced: usize,
-    /// Whether a pack carried chunks of this file (the stream has started).
+    /// Whether a pack carried the file's first chunk (the stream has started).
     started: bool,
 }
 
@@ -253,7 +256,7 @@ impl<S: Server> Early<S> {
             .into_iter()
             .filter(|cut| missing.contains(&cut.chunk.hash) && sent.insert(cut.chunk.hash))
             .collect();
-        for cut in &wanted {
+        for cut in wanted.iter().filter(|cut| cut.offset == 0) {
             if let Some(stream) = self.streams.get_mut(&cut.file) {
                 stream.started = true;
             }
