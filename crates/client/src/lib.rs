@@ -13,6 +13,7 @@
 //! Architecture Invariant: the client never decides what to do itself; it asks the pure
 //! planner, applies the ops with their re-checks, and records base after each step.
 
+pub mod base_chunks;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -9,6 +9,7 @@
 //! [`StateCorrupt`] error naming the file and the way out: moving it aside is safe, as with no
 //! base the planner re-adopts the folder like a first sync, which deletes nothing.
 
+use crate::base_chunks::BaseChunks;
 use crate::seams::BaseStore;
 use crate::Error;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -47,7 +48,7 @@ pub struct StateDb {
     /// The base tree, as the planner takes it.
     pub base: BTreeMap<RelPath, BaseNode>,
     /// The chunk list of each base file, so a download can reuse unchanged chunks of the old file.
-    pub base_chunks: BTreeMap<RelPath, Vec<ChunkRef>>,
+    pub base_chunks: BaseChunks,
 }
 
 impl StateDb {
@@ -320,7 +321,7 @@ fn init_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
 /// Reads the base tree.
 fn load(conn: Connection, path: &Path) -> Result<StateDb, Error> {
     let mut base = BTreeMap::new();
-    let mut base_chunks = BTreeMap::new();
+    let mut base_chunks = BaseChunks::default();
     {
         let mut stmt = conn.prepare(
             "SELECT path, kind, hash, node_id, rev, size, mtime_ns, inode, chunks, ctime_ns,
@@ -635,7 +636,7 @@ impl BaseStore for StateDb {
         &self.base
     }
 
-    fn base_chunks(&self) -> &BTreeMap<RelPath, Vec<ChunkRef>> {
+    fn base_chunks(&self) -> &BaseChunks {
         &self.base_chunks
     }
 

@@ -118,10 +118,6 @@ impl World for SimWorld {
     /// Every changed chunk of a simulated (small) file may go as a delta, so the simulation
     /// covers deltas lost, refused and made against chunks the server no longer has.
     const DELTA_MIN_BYTES: u32 = 0;
-
-    /// Every download batch looks for its chunks in other local files, so the simulation
-    /// covers copies from files that changed, moved or went meanwhile.
-    const COPY_SEARCH_MIN_BYTES: u64 = 0;
 }
 
 /// The engine of a simulated device.

@@ -2,8 +2,11 @@
 //! fetched (as Syncthing's copier does): a large file copied on another device, or saved there
 //! as a temp file and renamed over the old one, comes down from this device's own disk.
 //!
-//! A source is a file whose stamp on disk is still the one base recorded, so it holds the chunks
-//! base lists for it; each chunk copied is verified by hash before it is written. A wrong read
+//! Sources are found through base's index of the chunks of its large files
+//! ([`crate::base_chunks::BaseChunks::holders`]): the cost follows the chunks looked up, not the
+//! folder's size. A source is a file whose stamp on disk is still the one base recorded, so it
+//! holds the chunks base lists for it; each chunk copied is verified by hash before it is
+//! written. A wrong read
 //! (the file changed without its stamp changing) fails the file, which the next pass retries
 //! without that source: a copy can make a download cheaper, never wrong or stuck.
 
@@ -11,13 +14,8 @@ use super::download::DownloadJob;
 use super::SyncEngine;
 use crate::scan::Stamp;
 use crate::seams::{BaseStore, Disk, DiskFile, World};
-use std::collections::{HashMap, HashSet};
-use syncstore_proto::{ChunkHash, RelPath};
-
-/// Least bytes a batch must lack before the folder's chunk lists are searched by default
-/// ([`crate::seams::World`]'s `COPY_SEARCH_MIN_BYTES`): the search reads every base entry's
-/// list, which is worth it for a large download, not for a small edit.
-pub(crate) const COPY_SEARCH_MIN_BYTES: u64 = 1024 * 1024;
+use std::collections::HashMap;
+use syncstore_proto::{ChunkHash, ChunkRef, RelPath};
 
 /// Where other local files hold chunks a download batch lacks.
 #[derive(Default)]
@@ -61,47 +59,34 @@ pub(super) fn read_copy<D: Disk>(
 
 impl<W: World> SyncEngine<W> {
     /// The chunks `jobs` need that neither their own local file (`reuse`) nor their prefix
-    /// holds, found in other local files that still have the stamp base recorded for them
-    /// (and did not fail a copy before); none when the batch lacks less than
-    /// `W::COPY_SEARCH_MIN_BYTES`.
+    /// holds, found in other local files (through base's index) that still have the stamp base
+    /// recorded for them and did not fail a copy before.
     pub(super) fn find_local_copies<T>(&self, jobs: &[DownloadJob<T>]) -> LocalCopies {
-        let mut wanted = HashSet::new();
-        let mut wanted_bytes = 0u64;
+        let mut copies = LocalCopies::default();
+        // Each source looked at: its index in `copies.sources`, or `None` when it is unusable.
+        let mut looked_at: HashMap<&RelPath, Option<usize>> = HashMap::new();
+        let chunks = self.state.base_chunks();
         for job in jobs {
             for chunk in &job.entry.chunks[job.prefix_len()..] {
-                if !job.reuse.contains_key(&chunk.hash) && wanted.insert(chunk.hash) {
-                    wanted_bytes += u64::from(chunk.len);
+                if job.reuse.contains_key(&chunk.hash) || copies.by_hash.contains_key(&chunk.hash) {
+                    continue;
                 }
-            }
-        }
-        let mut copies = LocalCopies::default();
-        if wanted_bytes < W::COPY_SEARCH_MIN_BYTES {
-            return copies;
-        }
-        for (path, chunks) in self.state.base_chunks() {
-            if wanted.is_empty() {
-                break;
-            }
-            if self.failed_copy_sources.contains(path) {
-                continue;
-            }
-            let mut usable = None;
-            let mut offset = 0u64;
-            for chunk in chunks {
-                if wanted.contains(&chunk.hash) {
-                    let usable = *usable.get_or_insert_with(|| self.holds_its_base(path));
-                    if !usable {
+                for holder in chunks.holders(&chunk.hash) {
+                    let source = *looked_at.entry(holder).or_insert_with(|| {
+                        let usable = !self.failed_copy_sources.contains(holder)
+                            && self.holds_its_base(holder);
+                        usable.then(|| {
+                            copies.sources.push(holder.clone());
+                            copies.sources.len() - 1
+                        })
+                    });
+                    let Some(source) = source else { continue };
+                    let offset = offset_of(&chunks[holder], &chunk.hash);
+                    if let Some(offset) = offset {
+                        copies.by_hash.insert(chunk.hash, (source, offset));
                         break;
                     }
-                    wanted.remove(&chunk.hash);
-                    copies
-                        .by_hash
-                        .insert(chunk.hash, (copies.sources.len(), offset));
                 }
-                offset += u64::from(chunk.len);
-            }
-            if usable == Some(true) {
-                copies.sources.push(path.clone());
             }
         }
         copies
@@ -115,4 +100,16 @@ impl<W: World> SyncEngine<W> {
         let stamp = Stamp::of_base(base);
         stamp != super::record::NO_STAMP && self.disk.stat(path).is_ok_and(|m| m.stamp() == stamp)
     }
+}
+
+/// Where the first chunk `hash` of `list` starts.
+fn offset_of(list: &[ChunkRef], hash: &ChunkHash) -> Option<u64> {
+    let mut offset = 0u64;
+    for chunk in list {
+        if chunk.hash == *hash {
+            return Some(offset);
+        }
+        offset += u64::from(chunk.len);
+    }
+    None
 }

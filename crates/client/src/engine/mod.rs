@@ -47,7 +47,6 @@ mod trust;
 mod upload;
 
 pub(crate) use delta::{bases_for, send_by_delta, DeltaBudget, DELTA_MIN_BYTES};
-pub(crate) use local_copy::COPY_SEARCH_MIN_BYTES;
 pub use locks::Notice;
 pub(crate) use pack::read_chunk_into;
 

@@ -2,6 +2,7 @@
 //! outlives the engine, and is what a crash rolls back to.
 
 use super::BaseStore;
+use crate::base_chunks::BaseChunks;
 use crate::state::ServerIdentity;
 use crate::Error;
 use std::collections::BTreeMap;
@@ -10,11 +11,22 @@ use syncstore_plan::BaseNode;
 use syncstore_proto::{ChunkRef, RelPath};
 
 /// What a [`MemBase`] holds.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemState {
     pub base: BTreeMap<RelPath, BaseNode>,
-    pub base_chunks: BTreeMap<RelPath, Vec<ChunkRef>>,
+    /// Indexing every file's chunks (the simulation's files are small).
+    pub base_chunks: BaseChunks,
     pub meta: BTreeMap<String, String>,
+}
+
+impl Default for MemState {
+    fn default() -> MemState {
+        MemState {
+            base: BTreeMap::new(),
+            base_chunks: BaseChunks::indexing_every_file(),
+            meta: BTreeMap::new(),
+        }
+    }
 }
 
 /// The committed state, shared with whoever reopens the store after a crash; `frozen` (the
@@ -86,7 +98,7 @@ impl BaseStore for MemBase {
         &self.working.base
     }
 
-    fn base_chunks(&self) -> &BTreeMap<RelPath, Vec<ChunkRef>> {
+    fn base_chunks(&self) -> &BaseChunks {
         &self.working.base_chunks
     }
 

@@ -56,10 +56,6 @@ pub trait World: Send + 'static {
     /// Smallest changed chunk sent (or fetched) as a delta against the old chunks it replaces;
     /// smaller ones go whole, in packs (a delta costs a round trip or two).
     const DELTA_MIN_BYTES: u32 = crate::engine::DELTA_MIN_BYTES;
-
-    /// Least bytes a download batch must lack before other local files are searched for them
-    /// (the search reads every base entry's chunk list).
-    const COPY_SEARCH_MIN_BYTES: u64 = crate::engine::COPY_SEARCH_MIN_BYTES;
 }
 
 /// When a download over an unchanged local file of the same size is written in place (only
@@ -439,7 +435,7 @@ pub trait BaseStore: Send + 'static {
     /// The base tree.
     fn base(&self) -> &BTreeMap<RelPath, BaseNode>;
     /// The chunk list of each base file.
-    fn base_chunks(&self) -> &BTreeMap<RelPath, Vec<ChunkRef>>;
+    fn base_chunks(&self) -> &crate::base_chunks::BaseChunks;
     /// Records `node` as the base of `path`.
     ///
     /// # Errors
