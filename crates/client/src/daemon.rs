@@ -678,7 +678,7 @@ async fn long_poll(
             }
         };
         let result = tokio::select! {
-            result = api.changes(since, LONG_POLL, None) => result,
+            result = api.peek_changes(since, LONG_POLL) => result,
             () = shutdown.cancelled() => return,
         };
         match result {
@@ -686,7 +686,11 @@ async fn long_poll(
                 backoff.succeeded();
                 // (`diverged` is never set here: the long poll names no known position, the
                 // pass it wakes checks that.)
-                if !page.changes.is_empty() || page.reset || !page.wanted.is_empty() {
+                if page.peeked > 0
+                    || !page.changes.is_empty()
+                    || page.reset
+                    || !page.wanted.is_empty()
+                {
                     remote_dirty.notify_one();
                 }
                 seen = Some(page.cursor.max(since));

@@ -379,11 +379,38 @@ impl ApiClient {
         wait: Duration,
         known: Option<(Cursor, JournalTag)>,
     ) -> Result<ChangesResponse, ApiError> {
+        self.changes_or_peek(since, wait, known, false).await
+    }
+
+    /// `GET /api/v1/changes?peek=true`: as [`ApiClient::changes`], but the answer only says
+    /// whether there are changes (`peeked`; `changes` empty, unless the server is older and
+    /// sends them anyway), for a long poll that wakes the pass that reads them.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn peek_changes(
+        &self,
+        since: Cursor,
+        wait: Duration,
+    ) -> Result<ChangesResponse, ApiError> {
+        self.changes_or_peek(since, wait, None, true).await
+    }
+
+    async fn changes_or_peek(
+        &self,
+        since: Cursor,
+        wait: Duration,
+        known: Option<(Cursor, JournalTag)>,
+        peek: bool,
+    ) -> Result<ChangesResponse, ApiError> {
         let mut path = format!(
             "/api/v1/changes?since={}&timeout_ms={}",
             since.0,
             wait.as_millis()
         );
+        if peek {
+            path.push_str("&peek=true");
+        }
         if let Some((cursor, tag)) = known {
             path.push_str(&format!("&known={}&known_tag={tag}", cursor.0));
         }

@@ -192,6 +192,11 @@ pub struct ChangesQuery {
     /// The tag of `known`, as the client was told it.
     #[serde(default)]
     pub known_tag: Option<JournalTag>,
+    /// Answer without the changes themselves (`changes` empty, `peeked` counting them): a long
+    /// poll that only wakes the pass that reads them, so each change crosses the network once
+    /// per device, not twice. A server that does not know it sends the changes.
+    #[serde(default)]
+    pub peek: bool,
 }
 
 /// `GET /api/v1/changes`: the changes after `since`, oldest first.
@@ -218,6 +223,9 @@ pub struct ChangesResponse {
     /// Chunks the server lost or found corrupt and asks devices that hold them to upload again.
     #[serde(default)]
     pub wanted: Vec<ChunkHash>,
+    /// With `peek`: how many changes the page held (they are not in `changes`).
+    #[serde(default)]
+    pub peeked: usize,
 }
 
 /// A list of chunk hashes (`/chunks/missing` in both directions, `/chunks/download`).

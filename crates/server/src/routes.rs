@@ -202,7 +202,11 @@ async fn changes(
             Vec::new()
         };
         if answer_now || !wanted.is_empty() {
-            return Ok(Json(changes_response(page, &principal, diverged, wanted)));
+            let mut answer = changes_response(page, &principal, diverged, wanted);
+            if query.peek {
+                answer.peeked = std::mem::take(&mut answer.changes).len();
+            }
+            return Ok(Json(answer));
         }
         tokio::select! {
             result = changed.changed() => {
@@ -238,6 +242,7 @@ fn changes_response(
         reset: page.reset,
         diverged,
         wanted,
+        peeked: 0,
     }
 }
 

@@ -493,6 +493,22 @@ async fn long_poll_wakes_when_another_device_commits() {
         .await;
     assert!(ahead.reset);
     assert_eq!(ahead.cursor.0, 1);
+
+    // A peek says there is a change and where the journal is, without the change itself.
+    let peeked: ChangesResponse = server
+        .get(
+            &laptop,
+            "/api/v1/changes?since=0&timeout_ms=60000&peek=true",
+        )
+        .await;
+    assert_eq!(
+        (peeked.cursor.0, peeked.changes.len(), peeked.peeked),
+        (1, 0, 1)
+    );
+    let quiet: ChangesResponse = server
+        .get(&laptop, "/api/v1/changes?since=1&timeout_ms=50&peek=true")
+        .await;
+    assert_eq!((quiet.cursor.0, quiet.peeked), (1, 0));
     server.stop().await;
 }
 

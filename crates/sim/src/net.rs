@@ -147,6 +147,7 @@ impl Server for SimServer {
                 namespace,
                 diverged,
                 wanted: sim.server.wanted(),
+                peeked: 0,
             })
         })
         .await
