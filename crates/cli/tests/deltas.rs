@@ -96,6 +96,19 @@ fn pair_on(old: &[u8], tmp: tempfile::TempDir, disk_b: Option<crate::recovery::M
     }
 }
 
+/// `old` with the bytes at `places` flipped by `mask`, as written in place into `file` (durably):
+/// what the file holds now.
+fn flip_in_place(file: &Path, old: &[u8], places: &[usize], mask: u8) -> Vec<u8> {
+    let mut new = old.to_vec();
+    let edited = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    for &at in places {
+        new[at] ^= mask;
+        edited.write_all_at(&new[at..=at], at as u64).unwrap();
+    }
+    edited.sync_all().unwrap();
+    new
+}
+
 /// What an edit cost: every request since `before` (both devices', as the server counted
 /// them), once B holds `new` and both folders are in sync again.
 struct Edit {
@@ -131,16 +144,7 @@ fn a_one_byte_edit_of_a_large_file_sends_less_than_a_thousandth_of_it() {
 
     // One byte changed in place on A, in the middle of the file.
     let before = requests(&server.proc.log_text()).len();
-    let at = SIZE / 2 + 12_345;
-    let mut new = old.clone();
-    new[at] ^= 0x5a;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(a.join("big.bin"))
-        .unwrap();
-    file.write_all_at(&new[at..=at], at as u64).unwrap();
-    file.sync_all().unwrap();
-    drop(file);
+    let new = flip_in_place(&a.join("big.bin"), &old, &[SIZE / 2 + 12_345], 0x5a);
     let Edit {
         requests: edit,
         total,
@@ -194,17 +198,8 @@ fn an_edit_whose_chunks_come_partly_as_deltas_and_partly_whole_reaches_b() {
 
     // Two bytes changed in place on A: one in the middle, one in the last (small) chunk.
     let before = requests(&server.proc.log_text()).len();
-    let mut new = old.clone();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(a.join("big.bin"))
-        .unwrap();
-    for at in [size / 2 + 777, size - 10] {
-        new[at] ^= 0xa5;
-        file.write_all_at(&new[at..=at], at as u64).unwrap();
-    }
-    file.sync_all().unwrap();
-    drop(file);
+    let places = [size / 2 + 777, size - 10];
+    let new = flip_in_place(&a.join("big.bin"), &old, &places, 0xa5);
     let edit = after_the_edit(server, a, b, &new, before);
     assert!(
         edit.requests
@@ -326,16 +321,7 @@ fn a_full_disk_holds_an_edit_of_a_large_file_whole_until_space_returns() {
     drop(file);
 
     let logged_before = pair.daemon_b.log_text().len();
-    let at = size / 2 + 99;
-    let mut new = old.clone();
-    new[at] ^= 0x3c;
-    let edited = std::fs::OpenOptions::new()
-        .write(true)
-        .open(a.join("big.bin"))
-        .unwrap();
-    edited.write_all_at(&new[at..=at], at as u64).unwrap();
-    edited.sync_all().unwrap();
-    drop(edited);
+    let new = flip_in_place(&a.join("big.bin"), &old, &[size / 2 + 99], 0x3c);
 
     wait_until_for(
         "B reports it has no room",
