@@ -394,3 +394,49 @@ fn a_save_through_a_temp_file_in_the_folder_costs_the_other_device_little() {
         "B fetched the temp file ahead:\n{log}"
     );
 }
+
+/// A new large file written slowly on A (1 MiB every 50 ms): each of A's scans sees it longer and
+/// starts its upload stream again, and B, which follows each, reads what it fetched of the
+/// earlier streams from their temp files instead of fetching it again. B's chunk downloads stay
+/// under 2.5 times the file (following each stream afresh cost 3.6 times it).
+#[test]
+fn a_large_file_written_slowly_is_not_fetched_again_for_each_of_its_streams() {
+    let size = 64 * 1024 * 1024;
+    let first = random_bytes(1 << 20, 1810);
+    let pair = pair_holding(&first);
+    let (server, a, b) = (&pair.server, &pair.a, &pair.b);
+    let before = requests(&server.proc.log_text()).len();
+    let new = random_bytes(size, 1811);
+    let mut file = std::fs::File::create(a.join("slow.bin")).unwrap();
+    for piece in new.chunks(1 << 20) {
+        std::io::Write::write_all(&mut file, piece).unwrap();
+        // A program writing as it produces (a download, a recording).
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    wait_until_for("B has the file", Duration::from_secs(120), &mut || {
+        std::fs::read(b.join("slow.bin")).is_ok_and(|bytes| bytes == new)
+    });
+    wait_in_sync(a);
+    wait_in_sync(b);
+    let requests: Vec<(String, u64)> = requests(&server.proc.log_text())
+        .into_iter()
+        .skip(before)
+        .collect();
+    let downloaded: u64 = requests
+        .iter()
+        .filter(|(p, _)| p == "/api/v1/chunks/download")
+        .map(|(_, n)| n)
+        .sum();
+    let streams = pair
+        .daemon_b
+        .log_text()
+        .matches("receiving slow.bin from a while it is being uploaded")
+        .count();
+    assert!(
+        downloaded * 2 < size as u64 * 5,
+        "B fetched {downloaded} bytes of chunks for a file of {size} ({streams} streams followed)"
+    );
+    eprintln!("a file of {size} bytes written slowly: B fetched {downloaded} bytes, {streams} streams followed");
+}

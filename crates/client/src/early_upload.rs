@@ -10,11 +10,12 @@
 //! Once a pack is stored, the chunks of each file it carried are announced as a part of that
 //! file's upload stream (`syncstore_proto::streams`), with the chunks before them that needed
 //! no upload, so the user's other devices can fetch them before the commit. A file's stream
-//! starts only when its first chunk needed an upload: a file whose start the server already
-//! holds (a renamed or copied file, an editor's save through a temp file, a file growing as it
-//! is written) is mostly chunks the other devices hold too, which they copy from their own
-//! files once the version commits, and fetching it ahead would download it all. Announcements
-//! go in file order, one pack at a time.
+//! starts only when its first chunk needed an upload, or was the first chunk of a stream this
+//! device started before for the same path ([`StreamStarts`]: a file still being written,
+//! which each scan sees longer). A file whose start the server already holds otherwise (a renamed or copied file,
+//! an editor's save through a temp file) is mostly chunks the other devices hold too, which
+//! they copy from their own files once the version commits; fetching it ahead would download
+//! it all. Announcements go in file order, one pack at a time.
 //!
 //! Nothing here decides anything: it only stores content-addressed chunks, which is harmless
 //! when the plan then uploads nothing (the file was unchanged remotely, say) and cheap when the
@@ -39,6 +40,38 @@ const QUEUE: usize = 64;
 /// Packs in flight at once.
 const IN_FLIGHT: usize = 2;
 
+/// How many first chunks of started streams [`StreamStarts`] remembers.
+const STREAM_STARTS_KEPT: usize = 64;
+
+/// The paths and first chunks of the streams this device's early uploads started lately,
+/// shared by the scans of one engine: a later scan of a file still being written starts its
+/// stream again, though the server already holds its first chunk (the earlier scan uploaded
+/// it). A copy of the file under another name does not.
+#[derive(Clone, Default)]
+pub struct StreamStarts(Arc<std::sync::Mutex<VecDeque<(RelPath, ChunkHash)>>>);
+
+impl StreamStarts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(RelPath, ChunkHash)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remember(&self, path: &RelPath, hash: ChunkHash) {
+        let mut starts = self.lock();
+        if !starts.iter().any(|(p, h)| p == path && *h == hash) {
+            if starts.len() >= STREAM_STARTS_KEPT {
+                starts.pop_front();
+            }
+            starts.push_back((path.clone(), hash));
+        }
+    }
+
+    fn contains(&self, path: &RelPath, hash: &ChunkHash) -> bool {
+        self.lock().iter().any(|(p, h)| p == path && h == hash)
+    }
+}
+
 /// One chunk as the scan cut it.
 struct CutChunk {
     file: Arc<PathBuf>,
@@ -57,9 +90,9 @@ pub struct EarlyUpload {
 impl EarlyUpload {
     /// Starts the upload task for the folder at `root`. Must be called within the Tokio
     /// runtime.
-    pub fn start<S: Server>(api: S, root: PathBuf) -> EarlyUpload {
+    pub fn start<S: Server>(api: S, root: PathBuf, starts: StreamStarts) -> EarlyUpload {
         let (sender, receiver) = tokio::sync::mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(api, root, receiver));
+        let task = tokio::spawn(run(api, root, starts, receiver));
         EarlyUpload {
             sender: Some(sender),
             task,
@@ -143,11 +176,13 @@ struct InFlight {
 async fn run<S: Server>(
     api: S,
     root: PathBuf,
+    starts: StreamStarts,
     mut receiver: tokio::sync::mpsc::Receiver<CutChunk>,
 ) {
     let mut early = Early {
         api,
         root,
+        starts,
         sent: HashSet::new(),
         deltas: DeltaBudget::default(),
         in_flight: VecDeque::new(),
@@ -191,6 +226,7 @@ async fn run<S: Server>(
 struct Early<S> {
     api: S,
     root: PathBuf,
+    starts: StreamStarts,
     /// Which chunks may still be tried as deltas.
     deltas: DeltaBudget,
     /// Chunks sent (or found on the server) already.
@@ -251,16 +287,24 @@ impl<S: Server> Early<S> {
                 files.push((Arc::clone(&cut.file), cut_so_far));
             }
         }
+        for cut in group.iter().filter(|cut| cut.offset == 0) {
+            let Some(stream) = self.streams.get_mut(&cut.file) else {
+                continue;
+            };
+            let Some(path) = &stream.path else { continue };
+            let hash = cut.chunk.hash;
+            if missing.contains(&hash) {
+                self.starts.remember(path, hash);
+                stream.started = true;
+            } else if self.starts.contains(path, &hash) {
+                stream.started = true;
+            }
+        }
         let sent = &mut self.sent;
         let wanted: Vec<CutChunk> = group
             .into_iter()
             .filter(|cut| missing.contains(&cut.chunk.hash) && sent.insert(cut.chunk.hash))
             .collect();
-        for cut in wanted.iter().filter(|cut| cut.offset == 0) {
-            if let Some(stream) = self.streams.get_mut(&cut.file) {
-                stream.started = true;
-            }
-        }
         let wanted = self.send_deltas(wanted).await;
         if wanted.is_empty() {
             // Nothing to upload: the group's chunks are on the server; announce them in turn.

@@ -8,6 +8,11 @@
 //! the disk has room for the whole file. A stream that is no longer live and that no commit
 //! claimed within [`UNCLAIMED_GRACE`] is dropped with its temp file. While syncing is paused it
 //! fetches nothing, and what it had fetched goes (as a paused download's temp file does).
+//!
+//! A new stream of a path it follows (the uploader scanned the file again: it is still being
+//! written) replaces the old one, whose temp file is kept as [`Earlier`] while the new one is
+//! followed: the chunks it holds, verified when they were fetched, are read from it rather than
+//! fetched again.
 
 use crate::http::ApiClient;
 use crate::prefetch::{Prefetched, PrefetchedFile};
@@ -17,7 +22,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
-use syncstore_proto::{ChunkHash, RelPath, StreamPartInfo, FRAME_HEADER_LEN, STREAM_MIN_BYTES};
+use syncstore_proto::{
+    ChunkHash, ChunkRef, RelPath, StreamPartInfo, FRAME_HEADER_LEN, STREAM_MIN_BYTES,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +40,10 @@ const SPACE_RESERVE: u64 = 64 * 1024 * 1024;
 /// How often a paused follower looks whether syncing was resumed.
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
 
+/// What the replaced stream of a path had fetched: its temp file and the chunks written to it
+/// from its start, each verified.
+type Earlier = HashMap<RelPath, (OsTemp, Vec<ChunkRef>)>;
+
 /// Follows the user's other devices' upload streams until `shutdown`; while the user paused
 /// syncing (`progress`), it fetches nothing.
 pub async fn run(
@@ -45,6 +56,7 @@ pub async fn run(
     let mut after = 0u64;
     let mut backoff = Duration::from_millis(500);
     let mut not_live_since: HashMap<(RelPath, String), Instant> = HashMap::new();
+    let mut earlier = Earlier::new();
     loop {
         if progress.is_paused() {
             // Paused: transfers stop, and what was fetched ahead goes (fetched again, or after
@@ -84,7 +96,7 @@ pub async fn run(
                 break;
             }
             tokio::task::block_in_place(|| {
-                follow_part(&api, &disk, &prefetched, &progress, info);
+                follow_part(&api, &disk, &prefetched, &progress, &mut earlier, info);
             });
             after = info.seq;
         }
@@ -95,6 +107,8 @@ pub async fn run(
         let live: HashSet<&str> = answer.live.iter().map(String::as_str).collect();
         let now = Instant::now();
         let held = prefetched.held();
+        // What replaced streams fetched is kept only while their path is still followed.
+        earlier.retain(|path, _| held.iter().any(|(p, s)| p == path && s.is_some()));
         not_live_since.retain(|(path, stream), _| {
             held.iter()
                 .any(|(p, s)| p == path && s.as_deref() == Some(stream.as_str()))
@@ -131,6 +145,7 @@ fn follow_part(
     disk: &OsDisk,
     prefetched: &Prefetched<OsTemp>,
     progress: &Progress,
+    earlier: &mut Earlier,
     info: &StreamPartInfo,
 ) {
     let part = &info.part;
@@ -143,7 +158,15 @@ fn follow_part(
             // A file is there: the engine fetches only what changed of it.
             return;
         }
-        let replacing = prefetched.slot(&part.path).is_some();
+        let replaced = prefetched
+            .slot(&part.path)
+            .map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let replacing = replaced.is_some();
+        if let Some(Some(old)) = replaced {
+            if !old.chunks.is_empty() {
+                earlier.insert(part.path.clone(), (old.temp, old.chunks));
+            }
+        }
         if !replacing && prefetched.len() >= MAX_FOLLOWED {
             return;
         }
@@ -187,7 +210,7 @@ fn follow_part(
     file.announced.extend_from_slice(&part.chunks);
     let first = file.chunks.is_empty();
     let before = file.written_bytes();
-    let fetched = fetch_announced(api, file);
+    let fetched = fetch_announced(api, file, earlier.get(&part.path));
     if let Some(shown) = &file.shown {
         shown.add(file.written_bytes() - before);
     }
@@ -218,8 +241,21 @@ fn follow_part(
     }
 }
 
-/// Fetches and writes the announced chunks not written yet, in order, each verified.
-fn fetch_announced(api: &Arc<ApiClient>, file: &mut PrefetchedFile<OsTemp>) -> Result<(), String> {
+/// Fetches and writes the announced chunks not written yet, in order, each verified; those the
+/// replaced stream's temp file holds (`earlier`) are read from it.
+fn fetch_announced(
+    api: &Arc<ApiClient>,
+    file: &mut PrefetchedFile<OsTemp>,
+    earlier: Option<&(OsTemp, Vec<ChunkRef>)>,
+) -> Result<(), String> {
+    let mut in_earlier: HashMap<ChunkHash, u64> = HashMap::new();
+    if let Some((_, chunks)) = earlier {
+        let mut offset = 0u64;
+        for chunk in chunks {
+            in_earlier.entry(chunk.hash).or_insert(offset);
+            offset += u64::from(chunk.len);
+        }
+    }
     let written = file.chunks.len();
     let mut at: HashMap<ChunkHash, (u64, u32)> = HashMap::new();
     let mut offset = 0u64;
@@ -231,7 +267,9 @@ fn fetch_announced(api: &Arc<ApiClient>, file: &mut PrefetchedFile<OsTemp>) -> R
     let fetch: Vec<ChunkHash> = file.announced[written..]
         .iter()
         .map(|chunk| chunk.hash)
-        .filter(|hash| !at.contains_key(hash) && asked.insert(*hash))
+        .filter(|hash| {
+            !at.contains_key(hash) && !in_earlier.contains_key(hash) && asked.insert(*hash)
+        })
         .collect();
     let handle = tokio::runtime::Handle::current();
     let mut stream: Box<dyn Read + Send> = if fetch.is_empty() {
@@ -249,6 +287,10 @@ fn fetch_announced(api: &Arc<ApiClient>, file: &mut PrefetchedFile<OsTemp>) -> R
             file.temp
                 .read_exact_at(&mut buf, from)
                 .map_err(|err| err.to_string())?;
+        } else if let (Some(&from), Some((old, _))) = (in_earlier.get(&chunk.hash), earlier) {
+            old.read_exact_at(&mut buf, from)
+                .map_err(|err| err.to_string())?;
+            at.insert(chunk.hash, (offset, chunk.len));
         } else {
             let mut header = [0u8; FRAME_HEADER_LEN];
             stream

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use syncstore_client::early_upload::EarlyUpload;
+use syncstore_client::early_upload::{EarlyUpload, StreamStarts};
 use syncstore_client::ApiClient;
 use syncstore_proto::{ChunkHash, DeviceName, UserName};
 
@@ -62,7 +62,11 @@ async fn chunks_handed_over_are_on_the_server_when_early_upload_finishes() {
     let files = tempfile::tempdir().unwrap();
     let first = files.path().join("first.bin");
     std::fs::write(&first, pseudo_random(20 * 1024 * 1024, 1)).unwrap();
-    let early = EarlyUpload::start(Arc::clone(&api), files.path().to_owned());
+    let early = EarlyUpload::start(
+        Arc::clone(&api),
+        files.path().to_owned(),
+        StreamStarts::default(),
+    );
     let hashes = tokio::task::block_in_place(|| cut_into(&first, &early));
     assert!(hashes.len() > 4, "{} chunks", hashes.len());
     early.finish().await;
@@ -106,7 +110,11 @@ async fn chunks_handed_over_are_on_the_server_when_early_upload_finishes() {
     bytes[tail..].copy_from_slice(&pseudo_random(3 * 1024 * 1024, 2));
     let second = files.path().join("second.bin");
     std::fs::write(&second, &bytes).unwrap();
-    let early = EarlyUpload::start(Arc::clone(&api), files.path().to_owned());
+    let early = EarlyUpload::start(
+        Arc::clone(&api),
+        files.path().to_owned(),
+        StreamStarts::default(),
+    );
     let second_hashes = tokio::task::block_in_place(|| cut_into(&second, &early));
     let new: Vec<ChunkHash> = second_hashes
         .iter()

@@ -177,6 +177,8 @@ pub struct SyncEngine<W: World> {
     failed_copy_sources: HashSet<RelPath>,
     /// Chunks downloads copied from other local files since [`Self::take_chunks_copied`].
     chunks_copied: u64,
+    /// The first chunks of the upload streams this engine's early uploads started lately.
+    stream_starts: crate::early_upload::StreamStarts,
 }
 
 /// What a plan takes besides the trees.
@@ -320,6 +322,7 @@ impl<W: World> SyncEngine<W> {
             prefetched: crate::prefetch::Prefetched::default(),
             failed_copy_sources: HashSet::new(),
             chunks_copied: 0,
+            stream_starts: crate::early_upload::StreamStarts::default(),
         })
     }
 
@@ -713,8 +716,13 @@ impl<W: World> SyncEngine<W> {
                 self.upload_wanted().await;
             }
             self.check_my_locks();
-            let early = W::EARLY_UPLOAD
-                .then(|| EarlyUpload::start(self.server.clone(), self.disk.root().to_path_buf()));
+            let early = W::EARLY_UPLOAD.then(|| {
+                EarlyUpload::start(
+                    self.server.clone(),
+                    self.disk.root().to_path_buf(),
+                    self.stream_starts.clone(),
+                )
+            });
             let walked_all = self.refresh_local(early.as_ref());
             if round == 0 && !walked_all {
                 self.progress.count_incremental_pass();
