@@ -109,6 +109,26 @@ fn flip_in_place(file: &Path, old: &[u8], places: &[usize], mask: u8) -> Vec<u8>
     new
 }
 
+/// `old` with one byte inserted in its middle (its size changes, and the chunks after the
+/// insertion shift).
+fn with_a_byte_inserted(old: &[u8]) -> Vec<u8> {
+    let mut new = old.to_vec();
+    new.insert(old.len() / 2 + 4321, 0x42);
+    new
+}
+
+/// Writes `bytes` to a new file at `path` 1 MiB at a time with `pause` after each, as a program
+/// does that writes as it produces (a download, a recording, an editor saving a large file),
+/// then syncs it.
+fn write_slowly(path: &Path, bytes: &[u8], pause: Duration) {
+    let mut file = std::fs::File::create(path).unwrap();
+    for piece in bytes.chunks(1 << 20) {
+        std::io::Write::write_all(&mut file, piece).unwrap();
+        std::thread::sleep(pause);
+    }
+    file.sync_all().unwrap();
+}
+
 /// What an edit cost: every request since `before` (both devices', as the server counted
 /// them), once B holds `new` and both folders are in sync again.
 struct Edit {
@@ -118,8 +138,19 @@ struct Edit {
 }
 
 fn after_the_edit(server: &Server, a: &Path, b: &Path, new: &[u8], before: usize) -> Edit {
+    after_writing(server, (a, b), "big.bin", new, before)
+}
+
+/// [`after_the_edit`] of the file `name`.
+fn after_writing(
+    server: &Server,
+    (a, b): (&Path, &Path),
+    name: &str,
+    new: &[u8],
+    before: usize,
+) -> Edit {
     wait_until_for("B has the edit", Duration::from_secs(120), &mut || {
-        std::fs::read(b.join("big.bin")).is_ok_and(|bytes| bytes == new)
+        std::fs::read(b.join(name)).is_ok_and(|bytes| bytes == new)
     });
     wait_in_sync(a);
     wait_in_sync(b);
@@ -226,8 +257,7 @@ fn a_byte_inserted_in_a_large_file_comes_down_as_a_delta_into_the_new_copy() {
     let (server, a, b) = (&pair.server, &pair.a, &pair.b);
 
     let before = requests(&server.proc.log_text()).len();
-    let mut new = old.clone();
-    new.insert(size / 2 + 4321, 0x42);
+    let new = with_a_byte_inserted(&old);
     // A new file renamed over the old one. It is written beside the folder, not in it: a temp
     // file in the folder may be synced while it is written (as a new file, with no old copy to
     // take a delta against), which this test is not about.
@@ -363,17 +393,10 @@ fn a_save_through_a_temp_file_in_the_folder_costs_the_other_device_little() {
     let pair = pair_holding(&old);
     let (server, a, b) = (&pair.server, &pair.a, &pair.b);
     let before = requests(&server.proc.log_text()).len();
-    let mut new = old.clone();
-    new.insert(size / 2 + 4321, 0x42);
+    let new = with_a_byte_inserted(&old);
     let temp = a.join(".big.bin.new");
-    let mut file = std::fs::File::create(&temp).unwrap();
-    for piece in new.chunks(1 << 20) {
-        std::io::Write::write_all(&mut file, piece).unwrap();
-        // An application writing as it produces (the pace lets A's scans see it grow).
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    file.sync_all().unwrap();
-    drop(file);
+    // The pace lets A's scans see it grow.
+    write_slowly(&temp, &new, Duration::from_millis(20));
     std::fs::rename(&temp, a.join("big.bin")).unwrap();
     let Edit {
         requests, shown, ..
@@ -407,23 +430,8 @@ fn a_large_file_written_slowly_is_not_fetched_again_for_each_of_its_streams() {
     let (server, a, b) = (&pair.server, &pair.a, &pair.b);
     let before = requests(&server.proc.log_text()).len();
     let new = random_bytes(size, 1811);
-    let mut file = std::fs::File::create(a.join("slow.bin")).unwrap();
-    for piece in new.chunks(1 << 20) {
-        std::io::Write::write_all(&mut file, piece).unwrap();
-        // A program writing as it produces (a download, a recording).
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    file.sync_all().unwrap();
-    drop(file);
-    wait_until_for("B has the file", Duration::from_secs(120), &mut || {
-        std::fs::read(b.join("slow.bin")).is_ok_and(|bytes| bytes == new)
-    });
-    wait_in_sync(a);
-    wait_in_sync(b);
-    let requests: Vec<(String, u64)> = requests(&server.proc.log_text())
-        .into_iter()
-        .skip(before)
-        .collect();
+    write_slowly(&a.join("slow.bin"), &new, Duration::from_millis(50));
+    let Edit { requests, .. } = after_writing(server, (a, b), "slow.bin", &new, before);
     let downloaded: u64 = requests
         .iter()
         .filter(|(p, _)| p == "/api/v1/chunks/download")
