@@ -4,7 +4,7 @@
 //!
 //! Invariant: `holders` lists exactly the paths of `by_path` whose list has at least
 //! `min_chunks` chunks ([`INDEXED_MIN_CHUNKS`], or 1 for the simulation's small files), under
-//! each chunk of that list, once each. Files of one chunk (small files, most of a large folder)
+//! each chunk of that list, once each, with the offset of the chunk's first place in it. Files of one chunk (small files, most of a large folder)
 //! are not indexed by default: copying them would save little, and indexing them would cost
 //! memory in proportion to the folder.
 
@@ -18,7 +18,8 @@ pub const INDEXED_MIN_CHUNKS: usize = 2;
 #[derive(Clone, Debug)]
 pub struct BaseChunks {
     by_path: BTreeMap<RelPath, Vec<ChunkRef>>,
-    holders: HashMap<ChunkHash, Vec<RelPath>>,
+    /// Chunk → (file, offset of the chunk's first place in it).
+    holders: HashMap<ChunkHash, Vec<(RelPath, u64)>>,
     /// Fewest chunks of an indexed file's list.
     min_chunks: usize,
 }
@@ -73,11 +74,13 @@ impl BaseChunks {
     pub fn insert(&mut self, path: RelPath, chunks: Vec<ChunkRef>) {
         self.remove(&path);
         if chunks.len() >= self.min_chunks {
+            let mut offset = 0u64;
             for chunk in &chunks {
                 let holders = self.holders.entry(chunk.hash).or_default();
-                if !holders.contains(&path) {
-                    holders.push(path.clone());
+                if !holders.iter().any(|(held, _)| *held == path) {
+                    holders.push((path.clone(), offset));
                 }
+                offset += u64::from(chunk.len);
             }
         }
         self.by_path.insert(path, chunks);
@@ -89,7 +92,7 @@ impl BaseChunks {
         if chunks.len() >= self.min_chunks {
             for chunk in &chunks {
                 if let Some(holders) = self.holders.get_mut(&chunk.hash) {
-                    holders.retain(|held| held != path);
+                    holders.retain(|(held, _)| held != path);
                     if holders.is_empty() {
                         self.holders.remove(&chunk.hash);
                     }
@@ -104,8 +107,8 @@ impl BaseChunks {
         self.holders.clear();
     }
 
-    /// The indexed files whose list holds `hash`.
-    pub fn holders(&self, hash: &ChunkHash) -> &[RelPath] {
+    /// The indexed files whose list holds `hash`, each with the offset of its first place there.
+    pub fn holders(&self, hash: &ChunkHash) -> &[(RelPath, u64)] {
         self.holders.get(hash).map_or(&[], Vec::as_slice)
     }
 }
@@ -125,15 +128,19 @@ mod tests {
         RelPath::new(text).unwrap()
     }
 
-    /// Every path of `chunks` with two chunks or more, under each of its chunks, once; and
-    /// nothing else.
+    /// Every indexed path of `chunks`, under each of its chunks, once, with the offset of the
+    /// chunk's first place there; and nothing else.
     fn index_follows_lists(chunks: &BaseChunks) {
-        let mut expected: HashMap<ChunkHash, Vec<RelPath>> = HashMap::new();
+        let mut expected: HashMap<ChunkHash, Vec<(RelPath, u64)>> = HashMap::new();
         for (path, list) in chunks.iter().filter(|(_, l)| l.len() >= chunks.min_chunks) {
-            for c in list {
-                let at = expected.entry(c.hash).or_default();
-                if !at.contains(path) {
-                    at.push(path.clone());
+            for (index, c) in list.iter().enumerate() {
+                let first = list.iter().position(|other| other.hash == c.hash).unwrap();
+                if first == index {
+                    let offset = list[..index].iter().map(|c| u64::from(c.len)).sum();
+                    expected
+                        .entry(c.hash)
+                        .or_default()
+                        .push((path.clone(), offset));
                 }
             }
         }
@@ -151,18 +158,22 @@ mod tests {
         chunks.insert(path("b"), vec![chunk(2), chunk(3)]);
         chunks.insert(path("small"), vec![chunk(4)]);
         index_follows_lists(&chunks);
-        assert_eq!(chunks.holders(&ChunkHash([2; 32])), &[path("a"), path("b")]);
+        assert_eq!(
+            chunks.holders(&ChunkHash([2; 32])),
+            &[(path("a"), 1), (path("b"), 0)]
+        );
+        assert_eq!(chunks.holders(&ChunkHash([1; 32])), &[(path("a"), 0)]);
         assert!(chunks.holders(&ChunkHash([4; 32])).is_empty());
 
         chunks.insert(path("a"), vec![chunk(5)]);
         index_follows_lists(&chunks);
         assert!(chunks.holders(&ChunkHash([1; 32])).is_empty());
-        assert_eq!(chunks.holders(&ChunkHash([2; 32])), &[path("b")]);
+        assert_eq!(chunks.holders(&ChunkHash([2; 32])), &[(path("b"), 0)]);
 
         let moved = chunks.remove(&path("b")).unwrap();
         chunks.insert(path("c/b"), moved);
         index_follows_lists(&chunks);
-        assert_eq!(chunks.holders(&ChunkHash([3; 32])), &[path("c/b")]);
+        assert_eq!(chunks.holders(&ChunkHash([3; 32])), &[(path("c/b"), 1)]);
 
         chunks.clear();
         index_follows_lists(&chunks);
@@ -171,6 +182,6 @@ mod tests {
         let mut every = BaseChunks::indexing_every_file();
         every.insert(path("small"), vec![chunk(4)]);
         index_follows_lists(&every);
-        assert_eq!(every.holders(&ChunkHash([4; 32])), &[path("small")]);
+        assert_eq!(every.holders(&ChunkHash([4; 32])), &[(path("small"), 0)]);
     }
 }

@@ -12,10 +12,10 @@
 //! no upload, so the user's other devices can fetch them before the commit. A file's stream
 //! starts only when its first chunk needed an upload, or was the first chunk of a stream this
 //! device started before for the same path ([`StreamStarts`]: a file still being written,
-//! which each scan sees longer). A file whose start the server already holds otherwise (a renamed or copied file,
-//! an editor's save through a temp file) is mostly chunks the other devices hold too, which
-//! they copy from their own files once the version commits; fetching it ahead would download
-//! it all. Announcements go in file order, one pack at a time.
+//! which each scan sees longer). A file whose start the server already holds otherwise (a
+//! renamed or copied file, an editor's save through a temp file) is mostly chunks the other
+//! devices hold too, which they copy from their own files once the version commits; fetching
+//! it ahead would download it all. Announcements go in file order, one pack at a time.
 //!
 //! Nothing here decides anything: it only stores content-addressed chunks, which is harmless
 //! when the plan then uploads nothing (the file was unchanged remotely, say) and cheap when the

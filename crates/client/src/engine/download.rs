@@ -283,7 +283,7 @@ impl<W: World> SyncEngine<W> {
         if copies.len() > 0 {
             tracing::debug!(
                 chunks = copies.len(),
-                "chunks of the download copied from other local files"
+                "chunks of the download found in other local files"
             );
         }
         let by_delta = self.fetch_changed_chunks_by_delta(&jobs, &copies).await;
@@ -316,12 +316,12 @@ impl<W: World> SyncEngine<W> {
         let disk = &self.disk;
         let progress = &self.progress;
         let written = W::blocking(|| {
-            let fetched = Fetched {
+            let sources = ChunkSources {
                 stream,
                 by_delta: &by_delta,
                 copies: &copies,
             };
-            let written = write_temp_files(disk, &jobs, fetched, progress)?;
+            let written = write_temp_files(disk, &jobs, sources, progress)?;
             // Every temp file's bytes are durable before any is renamed into place.
             let temps: Vec<&<W::Disk as Disk>::Temp> =
                 written.files.iter().map(|(_, t)| t).collect();
@@ -379,8 +379,8 @@ impl<W: World> SyncEngine<W> {
 
     /// The chunks of `jobs` that their local files (unchanged since base: `reuse` is set) do
     /// not hold, nor other local files (`copies`), fetched as deltas against the old chunks at
-    /// their place where that works, at
-    /// most as many as one [`DeltaBudget`] allows for the batch and while they hold less than
+    /// their place where that works, at most as many as one [`DeltaBudget`] allows for the
+    /// batch and while they hold less than
     /// [`super::delta::MAX_HELD_BYTES`] (they wait in memory for the temp files); each verified
     /// by hash.
     async fn fetch_changed_chunks_by_delta(
@@ -486,7 +486,7 @@ impl<W: World> SyncEngine<W> {
 }
 
 /// Where a batch's chunks come from, besides the local files they replace.
-struct Fetched<'a, R> {
+struct ChunkSources<'a, R> {
     /// The frames of the chunks fetched whole, in the order first needed.
     stream: Option<R>,
     /// Chunks made from deltas (verified when they were made).
@@ -498,24 +498,24 @@ struct Fetched<'a, R> {
 /// Writes every job's content to a temp file: reused chunks from the local file, copied ones
 /// from other local files, those made from deltas, the rest from the frame stream (each chunk
 /// arrives once; later uses copy it from where it was written).
-/// Chunks from the stream and copied ones are verified against their hashes; reused ones are trusted while the
-/// local file keeps the stamp base recorded for them (checked after they are read), the rule
-/// the scan follows too. Files that fail either check are dropped (and retried by the next
-/// pass). Every [`WRITEBACK_BYTES`] written are handed to writeback, so the disk works while
+/// Chunks from the stream and copied ones are verified against their hashes; reused ones are
+/// trusted while the local file keeps the stamp base recorded for them (checked after they are
+/// read), the rule the scan follows too. Files that fail either check are dropped (and retried
+/// by the next pass). Every [`WRITEBACK_BYTES`] written are handed to writeback, so the disk works while
 /// the rest arrive and the fsync before the rename has little left to do. Each chunk written
 /// is counted in `progress`; when the user paused syncing, the batch stops between two chunks
 /// ([`Error::Paused`]; its temp files go).
 fn write_temp_files<D: Disk>(
     disk: &D,
     jobs: &[DownloadJob<D::Temp>],
-    fetched_from: Fetched<'_, impl Read>,
+    sources: ChunkSources<'_, impl Read>,
     progress: &Progress,
 ) -> Result<Written<D::Temp>, Error> {
-    let Fetched {
+    let ChunkSources {
         stream,
         by_delta,
         copies,
-    } = fetched_from;
+    } = sources;
     let mut reader: Box<dyn Read> = match stream {
         Some(stream) => Box::new(stream),
         None => Box::new(std::io::empty()),
@@ -527,7 +527,7 @@ fn write_temp_files<D: Disk>(
     let mut failed_sources = BTreeSet::new();
     let mut copied = 0;
     // The source files of `copies` opened so far (`None`: could not be).
-    let mut sources = HashMap::new();
+    let mut opened = HashMap::new();
     let mut buf = Vec::new();
     let early_end = |err: std::io::Error| Error::io("download stream ended early", err);
     for (idx, job) in jobs.iter().enumerate() {
@@ -591,7 +591,7 @@ fn write_temp_files<D: Disk>(
                         .is_some_and(|(_, t)| t.read_exact_at(&mut buf, at).is_ok())
                 }
             } else if let Some(copy) = copies.get(&chunk.hash) {
-                let verified = read_copy(disk, &mut sources, copy, &chunk.hash, &mut buf);
+                let verified = read_copy(disk, &mut opened, copy, &chunk.hash, &mut buf);
                 if verified {
                     copied_here += 1;
                 } else {

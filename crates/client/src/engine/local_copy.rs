@@ -6,16 +6,16 @@
 //! ([`crate::base_chunks::BaseChunks::holders`]): the cost follows the chunks looked up, not the
 //! folder's size. A source is a file whose stamp on disk is still the one base recorded, so it
 //! holds the chunks base lists for it; each chunk copied is verified by hash before it is
-//! written. A wrong read
-//! (the file changed without its stamp changing) fails the file, which the next pass retries
-//! without that source: a copy can make a download cheaper, never wrong or stuck.
+//! written. A wrong read (the file changed without its stamp changing) fails the file, which
+//! the next pass retries without that source: a copy can make a download cheaper, never wrong
+//! or stuck.
 
 use super::download::DownloadJob;
 use super::SyncEngine;
 use crate::scan::Stamp;
 use crate::seams::{BaseStore, Disk, DiskFile, World};
 use std::collections::HashMap;
-use syncstore_proto::{ChunkHash, ChunkRef, RelPath};
+use syncstore_proto::{ChunkHash, RelPath};
 
 /// Where other local files hold chunks a download batch lacks.
 #[derive(Default)]
@@ -71,7 +71,7 @@ impl<W: World> SyncEngine<W> {
                 if job.reuse.contains_key(&chunk.hash) || copies.by_hash.contains_key(&chunk.hash) {
                     continue;
                 }
-                for holder in chunks.holders(&chunk.hash) {
+                for (holder, offset) in chunks.holders(&chunk.hash) {
                     let source = *looked_at.entry(holder).or_insert_with(|| {
                         let usable = !self.failed_copy_sources.contains(holder)
                             && self.holds_its_base(holder);
@@ -80,10 +80,8 @@ impl<W: World> SyncEngine<W> {
                             copies.sources.len() - 1
                         })
                     });
-                    let Some(source) = source else { continue };
-                    let offset = offset_of(&chunks[holder], &chunk.hash);
-                    if let Some(offset) = offset {
-                        copies.by_hash.insert(chunk.hash, (source, offset));
+                    if let Some(source) = source {
+                        copies.by_hash.insert(chunk.hash, (source, *offset));
                         break;
                     }
                 }
@@ -100,16 +98,4 @@ impl<W: World> SyncEngine<W> {
         let stamp = Stamp::of_base(base);
         stamp != super::record::NO_STAMP && self.disk.stat(path).is_ok_and(|m| m.stamp() == stamp)
     }
-}
-
-/// Where the first chunk `hash` of `list` starts.
-fn offset_of(list: &[ChunkRef], hash: &ChunkHash) -> Option<u64> {
-    let mut offset = 0u64;
-    for chunk in list {
-        if chunk.hash == *hash {
-            return Some(offset);
-        }
-        offset += u64::from(chunk.len);
-    }
-    None
 }
