@@ -40,9 +40,9 @@ const SPACE_RESERVE: u64 = 64 * 1024 * 1024;
 /// How often a paused follower looks whether syncing was resumed.
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
 
-/// What the replaced stream of a path had fetched: its temp file and the chunks written to it
-/// from its start, each verified.
-type Earlier = HashMap<RelPath, (OsTemp, Vec<ChunkRef>)>;
+/// What the replaced stream of a path had fetched: its temp file, and where each chunk written
+/// to it (verified) starts there.
+type Earlier = HashMap<RelPath, (OsTemp, HashMap<ChunkHash, u64>)>;
 
 /// Follows the user's other devices' upload streams until `shutdown`; while the user paused
 /// syncing (`progress`), it fetches nothing.
@@ -158,16 +158,8 @@ fn follow_part(
             // A file is there: the engine fetches only what changed of it.
             return;
         }
-        let replaced = prefetched
-            .slot(&part.path)
-            .map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let replacing = replaced.is_some();
-        if let Some(Some(old)) = replaced {
-            if !old.chunks.is_empty() {
-                earlier.insert(part.path.clone(), (old.temp, old.chunks));
-            }
-        }
-        if !replacing && prefetched.len() >= MAX_FOLLOWED {
+        let replacing = prefetched.slot(&part.path);
+        if replacing.is_none() && prefetched.len() >= MAX_FOLLOWED {
             return;
         }
         let room = disk
@@ -184,6 +176,11 @@ fn follow_part(
                 return;
             }
         };
+        // The stream replaced stays readable while this one is followed.
+        let replaced = replacing.and_then(|slot| lock(&slot).take());
+        if let Some(old) = replaced.filter(|old| !old.chunks.is_empty()) {
+            earlier.insert(part.path.clone(), (old.temp, offsets(&old.chunks)));
+        }
         prefetched.start(
             &part.path,
             PrefetchedFile {
@@ -202,7 +199,7 @@ fn follow_part(
     let Some(slot) = prefetched.slot(&part.path) else {
         return;
     };
-    let mut held = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut held = lock(&slot);
     let Some(file) = held.as_mut() else { return };
     if file.stream != part.stream || file.announced_bytes() != part.offset {
         return;
@@ -246,16 +243,9 @@ fn follow_part(
 fn fetch_announced(
     api: &Arc<ApiClient>,
     file: &mut PrefetchedFile<OsTemp>,
-    earlier: Option<&(OsTemp, Vec<ChunkRef>)>,
+    earlier: Option<&(OsTemp, HashMap<ChunkHash, u64>)>,
 ) -> Result<(), String> {
-    let mut in_earlier: HashMap<ChunkHash, u64> = HashMap::new();
-    if let Some((_, chunks)) = earlier {
-        let mut offset = 0u64;
-        for chunk in chunks {
-            in_earlier.entry(chunk.hash).or_insert(offset);
-            offset += u64::from(chunk.len);
-        }
-    }
+    let in_earlier = |hash: &ChunkHash| earlier.and_then(|(temp, at)| Some((temp, *at.get(hash)?)));
     let written = file.chunks.len();
     let mut at: HashMap<ChunkHash, (u64, u32)> = HashMap::new();
     let mut offset = 0u64;
@@ -267,9 +257,7 @@ fn fetch_announced(
     let fetch: Vec<ChunkHash> = file.announced[written..]
         .iter()
         .map(|chunk| chunk.hash)
-        .filter(|hash| {
-            !at.contains_key(hash) && !in_earlier.contains_key(hash) && asked.insert(*hash)
-        })
+        .filter(|hash| !at.contains_key(hash) && in_earlier(hash).is_none() && asked.insert(*hash))
         .collect();
     let handle = tokio::runtime::Handle::current();
     let mut stream: Box<dyn Read + Send> = if fetch.is_empty() {
@@ -287,7 +275,7 @@ fn fetch_announced(
             file.temp
                 .read_exact_at(&mut buf, from)
                 .map_err(|err| err.to_string())?;
-        } else if let (Some(&from), Some((old, _))) = (in_earlier.get(&chunk.hash), earlier) {
+        } else if let Some((old, from)) = in_earlier(&chunk.hash) {
             old.read_exact_at(&mut buf, from)
                 .map_err(|err| err.to_string())?;
             at.insert(chunk.hash, (offset, chunk.len));
@@ -316,4 +304,20 @@ fn fetch_announced(
     }
     file.temp.start_writeback(start, offset - start);
     Ok(())
+}
+
+/// Where each chunk of `chunks` (a file's, from its start) first starts.
+fn offsets(chunks: &[ChunkRef]) -> HashMap<ChunkHash, u64> {
+    let mut at = HashMap::new();
+    let mut offset = 0u64;
+    for chunk in chunks {
+        at.entry(chunk.hash).or_insert(offset);
+        offset += u64::from(chunk.len);
+    }
+    at
+}
+
+/// Locks a prefetched slot (a poisoned lock still holds a consistent file or none).
+fn lock<T>(slot: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
