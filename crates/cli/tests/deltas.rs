@@ -448,3 +448,52 @@ fn a_large_file_written_slowly_is_not_fetched_again_for_each_of_its_streams() {
     );
     eprintln!("a file of {size} bytes written slowly: B fetched {downloaded} bytes, {streams} streams followed");
 }
+
+/// B killed (SIGKILL) once it has found the chunks of a large copy in its own file, while it
+/// copies them into its temp file: after the kill neither file is torn (the copy is absent or
+/// whole), and after a restart B holds the copy, both files as A has them, and no temp file
+/// is left behind.
+#[test]
+fn b_killed_while_copying_chunks_from_its_own_file_restarts_consistent() {
+    let size = 128 * 1024 * 1024;
+    let old = random_bytes(size, 1812);
+    let mut pair = pair_holding(&old);
+    let (a, b) = (pair.a.clone(), pair.b.clone());
+    let logged_before = pair.daemon_b.log_text().len();
+
+    let written = pair.tmp.path().join("copy.bin");
+    std::fs::copy(a.join("big.bin"), &written).unwrap();
+    std::fs::rename(&written, a.join("copy.bin")).unwrap();
+    wait_until_for(
+        "B found the copy's chunks in its own file",
+        Duration::from_secs(60),
+        &mut || {
+            pair.daemon_b.log_text()[logged_before..]
+                .contains("chunks of the download found in other local files")
+        },
+    );
+    pair.daemon_b.kill9();
+    assert!(
+        std::fs::read(b.join("big.bin")).unwrap() == old,
+        "big.bin torn by the kill"
+    );
+    if let Ok(copy) = std::fs::read(b.join("copy.bin")) {
+        assert!(copy == old, "copy.bin torn by the kill");
+    }
+
+    let logs = pair.tmp.path().to_path_buf();
+    pair.daemon_b = restart_client("client-b-again", &logs, &b);
+    wait_until_for(
+        "B has the copy after its restart",
+        Duration::from_secs(120),
+        &mut || std::fs::read(b.join("copy.bin")).is_ok_and(|bytes| bytes == old),
+    );
+    wait_in_sync(&b);
+    assert!(std::fs::read(b.join("big.bin")).unwrap() == old);
+    let left: Vec<_> = std::fs::read_dir(b.join(".syncstore").join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+}
