@@ -446,6 +446,13 @@ fn a_large_file_written_slowly_is_not_fetched_again_for_each_of_its_streams() {
         downloaded * 2 < size as u64 * 5,
         "B fetched {downloaded} bytes of chunks for a file of {size} ({streams} streams followed)"
     );
+    // What each stream fetched went with it: nothing is left once the file is placed.
+    let left: Vec<_> = std::fs::read_dir(b.join(".syncstore").join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
     eprintln!("a file of {size} bytes written slowly: B fetched {downloaded} bytes, {streams} streams followed");
 }
 

@@ -9,7 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use syncstore_proto::{ChunkRef, RelPath};
+use syncstore_proto::{ChunkHash, ChunkRef, RelPath};
+
+/// What the stream a file's stream replaced had fetched (the uploader scanned the file again):
+/// its temp file, and where each chunk written to it (verified) starts there. It is read from
+/// instead of fetching those chunks again, and goes with the file that holds it.
+pub struct Earlier<T> {
+    pub temp: T,
+    pub at: HashMap<ChunkHash, u64>,
+}
 
 /// What was fetched ahead of one path.
 pub struct PrefetchedFile<T> {
@@ -22,6 +30,8 @@ pub struct PrefetchedFile<T> {
     pub announced: Vec<ChunkRef>,
     /// Shows the file as being received in `status` while it is held.
     pub shown: Option<crate::progress::TransferGuard>,
+    /// What the stream this one replaced had fetched, if anything.
+    pub earlier: Option<Earlier<T>>,
 }
 
 impl<T> PrefetchedFile<T> {
@@ -149,6 +159,7 @@ mod tests {
             announced: chunks.clone(),
             chunks,
             shown: None,
+            earlier: None,
         }
     }
 

@@ -10,12 +10,12 @@
 //! fetches nothing, and what it had fetched goes (as a paused download's temp file does).
 //!
 //! A new stream of a path it follows (the uploader scanned the file again: it is still being
-//! written) replaces the old one, whose temp file is kept as [`Earlier`] while the new one is
-//! followed: the chunks it holds, verified when they were fetched, are read from it rather than
-//! fetched again.
+//! written) replaces the old one, whose temp file the new one keeps as its [`Earlier`]: the
+//! chunks it holds, verified when they were fetched, are read from it rather than fetched
+//! again, and it goes when the new one is taken or dropped.
 
 use crate::http::ApiClient;
-use crate::prefetch::{Prefetched, PrefetchedFile};
+use crate::prefetch::{Earlier, Prefetched, PrefetchedFile};
 use crate::progress::Progress;
 use crate::seams::{Disk, OsDisk, OsTemp, Server, TempFile};
 use std::collections::{HashMap, HashSet};
@@ -40,10 +40,6 @@ const SPACE_RESERVE: u64 = 64 * 1024 * 1024;
 /// How often a paused follower looks whether syncing was resumed.
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
 
-/// What the replaced stream of a path had fetched: its temp file, and where each chunk written
-/// to it (verified) starts there.
-type Earlier = HashMap<RelPath, (OsTemp, HashMap<ChunkHash, u64>)>;
-
 /// Follows the user's other devices' upload streams until `shutdown`; while the user paused
 /// syncing (`progress`), it fetches nothing.
 pub async fn run(
@@ -56,7 +52,6 @@ pub async fn run(
     let mut after = 0u64;
     let mut backoff = Duration::from_millis(500);
     let mut not_live_since: HashMap<(RelPath, String), Instant> = HashMap::new();
-    let mut earlier = Earlier::new();
     loop {
         if progress.is_paused() {
             // Paused: transfers stop, and what was fetched ahead goes (fetched again, or after
@@ -96,7 +91,7 @@ pub async fn run(
                 break;
             }
             tokio::task::block_in_place(|| {
-                follow_part(&api, &disk, &prefetched, &progress, &mut earlier, info);
+                follow_part(&api, &disk, &prefetched, &progress, info);
             });
             after = info.seq;
         }
@@ -107,8 +102,6 @@ pub async fn run(
         let live: HashSet<&str> = answer.live.iter().map(String::as_str).collect();
         let now = Instant::now();
         let held = prefetched.held();
-        // What replaced streams fetched is kept only while their path is still followed.
-        earlier.retain(|path, _| held.iter().any(|(p, s)| p == path && s.is_some()));
         not_live_since.retain(|(path, stream), _| {
             held.iter()
                 .any(|(p, s)| p == path && s.as_deref() == Some(stream.as_str()))
@@ -145,7 +138,6 @@ fn follow_part(
     disk: &OsDisk,
     prefetched: &Prefetched<OsTemp>,
     progress: &Progress,
-    earlier: &mut Earlier,
     info: &StreamPartInfo,
 ) {
     let part = &info.part;
@@ -176,11 +168,15 @@ fn follow_part(
                 return;
             }
         };
-        // The stream replaced stays readable while this one is followed.
-        let replaced = replacing.and_then(|slot| lock(&slot).take());
-        if let Some(old) = replaced.filter(|old| !old.chunks.is_empty()) {
-            earlier.insert(part.path.clone(), (old.temp, offsets(&old.chunks)));
-        }
+        // The stream replaced stays readable while this one is followed (what it had of the
+        // one before it, it copied into its own temp file).
+        let earlier = replacing
+            .and_then(|slot| lock(&slot).take())
+            .filter(|old| !old.chunks.is_empty())
+            .map(|old| Earlier {
+                at: offsets(&old.chunks),
+                temp: old.temp,
+            });
         prefetched.start(
             &part.path,
             PrefetchedFile {
@@ -193,6 +189,7 @@ fn follow_part(
                     syncstore_proto::daemon::Direction::Download,
                     part.size,
                 )),
+                earlier,
             },
         );
     }
@@ -207,7 +204,7 @@ fn follow_part(
     file.announced.extend_from_slice(&part.chunks);
     let first = file.chunks.is_empty();
     let before = file.written_bytes();
-    let fetched = fetch_announced(api, file, earlier.get(&part.path));
+    let fetched = fetch_announced(api, file);
     if let Some(shown) = &file.shown {
         shown.add(file.written_bytes() - before);
     }
@@ -239,13 +236,13 @@ fn follow_part(
 }
 
 /// Fetches and writes the announced chunks not written yet, in order, each verified; those the
-/// replaced stream's temp file holds (`earlier`) are read from it.
-fn fetch_announced(
-    api: &Arc<ApiClient>,
-    file: &mut PrefetchedFile<OsTemp>,
-    earlier: Option<&(OsTemp, HashMap<ChunkHash, u64>)>,
-) -> Result<(), String> {
-    let in_earlier = |hash: &ChunkHash| earlier.and_then(|(temp, at)| Some((temp, *at.get(hash)?)));
+/// replaced stream's temp file holds (`file.earlier`) are read from it.
+fn fetch_announced(api: &Arc<ApiClient>, file: &mut PrefetchedFile<OsTemp>) -> Result<(), String> {
+    let earlier = file.earlier.take();
+    let in_earlier = |hash: &ChunkHash| {
+        let earlier = earlier.as_ref()?;
+        Some((&earlier.temp, *earlier.at.get(hash)?))
+    };
     let written = file.chunks.len();
     let mut at: HashMap<ChunkHash, (u64, u32)> = HashMap::new();
     let mut offset = 0u64;
@@ -303,6 +300,7 @@ fn fetch_announced(
         offset += u64::from(chunk.len);
     }
     file.temp.start_writeback(start, offset - start);
+    file.earlier = earlier;
     Ok(())
 }
 

@@ -711,6 +711,7 @@ impl Driver {
                 announced: chunks.clone(),
                 chunks,
                 shown: None,
+                earlier: None,
             },
         );
     }
