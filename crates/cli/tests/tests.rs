@@ -10,6 +10,7 @@ mod bench_smoke;
 mod cli;
 mod dav;
 mod deltas;
+mod exfat;
 mod folder;
 mod history;
 mod in_place;

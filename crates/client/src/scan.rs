@@ -136,13 +136,35 @@ pub struct HashCache {
 /// What [`HashCache`] knows of one file.
 struct Cached {
     stamp: Stamp,
+    /// Whether `stamp` was [settled](Stamp::settled_at) when the file was read: an unsettled one
+    /// may hide a later write, so it is hashed again when next looked at.
+    settled: bool,
     hash: ContentHash,
     /// The chunk list of a file of two chunks or more; empty for an empty or one-chunk file,
     /// whose list follows from its hash and size.
     chunks: Vec<ChunkRef>,
 }
 
+/// How long after a change a coarse filesystem may still give a later write the same
+/// timestamps: FAT's 2 s (exFAT through FUSE and many network mounts stamp whole seconds).
+const COARSE_WINDOW_NS: i64 = 2_000_000_000;
+
 impl Stamp {
+    /// Whether a stamp seen at `now_ns` (the filesystem's clock, [`crate::seams::Disk::now_ns`])
+    /// names the bytes read then and no others: a write after `now_ns` cannot leave it as it is.
+    /// Not so when the timestamps are whole seconds (FAT, exFAT through FUSE, network mounts)
+    /// and less than [`COARSE_WINDOW_NS`] old, or when they lie ahead of `now_ns` (the clock was
+    /// set back): a same-size write in that tick leaves every part of the stamp unchanged, so
+    /// such a stamp is never trusted to skip hashing (git's "racily clean" entries). Nanosecond
+    /// timestamps are trusted at once: Linux 6.13 and later stamp a write after a `stat` finer
+    /// than the clock tick.
+    pub fn settled_at(&self, now_ns: i64) -> bool {
+        let newest = self.mtime_ns.max(self.ctime_ns);
+        let coarse = self.mtime_ns % 1_000_000_000 == 0 && self.ctime_ns % 1_000_000_000 == 0;
+        let window = if coarse { COARSE_WINDOW_NS } else { 0 };
+        now_ns >= newest.saturating_add(window)
+    }
+
     /// The stamp a base entry recorded for the local file when both sides agreed.
     pub fn of_base(node: &syncstore_plan::BaseNode) -> Stamp {
         Stamp {
@@ -155,8 +177,16 @@ impl Stamp {
 }
 
 impl HashCache {
-    /// Remembers the content of `path` at `stamp`: its hash and chunks.
-    pub fn insert(&mut self, path: RelPath, stamp: Stamp, hash: ContentHash, chunks: &[ChunkRef]) {
+    /// Remembers the content of `path` at `stamp`, seen at `seen_at_ns` on the filesystem's
+    /// clock: its hash and chunks.
+    pub fn insert(
+        &mut self,
+        path: RelPath,
+        stamp: Stamp,
+        seen_at_ns: i64,
+        hash: ContentHash,
+        chunks: &[ChunkRef],
+    ) {
         let chunks = if chunks.len() > 1 {
             chunks.to_vec()
         } else {
@@ -166,17 +196,29 @@ impl HashCache {
             path,
             Cached {
                 stamp,
+                settled: stamp.settled_at(seen_at_ns),
                 hash,
                 chunks,
             },
         );
     }
 
+    /// The hash of `path` if it was computed at `stamp`, and that stamp was settled then.
     fn get(&self, path: &RelPath, stamp: Stamp) -> Option<ContentHash> {
         self.entries
             .get(path)
-            .filter(|cached| cached.stamp == stamp)
+            .filter(|cached| cached.stamp == stamp && cached.settled)
             .map(|cached| cached.hash)
+    }
+
+    /// Whether base may keep `stamp` for `path` at `now_ns`: unless the cache knows the stamp
+    /// was unsettled when the file was read, whether it is settled now.
+    pub fn settled(&self, path: &RelPath, stamp: Stamp, now_ns: i64) -> bool {
+        let read_unsettled = self
+            .entries
+            .get(path)
+            .is_some_and(|cached| cached.stamp == stamp && !cached.settled);
+        !read_unsettled && stamp.settled_at(now_ns)
     }
 
     /// The chunk list last known for `path`, whatever its stamp now: where a re-chunk of the
@@ -596,8 +638,9 @@ impl<D: Disk> Walker<'_, '_, D> {
             ) {
                 Ok((manifest, kept_bytes)) => {
                     out.kept_bytes += kept_bytes;
+                    let seen_at = self.disk.now_ns();
                     self.cache
-                        .insert(rel.clone(), stamp, manifest.hash, &manifest.chunks);
+                        .insert(rel.clone(), stamp, seen_at, manifest.hash, &manifest.chunks);
                     manifest.hash
                 }
                 Err(failure) => {
@@ -690,7 +733,8 @@ fn hash_file<D: Disk>(
         .map(|manifest| (manifest, 0)),
     };
     let after = disk.stat(path).map_err(unreadable)?;
-    let changed = after.size != stamp.size || after.mtime_ns != stamp.mtime_ns;
+    // The whole stamp: a write in place that put the size and mtime back still moved the ctime.
+    let changed = after.stamp() != stamp;
     let manifest = match manifest {
         // Read errors of a file that is changing (a positional read past a new end) mean it
         // changed.
@@ -781,6 +825,77 @@ mod tests {
             Some(ContentHash(*blake3::hash(b"bbbbbbbb").as_bytes()))
         );
     }
+    /// A stamp of whole seconds (what a FAT or exFAT folder gives) at `secs`, and one of
+    /// nanoseconds just after it.
+    fn coarse_and_fine(secs: i64) -> (Stamp, Stamp) {
+        let coarse = Stamp {
+            size: 2,
+            mtime_ns: secs * 1_000_000_000,
+            inode: 7,
+            ctime_ns: secs * 1_000_000_000,
+        };
+        let fine = Stamp {
+            mtime_ns: coarse.mtime_ns + 123,
+            ctime_ns: coarse.ctime_ns + 456,
+            ..coarse
+        };
+        (coarse, fine)
+    }
+
+    #[test]
+    fn a_stamp_of_whole_seconds_is_settled_only_once_no_write_can_share_it() {
+        const S: i64 = 1_000_000_000;
+        let (coarse, fine) = coarse_and_fine(1_800_000_000);
+        let at = coarse.mtime_ns;
+        assert!(
+            !coarse.settled_at(at + 1),
+            "a write later this second keeps every part of it"
+        );
+        assert!(!coarse.settled_at(at + 2 * S - 1), "FAT stamps every 2 s");
+        assert!(coarse.settled_at(at + 2 * S));
+        assert!(
+            fine.settled_at(fine.ctime_ns),
+            "nanosecond timestamps move at each write"
+        );
+        assert!(
+            !fine.settled_at(fine.ctime_ns - 1),
+            "a stamp ahead of the clock is not trusted"
+        );
+    }
+
+    #[test]
+    fn an_unsettled_stamp_is_hashed_again_and_never_given_to_base() {
+        const S: i64 = 1_000_000_000;
+        let (stamp, _) = coarse_and_fine(1_800_000_000);
+        let path = RelPath::new("r.txt").unwrap();
+        let hash = ContentHash(*blake3::hash(b"v1").as_bytes());
+        let mut cache = HashCache::default();
+        // Read within the second its timestamps name: a same-size write after the read would
+        // leave the stamp as it is.
+        cache.insert(path.clone(), stamp, stamp.mtime_ns + S / 2, hash, &[]);
+        assert_eq!(
+            cache.get(&path, stamp),
+            None,
+            "hashed again when next looked at"
+        );
+        assert!(
+            cache.manifest(&path, stamp).is_some(),
+            "the bytes read are still what an upload of them sends"
+        );
+        assert!(
+            !cache.settled(&path, stamp, stamp.mtime_ns + 10 * S),
+            "base never keeps a stamp read unsettled, however late it is recorded"
+        );
+        // Read again once the stamp is old enough: trusted from then on.
+        cache.insert(path.clone(), stamp, stamp.mtime_ns + 3 * S, hash, &[]);
+        assert_eq!(cache.get(&path, stamp), Some(hash));
+        assert!(cache.settled(&path, stamp, stamp.mtime_ns + 3 * S));
+        assert!(
+            !cache.settled(&RelPath::new("other").unwrap(), stamp, stamp.mtime_ns + S),
+            "a stamp the cache never read is judged by the time now"
+        );
+    }
+
     #[test]
     fn a_large_file_edited_in_place_is_re_chunked_from_its_previous_chunks() {
         let tmp = tempfile::tempdir().unwrap();

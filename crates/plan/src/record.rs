@@ -52,6 +52,19 @@ pub fn file(server: ServerNode, hash: ContentHash, local: LocalStamp) -> BaseNod
     }
 }
 
+/// `node` without its local stamp ([`LocalStamp::UNKNOWN`]): what base keeps when the stamp
+/// seen could still be shared by a write to come (timestamps of a coarse filesystem that are
+/// not yet old enough), so the next scan hashes the file again instead of trusting it.
+pub fn unstamped(node: BaseNode) -> BaseNode {
+    BaseNode {
+        size: LocalStamp::UNKNOWN.size,
+        mtime_ns: LocalStamp::UNKNOWN.mtime_ns,
+        inode: LocalStamp::UNKNOWN.inode,
+        ctime_ns: LocalStamp::UNKNOWN.ctime_ns,
+        ..node
+    }
+}
+
 /// After `MakeDirLocal` or `MakeDirRemote`: both sides hold the directory.
 pub fn dir(server: ServerNode, local: LocalStamp) -> BaseNode {
     BaseNode {

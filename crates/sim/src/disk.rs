@@ -188,8 +188,8 @@ impl SimInPlace {
         if sim.devices[self.idx].crashed {
             return Err(gone());
         }
-        let now_ns = sim.now_ms * 1_000_000;
         let fs = &mut sim.devices[self.idx].disk;
+        let now_ns = fs.timestamp(sim.now_ms * 1_000_000);
         let Some(path) = fs.path_of_inode(self.inode) else {
             return Ok(());
         };
@@ -241,8 +241,11 @@ impl InPlaceFile for SimInPlace {
     }
 
     fn set_mtime_ms(&self, mtime_ms: i64) -> std::io::Result<()> {
+        let mtime_ns = self.shared.lock().devices[self.idx]
+            .disk
+            .timestamp(mtime_ms.max(0) * 1_000_000);
         self.change("setting the mtime of", |node, now_ns| {
-            node.mtime_ns = mtime_ms.max(0) * 1_000_000;
+            node.mtime_ns = mtime_ns;
             node.ctime_ns = now_ns;
         })
     }
@@ -267,7 +270,7 @@ impl SimDisk {
         if sim.devices[self.idx].crashed {
             return Err(gone());
         }
-        let now_ns = sim.now_ms * 1_000_000;
+        let now_ns = sim.devices[self.idx].disk.timestamp(sim.now_ms * 1_000_000);
         let done =
             change(&mut sim.devices[self.idx].disk, now_ns, &mut sim.disk_rng).map_err(io_error)?;
         sim.maybe_torn(self.idx, &what);
@@ -453,7 +456,7 @@ impl Disk for SimDisk {
                 kind: EntryKind::File,
                 bytes: temp.bytes,
                 inode: temp.inode,
-                mtime_ns: temp.mtime_ms * 1_000_000,
+                mtime_ns: fs.timestamp(temp.mtime_ms * 1_000_000),
                 ctime_ns: now_ns,
                 executable: mode & 0o111 != 0,
                 read_only: mode & 0o222 == 0,
@@ -500,8 +503,9 @@ impl Disk for SimDisk {
         if sim.devices[self.idx].crashed {
             return Err(gone());
         }
-        let now_ns = sim.now_ms * 1_000_000;
+        let now_ms = sim.now_ms;
         let disk = &mut sim.devices[self.idx].disk;
+        let now_ns = disk.timestamp(now_ms * 1_000_000);
         disk.events.push((path.clone(), false));
         match disk.nodes.get_mut(path) {
             Some(node) if node.kind == EntryKind::File => {
@@ -521,6 +525,10 @@ impl Disk for SimDisk {
             return Err(gone());
         }
         Ok(())
+    }
+
+    fn now_ns(&self) -> i64 {
+        self.shared.lock().now_ms * 1_000_000
     }
 
     fn available_bytes(&self) -> std::io::Result<u64> {

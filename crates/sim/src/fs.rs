@@ -56,9 +56,29 @@ pub struct SimFs {
     /// What a watcher would report, oldest first: each changed path, with whether it may be a
     /// directory with new entries (created, renamed). Mounts report nothing (inotify does not).
     pub events: Vec<(RelPath, bool)>,
+    /// Timestamps of whole seconds, as FAT, exFAT through FUSE and some network mounts stamp
+    /// them: a same-size rewrite within the second keeps every part of a file's stamp.
+    pub coarse_timestamps: bool,
 }
 
 impl SimFs {
+    /// An empty filesystem, with timestamps of whole seconds if `coarse_timestamps`.
+    pub fn new(coarse_timestamps: bool) -> SimFs {
+        SimFs {
+            coarse_timestamps,
+            ..SimFs::default()
+        }
+    }
+
+    /// The timestamp this filesystem gives a change at `ns` (nanoseconds on the clock).
+    pub fn timestamp(&self, ns: i64) -> i64 {
+        if self.coarse_timestamps {
+            ns - ns.rem_euclid(1_000_000_000)
+        } else {
+            ns
+        }
+    }
+
     /// A fresh inode number; `reuse` takes the most recently freed one if any.
     pub fn alloc_inode(&mut self, reuse: bool) -> u64 {
         if reuse {

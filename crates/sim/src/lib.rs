@@ -28,7 +28,8 @@
 //!
 //! - **Devices**: the real engine over a simulated disk ([`fs::SimFs`]: inode numbers reused
 //!   half the time, mtimes and ctimes from the clock, directory mtimes, modes, read-only files,
-//!   mounts). Base lives in a [`MemBase`] whose committed state survives a crash; the engine,
+//!   mounts; a quarter of the disks stamp whole seconds, as FAT and exFAT do, and their users
+//!   often rewrite a file of this second in place at the same size, keeping its whole stamp). Base lives in a [`MemBase`] whose committed state survives a crash; the engine,
 //!   its remote tree and its hash cache do not. Everything the engine does is what it does in
 //!   production: scans with the hash cache and the real chunker (files are sometimes large,
 //!   several chunks, sharing chunks with earlier versions), ignore rules (`.syncignore`, which
@@ -247,6 +248,9 @@ pub struct Features {
     pub deltas_fetched: usize,
     /// Passes whose downloads copied chunks from other local files.
     pub chunks_copied: usize,
+    /// Same-size rewrites, on a disk of whole-second timestamps, in the second of the write
+    /// before: every part of the stamp stays as it was.
+    pub rewrites_within_the_second: usize,
 }
 
 impl Features {
@@ -293,6 +297,7 @@ impl Features {
             deltas_sent: count(" PATCH STORED "),
             deltas_fetched: count(" DELTA SENT "),
             chunks_copied: count(" COPIED LOCALLY "),
+            rewrites_within_the_second: count("rewrite-within-the-second"),
         }
     }
 
@@ -320,6 +325,7 @@ impl Features {
         self.deltas_sent += other.deltas_sent;
         self.deltas_fetched += other.deltas_fetched;
         self.chunks_copied += other.chunks_copied;
+        self.rewrites_within_the_second += other.rewrites_within_the_second;
     }
 
     /// Panics unless `n_seeds` seeds met each of them (a feature the histories never reach is
@@ -364,6 +370,11 @@ impl Features {
                 "passes that copied chunks from local files",
                 self.chunks_copied,
                 n / 2,
+            ),
+            (
+                "rewrites within the second (coarse timestamps)",
+                self.rewrites_within_the_second,
+                n / 40,
             ),
         ] {
             assert!(
@@ -416,7 +427,8 @@ pub fn run(seed: u64, config: &Config) -> Result<Stats, Failure> {
             let name = format!("d{idx}");
             DeviceState {
                 name: DeviceName::new(&name).expect("valid"),
-                disk: fs::SimFs::default(),
+                // A quarter of the folders are on a USB stick's filesystem.
+                disk: fs::SimFs::new(actor_rng(seed, &format!("disk of {name}")).gen_bool(0.25)),
                 user_rng: actor_rng(seed, &format!("device {name}")),
                 crashed: false,
                 committed: MemBaseCommitted::default(),
@@ -990,7 +1002,7 @@ impl Driver {
         let roll = self.mount_rng.gen_range(0..1000);
         let mut sim = self.shared.lock();
         let idx = self.mount_rng.gen_range(0..sim.devices.len());
-        let now_ns = sim.now_ms * 1_000_000;
+        let now_ns = sim.devices[idx].disk.timestamp(sim.now_ms * 1_000_000);
         let device = &mut sim.devices[idx];
         let name = device.name.clone();
         let line = if roll < 10 {

@@ -96,7 +96,7 @@ fn edit_on(
     now_ms: i64,
     counter: &mut u64,
 ) -> Option<Edit> {
-    let now = now_ms * 1_000_000;
+    let now = disk.timestamp(now_ms * 1_000_000);
     if disk.root_mounted() {
         // A disk mounted over the folder: an application may drop a file into it. Its
         // bytes go with that disk, so the ledger does not count them.
@@ -136,7 +136,16 @@ fn edit_on(
     match rng.gen_range(0..12) {
         // Write a file: modify an existing one or create one (with its parents).
         0..=3 => {
-            let path = if !files.is_empty() && rng.gen_bool(0.5) {
+            // On a disk of whole-second timestamps, what was written this second is often
+            // written again (see below).
+            let just_written = files.iter().find(|p| {
+                disk.get(p).is_some_and(|node| {
+                    disk.coarse_timestamps && node.mtime_ns == now && node.ctime_ns == now
+                })
+            });
+            let path = if let Some(path) = just_written.filter(|_| rng.gen_bool(0.8)) {
+                path.clone()
+            } else if !files.is_empty() && rng.gen_bool(0.5) {
                 files.choose(rng).expect("not empty").clone()
             } else {
                 random_path(rng)
@@ -165,6 +174,26 @@ fn edit_on(
                     bytes = old.clone();
                     bytes[at..at + tag.len()].copy_from_slice(tag.as_bytes());
                 }
+            }
+            // On a disk of whole-second timestamps, a file written this very second and written
+            // again in place, as long as before (a program rewriting its status file), keeps
+            // every part of its stamp: only its bytes tell.
+            let same_second = disk.get(&path).is_some_and(|node| {
+                disk.coarse_timestamps && node.mtime_ns == now && node.ctime_ns == now
+            });
+            if same_second && !read_only && bytes.len() <= killed[0].len() && rng.gen_bool(0.8) {
+                bytes.resize(killed[0].len(), b'_');
+                disk.write(&path, bytes.clone(), now, reuse)
+                    .expect("a file is rewritten");
+                return Some(Edit {
+                    text: format!(
+                        "user rewrite-within-the-second {path} = {} (was {})",
+                        show_bytes(&bytes),
+                        show_bytes(&killed[0])
+                    ),
+                    killed,
+                    written: Some(bytes),
+                });
             }
             let how = if killed.is_empty() {
                 if let Some(parent) = path.parent() {

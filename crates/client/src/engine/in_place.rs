@@ -230,11 +230,12 @@ impl<W: World> SyncEngine<W> {
         };
         let hash = job.entry.hash.expect("downloads are files");
         if intact {
+            let seen_at = self.disk.now_ns();
             self.cache
-                .insert(job.path.clone(), stamp, hash, &job.entry.chunks);
+                .insert(job.path.clone(), stamp, seen_at, hash, &job.entry.chunks);
         }
         let node = record::file(&job.entry, hash, stamp);
-        self.state.put(&job.path, node, job.entry.chunks.clone())?;
+        self.put_base(&job.path, node, job.entry.chunks.clone())?;
         self.waits.remove(&job.path);
         self.progress.file_done(&job.path, Direction::Download);
         let changed: u64 = ranges.iter().map(|(_, len)| len).sum();

@@ -269,7 +269,7 @@ impl<W: World> SyncEngine<W> {
                     .map_err(|err| stat_error(path, err))?
                     .stamp();
                 let node = super::record::dir(remote.node_id, remote.rev, stamp);
-                self.state.put(path, node, Vec::new())?;
+                self.put_base(path, node, Vec::new())?;
                 Ok(true)
             }
             PlanOp::RemoveDirLocal { path } => {
@@ -315,12 +315,12 @@ impl<W: World> SyncEngine<W> {
                 set_executable(&self.disk, path, *executable)
                     .map_err(|err| Error::io(format!("could not set the mode of {path}"), err))?;
                 let chunks = self.remote_chunks(path);
-                self.state.put(path, node.clone(), chunks)?;
+                self.put_base(path, node.clone(), chunks)?;
                 Ok(true)
             }
             PlanOp::RecordBase { path, node } => {
                 let chunks = self.remote_chunks(path);
-                self.state.put(path, node.clone(), chunks)?;
+                self.put_base(path, node.clone(), chunks)?;
                 Ok(true)
             }
             PlanOp::ForgetBase { path } => {

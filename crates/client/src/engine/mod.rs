@@ -62,7 +62,7 @@ use std::time::Duration;
 use syncstore_plan::{
     BaseNode, Blocked, LocalNode, MassDeleteLimit, MassDeleteRule, Plan, PlanInput, PlanOp,
 };
-use syncstore_proto::{ChunkHash, DeviceName, RelPath, RemoteEntry};
+use syncstore_proto::{ChunkHash, ChunkRef, DeviceName, RelPath, RemoteEntry};
 
 /// Most rounds of plan-and-apply in one pass before waiting for the next trigger.
 const MAX_ROUNDS: usize = 32;
@@ -280,10 +280,11 @@ impl<W: World> SyncEngine<W> {
         });
         let mass_delete_holding = state.meta(mass_delete::HELD_KEY)?.is_some();
         let mut cache = HashCache::default();
+        let now = disk.now_ns();
         for (path, node) in state.base() {
             if let Some(hash) = node.hash {
                 let chunks = state.base_chunks().get(path).map_or(&[][..], Vec::as_slice);
-                cache.insert(path.clone(), Stamp::of_base(node), hash, chunks);
+                cache.insert(path.clone(), Stamp::of_base(node), now, hash, chunks);
             }
         }
         Ok(SyncEngine {
@@ -691,6 +692,18 @@ impl<W: World> SyncEngine<W> {
     /// As [`SyncEngine::sync_pass`].
     pub async fn sync_changes(&mut self) -> Result<PassReport, Error> {
         self.pass().await
+    }
+
+    /// Records `node` as the base of `path`, without a local stamp that is not settled
+    /// ([`record::settled`]).
+    fn put_base(
+        &mut self,
+        path: &RelPath,
+        node: syncstore_plan::BaseNode,
+        chunks: Vec<ChunkRef>,
+    ) -> Result<(), Error> {
+        let node = record::settled(node, path, &self.cache, self.disk.now_ns());
+        self.state.put(path, node, chunks)
     }
 
     #[tracing::instrument(name = "sync_pass", skip(self), fields(root = %self.disk.root().display()))]

@@ -59,3 +59,22 @@ pub(super) const NO_STAMP: Stamp = Stamp {
     inode: LocalStamp::UNKNOWN.inode,
     ctime_ns: LocalStamp::UNKNOWN.ctime_ns,
 };
+
+/// `node` as base may keep it at `now_ns`: without its local stamp when that stamp is not
+/// settled ([`crate::scan::HashCache::settled`]), so the next scan hashes the file again.
+pub(super) fn settled(
+    node: BaseNode,
+    path: &syncstore_proto::RelPath,
+    cache: &crate::scan::HashCache,
+    now_ns: i64,
+) -> BaseNode {
+    let stamp = Stamp::of_base(&node);
+    if node.kind == syncstore_proto::EntryKind::File
+        && stamp != NO_STAMP
+        && !cache.settled(path, stamp, now_ns)
+    {
+        rule::unstamped(node)
+    } else {
+        node
+    }
+}

@@ -124,7 +124,7 @@ impl<W: World> SyncEngine<W> {
                 PlanOp::SetModeRemote { path, node, .. } => {
                     // The node the plan saw, with the server's new revision: no content moved.
                     if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
-                        engine.state.put(
+                        engine.put_base(
                             path,
                             record::with_mode(node, entry),
                             entry.chunks.clone(),
@@ -138,7 +138,7 @@ impl<W: World> SyncEngine<W> {
                         .map_or(record::NO_STAMP, |m| m.stamp());
                     if let Some(entry) = result.entries.iter().find(|e| &e.path == path) {
                         let node = record::dir(entry.node_id, entry.rev, stamp);
-                        engine.state.put(path, node, Vec::new())?;
+                        engine.put_base(path, node, Vec::new())?;
                     }
                 }
                 _ => {}
@@ -161,7 +161,7 @@ impl<W: World> SyncEngine<W> {
                     .get(&entry.path)
                     .cloned()
                     .unwrap_or_default();
-                self.state.put(&entry.path, node, chunks)?;
+                self.put_base(&entry.path, node, chunks)?;
             }
         }
         Ok(())

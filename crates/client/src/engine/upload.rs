@@ -292,9 +292,7 @@ impl<W: World> SyncEngine<W> {
                     )));
                 };
                 let node = record::file(entry, item.manifest.hash, item.stamp);
-                engine
-                    .state
-                    .put(&item.path, node, item.manifest.chunks.clone())?;
+                engine.put_base(&item.path, node, item.manifest.chunks.clone())?;
                 engine.progress.file_done(&item.path, Direction::Upload);
                 Ok(())
             })

@@ -323,6 +323,10 @@ pub trait Disk: Send + 'static {
     /// # Errors
     /// On an IO error.
     fn sync_dirs(&self, dirs: &[Option<RelPath>]) -> std::io::Result<()>;
+    /// The time now on the clock the folder's filesystem stamps changes with, in nanoseconds
+    /// since the Unix epoch: what tells whether a stamp just seen can still be shared by a
+    /// write to come ([`crate::scan::Stamp::settled_at`]).
+    fn now_ns(&self) -> i64;
     /// Bytes that may still be written where temp files go.
     ///
     /// # Errors

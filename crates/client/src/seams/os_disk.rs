@@ -338,6 +338,15 @@ impl Disk for OsDisk {
             .map_err(|err| std::io::Error::other(err.to_string()))
     }
 
+    fn now_ns(&self) -> i64 {
+        // The kernel stamps files from the same real-time clock.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+            })
+    }
+
     fn available_bytes(&self) -> std::io::Result<u64> {
         crate::fsutil::available_bytes(&self.tmp_dir)
     }

@@ -1,0 +1,195 @@
+//! A folder on an exFAT disk (a USB stick, an SD card), mounted through FUSE as Debian's
+//! exfat-fuse does: its timestamps are whole seconds, its ctime is its mtime, and it has no
+//! modes or symlinks. The image is a file in the test's temp dir, on a loop device.
+
+use crate::util::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// An exFAT filesystem mounted at a directory; unmounted and its loop device freed on drop.
+struct ExfatDisk {
+    dir: PathBuf,
+    loop_device: String,
+}
+
+impl ExfatDisk {
+    /// Makes an exFAT image of `mib` MiB at `image` and mounts it at `dir`. `None` (after saying
+    /// SKIPPED) when not running as root or without the tools; CI runs as root and installs them
+    /// (scripts/fs-tools), so there it must work.
+    fn mount(test: &str, image: &Path, dir: &Path, mib: u64) -> Option<ExfatDisk> {
+        let ci = std::env::var_os("CI").is_some();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(!ci, "CI runs as root and must run {test}");
+            eprintln!("SKIPPED {test}: needs root to mount an exFAT image");
+            return None;
+        }
+        let have = |tool: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|out| out.status.success())
+        };
+        if !(have("mkfs.exfat") && have("mount.exfat-fuse")) {
+            assert!(
+                !ci,
+                "{test} needs mkfs.exfat and mount.exfat-fuse (scripts/fs-tools)"
+            );
+            eprintln!("SKIPPED {test}: no mkfs.exfat or mount.exfat-fuse (run scripts/fs-tools)");
+            return None;
+        }
+        std::fs::File::create(image)
+            .and_then(|file| file.set_len(mib << 20))
+            .expect("create the exFAT image");
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run a filesystem tool");
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        run(Command::new("mkfs.exfat").arg(image));
+        let loop_device = run(Command::new("losetup").args(["-f", "--show"]).arg(image))
+            .trim()
+            .to_owned();
+        std::fs::create_dir_all(dir).unwrap();
+        let disk = ExfatDisk {
+            dir: dir.to_path_buf(),
+            loop_device,
+        };
+        run(Command::new("mount.exfat-fuse")
+            .arg(&disk.loop_device)
+            .arg(dir));
+        Some(disk)
+    }
+}
+
+impl Drop for ExfatDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = Command::new("losetup")
+            .args(["-d", &self.loop_device])
+            .status();
+    }
+}
+
+/// The time now in nanoseconds since the Unix epoch.
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
+}
+
+/// The mtime of `path` in nanoseconds.
+fn mtime_ns(path: &Path) -> i128 {
+    let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+    modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
+}
+
+#[test]
+fn a_rewrite_of_the_same_size_in_the_second_just_synced_is_synced_too() {
+    const TEST: &str = "a_rewrite_of_the_same_size_in_the_second_just_synced_is_synced_too";
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let b_dir = tmp.path().join("b");
+    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+        return;
+    };
+    let server = Server::start(&logs, &tmp.path().join("data"));
+    let token_a = server.token("alice", "laptop");
+    let token_b = server.token("alice", "usb-stick");
+    let a_dir = tmp.path().join("a");
+    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    let _b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    // B syncs a file, and the same program writes it again, as long as before, within the same
+    // second: every part of its stamp (size, mtime, ctime, inode) stays as B last saw it. An
+    // attempt whose two writes fell into two seconds tests nothing, so it is tried again.
+    let (on_b, on_a) = (b_dir.join("status.txt"), a_dir.join("status.txt"));
+    for attempt in 0..10 {
+        let first = format!("attempt {attempt}: first ");
+        let second = format!("attempt {attempt}: second");
+        assert_eq!(first.len(), second.len());
+        write(&on_b, &first);
+        let synced_at = mtime_ns(&on_b);
+        wait_until("the first write on A", || {
+            read(&on_a).as_deref() == Some(first.as_str())
+        });
+        write(&on_b, &second);
+        if mtime_ns(&on_b) != synced_at {
+            eprintln!("attempt {attempt}: the second write fell into the next second; again");
+            continue;
+        }
+        assert_eq!(
+            std::fs::metadata(&on_b).unwrap().len() as usize,
+            second.len()
+        );
+        wait_until("the second write on A", || {
+            read(&on_a).as_deref() == Some(second.as_str())
+        });
+        // And it stays there: B does not take A's copy of the first write back.
+        wait_same(&a_dir, &b_dir);
+        assert_eq!(read(&on_b).as_deref(), Some(second.as_str()));
+        return;
+    }
+    panic!("no attempt wrote twice within one second");
+}
+
+#[test]
+fn a_rewrite_of_the_same_size_while_the_daemon_was_stopped_is_synced_at_its_restart() {
+    const TEST: &str =
+        "a_rewrite_of_the_same_size_while_the_daemon_was_stopped_is_synced_at_its_restart";
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let b_dir = tmp.path().join("b");
+    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+        return;
+    };
+    let server = Server::start(&logs, &tmp.path().join("data"));
+    let token_a = server.token("alice", "laptop");
+    let token_b = server.token("alice", "usb-stick");
+    let a_dir = tmp.path().join("a");
+    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    let mut b = Some(start_client(
+        "client-b",
+        &logs,
+        &b_dir,
+        &server.url(),
+        &token_b,
+    ));
+    // As above, but B is killed right after syncing the first write: the second write happens
+    // while no daemon watches, and only what B's state recorded of the first can tell.
+    let (on_b, on_a) = (b_dir.join("status.txt"), a_dir.join("status.txt"));
+    for attempt in 0..10 {
+        let first = format!("attempt {attempt}: first ");
+        let second = format!("attempt {attempt}: second");
+        let mut running = b
+            .take()
+            .unwrap_or_else(|| restart_client(&format!("client-b-{attempt}"), &logs, &b_dir));
+        write(&on_b, &first);
+        let synced_at = mtime_ns(&on_b);
+        wait_until("the first write on A", || {
+            read(&on_a).as_deref() == Some(first.as_str())
+        });
+        running.kill9();
+        write(&on_b, &second);
+        if mtime_ns(&on_b) != synced_at {
+            eprintln!("attempt {attempt}: the second write fell into the next second; again");
+            continue;
+        }
+        // Restarted once the stamp is old enough to be trusted by the clock alone (FAT's 2 s
+        // and a margin): only base's record of the first write can tell now.
+        wait_until("the stamp to be 3 s old", || {
+            now_ns() >= synced_at + 3_000_000_000
+        });
+        let _b = restart_client(&format!("client-b-restarted-{attempt}"), &logs, &b_dir);
+        wait_until("the second write on A", || {
+            read(&on_a).as_deref() == Some(second.as_str())
+        });
+        wait_same(&a_dir, &b_dir);
+        assert_eq!(read(&on_b).as_deref(), Some(second.as_str()));
+        return;
+    }
+    panic!("no attempt wrote twice within one second");
+}
