@@ -193,3 +193,97 @@ fn a_rewrite_of_the_same_size_while_the_daemon_was_stopped_is_synced_at_its_rest
     }
     panic!("no attempt wrote twice within one second");
 }
+
+/// The file names in `dir` (not `.syncstore`), sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != ".syncstore")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folder() {
+    const TEST: &str =
+        "names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folder";
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let b_dir = tmp.path().join("b");
+    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+        return;
+    };
+    let server = Server::start(&logs, &tmp.path().join("data"));
+    let token_a = server.token("alice", "laptop");
+    let token_b = server.token("alice", "usb-stick");
+    // A (ext4) holds two files whose names differ only in case, and a directory pair too.
+    let a_dir = tmp.path().join("a");
+    write(&a_dir.join("Report.txt"), "the upper one");
+    write(&a_dir.join("report.txt"), "the lower one");
+    write(&a_dir.join("Docs/plan.txt"), "in Docs");
+    write(&a_dir.join("docs/notes.txt"), "in docs");
+    write(&a_dir.join("other.txt"), "nothing special");
+    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    wait_until("A's files on the server", || {
+        server.tree(&token_a).len() == 7
+    });
+    let a_before = files(&a_dir);
+
+    // B, on exFAT, holds one of each pair (the first in byte order) and says why not the other.
+    let mut b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    wait_until("other.txt on B", || {
+        read(&b_dir.join("other.txt")).is_some()
+    });
+    wait_until("B says why it holds only one of each", || {
+        let log = b.log_text();
+        log.contains("report.txt") && log.contains("docs") && log.contains("differs only in case")
+    });
+    wait_until("B's pass done", || b.log_text().contains("in_sync=true"));
+    assert_eq!(names(&b_dir), ["Docs", "Report.txt", "other.txt"]);
+    assert_eq!(
+        read(&b_dir.join("Report.txt")).as_deref(),
+        Some("the upper one")
+    );
+    assert_eq!(names(&b_dir.join("Docs")), ["plan.txt"]);
+    let status = run(&["status", b_dir.to_str().unwrap()]);
+    let status_text = String::from_utf8_lossy(&status.stdout).into_owned()
+        + &String::from_utf8_lossy(&status.stderr);
+    assert!(
+        status_text.contains("differs only in case from Report.txt"),
+        "status names the file it cannot hold: {status_text}"
+    );
+
+    // Restarted, B still deletes nothing anywhere, and makes no conflicted copies.
+    b.terminate();
+    let mut b = restart_client("client-b-again", &logs, &b_dir);
+    // The daemon reports what it did not sync at the end of each pass.
+    wait_until("B's pass after the restart", || {
+        b.log_text().contains("not synced: report.txt")
+    });
+    assert_eq!(
+        files(&a_dir),
+        a_before,
+        "A's files are all there, unchanged"
+    );
+    assert_eq!(
+        server.tree(&token_a).len(),
+        7,
+        "nothing deleted or added on the server"
+    );
+
+    // An edit of the hidden file stays on the devices that can hold it.
+    write(&a_dir.join("report.txt"), "the lower one, edited");
+    wait_until("the edit on the server", || {
+        server.entry(&token_a, "report.txt").and_then(|e| e.hash)
+            == Some(blake3::hash(b"the lower one, edited").to_hex().to_string())
+    });
+    // Once the name B holds goes, B takes the other.
+    std::fs::remove_file(a_dir.join("Report.txt")).unwrap();
+    wait_until("report.txt on B, in place of Report.txt", || {
+        names(&b_dir) == ["Docs", "other.txt", "report.txt"]
+            && read(&b_dir.join("report.txt")).as_deref() == Some("the lower one, edited")
+    });
+    b.terminate();
+}

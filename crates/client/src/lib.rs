@@ -14,6 +14,7 @@
 //! planner, applies the ops with their re-checks, and records base after each step.
 
 pub mod base_chunks;
+pub mod case_fold;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -527,6 +527,10 @@ impl Disk for SimDisk {
         Ok(())
     }
 
+    fn case_insensitive(&self) -> bool {
+        false
+    }
+
     fn now_ns(&self) -> i64 {
         self.shared.lock().now_ms * 1_000_000
     }

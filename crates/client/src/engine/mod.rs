@@ -179,6 +179,9 @@ pub struct SyncEngine<W: World> {
     chunks_copied: u64,
     /// The first chunks of the upload streams this engine's early uploads started lately.
     stream_starts: crate::early_upload::StreamStarts,
+    /// On a case-insensitive folder, the remote paths it cannot hold beside another, each with
+    /// the path it yields to ([`crate::case_fold`]), as of the last plan.
+    case_hidden: BTreeMap<RelPath, RelPath>,
 }
 
 /// What a plan takes besides the trees.
@@ -190,6 +193,8 @@ struct PlanContext<'a> {
     read_only_for_locks: &'a BTreeMap<RelPath, u64>,
     local_root_ok: bool,
     mass_delete: Option<MassDeleteRule>,
+    /// Remote paths this folder cannot hold ([`crate::case_fold`]): left alone like ignored ones.
+    case_hidden: &'a BTreeMap<RelPath, RelPath>,
 }
 
 /// The trees a plan is made of: the whole folder's, or a focus's (with row 29's fact about the
@@ -225,6 +230,7 @@ impl PlanContext<'_> {
                 ignored_by_rules.insert(path.clone());
             }
         }
+        untouchable.extend(self.case_hidden.keys().cloned());
         syncstore_plan::plan(&PlanInput {
             base,
             local,
@@ -324,6 +330,7 @@ impl<W: World> SyncEngine<W> {
             failed_copy_sources: HashSet::new(),
             chunks_copied: 0,
             stream_starts: crate::early_upload::StreamStarts::default(),
+            case_hidden: BTreeMap::new(),
         })
     }
 
@@ -501,6 +508,7 @@ impl<W: World> SyncEngine<W> {
         // No plan before the server said who this device is: conflicted copies are named after
         // it.
         let device = self.device.clone()?;
+        self.refresh_case_hidden();
         let remote_tree = self.remote.as_mut()?;
         let touched = remote_tree.take_touched();
         let remote_tree = self.remote.as_ref()?;
@@ -614,6 +622,7 @@ impl<W: World> SyncEngine<W> {
             read_only_for_locks: &read_only_for_locks,
             local_root_ok: scan.root_ok,
             mass_delete,
+            case_hidden: &self.case_hidden,
         };
         let plan = context.plan(&trees);
         if self.check_focus && cut.is_some() {
@@ -625,6 +634,45 @@ impl<W: World> SyncEngine<W> {
             }
         }
         Some(plan)
+    }
+
+    /// On a case-insensitive folder, finds the remote paths it cannot hold beside another
+    /// ([`crate::case_fold`]; the whole trees are walked, so only there). Each newly hidden path
+    /// is logged once; one hidden no longer is planned again.
+    fn refresh_case_hidden(&mut self) {
+        if !self.disk.case_insensitive() {
+            return;
+        }
+        let (Some(remote), Some(scan)) = (self.remote.as_ref(), self.local.as_ref()) else {
+            return;
+        };
+        let base = if self.untrusted.is_some() {
+            &EMPTY_BASE
+        } else {
+            self.state.base()
+        };
+        let hidden = crate::case_fold::hidden(&remote.by_path, &scan.local, base);
+        for (path, holder) in &hidden {
+            if self.case_hidden.get(path) != Some(holder) {
+                tracing::warn!(%path, "{}", crate::case_fold::reason(holder));
+            }
+        }
+        let released: Vec<RelPath> = self
+            .case_hidden
+            .keys()
+            .filter(|path| !hidden.contains_key(*path))
+            .cloned()
+            .collect();
+        self.focus.plan.extend(released);
+        self.case_hidden = hidden;
+    }
+
+    /// The hidden paths of [`Self::refresh_case_hidden`], as skipped entries.
+    fn case_skipped(&self) -> impl Iterator<Item = Skipped> + '_ {
+        self.case_hidden.iter().map(|(path, holder)| Skipped {
+            path: path.to_string(),
+            reason: crate::case_fold::reason(holder),
+        })
     }
 
     /// A local path changed (a watcher event); `deep`: it may be a directory with new entries
@@ -662,11 +710,13 @@ impl<W: World> SyncEngine<W> {
         self.refresh_local(None);
         let plan = self.make_plan().expect("connected");
         let scan = self.local.take().expect("scanned");
+        let mut skipped = scan.skipped;
+        skipped.extend(self.case_skipped());
         Ok(Preview {
             plan,
             local: scan.local,
             remote: self.remote.as_ref().expect("connected").by_path.clone(),
-            skipped: scan.skipped,
+            skipped,
             untrusted: self.untrusted.clone(),
             readopted: self.state.meta("readopted")?,
         })
@@ -754,6 +804,7 @@ impl<W: World> SyncEngine<W> {
             );
             report.blocked = plan.blocked.clone();
             report.skipped = scan.skipped.clone();
+            report.skipped.extend(self.case_skipped());
             if plan.ops.is_empty() {
                 self.save_identity()?;
                 let scan = self.local.as_ref().expect("scanned");

@@ -323,6 +323,9 @@ pub trait Disk: Send + 'static {
     /// # Errors
     /// On an IO error.
     fn sync_dirs(&self, dirs: &[Option<RelPath>]) -> std::io::Result<()>;
+    /// Whether the folder's filesystem tells names apart by case (false: FAT, exFAT, and what
+    /// Windows and macOS format by default; see [`crate::case_fold`]).
+    fn case_insensitive(&self) -> bool;
     /// The time now on the clock the folder's filesystem stamps changes with, in nanoseconds
     /// since the Unix epoch: what tells whether a stamp just seen can still be shared by a
     /// write to come ([`crate::scan::Stamp::settled_at`]).

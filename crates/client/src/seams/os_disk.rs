@@ -22,6 +22,8 @@ pub struct OsDisk {
     /// `SYNCSTORE_TEST_STOP_IN_PLACE` was set: the first in-place write stops half-way, for
     /// the end-to-end test that kills the daemon there.
     stop_in_place: bool,
+    /// The root's filesystem does not tell names apart by case.
+    case_insensitive: bool,
 }
 
 impl OsDisk {
@@ -39,6 +41,7 @@ impl OsDisk {
             folder,
             writeback: Arc::new(Writeback::new()?),
             stop_in_place: std::env::var_os("SYNCSTORE_TEST_STOP_IN_PLACE").is_some(),
+            case_insensitive: case_insensitive(root),
         })
     }
 
@@ -183,6 +186,16 @@ impl OsDisk {
         }
         Ok(self.journal_dir.join(name))
     }
+}
+
+/// Whether the filesystem of `root` finds a `.SYNCSTORE` that its listing does not hold: the
+/// folder's `.syncstore` by another case, so it does not tell names apart by case. (Inode
+/// numbers cannot tell: FUSE gives each name looked up its own.) Reads only (`status` asks too).
+fn case_insensitive(root: &Path) -> bool {
+    std::fs::symlink_metadata(root.join(".SYNCSTORE")).is_ok()
+        && std::fs::read_dir(root).is_ok_and(|mut entries| {
+            !entries.any(|entry| entry.is_ok_and(|entry| entry.file_name() == ".SYNCSTORE"))
+        })
 }
 
 impl Disk for OsDisk {
@@ -336,6 +349,10 @@ impl Disk for OsDisk {
         let refs: Vec<&Path> = fulls.iter().map(PathBuf::as_path).collect();
         crate::fsutil::make_durable(&self.root, &[], &refs)
             .map_err(|err| std::io::Error::other(err.to_string()))
+    }
+
+    fn case_insensitive(&self) -> bool {
+        self.case_insensitive
     }
 
     fn now_ns(&self) -> i64 {
