@@ -287,3 +287,57 @@ fn names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folde
     });
     b.terminate();
 }
+
+#[test]
+fn a_folder_on_exfat_which_shows_every_file_as_0777_makes_nothing_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    const TEST: &str = "a_folder_on_exfat_which_shows_every_file_as_0777_makes_nothing_executable";
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let b_dir = tmp.path().join("b");
+    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+        return;
+    };
+    let server = Server::start(&logs, &tmp.path().join("data"));
+    let token_a = server.token("alice", "laptop");
+    let token_b = server.token("alice", "usb-stick");
+    let a_dir = tmp.path().join("a");
+    write(&a_dir.join("plain.txt"), "not a program");
+    write(&a_dir.join("run.sh"), "#!/bin/sh\necho hi\n");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    std::fs::set_permissions(a_dir.join("plain.txt"), PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(a_dir.join("run.sh"), PermissionsExt::from_mode(0o755)).unwrap();
+    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    wait_until("A's files on the server", || {
+        server.tree(&token_a).len() == 2
+    });
+    let _b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    wait_until("both files on B", || {
+        read(&b_dir.join("plain.txt")).is_some() && read(&b_dir.join("run.sh")).is_some()
+    });
+    assert_eq!(
+        mode(&b_dir.join("plain.txt")),
+        0o777,
+        "exFAT shows every file as 0777"
+    );
+    // A file B writes after that reaches A after whatever B's first pass sent.
+    write(&b_dir.join("from-b.txt"), "written on the stick");
+    wait_until("from-b.txt on A", || {
+        read(&a_dir.join("from-b.txt")).is_some()
+    });
+    assert_eq!(
+        mode(&a_dir.join("plain.txt")),
+        0o644,
+        "plain.txt stays not executable"
+    );
+    assert_eq!(
+        mode(&a_dir.join("run.sh")),
+        0o755,
+        "run.sh stays executable"
+    );
+    assert_eq!(
+        mode(&a_dir.join("from-b.txt")) & 0o111,
+        0,
+        "a file from the stick is no program"
+    );
+}

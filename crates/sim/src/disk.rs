@@ -531,6 +531,10 @@ impl Disk for SimDisk {
         false
     }
 
+    fn keeps_modes(&self) -> bool {
+        true
+    }
+
     fn now_ns(&self) -> i64 {
         self.shared.lock().now_ms * 1_000_000
     }

@@ -195,6 +195,9 @@ struct PlanContext<'a> {
     mass_delete: Option<MassDeleteRule>,
     /// Remote paths this folder cannot hold ([`crate::case_fold`]): left alone like ignored ones.
     case_hidden: &'a BTreeMap<RelPath, RelPath>,
+    /// The folder's filesystem keeps permission bits; when it does not, a local file's
+    /// executable bit is taken as base's (none without base), so nothing mode-less is sent.
+    keeps_modes: bool,
 }
 
 /// The trees a plan is made of: the whole folder's, or a focus's (with row 29's fact about the
@@ -231,6 +234,28 @@ impl PlanContext<'_> {
             }
         }
         untouchable.extend(self.case_hidden.keys().cloned());
+        // A filesystem without modes (FAT, exFAT: everything 0777) says nothing of the
+        // executable bit: each file keeps the one base knows, so no mode change is seen.
+        let local_with_base_modes: BTreeMap<RelPath, LocalNode>;
+        let local = if self.keeps_modes {
+            local
+        } else {
+            local_with_base_modes = local
+                .iter()
+                .map(|(path, node)| {
+                    let executable = node.kind == syncstore_proto::EntryKind::File
+                        && base.get(path).is_some_and(|base| base.executable);
+                    (
+                        path.clone(),
+                        LocalNode {
+                            executable,
+                            ..node.clone()
+                        },
+                    )
+                })
+                .collect();
+            &local_with_base_modes
+        };
         syncstore_plan::plan(&PlanInput {
             base,
             local,
@@ -623,6 +648,7 @@ impl<W: World> SyncEngine<W> {
             local_root_ok: scan.root_ok,
             mass_delete,
             case_hidden: &self.case_hidden,
+            keeps_modes: self.disk.keeps_modes(),
         };
         let plan = context.plan(&trees);
         if self.check_focus && cut.is_some() {

@@ -323,6 +323,9 @@ pub trait Disk: Send + 'static {
     /// # Errors
     /// On an IO error.
     fn sync_dirs(&self, dirs: &[Option<RelPath>]) -> std::io::Result<()>;
+    /// Whether the folder's filesystem keeps the permission bits set on a file (false: FAT and
+    /// exFAT show every file as 0777, so the executable bit a scan reads tells nothing).
+    fn keeps_modes(&self) -> bool;
     /// Whether the folder's filesystem tells names apart by case (false: FAT, exFAT, and what
     /// Windows and macOS format by default; see [`crate::case_fold`]).
     fn case_insensitive(&self) -> bool;

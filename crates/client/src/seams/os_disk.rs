@@ -24,6 +24,8 @@ pub struct OsDisk {
     stop_in_place: bool,
     /// The root's filesystem does not tell names apart by case.
     case_insensitive: bool,
+    /// The root's filesystem keeps permission bits.
+    keeps_modes: bool,
 }
 
 impl OsDisk {
@@ -42,6 +44,7 @@ impl OsDisk {
             writeback: Arc::new(Writeback::new()?),
             stop_in_place: std::env::var_os("SYNCSTORE_TEST_STOP_IN_PLACE").is_some(),
             case_insensitive: case_insensitive(root),
+            keeps_modes: keeps_modes(root),
         })
     }
 
@@ -196,6 +199,13 @@ fn case_insensitive(root: &Path) -> bool {
         && std::fs::read_dir(root).is_ok_and(|mut entries| {
             !entries.any(|entry| entry.is_ok_and(|entry| entry.file_name() == ".SYNCSTORE"))
         })
+}
+
+/// Whether the filesystem of `root` kept the folder's `.syncstore` private: opening a folder
+/// narrows it to 0700 ([`crate::config::create_private_dir`]), which FAT and exFAT, showing
+/// everything as 0777, cannot keep.
+fn keeps_modes(root: &Path) -> bool {
+    std::fs::metadata(root.join(".syncstore")).is_ok_and(|meta| meta.mode() & 0o077 == 0)
 }
 
 impl Disk for OsDisk {
@@ -353,6 +363,10 @@ impl Disk for OsDisk {
 
     fn case_insensitive(&self) -> bool {
         self.case_insensitive
+    }
+
+    fn keeps_modes(&self) -> bool {
+        self.keeps_modes
     }
 
     fn now_ns(&self) -> i64 {
