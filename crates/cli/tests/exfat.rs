@@ -341,3 +341,44 @@ fn a_folder_on_exfat_which_shows_every_file_as_0777_makes_nothing_executable() {
         "a file from the stick is no program"
     );
 }
+
+#[test]
+fn a_rename_that_changes_only_the_case_reaches_an_exfat_folder_and_deletes_nothing() {
+    const TEST: &str =
+        "a_rename_that_changes_only_the_case_reaches_an_exfat_folder_and_deletes_nothing";
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().to_path_buf();
+    let b_dir = tmp.path().join("b");
+    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+        return;
+    };
+    let server = Server::start(&logs, &tmp.path().join("data"));
+    let token_a = server.token("alice", "laptop");
+    let token_b = server.token("alice", "usb-stick");
+    let a_dir = tmp.path().join("a");
+    write(&a_dir.join("notes.md"), "my notes");
+    write(&a_dir.join("Docs/plan.txt"), "the plan");
+    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    let _b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    wait_until("both on B", || {
+        read(&b_dir.join("notes.md")).is_some() && read(&b_dir.join("Docs/plan.txt")).is_some()
+    });
+    // A renames a file and a directory, changing only the case of their names.
+    std::fs::rename(a_dir.join("notes.md"), a_dir.join("Notes.md")).unwrap();
+    std::fs::rename(a_dir.join("Docs"), a_dir.join("docs")).unwrap();
+    wait_until("the new names on B", || {
+        names(&b_dir) == ["Notes.md", "docs"] && names(&b_dir.join("docs")) == ["plan.txt"]
+    });
+    assert_eq!(read(&b_dir.join("Notes.md")).as_deref(), Some("my notes"));
+    // Whatever B does next, A keeps both.
+    write(&b_dir.join("later.txt"), "written on the stick");
+    wait_until("later.txt on A", || {
+        read(&a_dir.join("later.txt")).is_some()
+    });
+    wait_same(&a_dir, &b_dir);
+    assert_eq!(read(&a_dir.join("Notes.md")).as_deref(), Some("my notes"));
+    assert_eq!(
+        read(&a_dir.join("docs/plan.txt")).as_deref(),
+        Some("the plan")
+    );
+}

@@ -383,6 +383,7 @@ pub fn rescan_paths<D: Disk>(
     let mut was_untouchable: Vec<RelPath> = Vec::new();
     let mut looked_at = Vec::new();
     let mut done_deep: Vec<RelPath> = Vec::new();
+    let mut listings = HashMap::new();
     for (path, deep) in todo {
         // Beneath a directory already listed again in this call: nothing to add.
         if done_deep.iter().any(|dir| path.is_inside(dir)) {
@@ -392,6 +393,15 @@ pub fn rescan_paths<D: Disk>(
         let parent = path.parent();
         let name = std::ffi::OsString::from(path.file_name());
         let now = match disk.stat_entry(parent.as_ref(), &name) {
+            // A folder that does not tell names apart by case finds `Notes.md` for a listed
+            // `notes.md`: only the name its listing holds is there (a phantom second entry
+            // would be planned as a copy of the file, and the real one deleted).
+            Ok(_)
+                if disk.case_insensitive()
+                    && !listed_exactly(disk, &mut listings, parent.as_ref(), &name) =>
+            {
+                None
+            }
             Ok(meta) => Some(meta),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
             Err(err) => {
@@ -458,6 +468,25 @@ pub fn rescan_paths<D: Disk>(
         .iter()
         .any(|path| out.local.contains_key(path));
     looked_at
+}
+
+/// Whether the listing of `dir` (`None`: the root) holds `name` exactly, byte for byte; each
+/// directory is listed once per call through `listings`. A directory that cannot be listed
+/// holds nothing.
+fn listed_exactly<D: Disk>(
+    disk: &D,
+    listings: &mut HashMap<Option<RelPath>, HashSet<std::ffi::OsString>>,
+    dir: Option<&RelPath>,
+    name: &std::ffi::OsStr,
+) -> bool {
+    listings
+        .entry(dir.cloned())
+        .or_insert_with(|| {
+            disk.read_dir(dir)
+                .map(|entries| entries.into_iter().map(|entry| entry.name).collect())
+                .unwrap_or_default()
+        })
+        .contains(name)
 }
 
 /// Removes `path` from the scan `out`, with everything beneath it when `with_beneath`; the

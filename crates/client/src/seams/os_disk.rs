@@ -314,7 +314,23 @@ impl Disk for OsDisk {
         if let Some(parent) = to_full.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        crate::fsutil::rename_noreplace(&from_full, &to_full)
+        match crate::fsutil::rename_noreplace(&from_full, &to_full) {
+            // A rename that changes only the case, on a folder that does not tell names apart by
+            // case: what is "already" at `to` is `from` itself. Its directory holds no entry
+            // named `to` exactly, so renaming replaces nothing.
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AlreadyExists
+                    && self.case_insensitive
+                    && from.parent() == to.parent()
+                    && from.as_str() != to.as_str()
+                    && from.as_str().to_lowercase() == to.as_str().to_lowercase()
+                    && !std::fs::read_dir(to_full.parent().unwrap_or(&self.root))?
+                        .any(|entry| entry.is_ok_and(|e| e.file_name() == to.file_name())) =>
+            {
+                std::fs::rename(&from_full, &to_full)
+            }
+            result => result,
+        }
     }
 
     fn remove_file(&self, path: &RelPath) -> std::io::Result<()> {
