@@ -247,7 +247,7 @@ fn names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folde
         Some("the upper one")
     );
     assert_eq!(names(&b_dir.join("Docs")), ["plan.txt"]);
-    let status = run(&["status", b_dir.to_str().unwrap()]);
+    let status = run(&["status", "-v", b_dir.to_str().unwrap()]);
     let status_text = String::from_utf8_lossy(&status.stdout).into_owned()
         + &String::from_utf8_lossy(&status.stderr);
     assert!(
@@ -340,6 +340,11 @@ fn a_folder_on_exfat_which_shows_every_file_as_0777_makes_nothing_executable() {
         0,
         "a file from the stick is no program"
     );
+    // Nor can the stick hold a Unix socket: `status` still reaches the daemon, through the one
+    // in the user's runtime directory.
+    let status = run(&["status", b_dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("daemon: running"), "status: {stdout}");
 }
 
 #[test]

@@ -9,6 +9,11 @@
 //! [`MAX_REQUEST_LINE`] bytes, [`MAX_CONNECTIONS`] connections, [`IDLE_TIMEOUT`] of silence;
 //! a malformed request gets an error reply, never a panic.
 //!
+//! A folder whose filesystem cannot hold a Unix socket (exFAT and FAT, through FUSE or not), or
+//! whose path is too long for one, gets it in a private per-user directory instead
+//! ([`fallback_socket_path`]: `$XDG_RUNTIME_DIR/syncstore/`, else `/tmp/syncstore-UID/`, 0700 and
+//! owned by the user, or not used), named after the folder's path; readers try both.
+//!
 //! The reading side ([`ask`]) only connects: it creates and removes nothing, so `status` beside
 //! a daemon (or beside a stale socket) disturbs nothing.
 
@@ -74,12 +79,30 @@ pub fn listen(
     api: Arc<ApiClient>,
 ) -> std::io::Result<ControlSocket> {
     use std::os::unix::fs::PermissionsExt;
-    let path = socket_path(root);
-    match std::fs::remove_file(&path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
-        _ => {}
-    }
-    let listener = UnixListener::bind(&path)?;
+    let bind = |path: &Path| {
+        match std::fs::remove_file(path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        UnixListener::bind(path)
+    };
+    let primary = socket_path(root);
+    let (path, listener) = match bind(&primary) {
+        Ok(listener) => (primary, listener),
+        Err(err) => {
+            let Some(fallback) = fallback_socket_path(root) else {
+                return Err(err);
+            };
+            private_fallback_dir(fallback.parent().expect("a file in a directory"))?;
+            let listener = bind(&fallback)?;
+            tracing::info!(
+                cause = %err,
+                socket = %fallback.display(),
+                "the folder cannot hold the control socket; it is in the user's runtime directory"
+            );
+            (fallback, listener)
+        }
+    };
     let socket = ControlSocket {
         path: path.clone(),
         _task: tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serve(
@@ -94,6 +117,51 @@ pub fn listen(
     };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(socket)
+}
+
+/// Where the socket of the folder at `root` goes when `.syncstore/` cannot hold it: a file named
+/// after the hash of the folder's canonical path in the user's runtime directory.
+pub fn fallback_socket_path(root: &Path) -> Option<PathBuf> {
+    let root = std::fs::canonicalize(root).ok()?;
+    let digest = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+    Some(fallback_dir().join(format!("{}.sock", &digest[..32])))
+}
+
+/// The user's private directory for fallback sockets.
+fn fallback_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("syncstore"),
+        // SAFETY: getuid has no preconditions.
+        None => std::env::temp_dir().join(format!("syncstore-{}", unsafe { libc::getuid() })),
+    }
+}
+
+/// Creates the fallback directory (0700), refusing one that another user owns or others can
+/// enter (someone else made it first, to listen in).
+fn private_fallback_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(err),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private directory of this user (0700): not used for a control socket",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What a connection's requests are answered from.
@@ -215,18 +283,26 @@ fn answer(request: DaemonRequest, context: &Context) -> DaemonReply {
 /// # Errors
 /// When the daemon does not answer in time, or answers something that is not a reply.
 pub async fn ask(root: &Path, request: &DaemonRequest) -> std::io::Result<Option<DaemonReply>> {
-    let path = socket_path(root);
-    let stream = match UnixStream::connect(&path).await {
-        Ok(stream) => stream,
-        Err(err)
-            if matches!(
-                err.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(err) => return Err(err),
+    let no_daemon = |err: &std::io::Error| {
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        )
+    };
+    let primary = socket_path(root);
+    let (path, stream) = match UnixStream::connect(&primary).await {
+        Ok(stream) => (primary, stream),
+        Err(err) => match fallback_socket_path(root) {
+            Some(fallback) => match UnixStream::connect(&fallback).await {
+                Ok(stream) => (fallback, stream),
+                // Listening at neither: no daemon (the folder's own path may not be able to
+                // hold a socket at all).
+                Err(second) if no_daemon(&second) => return Ok(None),
+                Err(second) => return Err(second),
+            },
+            None if no_daemon(&err) => return Ok(None),
+            None => return Err(err),
+        },
     };
     let exchange = async {
         let (read, mut write) = stream.into_split();
