@@ -79,6 +79,42 @@ fn now_ns() -> i128 {
         .as_nanos() as i128
 }
 
+/// A server, device A's folder on the test's own disk and device B's on an exFAT image (no
+/// daemons: each test starts its own). Fields drop in order: the mount goes before the temp dir.
+struct OnAStick {
+    server: Server,
+    token_a: String,
+    token_b: String,
+    a_dir: PathBuf,
+    b_dir: PathBuf,
+    _disk: ExfatDisk,
+    tmp: tempfile::TempDir,
+}
+
+impl OnAStick {
+    /// `None` when exFAT cannot be mounted here ([`ExfatDisk::mount`] says why).
+    fn new(test: &str) -> Option<OnAStick> {
+        let tmp = tempfile::tempdir().unwrap();
+        let b_dir = tmp.path().join("b");
+        let disk = ExfatDisk::mount(test, &tmp.path().join("b.img"), &b_dir, 64)?;
+        let server = Server::start(tmp.path(), &tmp.path().join("data"));
+        Some(OnAStick {
+            token_a: server.token("alice", "laptop"),
+            token_b: server.token("alice", "usb-stick"),
+            server,
+            a_dir: tmp.path().join("a"),
+            b_dir,
+            _disk: disk,
+            tmp,
+        })
+    }
+
+    /// Where the processes' logs go.
+    fn logs(&self) -> PathBuf {
+        self.tmp.path().to_path_buf()
+    }
+}
+
 /// The mtime of `path` in nanoseconds.
 fn mtime_ns(path: &Path) -> i128 {
     let modified = std::fs::metadata(path).unwrap().modified().unwrap();
@@ -91,18 +127,20 @@ fn mtime_ns(path: &Path) -> i128 {
 #[test]
 fn a_rewrite_of_the_same_size_in_the_second_just_synced_is_synced_too() {
     const TEST: &str = "a_rewrite_of_the_same_size_in_the_second_just_synced_is_synced_too";
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().to_path_buf();
-    let b_dir = tmp.path().join("b");
-    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+    let Some(stick) = OnAStick::new(TEST) else {
         return;
     };
-    let server = Server::start(&logs, &tmp.path().join("data"));
-    let token_a = server.token("alice", "laptop");
-    let token_b = server.token("alice", "usb-stick");
-    let a_dir = tmp.path().join("a");
-    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
-    let _b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    let OnAStick {
+        server,
+        token_a,
+        token_b,
+        a_dir,
+        b_dir,
+        ..
+    } = &stick;
+    let logs = stick.logs();
+    let _a = start_client("client-a", &logs, a_dir, &server.url(), token_a);
+    let _b = start_client("client-b", &logs, b_dir, &server.url(), token_b);
     // B syncs a file, and the same program writes it again, as long as before, within the same
     // second: every part of its stamp (size, mtime, ctime, inode) stays as B last saw it. An
     // attempt whose two writes fell into two seconds tests nothing, so it is tried again.
@@ -129,7 +167,7 @@ fn a_rewrite_of_the_same_size_in_the_second_just_synced_is_synced_too() {
             read(&on_a).as_deref() == Some(second.as_str())
         });
         // And it stays there: B does not take A's copy of the first write back.
-        wait_same(&a_dir, &b_dir);
+        wait_same(a_dir, b_dir);
         assert_eq!(read(&on_b).as_deref(), Some(second.as_str()));
         return;
     }
@@ -140,23 +178,25 @@ fn a_rewrite_of_the_same_size_in_the_second_just_synced_is_synced_too() {
 fn a_rewrite_of_the_same_size_while_the_daemon_was_stopped_is_synced_at_its_restart() {
     const TEST: &str =
         "a_rewrite_of_the_same_size_while_the_daemon_was_stopped_is_synced_at_its_restart";
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().to_path_buf();
-    let b_dir = tmp.path().join("b");
-    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+    let Some(stick) = OnAStick::new(TEST) else {
         return;
     };
-    let server = Server::start(&logs, &tmp.path().join("data"));
-    let token_a = server.token("alice", "laptop");
-    let token_b = server.token("alice", "usb-stick");
-    let a_dir = tmp.path().join("a");
-    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    let OnAStick {
+        server,
+        token_a,
+        token_b,
+        a_dir,
+        b_dir,
+        ..
+    } = &stick;
+    let logs = stick.logs();
+    let _a = start_client("client-a", &logs, a_dir, &server.url(), token_a);
     let mut b = Some(start_client(
         "client-b",
         &logs,
-        &b_dir,
+        b_dir,
         &server.url(),
-        &token_b,
+        token_b,
     ));
     // As above, but B is killed right after syncing the first write: the second write happens
     // while no daemon watches, and only what B's state recorded of the first can tell.
@@ -166,7 +206,7 @@ fn a_rewrite_of_the_same_size_while_the_daemon_was_stopped_is_synced_at_its_rest
         let second = format!("attempt {attempt}: second");
         let mut running = b
             .take()
-            .unwrap_or_else(|| restart_client(&format!("client-b-{attempt}"), &logs, &b_dir));
+            .unwrap_or_else(|| restart_client(&format!("client-b-{attempt}"), &logs, b_dir));
         write(&on_b, &first);
         let synced_at = mtime_ns(&on_b);
         wait_until("the first write on A", || {
@@ -183,11 +223,11 @@ fn a_rewrite_of_the_same_size_while_the_daemon_was_stopped_is_synced_at_its_rest
         wait_until("the stamp to be 3 s old", || {
             now_ns() >= synced_at + 3_000_000_000
         });
-        let _b = restart_client(&format!("client-b-restarted-{attempt}"), &logs, &b_dir);
+        let _b = restart_client(&format!("client-b-restarted-{attempt}"), &logs, b_dir);
         wait_until("the second write on A", || {
             read(&on_a).as_deref() == Some(second.as_str())
         });
-        wait_same(&a_dir, &b_dir);
+        wait_same(a_dir, b_dir);
         assert_eq!(read(&on_b).as_deref(), Some(second.as_str()));
         return;
     }
@@ -209,30 +249,32 @@ fn names(dir: &Path) -> Vec<String> {
 fn names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folder() {
     const TEST: &str =
         "names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folder";
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().to_path_buf();
-    let b_dir = tmp.path().join("b");
-    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+    let Some(stick) = OnAStick::new(TEST) else {
         return;
     };
-    let server = Server::start(&logs, &tmp.path().join("data"));
-    let token_a = server.token("alice", "laptop");
-    let token_b = server.token("alice", "usb-stick");
+    let OnAStick {
+        server,
+        token_a,
+        token_b,
+        a_dir,
+        b_dir,
+        ..
+    } = &stick;
+    let logs = stick.logs();
     // A (ext4) holds two files whose names differ only in case, and a directory pair too.
-    let a_dir = tmp.path().join("a");
     write(&a_dir.join("Report.txt"), "the upper one");
     write(&a_dir.join("report.txt"), "the lower one");
     write(&a_dir.join("Docs/plan.txt"), "in Docs");
     write(&a_dir.join("docs/notes.txt"), "in docs");
     write(&a_dir.join("other.txt"), "nothing special");
-    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    let _a = start_client("client-a", &logs, a_dir, &server.url(), token_a);
     wait_until("A's files on the server", || {
-        server.tree(&token_a).len() == 7
+        server.tree(token_a).len() == 7
     });
-    let a_before = files(&a_dir);
+    let a_before = files(a_dir);
 
     // B, on exFAT, holds one of each pair (the first in byte order) and says why not the other.
-    let mut b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    let mut b = start_client("client-b", &logs, b_dir, &server.url(), token_b);
     wait_until("other.txt on B", || {
         read(&b_dir.join("other.txt")).is_some()
     });
@@ -241,7 +283,7 @@ fn names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folde
         log.contains("report.txt") && log.contains("docs") && log.contains("differs only in case")
     });
     wait_until("B's pass done", || b.log_text().contains("in_sync=true"));
-    assert_eq!(names(&b_dir), ["Docs", "Report.txt", "other.txt"]);
+    assert_eq!(names(b_dir), ["Docs", "Report.txt", "other.txt"]);
     assert_eq!(
         read(&b_dir.join("Report.txt")).as_deref(),
         Some("the upper one")
@@ -257,18 +299,14 @@ fn names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folde
 
     // Restarted, B still deletes nothing anywhere, and makes no conflicted copies.
     b.terminate();
-    let mut b = restart_client("client-b-again", &logs, &b_dir);
+    let mut b = restart_client("client-b-again", &logs, b_dir);
     // The daemon reports what it did not sync at the end of each pass.
     wait_until("B's pass after the restart", || {
         b.log_text().contains("not synced: report.txt")
     });
+    assert_eq!(files(a_dir), a_before, "A's files are all there, unchanged");
     assert_eq!(
-        files(&a_dir),
-        a_before,
-        "A's files are all there, unchanged"
-    );
-    assert_eq!(
-        server.tree(&token_a).len(),
+        server.tree(token_a).len(),
         7,
         "nothing deleted or added on the server"
     );
@@ -276,13 +314,13 @@ fn names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folde
     // An edit of the hidden file stays on the devices that can hold it.
     write(&a_dir.join("report.txt"), "the lower one, edited");
     wait_until("the edit on the server", || {
-        server.entry(&token_a, "report.txt").and_then(|e| e.hash)
+        server.entry(token_a, "report.txt").and_then(|e| e.hash)
             == Some(blake3::hash(b"the lower one, edited").to_hex().to_string())
     });
     // Once the name B holds goes, B takes the other.
     std::fs::remove_file(a_dir.join("Report.txt")).unwrap();
     wait_until("report.txt on B, in place of Report.txt", || {
-        names(&b_dir) == ["Docs", "other.txt", "report.txt"]
+        names(b_dir) == ["Docs", "other.txt", "report.txt"]
             && read(&b_dir.join("report.txt")).as_deref() == Some("the lower one, edited")
     });
     b.terminate();
@@ -292,26 +330,28 @@ fn names_differing_only_in_case_are_neither_merged_nor_deleted_on_an_exfat_folde
 fn a_folder_on_exfat_which_shows_every_file_as_0777_makes_nothing_executable() {
     use std::os::unix::fs::PermissionsExt;
     const TEST: &str = "a_folder_on_exfat_which_shows_every_file_as_0777_makes_nothing_executable";
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().to_path_buf();
-    let b_dir = tmp.path().join("b");
-    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+    let Some(stick) = OnAStick::new(TEST) else {
         return;
     };
-    let server = Server::start(&logs, &tmp.path().join("data"));
-    let token_a = server.token("alice", "laptop");
-    let token_b = server.token("alice", "usb-stick");
-    let a_dir = tmp.path().join("a");
+    let OnAStick {
+        server,
+        token_a,
+        token_b,
+        a_dir,
+        b_dir,
+        ..
+    } = &stick;
+    let logs = stick.logs();
     write(&a_dir.join("plain.txt"), "not a program");
     write(&a_dir.join("run.sh"), "#!/bin/sh\necho hi\n");
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     std::fs::set_permissions(a_dir.join("plain.txt"), PermissionsExt::from_mode(0o644)).unwrap();
     std::fs::set_permissions(a_dir.join("run.sh"), PermissionsExt::from_mode(0o755)).unwrap();
-    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
+    let _a = start_client("client-a", &logs, a_dir, &server.url(), token_a);
     wait_until("A's files on the server", || {
-        server.tree(&token_a).len() == 2
+        server.tree(token_a).len() == 2
     });
-    let _b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    let _b = start_client("client-b", &logs, b_dir, &server.url(), token_b);
     wait_until("both files on B", || {
         read(&b_dir.join("plain.txt")).is_some() && read(&b_dir.join("run.sh")).is_some()
     });
@@ -351,20 +391,22 @@ fn a_folder_on_exfat_which_shows_every_file_as_0777_makes_nothing_executable() {
 fn a_rename_that_changes_only_the_case_reaches_an_exfat_folder_and_deletes_nothing() {
     const TEST: &str =
         "a_rename_that_changes_only_the_case_reaches_an_exfat_folder_and_deletes_nothing";
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().to_path_buf();
-    let b_dir = tmp.path().join("b");
-    let Some(_disk) = ExfatDisk::mount(TEST, &tmp.path().join("b.img"), &b_dir, 64) else {
+    let Some(stick) = OnAStick::new(TEST) else {
         return;
     };
-    let server = Server::start(&logs, &tmp.path().join("data"));
-    let token_a = server.token("alice", "laptop");
-    let token_b = server.token("alice", "usb-stick");
-    let a_dir = tmp.path().join("a");
+    let OnAStick {
+        server,
+        token_a,
+        token_b,
+        a_dir,
+        b_dir,
+        ..
+    } = &stick;
+    let logs = stick.logs();
     write(&a_dir.join("notes.md"), "my notes");
     write(&a_dir.join("Docs/plan.txt"), "the plan");
-    let _a = start_client("client-a", &logs, &a_dir, &server.url(), &token_a);
-    let _b = start_client("client-b", &logs, &b_dir, &server.url(), &token_b);
+    let _a = start_client("client-a", &logs, a_dir, &server.url(), token_a);
+    let _b = start_client("client-b", &logs, b_dir, &server.url(), token_b);
     wait_until("both on B", || {
         read(&b_dir.join("notes.md")).is_some() && read(&b_dir.join("Docs/plan.txt")).is_some()
     });
@@ -372,7 +414,7 @@ fn a_rename_that_changes_only_the_case_reaches_an_exfat_folder_and_deletes_nothi
     std::fs::rename(a_dir.join("notes.md"), a_dir.join("Notes.md")).unwrap();
     std::fs::rename(a_dir.join("Docs"), a_dir.join("docs")).unwrap();
     wait_until("the new names on B", || {
-        names(&b_dir) == ["Notes.md", "docs"] && names(&b_dir.join("docs")) == ["plan.txt"]
+        names(b_dir) == ["Notes.md", "docs"] && names(&b_dir.join("docs")) == ["plan.txt"]
     });
     assert_eq!(read(&b_dir.join("Notes.md")).as_deref(), Some("my notes"));
     // Whatever B does next, A keeps both.
@@ -380,7 +422,7 @@ fn a_rename_that_changes_only_the_case_reaches_an_exfat_folder_and_deletes_nothi
     wait_until("later.txt on A", || {
         read(&a_dir.join("later.txt")).is_some()
     });
-    wait_same(&a_dir, &b_dir);
+    wait_same(a_dir, b_dir);
     assert_eq!(read(&a_dir.join("Notes.md")).as_deref(), Some("my notes"));
     assert_eq!(
         read(&a_dir.join("docs/plan.txt")).as_deref(),

@@ -145,23 +145,32 @@ struct Cached {
     chunks: Vec<ChunkRef>,
 }
 
-/// How long after a change a coarse filesystem may still give a later write the same
-/// timestamps: FAT's 2 s (exFAT through FUSE and many network mounts stamp whole seconds).
+/// How long after a change a filesystem stamping whole seconds may still give a later write the
+/// same timestamps: FAT's 2 s (exFAT through FUSE and many network mounts stamp whole seconds).
 const COARSE_WINDOW_NS: i64 = 2_000_000_000;
+/// The same for timestamps in units of 10 ms (Linux's exFAT driver), with a margin.
+const CENTISECOND_WINDOW_NS: i64 = 20_000_000;
 
 impl Stamp {
     /// Whether a stamp seen at `now_ns` (the filesystem's clock, [`crate::seams::Disk::now_ns`])
     /// names the bytes read then and no others: a write after `now_ns` cannot leave it as it is.
     /// Not so when the timestamps are whole seconds (FAT, exFAT through FUSE, network mounts)
-    /// and less than [`COARSE_WINDOW_NS`] old, or when they lie ahead of `now_ns` (the clock was
-    /// set back): a same-size write in that tick leaves every part of the stamp unchanged, so
+    /// and less than [`COARSE_WINDOW_NS`] old, or in units of 10 ms (the kernel's exFAT) and
+    /// less than [`CENTISECOND_WINDOW_NS`] old, or when they lie ahead of `now_ns` (the clock
+    /// was set back): a same-size write in that tick leaves every part of the stamp unchanged, so
     /// such a stamp is never trusted to skip hashing (git's "racily clean" entries). Nanosecond
     /// timestamps are trusted at once: Linux 6.13 and later stamp a write after a `stat` finer
     /// than the clock tick.
     pub fn settled_at(&self, now_ns: i64) -> bool {
         let newest = self.mtime_ns.max(self.ctime_ns);
-        let coarse = self.mtime_ns % 1_000_000_000 == 0 && self.ctime_ns % 1_000_000_000 == 0;
-        let window = if coarse { COARSE_WINDOW_NS } else { 0 };
+        let units_of = |unit: i64| self.mtime_ns % unit == 0 && self.ctime_ns % unit == 0;
+        let window = if units_of(1_000_000_000) {
+            COARSE_WINDOW_NS
+        } else if units_of(10_000_000) {
+            CENTISECOND_WINDOW_NS
+        } else {
+            0
+        };
         now_ns >= newest.saturating_add(window)
     }
 
@@ -886,6 +895,16 @@ mod tests {
             fine.settled_at(fine.ctime_ns),
             "nanosecond timestamps move at each write"
         );
+        let centi = Stamp {
+            mtime_ns: coarse.mtime_ns + 30_000_000,
+            ctime_ns: coarse.ctime_ns + 30_000_000,
+            ..coarse
+        };
+        assert!(
+            !centi.settled_at(centi.ctime_ns + 19_999_999),
+            "the kernel's exFAT: 10 ms"
+        );
+        assert!(centi.settled_at(centi.ctime_ns + 20_000_000));
         assert!(
             !fine.settled_at(fine.ctime_ns - 1),
             "a stamp ahead of the clock is not trusted"
